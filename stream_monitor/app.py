@@ -1,0 +1,201 @@
+"""The service loop: poll → decode → process → publish → checkpoint; assign / revoke.
+
+Follow one message: :meth:`Service.run` polls it, :meth:`Service._handle`
+decodes it (:mod:`codec`) and hands it to its partition's
+:class:`~stream_monitor.partition.PartitionMonitor`, alerts go to the
+:class:`~stream_monitor.publisher.Publisher`, and :func:`~stream_monitor.checkpoint.checkpoint`
+makes it durable: delivery confirmed, state + offset saved to Redis, offset committed.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from .checkpoint import PartitionKey, checkpoint
+from .codec import decode
+from .config import Config, consumer_settings, producer_settings
+from .errors import ConfigError
+from .events import DeadLetter, LabelEvent, RawMessage
+from .metrics import Metrics
+from .partition import PartitionMonitor
+from .publisher import Publisher
+from .reference import ReferenceProfile
+from .state import ReferenceStore, StateStore, connect
+
+log = logging.getLogger(__name__)
+alert_log = logging.getLogger("stream_monitor.alerts")
+
+
+class Service:
+    def __init__(self, config: Config, metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.known_models = frozenset(config.models)
+        self.consumer_settings = consumer_settings(config)
+        self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
+        self.redis = connect(config.redis.url)
+        self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
+        self.references = self._stored_references()
+        self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic,
+                                   config.kafka.dead_letter_topic)
+        self.consumer: Consumer | None = None
+        self.owned: dict[PartitionKey, PartitionMonitor] = {}
+        self.dirty: set[PartitionKey] = set()
+        self.stopping = False
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    def _stored_references(self) -> dict[str, ReferenceProfile]:
+        references = {}
+        store = ReferenceStore(self.redis, self.config.redis.namespace)
+        for model_id, model in self.config.models.items():
+            if model.reference.source == "stored":
+                profile = store.load(model_id)
+                if profile is None:
+                    raise ConfigError(f"models.{model_id}.reference.source",
+                                      f"is 'stored' but Redis holds no reference for {model_id!r}; run "
+                                      f"`stream-monitor reference build --model {model_id} --input FILE` first")
+                references[model_id] = profile
+        return references
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        service = self.config.service
+        self.consumer = Consumer(self.consumer_settings)
+        self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
+        try:
+            while not self.stopping:
+                messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
+                for message in messages:
+                    self._handle(message)
+                self.publisher.poll()
+                if self._checkpoint_due():
+                    self._checkpoint(list(self.dirty))
+            self._checkpoint(list(self.owned))
+        finally:
+            log.info("leaving the group")
+            self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
+            self.publisher.close()
+            self.redis.close()
+
+    def stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: stop fetching; the batch in hand finishes, state is persisted."""
+        if not self.stopping:
+            log.info("stopping: finishing the batch in hand, then persisting state")
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def _handle(self, message: Message) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("consumer error: %s", error)
+            return
+        key = (message.topic(), message.partition())
+        monitor = self.owned.get(key)
+        offset = message.offset()
+        if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
+            return  # not ours any more, or already covered by the stored state
+        self.metrics.events_consumed.labels(key[0]).inc()
+        timestamp_type, timestamp = message.timestamp()
+        raw = RawMessage(topic=key[0], partition=key[1], offset=offset, value=message.value(),
+                         key=message.key(), headers=tuple(message.headers() or ()),
+                         timestamp_ms=timestamp if timestamp_type else None)
+        decoded = decode(raw, self.known_models, self.config.service.max_message_bytes)
+        if isinstance(decoded, DeadLetter):
+            self._dead_letter(raw, decoded, monitor)
+        else:
+            try:
+                alerts = monitor.process(decoded, offset)
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
+                log.exception("%s[%d]@%d: processing failed", key[0], key[1], offset)
+                self._dead_letter(raw, DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
+            else:
+                self.metrics.events_decoded.labels("label" if isinstance(decoded, LabelEvent) else "inference").inc()
+                for alert in alerts:
+                    self.publisher.alert(alert)
+                    self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
+                                               alert.status).inc()
+                    alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
+                                   alert.signal, alert.name, alert.detector, alert.message,
+                                   extra={"alert": alert.alert_id})
+        self.dirty.add(key)
+        self._since_checkpoint += 1
+
+    def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
+        self.publisher.dead_letter(raw, letter)
+        monitor.skip(raw.offset)
+        self.metrics.dead_letters.labels(letter.reason).inc()
+        log.debug("%s[%d]@%d dead-lettered: %s: %s", raw.topic, raw.partition, raw.offset, letter.reason, letter.error)
+
+    # --- checkpoints ----------------------------------------------------------------------
+
+    def _checkpoint_due(self) -> bool:
+        service = self.config.service
+        return bool(self.dirty) and (
+            self._since_checkpoint >= service.checkpoint_interval_events
+            or time.monotonic() - self._last_checkpoint >= service.checkpoint_interval_seconds)
+
+    def _checkpoint(self, keys: list[PartitionKey]) -> None:
+        monitors = [(k, self.owned[k]) for k in keys if k in self.owned and k in self.dirty]
+        if monitors:
+            checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics)
+        self.dirty.difference_update(k for k, _ in monitors)
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+
+    # --- rebalance ------------------------------------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            monitor = PartitionMonitor(self.config, tp.partition, self.references)
+            loaded = self.store.load(tp.topic, tp.partition)
+            if loaded is None:
+                tp.offset = OFFSET_BEGINNING  # no state: the log from the start is the truth
+                log.info("assigned %s[%d]: no stored state, reading from the beginning", tp.topic, tp.partition)
+            else:
+                next_offset, snapshot = loaded
+                monitor.restore(snapshot)
+                monitor.next_offset = next_offset
+                tp.offset = next_offset
+                log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
+            self.owned[key] = monitor
+        self.metrics.assigned_partitions.set(len(self.owned))
+        if self.cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._checkpoint(keys)  # persist before release
+        for key in keys:
+            self.owned.pop(key, None)
+            self.dirty.discard(key)
+        log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
+        self.metrics.assigned_partitions.set(len(self.owned))
+        if self.cooperative:
+            consumer.incremental_unassign(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:  # another member may own them now: saving could overwrite its progress
+            self.owned.pop(key, None)
+            self.dirty.discard(key)
+        log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
+                    ", ".join(f"{t}[{p}]" for t, p in keys))
+        self.metrics.assigned_partitions.set(len(self.owned))

@@ -1,0 +1,141 @@
+"""Bytes → :class:`InferenceEvent` | :class:`LabelEvent` | :class:`DeadLetter` (errors as data).
+
+>>> raw = RawMessage("ml.inference", 0, 7, b'{"event_id": "e1", "model_id": "fraud", "features": {"amount": 3}}')
+>>> decode(raw, {"fraud"}).features
+{'amount': 3}
+>>> decode(RawMessage("ml.inference", 0, 8, b'[1, 2]'), {"fraud"})
+DeadLetter(reason='not_object', error='expected a JSON object, got array')
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Collection
+
+import orjson
+
+from .events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+
+Decoded = InferenceEvent | LabelEvent | DeadLetter
+
+_JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number", float: "number",
+                    bool: "boolean", type(None): "null"}
+
+
+def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 1_048_576) -> Decoded:
+    """Decode one input message; never raises for bad input."""
+    value = message.value
+    if not value:
+        return DeadLetter("empty", "message has no value (tombstone or empty)")
+    if len(value) > max_bytes:
+        return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        reason = "not_utf8" if "UTF-8" in str(exc) else "not_json"
+        return DeadLetter(reason, f"cannot parse JSON: {exc}")
+    if not isinstance(doc, dict):
+        return DeadLetter("not_object", f"expected a JSON object, got {_type_name(doc)}")
+    try:
+        return _event(doc, known_models, message.timestamp_ms)
+    except _Invalid as invalid:
+        return invalid.letter
+
+
+class _Invalid(Exception):
+    def __init__(self, reason: str, error: str):
+        self.letter = DeadLetter(reason, error)
+
+
+def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None):
+    event_id = _required_string(doc, "event_id")
+    model_id = _required_string(doc, "model_id")
+    if model_id not in known_models:
+        raise _Invalid("unknown_model", f"model_id {model_id!r} is not configured (known: {sorted(known_models)})")
+    timestamp_ms = _timestamp(doc.get("timestamp"), kafka_timestamp_ms)
+    if "features" not in doc and "label" in doc:
+        label = doc["label"]
+        if not isinstance(label, (str, int, float)):  # bool is an int
+            raise _Invalid("wrong_type", f"label must be a number, string or boolean, got {_type_name(label)}")
+        return LabelEvent(event_id, model_id, timestamp_ms, label)
+    if "features" not in doc:
+        raise _Invalid("missing_field", "an inference event needs 'features' (a label event needs 'label')")
+    features = doc["features"]
+    if not isinstance(features, dict):
+        raise _Invalid("wrong_type", f"features must be an object, got {_type_name(features)}")
+    for name, value in features.items():
+        if isinstance(value, (dict, list)):
+            raise _Invalid("wrong_type", f"feature {name!r} must be a number, string, boolean or null, "
+                                         f"got {_type_name(value)}")
+    score, predicted_label = _prediction(doc.get("prediction"))
+    latency = doc.get("latency_ms")
+    if latency is not None and (not _is_number(latency) or latency < 0):
+        raise _Invalid("wrong_type", f"latency_ms must be a number >= 0, got {latency!r}")
+    return InferenceEvent(event_id, model_id, timestamp_ms, features, score, predicted_label,
+                          None if latency is None else float(latency))
+
+
+def _required_string(doc: dict[str, Any], key: str) -> str:
+    if key not in doc or doc[key] is None:
+        raise _Invalid("missing_field", f"required field {key!r} is missing")
+    value = doc[key]
+    if not isinstance(value, str):
+        raise _Invalid("wrong_type", f"{key} must be a string, got {_type_name(value)}")
+    if not value:
+        raise _Invalid("wrong_type", f"{key} must not be empty")
+    return value
+
+
+def _prediction(prediction: Any) -> tuple[float | None, str | None]:
+    if prediction is None:
+        return None, None
+    if _is_number(prediction):
+        return float(prediction), None
+    if isinstance(prediction, str):
+        return None, prediction
+    if isinstance(prediction, dict):
+        score = prediction.get("score")
+        label = prediction.get("label")
+        if score is not None and not _is_number(score):
+            raise _Invalid("wrong_type", f"prediction.score must be a number, got {_type_name(score)}")
+        if label is not None and not isinstance(label, (str, int, float)):
+            raise _Invalid("wrong_type", f"prediction.label must be a number or string, got {_type_name(label)}")
+        return (None if score is None else float(score)), (None if label is None else category(label))
+    raise _Invalid("wrong_type", f"prediction must be a number, string or object, got {_type_name(prediction)}")
+
+
+def _timestamp(value: Any, kafka_timestamp_ms: int | None) -> int | None:
+    if value is None:
+        return kafka_timestamp_ms
+    if _is_number(value):
+        return int(round(value * 1000))
+    if isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+            if moment.tzinfo is None:  # RFC 3339 requires an offset; read a bare time as UTC
+                moment = moment.replace(tzinfo=timezone.utc)
+            return int(moment.timestamp() * 1000)
+        except (ValueError, OverflowError, OSError):
+            pass
+    raise _Invalid("wrong_type", f"timestamp must be an RFC 3339 string or epoch seconds, got {value!r:.80}")
+
+
+def category(value: Any) -> str:
+    """The categorical key of a value: JSON spelling for booleans and numbers.
+
+    >>> [category(v) for v in (True, 1, 1.5, "DE")]
+    ['true', '1', '1.5', 'DE']
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value)) if abs(value) < 1e15 else repr(value)
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)

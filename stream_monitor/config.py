@@ -1,0 +1,319 @@
+"""Load and validate the TOML configuration (CONTRACT §5).
+
+Every key is checked at start; a wrong config raises :class:`ConfigError`
+naming the key and what is wrong, e.g.
+
+>>> parse_config({"kafka": {"input_topics": "ml.inference"}})
+Traceback (most recent call last):
+...
+stream_monitor.errors.ConfigError: config: kafka.input_topics: must be a list of strings, got str
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+ENV_PREFIX = "STREAM_MONITOR_"
+FEATURE_KINDS = ("numeric", "categorical")
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "stream-monitor"
+    input_topics: tuple[str, ...] = ("ml.inference",)
+    alert_topic: str = "ml.alerts"
+    dead_letter_topic: str = "ml.dead-letters"
+    consumer: Mapping[str, Any] = field(default_factory=dict)
+    producer: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+    namespace: str = "sm"
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    metrics_port: int = 9464
+    checkpoint_interval_events: int = 10_000
+    checkpoint_interval_seconds: float = 5.0
+    max_message_bytes: int = 1_048_576
+    batch_size: int = 1_000
+    poll_timeout_seconds: float = 0.2
+
+
+@dataclass(frozen=True)
+class PsiConfig:
+    window: int = 5_000
+    bins: int = 10
+    top_k: int = 20
+    warning: float = 0.1
+    critical: float = 0.25
+    epsilon: float = 1e-4
+
+
+@dataclass(frozen=True)
+class AdwinConfig:
+    enabled: bool = True
+    delta: float = 0.002
+    clock: int = 32
+    grace_period: int = 10
+    min_window_length: int = 5
+    max_buckets: int = 5
+
+
+@dataclass(frozen=True)
+class PageHinkleyConfig:
+    enabled: bool = True
+    min_instances: int = 30
+    # Values are z-scores against the reference; 0.25 keeps the stationary
+    # false-alarm rate near 5e-5 per value (river's 0.005 gives ~7e-4).
+    delta: float = 0.25
+    threshold: float = 50.0
+    alpha: float = 0.9999
+
+
+@dataclass(frozen=True)
+class DetectorsConfig:
+    psi: PsiConfig = PsiConfig()
+    adwin: AdwinConfig = AdwinConfig()
+    page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
+    # A point detector's (ADWIN, Page-Hinkley) episode resolves after this
+    # many events without a new detection.
+    resolve_after: int = 5_000
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    source: str = "warmup"  # "warmup" | "stored"
+    events: int = 5_000
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_id: str
+    reference: ReferenceConfig = ReferenceConfig()
+    features: Mapping[str, str] | None = None  # None → inferred from the reference
+    detectors: DetectorsConfig = DetectorsConfig()
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = KafkaConfig()
+    redis: RedisConfig = RedisConfig()
+    service: ServiceConfig = ServiceConfig()
+    models: Mapping[str, ModelConfig] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+# --- loading -----------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> Config:
+    """Read a TOML file, apply ``STREAM_MONITOR_*`` overrides, validate."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return parse_config(raw, environ=os.environ if environ is None else environ, source=str(path))
+
+
+def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                 source: str = "<dict>") -> Config:
+    """Validate a parsed TOML document (plus env overrides) into a :class:`Config`."""
+    raw = dict(raw)
+    _check_keys(raw, "", {"kafka", "redis", "service", "models"})
+    sections = {name: dict(_table(raw, name, name)) for name in ("kafka", "redis", "service")}
+    for name, value in _env_overrides(environ or {}).items():
+        section, key = name
+        sections[section][key] = value
+    kafka = _build(KafkaConfig, sections["kafka"], "kafka", nested={"consumer", "producer"})
+    redis = _build(RedisConfig, sections["redis"], "redis")
+    service = _build(ServiceConfig, sections["service"], "service")
+    if not kafka.input_topics:
+        raise ConfigError("kafka.input_topics", "must name at least one topic")
+    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redis.url!r}")
+    if not 0 <= service.metrics_port <= 65535:
+        raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
+    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size"):
+        if getattr(service, key) < 1:
+            raise ConfigError(f"service.{key}", "must be at least 1")
+    models_raw = _table(raw, "models", "models")
+    models = {model_id: _model(model_id, _table(models_raw, model_id, f"models.{model_id}"))
+              for model_id in models_raw}
+    return Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
+
+
+def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
+    where = f"models.{model_id}"
+    _check_keys(raw, where, {"reference", "features", "detectors"})
+    reference = _build(ReferenceConfig, _table(raw, "reference", f"{where}.reference"), f"{where}.reference")
+    if reference.source not in ("warmup", "stored"):
+        raise ConfigError(f"{where}.reference.source", f"must be 'warmup' or 'stored', got {reference.source!r}")
+    if reference.events < 10:
+        raise ConfigError(f"{where}.reference.events", "must be at least 10")
+    features = None
+    if "features" in raw:
+        features = dict(_table(raw, "features", f"{where}.features"))
+        for name, kind in features.items():
+            if kind not in FEATURE_KINDS:
+                raise ConfigError(f"{where}.features.{name}", f"must be one of {FEATURE_KINDS}, got {kind!r}")
+    det_raw = _table(raw, "detectors", f"{where}.detectors")
+    _check_keys(det_raw, f"{where}.detectors", {"psi", "adwin", "page_hinkley", "resolve_after"})
+    detectors = DetectorsConfig(
+        psi=_build(PsiConfig, _table(det_raw, "psi", f"{where}.detectors.psi"), f"{where}.detectors.psi"),
+        adwin=_build(AdwinConfig, _table(det_raw, "adwin", f"{where}.detectors.adwin"), f"{where}.detectors.adwin"),
+        page_hinkley=_build(PageHinkleyConfig, _table(det_raw, "page_hinkley", f"{where}.detectors.page_hinkley"),
+                            f"{where}.detectors.page_hinkley"),
+        resolve_after=_typed(det_raw.get("resolve_after", 5_000), int, f"{where}.detectors.resolve_after"),
+    )
+    psi = detectors.psi
+    if psi.window < 10:
+        raise ConfigError(f"{where}.detectors.psi.window", "must be at least 10")
+    if not 2 <= psi.bins <= 100:
+        raise ConfigError(f"{where}.detectors.psi.bins", "must be 2..100")
+    if not 0 < psi.warning <= psi.critical:
+        raise ConfigError(f"{where}.detectors.psi.warning", "must be > 0 and <= critical")
+    if not 0 < detectors.adwin.delta < 1:
+        raise ConfigError(f"{where}.detectors.adwin.delta", "must be in (0, 1)")
+    if detectors.page_hinkley.threshold <= 0:
+        raise ConfigError(f"{where}.detectors.page_hinkley.threshold", "must be > 0")
+    if detectors.resolve_after < 1:
+        raise ConfigError(f"{where}.detectors.resolve_after", "must be at least 1")
+    return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors)
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
+    """``STREAM_MONITOR_<SECTION>_<KEY>`` → (section, key) for scalar keys."""
+    known = {"kafka": KafkaConfig, "redis": RedisConfig, "service": ServiceConfig}
+    out: dict[tuple[str, str], Any] = {}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        cls = known.get(section)
+        if cls is None or key not in cls.__dataclass_fields__ or key in ("consumer", "producer"):
+            continue
+        default = cls.__dataclass_fields__[key].default
+        where = f"{name} (env)"
+        if isinstance(default, tuple):
+            out[(section, key)] = [item.strip() for item in value.split(",") if item.strip()]
+        elif isinstance(default, bool):
+            out[(section, key)] = value.lower() in ("1", "true", "yes", "on")
+        elif isinstance(default, int):
+            try:
+                out[(section, key)] = int(value)
+            except ValueError:
+                raise ConfigError(where, f"must be an integer, got {value!r}") from None
+        elif isinstance(default, float):
+            try:
+                out[(section, key)] = float(value)
+            except ValueError:
+                raise ConfigError(where, f"must be a number, got {value!r}") from None
+        else:
+            out[(section, key)] = value
+    return out
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = raw.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(where, f"must be a table, got {type(value).__name__}")
+    return value
+
+
+def _check_keys(raw: Mapping[str, Any], where: str, allowed: set[str]) -> None:
+    for key in raw:
+        if key not in allowed:
+            full = f"{where}.{key}" if where else key
+            raise ConfigError(full, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+
+def _typed(value: Any, expected: type, where: str) -> Any:
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is not bool and isinstance(value, bool):
+        raise ConfigError(where, f"must be {expected.__name__}, got bool")
+    if not isinstance(value, expected):
+        raise ConfigError(where, f"must be {expected.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = frozenset()) -> Any:
+    """Build a frozen dataclass from a table, type-checking each key against its default."""
+    fields = cls.__dataclass_fields__
+    _check_keys(raw, where, set(fields))
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"{where}.{key}"
+        if key in nested:
+            table = _table(raw, key, full)
+            for prop, prop_value in table.items():
+                if not isinstance(prop_value, (str, int, float, bool)):
+                    raise ConfigError(f"{full}.{prop}", "librdkafka properties must be strings, numbers or booleans")
+            kwargs[key] = dict(table)
+            continue
+        default = fields[key].default
+        if isinstance(default, tuple):
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                raise ConfigError(full, f"must be a list of strings, got {type(value).__name__}")
+            kwargs[key] = tuple(value)
+        else:
+            kwargs[key] = _typed(value, type(default), full)
+    return cls(**kwargs)
+
+
+# --- librdkafka dictionaries ---------------------------------------------------------
+
+# Properties the service owns: its correctness depends on them.
+_FORCED_CONSUMER = {"enable.auto.commit": False, "enable.auto.offset.store": False}
+_FORCED_PRODUCER = {"enable.idempotence": True, "acks": "all"}
+
+
+def consumer_settings(config: Config) -> dict[str, Any]:
+    """librdkafka consumer properties: defaults < [kafka.consumer] < forced."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.kafka.bootstrap_servers,
+        "group.id": config.kafka.group_id,
+        "auto.offset.reset": "earliest",
+        "partition.assignment.strategy": "range",
+        "max.poll.interval.ms": 300_000,
+    }
+    settings.update(config.kafka.consumer)
+    settings.update(_FORCED_CONSUMER)
+    if settings.get("group.protocol") == "consumer":
+        raise ConfigError("kafka.consumer.group.protocol", "only the classic protocol is supported")
+    return settings
+
+
+def producer_settings(config: Config) -> dict[str, Any]:
+    """librdkafka producer properties: defaults < [kafka.producer] < forced."""
+    settings: dict[str, Any] = {
+        "bootstrap.servers": config.kafka.bootstrap_servers,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+    }
+    settings.update(config.kafka.producer)
+    settings.update(_FORCED_PRODUCER)
+    return settings
+
+
+def admin_settings(config: Config) -> dict[str, Any]:
+    """Admin-client properties: the connection and security settings of the consumer."""
+    keep = ("security.protocol", "sasl.", "ssl.", "client.id")
+    settings = {k: v for k, v in config.kafka.consumer.items() if k.startswith(keep)}
+    settings["bootstrap.servers"] = config.kafka.bootstrap_servers
+    return settings

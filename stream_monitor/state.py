@@ -1,0 +1,130 @@
+"""The Redis store: a partition's detector state and its next offset, saved in one atomic step.
+
+Layout (``ns`` = ``redis.namespace``; the ``{…}`` hash tag keeps one
+partition's keys in one Redis Cluster slot):
+
+- ``ns:{group|topic|partition}:state`` — hash: ``offset`` (next offset to read),
+  ``state`` (zlib-compressed pickle of the partition snapshot), ``summary``
+  (JSON for ``status``), ``saved_at`` (epoch ms).
+- ``ns:partitions:{group}`` — set of ``topic|partition`` that have state (an index).
+- ``ns:reference:{model}`` — the stored reference profile (JSON) with its version.
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+import zlib
+from typing import Any, Iterator, Mapping
+
+import orjson
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from .errors import StateError
+from .reference import ReferenceProfile
+
+# Write only if no newer state is stored: a fenced-out (zombie) owner cannot
+# overwrite the progress of the partition's new owner.
+_SAVE = """
+local current = redis.call('HGET', KEYS[1], 'offset')
+if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
+return 1
+"""
+
+
+def connect(url: str) -> redis.Redis:
+    """A client that retries connection errors with backoff (about 30 s in all) before giving up."""
+    return redis.Redis.from_url(
+        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+
+
+def encode_state(snapshot: Mapping[str, Any]) -> bytes:
+    return zlib.compress(pickle.dumps(dict(snapshot), protocol=5), 1)
+
+
+def decode_state(blob: bytes) -> dict[str, Any]:
+    try:
+        return pickle.loads(zlib.decompress(blob))
+    except Exception as exc:  # noqa: BLE001 - any corruption is a StateError
+        raise StateError(f"stored partition state cannot be decoded: {exc!r}") from None
+
+
+class StateStore:
+    def __init__(self, client: redis.Redis, namespace: str, group_id: str):
+        self.client = client
+        self.namespace = namespace
+        self.group_id = group_id
+        self._save = client.register_script(_SAVE)
+
+    def key(self, topic: str, partition: int) -> str:
+        return f"{self.namespace}:{{{self.group_id}|{topic}|{partition}}}:state"
+
+    @property
+    def index_key(self) -> str:
+        return f"{self.namespace}:partitions:{{{self.group_id}}}"
+
+    def load(self, topic: str, partition: int) -> tuple[int, dict[str, Any]] | None:
+        """(next offset, snapshot) of a partition, or ``None`` if nothing is stored."""
+        try:
+            offset, blob = self.client.hmget(self.key(topic, partition), ["offset", "state"])
+        except redis.RedisError as exc:
+            raise StateError(f"cannot load state of {topic}[{partition}]: {exc}") from exc
+        if offset is None or blob is None:
+            return None
+        return int(offset), decode_state(blob)
+
+    def save(self, topic: str, partition: int, next_offset: int, snapshot: Mapping[str, Any],
+             summary: Mapping[str, Any]) -> bool:
+        """Atomically store state and next offset; ``False`` if newer state was already stored."""
+        try:
+            self.client.sadd(self.index_key, f"{topic}|{partition}")
+            written = self._save(keys=[self.key(topic, partition)],
+                                 args=[next_offset, encode_state(snapshot), orjson.dumps(summary),
+                                       int(time.time() * 1000)])
+        except redis.RedisError as exc:
+            raise StateError(f"cannot save state of {topic}[{partition}]: {exc}") from exc
+        return bool(written)
+
+    def partitions(self) -> list[tuple[str, int]]:
+        members = self.client.smembers(self.index_key)
+        out = []
+        for member in members:
+            topic, _, partition = member.decode().rpartition("|")
+            out.append((topic, int(partition)))
+        return sorted(out)
+
+    def summaries(self) -> Iterator[tuple[str, int, int, dict[str, Any], int]]:
+        """(topic, partition, next offset, summary, saved_at ms) of every stored partition."""
+        for topic, partition in self.partitions():
+            offset, summary, saved_at = self.client.hmget(self.key(topic, partition),
+                                                          ["offset", "summary", "saved_at"])
+            if offset is not None:
+                yield topic, partition, int(offset), orjson.loads(summary or b"{}"), int(saved_at or 0)
+
+
+class ReferenceStore:
+    def __init__(self, client: redis.Redis, namespace: str):
+        self.client = client
+        self.namespace = namespace
+
+    def key(self, model_id: str) -> str:
+        return f"{self.namespace}:reference:{{{model_id}}}"
+
+    def store(self, profile: ReferenceProfile) -> ReferenceProfile:
+        """Store a profile under the next version number; returns it with that version."""
+        key = self.key(profile.model_id)
+        version = int(self.client.hincrby(key, "version_counter", 1))
+        stored = ReferenceProfile(model_id=profile.model_id, events=profile.events, features=profile.features,
+                                  score=profile.score, predicted_label=profile.predicted_label,
+                                  version=version, source="stored")
+        self.client.hset(key, mapping={"profile": orjson.dumps(stored.to_dict()), "version": version})
+        return stored
+
+    def load(self, model_id: str) -> ReferenceProfile | None:
+        blob = self.client.hget(self.key(model_id), "profile")
+        return None if blob is None else ReferenceProfile.from_dict(orjson.loads(blob))

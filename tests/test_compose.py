@@ -1,0 +1,251 @@
+"""Static consistency checks of the deployment files (no Docker needed).
+
+docker-compose.yml, deploy/config.toml, deploy/prometheus.yml and the
+Dockerfile must agree on topics, addresses, ports and paths.
+"""
+
+import json
+import shlex
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+MONITOR_CONFIG_PATH = "/etc/stream-monitor/config.toml"
+EXPECTED_SERVICES = {"kafka", "redis", "create-topics", "monitor-1", "monitor-2", "prometheus"}
+
+
+@pytest.fixture(scope="module")
+def compose():
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def services(compose):
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def config():
+    with open(ROOT / "deploy" / "config.toml", "rb") as f:
+        return tomllib.load(f)
+
+
+@pytest.fixture(scope="module")
+def prometheus():
+    return yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def monitors(services):
+    """The services that run `stream-monitor run`, by name."""
+    return {name: svc for name, svc in services.items() if name.startswith("monitor")}
+
+
+def env(service):
+    """A service's environment as a dict (compose allows a mapping or a KEY=VALUE list)."""
+    raw = service.get("environment") or {}
+    if isinstance(raw, list):
+        raw = dict(item.split("=", 1) for item in raw)
+    return {k: str(v) for k, v in raw.items()}
+
+
+def command_text(service):
+    """A service's command (string or list) as one string."""
+    cmd = service.get("command", "")
+    return " ".join(cmd) if isinstance(cmd, list) else cmd
+
+
+def host_port(address):
+    """('host', port) from 'host:port'."""
+    host, _, port = address.rpartition(":")
+    return host, int(port)
+
+
+def container_ports(service, key):
+    """Container-side ports listed under `ports` or `expose`."""
+    out = set()
+    for item in service.get(key, []):
+        text = str(item["target"] if isinstance(item, dict) else item).split("/")[0]
+        out.add(int(text.rsplit(":", 1)[-1]))
+    return out
+
+
+def dockerfile_instruction(name):
+    """The argument text of the last Dockerfile instruction `name`."""
+    lines = (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines()
+    found = [line.split(None, 1)[1] for line in lines if line.strip().upper().startswith(name + " ")]
+    assert found, f"Dockerfile has no {name}"
+    return found[-1].strip()
+
+
+def test_expected_services_exist(services):
+    assert EXPECTED_SERVICES <= set(services)
+
+
+def test_no_version_key(compose):
+    assert "version" not in compose
+
+
+def test_kafka_is_official_image_in_kraft_mode(services):
+    kafka = services["kafka"]
+    assert kafka["image"].split(":")[0] == "apache/kafka"
+    kenv = env(kafka)
+    assert "controller" in kenv["KAFKA_PROCESS_ROLES"].split(",")
+    assert "broker" in kenv["KAFKA_PROCESS_ROLES"].split(",")
+    assert kenv["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert not any("zookeeper" in name.lower() for name in services)
+    assert not any("ZOOKEEPER" in key for key in kenv)
+    assert kenv["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+
+
+def test_kafka_has_healthcheck_and_published_port(services):
+    kafka = services["kafka"]
+    assert "kafka-broker-api-versions.sh" in " ".join(kafka["healthcheck"]["test"])
+    assert 9092 in container_ports(kafka, "ports")
+
+
+def created_topics(service):
+    """{topic: partitions} from the kafka-topics.sh --create calls of a service's command."""
+    topics = {}
+    for line in command_text(service).splitlines():
+        args = shlex.split(line)
+        if not args or not args[0].endswith("kafka-topics.sh") or "--create" not in args:
+            continue
+        assert "--if-not-exists" in args, line
+        topics[args[args.index("--topic") + 1]] = int(args[args.index("--partitions") + 1])
+    return topics
+
+
+def test_create_topics_creates_every_configured_topic(services, config):
+    svc = services["create-topics"]
+    topics = created_topics(svc)
+    kafka_cfg = config["kafka"]
+    wanted = [*kafka_cfg["input_topics"], kafka_cfg["alert_topic"], kafka_cfg["dead_letter_topic"]]
+    for topic in wanted:
+        assert topic in topics, f"{topic} is not created by create-topics"
+    assert svc["depends_on"]["kafka"]["condition"] == "service_healthy"
+    assert str(svc.get("restart")) == "no"
+
+
+def test_input_topics_have_a_partition_per_replica(services, config, monitors):
+    topics = created_topics(services["create-topics"])
+    for topic in config["kafka"]["input_topics"]:
+        assert topics[topic] >= len(monitors)
+
+
+def test_create_topics_uses_the_advertised_listener(services):
+    advertised = advertised_addresses(services["kafka"])
+    for line in command_text(services["create-topics"]).splitlines():
+        args = shlex.split(line)
+        if "--bootstrap-server" in args:
+            assert args[args.index("--bootstrap-server") + 1] in advertised
+
+
+def advertised_addresses(kafka):
+    """host:port of each advertised listener of the kafka service."""
+    return {urlsplit(item.strip()).netloc for item in env(kafka)["KAFKA_ADVERTISED_LISTENERS"].split(",")}
+
+
+def test_at_least_two_monitor_replicas_built_from_dockerfile(monitors):
+    assert len(monitors) >= 2
+    for name, svc in monitors.items():
+        build = svc["build"]
+        context = build if isinstance(build, str) else build.get("context", ".")
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        assert (ROOT / context / dockerfile).is_file(), name
+
+
+def test_monitor_bootstrap_matches_kafka_and_config(services, monitors, config):
+    advertised = advertised_addresses(services["kafka"])
+    for name, svc in monitors.items():
+        bootstrap = env(svc)["STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS"]
+        assert bootstrap in advertised, name
+        assert bootstrap == config["kafka"]["bootstrap_servers"], name
+        assert host_port(bootstrap)[0] == "kafka"
+
+
+def test_monitor_redis_url_matches_redis_service(services, monitors, config):
+    redis_ports = container_ports(services["redis"], "ports") | container_ports(services["redis"], "expose")
+    for name, svc in monitors.items():
+        url = urlsplit(env(svc)["STREAM_MONITOR_REDIS_URL"])
+        assert url.scheme == "redis", name
+        assert url.hostname == "redis" and "redis" in services, name
+        assert (url.port or 6379) in redis_ports, name
+        assert env(svc)["STREAM_MONITOR_REDIS_URL"] == config["redis"]["url"], name
+
+
+def test_monitor_depends_on_topics_and_redis(monitors):
+    for name, svc in monitors.items():
+        deps = svc["depends_on"]
+        assert deps["create-topics"]["condition"] == "service_completed_successfully", name
+        assert deps["redis"]["condition"] == "service_healthy", name
+
+
+def test_config_mounted_at_the_path_the_command_reads(monitors):
+    for name, svc in monitors.items():
+        cmd = svc["command"]
+        assert cmd[0] == "run", name
+        config_path = cmd[cmd.index("-c") + 1]
+        mounts = {}
+        for volume in svc["volumes"]:
+            source, target, *_ = volume.split(":")
+            mounts[target] = source
+        assert config_path in mounts, name
+        assert (ROOT / mounts[config_path]).resolve() == (ROOT / "deploy" / "config.toml").resolve(), name
+        assert any(v.endswith(":ro") for v in svc["volumes"] if v.split(":")[1] == config_path), name
+
+
+def test_metrics_port_consistent(config, monitors, prometheus):
+    port = config["service"]["metrics_port"]
+    assert port > 0
+    for name, svc in monitors.items():
+        assert port in container_ports(svc, "expose"), name
+    for target in prometheus_targets(prometheus):
+        assert host_port(target)[1] == port, target
+    assert f"EXPOSE {port}" in (ROOT / "Dockerfile").read_text(encoding="utf-8")
+
+
+def prometheus_targets(prometheus):
+    """All static targets of the stream-monitor scrape job."""
+    jobs = [job for job in prometheus["scrape_configs"] if job["job_name"] == "stream-monitor"]
+    assert len(jobs) == 1
+    return [t for sc in jobs[0]["static_configs"] for t in sc["targets"]]
+
+
+def test_prometheus_targets_are_exactly_the_monitors(prometheus, monitors):
+    hosts = [host_port(t)[0] for t in prometheus_targets(prometheus)]
+    assert sorted(hosts) == sorted(monitors)
+
+
+def test_prometheus_service_mounts_the_scrape_config(services):
+    volumes = services["prometheus"]["volumes"]
+    assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
+    assert (ROOT / "deploy" / "prometheus.yml").is_file()
+
+
+def test_dockerfile_entrypoint_and_default_command():
+    assert json.loads(dockerfile_instruction("ENTRYPOINT")) == ["stream-monitor"]
+    assert json.loads(dockerfile_instruction("CMD")) == ["run", "-c", MONITOR_CONFIG_PATH]
+    assert dockerfile_instruction("FROM").startswith("python:3.11-slim")
+    user = dockerfile_instruction("USER")
+    assert user not in ("root", "0")
+
+
+def test_dockerignore_keeps_the_build_context_small():
+    ignored = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
+    for entry in (".venv", ".git", "tests", "__pycache__", "bench", "*.pyc"):
+        assert entry in ignored
+
+
+def test_config_matches_contract_shape(config):
+    assert set(config) >= {"kafka", "redis", "service", "models"}
+    assert config["kafka"]["consumer"]["partition.assignment.strategy"] == "cooperative-sticky"
+    fraud = config["models"]["fraud"]
+    assert fraud["reference"] == {"source": "warmup", "events": 5000}
+    assert set(fraud["detectors"]) == {"psi", "adwin", "page_hinkley"}
+    psi = fraud["detectors"]["psi"]
+    assert psi["warning"] < psi["critical"]
