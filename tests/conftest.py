@@ -1,0 +1,33 @@
+"""Session fixtures: a real broker (Tansu) and a real redis-server on free loopback ports.
+
+If either cannot start, every test that needs it fails with the reason; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_monitor.localstack import LocalProcess, start_broker, start_redis
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory) -> LocalProcess:
+    process = start_broker(str(tmp_path_factory.mktemp("broker")))
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> LocalProcess:
+    process = start_redis(str(tmp_path_factory.mktemp("redis")))
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def monitors():
+    """Collects MonitorProcess objects; every one still running is killed at the end of the test."""
+    started = []
+    yield started
+    for process in started:
+        process.close()

@@ -1,0 +1,380 @@
+"""Configuration loading and validation (CONTRACT §5): defaults, sections, env overrides, refusals."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from stream_monitor.config import (
+    AdwinConfig,
+    Config,
+    DetectorsConfig,
+    KafkaConfig,
+    PageHinkleyConfig,
+    PsiConfig,
+    RedisConfig,
+    ReferenceConfig,
+    ServiceConfig,
+    consumer_settings,
+    load_config,
+    parse_config,
+    producer_settings,
+)
+from stream_monitor.errors import ConfigError, StreamMonitorError
+
+FULL_TOML = """
+[kafka]
+bootstrap_servers = "broker-1:9092,broker-2:9092"
+group_id = "sm-prod"
+input_topics = ["ml.inference", "ml.labels"]
+alert_topic = "ml.alerts.v2"
+dead_letter_topic = "ml.dlq"
+
+[kafka.consumer]
+"security.protocol" = "SASL_SSL"
+"sasl.mechanism" = "PLAIN"
+"sasl.username" = "monitor"
+"ssl.ca.location" = "/etc/ssl/ca.pem"
+"session.timeout.ms" = 45000
+
+[kafka.producer]
+"linger.ms" = 20
+"security.protocol" = "SASL_SSL"
+
+[redis]
+url = "rediss://cache.internal:6380/2"
+namespace = "smx"
+
+[service]
+metrics_port = 0
+checkpoint_interval_events = 500
+checkpoint_interval_seconds = 2
+max_message_bytes = 65536
+batch_size = 250
+poll_timeout_seconds = 0.5
+
+[models.fraud]
+reference = { source = "warmup", events = 2000 }
+features = { amount = "numeric", country = "categorical" }
+
+[models.fraud.detectors]
+psi = { window = 1000, bins = 8, warning = 0.2, critical = 0.3 }
+adwin = { delta = 0.01 }
+page_hinkley = { min_instances = 50, delta = 0.1, threshold = 25.0 }
+resolve_after = 700
+
+[models.churn]
+reference = { source = "stored" }
+"""
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "config.toml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def refused(raw: dict, environ: dict | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        parse_config(raw, environ=environ)
+    return info.value
+
+
+# --- defaults and sections ---------------------------------------------------------------
+
+
+def test_empty_document_gives_documented_defaults():
+    """An empty config is valid and equals the documented defaults."""
+    config = parse_config({})
+    assert config.kafka == KafkaConfig()
+    assert config.kafka.bootstrap_servers == "127.0.0.1:9092"
+    assert config.kafka.group_id == "stream-monitor"
+    assert config.kafka.input_topics == ("ml.inference",)
+    assert config.kafka.alert_topic == "ml.alerts"
+    assert config.kafka.dead_letter_topic == "ml.dead-letters"
+    assert config.redis == RedisConfig(url="redis://127.0.0.1:6379/0", namespace="sm")
+    assert config.service == ServiceConfig()
+    assert config.service.metrics_port == 9464
+    assert dict(config.models) == {}
+
+
+def test_model_defaults():
+    """A model with an empty table gets the documented detector defaults."""
+    model = parse_config({"models": {"fraud": {}}}).models["fraud"]
+    assert model.model_id == "fraud"
+    assert model.reference == ReferenceConfig(source="warmup", events=5000)
+    assert model.features is None
+    assert model.detectors == DetectorsConfig()
+    assert model.detectors.psi == PsiConfig(window=5000, bins=10, top_k=20, warning=0.1, critical=0.25,
+                                            epsilon=1e-4)
+    assert model.detectors.adwin.delta == 0.002
+    assert model.detectors.page_hinkley.min_instances == 30
+    assert model.detectors.resolve_after == 5000
+
+
+def test_full_file_every_section(tmp_path):
+    """Every section of a full TOML file lands in the right field."""
+    config = load_config(write(tmp_path, FULL_TOML), environ={})
+    assert isinstance(config, Config)
+    assert config.source == str(tmp_path / "config.toml")
+    k = config.kafka
+    assert k.bootstrap_servers == "broker-1:9092,broker-2:9092"
+    assert k.group_id == "sm-prod"
+    assert k.input_topics == ("ml.inference", "ml.labels")
+    assert k.alert_topic == "ml.alerts.v2"
+    assert k.dead_letter_topic == "ml.dlq"
+    assert k.consumer["security.protocol"] == "SASL_SSL"
+    assert k.consumer["session.timeout.ms"] == 45000
+    assert k.producer == {"linger.ms": 20, "security.protocol": "SASL_SSL"}
+    assert config.redis == RedisConfig(url="rediss://cache.internal:6380/2", namespace="smx")
+    assert config.service == ServiceConfig(metrics_port=0, checkpoint_interval_events=500,
+                                           checkpoint_interval_seconds=2.0, max_message_bytes=65536,
+                                           batch_size=250, poll_timeout_seconds=0.5)
+    assert isinstance(config.service.checkpoint_interval_seconds, float)  # int accepted for a float key
+
+    fraud = config.models["fraud"]
+    assert fraud.reference == ReferenceConfig(source="warmup", events=2000)
+    assert dict(fraud.features) == {"amount": "numeric", "country": "categorical"}
+    assert fraud.detectors.psi == PsiConfig(window=1000, bins=8, warning=0.2, critical=0.3)
+    assert fraud.detectors.adwin == AdwinConfig(delta=0.01)
+    assert fraud.detectors.page_hinkley == PageHinkleyConfig(min_instances=50, delta=0.1, threshold=25.0)
+    assert fraud.detectors.resolve_after == 700
+
+    churn = config.models["churn"]
+    assert churn.reference.source == "stored"
+    assert churn.detectors == DetectorsConfig()
+
+
+# --- environment overrides ----------------------------------------------------------------
+
+
+def test_env_overrides_beat_the_file(tmp_path):
+    """STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS and STREAM_MONITOR_REDIS_URL override the file."""
+    environ = {"STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS": "kafka.prod:9093",
+               "STREAM_MONITOR_REDIS_URL": "redis://redis.prod:6379/5",
+               "UNRELATED": "x"}
+    config = load_config(write(tmp_path, FULL_TOML), environ=environ)
+    assert config.kafka.bootstrap_servers == "kafka.prod:9093"
+    assert config.redis.url == "redis://redis.prod:6379/5"
+    assert config.kafka.group_id == "sm-prod"  # the rest of the file is untouched
+    assert config.redis.namespace == "smx"
+
+
+def test_env_overrides_apply_without_the_section_in_the_file(tmp_path):
+    """An override works even when the file has no such section."""
+    config = load_config(write(tmp_path, "[models.fraud]\n"),
+                         environ={"STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS": "b:1",
+                                  "STREAM_MONITOR_REDIS_URL": "unix:///run/redis.sock"})
+    assert config.kafka.bootstrap_servers == "b:1"
+    assert config.redis.url == "unix:///run/redis.sock"
+
+
+def test_explicit_environ_replaces_process_environment(tmp_path, monkeypatch):
+    """load_config(environ={}) ignores os.environ; load_config() without it reads os.environ."""
+    monkeypatch.setenv("STREAM_MONITOR_REDIS_URL", "redis://from-os-env:6379/0")
+    path = write(tmp_path, FULL_TOML)
+    assert load_config(path, environ={}).redis.url == "rediss://cache.internal:6380/2"
+    assert load_config(path).redis.url == "redis://from-os-env:6379/0"
+
+
+def test_env_override_types_and_ignored_names():
+    """Ints and lists are parsed from env strings; unknown STREAM_MONITOR_* names are ignored."""
+    config = parse_config({}, environ={"STREAM_MONITOR_SERVICE_METRICS_PORT": "9100",
+                                       "STREAM_MONITOR_KAFKA_INPUT_TOPICS": "a, b,,c",
+                                       "STREAM_MONITOR_NOPE_THING": "1",
+                                       "STREAM_MONITOR_KAFKA_CONSUMER": "ignored"})
+    assert config.service.metrics_port == 9100
+    assert config.kafka.input_topics == ("a", "b", "c")
+    assert config.kafka.consumer == {}
+
+
+def test_env_override_is_validated_too():
+    """A bad env value is refused like a bad file value, naming the variable or the key."""
+    assert refused({}, {"STREAM_MONITOR_SERVICE_METRICS_PORT": "abc"}).key == \
+        "STREAM_MONITOR_SERVICE_METRICS_PORT (env)"
+    assert refused({}, {"STREAM_MONITOR_REDIS_URL": "http://nope"}).key == "redis.url"
+
+
+# --- refusals name the key ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"kafkaa": {}}, "kafkaa"),
+    ({"kafka": {"bootstrap": "x"}}, "kafka.bootstrap"),
+    ({"redis": {"host": "x"}}, "redis.host"),
+    ({"service": {"port": 1}}, "service.port"),
+    ({"models": {"fraud": {"detector": {}}}}, "models.fraud.detector"),
+    ({"models": {"fraud": {"detectors": {"kswin": {}}}}}, "models.fraud.detectors.kswin"),
+    ({"models": {"fraud": {"detectors": {"psi": {"windows": 10}}}}}, "models.fraud.detectors.psi.windows"),
+    ({"models": {"fraud": {"reference": {"source": "warmup", "size": 10}}}}, "models.fraud.reference.size"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_unknown_keys_are_refused(raw, key):
+    """Typos are refused, not silently ignored."""
+    error = refused(raw)
+    assert error.key == key
+    assert "unknown key" in str(error)
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"service": {"metrics_port": "9464"}}, "service.metrics_port"),
+    ({"service": {"metrics_port": True}}, "service.metrics_port"),
+    ({"service": {"batch_size": 10.5}}, "service.batch_size"),
+    ({"kafka": {"input_topics": "ml.inference"}}, "kafka.input_topics"),
+    ({"kafka": {"input_topics": [1, 2]}}, "kafka.input_topics"),
+    ({"kafka": {"input_topics": ["ok", ""]}}, "kafka.input_topics"),
+    ({"kafka": {"input_topics": []}}, "kafka.input_topics"),
+    ({"kafka": {"group_id": 7}}, "kafka.group_id"),
+    ({"kafka": "x"}, "kafka"),
+    ({"kafka": {"consumer": "x"}}, "kafka.consumer"),
+    ({"kafka": {"consumer": {"sasl.jaas": ["a"]}}}, "kafka.consumer.sasl.jaas"),
+    ({"redis": {"namespace": 1}}, "redis.namespace"),
+    ({"models": []}, "models"),
+    ({"models": {"fraud": 3}}, "models.fraud"),
+    ({"models": {"fraud": {"features": ["amount"]}}}, "models.fraud.features"),
+    ({"models": {"fraud": {"detectors": {"psi": {"window": "1000"}}}}}, "models.fraud.detectors.psi.window"),
+    ({"models": {"fraud": {"detectors": {"psi": {"window": 1000.0}}}}}, "models.fraud.detectors.psi.window"),
+    ({"models": {"fraud": {"detectors": {"adwin": {"enabled": "yes"}}}}}, "models.fraud.detectors.adwin.enabled"),
+    ({"models": {"fraud": {"detectors": {"resolve_after": "soon"}}}}, "models.fraud.detectors.resolve_after"),
+    ({"models": {"fraud": {"reference": {"events": "5000"}}}}, "models.fraud.reference.events"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_wrong_types_are_refused(raw, key):
+    """A value of the wrong type is refused, naming the exact key."""
+    assert refused(raw).key == key
+
+
+@pytest.mark.parametrize("raw, key", [
+    ({"models": {"fraud": {"reference": {"source": "s3"}}}}, "models.fraud.reference.source"),
+    ({"models": {"fraud": {"reference": {"events": 5}}}}, "models.fraud.reference.events"),
+    ({"models": {"fraud": {"features": {"amount": "float"}}}}, "models.fraud.features.amount"),
+    ({"models": {"fraud": {"detectors": {"psi": {"warning": 0.3, "critical": 0.2}}}}},
+     "models.fraud.detectors.psi.warning"),
+    ({"models": {"fraud": {"detectors": {"psi": {"warning": 0}}}}}, "models.fraud.detectors.psi.warning"),
+    ({"models": {"fraud": {"detectors": {"psi": {"window": 5}}}}}, "models.fraud.detectors.psi.window"),
+    ({"models": {"fraud": {"detectors": {"psi": {"bins": 1}}}}}, "models.fraud.detectors.psi.bins"),
+    ({"models": {"fraud": {"detectors": {"adwin": {"delta": 1.5}}}}}, "models.fraud.detectors.adwin.delta"),
+    ({"models": {"fraud": {"detectors": {"page_hinkley": {"threshold": 0}}}}},
+     "models.fraud.detectors.page_hinkley.threshold"),
+    ({"models": {"fraud": {"detectors": {"resolve_after": 0}}}}, "models.fraud.detectors.resolve_after"),
+    ({"service": {"metrics_port": -1}}, "service.metrics_port"),
+    ({"service": {"metrics_port": 70000}}, "service.metrics_port"),
+    ({"service": {"batch_size": 0}}, "service.batch_size"),
+    ({"service": {"max_message_bytes": 0}}, "service.max_message_bytes"),
+    ({"redis": {"url": "http://127.0.0.1:6379"}}, "redis.url"),
+    ({"redis": {"url": "127.0.0.1:6379"}}, "redis.url"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_values_are_refused(raw, key):
+    """Out-of-range or unsupported values are refused, naming the exact key."""
+    error = refused(raw)
+    assert error.key == key
+    assert str(error).startswith(f"config: {key}: ")
+    assert isinstance(error, StreamMonitorError)
+
+
+def test_psi_warning_equal_to_critical_is_accepted():
+    """warning == critical is allowed (warning must not exceed critical)."""
+    psi = parse_config({"models": {"m": {"detectors": {"psi": {"warning": 0.2, "critical": 0.2}}}}}) \
+        .models["m"].detectors.psi
+    assert psi.warning == psi.critical == 0.2
+
+
+def test_invalid_toml_is_refused_naming_the_file(tmp_path):
+    """A file that is not TOML is refused; the key is the file's path."""
+    path = write(tmp_path, "[kafka\nbootstrap_servers = ")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == str(path)
+    assert "not valid TOML" in info.value.problem
+
+
+def test_missing_file_is_refused(tmp_path):
+    """A missing file is a ConfigError, not a FileNotFoundError."""
+    path = tmp_path / "nope.toml"
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == str(path)
+    assert info.value.problem == "file not found"
+
+
+def test_error_in_file_names_the_key(tmp_path):
+    """A validation error in a file carries the dotted key, not the path."""
+    path = write(tmp_path, """
+        [models.fraud.detectors]
+        psi = { warning = 0.5, critical = 0.25 }
+    """)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    assert info.value.key == "models.fraud.detectors.psi.warning"
+
+
+# --- librdkafka dictionaries ----------------------------------------------------------------
+
+
+def test_consumer_settings_force_manual_offsets_and_pass_security_through():
+    """The service owns offset commits; SASL/SSL properties pass through unchanged."""
+    config = parse_config({"kafka": {
+        "bootstrap_servers": "b:9092", "group_id": "g",
+        "consumer": {"enable.auto.commit": True, "enable.auto.offset.store": True,
+                     "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+                     "sasl.username": "u", "sasl.password": "p", "ssl.ca.location": "/ca.pem",
+                     "auto.offset.reset": "latest"}}})
+    settings = consumer_settings(config)
+    assert settings["enable.auto.commit"] is False
+    assert settings["enable.auto.offset.store"] is False
+    assert settings["bootstrap.servers"] == "b:9092"
+    assert settings["group.id"] == "g"
+    assert settings["security.protocol"] == "SASL_SSL"
+    assert settings["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert settings["sasl.username"] == "u"
+    assert settings["sasl.password"] == "p"
+    assert settings["ssl.ca.location"] == "/ca.pem"
+    assert settings["auto.offset.reset"] == "latest"  # a user choice that is not forced
+
+
+def test_consumer_settings_defaults():
+    """Without [kafka.consumer]: earliest, auto-commit off."""
+    settings = consumer_settings(parse_config({}))
+    assert settings["auto.offset.reset"] == "earliest"
+    assert settings["enable.auto.commit"] is False
+    assert settings["enable.auto.offset.store"] is False
+
+
+def test_next_generation_group_protocol_is_refused():
+    """group.protocol=consumer (KIP-848) is refused, naming the key."""
+    config = parse_config({"kafka": {"consumer": {"group.protocol": "consumer"}}})
+    with pytest.raises(ConfigError) as info:
+        consumer_settings(config)
+    assert info.value.key == "kafka.consumer.group.protocol"
+    classic = parse_config({"kafka": {"consumer": {"group.protocol": "classic"}}})
+    assert consumer_settings(classic)["group.protocol"] == "classic"
+
+
+def test_producer_settings_force_idempotence():
+    """The producer is always idempotent with acks=all, whatever the user sets."""
+    config = parse_config({"kafka": {"bootstrap_servers": "b:1", "producer": {
+        "enable.idempotence": False, "acks": "1", "linger.ms": 50, "security.protocol": "SSL"}}})
+    settings = producer_settings(config)
+    assert settings["enable.idempotence"] is True
+    assert settings["acks"] == "all"
+    assert settings["linger.ms"] == 50
+    assert settings["security.protocol"] == "SSL"
+    assert settings["bootstrap.servers"] == "b:1"
+
+
+def test_dotted_librdkafka_keys_written_bare_in_toml_pass_through(tmp_path):
+    """`security.protocol = "SASL_SSL"` unquoted under [kafka.consumer] is the natural TOML spelling.
+
+    TOML reads a bare dotted key as nested tables ({"security": {"protocol": ...}}); the
+    contract (§5) says [kafka.consumer] properties such as security.protocol and sasl.* pass
+    through, so the nested form must be flattened back to the librdkafka property name.
+    """
+    path = write(tmp_path, """
+        [kafka.consumer]
+        security.protocol = "SASL_SSL"
+        sasl.mechanism = "PLAIN"
+        ssl.ca.location = "/etc/ssl/ca.pem"
+    """)
+    settings = consumer_settings(load_config(path, environ={}))
+    assert settings["security.protocol"] == "SASL_SSL"
+    assert settings["sasl.mechanism"] == "PLAIN"
+    assert settings["ssl.ca.location"] == "/etc/ssl/ca.pem"
