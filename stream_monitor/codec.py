@@ -104,20 +104,29 @@ def _prediction(prediction: Any) -> tuple[float | None, str | None]:
     raise _Invalid("wrong_type", f"prediction must be a number, string or object, got {_type_name(prediction)}")
 
 
+# Timestamps must be representable in RFC 3339 (years 1..9999) to appear in alerts.
+_MIN_MS = int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
+_MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp() * 1000)
+
+
 def _timestamp(value: Any, kafka_timestamp_ms: int | None) -> int | None:
     if value is None:
         return kafka_timestamp_ms
-    if _is_number(value):
-        return int(round(value * 1000))
-    if isinstance(value, str):
-        try:
+    epoch_ms = None
+    try:
+        if _is_number(value):
+            epoch_ms = int(round(value * 1000))
+        elif isinstance(value, str):
             moment = datetime.fromisoformat(value)
             if moment.tzinfo is None:  # RFC 3339 requires an offset; read a bare time as UTC
                 moment = moment.replace(tzinfo=timezone.utc)
-            return int(moment.timestamp() * 1000)
-        except (ValueError, OverflowError, OSError):
-            pass
-    raise _Invalid("wrong_type", f"timestamp must be an RFC 3339 string or epoch seconds, got {value!r:.80}")
+            epoch_ms = int(moment.timestamp() * 1000)
+    except (ValueError, OverflowError, OSError):
+        epoch_ms = None
+    if epoch_ms is None or not _MIN_MS <= epoch_ms <= _MAX_MS:
+        raise _Invalid("wrong_type", f"timestamp must be an RFC 3339 string or epoch seconds between the years "
+                                     f"1 and 9999, got {value!r:.80}")
+    return epoch_ms
 
 
 def category(value: Any) -> str:

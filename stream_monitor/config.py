@@ -242,6 +242,21 @@ def _check_keys(raw: Mapping[str, Any], where: str, allowed: set[str]) -> None:
             raise ConfigError(full, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
 
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """librdkafka property tables: ``security.protocol = "X"`` written bare is a nested TOML table.
+
+    >>> _flatten({"security": {"protocol": "SASL_SSL"}, "sasl.mechanism": "PLAIN"})
+    {'security.protocol': 'SASL_SSL', 'sasl.mechanism': 'PLAIN'}
+    """
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def _typed(value: Any, expected: type, where: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -260,7 +275,7 @@ def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = fro
     for key, value in raw.items():
         full = f"{where}.{key}"
         if key in nested:
-            table = _table(raw, key, full)
+            table = _flatten(_table(raw, key, full))
             for prop, prop_value in table.items():
                 if not isinstance(prop_value, (str, int, float, bool)):
                     raise ConfigError(f"{full}.{prop}", "librdkafka properties must be strings, numbers or booleans")

@@ -152,7 +152,7 @@ class ReferenceProfile:
                        score=None if d.get("score") is None else NumericReference.from_dict(d["score"]),
                        predicted_label=None if d.get("predicted_label") is None
                        else CategoricalReference.from_dict(d["predicted_label"]))
-        except (KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
             raise ReferenceProfileError(f"malformed reference profile: {exc!r}") from None
 
 

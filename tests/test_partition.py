@@ -1,0 +1,349 @@
+"""PartitionMonitor end to end on synthetic traffic: alerts, episodes, state round trips, replay."""
+
+from __future__ import annotations
+
+import io
+import re
+from functools import lru_cache
+
+import orjson
+import pytest
+
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.errors import ReferenceProfileError, StateError
+from stream_monitor.events import Alert, DeadLetter, InferenceEvent, LabelEvent, RawMessage, alert_id
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.replay import replay_alerts
+from stream_monitor.state import decode_state, encode_state
+from stream_monitor.synthetic import generate
+
+PARTITION = 3
+MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+CONFIG = parse_config({"models": {m: MODEL for m in ("fraud", "churn", "stable")}})
+KNOWN = frozenset(CONFIG.models)
+
+CONTRACT_ALERT_FIELDS = {"alert_id", "status", "severity", "model_id", "signal", "name", "detector",
+                         "statistic", "threshold", "reference", "current", "partition", "offset",
+                         "event_time", "detected_at", "message"}
+RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+def decoded(doc: dict, offset: int = 0) -> InferenceEvent | LabelEvent:
+    out = decode(RawMessage("ml.inference", PARTITION, offset, orjson.dumps(doc)), KNOWN)
+    assert not isinstance(out, DeadLetter), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def events(model: str, count: int, drift_at: int | None = None) -> tuple:
+    return tuple(decoded(doc, i) for i, doc in enumerate(generate(model, count, drift_at=drift_at)))
+
+
+@lru_cache(maxsize=None)
+def interleaved() -> tuple:
+    """fraud (drifting at its event 3000), churn and stable, round robin: 12,000 events on one partition."""
+    streams = [events("fraud", 4000, 3000), events("churn", 4000), events("stable", 4000)]
+    return tuple(e for triple in zip(*streams) for e in triple)
+
+
+def run(stream, monitor: PartitionMonitor | None = None, start: int = 0) -> tuple[list[Alert], PartitionMonitor]:
+    monitor = monitor or PartitionMonitor(CONFIG, PARTITION, {})
+    alerts: list[Alert] = []
+    for offset, event in enumerate(stream[start:], start=start):
+        alerts.extend(monitor.process(event, offset))
+    return alerts, monitor
+
+
+def key(a: Alert) -> tuple:
+    return a.offset, a.signal, a.name, a.detector, a.status
+
+
+@lru_cache(maxsize=None)
+def fraud_run() -> tuple[tuple[Alert, ...], dict]:
+    alerts, monitor = run(events("fraud", 8000, 3000))
+    return tuple(alerts), monitor.snapshot()
+
+
+# --- (a) drift is found ---------------------------------------------------------------------------
+
+# Found once with river 0.26.1 and pinned: the fraud model's inputs drift at event 3000
+# (amount's log-mean +0.8, the country mix changes), reference = events 0..999, PSI windows
+# close at offsets 1999, 2999, 3999, ...; point detectors resolve after 2000 quiet events.
+FRAUD_ALERTS = [
+    (3015, "feature", "amount", "adwin", "firing"),
+    (3029, "feature", "amount", "page_hinkley", "firing"),
+    (3035, "prediction", "score", "page_hinkley", "firing"),
+    (3047, "prediction", "score", "adwin", "firing"),
+    (3999, "feature", "amount", "psi", "firing"),
+    (3999, "feature", "country", "psi", "firing"),
+    (3999, "prediction", "score", "psi", "firing"),
+    (3999, "prediction", "label", "psi", "firing"),
+    (5015, "feature", "amount", "adwin", "resolved"),
+    (5035, "prediction", "score", "page_hinkley", "resolved"),
+    (5047, "prediction", "score", "adwin", "resolved"),
+    (6977, "feature", "amount", "page_hinkley", "resolved"),
+    (7844, "prediction", "score", "page_hinkley", "firing"),
+]
+
+
+def test_fraud_drift_raises_the_pinned_alerts():
+    """Injected drift → firing alerts on amount (adwin, page_hinkley, psi) and country (psi), pinned."""
+    alerts, _ = fraud_run()
+    assert [key(a) for a in alerts] == FRAUD_ALERTS
+    firing = {(a.name, a.detector) for a in alerts if a.status == "firing"}
+    assert {("amount", "adwin"), ("amount", "page_hinkley"), ("amount", "psi"), ("country", "psi")} <= firing
+    assert all(a.offset >= 3000 for a in alerts)  # nothing before the drift
+    psi = [a for a in alerts if a.detector == "psi"]
+    assert all(a.severity == "critical" and a.statistic >= a.threshold == 0.25 for a in psi)
+    assert all(a.model_id == "fraud" and a.partition == PARTITION for a in alerts)
+
+
+def test_one_firing_per_episode():
+    """Between a firing and its resolved, the same (signal, name, detector) is not re-announced."""
+    alerts, _ = fraud_run()
+    open_episodes: set[tuple] = set()
+    for a in alerts:
+        ident = (a.signal, a.name, a.detector)
+        if a.status == "firing":
+            assert ident not in open_episodes
+            open_episodes.add(ident)
+        else:
+            assert ident in open_episodes
+            open_episodes.remove(ident)
+
+
+def test_warmup_builds_the_reference():
+    """The first reference.events events build the reference; no detector runs before that."""
+    _, snapshot = fraud_run()
+    fraud = snapshot["models"]["fraud"]
+    assert fraud["events"] == 8000
+    assert fraud["reference"]["events"] == 1000
+    assert fraud["reference"]["source"] == "warmup"
+    assert fraud["warmup"] == []
+    assert sorted(fraud["reference"]["features"]) == ["age", "amount", "country", "is_new"]
+    assert fraud["reference"]["features"]["is_new"]["kind"] == "categorical"
+    monitor = PartitionMonitor(CONFIG, PARTITION, {})
+    _, monitor = run(events("fraud", 8000, 3000)[:999], monitor)
+    assert monitor.models["fraud"].reference is None
+    assert len(monitor.models["fraud"].warmup) == 999
+
+
+# --- (b) no false alarms --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["stable", "churn"])
+def test_stationary_models_raise_nothing(model):
+    """8,000 events of a model without drift: not a single alert."""
+    alerts, monitor = run(events(model, 8000))
+    assert alerts == []
+    assert monitor.models[model].events == 8000
+
+
+# --- (c) state round trips ------------------------------------------------------------------------
+
+
+RESTART_STREAMS = {
+    # Restarts during every model's warm-up (1537) and inside open episodes (9222, 10759).
+    "interleaved": (interleaved, 7),
+    # Restarts inside open episodes that later resolve (4611 → resolved at 5015, 5035, 5047, 6977).
+    "fraud": (lambda: events("fraud", 8000, 3000), 5),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESTART_STREAMS))
+def test_restart_every_1537_events_changes_nothing(name):
+    """Snapshot → encode/decode → fresh monitor at every 1,537th event: same alerts, same final state."""
+    make_stream, expected_restarts = RESTART_STREAMS[name]
+    stream = make_stream()
+    expected_alerts, uninterrupted = run(stream)
+    assert expected_alerts, "the interleaved stream must raise alerts for the comparison to mean something"
+
+    monitor = PartitionMonitor(CONFIG, PARTITION, {})
+    alerts: list[Alert] = []
+    restarts = 0
+    for offset, event in enumerate(stream):
+        if offset and offset % 1537 == 0:
+            blob = encode_state(monitor.snapshot())
+            monitor = PartitionMonitor(CONFIG, PARTITION, {})
+            monitor.restore(decode_state(blob))
+            assert monitor.next_offset == offset
+            restarts += 1
+        alerts.extend(monitor.process(event, offset))
+    assert restarts == expected_restarts
+    assert alerts == expected_alerts
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in expected_alerts]
+    assert monitor.snapshot() == uninterrupted.snapshot()
+
+
+def test_restore_during_warmup_keeps_the_buffered_events():
+    """A snapshot taken mid-warm-up restores the buffered events (the reference ends up identical)."""
+    stream = events("fraud", 1500, None)
+    _, whole = run(stream)
+    _, first = run(stream[:600])
+    second = PartitionMonitor(CONFIG, PARTITION, {})
+    second.restore(decode_state(encode_state(first.snapshot())))
+    assert len(second.models["fraud"].warmup) == 600
+    _, second = run(stream, second, start=600)
+    assert second.snapshot() == whole.snapshot()
+
+
+def test_restore_refuses_unknown_format():
+    """A snapshot of another format is a StateError."""
+    monitor = PartitionMonitor(CONFIG, PARTITION, {})
+    with pytest.raises(StateError):
+        monitor.restore({**monitor.snapshot(), "format": 999})
+
+
+def test_restore_drops_models_no_longer_configured():
+    """State of a model removed from the config is ignored on restore."""
+    _, monitor = run(events("stable", 50))
+    smaller = parse_config({"models": {"fraud": MODEL}})
+    fresh = PartitionMonitor(smaller, PARTITION, {})
+    fresh.restore(monitor.snapshot())
+    assert fresh.models == {}
+    assert fresh.next_offset == 50
+
+
+def test_decode_state_refuses_garbage():
+    """A corrupted state blob is a StateError."""
+    with pytest.raises(StateError):
+        decode_state(b"not zlib")
+
+
+# --- (d) alert identity and format ----------------------------------------------------------------
+
+
+def test_alert_ids_are_deterministic_and_unique():
+    """alert_id is the pure function of (model, signal, name, detector, partition, offset, status)."""
+    alerts, _ = fraud_run()
+    again, _ = run(events("fraud", 8000, 3000))
+    assert [a.alert_id for a in again] == [a.alert_id for a in alerts]
+    for a in alerts:
+        assert a.alert_id == alert_id(a.model_id, a.signal, a.name, a.detector, a.partition, a.offset, a.status)
+        assert re.fullmatch(r"[0-9a-f]{64}", a.alert_id)
+    assert len({a.alert_id for a in alerts}) == len(alerts)
+    assert alert_id("fraud", "feature", "amount", "psi", 3, 1, "firing") != \
+        alert_id("fraud", "feature", "amount", "psi", 3, 1, "resolved")
+    assert alert_id("fraud", "feature", "amount", "psi", 3, 1, "firing") != \
+        alert_id("fraud", "feature", "amount", "psi", 4, 1, "firing")
+
+
+def test_alert_dicts_have_every_contract_field():
+    """to_dict has every field of CONTRACT §3 with the documented values and JSON-serialisable."""
+    alerts, _ = fraud_run()
+    stream = events("fraud", 8000, 3000)
+    detected_at = 1_795_812_290_500
+    for a in alerts:
+        d = a.to_dict(detected_at)
+        assert set(d) >= CONTRACT_ALERT_FIELDS
+        assert d["status"] in ("firing", "resolved")
+        assert d["severity"] in ("warning", "critical")
+        assert d["signal"] in ("feature", "prediction", "label", "performance", "data_quality", "latency")
+        assert d["detector"] in ("psi", "adwin", "page_hinkley")
+        assert d["model_id"] == "fraud" and d["partition"] == PARTITION
+        assert isinstance(d["statistic"], float) and isinstance(d["threshold"], float)
+        assert isinstance(d["reference"], dict) and d["reference"]
+        assert isinstance(d["current"], dict) and d["current"]
+        assert isinstance(d["message"], str) and d["message"]
+        assert RFC3339_MS.match(d["event_time"]) and RFC3339_MS.match(d["detected_at"])
+        assert d["detected_at"] == "2026-11-27T20:44:50.500Z"
+        assert a.event_time_ms == stream[a.offset].timestamp_ms
+        assert orjson.loads(orjson.dumps(d)) == d
+    psi = next(a for a in alerts if a.detector == "psi" and a.name == "country").to_dict(detected_at)
+    assert psi["reference"]["categories"][-1] == "__other__"
+    assert len(psi["reference"]["categories"]) == len(psi["reference"]["proportions"]) == \
+        len(psi["current"]["proportions"])
+    assert psi["current"]["events"] == 1000
+    assert "fraud.country" in psi["message"]
+
+
+# --- (e) replay ---------------------------------------------------------------------------------
+
+
+def test_replay_raises_the_same_alerts_as_the_service_path():
+    """replay_alerts over JSON lines = PartitionMonitor driven directly (partition -1, offset = line)."""
+    stream = interleaved()
+    direct, _ = run(stream)
+    docs = [e for triple in zip(generate("fraud", 4000, drift_at=3000), generate("churn", 4000),
+                                generate("stable", 4000)) for e in triple]
+    lines = [orjson.dumps(doc) + b"\n" for doc in docs]
+    errors = io.StringIO()
+    replayed = list(replay_alerts(CONFIG, iter(lines), {}, errors))
+    assert [(a.model_id, a.signal, a.name, a.detector, a.status) for a in replayed] == \
+        [(a.model_id, a.signal, a.name, a.detector, a.status) for a in direct]
+    assert [a.offset for a in replayed] == [a.offset + 1 for a in direct]  # line numbers from 1
+    assert {a.partition for a in replayed} == {-1}
+    assert errors.getvalue() == ""
+
+
+def test_replay_skips_blank_and_bad_lines():
+    """Blank lines are ignored, bad lines reported on `errors`; the alert sequence is unchanged."""
+    docs = generate("fraud", 5000, drift_at=3000)
+    clean = list(replay_alerts(CONFIG, iter([orjson.dumps(d) + b"\n" for d in docs]), {}))
+    lines = [b"\n", b"not json\n"] + [orjson.dumps(d) + b"\r\n" for d in docs]
+    errors = io.StringIO()
+    noisy = list(replay_alerts(CONFIG, iter(lines), {}, errors))
+    assert [(a.name, a.detector, a.status) for a in noisy] == [(a.name, a.detector, a.status) for a in clean]
+    assert [a.offset for a in noisy] == [a.offset + 2 for a in clean]
+    assert errors.getvalue().startswith("line 2: not_json: ")
+
+
+# --- (f) labels, (g) dead letters ---------------------------------------------------------------------
+
+
+def test_label_event_changes_only_the_label_count():
+    """A LabelEvent bumps the model's label count (and next_offset) and nothing else."""
+    _, monitor = run(events("fraud", 1500))
+    before = monitor.snapshot()
+    label = decoded({"event_id": "fraud-0-7", "model_id": "fraud", "label": 1})
+    assert isinstance(label, LabelEvent)
+    assert monitor.process(label, 1500) == []
+    after = monitor.snapshot()
+    assert after["models"]["fraud"]["labels"] == before["models"]["fraud"]["labels"] + 1 == 1
+    assert after["next_offset"] == 1501
+    after["models"]["fraud"]["labels"] -= 1
+    after["next_offset"] = before["next_offset"]
+    assert after == before
+
+
+def test_skip_advances_offset_and_counts_dead_letters():
+    """skip() moves next_offset past a dead-lettered message and counts it; detectors are untouched."""
+    _, monitor = run(events("stable", 1200))
+    before = monitor.snapshot()
+    monitor.skip(1200)
+    monitor.skip(1201)
+    after = monitor.snapshot()
+    assert (after["next_offset"], after["dead_letters"]) == (1202, 2)
+    assert after["models"] == before["models"]
+    monitor.process(events("stable", 1203)[1202], 1202)
+    assert monitor.next_offset == 1203
+    assert monitor.summary()["dead_letters"] == 2
+
+
+def test_fresh_monitor_has_no_offset():
+    """A new partition monitor has no next offset and no models until it sees an event."""
+    monitor = PartitionMonitor(CONFIG, PARTITION, {})
+    assert monitor.next_offset is None and monitor.dead_letters == 0 and monitor.models == {}
+
+
+def test_stored_reference_required_when_configured():
+    """A model with reference.source = "stored" and no stored profile is a ReferenceProfileError."""
+    config = parse_config({"models": {"fraud": {"reference": {"source": "stored"}}}})
+    monitor = PartitionMonitor(config, PARTITION, {})
+    with pytest.raises(ReferenceProfileError, match="reference build"):
+        monitor.process(events("fraud", 1)[0], 0)
+
+
+def test_stored_reference_is_used_without_warmup():
+    """With a stored profile, detectors run from the first event."""
+    from stream_monitor.reference import build_reference
+
+    stream = events("fraud", 3000, 1000)
+    profile = build_reference("fraud", list(stream[:1000]), None, bins=10, top_k=20)
+    config = parse_config({"models": {"fraud": {"reference": {"source": "stored"},
+                                                "detectors": MODEL["detectors"]}}})
+    monitor = PartitionMonitor(config, PARTITION, {"fraud": profile})
+    alerts, _ = run(stream[1000:], monitor)
+    assert monitor.models["fraud"].warmup == []
+    assert ("amount", "psi", "firing") in {(a.name, a.detector, a.status) for a in alerts}
