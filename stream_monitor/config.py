@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -48,6 +48,7 @@ class ServiceConfig:
     max_message_bytes: int = 1_048_576
     batch_size: int = 1_000
     poll_timeout_seconds: float = 0.2
+    reference_poll_seconds: float = 5.0  # how often stored references are checked for a new version
 
 
 @dataclass(frozen=True)
@@ -55,15 +56,21 @@ class PsiConfig:
     window: int = 5_000
     bins: int = 10
     top_k: int = 20
-    warning: float = 0.1
+    warning: float = 0.1  # raised to the budget's level when that is higher (small windows)
     critical: float = 0.25
     epsilon: float = 1e-4
 
 
 @dataclass(frozen=True)
+class KsConfig:
+    enabled: bool = True
+    threshold: float | None = None  # None → from the false-alarm budget
+
+
+@dataclass(frozen=True)
 class AdwinConfig:
     enabled: bool = True
-    delta: float = 0.002
+    delta: float | None = None  # None → from the false-alarm budget
     clock: int = 32
     grace_period: int = 10
     min_window_length: int = 5
@@ -74,21 +81,41 @@ class AdwinConfig:
 class PageHinkleyConfig:
     enabled: bool = True
     min_instances: int = 30
-    # Values are z-scores against the reference; 0.25 keeps the stationary
-    # false-alarm rate near 5e-5 per value (river's 0.005 gives ~7e-4).
+    # Values are reference-normal scores (N(0, 1) on unchanged data); delta is
+    # the smallest mean shift worth catching quickly, in standard deviations / 2.
     delta: float = 0.25
-    threshold: float = 50.0
-    alpha: float = 0.9999
+    threshold: float | None = None  # None → from the false-alarm budget
+    alpha: float = 1.0  # river's default 0.9999 forgets the sums and cannot be calibrated
+
+
+@dataclass(frozen=True)
+class DataQualityConfig:
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    enabled: bool = True  # distribution shift of latency_ms (PSI, KS, ADWIN, Page-Hinkley)
+    p95_ceiling_ms: float | None = None  # a window's p95 above this → latency alert
 
 
 @dataclass(frozen=True)
 class DetectorsConfig:
+    # Expected false alarms per 10^6 events, per detector and column, on data like the reference.
+    false_alarms_per_million: float = 0.1
     psi: PsiConfig = PsiConfig()
+    ks: KsConfig = KsConfig()
     adwin: AdwinConfig = AdwinConfig()
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
+    data_quality: DataQualityConfig = DataQualityConfig()
+    latency: LatencyConfig = LatencyConfig()
     # A point detector's (ADWIN, Page-Hinkley) episode resolves after this
-    # many events without a new detection.
+    # many values without a new detection.
     resolve_after: int = 5_000
+    # After a resolution, this many values pass before the same detector may fire again.
+    cooldown: int = 5_000
+    # A level detector (PSI, KS, data quality, p95) resolves below hysteresis × its warning level.
+    hysteresis: float = 0.8
 
 
 @dataclass(frozen=True)
@@ -150,6 +177,19 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size"):
         if getattr(service, key) < 1:
             raise ConfigError(f"service.{key}", "must be at least 1")
+    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds"):
+        if not getattr(service, key) > 0:
+            raise ConfigError(f"service.{key}", "must be > 0")
+    for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):
+        if not getattr(kafka, key):
+            raise ConfigError(f"kafka.{key}", "must not be empty")
+    if not redis.namespace:
+        raise ConfigError("redis.namespace", "must not be empty")
+    for key, own in (("bootstrap.servers", "kafka.bootstrap_servers"), ("group.id", "kafka.group_id")):
+        for where, table in (("consumer", kafka.consumer), ("producer", kafka.producer)):
+            if key in table:
+                raise ConfigError(f"kafka.{where}.{key}", f"set {own} instead (the group id also names the state "
+                                  "in Redis; one address serves consumer, producer and admin)")
     models_raw = _table(raw, "models", "models")
     models = {model_id: _model(model_id, _table(models_raw, model_id, f"models.{model_id}"))
               for model_id in models_raw}
@@ -171,27 +211,47 @@ def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
             if kind not in FEATURE_KINDS:
                 raise ConfigError(f"{where}.features.{name}", f"must be one of {FEATURE_KINDS}, got {kind!r}")
     det_raw = _table(raw, "detectors", f"{where}.detectors")
-    _check_keys(det_raw, f"{where}.detectors", {"psi", "adwin", "page_hinkley", "resolve_after"})
-    detectors = DetectorsConfig(
-        psi=_build(PsiConfig, _table(det_raw, "psi", f"{where}.detectors.psi"), f"{where}.detectors.psi"),
-        adwin=_build(AdwinConfig, _table(det_raw, "adwin", f"{where}.detectors.adwin"), f"{where}.detectors.adwin"),
-        page_hinkley=_build(PageHinkleyConfig, _table(det_raw, "page_hinkley", f"{where}.detectors.page_hinkley"),
-                            f"{where}.detectors.page_hinkley"),
-        resolve_after=_typed(det_raw.get("resolve_after", 5_000), int, f"{where}.detectors.resolve_after"),
-    )
+    tables = {"psi": PsiConfig, "ks": KsConfig, "adwin": AdwinConfig, "page_hinkley": PageHinkleyConfig,
+              "data_quality": DataQualityConfig, "latency": LatencyConfig}
+    _check_keys(det_raw, f"{where}.detectors", set(DetectorsConfig.__dataclass_fields__))
+    scalars = {k: v for k, v in det_raw.items() if k not in tables}
+    detectors = _build(DetectorsConfig, scalars, f"{where}.detectors", skip=set(tables))
+    detectors = replace(detectors, **{
+        name: _build(cls, _table(det_raw, name, f"{where}.detectors.{name}"), f"{where}.detectors.{name}")
+        for name, cls in tables.items()})
     psi = detectors.psi
+    positive = {"psi.top_k": psi.top_k, "psi.epsilon": psi.epsilon, "adwin.clock": detectors.adwin.clock,
+                "adwin.grace_period": detectors.adwin.grace_period,
+                "adwin.min_window_length": detectors.adwin.min_window_length,
+                "adwin.max_buckets": detectors.adwin.max_buckets,
+                "page_hinkley.min_instances": detectors.page_hinkley.min_instances}
+    for key, value in positive.items():
+        if not value > 0:
+            raise ConfigError(f"{where}.detectors.{key}", "must be > 0")
     if psi.window < 10:
         raise ConfigError(f"{where}.detectors.psi.window", "must be at least 10")
     if not 2 <= psi.bins <= 100:
         raise ConfigError(f"{where}.detectors.psi.bins", "must be 2..100")
     if not 0 < psi.warning <= psi.critical:
         raise ConfigError(f"{where}.detectors.psi.warning", "must be > 0 and <= critical")
-    if not 0 < detectors.adwin.delta < 1:
+    if detectors.adwin.delta is not None and not 0 < detectors.adwin.delta < 1:
         raise ConfigError(f"{where}.detectors.adwin.delta", "must be in (0, 1)")
-    if detectors.page_hinkley.threshold <= 0:
-        raise ConfigError(f"{where}.detectors.page_hinkley.threshold", "must be > 0")
+    for key, value in (("page_hinkley.threshold", detectors.page_hinkley.threshold),
+                       ("ks.threshold", detectors.ks.threshold),
+                       ("latency.p95_ceiling_ms", detectors.latency.p95_ceiling_ms),
+                       ("false_alarms_per_million", detectors.false_alarms_per_million)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where}.detectors.{key}", "must be > 0")
+    if detectors.page_hinkley.delta < 0:
+        raise ConfigError(f"{where}.detectors.page_hinkley.delta", "must be >= 0")
+    if not 0 < detectors.page_hinkley.alpha <= 1:
+        raise ConfigError(f"{where}.detectors.page_hinkley.alpha", "must be in (0, 1]")
     if detectors.resolve_after < 1:
         raise ConfigError(f"{where}.detectors.resolve_after", "must be at least 1")
+    if detectors.cooldown < 0:
+        raise ConfigError(f"{where}.detectors.cooldown", "must be >= 0")
+    if not 0 < detectors.hysteresis <= 1:
+        raise ConfigError(f"{where}.detectors.hysteresis", "must be in (0, 1]")
     return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors)
 
 
@@ -267,10 +327,11 @@ def _typed(value: Any, expected: type, where: str) -> Any:
     return value
 
 
-def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = frozenset()) -> Any:
+def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = frozenset(),
+           skip: set[str] = frozenset()) -> Any:
     """Build a frozen dataclass from a table, type-checking each key against its default."""
     fields = cls.__dataclass_fields__
-    _check_keys(raw, where, set(fields))
+    _check_keys(raw, where, set(fields) - set(skip))
     kwargs: dict[str, Any] = {}
     for key, value in raw.items():
         full = f"{where}.{key}"
@@ -282,7 +343,9 @@ def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = fro
             kwargs[key] = dict(table)
             continue
         default = fields[key].default
-        if isinstance(default, tuple):
+        if default is None:  # optional numbers: absent means "derived"
+            kwargs[key] = _typed(value, float, full)
+        elif isinstance(default, tuple):
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise ConfigError(full, f"must be a list of strings, got {type(value).__name__}")
             kwargs[key] = tuple(value)

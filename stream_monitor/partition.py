@@ -10,18 +10,40 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+from typing import NamedTuple
+
+from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
 from .config import Config, ModelConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
+from .detectors.ks import KsWindow
+from .detectors.percentile import WindowPercentile
+from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
+from .detectors.transform import RankTransform
 from .errors import ReferenceProfileError, StateError
 from .events import Alert, InferenceEvent, LabelEvent
 from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
-    build_reference, is_number
+    build_labels_reference, build_reference, is_number
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
+POINT_DETECTORS = frozenset({"adwin", "page_hinkley"})
+
+
+class _Detector(NamedTuple):
+    """How one detector of a column is announced."""
+
+    name: str
+    threshold: float | None  # None: the detector decides internally (ADWIN's cut test), nothing to draw
+    critical: float | None
 
 
 class ColumnMonitor:
-    """Detectors of one column (a feature, the score or the predicted label) of one model."""
+    """Detectors of one column (a feature, the score, the predicted label, latency or labels) of one model.
+
+    Per value, in this order: data-quality counts, PSI and KS windows, then
+    ADWIN on the value's reference rank and Page-Hinkley on its normal score.
+    Every threshold not set in the config comes from the false-alarm budget
+    (:mod:`stream_monitor.calibration`).
+    """
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference):
         self.model_id = model.model_id
@@ -29,127 +51,238 @@ class ColumnMonitor:
         self.name = name
         self.reference = reference
         det = model.detectors
-        self.psi_config = det.psi
-        self.psi = PsiWindow(reference.proportions, det.psi.window, det.psi.epsilon)
+        budget = det.false_alarms_per_million
+        window = det.psi.window
+        numeric = isinstance(reference, NumericReference)
+        self.numeric = numeric
+
+        def episode() -> Episode:
+            return Episode(det.resolve_after, det.cooldown, det.hysteresis)
+
+        self.episodes: dict[str, Episode] = {}
+        self.detectors: dict[str, _Detector] = {}
+        reference_events = max(reference.events, 1)
+
+        # data quality: each check's share of a window against the reference's own rate
+        self.quality: QualityWindow | None = None
+        if det.data_quality.enabled:
+            total = reference.events + reference.missing + (reference.mismatches if numeric else 0)
+            base = {"missing": reference.missing}
+            if numeric:
+                base.update(type_mismatch=reference.mismatches, non_finite=0, out_of_range=2)
+            else:
+                base.update(unseen_category=reference.singletons)
+            self.quality = QualityWindow(list(base), window)
+            for check, hits in base.items():
+                limit = rate_threshold(budget, window, hits, max(total, 1))
+                self.detectors[check] = _Detector(check, limit, max(limit, 0.5))
+                self.episodes[check] = episode()
+
+        self.psi = PsiWindow(reference.proportions, window, det.psi.epsilon)
+        bins_with_mass = sum(1 for p in reference.proportions if p > 0)
+        psi_warning = max(det.psi.warning, psi_threshold(budget, window, reference_events, bins_with_mass))
+        self.detectors["psi"] = _Detector("psi", psi_warning, max(det.psi.critical, psi_warning))
+        self.episodes["psi"] = episode()
+
+        self.transform: RankTransform | None = None
+        self.ks: KsWindow | None = None
         self.adwin: AdwinDetector | None = None
         self.page_hinkley: PageHinkleyDetector | None = None
-        self.episodes: dict[str, Episode] = {"psi": Episode(det.resolve_after)}
-        if isinstance(reference, NumericReference):
+        self.p95: WindowPercentile | None = None
+        if numeric:
+            self.transform = RankTransform(reference.grid, reference_events)
+            if det.ks.enabled:
+                self.ks = KsWindow(reference.ks_grid, reference.ks_cdf, window)
+                ks_limit = det.ks.threshold or ks_threshold(budget, window, reference_events)
+                self.detectors["ks"] = _Detector("ks", ks_limit, 2 * ks_limit)
+                self.episodes["ks"] = episode()
             if det.adwin.enabled:
                 a = det.adwin
-                self.adwin = AdwinDetector(a.delta, a.clock, a.max_buckets, a.min_window_length, a.grace_period)
-                self.episodes["adwin"] = Episode(det.resolve_after)
+                delta = a.delta or adwin_delta(budget, a.clock)
+                self.adwin = AdwinDetector(delta, a.clock, a.max_buckets, a.min_window_length, a.grace_period)
+                self.detectors["adwin"] = _Detector("adwin", None, None)
+                self.adwin_delta = delta
+                self.episodes["adwin"] = episode()
             if det.page_hinkley.enabled:
                 p = det.page_hinkley
-                self.page_hinkley = PageHinkleyDetector(p.min_instances, p.delta, p.threshold, p.alpha)
-                self.episodes["page_hinkley"] = Episode(det.resolve_after)
+                threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
+                self.page_hinkley = PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha)
+                self.detectors["page_hinkley"] = _Detector("page_hinkley", threshold, threshold)
+                self.episodes["page_hinkley"] = episode()
+            ceiling = det.latency.p95_ceiling_ms
+            if signal == "latency" and ceiling is not None:
+                self.p95 = WindowPercentile(0.95, window)
+                self.detectors["p95_ceiling"] = _Detector("p95_ceiling", ceiling, ceiling)
+                self.episodes["p95_ceiling"] = episode()
         self.last_statistic: dict[str, float] = {}
 
     @property
     def label(self) -> str:
-        return f"{self.model_id}.{self.name}" if self.signal == "feature" else f"{self.model_id}.prediction.{self.name}"
+        if self.signal == "feature":
+            return f"{self.model_id}.{self.name}"
+        if self.signal == "prediction":
+            return f"{self.model_id}.prediction.{self.name}"
+        return f"{self.model_id}.{self.name}"
 
     def update(self, value: Any, offset: int, partition: int, event_time_ms: int | None) -> list[Alert]:
-        """Feed one value (ignored when missing or of the wrong kind)."""
-        ref = self.reference
-        if value is None:
-            return []
-        if isinstance(ref, NumericReference):
-            if not is_number(value) or not math.isfinite(value):
-                return []
+        """Feed one event's value of this column (``None`` when absent)."""
         alerts: list[Alert] = []
         context = (offset, partition, event_time_ms)
+        usable = value is not None
+        problems: tuple[str, ...] = ()
+        ref = self.reference
+        if value is None:
+            problems = ("missing",)
+        elif self.numeric:
+            if not is_number(value):
+                problems, usable = ("type_mismatch",), False
+            elif not math.isfinite(value):
+                problems, usable = ("non_finite",), False
+            elif value < ref.minimum or value > ref.maximum:
+                problems = ("out_of_range",)
+        elif not ref.is_seen(value):
+            problems = ("unseen_category",)
+        if self.quality is not None:
+            rates = self.quality.add(problems)
+            if rates is not None:
+                for check, rate in rates.items():
+                    alerts.extend(self._level(check, rate, context, self._quality_text))
+        if not usable:
+            return alerts
+        for detector, episode in self.episodes.items():
+            if detector not in POINT_DETECTORS:  # point episodes count down in tick()
+                episode.quiet_tick()
         window_psi = self.psi.add(ref.bin_index(value))
         if window_psi is not None:
-            self.last_statistic["psi"] = window_psi
-            cfg = self.psi_config
-            transition = self.episodes["psi"].level(window_psi, cfg.warning, cfg.critical)
-            if transition is not None:
-                alerts.append(self._psi_alert(transition, window_psi, *context))
-        if isinstance(ref, NumericReference):
-            z = ref.standardise(float(value))
-            if self.adwin is not None:
-                detected = self.adwin.update(z)
-                self.last_statistic["adwin"] = self.adwin.window_mean
-                alerts.extend(self._point("adwin", detected, self.adwin.window_mean, self.adwin.delta, *context))
-            if self.page_hinkley is not None:
-                detected = self.page_hinkley.update(z)  # river resets at the next update
-                self.last_statistic["page_hinkley"] = self.page_hinkley.statistic
-                alerts.extend(self._point("page_hinkley", detected, self.page_hinkley.statistic,
-                                          self.page_hinkley.threshold, *context))
+            alerts.extend(self._level("psi", window_psi, context, self._psi_text))
+        if not self.numeric:
+            return alerts
+        value = float(value)
+        if self.ks is not None:
+            gap = self.ks.add(value)
+            if gap is not None:
+                alerts.extend(self._level("ks", gap, context, self._ks_text))
+        if self.adwin is not None:
+            detected = self.adwin.update(self.transform.rank(value))
+            self.last_statistic["adwin"] = self.adwin.window_mean
+            alerts.extend(self._point("adwin", detected, self.adwin.window_mean, *context))
+        if self.page_hinkley is not None:
+            detected = self.page_hinkley.update(self.transform.normal_score(value))  # river resets at the next update
+            self.last_statistic["page_hinkley"] = self.page_hinkley.statistic
+            alerts.extend(self._point("page_hinkley", detected, self.page_hinkley.statistic, *context))
+        if self.p95 is not None:
+            p95 = self.p95.add(value)
+            if p95 is not None:
+                alerts.extend(self._level("p95_ceiling", p95, context, self._p95_text))
         return alerts
 
     # --- alerts -------------------------------------------------------------------------
 
-    def _point(self, detector: str, detected: bool, statistic: float, threshold: float,
+    def _level(self, detector: str, value: float, context: tuple, describe) -> list[Alert]:
+        self.last_statistic[detector] = value
+        spec = self.detectors[detector]
+        transition = self.episodes[detector].level(value, spec.threshold, spec.critical)
+        if transition is None:
+            return []
+        reference, current, message = describe(detector, transition, value, spec)
+        return [self._alert(detector, transition, value, spec, reference, current, message, *context)]
+
+    def _point(self, detector: str, detected: bool, statistic: float,
                offset: int, partition: int, event_time_ms: int | None) -> list[Alert]:
         episode = self.episodes[detector]
         transition = episode.detected() if detected else episode.tick()
         if transition is None:
             return []
+        spec = self.detectors[detector]
         ref = self.reference
-        assert isinstance(ref, NumericReference)
-        reference = {"mean": ref.mean, "std": ref.std}
+        reference = {"mean": ref.mean, "std": ref.std, "median": ref.grid[len(ref.grid) // 2] if ref.grid else None}
         if detector == "adwin":
-            current = {"window_mean": ref.mean + statistic * ref.std, "window_mean_z": statistic,
-                       "window": self.adwin.window_width if self.adwin else 0}
-            what = (f"ADWIN saw the mean of {self.label} move to {current['window_mean']:.4g} "
-                    f"({statistic:+.2f} reference std) over the last {current['window']} values")
+            window = self.adwin.window_width if self.adwin else 0
+            current = {"window_mean_rank": statistic, "window": window}
+            message = (f"ADWIN saw {self.label} move: over the last {window} values its mean reference rank "
+                       f"is {statistic:.2f} (0.50 when unchanged)")
         else:
-            current = {"cumulative_deviation": statistic,
-                       "running_mean": ref.mean + (self.page_hinkley.running_mean if self.page_hinkley else 0) * ref.std}
-            what = (f"Page-Hinkley saw a mean shift in {self.label}: cumulative deviation "
-                    f"{statistic:.1f} > {threshold:g}")
+            current = {"cumulative_deviation": statistic}
+            message = (f"Page-Hinkley saw a mean shift in {self.label}: cumulative deviation of normal scores "
+                       f"{statistic:.1f} > {spec.threshold:g}")
         if transition.status == "resolved":
-            what = f"{detector} on {self.label}: no change for {episode.resolve_after} values, resolved"
-        return [self._alert(episode, transition, detector, statistic, threshold, reference, current,
-                            offset, partition, event_time_ms, what)]
+            message = f"{detector} on {self.label}: no change for {episode.resolve_after} values, resolved"
+        return [self._alert(detector, transition, statistic, spec, reference, current, message,
+                            offset, partition, event_time_ms)]
 
-    def _psi_alert(self, transition: Transition, value: float, offset: int, partition: int,
-                   event_time_ms: int | None) -> Alert:
-        cfg = self.psi_config
+    def _window_text(self, what: str, transition: Transition, value: float, spec: _Detector, events: int) -> str:
+        if transition.status == "firing":
+            level = spec.critical if transition.severity == "critical" else spec.threshold
+            return f"{what} of {self.label} is {value:.3g} ({transition.severity} ≥ {level:.3g}) over the last {events} events"
+        return f"{what} of {self.label} is back to {value:.3g} (< {spec.threshold:.3g}) over the last {events} events"
+
+    def _psi_text(self, detector, transition, value, spec):
         ref = self.reference
         counts = self.psi.last_counts or []
         total = sum(counts) or 1
-        if isinstance(ref, NumericReference):
+        if self.numeric:
             reference = {"edges": ref.edges, "proportions": ref.proportions}
         else:
             reference = {"categories": ref.categories + [OTHER], "proportions": ref.proportions}
         current = {"proportions": [c / total for c in counts], "events": total}
-        threshold = cfg.critical if transition.severity == "critical" else cfg.warning
-        if transition.status == "firing":
-            what = (f"PSI of {self.label} is {value:.3g} ({transition.severity} ≥ {threshold:g}) "
-                    f"over the last {total} events")
-        else:
-            what = f"PSI of {self.label} is back to {value:.3g} (< warning {cfg.warning:g}) over the last {total} events"
-        return self._alert(self.episodes["psi"], transition, "psi", value, threshold, reference, current,
-                           offset, partition, event_time_ms, what)
+        return reference, current, self._window_text("PSI", transition, value, spec, total)
 
-    def _alert(self, episode: Episode, transition: Transition, detector: str, statistic: float,
-               threshold: float, reference: dict, current: dict, offset: int, partition: int,
-               event_time_ms: int | None, message: str) -> Alert:
+    def _ks_text(self, detector, transition, value, spec):
+        ref = self.reference
+        reference = {"quantiles": {"p5": ref.ks_grid[5], "p50": ref.ks_grid[50], "p95": ref.ks_grid[95]}}
+        return reference, {"events": self.ks.window}, self._window_text("KS", transition, value, spec, self.ks.window)
+
+    def _quality_text(self, check, transition, value, spec):
+        words = {"missing": "missing rate", "type_mismatch": "type-mismatch rate", "non_finite": "non-finite rate",
+                 "out_of_range": "share outside the reference range", "unseen_category": "share of unseen categories"}
+        ref = self.reference
+        reference = {"missing": ref.missing, "events": ref.events}
+        if self.numeric:
+            reference.update(min=ref.minimum, max=ref.maximum, type_mismatches=ref.mismatches)
+        else:
+            reference.update(categories=len(ref.seen), singletons=ref.singletons)
+        window = self.quality.window
+        current = {"rate": value, "events": window}
+        return reference, current, self._window_text(words[check], transition, value, spec, window)
+
+    def _p95_text(self, detector, transition, value, spec):
+        window = self.p95.window
+        text = (f"p95 latency of {self.model_id} is {value:g} ms, above the ceiling of {spec.threshold:g} ms, "
+                f"over the last {window} events")
+        if transition.status == "resolved":
+            text = f"p95 latency of {self.model_id} is back to {value:g} ms (ceiling {spec.threshold:g} ms)"
+        return {"p95_ceiling_ms": spec.threshold}, {"p95_ms": value, "events": window}, text
+
+    def _alert(self, detector: str, transition: Transition, statistic: float, spec: _Detector,
+               reference: dict, current: dict, message: str, offset: int, partition: int,
+               event_time_ms: int | None) -> Alert:
+        signal = "data_quality" if detector in QUALITY_CHECKS else self.signal
+        threshold = spec.critical if transition.severity == "critical" else spec.threshold
+        if detector == "adwin":
+            threshold = self.adwin_delta  # ADWIN's confidence parameter: what its cut test is held to
         alert = Alert(status=transition.status, severity=transition.severity, model_id=self.model_id,
-                      signal=self.signal, name=self.name, detector=detector, statistic=float(statistic),
+                      signal=signal, name=self.name, detector=detector, statistic=float(statistic),
                       threshold=float(threshold), reference=reference, current=current, partition=partition,
                       offset=offset, event_time_ms=event_time_ms, message=message)
-        episode.last_alert_id = alert.alert_id
+        self.episodes[detector].last_alert_id = alert.alert_id
         return alert
 
     # --- state ----------------------------------------------------------------------------
 
+    def _parts(self) -> dict[str, Any]:
+        return {"psi": self.psi, "ks": self.ks, "adwin": self.adwin, "page_hinkley": self.page_hinkley,
+                "p95": self.p95, "quality": self.quality}
+
     def snapshot(self) -> dict[str, Any]:
-        return {"psi": self.psi.snapshot(),
-                "adwin": None if self.adwin is None else self.adwin.snapshot(),
-                "page_hinkley": None if self.page_hinkley is None else self.page_hinkley.snapshot(),
+        return {"detectors": {k: None if d is None else d.snapshot() for k, d in self._parts().items()},
                 "episodes": {k: e.snapshot() for k, e in self.episodes.items()},
                 "last_statistic": dict(self.last_statistic)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.psi.restore(state["psi"])
-        if self.adwin is not None and state["adwin"] is not None:
-            self.adwin.restore(state["adwin"])
-        if self.page_hinkley is not None and state["page_hinkley"] is not None:
-            self.page_hinkley.restore(state["page_hinkley"])
+        for key, part in self._parts().items():
+            saved = state["detectors"].get(key)
+            if part is not None and saved is not None:
+                part.restore(saved)
         for key, episode_state in state["episodes"].items():
             if key in self.episodes:
                 self.episodes[key].restore(episode_state)
@@ -158,30 +291,44 @@ class ColumnMonitor:
     def summary(self) -> list[dict[str, Any]]:
         out = []
         for detector, episode in self.episodes.items():
-            out.append({"signal": self.signal, "name": self.name, "detector": detector,
-                        "statistic": self.last_statistic.get(detector), "firing": episode.firing,
+            spec = self.detectors[detector]
+            out.append({"signal": "data_quality" if detector in QUALITY_CHECKS else self.signal,
+                        "name": self.name, "detector": detector,
+                        "statistic": self.last_statistic.get(detector), "threshold": spec.threshold,
+                        "critical": spec.critical, "firing": episode.firing,
                         "severity": episode.severity if episode.firing else None,
                         "last_alert_id": episode.last_alert_id})
         return out
 
 
 class ModelMonitor:
-    """All columns of one model in one partition, plus its warm-up."""
+    """All columns of one model in one partition, plus its warm-ups (inference events and labels)."""
 
     def __init__(self, config: ModelConfig, reference: ReferenceProfile | None):
         self.config = config
         self.reference: ReferenceProfile | None = None
         self.columns: list[ColumnMonitor] = []
+        self.label_column: ColumnMonitor | None = None
         self.warmup: list[InferenceEvent] = []
+        self.label_warmup: list[LabelEvent] = []
         self.events = 0
         self.labels = 0
         if reference is not None:
-            self._use(reference)
+            self.use_reference(reference)
 
-    def _use(self, reference: ReferenceProfile) -> None:
+    def use_reference(self, reference: ReferenceProfile) -> None:
+        """Compare from now on with ``reference`` (detectors start afresh; labels only if it has its own)."""
         self.reference = reference
-        self.columns = [ColumnMonitor(self.config, signal, name, ref) for signal, name, ref in reference.columns()]
+        latency = self.config.detectors.latency.enabled
+        self.columns = [ColumnMonitor(self.config, signal, name, ref) for signal, name, ref in reference.columns()
+                        if latency or signal != "latency"]
         self.warmup = []
+        if reference.labels is not None:
+            self._use_labels(reference.labels)
+
+    def _use_labels(self, labels: CategoricalReference) -> None:
+        self.label_column = ColumnMonitor(self.config, "label", "label", labels)
+        self.label_warmup = []
 
     def process(self, event: InferenceEvent, offset: int, partition: int) -> list[Alert]:
         self.events += 1
@@ -189,13 +336,16 @@ class ModelMonitor:
             self.warmup.append(event)
             if len(self.warmup) >= self.config.reference.events:
                 psi = self.config.detectors.psi
-                self._use(build_reference(self.config.model_id, self.warmup, self.config.features,
-                                          psi.bins, psi.top_k, source="warmup"))
+                profile = build_reference(self.config.model_id, self.warmup, self.config.features,
+                                          psi.bins, psi.top_k, source="warmup")
+                self.use_reference(profile)  # a label column from the label warm-up carries on
             return []
         alerts: list[Alert] = []
         for column in self.columns:
             if column.signal == "feature":
                 value = event.features.get(column.name)
+            elif column.signal == "latency":
+                value = event.latency_ms
             elif column.name == "score":
                 value = event.score
             else:
@@ -203,33 +353,51 @@ class ModelMonitor:
             alerts.extend(column.update(value, offset, partition, event.timestamp_ms))
         return alerts
 
+    def process_label(self, event: LabelEvent, offset: int, partition: int) -> list[Alert]:
+        """Label drift: the distribution of ground-truth labels against the reference's."""
+        self.labels += 1
+        if self.label_column is None:
+            self.label_warmup.append(event)
+            if len(self.label_warmup) >= self.config.reference.events:
+                labels = build_labels_reference(self.label_warmup, self.config.detectors.psi.top_k)
+                if labels is not None:
+                    self._use_labels(labels)
+            return []
+        return self.label_column.update(event.label, offset, partition, event.timestamp_ms)
+
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "labels": self.labels,
                 "reference": None if self.reference is None else self.reference.to_dict(),
                 "warmup": [_event_tuple(e) for e in self.warmup],
+                "label_warmup": [(e.event_id, e.model_id, e.timestamp_ms, e.label) for e in self.label_warmup],
+                "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
+                "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.events = state["events"]
         self.labels = state["labels"]
+        self.reference, self.columns, self.label_column = None, [], None
+        self.warmup = [InferenceEvent(*t) for t in state["warmup"]]
+        self.label_warmup = [LabelEvent(*t) for t in state["label_warmup"]]
         if state["reference"] is not None:
-            self._use(ReferenceProfile.from_dict(state["reference"]))
+            self.use_reference(ReferenceProfile.from_dict(state["reference"]))
             for column in self.columns:
                 saved = state["columns"].get(f"{column.signal}:{column.name}")
                 if saved is not None:
                     column.restore(saved)
-        else:
-            self.reference = None
-            self.columns = []
-            self.warmup = [InferenceEvent(*t) for t in state["warmup"]]
+        if state["label_reference"] is not None:
+            self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
+            self.label_column.restore(state["label_column"])
 
     def summary(self) -> dict[str, Any]:
+        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
         return {"events": self.events, "labels": self.labels,
                 "reference": None if self.reference is None else
                 {"source": self.reference.source, "version": self.reference.version,
                  "events": self.reference.events},
                 "warmup": len(self.warmup),
-                "detectors": [row for c in self.columns for row in c.summary()]}
+                "detectors": [row for c in columns for row in c.summary()]}
 
 
 def _event_tuple(e: InferenceEvent) -> tuple:
@@ -265,8 +433,7 @@ class PartitionMonitor:
         self.next_offset = offset + 1
         monitor = self.model(event.model_id)
         if isinstance(event, LabelEvent):
-            monitor.labels += 1  # the label join and performance monitors come with issue #4
-            return []
+            return monitor.process_label(event, offset, self.partition)
         return monitor.process(event, offset, self.partition)
 
     def skip(self, offset: int) -> None:

@@ -13,6 +13,7 @@ partition's keys in one Redis Cluster slot):
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 import time
 import zlib
 from typing import Any, Iterator, Mapping
@@ -119,11 +120,13 @@ class ReferenceStore:
         """Store a profile under the next version number; returns it with that version."""
         key = self.key(profile.model_id)
         version = int(self.client.hincrby(key, "version_counter", 1))
-        stored = ReferenceProfile(model_id=profile.model_id, events=profile.events, features=profile.features,
-                                  score=profile.score, predicted_label=profile.predicted_label,
-                                  version=version, source="stored")
+        stored = replace(profile, version=version, source="stored")
         self.client.hset(key, mapping={"profile": orjson.dumps(stored.to_dict()), "version": version})
         return stored
+
+    def version(self, model_id: str) -> int | None:
+        value = self.client.hget(self.key(model_id), "version")
+        return None if value is None else int(value)
 
     def load(self, model_id: str) -> ReferenceProfile | None:
         blob = self.client.hget(self.key(model_id), "profile")

@@ -108,9 +108,17 @@ def test_model_defaults():
     assert model.detectors == DetectorsConfig()
     assert model.detectors.psi == PsiConfig(window=5000, bins=10, top_k=20, warning=0.1, critical=0.25,
                                             epsilon=1e-4)
-    assert model.detectors.adwin.delta == 0.002
-    assert model.detectors.page_hinkley.min_instances == 30
+    # thresholds not given come from the false-alarm budget (None = calibrated at start)
+    assert model.detectors.false_alarms_per_million == 0.1
+    assert model.detectors.adwin.delta is None
+    assert model.detectors.page_hinkley.threshold is None
+    assert model.detectors.ks.threshold is None
+    assert model.detectors.page_hinkley == PageHinkleyConfig(min_instances=30, delta=0.25, threshold=None,
+                                                              alpha=1.0)
+    assert model.detectors.latency.p95_ceiling_ms is None
     assert model.detectors.resolve_after == 5000
+    assert model.detectors.cooldown == 5000
+    assert model.detectors.hysteresis == 0.8
 
 
 def test_full_file_every_section(tmp_path):

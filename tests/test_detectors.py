@@ -249,16 +249,63 @@ def test_episode_tick_without_firing_is_silent():
 
 
 def test_episode_level_severity_and_resolution():
-    """level(): warning vs critical at firing, no re-announcement, resolved below warning."""
-    episode = Episode()
+    """level(): warning vs critical at firing, no re-announcement, resolved below hysteresis × warning."""
+    episode = Episode()  # hysteresis 0.8, no cooldown
     assert episode.level(0.05, 0.1, 0.25) is None
     assert episode.level(0.12, 0.1, 0.25) == Transition("firing", "warning")
     assert episode.level(0.30, 0.1, 0.25) is None  # already firing: not re-announced
     assert episode.level(0.10, 0.1, 0.25) is None  # equal to warning is still at the level
-    assert episode.level(0.09, 0.1, 0.25) == Transition("resolved", "warning")
+    assert episode.level(0.09, 0.1, 0.25) is None  # below warning but not below 0.8 × warning: still firing
+    assert episode.level(0.081, 0.1, 0.25) is None  # just above the hysteresis line (0.08): still firing
+    assert episode.level(0.079, 0.1, 0.25) == Transition("resolved", "warning")
     assert episode.level(0.25, 0.1, 0.25) == Transition("firing", "critical")
     assert episode.level(0.0, 0.1, 0.25) == Transition("resolved", "critical")
     assert episode.level(0.0, 0.1, 0.25) is None
+
+
+def test_episode_level_without_hysteresis_resolves_just_below_warning():
+    """hysteresis = 1: a level episode resolves as soon as a window is below the warning level."""
+    episode = Episode(hysteresis=1.0)
+    assert episode.level(0.12, 0.1, 0.25) == Transition("firing", "warning")
+    assert episode.level(0.10, 0.1, 0.25) is None
+    assert episode.level(0.0999, 0.1, 0.25) == Transition("resolved", "warning")
+
+
+def test_episode_level_hovering_at_the_line_does_not_flap():
+    """Windows alternating just above and just below warning: one firing, no resolution."""
+    episode = Episode()
+    transitions = [episode.level(v, 0.1, 0.25) for v in [0.101, 0.099] * 50]
+    assert [t for t in transitions if t is not None] == [Transition("firing", "warning")]
+    assert episode.firing
+
+
+def test_episode_level_cooldown_counts_quiet_ticks():
+    """After a level episode resolves, ``cooldown`` quiet_ticks must pass before it can fire again."""
+    episode = Episode(cooldown=3)
+    assert episode.level(0.3, 0.1, 0.25) == Transition("firing", "critical")
+    assert episode.level(0.0, 0.1, 0.25) == Transition("resolved", "critical")
+    assert episode.snapshot()["cooling"] == 3
+    assert episode.level(0.3, 0.1, 0.25) is None  # cooling: a high window is not announced
+    episode.quiet_tick()
+    episode.quiet_tick()
+    assert episode.level(0.3, 0.1, 0.25) is None
+    episode.quiet_tick()
+    assert episode.snapshot()["cooling"] == 0
+    assert episode.level(0.3, 0.1, 0.25) == Transition("firing", "critical")
+    episode.quiet_tick()  # a quiet tick never resolves a firing level episode
+    assert episode.firing
+
+
+def test_episode_point_cooldown_counts_ticks():
+    """After a point episode resolves, detections are ignored until ``cooldown`` ticks have passed."""
+    episode = Episode(resolve_after=2, cooldown=3)
+    assert episode.detected() == Transition("firing", "warning")
+    assert [episode.tick(), episode.tick()] == [None, Transition("resolved", "warning")]
+    assert episode.detected() is None  # cooling
+    assert [episode.tick(), episode.tick()] == [None, None]
+    assert episode.detected() is None  # still one tick to go
+    assert episode.tick() is None
+    assert episode.detected("critical") == Transition("firing", "critical")
 
 
 def test_episode_snapshot_round_trip():
@@ -270,4 +317,18 @@ def test_episode_snapshot_round_trip():
     copy = Episode(resolve_after=10)
     copy.restore(pickle.loads(pickle.dumps(episode.snapshot())))
     assert copy.snapshot() == episode.snapshot() == {"firing": True, "severity": "critical", "quiet": 1,
-                                                     "last_alert_id": "abc"}
+                                                     "cooling": 0, "last_alert_id": "abc"}
+
+
+def test_episode_snapshot_carries_the_cooldown():
+    """A restored episode still in its cooldown stays silent exactly as long as the original."""
+    episode = Episode(resolve_after=1, cooldown=4)
+    episode.detected()
+    episode.tick()  # resolved: cooling 4
+    episode.tick()  # cooling 3
+    assert episode.snapshot()["cooling"] == 3
+    copy = Episode(resolve_after=1, cooldown=4)
+    copy.restore(pickle.loads(pickle.dumps(episode.snapshot())))
+    for e in (episode, copy):
+        assert [e.detected(), e.tick(), e.detected(), e.tick(), e.tick(), e.detected()] == \
+            [None, None, None, None, None, Transition("firing", "warning")]

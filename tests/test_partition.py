@@ -68,34 +68,47 @@ def fraud_run() -> tuple[tuple[Alert, ...], dict]:
 # --- (a) drift is found ---------------------------------------------------------------------------
 
 # Found once with river 0.26.1 and pinned: the fraud model's inputs drift at event 3000
-# (amount's log-mean +0.8, the country mix changes), reference = events 0..999, PSI windows
+# (amount's log-mean +0.8, the country mix changes), reference = events 0..999, PSI and KS windows
 # close at offsets 1999, 2999, 3999, ...; point detectors resolve after 2000 quiet events.
+# Thresholds are calibrated from the default budget (0.1 false alarms per 10^6 events): Page-Hinkley
+# on normal scores (threshold 30), ADWIN on reference ranks (delta 3.2e-6), KS 0.0995 (critical 0.199).
 FRAUD_ALERTS = [
-    (3015, "feature", "amount", "adwin", "firing"),
-    (3029, "feature", "amount", "page_hinkley", "firing"),
-    (3035, "prediction", "score", "page_hinkley", "firing"),
-    (3047, "prediction", "score", "adwin", "firing"),
+    (3024, "feature", "amount", "page_hinkley", "firing"),
+    (3043, "prediction", "score", "page_hinkley", "firing"),
+    (3111, "feature", "amount", "adwin", "firing"),
+    (3143, "prediction", "score", "adwin", "firing"),
     (3999, "feature", "amount", "psi", "firing"),
+    (3999, "feature", "amount", "ks", "firing"),
     (3999, "feature", "country", "psi", "firing"),
     (3999, "prediction", "score", "psi", "firing"),
+    (3999, "prediction", "score", "ks", "firing"),
     (3999, "prediction", "label", "psi", "firing"),
-    (5015, "feature", "amount", "adwin", "resolved"),
-    (5035, "prediction", "score", "page_hinkley", "resolved"),
-    (5047, "prediction", "score", "adwin", "resolved"),
-    (6977, "feature", "amount", "page_hinkley", "resolved"),
-    (7844, "prediction", "score", "page_hinkley", "firing"),
+    (5024, "feature", "amount", "page_hinkley", "resolved"),
+    (5043, "prediction", "score", "page_hinkley", "resolved"),
+    (5111, "feature", "amount", "adwin", "resolved"),
+    (5143, "prediction", "score", "adwin", "resolved"),
 ]
 
 
 def test_fraud_drift_raises_the_pinned_alerts():
-    """Injected drift → firing alerts on amount (adwin, page_hinkley, psi) and country (psi), pinned."""
+    """Injected drift → firing alerts on amount (adwin, page_hinkley, psi, ks), country (psi), score; pinned."""
     alerts, _ = fraud_run()
     assert [key(a) for a in alerts] == FRAUD_ALERTS
-    firing = {(a.name, a.detector) for a in alerts if a.status == "firing"}
-    assert {("amount", "adwin"), ("amount", "page_hinkley"), ("amount", "psi"), ("country", "psi")} <= firing
+    firing = {(a.name, a.detector): a for a in alerts if a.status == "firing"}
+    assert {("amount", "adwin"), ("amount", "page_hinkley"), ("amount", "psi"), ("amount", "ks"),
+            ("country", "psi"), ("score", "psi"), ("score", "ks")} <= set(firing)
+    # the point detectors see the change within a couple of hundred events; the windows at the first close
+    assert all(firing[("amount", d)].offset < 3200 for d in ("adwin", "page_hinkley"))
+    assert all(a.offset == 3999 for (_, d), a in firing.items() if d in ("psi", "ks"))
     assert all(a.offset >= 3000 for a in alerts)  # nothing before the drift
     psi = [a for a in alerts if a.detector == "psi"]
     assert all(a.severity == "critical" and a.statistic >= a.threshold == 0.25 for a in psi)
+    ks = [a for a in alerts if a.detector == "ks"]
+    assert all(a.severity == "critical" and a.statistic >= a.threshold == pytest.approx(0.199, abs=1e-3)
+               for a in ks)
+    page_hinkley = [a for a in alerts if a.detector == "page_hinkley" and a.status == "firing"]
+    assert all(a.threshold == 30.0 and a.statistic > 30.0 for a in page_hinkley)
+    assert not any(a.signal in ("data_quality", "latency", "label") for a in alerts)
     assert all(a.model_id == "fraud" and a.partition == PARTITION for a in alerts)
 
 
@@ -146,7 +159,7 @@ def test_stationary_models_raise_nothing(model):
 RESTART_STREAMS = {
     # Restarts during every model's warm-up (1537) and inside open episodes (9222, 10759).
     "interleaved": (interleaved, 7),
-    # Restarts inside open episodes that later resolve (4611 → resolved at 5015, 5035, 5047, 6977).
+    # Restarts inside open episodes that later resolve (4611 → resolved at 5024, 5043, 5111, 5143).
     "fraud": (lambda: events("fraud", 8000, 3000), 5),
 }
 
@@ -240,7 +253,7 @@ def test_alert_dicts_have_every_contract_field():
         assert d["status"] in ("firing", "resolved")
         assert d["severity"] in ("warning", "critical")
         assert d["signal"] in ("feature", "prediction", "label", "performance", "data_quality", "latency")
-        assert d["detector"] in ("psi", "adwin", "page_hinkley")
+        assert d["detector"] in ("psi", "ks", "adwin", "page_hinkley")
         assert d["model_id"] == "fraud" and d["partition"] == PARTITION
         assert isinstance(d["statistic"], float) and isinstance(d["threshold"], float)
         assert isinstance(d["reference"], dict) and d["reference"]
@@ -293,7 +306,7 @@ def test_replay_skips_blank_and_bad_lines():
 
 
 def test_label_event_changes_only_the_label_count():
-    """A LabelEvent bumps the model's label count (and next_offset) and nothing else."""
+    """A LabelEvent bumps the model's label count, its label warm-up (and next_offset), and nothing else."""
     _, monitor = run(events("fraud", 1500))
     before = monitor.snapshot()
     label = decoded({"event_id": "fraud-0-7", "model_id": "fraud", "label": 1})
@@ -302,7 +315,12 @@ def test_label_event_changes_only_the_label_count():
     after = monitor.snapshot()
     assert after["models"]["fraud"]["labels"] == before["models"]["fraud"]["labels"] + 1 == 1
     assert after["next_offset"] == 1501
+    # before the label reference exists (reference.events labels), the label joins the label warm-up
+    assert after["models"]["fraud"]["label_warmup"] == \
+        before["models"]["fraud"]["label_warmup"] + [("fraud-0-7", "fraud", label.timestamp_ms, 1)]
+    assert after["models"]["fraud"]["label_column"] is None
     after["models"]["fraud"]["labels"] -= 1
+    after["models"]["fraud"]["label_warmup"].pop()
     after["next_offset"] = before["next_offset"]
     assert after == before
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
+from statistics import NormalDist
 
 import pytest
 
+from stream_monitor.detectors.transform import RankTransform
 from stream_monitor.errors import ReferenceProfileError
 from stream_monitor.events import InferenceEvent
 from stream_monitor.reference import (
+    KS_GRID_STEPS,
     OTHER,
+    RANK_GRID_STEPS,
     CategoricalReference,
     NumericReference,
     ReferenceProfile,
@@ -67,7 +72,12 @@ def test_constant_column():
     assert ref.proportions == [0.0, 1.0, 0.0]
     assert ref.std == 1.0
     assert [ref.bin_index(x) for x in (4.9, 5.0, 5.1)] == [0, 1, 2]
-    assert ref.standardise(7.0) == 2.0
+    # every quantile is the constant: its rank is the middle, anything else is clipped to the ends
+    assert ref.grid == [5.0] * (RANK_GRID_STEPS + 1)
+    assert ref.ks_cdf == [1.0] * (KS_GRID_STEPS + 1)
+    ranks = RankTransform(ref.grid, ref.events)
+    assert [ranks.rank(x) for x in (4.0, 5.0, 6.0)] == [0.05, 0.5, 0.95]
+    assert ranks.normal_score(5.0) == 0.0
 
 
 def test_duplicate_quantiles_collapse():
@@ -79,11 +89,47 @@ def test_duplicate_quantiles_collapse():
     assert ref.proportions[ref.bin_index(0.0)] == pytest.approx(0.8)
 
 
-def test_numeric_standardise():
-    """z-score against the reference mean and (population) std."""
-    ref = NumericReference.build([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], bins=2)
+def test_numeric_summary_and_quantile_grids():
+    """Mean and (population) std, the permille rank grid and the percentile KS grid with its CDF."""
+    values = [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0]
+    ref = NumericReference.build(values, bins=2, missing=3, mismatches=1)
     assert (ref.mean, ref.std) == (5.0, 2.0)
-    assert ref.standardise(9.0) == 2.0
+    assert (ref.events, ref.missing, ref.mismatches) == (8, 3, 1)
+    assert len(ref.grid) == RANK_GRID_STEPS + 1 and (ref.grid[0], ref.grid[-1]) == (2.0, 9.0)
+    assert ref.grid == sorted(ref.grid)
+    assert len(ref.ks_grid) == len(ref.ks_cdf) == KS_GRID_STEPS + 1
+    assert (ref.ks_grid[0], ref.ks_grid[-1]) == (2.0, 9.0)
+    # share of reference values ≤ each grid point
+    assert ref.ks_cdf == [sum(v <= g for v in values) / 8 for g in ref.ks_grid]
+    assert ref.ks_cdf[0] == 0.125 and ref.ks_cdf[-1] == 1.0
+
+
+def test_rank_transform_mid_ranks_and_clipping():
+    """Ties share the middle of their quantile range; values beyond the reference are clipped."""
+    ref = NumericReference.build([2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0], bins=2)
+    ranks = RankTransform(ref.grid, ref.events)
+    floor = 0.5 / 8
+    assert ranks.rank(-100.0) == ranks.rank(2.0) == floor
+    assert ranks.rank(100.0) == ranks.rank(9.0) == 1 - floor
+    # 4.0 is the quantile for p in [1/7, 3/7] (linear interpolation): its mid-rank is 2/7
+    assert ranks.rank(4.0) == pytest.approx(2 / 7, abs=1e-3)
+    assert ranks.rank(5.0) == pytest.approx(4.5 / 7, abs=1e-3)
+    # between grid points the rank is linear and increasing
+    assert ranks.rank(4.0) < ranks.rank(4.5) < ranks.rank(5.0) < ranks.rank(6.0) < ranks.rank(7.0)
+    assert ranks.normal_score(4.5) == pytest.approx(NormalDist().inv_cdf(ranks.rank(4.5)))
+
+
+def test_rank_of_reference_like_data_is_uniform():
+    """Fresh draws from the reference's distribution get ranks ≈ U(0, 1), even for a heavy tail."""
+    rng = random.Random(5)
+    ref = NumericReference.build([rng.lognormvariate(0, 2) for _ in range(5000)])
+    ranks = RankTransform(ref.grid, ref.events)
+    u = [ranks.rank(rng.lognormvariate(0, 2)) for _ in range(20000)]
+    assert statistics.fmean(u) == pytest.approx(0.5, abs=0.01)
+    assert statistics.pvariance(u) == pytest.approx(1 / 12, abs=0.003)
+    z = [NormalDist().inv_cdf(x) for x in u]
+    assert statistics.fmean(z) == pytest.approx(0.0, abs=0.03)
+    assert statistics.pstdev(z) == pytest.approx(1.0, abs=0.03)
 
 
 def test_numeric_needs_a_value():
@@ -173,6 +219,27 @@ def test_build_reference_honours_configured_kinds():
     assert (mixed.minimum, mixed.maximum) == (1.0, 99.0)  # only the odd numbers
 
 
+def test_build_reference_counts_data_quality_base_rates():
+    """Each column records how many events had it missing, and (numeric) not a finite number."""
+    profile = build_reference("m", events_for_inference(), {"mixed": "numeric", "sometimes": "numeric",
+                                                            "country": "categorical"})
+    mixed, sometimes, country = (profile.features[n] for n in ("mixed", "sometimes", "country"))
+    assert (mixed.events, mixed.missing, mixed.mismatches) == (50, 0, 50)  # the "x" strings
+    assert (sometimes.events, sometimes.missing, sometimes.mismatches) == (50, 50, 0)  # the nulls
+    assert (country.events, country.missing, country.seen, country.singletons) == (100, 0, ["DE", "FR"], 0)
+
+
+def test_categorical_seen_and_singletons():
+    """Every reference category is 'seen' (top-k or not); singletons estimate the unseen share."""
+    ref = CategoricalReference.build(["a"] * 5 + ["b"] * 3 + ["c", "d"], top_k=1, missing=4)
+    assert (ref.events, ref.missing, ref.singletons) == (10, 4, 2)
+    assert ref.seen == ["a", "b", "c", "d"]
+    assert [ref.is_seen(v) for v in ("a", "c", "d", "e")] == [True, True, True, False]
+    assert ref.bin_index("c") == ref.bin_index("e") == 1  # both __other__ for PSI
+    again = CategoricalReference.from_dict(json.loads(json.dumps(ref.to_dict())))
+    assert again == ref and not again.is_seen("e") and again.is_seen("d")
+
+
 def test_build_reference_without_predictions():
     """No scores and no labels → no prediction references."""
     profile = build_reference("m", [ev(i, {"x": i}) for i in range(20)], None)
@@ -214,7 +281,10 @@ def test_column_round_trip():
     categorical = CategoricalReference.build(["a", "b", "b"], top_k=1)
     assert column_from_dict(numeric.to_dict()) == numeric
     assert column_from_dict(categorical.to_dict()) == categorical
-    assert categorical.to_dict() == {"kind": "categorical", "categories": ["b"], "proportions": [2 / 3, 1 / 3]}
+    assert categorical.to_dict() == {"kind": "categorical", "categories": ["b"], "proportions": [2 / 3, 1 / 3],
+                                     "events": 3, "missing": 0, "seen": ["a", "b"], "singletons": 1}
+    assert set(numeric.to_dict()) == {"kind", "edges", "proportions", "mean", "std", "min", "max", "events",
+                                      "missing", "mismatches", "grid", "ks_grid", "ks_cdf"}
 
 
 def test_from_dict_defaults_to_stored_source():

@@ -1,0 +1,124 @@
+"""From a false-alarm budget to each detector's threshold.
+
+The budget is *expected false alarms per 10^6 events* for one detector on one
+column whose data look like the reference. Each detector gets it its own way:
+
+- **ADWIN** bounds the chance of a false cut at each check by ``delta``; it
+  checks every ``clock`` values, so ``delta = budget × 10⁻⁶ × clock``.
+- **Page-Hinkley** sees reference-normal scores (N(0, 1) on unchanged data,
+  whatever the feature's distribution; less variable for discrete data), so one
+  simulated table (``bench/calibrate_page_hinkley.py``, river's own update rule,
+  ``alpha = 1``) maps (delta, budget) to a threshold, interpolated in log-rate.
+- **PSI**, **KS** and the **data-quality rates** are tested once per window of
+  ``n`` events: the budget allows ``p = budget × n / 10⁶`` per window, and the
+  threshold is the null distribution's upper ``p`` quantile, widened for a
+  reference of only ``N`` events.
+
+>>> round(adwin_delta(0.1, clock=32), 8)
+3.2e-06
+>>> round(psi_threshold(0.1, window=5000, reference_events=5000, bins=10), 4)
+0.0119
+>>> round(ks_threshold(0.1, window=5000, reference_events=5000), 4)
+0.0407
+>>> page_hinkley_threshold(0.1, delta=0.25)
+30.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats
+
+# (delta → [(threshold, false alarms per 10^6 values)]) from bench/calibrate_page_hinkley.py:
+# 200 streams × 200,000 N(0, 1) values per point, alpha = 1, min_instances = 30, river's update rule.
+PAGE_HINKLEY_TABLE: dict[float, list[tuple[float, float]]] = {
+    0.125: [(30.0, 25.725), (40.0, 1.975), (50.0, 0.325), (60.0, 0.025), (70.0, 0.0)],
+    0.25: [(15.0, 76.125), (20.0, 6.675), (25.0, 0.7), (30.0, 0.075), (35.0, 0.0)],
+    0.5: [(8.0, 100.85), (10.0, 13.925), (12.0, 1.55), (14.0, 0.175), (16.0, 0.05)],
+    1.0: [(4.0, 139.825), (5.0, 19.75), (6.0, 2.4), (7.0, 0.4), (8.0, 0.05)],
+}
+
+
+def adwin_delta(budget_per_million: float, clock: int = 32) -> float:
+    return budget_per_million * 1e-6 * clock
+
+
+def per_window(budget_per_million: float, window: int) -> float:
+    """The false-alarm probability one window may have."""
+    return min(0.5, budget_per_million * window / 1e6)
+
+
+def psi_threshold(budget_per_million: float, window: int, reference_events: int, bins: int) -> float:
+    """PSI ≈ χ²(bins − 1) · (1/n + 1/N) on unchanged data (the two-sample χ² of the bin counts)."""
+    return float(stats.chi2.isf(per_window(budget_per_million, window), max(1, bins - 1))
+                 * (1 / window + 1 / reference_events))
+
+
+def ks_threshold(budget_per_million: float, window: int, reference_events: int) -> float:
+    """The two-sample Kolmogorov-Smirnov critical value (asymptotic Kolmogorov distribution)."""
+    scale = math.sqrt((window + reference_events) / (window * reference_events))
+    return float(stats.kstwobign.isf(per_window(budget_per_million, window)) * scale)
+
+
+def rate_threshold(budget_per_million: float, window: int, reference_hits: float, reference_events: int) -> float:
+    """Largest share of a window that is still consistent with the reference rate.
+
+    The reference rate is taken at its 99.9 % upper confidence bound (so a rate
+    of 0 in 5,000 reference events still allows a little), then the binomial
+    upper quantile of a window at the per-window budget.
+
+    >>> round(rate_threshold(0.1, 5000, 0, 5000), 4)
+    0.0036
+    """
+    upper = float(stats.beta.ppf(0.999, reference_hits + 1, max(1.0, reference_events - reference_hits)))
+    count = float(stats.binom.isf(per_window(budget_per_million, window), window, min(upper, 1.0)))
+    return (count + 1) / window
+
+
+def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
+    """The threshold whose simulated false-alarm rate is the budget (log-linear in threshold)."""
+    deltas = sorted(PAGE_HINKLEY_TABLE)
+    if not deltas:
+        raise RuntimeError("Page-Hinkley calibration table is empty")
+    nearest = min(deltas, key=lambda d: abs(math.log(d / delta)))
+    points = PAGE_HINKLEY_TABLE[nearest]
+    hs = np.array([h for h, rate in points if rate > 0])
+    logs = np.log10([rate for _, rate in points if rate > 0])
+    slope, intercept = np.polyfit(hs[-3:], logs[-3:], 1)  # the tail decays exponentially
+    threshold = (math.log10(budget_per_million) - intercept) / slope
+    # scale with delta for deltas between table rows: h·delta is roughly constant for a CUSUM
+    return float(math.ceil(threshold * nearest / delta))
+
+
+def page_hinkley_alarms(values: np.ndarray, delta: float, threshold: float, min_instances: int = 30,
+                        alpha: float = 1.0) -> np.ndarray:
+    """Alarms per column of ``values`` (time × streams), with river's PageHinkley update rule.
+
+    Vectorised across streams for calibration; equal to river's decisions
+    (tests/test_calibration.py checks it).
+    """
+    streams = values.shape[1]
+    n = np.zeros(streams)
+    mean = np.zeros(streams)
+    up = np.zeros(streams)
+    down = np.zeros(streams)
+    lowest = np.full(streams, np.inf)
+    highest = np.full(streams, -1.0)  # river starts _max_decrease at -1
+    alarms = np.zeros(streams, dtype=np.int64)
+    fired = np.zeros(streams, dtype=bool)
+    for row in values:
+        if fired.any():  # river resets at the update after a detection
+            for array, start in ((n, 0.0), (mean, 0.0), (up, 0.0), (down, 0.0), (lowest, np.inf), (highest, -1.0)):
+                array[fired] = start
+        n += 1
+        mean += (1.0 / n) * (row - mean)  # river's exact arithmetic
+        deviation = row - mean
+        up = alpha * up + deviation - delta
+        down = alpha * down + deviation + delta
+        np.minimum(lowest, up, out=lowest)
+        np.maximum(highest, down, out=highest)
+        fired = (n >= min_instances) & (((up - lowest) > threshold) | ((highest - down) > threshold))
+        alarms += fired
+    return alarms
