@@ -10,12 +10,16 @@ makes it durable: delivery confirmed, state + offset saved to Redis, offset comm
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import time
 from typing import Any
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
 from .config import Config, consumer_settings, producer_settings
@@ -46,13 +50,16 @@ class Service:
         self.consumer: Consumer | None = None
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
+        self.summaries: dict[PartitionKey, dict] = {}
+        self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.stopping = False
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+        self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
 
     def _stored_references(self) -> dict[str, ReferenceProfile]:
         references = {}
-        store = ReferenceStore(self.redis, self.config.redis.namespace)
+        store = self.reference_store = ReferenceStore(self.redis, self.config.redis.namespace)
         for model_id, model in self.config.models.items():
             if model.reference.source == "stored":
                 profile = store.load(model_id)
@@ -79,12 +86,42 @@ class Service:
                 self.publisher.poll()
                 if self._checkpoint_due():
                     self._checkpoint(list(self.dirty))
+                if time.monotonic() >= self._next_reference_check:
+                    self._refresh_references()
             self._checkpoint(list(self.owned))
         finally:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
             self.publisher.close()
             self.redis.close()
+
+    def _refresh_references(self) -> None:
+        """Re-reference without restart: a new stored version replaces the old one from this event on.
+
+        The switch happens between batches, so where it lands in the stream
+        depends on timing; it is recorded in the partition state at the next
+        checkpoint. Recovery from a crash before that checkpoint may switch a
+        few events earlier or later.
+        """
+        self._next_reference_check = time.monotonic() + self.config.service.reference_poll_seconds
+        for model_id, current in list(self.references.items()):
+            try:
+                version = self.reference_store.version(model_id)
+            except redis.RedisError as exc:
+                log.warning("cannot check the stored reference of %s: %s", model_id, exc)
+                return
+            if version is None or version == current.version:
+                continue
+            profile = self.reference_store.load(model_id)
+            if profile is None:
+                continue
+            self.references[model_id] = profile
+            for key, monitor in self.owned.items():
+                if model_id in monitor.models:
+                    monitor.models[model_id].use_reference(profile)
+                    self.dirty.add(key)
+            log.info("model %s: now compared with stored reference version %d (was %d)", model_id,
+                     profile.version, current.version)
 
     def stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: stop fetching; the batch in hand finishes, state is persisted."""
@@ -126,7 +163,7 @@ class Service:
             else:
                 self.metrics.events_decoded.labels("label" if isinstance(decoded, LabelEvent) else "inference").inc()
                 for alert in alerts:
-                    self.publisher.alert(alert)
+                    self.board.alert(self.publisher.alert(alert))
                     self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
                                                alert.status).inc()
                     alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
@@ -152,10 +189,36 @@ class Service:
     def _checkpoint(self, keys: list[PartitionKey]) -> None:
         monitors = [(k, self.owned[k]) for k in keys if k in self.owned and k in self.dirty]
         if monitors:
-            checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics)
+            self.summaries.update(checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics))
+            self._publish_status()
         self.dirty.difference_update(k for k, _ in monitors)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
+
+    def _publish_status(self) -> None:
+        """Status page and gauges from the summaries saved at the last checkpoints."""
+        owned = {key: summary for key, summary in self.summaries.items() if key in self.owned}
+        lags = {}
+        for (topic, partition), summary in owned.items():
+            lag = None
+            if self.consumer is not None:
+                try:
+                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+                    if high >= 0 and summary.get("next_offset") is not None:
+                        lag = max(0, high - summary["next_offset"])
+                        self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
+                except KafkaException:
+                    pass
+            lags[(topic, partition)] = (summary, lag)
+        self.board.update(lags)
+        self.metrics.observe_summaries(owned.values())
+
+    def _forget_gauges(self, key: PartitionKey) -> None:
+        """A partition that moved away: its lag is the new owner's to report."""
+        try:
+            self.metrics.consumer_lag.remove(key[0], str(key[1]))
+        except KeyError:
+            pass
 
     # --- rebalance ------------------------------------------------------------------------
 
@@ -186,6 +249,8 @@ class Service:
         for key in keys:
             self.owned.pop(key, None)
             self.dirty.discard(key)
+            self.summaries.pop(key, None)
+            self._forget_gauges(key)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         self.metrics.assigned_partitions.set(len(self.owned))
         if self.cooperative:
@@ -196,6 +261,8 @@ class Service:
         for key in keys:  # another member may own them now: saving could overwrite its progress
             self.owned.pop(key, None)
             self.dirty.discard(key)
+            self.summaries.pop(key, None)
+            self._forget_gauges(key)
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
         self.metrics.assigned_partitions.set(len(self.owned))

@@ -29,16 +29,22 @@ PartitionKey = tuple[str, int]
 
 
 def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publisher: Publisher,
-               store: StateStore, consumer: Consumer | None, metrics: Metrics | None = None) -> int:
-    """Make the given partitions' progress durable; returns how many were saved."""
+               store: StateStore, consumer: Consumer | None, metrics: Metrics | None = None
+               ) -> dict[PartitionKey, dict]:
+    """Make the given partitions' progress durable; returns the summary of each partition saved."""
     started = time.perf_counter()
     publisher.confirm()  # 1
     offsets: list[TopicPartition] = []
+    summaries: dict[PartitionKey, dict] = {}
     for (topic, partition), monitor in monitors:  # 2
         if monitor.next_offset is None:
             continue
-        if not store.save(topic, partition, monitor.next_offset, monitor.snapshot(), monitor.summary()):
+        summary = summaries[(topic, partition)] = monitor.summary()
+        saving = time.perf_counter()
+        if not store.save(topic, partition, monitor.next_offset, monitor.snapshot(), summary):
             log.warning("%s[%d]: newer state already stored by another owner; not overwritten", topic, partition)
+        if metrics is not None:
+            metrics.redis_seconds.observe(time.perf_counter() - saving)
         offsets.append(TopicPartition(topic, partition, monitor.next_offset))
     if consumer is not None and offsets:  # 3
         try:
@@ -50,4 +56,4 @@ def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publis
     if metrics is not None:
         metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         metrics.checkpoints.inc()
-    return len(offsets)
+    return summaries

@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="reference profile JSON (from `reference build --output`) for models with a stored reference")
 
     reference = commands.add_parser("reference", help="reference profiles").add_subparsers(dest="sub", required=True)
-    build = command("build", _reference_build, "build and store a model's reference profile from a JSONL file",
+    build = command("build", _reference_build,
+                    "build and store a model's reference profile from a JSONL, CSV or Parquet file",
                     parent=reference)
     build.add_argument("--model", required=True)
     build.add_argument("--input", required=True, type=Path)
@@ -80,12 +81,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 def _run(args: argparse.Namespace) -> int:
     from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
-    from .metrics import serve  # noqa: PLC0415
+    from .web import serve  # noqa: PLC0415
 
     config = _config(args)
     service = Service(config)
     service.install_signal_handlers()
-    serve(config.service.metrics_port)
+    serve(config.service.metrics_port, service.board, service.metrics.registry)
     service.run()
     log.info("stopped cleanly")
     return 0
@@ -110,30 +111,27 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _reference_build(args: argparse.Namespace) -> int:
-    from .codec import decode  # noqa: PLC0415
-    from .events import DeadLetter, InferenceEvent, RawMessage  # noqa: PLC0415
+    from .events import InferenceEvent, LabelEvent  # noqa: PLC0415
     from .reference import build_reference  # noqa: PLC0415
+    from .sources import SourceError, read_events  # noqa: PLC0415
 
     config = _config(args)
     if args.model not in config.models:
         raise StreamMonitorError(f"model {args.model!r} is not in the config (known: {sorted(config.models)})")
     model = config.models[args.model]
     events: list[InferenceEvent] = []
+    labels: list[LabelEvent] = []
     rejected = 0
-    with open(args.input, "rb") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            decoded = decode(RawMessage("file", -1, line_number, line.rstrip(b"\r\n")), set(config.models),
-                             config.service.max_message_bytes)
-            if isinstance(decoded, DeadLetter):
-                rejected += 1
-                if rejected <= 5:
-                    print(f"line {line_number}: {decoded.reason}: {decoded.error}", file=sys.stderr)
-            elif isinstance(decoded, InferenceEvent) and decoded.model_id == args.model:
-                events.append(decoded)
+    for row, item in read_events(args.input, set(config.models), model_id=args.model,
+                                 max_bytes=config.service.max_message_bytes):
+        if isinstance(item, SourceError):
+            rejected += 1
+            if rejected <= 5:
+                print(f"{args.input}:{row}: {item.reason}: {item.error}", file=sys.stderr)
+        elif item.model_id == args.model:
+            (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
-                              model.detectors.psi.top_k, source="stored")
+                              model.detectors.psi.top_k, source="stored", labels=labels)
     if not args.no_store:
         from .state import ReferenceStore, connect  # noqa: PLC0415
         profile = ReferenceStore(connect(config.redis.url), config.redis.namespace).store(profile)
@@ -142,7 +140,9 @@ def _reference_build(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_bytes(orjson.dumps(profile.to_dict(), option=orjson.OPT_INDENT_2))
     print(f"reference of {args.model}: version {profile.version}, {profile.events} events, "
-          f"{len(profile.features)} features ({rejected} lines rejected)")
+          f"{len(profile.features)} features, {len(labels)} labels ({rejected} rows rejected)"
+          + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
+             else ""))
     return 0
 
 
@@ -165,6 +165,9 @@ def _reference_show(args: argparse.Namespace) -> int:
         else:
             top = ", ".join(f"{c} {p:.0%}" for c, p in zip(ref.categories[:5], ref.proportions))
             print(f"  {signal:<10} {name:<20} categorical {len(ref.categories)} categories: {top}")
+    if profile.labels is not None:
+        top = ", ".join(f"{c} {p:.0%}" for c, p in zip(profile.labels.categories[:5], profile.labels.proportions))
+        print(f"  {'label':<10} {'label':<20} categorical {profile.labels.events} labels: {top}")
     return 0
 
 
@@ -174,30 +177,100 @@ def _status(args: argparse.Namespace) -> int:
     config = _config(args)
     store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
     rows = list(store.summaries())
+    ends = _end_offsets(config, [(t, p) for t, p, *_ in rows])
+    partitions = []
+    for topic, partition, offset, summary, saved_at in rows:
+        end = ends.get((topic, partition))
+        partitions.append({"topic": topic, "partition": partition, "next_offset": offset,
+                           "end_offset": end, "lag": None if end is None else max(0, end - offset),
+                           "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
+                           "models": summary.get("models", {})})
     if args.json:
-        print(orjson.dumps([{"topic": t, "partition": p, "next_offset": o, "saved_at_ms": s, **summary}
-                            for t, p, o, summary, s in rows]).decode())
+        print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions}).decode())
         return 0
-    if not rows:
+    if not partitions:
         print(f"no partition state stored for group {config.kafka.group_id!r} in namespace {config.redis.namespace!r}")
         return 0
-    print(f"{'topic':<24} {'part':>4} {'next offset':>12} {'dead letters':>12}")
-    for topic, partition, offset, summary, _ in rows:
-        print(f"{topic:<24} {partition:>4} {offset:>12} {summary.get('dead_letters', 0):>12}")
-    print()
-    print(f"{'model':<12} {'part':>4} {'signal':<11} {'name':<18} {'detector':<13} {'statistic':>10}  state")
-    for topic, partition, _, summary, _ in rows:
-        for model_id, model in summary.get("models", {}).items():
-            if model.get("reference") is None:
-                print(f"{model_id:<12} {partition:>4} warming up: {model.get('warmup', 0)} events collected")
+    print(_table(["partition", "next offset", "end", "lag", "dead letters", "saved"],
+                 [[f"{p['topic']}[{p['partition']}]", p["next_offset"], _or_dash(p["end_offset"]), _or_dash(p["lag"]),
+                   p["dead_letters"], _age(p["saved_at_ms"])] for p in partitions], right={1, 2, 3, 4}))
+    for model_id in sorted({m for p in partitions for m in p["models"]}):
+        merged: dict[tuple, dict] = {}
+        events = labels = 0
+        for p in partitions:
+            model = p["models"].get(model_id)
+            if model is None:
                 continue
+            events += model.get("events", 0)
+            labels += model.get("labels", 0)
             for row in model.get("detectors", []):
-                value = row.get("statistic")
-                shown = "-" if value is None else f"{value:.4g}"
-                state = f"FIRING ({row['severity']})" if row.get("firing") else "ok"
-                print(f"{model_id:<12} {partition:>4} {row['signal']:<11} {row['name']:<18} {row['detector']:<13} "
-                      f"{shown:>10}  {state}")
+                key = (row["signal"], row["name"], row["detector"])
+                held = merged.get(key)
+                if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
+                    merged[key] = dict(row, partition=p["partition"])
+        print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        table_rows = []
+        for (signal, name, detector), row in sorted(merged.items(), key=lambda kv: (not kv[1].get("firing"), kv[0])):
+            state = f"FIRING {row['severity']}" if row.get("firing") else "ok"
+            table_rows.append([signal, name, detector, _num(row.get("statistic")), _num(row.get("threshold")),
+                               _num(row.get("critical")), state, (row.get("last_alert_id") or "-")[:12]])
+        if table_rows:
+            print(_table(["signal", "name", "detector", "statistic", "warning", "critical", "state", "last alert"],
+                         table_rows, right={3, 4, 5}))
+        else:
+            print("  warming up (collecting the reference)")
     return 0
+
+
+def _end_offsets(config: Config, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:
+    """High watermarks from the broker; empty when it cannot be reached within a few seconds."""
+    if not partitions:
+        return {}
+    from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: PLC0415
+    from .config import consumer_settings  # noqa: PLC0415
+
+    settings = {k: v for k, v in consumer_settings(config).items()
+                if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))}
+    consumer = Consumer({**settings, "group.id": f"{config.kafka.group_id}-status", "enable.auto.commit": False})
+    ends = {}
+    try:
+        for topic, partition in partitions:
+            try:
+                _, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=3)
+                ends[(topic, partition)] = high
+            except KafkaException:
+                break
+    finally:
+        consumer.close()
+    return ends
+
+
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _or_dash(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def _age(epoch_ms: int) -> str:
+    import time  # noqa: PLC0415
+
+    if not epoch_ms:
+        return "-"
+    seconds = max(0.0, time.time() - epoch_ms / 1000)
+    return f"{seconds:.0f} s ago" if seconds < 120 else f"{seconds / 60:.0f} min ago"
+
+
+def _table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
+    cells = [header] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def _state_export(args: argparse.Namespace) -> int:

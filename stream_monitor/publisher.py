@@ -26,9 +26,11 @@ class Publisher:
         self.max_attempts = max_attempts
         self._failed: list[tuple[tuple, KafkaError]] = []
 
-    def alert(self, alert: Alert) -> None:
-        value = orjson.dumps(alert.to_dict(int(time.time() * 1000)))
-        self._send((self.alert_topic, alert.model_id.encode(), value, None))
+    def alert(self, alert: Alert) -> dict[str, Any]:
+        """Produce one alert; returns it as published."""
+        record = alert.to_dict(int(time.time() * 1000))
+        self._send((self.alert_topic, alert.model_id.encode(), orjson.dumps(record), None))
+        return record
 
     def dead_letter(self, message: RawMessage, letter: DeadLetter) -> None:
         record = dead_letter_record(message, letter, int(time.time() * 1000))

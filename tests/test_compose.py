@@ -1,10 +1,11 @@
 """Static consistency checks of the deployment files (no Docker needed).
 
-docker-compose.yml, deploy/config.toml, deploy/prometheus.yml and the
-Dockerfile must agree on topics, addresses, ports and paths.
+docker-compose.yml, deploy/config.toml, deploy/prometheus.yml, deploy/grafana and
+the Dockerfile must agree on topics, addresses, ports and paths.
 """
 
 import json
+import re
 import shlex
 import tomllib
 from pathlib import Path
@@ -15,7 +16,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITOR_CONFIG_PATH = "/etc/stream-monitor/config.toml"
-EXPECTED_SERVICES = {"kafka", "redis", "create-topics", "monitor-1", "monitor-2", "prometheus"}
+EXPECTED_SERVICES = {"kafka", "redis", "create-topics", "monitor-1", "monitor-2", "prometheus", "grafana"}
+GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
 
 
 @pytest.fixture(scope="module")
@@ -249,3 +251,102 @@ def test_config_matches_contract_shape(config):
     assert set(fraud["detectors"]) == {"psi", "adwin", "page_hinkley"}
     psi = fraud["detectors"]["psi"]
     assert psi["warning"] < psi["critical"]
+
+
+# --- Grafana -------------------------------------------------------------------------
+
+
+def bind_mounts(service):
+    """{container path: (host path, options)} of a service's short-syntax bind mounts."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *options = volume.split(":")
+        mounts[target] = (source, options)
+    return mounts
+
+
+@pytest.fixture(scope="module")
+def grafana(services):
+    return services["grafana"]
+
+
+@pytest.fixture(scope="module")
+def grafana_datasources():
+    path = ROOT / "deploy" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def grafana_providers():
+    path = ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_grafana_image_port_and_anonymous_viewer(grafana):
+    assert grafana["image"] == "grafana/grafana:11.2.0"
+    assert 3000 in container_ports(grafana, "ports")
+    genv = env(grafana)
+    assert genv["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert genv["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_grafana_depends_on_prometheus(grafana):
+    deps = grafana["depends_on"]
+    assert "prometheus" in (deps if isinstance(deps, list) else list(deps))
+
+
+def test_grafana_mounts_provisioning_and_dashboards_read_only(grafana, grafana_providers):
+    mounts = bind_mounts(grafana)
+    assert GRAFANA_PROVISIONING in mounts
+    source, options = mounts[GRAFANA_PROVISIONING]
+    assert (ROOT / source).resolve() == (ROOT / "deploy" / "grafana" / "provisioning").resolve()
+    assert options == ["ro"]
+    assert (ROOT / source / "datasources" / "prometheus.yml").is_file()
+    assert (ROOT / source / "dashboards" / "dashboards.yml").is_file()
+    # the file provider reads the directory the dashboards are mounted at
+    paths = [provider["options"]["path"] for provider in grafana_providers["providers"] if provider["type"] == "file"]
+    assert paths == ["/var/lib/grafana/dashboards"]
+    assert paths[0] in mounts
+    source, options = mounts[paths[0]]
+    assert (ROOT / source).resolve() == (ROOT / "deploy" / "grafana" / "dashboards").resolve()
+    assert options == ["ro"]
+    dashboards = sorted((ROOT / source).glob("*.json"))
+    assert [d.name for d in dashboards] == ["stream-monitor.json"]
+    for dashboard in dashboards:
+        json.loads(dashboard.read_text(encoding="utf-8"))
+
+
+def test_grafana_datasource_points_at_the_prometheus_service(services, grafana_datasources):
+    sources = grafana_datasources["datasources"]
+    assert len(sources) == 1
+    source = sources[0]
+    assert source["type"] == "prometheus"
+    assert source["uid"] == "prometheus"
+    url = urlsplit(source["url"])
+    assert (url.scheme, url.hostname, url.port) == ("http", "prometheus", 9090)
+    assert url.hostname in services
+    prometheus_ports = container_ports(services["prometheus"], "ports") | container_ports(services["prometheus"], "expose")
+    assert url.port in prometheus_ports
+
+
+def test_grafana_datasource_interval_matches_the_scrape_interval(grafana_datasources, prometheus):
+    source = grafana_datasources["datasources"][0]
+    job = next(job for job in prometheus["scrape_configs"] if job["job_name"] == "stream-monitor")
+    assert source["jsonData"]["timeInterval"] == job.get("scrape_interval", prometheus["global"]["scrape_interval"])
+
+
+def dashboard_exprs():
+    """Every PromQL expression of the provisioned dashboard's panels."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "stream-monitor.json").read_text(encoding="utf-8"))
+    panels = list(dashboard["panels"])
+    for panel in panels:
+        panels.extend(panel.get("panels", []))
+        yield from (target["expr"] for target in panel.get("targets", []) if "expr" in target)
+
+
+def test_dashboard_job_filter_matches_the_scrape_job(prometheus):
+    """Panels that select a job="…" must name the stream-monitor scrape job."""
+    jobs = {job["job_name"] for job in prometheus["scrape_configs"]}
+    selected = {job for expr in dashboard_exprs() for job in re.findall(r'\bjob\s*=~?\s*"([^"]*)"', expr)}
+    assert selected, "the process panels should select the stream-monitor job"
+    assert selected <= jobs

@@ -1,0 +1,184 @@
+"""The HTTP side on ``service.metrics_port``: ``/metrics`` (Prometheus), ``/`` (status page),
+``/api/status`` (the page's data as JSON), ``/healthz``.
+
+The page is rendered on the server as plain HTML with inline SVG charts: no
+script, no external asset, readable at a glance; it reloads every 5 seconds.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Mapping
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .board import StatusBoard
+
+log = logging.getLogger(__name__)
+
+
+def serve(port: int, board: StatusBoard, registry, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Start the HTTP server in a daemon thread (``port`` 0 = off)."""
+    if not port:
+        return None
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+            elif path == "/api/status":
+                self._send(200, "application/json", orjson.dumps(board.snapshot()))
+            elif path in ("/", "/index.html"):
+                self._send(200, "text/html; charset=utf-8", render_page(board.snapshot()).encode())
+            elif path == "/healthz":
+                self._send(200, "text/plain", b"ok\n")
+            else:
+                self._send(404, "text/plain", b"not found\n")
+
+        def _send(self, status: int, content_type: str, body: bytes) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # quiet: no access log on stderr
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    log.info("metrics and status page on http://%s:%d/", host, port)
+    return server
+
+
+# --- the page ---------------------------------------------------------------------------------------------
+
+_CSS = """
+body{font:14px/1.4 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}
+header{background:#1d2330;color:#fff;padding:12px 24px;display:flex;gap:24px;align-items:baseline}
+header h1{font-size:18px;margin:0}header span{color:#aab}
+main{padding:16px 24px;display:grid;gap:16px}
+section{background:#fff;border-radius:8px;box-shadow:0 1px 2px #0002;padding:12px 16px}
+h2{font-size:16px;margin:0 0 8px}h3{font-size:14px;margin:12px 0 4px;color:#556}
+table{border-collapse:collapse;width:100%}td,th{padding:3px 8px;text-align:left;border-bottom:1px solid #eef}
+th{font-weight:600;color:#556;font-size:12px;text-transform:uppercase}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+.ok{color:#1a7f37}.warning{color:#9a6700;font-weight:600}.critical{color:#cf222e;font-weight:700}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px}
+.badge.ok{background:#dafbe1}.badge.warning{background:#fff8c5}.badge.critical{background:#ffebe9}
+.muted{color:#889}.firing{background:#fff5f5}
+"""
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return html.escape(str(value))
+
+
+def sparkline(history: list, warning: float | None, critical: float | None, width: int = 220, height: int = 36) -> str:
+    """An inline SVG line of the recent statistic with its warning (amber) and critical (red) lines."""
+    values = [v for _, v in history]
+    if not values:
+        return f'<svg width="{width}" height="{height}"></svg>'
+    top = max(values + [v for v in (warning, critical) if v is not None and v < 10 * max(max(values), 1e-12)])
+    bottom = min(values + [0.0])
+    span = (top - bottom) or 1.0
+
+    def y(v: float) -> float:
+        return round(height - 2 - (v - bottom) / span * (height - 4), 1)
+
+    step = (width - 4) / max(len(values) - 1, 1)
+    points = " ".join(f"{round(2 + i * step, 1)},{y(v)}" for i, v in enumerate(values))
+    lines = ""
+    for level, colour in ((warning, "#d4a72c"), (critical, "#cf222e")):
+        if level is not None and bottom <= level <= top:
+            lines += (f'<line x1="0" x2="{width}" y1="{y(level)}" y2="{y(level)}" stroke="{colour}" '
+                      f'stroke-dasharray="4 3" stroke-width="1"/>')
+    return (f'<svg width="{width}" height="{height}" role="img"><rect width="{width}" height="{height}" '
+            f'fill="#fafbfc"/>{lines}<polyline fill="none" stroke="#0969da" stroke-width="1.5" '
+            f'points="{points}"/></svg>')
+
+
+def render_page(snapshot: Mapping[str, Any]) -> str:
+    parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
+             f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
+    uptime = time.time() - snapshot.get("started_at", time.time())
+    parts.append(f"<header><h1>stream_monitor</h1><span>{html.escape(snapshot.get('instance') or '')}</span>"
+                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min</span></header><main>")
+
+    firing = [(m, row) for m, entry in snapshot.get("models", {}).items() for row in entry["detectors"] if row.get("firing")]
+    parts.append("<section><h2>Firing now</h2>")
+    if firing:
+        parts.append("<table><tr><th>model</th><th>signal</th><th>name</th><th>detector</th><th>severity</th>"
+                     "<th class=num>statistic</th><th class=num>warning</th><th class=num>critical</th></tr>")
+        for model_id, row in firing:
+            severity = row.get("severity") or "warning"
+            parts.append(f"<tr class=firing><td>{_fmt(model_id)}</td><td>{_fmt(row['signal'])}</td>"
+                         f"<td>{_fmt(row['name'])}</td><td>{_fmt(row['detector'])}</td>"
+                         f"<td><span class='badge {severity}'>{severity}</span></td>"
+                         f"<td class=num>{_fmt(row.get('statistic'))}</td><td class=num>{_fmt(row.get('threshold'))}</td>"
+                         f"<td class=num>{_fmt(row.get('critical'))}</td></tr>")
+        parts.append("</table>")
+    else:
+        parts.append("<p class=ok>Nothing is firing.</p>")
+    parts.append("</section>")
+
+    for model_id, entry in sorted(snapshot.get("models", {}).items()):
+        parts.append(f"<section><h2>{_fmt(model_id)} <span class=muted>· {entry['events']:,} events · "
+                     f"{entry['labels']:,} labels</span></h2>")
+        performance = entry.get("performance")
+        if performance:
+            cells = " · ".join(f"{_fmt(k)} {_fmt(v)}" for k, v in performance.items())
+            parts.append(f"<p>{cells}</p>")
+        by_signal: dict[str, list] = {}
+        for row in entry["detectors"]:
+            by_signal.setdefault(row["signal"], []).append(row)
+        quiet_checks = 0
+        if "data_quality" in by_signal:  # zero-rate checks folded into one line
+            rows = by_signal.pop("data_quality")
+            shown = [r for r in rows if r.get("firing") or r.get("statistic")]
+            quiet_checks = len(rows) - len(shown)
+            if shown:
+                by_signal["data_quality"] = shown
+        for signal, rows in by_signal.items():
+            parts.append(f"<h3>{_fmt(signal)}</h3><table><tr><th>name</th><th>detector</th><th>recent</th>"
+                         "<th class=num>statistic</th><th class=num>warning</th><th class=num>critical</th><th>state</th></tr>")
+            for row in rows:
+                state = (row.get("severity") or "warning") if row.get("firing") else "ok"
+                parts.append(f"<tr><td>{_fmt(row['name'])}</td><td>{_fmt(row['detector'])}</td>"
+                             f"<td>{sparkline(row.get('history', []), row.get('threshold'), row.get('critical'))}</td>"
+                             f"<td class=num>{_fmt(row.get('statistic'))}</td><td class=num>{_fmt(row.get('threshold'))}</td>"
+                             f"<td class=num>{_fmt(row.get('critical'))}</td>"
+                             f"<td><span class='badge {state}'>{'FIRING' if state != 'ok' else 'ok'}</span></td></tr>")
+            parts.append("</table>")
+        if quiet_checks:
+            parts.append(f"<p class=muted>{quiet_checks} data-quality checks at 0 (missing values, type mismatches, "
+                         f"unseen categories …)</p>")
+        parts.append("</section>")
+
+    parts.append("<section><h2>Recent alerts</h2><table><tr><th>detected</th><th>status</th><th>severity</th>"
+                 "<th>model</th><th>message</th></tr>")
+    for alert in snapshot.get("alerts", [])[:30]:
+        parts.append(f"<tr><td>{_fmt(alert.get('detected_at'))}</td><td>{_fmt(alert.get('status'))}</td>"
+                     f"<td class={_fmt(alert.get('severity'))}>{_fmt(alert.get('severity'))}</td>"
+                     f"<td>{_fmt(alert.get('model_id'))}</td><td>{_fmt(alert.get('message'))}</td></tr>")
+    parts.append("</table></section>")
+
+    parts.append("<section><h2>Partitions</h2><table><tr><th>partition</th><th class=num>next offset</th>"
+                 "<th class=num>lag</th><th class=num>dead letters</th></tr>")
+    for part in snapshot.get("partitions", []):
+        parts.append(f"<tr><td>{_fmt(part['topic'])}[{part['partition']}]</td><td class=num>{_fmt(part.get('next_offset'))}</td>"
+                     f"<td class=num>{_fmt(part.get('lag'))}</td><td class=num>{_fmt(part.get('dead_letters'))}</td></tr>")
+    parts.append("</table></section></main></body></html>")
+    return "".join(parts)

@@ -1,0 +1,250 @@
+"""Observability end to end (CONTRACT §9): the Prometheus scrape, /healthz, /api/status and the
+status page of a real `stream-monitor run` watching a drifting stream (real broker, real Redis).
+
+One monitored run (module fixture) serves every test: a drifting "fraud" stream on partition 0, a
+stable stream with a few bad messages on partition 1, the service left running while we look.
+The status-page test renders the page with headless Chromium from the OS packages (installed here
+if missing; if it cannot be installed the test fails with the reason).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.synthetic import generate
+
+from .helpers import MonitorProcess, produce, unique, wait_for_offsets
+from .test_service import Run, lines
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+BAD = [b"this is not json", b"[1, 2, 3]", b"",
+       b'{"event_id": "e", "model_id": "nobody", "features": {"x": 1}}',
+       b'{"model_id": "stable", "features": {"x": 1}}']
+
+
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, str, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+        return response.status, response.headers.get("Content-Type", ""), response.read()
+
+
+def wait_for_status(port: int, ends: dict[int, int], process: MonitorProcess, timeout: float = 30.0) -> dict:
+    """Until /api/status shows every partition's next offset at its end (the gauges follow the same checkpoint)."""
+    deadline = time.monotonic() + timeout
+    status: dict = {}
+    while time.monotonic() < deadline:
+        if process.process.poll() is not None:
+            raise AssertionError(f"monitor exited early ({process.process.returncode}):\n{process.log()[-3000:]}")
+        try:
+            status = orjson.loads(http_get(port, "/api/status")[2])
+        except OSError:
+            status = {}
+        seen = {part["partition"]: part.get("next_offset") for part in status.get("partitions", [])}
+        if all(seen.get(p) is not None and seen[p] >= end for p, end in ends.items()):
+            return status
+        time.sleep(0.1)
+    raise AssertionError(f"/api/status did not reach {ends} within {timeout:.0f} s: {status.get('partitions')}\n"
+                         f"{process.log()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def observed(broker, redis_server, tmp_path_factory):
+    """A running monitor that has consumed a drifting fraud stream and a few bad messages."""
+    tmp_path = tmp_path_factory.mktemp("observability")
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 2})
+    fraud = lines(generate("fraud", 8000, seed=1, drift_at=3000))
+    stable = lines(generate("stable", 2000, seed=1))
+    records = [(0, b"fraud", v, None) for v in fraud]
+    for i, value in enumerate(stable):
+        if i % 300 == 150 and i // 300 < len(BAD):
+            records.append((1, b"bad", BAD[i // 300], None))
+        records.append((1, b"stable", value, None))
+    ends = produce(broker.address, topic, records)
+    port = free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 2, "observed", service={"metrics_port": port})
+    process = MonitorProcess(run.config, tmp_path / "observed.log")
+    try:
+        wait_for_offsets(run.store, topic, ends, processes=[process])
+        wait_for_status(port, ends, process)
+        yield {"port": port, "topic": topic, "ends": ends, "process": process, "tmp_path": tmp_path}
+        assert process.terminate() == 0, process.log()[-3000:]
+    finally:
+        process.close()
+
+
+# --- /metrics ----------------------------------------------------------------------------------------------
+
+
+def samples(families: dict, family: str, suffix: str = "") -> list:
+    assert family in families, f"no family {family}; have {sorted(families)}"
+    name = family + suffix
+    return [s for s in families[family].samples if s.name == name]
+
+
+@pytest.mark.slow
+def test_metrics_scrape_has_every_family(observed):
+    port, topic, ends = observed["port"], observed["topic"], observed["ends"]
+    status, content_type, body = http_get(port, "/metrics")
+    assert status == 200 and content_type.startswith("text/plain")
+    text = body.decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+
+    assert families["stream_monitor_events_consumed"].type == "counter"
+    consumed = samples(families, "stream_monitor_events_consumed", "_total")
+    assert {s.labels["topic"]: s.value for s in consumed} == {topic: sum(ends.values())}
+
+    decoded = {s.labels["kind"]: s.value for s in samples(families, "stream_monitor_events_decoded", "_total")}
+    assert decoded["inference"] == sum(ends.values()) - len(BAD)
+
+    letters = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
+    assert sum(letters.values()) == len(BAD) and all(v > 0 for v in letters.values())
+    assert {"not_json", "unknown_model", "missing_field"} <= set(letters)
+
+    alerts = samples(families, "stream_monitor_alerts", "_total")
+    assert alerts and all(s.value > 0 for s in alerts)
+    assert all(set(s.labels) == {"model", "signal", "detector", "severity", "status"} for s in alerts)
+    assert {s.labels["model"] for s in alerts} == {"fraud"}, "only the drifting model alerts"
+    assert any(s.labels["signal"] == "feature" and s.labels["detector"] == "psi"
+               and s.labels["status"] == "firing" for s in alerts)
+
+    assert families["stream_monitor_checkpoint_seconds"].type == "histogram"
+    (count,) = samples(families, "stream_monitor_checkpoint_seconds", "_count")
+    assert count.value > 0
+    (total,) = samples(families, "stream_monitor_checkpoint_seconds", "_sum")
+    assert 0 < total.value < 60
+    assert families["stream_monitor_redis_seconds"].type == "histogram"
+    (redis_count,) = samples(families, "stream_monitor_redis_seconds", "_count")
+    assert redis_count.value >= count.value, "at least one state save per checkpoint"
+    buckets = samples(families, "stream_monitor_redis_seconds", "_bucket")
+    assert buckets[-1].labels["le"] == "+Inf" and buckets[-1].value == redis_count.value
+
+    lag = {(s.labels["topic"], s.labels["partition"]): s.value for s in samples(families, "stream_monitor_consumer_lag")}
+    assert set(lag) == {(topic, "0"), (topic, "1")}
+    assert all(v >= 0 for v in lag.values())
+    (assigned,) = samples(families, "stream_monitor_assigned_partitions")
+    assert assigned.value == 2
+
+    def detector_values(family: str) -> dict:
+        return {(s.labels["model"], s.labels["signal"], s.labels["name"], s.labels["detector"]): s.value
+                for s in samples(families, family)}
+
+    statistic = detector_values("stream_monitor_detector_statistic")
+    threshold = detector_values("stream_monitor_detector_threshold")
+    critical = detector_values("stream_monitor_detector_critical")
+    amount_psi = ("fraud", "feature", "amount", "psi")
+    assert amount_psi in statistic and amount_psi in threshold and amount_psi in critical
+    assert statistic[amount_psi] > critical[amount_psi] >= threshold[amount_psi] > 0, "the drift is visible"
+    stable_keys = [k for k in statistic if k[0] == "stable" and k[3] == "psi"]
+    assert stable_keys and all(statistic[k] < threshold[k] for k in stable_keys)
+
+    firing = {(s.labels["model"], s.labels["signal"], s.labels["detector"]): s.value
+              for s in samples(families, "stream_monitor_episodes_firing")}
+    assert firing[("fraud", "feature", "psi")] >= 1
+    assert all(v == 0 for k, v in firing.items() if k[0] == "stable")
+
+    (cpu,) = samples(families, "process_cpu_seconds", "_total")
+    assert cpu.value > 0
+    (rss,) = samples(families, "process_resident_memory_bytes")
+    assert rss.value > 10_000_000
+
+    assert http_get(port, "/healthz")[2] == b"ok\n"
+    api = orjson.loads(http_get(port, "/api/status")[2])
+    fraud = api["models"]["fraud"]
+    assert fraud["events"] == ends[0]
+    rows = {(r["signal"], r["name"], r["detector"]): r for r in fraud["detectors"]}
+    assert rows[("feature", "amount", "psi")]["firing"] is True
+    assert len(rows[("feature", "amount", "psi")]["history"]) >= 2
+    assert api["alerts"] and all(a["model_id"] == "fraud" for a in api["alerts"])
+
+    excerpt = [line for line in text.splitlines()
+               if line.startswith(("# HELP stream_monitor_alerts_total", "# TYPE stream_monitor_alerts_total",
+                                   "stream_monitor_alerts_total{"))]
+    excerpt += [line for line in text.splitlines()
+                if line.startswith(("# HELP stream_monitor_detector_statistic",
+                                    "# TYPE stream_monitor_detector_statistic"))
+                or (line.startswith("stream_monitor_detector_statistic{")
+                    and 'model="fraud"' in line and 'name="amount"' in line)]
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "metrics-scrape.txt").write_text("\n".join(excerpt) + "\n")
+
+
+# --- the status page ---------------------------------------------------------------------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def ensure_chromium() -> str:
+    """Chromium from the OS packages; installed with apt-get when missing (waiting for a busy dpkg lock)."""
+    found = shutil.which("chromium") or (CHROMIUM if os.access(CHROMIUM, os.X_OK) else None)
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail("chromium is not installed and this is not root: run `sudo apt-get install -y chromium`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    lock = ["-o", "DPkg::Lock::Timeout=120"]
+    errors = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        update = subprocess.run(["apt-get", *lock, "update", "-qq"], capture_output=True, text=True, env=env)
+        install = subprocess.run(["apt-get", *lock, "install", "-y", "-qq", "chromium"], capture_output=True,
+                                 text=True, env=env)
+        if install.returncode == 0 and os.access(CHROMIUM, os.X_OK):
+            return CHROMIUM
+        errors.append((update.stderr + install.stderr).strip()[-1500:])
+        if "lock" not in errors[-1].lower():  # a real failure, not another apt-get holding the lock
+            break
+        time.sleep(5)
+    pytest.fail("chromium could not be installed with apt-get:\n" + "\n---\n".join(errors[-2:]))
+
+
+def screenshot(url: str, out: Path, profile: str) -> tuple[list[str], subprocess.CompletedProcess]:
+    binary = ensure_chromium()
+    common = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+              "--window-size=1400,2200", f"--screenshot={out}", url]
+    attempts = []
+    for headless in ("--headless", "--headless=new"):
+        command = [binary, headless, *common]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        except subprocess.TimeoutExpired as exc:
+            attempts.append(f"{headless}: timed out\n{exc.stderr}")
+            continue
+        if result.returncode == 0 and out.exists() and out.stat().st_size > 0:
+            return command, result
+        attempts.append(f"{headless}: exit {result.returncode}\n{result.stderr[-1500:]}")
+    pytest.fail("headless chromium made no screenshot:\n" + "\n---\n".join(attempts))
+
+
+@pytest.mark.slow
+def test_status_page_screenshot(observed):
+    port = observed["port"]
+    status, content_type, body = http_get(port, "/")
+    assert status == 200 and content_type.startswith("text/html")
+    page = body.decode()
+    assert "Firing now" in page and "fraud" in page and "<svg" in page and "FIRING" in page
+    assert "Nothing is firing" not in page
+
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        out = Path(profile) / "status.png"
+        screenshot(f"http://127.0.0.1:{port}/", out, profile)
+        png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "a PNG file"
+    assert png[12:16] == b"IHDR"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1400, 2200)
+    assert len(png) > 20_000, "not a blank page"
+    DOCS.mkdir(exist_ok=True)
+    (DOCS / "status-page.png").write_bytes(png)
