@@ -25,6 +25,7 @@ from .codec import decode
 from .config import Config, consumer_settings, producer_settings
 from .errors import ConfigError
 from .events import DeadLetter, LabelEvent, RawMessage
+from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
@@ -45,6 +46,8 @@ class Service:
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self.references = self._stored_references()
+        self.join_settings = performance_settings(config)
+        self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
         self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic,
                                    config.kafka.dead_letter_topic)
         self.consumer: Consumer | None = None
@@ -81,8 +84,8 @@ class Service:
         try:
             while not self.stopping:
                 messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
-                for message in messages:
-                    self._handle(message)
+                if messages:
+                    self._handle_batch(messages)
                 self.publisher.poll()
                 if self._checkpoint_due():
                     self._checkpoint(list(self.dirty))
@@ -133,35 +136,58 @@ class Service:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
 
-    def _handle(self, message: Message) -> None:
+    def _handle_batch(self, messages: list[Message]) -> None:
+        """Decode every message, run the batch's label joins in one Redis round trip, then process in order."""
+        prepared = []
+        for message in messages:
+            item = self._prepare(message)
+            if item is not None:
+                prepared.append(item)
+        ops, slots = [], []
+        for key, monitor, raw, decoded in prepared:
+            op = None
+            if not isinstance(decoded, DeadLetter):
+                op = join_op(decoded, f"{raw.topic}|{raw.partition}|{raw.offset}", self.join_settings)
+            slots.append(len(ops) if op is not None else None)
+            if op is not None:
+                ops.append(op)
+        results = self.joiner.run(ops) if ops else []
+        for (key, monitor, raw, decoded), slot in zip(prepared, slots):
+            self._apply(key, monitor, raw, decoded, None if slot is None else results[slot])
+
+    def _prepare(self, message: Message):
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
                 if error.fatal():
                     raise KafkaException(error)
                 log.warning("consumer error: %s", error)
-            return
+            return None
         key = (message.topic(), message.partition())
         monitor = self.owned.get(key)
         offset = message.offset()
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
-            return  # not ours any more, or already covered by the stored state
+            return None  # not ours any more, or already covered by the stored state
         self.metrics.events_consumed.labels(key[0]).inc()
         timestamp_type, timestamp = message.timestamp()
         raw = RawMessage(topic=key[0], partition=key[1], offset=offset, value=message.value(),
                          key=message.key(), headers=tuple(message.headers() or ()),
                          timestamp_ms=timestamp if timestamp_type else None)
-        decoded = decode(raw, self.known_models, self.config.service.max_message_bytes)
+        return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes)
+
+    def _apply(self, key: PartitionKey, monitor: PartitionMonitor, raw: RawMessage, decoded, join) -> None:
         if isinstance(decoded, DeadLetter):
             self._dead_letter(raw, decoded, monitor)
         else:
             try:
-                alerts = monitor.process(decoded, offset)
+                alerts = monitor.process(decoded, raw.offset, join)
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-                log.exception("%s[%d]@%d: processing failed", key[0], key[1], offset)
+                log.exception("%s[%d]@%d: processing failed", key[0], key[1], raw.offset)
                 self._dead_letter(raw, DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
             else:
                 self.metrics.events_decoded.labels("label" if isinstance(decoded, LabelEvent) else "inference").inc()
+                if join is not None and join.status == "dropped":
+                    self.metrics.predictions_dropped.labels(decoded.model_id).inc()
                 for alert in alerts:
                     self.board.alert(self.publisher.alert(alert))
                     self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
@@ -212,6 +238,14 @@ class Service:
             lags[(topic, partition)] = (summary, lag)
         self.board.update(lags)
         self.metrics.observe_summaries(owned.values())
+        for model_id in self.join_settings:
+            try:
+                lag = self.joiner.lag(model_id)
+            except redis.RedisError:
+                continue
+            self.metrics.awaiting_labels.labels(model_id).set(lag["awaiting"])
+            self.metrics.labels_expired.labels(model_id).set(lag["expired"])
+            self.board.label_lag[model_id] = lag
 
     def _forget_gauges(self, key: PartitionKey) -> None:
         """A partition that moved away: its lag is the new owner's to report."""

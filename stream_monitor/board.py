@@ -21,6 +21,7 @@ class StatusBoard:
         self._partitions: dict[str, dict[str, Any]] = {}
         self._history: dict[tuple[str, str, str, str], deque] = {}
         self._alerts: deque = deque(maxlen=100)
+        self.label_lag: dict[str, dict[str, int]] = {}
         self.started_at = time.time()
 
     def update(self, partitions: Mapping[tuple[str, int], tuple[Mapping[str, Any], int | None]]) -> None:
@@ -51,6 +52,12 @@ class StatusBoard:
                     entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})
                     entry["events"] += model.get("events", 0)
                     entry["labels"] += model.get("labels", 0)
+                    if model.get("performance"):
+                        held = entry.get("performance")
+                        if held is None or model["performance"].get("pairs", 0) > held.get("pairs", 0):
+                            entry["performance"] = dict(model["performance"])
+                    if model_id in self.label_lag:
+                        entry["label_lag"] = dict(self.label_lag[model_id])
                     for row in model.get("detectors", []):
                         key = (model_id, row["signal"], row["name"], row["detector"])
                         held = entry["detectors"].get(key)

@@ -178,6 +178,11 @@ def _status(args: argparse.Namespace) -> int:
     store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
     rows = list(store.summaries())
     ends = _end_offsets(config, [(t, p) for t, p, *_ in rows])
+    from .join import RedisJoin, performance_settings  # noqa: PLC0415
+
+    settings = performance_settings(config)
+    joiner = RedisJoin(store.client, config.redis.namespace, settings)
+    lag = {model_id: joiner.lag(model_id) for model_id in settings}
     partitions = []
     for topic, partition, offset, summary, saved_at in rows:
         end = ends.get((topic, partition))
@@ -186,7 +191,7 @@ def _status(args: argparse.Namespace) -> int:
                            "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
                            "models": summary.get("models", {})})
     if args.json:
-        print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions}).decode())
+        print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag}).decode())
         return 0
     if not partitions:
         print(f"no partition state stored for group {config.kafka.group_id!r} in namespace {config.redis.namespace!r}")
@@ -209,6 +214,17 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        performance = max((p["models"][model_id].get("performance") or {} for p in partitions
+                           if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
+        if performance.get("pairs"):
+            shown = " · ".join(f"{k} {_num(v)}" for k, v in performance.items()
+                               if k not in ("pairs",) and not k.startswith("label_delay"))
+            delays = " · ".join(f"label delay {k.split('_')[2]} {performance[k] / 1000:.1f} s"
+                                for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
+            print(f"  performance over the last labelled predictions: {shown}" + (f" · {delays}" if delays else ""))
+        if model_id in lag:
+            print(f"  labels: {lag[model_id]['awaiting']:,} predictions awaiting a label · "
+                  f"{lag[model_id]['expired']:,} never labelled · {lag[model_id]['dropped']:,} dropped over the cap")
         table_rows = []
         for (signal, name, detector), row in sorted(merged.items(), key=lambda kv: (not kv[1].get("firing"), kv[0])):
             state = f"FIRING {row['severity']}" if row.get("firing") else "ok"

@@ -119,6 +119,28 @@ class DetectorsConfig:
 
 
 @dataclass(frozen=True)
+class PerformanceConfig:
+    """Ground truth: label events joined to predictions by (model_id, event_id) through Redis."""
+
+    task: str = ""  # "classification" | "regression"; empty → labels only feed label drift
+    positive_label: str = "1"  # classification: the positive class for precision, recall, F1 and AUC
+    window: int = 1_000  # joined pairs in the rolling metrics
+    reference_pairs: int = 1_000  # the first joined pairs: the error reference (regression)
+    label_wait_seconds: float = 3_600.0  # a label that arrives before its prediction waits this long
+    prediction_ttl_seconds: float = 7 * 24 * 3_600.0  # an unlabelled prediction is kept this long
+    joined_retention_seconds: float = 24 * 3_600.0  # a joined pair is remembered this long (replays)
+    max_pending: int = 1_000_000  # unlabelled predictions kept per model; more are dropped and counted
+    # a performance alert when a rolling metric falls below its floor, e.g. { accuracy = 0.8, f1 = 0.5 }
+    floors: Mapping[str, float] = field(default_factory=dict)
+    # regression: a performance alert when a rolling error rises above its ceiling, e.g. { mae = 3.0 }
+    ceilings: Mapping[str, float] = field(default_factory=dict)
+
+
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+REGRESSION_METRICS = ("mae", "rmse")
+
+
+@dataclass(frozen=True)
 class ReferenceConfig:
     source: str = "warmup"  # "warmup" | "stored"
     events: int = 5_000
@@ -130,6 +152,7 @@ class ModelConfig:
     reference: ReferenceConfig = ReferenceConfig()
     features: Mapping[str, str] | None = None  # None → inferred from the reference
     detectors: DetectorsConfig = DetectorsConfig()
+    performance: PerformanceConfig = PerformanceConfig()
 
 
 @dataclass(frozen=True)
@@ -198,7 +221,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
 
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
     where = f"models.{model_id}"
-    _check_keys(raw, where, {"reference", "features", "detectors"})
+    _check_keys(raw, where, {"reference", "features", "detectors", "performance"})
     reference = _build(ReferenceConfig, _table(raw, "reference", f"{where}.reference"), f"{where}.reference")
     if reference.source not in ("warmup", "stored"):
         raise ConfigError(f"{where}.reference.source", f"must be 'warmup' or 'stored', got {reference.source!r}")
@@ -252,7 +275,32 @@ def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
         raise ConfigError(f"{where}.detectors.cooldown", "must be >= 0")
     if not 0 < detectors.hysteresis <= 1:
         raise ConfigError(f"{where}.detectors.hysteresis", "must be in (0, 1]")
-    return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors)
+    performance = _performance(_table(raw, "performance", f"{where}.performance"), f"{where}.performance")
+    return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors,
+                       performance=performance)
+
+
+def _performance(raw: Mapping[str, Any], where: str) -> PerformanceConfig:
+    limits = {key: dict(_table(raw, key, f"{where}.{key}")) for key in ("floors", "ceilings")}
+    performance = _build(PerformanceConfig, {k: v for k, v in raw.items() if k not in limits}, where,
+                         skip=set(limits))
+    if performance.task not in ("", "classification", "regression"):
+        raise ConfigError(f"{where}.task", f"must be 'classification' or 'regression', got {performance.task!r}")
+    allowed = {"floors": CLASSIFICATION_METRICS if performance.task == "classification" else (),
+               "ceilings": REGRESSION_METRICS if performance.task == "regression" else ()}
+    for key, table in limits.items():
+        for metric, value in table.items():
+            if metric not in allowed[key]:
+                raise ConfigError(f"{where}.{key}.{metric}", f"not a {performance.task or 'set'} metric "
+                                  f"(allowed: {', '.join(allowed[key]) or 'none for this task'})")
+            table[metric] = _typed(value, float, f"{where}.{key}.{metric}")
+    for key in ("window", "reference_pairs", "max_pending"):
+        if getattr(performance, key) < 10:
+            raise ConfigError(f"{where}.{key}", "must be at least 10")
+    for key in ("label_wait_seconds", "prediction_ttl_seconds", "joined_retention_seconds"):
+        if not getattr(performance, key) > 0:
+            raise ConfigError(f"{where}.{key}", "must be > 0")
+    return replace(performance, **limits)
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:

@@ -55,6 +55,16 @@ class Metrics:
                             ["model", "signal", "detector"], **kw)
         self.dropped_series = Counter("stream_monitor_detector_series_dropped_total",
                                       "Detector series not exported (over the cardinality cap)", **kw)
+        self.performance = Gauge("stream_monitor_performance", "Rolling performance metric over the last "
+                                 "performance.window labelled predictions (highest over this instance's partitions)",
+                                 ["model", "metric"], **kw)
+        self.awaiting_labels = Gauge("stream_monitor_predictions_awaiting_labels",
+                                     "Predictions stored for the label join and not labelled yet", ["model"], **kw)
+        self.labels_expired = Gauge("stream_monitor_predictions_never_labelled",
+                                    "Predictions that expired without a label", ["model"], **kw)
+        self.predictions_dropped = Counter("stream_monitor_predictions_dropped_total",
+                                           "Predictions not stored for the join: over performance.max_pending",
+                                           ["model"], **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:
@@ -63,6 +73,9 @@ class Metrics:
         firing: dict[tuple[str, str, str], int] = {}
         for summary in summaries:
             for model_id, model in summary.get("models", {}).items():
+                for metric, value in (model.get("performance") or {}).items():
+                    if isinstance(value, (int, float)) and metric != "pairs":
+                        self.performance.labels(model_id, metric).set(value)
                 for row in model.get("detectors", []):
                     key = (model_id, row["signal"], row["name"], row["detector"])
                     value = row.get("statistic")

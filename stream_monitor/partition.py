@@ -21,6 +21,8 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .detectors.transform import RankTransform
 from .errors import ReferenceProfileError, StateError
 from .events import Alert, InferenceEvent, LabelEvent
+from .join import JoinResult, prediction_record
+from .performance import PerformanceMonitor
 from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
     build_labels_reference, build_reference, is_number
 
@@ -313,6 +315,7 @@ class ModelMonitor:
         self.label_warmup: list[LabelEvent] = []
         self.events = 0
         self.labels = 0
+        self.performance = PerformanceMonitor(config) if config.performance.task else None
         if reference is not None:
             self.use_reference(reference)
 
@@ -330,8 +333,14 @@ class ModelMonitor:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
         self.label_warmup = []
 
-    def process(self, event: InferenceEvent, offset: int, partition: int) -> list[Alert]:
+    def process(self, event: InferenceEvent, offset: int, partition: int,
+                join: JoinResult | None = None) -> list[Alert]:
         self.events += 1
+        alerts: list[Alert] = []
+        if join is not None and join.status == "joined" and self.performance is not None:
+            prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
+            alerts.extend(self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
+                                                partition, event.timestamp_ms))
         if self.reference is None:
             self.warmup.append(event)
             if len(self.warmup) >= self.config.reference.events:
@@ -339,8 +348,7 @@ class ModelMonitor:
                 profile = build_reference(self.config.model_id, self.warmup, self.config.features,
                                           psi.bins, psi.top_k, source="warmup")
                 self.use_reference(profile)  # a label column from the label warm-up carries on
-            return []
-        alerts: list[Alert] = []
+            return alerts
         for column in self.columns:
             if column.signal == "feature":
                 value = event.features.get(column.name)
@@ -353,17 +361,23 @@ class ModelMonitor:
             alerts.extend(column.update(value, offset, partition, event.timestamp_ms))
         return alerts
 
-    def process_label(self, event: LabelEvent, offset: int, partition: int) -> list[Alert]:
-        """Label drift: the distribution of ground-truth labels against the reference's."""
+    def process_label(self, event: LabelEvent, offset: int, partition: int,
+                      join: JoinResult | None = None) -> list[Alert]:
+        """Label drift (the distribution of ground-truth labels) and, once joined, performance."""
         self.labels += 1
+        alerts: list[Alert] = []
         if self.label_column is None:
             self.label_warmup.append(event)
             if len(self.label_warmup) >= self.config.reference.events:
                 labels = build_labels_reference(self.label_warmup, self.config.detectors.psi.top_k)
                 if labels is not None:
                     self._use_labels(labels)
-            return []
-        return self.label_column.update(event.label, offset, partition, event.timestamp_ms)
+        else:
+            alerts.extend(self.label_column.update(event.label, offset, partition, event.timestamp_ms))
+        if join is not None and join.status == "joined" and self.performance is not None:
+            alerts.extend(self.performance.pair(join.other, event.label, event.timestamp_ms, offset, partition,
+                                                event.timestamp_ms))
+        return alerts
 
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "labels": self.labels,
@@ -372,6 +386,7 @@ class ModelMonitor:
                 "label_warmup": [(e.event_id, e.model_id, e.timestamp_ms, e.label) for e in self.label_warmup],
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
+                "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -389,15 +404,18 @@ class ModelMonitor:
         if state["label_reference"] is not None:
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"])
+        if self.performance is not None and state.get("performance") is not None:
+            self.performance.restore(state["performance"])
 
     def summary(self) -> dict[str, Any]:
         columns = self.columns + ([self.label_column] if self.label_column is not None else [])
-        return {"events": self.events, "labels": self.labels,
+        performance, performance_rows = self.performance.summary() if self.performance else (None, [])
+        return {"events": self.events, "labels": self.labels, "performance": performance,
                 "reference": None if self.reference is None else
                 {"source": self.reference.source, "version": self.reference.version,
                  "events": self.reference.events},
                 "warmup": len(self.warmup),
-                "detectors": [row for c in columns for row in c.summary()]}
+                "detectors": [row for c in columns for row in c.summary()] + performance_rows}
 
 
 def _event_tuple(e: InferenceEvent) -> tuple:
@@ -428,13 +446,13 @@ class PartitionMonitor:
             monitor = self.models[model_id] = ModelMonitor(model_config, reference)
         return monitor
 
-    def process(self, event: InferenceEvent | LabelEvent, offset: int) -> list[Alert]:
-        """Process the event at ``offset``; the alerts it raises, in a deterministic order."""
+    def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
+        """Process the event at ``offset`` (``join``: its side of the label join); the alerts, in order."""
         self.next_offset = offset + 1
         monitor = self.model(event.model_id)
         if isinstance(event, LabelEvent):
-            return monitor.process_label(event, offset, self.partition)
-        return monitor.process(event, offset, self.partition)
+            return monitor.process_label(event, offset, self.partition, join)
+        return monitor.process(event, offset, self.partition, join)
 
     def skip(self, offset: int) -> None:
         """A message at ``offset`` was dead-lettered: count it and move past it."""

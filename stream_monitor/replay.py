@@ -16,6 +16,7 @@ import orjson
 from .codec import decode
 from .config import Config
 from .events import Alert, DeadLetter, RawMessage
+from .join import MemoryJoin, join_op, performance_settings
 from .partition import PartitionMonitor
 from .reference import ReferenceProfile
 
@@ -24,6 +25,8 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
                   errors: IO[str] | None = None) -> Iterator[Alert]:
     monitor = PartitionMonitor(config, -1, references)
     known = frozenset(config.models)
+    settings = performance_settings(config)
+    joiner = MemoryJoin(settings)
     for line_number, line in enumerate(lines, start=1):
         value = line.rstrip(b"\r\n")
         if not value.strip():
@@ -35,7 +38,8 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
             if errors is not None:
                 print(f"line {line_number}: {decoded.reason}: {decoded.error}", file=errors)
             continue
-        yield from monitor.process(decoded, line_number)
+        op = join_op(decoded, f"replay|-1|{line_number}", settings)
+        yield from monitor.process(decoded, line_number, joiner.run([op])[0] if op else None)
 
 
 def replay_file(config: Config, path: Path, references: Mapping[str, ReferenceProfile],

@@ -43,6 +43,34 @@ def _stable(rng: random.Random, drifted: bool) -> tuple[dict[str, Any], float]:
     return {"x": x, "color": rng.choice(["red", "green", "blue"])}, _sigmoid(x)
 
 
+def labelled(model_id: str, count: int, seed: int = 0, invert_at: int | None = None,
+             delay: int = 50) -> list[dict[str, Any]]:
+    """Inference events of a stable classifier and, ``delay`` events later, their label events.
+
+    From index ``invert_at`` on, the world inverts the relation between the
+    input and the true label (concept drift): the inputs and the model's
+    predictions keep their distribution, only the labels say it is now wrong.
+    """
+    rng = random.Random(f"{model_id}/labelled/{seed}")
+    out: list[dict[str, Any]] = []
+    waiting: list[tuple[int, dict[str, Any]]] = []
+    for i in range(count):
+        x = rng.gauss(0.0, 1.0)
+        score = _sigmoid(2.5 * x)
+        truth_p = _sigmoid(-2.5 * x) if invert_at is not None and i >= invert_at else score
+        event_id = f"{model_id}-{seed}-{i}"
+        t = round(BASE_TIME_S + i * 0.01, 3)
+        out.append({"event_id": event_id, "model_id": model_id, "timestamp": t,
+                    "features": {"x": round(x, 4), "segment": rng.choice(["a", "b", "c"])},
+                    "prediction": {"score": round(score, 4), "label": int(score >= 0.5)}})
+        waiting.append((i + delay, {"event_id": event_id, "model_id": model_id,
+                                    "label": int(rng.random() < truth_p), "timestamp": round(t + delay * 0.01, 3)}))
+        while waiting and waiting[0][0] <= i:
+            out.append(waiting.pop(0)[1])
+    out.extend(label for _, label in waiting)
+    return out
+
+
 GENERATORS = {"fraud": _fraud, "churn": _churn, "stable": _stable}
 
 

@@ -138,9 +138,14 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         parts.append(f"<section><h2>{_fmt(model_id)} <span class=muted>· {entry['events']:,} events · "
                      f"{entry['labels']:,} labels</span></h2>")
         performance = entry.get("performance")
-        if performance:
-            cells = " · ".join(f"{_fmt(k)} {_fmt(v)}" for k, v in performance.items())
-            parts.append(f"<p>{cells}</p>")
+        if performance and performance.get("pairs"):
+            cells = " · ".join(f"<b>{_fmt(k)}</b> {_fmt(v)}" for k, v in performance.items() if k != "pairs")
+            parts.append(f"<p>Performance over the last labelled predictions ({performance['pairs']:,} pairs "
+                         f"joined): {cells}</p>")
+        lag = entry.get("label_lag")
+        if lag:
+            parts.append(f"<p class=muted>{lag['awaiting']:,} predictions awaiting a label · {lag['expired']:,} never "
+                         f"labelled · {lag['dropped']:,} dropped over the cap</p>")
         by_signal: dict[str, list] = {}
         for row in entry["detectors"]:
             by_signal.setdefault(row["signal"], []).append(row)

@@ -53,11 +53,10 @@ def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str
     lines += [f"{k} = {toml_value(v)}" for k, v in {"metrics_port": 0, **(service or {})}.items()]
     for model_id, model in models.items():
         lines += ["", f"[models.{model_id}]"]
-        for key, value in model.items():
-            if key == "detectors":
-                lines += [f"[models.{model_id}.detectors]"] + [f"{k} = {toml_value(v)}" for k, v in value.items()]
-            else:
-                lines.append(f"{key} = {toml_value(value)}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in model.items() if key != "detectors"]
+        if "detectors" in model:
+            lines += [f"[models.{model_id}.detectors]"] + [f"{k} = {toml_value(v)}"
+                                                           for k, v in model["detectors"].items()]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -69,9 +69,9 @@ class PageHinkleyDetector(_RiverDetector):
     name = "page_hinkley"
 
     def __init__(self, min_instances: int = 30, delta: float = 0.25, threshold: float = 50.0,
-                 alpha: float = 0.9999):
+                 alpha: float = 0.9999, mode: str = "both"):
         super().__init__(drift.PageHinkley(min_instances=min_instances, delta=delta,
-                                           threshold=threshold, alpha=alpha, mode="both"))
+                                           threshold=threshold, alpha=alpha, mode=mode))
         self.threshold = threshold
 
     @property
