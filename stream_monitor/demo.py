@@ -22,12 +22,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from .localstack import LocalProcess, create_topics, free_port, start_broker, start_redis
 from .state import StateStore, connect
-from .synthetic import generate
+from .synthetic import generate, labelled
 
 INPUT, ALERTS, DEAD_LETTERS = "ml.inference", "ml.alerts", "ml.dead-letters"
 # Keyed by model id, as CONTRACT §2 recommends: one partition per model, one per instance.
-PARTITION_OF = {"fraud": 0, "churn": 1}
-RATE = 4_000  # events per second, both models together
+PARTITION_OF = {"fraud": 0, "churn": 1, "credit": 2}
+RATE = 5_000  # events per second, all models together
 
 CONFIG = """\
 [kafka]
@@ -61,6 +61,12 @@ reference = {{ source = "warmup", events = 2000 }}
 [models.churn.detectors]
 psi = {{ window = 2000 }}
 resolve_after = 4000
+
+[models.credit]   # labels arrive 200 events after their predictions: performance and concept drift
+reference = {{ source = "warmup", events = 2000 }}
+performance = {{ task = "classification", window = 1000, floors = {{ accuracy = 0.7 }} }}
+[models.credit.detectors]
+psi = {{ window = 2000 }}
 """
 
 
@@ -74,7 +80,7 @@ def run_demo(events_per_model: int = 60_000) -> int:
     monitors: list[subprocess.Popen] = []
     ok = False
     try:
-        say("stream_monitor demo: local broker + Redis, two monitor instances, two models with injected drift")
+        say("stream_monitor demo: local broker + Redis, two monitor instances, three models with injected drift")
         broker = start_broker(workdir)
         started.append(broker)
         redis_server = start_redis(workdir)
@@ -122,11 +128,20 @@ def _records(events_per_model: int) -> list[tuple[str, bytes, str | None]]:
     """(model, value, note to print when it is sent) in sending order."""
     drift_at = {model: int(events_per_model * share) for model, share in DRIFT_AT.items()}
     streams = {model: generate(model, events_per_model, seed=42, drift_at=drift_at[model]) for model in DRIFT_AT}
+    credit_count = events_per_model // 2
+    credit = labelled("credit", credit_count, seed=42, invert_at=int(credit_count * 0.6), delay=200)
+    inverted = next(k for k, e in enumerate(credit) if e["event_id"] == f"credit-42-{int(credit_count * 0.6)}")
     records = []
+    sent_credit = 0
     for i in range(events_per_model):
         for model, events in streams.items():
             note = f"--- {model}: drift injected from here on (its event {i:,}) ---" if i == drift_at[model] else None
             records.append((model, orjson.dumps(events[i]), note))
+        while sent_credit < len(credit) * (i + 1) // events_per_model:
+            note = ("--- credit: the world inverts the relation between input and label (concept drift; "
+                    "inputs and predictions unchanged) ---") if sent_credit == inverted else None
+            records.append(("credit", orjson.dumps(credit[sent_credit]), note))
+            sent_credit += 1
         if i % 20_000 == 9_999:  # a little bad input, to show the dead-letter path
             records.append(("fraud", b'{"event_id": "oops", "model_id": "fraud", "features": "not an object"}', None))
     return records
@@ -145,8 +160,9 @@ def _stream(bootstrap: str, redis_url: str, events_per_model: int, monitors: lis
         if err is None:
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
-    say(f"streaming {len(records):,} events at ~{RATE:,}/s: fraud drifts at 50 %, churn at 70 % "
-        "(the first events of each partition are the warm-up reference)\n")
+    say(f"streaming {len(records):,} events at ~{RATE:,}/s: fraud's inputs drift at 50 %, churn's at 70 %, "
+        "credit's labels turn against its predictions at 60 % (the first events of each partition are the "
+        "warm-up reference)\n")
     for i, (model, value, note) in enumerate(records):
         if note:
             say(f"  {time.monotonic() - started:6.1f}s  {note}")
@@ -186,7 +202,7 @@ def _stream(bootstrap: str, redis_url: str, events_per_model: int, monitors: lis
     say("")
     say("summary")
     say(f"  events        {len(records):,} in {elapsed:.1f} s = {len(records) / elapsed:,.0f} events/s end to end "
-        f"(paced by the producer at ~{RATE:,}/s; capacity: make bench)")
+        f"(paced by the producer at ~{RATE:,}/s; processing capacity: make bench)")
     say(f"  caught up     {caught_up - produced_at:.2f} s after the last event was produced")
     say(f"  alerts        {counts.get('firing', 0)} firing, {counts.get('resolved', 0)} resolved")
     say(f"  dead letters  {dead_letters}")
