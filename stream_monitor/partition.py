@@ -18,7 +18,7 @@ from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, T
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
-from .detectors.transform import RankTransform
+from .detectors.transform import RankTransform, normal_score
 from .errors import ReferenceProfileError, StateError
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
@@ -27,6 +27,8 @@ from .reference import OTHER, CategoricalReference, ColumnReference, NumericRefe
     build_labels_reference, build_reference, is_number
 
 STATE_FORMAT = 2
+_INFINITIES = (math.inf, -math.inf)
+_USABLE_PROBLEMS = (None, "out_of_range")
 POINT_DETECTORS = frozenset({"adwin", "page_hinkley"})
 
 
@@ -117,6 +119,9 @@ class ColumnMonitor:
                 self.detectors["p95_ceiling"] = _Detector("p95_ceiling", ceiling, ceiling)
                 self.episodes["p95_ceiling"] = episode()
         self.last_statistic: dict[str, float] = {}
+        self._cooling_levels: list[Episode] = []
+        self._adwin_episode = self.episodes.get("adwin")
+        self._ph_episode = self.episodes.get("page_hinkley")
 
     @property
     def label(self) -> str:
@@ -129,72 +134,83 @@ class ColumnMonitor:
     def update(self, value: Any, offset: int, partition: int, event_time_ms: int | None) -> list[Alert]:
         """Feed one event's value of this column (``None`` when absent)."""
         alerts: list[Alert] = []
-        context = (offset, partition, event_time_ms)
-        usable = value is not None
-        problems: tuple[str, ...] = ()
+        problem = None
         ref = self.reference
         if value is None:
-            problems = ("missing",)
+            problem = "missing"
         elif self.numeric:
-            if not is_number(value):
-                problems, usable = ("type_mismatch",), False
-            elif not math.isfinite(value):
-                problems, usable = ("non_finite",), False
+            kind = value.__class__
+            if kind is not float and kind is not int:  # bool, str: not a number
+                problem = "type_mismatch"
+            elif value != value or value in _INFINITIES:
+                problem = "non_finite"
             elif value < ref.minimum or value > ref.maximum:
-                problems = ("out_of_range",)
+                problem = "out_of_range"
         elif not ref.is_seen(value):
-            problems = ("unseen_category",)
+            problem = "unseen_category"
         if self.quality is not None:
-            rates = self.quality.add(problems)
+            rates = self.quality.add_one(problem)
             if rates is not None:
+                context = (offset, partition, event_time_ms)
                 for check, rate in rates.items():
                     alerts.extend(self._level(check, rate, context, self._quality_text))
-        if not usable:
+        if problem is not None and problem not in _USABLE_PROBLEMS:
             return alerts
-        for detector, episode in self.episodes.items():
-            if detector not in POINT_DETECTORS:  # point episodes count down in tick()
-                episode.quiet_tick()
+        if self._cooling_levels:
+            self._tick_cooling()
         window_psi = self.psi.add(ref.bin_index(value))
         if window_psi is not None:
-            alerts.extend(self._level("psi", window_psi, context, self._psi_text))
+            alerts.extend(self._level("psi", window_psi, (offset, partition, event_time_ms), self._psi_text))
         if not self.numeric:
             return alerts
         value = float(value)
         if self.ks is not None:
             gap = self.ks.add(value)
             if gap is not None:
-                alerts.extend(self._level("ks", gap, context, self._ks_text))
+                alerts.extend(self._level("ks", gap, (offset, partition, event_time_ms), self._ks_text))
+        rank = self.transform.rank(value)
         if self.adwin is not None:
-            detected = self.adwin.update(self.transform.rank(value))
-            self.last_statistic["adwin"] = self.adwin.window_mean
-            alerts.extend(self._point("adwin", detected, self.adwin.window_mean, *context))
+            if self.adwin.update(rank) or self._adwin_episode.firing or self._adwin_episode._cooling:
+                alerts.extend(self._point("adwin", self.adwin.drift_detected, offset, partition, event_time_ms))
         if self.page_hinkley is not None:
-            detected = self.page_hinkley.update(self.transform.normal_score(value))  # river resets at the next update
-            self.last_statistic["page_hinkley"] = self.page_hinkley.statistic
-            alerts.extend(self._point("page_hinkley", detected, self.page_hinkley.statistic, *context))
+            # river resets at the next update
+            if self.page_hinkley.update(normal_score(rank)) or self._ph_episode.firing or self._ph_episode._cooling:
+                alerts.extend(self._point("page_hinkley", self.page_hinkley.drift_detected, offset, partition,
+                                          event_time_ms))
         if self.p95 is not None:
             p95 = self.p95.add(value)
             if p95 is not None:
-                alerts.extend(self._level("p95_ceiling", p95, context, self._p95_text))
+                alerts.extend(self._level("p95_ceiling", p95, (offset, partition, event_time_ms), self._p95_text))
         return alerts
+
+    def _tick_cooling(self) -> None:
+        """Level detectors count down their cooldown per usable value (only those cooling)."""
+        for episode in self._cooling_levels:
+            episode.quiet_tick()
+        self._cooling_levels = [e for e in self._cooling_levels if e._cooling]
 
     # --- alerts -------------------------------------------------------------------------
 
     def _level(self, detector: str, value: float, context: tuple, describe) -> list[Alert]:
         self.last_statistic[detector] = value
         spec = self.detectors[detector]
-        transition = self.episodes[detector].level(value, spec.threshold, spec.critical)
+        episode = self.episodes[detector]
+        transition = episode.level(value, spec.threshold, spec.critical)
         if transition is None:
             return []
+        if transition.status == "resolved" and episode._cooling:
+            self._cooling_levels.append(episode)
         reference, current, message = describe(detector, transition, value, spec)
         return [self._alert(detector, transition, value, spec, reference, current, message, *context)]
 
-    def _point(self, detector: str, detected: bool, statistic: float,
-               offset: int, partition: int, event_time_ms: int | None) -> list[Alert]:
+    def _point(self, detector: str, detected: bool, offset: int, partition: int,
+               event_time_ms: int | None) -> list[Alert]:
+        """A point detector's value: ticks only matter while its episode fires or cools down."""
         episode = self.episodes[detector]
         transition = episode.detected() if detected else episode.tick()
         if transition is None:
             return []
+        statistic = self.adwin.window_mean if detector == "adwin" else self.page_hinkley.statistic
         spec = self.detectors[detector]
         ref = self.reference
         reference = {"mean": ref.mean, "std": ref.std, "median": ref.grid[len(ref.grid) // 2] if ref.grid else None}
@@ -289,8 +305,13 @@ class ColumnMonitor:
             if key in self.episodes:
                 self.episodes[key].restore(episode_state)
         self.last_statistic = dict(state["last_statistic"])
+        self._cooling_levels = [e for k, e in self.episodes.items() if k not in POINT_DETECTORS and e._cooling]
 
     def summary(self) -> list[dict[str, Any]]:
+        if self.adwin is not None:
+            self.last_statistic["adwin"] = self.adwin.window_mean
+        if self.page_hinkley is not None:
+            self.last_statistic["page_hinkley"] = self.page_hinkley.statistic
         out = []
         for detector, episode in self.episodes.items():
             spec = self.detectors[detector]

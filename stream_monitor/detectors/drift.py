@@ -33,6 +33,10 @@ class _RiverDetector:
         self._detector.update(value)
         return self._detector.drift_detected
 
+    @property
+    def drift_detected(self) -> bool:
+        return self._detector.drift_detected
+
     def snapshot(self) -> dict[str, Any]:
         return {"river": river.__version__, "pickle": pickle.dumps(self._detector, protocol=5)}
 

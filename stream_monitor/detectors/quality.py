@@ -38,6 +38,18 @@ class QualityWindow:
         self._n = 0
         return self.last_rates
 
+    def add_one(self, problem: str | None) -> dict[str, float] | None:
+        """:meth:`add` for at most one problem per event (the service's case), without a loop."""
+        if problem is not None:
+            self._counts[problem] += 1
+        self._n += 1
+        if self._n < self.window:
+            return None
+        self.last_rates = {check: count / self._n for check, count in self._counts.items()}
+        self._counts = dict.fromkeys(self.checks, 0)
+        self._n = 0
+        return self.last_rates
+
     def snapshot(self) -> dict[str, Any]:
         return {"counts": dict(self._counts), "n": self._n, "last_rates": dict(self.last_rates)}
 

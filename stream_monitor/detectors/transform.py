@@ -44,4 +44,12 @@ class RankTransform:
         return min(max(u, self._floor), 1.0 - self._floor)
 
     def normal_score(self, value: float) -> float:
-        return _NORMAL.inv_cdf(self.rank(value))
+        return _inv_cdf(self.rank(value))
+
+
+_inv_cdf = _NORMAL.inv_cdf
+
+
+def normal_score(rank: float) -> float:
+    """Φ⁻¹ of a rank from :meth:`RankTransform.rank` (never 0 or 1, so always finite)."""
+    return _inv_cdf(rank)
