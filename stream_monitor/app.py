@@ -14,7 +14,7 @@ import os
 import signal
 import socket
 import time
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -23,7 +23,7 @@ from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
 from .config import Config, consumer_settings, producer_settings
-from .errors import ConfigError
+from .errors import ConfigError, StateError
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
@@ -33,6 +33,7 @@ from .reference import ReferenceProfile
 from .state import ReferenceStore, StateStore, connect
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 alert_log = logging.getLogger("stream_monitor.alerts")
 
 
@@ -45,15 +46,17 @@ class Service:
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
-        self.references = self._stored_references()
+        self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
         self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic,
-                                   config.kafka.dead_letter_topic)
+                                   config.kafka.dead_letter_topic,
+                                   outage_seconds=config.service.broker_outage_seconds)
         self.consumer: Consumer | None = None
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
         self.summaries: dict[PartitionKey, dict] = {}
+        self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.stopping = False
         self._since_checkpoint = 0
@@ -97,6 +100,28 @@ class Service:
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
             self.publisher.close()
             self.redis.close()
+
+    def _redis(self, operation: Callable[[], T], what: str) -> T:
+        """Run a Redis operation; while Redis is unreachable, wait with backoff (logged and counted) for up
+        to ``service.redis_outage_seconds``, then give up with a :class:`StateError` (exit, no tight loop:
+        a restarted instance waits the same way)."""
+        started = time.monotonic()
+        delay = 0.2
+        while True:
+            try:
+                result = operation()
+                if time.monotonic() - started > 1:
+                    log.warning("Redis is back after %.1f s (%s); resuming", time.monotonic() - started, what)
+                return result
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+                waited = time.monotonic() - started
+                self.metrics.redis_errors.inc()
+                if waited >= self.config.service.redis_outage_seconds:
+                    raise StateError(f"Redis unreachable for {waited:.0f} s ({what}): {exc}") from exc
+                log.warning("Redis unreachable (%s): %s; processing paused, retrying in %.1f s (%.0f s so far)",
+                            what, exc, delay, waited)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     def _refresh_references(self) -> None:
         """Re-reference without restart: a new stored version replaces the old one from this event on.
@@ -151,7 +176,7 @@ class Service:
             slots.append(len(ops) if op is not None else None)
             if op is not None:
                 ops.append(op)
-        results = self.joiner.run(ops) if ops else []
+        results = self._redis(lambda: self.joiner.run(ops), "label join") if ops else []
         for (key, monitor, raw, decoded), slot in zip(prepared, slots):
             self._apply(key, monitor, raw, decoded, None if slot is None else results[slot])
 
@@ -173,7 +198,8 @@ class Service:
         raw = RawMessage(topic=key[0], partition=key[1], offset=offset, value=message.value(),
                          key=message.key(), headers=tuple(message.headers() or ()),
                          timestamp_ms=timestamp if timestamp_type else None)
-        return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes)
+        return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
+                                          self.config.service.max_features_per_event)
 
     def _apply(self, key: PartitionKey, monitor: PartitionMonitor, raw: RawMessage, decoded, join) -> None:
         if isinstance(decoded, DeadLetter):
@@ -215,7 +241,9 @@ class Service:
     def _checkpoint(self, keys: list[PartitionKey]) -> None:
         monitors = [(k, self.owned[k]) for k in keys if k in self.owned and k in self.dirty]
         if monitors:
-            self.summaries.update(checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics))
+            self.summaries.update(self._redis(
+                lambda: checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics, self.persisted),
+                "checkpoint"))
             self._publish_status()
         self.dirty.difference_update(k for k, _ in monitors)
         self._since_checkpoint = 0
@@ -260,11 +288,12 @@ class Service:
         for tp in partitions:
             key = (tp.topic, tp.partition)
             monitor = PartitionMonitor(self.config, tp.partition, self.references)
-            loaded = self.store.load(tp.topic, tp.partition)
+            loaded = self._redis(lambda: self.store.load(tp.topic, tp.partition), "load state")
             if loaded is None:
+                self._missing_state(consumer, tp)
                 tp.offset = OFFSET_BEGINNING  # no state: the log from the start is the truth
-                log.info("assigned %s[%d]: no stored state, reading from the beginning", tp.topic, tp.partition)
             else:
+                self.persisted.add(key)
                 next_offset, snapshot = loaded
                 monitor.restore(snapshot)
                 monitor.next_offset = next_offset
@@ -277,6 +306,24 @@ class Service:
         else:
             consumer.assign(partitions)
 
+    def _missing_state(self, consumer: Consumer, tp: TopicPartition) -> None:
+        """No state in Redis: a new partition, or Redis lost its data (the group committed progress)."""
+        try:
+            committed = consumer.committed([TopicPartition(tp.topic, tp.partition)], timeout=10)[0].offset
+        except KafkaException:
+            committed = -1
+        if committed <= 0:
+            log.info("assigned %s[%d]: no stored state, reading from the beginning", tp.topic, tp.partition)
+            return
+        self.metrics.state_lost.inc()
+        if self.config.service.on_missing_state == "stop":
+            raise StateError(f"{tp.topic}[{tp.partition}]: Redis holds no state although the group committed offset "
+                             f"{committed}: Redis lost its data. service.on_missing_state = 'stop': restore it "
+                             "(`stream-monitor state import`) or set on_missing_state = 'rebuild'")
+        log.error("REDIS LOST ITS DATA: %s[%d] has no stored state although the group committed offset %d; "
+                  "rebuilding it from the beginning of the retained log (service.on_missing_state = 'rebuild')",
+                  tp.topic, tp.partition, committed)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._checkpoint(keys)  # persist before release
@@ -284,6 +331,7 @@ class Service:
             self.owned.pop(key, None)
             self.dirty.discard(key)
             self.summaries.pop(key, None)
+            self.persisted.discard(key)
             self._forget_gauges(key)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         self.metrics.assigned_partitions.set(len(self.owned))
@@ -296,6 +344,7 @@ class Service:
             self.owned.pop(key, None)
             self.dirty.discard(key)
             self.summaries.pop(key, None)
+            self.persisted.discard(key)
             self._forget_gauges(key)
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))

@@ -21,7 +21,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
-from .state import StateStore
+from .state import LOST, STALE, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +29,15 @@ PartitionKey = tuple[str, int]
 
 
 def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publisher: Publisher,
-               store: StateStore, consumer: Consumer | None, metrics: Metrics | None = None
-               ) -> dict[PartitionKey, dict]:
-    """Make the given partitions' progress durable; returns the summary of each partition saved."""
+               store: StateStore, consumer: Consumer | None, metrics: Metrics | None = None,
+               persisted: set[PartitionKey] | None = None) -> dict[PartitionKey, dict]:
+    """Make the given partitions' progress durable; returns the summary of each partition saved.
+
+    ``persisted``: the partitions whose state this process stored or loaded before; one of them
+    found missing means Redis lost its data: logged loudly, and the state in memory (complete up
+    to this point) is what has just been written back.
+    """
+    persisted = set() if persisted is None else persisted
     started = time.perf_counter()
     publisher.confirm()  # 1
     offsets: list[TopicPartition] = []
@@ -41,8 +47,17 @@ def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publis
             continue
         summary = summaries[(topic, partition)] = monitor.summary()
         saving = time.perf_counter()
-        if not store.save(topic, partition, monitor.next_offset, monitor.snapshot(), summary):
+        outcome = store.save(topic, partition, monitor.next_offset, monitor.snapshot(), summary,
+                             existed=(topic, partition) in persisted)
+        if outcome == STALE:
             log.warning("%s[%d]: newer state already stored by another owner; not overwritten", topic, partition)
+        elif outcome == LOST:
+            log.error("REDIS LOST ITS DATA: the state of %s[%d] had vanished (Redis restarted empty or was "
+                      "flushed); it has been written back from memory up to offset %d. Partitions owned by no "
+                      "live instance follow service.on_missing_state.", topic, partition, monitor.next_offset)
+            if metrics is not None:
+                metrics.state_lost.inc()
+        persisted.add((topic, partition))
         if metrics is not None:
             metrics.redis_seconds.observe(time.perf_counter() - saving)
         offsets.append(TopicPartition(topic, partition, monitor.next_offset))

@@ -22,7 +22,8 @@ _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number",
                     bool: "boolean", type(None): "null"}
 
 
-def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 1_048_576) -> Decoded:
+def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 1_048_576,
+           max_features: int = 1_000) -> Decoded:
     """Decode one input message; never raises for bad input."""
     value = message.value
     if not value:
@@ -37,7 +38,7 @@ def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 
     if not isinstance(doc, dict):
         return DeadLetter("not_object", f"expected a JSON object, got {_type_name(doc)}")
     try:
-        return _event(doc, known_models, message.timestamp_ms)
+        return _event(doc, known_models, message.timestamp_ms, max_features)
     except _Invalid as invalid:
         return invalid.letter
 
@@ -47,7 +48,8 @@ class _Invalid(Exception):
         self.letter = DeadLetter(reason, error)
 
 
-def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None):
+def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None,
+           max_features: int = 1_000):
     event_id = _required_string(doc, "event_id")
     model_id = _required_string(doc, "model_id")
     if model_id not in known_models:
@@ -63,6 +65,9 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     features = doc["features"]
     if not isinstance(features, dict):
         raise _Invalid("wrong_type", f"features must be an object, got {_type_name(features)}")
+    if len(features) > max_features:
+        raise _Invalid("too_many_features", f"{len(features)} features, over the limit of {max_features} "
+                                            "(service.max_features_per_event)")
     for name, value in features.items():
         if isinstance(value, (dict, list)):
             raise _Invalid("wrong_type", f"feature {name!r} must be a number, string, boolean or null, "

@@ -19,6 +19,19 @@ from typing import Any, Mapping
 
 from .errors import ConfigError
 
+
+def redact_url(url: str) -> str:
+    """A URL without its password (for messages and logs).
+
+    >>> redact_url("rediss://app:s3cret@redis.example:6380/0")
+    'rediss://app:***@redis.example:6380/0'
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    credentials, _, host = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
 ENV_PREFIX = "STREAM_MONITOR_"
 FEATURE_KINDS = ("numeric", "categorical")
 
@@ -46,9 +59,13 @@ class ServiceConfig:
     checkpoint_interval_events: int = 10_000
     checkpoint_interval_seconds: float = 5.0
     max_message_bytes: int = 1_048_576
+    max_features_per_event: int = 1_000  # events with more features are dead-lettered
     batch_size: int = 1_000
     poll_timeout_seconds: float = 0.2
     reference_poll_seconds: float = 5.0  # how often stored references are checked for a new version
+    redis_outage_seconds: float = 120.0  # how long processing waits for an unreachable Redis before exiting
+    broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
+    on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
 
 
 @dataclass(frozen=True)
@@ -176,7 +193,32 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
         raise ConfigError(str(path), "file not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
-    return parse_config(raw, environ=os.environ if environ is None else environ, source=str(path))
+    config = parse_config(raw, environ=os.environ if environ is None else environ, source=str(path))
+    _warn_if_exposed(path, raw)
+    return config
+
+
+_SECRET_WORDS = ("password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl.keystore")
+
+
+def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
+    """A config file holding secrets should be readable by its owner only."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return
+    if not mode & 0o077:
+        return
+    redis_url = str(raw.get("redis", {}).get("url", "")) if isinstance(raw.get("redis"), Mapping) else ""
+    kafka = raw.get("kafka", {}) if isinstance(raw.get("kafka"), Mapping) else {}
+    tables = [kafka.get("consumer", {}), kafka.get("producer", {})]
+    keys = [k for t in tables if isinstance(t, Mapping) for k in _flatten(t)]
+    if redact_url(redis_url) != redis_url or any(word in k for k in keys for word in _SECRET_WORDS):
+        import logging  # noqa: PLC0415
+
+        logging.getLogger("stream_monitor").warning(
+            "config file %s holds secrets and is readable by other users (mode %o): chmod 600 %s",
+            path, mode & 0o777, path)
 
 
 def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -194,13 +236,16 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if not kafka.input_topics:
         raise ConfigError("kafka.input_topics", "must name at least one topic")
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redis.url!r}")
+        raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
     if not 0 <= service.metrics_port <= 65535:
         raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
-    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size"):
+    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event"):
         if getattr(service, key) < 1:
             raise ConfigError(f"service.{key}", "must be at least 1")
-    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds"):
+    if service.on_missing_state not in ("rebuild", "stop"):
+        raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
+    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
+                "redis_outage_seconds", "broker_outage_seconds"):
         if not getattr(service, key) > 0:
             raise ConfigError(f"service.{key}", "must be > 0")
     for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):

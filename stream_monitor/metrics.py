@@ -43,7 +43,9 @@ class Metrics:
         self.consumer_lag = Gauge("stream_monitor_consumer_lag", "Messages behind the partition's end",
                                   ["topic", "partition"], **kw)
         self.redis_errors = Counter("stream_monitor_redis_errors_total",
-                                    "Redis operations that failed", **kw)
+                                    "Redis operations that failed and were retried (processing paused)", **kw)
+        self.state_lost = Counter("stream_monitor_state_lost_total",
+                                  "Partitions whose state had vanished from Redis (Redis lost its data)", **kw)
         self.statistic = Gauge("stream_monitor_detector_statistic",
                                "Latest statistic of a detector (highest over this instance's partitions)",
                                ["model", "signal", "name", "detector"], **kw)

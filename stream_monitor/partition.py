@@ -308,16 +308,17 @@ class ColumnMonitor:
         self._cooling_levels = [e for k, e in self.episodes.items() if k not in POINT_DETECTORS and e._cooling]
 
     def summary(self) -> list[dict[str, Any]]:
+        latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
         if self.adwin is not None:
-            self.last_statistic["adwin"] = self.adwin.window_mean
+            latest["adwin"] = self.adwin.window_mean
         if self.page_hinkley is not None:
-            self.last_statistic["page_hinkley"] = self.page_hinkley.statistic
+            latest["page_hinkley"] = self.page_hinkley.statistic
         out = []
         for detector, episode in self.episodes.items():
             spec = self.detectors[detector]
             out.append({"signal": "data_quality" if detector in QUALITY_CHECKS else self.signal,
                         "name": self.name, "detector": detector,
-                        "statistic": self.last_statistic.get(detector), "threshold": spec.threshold,
+                        "statistic": latest.get(detector), "threshold": spec.threshold,
                         "critical": spec.critical, "firing": episode.firing,
                         "severity": episode.severity if episode.firing else None,
                         "last_alert_id": episode.last_alert_id})

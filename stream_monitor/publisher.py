@@ -19,7 +19,8 @@ class Publisher:
     """Wraps the producer. ``confirm()`` returns only once every message sent so far is acknowledged."""
 
     def __init__(self, settings: dict[str, Any], alert_topic: str, dead_letter_topic: str,
-                 max_attempts: int = 5):
+                 max_attempts: int = 5, outage_seconds: float = 120.0):
+        self.outage_seconds = outage_seconds
         self._producer = Producer(settings)
         self.alert_topic = alert_topic
         self.dead_letter_topic = dead_letter_topic
@@ -53,11 +54,18 @@ class Publisher:
     def poll(self) -> None:
         self._producer.poll(0)
 
-    def confirm(self, timeout: float = 30.0) -> None:
-        """Flush; resend failed messages; raise :class:`PublishError` if any is still undelivered."""
-        deadline = time.monotonic() + timeout
+    def confirm(self, timeout: float | None = None) -> None:
+        """Flush; resend failed messages; raise :class:`PublishError` if any is still undelivered after
+        ``timeout`` (default: ``outage_seconds``). A slow broker is waited for, and said so every 5 s."""
+        timeout = self.outage_seconds if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + timeout
         while True:
-            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            remaining = self._producer.flush(max(0.0, min(5.0, deadline - time.monotonic())))
+            if remaining and time.monotonic() < deadline:
+                log.warning("waiting for the broker to acknowledge %d alerts/dead letters (%.0f s so far); "
+                            "state is saved only after they are delivered", remaining, time.monotonic() - started)
+                continue
             failed, self._failed = self._failed, []
             for (item, attempt), err in failed:
                 if attempt >= self.max_attempts:

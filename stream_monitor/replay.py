@@ -32,7 +32,7 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
         if not value.strip():
             continue
         raw = RawMessage("replay", -1, line_number, value)
-        decoded = decode(raw, known, config.service.max_message_bytes)
+        decoded = decode(raw, known, config.service.max_message_bytes, config.service.max_features_per_event)
         if isinstance(decoded, DeadLetter):
             monitor.skip(line_number)
             if errors is not None:

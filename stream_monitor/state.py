@@ -28,19 +28,25 @@ from .reference import ReferenceProfile
 
 # Write only if no newer state is stored: a fenced-out (zombie) owner cannot
 # overwrite the progress of the partition's new owner.
+# ARGV[5] = 1 when this process has stored or loaded the partition's state before: if the key is
+# gone, Redis lost its data (restarted empty, flushed) and the caller must know (-1).
 _SAVE = """
 local current = redis.call('HGET', KEYS[1], 'offset')
 if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
+if (not current) and ARGV[5] == '1' then return -1 end
 return 1
 """
 
+SAVED, STALE, LOST = 1, 0, -1
+
 
 def connect(url: str) -> redis.Redis:
-    """A client that retries connection errors with backoff (about 30 s in all) before giving up."""
+    """A client with short timeouts and a few quick retries; longer outages are the caller's
+    (:func:`stream_monitor.app.Service._redis`: logged, counted, bounded)."""
     return redis.Redis.from_url(
-        url, socket_timeout=10, socket_connect_timeout=5, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=20),
+        url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
@@ -71,25 +77,19 @@ class StateStore:
 
     def load(self, topic: str, partition: int) -> tuple[int, dict[str, Any]] | None:
         """(next offset, snapshot) of a partition, or ``None`` if nothing is stored."""
-        try:
-            offset, blob = self.client.hmget(self.key(topic, partition), ["offset", "state"])
-        except redis.RedisError as exc:
-            raise StateError(f"cannot load state of {topic}[{partition}]: {exc}") from exc
+        offset, blob = self.client.hmget(self.key(topic, partition), ["offset", "state"])
         if offset is None or blob is None:
             return None
         return int(offset), decode_state(blob)
 
     def save(self, topic: str, partition: int, next_offset: int, snapshot: Mapping[str, Any],
-             summary: Mapping[str, Any]) -> bool:
-        """Atomically store state and next offset; ``False`` if newer state was already stored."""
-        try:
-            self.client.sadd(self.index_key, f"{topic}|{partition}")
-            written = self._save(keys=[self.key(topic, partition)],
-                                 args=[next_offset, encode_state(snapshot), orjson.dumps(summary),
-                                       int(time.time() * 1000)])
-        except redis.RedisError as exc:
-            raise StateError(f"cannot save state of {topic}[{partition}]: {exc}") from exc
-        return bool(written)
+             summary: Mapping[str, Any], existed: bool = False) -> int:
+        """Atomically store state and next offset: SAVED; STALE if newer state was already stored;
+        LOST if ``existed`` (this process stored or loaded it before) but the key was gone."""
+        self.client.sadd(self.index_key, f"{topic}|{partition}")
+        return int(self._save(keys=[self.key(topic, partition)],
+                              args=[next_offset, encode_state(snapshot), orjson.dumps(summary),
+                                    int(time.time() * 1000), 1 if existed else 0]))
 
     def partitions(self) -> list[tuple[str, int]]:
         members = self.client.smembers(self.index_key)
