@@ -103,14 +103,17 @@ def redis_binary() -> str:
     return path
 
 
-def start_redis(log_dir: str | None = None, port: int | None = None) -> LocalProcess:
-    """redis-server on a free port with persistence off; returns once it answers PING."""
+def start_redis(log_dir: str | None = None, port: int | None = None, persistent: bool = False,
+                extra: tuple[str, ...] = ()) -> LocalProcess:
+    """redis-server on a free port, persistence off (``persistent``: an fsync-always AOF in ``log_dir``);
+    returns once it accepts connections."""
     port = port or free_port()
     log_dir = log_dir or tempfile.mkdtemp(prefix="sm-redis-")
     log_path = os.path.join(log_dir, f"redis-{port}.log")
-    with open(log_path, "wb") as log:
+    durability = ["--appendonly", "yes", "--appendfsync", "always"] if persistent else ["--appendonly", "no"]
+    with open(log_path, "ab") as log:
         process = subprocess.Popen([redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                    "--appendonly", "no", "--dir", log_dir, "--protected-mode", "no"],
+                                    *durability, "--dir", log_dir, "--protected-mode", "no", *extra],
                                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     _wait_port(process, port, "redis-server", log_path, 15)

@@ -45,8 +45,8 @@ def connect(url: str) -> redis.Redis:
     """A client with short timeouts and a few quick retries; longer outages are the caller's
     (:func:`stream_monitor.app.Service._redis`: logged, counted, bounded)."""
     return redis.Redis.from_url(
-        url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=30,
-        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=3),
+        url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
