@@ -19,6 +19,7 @@ from typing import Any, Callable, TypeVar
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from . import faults
 from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
@@ -89,6 +90,7 @@ class Service:
                 messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
                 if messages:
                     self._handle_batch(messages)
+                    faults.reached("between_batches")
                 self.publisher.poll()
                 if self._checkpoint_due():
                     self._checkpoint(list(self.dirty))
@@ -177,7 +179,10 @@ class Service:
             if op is not None:
                 ops.append(op)
         results = self._redis(lambda: self.joiner.run(ops), "label join") if ops else []
-        for (key, monitor, raw, decoded), slot in zip(prepared, slots):
+        middle = len(prepared) // 2
+        for index, ((key, monitor, raw, decoded), slot) in enumerate(zip(prepared, slots)):
+            if index == middle:
+                faults.reached("mid_batch")
             self._apply(key, monitor, raw, decoded, None if slot is None else results[slot])
 
     def _prepare(self, message: Message):
@@ -327,6 +332,7 @@ class Service:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self._checkpoint(keys)  # persist before release
+        faults.reached("during_rebalance")
         for key in keys:
             self.owned.pop(key, None)
             self.dirty.discard(key)

@@ -18,6 +18,7 @@ from typing import Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from . import faults
 from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
@@ -40,6 +41,7 @@ def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publis
     persisted = set() if persisted is None else persisted
     started = time.perf_counter()
     publisher.confirm()  # 1
+    faults.reached("after_alerts_before_save")
     offsets: list[TopicPartition] = []
     summaries: dict[PartitionKey, dict] = {}
     for (topic, partition), monitor in monitors:  # 2
@@ -58,6 +60,7 @@ def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publis
             if metrics is not None:
                 metrics.state_lost.inc()
         persisted.add((topic, partition))
+        faults.reached("mid_checkpoint")
         if metrics is not None:
             metrics.redis_seconds.observe(time.perf_counter() - saving)
         offsets.append(TopicPartition(topic, partition, monitor.next_offset))

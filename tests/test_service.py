@@ -49,9 +49,9 @@ class Run:
         self.store = store_for(redis_server.address, self.namespace, self.group_id)
         self._count = 0
 
-    def start(self, monitors: list) -> MonitorProcess:
+    def start(self, monitors: list, env: dict | None = None) -> MonitorProcess:
         self._count += 1
-        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self._count}.log")
+        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self._count}.log", env)
         monitors.append(process)
         return process
 
