@@ -23,7 +23,7 @@ from . import faults
 from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
-from .config import Config, consumer_settings, producer_settings
+from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
@@ -47,6 +47,7 @@ class Service:
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
+        self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
@@ -115,6 +116,14 @@ class Service:
                 if time.monotonic() - started > 1:
                     log.warning("Redis is back after %.1f s (%s); resuming", time.monotonic() - started, what)
                 return result
+            except redis.AuthenticationError as exc:
+                raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
+                                  f"credentials: {exc}") from None
+            except redis.ResponseError as exc:
+                if str(exc).startswith(("NOAUTH", "WRONGPASS")):
+                    raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
+                                      f"credentials: {exc}") from None
+                raise
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 waited = time.monotonic() - started
                 self.metrics.redis_errors.inc()

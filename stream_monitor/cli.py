@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import redis
 
 from . import logs
 from .config import Config, load_config
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except StreamMonitorError as exc:
         print(f"stream-monitor: {exc}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        where = getattr(args, "config", None)
+        print(f"stream-monitor: Redis: {type(exc).__name__}: {exc}" + (f" (redis.url of {where})" if where else ""),
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

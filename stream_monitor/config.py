@@ -261,7 +261,9 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     models_raw = _table(raw, "models", "models")
     models = {model_id: _model(model_id, _table(models_raw, model_id, f"models.{model_id}"))
               for model_id in models_raw}
-    return Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
+    config = Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
+    check_poll_interval(config)
+    return config
 
 
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
@@ -452,6 +454,15 @@ def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = fro
 # Properties the service owns: its correctness depends on them.
 _FORCED_CONSUMER = {"enable.auto.commit": False, "enable.auto.offset.store": False}
 _FORCED_PRODUCER = {"enable.idempotence": True, "acks": "all"}
+
+
+def check_poll_interval(config: Config) -> None:
+    """Waits for Redis or the broker happen between polls: they must end before the group gives up on us."""
+    interval = float(consumer_settings(config).get("max.poll.interval.ms", 300_000)) / 1000
+    for key in ("redis_outage_seconds", "broker_outage_seconds"):
+        if getattr(config.service, key) >= interval:
+            raise ConfigError(f"service.{key}", f"must be below kafka.consumer max.poll.interval.ms ({interval:g} s), "
+                              "or a long outage would get the instance thrown out of the group mid-batch")
 
 
 def consumer_settings(config: Config) -> dict[str, Any]:

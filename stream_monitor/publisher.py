@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 import time
 from typing import Any
@@ -21,6 +23,8 @@ class Publisher:
     def __init__(self, settings: dict[str, Any], alert_topic: str, dead_letter_topic: str,
                  max_attempts: int = 5, outage_seconds: float = 120.0):
         self.outage_seconds = outage_seconds
+        # the broker's default limit on one record, less room for the key and headers
+        self.max_record_bytes = int(settings.get("message.max.bytes", 1_000_000)) - 64 * 1024
         self._producer = Producer(settings)
         self.alert_topic = alert_topic
         self.dead_letter_topic = dead_letter_topic
@@ -35,7 +39,14 @@ class Publisher:
 
     def dead_letter(self, message: RawMessage, letter: DeadLetter) -> None:
         record = dead_letter_record(message, letter, int(time.time() * 1000))
-        self._send((self.dead_letter_topic, message.key, orjson.dumps(record), list(message.headers) or None))
+        value = orjson.dumps(record)
+        if len(value) > self.max_record_bytes:  # base64 grows a value by a third: keep its head
+            original = message.value or b""
+            keep = max(0, (self.max_record_bytes - (len(value) - len(record["value"] or ""))) * 3 // 4 - 1024)
+            record.update(value=base64.b64encode(original[:keep]).decode("ascii"), value_truncated=True,
+                          value_bytes=len(original), value_sha256=hashlib.sha256(original).hexdigest())
+            value = orjson.dumps(record)
+        self._send((self.dead_letter_topic, message.key, value, list(message.headers) or None))
 
     def _send(self, item: tuple, attempt: int = 1) -> None:
         topic, key, value, headers = item

@@ -61,10 +61,13 @@ class NumericReference:
         counts = np.zeros(len(edges) + 1)
         for x in data:
             counts[_numeric_bin(edges, float(x))] += 1
-        std = float(data.std())
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean, std = float(data.mean()), float(data.std())
+        if not (math.isfinite(mean) and math.isfinite(std)):  # only messages use them
+            mean, std = float(np.median(data)), 1.0
         ks_grid = np.quantile(data, np.linspace(0.0, 1.0, KS_GRID_STEPS + 1))
         ks_cdf = np.searchsorted(data, ks_grid, side="right") / data.size
-        return cls(edges=edges, proportions=(counts / data.size).tolist(), mean=float(data.mean()),
+        return cls(edges=edges, proportions=(counts / data.size).tolist(), mean=mean,
                    std=std if std > 0 else 1.0, minimum=float(data[0]), maximum=float(data[-1]),
                    events=int(data.size), missing=missing, mismatches=mismatches,
                    grid=np.quantile(data, np.linspace(0.0, 1.0, RANK_GRID_STEPS + 1)).tolist(),
@@ -233,16 +236,30 @@ def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20) -> Cat
     return _categorical([e.label for e in labels], len(labels), top_k)
 
 
+MAX_INFERRED_FEATURES = 1_000
+MIN_INFERRED_SHARE = 0.01
+
+
 def build_reference(model_id: str, events: Sequence[InferenceEvent], feature_kinds: Mapping[str, str] | None,
                     bins: int = 10, top_k: int = 20, source: str = "warmup",
                     labels: Sequence[LabelEvent] = ()) -> ReferenceProfile:
-    """Profile a model's events. Kinds not given are inferred: numbers → numeric, else categorical."""
+    """Profile a model's events. Kinds not given are inferred: numbers → numeric, else categorical.
+
+    Inferred features are those present in at least 1 % of the events (and twice), the
+    ``MAX_INFERRED_FEATURES`` most frequent at most: stray keys do not become columns.
+    """
     if not events:
         raise ReferenceProfileError(f"no inference events of model {model_id!r} to build a reference from")
-    columns: dict[str, list[Any]] = {}
+    seen: dict[str, int] = {}
     for event in events:
-        for name, value in event.features.items():
-            columns.setdefault(name, [])
+        for name in event.features:
+            seen[name] = seen.get(name, 0) + 1
+    if feature_kinds is None:
+        least = max(2, math.ceil(MIN_INFERRED_SHARE * len(events)))
+        kept = sorted((n for n, c in seen.items() if c >= least), key=lambda n: (-seen[n], n))[:MAX_INFERRED_FEATURES]
+    else:
+        kept = list(feature_kinds)
+    columns: dict[str, list[Any]] = {name: [] for name in kept}
     for event in events:
         for name, values in columns.items():
             values.append(event.features.get(name))
