@@ -1,0 +1,97 @@
+"""Rebalance storms, producer backpressure, TLS to Redis, and the max.poll.interval bound."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import orjson
+import pytest
+
+from stream_monitor.config import parse_config
+from stream_monitor.errors import ConfigError
+from stream_monitor.localstack import create_topics, start_redis
+from stream_monitor.synthetic import generate
+
+from .helpers import Feeder, produce, read_topic, unique, wait_for_offsets
+from .test_service import Run, assert_same_outcome, lines, two_model_stream
+
+
+@pytest.mark.slow
+def test_rebalance_storm_of_three_instances(broker, redis_server, tmp_path, monitors):
+    """Three instances; every few seconds one is started or stopped while the stream flows."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 4})
+    feeder = Feeder(broker.address, topic, two_model_stream(30_000, 4), rate=1200)
+    stormy = Run(broker, redis_server, tmp_path, topic, 4, "stormy")
+    clean = Run(broker, redis_server, tmp_path, topic, 4, "clean")
+    clean_process = clean.start(monitors)
+    running = [stormy.start(monitors) for _ in range(3)]
+    feeder.start()
+    changes = 0
+    while feeder.is_alive() and changes < 8:
+        time.sleep(6)
+        if changes % 2 == 0:
+            assert running.pop(0).terminate() == 0, "a stopped instance exits cleanly"
+        else:
+            running.append(stormy.start(monitors))
+        changes += 1
+    assert changes >= 6, "the storm happened while the stream flowed"
+    ends = feeder.result(timeout=180)
+    wait_for_offsets(stormy.store, topic, ends, processes=running, timeout=180)
+    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
+    for process in running + [clean_process]:
+        assert process.terminate() == 0
+    assert_same_outcome(stormy, clean)
+
+
+def test_producer_backpressure_never_drops(broker, redis_server, tmp_path, monitors):
+    """A producer queue of 5 messages and 3,000 dead letters in a burst: every one is delivered."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    bad = [(0, b"k", b"not json %d" % i, None) for i in range(3000)]
+    ends = produce(broker.address, topic, bad + [(0, b"stable", v, None) for v in lines(generate("stable", 500))])
+    run = Run(broker, redis_server, tmp_path, topic, 1, "squeezed")
+    text = run.config.read_text().replace("[redis]", '[kafka.producer]\n"queue.buffering.max.messages" = 5\n\n[redis]')
+    run.config.write_text(text)
+    process = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[process])
+    assert process.terminate() == 0
+    letters = run.dead_letters()
+    assert sorted(orjson.loads(m.value())["offset"] for m in letters) == list(range(3000))
+
+
+def test_rediss_tls_url_works(broker, tmp_path, monitors):
+    """Redis over TLS (rediss://) with a CA certificate made for the test."""
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                    "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem")], check=True, capture_output=True)
+    from stream_monitor.localstack import free_port
+    port = free_port()
+    tls = start_redis(str(tmp_path), port=free_port(), extra=(
+        "--tls-port", str(port), "--tls-cert-file", str(certs / "cert.pem"), "--tls-key-file", str(certs / "key.pem"),
+        "--tls-ca-cert-file", str(certs / "cert.pem"), "--tls-auth-clients", "no"))
+    try:
+        time.sleep(0.5)
+        tls.address = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs / 'cert.pem'}"
+        topic = unique("inference")
+        create_topics(broker.address, {topic: 1})
+        ends = produce(broker.address, topic, [(0, b"fraud", v, None)
+                                               for v in lines(generate("fraud", 4000, seed=1, drift_at=2000))])
+        run = Run(broker, tls, tmp_path, topic, 1, "tls")
+        process = run.start(monitors)
+        wait_for_offsets(run.store, topic, ends, processes=[process])
+        assert process.terminate() == 0
+        assert any(a["detector"] == "psi" for a in run.alerts())
+    finally:
+        tls.stop()
+
+
+def test_outage_waits_must_end_before_max_poll_interval():
+    with pytest.raises(ConfigError) as refused:
+        parse_config({"kafka": {"consumer": {"max.poll.interval.ms": 60_000}}})
+    assert refused.value.key == "service.redis_outage_seconds"
+    parse_config({"kafka": {"consumer": {"max.poll.interval.ms": 60_000}},
+                  "service": {"redis_outage_seconds": 30.0, "broker_outage_seconds": 30.0}})
