@@ -30,18 +30,15 @@ class QualityWindow:
         """Count one event's problems (empty when it is fine); the rates when a window closes."""
         for problem in problems:
             self._counts[problem] += 1
-        self._n += 1
-        if self._n < self.window:
-            return None
-        self.last_rates = {check: count / self._n for check, count in self._counts.items()}
-        self._counts = dict.fromkeys(self.checks, 0)
-        self._n = 0
-        return self.last_rates
+        return self._next()
 
     def add_one(self, problem: str | None) -> dict[str, float] | None:
         """:meth:`add` for at most one problem per event (the service's case), without a loop."""
         if problem is not None:
             self._counts[problem] += 1
+        return self._next()
+
+    def _next(self) -> dict[str, float] | None:
         self._n += 1
         if self._n < self.window:
             return None
