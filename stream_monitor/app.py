@@ -110,10 +110,11 @@ class Service:
         a restarted instance waits the same way)."""
         started = time.monotonic()
         delay = 0.2
+        failures = 0
         while True:
             try:
                 result = operation()
-                if time.monotonic() - started > 1:
+                if failures:
                     log.warning("Redis is back after %.1f s (%s); resuming", time.monotonic() - started, what)
                 return result
             except redis.AuthenticationError as exc:
@@ -126,6 +127,7 @@ class Service:
                 raise
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 waited = time.monotonic() - started
+                failures += 1
                 self.metrics.redis_errors.inc()
                 if waited >= self.config.service.redis_outage_seconds:
                     raise StateError(f"Redis unreachable for {waited:.0f} s ({what}): {exc}") from exc

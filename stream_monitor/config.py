@@ -458,7 +458,10 @@ _FORCED_PRODUCER = {"enable.idempotence": True, "acks": "all"}
 
 def check_poll_interval(config: Config) -> None:
     """Waits for Redis or the broker happen between polls: they must end before the group gives up on us."""
-    interval = float(consumer_settings(config).get("max.poll.interval.ms", 300_000)) / 1000
+    try:
+        interval = float(consumer_settings(config).get("max.poll.interval.ms", 300_000)) / 1000
+    except ValueError:
+        raise ConfigError("kafka.consumer.max.poll.interval.ms", "must be a number of milliseconds") from None
     for key in ("redis_outage_seconds", "broker_outage_seconds"):
         if getattr(config.service, key) >= interval:
             raise ConfigError(f"service.{key}", f"must be below kafka.consumer max.poll.interval.ms ({interval:g} s), "

@@ -348,10 +348,9 @@ def test_consumer_settings_defaults():
 
 
 def test_next_generation_group_protocol_is_refused():
-    """group.protocol=consumer (KIP-848) is refused, naming the key."""
-    config = parse_config({"kafka": {"consumer": {"group.protocol": "consumer"}}})
+    """group.protocol=consumer (KIP-848) is refused when the config is loaded, naming the key."""
     with pytest.raises(ConfigError) as info:
-        consumer_settings(config)
+        parse_config({"kafka": {"consumer": {"group.protocol": "consumer"}}})
     assert info.value.key == "kafka.consumer.group.protocol"
     classic = parse_config({"kafka": {"consumer": {"group.protocol": "classic"}}})
     assert consumer_settings(classic)["group.protocol"] == "classic"
