@@ -7,12 +7,15 @@ import subprocess
 import sys
 import time
 
+import urllib.request
+
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.config import parse_config
 from stream_monitor.join import JoinOp, MemoryJoin, RedisJoin, performance_settings
-from stream_monitor.localstack import create_topics
+from stream_monitor.localstack import create_topics, free_port
 from stream_monitor.replay import replay_alerts
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
@@ -57,9 +60,9 @@ class LabelRun:
         self.store = store_for(redis_server.address, self.namespace, self.group_id)
         self.count = 0
 
-    def start(self, monitors) -> MonitorProcess:
+    def start(self, monitors, env: dict | None = None) -> MonitorProcess:
         self.count += 1
-        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self.count}.log")
+        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self.count}.log", env)
         monitors.append(process)
         return process
 
@@ -74,14 +77,25 @@ def test_concept_drift_raises_a_performance_alert_and_no_feature_alert(broker, r
     inference, labels = split(labelled("credit", 8000, seed=1, invert_at=4000))
     label_ends = produce(broker.address, label_topic, [(0, b"credit", orjson.dumps(e), None) for e in labels])
     run = LabelRun(broker, redis_server, tmp_path, "concept", inference_topic, label_topic)
-    a, b = run.start(monitors), run.start(monitors)
+    ports = [free_port(), free_port()]
+    a, b = (run.start(monitors, {"STREAM_MONITOR_SERVICE_METRICS_PORT": str(port)}) for port in ports)
     wait_for_offsets(run.store, label_topic, label_ends, processes=[a, b])
     ends = produce(broker.address, inference_topic, [(i % 2, b"credit", orjson.dumps(e), None)
                                                     for i, e in enumerate(inference)])
     wait_for_offsets(run.store, inference_topic, ends, processes=[a, b])
     status = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(run.config), "--json"],
                             capture_output=True, text=True, timeout=60, check=True)
+    time.sleep(1.5)  # one more checkpoint refreshes the gauges
+    scraped = {}
+    for port in ports:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                scraped[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     assert a.terminate() == 0 and b.terminate() == 0
+    metric_names = {labels for (name, labels) in scraped if name == "stream_monitor_performance"}
+    assert (("metric", "accuracy"), ("model", "credit")) in metric_names, "rolling accuracy is exported"
+    assert any(name == "stream_monitor_predictions_awaiting_labels" for name, _ in scraped)
 
     alerts = run.alerts()
     firing = [(x["signal"], x["name"], x["detector"]) for x in alerts if x["status"] == "firing"]

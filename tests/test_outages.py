@@ -128,3 +128,31 @@ def test_broker_paused_mid_stream(redis_server, tmp_path, monitors):
         for p in monitors:
             p.close()
         own.stop()
+
+
+@pytest.mark.parametrize("policy", ["rebuild", "stop"])
+def test_partition_without_state_although_the_group_made_progress(policy, broker, redis_server, tmp_path, monitors):
+    """Redis lost a partition's state while no instance owned it: the documented policy applies, loudly."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    from .helpers import produce
+    from .test_service import lines
+    from stream_monitor.synthetic import generate
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None)
+                                           for v in lines(generate("fraud", 6000, seed=4, drift_at=3000))])
+    run = Run(broker, redis_server, tmp_path, topic, 1, policy, service={"on_missing_state": policy})
+    first = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[first])
+    assert first.terminate() == 0
+    before = run.states()
+    for key in run.store.client.scan_iter(f"{run.namespace}:*"):  # Redis loses this run's data
+        run.store.client.delete(key)
+    second = run.start(monitors)
+    if policy == "stop":
+        assert second.process.wait(60) == 2
+        assert "Redis lost its data" in second.log() and "state import" in second.log()
+        return
+    wait_for_offsets(run.store, topic, ends, processes=[second])
+    assert second.terminate() == 0
+    assert "REDIS LOST ITS DATA" in second.log() and "rebuilding it from the beginning" in second.log()
+    assert run.states() == before, "rebuilt from the log: the same state"

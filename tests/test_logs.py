@@ -1,0 +1,42 @@
+"""Logs: one readable line per alert; one JSON object per line with --log-format json."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from stream_monitor import logs
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def alert_line() -> None:
+    logging.getLogger("stream_monitor.alerts").info(
+        "%s %s %s/%s/%s %s: %s", "FIRING", "critical", "fraud", "feature", "amount", "psi",
+        "PSI of fraud.amount is 0.31 (critical ≥ 0.25) over the last 5000 events", extra={"alert": "ab" * 32})
+
+
+def test_text_lines_are_readable(capsys, restore_logging):
+    logs.setup("text")
+    alert_line()
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert "FIRING critical fraud/feature/amount psi: PSI of fraud.amount is 0.31" in line
+
+
+def test_json_lines_are_one_object_each(capsys, restore_logging):
+    logs.setup("json")
+    alert_line()
+    logging.getLogger("stream_monitor.app").warning("Redis unreachable (checkpoint)")
+    first, second = (json.loads(line) for line in capsys.readouterr().err.strip().splitlines())
+    assert first["level"] == "info" and first["logger"] == "stream_monitor.alerts"
+    assert first["alert_id"] == "ab" * 32 and first["message"].startswith("FIRING critical fraud/feature/amount psi")
+    assert second["level"] == "warning" and "alert_id" not in second
