@@ -7,10 +7,7 @@ import time
 
 import pytest
 
-from stream_monitor.localstack import create_topics
-
-from .helpers import Feeder, unique, wait_for_offsets
-from .test_service import Run, assert_same_outcome, two_model_stream
+from .test_service import SideBySide
 
 pytestmark = pytest.mark.slow
 
@@ -27,40 +24,22 @@ def wait_killed(process, timeout: float = 60) -> None:
 
 @pytest.mark.parametrize("point", sorted(CRASHES))
 def test_sigkill_at_a_point_then_restart(point, broker, redis_server, tmp_path, monitors):
-    topic = unique("inference")
-    create_topics(broker.address, {topic: 2})
-    feeder = Feeder(broker.address, topic, two_model_stream(12_000, 2), rate=4000)
-    crashed = Run(broker, redis_server, tmp_path, topic, 2, "crashed", service={"batch_size": 100})
-    clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-    first = crashed.start(monitors, env={"STREAM_MONITOR_CRASH_AT": f"{point}:{CRASHES[point]}"})
-    clean_process = clean.start(monitors)
-    feeder.start()
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                      service={"batch_size": 100})
+    first = pair.start(env={"STREAM_MONITOR_CRASH_AT": f"{point}:{CRASHES[point]}"})
+    pair.feeder.start()
     wait_killed(first)
-    assert feeder.is_alive(), "the crash happened mid-stream"
-    ends = feeder.result()
-    second = crashed.start(monitors)
-    wait_for_offsets(crashed.store, topic, ends, processes=[second], timeout=120)
-    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-    assert second.terminate() == 0 and clean_process.terminate() == 0
-    assert_same_outcome(crashed, clean)
+    assert pair.feeder.is_alive(), "the crash happened mid-stream"
+    pair.finish([pair.start()])
 
 
 def test_sigkill_during_a_rebalance(broker, redis_server, tmp_path, monitors):
     """The instance dies inside its revoke callback, after persisting, before releasing."""
-    topic = unique("inference")
-    create_topics(broker.address, {topic: 2})
-    feeder = Feeder(broker.address, topic, two_model_stream(12_000, 2), rate=3000)
-    crashed = Run(broker, redis_server, tmp_path, topic, 2, "crashed")
-    clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-    first = crashed.start(monitors, env={"STREAM_MONITOR_CRASH_AT": "during_rebalance:1"})
-    clean_process = clean.start(monitors)
-    feeder.start()
-    wait_for_offsets(crashed.store, topic, {0: 2000}, processes=[first])
-    joining = crashed.start(monitors)  # its join makes the group revoke the first instance's partitions
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=3000)
+    first = pair.start(env={"STREAM_MONITOR_CRASH_AT": "during_rebalance:1"})
+    pair.feeder.start()
+    pair.progress(2000, [first])
+    joining = pair.start()  # its join makes the group revoke the first instance's partitions
     wait_killed(first)
-    assert feeder.is_alive(), "the crash happened mid-stream"
-    ends = feeder.result()
-    wait_for_offsets(crashed.store, topic, ends, processes=[joining], timeout=120)
-    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-    assert joining.terminate() == 0 and clean_process.terminate() == 0
-    assert_same_outcome(crashed, clean)
+    assert pair.feeder.is_alive(), "the crash happened mid-stream"
+    pair.finish([joining])

@@ -10,38 +10,27 @@ import pytest
 
 from stream_monitor.localstack import create_topics, start_broker, start_redis
 
-from .helpers import Feeder, stored_offset, unique, wait_for_offsets
-from .test_service import Run, assert_same_outcome, two_model_stream
+from .helpers import stored_offset, unique, wait_for_offsets
+from .test_service import Run, SideBySide
 
 pytestmark = pytest.mark.slow
-
-
-def progress(run: Run, topic: str, at_least: int, processes, timeout: float = 60) -> None:
-    wait_for_offsets(run.store, topic, {0: at_least}, processes=processes, timeout=timeout)
 
 
 def test_redis_paused_mid_stream(broker, redis_server, tmp_path, monitors):
     """SIGSTOP Redis for 12 s: the service waits (logged), then finishes with the uninterrupted outcome."""
     own = start_redis(str(tmp_path))
     try:
-        topic = unique("inference")
-        create_topics(broker.address, {topic: 2})
-        feeder = Feeder(broker.address, topic, two_model_stream(12_000, 2), rate=4000)
-        paused = Run(broker, own, tmp_path, topic, 2, "paused")
-        clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-        process, clean_process = paused.start(monitors), clean.start(monitors)
-        feeder.start()
-        progress(paused, topic, 3000, [process])
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.start()
+        pair.feeder.start()
+        pair.progress(3000, [process])
         os.kill(own.pid, signal.SIGSTOP)
         time.sleep(12)
         os.kill(own.pid, signal.SIGCONT)
-        ends = feeder.result()
-        wait_for_offsets(paused.store, topic, ends, processes=[process], timeout=120)
-        wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-        assert process.terminate() == 0 and clean_process.terminate() == 0
+        pair.finish([process])
         log = process.log()
         assert "Redis unreachable" in log and "processing paused" in log and "Redis is back" in log
-        assert_same_outcome(paused, clean)
     finally:
         own.stop()
 
@@ -53,23 +42,16 @@ def test_redis_refusing_connections_then_back_with_its_data(broker, redis_server
     own = start_redis(str(data), persistent=True)
     port = int(own.address.rsplit(":", 1)[1].split("/")[0])
     try:
-        topic = unique("inference")
-        create_topics(broker.address, {topic: 2})
-        feeder = Feeder(broker.address, topic, two_model_stream(12_000, 2), rate=4000)
-        down = Run(broker, own, tmp_path, topic, 2, "down")
-        clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-        process, clean_process = down.start(monitors), clean.start(monitors)
-        feeder.start()
-        progress(down, topic, 3000, [process])
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.start()
+        pair.feeder.start()
+        pair.progress(3000, [process])
         own.stop()
         time.sleep(10)
         own = start_redis(str(data), port=port, persistent=True)
-        ends = feeder.result()
-        wait_for_offsets(down.store, topic, ends, processes=[process], timeout=120)
-        wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-        assert process.terminate() == 0 and clean_process.terminate() == 0
+        pair.finish([process])
         assert "Redis unreachable" in process.log() and "REDIS LOST" not in process.log()
-        assert_same_outcome(down, clean)
     finally:
         own.stop()
 
@@ -80,24 +62,17 @@ def test_redis_restarted_empty_is_noticed_and_written_back(broker, redis_server,
     own = start_redis(str(tmp_path))
     port = int(own.address.rsplit(":", 1)[1].split("/")[0])
     try:
-        topic = unique("inference")
-        create_topics(broker.address, {topic: 2})
-        feeder = Feeder(broker.address, topic, two_model_stream(12_000, 2), rate=4000)
-        emptied = Run(broker, own, tmp_path, topic, 2, "emptied")
-        clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-        process, clean_process = emptied.start(monitors), clean.start(monitors)
-        feeder.start()
-        progress(emptied, topic, 3000, [process])
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.start()
+        pair.feeder.start()
+        pair.progress(3000, [process])
         os.kill(own.pid, signal.SIGKILL)
         own.process.wait(5)
         time.sleep(2)
         own = start_redis(str(tmp_path), port=port)
-        ends = feeder.result()
-        wait_for_offsets(emptied.store, topic, ends, processes=[process], timeout=120)
-        wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-        assert process.terminate() == 0 and clean_process.terminate() == 0
+        pair.finish([process])
         assert "REDIS LOST ITS DATA" in process.log()
-        assert_same_outcome(emptied, clean)
     finally:
         own.stop()
 
@@ -106,24 +81,15 @@ def test_broker_paused_mid_stream(redis_server, tmp_path, monitors):
     """SIGSTOP the broker for 12 s: clients reconnect and the stream finishes as if nothing happened."""
     own = start_broker(str(tmp_path))
     try:
-        topic = unique("inference")
-        create_topics(own.address, {topic: 2})
-        feeder = Feeder(own.address, topic, two_model_stream(10_000, 2), rate=4000)
-        paused = Run(own, redis_server, tmp_path, topic, 2, "paused")
-        process = paused.start(monitors)
-        feeder.start()
-        progress(paused, topic, 3000, [process])
+        pair = SideBySide(own, redis_server, tmp_path, monitors, events=10_000, partitions=2, rate=4000)
+        process = pair.start()
+        pair.feeder.start()
+        pair.progress(3000, [process])
         os.kill(own.pid, signal.SIGSTOP)
         time.sleep(12)
         os.kill(own.pid, signal.SIGCONT)
-        ends = feeder.result(timeout=180)
-        wait_for_offsets(paused.store, topic, ends, processes=[process], timeout=120)
-        clean = Run(own, redis_server, tmp_path, topic, 2, "clean")
-        clean_process = clean.start(monitors)
-        wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-        assert process.terminate() == 0 and clean_process.terminate() == 0
-        assert_same_outcome(paused, clean)
-        assert stored_offset(paused.store, topic, 0) == ends[0]
+        ends = pair.finish([process])
+        assert stored_offset(pair.run.store, pair.topic, 0) == ends[0]
     finally:
         for p in monitors:
             p.close()

@@ -158,46 +158,61 @@ def assert_same_outcome(interrupted: Run, uninterrupted: Run) -> None:
     assert interrupted.states() == uninterrupted.states()
 
 
+class SideBySide:
+    """One stream fed at a steady rate to a new topic, watched by two groups: ``run``, which the test
+    interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
+
+    def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
+                 run_redis=None, service: dict | None = None):
+        self.monitors = monitors
+        self.topic = unique("inference")
+        self.partitions = partitions
+        create_topics(broker.address, {self.topic: partitions})
+        self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
+        self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
+                       service=service)
+        self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean")
+        self.clean_process = self.clean.start(monitors)
+
+    def start(self, env: dict | None = None) -> MonitorProcess:
+        return self.run.start(self.monitors, env)
+
+    def progress(self, at_least: int, processes, partitions=(0,)) -> None:
+        """Until ``run`` has stored at least this offset in the given partitions."""
+        wait_for_offsets(self.run.store, self.topic, {p: at_least for p in partitions}, processes=processes)
+
+    def finish(self, processes) -> dict[int, int]:
+        """Let the stream end, wait for both groups, stop everything cleanly, compare."""
+        ends = self.feeder.result(timeout=180)
+        wait_for_offsets(self.run.store, self.topic, ends, processes=processes, timeout=180)
+        wait_for_offsets(self.clean.store, self.topic, ends, processes=[self.clean_process])
+        for process in [*processes, self.clean_process]:
+            assert process.terminate() == 0, process.log()[-3000:]
+        assert_same_outcome(self.run, self.clean)
+        return ends
+
+
 @pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_loses_and_double_counts_nothing(broker, redis_server, tmp_path, monitors):
-    topic = unique("inference")
-    create_topics(broker.address, {topic: 2})
-    feeder = Feeder(broker.address, topic, two_model_stream(20_000, 2), rate=5000)
-    crashed = Run(broker, redis_server, tmp_path, topic, 2, "crashed")
-    clean = Run(broker, redis_server, tmp_path, topic, 2, "clean")
-    first = crashed.start(monitors)
-    clean_process = clean.start(monitors)
-    feeder.start()
-    wait_for_offsets(crashed.store, topic, {0: 8000}, processes=[first])
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=20_000, partitions=2, rate=5000)
+    first = pair.start()
+    pair.feeder.start()
+    pair.progress(8000, [first])
     first.kill()
-    at_kill = int(crashed.store.client.hget(crashed.store.key(topic, 0), "offset"))
-    ends = feeder.result()
+    at_kill = int(pair.run.store.client.hget(pair.run.store.key(pair.topic, 0), "offset"))
+    ends = pair.finish([pair.start()])
     assert at_kill < ends[0], "the kill happened mid-stream"
-    second = crashed.start(monitors)
-    wait_for_offsets(crashed.store, topic, ends, processes=[second], timeout=120)
-    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-    assert second.terminate() == 0 and clean_process.terminate() == 0
-    assert_same_outcome(crashed, clean)
 
 
 @pytest.mark.slow
 def test_graceful_stop_of_one_of_two_instances_hands_over_exactly(broker, redis_server, tmp_path, monitors):
-    topic = unique("inference")
-    create_topics(broker.address, {topic: 4})
-    feeder = Feeder(broker.address, topic, two_model_stream(16_000, 4), rate=4000)
-    shared = Run(broker, redis_server, tmp_path, topic, 4, "shared")
-    clean = Run(broker, redis_server, tmp_path, topic, 4, "clean")
-    a, b = shared.start(monitors), shared.start(monitors)
-    clean_process = clean.start(monitors)
-    feeder.start()
-    wait_for_offsets(shared.store, topic, {p: 2500 for p in range(4)}, processes=[a, b])
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=16_000, partitions=4, rate=4000)
+    a, b = pair.start(), pair.start()
+    pair.feeder.start()
+    pair.progress(2500, [a, b], partitions=range(4))
     assert b.terminate() == 0, b.log()[-3000:]
     assert "assigned" in b.log() and "revoked" in b.log(), "b owned partitions and released them"
-    ends = feeder.result()
-    wait_for_offsets(shared.store, topic, ends, processes=[a], timeout=120)
-    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-    assert a.terminate() == 0 and clean_process.terminate() == 0
-    assert_same_outcome(shared, clean)
+    pair.finish([a])
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -13,36 +13,26 @@ from stream_monitor.errors import ConfigError
 from stream_monitor.localstack import create_topics, start_redis
 from stream_monitor.synthetic import generate
 
-from .helpers import Feeder, produce, read_topic, unique, wait_for_offsets
-from .test_service import Run, assert_same_outcome, lines, two_model_stream
+from .helpers import produce, unique, wait_for_offsets
+from .test_service import Run, SideBySide, lines
 
 
 @pytest.mark.slow
 def test_rebalance_storm_of_three_instances(broker, redis_server, tmp_path, monitors):
-    """Three instances; every few seconds one is started or stopped while the stream flows."""
-    topic = unique("inference")
-    create_topics(broker.address, {topic: 4})
-    feeder = Feeder(broker.address, topic, two_model_stream(30_000, 4), rate=1200)
-    stormy = Run(broker, redis_server, tmp_path, topic, 4, "stormy")
-    clean = Run(broker, redis_server, tmp_path, topic, 4, "clean")
-    clean_process = clean.start(monitors)
-    running = [stormy.start(monitors) for _ in range(3)]
-    feeder.start()
+    """Three instances; every 6 s one is stopped or started while the stream flows."""
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=30_000, partitions=4, rate=1200)
+    running = [pair.start() for _ in range(3)]
+    pair.feeder.start()
     changes = 0
-    while feeder.is_alive() and changes < 8:
+    while pair.feeder.is_alive() and changes < 8:
         time.sleep(6)
         if changes % 2 == 0:
             assert running.pop(0).terminate() == 0, "a stopped instance exits cleanly"
         else:
-            running.append(stormy.start(monitors))
+            running.append(pair.start())
         changes += 1
     assert changes >= 6, "the storm happened while the stream flowed"
-    ends = feeder.result(timeout=180)
-    wait_for_offsets(stormy.store, topic, ends, processes=running, timeout=180)
-    wait_for_offsets(clean.store, topic, ends, processes=[clean_process])
-    for process in running + [clean_process]:
-        assert process.terminate() == 0
-    assert_same_outcome(stormy, clean)
+    pair.finish(running)
 
 
 def test_producer_backpressure_never_drops(broker, redis_server, tmp_path, monitors):
