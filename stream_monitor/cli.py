@@ -249,11 +249,9 @@ def _end_offsets(config: Config, partitions: list[tuple[str, int]]) -> dict[tupl
     if not partitions:
         return {}
     from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: PLC0415
-    from .config import consumer_settings  # noqa: PLC0415
+    from .config import admin_settings  # noqa: PLC0415
 
-    settings = {k: v for k, v in consumer_settings(config).items()
-                if k.startswith(("bootstrap.", "security.", "sasl.", "ssl.", "client."))}
-    consumer = Consumer({**settings, "group.id": f"{config.kafka.group_id}-status", "enable.auto.commit": False})
+    consumer = Consumer({**admin_settings(config), "group.id": f"{config.kafka.group_id}-status", "enable.auto.commit": False})
     ends = {}
     try:
         for topic, partition in partitions:

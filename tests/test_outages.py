@@ -22,9 +22,7 @@ def test_redis_paused_mid_stream(broker, redis_server, tmp_path, monitors):
     try:
         pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
                           run_redis=own)
-        process = pair.start()
-        pair.feeder.start()
-        pair.progress(3000, [process])
+        process = pair.underway(3000)
         os.kill(own.pid, signal.SIGSTOP)
         time.sleep(12)
         os.kill(own.pid, signal.SIGCONT)
@@ -44,9 +42,7 @@ def test_redis_refusing_connections_then_back_with_its_data(broker, redis_server
     try:
         pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
                           run_redis=own)
-        process = pair.start()
-        pair.feeder.start()
-        pair.progress(3000, [process])
+        process = pair.underway(3000)
         own.stop()
         time.sleep(10)
         own = start_redis(str(data), port=port, persistent=True)
@@ -64,9 +60,7 @@ def test_redis_restarted_empty_is_noticed_and_written_back(broker, redis_server,
     try:
         pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
                           run_redis=own)
-        process = pair.start()
-        pair.feeder.start()
-        pair.progress(3000, [process])
+        process = pair.underway(3000)
         os.kill(own.pid, signal.SIGKILL)
         own.process.wait(5)
         time.sleep(2)
@@ -82,9 +76,7 @@ def test_broker_paused_mid_stream(redis_server, tmp_path, monitors):
     own = start_broker(str(tmp_path))
     try:
         pair = SideBySide(own, redis_server, tmp_path, monitors, events=10_000, partitions=2, rate=4000)
-        process = pair.start()
-        pair.feeder.start()
-        pair.progress(3000, [process])
+        process = pair.underway(3000)
         os.kill(own.pid, signal.SIGSTOP)
         time.sleep(12)
         os.kill(own.pid, signal.SIGCONT)

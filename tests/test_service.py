@@ -177,6 +177,13 @@ class SideBySide:
     def start(self, env: dict | None = None) -> MonitorProcess:
         return self.run.start(self.monitors, env)
 
+    def underway(self, at_least: int) -> MonitorProcess:
+        """One instance of ``run`` started, the stream flowing, and ``at_least`` offsets of partition 0 stored."""
+        process = self.start()
+        self.feeder.start()
+        self.progress(at_least, [process])
+        return process
+
     def progress(self, at_least: int, processes, partitions=(0,)) -> None:
         """Until ``run`` has stored at least this offset in the given partitions."""
         wait_for_offsets(self.run.store, self.topic, {p: at_least for p in partitions}, processes=processes)
@@ -195,9 +202,7 @@ class SideBySide:
 @pytest.mark.slow
 def test_sigkill_mid_stream_then_restart_loses_and_double_counts_nothing(broker, redis_server, tmp_path, monitors):
     pair = SideBySide(broker, redis_server, tmp_path, monitors, events=20_000, partitions=2, rate=5000)
-    first = pair.start()
-    pair.feeder.start()
-    pair.progress(8000, [first])
+    first = pair.underway(8000)
     first.kill()
     at_kill = int(pair.run.store.client.hget(pair.run.store.key(pair.topic, 0), "offset"))
     ends = pair.finish([pair.start()])
