@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import base64
 import logging
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -86,12 +88,20 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # A stop asked for while the heavy modules load or Redis is reached is remembered, not fatal:
+    # the service then starts, persists nothing new and leaves cleanly (exit 0).
+    early_stops: list[int] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: early_stops.append(received))
+    log.info("starting (pid %d)", os.getpid())
     from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
     from .web import serve  # noqa: PLC0415
 
     config = _config(args)
     service = Service(config)
     service.install_signal_handlers()
+    if early_stops:
+        service.stop()
     serve(config.service.metrics_port, service.board, service.metrics.registry)
     service.run()
     log.info("stopped cleanly")

@@ -80,6 +80,11 @@ class MonitorProcess:
         self.process.wait(10)
 
     def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and the exit code. Waits for the first log line first: `run` writes it once its
+        handler is installed, and a signal before that (interpreter start-up) takes the default action."""
+        deadline = time.monotonic() + 15
+        while self.process.poll() is None and not self.log().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
         if self.process.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
         return self.process.wait(timeout)

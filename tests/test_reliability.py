@@ -102,6 +102,20 @@ def test_sigterm_under_load_persists_commits_and_exits_within_10s(broker, redis_
     assert_same_outcome(stopped, clean)
 
 
+def test_sigterm_during_start_up_exits_cleanly(broker, redis_server, tmp_path, monitors):
+    """A stop that arrives while the modules load (an orchestrator scaling down at once) is not a crash."""
+    topic = unique("startup")
+    create_topics(broker.address, {topic: 1})
+    run = Run(broker, redis_server, tmp_path, topic, 1, "startup")
+    process = run.start(monitors)
+    deadline = time.monotonic() + 15
+    while "starting (pid" not in process.log() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGTERM)
+    assert process.process.wait(30) == 0, process.log()
+    assert "stopped cleanly" in process.log()
+
+
 # --- disaster recovery: state export → lose Redis → state import ------------------------------------------------
 
 
