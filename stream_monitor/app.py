@@ -31,6 +31,7 @@ from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .reference import ReferenceProfile
+from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
 
 log = logging.getLogger(__name__)
@@ -87,12 +88,17 @@ class Service:
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
         try:
+            clock = CLOCK
             while not self.stopping:
+                started = clock.now()
                 messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
+                clock.add("consume", started)
                 if messages:
                     self._handle_batch(messages)
                     faults.reached("between_batches")
+                started = clock.now()
                 self.publisher.poll()
+                clock.add("produce", started)
                 if self._checkpoint_due():
                     self._checkpoint(list(self.dirty))
                 if time.monotonic() >= self._next_reference_check:
@@ -175,12 +181,20 @@ class Service:
         signal.signal(signal.SIGINT, self.stop)
 
     def _handle_batch(self, messages: list[Message]) -> None:
-        """Decode every message, run the batch's label joins in one Redis round trip, then process in order."""
+        """Decode every message, run the batch's label joins in one Redis round trip, then hand each
+        partition its events in offset order (one call per partition: the engine works column-wise)."""
+        clock = CLOCK
+        started = clock.now()
         prepared = []
+        consumed: dict[str, int] = {}
         for message in messages:
             item = self._prepare(message)
             if item is not None:
                 prepared.append(item)
+                consumed[item[2].topic] = consumed.get(item[2].topic, 0) + 1
+        for topic, count in consumed.items():
+            self.metrics.events_consumed.labels(topic).inc(count)
+        started = clock.add("decode", started)
         ops, slots = [], []
         for key, monitor, raw, decoded in prepared:
             op = None
@@ -190,11 +204,21 @@ class Service:
             if op is not None:
                 ops.append(op)
         results = self._redis(lambda: self.joiner.run(ops), "label join") if ops else []
+        started = clock.add("join", started)
+        batches: dict[PartitionKey, list] = {}
         middle = len(prepared) // 2
         for index, ((key, monitor, raw, decoded), slot) in enumerate(zip(prepared, slots)):
             if index == middle:
                 faults.reached("mid_batch")
-            self._apply(key, monitor, raw, decoded, None if slot is None else results[slot])
+            if isinstance(decoded, DeadLetter):
+                self._dead_letter(raw, decoded, monitor)
+                continue
+            batches.setdefault(key, []).append((raw, decoded, None if slot is None else results[slot]))
+        started = clock.add("produce", started)
+        for key, items in batches.items():
+            self._apply(key, self.owned[key], items)
+        self.dirty.update(key for key, _, _, _ in prepared)
+        self._since_checkpoint += len(prepared)
 
     def _prepare(self, message: Message):
         error = message.error()
@@ -209,7 +233,6 @@ class Service:
         offset = message.offset()
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
             return None  # not ours any more, or already covered by the stored state
-        self.metrics.events_consumed.labels(key[0]).inc()
         timestamp_type, timestamp = message.timestamp()
         raw = RawMessage(topic=key[0], partition=key[1], offset=offset, value=message.value(),
                          key=message.key(), headers=tuple(message.headers() or ()),
@@ -217,28 +240,37 @@ class Service:
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
                                           self.config.service.max_features_per_event)
 
-    def _apply(self, key: PartitionKey, monitor: PartitionMonitor, raw: RawMessage, decoded, join) -> None:
-        if isinstance(decoded, DeadLetter):
-            self._dead_letter(raw, decoded, monitor)
-        else:
-            try:
-                alerts = monitor.process(decoded, raw.offset, join)
-            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the loop
-                log.exception("%s[%d]@%d: processing failed", key[0], key[1], raw.offset)
+    def _apply(self, key: PartitionKey, monitor: PartitionMonitor, items: list) -> None:
+        """One partition's decoded events of this batch → its detectors → alerts published."""
+        clock = CLOCK
+        started = clock.now()
+        try:
+            alerts = monitor.process_batch([(raw.offset, decoded, join) for raw, decoded, join in items])
+        except Exception as exc:  # noqa: BLE001 - bad input must not stop the loop; nothing is lost
+            # Events are validated before any detector state changes, so this is a bug, not bad input:
+            # the batch's messages go to the dead-letter topic with the error, and the loop goes on.
+            log.exception("%s[%d]@%d..%d: processing failed", key[0], key[1], items[0][0].offset,
+                          items[-1][0].offset)
+            for raw, _, _ in items:
                 self._dead_letter(raw, DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
-            else:
-                self.metrics.events_decoded.labels("label" if isinstance(decoded, LabelEvent) else "inference").inc()
-                if join is not None and join.status == "dropped":
-                    self.metrics.predictions_dropped.labels(decoded.model_id).inc()
-                for alert in alerts:
-                    self.board.alert(self.publisher.alert(alert))
-                    self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
-                                               alert.status).inc()
-                    alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
-                                   alert.signal, alert.name, alert.detector, alert.message,
-                                   extra={"alert": alert.alert_id})
-        self.dirty.add(key)
-        self._since_checkpoint += 1
+            return
+        started = clock.add("detect", started)
+        kinds: dict[str, int] = {}
+        for raw, decoded, join in items:
+            kind = "label" if isinstance(decoded, LabelEvent) else "inference"
+            kinds[kind] = kinds.get(kind, 0) + 1
+            if join is not None and join.status == "dropped":
+                self.metrics.predictions_dropped.labels(decoded.model_id).inc()
+        for kind, count in kinds.items():
+            self.metrics.events_decoded.labels(kind).inc(count)
+        for alert in alerts:
+            self.board.alert(self.publisher.alert(alert))
+            self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
+                                       alert.status).inc()
+            alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
+                           alert.signal, alert.name, alert.detector, alert.message,
+                           extra={"alert": alert.alert_id})
+        clock.add("produce", started)
 
     def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
         self.publisher.dead_letter(raw, letter)
@@ -255,6 +287,7 @@ class Service:
             or time.monotonic() - self._last_checkpoint >= service.checkpoint_interval_seconds)
 
     def _checkpoint(self, keys: list[PartitionKey]) -> None:
+        started = CLOCK.now()
         monitors = [(k, self.owned[k]) for k in keys if k in self.owned and k in self.dirty]
         if monitors:
             self.summaries.update(self._redis(
@@ -262,6 +295,9 @@ class Service:
                 "checkpoint"))
             self._publish_status()
         self.dirty.difference_update(k for k, _ in monitors)
+        CLOCK.add("checkpoint", started)
+        for stage, seconds in CLOCK.since_export().items():
+            self.metrics.stage_seconds.labels(stage).inc(seconds)
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
 

@@ -67,6 +67,9 @@ class Metrics:
         self.predictions_dropped = Counter("stream_monitor_predictions_dropped_total",
                                            "Predictions not stored for the join: over performance.max_pending",
                                            ["model"], **kw)
+        self.stage_seconds = Counter("stream_monitor_stage_seconds_total",
+                                     "Time spent per stage of the loop (consume, decode, join, detect, produce, "
+                                     "checkpoint) and per detector kind inside detect", ["stage"], **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:

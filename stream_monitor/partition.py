@@ -470,16 +470,29 @@ class PartitionMonitor:
 
     def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
         """Process the event at ``offset`` (``join``: its side of the label join); the alerts, in order."""
-        self.next_offset = offset + 1
+        self._advance(offset)
         monitor = self.model(event.model_id)
         if isinstance(event, LabelEvent):
             return monitor.process_label(event, offset, self.partition, join)
         return monitor.process(event, offset, self.partition, join)
 
+    def process_batch(self, items: list[tuple[int, InferenceEvent | LabelEvent, JoinResult | None]]) -> list[Alert]:
+        """:meth:`process` for several events of this partition in offset order; the same alerts in the
+        same order as one call per event, however the stream is cut into batches."""
+        alerts: list[Alert] = []
+        for offset, event, join in items:
+            alerts.extend(self.process(event, offset, join))
+        return alerts
+
     def skip(self, offset: int) -> None:
         """A message at ``offset`` was dead-lettered: count it and move past it."""
-        self.next_offset = offset + 1
+        self._advance(offset)
         self.dead_letters += 1
+
+    def _advance(self, offset: int) -> None:
+        """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
+        if self.next_offset is None or offset >= self.next_offset:
+            self.next_offset = offset + 1
 
     def snapshot(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
