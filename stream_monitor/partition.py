@@ -8,13 +8,16 @@ and round-trips through ``snapshot()`` / ``restore()``.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from itertools import chain
+from operator import itemgetter
+from typing import Any, Mapping, NamedTuple, Sequence
 
-from typing import NamedTuple
+import numpy as np
 
 from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
 from .config import Config, ModelConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
+from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
@@ -23,12 +26,16 @@ from .errors import ReferenceProfileError, StateError
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
+from .stages import CLOCK
 from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
     build_labels_reference, build_reference, is_number
 
-STATE_FORMAT = 2
+STATE_FORMAT = 3  # 3: compiled detectors' arrays instead of river pickles
 _INFINITIES = (math.inf, -math.inf)
-_USABLE_PROBLEMS = (None, "out_of_range")
+_NUMBER_TYPES = frozenset({float, int})
+_FINE = -1
+_MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
+    "missing", "type_mismatch", "non_finite", "out_of_range", "unseen_category"))
 POINT_DETECTORS = frozenset({"adwin", "page_hinkley"})
 
 
@@ -119,9 +126,11 @@ class ColumnMonitor:
                 self.detectors["p95_ceiling"] = _Detector("p95_ceiling", ceiling, ceiling)
                 self.episodes["p95_ceiling"] = episode()
         self.last_statistic: dict[str, float] = {}
-        self._cooling_levels: list[Episode] = []
-        self._adwin_episode = self.episodes.get("adwin")
-        self._ph_episode = self.episodes.get("page_hinkley")
+        if numeric:
+            self._edges = np.asarray(reference.edges, dtype=np.float64)
+            self._ks_grid = np.asarray(reference.ks_grid, dtype=np.float64)
+            self._grid = np.asarray(reference.grid, dtype=np.float64)
+            self._rank_floor = 0.5 / reference_events
 
     @property
     def label(self) -> str:
@@ -133,61 +142,163 @@ class ColumnMonitor:
 
     def update(self, value: Any, offset: int, partition: int, event_time_ms: int | None) -> list[Alert]:
         """Feed one event's value of this column (``None`` when absent)."""
-        alerts: list[Alert] = []
-        problem = None
-        ref = self.reference
-        if value is None:
-            problem = "missing"
-        elif self.numeric:
-            kind = value.__class__
-            if kind is not float and kind is not int:  # bool, str: not a number
-                problem = "type_mismatch"
-            elif value != value or value in _INFINITIES:
-                problem = "non_finite"
-            elif value < ref.minimum or value > ref.maximum:
-                problem = "out_of_range"
-        elif not ref.is_seen(value):
-            problem = "unseen_category"
+        return [alert for _, _, alert in self.update_batch([value], [offset], partition, [event_time_ms])]
+
+    def update_batch(self, values: Sequence[Any] | np.ndarray, offsets: Sequence[int], partition: int,
+                     times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+        """Feed a batch of this column's values (``None`` when absent; a float64 array when all are
+        numbers) from events at ``offsets``; the alerts as (value index, order within the value, alert).
+
+        The same alerts as feeding the values one at a time: each detector kind runs over the whole
+        batch in one compiled call, and the episodes then step from one value that matters (a window
+        closing, a detection) to the next, counting the quiet values in between in one go.
+        """
+        codes, numbers = self._classify(values)
+        marks: dict[int, dict[str, Any]] = {}
+        clock = CLOCK
+        started = clock.now()
         if self.quality is not None:
-            rates = self.quality.add_one(problem)
-            if rates is not None:
-                context = (offset, partition, event_time_ms)
-                for check, rate in rates.items():
-                    alerts.extend(self._level(check, rate, context, self._quality_text))
-        if problem is not None and problem not in _USABLE_PROBLEMS:
-            return alerts
-        if self._cooling_levels:
-            self._tick_cooling()
-        window_psi = self.psi.add(ref.bin_index(value))
-        if window_psi is not None:
-            alerts.extend(self._level("psi", window_psi, (offset, partition, event_time_ms), self._psi_text))
-        if not self.numeric:
-            return alerts
-        value = float(value)
-        if self.ks is not None:
-            gap = self.ks.add(value)
-            if gap is not None:
-                alerts.extend(self._level("ks", gap, (offset, partition, event_time_ms), self._ks_text))
-        rank = self.transform.rank(value)
-        if self.adwin is not None:
-            if self.adwin.update(rank) or self._adwin_episode.firing or self._adwin_episode._cooling:
-                alerts.extend(self._point("adwin", self.adwin.drift_detected, offset, partition, event_time_ms))
-        if self.page_hinkley is not None:
-            # river resets at the next update
-            if self.page_hinkley.update(normal_score(rank)) or self._ph_episode.firing or self._ph_episode._cooling:
-                alerts.extend(self._point("page_hinkley", self.page_hinkley.drift_detected, offset, partition,
-                                          event_time_ms))
-        if self.p95 is not None:
-            p95 = self.p95.add(value)
-            if p95 is not None:
-                alerts.extend(self._level("p95_ceiling", p95, (offset, partition, event_time_ms), self._p95_text))
+            for position, rates in self.quality.add_many(codes):
+                marks.setdefault(position, {})["quality"] = rates
+            started = clock.add("data_quality", started)
+        usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE)).nonzero()[0]
+        arrays: dict[str, tuple] = {}
+        if len(usable):
+            if self.numeric:
+                x = numbers[usable]
+                psi_bins, ks_cells, ranks, scores = self._indices(x)
+                started = clock.add("rank", started)
+            else:
+                psi_bins = np.fromiter((self.reference.bin_index(values[i]) for i in usable.tolist()),
+                                       dtype=np.int64, count=len(usable))
+            for j, value, counts in self.psi.add_many(psi_bins):
+                marks.setdefault(int(usable[j]), {})["psi"] = (value, counts)
+            started = clock.add("psi", started)
+            if self.numeric:
+                if self.ks is not None:
+                    for j, gap in self.ks.add_many(ks_cells):
+                        marks.setdefault(int(usable[j]), {})["ks"] = gap
+                    started = clock.add("ks", started)
+                if self.adwin is not None:
+                    detected, means, widths = self.adwin.update_many(ranks)
+                    arrays["adwin"] = (means, widths)
+                    for j in detected.nonzero()[0].tolist():
+                        marks.setdefault(int(usable[j]), {})["adwin"] = True
+                    started = clock.add("adwin", started)
+                if self.page_hinkley is not None:
+                    detected, statistics = self.page_hinkley.update_many(scores)
+                    arrays["page_hinkley"] = (statistics,)
+                    for j in detected.nonzero()[0].tolist():
+                        marks.setdefault(int(usable[j]), {})["page_hinkley"] = True
+                    started = clock.add("page_hinkley", started)
+                if self.p95 is not None:
+                    for j, value in enumerate(x.tolist()):
+                        p95 = self.p95.add(value)
+                        if p95 is not None:
+                            marks.setdefault(int(usable[j]), {})["p95"] = p95
+        alerts = self._walk(marks, usable, arrays, offsets, partition, times)
+        clock.add("episodes", started)
         return alerts
 
-    def _tick_cooling(self) -> None:
-        """Level detectors count down their cooldown per usable value (only those cooling)."""
-        for episode in self._cooling_levels:
-            episode.quiet_tick()
-        self._cooling_levels = [e for e in self._cooling_levels if e._cooling]
+    def _indices(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per value: PSI bin, KS cell, reference rank (what ADWIN sees), normal score (Page-Hinkley)."""
+        n = len(x)
+        psi_bins, ks_cells = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+        ranks, scores = np.empty(n), np.empty(n)
+        numeric_indices(x, self._edges, self._ks_grid, self._grid, self._rank_floor, psi_bins, ks_cells,
+                        ranks, scores)
+        return psi_bins, ks_cells, ranks, scores
+
+    def _classify(self, values: Sequence[Any] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each value's data-quality problem as an index into ``CHECKS`` (−1: none) and, for a numeric
+        column, the values as float64 (NaN where not a number)."""
+        ref = self.reference
+        if self.numeric:
+            if not isinstance(values, np.ndarray):
+                kinds = set(map(type, values))
+                if kinds <= _NUMBER_TYPES:
+                    values = np.array(values, dtype=np.float64)
+            if isinstance(values, np.ndarray):
+                codes = np.full(len(values), _FINE, dtype=np.int64)
+                codes[(values < ref.minimum) | (values > ref.maximum)] = _OUT_OF_RANGE
+                codes[~np.isfinite(values)] = _NON_FINITE
+                return codes, values
+            codes = np.empty(len(values), dtype=np.int64)
+            numbers = np.full(len(values), np.nan)
+            for i, value in enumerate(values):
+                if value is None:
+                    codes[i] = _MISSING
+                elif value.__class__ is not float and value.__class__ is not int:  # bool, str: not a number
+                    codes[i] = _TYPE_MISMATCH
+                elif value != value or value in _INFINITIES:
+                    codes[i] = _NON_FINITE
+                else:
+                    codes[i] = _OUT_OF_RANGE if value < ref.minimum or value > ref.maximum else _FINE
+                    numbers[i] = value
+            return codes, numbers
+        codes = np.array([_MISSING if value is None else (_FINE if ref.is_seen(value) else _UNSEEN)
+                          for value in values], dtype=np.int64)
+        return codes, None
+
+    def _walk(self, marks: dict[int, dict[str, Any]], usable: np.ndarray, arrays: dict[str, tuple],
+              offsets: Sequence[int], partition: int, times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+        """Episodes, value by value where something happens, in bulk over the quiet values between."""
+        out: list[tuple[int, int, Alert]] = []
+        levels = [e for name, e in self.episodes.items() if name not in POINT_DETECTORS]
+        points = [(name, self.episodes[name]) for name in ("adwin", "page_hinkley") if name in arrays]
+        done = 0  # usable values stepped so far
+        for index in sorted(marks):
+            mark = marks[index]
+            before = int(np.searchsorted(usable, index))
+            self._quiet(done, before, levels, points, arrays, usable, offsets, partition, times, out)
+            context = (offsets[index], partition, times[index])
+            rates = mark.get("quality")
+            if rates is not None:
+                for order, (check, rate) in enumerate(rates.items()):
+                    out.extend((index, order, a) for a in self._level(check, rate, context, self._quality_text))
+            if before < len(usable) and usable[before] == index:
+                for episode in levels:
+                    episode.quiet_tick()
+                if "psi" in mark:
+                    value, self.psi.last_counts = mark["psi"]
+                    out.extend((index, 10, a) for a in self._level("psi", value, context, self._psi_text))
+                if "ks" in mark:
+                    out.extend((index, 11, a) for a in self._level("ks", mark["ks"], context, self._ks_text))
+                for order, (name, episode) in enumerate(points, start=12):
+                    transition = episode.detected() if mark.get(name) else episode.tick()
+                    if transition is not None:
+                        out.append((index, order, self._point(name, transition, arrays[name], before, context)))
+                if "p95" in mark:
+                    out.extend((index, 14, a) for a in self._level("p95_ceiling", mark["p95"], context,
+                                                                     self._p95_text))
+                done = before + 1
+            else:
+                done = before
+        self._quiet(done, len(usable), levels, points, arrays, usable, offsets, partition, times, out)
+        out.sort(key=lambda t: t[:2])  # two resolutions in one quiet stretch were found detector by detector
+        return out
+
+    def _quiet(self, start: int, stop: int, levels: list[Episode], points: list, arrays: dict, usable: np.ndarray,
+               offsets: Sequence[int], partition: int, times: Sequence[int | None], out: list) -> None:
+        """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down; a firing
+        point episode resolves once it has been quiet for ``resolve_after`` values."""
+        quiet = stop - start
+        if quiet <= 0:
+            return
+        for episode in levels:
+            episode._cooling = max(0, episode._cooling - quiet)
+        for order, (name, episode) in enumerate(points, start=12):
+            if episode.firing and episode.resolve_after - episode._quiet <= quiet:
+                at = start + episode.resolve_after - episode._quiet - 1
+                transition = episode._resolve()
+                index = int(usable[at])
+                out.append((index, order, self._point(name, transition, arrays[name], at,
+                                                      (offsets[index], partition, times[index]))))
+                episode._cooling = max(0, episode._cooling - (stop - at - 1))
+            elif episode.firing:
+                episode._quiet += quiet
+            else:
+                episode._cooling = max(0, episode._cooling - quiet)
 
     # --- alerts -------------------------------------------------------------------------
 
@@ -198,24 +309,18 @@ class ColumnMonitor:
         transition = episode.level(value, spec.threshold, spec.critical)
         if transition is None:
             return []
-        if transition.status == "resolved" and episode._cooling:
-            self._cooling_levels.append(episode)
         reference, current, message = describe(detector, transition, value, spec)
         return [self._alert(detector, transition, value, spec, reference, current, message, *context)]
 
-    def _point(self, detector: str, detected: bool, offset: int, partition: int,
-               event_time_ms: int | None) -> list[Alert]:
-        """A point detector's value: ticks only matter while its episode fires or cools down."""
+    def _point(self, detector: str, transition: Transition, arrays: tuple, at: int, context: tuple) -> Alert:
+        """A point detector's firing or resolution, with its statistic after the value at ``at``."""
         episode = self.episodes[detector]
-        transition = episode.detected() if detected else episode.tick()
-        if transition is None:
-            return []
-        statistic = self.adwin.window_mean if detector == "adwin" else self.page_hinkley.statistic
         spec = self.detectors[detector]
         ref = self.reference
+        statistic = float(arrays[0][at])
         reference = {"mean": ref.mean, "std": ref.std, "median": ref.grid[len(ref.grid) // 2] if ref.grid else None}
         if detector == "adwin":
-            window = self.adwin.window_width if self.adwin else 0
+            window = int(arrays[1][at])
             current = {"window_mean_rank": statistic, "window": window}
             message = (f"ADWIN saw {self.label} move: over the last {window} values its mean reference rank "
                        f"is {statistic:.2f} (0.50 when unchanged)")
@@ -225,8 +330,7 @@ class ColumnMonitor:
                        f"{statistic:.1f} > {spec.threshold:g}")
         if transition.status == "resolved":
             message = f"{detector} on {self.label}: no change for {episode.resolve_after} values, resolved"
-        return [self._alert(detector, transition, statistic, spec, reference, current, message,
-                            offset, partition, event_time_ms)]
+        return self._alert(detector, transition, statistic, spec, reference, current, message, *context)
 
     def _window_text(self, what: str, transition: Transition, value: float, spec: _Detector, events: int) -> str:
         if transition.status == "firing":
@@ -305,7 +409,6 @@ class ColumnMonitor:
             if key in self.episodes:
                 self.episodes[key].restore(episode_state)
         self.last_statistic = dict(state["last_statistic"])
-        self._cooling_levels = [e for k, e in self.episodes.items() if k not in POINT_DETECTORS and e._cooling]
 
     def summary(self) -> list[dict[str, Any]]:
         latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
@@ -355,39 +458,84 @@ class ModelMonitor:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
         self.label_warmup = []
 
+    def process_batch(self, items: Sequence[tuple[int, int, InferenceEvent | LabelEvent, JoinResult | None]],
+                      partition: int) -> list[tuple[int, int, int, Alert]]:
+        """This model's events of a batch as (position in the batch, offset, event, join); the alerts
+        as (position, column, order, alert), which sort into the order of one event at a time:
+        per inference event performance first, then its columns; per label event label drift, then
+        performance."""
+        out: list[tuple[int, int, int, Alert]] = []
+        pending: list[tuple[int, int, InferenceEvent]] = []
+        labelled: list[tuple[int, int, LabelEvent]] = []
+        for position, offset, event, join in items:
+            if isinstance(event, LabelEvent):
+                self._label(event, position, offset, partition, join, labelled, out)
+                continue
+            self.events += 1
+            if join is not None and join.status == "joined" and self.performance is not None:
+                prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
+                alerts = self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
+                                               partition, event.timestamp_ms)
+                out.extend((position, -1, order, a) for order, a in enumerate(alerts))
+            if self.reference is None:
+                self.warmup.append(event)
+                if len(self.warmup) >= self.config.reference.events:
+                    psi = self.config.detectors.psi
+                    profile = build_reference(self.config.model_id, self.warmup, self.config.features,
+                                              psi.bins, psi.top_k, source="warmup")
+                    self.use_reference(profile)  # a label column from the label warm-up carries on
+                continue
+            pending.append((position, offset, event))
+        if pending:
+            self._columns(pending, partition, out)
+        if labelled:
+            for index, order, alert in self.label_column.update_batch(
+                    [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
+                    [e.timestamp_ms for _, _, e in labelled]):
+                out.append((labelled[index][0], 0, order, alert))
+        return out
+
     def process(self, event: InferenceEvent, offset: int, partition: int,
                 join: JoinResult | None = None) -> list[Alert]:
-        self.events += 1
-        alerts: list[Alert] = []
-        if join is not None and join.status == "joined" and self.performance is not None:
-            prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
-            alerts.extend(self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
-                                                partition, event.timestamp_ms))
-        if self.reference is None:
-            self.warmup.append(event)
-            if len(self.warmup) >= self.config.reference.events:
-                psi = self.config.detectors.psi
-                profile = build_reference(self.config.model_id, self.warmup, self.config.features,
-                                          psi.bins, psi.top_k, source="warmup")
-                self.use_reference(profile)  # a label column from the label warm-up carries on
-            return alerts
-        for column in self.columns:
-            if column.signal == "feature":
-                value = event.features.get(column.name)
-            elif column.signal == "latency":
-                value = event.latency_ms
-            elif column.name == "score":
-                value = event.score
-            else:
-                value = event.predicted_label
-            alerts.extend(column.update(value, offset, partition, event.timestamp_ms))
-        return alerts
+        """One inference event (:meth:`process_batch` of one)."""
+        return [alert for *_, alert in sorted(self.process_batch([(0, offset, event, join)], partition),
+                                              key=lambda t: t[:3])]
 
     def process_label(self, event: LabelEvent, offset: int, partition: int,
                       join: JoinResult | None = None) -> list[Alert]:
-        """Label drift (the distribution of ground-truth labels) and, once joined, performance."""
+        """One label event (:meth:`process_batch` of one)."""
+        return self.process(event, offset, partition, join)
+
+    def _columns(self, pending: list[tuple[int, int, InferenceEvent]], partition: int, out: list) -> None:
+        """Every column over the batch's inference events, one column at a time."""
+        positions = [p for p, _, _ in pending]
+        offsets = [o for _, o, _ in pending]
+        times = [e.timestamp_ms for _, _, e in pending]
+        features = _feature_matrix([e.features for _, _, e in pending],
+                                   [c.name for c in self.columns if c.signal == "feature"])
+        feature = 0
+        for rank, column in enumerate(self.columns):
+            if column.signal == "feature":
+                if isinstance(features, np.ndarray):
+                    values = features[feature]
+                else:
+                    name = column.name
+                    values = [e.features.get(name) for _, _, e in pending]
+                feature += 1
+            elif column.signal == "latency":
+                values = [e.latency_ms for _, _, e in pending]
+            elif column.name == "score":
+                values = [e.score for _, _, e in pending]
+            else:
+                values = [e.predicted_label for _, _, e in pending]
+            for index, order, alert in column.update_batch(values, offsets, partition, times):
+                out.append((positions[index], rank, order, alert))
+
+    def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
+               labelled: list, out: list) -> None:
+        """Label drift (the distribution of ground-truth labels; the label column runs once per batch,
+        over ``labelled``) and, once joined, performance."""
         self.labels += 1
-        alerts: list[Alert] = []
         if self.label_column is None:
             self.label_warmup.append(event)
             if len(self.label_warmup) >= self.config.reference.events:
@@ -395,11 +543,11 @@ class ModelMonitor:
                 if labels is not None:
                     self._use_labels(labels)
         else:
-            alerts.extend(self.label_column.update(event.label, offset, partition, event.timestamp_ms))
+            labelled.append((position, offset, event))
         if join is not None and join.status == "joined" and self.performance is not None:
-            alerts.extend(self.performance.pair(join.other, event.label, event.timestamp_ms, offset, partition,
-                                                event.timestamp_ms))
-        return alerts
+            alerts = self.performance.pair(join.other, event.label, event.timestamp_ms, offset, partition,
+                                           event.timestamp_ms)
+            out.extend((position, 1, order, a) for order, a in enumerate(alerts))
 
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "labels": self.labels,
@@ -440,6 +588,23 @@ class ModelMonitor:
                 "detectors": [row for c in columns for row in c.summary()] + performance_rows}
 
 
+def _feature_matrix(features: list[Mapping[str, Any]], names: list[str]) -> np.ndarray | None:
+    """The features as one float64 row per name, when every event has every one as a number (the
+    common case, converted in bulk); else ``None`` and each column reads its values itself."""
+    if not names or not features:
+        return None
+    getter = itemgetter(*names)
+    try:
+        rows = [getter(f) for f in features]
+    except KeyError:
+        return None
+    if len(names) == 1:
+        rows = [(row,) for row in rows]
+    if not set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
+        return None
+    return np.ascontiguousarray(np.array(rows, dtype=np.float64).T)
+
+
 def _event_tuple(e: InferenceEvent) -> tuple:
     return (e.event_id, e.model_id, e.timestamp_ms, dict(e.features), e.score, e.predicted_label, e.latency_ms)
 
@@ -470,19 +635,22 @@ class PartitionMonitor:
 
     def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
         """Process the event at ``offset`` (``join``: its side of the label join); the alerts, in order."""
-        self._advance(offset)
-        monitor = self.model(event.model_id)
-        if isinstance(event, LabelEvent):
-            return monitor.process_label(event, offset, self.partition, join)
-        return monitor.process(event, offset, self.partition, join)
+        return self.process_batch([(offset, event, join)])
 
-    def process_batch(self, items: list[tuple[int, InferenceEvent | LabelEvent, JoinResult | None]]) -> list[Alert]:
-        """:meth:`process` for several events of this partition in offset order; the same alerts in the
-        same order as one call per event, however the stream is cut into batches."""
-        alerts: list[Alert] = []
-        for offset, event, join in items:
-            alerts.extend(self.process(event, offset, join))
-        return alerts
+    def process_batch(self, items: Sequence[tuple[int, InferenceEvent | LabelEvent, JoinResult | None]]) -> list[Alert]:
+        """Several events of this partition in offset order, as (offset, event, join); the same alerts in
+        the same order as one :meth:`process` per event, however the stream is cut into batches."""
+        by_model: dict[str, list] = {}
+        for position, (offset, event, join) in enumerate(items):
+            by_model.setdefault(event.model_id, []).append((position, offset, event, join))
+        monitors = {model_id: self.model(model_id) for model_id in by_model}  # may refuse: before any change
+        tagged: list[tuple[int, int, int, Alert]] = []
+        for model_id, model_items in by_model.items():
+            tagged.extend(monitors[model_id].process_batch(model_items, self.partition))
+        for offset, _, _ in items:
+            self._advance(offset)
+        tagged.sort(key=lambda t: t[:3])
+        return [alert for _, _, _, alert in tagged]
 
     def skip(self, offset: int) -> None:
         """A message at ``offset`` was dead-lettered: count it and move past it."""

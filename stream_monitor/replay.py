@@ -27,6 +27,7 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
     known = frozenset(config.models)
     settings = performance_settings(config)
     joiner = MemoryJoin(settings)
+    batch: list = []
     for line_number, line in enumerate(lines, start=1):
         value = line.rstrip(b"\r\n")
         if not value.strip():
@@ -39,7 +40,12 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
                 print(f"line {line_number}: {decoded.reason}: {decoded.error}", file=errors)
             continue
         op = join_op(decoded, f"replay|-1|{line_number}", settings)
-        yield from monitor.process(decoded, line_number, joiner.run([op])[0] if op else None)
+        batch.append((line_number, decoded, joiner.run([op])[0] if op else None))
+        if len(batch) >= config.service.batch_size:  # batches like `run`'s (the alerts do not depend on it)
+            yield from monitor.process_batch(batch)
+            batch = []
+    if batch:
+        yield from monitor.process_batch(batch)
 
 
 def replay_file(config: Config, path: Path, references: Mapping[str, ReferenceProfile],

@@ -365,3 +365,49 @@ def test_stored_reference_is_used_without_warmup():
     alerts, _ = run(stream[1000:], monitor)
     assert monitor.models["fraud"].warmup == []
     assert ("amount", "psi", "firing") in {(a.name, a.detector, a.status) for a in alerts}
+
+
+# --- batches: any cut of the stream gives the alerts of one event at a time -------------------------------
+
+# Short episodes and cooldowns, so that firings, resolutions and cooldowns fall inside the stretches of
+# quiet values a batch steps over in one go.
+BATCH_MODEL = {"reference": {"events": 800},
+               "detectors": {"psi": {"window": 300}, "resolve_after": 150, "cooldown": 40,
+                             "latency": {"p95_ceiling_ms": 60.0}}}
+BATCH_CONFIG = parse_config({"models": {m: BATCH_MODEL for m in ("fraud", "churn", "stable")}})
+
+
+@lru_cache(maxsize=None)
+def untidy_stream() -> tuple:
+    """Three models round robin, fraud drifting twice, with missing, mistyped and unseen values."""
+    fraud = generate("fraud", 6000, drift_at=2500)
+    for i, doc in enumerate(fraud):
+        if 4000 <= i < 4600:
+            doc["features"]["amount"] = None if i % 3 else "n/a"  # a data-quality episode
+        if i >= 5000:
+            doc["latency_ms"] = doc.get("latency_ms", 10) * 8
+    churn, stable = generate("churn", 6000), generate("stable", 6000, drift_at=3000)
+    docs = [d for triple in zip(fraud, churn, stable) for d in triple]
+    return tuple(decode(RawMessage("t", PARTITION, i, orjson.dumps(d)), KNOWN) for i, d in enumerate(docs))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_any_batch_cut_gives_the_alerts_of_one_event_at_a_time(seed):
+    import random
+
+    stream = untidy_stream()
+    one_by_one = PartitionMonitor(BATCH_CONFIG, PARTITION, {})
+    expected = [a for offset, e in enumerate(stream) for a in one_by_one.process(e, offset)]
+    assert {a.status for a in expected} == {"firing", "resolved"} and len(expected) > 20
+    assert {a.detector for a in expected} >= {"adwin", "page_hinkley", "psi", "ks", "missing", "p95_ceiling"}
+    rng = random.Random(seed)
+    batched = PartitionMonitor(BATCH_CONFIG, PARTITION, {})
+    alerts, start = [], 0
+    while start < len(stream):
+        size = rng.choice([1, 3, 50, 299, 1000, 4000])
+        alerts.extend(batched.process_batch([(o, stream[o], None) for o in range(start, min(start + size,
+                                                                                            len(stream)))]))
+        start += size
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in expected]
+    assert alerts == expected
+    assert batched.snapshot() == one_by_one.snapshot()

@@ -64,10 +64,15 @@ def column(kind: str, *, signal: str = "feature", name: str = "x", **detectors) 
     return ColumnMonitor(model(**detectors), signal, name, reference(kind))
 
 
-def feed(col: ColumnMonitor, values, start: int = 0) -> list[Alert]:
+def feed(col: ColumnMonitor, values, start: int = 0, batch: int = 1000) -> list[Alert]:
+    """The values in batches, as the service feeds a column (tests/test_partition.py holds any cut of a
+    stream to the alerts of one value at a time)."""
     alerts: list[Alert] = []
-    for offset, value in enumerate(values, start=start):
-        alerts.extend(col.update(value, offset, 0, None))
+    values = list(values)
+    for first in range(0, len(values), batch):
+        chunk = values[first:first + batch]
+        offsets = range(start + first, start + first + len(chunk))
+        alerts.extend(a for _, _, a in col.update_batch(chunk, offsets, 0, [None] * len(chunk)))
     return alerts
 
 

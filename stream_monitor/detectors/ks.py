@@ -16,35 +16,40 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import Any, Sequence
 
+import numpy as np
+
+from .window import TumblingCounts
+
 
 class KsWindow:
     def __init__(self, grid: Sequence[float], reference_cdf: Sequence[float], window: int):
         self.grid = list(grid)
         self.reference_cdf = list(reference_cdf)
         self.window = window
-        self._counts = [0] * (len(self.grid) + 1)
-        self._n = 0
+        self._window = TumblingCounts(len(self.grid) + 1, window)
         self.last_value: float | None = None
 
     def add(self, value: float) -> float | None:
         """Count one value; the statistic when a window closes, else ``None``."""
-        self._counts[bisect_left(self.grid, value)] += 1  # ≤ grid[j] ⇔ index ≤ j
-        self._n += 1
-        if self._n < self.window:
-            return None
+        closed = self._window.add((bisect_left(self.grid, value),))  # ≤ grid[j] ⇔ index ≤ j
+        return None if closed is None else self._gap(closed)
+
+    def add_many(self, cells: np.ndarray) -> list[tuple[int, float]]:
+        """:meth:`add` for a batch, given each value's cell (``bisect_left(grid, value)``, int64);
+        per window closed: its position in the batch and the statistic."""
+        return [(position, self._gap(counts)) for position, counts in self._window.add_many(cells)]
+
+    def _gap(self, counts: Sequence[int]) -> float:
         below, gap = 0, 0.0
         for j, reference in enumerate(self.reference_cdf):
-            below += self._counts[j]
-            gap = max(gap, abs(below / self._n - reference))
+            below += counts[j]
+            gap = max(gap, abs(below / self.window - reference))
         self.last_value = gap
-        self._counts = [0] * len(self._counts)
-        self._n = 0
         return gap
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": list(self._counts), "n": self._n, "last_value": self.last_value}
+        return {**self._window.snapshot(), "last_value": self.last_value}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._counts = list(state["counts"])
-        self._n = state["n"]
+        self._window.restore(state)
         self.last_value = state["last_value"]

@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .window import TumblingCounts
+
 
 def psi(reference: Sequence[float], current: Sequence[float], epsilon: float = 1e-4) -> float:
     """PSI of two proportion vectors over the same bins."""
@@ -40,29 +42,28 @@ class PsiWindow:
         self.reference = [float(p) for p in reference]
         self.window = window
         self.epsilon = epsilon
-        self._counts = [0] * len(self.reference)
-        self._n = 0
+        self._window = TumblingCounts(len(self.reference), window)
         self.last_counts: list[int] | None = None
         self.last_value: float | None = None
 
     def add(self, bin_index: int) -> float | None:
-        self._counts[bin_index] += 1
-        self._n += 1
-        if self._n < self.window:
-            return None
-        current = [c / self._n for c in self._counts]
-        self.last_value = psi(self.reference, current, self.epsilon)
-        self.last_counts = self._counts
-        self._counts = [0] * len(self.reference)
-        self._n = 0
+        closed = self._window.add((bin_index,))
+        return None if closed is None else self._closed(closed)
+
+    def add_many(self, bins: np.ndarray) -> list[tuple[int, float, list[int]]]:
+        """:meth:`add` for a batch of bin indices (int64); per window closed: its position in the
+        batch, its PSI and its counts."""
+        return [(position, self._closed(counts), counts) for position, counts in self._window.add_many(bins)]
+
+    def _closed(self, counts: list[int]) -> float:
+        self.last_value = psi(self.reference, [c / self.window for c in counts], self.epsilon)
+        self.last_counts = counts
         return self.last_value
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": list(self._counts), "n": self._n, "last_counts": self.last_counts,
-                "last_value": self.last_value}
+        return {**self._window.snapshot(), "last_counts": self.last_counts, "last_value": self.last_value}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._counts = list(state["counts"])
-        self._n = state["n"]
+        self._window.restore(state)
         self.last_counts = state["last_counts"]
         self.last_value = state["last_value"]

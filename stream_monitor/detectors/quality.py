@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Sequence
 
+import numpy as np
+
+from .window import TumblingCounts
+
 CHECKS = ("missing", "type_mismatch", "non_finite", "out_of_range", "unseen_category")
 
 
@@ -22,35 +26,34 @@ class QualityWindow:
     def __init__(self, checks: Sequence[str], window: int):
         self.checks = list(checks)
         self.window = window
-        self._counts = dict.fromkeys(self.checks, 0)
-        self._n = 0
+        self._window = TumblingCounts(len(self.checks), window)
+        # a problem code (an index into CHECKS, −1 for none, read at the end) → this window's cell
+        self._cell_of_code = np.array([self.checks.index(c) if c in self.checks else -1 for c in CHECKS] + [-1],
+                                      dtype=np.int64)
         self.last_rates: dict[str, float] = {}
 
     def add(self, problems: Iterable[str]) -> dict[str, float] | None:
         """Count one event's problems (empty when it is fine); the rates when a window closes."""
-        for problem in problems:
-            self._counts[problem] += 1
-        return self._next()
+        closed = self._window.add([self.checks.index(p) for p in problems])
+        return None if closed is None else self._rates(closed)
 
     def add_one(self, problem: str | None) -> dict[str, float] | None:
-        """:meth:`add` for at most one problem per event (the service's case), without a loop."""
-        if problem is not None:
-            self._counts[problem] += 1
-        return self._next()
+        """:meth:`add` for at most one problem per event (the service's case)."""
+        return self.add(() if problem is None else (problem,))
 
-    def _next(self) -> dict[str, float] | None:
-        self._n += 1
-        if self._n < self.window:
-            return None
-        self.last_rates = {check: count / self._n for check, count in self._counts.items()}
-        self._counts = dict.fromkeys(self.checks, 0)
-        self._n = 0
+    def add_many(self, codes: np.ndarray) -> list[tuple[int, dict[str, float]]]:
+        """:meth:`add_one` for a batch of problem codes (int64: an index into :data:`CHECKS`, −1 for
+        none); per window closed: its position in the batch and the rates."""
+        closed = self._window.add_many(self._cell_of_code[codes])
+        return [(position, self._rates(counts)) for position, counts in closed]
+
+    def _rates(self, counts: list[int]) -> dict[str, float]:
+        self.last_rates = {check: count / self.window for check, count in zip(self.checks, counts)}
         return self.last_rates
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counts": dict(self._counts), "n": self._n, "last_rates": dict(self.last_rates)}
+        return {**self._window.snapshot(), "last_rates": dict(self.last_rates)}
 
     def restore(self, state: dict[str, Any]) -> None:
-        self._counts = dict(state["counts"])
-        self._n = state["n"]
+        self._window.restore(state)
         self.last_rates = dict(state["last_rates"])
