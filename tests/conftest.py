@@ -31,3 +31,12 @@ def monitors():
     yield started
     for process in started:
         process.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compiled_kernels():
+    """Compile the detector kernels once, before any test starts `run` processes that would each wait
+    for the compilation (it is cached on disk; a fresh clone pays ~10 s here, once)."""
+    from stream_monitor.detectors.kernels import warm_up
+
+    warm_up()

@@ -369,3 +369,16 @@ def tumble(indices, counts, n, window, closed_counts, closed_at):
             counts[:] = 0
             n = 0
     return closed, n
+
+
+def warm_up() -> None:
+    """Compile (or load from the on-disk cache) every kernel now, so the first batch does not wait."""
+    from .drift import AdwinDetector, PageHinkleyDetector  # noqa: PLC0415 - drift imports this module
+
+    values = np.array([0.25, 0.75])
+    AdwinDetector().update_many(values)
+    PageHinkleyDetector().update_many(values)
+    cells = np.zeros(2, dtype=np.int64)
+    tumble(cells, np.zeros(1, dtype=np.int64), 0, 1, np.zeros((2, 1), dtype=np.int64), np.zeros(2, dtype=np.int64))
+    out = np.empty(2)
+    numeric_indices(values, values, values, values, 0.01, cells, cells.copy(), out, out.copy())
