@@ -5,13 +5,19 @@ partition's keys in one Redis Cluster slot):
 
 - ``ns:{group|topic|partition}:state`` — hash: ``offset`` (next offset to read),
   ``state`` (zlib-compressed pickle of the partition snapshot), ``summary``
-  (JSON for ``status``), ``saved_at`` (epoch ms).
+  (JSON for ``status``), ``saved_at`` (epoch ms), and one ``ref:<id>`` field per
+  reference profile the snapshot uses (zlib JSON, ``<id>`` a hash of its
+  content). References are immutable and ~20× the size of the detector state,
+  so they are written once, in the same atomic step as the first state that
+  uses them, and the snapshot only names them; fields no state names any
+  more are removed by the save that stops naming them.
 - ``ns:partitions:{group}`` — set of ``topic|partition`` that have state (an index).
 - ``ns:reference:{model}`` — the stored reference profile (JSON) with its version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 from dataclasses import replace
 import time
@@ -30,15 +36,31 @@ from .reference import ReferenceProfile
 # overwrite the progress of the partition's new owner.
 # ARGV[5] = 1 when this process has stored or loaded the partition's state before: if the key is
 # gone, Redis lost its data (restarted empty, flushed) and the caller must know (-1).
+# ARGV[6] = how many reference ids the state names; they follow, then (id, blob) pairs of references
+# to write. A named reference neither stored nor sent: nothing is written (-2; the caller sends all).
 _SAVE = """
 local current = redis.call('HGET', KEYS[1], 'offset')
 if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
+local named = tonumber(ARGV[6])
+local sent = {}
+for i = 7 + named, #ARGV, 2 do sent['ref:' .. ARGV[i]] = ARGV[i + 1] end
+local keep = {}
+for i = 7, 6 + named do
+  local field = 'ref:' .. ARGV[i]
+  keep[field] = true
+  if not sent[field] and redis.call('HEXISTS', KEYS[1], field) == 0 then return -2 end
+end
+for field, blob in pairs(sent) do redis.call('HSET', KEYS[1], field, blob) end
+for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if string.sub(field, 1, 4) == 'ref:' and not keep[field] then redis.call('HDEL', KEYS[1], field) end
+end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
 if (not current) and ARGV[5] == '1' then return -1 end
 return 1
 """
 
-SAVED, STALE, LOST = 1, 0, -1
+SAVED, STALE, LOST, MISSING_REFERENCES = 1, 0, -1, -2
+_REFERENCE_FIELDS = ("reference", "label_reference")  # of each model in a partition snapshot
 
 
 def connect(url: str) -> redis.Redis:
@@ -61,12 +83,43 @@ def decode_state(blob: bytes) -> dict[str, Any]:
         raise StateError(f"stored partition state cannot be decoded: {exc!r}") from None
 
 
+def _named_references(snapshot: Mapping[str, Any]) -> list[str]:
+    return sorted({model[field]["$ref"] for model in snapshot.get("models", {}).values()
+                   for field in _REFERENCE_FIELDS if isinstance(model.get(field), dict) and "$ref" in model[field]})
+
+
+def _split_references(snapshot: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The snapshot with each reference profile replaced by ``{"$ref": id}``, and the profiles (pickled)
+    by id."""
+    references: dict[str, Any] = {}
+    models = {}
+    for model_id, model in snapshot.get("models", {}).items():
+        model = dict(model)
+        for field in _REFERENCE_FIELDS:
+            profile = model.get(field)
+            if profile is not None:
+                blob = pickle.dumps(profile, protocol=5)
+                ref = hashlib.sha256(blob).hexdigest()[:24]
+                references[ref] = blob
+                model[field] = {"$ref": ref}
+        models[model_id] = model
+    return {**snapshot, "models": models}, references
+
+
+def _resolve_references(snapshot: dict[str, Any], references: Mapping[str, Any]) -> None:
+    for model in snapshot.get("models", {}).values():
+        for field in _REFERENCE_FIELDS:
+            if isinstance(model.get(field), dict) and "$ref" in model[field]:
+                model[field] = references[model[field]["$ref"]]
+
+
 class StateStore:
     def __init__(self, client: redis.Redis, namespace: str, group_id: str):
         self.client = client
         self.namespace = namespace
         self.group_id = group_id
         self._save = client.register_script(_SAVE)
+        self._written: dict[str, set[str]] = {}  # per state key: reference ids known to be stored beside it
 
     def key(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{self.group_id}|{topic}|{partition}}}:state"
@@ -77,19 +130,40 @@ class StateStore:
 
     def load(self, topic: str, partition: int) -> tuple[int, dict[str, Any]] | None:
         """(next offset, snapshot) of a partition, or ``None`` if nothing is stored."""
-        offset, blob = self.client.hmget(self.key(topic, partition), ["offset", "state"])
+        key = self.key(topic, partition)
+        offset, blob = self.client.hmget(key, ["offset", "state"])
         if offset is None or blob is None:
             return None
-        return int(offset), decode_state(blob)
+        snapshot = decode_state(blob)
+        named = _named_references(snapshot)
+        if named:
+            blobs = self.client.hmget(key, [f"ref:{ref}" for ref in named])
+            missing = [ref for ref, part in zip(named, blobs) if part is None]
+            if missing:
+                raise StateError(f"the state of {topic}[{partition}] names reference profiles {missing} "
+                                 "that are not stored beside it")
+            _resolve_references(snapshot, {ref: decode_state(part) for ref, part in zip(named, blobs)})
+        self._written[key] = set(named)
+        return int(offset), snapshot
 
     def save(self, topic: str, partition: int, next_offset: int, snapshot: Mapping[str, Any],
              summary: Mapping[str, Any], existed: bool = False) -> int:
         """Atomically store state and next offset: SAVED; STALE if newer state was already stored;
         LOST if ``existed`` (this process stored or loaded it before) but the key was gone."""
+        key = self.key(topic, partition)
+        state, references = _split_references(snapshot)
+        written = self._written.setdefault(key, set())
+        head = [next_offset, encode_state(state), orjson.dumps(summary), int(time.time() * 1000),
+                1 if existed else 0, len(references), *references]
         self.client.sadd(self.index_key, f"{topic}|{partition}")
-        return int(self._save(keys=[self.key(topic, partition)],
-                              args=[next_offset, encode_state(snapshot), orjson.dumps(summary),
-                                    int(time.time() * 1000), 1 if existed else 0]))
+        for send in ([r for r in references if r not in written], list(references)):
+            parts = [item for ref in send for item in (ref, zlib.compress(references[ref], 1))]
+            outcome = int(self._save(keys=[key], args=head + parts))
+            if outcome != MISSING_REFERENCES:  # else: written elsewhere or lost; send them all
+                break
+        if outcome in (SAVED, LOST):
+            self._written[key] = set(references)
+        return outcome
 
     def partitions(self) -> list[tuple[str, int]]:
         members = self.client.smembers(self.index_key)

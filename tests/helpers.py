@@ -15,7 +15,7 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from stream_monitor.state import StateStore, connect, decode_state
+from stream_monitor.state import StateStore, connect
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
 
@@ -206,8 +206,4 @@ def stored_offset(store: StateStore, topic: str, partition: int) -> int | None:
 
 def final_states(store: StateStore, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, dict]]:
     """(next offset, decoded snapshot) of each partition."""
-    out = {}
-    for p in partitions:
-        offset, blob = store.client.hmget(store.key(topic, p), ["offset", "state"])
-        out[p] = (int(offset), decode_state(blob)) if offset is not None else None
-    return out
+    return {p: store.load(topic, p) for p in partitions}

@@ -1,0 +1,82 @@
+"""The Redis state layout (CONTRACT §7) against a real redis-server: reference profiles stored once
+beside the state, in the same atomic step, and never lost or left behind."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import redis
+
+from stream_monitor.config import parse_config
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.state import LOST, SAVED, StateStore, connect
+
+from .helpers import unique
+from .test_partition import events
+
+CONFIG = parse_config({"models": {"fraud": {"reference": {"events": 1000}}}})
+
+
+def warmed_monitor(count: int = 3000) -> PartitionMonitor:
+    monitor = PartitionMonitor(CONFIG, 0, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", count))])
+    return monitor
+
+
+def fields(client: redis.Redis, key: str) -> dict[str, int]:
+    return {k.decode(): len(v) for k, v in client.hgetall(key).items()}
+
+
+def test_references_are_stored_once_beside_a_small_state(redis_server):
+    client = connect(redis_server.address)
+    store = StateStore(client, unique("ns"), "g")
+    monitor = warmed_monitor()
+    snapshot = monitor.snapshot()
+    assert store.save("t", 0, monitor.next_offset, snapshot, {}) == SAVED
+    stored = fields(client, store.key("t", 0))
+    references = [f for f in stored if f.startswith("ref:")]
+    assert len(references) == 1
+    columns = len(snapshot["models"]["fraud"]["columns"])
+    print(f"state {stored['state']} bytes for {columns} columns, reference {stored[references[0]]} bytes")
+    assert stored["state"] < stored[references[0]]
+    # a fresh store (another instance) loads the whole snapshot back
+    assert StateStore(connect(redis_server.address), store.namespace, "g").load("t", 0) == (monitor.next_offset,
+                                                                                             snapshot)
+
+
+def test_a_reference_removed_behind_the_stores_back_is_sent_again(redis_server):
+    client = connect(redis_server.address)
+    store = StateStore(client, unique("ns"), "g")
+    monitor = warmed_monitor()
+    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
+    key = store.key("t", 0)
+    [reference] = [f for f in client.hkeys(key) if f.startswith(b"ref:")]
+    client.hdel(key, reference)  # e.g. a hand-edited key; the store believes it is there
+    assert store.save("t", 0, monitor.next_offset, monitor.snapshot(), {}) == SAVED
+    assert client.hexists(key, reference)
+    assert store.load("t", 0)[1] == monitor.snapshot()
+
+
+def test_redis_losing_its_data_is_reported_and_the_references_are_written_back(redis_server):
+    client = connect(redis_server.address)
+    store = StateStore(client, unique("ns"), "g")
+    monitor = warmed_monitor()
+    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
+    client.delete(store.key("t", 0))
+    assert store.save("t", 0, monitor.next_offset, monitor.snapshot(), {}, existed=True) == LOST
+    assert store.load("t", 0)[1] == monitor.snapshot()
+
+
+def test_a_new_reference_replaces_the_old_field(redis_server):
+    client = connect(redis_server.address)
+    store = StateStore(client, unique("ns"), "g")
+    monitor = warmed_monitor()
+    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
+    key = store.key("t", 0)
+    before = {f for f in client.hkeys(key) if f.startswith(b"ref:")}
+    model = monitor.models["fraud"]
+    model.use_reference(replace(model.reference, version=model.reference.version + 1, source="stored"))
+    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
+    after = {f for f in client.hkeys(key) if f.startswith(b"ref:")}
+    assert len(after) == 1 and after != before
+    assert store.load("t", 0)[1] == monitor.snapshot()
