@@ -19,7 +19,7 @@ from stream_monitor.replay import replay_alerts
 from stream_monitor.synthetic import generate
 
 from .helpers import (SCHEMAS, Feeder, MonitorProcess, alerts_of, final_states, produce, read_topic, store_for,
-                      unique, wait_for_offsets, write_config)
+                      stored_offset, unique, wait_for_offsets, write_config)
 
 MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 MODELS = {"fraud": MODEL, "churn": MODEL, "stable": MODEL}
@@ -183,6 +183,12 @@ class SideBySide:
         self.feeder.start()
         self.progress(at_least, [process])
         return process
+
+    def stopped_short(self) -> bool:
+        """Whether the interrupted group's stored offsets are short of the stream's end (the
+        interruption left work to do), once the whole stream has been produced."""
+        ends = self.feeder.result(timeout=180)
+        return any((stored_offset(self.run.store, self.topic, p) or 0) < end for p, end in ends.items())
 
     def progress(self, at_least: int, processes, partitions=(0,)) -> None:
         """Until ``run`` has stored at least this offset in the given partitions."""
