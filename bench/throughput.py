@@ -32,9 +32,11 @@ Peak RSS is the monitor's VmHWM just before SIGTERM; state size is the stored
 state blob (and Redis' MEMORY USAGE of the partition's hash) per numeric column
 (F features + the score). The instance must exit 0 on SIGTERM.
 
-The machine may be shared: from /proc, the CPU time used during each window by
-processes this script did not start (neither it, the broker, Redis nor the
-monitors) is shown in cores; a rate measured while that is high is low.
+The machine may be shared: from /proc, the CPU time taken during each window
+by processes this script did not start (neither it, the broker, Redis nor the
+monitors) plus the hypervisor's steal is shown in cores; a rate measured while
+that is high is low. The slowest and fastest checkpoint interval of the window
+show how steady the rate was.
 
 Baselines, same events, same run: (a) the naive in-process loop: orjson.loads
 per event and river's ADWIN() and PageHinkley() (defaults) updated per feature;
@@ -156,11 +158,17 @@ class Window:
     events: float
     seconds: float
     start: float = 0.0  # monotonic time
-    other_cores: float = 0.0  # CPU used meanwhile by processes this benchmark did not start, in cores
+    other_cores: float = 0.0  # CPU taken meanwhile by processes this benchmark did not start (and steal)
+    spread: tuple[float, float] = (0.0, 0.0)  # slowest and fastest checkpoint interval, events/s
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds
+
+
+def interval_rates(timeline: Timeline) -> list[float]:
+    """Events/s of each checkpoint interval of a timeline."""
+    return [(o1 - o0) / (t1 - t0) for (t0, o0), (t1, o1) in zip(timeline, timeline[1:])]
 
 
 def common_window(timelines: dict[int, Timeline], starts: dict[int, int], ends: dict[int, int]) -> Window:
@@ -245,10 +253,11 @@ class Monitor:
 
 
 def cpu_seconds(pids: list[int]) -> tuple[float, float]:
-    """(CPU seconds the whole machine has been busy, CPU seconds used by `pids`) so far (Linux /proc)."""
+    """(CPU seconds the machine has been busy or stolen by the hypervisor, CPU seconds used by `pids`)
+    so far (Linux /proc)."""
     ticks = os.sysconf("SC_CLK_TCK")
     with open("/proc/stat") as stat:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, stat.readline().split()[1:9])
     ours = 0
     for pid in pids:
         try:
@@ -256,7 +265,7 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
         except OSError:
             continue
         ours += int(fields[11]) + int(fields[12])  # utime, stime
-    return (user + nice + system + irq + softirq) / ticks, ours / ticks
+    return (user + nice + system + irq + softirq + steal) / ticks, ours / ticks
 
 
 class OffsetWatch(threading.Thread):
@@ -467,6 +476,8 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int) -
             print(f"note: F={features}: the window reached the end of the topic; its last interval may be idle")
         window = Window(o1 - o0, t1 - t0, t0)
         window.other_cores = watch.other_cores(window)
+        rates = interval_rates(timeline[start:stop + 1])
+        window.spread = (min(rates), max(rates))
         peak = monitor.peak_rss_bytes()
         state, memory = redis_bytes(store, topic, 0)
         stop_all([monitor])
@@ -578,13 +589,14 @@ def mark(ok: bool) -> str:
 def report(results: list[SingleResult], pair: PairResult, measured: int) -> None:
     print(f"\n### End to end, one instance, one partition ({WARMUP:,} warm-up events not timed; "
           f"~{measured:,} measured)\n")
-    print("| F | events timed | seconds | service events/s | naive loop (a) events/s | decode-only consumer (b) "
-          "events/s | service / (a) | service / (b) | other processes' CPU (cores) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| F | events timed | seconds | service events/s | slowest–fastest checkpoint interval | naive loop (a) "
+          "events/s | decode-only consumer (b) events/s | service / (a) | service / (b) | CPU taken by others "
+          "(cores) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r.features} | {r.window.events:,.0f} | {r.window.seconds:.2f} | {r.window.rate:,.0f} | "
-              f"{r.naive:,.0f} | {r.decode_only:,.0f} | {r.window.rate / r.naive:.2f} | "
-              f"{r.window.rate / r.decode_only:.3f} | {r.window.other_cores:.2f} |")
+              f"{r.window.spread[0]:,.0f}–{r.window.spread[1]:,.0f} | {r.naive:,.0f} | {r.decode_only:,.0f} | "
+              f"{r.window.rate / r.naive:.2f} | {r.window.rate / r.decode_only:.3f} | {r.window.other_cores:.2f} |")
     print("\n| F | numeric columns | peak RSS of the instance MiB | stored state blob bytes | per numeric column | "
           "Redis MEMORY USAGE of the state hash | per numeric column | alerts fired |")
     print("|---|---|---|---|---|---|---|---|")
@@ -613,7 +625,7 @@ def report(results: list[SingleResult], pair: PairResult, measured: int) -> None
     single = next(r for r in results if r.features == SCALE_FEATURES)
     one = single.window.rate
     print(f"\n### Two instances, two partitions vs one (F = {SCALE_FEATURES})\n")
-    print("| instances | partitions | events timed | seconds | events/s | vs one | other processes' CPU (cores) |")
+    print("| instances | partitions | events timed | seconds | events/s | vs one | CPU taken by others (cores) |")
     print("|---|---|---|---|---|---|---|")
     print(f"| 1 | 1 | {single.window.events:,.0f} | {single.window.seconds:.2f} | {one:,.0f} | 1.00 | "
           f"{single.window.other_cores:.2f} |")
@@ -624,9 +636,9 @@ def report(results: list[SingleResult], pair: PairResult, measured: int) -> None
 
     busiest = max([r.window.other_cores for r in results] + [pair.window.other_cores])
     if busiest > 0.1:
-        print(f"\nnote: processes this benchmark did not start used up to {busiest:.2f} of the "
-              f"{os.cpu_count()} cores on average during a timed window: rates measured then are lower than on an "
-              "idle machine.")
+        print(f"\nnote: processes this benchmark did not start (and the hypervisor's steal) took up to {busiest:.2f} "
+              f"of the {os.cpu_count()} cores on average during a timed window: rates measured then are lower than "
+              "on an idle machine.")
 
     by_f = {r.features: r for r in results}
     f20, f100 = by_f[20], by_f[100]

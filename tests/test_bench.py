@@ -45,6 +45,10 @@ def test_window_of_one_partition_is_checkpoint_to_checkpoint(bench):
     assert (window.events, window.seconds) == (20000, 3.0)
 
 
+def test_interval_rates(bench):
+    assert bench.interval_rates([(1.0, 10000), (2.0, 20000), (6.0, 30000)]) == [10000.0, 2500.0]
+
+
 def test_window_of_two_partitions_interpolates_inside_the_common_span(bench):
     timelines = {0: [(0.0, 0), (1.0, 10000), (3.0, 30000), (4.0, 40000)],
                  1: [(0.0, 0), (2.0, 10000), (4.0, 30000)]}
