@@ -119,8 +119,9 @@ def _adwin_delete_oldest(totals, variances, fill, scalars, counters):
 
 
 @njit(cache=True)
-def _adwin_cut(n0, n1, delta_mean, delta, width, variance, min_window_length):
-    delta_prime = math.log(2.0 * math.log(width) / delta)
+def _adwin_cut(n0, n1, delta_mean, delta_prime, width, variance, min_window_length):
+    """river's ``evaluate_cut``; ``delta_prime`` = ln(2·ln(width)/δ), computed once per scan of the window
+    (the same expression on the same width: the same value)."""
     m_recip = 1.0 / (n0 - min_window_length + 1.0) + 1.0 / (n1 - min_window_length + 1.0)
     epsilon = math.sqrt(2.0 * m_recip * (variance / width) * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
     return abs(delta_mean) > epsilon
@@ -140,6 +141,7 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
             n1 = scalars[WIDTH]
             u0 = 0.0
             u1 = scalars[TOTAL]
+            delta_prime = math.log(2.0 * math.log(scalars[WIDTH]) / delta)
             for row in range(counters[ROWS] - 1, -1, -1):
                 if exit_flag or cut:
                     break
@@ -156,7 +158,7 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
                         break
                     delta_mean = (u0 / n0) - (u1 / n1)
                     if n1 >= min_window_length and n0 >= min_window_length and _adwin_cut(
-                            n0, n1, delta_mean, delta, scalars[WIDTH], scalars[VARIANCE], min_window_length):
+                            n0, n1, delta_mean, delta_prime, scalars[WIDTH], scalars[VARIANCE], min_window_length):
                         reduce_width = True
                         change = True
                         if scalars[WIDTH] > 0.0:
@@ -332,7 +334,9 @@ def numeric_indices(values, edges, ks_grid, grid, floor, psi_bins, ks_bins, rank
         psi_bins[i] = index
         ks_bins[i] = _bisect_left(ks_grid, value)
         low = _bisect_left(grid, value)
-        high = _bisect_right(grid, value)
+        high = low
+        if low < grid.shape[0] and grid[low] == value:  # on the grid: find the end of its ties
+            high = _bisect_right(grid, value)
         if high > low:
             u = (low + high - 1) / 2 / steps
         elif low == 0 or low > steps:
