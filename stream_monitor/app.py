@@ -9,6 +9,7 @@ makes it durable: delivery confirmed, state + offset saved to Redis, offset comm
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -36,6 +37,7 @@ from .state import ReferenceStore, StateStore, connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 
 
@@ -83,6 +85,12 @@ class Service:
 
     def run(self) -> None:
         service = self.config.service
+        # Every event allocates a few short-lived containers (the decoded JSON); CPython's default
+        # threshold (700) then runs a collection every ~150 events, each walking the young objects and,
+        # as they are promoted, the long-lived detector state. Reference counting frees all of it anyway;
+        # the cycle collector only has to run now and then (measured in process: +20 % events/s at 20
+        # features, +8 % at 100).
+        gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         self.consumer = Consumer(self.consumer_settings)
         self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
@@ -196,10 +204,11 @@ class Service:
             self.metrics.events_consumed.labels(topic).inc(count)
         started = clock.add("decode", started)
         ops, slots = [], []
+        joined_models = self.join_settings
         for key, monitor, raw, decoded in prepared:
             op = None
-            if not isinstance(decoded, DeadLetter):
-                op = join_op(decoded, f"{raw.topic}|{raw.partition}|{raw.offset}", self.join_settings)
+            if not isinstance(decoded, DeadLetter) and decoded.model_id in joined_models:
+                op = join_op(decoded, f"{raw.topic}|{raw.partition}|{raw.offset}", joined_models)
             slots.append(len(ops) if op is not None else None)
             if op is not None:
                 ops.append(op)

@@ -676,7 +676,10 @@ class PartitionMonitor:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         if state.get("format") != STATE_FORMAT:
-            raise StateError(f"unknown state format {state.get('format')!r}")
+            raise StateError(f"stored state has format {state.get('format')!r}; this version reads format "
+                             f"{STATE_FORMAT}. States of format 2 were written by an older stream-monitor "
+                             "(detectors stored as river pickles) and cannot be continued: delete the "
+                             "partition's state key to rebuild it from the retained log")
         self.next_offset = state["next_offset"]
         self.dead_letters = state["dead_letters"]
         self.models = {}

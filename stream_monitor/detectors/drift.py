@@ -81,8 +81,7 @@ class AdwinDetector:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "adwin/1":
-            raise StateError("ADWIN state of an older version (a river pickle): it cannot be continued; "
-                             "start the partition afresh (service.on_missing_state = \"rebuild\")")
+            raise StateError("ADWIN state of an older version (a river pickle): it cannot be continued")
         counters = np.frombuffer(state["counters"], dtype=np.int64).copy()
         rows = int(counters[k.ROWS])
         width = self.max_buckets + 1
@@ -144,6 +143,5 @@ class PageHinkleyDetector:
 
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "page_hinkley/1":
-            raise StateError("Page-Hinkley state of an older version (a river pickle): it cannot be continued; "
-                             "start the partition afresh (service.on_missing_state = \"rebuild\")")
+            raise StateError("Page-Hinkley state of an older version (a river pickle): it cannot be continued")
         self._state = np.frombuffer(state["state"], dtype=np.float64).copy()
