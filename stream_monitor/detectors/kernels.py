@@ -34,7 +34,7 @@ PH_N, PH_MEAN, PH_UP, PH_DOWN, PH_LOWEST, PH_HIGHEST, PH_DETECTED = 0, 1, 2, 3, 
 # --- ADWIN --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _compress_row(totals, variances, fill, row, n_elements):
     current = fill[row]
     remaining = current - n_elements
@@ -47,7 +47,7 @@ def _compress_row(totals, variances, fill, row, n_elements):
     fill[row] = remaining
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_reset(totals, variances, fill, scalars, counters):
     totals[:, :] = 0.0
     variances[:, :] = 0.0
@@ -57,7 +57,7 @@ def _adwin_reset(totals, variances, fill, scalars, counters):
     counters[ROWS] = 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_insert(value, totals, variances, fill, scalars, counters, max_buckets):
     slot = fill[0]
     totals[0, slot] = value
@@ -99,7 +99,7 @@ def _adwin_insert(value, totals, variances, fill, scalars, counters, max_buckets
         row += 1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_delete_oldest(totals, variances, fill, scalars, counters):
     last = counters[ROWS] - 1
     n = math.ldexp(1.0, last)
@@ -118,16 +118,17 @@ def _adwin_delete_oldest(totals, variances, fill, scalars, counters):
         counters[ROWS] -= 1
 
 
-@njit(cache=True)
-def _adwin_cut(n0, n1, delta_mean, delta_prime, width, variance, min_window_length):
-    """river's ``evaluate_cut``; ``delta_prime`` = ln(2·ln(width)/δ), computed once per scan of the window
-    (the same expression on the same width: the same value)."""
+@njit(cache=True, inline="always")
+def _adwin_cut(n0, n1, delta_mean, delta_prime, variance_rate, second_term, min_window_length):
+    """river's ``evaluate_cut``. Per scan of the window (the same expressions on the same values, so the
+    same numbers): ``delta_prime`` = ln(2·ln(width)/δ), ``variance_rate`` = variance/width and
+    ``second_term`` = 2/3·delta_prime."""
     m_recip = 1.0 / (n0 - min_window_length + 1.0) + 1.0 / (n1 - min_window_length + 1.0)
-    epsilon = math.sqrt(2.0 * m_recip * (variance / width) * delta_prime) + 2.0 / 3.0 * delta_prime * m_recip
+    epsilon = math.sqrt(2.0 * m_recip * variance_rate * delta_prime) + second_term * m_recip
     return abs(delta_mean) > epsilon
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_window_length, grace_period):
     change = False
     counters[TICK] += 1
@@ -142,6 +143,8 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
             u0 = 0.0
             u1 = scalars[TOTAL]
             delta_prime = math.log(2.0 * math.log(scalars[WIDTH]) / delta)
+            variance_rate = scalars[VARIANCE] / scalars[WIDTH]
+            second_term = 2.0 / 3.0 * delta_prime
             for row in range(counters[ROWS] - 1, -1, -1):
                 if exit_flag or cut:
                     break
@@ -158,7 +161,7 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
                         break
                     delta_mean = (u0 / n0) - (u1 / n1)
                     if n1 >= min_window_length and n0 >= min_window_length and _adwin_cut(
-                            n0, n1, delta_mean, delta_prime, scalars[WIDTH], scalars[VARIANCE], min_window_length):
+                            n0, n1, delta_mean, delta_prime, variance_rate, second_term, min_window_length):
                         reduce_width = True
                         change = True
                         if scalars[WIDTH] > 0.0:
@@ -229,7 +232,7 @@ def page_hinkley_batch(values, state, min_instances, delta, threshold, alpha, mo
 # --- reference ranks ----------------------------------------------------------------------------------
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _bisect_left(a, x):
     lo, hi = 0, a.shape[0]
     while lo < hi:
@@ -241,7 +244,7 @@ def _bisect_left(a, x):
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _bisect_right(a, x):
     lo, hi = 0, a.shape[0]
     while lo < hi:
@@ -253,7 +256,7 @@ def _bisect_right(a, x):
     return lo
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _inv_cdf(p):
     """``statistics.NormalDist().inv_cdf(p)`` (AS241), the same operations in the same order."""
     q = p - 0.5
