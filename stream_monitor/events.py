@@ -6,14 +6,17 @@ import base64
 import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 FeatureValue = float | int | str | bool | None
 
 
-@dataclass(frozen=True, slots=True)
-class InferenceEvent:
-    """One model call: features, prediction and latency (CONTRACT §2)."""
+class InferenceEvent(NamedTuple):
+    """One model call: features, prediction and latency (CONTRACT §2).
+
+    Decoded events and raw messages are named tuples: immutable like a frozen
+    dataclass, and built in a third of the time (one of each per message).
+    """
 
     event_id: str
     model_id: str
@@ -24,8 +27,7 @@ class InferenceEvent:
     latency_ms: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class LabelEvent:
+class LabelEvent(NamedTuple):
     """Ground truth for an earlier inference event, joined by (model_id, event_id)."""
 
     event_id: str
@@ -42,8 +44,7 @@ class DeadLetter:
     error: str
 
 
-@dataclass(frozen=True, slots=True)
-class RawMessage:
+class RawMessage(NamedTuple):
     """What the codec needs of a Kafka message; independent of confluent-kafka."""
 
     topic: str
