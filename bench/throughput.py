@@ -43,19 +43,44 @@ per event and river's ADWIN() and PageHinkley() (defaults) updated per feature;
 (b) a decode-only consumer: confluent_kafka in this process, the same topic
 from the beginning, consume() in batches of 500 and orjson.loads per message,
 timed from the first batch received to the last message (the join excluded).
+It sets `fetch.queue.backoff.ms` = 10: with librdkafka's default (1,000 ms) a
+consumer that empties its 100,000-message prefetch queue in well under a second
+(this one does, ~600k/s) waits a second for each refill, which capped it at
+~120k events/s once the topic held more than 100,000 events. The service keeps
+the default: it takes over a second to drain that queue, so the refill comes in
+time (its six stages account for most of its window, see below).
 Both run after the instance has stopped, (a) on the N measured events.
 
-Scaling (F = 20): a two-partition topic with the same N events split evenly
-(each partition has its own warm-up), two `run` instances in one group. The
-combined rate is taken over the common window in which both partitions are past
-their first post-warm-up checkpoint and neither has reached warm-up + N/2; each
-partition's offset inside it is interpolated between its own checkpoints.
+Scaling (F = 20), measured on live production so that the group's join cannot
+overlap the window: a topic of P partitions (P = 1 and P = 2) holds only the
+warm-ups (5,000 events per partition, each its own seed) when P `run` instances
+of one group start. The script waits until the group has settled: replaying
+each instance's log (`assigned TOPIC[p]: ...`, `revoked ...`, `lost ...`) every
+instance owns exactly one partition and together they own all P, and every
+partition's stored offset is ≥ 5,000 (its warm-up was processed and
+checkpointed). Only then does this process produce the measured events (N/P per
+partition, interleaved) and the padding, pre-serialised, as fast as its producer
+goes; the clock starts when production starts and stops when the last partition
+stores an offset ≥ 5,000 + N/P. Events timed = every partition's stored offset
+at that moment (interpolated between its own checkpoints for the partitions that
+finished earlier; exact for the last one) minus the warm-up, so the rate counts
+what was done, not only N. The padding makes those checkpoints count-triggered.
+How long the production took (to the last delivery report) is shown next to the
+window, so a reader sees whether the producer could have been the limit; it
+runs in this process, on the same 2 cores; the CPU this process (mostly the producer), the
+broker and Redis used during the window is shown too. Both rows are measured this way, so
+'vs one' compares like with like; the first table's F = 20 rate (pre-produced
+data) is shown beside them, and so is the rate from the end of production to the
+end of the window (each partition's offset interpolated at both ends), the part
+in which the producer no longer shares the cores; the target uses the whole
+window. The assignment changes logged during the window
+must be 0 (the group stayed put).
 
 Nothing is asserted on timings: the targets table says PASS or MISS.
 
     make bench                                   # or: .venv/bin/python bench/throughput.py
     .venv/bin/python bench/throughput.py --quick # a smoke run (20,000 events per case)
-    .venv/bin/python bench/throughput.py --events 200000
+    .venv/bin/python bench/throughput.py --events 400000   # default 200,000
 """
 
 from __future__ import annotations
@@ -64,6 +89,7 @@ import argparse
 import bisect
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -82,7 +108,7 @@ from river import drift
 from stream_monitor.config import ServiceConfig
 
 WARMUP = 5_000
-DEFAULT_EVENTS = 100_000
+DEFAULT_EVENTS = 200_000
 QUICK_EVENTS = 20_000
 FEATURES = (20, 100)
 SCALE_FEATURES = 20
@@ -171,13 +197,58 @@ def interval_rates(timeline: Timeline) -> list[float]:
     return [(o1 - o0) / (t1 - t0) for (t0, o0), (t1, o1) in zip(timeline, timeline[1:])]
 
 
-def common_window(timelines: dict[int, Timeline], starts: dict[int, int], ends: dict[int, int]) -> Window:
-    """Events/s of all partitions together while all are busy: from the moment every partition has
-    stored an offset ≥ its start to the moment the first one stores an offset ≥ its end."""
-    opened = max(timelines[p][first_at_least(timelines[p], starts[p])][0] for p in timelines)
-    closed = min(timelines[p][first_at_least(timelines[p], ends[p])][0] for p in timelines)
-    done = sum(value_at(timelines[p], closed) - value_at(timelines[p], opened) for p in timelines)
+def live_window(timelines: dict[int, Timeline], begun: float, start: int, targets: dict[int, int]) -> Window:
+    """Events/s of all partitions together from `begun` (production started; every partition had stored
+    exactly `start` and had nothing more to read) to the moment the last partition stores an offset ≥ its
+    target. Events = each partition's stored offset then (interpolated between its own checkpoints) − start."""
+    closed = max(timelines[p][first_at_least(timelines[p], targets[p])][0] for p in timelines)
+    done = sum(value_at(timelines[p], closed) - start for p in timelines)
+    return Window(done, closed - begun, begun)
+
+
+def busy_window(timelines: dict[int, Timeline], opened: float, closed: float) -> Window | None:
+    """Events/s of all partitions together between two moments at which they were all busy, each
+    partition's stored offset interpolated between its own checkpoints (None for an empty span)."""
+    if closed <= opened:
+        return None
+    done = sum(value_at(timeline, closed) - value_at(timeline, opened) for timeline in timelines.values())
     return Window(done, closed - opened, opened)
+
+
+_CHANGE = re.compile(r": (assigned|revoked|lost) (.*)$")
+
+
+def ownership(log: str, topic: str) -> tuple[set[int], int]:
+    """Replays one instance's log: the partitions of `topic` it owns after its last complete line, and
+    how many assignment changes it logged (`assigned T[p]: ...`, `revoked T[p], ...`/`revoked nothing`,
+    `lost T[p], ... without a clean revoke`; 'revoked nothing' is not a change)."""
+    partition = re.compile(re.escape(topic) + r"\[(\d+)\]")
+    owned: set[int] = set()
+    changes = 0
+    for line in log[:log.rfind("\n") + 1].splitlines():  # a line still being written is ignored
+        match = _CHANGE.search(line)
+        if match is None:
+            continue
+        kind, rest = match.groups()
+        if kind == "assigned":
+            found = partition.match(rest)
+            if found is not None:
+                owned.add(int(found.group(1)))
+                changes += 1
+        else:
+            gone = {int(p) for p in partition.findall(rest.split(" without ", 1)[0])}
+            owned -= gone
+            changes += bool(gone)
+    return owned, changes
+
+
+def settled(logs: list[str], topic: str, partitions: int) -> list[set[int]] | None:
+    """Each instance's partitions if the group has settled (every instance owns exactly one partition
+    and together they own all `partitions`), else None."""
+    owned = [ownership(log, topic)[0] for log in logs]
+    if all(len(o) == 1 for o in owned) and set().union(*owned) == set(range(partitions)):
+        return owned
+    return None
 
 
 @dataclass
@@ -271,18 +342,26 @@ def cpu_seconds(pids: list[int]) -> tuple[float, float]:
 class OffsetWatch(threading.Thread):
     """Polls the stored next offset of each partition every POLL seconds and records each change; every
     LOAD_EVERY seconds it also records the CPU seconds used by processes other than `pids` (this script,
-    its broker, Redis and monitors), to show when the machine was shared."""
+    its broker, Redis and monitors), to show when the machine was shared, and those used by the `pids`
+    given at construction (this script, the broker and Redis: the producer's side of a live run)."""
 
     def __init__(self, store, topic: str, partitions: list[int], pids: list[int]):
         super().__init__(daemon=True)
         self.store, self.topic, self.pids = store, topic, pids
         self.timelines: dict[int, Timeline] = {p: [] for p in partitions}
         self.load: list[tuple[float, float]] = []
+        self.stack_pids = list(pids)
+        self.stack_load: list[tuple[float, float]] = []
         self._halt = threading.Event()
 
     def other_cores(self, window: Window) -> float:
         """Cores used on average by other processes during `window`."""
         used = value_at(self.load, window.start + window.seconds) - value_at(self.load, window.start)
+        return used / window.seconds
+
+    def stack_cores(self, window: Window) -> float:
+        """Cores used on average by this script, the broker and Redis during `window`."""
+        used = value_at(self.stack_load, window.start + window.seconds) - value_at(self.stack_load, window.start)
         return used / window.seconds
 
     def run(self) -> None:
@@ -292,6 +371,7 @@ class OffsetWatch(threading.Thread):
             if time.monotonic() >= next_load:
                 busy, ours = cpu_seconds(self.pids)
                 self.load.append((time.monotonic(), busy - ours))
+                self.stack_load.append((time.monotonic(), cpu_seconds(self.stack_pids)[1]))
                 next_load = time.monotonic() + LOAD_EVERY
             pipe = self.store.client.pipeline(transaction=False)
             for key in keys.values():
@@ -358,12 +438,19 @@ reference = {{ source = "warmup", events = {WARMUP} }}
     return path
 
 
-def produce(bootstrap: str, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
-    """Every event of each partition, in order; returns each partition's end offset."""
+def new_producer(bootstrap: str):
+    """A producer already connected to the broker (its metadata fetched), so that sending starts at once."""
     from confluent_kafka import Producer  # noqa: PLC0415
 
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 20, "batch.num.messages": 10_000,
                          "queue.buffering.max.messages": 500_000, "queue.buffering.max.kbytes": 1_048_576})
+    producer.list_topics(timeout=30)
+    return producer
+
+
+def send_all(producer, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
+    """Every event of each partition, in order, the partitions interleaved event by event (so that they
+    fill at the same pace); returns when every message is acknowledged, with each partition's end offset."""
     ends: dict[int, int] = {}
     errors: list[str] = []
 
@@ -373,18 +460,27 @@ def produce(bootstrap: str, topic: str, batches: dict[int, list[bytes]]) -> dict
         else:
             ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
 
-    for partition, lines in batches.items():
-        for line in lines:
-            while True:
-                try:
-                    producer.produce(topic, line, key=b"m", partition=partition, on_delivery=delivered)
-                    break
-                except BufferError:
-                    producer.poll(0.05)
+    send = producer.produce
+    longest = max((len(lines) for lines in batches.values()), default=0)
+    for i in range(longest):
+        for partition, lines in batches.items():
+            if i < len(lines):
+                while True:
+                    try:
+                        send(topic, lines[i], key=b"m", partition=partition, on_delivery=delivered)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+        if i % 1000 == 0:
             producer.poll(0)
     if producer.flush(120) or errors:
         raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
     return ends
+
+
+def produce(bootstrap: str, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
+    """Every event of each partition, in order; returns each partition's end offset."""
+    return send_all(new_producer(bootstrap), topic, batches)
 
 
 def scrape(port: int) -> Scrape:
@@ -499,7 +595,8 @@ def decode_only_rate(bootstrap: str, topic: str, end: int) -> float:
     from confluent_kafka import Consumer  # noqa: PLC0415
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-decode-{uuid.uuid4().hex[:6]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **FAST_CONSUMER})
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False, **FAST_CONSUMER,
+                         "fetch.queue.backoff.ms": 10})  # see the module docstring
     consumer.subscribe([topic])
     try:
         seen, counted, started = 0, 0, None
@@ -534,49 +631,98 @@ def delete_topic(bootstrap: str, topic: str) -> None:
 
 
 @dataclass
-class PairResult:
+class LiveResult:
+    instances: int
     window: Window
-    assignments: list[str]
-    revokes: int
+    produced: int  # measured events + padding, all partitions
+    production: float  # seconds from the first produce() to the last delivery report
+    assignments: list[str]  # per instance, when the clock started
+    joining_revokes: int  # revocations logged before the clock started
+    changes: int  # assignment changes logged while the clock ran (0: the group stayed put)
+    drained: list[int]  # partitions that had processed all their events before the clock stopped
+    stack_cores: float = 0.0  # CPU of this script (the producer), the broker and Redis during the window
+    after_production: Window | None = None  # from the end of production to the end of the window
 
 
-def run_pair(stack: Stack, measured: int) -> PairResult:
-    """Two instances, one group, a two-partition topic: N/2 measured events per partition."""
+def wait_settled(monitors: list[Monitor], watch: OffsetWatch, topic: str, partitions: int,
+                 timeout: float) -> list[set[int]]:
+    """Until every instance owns exactly one partition (all owned) and every partition's stored offset
+    is ≥ the warm-up: each instance's partitions."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        owners = settled([monitor.log() for monitor in monitors], topic, partitions)
+        timelines = watch.timelines
+        if owners is not None and all(timelines[p] and timelines[p][-1][1] >= WARMUP for p in timelines):
+            return owners
+        for monitor in monitors:
+            monitor.check_alive()
+        time.sleep(0.05)
+    raise RuntimeError(f"the group did not settle within {timeout:.0f} s: "
+                       f"{[sorted(ownership(m.log(), topic)[0]) for m in monitors]}, stored "
+                       f"{ {p: tl[-1:] for p, tl in watch.timelines.items()} }")
+
+
+def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
+    """`instances` instances in one group on a topic of as many partitions, holding only the warm-ups when
+    they start; once the group has settled, N/instances measured events per partition (and the padding)
+    are produced, timed from the start of production (see the module docstring)."""
     from stream_monitor.localstack import create_topics  # noqa: PLC0415
     from stream_monitor.state import StateStore, connect  # noqa: PLC0415
 
     tag = uuid.uuid4().hex[:6]
-    topic, group = f"bench.pair.{tag}", f"bench-pair-{tag}"
-    half = measured // 2
-    create_topics(stack.bootstrap, {topic: 2})
-    ends = produce(stack.bootstrap, topic,
-                   {p: events(SCALE_FEATURES, WARMUP + half + PADDING, seed=10 + p) for p in (0, 1)})
+    topic, group = f"bench.live{instances}.{tag}", f"bench-live{instances}-{tag}"
+    partitions = list(range(instances))
+    share = measured // instances
+    create_topics(stack.bootstrap, {topic: instances})
+    streams = {p: events(SCALE_FEATURES, WARMUP + share + PADDING, seed=10 + p) for p in partitions}
+    producer = new_producer(stack.bootstrap)
+    send_all(producer, topic, {p: lines[:WARMUP] for p, lines in streams.items()})
+    rest = {p: lines[WARMUP:] for p, lines in streams.items()}
+    del streams
     store = StateStore(connect(stack.redis_url), group, group)
     config = write_config(stack, stack.workdir / f"{group}.toml", topic, group, 0)
-    watch = OffsetWatch(store, topic, [0, 1], list(stack.pids))
+    watch = OffsetWatch(store, topic, partitions, list(stack.pids))
     watch.start()
     monitors: list[Monitor] = []
     try:
-        for i in (1, 2):
+        for i in range(1, instances + 1):
             monitors.append(Monitor(config, stack.workdir / f"{group}-{i}.log"))
             watch.pids.append(monitors[-1].process.pid)
-        timeout = timeout_for(sum(ends.values()))
-        for p in (0, 1):
-            watch.wait_for(p, ends[p], monitors, timeout)
-        window = common_window(watch.timelines, {0: WARMUP, 1: WARMUP}, {0: WARMUP + half, 1: WARMUP + half})
+        timeout = timeout_for(WARMUP * instances + measured)
+        owners = wait_settled(monitors, watch, topic, instances, timeout)
+        before = [ownership(monitor.log(), topic)[1] for monitor in monitors]
+        joining_revokes = sum(1 for monitor in monitors for line in monitor.log().splitlines()
+                              if "revoked " in line and "revoked nothing" not in line)
+        begun = time.monotonic()
+        ends = send_all(producer, topic, rest)
+        production = time.monotonic() - begun
+        targets = {p: WARMUP + share for p in partitions}
+        for p in partitions:
+            watch.wait_for(p, targets[p], monitors, timeout)
+        closed = max(watch.timelines[p][first_at_least(watch.timelines[p], targets[p])][0] for p in partitions)
+        deadline = time.monotonic() + timeout
+        while not all(watch.timelines[p][-1][0] >= closed or watch.timelines[p][-1][1] >= ends[p]
+                      for p in partitions):  # each partition's progress at `closed` is known
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no checkpoint after the window closed within {timeout:.0f} s")
+            for monitor in monitors:
+                monitor.check_alive()
+            time.sleep(POLL)
+        window = live_window(watch.timelines, begun, WARMUP, targets)
         window.other_cores = watch.other_cores(window)
-        logs = [monitor.log() for monitor in monitors]  # before SIGTERM: stopping revokes too
+        stack_cores = watch.stack_cores(window)
+        after_production = busy_window(watch.timelines, begun + production, window.start + window.seconds)
+        drained = [p for p in partitions if value_at(watch.timelines[p], closed) >= ends[p]]
+        after = [ownership(monitor.log(), topic)[1] for monitor in monitors]  # before SIGTERM: it revokes
         stop_all(monitors)
     finally:
         watch.stop()
         for monitor in monitors:
             monitor.close()
-    assignments = [", ".join(line.split("assigned ", 1)[1].split(":")[0] for line in log.splitlines()
-                             if "assigned " in line) or "nothing" for log in logs]
-    revokes = sum(1 for log in logs for line in log.splitlines()
-                  if "revoked " in line and "revoked nothing" not in line)
     delete_topic(stack.bootstrap, topic)
-    return PairResult(window, assignments, revokes)
+    assignments = [", ".join(f"{topic}[{p}]" for p in sorted(owned)) for owned in owners]
+    return LiveResult(instances, window, sum(len(lines) for lines in rest.values()), production, assignments,
+                      joining_revokes, sum(after) - sum(before), drained, stack_cores, after_production)
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -586,7 +732,7 @@ def mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
-def report(results: list[SingleResult], pair: PairResult, measured: int) -> None:
+def report(results: list[SingleResult], live: list[LiveResult], measured: int) -> None:
     print(f"\n### End to end, one instance, one partition ({WARMUP:,} warm-up events not timed; "
           f"~{measured:,} measured)\n")
     print("| F | events timed | seconds | service events/s | slowest–fastest checkpoint interval | naive loop (a) "
@@ -623,18 +769,42 @@ def report(results: list[SingleResult], pair: PairResult, measured: int) -> None
           + "; ".join(covered) + ".")
 
     single = next(r for r in results if r.features == SCALE_FEATURES)
-    one = single.window.rate
-    print(f"\n### Two instances, two partitions vs one (F = {SCALE_FEATURES})\n")
-    print("| instances | partitions | events timed | seconds | events/s | vs one | CPU taken by others (cores) |")
-    print("|---|---|---|---|---|---|---|")
-    print(f"| 1 | 1 | {single.window.events:,.0f} | {single.window.seconds:.2f} | {one:,.0f} | 1.00 | "
-          f"{single.window.other_cores:.2f} |")
-    print(f"| 2 | 2 | {pair.window.events:,.0f} | {pair.window.seconds:.2f} | {pair.window.rate:,.0f} | "
-          f"{pair.window.rate / one:.2f} | {pair.window.other_cores:.2f} |")
-    print(f"\nassignments: {'; '.join(f'instance {i + 1}: {a}' for i, a in enumerate(pair.assignments))}; "
-          f"revocations: {pair.revokes}")
+    one = live[0].window.rate
+    print(f"\n### Two instances, two partitions vs one (F = {SCALE_FEATURES}; live production, "
+          "timed from its start)\n")
+    print("| instances | partitions | events timed | seconds | events/s | vs one | events produced (measured + "
+          "padding) | production s | production events/s | CPU of this process (producer), broker and Redis (cores) | "
+          "CPU taken by others (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in live:
+        print(f"| {r.instances} | {r.instances} | {r.window.events:,.0f} | {r.window.seconds:.2f} | "
+              f"{r.window.rate:,.0f} | {r.window.rate / one:.2f} | {r.produced:,} | {r.production:.2f} | "
+              f"{r.produced / r.production:,.0f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} |")
+    print(f"\nThe same single instance on pre-produced data (first table): {single.window.rate:,.0f} events/s.")
+    tails = [r.after_production for r in live]
+    if all(tails):
+        print("Once production had ended (the producer no longer sharing the cores), to the same end: "
+              + "; ".join(f"{r.instances} instance(s) {t.events:,.0f} events in {t.seconds:.2f} s = {t.rate:,.0f} "
+                          f"events/s" for r, t in zip(live, tails))
+              + f" ({tails[-1].rate / tails[0].rate:.2f}× one"
+              + ("; under a second: too short to mean much" if min(t.seconds for t in tails) < 1 else "")
+              + "). The targets use the whole window.")
+    for r in live:
+        print(f"{r.instances} instance(s), when the clock started: "
+              + "; ".join(f"instance {i + 1}: {a}" for i, a in enumerate(r.assignments))
+              + f"; revocations while joining: {r.joining_revokes}; assignment changes while timed: {r.changes}")
+    for r in live:
+        if r.changes:
+            print(f"\nnote: {r.instances} instance(s): the group rebalanced while the clock ran; that rate is not "
+                  "steady state.")
+        if r.drained:
+            print(f"\nnote: {r.instances} instance(s): partition(s) {r.drained} ran out of events before the "
+                  "clock stopped; their idle time is counted.")
+        if r.production > 0.8 * r.window.seconds:
+            print(f"\nnote: {r.instances} instance(s): production took {r.production:.2f} s of the "
+                  f"{r.window.seconds:.2f} s window: the producer may have been the limit.")
 
-    busiest = max([r.window.other_cores for r in results] + [pair.window.other_cores])
+    busiest = max([r.window.other_cores for r in results] + [r.window.other_cores for r in live])
     if busiest > 0.1:
         print(f"\nnote: processes this benchmark did not start (and the hypervisor's steal) took up to {busiest:.2f} "
               f"of the {os.cpu_count()} cores on average during a timed window: rates measured then are lower than "
@@ -652,7 +822,7 @@ def report(results: list[SingleResult], pair: PairResult, measured: int) -> None
           f"{mark(ratio >= TARGET_NAIVE_RATIO)} |")
     print(f"| F=100 end to end ≥ {TARGET_F100_RATE:,} events/s | {f100.window.rate:,.0f} | "
           f"{mark(f100.window.rate >= TARGET_F100_RATE)} |")
-    scaling = pair.window.rate / one
+    scaling = live[1].window.rate / one
     print(f"| two instances ≥ {TARGET_SCALING}× one | {scaling:.2f}× | {mark(scaling >= TARGET_SCALING)} |")
     worst = max(checkpoint.values())
     print(f"| checkpoint stage ≤ {TARGET_CHECKPOINT_SHARE:.0%} of the time | "
@@ -690,10 +860,13 @@ def main() -> int:
             results.append(run_single(stack, features, lines, measured))
             print(f"F={features}: {results[-1].window.rate:,.0f} events/s end to end "
                   f"({time.monotonic() - begun:.0f} s for this case)", flush=True)
-        begun = time.monotonic()
-        pair = run_pair(stack, measured)
-        print(f"two instances: {pair.window.rate:,.0f} events/s ({time.monotonic() - begun:.0f} s)", flush=True)
-        report(results, pair, measured)
+        live = []
+        for instances in (1, 2):
+            begun = time.monotonic()
+            live.append(run_live(stack, instances, measured))
+            print(f"{instances} instance(s), live production: {live[-1].window.rate:,.0f} events/s "
+                  f"({time.monotonic() - begun:.0f} s for this case)", flush=True)
+        report(results, live, measured)
     finally:
         for process in reversed(started):
             process.stop()
