@@ -9,6 +9,8 @@ DeadLetter(reason='not_object', error='expected a JSON object, got array')
 
 from __future__ import annotations
 
+from array import array
+
 from datetime import datetime, timezone
 from typing import Any, Collection
 
@@ -68,7 +70,8 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     if len(features) > max_features:
         raise _Invalid("too_many_features", f"{len(features)} features, over the limit of {max_features} "
                                             "(service.max_features_per_event)")
-    if not _SCALAR_TYPES.issuperset(map(type, features.values())):  # one C-level pass; the loop names it
+    kinds = set(map(type, features.values()))  # one C-level pass
+    if not kinds <= _SCALAR_TYPES:  # the loop only names the culprit
         for name, value in features.items():
             if isinstance(value, (dict, list)):
                 raise _Invalid("wrong_type", f"feature {name!r} must be a number, string, boolean or null, "
@@ -77,11 +80,15 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     latency = doc.get("latency_ms")
     if latency is not None and (not _is_number(latency) or latency < 0):
         raise _Invalid("wrong_type", f"latency_ms must be a number >= 0, got {latency!r}")
+    numbers = layout = None
+    if kinds <= _NUMBER_TYPES and features:
+        numbers, layout = array("d", features.values()), tuple(features)
     return InferenceEvent(event_id, model_id, timestamp_ms, features, score, predicted_label,
-                          None if latency is None else float(latency))
+                          None if latency is None else float(latency), numbers, layout)
 
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})  # what orjson gives for JSON scalars
+_NUMBER_TYPES = frozenset({int, float})  # bool is its own type here: not a number
 
 
 def _required_string(doc: dict[str, Any], key: str) -> str:

@@ -25,6 +25,22 @@ class InferenceEvent(NamedTuple):
     score: float | None = None
     predicted_label: str | None = None
     latency_ms: float | None = None
+    # When every feature is a number: their values as float64 in the document's key order, and that order
+    # (read by the codec while the parsed values are in cache; the engine stacks them without touching
+    # a Python object per value). Not part of the event's meaning: snapshots leave it out.
+    numbers: Any = None
+    layout: tuple[str, ...] | None = None
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, InferenceEvent):
+            return self[:7] == other[:7]  # the event, not the codec's numeric copy of its features
+        return NotImplemented
+
+    def __ne__(self, other: object) -> bool:
+        equal = self.__eq__(other)
+        return equal if equal is NotImplemented else not equal
+
+    __hash__ = None  # features are a dict
 
 
 class LabelEvent(NamedTuple):

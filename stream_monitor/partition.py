@@ -511,7 +511,7 @@ class ModelMonitor:
         positions = [p for p, _, _ in pending]
         offsets = [o for _, o, _ in pending]
         times = [e.timestamp_ms for _, _, e in pending]
-        features = _feature_matrix([e.features for _, _, e in pending],
+        features = _feature_matrix([e for _, _, e in pending],
                                    [c.name for c in self.columns if c.signal == "feature"])
         feature = 0
         for rank, column in enumerate(self.columns):
@@ -588,21 +588,21 @@ class ModelMonitor:
                 "detectors": [row for c in columns for row in c.summary()] + performance_rows}
 
 
-def _feature_matrix(features: list[Mapping[str, Any]], names: list[str]) -> np.ndarray | None:
+def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarray | None:
     """The features as one float64 row per name, when every event has every one as a number (the
     common case, converted in bulk); else ``None`` and each column reads its values itself."""
-    if not names or not features:
+    if not names or not events:
         return None
-    layout = list(features[0])
-    if all(list(f) == layout for f in features):  # the model server's one key order: take values as they are
-        rows = [list(f.values()) for f in features]
+    layout = events[0].layout
+    if layout is not None and all(e.layout == layout for e in events):  # the producer's one key order
         where = {name: i for i, name in enumerate(layout)}
         picks = [where.get(name) for name in names]
-        if None not in picks and set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES:
-            return np.ascontiguousarray(np.array(rows, dtype=np.float64).T[picks])
+        if None not in picks:
+            stacked = np.frombuffer(b"".join([e.numbers for e in events]), dtype=np.float64)
+            return np.ascontiguousarray(stacked.reshape(len(events), len(layout)).T[picks])
     getter = itemgetter(*names)
     try:
-        rows = [getter(f) for f in features]
+        rows = [getter(e.features) for e in events]
     except KeyError:
         return None
     if len(names) == 1:

@@ -273,3 +273,16 @@ def test_decoded_event_time_is_always_formattable(timestamp):
         assert out.reason == "wrong_type"
     else:
         format_time(out.timestamp_ms)
+
+
+def test_all_numeric_features_come_with_a_float64_copy_in_key_order():
+    """The engine stacks these copies instead of reading a Python object per value; anything that is
+    not a number (a bool, a string, a null) means no copy, and the columns read the dict."""
+    event = decode(RawMessage("t", 0, 0, b'{"event_id": "e", "model_id": "fraud", '
+                                          b'"features": {"b": 2, "a": 0.5}}'), {"fraud"})
+    assert list(event.numbers) == [2.0, 0.5] and event.layout == ("b", "a")
+    for odd in (b"true", b'"x"', b"null"):
+        event = decode(RawMessage("t", 0, 0, b'{"event_id": "e", "model_id": "fraud", "features": {"b": 2, '
+                                              b'"a": ' + odd + b"}}"), {"fraud"})
+        assert event.numbers is None and event.layout is None
+    assert event == event._replace(numbers=[1.0])  # the copy is not part of the event's meaning
