@@ -1,7 +1,8 @@
 """One partition's processing: decoded events → detector updates → alerts.
 
 Pure: no Kafka, no Redis. ``run`` and ``replay`` both drive this class, which
-is why they raise the same alerts for the same events. All state lives here
+is why they raise the same alerts for the same events; how a stream is cut
+into batches changes nothing (tests/test_partition.py). All state lives here
 and round-trips through ``snapshot()`` / ``restore()``.
 """
 
@@ -52,8 +53,10 @@ class ColumnMonitor:
 
     Per value, in this order: data-quality counts, PSI and KS windows, then
     ADWIN on the value's reference rank and Page-Hinkley on its normal score.
-    Every threshold not set in the config comes from the false-alarm budget
-    (:mod:`stream_monitor.calibration`).
+    :meth:`update_batch` does exactly that for a batch of values, one detector
+    kind at a time (which is why it is fast), and returns the alerts in the
+    per-value order. Every threshold not set in the config comes from the
+    false-alarm budget (:mod:`stream_monitor.calibration`).
     """
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference):
