@@ -52,8 +52,12 @@ class _Invalid(Exception):
 
 def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None,
            max_features: int = 1_000):
-    event_id = _required_string(doc, "event_id")
-    model_id = _required_string(doc, "model_id")
+    event_id = doc.get("event_id")
+    if event_id.__class__ is not str or not event_id:  # the common case costs one lookup and one check
+        event_id = _required_string(doc, "event_id")
+    model_id = doc.get("model_id")
+    if model_id.__class__ is not str or not model_id:
+        model_id = _required_string(doc, "model_id")
     if model_id not in known_models:
         raise _Invalid("unknown_model", f"model_id {model_id!r} is not configured (known: {sorted(known_models)})")
     timestamp_ms = _timestamp(doc.get("timestamp"), kafka_timestamp_ms)
@@ -103,6 +107,10 @@ def _required_string(doc: dict[str, Any], key: str) -> str:
 
 
 def _prediction(prediction: Any) -> tuple[float | None, str | None]:
+    if prediction.__class__ is dict and len(prediction) == 1:  # the common {"score": <float>}
+        score = prediction.get("score")
+        if score.__class__ is float:
+            return score, None
     if prediction is None:
         return None, None
     if _is_number(prediction):
