@@ -6,7 +6,6 @@ import argparse
 import base64
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -90,6 +89,8 @@ def _config(args: argparse.Namespace) -> Config:
 def _run(args: argparse.Namespace) -> int:
     # A stop asked for while the heavy modules load or Redis is reached is remembered, not fatal:
     # the service then starts, persists nothing new and leaves cleanly (exit 0).
+    import signal  # noqa: PLC0415 - here: other commands name loop variables `signal`
+
     early_stops: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: early_stops.append(received))

@@ -85,14 +85,14 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     if latency is not None and (not _is_number(latency) or latency < 0):
         raise _Invalid("wrong_type", f"latency_ms must be a number >= 0, got {latency!r}")
     numbers = layout = None
-    if kinds <= _NUMBER_TYPES and features:
+    if kinds <= NUMBER_TYPES and features:
         numbers, layout = array("d", features.values()), tuple(features)
     return InferenceEvent(event_id, model_id, timestamp_ms, features, score, predicted_label,
                           None if latency is None else float(latency), numbers, layout)
 
 
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})  # what orjson gives for JSON scalars
-_NUMBER_TYPES = frozenset({int, float})  # bool is its own type here: not a number
+NUMBER_TYPES = frozenset({int, float})  # bool is its own type here: not a number
 
 
 def _required_string(doc: dict[str, Any], key: str) -> str:

@@ -22,18 +22,17 @@ from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
-from .detectors.transform import RankTransform, normal_score
 from .errors import ReferenceProfileError, StateError
+from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
 from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
-    build_labels_reference, build_reference, is_number
+    build_labels_reference, build_reference
 
 STATE_FORMAT = 3  # 3: compiled detectors' arrays instead of river pickles
 _INFINITIES = (math.inf, -math.inf)
-_NUMBER_TYPES = frozenset({float, int})
 _FINE = -1
 _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
     "missing", "type_mismatch", "non_finite", "out_of_range", "unseen_category"))
@@ -98,13 +97,11 @@ class ColumnMonitor:
         self.detectors["psi"] = _Detector("psi", psi_warning, max(det.psi.critical, psi_warning))
         self.episodes["psi"] = episode()
 
-        self.transform: RankTransform | None = None
         self.ks: KsWindow | None = None
         self.adwin: AdwinDetector | None = None
         self.page_hinkley: PageHinkleyDetector | None = None
         self.p95: WindowPercentile | None = None
         if numeric:
-            self.transform = RankTransform(reference.grid, reference_events)
             if det.ks.enabled:
                 self.ks = KsWindow(reference.ks_grid, reference.ks_cdf, window)
                 ks_limit = det.ks.threshold or ks_threshold(budget, window, reference_events)
@@ -129,7 +126,7 @@ class ColumnMonitor:
                 self.detectors["p95_ceiling"] = _Detector("p95_ceiling", ceiling, ceiling)
                 self.episodes["p95_ceiling"] = episode()
         self.last_statistic: dict[str, float] = {}
-        if numeric:
+        if numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
             self._edges = np.asarray(reference.edges, dtype=np.float64)
             self._ks_grid = np.asarray(reference.ks_grid, dtype=np.float64)
             self._grid = np.asarray(reference.grid, dtype=np.float64)
@@ -501,8 +498,7 @@ class ModelMonitor:
     def process(self, event: InferenceEvent, offset: int, partition: int,
                 join: JoinResult | None = None) -> list[Alert]:
         """One inference event (:meth:`process_batch` of one)."""
-        return [alert for *_, alert in sorted(self.process_batch([(0, offset, event, join)], partition),
-                                              key=lambda t: t[:3])]
+        return _in_event_order(self.process_batch([(0, offset, event, join)], partition))
 
     def process_label(self, event: LabelEvent, offset: int, partition: int,
                       join: JoinResult | None = None) -> list[Alert]:
@@ -591,6 +587,11 @@ class ModelMonitor:
                 "detectors": [row for c in columns for row in c.summary()] + performance_rows}
 
 
+def _in_event_order(tagged: list[tuple[int, int, int, Alert]]) -> list[Alert]:
+    """Alerts tagged (position, column, order) → in the order one event at a time would raise them."""
+    return [alert for *_, alert in sorted(tagged, key=lambda t: t[:3])]
+
+
 def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarray | None:
     """The features as one float64 row per name, when every event has every one as a number (the
     common case, converted in bulk); else ``None`` and each column reads its values itself."""
@@ -659,8 +660,7 @@ class PartitionMonitor:
             tagged.extend(monitors[model_id].process_batch(model_items, self.partition))
         for offset, _, _ in items:
             self._advance(offset)
-        tagged.sort(key=lambda t: t[:3])
-        return [alert for _, _, _, alert in tagged]
+        return _in_event_order(tagged)
 
     def skip(self, offset: int) -> None:
         """A message at ``offset`` was dead-lettered: count it and move past it."""

@@ -24,6 +24,7 @@ from stream_monitor.events import Alert, InferenceEvent, LabelEvent, RawMessage
 from stream_monitor.errors import ReferenceProfileError
 from stream_monitor.partition import ColumnMonitor, ModelMonitor, PartitionMonitor
 from stream_monitor.reference import CategoricalReference, NumericReference, ReferenceProfile, build_reference
+from stream_monitor.detectors.transform import RankTransform
 from stream_monitor.state import ReferenceStore, decode_state, encode_state
 from stream_monitor.synthetic import generate
 
@@ -178,9 +179,10 @@ def test_a_raw_page_hinkley_threshold_is_used_as_given():
     alerts = feed(col, values)
     firing = [a.offset for a in alerts if a.detector == "page_hinkley" and a.status == "firing"]
     river_ph = drift.PageHinkley(min_instances=30, delta=0.25, threshold=5.0, alpha=1.0, mode="both")
+    transform = RankTransform(col.reference.grid, col.reference.events)
     expected = []
     for offset, value in enumerate(values):
-        river_ph.update(col.transform.normal_score(value))
+        river_ph.update(transform.normal_score(value))
         if river_ph.drift_detected:
             expected.append(offset)
     assert firing == expected

@@ -37,12 +37,8 @@ class QualityWindow:
         closed = self._window.add([self.checks.index(p) for p in problems])
         return None if closed is None else self._rates(closed)
 
-    def add_one(self, problem: str | None) -> dict[str, float] | None:
-        """:meth:`add` for at most one problem per event (the service's case)."""
-        return self.add(() if problem is None else (problem,))
-
     def add_many(self, codes: np.ndarray) -> list[tuple[int, dict[str, float]]]:
-        """:meth:`add_one` for a batch of problem codes (int64: an index into :data:`CHECKS`, −1 for
+        """:meth:`add` for a batch of events with at most one problem each, as problem codes (int64: an index into :data:`CHECKS`, −1 for
         none); per window closed: its position in the batch and the rates."""
         closed = self._window.add_many(self._cell_of_code[codes])
         return [(position, self._rates(counts)) for position, counts in closed]
