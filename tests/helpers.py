@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -15,6 +11,7 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from stream_monitor.localstack import MonitorProcess
 from stream_monitor.state import StateStore, connect
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -59,44 +56,6 @@ def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str
                                                            for k, v in model["detectors"].items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-class MonitorProcess:
-    """A `stream-monitor run` subprocess, stopped by its own pid."""
-
-    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None):
-        self.log_path = log_path
-        self._log = open(log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "stream_monitor", "run", "-c", str(config)],
-                                        stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env={**os.environ, **(env or {})})
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        """SIGTERM and the exit code. Waits for the first log line first: `run` writes it once its
-        handler is installed, and a signal before that (interpreter start-up) takes the default action."""
-        deadline = time.monotonic() + 15
-        while self.process.poll() is None and not self.log().strip() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-        return self.process.wait(timeout)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self._log.close()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[int | None, bytes | None, bytes | None, list | None]],

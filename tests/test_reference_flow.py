@@ -12,7 +12,7 @@ import orjson
 from stream_monitor.localstack import create_topics
 from stream_monitor.synthetic import generate
 
-from .helpers import MonitorProcess, produce, stored_offset, unique, wait_for_offsets
+from .helpers import produce, stored_offset, unique, wait_for_offsets
 from .test_service import Run
 
 STORED = {"reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 import redis
 
 from stream_monitor.config import parse_config
@@ -44,39 +45,42 @@ def test_references_are_stored_once_beside_a_small_state(redis_server):
                                                                                              snapshot)
 
 
-def test_a_reference_removed_behind_the_stores_back_is_sent_again(redis_server):
+@pytest.fixture
+def saved(redis_server) -> tuple[redis.Redis, StateStore, PartitionMonitor]:
+    """A warmed-up partition whose state (and reference) has been saved once."""
     client = connect(redis_server.address)
     store = StateStore(client, unique("ns"), "g")
     monitor = warmed_monitor()
-    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
-    key = store.key("t", 0)
-    [reference] = [f for f in client.hkeys(key) if f.startswith(b"ref:")]
-    client.hdel(key, reference)  # e.g. a hand-edited key; the store believes it is there
     assert store.save("t", 0, monitor.next_offset, monitor.snapshot(), {}) == SAVED
-    assert client.hexists(key, reference)
+    return client, store, monitor
+
+
+def reference_fields(client: redis.Redis, store: StateStore) -> set[bytes]:
+    return {f for f in client.hkeys(store.key("t", 0)) if f.startswith(b"ref:")}
+
+
+def test_a_reference_removed_behind_the_stores_back_is_sent_again(saved):
+    client, store, monitor = saved
+    [reference] = reference_fields(client, store)
+    client.hdel(store.key("t", 0), reference)  # e.g. a hand-edited key; the store believes it is there
+    assert store.save("t", 0, monitor.next_offset, monitor.snapshot(), {}) == SAVED
+    assert client.hexists(store.key("t", 0), reference)
     assert store.load("t", 0)[1] == monitor.snapshot()
 
 
-def test_redis_losing_its_data_is_reported_and_the_references_are_written_back(redis_server):
-    client = connect(redis_server.address)
-    store = StateStore(client, unique("ns"), "g")
-    monitor = warmed_monitor()
-    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
+def test_redis_losing_its_data_is_reported_and_the_references_are_written_back(saved):
+    client, store, monitor = saved
     client.delete(store.key("t", 0))
     assert store.save("t", 0, monitor.next_offset, monitor.snapshot(), {}, existed=True) == LOST
     assert store.load("t", 0)[1] == monitor.snapshot()
 
 
-def test_a_new_reference_replaces_the_old_field(redis_server):
-    client = connect(redis_server.address)
-    store = StateStore(client, unique("ns"), "g")
-    monitor = warmed_monitor()
-    store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
-    key = store.key("t", 0)
-    before = {f for f in client.hkeys(key) if f.startswith(b"ref:")}
+def test_a_new_reference_replaces_the_old_field(saved):
+    client, store, monitor = saved
+    before = reference_fields(client, store)
     model = monitor.models["fraud"]
     model.use_reference(replace(model.reference, version=model.reference.version + 1, source="stored"))
     store.save("t", 0, monitor.next_offset, monitor.snapshot(), {})
-    after = {f for f in client.hkeys(key) if f.startswith(b"ref:")}
+    after = reference_fields(client, store)
     assert len(after) == 1 and after != before
     assert store.load("t", 0)[1] == monitor.snapshot()
