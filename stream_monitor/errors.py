@@ -28,3 +28,11 @@ class PublishError(StreamMonitorError):
 
 class ServiceError(StreamMonitorError):
     """A local service (broker, Redis) could not be started or reached."""
+
+
+class StopRequested(StreamMonitorError):
+    """A stop (SIGTERM/SIGINT) arrived while a wait for Redis or the broker was under way.
+
+    The wait ends at once; the checkpoint in hand is abandoned, so Redis keeps the last consistent
+    state and offset, and the events since then are processed again by the next owner (same alert ids).
+    """
