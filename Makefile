@@ -8,7 +8,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-unit test-integration bench clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -26,6 +26,13 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# The unit tier: no broker, no Redis, no `run` process (about a minute on 2 cores).
+test-unit: setup
+	$(PY) -m pytest -m "not integration"
+
+test-integration: setup
+	$(PY) -m pytest -m integration
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -40,3 +40,14 @@ def compiled_kernels():
     from stream_monitor.detectors.kernels import warm_up
 
     warm_up()
+
+
+INTEGRATION_FIXTURES = {"broker", "redis_server", "monitors"}
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that need a real broker, Redis or `run` process are the integration tier (`-m integration`);
+    the rest is the unit tier that `make test-unit` runs."""
+    for item in items:
+        if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
