@@ -166,9 +166,9 @@ class Publisher:
                                        on_delivery=on_delivery)
                 return
             except BufferError:  # local queue full: wait for deliveries (backpressure, never drop)
-                self._check_stop()
                 if not self._serve(0.1):
                     return  # the producer was replaced, and ``out`` sent again through the new one
+                self._check_stop()
             except KafkaException as exc:  # refused before it left: too large, invalid…
                 err = exc.args[0]
                 if err.fatal() or err.code() == KafkaError._FATAL:
@@ -235,7 +235,6 @@ class Publisher:
         deadline = started + timeout
         next_log = started + 5.0
         while True:
-            self._check_stop()
             self._serve(max(0.0, min(STOP_CHECK_SECONDS, deadline - time.monotonic())), flush=True)
             failed, self._failed = self._failed, []
             fatal = None
@@ -257,6 +256,7 @@ class Publisher:
                 self._replace_producer()
             if not self._pending and not self._failed:
                 return
+            self._check_stop()  # only once there is something to wait for: the final checkpoint still delivers
             now = time.monotonic()
             if now >= deadline:
                 raise PublishError(f"{len(self._pending)} alerts/dead letters still undelivered after {timeout:.0f} s")

@@ -277,3 +277,136 @@ def test_backpressure_wait_ends_with_stop_requested(paused_broker):
     ended = time.monotonic()
     timer.join()
     assert ended - flag[0] < 1.0
+
+
+# --- through the service: `stream-monitor run`, real broker and Redis --------------------------------------
+
+STABLE = {"reference": {"events": 300}, "detectors": {"psi": {"window": 300}}}
+SHOP = {"reference": {"events": 200}, "features": {"color": "categorical"}, "detectors": {"psi": {"window": 200}}}
+HUGE_COLORS = [chr(65 + i) * 50 * KB for i in range(20)]  # top categories of 50 KB each
+
+
+def feed(bootstrap: str, topic: str, records: list) -> dict[int, int]:
+    """Like helpers.produce, with room for the 1 MB test messages (the local broker has no size limit)."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
+                         "message.max.bytes": 4_000_000})
+    ends, errors = {}, []
+
+    def done(err, msg):
+        if err is not None:
+            errors.append(str(err))
+        else:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    for key, value, headers in records:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, headers=headers, partition=0, on_delivery=done)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    assert producer.flush(60) == 0 and not errors, errors
+    return ends
+
+
+def shop_events(count: int, drifted: bool) -> list[bytes]:
+    return [orjson.dumps({"event_id": f"s{drifted}-{i}", "model_id": "shop",
+                          "features": {"color": HUGE_COLORS[0 if drifted else i % 20]}}) for i in range(count)]
+
+
+def message_bytes(message) -> int:
+    return len(message.key() or b"") + len(message.value()) + sum(len(k) + len(v or b"")
+                                                                 for k, v in (message.headers() or []))
+
+
+def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(broker, redis_server, tmp_path, monitors):
+    """The crash loop of the issue: a 900 KB key, 2,000 headers, a 1 MB model_id, a 1 MB feature name and a
+    PSI alert over 50 KB categories. Each dead letter and alert fits librdkafka's default message size
+    and says what was cut; the good events after them are processed (stored offset at the end)."""
+    from stream_monitor.synthetic import generate
+
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    good = lines(generate("stable", 1200, seed=5))
+    cases = poison()
+    cases["headers"] = cases["headers"]._replace(headers=tuple((f"h{i}", b"v" * 400) for i in range(2000)))
+    records = [(b"stable", v, None) for v in good[:400]]
+    records += [(raw.key, raw.value, list(raw.headers) or None) for raw in cases.values()]
+    records += [(b"shop", v, None) for v in shop_events(200, False) + shop_events(250, True)]
+    records += [(b"stable", v, None) for v in good[400:]]
+    ends = feed(broker.address, topic, records)
+    run = Run(broker, redis_server, tmp_path, topic, 1, "poison", models={"stable": STABLE, "shop": SHOP})
+    process = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[process], timeout=180)
+    assert process.process.poll() is None, "the service is still running"
+    assert process.terminate() == 0
+    log = process.log()
+    assert "could not be produced" not in log and "Traceback" not in log
+
+    letters = run.dead_letters()
+    assert [orjson.loads(m.value())["offset"] for m in letters] == [400, 401, 402, 403]
+    for message in letters:
+        assert message_bytes(message) <= LIMIT
+        DEAD_LETTER_SCHEMA.validate(orjson.loads(message.value()))
+    key, headers, model_id, feature = (orjson.loads(m.value()) for m in letters)
+    assert key["key_truncated"] and key["key_bytes"] == 900_000 and letters[0].key() == b"k" * 1024
+    assert headers["headers_truncated"] and headers["headers_count"] == 2000 and len(letters[1].headers()) <= 64
+    assert model_id["reason"] == "unknown_model" and model_id["value_truncated"]
+    assert feature["reason"] == "wrong_type" and feature["value_truncated"]
+    assert all(len(letter["error"]) < 1_000 for letter in (model_id, feature))
+
+    shop = [(m, orjson.loads(m.value())) for m in read_topic(broker.address, run.alert_topic, 1)]
+    psi = [a for _, a in shop if a["model_id"] == "shop" and a["detector"] == "psi" and a["status"] == "firing"]
+    assert psi, "the drift of shop.color raised a PSI alert"
+    assert "reference.categories" in psi[0]["truncated"]["fields"]
+    for message, alert_doc in shop:
+        assert message_bytes(message) <= LIMIT
+        ALERT_SCHEMA.validate(alert_doc)
+    (next_offset, _), = run.states().values()
+    assert next_offset == ends[0]
+
+
+def test_broker_restart_the_producer_is_replaced_and_dead_letters_flow_again(redis_server, tmp_path, monitors):
+    """A memory-only broker killed and restarted on the same port: the idempotent producer would never
+    deliver again (the service exited with PublishError). Now it is replaced; the dead letters of the
+    input fed after the restart reach the new broker and the process stays up."""
+    port = free_port()
+    own = start_broker(str(tmp_path), port=port)
+    try:
+        topic = unique("inference")
+        create_topics(own.address, {topic: 1})
+        run = Run(own, redis_server, tmp_path, topic, 1, "restart", models={"stable": STABLE},
+                  service={"producer_stall_seconds": 3.0, "broker_outage_seconds": 60.0})
+        from stream_monitor.synthetic import generate
+
+        good = lines(generate("stable", 2000, seed=6))
+        before = [(b"stable", v, None) for v in good[:400]] + [(b"k", b"junk-before", None)] * 3
+        ends = feed(own.address, topic, before)
+        process = run.start(monitors)
+        wait_for_offsets(run.store, topic, ends, processes=[process])
+        assert len(run.dead_letters()) == 3
+
+        own.process.kill()
+        own.process.wait(10)
+        own = start_broker(str(tmp_path), port=port)  # empty: every topic is gone
+        create_topics(own.address, {topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
+        stored = stored_offset(run.store, topic, 0)
+        after = [(b"stable", v, None) for v in good[400:400 + stored]] + [(b"k", b"junk-after", None)] * 3
+        after += [(b"stable", v, None) for v in good[1000:1300]]
+        ends = feed(own.address, topic, after)  # offsets from `stored` on are new to the service
+        wait_for_offsets(run.store, topic, ends, processes=[process], timeout=120)
+        deadline = time.monotonic() + 60
+        letters = []
+        while time.monotonic() < deadline and len(letters) < 3:
+            letters = [orjson.loads(m.value()) for m in read_topic(own.address, run.dead_letter_topic, 1, idle=1.0)]
+        assert [base64.b64decode(letter["value"]) for letter in letters] == [b"junk-after"] * 3
+        assert [letter["offset"] for letter in letters] == [stored, stored + 1, stored + 2]
+        assert process.process.poll() is None, "the service is still running"
+        assert process.terminate() == 0
+        assert "PublishError" not in process.log()
+    finally:
+        for p in monitors:
+            p.close()
+        own.stop()
