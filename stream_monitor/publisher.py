@@ -301,7 +301,21 @@ class Publisher:
             self._send(out)
 
     def close(self, timeout: float = 5.0) -> None:
-        self._producer.flush(timeout)
+        """Deliver what is left for up to ``timeout``; less once a stop is requested (what was not
+        confirmed was not saved either: the next owner processes those events again)."""
+        deadline = time.monotonic() + timeout
+        while self._pending and time.monotonic() < deadline:
+            if not self._serve(min(STOP_CHECK_SECONDS, max(0.0, deadline - time.monotonic())), flush=True):
+                continue
+            if self.stop_requested():
+                break
+        if self._pending:
+            log.warning("closing with %d alerts/dead letters unacknowledged; their events were not saved as "
+                        "processed and will be processed again", len(self._pending))
+            try:
+                self._producer.purge()
+            except (KafkaException, RuntimeError, SystemError):
+                pass
 
 
 def _b64(data: bytes) -> str:
