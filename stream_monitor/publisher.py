@@ -95,8 +95,7 @@ class Publisher:
         value = orjson.dumps(record)
         if "truncated" in record:
             self._count_truncated(self.alert_topic)
-        what = f"alert {alert.alert_id} ({alert.model_id}/{alert.signal}/{alert.name}/{alert.detector} {alert.status})"
-        self._send(_Out(self.alert_topic, key, value, None, what,
+        self._send(_Out(self.alert_topic, key, value, None, _describe(alert),
                         lambda reason: self._alert_letter(alert, value, reason)))
         return record
 
@@ -111,10 +110,9 @@ class Publisher:
 
     def _alert_letter(self, alert: Alert, value: bytes, reason: str) -> _Out:
         """The dead letter of an alert the broker refused: which alert, why, and its JSON's head."""
-        error = (f"alert {alert.alert_id} ({alert.model_id}/{alert.signal}/{alert.name}/{alert.detector} "
-                 f"{alert.status}) could not be produced to {self.alert_topic}: {reason}")
-        head = RawMessage(self.alert_topic, max(alert.partition, 0), max(alert.offset, 0),
-                          value[:ALERT_LETTER_VALUE_BYTES])
+        error = f"{_describe(alert)} could not be produced to {self.alert_topic}: {reason}"
+        where = [n if isinstance(n, int) and n >= 0 else 0 for n in (alert.partition, alert.offset)]  # merged: null
+        head = RawMessage(self.alert_topic, where[0], where[1], value[:ALERT_LETTER_VALUE_BYTES])
         record, _, body, _ = dead_letter_message(head, DeadLetter("undeliverable_alert", error),
                                                  int(time.time() * 1000), self.max_record_bytes)
         record["alert_id"] = alert.alert_id
@@ -316,6 +314,12 @@ class Publisher:
                 self._producer.purge()
             except (KafkaException, RuntimeError, SystemError):
                 pass
+
+
+def _describe(alert: Alert) -> str:
+    """Which alert, in a few hundred characters whatever its names."""
+    names = "/".join(part[:100] for part in (alert.model_id, alert.signal, alert.name, alert.detector))
+    return f"alert {alert.alert_id} ({names} {alert.status})"
 
 
 def _b64(data: bytes) -> str:

@@ -323,10 +323,13 @@ def message_bytes(message) -> int:
                                                                  for k, v in (message.headers() or []))
 
 
-def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(broker, redis_server, tmp_path, monitors):
+@pytest.mark.parametrize("producer_limit", [None, 300_000], ids=["librdkafka-default", "message.max.bytes=300000"])
+def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(producer_limit, broker, redis_server, tmp_path,
+                                                                     monitors):
     """The crash loop of the issue: a 900 KB key, 2,000 headers, a 1 MB model_id, a 1 MB feature name and a
-    PSI alert over 50 KB categories. Each dead letter and alert fits librdkafka's default message size
-    and says what was cut; the good events after them are processed (stored offset at the end)."""
+    PSI alert over 50 KB categories. Each dead letter and alert fits the producer's message size
+    (librdkafka's default, or a smaller ``message.max.bytes`` in [kafka.producer]) and says what was
+    cut; the good events after them are processed (stored offset at the end)."""
     from stream_monitor.synthetic import generate
 
     topic = unique("inference")
@@ -340,6 +343,11 @@ def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(broker, redi
     records += [(b"stable", v, None) for v in good[400:]]
     ends = feed(broker.address, topic, records)
     run = Run(broker, redis_server, tmp_path, topic, 1, "poison", models={"stable": STABLE, "shop": SHOP})
+    limit = LIMIT
+    if producer_limit is not None:
+        with run.config.open("a") as config:
+            config.write(f'\n[kafka.producer]\n"message.max.bytes" = {producer_limit}\n')
+        limit = producer_limit - producer_limit // 8
     process = run.start(monitors)
     wait_for_offsets(run.store, topic, ends, processes=[process], timeout=180)
     assert process.process.poll() is None, "the service is still running"
@@ -350,7 +358,7 @@ def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(broker, redi
     letters = run.dead_letters()
     assert [orjson.loads(m.value())["offset"] for m in letters] == [400, 401, 402, 403]
     for message in letters:
-        assert message_bytes(message) <= LIMIT
+        assert message_bytes(message) <= limit
         DEAD_LETTER_SCHEMA.validate(orjson.loads(message.value()))
     key, headers, model_id, feature = (orjson.loads(m.value()) for m in letters)
     assert key["key_truncated"] and key["key_bytes"] == 900_000 and letters[0].key() == b"k" * 1024
@@ -364,7 +372,7 @@ def test_poison_messages_and_huge_alerts_fit_and_monitoring_goes_on(broker, redi
     assert psi, "the drift of shop.color raised a PSI alert"
     assert "reference.categories" in psi[0]["truncated"]["fields"]
     for message, alert_doc in shop:
-        assert message_bytes(message) <= LIMIT
+        assert message_bytes(message) <= limit
         ALERT_SCHEMA.validate(alert_doc)
     (next_offset, _), = run.states().values()
     assert next_offset == ends[0]
