@@ -100,7 +100,7 @@ class Alert:
                 self.model_id, self.signal, self.name, self.detector, self.partition, self.offset, self.status))
 
     def to_dict(self, detected_at_ms: int, max_bytes: int | None = None) -> dict[str, Any]:
-        """The alert JSON (CONTRACT §3), bounded by construction.
+        """The alert JSON (schemas/alert.json), bounded by construction.
 
         A string longer than :data:`ALERT_MAX_CHARS` (in ``model_id``, ``name``, ``message``,
         ``reference``, ``current``) keeps its head and ends with a marker giving its length and
@@ -211,7 +211,7 @@ LETTER_SHARE_HEADERS = 64 * 1_024  # headers are cut when they take more than th
 
 def dead_letter_record(message: RawMessage, letter: DeadLetter, received_at_ms: int,
                        max_bytes: int | None = None) -> dict[str, Any]:
-    """The dead-letter JSON (CONTRACT §4): reason, error, where it came from, the original bytes.
+    """The dead-letter JSON (schemas/dead_letter.json): reason, error, where it came from, the original bytes.
 
     With ``max_bytes``, the record is cut to fit (see :func:`dead_letter_message`)."""
     return dead_letter_message(message, letter, received_at_ms, max_bytes)[0]
