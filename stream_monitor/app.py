@@ -54,9 +54,10 @@ class Service:
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
-        self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic,
-                                   config.kafka.dead_letter_topic,
-                                   outage_seconds=config.service.broker_outage_seconds)
+        self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic, config.kafka.dead_letter_topic,
+                                   outage_seconds=config.service.broker_outage_seconds,
+                                   stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
+                                   stop_requested=lambda: self.stopping)
         self.consumer: Consumer | None = None
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()

@@ -59,7 +59,7 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     if model_id.__class__ is not str or not model_id:
         model_id = _required_string(doc, "model_id")
     if model_id not in known_models:
-        raise _Invalid("unknown_model", f"model_id {model_id!r} is not configured (known: {sorted(known_models)})")
+        raise _Invalid("unknown_model", f"model_id {_quote(model_id)} is not configured (known: {_names(known_models)})")
     timestamp_ms = _timestamp(doc.get("timestamp"), kafka_timestamp_ms)
     if "features" not in doc and "label" in doc:
         label = doc["label"]
@@ -78,12 +78,12 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
     if not kinds <= _SCALAR_TYPES:  # the loop only names the culprit
         for name, value in features.items():
             if isinstance(value, (dict, list)):
-                raise _Invalid("wrong_type", f"feature {name!r} must be a number, string, boolean or null, "
+                raise _Invalid("wrong_type", f"feature {_quote(name)} must be a number, string, boolean or null, "
                                              f"got {_type_name(value)}")
     score, predicted_label = _prediction(doc.get("prediction"))
     latency = doc.get("latency_ms")
     if latency is not None and (not _is_number(latency) or latency < 0):
-        raise _Invalid("wrong_type", f"latency_ms must be a number >= 0, got {latency!r}")
+        raise _Invalid("wrong_type", f"latency_ms must be a number >= 0, got {_quote(latency)}")
     numbers = layout = None
     if kinds <= NUMBER_TYPES and features:
         numbers, layout = array("d", features.values()), tuple(features)
@@ -168,6 +168,26 @@ def category(value: Any) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+QUOTE_CHARS = 200  # an error text quotes at most this many characters of a bad value or name
+QUOTE_NAMES = 10  # … and lists at most this many configured names
+
+
+def _quote(value: Any) -> str:
+    """``repr(value)``, its head only when long: an error text stays small whatever the input.
+
+    >>> _quote("x" * 1_000_000)[-30:]
+    'x… (1000002 characters in all)'
+    """
+    text = repr(value)
+    return text if len(text) <= QUOTE_CHARS else f"{text[:QUOTE_CHARS]}… ({len(text)} characters in all)"
+
+
+def _names(names: Collection[str]) -> str:
+    ordered = sorted(names)
+    shown = ", ".join(_quote(n) for n in ordered[:QUOTE_NAMES])
+    return f"[{shown}]" if len(ordered) <= QUOTE_NAMES else f"[{shown}, … {len(ordered) - QUOTE_NAMES} more]"
 
 
 def _type_name(value: Any) -> str:

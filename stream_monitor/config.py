@@ -65,6 +65,7 @@ class ServiceConfig:
     reference_poll_seconds: float = 5.0  # how often stored references are checked for a new version
     redis_outage_seconds: float = 120.0  # how long processing waits for an unreachable Redis before exiting
     broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
+    producer_stall_seconds: float = 10.0  # no delivery this long while the broker answers → a new producer
     on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
 
 
@@ -245,7 +246,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if service.on_missing_state not in ("rebuild", "stop"):
         raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
     for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
-                "redis_outage_seconds", "broker_outage_seconds"):
+                "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds"):
         if not getattr(service, key) > 0:
             raise ConfigError(f"service.{key}", "must be > 0")
     for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):

@@ -70,6 +70,17 @@ class Metrics:
         self.stage_seconds = Counter("stream_monitor_stage_seconds_total",
                                      "Time spent per stage of the loop (consume, decode, join, detect, produce, "
                                      "checkpoint) and per detector kind inside detect", ["stage"], **kw)
+        self.publish_failures = Counter("stream_monitor_publish_failures_total",
+                                        "Alerts and dead letters the producer or the broker refused for good (e.g. "
+                                        "MSG_SIZE_TOO_LARGE): an alert is dead-lettered instead, a dead letter sent "
+                                        "without its original bytes, or, if that fails too, dropped",
+                                        ["topic", "reason"], **kw)
+        self.outputs_truncated = Counter("stream_monitor_outputs_truncated_total",
+                                         "Alerts and dead letters whose contents were cut to fit the producer's "
+                                         "message size (the record lists what was cut)", ["topic"], **kw)
+        self.producer_restarts = Counter("stream_monitor_producer_restarts_total",
+                                         "Producers replaced because deliveries stalled while the broker answered "
+                                         "(e.g. after a broker restart); unacknowledged messages are resent", **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:

@@ -343,3 +343,57 @@ def test_dead_letter_rejects_missing_field(field):
 )
 def test_dead_letter_rejects(instance):
     assert_invalid("dead_letter", instance)
+
+
+# --- real records cut to fit the producer's message size ---------------------------------------------------
+# Built by the service's own functions (no broker): the optional fields they add must validate.
+
+def _cut_dead_letters():
+    import orjson
+
+    from stream_monitor.events import DeadLetter, RawMessage, dead_letter_message
+
+    raws = [RawMessage("ml.inference", 0, 1, b"x" * 200_000, key=b"k" * 5_000, headers=(("h", b"v" * 60_000),) * 3),
+            RawMessage("ml.inference", 0, 2, None, key=b"k" * 50_000)]
+    return [orjson.loads(dead_letter_message(raw, DeadLetter("not_json", "e" * 5_000), 1795812290123, 100_000)[2])
+            for raw in raws]
+
+
+def test_cut_dead_letters_validate():
+    cut = _cut_dead_letters()
+    assert cut[0]["key_truncated"] and cut[0]["headers_truncated"] and cut[0]["value_truncated"]
+    assert cut[1]["key_truncated"] and cut[1]["value"] is None
+    for record in cut:
+        assert_valid("dead_letter", record)
+
+
+def test_undeliverable_alert_letter_validates():
+    from stream_monitor.events import Alert
+    from stream_monitor.publisher import Publisher
+
+    alert = Alert("firing", "critical", "fraud", "feature", "amount", "psi", 0.31, 0.25, {}, {}, 3, 123456, None,
+                  "PSI of fraud.amount is 0.31")
+    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, "ml.alerts", "ml.dead-letters")
+    out = publisher._alert_letter(alert, b"{" + b" " * 10_000 + b"}", "MSG_SIZE_TOO_LARGE: too large")
+    record = json.loads(out.value)
+    assert record["reason"] == "undeliverable_alert" and record["value_truncated"]
+    assert_valid("dead_letter", record)
+
+
+def test_cut_alert_validates():
+    from stream_monitor.events import Alert
+
+    alert = Alert("firing", "critical", "fraud", "feature", "n" * 5_000, "psi", 0.31, 0.25,
+                  {"categories": ["c" * 5_000] * 3, "proportions": [0.5] * 2000}, {"events": 5}, 3, 123456, None,
+                  "m" * 5_000)
+    record = alert.to_dict(1795812290123, max_bytes=20_000)
+    assert record["truncated"]["fields"] == ["message", "name", "reference.categories", "reference.proportions"]
+    assert_valid("alert", record)
+    assert_invalid("alert", with_changes(record, truncated={"fields": "name"}))
+
+
+def test_dead_letter_truncation_fields_are_typed():
+    assert_invalid("dead_letter", with_changes(DEAD_LETTER, key_truncated=False))
+    assert_invalid("dead_letter", with_changes(DEAD_LETTER, value_sha256="abc"))
+    assert_invalid("dead_letter", with_changes(DEAD_LETTER, headers_count=-1))
+    assert_valid("dead_letter", with_changes(DEAD_LETTER, reason="undeliverable_alert", alert_id=SHA))
