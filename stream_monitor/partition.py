@@ -683,7 +683,7 @@ class ModelMonitor:
                 self.performance.restore(state["performance"])
         if not changes:
             return None
-        what = "; ".join(c for part in changes.values() for c in part)
+        what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))
         return (f"model {self.config.model_id}: detector config changed since the state was saved ({what}): "
                 f"{', '.join(restarted) or 'nothing'} restarted")
 
