@@ -258,3 +258,58 @@ def test_a_format_3_state_mid_warm_up_is_continued():
     assert monitor.models["m"].reference == whole.models["m"].reference
     mine, theirs = monitor.snapshot()["models"]["m"], whole.snapshot()["models"]["m"]
     assert mine["columns"] == theirs["columns"]
+
+
+# --- through the service: real broker, real Redis, `stream-monitor run` --------------------------------------
+
+
+def _wide_huge_document(i: int) -> bytes:
+    """~100 KB: five real features, a 100 KB string, then 150 junk keys (the same in every event)."""
+    features = {"amount": float(i % 97), "age": 20 + i % 50, "tenure": (i * 7) % 13, "rate": (i % 10) / 10,
+                "country": "DE" if i % 3 else "FR", "note": f"{i:08d}" + "y" * 100_000}
+    features.update({f"junk{j:03d}": (i + j) % 5 for j in range(150)})
+    return orjson.dumps({"event_id": f"w-{i}", "model_id": "wide", "timestamp": 1_795_800_000 + i,
+                         "features": features, "prediction": {"score": (i % 10) / 10}})
+
+
+def test_the_service_keeps_up_with_huge_wide_events_and_reports_the_untracked_columns(broker, redis_server,
+                                                                                       tmp_path, monitors):
+    """400 events of ~100 KB with 150 junk keys through `stream-monitor run`: every event processed, the
+    state stored in Redis stays small (40 MB of input), and the 136 feature names past
+    service.max_inferred_columns = 20 are reported (model summary, /metrics, one log line)."""
+    import urllib.request
+
+    from stream_monitor.localstack import create_topics, free_port
+
+    from .helpers import produce, unique, wait_for_offsets
+    from .test_service import Run
+
+    topic = unique("wide")
+    create_topics(broker.address, {topic: 1})
+    port = free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 1, "wide",
+              service={"max_inferred_columns": 20, "metrics_port": port},
+              models={"wide": {"reference": {"events": 200}, "detectors": {"psi": {"window": 100}}}})
+    ends = produce(broker.address, topic, [(0, b"wide", _wide_huge_document(i), None) for i in range(400)])
+    process = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, timeout=120, processes=[process])
+    key = run.store.key(topic, 0)
+    client = run.store.client
+    state_bytes = client.hstrlen(key, "state")
+    total_bytes = client.memory_usage(key)
+    summary = orjson.loads(client.hget(key, "summary"))["models"]["wide"]
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert process.terminate() == 0
+    print(f"400 events of ~100 KB: state field {state_bytes} bytes, whole key {total_bytes} bytes")
+    assert total_bytes < 2_000_000
+    assert summary["events"] == 400 and summary["reference"]["events"] == 200
+    assert summary["untracked_columns"] == 136
+    assert summary["untracked_examples"] == [f"junk{j:03d}" for j in range(14, 19)]
+    assert 'stream_monitor_untracked_columns{model="wide"} 136.0' in metrics
+    _, snapshot = run.store.load(topic, 0)
+    features = sorted(snapshot["models"]["wide"]["reference"]["features"])
+    assert features == sorted(["amount", "age", "tenure", "rate", "country", "note"] +
+                              [f"junk{j:03d}" for j in range(14)])
+    log = process.log()
+    assert log.count("feature names of the warm-up are not tracked") == 1, log[-3000:]
+    assert run.dead_letters() == []

@@ -208,14 +208,15 @@ def test_restore_refuses_unknown_format():
         monitor.restore({**monitor.snapshot(), "format": 999})
 
 
-def test_restore_drops_models_no_longer_configured():
-    """State of a model removed from the config is ignored on restore."""
+def test_restore_keeps_models_no_longer_configured_as_they_are():
+    """State of a model removed from the config is not monitored, and not dropped: written back as it was."""
     _, monitor = run(events("stable", 50))
     smaller = parse_config({"models": {"fraud": MODEL}})
     fresh = PartitionMonitor(smaller, PARTITION, {})
     fresh.restore(monitor.snapshot())
     assert fresh.models == {}
     assert fresh.next_offset == 50
+    assert fresh.snapshot()["models"] == monitor.snapshot()["models"]
 
 
 def test_decode_state_refuses_garbage():
