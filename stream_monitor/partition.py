@@ -490,6 +490,8 @@ def _changes(saved: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[s
 
 
 def _shown(value: Any) -> str:
+    if value == "":
+        return '""'
     return "unset" if value is None else orjson.dumps(value).decode() if isinstance(value, (dict, list)) else \
         str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
 
@@ -675,17 +677,24 @@ class ModelMonitor:
                                  f"{self.config.reference.events} events)")
         else:
             self._restore_reference(state, frozenset(p for p in changes if p in _RESTARTED_NAMES))
-            restarted.extend(_RESTARTED_NAMES[p] for p in _RESTARTED_NAMES if p in changes)
-        if self.performance is not None and state.get("performance") is not None:
-            if "performance" in changes:
-                restarted.append("performance")
-            else:
-                self.performance.restore(state["performance"])
+            present = self._detector_kinds()
+            restarted.extend(_RESTARTED_NAMES[p] for p in _RESTARTED_NAMES if p in changes and p in present)
+            if "latency" in changes and self.config.detectors.latency.enabled:
+                restarted.append("latency columns")
+        if "performance" in changes:
+            restarted.append("performance")
+        elif self.performance is not None and state.get("performance") is not None:
+            self.performance.restore(state["performance"])
         if not changes:
             return None
         what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))
         return (f"model {self.config.model_id}: detector config changed since the state was saved ({what}): "
                 f"{', '.join(restarted) or 'nothing'} restarted")
+
+    def _detector_kinds(self) -> set[str]:
+        """The parts (:data:`_RESTARTED_NAMES`) some column of this model runs."""
+        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        return {name for c in columns for name, part in c._parts().items() if part is not None}
 
     def _restore_reference(self, state: Mapping[str, Any], restart: frozenset[str]) -> None:
         warmup = state["warmup"]
