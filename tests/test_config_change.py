@@ -243,3 +243,73 @@ def test_a_stored_reference_model_restarts_its_detectors_from_the_stored_referen
     assert after.models["stable"].reference == new_profile
     assert all(c.psi.window == 1000 and "psi" not in c.last_statistic for c in after.models["stable"].columns)
     assert feed(after, events[1500:], 1500) == []
+
+
+# --- through the service: real broker, real Redis, `stream-monitor run` --------------------------------------
+
+
+def test_the_service_keeps_an_unconfigured_models_state_and_rebaselines_a_changed_window(broker, redis_server,
+                                                                                          tmp_path, monitors):
+    """An instance without model churn and with psi.window 5000 → 1000 resumes a partition saved by one
+    with both models: churn's state (1,500 events and its reference) survives its saves unchanged, the
+    stable model's windows restart (one log line, stream_monitor_rebaselined_total) and raise no alert;
+    an instance that knows churn again continues it."""
+    import urllib.request
+
+    from stream_monitor.localstack import create_topics, free_port
+
+    from .helpers import produce, read_topic, unique, wait_for_offsets, write_config
+    from .test_service import Run
+
+    topic = unique("config-change")
+    create_topics(broker.address, {topic: 1})
+
+    def docs(model: str, start: int, count: int) -> list:
+        return [(0, model.encode(), orjson.dumps(d), None) for d in generate(model, count, start=start)]
+
+    def model(window: int) -> dict:
+        return {"reference": {"events": 1000}, "detectors": {"psi": {"window": window}}}
+
+    both = Run(broker, redis_server, tmp_path, topic, 1, "both", models={"stable": model(5000),
+                                                                          "churn": model(5000)})
+    ends = produce(broker.address, topic, [r for pair in zip(docs("stable", 0, 1500), docs("churn", 0, 1500))
+                                           for r in pair])
+    first = both.start(monitors)
+    wait_for_offsets(both.store, topic, ends, processes=[first])
+    assert first.terminate() == 0
+    _, saved = both.store.load(topic, 0)
+    assert saved["models"]["churn"]["events"] == 1500
+
+    port = free_port()
+    write_config(tmp_path / "only-stable.toml", bootstrap=broker.address, redis_url=redis_server.address,
+                 input_topic=topic, alert_topic=both.alert_topic, dead_letter_topic=both.dead_letter_topic,
+                 group_id=both.group_id, namespace=both.namespace, models={"stable": model(1000)},
+                 service={"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5,
+                          "metrics_port": port})
+    only_stable = both.__class__.__new__(both.__class__)
+    only_stable.__dict__.update(both.__dict__, config=tmp_path / "only-stable.toml", name="only-stable", _count=0)
+    stable, churn = docs("stable", 1500, 2500), docs("churn", 1500, 100)
+    ends = produce(broker.address, topic, [r for pair in zip(stable, churn) for r in pair] + stable[100:])
+    second = only_stable.start(monitors)
+    wait_for_offsets(both.store, topic, ends, processes=[second])
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert second.terminate() == 0
+    _, state = both.store.load(topic, 0)
+    assert state["models"]["churn"] == saved["models"]["churn"]
+    assert state["models"]["stable"]["events"] == 1500 + 2500
+    log = second.log()
+    assert log.count("the state of model churn (1500 events) is kept as it is") == 1, log[-3000:]
+    assert log.count("model stable: detector config changed since the state was saved "
+                     "(detectors.psi.window 5000 → 1000): PSI, KS, data-quality restarted") == 1, log[-3000:]
+    assert 'stream_monitor_rebaselined_total{model="stable"} 1.0' in metrics
+    assert both.alerts() == []
+    letters = read_topic(broker.address, both.dead_letter_topic, 1)
+    assert len(letters) == 100 and all(b"unknown_model" in m.value() for m in letters)
+
+    ends = produce(broker.address, topic, docs("churn", 1600, 200))
+    third = both.start(monitors)
+    wait_for_offsets(both.store, topic, ends, processes=[third])
+    assert third.terminate() == 0
+    _, state = both.store.load(topic, 0)
+    assert state["models"]["churn"]["events"] == 1700
+    assert "kept as it is" not in third.log()
