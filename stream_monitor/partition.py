@@ -31,8 +31,8 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
-from .reference import MAX_UNTRACKED_COUNTED as _MAX_UNTRACKED, OTHER, CategoricalReference, ColumnReference, LabelSummary, Limits, NumericReference, \
-    ReferenceProfile, WarmupSummary
+from .reference import MAX_UNTRACKED_COUNTED, OTHER, CategoricalReference, ColumnReference, LabelSummary, Limits, \
+    NumericReference, ReferenceProfile, WarmupSummary
 
 # 3: compiled detectors' arrays instead of river pickles; 4: warm-ups as summaries, not events, and each
 # model's detector settings (format 3 is still read: its warm-up events are summarised on restore)
@@ -631,12 +631,12 @@ class ModelMonitor:
         count = len(self.warmup.untracked)
         self.untracked = {"columns": count, "examples": list(self.warmup.untracked_samples)}
         if count:
-            more = "+" if count >= _MAX_UNTRACKED else ""
-            log.warning("model %s (partition %d): %d%s feature names of the warm-up are not tracked: the first %d "
-                        "names to appear are (service.max_inferred_columns), e.g. not %s; list the features "
-                        "to monitor under [models.%s.features]", self.config.model_id, partition, count, more,
-                        self.limits.max_inferred_columns, ", ".join(repr(n) for n in self.untracked["examples"]),
-                        self.config.model_id)
+            more = " or more" if count >= MAX_UNTRACKED_COUNTED else ""
+            log.warning("model %s (partition %d): %d%s feature names of the warm-up are not tracked (over "
+                        "service.max_inferred_columns = %d: the first names to appear are), e.g. %s; list the "
+                        "features to monitor under [models.%s.features]", self.config.model_id, partition, count,
+                        more, self.limits.max_inferred_columns,
+                        ", ".join(repr(n) for n in self.untracked["examples"]), self.config.model_id)
 
     def untracked_columns(self) -> int:
         return self.untracked["columns"] if self.reference is not None else len(self.warmup.untracked)
