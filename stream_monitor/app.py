@@ -358,6 +358,8 @@ class Service:
                 self.persisted.add(key)
                 next_offset, snapshot = loaded
                 monitor.restore(snapshot)
+                for model_id in monitor.rebaselined:  # settings changed under the state (logged by restore)
+                    self.metrics.rebaselined.labels(model_id).inc()
                 monitor.next_offset = next_offset
                 tp.offset = next_offset
                 log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)

@@ -67,6 +67,11 @@ class ServiceConfig:
     broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
     producer_stall_seconds: float = 10.0  # no delivery this long while the broker answers → a new producer
     on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
+    # What one model may cost (per partition): columns a warm-up infers when the config lists no features
+    # (the first names to appear; further ones are counted, not tracked), and categories a warm-up
+    # remembers per column (further ones are counted together).
+    max_inferred_columns: int = 100
+    max_categories_per_column: int = 10_000
 
 
 @dataclass(frozen=True)
@@ -240,7 +245,8 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
     if not 0 <= service.metrics_port <= 65535:
         raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
-    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event"):
+    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event",
+                "max_inferred_columns", "max_categories_per_column"):
         if getattr(service, key) < 1:
             raise ConfigError(f"service.{key}", "must be at least 1")
     if service.on_missing_state not in ("rebuild", "stop"):

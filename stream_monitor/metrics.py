@@ -81,10 +81,19 @@ class Metrics:
         self.producer_restarts = Counter("stream_monitor_producer_restarts_total",
                                          "Producers replaced because deliveries stalled while the broker answered "
                                          "(e.g. after a broker restart); unacknowledged messages are resent", **kw)
+        self.untracked_columns = Gauge("stream_monitor_untracked_columns",
+                                       "Feature names a model's warm-up did not track (over "
+                                       "service.max_inferred_columns; highest over this instance's partitions)",
+                                       ["model"], **kw)
+        self.rebaselined = Counter("stream_monitor_rebaselined_total",
+                                   "Model states restored under changed detector settings: what no longer fit "
+                                   "started afresh", ["model"], **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:
         """Refresh the detector gauges from partition summaries (at each checkpoint)."""
+        summaries = list(summaries)
+        self._observe_untracked(summaries)
         best: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         firing: dict[tuple[str, str, str], int] = {}
         for summary in summaries:
@@ -114,3 +123,13 @@ class Metrics:
                 self.critical.labels(*key).set(row["critical"])
         for group, count in firing.items():
             self.firing.labels(*group).set(count)
+
+    def _observe_untracked(self, summaries: list[Mapping[str, Any]]) -> None:
+        untracked: dict[str, int] = {}
+        for summary in summaries:
+            for model_id, model in summary.get("models", {}).items():
+                count = model.get("untracked_columns", 0)
+                if count or model_id in untracked:
+                    untracked[model_id] = max(untracked.get(model_id, 0), count)
+        for model_id, count in untracked.items():
+            self.untracked_columns.labels(model_id).set(count)

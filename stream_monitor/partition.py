@@ -8,15 +8,18 @@ and round-trips through ``snapshot()`` / ``restore()``.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import orjson
 
 from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
@@ -28,10 +31,14 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
-from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
-    build_labels_reference, build_reference
+from .reference import MAX_UNTRACKED_COUNTED, OTHER, CategoricalReference, ColumnReference, LabelSummary, Limits, \
+    NumericReference, ReferenceProfile, WarmupSummary
 
-STATE_FORMAT = 3  # 3: compiled detectors' arrays instead of river pickles
+# 3: compiled detectors' arrays instead of river pickles; 4: warm-ups as summaries, not events, and each
+# model's detector settings (format 3 is still read: its warm-up events are summarised on restore)
+STATE_FORMAT = 4
+READABLE_FORMATS = (3, 4)
+log = logging.getLogger("stream_monitor")
 _INFINITIES = (math.inf, -math.inf)
 _FINE = -1
 _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
@@ -400,15 +407,17 @@ class ColumnMonitor:
                 "episodes": {k: e.snapshot() for k, e in self.episodes.items()},
                 "last_statistic": dict(self.last_statistic)}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any], restart: frozenset[str] = frozenset()) -> None:
+        """Continue from a snapshot; the detectors in ``restart`` (names of :meth:`_parts`) start afresh."""
         for key, part in self._parts().items():
             saved = state["detectors"].get(key)
-            if part is not None and saved is not None:
+            if part is not None and saved is not None and key not in restart:
                 part.restore(saved)
+        skipped = {episode for part in restart for episode in _EPISODES_OF.get(part, (part,))}
         for key, episode_state in state["episodes"].items():
-            if key in self.episodes:
+            if key in self.episodes and key not in skipped:
                 self.episodes[key].restore(episode_state)
-        self.last_statistic = dict(state["last_statistic"])
+        self.last_statistic = {k: v for k, v in state["last_statistic"].items() if k not in skipped}
 
     def summary(self) -> list[dict[str, Any]]:
         latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
@@ -428,16 +437,83 @@ class ColumnMonitor:
         return out
 
 
-class ModelMonitor:
-    """All columns of one model in one partition, plus its warm-ups (inference events and labels)."""
+_EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
+_RESTARTED_NAMES = {"psi": "PSI", "ks": "KS", "quality": "data-quality", "adwin": "ADWIN",
+                    "page_hinkley": "Page-Hinkley", "p95": "p95 latency"}
 
-    def __init__(self, config: ModelConfig, reference: ReferenceProfile | None):
+
+def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> dict[str, dict[str, Any]]:
+    """What a model's stored state means, by part: the reference (and warm-up), each detector kind,
+    performance. A part that differs from the saved one is re-baselined on restore."""
+    service = service or ServiceConfig()
+    d = model.detectors
+    episode = {"detectors.false_alarms_per_million": d.false_alarms_per_million,
+               "detectors.resolve_after": d.resolve_after, "detectors.cooldown": d.cooldown,
+               "detectors.hysteresis": d.hysteresis}
+    window = {"detectors.psi.window": d.psi.window}
+    reference = {"reference.source": model.reference.source, "reference.events": model.reference.events,
+                 "features": None if model.features is None else dict(sorted(model.features.items())),
+                 "detectors.psi.bins": d.psi.bins, "detectors.psi.top_k": d.psi.top_k,
+                 "service.max_categories_per_column": service.max_categories_per_column}
+    if model.features is None:
+        reference["service.max_inferred_columns"] = service.max_inferred_columns
+
+    def prefixed(section: str, obj: Any) -> dict[str, Any]:
+        return {f"{section}.{k}": (dict(v) if isinstance(v, Mapping) else v) for k, v in vars(obj).items()}
+
+    return {"reference": reference,
+            "psi": {**window, "detectors.psi.epsilon": d.psi.epsilon, "detectors.psi.warning": d.psi.warning,
+                    "detectors.psi.critical": d.psi.critical, **episode},
+            "quality": {**window, **prefixed("detectors.data_quality", d.data_quality), **episode},
+            "ks": {**window, **prefixed("detectors.ks", d.ks), **episode},
+            "adwin": {**prefixed("detectors.adwin", d.adwin), **episode},
+            "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
+            "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
+            "latency": {"detectors.latency.enabled": d.latency.enabled},
+            "performance": prefixed("performance", model.performance)}
+
+
+def fingerprint(settings: Mapping[str, Any]) -> str:
+    """sha256 of the settings as sorted JSON (first 16 hex digits)."""
+    return hashlib.sha256(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def _changes(saved: Mapping[str, Mapping[str, Any]], now: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """Per part of :func:`model_settings` that differs: "key old → new" of each changed key."""
+    out: dict[str, list[str]] = {}
+    for part, settings in now.items():
+        before = saved.get(part) or {}
+        if before != settings:
+            out[part] = [f"{key} {_shown(before.get(key))} → {_shown(settings.get(key))}"
+                         for key in sorted(set(before) | set(settings)) if before.get(key) != settings.get(key)]
+    return out
+
+
+def _shown(value: Any) -> str:
+    if value == "":
+        return '""'
+    return "unset" if value is None else orjson.dumps(value).decode() if isinstance(value, (dict, list)) else \
+        str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+class ModelMonitor:
+    """All columns of one model in one partition, plus its warm-ups (inference events and labels, as
+    summaries: what the reference needs, bounded by the limits, never the events themselves)."""
+
+    def __init__(self, config: ModelConfig, reference: ReferenceProfile | None,
+                 service: ServiceConfig | None = None):
+        service = service or ServiceConfig()
         self.config = config
+        self.limits = Limits(service.max_inferred_columns, service.max_categories_per_column)
+        self.settings = model_settings(config, service)
+        self.fingerprint = fingerprint(self.settings)
+        self.given_reference = reference
         self.reference: ReferenceProfile | None = None
         self.columns: list[ColumnMonitor] = []
         self.label_column: ColumnMonitor | None = None
-        self.warmup: list[InferenceEvent] = []
-        self.label_warmup: list[LabelEvent] = []
+        self.warmup = WarmupSummary(config.features, self.limits)
+        self.label_warmup = LabelSummary(self.limits)
+        self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
         self.events = 0
         self.labels = 0
         self.performance = PerformanceMonitor(config) if config.performance.task else None
@@ -450,13 +526,15 @@ class ModelMonitor:
         latency = self.config.detectors.latency.enabled
         self.columns = [ColumnMonitor(self.config, signal, name, ref) for signal, name, ref in reference.columns()
                         if latency or signal != "latency"]
-        self.warmup = []
+        if len(self.warmup):
+            self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
             self._use_labels(reference.labels)
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
-        self.label_warmup = []
+        if len(self.label_warmup):
+            self.label_warmup = LabelSummary(self.limits)
 
     def process_batch(self, items: Sequence[tuple[int, int, InferenceEvent | LabelEvent, JoinResult | None]],
                       partition: int) -> list[tuple[int, int, int, Alert]]:
@@ -478,11 +556,11 @@ class ModelMonitor:
                                                partition, event.timestamp_ms)
                 out.extend((position, -1, order, a) for order, a in enumerate(alerts))
             if self.reference is None:
-                self.warmup.append(event)
+                self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
                     psi = self.config.detectors.psi
-                    profile = build_reference(self.config.model_id, self.warmup, self.config.features,
-                                              psi.bins, psi.top_k, source="warmup")
+                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup")
+                    self._note_untracked(partition)
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
             pending.append((position, offset, event))
@@ -536,9 +614,9 @@ class ModelMonitor:
         over ``labelled``) and, once joined, performance."""
         self.labels += 1
         if self.label_column is None:
-            self.label_warmup.append(event)
+            self.label_warmup.add(event.label)
             if len(self.label_warmup) >= self.config.reference.events:
-                labels = build_labels_reference(self.label_warmup, self.config.detectors.psi.top_k)
+                labels = self.label_warmup.build(self.config.detectors.psi.top_k)
                 if labels is not None:
                     self._use_labels(labels)
         else:
@@ -548,43 +626,114 @@ class ModelMonitor:
                                            event.timestamp_ms)
             out.extend((position, 1, order, a) for order, a in enumerate(alerts))
 
+    def _note_untracked(self, partition: int) -> None:
+        """The warm-up ends: remember (and say once) which feature names it did not track."""
+        count = len(self.warmup.untracked)
+        self.untracked = {"columns": count, "examples": list(self.warmup.untracked_samples)}
+        if count:
+            more = " or more" if count >= MAX_UNTRACKED_COUNTED else ""
+            log.warning("model %s (partition %d): %d%s feature names of the warm-up are not tracked (over "
+                        "service.max_inferred_columns = %d: the first names to appear are), e.g. %s; list the "
+                        "features to monitor under [models.%s.features]", self.config.model_id, partition, count,
+                        more, self.limits.max_inferred_columns,
+                        ", ".join(repr(n) for n in self.untracked["examples"]), self.config.model_id)
+
+    def untracked_columns(self) -> int:
+        return self.untracked["columns"] if self.reference is not None else len(self.warmup.untracked)
+
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "labels": self.labels,
+                "settings": self.settings, "fingerprint": self.fingerprint,
                 "reference": None if self.reference is None else self.reference.to_dict(),
-                "warmup": [_event_tuple(e) for e in self.warmup],
-                "label_warmup": [(e.event_id, e.model_id, e.timestamp_ms, e.label) for e in self.label_warmup],
+                "warmup": None if self.reference is not None else self.warmup.snapshot(),
+                "untracked": {"columns": self.untracked["columns"], "examples": list(self.untracked["examples"])},
+                "label_warmup": None if self.label_column is not None else self.label_warmup.snapshot(),
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns}}
 
-    def restore(self, state: Mapping[str, Any]) -> None:
+    def restore(self, state: Mapping[str, Any]) -> str | None:
+        """Continue from a snapshot (of format 3 or 4). If the model's settings changed since it was
+        taken, what no longer fits starts afresh; the returned text then says what changed and what
+        restarted (``None``: restored as it was)."""
         self.events = state["events"]
         self.labels = state["labels"]
         self.reference, self.columns, self.label_column = None, [], None
-        self.warmup = [InferenceEvent(*t) for t in state["warmup"]]
-        self.label_warmup = [LabelEvent(*t) for t in state["label_warmup"]]
+        self.warmup = WarmupSummary(self.config.features, self.limits)
+        self.label_warmup = LabelSummary(self.limits)
+        saved = state.get("settings")
+        changes = {} if saved is None else _changes(saved, self.settings)  # format 3: settings unknown
+        untracked = state.get("untracked") or {"columns": 0, "examples": []}
+        self.untracked = {"columns": untracked["columns"], "examples": list(untracked["examples"])}
+        restarted: list[str] = []
+        if "reference" in changes:
+            if self.config.reference.source == "stored" and self.given_reference is not None:
+                self.use_reference(self.given_reference)
+                restarted.append("every detector (from the stored reference)")
+            else:
+                self.untracked = {"columns": 0, "examples": []}
+                restarted.append("the warm-up (a new reference from the next "
+                                 f"{self.config.reference.events} events)")
+        else:
+            self._restore_reference(state, frozenset(p for p in changes if p in _RESTARTED_NAMES))
+            present = self._detector_kinds()
+            restarted.extend(_RESTARTED_NAMES[p] for p in _RESTARTED_NAMES if p in changes and p in present)
+            if "latency" in changes and self.config.detectors.latency.enabled:
+                restarted.append("latency columns")
+        if "performance" in changes:
+            restarted.append("performance")
+        elif self.performance is not None and state.get("performance") is not None:
+            self.performance.restore(state["performance"])
+        if not changes:
+            return None
+        what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))
+        return (f"model {self.config.model_id}: detector config changed since the state was saved ({what}): "
+                f"{', '.join(restarted) or 'nothing'} restarted")
+
+    def _detector_kinds(self) -> set[str]:
+        """The parts (:data:`_RESTARTED_NAMES`) some column of this model runs."""
+        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        return {name for c in columns for name, part in c._parts().items() if part is not None}
+
+    def _restore_reference(self, state: Mapping[str, Any], restart: frozenset[str]) -> None:
+        warmup = state["warmup"]
+        if isinstance(warmup, list):  # format 3: the events themselves
+            for t in warmup:
+                self.warmup.add(InferenceEvent(*t))
+        elif warmup is not None:
+            self.warmup.restore(warmup)
+        label_warmup = state["label_warmup"]
+        if isinstance(label_warmup, list):
+            for t in label_warmup:
+                self.label_warmup.add(LabelEvent(*t).label)
+        elif label_warmup is not None:
+            self.label_warmup.restore(label_warmup)
         if state["reference"] is not None:
             self.use_reference(ReferenceProfile.from_dict(state["reference"]))
             for column in self.columns:
                 saved = state["columns"].get(f"{column.signal}:{column.name}")
                 if saved is not None:
-                    column.restore(saved)
+                    column.restore(saved, restart)
         if state["label_reference"] is not None:
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
-            self.label_column.restore(state["label_column"])
-        if self.performance is not None and state.get("performance") is not None:
-            self.performance.restore(state["performance"])
+            self.label_column.restore(state["label_column"], restart)
 
     def summary(self) -> dict[str, Any]:
         columns = self.columns + ([self.label_column] if self.label_column is not None else [])
         performance, performance_rows = self.performance.summary() if self.performance else (None, [])
-        return {"events": self.events, "labels": self.labels, "performance": performance,
-                "reference": None if self.reference is None else
-                {"source": self.reference.source, "version": self.reference.version,
-                 "events": self.reference.events},
-                "warmup": len(self.warmup),
-                "detectors": [row for c in columns for row in c.summary()] + performance_rows}
+        out = {"events": self.events, "labels": self.labels, "performance": performance,
+               "reference": None if self.reference is None else
+               {"source": self.reference.source, "version": self.reference.version,
+                "events": self.reference.events},
+               "warmup": len(self.warmup),
+               "detectors": [row for c in columns for row in c.summary()] + performance_rows}
+        untracked = self.untracked_columns()
+        if untracked:
+            examples = self.untracked["examples"] if self.reference is not None else self.warmup.untracked_samples
+            out["untracked_columns"] = untracked
+            out["untracked_examples"] = list(examples)
+        return out
 
 
 def _in_event_order(tagged: list[tuple[int, int, int, Alert]]) -> list[Alert]:
@@ -616,10 +765,6 @@ def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarra
     return np.ascontiguousarray(np.array(rows, dtype=np.float64).T)
 
 
-def _event_tuple(e: InferenceEvent) -> tuple:
-    return (e.event_id, e.model_id, e.timestamp_ms, dict(e.features), e.score, e.predicted_label, e.latency_ms)
-
-
 class PartitionMonitor:
     """Every model's monitors for one input partition, and the next offset to read."""
 
@@ -628,8 +773,11 @@ class PartitionMonitor:
         self.partition = partition
         self.stored_references = stored_references
         self.models: dict[str, ModelMonitor] = {}
+        self.kept: dict[str, Any] = {}  # state of models this config does not know: written back as it is
+        self.rebaselined: dict[str, str] = {}  # by the last restore: model → what changed and restarted
         self.next_offset: int | None = None
         self.dead_letters = 0
+        self._said: set[tuple[str, str]] = set()  # (model, what) logged once by this monitor
 
     def model(self, model_id: str) -> ModelMonitor:
         monitor = self.models.get(model_id)
@@ -641,7 +789,7 @@ class PartitionMonitor:
                 if reference is None:
                     raise ReferenceProfileError(f"model {model_id!r} uses a stored reference and none is stored: "
                                                 f"run `stream-monitor reference build --model {model_id}`")
-            monitor = self.models[model_id] = ModelMonitor(model_config, reference)
+            monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service)
         return monitor
 
     def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
@@ -673,23 +821,42 @@ class PartitionMonitor:
             self.next_offset = offset + 1
 
     def snapshot(self) -> dict[str, Any]:
+        models = {m: monitor.snapshot() for m, monitor in self.models.items()}
+        models.update(self.kept)
         return {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
-                "dead_letters": self.dead_letters,
-                "models": {m: monitor.snapshot() for m, monitor in sorted(self.models.items())}}
+                "dead_letters": self.dead_letters, "models": dict(sorted(models.items()))}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        if state.get("format") != STATE_FORMAT:
-            raise StateError(f"stored state has format {state.get('format')!r}; this version reads format "
-                             f"{STATE_FORMAT}. States of format 2 were written by an older stream-monitor "
-                             "(detectors stored as river pickles) and cannot be continued: delete the "
+        """Continue from a snapshot. A model whose settings changed is re-baselined where they no longer
+        fit (:attr:`rebaselined`); the state of a model this config does not know is kept as it is."""
+        if state.get("format") not in READABLE_FORMATS:
+            raise StateError(f"stored state has format {state.get('format')!r}; this version reads formats "
+                             f"{', '.join(map(str, READABLE_FORMATS))}. States of format 2 were written by an older "
+                             "stream-monitor (detectors stored as river pickles) and cannot be continued: delete the "
                              "partition's state key to rebuild it from the retained log")
         self.next_offset = state["next_offset"]
         self.dead_letters = state["dead_letters"]
-        self.models = {}
+        self.models, self.kept, self.rebaselined = {}, {}, {}
         for model_id, model_state in state["models"].items():
-            if model_id in self.config.models:
-                self.model(model_id).restore(model_state)
+            if model_id not in self.config.models:
+                self.kept[model_id] = model_state
+                self._once(model_id, "kept", "partition %d: the state of model %s (%d events) is kept as it is and "
+                           "written back unchanged: this config does not know the model (its events are "
+                           "dead-lettered as unknown_model)", self.partition, model_id, model_state.get("events", 0))
+                continue
+            change = self.model(model_id).restore(model_state)
+            if change is not None:
+                self.rebaselined[model_id] = change
+                self._once(model_id, change, "partition %d: %s", self.partition, change)
+
+    def _once(self, model_id: str, what: str, message: str, *args: Any) -> None:
+        if (model_id, what) not in self._said:
+            self._said.add((model_id, what))
+            log.warning(message, *args)
 
     def summary(self) -> dict[str, Any]:
-        return {"partition": self.partition, "next_offset": self.next_offset, "dead_letters": self.dead_letters,
-                "models": {m: monitor.summary() for m, monitor in sorted(self.models.items())}}
+        out = {"partition": self.partition, "next_offset": self.next_offset, "dead_letters": self.dead_letters,
+               "models": {m: monitor.summary() for m, monitor in sorted(self.models.items())}}
+        if self.kept:
+            out["unconfigured_models"] = sorted(self.kept)
+        return out

@@ -16,7 +16,9 @@ base rates (missing, type mismatches, unseen categories).
 
 from __future__ import annotations
 
+import hashlib
 import math
+from array import array
 from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Mapping, Sequence
@@ -31,6 +33,27 @@ OTHER = "__other__"
 RANK_GRID_STEPS = 1000  # permille quantiles for the rank transform
 KS_GRID_STEPS = 100  # percentile points for the KS sketch
 MAX_CATEGORIES = 10_000  # categories remembered for the "unseen category" check
+MAX_CATEGORY_CHARS = 256  # a longer category value is remembered cut (see :func:`category_key`)
+MAX_NAME_CHARS = 256  # a longer feature name never becomes an inferred column
+
+
+def cut(text: str, limit: int = MAX_CATEGORY_CHARS) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start, "…" and 16 hex digits of its
+    sha256: as long as ``limit``, deterministic, and distinct long values stay distinct.
+
+    >>> cut("x" * 300, 24)
+    'xxxxxxx…a3b4f9ce8ab2cb9b'
+    """
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{text[:limit - 17]}…{digest}"
+
+
+def category_key(value: Any) -> str:
+    """The category a reference remembers for ``value``: its JSON spelling, cut to MAX_CATEGORY_CHARS."""
+    key = category(value)
+    return key if len(key) <= MAX_CATEGORY_CHARS else cut(key)
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,7 @@ class CategoricalReference:
     missing: int = 0
     seen: list[str] = field(default_factory=list)  # every category of the reference (up to MAX_CATEGORIES)
     singletons: int = 0  # categories seen once: Good-Turing's estimate of the unseen share
+    overflow: int = 0  # values past the categories a warm-up remembers: "seen" is incomplete
     kind: str = "categorical"
     _index: dict[str, int] = field(default_factory=dict, compare=False, repr=False)
     _seen: frozenset = field(default=frozenset(), compare=False, repr=False)
@@ -117,11 +141,16 @@ class CategoricalReference:
     @classmethod
     def build(cls, values: Iterable[Any], top_k: int = 20, missing: int = 0) -> "CategoricalReference":
         counts: dict[str, int] = {}
-        total = 0
         for value in values:
-            key = category(value)
+            key = category_key(value)
             counts[key] = counts.get(key, 0) + 1
-            total += 1
+        return cls.from_counts(counts, top_k, missing)
+
+    @classmethod
+    def from_counts(cls, counts: Mapping[str, int], top_k: int = 20, missing: int = 0,
+                    overflow: int = 0) -> "CategoricalReference":
+        """From each category's count (``overflow``: values of categories not counted one by one)."""
+        total = sum(counts.values()) + overflow
         if total == 0:
             raise ReferenceProfileError("a categorical reference needs at least one value")
         ranked = sorted(counts, key=lambda c: (-counts[c], c))
@@ -129,22 +158,26 @@ class CategoricalReference:
         other = total - sum(counts[c] for c in top)
         return cls(categories=top, proportions=[counts[c] / total for c in top] + [other / total], events=total,
                    missing=missing, seen=sorted(ranked[:MAX_CATEGORIES]),
-                   singletons=sum(1 for c in counts.values() if c == 1))
+                   singletons=sum(1 for c in counts.values() if c == 1), overflow=overflow)
 
     def bin_index(self, value: Any) -> int:
-        return self._index.get(category(value), len(self.categories))
+        return self._index.get(category_key(value), len(self.categories))
 
     def is_seen(self, value: Any) -> bool:
-        return len(self._seen) >= MAX_CATEGORIES or category(value) in self._seen
+        return self.overflow > 0 or len(self._seen) >= MAX_CATEGORIES or category_key(value) in self._seen
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": "categorical", "categories": self.categories, "proportions": self.proportions,
-                "events": self.events, "missing": self.missing, "seen": self.seen, "singletons": self.singletons}
+        d = {"kind": "categorical", "categories": self.categories, "proportions": self.proportions,
+             "events": self.events, "missing": self.missing, "seen": self.seen, "singletons": self.singletons}
+        if self.overflow:
+            d["overflow"] = self.overflow
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "CategoricalReference":
         return cls(categories=list(d["categories"]), proportions=list(d["proportions"]), events=d.get("events", 0),
-                   missing=d.get("missing", 0), seen=list(d.get("seen", [])), singletons=d.get("singletons", 0))
+                   missing=d.get("missing", 0), seen=list(d.get("seen", [])), singletons=d.get("singletons", 0),
+                   overflow=d.get("overflow", 0))
 
 
 ColumnReference = NumericReference | CategoricalReference
@@ -219,63 +252,293 @@ def is_finite_number(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
 
 
-def _numeric(values: list[Any], events: int, bins: int) -> NumericReference | None:
-    numbers = [float(v) for v in values if is_finite_number(v)]
-    if not numbers:
-        return None
-    present = sum(1 for v in values if v is not None)
-    return NumericReference.build(numbers, bins, missing=events - present, mismatches=present - len(numbers))
+_BIG_INT = 10 ** 15  # from here on an int's category differs from its float's ("1000000000000000" vs "1e+15")
 
 
-def _categorical(values: list[Any], events: int, top_k: int) -> CategoricalReference | None:
-    present = [v for v in values if v is not None]
-    return CategoricalReference.build(present, top_k, missing=events - len(present)) if present else None
+@dataclass(frozen=True)
+class Limits:
+    """What a warm-up remembers per model (``service.max_inferred_columns`` and
+    ``service.max_categories_per_column``)."""
+
+    max_inferred_columns: int = 100
+    max_categories: int = 10_000
 
 
-def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20) -> CategoricalReference | None:
-    return _categorical([e.label for e in labels], len(labels), top_k)
+class ColumnSummary:
+    """What a reference needs of one column's values, in memory bounded by the reference's event count.
+
+    ``kind`` "numeric": the finite numbers (float64); "categorical": each category's count, at most
+    ``max_categories`` of them (values of further categories are counted together in ``overflow``);
+    ``None`` (kind inferred): numbers as for "numeric", until the first value that is not a number
+    turns the summary categorical. ``present`` counts the values that were not null.
+    """
+
+    __slots__ = ("kind", "max_categories", "present", "appears", "numbers", "counts", "overflow", "fixes",
+                 "nonfinite")
+
+    def __init__(self, kind: str | None, max_categories: int = 10_000):
+        self.kind = kind
+        self.max_categories = max_categories
+        self.present = 0
+        self.appears = 0  # events that had the key (null or not): what feature inference counts
+        self.numbers = array("d")
+        self.counts: dict[str, int] = {}
+        self.overflow = 0
+        self.fixes: list[tuple[str, str]] = []  # inferred kind: (float's category, int's category) of big ints
+        self.nonfinite: dict[str, int] = {}  # inferred kind: categories of the non-finite numbers
+
+    def add(self, value: Any) -> None:
+        """One value that is not ``None``."""
+        self.present += 1
+        kind = self.kind
+        if kind == "categorical":
+            self._count(category_key(value))
+            return
+        cls = value.__class__
+        if cls is float or (cls is not bool and isinstance(value, (int, float))):
+            if math.isfinite(value):
+                self.numbers.append(float(value))
+                if kind is None and cls is not float and not -_BIG_INT < value < _BIG_INT:
+                    self.fixes.append((category(float(value)), category(value)))
+            elif kind is None:
+                key = category(value)
+                self.nonfinite[key] = self.nonfinite.get(key, 0) + 1
+        elif kind is None:  # the first value that is not a number: the column is categorical
+            self._become_categorical()
+            self._count(category_key(value))
+
+    def _count(self, key: str) -> None:
+        counts = self.counts
+        if key in counts:
+            counts[key] += 1
+        elif len(counts) < self.max_categories:
+            counts[key] = 1
+        else:
+            self.overflow += 1
+
+    def _become_categorical(self) -> None:
+        numbers, fixes, nonfinite = self.numbers, self.fixes, self.nonfinite
+        self.kind, self.numbers, self.fixes, self.nonfinite = "categorical", array("d"), [], {}
+        corrections: dict[str, int] = {}
+        for wrong, right in fixes:
+            corrections[wrong] = corrections.get(wrong, 0) + 1
+            self._count(right)
+        for x in numbers.tolist():
+            key = category(x)
+            if corrections.get(key):
+                corrections[key] -= 1
+            else:
+                self._count(key)
+        for key, count in nonfinite.items():
+            for _ in range(count):
+                self._count(key)
+
+    def numeric(self, events: int, bins: int) -> "NumericReference | None":
+        if not self.numbers:
+            return None
+        return NumericReference.build(self.numbers, bins, missing=events - self.present,
+                                      mismatches=self.present - len(self.numbers))
+
+    def categorical(self, events: int, top_k: int) -> "CategoricalReference | None":
+        if not self.present:
+            return None
+        if self.kind != "categorical":  # configured categorical columns are; inferred ones may not be yet
+            self._become_categorical()
+        return CategoricalReference.from_counts(self.counts, top_k, missing=events - self.present,
+                                                overflow=self.overflow)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"kind": self.kind, "present": self.present, "appears": self.appears,
+                "numbers": self.numbers.tobytes(), "counts": dict(self.counts), "overflow": self.overflow,
+                "fixes": list(self.fixes), "nonfinite": dict(self.nonfinite)}
+
+    @classmethod
+    def from_snapshot(cls, d: Mapping[str, Any], max_categories: int) -> "ColumnSummary":
+        out = cls(d["kind"], max_categories)
+        out.present, out.appears, out.overflow = d["present"], d["appears"], d["overflow"]
+        out.numbers.frombytes(d["numbers"])
+        out.counts, out.fixes, out.nonfinite = dict(d["counts"]), list(d["fixes"]), dict(d["nonfinite"])
+        return out
 
 
-MAX_INFERRED_FEATURES = 1_000
 MIN_INFERRED_SHARE = 0.01
+MAX_UNTRACKED_COUNTED = 10_000  # distinct untracked feature names counted one by one
+UNTRACKED_SAMPLES = 5
 
 
-def build_reference(model_id: str, events: Sequence[InferenceEvent], feature_kinds: Mapping[str, str] | None,
+class WarmupSummary:
+    """A model's warm-up: per column what :func:`build_reference` needs, not the events.
+
+    With configured feature kinds only those features are summarised. Otherwise the first
+    ``limits.max_inferred_columns`` feature names, in order of first appearance (names over
+    MAX_NAME_CHARS never), are; further names are not tracked but counted (``untracked``, up to
+    MAX_UNTRACKED_COUNTED distinct ones) with a few examples. Memory and snapshot size are
+    bounded: per column at most ``events`` float64 numbers or ``limits.max_categories`` categories
+    of at most MAX_CATEGORY_CHARS characters.
+    """
+
+    def __init__(self, feature_kinds: Mapping[str, str] | None, limits: Limits = Limits()):
+        self.feature_kinds = None if feature_kinds is None else dict(feature_kinds)
+        self.limits = limits
+        self.events = 0
+        cap = limits.max_categories
+        if feature_kinds is None:
+            self.features: dict[str, ColumnSummary] = {}
+        else:
+            self.features = {name: ColumnSummary(kind, cap) for name, kind in feature_kinds.items()}
+        self.score = ColumnSummary("numeric", cap)
+        self.predicted_label = ColumnSummary("categorical", cap)
+        self.latency = ColumnSummary("numeric", cap)
+        self.untracked: set[bytes] = set()  # 8-byte digests of the names not tracked
+        self.untracked_samples: list[str] = []
+        self._known_untracked: set[str] = set()  # the names themselves, this process only (a fast path)
+
+    def __len__(self) -> int:
+        return self.events
+
+    def add(self, event: InferenceEvent) -> None:
+        self.events += 1
+        features = event.features
+        columns = self.features
+        if self.feature_kinds is not None:
+            for name, column in columns.items():
+                value = features.get(name)
+                if value is not None:
+                    column.add(value)
+        else:
+            room = self.limits.max_inferred_columns - len(columns)
+            for name, value in features.items():
+                column = columns.get(name)
+                if column is None:
+                    if room <= 0 or len(name) > MAX_NAME_CHARS:
+                        self._untracked(name)
+                        continue
+                    column = columns[name] = ColumnSummary(None, self.limits.max_categories)
+                    room -= 1
+                column.appears += 1
+                if value is not None:
+                    column.add(value)
+        if event.score is not None:
+            self.score.add(event.score)
+        if event.predicted_label is not None:
+            self.predicted_label.add(event.predicted_label)
+        if event.latency_ms is not None:
+            self.latency.add(event.latency_ms)
+
+    def _untracked(self, name: str) -> None:
+        if name in self._known_untracked:
+            return
+        if len(self._known_untracked) < MAX_UNTRACKED_COUNTED:
+            self._known_untracked.add(name)
+        if len(self.untracked) < MAX_UNTRACKED_COUNTED:
+            self.untracked.add(hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=8).digest())
+        if len(self.untracked_samples) < UNTRACKED_SAMPLES:
+            sample = cut(name, 64)
+            if sample not in self.untracked_samples:
+                self.untracked_samples.append(sample)
+
+    def build(self, model_id: str, bins: int = 10, top_k: int = 20, source: str = "warmup",
+              labels: "LabelSummary | None" = None) -> "ReferenceProfile":
+        """The reference profile: exactly what :func:`build_reference` gives for the same events
+        (within the limits)."""
+        n = self.events
+        if not n:
+            raise ReferenceProfileError(f"no inference events of model {model_id!r} to build a reference from")
+        columns = self.features
+        if self.feature_kinds is None:
+            least = max(2, math.ceil(MIN_INFERRED_SHARE * n))
+            kept = sorted((name for name, c in columns.items() if c.appears >= least),
+                          key=lambda name: (-columns[name].appears, name))
+            kinds = {name: "numeric" if columns[name].kind is None else "categorical" for name in kept}
+        else:
+            kinds = self.feature_kinds
+        features: dict[str, ColumnReference] = {}
+        for name, kind in sorted(kinds.items()):
+            column = columns[name]
+            ref = column.numeric(n, bins) if kind == "numeric" else column.categorical(n, top_k)
+            if ref is not None:
+                features[name] = ref
+        return ReferenceProfile(
+            model_id=model_id, events=n, features=features, source=source,
+            score=self.score.numeric(n, bins), predicted_label=self.predicted_label.categorical(n, top_k),
+            latency=self.latency.numeric(n, bins),
+            labels=None if labels is None else labels.build(top_k))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"events": self.events, "features": {n: c.snapshot() for n, c in self.features.items()},
+                "score": self.score.snapshot(), "predicted_label": self.predicted_label.snapshot(),
+                "latency": self.latency.snapshot(), "untracked": sorted(self.untracked),
+                "untracked_samples": list(self.untracked_samples)}
+
+    def restore(self, d: Mapping[str, Any]) -> None:
+        """Continue a snapshot taken with the same feature kinds and limits."""
+        cap = self.limits.max_categories
+        self.events = d["events"]
+        self.features = {n: ColumnSummary.from_snapshot(c, cap) for n, c in d["features"].items()}
+        for name in ("score", "predicted_label", "latency"):
+            setattr(self, name, ColumnSummary.from_snapshot(d[name], cap))
+        self.untracked = set(d["untracked"])
+        self.untracked_samples = list(d["untracked_samples"])
+        self._known_untracked = set()
+
+
+class LabelSummary:
+    """A label warm-up: each label's count (bounded like a categorical column)."""
+
+    def __init__(self, limits: Limits = Limits()):
+        self.labels = ColumnSummary("categorical", limits.max_categories)
+        self.events = 0
+
+    def __len__(self) -> int:
+        return self.events
+
+    def add(self, label: Any) -> None:
+        self.events += 1
+        if label is not None:
+            self.labels.add(label)
+
+    def build(self, top_k: int = 20) -> "CategoricalReference | None":
+        return self.labels.categorical(self.events, top_k) if self.events else None
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"events": self.events, "labels": self.labels.snapshot()}
+
+    def restore(self, d: Mapping[str, Any]) -> None:
+        self.events = d["events"]
+        self.labels = ColumnSummary.from_snapshot(d["labels"], self.labels.max_categories)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_finite_number(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
+
+
+def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20,
+                           limits: Limits = Limits()) -> CategoricalReference | None:
+    summary = LabelSummary(limits)
+    for event in labels:
+        summary.add(event.label)
+    return summary.build(top_k)
+
+
+def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kinds: Mapping[str, str] | None,
                     bins: int = 10, top_k: int = 20, source: str = "warmup",
-                    labels: Sequence[LabelEvent] = ()) -> ReferenceProfile:
+                    labels: Sequence[LabelEvent] = (), limits: Limits = Limits()) -> ReferenceProfile:
     """Profile a model's events. Kinds not given are inferred: numbers → numeric, else categorical.
 
-    Inferred features are those present in at least 1 % of the events (and twice), the
-    ``MAX_INFERRED_FEATURES`` most frequent at most: stray keys do not become columns.
+    Inferred features are those present in at least 1 % of the events (and twice), among the
+    first ``limits.max_inferred_columns`` names to appear: stray keys do not become columns.
+    The events pass through a :class:`WarmupSummary`, as in the service's warm-up.
     """
-    if not events:
-        raise ReferenceProfileError(f"no inference events of model {model_id!r} to build a reference from")
-    seen: dict[str, int] = {}
+    summary = WarmupSummary(feature_kinds, limits)
     for event in events:
-        for name in event.features:
-            seen[name] = seen.get(name, 0) + 1
-    if feature_kinds is None:
-        least = max(2, math.ceil(MIN_INFERRED_SHARE * len(events)))
-        kept = sorted((n for n, c in seen.items() if c >= least), key=lambda n: (-seen[n], n))[:MAX_INFERRED_FEATURES]
-    else:
-        kept = list(feature_kinds)
-    columns: dict[str, list[Any]] = {name: [] for name in kept}
-    for event in events:
-        for name, values in columns.items():
-            values.append(event.features.get(name))
-    kinds = dict(feature_kinds) if feature_kinds is not None else {
-        name: "numeric" if all(is_number(v) for v in values if v is not None) else "categorical"
-        for name, values in columns.items()}
-    n = len(events)
-    features: dict[str, ColumnReference] = {}
-    for name, kind in sorted(kinds.items()):
-        values = columns.get(name, [None] * n)
-        ref = _numeric(values, n, bins) if kind == "numeric" else _categorical(values, n, top_k)
-        if ref is not None:
-            features[name] = ref
-    return ReferenceProfile(
-        model_id=model_id, events=n, features=features, source=source,
-        score=_numeric([e.score for e in events], n, bins),
-        predicted_label=_categorical([e.predicted_label for e in events], n, top_k),
-        latency=_numeric([e.latency_ms for e in events], n, bins),
-        labels=build_labels_reference(labels, top_k))
+        summary.add(event)
+    label_summary = None
+    if labels:
+        label_summary = LabelSummary(limits)
+        for label in labels:
+            label_summary.add(label.label)
+    return summary.build(model_id, bins, top_k, source, labels=label_summary)

@@ -133,7 +133,7 @@ def test_warmup_builds_the_reference():
     assert fraud["events"] == 8000
     assert fraud["reference"]["events"] == 1000
     assert fraud["reference"]["source"] == "warmup"
-    assert fraud["warmup"] == []
+    assert fraud["warmup"] is None  # the warm-up summary is gone once the reference exists
     assert sorted(fraud["reference"]["features"]) == ["age", "amount", "country", "is_new"]
     assert fraud["reference"]["features"]["is_new"]["kind"] == "categorical"
     monitor = PartitionMonitor(CONFIG, PARTITION, {})
@@ -208,14 +208,15 @@ def test_restore_refuses_unknown_format():
         monitor.restore({**monitor.snapshot(), "format": 999})
 
 
-def test_restore_drops_models_no_longer_configured():
-    """State of a model removed from the config is ignored on restore."""
+def test_restore_keeps_models_no_longer_configured_as_they_are():
+    """State of a model removed from the config is not monitored, and not dropped: written back as it was."""
     _, monitor = run(events("stable", 50))
     smaller = parse_config({"models": {"fraud": MODEL}})
     fresh = PartitionMonitor(smaller, PARTITION, {})
     fresh.restore(monitor.snapshot())
     assert fresh.models == {}
     assert fresh.next_offset == 50
+    assert fresh.snapshot()["models"] == monitor.snapshot()["models"]
 
 
 def test_decode_state_refuses_garbage():
@@ -316,11 +317,12 @@ def test_label_event_changes_only_the_label_count():
     assert after["models"]["fraud"]["labels"] == before["models"]["fraud"]["labels"] + 1 == 1
     assert after["next_offset"] == 1501
     # before the label reference exists (reference.events labels), the label joins the label warm-up
-    assert after["models"]["fraud"]["label_warmup"] == \
-        before["models"]["fraud"]["label_warmup"] + [("fraud-0-7", "fraud", label.timestamp_ms, 1)]
+    warmup_before, warmup_after = before["models"]["fraud"]["label_warmup"], after["models"]["fraud"]["label_warmup"]
+    assert (warmup_before["events"], warmup_before["labels"]["counts"]) == (0, {})
+    assert (warmup_after["events"], warmup_after["labels"]["counts"]) == (1, {"1": 1})
     assert after["models"]["fraud"]["label_column"] is None
     after["models"]["fraud"]["labels"] -= 1
-    after["models"]["fraud"]["label_warmup"].pop()
+    after["models"]["fraud"]["label_warmup"] = warmup_before
     after["next_offset"] = before["next_offset"]
     assert after == before
 
@@ -363,7 +365,7 @@ def test_stored_reference_is_used_without_warmup():
                                                 "detectors": MODEL["detectors"]}}})
     monitor = PartitionMonitor(config, PARTITION, {"fraud": profile})
     alerts, _ = run(stream[1000:], monitor)
-    assert monitor.models["fraud"].warmup == []
+    assert len(monitor.models["fraud"].warmup) == 0
     assert ("amount", "psi", "firing") in {(a.name, a.detector, a.status) for a in alerts}
 
 
