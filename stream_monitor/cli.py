@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", _run, "run the service (SIGINT/SIGTERM stops it cleanly)")
-    replay = command("replay", _replay, "run the detectors over a JSONL file, print the alerts (no broker, no Redis)")
+    replay = command("replay", _replay, "run the detectors over a JSONL, CSV or Parquet file (optionally "
+                     "gzip-compressed), print the alerts (no broker, no Redis)")
     replay.add_argument("--input", required=True, type=Path)
+    replay.add_argument("--model", help="the model of a CSV or Parquet file without a model_id column "
+                        "(default: the only configured model)")
     replay.add_argument("--reference", action="append", type=Path, default=[],
                         help="reference profile JSON (from `reference build --output`) for models with a stored reference")
 
@@ -124,8 +127,20 @@ def _replay(args: argparse.Namespace) -> int:
     if missing:
         raise StreamMonitorError(f"models {missing} use a stored reference: pass it with --reference FILE "
                                  "(written by `reference build --output FILE`)")
-    count = replay_file(config, args.input, references)
-    print(f"{count} alerts", file=sys.stderr)
+    model_id = args.model
+    if model_id is not None and model_id not in config.models:
+        raise StreamMonitorError(f"--model {model_id!r} is not in the config (known: {sorted(config.models)})")
+    if model_id is None and len(config.models) == 1:
+        model_id = next(iter(config.models))
+    result = replay_file(config, args.input, references, model_id=model_id)
+    if not result.monitored:
+        print(f"stream-monitor: nothing was monitored: no row of {args.input} is an event of a configured model "
+              f"(models: {', '.join(sorted(config.models))})" + (f"; {result.rejections.text()}"
+                                                               if result.rejections.counts else "; the file is empty"),
+              file=sys.stderr)
+        return 1
+    events = ", ".join(f"{m} {n:,}" for m, n in sorted(result.events.items()))
+    print(f"{result.alerts} alerts over {sum(result.events.values()):,} events ({events})", file=sys.stderr)
     return 0
 
 
