@@ -31,7 +31,7 @@ from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
-from .reference import ReferenceProfile
+from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
 
@@ -67,6 +67,7 @@ class Service:
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
+        self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
 
     def _stored_references(self) -> dict[str, ReferenceProfile]:
         references = {}
@@ -78,6 +79,16 @@ class Service:
                     raise ConfigError(f"models.{model_id}.reference.source",
                                       f"is 'stored' but Redis holds no reference for {model_id!r}; run "
                                       f"`stream-monitor reference build --model {model_id} --input FILE` first")
+                missing = unmonitored_columns(profile, model.features)
+                if missing:
+                    name = missing[0]
+                    raise ConfigError(f"models.{model_id}.features.{name}",
+                                      f"cannot be monitored: the stored reference of {model_id!r} (version "
+                                      f"{profile.version}) has no profile of it; "
+                                      + why_unmonitored(name, model.features[name], profile.features)
+                                      + (f" (also without a reference: {', '.join(missing[1:])})" if missing[1:] else "")
+                                      + f"; fix the name in the config or rebuild the reference with "
+                                      f"`stream-monitor reference build --model {model_id} --input FILE`")
                 references[model_id] = profile
         return references
 
@@ -272,6 +283,8 @@ class Service:
                 self.metrics.predictions_dropped.labels(decoded.model_id).inc()
         for kind, count in kinds.items():
             self.metrics.events_decoded.labels(kind).inc(count)
+        if len(self._checked_models) < len(self.known_models):
+            self._check_monitored(monitor)
         for alert in alerts:
             self.board.alert(self.publisher.alert(alert))
             self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
@@ -280,6 +293,22 @@ class Service:
                            alert.signal, alert.name, alert.detector, alert.message,
                            extra={"alert": alert.alert_id})
         clock.add("produce", started)
+
+    def _check_monitored(self, monitor: PartitionMonitor) -> None:
+        """Once per model, when its reference exists (a warm-up just ended): configured features it has
+        no profile of would silently never be monitored; say so loudly (log, metric, model summary)."""
+        for model_id, model in monitor.models.items():
+            if model_id in self._checked_models or model.reference is None:
+                continue
+            self._checked_models.add(model_id)
+            features = model.config.features
+            missing = unmonitored_columns(model.reference, features)
+            self.metrics.unmonitored_columns.labels(model_id).set(len(missing))
+            for name in missing:
+                log.error("model %s: configured feature %s (models.%s.features.%s) is NOT MONITORED: its %s "
+                          "reference (%d events) has no profile of it; %s", model_id, name, model_id, name,
+                          model.reference.source, model.reference.events,
+                          why_unmonitored(name, features[name], model.reference.features))
 
     def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
         self.publisher.dead_letter(raw, letter)

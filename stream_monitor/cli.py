@@ -166,6 +166,7 @@ def _reference_build(args: argparse.Namespace) -> int:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
                               model.detectors.psi.top_k, source="stored", labels=labels)
+    _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
         from .state import ReferenceStore, connect  # noqa: PLC0415
         profile = ReferenceStore(connect(config.redis.url), config.redis.namespace).store(profile)
@@ -178,6 +179,23 @@ def _reference_build(args: argparse.Namespace) -> int:
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
     return 0
+
+
+def _refuse_unmonitored(args: argparse.Namespace, model, profile, events) -> None:
+    """A configured feature the new reference has no profile of would never be monitored: refuse to store it."""
+    from .reference import unmonitored_columns, why_unmonitored  # noqa: PLC0415
+
+    missing = unmonitored_columns(profile, model.features)
+    if not missing:
+        return
+    seen: dict[str, int] = {}
+    for event in events:
+        for name in event.features:
+            seen[name] = seen.get(name, 0) + 1
+    lines = [f"models.{args.model}.features.{name} ({model.features[name]}) cannot be monitored: "
+             + why_unmonitored(name, model.features[name], seen, seen, len(events)) for name in missing]
+    raise StreamMonitorError(f"{args.input}: no reference stored; " + "; ".join(lines)
+                             + ". Fix the name in the file or in the config and build again")
 
 
 def _reference_show(args: argparse.Namespace) -> int:
@@ -248,6 +266,9 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
+        if unmonitored:
+            print(f"  NOT MONITORED: configured features {', '.join(unmonitored)} have no profile in the reference")
         performance = max((p["models"][model_id].get("performance") or {} for p in partitions
                            if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
         if performance.get("pairs"):

@@ -70,6 +70,9 @@ class Metrics:
         self.stage_seconds = Counter("stream_monitor_stage_seconds_total",
                                      "Time spent per stage of the loop (consume, decode, join, detect, produce, "
                                      "checkpoint) and per detector kind inside detect", ["stage"], **kw)
+        self.unmonitored_columns = Gauge("stream_monitor_unmonitored_columns",
+                                         "Configured features the model's reference has no profile of "
+                                         "(never monitored; see the error log)", ["model"], **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:

@@ -29,7 +29,7 @@ from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
 from .reference import OTHER, CategoricalReference, ColumnReference, NumericReference, ReferenceProfile, \
-    build_labels_reference, build_reference
+    build_labels_reference, build_reference, unmonitored_columns
 
 STATE_FORMAT = 3  # 3: compiled detectors' arrays instead of river pickles
 _INFINITIES = (math.inf, -math.inf)
@@ -584,6 +584,7 @@ class ModelMonitor:
                 {"source": self.reference.source, "version": self.reference.version,
                  "events": self.reference.events},
                 "warmup": len(self.warmup),
+                "unmonitored": [] if self.reference is None else unmonitored_columns(self.reference, self.config.features),
                 "detectors": [row for c in columns for row in c.summary()] + performance_rows}
 
 
