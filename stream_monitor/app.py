@@ -32,6 +32,7 @@ from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
+from .rollback import Rollback
 from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
 
@@ -48,6 +49,7 @@ class Service:
         self.known_models = frozenset(config.models)
         self.consumer_settings = consumer_settings(config)
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
+        faults.install_processing_fault()
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self._redis(self.redis.ping, "connect")
@@ -60,6 +62,7 @@ class Service:
         self.consumer: Consumer | None = None
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
+        self.rollbacks: dict[PartitionKey, Rollback] = {}
         self.summaries: dict[PartitionKey, dict] = {}
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
@@ -186,6 +189,8 @@ class Service:
                 if model_id in monitor.models:
                     monitor.models[model_id].use_reference(profile)
                     self.dirty.add(key)
+                    if key in self.rollbacks:
+                        self.rollbacks[key].forget()  # changed outside a batch: roll back to after the switch
             log.info("model %s: now compared with stored reference version %d (was %d)", model_id,
                      profile.version, current.version)
 
@@ -264,16 +269,19 @@ class Service:
         """One partition's decoded events of this batch → its detectors → alerts published."""
         clock = CLOCK
         started = clock.now()
-        try:
-            alerts = monitor.process_batch([(raw.offset, decoded, join) for raw, decoded, join in items])
-        except Exception as exc:  # noqa: BLE001 - bad input must not stop the loop; nothing is lost
-            # Events are validated before any detector state changes, so this is a bug, not bad input:
-            # the batch's messages go to the dead-letter topic with the error, and the loop goes on.
-            log.exception("%s[%d]@%d..%d: processing failed", key[0], key[1], items[0][0].offset,
-                          items[-1][0].offset)
-            for raw, _, _ in items:
-                self._dead_letter(raw, DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
-            return
+        # Never half a batch: a failure midway (a bug: events are validated before any state changes) is
+        # rolled back and the batch redone one event at a time; only the events that fail on their own
+        # are dead-lettered (processing_error), the state is that of a run that never saw them.
+        alerts, failed = self._rollback(key, monitor).apply(
+            [(raw.offset, decoded, join) for raw, decoded, join in items], sum(len(raw.value or b"") for raw, _, _ in items))
+        if failed:
+            raws = {raw.offset: raw for raw, _, _ in items}
+            for (offset, _, _), exc in failed:
+                log.error("%s[%d]@%d: processing failed; dead-lettered (processing_error), the partition's state "
+                          "left as if it had never been seen", key[0], key[1], offset, exc_info=exc)
+                self._dead_letter(raws[offset], DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
+            failed_offsets = {offset for (offset, _, _), _ in failed}
+            items = [item for item in items if item[0].offset not in failed_offsets]
         started = clock.add("detect", started)
         kinds: dict[str, int] = {}
         for raw, decoded, join in items:
@@ -294,6 +302,13 @@ class Service:
                            extra={"alert": alert.alert_id})
         clock.add("produce", started)
 
+    def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:
+        """The way back to ``monitor``'s state before a batch (every change of its state goes through it)."""
+        rollback = self.rollbacks.get(key)
+        if rollback is None or rollback.monitor is not monitor:  # a new assignment: a new monitor
+            rollback = self.rollbacks[key] = Rollback(monitor)
+        return rollback
+
     def _check_monitored(self, monitor: PartitionMonitor) -> None:
         """Once per model, when its reference exists (a warm-up just ended): configured features it has
         no profile of would silently never be monitored; say so loudly (log, metric, model summary)."""
@@ -312,7 +327,7 @@ class Service:
 
     def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
         self.publisher.dead_letter(raw, letter)
-        monitor.skip(raw.offset)
+        self._rollback((raw.topic, raw.partition), monitor).skip(raw.offset)
         self.metrics.dead_letters.labels(letter.reason).inc()
         log.debug("%s[%d]@%d dead-lettered: %s: %s", raw.topic, raw.partition, raw.offset, letter.reason, letter.error)
 
@@ -333,6 +348,8 @@ class Service:
                 "checkpoint"))
             self._publish_status()
         self.dirty.difference_update(k for k, _ in monitors)
+        for key in [k for k in self.rollbacks if k not in self.owned]:
+            del self.rollbacks[key]  # released or lost: its log must not keep events alive
         CLOCK.add("checkpoint", started)
         for stage, seconds in CLOCK.since_export().items():
             self.metrics.stage_seconds.labels(stage).inc(seconds)
