@@ -32,7 +32,7 @@ from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
-from .rollback import Rollback
+from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
 
@@ -242,6 +242,7 @@ class Service:
         started = clock.add("produce", started)
         for key, items in batches.items():
             self._apply(key, self.owned[key], items)
+        bound_rollbacks(self.rollbacks.values())
         self.dirty.update(key for key, _, _, _ in prepared)
         self._since_checkpoint += len(prepared)
 

@@ -18,13 +18,19 @@ batches and dead-letter skips, by reference) is logged. Rolling back restores th
 the log (the same calls on the same events: deterministic), which costs a restore (~13 ms) plus
 re-processing at most :data:`LOG_EVENTS` events, only on the failure path. Measured on the hot
 path: 4.57–4.65 µs per event without, 4.78–4.89 µs with (≈5 %, batches of 1,000).
+
+Memory. The log keeps the decoded events since the base alive: at most :data:`LOG_EVENTS` per
+partition, and :func:`bound` keeps all partitions' logs under :data:`TOTAL_LOG_EVENTS` events and
+:data:`TOTAL_LOG_BYTES` of input by dropping the largest logs (those partitions take a new base
+copy at their next change: more copies when an instance owns very many busy partitions, never
+more memory).
 """
 
 from __future__ import annotations
 
 import logging
 import pickle
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult
@@ -36,6 +42,10 @@ Item = tuple[int, "InferenceEvent | LabelEvent", "JoinResult | None"]  # (offset
 
 LOG_EVENTS = 5_000  # events redone at most on a rollback; a new base copy after this many
 LOG_BYTES = 16 << 20  # input bytes kept alive by the log at most (huge events renew the base sooner)
+# Over all partitions of an instance (see :func:`bound`): decoded events cost ~2 KB each at 20 features,
+# so the logs keep at most ~100 MB alive however many partitions an instance owns.
+TOTAL_LOG_EVENTS = 50_000
+TOTAL_LOG_BYTES = 64 << 20
 _SKIP = None
 
 
@@ -52,9 +62,16 @@ class Rollback:
         self._bytes = 0
         self.bases = 0  # base copies taken (for tests and measurements)
 
+    @property
+    def held(self) -> tuple[int, int]:
+        """(events, input bytes) the log keeps alive."""
+        return self._events, self._bytes
+
     def forget(self) -> None:
         """The state changed outside (a new reference): the next change starts from a new base."""
         self.base = None
+        self.log = []
+        self._events = self._bytes = 0
 
     def _before(self, events: int, size: int) -> None:
         if self.base is None or self._events + events > self.log_events or self._bytes + size > self.log_bytes:
@@ -110,7 +127,7 @@ class Rollback:
             except Exception as exc:  # noqa: BLE001 - this event alone fails: it is dead-lettered
                 self.monitor.restore(pickle.loads(before))
                 failed.append((item, exc))
-        self.base = None  # the next change starts from a fresh copy
+        self.forget()  # the next change starts from a fresh copy
         return alerts, failed
 
 
@@ -118,3 +135,20 @@ def _copy(monitor: PartitionMonitor) -> bytes:
     """The partition's state, pickled: a snapshot may share objects with the live state (the
     detectors' last readings), which later changes must not reach."""
     return pickle.dumps(monitor.snapshot(), protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def bound(rollbacks: Iterable[Rollback], events: int = TOTAL_LOG_EVENTS, size: int = TOTAL_LOG_BYTES) -> int:
+    """Keep what all logs hold under ``events`` and ``size``: the largest logs are dropped (those
+    partitions take a new base copy at their next change). Returns how many were dropped."""
+    held = sorted(((r.held, r) for r in rollbacks), key=lambda t: t[0], reverse=True)
+    total_events = sum(e for (e, _), _ in held)
+    total_bytes = sum(b for (_, b), _ in held)
+    dropped = 0
+    for (e, b), rollback in held:
+        if total_events <= events and total_bytes <= size:
+            break
+        rollback.forget()
+        total_events -= e
+        total_bytes -= b
+        dropped += 1
+    return dropped

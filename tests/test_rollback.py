@@ -11,7 +11,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
 from stream_monitor.localstack import create_topics
 from stream_monitor.partition import ColumnMonitor, PartitionMonitor
-from stream_monitor.rollback import Rollback
+from stream_monitor.rollback import Rollback, bound
 from stream_monitor.synthetic import generate
 
 from .helpers import produce, unique, wait_for_offsets
@@ -171,3 +171,15 @@ def test_a_bug_mid_batch_in_the_service_dead_letters_only_that_event(broker, red
     assert states[1][1]["dead_letters"] == 0
     assert {a["alert_id"] for a in run.alerts()} == {a.alert_id for a in want_alerts}
     assert want_alerts
+
+
+def test_the_logs_of_all_partitions_are_bounded_together(stream):
+    rollbacks = [Rollback(PartitionMonitor(CONFIG, p, {})) for p in range(4)]
+    for n, rollback in enumerate(rollbacks):
+        rollback.apply([(o, stream[o], None) for o in range(100 * (n + 1))], size=1000 * (n + 1))
+    assert [r.held for r in rollbacks] == [(100, 1000), (200, 2000), (300, 3000), (400, 4000)]
+    assert bound(rollbacks, events=500) == 2  # the two largest go
+    assert [r.held for r in rollbacks] == [(100, 1000), (200, 2000), (0, 0), (0, 0)]
+    assert bound(rollbacks, events=500, size=2500) == 1
+    assert [r.held for r in rollbacks] == [(100, 1000), (0, 0), (0, 0), (0, 0)]
+    assert rollbacks[1].base is None  # its next change takes a new base copy
