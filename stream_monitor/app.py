@@ -42,6 +42,64 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collecti
 alert_log = logging.getLogger("stream_monitor.alerts")
 
 
+class CheckpointTimers:
+    """Per partition: input messages and seconds since its last save. A partition is due when it
+    changed and either reached its interval; a checkpoint resets the timers of the partitions it saved,
+    and only theirs (a revoke saving partition A leaves B's clock running, so B is still saved within
+    one interval of its own last save).
+
+    >>> timers = CheckpointTimers(events=100, seconds=5.0)
+    >>> timers.count({"A": 60, "B": 60}, now=0.0)
+    >>> timers.saved(["A"], now=1.0)          # A revoked and saved
+    >>> timers.count({"B": 40}, now=2.0)
+    >>> timers.due({"A", "B"}, now=2.0)
+    ['B']
+    >>> timers.count({"A": 1}, now=5.9); timers.due({"A"}, now=5.9), timers.due({"A"}, now=6.0)
+    ([], ['A'])
+    """
+
+    def __init__(self, events: int, seconds: float):
+        self.events = events
+        self.seconds = seconds
+        self._since: dict[Any, list] = {}  # key → [messages since its last save, monotonic time of that save]
+
+    def count(self, consumed: dict[Any, int], now: float) -> None:
+        """``consumed``: input messages per partition handled just now (a partition's clock starts at
+        its first message if it was never saved)."""
+        for key, n in consumed.items():
+            since = self._since.get(key)
+            if since is None:
+                self._since[key] = [n, now]
+            else:
+                since[0] += n
+
+    def due(self, dirty, now: float) -> list:
+        out = []
+        for key in dirty:
+            since = self._since.get(key)
+            if since is None:  # changed without a message (a new reference): its clock starts now
+                self._since[key] = [0, now]
+            elif since[0] >= self.events or now - since[1] >= self.seconds:
+                out.append(key)
+        return sorted(out)
+
+    def saved(self, keys, now: float) -> None:
+        for key in keys:
+            self._since[key] = [0, now]
+
+    def keep(self, owned) -> None:
+        """Forget partitions no longer owned (a later assignment starts afresh)."""
+        for key in [k for k in self._since if k not in owned]:
+            del self._since[key]
+
+
+def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
+    counts: dict[PartitionKey, int] = {}
+    for key, *_ in prepared:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
@@ -67,8 +125,8 @@ class Service:
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.stopping = False
-        self._since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
+                                       config.service.checkpoint_interval_seconds)
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
         self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
 
@@ -121,8 +179,9 @@ class Service:
                 started = clock.now()
                 self.publisher.poll()
                 clock.add("produce", started)
-                if self._checkpoint_due():
-                    self._checkpoint(list(self.dirty))
+                due = self._checkpoint_due()
+                if due:
+                    self._checkpoint(due)
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
             self._checkpoint(list(self.owned))
@@ -244,7 +303,7 @@ class Service:
             self._apply(key, self.owned[key], items)
         bound_rollbacks(self.rollbacks.values())
         self.dirty.update(key for key, _, _, _ in prepared)
-        self._since_checkpoint += len(prepared)
+        self.timers.count(consumed_by_partition(prepared), time.monotonic())
 
     def _prepare(self, message: Message):
         error = message.error()
@@ -334,11 +393,9 @@ class Service:
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def _checkpoint_due(self) -> bool:
-        service = self.config.service
-        return bool(self.dirty) and (
-            self._since_checkpoint >= service.checkpoint_interval_events
-            or time.monotonic() - self._last_checkpoint >= service.checkpoint_interval_seconds)
+    def _checkpoint_due(self) -> list[PartitionKey]:
+        """The partitions to save now: changed, and their own interval since their last save is up."""
+        return self.timers.due(self.dirty, time.monotonic())
 
     def _checkpoint(self, keys: list[PartitionKey]) -> None:
         started = CLOCK.now()
@@ -354,8 +411,8 @@ class Service:
         CLOCK.add("checkpoint", started)
         for stage, seconds in CLOCK.since_export().items():
             self.metrics.stage_seconds.labels(stage).inc(seconds)
-        self._since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.timers.saved([k for k, _ in monitors], time.monotonic())
+        self.timers.keep(self.owned)
 
     def _publish_status(self) -> None:
         """Status page and gauges from the summaries saved at the last checkpoints."""
