@@ -6,7 +6,10 @@ import time
 
 from confluent_kafka import Consumer, TopicPartition
 
+from prometheus_client import CollectorRegistry
+
 from stream_monitor.app import CheckpointTimers, Service
+from stream_monitor.metrics import Metrics
 from stream_monitor.config import parse_config
 from stream_monitor.localstack import create_topics
 from stream_monitor.synthetic import generate
@@ -69,7 +72,7 @@ def test_after_a_revoke_checkpoint_of_a_the_other_partition_is_saved_within_its_
         "redis": {"url": redis_server.address, "namespace": namespace},
         "service": {"checkpoint_interval_events": 100, "checkpoint_interval_seconds": 3600.0},
         "models": {"stable": {"reference": {"events": 1000}}}})
-    service = Service(config)
+    service = Service(config, Metrics(CollectorRegistry()))  # a registry of its own: other tests build services too
     consumer = Consumer({"bootstrap.servers": broker.address, "group.id": group, "enable.auto.commit": False,
                          "enable.auto.offset.store": False, **FAST_CONSUMER})
     service.consumer = consumer

@@ -9,6 +9,7 @@ import urllib.request
 
 import orjson
 import pytest
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.app import Service
@@ -16,6 +17,7 @@ from stream_monitor.cli import main
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
 from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.metrics import Metrics
 from stream_monitor.reference import build_reference, unmonitored_columns, why_unmonitored
 from stream_monitor.state import ReferenceStore, connect
 from stream_monitor.synthetic import generate
@@ -123,7 +125,7 @@ def test_start_refuses_a_stored_reference_without_a_configured_feature(redis_ser
     config = parse_config({"redis": {"url": redis_server.address, "namespace": namespace},
                            "models": {"fraud": {"reference": {"source": "stored"}, "features": FEATURES}}})
     with pytest.raises(ConfigError) as refused:
-        Service(config)
+        Service(config, Metrics(CollectorRegistry()))
     assert refused.value.key == "models.fraud.features.age"
     assert "stored reference of 'fraud' (version 1) has no profile of it" in str(refused.value)
     assert "also without a reference: income" in str(refused.value)
