@@ -31,7 +31,8 @@ from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
 from .partition import PartitionMonitor
 from .publisher import Publisher
-from .reference import ReferenceProfile
+from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
+from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
 
@@ -41,6 +42,64 @@ GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collecti
 alert_log = logging.getLogger("stream_monitor.alerts")
 
 
+class CheckpointTimers:
+    """Per partition: input messages and seconds since its last save. A partition is due when it
+    changed and either reached its interval; a checkpoint resets the timers of the partitions it saved,
+    and only theirs (a revoke saving partition A leaves B's clock running, so B is still saved within
+    one interval of its own last save).
+
+    >>> timers = CheckpointTimers(events=100, seconds=5.0)
+    >>> timers.count({"A": 60, "B": 60}, now=0.0)
+    >>> timers.saved(["A"], now=1.0)          # A revoked and saved
+    >>> timers.count({"B": 40}, now=2.0)
+    >>> timers.due({"A", "B"}, now=2.0)
+    ['B']
+    >>> timers.count({"A": 1}, now=5.9); timers.due({"A"}, now=5.9), timers.due({"A"}, now=6.0)
+    ([], ['A'])
+    """
+
+    def __init__(self, events: int, seconds: float):
+        self.events = events
+        self.seconds = seconds
+        self._since: dict[Any, list] = {}  # key → [messages since its last save, monotonic time of that save]
+
+    def count(self, consumed: dict[Any, int], now: float) -> None:
+        """``consumed``: input messages per partition handled just now (a partition's clock starts at
+        its first message if it was never saved)."""
+        for key, n in consumed.items():
+            since = self._since.get(key)
+            if since is None:
+                self._since[key] = [n, now]
+            else:
+                since[0] += n
+
+    def due(self, dirty, now: float) -> list:
+        out = []
+        for key in dirty:
+            since = self._since.get(key)
+            if since is None:  # changed without a message (a new reference): its clock starts now
+                self._since[key] = [0, now]
+            elif since[0] >= self.events or now - since[1] >= self.seconds:
+                out.append(key)
+        return sorted(out)
+
+    def saved(self, keys, now: float) -> None:
+        for key in keys:
+            self._since[key] = [0, now]
+
+    def keep(self, owned) -> None:
+        """Forget partitions no longer owned (a later assignment starts afresh)."""
+        for key in [k for k in self._since if k not in owned]:
+            del self._since[key]
+
+
+def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
+    counts: dict[PartitionKey, int] = {}
+    for key, *_ in prepared:
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
@@ -48,6 +107,7 @@ class Service:
         self.known_models = frozenset(config.models)
         self.consumer_settings = consumer_settings(config)
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
+        faults.install_processing_fault()
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self._redis(self.redis.ping, "connect")
@@ -61,13 +121,15 @@ class Service:
         self.consumer: Consumer | None = None
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
+        self.rollbacks: dict[PartitionKey, Rollback] = {}
         self.summaries: dict[PartitionKey, dict] = {}
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.stopping = False
-        self._since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
+                                       config.service.checkpoint_interval_seconds)
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
+        self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
 
     def _stored_references(self) -> dict[str, ReferenceProfile]:
         references = {}
@@ -79,6 +141,16 @@ class Service:
                     raise ConfigError(f"models.{model_id}.reference.source",
                                       f"is 'stored' but Redis holds no reference for {model_id!r}; run "
                                       f"`stream-monitor reference build --model {model_id} --input FILE` first")
+                missing = unmonitored_columns(profile, model.features)
+                if missing:
+                    name = missing[0]
+                    raise ConfigError(f"models.{model_id}.features.{name}",
+                                      f"cannot be monitored: the stored reference of {model_id!r} (version "
+                                      f"{profile.version}) has no profile of it; "
+                                      + why_unmonitored(name, model.features[name], profile.features)
+                                      + (f" (also without a reference: {', '.join(missing[1:])})" if missing[1:] else "")
+                                      + f"; fix the name in the config or rebuild the reference with "
+                                      f"`stream-monitor reference build --model {model_id} --input FILE`")
                 references[model_id] = profile
         return references
 
@@ -108,8 +180,9 @@ class Service:
                 started = clock.now()
                 self.publisher.poll()
                 clock.add("produce", started)
-                if self._checkpoint_due():
-                    self._checkpoint(list(self.dirty))
+                due = self._checkpoint_due()
+                if due:
+                    self._checkpoint(due)
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
             self._checkpoint(list(self.owned))
@@ -176,6 +249,8 @@ class Service:
                 if model_id in monitor.models:
                     monitor.models[model_id].use_reference(profile)
                     self.dirty.add(key)
+                    if key in self.rollbacks:
+                        self.rollbacks[key].forget()  # changed outside a batch: roll back to after the switch
             log.info("model %s: now compared with stored reference version %d (was %d)", model_id,
                      profile.version, current.version)
 
@@ -227,8 +302,9 @@ class Service:
         started = clock.add("produce", started)
         for key, items in batches.items():
             self._apply(key, self.owned[key], items)
+        bound_rollbacks(self.rollbacks.values())
         self.dirty.update(key for key, _, _, _ in prepared)
-        self._since_checkpoint += len(prepared)
+        self.timers.count(consumed_by_partition(prepared), time.monotonic())
 
     def _prepare(self, message: Message):
         error = message.error()
@@ -254,16 +330,19 @@ class Service:
         """One partition's decoded events of this batch → its detectors → alerts published."""
         clock = CLOCK
         started = clock.now()
-        try:
-            alerts = monitor.process_batch([(raw.offset, decoded, join) for raw, decoded, join in items])
-        except Exception as exc:  # noqa: BLE001 - bad input must not stop the loop; nothing is lost
-            # Events are validated before any detector state changes, so this is a bug, not bad input:
-            # the batch's messages go to the dead-letter topic with the error, and the loop goes on.
-            log.exception("%s[%d]@%d..%d: processing failed", key[0], key[1], items[0][0].offset,
-                          items[-1][0].offset)
-            for raw, _, _ in items:
-                self._dead_letter(raw, DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
-            return
+        # Never half a batch: a failure midway (a bug: events are validated before any state changes) is
+        # rolled back and the batch redone one event at a time; only the events that fail on their own
+        # are dead-lettered (processing_error), the state is that of a run that never saw them.
+        alerts, failed = self._rollback(key, monitor).apply(
+            [(raw.offset, decoded, join) for raw, decoded, join in items], sum(len(raw.value or b"") for raw, _, _ in items))
+        if failed:
+            raws = {raw.offset: raw for raw, _, _ in items}
+            for (offset, _, _), exc in failed:
+                log.error("%s[%d]@%d: processing failed; dead-lettered (processing_error), the partition's state "
+                          "left as if it had never been seen", key[0], key[1], offset, exc_info=exc)
+                self._dead_letter(raws[offset], DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
+            failed_offsets = {offset for (offset, _, _), _ in failed}
+            items = [item for item in items if item[0].offset not in failed_offsets]
         started = clock.add("detect", started)
         kinds: dict[str, int] = {}
         for raw, decoded, join in items:
@@ -273,6 +352,8 @@ class Service:
                 self.metrics.predictions_dropped.labels(decoded.model_id).inc()
         for kind, count in kinds.items():
             self.metrics.events_decoded.labels(kind).inc(count)
+        if len(self._checked_models) < len(self.known_models):
+            self._check_monitored(monitor)
         for alert in alerts:
             self.board.alert(self.publisher.alert(alert))
             self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
@@ -282,19 +363,40 @@ class Service:
                            extra={"alert": alert.alert_id})
         clock.add("produce", started)
 
+    def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:
+        """The way back to ``monitor``'s state before a batch (every change of its state goes through it)."""
+        rollback = self.rollbacks.get(key)
+        if rollback is None or rollback.monitor is not monitor:  # a new assignment: a new monitor
+            rollback = self.rollbacks[key] = Rollback(monitor)
+        return rollback
+
+    def _check_monitored(self, monitor: PartitionMonitor) -> None:
+        """Once per model, when its reference exists (a warm-up just ended): configured features it has
+        no profile of would silently never be monitored; say so loudly (log, metric, model summary)."""
+        for model_id, model in monitor.models.items():
+            if model_id in self._checked_models or model.reference is None:
+                continue
+            self._checked_models.add(model_id)
+            features = model.config.features
+            missing = unmonitored_columns(model.reference, features)
+            self.metrics.unmonitored_columns.labels(model_id).set(len(missing))
+            for name in missing:
+                log.error("model %s: configured feature %s (models.%s.features.%s) is NOT MONITORED: its %s "
+                          "reference (%d events) has no profile of it; %s", model_id, name, model_id, name,
+                          model.reference.source, model.reference.events,
+                          why_unmonitored(name, features[name], model.reference.features))
+
     def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
         self.publisher.dead_letter(raw, letter)
-        monitor.skip(raw.offset)
+        self._rollback((raw.topic, raw.partition), monitor).skip(raw.offset)
         self.metrics.dead_letters.labels(letter.reason).inc()
         log.debug("%s[%d]@%d dead-lettered: %s: %s", raw.topic, raw.partition, raw.offset, letter.reason, letter.error)
 
     # --- checkpoints ----------------------------------------------------------------------
 
-    def _checkpoint_due(self) -> bool:
-        service = self.config.service
-        return bool(self.dirty) and (
-            self._since_checkpoint >= service.checkpoint_interval_events
-            or time.monotonic() - self._last_checkpoint >= service.checkpoint_interval_seconds)
+    def _checkpoint_due(self) -> list[PartitionKey]:
+        """The partitions to save now: changed, and their own interval since their last save is up."""
+        return self.timers.due(self.dirty, time.monotonic())
 
     def _checkpoint(self, keys: list[PartitionKey]) -> None:
         started = CLOCK.now()
@@ -305,11 +407,13 @@ class Service:
                 "checkpoint"))
             self._publish_status()
         self.dirty.difference_update(k for k, _ in monitors)
+        for key in [k for k in self.rollbacks if k not in self.owned]:
+            del self.rollbacks[key]  # released or lost: its log must not keep events alive
         CLOCK.add("checkpoint", started)
         for stage, seconds in CLOCK.since_export().items():
             self.metrics.stage_seconds.labels(stage).inc(seconds)
-        self._since_checkpoint = 0
-        self._last_checkpoint = time.monotonic()
+        self.timers.saved([k for k, _ in monitors], time.monotonic())
+        self.timers.keep(self.owned)
 
     def _publish_status(self) -> None:
         """Status page and gauges from the summaries saved at the last checkpoints."""

@@ -56,6 +56,8 @@ class StatusBoard:
                         held = entry.get("performance")
                         if held is None or model["performance"].get("pairs", 0) > held.get("pairs", 0):
                             entry["performance"] = dict(model["performance"])
+                    if model.get("unmonitored"):
+                        entry["unmonitored"] = sorted(set(entry.get("unmonitored", ())) | set(model["unmonitored"]))
                     if model_id in self.label_lag:
                         entry["label_lag"] = dict(self.label_lag[model_id])
                     for row in model.get("detectors", []):

@@ -51,8 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         return sub
 
     command("run", _run, "run the service (SIGINT/SIGTERM stops it cleanly)")
-    replay = command("replay", _replay, "run the detectors over a JSONL file, print the alerts (no broker, no Redis)")
+    replay = command("replay", _replay, "run the detectors over a JSONL, CSV or Parquet file (optionally "
+                     "gzip-compressed), print the alerts (no broker, no Redis)")
     replay.add_argument("--input", required=True, type=Path)
+    replay.add_argument("--model", help="the model of a CSV or Parquet file without a model_id column "
+                        "(default: the only configured model)")
     replay.add_argument("--reference", action="append", type=Path, default=[],
                         help="reference profile JSON (from `reference build --output`) for models with a stored reference")
 
@@ -124,8 +127,20 @@ def _replay(args: argparse.Namespace) -> int:
     if missing:
         raise StreamMonitorError(f"models {missing} use a stored reference: pass it with --reference FILE "
                                  "(written by `reference build --output FILE`)")
-    count = replay_file(config, args.input, references)
-    print(f"{count} alerts", file=sys.stderr)
+    model_id = args.model
+    if model_id is not None and model_id not in config.models:
+        raise StreamMonitorError(f"--model {model_id!r} is not in the config (known: {sorted(config.models)})")
+    if model_id is None and len(config.models) == 1:
+        model_id = next(iter(config.models))
+    result = replay_file(config, args.input, references, model_id=model_id)
+    if not result.monitored:
+        print(f"stream-monitor: nothing was monitored: no row of {args.input} is an event of a configured model "
+              f"(models: {', '.join(sorted(config.models))})" + (f"; {result.rejections.text()}"
+                                                               if result.rejections.counts else "; the file is empty"),
+              file=sys.stderr)
+        return 1
+    events = ", ".join(f"{m} {n:,}" for m, n in sorted(result.events.items()))
+    print(f"{result.alerts} alerts over {sum(result.events.values()):,} events ({events})", file=sys.stderr)
     return 0
 
 
@@ -151,6 +166,7 @@ def _reference_build(args: argparse.Namespace) -> int:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
                               model.detectors.psi.top_k, source="stored", labels=labels)
+    _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
         from .state import ReferenceStore, connect  # noqa: PLC0415
         profile = ReferenceStore(connect(config.redis.url), config.redis.namespace).store(profile)
@@ -163,6 +179,23 @@ def _reference_build(args: argparse.Namespace) -> int:
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
     return 0
+
+
+def _refuse_unmonitored(args: argparse.Namespace, model, profile, events) -> None:
+    """A configured feature the new reference has no profile of would never be monitored: refuse to store it."""
+    from .reference import unmonitored_columns, why_unmonitored  # noqa: PLC0415
+
+    missing = unmonitored_columns(profile, model.features)
+    if not missing:
+        return
+    seen: dict[str, int] = {}
+    for event in events:
+        for name in event.features:
+            seen[name] = seen.get(name, 0) + 1
+    lines = [f"models.{args.model}.features.{name} ({model.features[name]}) cannot be monitored: "
+             + why_unmonitored(name, model.features[name], seen, seen, len(events)) for name in missing]
+    raise StreamMonitorError(f"{args.input}: no reference stored; " + "; ".join(lines)
+                             + ". Fix the name in the file or in the config and build again")
 
 
 def _reference_show(args: argparse.Namespace) -> int:
@@ -233,6 +266,9 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
+        if unmonitored:
+            print(f"  NOT MONITORED: configured features {', '.join(unmonitored)} have no profile in the reference")
         performance = max((p["models"][model_id].get("performance") or {} for p in partitions
                            if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
         if performance.get("pairs"):

@@ -88,6 +88,9 @@ class Metrics:
         self.rebaselined = Counter("stream_monitor_rebaselined_total",
                                    "Model states restored under changed detector settings: what no longer fit "
                                    "started afresh", ["model"], **kw)
+        self.unmonitored_columns = Gauge("stream_monitor_unmonitored_columns",
+                                         "Configured features the model's reference has no profile of "
+                                         "(never monitored; see the error log)", ["model"], **kw)
         self._series: set[tuple[str, str, str, str]] = set()
 
     def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:

@@ -32,7 +32,8 @@ from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, OTHER, CategoricalReference, ColumnReference, LabelSummary, Limits, \
-    NumericReference, ReferenceProfile, WarmupSummary
+    NumericReference, ReferenceProfile, WarmupSummary, \
+    unmonitored_columns
 
 # 3: compiled detectors' arrays instead of river pickles; 4: warm-ups as summaries, not events, and each
 # model's detector settings (format 3 is still read: its warm-up events are summarised on restore)
@@ -728,6 +729,8 @@ class ModelMonitor:
                 "events": self.reference.events},
                "warmup": len(self.warmup),
                "detectors": [row for c in columns for row in c.summary()] + performance_rows}
+        out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
+                                                                                    self.config.features)
         untracked = self.untracked_columns()
         if untracked:
             examples = self.untracked["examples"] if self.reference is not None else self.warmup.untracked_samples

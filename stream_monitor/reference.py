@@ -16,6 +16,7 @@ base rates (missing, type mismatches, unseen categories).
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import math
 from array import array
@@ -542,3 +543,54 @@ def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kin
         for label in labels:
             label_summary.add(label.label)
     return summary.build(model_id, bins, top_k, source, labels=label_summary)
+
+
+# --- configured columns that a reference cannot monitor ---------------------------------------
+
+
+def unmonitored_columns(profile: ReferenceProfile, features: Mapping[str, str] | None) -> list[str]:
+    """The configured features (``models.<id>.features``) that ``profile`` has no reference of: absent
+    from every event it was built from, or without one value of their kind (text in a numeric
+    column). Their drift would never be reported. Features inferred from the reference (``None``)
+    are monitored by definition.
+
+    >>> profile = build_reference("m", [InferenceEvent("e", "m", None, {"Income": 1.0, "age": 2.0})],
+    ...                           {"income": "numeric", "age": "numeric"})
+    >>> unmonitored_columns(profile, {"income": "numeric", "age": "numeric"})
+    ['income']
+    >>> unmonitored_columns(profile, None)
+    []
+    """
+    if features is None:
+        return []
+    return sorted(name for name in features if name not in profile.features)
+
+
+def why_unmonitored(name: str, kind: str, available: Iterable[str], seen: Mapping[str, int] | None = None,
+                    events: int | None = None) -> str:
+    """Why configured feature ``name`` has no reference, for an error message: what the reference data
+    has instead (``available``: its feature names) and the closest name, if one is close.
+
+    ``seen``: how many reference events carried each feature name (known at ``reference build``).
+
+    >>> why_unmonitored("income", "numeric", ["Income", "age"])
+    "the reference has features Income, age; did you mean 'Income'?"
+    >>> why_unmonitored("age", "numeric", ["age"], {"age": 3}, 3)
+    'is in 3 of the 3 reference events but none has a numeric value'
+    """
+    available = sorted(set(available) - {name})
+    if seen is not None and seen.get(name):
+        return f"is in {seen[name]:,} of the {events:,} reference events but none has a {kind} value"
+    head = f"is in none of the {events:,} reference events; " if seen is not None and events is not None else ""
+    shown = ", ".join(available[:20]) + (f" … ({len(available):,} in all)" if len(available) > 20 else "")
+    text = f"{head}the reference has " + (f"features {shown}" if available else "no features")
+    close = _close_match(name, available)
+    return text + (f"; did you mean {close!r}?" if close else "")
+
+
+def _close_match(name: str, candidates: Sequence[str]) -> str | None:
+    lowered = {c.lower(): c for c in candidates}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    found = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.75)
+    return lowered[found[0]] if found else None

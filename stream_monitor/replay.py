@@ -1,15 +1,22 @@
-"""``replay``: the service's processing over a JSONL file, without broker or Redis.
+"""``replay``: the service's processing over a file of events, without broker or Redis.
 
-Each line is one message value; ``partition`` is -1 and ``offset`` the line
-number (from 1). The same :class:`PartitionMonitor` as ``run`` decides.
+The file is read like ``reference build`` reads it (:mod:`sources`: JSON lines, CSV, Parquet,
+gzip-compressed JSON lines or CSV). Each row is one message value; ``partition`` is -1 and
+``offset`` the line number (from 1; for Parquet the row number). The same
+:class:`PartitionMonitor` as ``run`` decides.
+
+Rejected rows are summarised, never reported one line each: the first few of each reason as
+examples, then one line of counts per reason. A replay in which no row was an event of a
+configured model has monitored nothing; :func:`replay_file` says so and the command exits 1.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
-from pathlib import Path
-from typing import IO, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, Iterable, Iterator, Mapping
 
 import orjson
 
@@ -19,28 +26,68 @@ from .events import Alert, DeadLetter, RawMessage
 from .join import MemoryJoin, join_op, performance_settings
 from .partition import PartitionMonitor
 from .reference import ReferenceProfile
+from .sources import Row, SourceError, read_events
+
+EXAMPLES_PER_REASON = 3
+MAX_REASONS_WITH_EXAMPLES = 10
+MAX_ERROR_CHARS = 200  # an error text may repeat a huge field of the input
 
 
-def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[str, ReferenceProfile],
-                  errors: IO[str] | None = None) -> Iterator[Alert]:
+@dataclass
+class Rejections:
+    """Rejected rows by reason: the first :data:`EXAMPLES_PER_REASON` of each reason are written to
+    ``out`` as they come (``line N: reason: error``), :meth:`report` adds the counts."""
+
+    out: IO[str] | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, line: int, reason: str, error: str) -> None:
+        seen = self.counts.get(reason, 0)
+        self.counts[reason] = seen + 1
+        if self.out is not None and seen < EXAMPLES_PER_REASON and (seen or len(self.counts) <= MAX_REASONS_WITH_EXAMPLES):
+            if len(error) > MAX_ERROR_CHARS:
+                error = f"{error[:MAX_ERROR_CHARS]}… ({len(error):,} characters)"
+            print(f"line {line}: {reason}: {error}", file=self.out)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def text(self) -> str:
+        """``3 rows rejected: not_json 2, unknown_model 1`` (most frequent first), or "" for none."""
+        if not self.counts:
+            return ""
+        by_count = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return f"{self.total:,} rows rejected: " + ", ".join(f"{reason} {count:,}" for reason, count in by_count)
+
+
+@dataclass
+class ReplayResult:
+    alerts: int = 0
+    events: dict[str, int] = field(default_factory=dict)  # decoded events (inference and label) per model
+    rejections: Rejections = field(default_factory=Rejections)
+
+    @property
+    def monitored(self) -> bool:
+        return bool(self.events)
+
+
+def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, ReferenceProfile],
+                result: ReplayResult | None = None) -> Iterator[Alert]:
+    """The alerts of (line, event or :class:`SourceError`) rows, in order; counts go to ``result``."""
+    result = result if result is not None else ReplayResult()
     monitor = PartitionMonitor(config, -1, references)
-    known = frozenset(config.models)
     settings = performance_settings(config)
     joiner = MemoryJoin(settings)
     batch: list = []
-    for line_number, line in enumerate(lines, start=1):
-        value = line.rstrip(b"\r\n")
-        if not value.strip():
+    for line, item in rows:
+        if isinstance(item, SourceError):
+            monitor.skip(line)
+            result.rejections.add(line, item.reason, item.error)
             continue
-        raw = RawMessage("replay", -1, line_number, value)
-        decoded = decode(raw, known, config.service.max_message_bytes, config.service.max_features_per_event)
-        if isinstance(decoded, DeadLetter):
-            monitor.skip(line_number)
-            if errors is not None:
-                print(f"line {line_number}: {decoded.reason}: {decoded.error}", file=errors)
-            continue
-        op = join_op(decoded, f"replay|-1|{line_number}", settings)
-        batch.append((line_number, decoded, joiner.run([op])[0] if op else None))
+        result.events[item.model_id] = result.events.get(item.model_id, 0) + 1
+        op = join_op(item, f"replay|-1|{line}", settings)
+        batch.append((line, item, joiner.run([op])[0] if op else None))
         if len(batch) >= config.service.batch_size:  # batches like `run`'s (the alerts do not depend on it)
             yield from monitor.process_batch(batch)
             batch = []
@@ -48,13 +95,43 @@ def replay_alerts(config: Config, lines: Iterator[bytes], references: Mapping[st
         yield from monitor.process_batch(batch)
 
 
-def replay_file(config: Config, path: Path, references: Mapping[str, ReferenceProfile],
-                out: IO[str] = sys.stdout, errors: IO[str] = sys.stderr) -> int:
-    """Print each alert as one JSON line; returns how many."""
-    count = 0
-    with open(path, "rb") as handle:
-        for alert in replay_alerts(config, iter(handle), references, errors):
-            out.write(orjson.dumps(alert.to_dict(int(time.time() * 1000))).decode() + "\n")
-            count += 1
+def _decoded_lines(config: Config, lines: Iterable[bytes]) -> Iterator[Row]:
+    known = frozenset(config.models)
+    for line_number, line in enumerate(lines, start=1):
+        value = line.rstrip(b"\r\n")
+        if not value.strip():
+            continue
+        decoded = decode(RawMessage("replay", -1, line_number, value), known, config.service.max_message_bytes,
+                         config.service.max_features_per_event)
+        if isinstance(decoded, DeadLetter):
+            yield line_number, SourceError(line_number, decoded.reason, decoded.error)
+        else:
+            yield line_number, decoded
+
+
+def replay_alerts(config: Config, lines: Iterable[bytes], references: Mapping[str, ReferenceProfile],
+                  errors: IO[str] | None = None) -> Iterator[Alert]:
+    """The alerts of JSON lines (one message value each); examples of rejected lines go to ``errors``."""
+    yield from replay_rows(config, _decoded_lines(config, lines), references, ReplayResult(rejections=Rejections(errors)))
+
+
+def replay_file(config: Config, path: str | os.PathLike[str], references: Mapping[str, ReferenceProfile],
+                out: IO[str] | None = None, errors: IO[str] | None = None, model_id: str | None = None) -> ReplayResult:
+    """Print each alert as one JSON line to ``out``; examples and counts of rejected rows to ``errors``.
+
+    ``model_id``: the model of the rows of a CSV or Parquet file without a ``model_id`` column.
+    Raises :class:`~stream_monitor.errors.StreamMonitorError` for a file that cannot be read.
+    """
+    out = out if out is not None else sys.stdout
+    errors = errors if errors is not None else sys.stderr
+    result = ReplayResult(rejections=Rejections(errors))
+    rows = read_events(path, frozenset(config.models), model_id=model_id,
+                       max_bytes=config.service.max_message_bytes,
+                       max_features=config.service.max_features_per_event)
+    for alert in replay_rows(config, rows, references, result):
+        out.write(orjson.dumps(alert.to_dict(int(time.time() * 1000))).decode() + "\n")
+        result.alerts += 1
     out.flush()
-    return count
+    if result.rejections.counts:
+        print(result.rejections.text(), file=errors)
+    return result

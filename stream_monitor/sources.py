@@ -28,7 +28,7 @@ import zlib
 from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
-from typing import Any, Collection, Iterable, Iterator
+from typing import Any, Collection, Iterable, Iterator, NamedTuple
 
 import orjson
 
@@ -66,12 +66,14 @@ class SourceError:
 
 
 def read_events(path: str | os.PathLike[str], known_models: Collection[str], model_id: str | None = None,
-                max_bytes: int = 1_048_576) -> Iterator[Row]:
+                max_bytes: int = 1_048_576, max_features: int = 1_000) -> Iterator[Row]:
     """(row number, event or error) in file order.
 
     ``model_id``: for CSV/Parquet files without a ``model_id`` column, every row belongs to this
     model; rows of other models are still yielded (caller filters). Row numbers are line numbers
     for JSON lines and CSV (the header is line 1) and 1-based row indexes for Parquet.
+    ``max_bytes`` and ``max_features``: the input limits of ``service.max_message_bytes`` and
+    ``service.max_features_per_event``, as for a Kafka message.
     Raises :class:`StreamMonitorError` at once for an unsupported suffix or a file that cannot be
     opened, and while iterating if the file turns out unreadable (corrupt gzip or Parquet).
     """
@@ -84,11 +86,21 @@ def read_events(path: str | os.PathLike[str], known_models: Collection[str], mod
             pass
     except OSError as exc:
         raise StreamMonitorError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    limits = _Limits(max_bytes, max_features)
     if kind == "jsonl":
-        return _guard(name, _read_jsonl(name, compressed, known_models, max_bytes))
+        return _guard(name, _read_jsonl(name, compressed, known_models, limits))
     if kind == "csv":
-        return _guard(name, _read_csv(name, compressed, known_models, model_id, max_bytes))
-    return _guard(name, _read_parquet(parquet, name, known_models, model_id, max_bytes))
+        return _guard(name, _read_csv(name, compressed, known_models, model_id, limits))
+    return _guard(name, _read_parquet(parquet, name, known_models, model_id, limits))
+
+
+class _Limits(NamedTuple):
+    max_bytes: int
+    max_features: int
+
+    def decode(self, line: int, value: bytes, known_models: Collection[str]) -> Row:
+        return _result(line, codec.decode(RawMessage(_TOPIC, -1, line, value), known_models, self.max_bytes,
+                                          self.max_features))
 
 
 def _format(name: str) -> tuple[str, bool]:
@@ -138,7 +150,8 @@ def _result(line: int, decoded: codec.Decoded) -> Row:
 
 # --- JSON lines -------------------------------------------------------------------------------
 
-def _read_jsonl(name: str, compressed: bool, known_models: Collection[str], max_bytes: int) -> Iterator[Row]:
+def _read_jsonl(name: str, compressed: bool, known_models: Collection[str], limits: _Limits) -> Iterator[Row]:
+    max_bytes = limits.max_bytes
     with _open(name, compressed) as stream:
         for line_no, value, size in _lines(stream, max_bytes):
             if value is None:
@@ -147,7 +160,7 @@ def _read_jsonl(name: str, compressed: bool, known_models: Collection[str], max_
                 continue
             if not value.strip():
                 continue
-            yield _result(line_no, codec.decode(RawMessage(_TOPIC, -1, line_no, value), known_models, max_bytes))
+            yield limits.decode(line_no, value, known_models)
 
 
 def _lines(stream: io.BufferedIOBase, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
@@ -190,7 +203,7 @@ class _Columns:
 
 
 def _row_event(row: dict[str, Any], row_no: int, columns: _Columns, known_models: Collection[str],
-               model_id: str | None, max_bytes: int) -> Row:
+               model_id: str | None, limits: _Limits) -> Row:
     """One CSV/Parquet row → the JSON document of CONTRACT §2 → the codec."""
     if not columns.has_model_id and model_id is None:
         return row_no, SourceError(row_no, "missing_field",
@@ -224,7 +237,7 @@ def _row_event(row: dict[str, Any], row_no: int, columns: _Columns, known_models
     except orjson.JSONEncodeError as exc:
         reason = "not_utf8" if "surrogates" in str(exc) else "wrong_type"
         return row_no, SourceError(row_no, reason, f"row cannot be represented as JSON: {exc}")
-    return _result(row_no, codec.decode(RawMessage(_TOPIC, -1, row_no, value), known_models, max_bytes))
+    return limits.decode(row_no, value, known_models)
 
 
 def _prediction(row: dict[str, Any]) -> dict[str, Any]:
@@ -259,7 +272,7 @@ def _id(value: Any) -> Any:
 # --- CSV ------------------------------------------------------------------------------------------
 
 def _read_csv(name: str, compressed: bool, known_models: Collection[str], model_id: str | None,
-              max_bytes: int) -> Iterator[Row]:
+              limits: _Limits) -> Iterator[Row]:
     with _open(name, compressed) as binary:
         text = io.TextIOWrapper(binary, encoding="utf-8-sig", errors="surrogateescape", newline="")
         reader = csv.reader(text)
@@ -295,7 +308,7 @@ def _read_csv(name: str, compressed: bool, known_models: Collection[str], model_
                 continue
             row = {column: (_cell(value) if column not in ("event_id", "model_id") else value or None)
                    for column, value in zip(names, cells) if column}
-            yield _row_event(row, start, columns, known_models, model_id, max_bytes)
+            yield _row_event(row, start, columns, known_models, model_id, limits)
 
 
 def _cell(text: str) -> Any:
@@ -320,7 +333,7 @@ def _cell(text: str) -> Any:
 # --- Parquet --------------------------------------------------------------------------------------
 
 def _read_parquet(parquet, name: str, known_models: Collection[str], model_id: str | None,
-                  max_bytes: int) -> Iterator[Row]:
+                  limits: _Limits) -> Iterator[Row]:
     import pyarrow
 
     try:
@@ -343,7 +356,7 @@ def _read_parquet(parquet, name: str, known_models: Collection[str], model_id: s
             for cells in zip(*values):
                 row_no += 1
                 row = {column: _plain(value) for column, value in zip(names, cells)}
-                yield _row_event(row, row_no, columns, known_models, model_id, max_bytes)
+                yield _row_event(row, row_no, columns, known_models, model_id, limits)
 
 
 def _plain(value: Any) -> Any:

@@ -137,6 +137,9 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
     for model_id, entry in sorted(snapshot.get("models", {}).items()):
         parts.append(f"<section><h2>{_fmt(model_id)} <span class=muted>· {entry['events']:,} events · "
                      f"{entry['labels']:,} labels</span></h2>")
+        if entry.get("unmonitored"):
+            parts.append(f"<p><span class='badge critical'>NOT MONITORED</span> configured features {_fmt(', '.join(entry['unmonitored']))} "
+                         "have no profile in the reference (see the error log)</p>")
         performance = entry.get("performance")
         if performance and performance.get("pairs"):
             cells = " · ".join(f"<b>{_fmt(k)}</b> {_fmt(v)}" for k, v in performance.items() if k != "pairs")

@@ -10,7 +10,7 @@ import redis
 
 from stream_monitor.config import parse_config
 from stream_monitor.partition import PartitionMonitor
-from stream_monitor.state import LOST, SAVED, StateStore, connect
+from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect
 
 from .helpers import unique
 from .test_partition import events
@@ -84,3 +84,72 @@ def test_a_new_reference_replaces_the_old_field(saved):
     after = reference_fields(client, store)
     assert len(after) == 1 and after != before
     assert store.load("t", 0)[1] == monitor.snapshot()
+
+
+# --- two owners racing: the Lua save refuses older state ------------------------------------------------
+
+
+def redis_url(client: redis.Redis) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"
+
+
+def test_a_save_older_than_the_stored_state_is_stale_and_changes_nothing(saved):
+    """A zombie owner (it lost the partition, the new owner saved further) saves its older progress."""
+    client, store, monitor = saved
+    key = store.key("t", 0)
+    before = client.hgetall(key)
+    older = warmed_monitor(2000)
+    zombie = StateStore(connect(redis_url(client)), store.namespace, "g")  # another process, its own connection
+    assert zombie.save("t", 0, older.next_offset, older.snapshot(), {"from": "zombie"}, existed=True) == STALE
+    assert client.hgetall(key) == before
+    assert store.load("t", 0) == (monitor.next_offset, monitor.snapshot())
+
+
+def test_two_concurrent_savers_end_with_the_newest_state(redis_server):
+    """Two owners save the same partition at once, one in order, one in a shuffled order; a watcher sees
+    the stored offset only grow, and the newest state is what remains."""
+    import random
+    import threading
+
+    namespace = unique("ns")
+    monitor = PartitionMonitor(CONFIG, 0, {})
+    stream = events("fraud", 3000)
+    states = []
+    for start in range(0, 3000, 250):
+        monitor.process_batch([(o, stream[o], None) for o in range(start, start + 250)])
+        states.append((monitor.next_offset, monitor.snapshot()))
+    orders = [list(states), random.Random(7).sample(states, len(states))]
+    outcomes: list[list[int]] = [[], []]
+    seen: list[int] = []
+    done = threading.Event()
+    barrier = threading.Barrier(2)
+
+    def saver(n: int) -> None:
+        store = StateStore(connect(redis_server.address), namespace, "g")
+        barrier.wait()
+        for offset, snapshot in orders[n]:
+            outcomes[n].append(store.save("t", 0, offset, snapshot, {"offset": offset}))
+
+    def watcher() -> None:
+        client = connect(redis_server.address)
+        key = StateStore(client, namespace, "g").key("t", 0)
+        while not done.is_set():
+            value = client.hget(key, "offset")
+            if value is not None:
+                seen.append(int(value))
+
+    threads = [threading.Thread(target=saver, args=(n,)) for n in (0, 1)]
+    watching = threading.Thread(target=watcher)
+    watching.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    done.set()
+    watching.join(10)
+    assert all(outcome in (SAVED, STALE) for outcome in outcomes[0] + outcomes[1])
+    assert STALE in outcomes[1], "the shuffled saver met newer state"
+    assert seen == sorted(seen), "the stored offset never went back"
+    newest = states[-1]
+    assert StateStore(connect(redis_server.address), namespace, "g").load("t", 0) == newest
