@@ -25,7 +25,7 @@ from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
 from .config import Config, consumer_settings, producer_settings, redact_url
-from .errors import ConfigError, StateError
+from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
@@ -39,6 +39,18 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
+
+
+def write_refusal(exc: redis.ResponseError) -> str | None:
+    """What a Redis error says when Redis is up but refuses writes for now (it accepts them again once the
+    operator fixes it), or ``None`` for any other error."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+        return "out of memory: maxmemory reached with a noeviction policy"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("READONLY"):
+        return "read-only: it is a replica, e.g. after a failover"
+    if str(exc).startswith("MISCONF"):
+        return "MISCONF: it cannot persist to disk and stop-writes-on-bgsave-error is set"
+    return None
 
 
 class Service:
@@ -64,6 +76,7 @@ class Service:
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.stopping = False
+        self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up
         self._since_checkpoint = 0
         self._last_checkpoint = time.monotonic()
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
@@ -112,6 +125,12 @@ class Service:
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
             self._checkpoint(list(self.owned))
+        except StopRequested as exc:
+            # Redis (or the broker) was out when the stop came: what is stored is the last consistent
+            # checkpoint, and nothing is saved or committed on the way out (not on revoke either).
+            self.abandoned = True
+            log.warning("stopped during an outage: %s; %d events since the last checkpoint will be processed "
+                        "again by the next owner", exc, self._since_checkpoint)
         finally:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
@@ -119,9 +138,11 @@ class Service:
             self.redis.close()
 
     def _redis(self, operation: Callable[[], T], what: str) -> T:
-        """Run a Redis operation; while Redis is unreachable, wait with backoff (logged and counted) for up
-        to ``service.redis_outage_seconds``, then give up with a :class:`StateError` (exit, no tight loop:
-        a restarted instance waits the same way)."""
+        """Run a Redis operation; while Redis is unreachable or refuses writes (out of memory, a read-only
+        replica, MISCONF), wait with backoff (logged and counted) for up to ``service.redis_outage_seconds``,
+        then give up with a :class:`StateError` (exit, no tight loop: a restarted instance waits the same
+        way). Every operation passed here is safe to run again after a failure (see :mod:`state`,
+        :mod:`join`). A stop (SIGTERM) during the wait ends it with :class:`StopRequested`."""
         started = time.monotonic()
         delay = 0.2
         failures = 0
@@ -138,17 +159,34 @@ class Service:
                 if str(exc).startswith(("NOAUTH", "WRONGPASS")):
                     raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
                                       f"credentials: {exc}") from None
-                raise
+                refusal = write_refusal(exc)
+                if refusal is None:
+                    raise
+                problem, error = f"Redis refuses writes ({refusal})", exc
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                waited = time.monotonic() - started
-                failures += 1
-                self.metrics.redis_errors.inc()
-                if waited >= self.config.service.redis_outage_seconds:
-                    raise StateError(f"Redis unreachable for {waited:.0f} s ({what}): {exc}") from exc
-                log.warning("Redis unreachable (%s): %s; processing paused, retrying in %.1f s (%.0f s so far)",
-                            what, exc, delay, waited)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                problem, error = "Redis unreachable", exc
+            waited = time.monotonic() - started
+            failures += 1
+            self.metrics.redis_errors.inc()
+            if self.stopping:
+                raise StopRequested(f"{problem} ({what}) when the stop arrived")
+            if waited >= self.config.service.redis_outage_seconds:
+                raise StateError(f"{problem} for {waited:.0f} s ({what}): {error}") from error
+            log.warning("%s (%s): %s; processing paused, retrying in %.1f s (%.0f s so far)",
+                        problem, what, error, delay, waited)
+            self._pause(delay, f"{problem} ({what})")
+            delay = min(delay * 2, 5.0)
+
+    def _pause(self, seconds: float, why: str) -> None:
+        """Sleep in short steps; a stop request ends the pause with :class:`StopRequested`."""
+        until = time.monotonic() + seconds
+        while True:
+            if self.stopping:
+                raise StopRequested(f"{why} when the stop arrived")
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def _refresh_references(self) -> None:
         """Re-reference without restart: a new stored version replaces the old one from this event on.
@@ -387,7 +425,8 @@ class Service:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._checkpoint(keys)  # persist before release
+        if not self.abandoned:  # after a stop during an outage, Redis keeps the last consistent state
+            self._checkpoint(keys)  # persist before release
         faults.reached("during_rebalance")
         for key in keys:
             self.owned.pop(key, None)

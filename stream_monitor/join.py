@@ -8,6 +8,14 @@ crashes: a message processed again after a crash finds itself recorded and
 counts the pair again (its partition's state was restored from before the
 first time), while any other message finds the pair taken and counts nothing.
 
+Every script is safe to run again: a batch whose pipeline failed half-way (Redis
+unreachable, or refusing writes) is sent again as a whole, and a message finding
+itself recorded as ``joined`` gets the same answer as the first time. The only
+count a repeat can change is ``dropped`` (a prediction over the cap is counted
+each time it is refused). A Redis refusing writes refuses a script at its first
+write that needs memory, and each script writes with HSET/HINCRBY before
+anything else (ZREM, PEXPIRE need none), so a refused script changes nothing.
+
 Keys of one model share a hash tag, so each script touches one Redis Cluster slot:
 
 - ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``joined``;
@@ -31,8 +39,11 @@ from .config import PerformanceConfig
 _PREDICTION = """
 local pred, label, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local record, me, ttl, cap, now, event_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local expired = redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
-if expired > 0 then redis.call('HINCRBY', stats, 'expired', expired) end
+local expired = redis.call('ZCOUNT', pending, '-inf', now)
+if expired > 0 then
+  redis.call('HINCRBY', stats, 'expired', expired)
+  redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+end
 local joined = redis.call('HGET', pred, 'joined')
 if not joined then
   if redis.call('EXISTS', pred) == 0 and redis.call('ZCARD', pending) >= cap then
@@ -81,6 +92,17 @@ return {'pending'}
 """
 
 
+# Predictions whose wait for a label is over: counted as expired and removed, in one step.
+_EXPIRE = """
+local expired = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[2], 'expired', expired)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+end
+return expired
+"""
+
+
 class JoinOp(NamedTuple):
     """One side of a pair arriving: ``kind`` is "prediction" or "label"; ``record`` what it brings."""
 
@@ -113,6 +135,7 @@ class RedisJoin:
         self.settings = settings
         self._prediction = client.register_script(_PREDICTION)
         self._label = client.register_script(_LABEL)
+        self._expire = client.register_script(_EXPIRE)
 
     def _keys(self, model_id: str, event_id: str) -> list[str]:
         base = f"{self.namespace}:join:{{{model_id}}}"
@@ -140,14 +163,12 @@ class RedisJoin:
     def lag(self, model_id: str) -> dict[str, int]:
         """Predictions awaiting a label, and those that expired unlabelled or were dropped over the cap."""
         base = f"{self.namespace}:join:{{{model_id}}}"
+        self._expire(keys=[f"{base}:pending", f"{base}:stats"], args=[int(time.time() * 1000)])
         pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(f"{base}:pending", "-inf", int(time.time() * 1000))
         pipe.zcard(f"{base}:pending")
         pipe.hgetall(f"{base}:stats")
-        removed, awaiting, stats = pipe.execute()
-        if removed:
-            self.client.hincrby(f"{base}:stats", "expired", removed)
-        return {"awaiting": int(awaiting), "expired": int(stats.get(b"expired", 0)) + int(removed),
+        awaiting, stats = pipe.execute()
+        return {"awaiting": int(awaiting), "expired": int(stats.get(b"expired", 0)),
                 "dropped": int(stats.get(b"dropped", 0))}
 
 

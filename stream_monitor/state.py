@@ -32,6 +32,10 @@ from redis.retry import Retry
 from .errors import StateError
 from .reference import ReferenceProfile
 
+# A Redis that refuses writes (out of memory, read-only replica, MISCONF) refuses a script at its first
+# write that needs memory, and once a script has written it runs to the end: so every script here writes
+# with HSET (or another command that needs memory) before anything else (HDEL, ZREM, PEXPIRE need none),
+# and a refused save changes nothing; the caller retries it as a whole.
 # Write only if no newer state is stored: a fenced-out (zombie) owner cannot
 # overwrite the progress of the partition's new owner.
 # ARGV[5] = 1 when this process has stored or loaded the partition's state before: if the key is
@@ -51,10 +55,10 @@ for i = 7, 6 + named do
   if not sent[field] and redis.call('HEXISTS', KEYS[1], field) == 0 then return -2 end
 end
 for field, blob in pairs(sent) do redis.call('HSET', KEYS[1], field, blob) end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 4) == 'ref:' and not keep[field] then redis.call('HDEL', KEYS[1], field) end
 end
-redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
 if (not current) and ARGV[5] == '1' then return -1 end
 return 1
 """

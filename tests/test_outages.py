@@ -114,3 +114,29 @@ def test_partition_without_state_although_the_group_made_progress(policy, broker
     assert second.terminate() == 0
     assert "REDIS LOST ITS DATA" in second.log() and "rebuilding it from the beginning" in second.log()
     assert run.states() == before, "rebuilt from the log: the same state"
+
+
+def test_sigterm_while_redis_is_paused_exits_within_10_s_and_a_restart_finishes(broker, redis_server, tmp_path,
+                                                                                 monitors):
+    """SIGTERM during a Redis outage: the wait ends, the checkpoint in hand is given up (Redis keeps the last
+    consistent state), exit 0 within 10 s; the next instance redoes the rest with the uninterrupted outcome."""
+    own = start_redis(str(tmp_path))
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while "Redis unreachable" not in process.log():
+            assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert process.terminate(timeout=10) == 0, process.log()[-3000:]
+        print(f"\nSIGTERM during the Redis outage: exited after {time.monotonic() - started:.1f} s")
+        log = process.log()
+        assert "stopped during an outage" in log and "processed again by the next owner" in log
+        os.kill(own.pid, signal.SIGCONT)
+        pair.finish([pair.start()])
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+        own.stop()
