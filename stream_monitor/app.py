@@ -37,6 +37,7 @@ from .state import ReferenceStore, StateStore, connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 
@@ -104,7 +105,10 @@ class Service:
         # the cycle collector only has to run now and then (measured in process: +20 % events/s at 20
         # features, +8 % at 100).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-        self.consumer = Consumer(self.consumer_settings)
+        # auto.offset.reset = error: an offset outside the log must be seen (and reported), not reset silently.
+        self.consumer = Consumer({**self.consumer_settings, "auto.offset.reset": "error"})
+        self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
+        self._log_checks_paused: dict[PartitionKey, float] = {}
         self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
@@ -124,6 +128,8 @@ class Service:
                     self._checkpoint(list(self.dirty))
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
+                if time.monotonic() >= self._next_log_end_check:
+                    self._check_log_ends()
             self._checkpoint(list(self.owned))
         except StopRequested as exc:
             # Redis (or the broker) was out when the stop came: what is stored is the last consistent
@@ -270,6 +276,9 @@ class Service:
     def _prepare(self, message: Message):
         error = message.error()
         if error is not None:
+            if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._out_of_range_error(message)
+                return None
             if error.code() != KafkaError._PARTITION_EOF:
                 if error.fatal():
                     raise KafkaException(error)
@@ -397,7 +406,12 @@ class Service:
                 monitor.restore(snapshot)
                 monitor.next_offset = next_offset
                 tp.offset = next_offset
-                log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
+                start = self._log_start(consumer, tp)
+                if start is not None and next_offset < start:  # retention deleted what the offset points to
+                    self._offset_out_of_range(key, monitor, next_offset, start, None)
+                    tp.offset = OFFSET_BEGINNING
+                else:
+                    log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.owned[key] = monitor
         self.metrics.assigned_partitions.set(len(self.owned))
         if self.cooperative:
@@ -422,6 +436,111 @@ class Service:
         log.error("REDIS LOST ITS DATA: %s[%d] has no stored state although the group committed offset %d; "
                   "rebuilding it from the beginning of the retained log (service.on_missing_state = 'rebuild')",
                   tp.topic, tp.partition, committed)
+
+    # --- a log that moved under the stored offset ----------------------------------------------
+
+    @staticmethod
+    def _log_start(consumer: Consumer, tp: TopicPartition) -> int | None:
+        """The partition's earliest retained offset (``None`` if the broker does not say within 2 s)."""
+        try:
+            low, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2, cached=False)
+        except KafkaException:
+            return None
+        return low if low >= 0 else None
+
+    def _offset_out_of_range(self, key: PartitionKey, monitor: PartitionMonitor | None, stored: int | None,
+                             start: int | None, end: int | None) -> None:
+        """The stored offset is outside the partition's log: reported, then (``on_offset_out_of_range =
+        "earliest"``) the partition is read again from its earliest retained message in a new epoch, the
+        detector state carrying on (the new log's events are new events); the caller seeks."""
+        topic, partition = key
+        span = f"[{'?' if start is None else start}, {'?' if end is None else end}]"
+        self.metrics.offset_resets.labels(topic, str(partition)).inc()
+        if self.config.service.on_offset_out_of_range == "stop":
+            raise StateError(f"{topic}[{partition}]: the stored offset {stored} is outside the partition's log {span}: "
+                             "the topic was recreated, the broker lost its data, or retention deleted those messages. "
+                             "service.on_offset_out_of_range = 'stop': check the topic, then either set it to "
+                             "'earliest' (read from the earliest retained message, the detector state carries on) "
+                             "or restore a state that matches the log (`stream-monitor state import`)")
+        log.error("OFFSET OUT OF RANGE: %s[%d]: the stored offset %s is outside the partition's log %s (the topic "
+                  "was recreated, the broker lost its data, or retention deleted those messages); reading resumes "
+                  "at the earliest retained message, the detector state carries on "
+                  "(service.on_offset_out_of_range = 'earliest')", topic, partition, stored, span)
+        if monitor is not None:
+            monitor.next_offset = None
+        self.store.new_epoch(topic, partition)
+
+    def _out_of_range_error(self, message: Message) -> None:
+        """The broker answered a fetch with "offset out of range" (auto.offset.reset = error makes it an error)."""
+        key = (message.topic(), message.partition())
+        monitor = self.owned.get(key)
+        if monitor is None:
+            return
+        stored = monitor.next_offset if monitor.next_offset is not None else message.offset()
+        try:
+            start, end = self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
+        except KafkaException:
+            start, end = None, None
+        self._offset_out_of_range(key, monitor, stored, start, end)
+        self.consumer.seek(TopicPartition(key[0], key[1], OFFSET_BEGINNING))
+
+    def _check_log_ends(self) -> None:
+        """Some brokers answer a fetch beyond the log's end with nothing rather than "out of range": the
+        consumer would wait until the new log grows past the stored offset, then skip what came before.
+        The end reported by the consumer's own fetches (cached high watermark) below the offset to read
+        gives it away; as that value can be stale (e.g. from before a revoke), a fresh reader confirms it
+        before anything is reset (a false reset would count events twice)."""
+        now = time.monotonic()
+        self._next_log_end_check = now + LOG_END_CHECK_SECONDS
+        for key, monitor in list(self.owned.items()):
+            reading = monitor.next_offset
+            if not reading or self._log_checks_paused.get(key, 0.0) > now:
+                continue
+            try:
+                start, high = self.consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+            except KafkaException:
+                continue
+            if high < 0 or high >= reading:
+                continue
+            end = self._confirmed_log_end(key, reading)
+            if end is None:
+                self._log_checks_paused[key] = now + 30
+                log.warning("%s[%d]: the broker reports the log ending at %d, before the offset to read (%d), but "
+                            "a second reader got no answer to confirm it; checking again in 30 s", key[0], key[1],
+                            high, reading)
+            elif end < reading:
+                self._offset_out_of_range(key, monitor, reading, start if start >= 0 else None, end)
+                self.consumer.seek(TopicPartition(key[0], key[1], OFFSET_BEGINNING))
+
+    def _confirmed_log_end(self, key: PartitionKey, reading: int) -> int | None:
+        """The log's end as a fresh, group-less reader fetching at ``reading - 1`` sees it: at least
+        ``reading`` when that message exists, else the high watermark of its fetch; ``None`` when no
+        fetch was answered within 10 s. It commits nothing and joins no group."""
+        settings = {k: v for k, v in self.consumer_settings.items()
+                    if k not in ("group.instance.id", "partition.assignment.strategy")}
+        settings.update({"group.id": f"{self.config.kafka.group_id}.log-end-check", "auto.offset.reset": "error",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        probe = Consumer(settings)
+        tp = TopicPartition(key[0], key[1], reading - 1)
+        try:
+            probe.assign([tp])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not self.stopping:
+                for message in probe.consume(1, 0.2):
+                    error = message.error()
+                    if error is None:
+                        return max(reading, message.offset() + 1)
+                    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                        _, end = probe.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
+                        return end
+                _, end = probe.get_watermark_offsets(TopicPartition(*key), cached=True)
+                if end >= 0:
+                    return end
+            return None
+        except KafkaException:
+            return None
+        finally:
+            probe.close()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

@@ -66,6 +66,7 @@ class ServiceConfig:
     redis_outage_seconds: float = 120.0  # how long processing waits for an unreachable Redis before exiting
     broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
     on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
+    on_offset_out_of_range: str = "earliest"  # stored offset outside the partition's log: earliest | stop
 
 
 @dataclass(frozen=True)
@@ -244,6 +245,9 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
             raise ConfigError(f"service.{key}", "must be at least 1")
     if service.on_missing_state not in ("rebuild", "stop"):
         raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
+    if service.on_offset_out_of_range not in ("earliest", "stop"):
+        raise ConfigError("service.on_offset_out_of_range",
+                          f"must be 'earliest' or 'stop', got {service.on_offset_out_of_range!r}")
     for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
                 "redis_outage_seconds", "broker_outage_seconds"):
         if not getattr(service, key) > 0:
