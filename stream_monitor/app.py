@@ -66,7 +66,7 @@ class Service:
         self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
-        self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
+        self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
         self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic,
                                    config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds)
@@ -161,6 +161,8 @@ class Service:
             except redis.AuthenticationError as exc:
                 raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
                                   f"credentials: {exc}") from None
+            except redis.exceptions.NoScriptError as exc:  # a pipeline re-sent to a Redis that restarted
+                problem, error = "Redis lost its script cache (it restarted)", exc
             except redis.ResponseError as exc:
                 if str(exc).startswith(("NOAUTH", "WRONGPASS")):
                     raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
@@ -541,6 +543,14 @@ class Service:
             return None
         finally:
             probe.close()
+
+    def _join_lost(self, model_id: str) -> None:
+        """The label join's marker of a model was gone (see :mod:`join`): Redis lost its data."""
+        self.metrics.join_lost.labels(model_id).inc()
+        log.error("REDIS LOST ITS DATA: label join of model %s: its keys had vanished (Redis restarted empty or "
+                  "was flushed); predictions still waiting for their label and labels waiting for their "
+                  "prediction are gone, so those pairs will never be counted. The join goes on with what "
+                  "arrives from now on; the detector state is checked separately.", model_id)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

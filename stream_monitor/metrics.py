@@ -50,6 +50,9 @@ class Metrics:
                                      ["topic", "partition"], **kw)
         self.state_lost = Counter("stream_monitor_state_lost_total",
                                   "Partitions whose state had vanished from Redis (Redis lost its data)", **kw)
+        self.join_lost = Counter("stream_monitor_join_lost_total",
+                                 "Times the label join's data was found gone from Redis (Redis lost its data)",
+                                 ["model"], **kw)
         self.statistic = Gauge("stream_monitor_detector_statistic",
                                "Latest statistic of a detector (highest over this instance's partitions)",
                                ["model", "signal", "name", "detector"], **kw)

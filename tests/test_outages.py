@@ -140,3 +140,38 @@ def test_sigterm_while_redis_is_paused_exits_within_10_s_and_a_restart_finishes(
     finally:
         os.kill(own.pid, signal.SIGCONT)
         own.stop()
+
+
+def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_server, tmp_path, monitors):
+    """The label join's keys vanish with Redis: said loudly once per model (ERROR line + counter), not silently."""
+    import orjson
+    from stream_monitor.synthetic import labelled
+    from .helpers import Feeder
+    from .test_labels import LabelRun, pairs_counted, split
+
+    own = start_redis(str(tmp_path))
+    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
+    try:
+        inference_topic, label_topic = unique("inference"), unique("labels")
+        create_topics(broker.address, {inference_topic: 1, label_topic: 1})
+        predictions, answers = split(labelled("credit", 12_000, seed=3, delay=400))
+        feeders = [Feeder(broker.address, topic, [(0, b"credit", orjson.dumps(e), None) for e in events], 2000)
+                   for topic, events in ((inference_topic, predictions), (label_topic, answers))]
+        run = LabelRun(broker, own, tmp_path, "joinlost", inference_topic, label_topic)
+        process = run.start(monitors)
+        for feeder in feeders:
+            feeder.start()
+        wait_for_offsets(run.store, inference_topic, {0: 3000}, processes=[process])
+        os.kill(own.pid, signal.SIGKILL)
+        own.process.wait(5)
+        own = start_redis(str(tmp_path), port=port)
+        inference_ends, label_ends = (feeder.result() for feeder in feeders)
+        wait_for_offsets(run.store, inference_topic, inference_ends, processes=[process], timeout=120)
+        wait_for_offsets(run.store, label_topic, label_ends, processes=[process], timeout=120)
+        assert process.terminate() == 0
+        log = process.log()
+        assert log.count("REDIS LOST ITS DATA: label join of model credit") == 1, log[-3000:]
+        pairs = pairs_counted(run.store, {inference_topic: 1, label_topic: 1})
+        print(f"\nlabel join lost with Redis: {pairs} of {len(answers)} pairs counted")
+    finally:
+        own.stop()
