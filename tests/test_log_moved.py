@@ -144,3 +144,37 @@ def test_on_offset_out_of_range_accepts_only_its_two_values():
     assert parse_config({"service": {"on_offset_out_of_range": "stop"}}).service.on_offset_out_of_range == "stop"
     with pytest.raises(ConfigError, match="service.on_offset_out_of_range"):
         parse_config({"service": {"on_offset_out_of_range": "latest"}})
+
+
+def test_log_moved_while_the_service_runs_through_the_broker_restart(redis_server, tmp_path, monitors):
+    """The same with the service running all along: it loses the partition with the old broker, gets it
+    back from the new one at the stored offset, reports the moved log and reads the new one."""
+    port = free_port()
+    broker = start_broker(str(tmp_path), port=port)
+    try:
+        topic = unique("inference")
+        create_topics(broker.address, {topic: 1})
+        old, new = lines(generate("stable", 3000, seed=7)), lines(generate("stable", 1000, seed=8))
+        assert produce(broker.address, topic, [(0, b"stable", v, None) for v in old]) == {0: 3000}
+        run = Run(broker, redis_server, tmp_path, topic, 1, "running", models=MODELS)
+        process = run.start(monitors)
+        wait_for_offsets(run.store, topic, {0: 3000}, processes=[process])
+        broker.stop()
+        broker = start_broker(str(tmp_path), port=port)
+        create_topics(broker.address, {topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
+        assert produce(broker.address, topic, [(0, b"stable", v, None) for v in new]) == {0: 1000}
+        key = run.store.key(topic, 0)
+        deadline = time.monotonic() + 120
+        while run.store.client.hmget(key, ["epoch", "offset"]) != [b"1", b"1000"]:
+            assert process.process.poll() is None, process.log()[-3000:]
+            assert time.monotonic() < deadline, f"the new log was not read: {process.log()[-3000:]}"
+            time.sleep(0.1)
+        assert process.terminate() == 0
+        assert process.log().count(f"OFFSET OUT OF RANGE: {topic}[0]: the stored offset 3000") == 1
+        assert counted(run) == 4000
+        (next_offset, stored), = run.states().values()
+        assert next_offset == 1000 and stored["models"] == expected_models(old, new)
+    finally:
+        for process in monitors:
+            process.close()
+        broker.stop()
