@@ -25,7 +25,7 @@ from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
 from .config import Config, consumer_settings, producer_settings, redact_url
-from .errors import ConfigError, StateError
+from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
 from .metrics import Metrics
@@ -38,6 +38,7 @@ from .state import ReferenceStore, StateStore, connect
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 
@@ -87,6 +88,10 @@ class CheckpointTimers:
         for key in keys:
             self._since[key] = [0, now]
 
+    def unsaved(self) -> int:
+        """Input messages handled since their partition's last save, over all partitions."""
+        return sum(since[0] for since in self._since.values())
+
     def keep(self, owned) -> None:
         """Forget partitions no longer owned (a later assignment starts afresh)."""
         for key in [k for k in self._since if k not in owned]:
@@ -98,6 +103,18 @@ def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
     for key, *_ in prepared:
         counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def write_refusal(exc: redis.ResponseError) -> str | None:
+    """What a Redis error says when Redis is up but refuses writes for now (it accepts them again once the
+    operator fixes it), or ``None`` for any other error."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+        return "out of memory: maxmemory reached with a noeviction policy"
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("READONLY"):
+        return "read-only: it is a replica, e.g. after a failover"
+    if str(exc).startswith("MISCONF"):
+        return "MISCONF: it cannot persist to disk and stop-writes-on-bgsave-error is set"
+    return None
 
 
 class Service:
@@ -113,7 +130,7 @@ class Service:
         self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
-        self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings)
+        self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
         self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
@@ -128,6 +145,7 @@ class Service:
         self.stopping = False
         self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
                                        config.service.checkpoint_interval_seconds)
+        self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
         self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
 
@@ -164,7 +182,10 @@ class Service:
         # the cycle collector only has to run now and then (measured in process: +20 % events/s at 20
         # features, +8 % at 100).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
-        self.consumer = Consumer(self.consumer_settings)
+        # auto.offset.reset = error: an offset outside the log must be seen (and reported), not reset silently.
+        self.consumer = Consumer({**self.consumer_settings, "auto.offset.reset": "error"})
+        self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
+        self._log_checks_paused: dict[PartitionKey, float] = {}
         self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
@@ -185,7 +206,15 @@ class Service:
                     self._checkpoint(due)
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
+                if time.monotonic() >= self._next_log_end_check:
+                    self._check_log_ends()
             self._checkpoint(list(self.owned))
+        except StopRequested as exc:
+            # Redis (or the broker) was out when the stop came: what is stored is the last consistent
+            # checkpoint, and nothing is saved or committed on the way out (not on revoke either).
+            self.abandoned = True
+            log.warning("stopped during an outage: %s; %d events since the last checkpoint will be processed "
+                        "again by the next owner", exc, self.timers.unsaved())
         finally:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
@@ -193,9 +222,11 @@ class Service:
             self.redis.close()
 
     def _redis(self, operation: Callable[[], T], what: str) -> T:
-        """Run a Redis operation; while Redis is unreachable, wait with backoff (logged and counted) for up
-        to ``service.redis_outage_seconds``, then give up with a :class:`StateError` (exit, no tight loop:
-        a restarted instance waits the same way)."""
+        """Run a Redis operation; while Redis is unreachable or refuses writes (out of memory, a read-only
+        replica, MISCONF), wait with backoff (logged and counted) for up to ``service.redis_outage_seconds``,
+        then give up with a :class:`StateError` (exit, no tight loop: a restarted instance waits the same
+        way). Every operation passed here is safe to run again after a failure (see :mod:`state`,
+        :mod:`join`). A stop (SIGTERM) during the wait ends it with :class:`StopRequested`."""
         started = time.monotonic()
         delay = 0.2
         failures = 0
@@ -208,21 +239,40 @@ class Service:
             except redis.AuthenticationError as exc:
                 raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
                                   f"credentials: {exc}") from None
+            except redis.exceptions.NoScriptError as exc:  # a pipeline re-sent to a Redis that restarted
+                problem, error = "Redis lost its script cache (it restarted)", exc
             except redis.ResponseError as exc:
                 if str(exc).startswith(("NOAUTH", "WRONGPASS")):
                     raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
                                       f"credentials: {exc}") from None
-                raise
+                refusal = write_refusal(exc)
+                if refusal is None:
+                    raise
+                problem, error = f"Redis refuses writes ({refusal})", exc
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
-                waited = time.monotonic() - started
-                failures += 1
-                self.metrics.redis_errors.inc()
-                if waited >= self.config.service.redis_outage_seconds:
-                    raise StateError(f"Redis unreachable for {waited:.0f} s ({what}): {exc}") from exc
-                log.warning("Redis unreachable (%s): %s; processing paused, retrying in %.1f s (%.0f s so far)",
-                            what, exc, delay, waited)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                problem, error = "Redis unreachable", exc
+            waited = time.monotonic() - started
+            failures += 1
+            self.metrics.redis_errors.inc()
+            if self.stopping:
+                raise StopRequested(f"{problem} ({what}) when the stop arrived")
+            if waited >= self.config.service.redis_outage_seconds:
+                raise StateError(f"{problem} for {waited:.0f} s ({what}): {error}") from error
+            log.warning("%s (%s): %s; processing paused, retrying in %.1f s (%.0f s so far)",
+                        problem, what, error, delay, waited)
+            self._pause(delay, f"{problem} ({what})")
+            delay = min(delay * 2, 5.0)
+
+    def _pause(self, seconds: float, why: str) -> None:
+        """Sleep in short steps; a stop request ends the pause with :class:`StopRequested`."""
+        until = time.monotonic() + seconds
+        while True:
+            if self.stopping:
+                raise StopRequested(f"{why} when the stop arrived")
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.1))
 
     def _refresh_references(self) -> None:
         """Re-reference without restart: a new stored version replaces the old one from this event on.
@@ -309,6 +359,9 @@ class Service:
     def _prepare(self, message: Message):
         error = message.error()
         if error is not None:
+            if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                self._out_of_range_error(message)
+                return None
             if error.code() != KafkaError._PARTITION_EOF:
                 if error.fatal():
                     raise KafkaException(error)
@@ -466,7 +519,12 @@ class Service:
                     self.metrics.rebaselined.labels(model_id).inc()
                 monitor.next_offset = next_offset
                 tp.offset = next_offset
-                log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
+                start = self._log_start(consumer, tp)
+                if start is not None and next_offset < start:  # retention deleted what the offset points to
+                    self._offset_out_of_range(key, monitor, next_offset, start, None)
+                    tp.offset = OFFSET_BEGINNING
+                else:
+                    log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.owned[key] = monitor
         self.metrics.assigned_partitions.set(len(self.owned))
         if self.cooperative:
@@ -492,9 +550,123 @@ class Service:
                   "rebuilding it from the beginning of the retained log (service.on_missing_state = 'rebuild')",
                   tp.topic, tp.partition, committed)
 
+    # --- a log that moved under the stored offset ----------------------------------------------
+
+    @staticmethod
+    def _log_start(consumer: Consumer, tp: TopicPartition) -> int | None:
+        """The partition's earliest retained offset (``None`` if the broker does not say within 2 s)."""
+        try:
+            low, _ = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=2, cached=False)
+        except KafkaException:
+            return None
+        return low if low >= 0 else None
+
+    def _offset_out_of_range(self, key: PartitionKey, monitor: PartitionMonitor | None, stored: int | None,
+                             start: int | None, end: int | None) -> None:
+        """The stored offset is outside the partition's log: reported, then (``on_offset_out_of_range =
+        "earliest"``) the partition is read again from its earliest retained message in a new epoch, the
+        detector state carrying on (the new log's events are new events); the caller seeks."""
+        topic, partition = key
+        span = f"[{'?' if start is None else start}, {'?' if end is None else end}]"
+        self.metrics.offset_resets.labels(topic, str(partition)).inc()
+        if self.config.service.on_offset_out_of_range == "stop":
+            raise StateError(f"{topic}[{partition}]: the stored offset {stored} is outside the partition's log {span}: "
+                             "the topic was recreated, the broker lost its data, or retention deleted those messages. "
+                             "service.on_offset_out_of_range = 'stop': check the topic, then either set it to "
+                             "'earliest' (read from the earliest retained message, the detector state carries on) "
+                             "or restore a state that matches the log (`stream-monitor state import`)")
+        log.error("OFFSET OUT OF RANGE: %s[%d]: the stored offset %s is outside the partition's log %s (the topic "
+                  "was recreated, the broker lost its data, or retention deleted those messages); reading resumes "
+                  "at the earliest retained message, the detector state carries on "
+                  "(service.on_offset_out_of_range = 'earliest')", topic, partition, stored, span)
+        if monitor is not None:
+            monitor.next_offset = None
+        self.store.new_epoch(topic, partition)
+
+    def _out_of_range_error(self, message: Message) -> None:
+        """The broker answered a fetch with "offset out of range" (auto.offset.reset = error makes it an error)."""
+        key = (message.topic(), message.partition())
+        monitor = self.owned.get(key)
+        if monitor is None:
+            return
+        stored = monitor.next_offset if monitor.next_offset is not None else message.offset()
+        try:
+            start, end = self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
+        except KafkaException:
+            start, end = None, None
+        self._offset_out_of_range(key, monitor, stored, start, end)
+        self.consumer.seek(TopicPartition(key[0], key[1], OFFSET_BEGINNING))
+
+    def _check_log_ends(self) -> None:
+        """Some brokers answer a fetch beyond the log's end with nothing rather than "out of range": the
+        consumer would wait until the new log grows past the stored offset, then skip what came before.
+        The end reported by the consumer's own fetches (cached high watermark) below the offset to read
+        gives it away; as that value can be stale (e.g. from before a revoke), a fresh reader confirms it
+        before anything is reset (a false reset would count events twice)."""
+        now = time.monotonic()
+        self._next_log_end_check = now + LOG_END_CHECK_SECONDS
+        for key, monitor in list(self.owned.items()):
+            reading = monitor.next_offset
+            if not reading or self._log_checks_paused.get(key, 0.0) > now:
+                continue
+            try:
+                start, high = self.consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
+            except KafkaException:
+                continue
+            if high < 0 or high >= reading:
+                continue
+            end = self._confirmed_log_end(key, reading)
+            if end is None:
+                self._log_checks_paused[key] = now + 30
+                log.warning("%s[%d]: the broker reports the log ending at %d, before the offset to read (%d), but "
+                            "a second reader got no answer to confirm it; checking again in 30 s", key[0], key[1],
+                            high, reading)
+            elif end < reading:
+                self._offset_out_of_range(key, monitor, reading, start if start >= 0 else None, end)
+                self.consumer.seek(TopicPartition(key[0], key[1], OFFSET_BEGINNING))
+
+    def _confirmed_log_end(self, key: PartitionKey, reading: int) -> int | None:
+        """The log's end as a fresh, group-less reader fetching at ``reading - 1`` sees it: at least
+        ``reading`` when that message exists, else the high watermark of its fetch; ``None`` when no
+        fetch was answered within 10 s. It commits nothing and joins no group."""
+        settings = {k: v for k, v in self.consumer_settings.items()
+                    if k not in ("group.instance.id", "partition.assignment.strategy")}
+        settings.update({"group.id": f"{self.config.kafka.group_id}.log-end-check", "auto.offset.reset": "error",
+                         "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+        probe = Consumer(settings)
+        tp = TopicPartition(key[0], key[1], reading - 1)
+        try:
+            probe.assign([tp])
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and not self.stopping:
+                for message in probe.consume(1, 0.2):
+                    error = message.error()
+                    if error is None:
+                        return max(reading, message.offset() + 1)
+                    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                        _, end = probe.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
+                        return end
+                _, end = probe.get_watermark_offsets(TopicPartition(*key), cached=True)
+                if end >= 0:
+                    return end
+            return None
+        except KafkaException:
+            return None
+        finally:
+            probe.close()
+
+    def _join_lost(self, model_id: str) -> None:
+        """The label join's marker of a model was gone (see :mod:`join`): Redis lost its data."""
+        self.metrics.join_lost.labels(model_id).inc()
+        log.error("REDIS LOST ITS DATA: label join of model %s: its keys had vanished (Redis restarted empty or "
+                  "was flushed); predictions still waiting for their label and labels waiting for their "
+                  "prediction are gone, so those pairs will never be counted. The join goes on with what "
+                  "arrives from now on; the detector state is checked separately.", model_id)
+
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        self._checkpoint(keys)  # persist before release
+        if not self.abandoned:  # after a stop during an outage, Redis keeps the last consistent state
+            self._checkpoint(keys)  # persist before release
         faults.reached("during_rebalance")
         for key in keys:
             self.owned.pop(key, None)

@@ -72,6 +72,7 @@ class ServiceConfig:
     # remembers per column (further ones are counted together).
     max_inferred_columns: int = 100
     max_categories_per_column: int = 10_000
+    on_offset_out_of_range: str = "earliest"  # stored offset outside the partition's log: earliest | stop
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,9 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
             raise ConfigError(f"service.{key}", "must be at least 1")
     if service.on_missing_state not in ("rebuild", "stop"):
         raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
+    if service.on_offset_out_of_range not in ("earliest", "stop"):
+        raise ConfigError("service.on_offset_out_of_range",
+                          f"must be 'earliest' or 'stop', got {service.on_offset_out_of_range!r}")
     for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
                 "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds"):
         if not getattr(service, key) > 0:

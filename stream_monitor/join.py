@@ -8,6 +8,14 @@ crashes: a message processed again after a crash finds itself recorded and
 counts the pair again (its partition's state was restored from before the
 first time), while any other message finds the pair taken and counts nothing.
 
+Every script is safe to run again: a batch whose pipeline failed half-way (Redis
+unreachable, or refusing writes) is sent again as a whole, and a message finding
+itself recorded as ``joined`` gets the same answer as the first time. The only
+count a repeat can change is ``dropped`` (a prediction over the cap is counted
+each time it is refused). A Redis refusing writes refuses a script at its first
+write that needs memory, and each script writes with HSET/HINCRBY before
+anything else (ZREM, PEXPIRE need none), so a refused script changes nothing.
+
 Keys of one model share a hash tag, so each script touches one Redis Cluster slot:
 
 - ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``joined``;
@@ -17,12 +25,16 @@ Keys of one model share a hash tag, so each script touches one Redis Cluster slo
 - ``ns:join:{model}:pending`` — sorted set of unlabelled predictions by expiry
   (the cap on pending predictions and the count of those that never got a label).
 - ``ns:join:{model}:stats`` — hash: ``expired`` (never labelled), ``dropped`` (over the cap).
+- ``ns:join:{model}:marker`` — written (SETNX) by every join step, first thing: a step
+  that finds it missing although this process saw it before tells that Redis lost
+  the join's data (restarted empty, flushed); :class:`RedisJoin` reports it
+  (``on_lost``) and the join goes on with what arrives from then on.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
 
@@ -30,14 +42,18 @@ from .config import PerformanceConfig
 
 _PREDICTION = """
 local pred, label, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local fresh = redis.call('SETNX', KEYS[5], '1')
 local record, me, ttl, cap, now, event_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local expired = redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
-if expired > 0 then redis.call('HINCRBY', stats, 'expired', expired) end
+local expired = redis.call('ZCOUNT', pending, '-inf', now)
+if expired > 0 then
+  redis.call('HINCRBY', stats, 'expired', expired)
+  redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+end
 local joined = redis.call('HGET', pred, 'joined')
 if not joined then
   if redis.call('EXISTS', pred) == 0 and redis.call('ZCARD', pending) >= cap then
     redis.call('HINCRBY', stats, 'dropped', 1)
-    return {'dropped'}
+    return {fresh, 'dropped'}
   end
   redis.call('HSET', pred, 'p', record)
   redis.call('PEXPIRE', pred, ttl)
@@ -51,16 +67,17 @@ if early then
     redis.call('HSET', pred, 'joined', me)
     redis.call('PEXPIRE', pred, tonumber(ARGV[7]))
     redis.call('ZREM', pending, event_id)
-    return {'joined', early}
+    return {fresh, 'joined', early}
   end
-  return {'taken'}
+  return {fresh, 'taken'}
 end
-if joined and joined ~= me then return {'taken'} end
-return {'pending'}
+if joined and joined ~= me then return {fresh, 'taken'} end
+return {fresh, 'pending'}
 """
 
 _LABEL = """
 local pred, label, pending = KEYS[1], KEYS[2], KEYS[3]
+local fresh = redis.call('SETNX', KEYS[4], '1')
 local record, me, wait, retention, event_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local stored = redis.call('HGET', pred, 'p')
 if stored then
@@ -69,15 +86,26 @@ if stored then
     redis.call('HSET', pred, 'joined', me)
     redis.call('PEXPIRE', pred, retention)
     redis.call('ZREM', pending, event_id)
-    return {'joined', stored}
+    return {fresh, 'joined', stored}
   end
-  return {'taken'}
+  return {fresh, 'taken'}
 end
 local taken = redis.call('HGET', label, 'joined')
-if taken and taken ~= me then return {'taken'} end
+if taken and taken ~= me then return {fresh, 'taken'} end
 redis.call('HSET', label, 'l', record)
 redis.call('PEXPIRE', label, wait)
-return {'pending'}
+return {fresh, 'pending'}
+"""
+
+
+# Predictions whose wait for a label is over: counted as expired and removed, in one step.
+_EXPIRE = """
+local expired = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
+if expired > 0 then
+  redis.call('HINCRBY', KEYS[2], 'expired', expired)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+end
+return expired
 """
 
 
@@ -107,16 +135,20 @@ def label_record(label: Any, timestamp_ms: int | None) -> dict[str, Any]:
 class RedisJoin:
     """The join in Redis; one pipelined round trip per batch of messages."""
 
-    def __init__(self, client, namespace: str, settings: dict[str, PerformanceConfig]):
+    def __init__(self, client, namespace: str, settings: dict[str, PerformanceConfig],
+                 on_lost: Callable[[str], None] | None = None):
         self.client = client
         self.namespace = namespace
         self.settings = settings
+        self.on_lost = on_lost  # called with a model id whose join data vanished from Redis
+        self._seen: set[str] = set()  # models whose marker this process has found or written
         self._prediction = client.register_script(_PREDICTION)
         self._label = client.register_script(_LABEL)
+        self._expire = client.register_script(_EXPIRE)
 
     def _keys(self, model_id: str, event_id: str) -> list[str]:
         base = f"{self.namespace}:join:{{{model_id}}}"
-        return [f"{base}:p:{event_id}", f"{base}:l:{event_id}", f"{base}:pending", f"{base}:stats"]
+        return [f"{base}:p:{event_id}", f"{base}:l:{event_id}", f"{base}:pending", f"{base}:stats", f"{base}:marker"]
 
     def run(self, ops: Sequence[JoinOp]) -> list[JoinResult]:
         if not ops:
@@ -132,22 +164,25 @@ class RedisJoin:
                                  args=[record, op.me, int(cfg.prediction_ttl_seconds * 1000), cfg.max_pending, now,
                                        op.event_id, int(cfg.joined_retention_seconds * 1000)])
             else:
-                self._label(keys=keys[:3], client=pipe,
+                self._label(keys=[*keys[:3], keys[4]], client=pipe,
                             args=[record, op.me, int(cfg.label_wait_seconds * 1000),
                                   int(cfg.joined_retention_seconds * 1000), op.event_id])
-        return [_result(reply) for reply in pipe.execute()]
+        replies = pipe.execute()
+        for op, reply in zip(ops, replies):
+            if int(reply[0]) and op.model_id in self._seen and self.on_lost is not None:
+                self.on_lost(op.model_id)
+            self._seen.add(op.model_id)
+        return [_result(reply[1:]) for reply in replies]
 
     def lag(self, model_id: str) -> dict[str, int]:
         """Predictions awaiting a label, and those that expired unlabelled or were dropped over the cap."""
         base = f"{self.namespace}:join:{{{model_id}}}"
+        self._expire(keys=[f"{base}:pending", f"{base}:stats"], args=[int(time.time() * 1000)])
         pipe = self.client.pipeline(transaction=False)
-        pipe.zremrangebyscore(f"{base}:pending", "-inf", int(time.time() * 1000))
         pipe.zcard(f"{base}:pending")
         pipe.hgetall(f"{base}:stats")
-        removed, awaiting, stats = pipe.execute()
-        if removed:
-            self.client.hincrby(f"{base}:stats", "expired", removed)
-        return {"awaiting": int(awaiting), "expired": int(stats.get(b"expired", 0)) + int(removed),
+        awaiting, stats = pipe.execute()
+        return {"awaiting": int(awaiting), "expired": int(stats.get(b"expired", 0)),
                 "dropped": int(stats.get(b"dropped", 0))}
 
 

@@ -44,8 +44,15 @@ class Metrics:
                                   ["topic", "partition"], **kw)
         self.redis_errors = Counter("stream_monitor_redis_errors_total",
                                     "Redis operations that failed and were retried (processing paused)", **kw)
+        self.offset_resets = Counter("stream_monitor_offset_resets_total",
+                                     "Stored offsets found outside the partition's log (topic recreated, broker "
+                                     "lost its data, retention); reading went on from the earliest message",
+                                     ["topic", "partition"], **kw)
         self.state_lost = Counter("stream_monitor_state_lost_total",
                                   "Partitions whose state had vanished from Redis (Redis lost its data)", **kw)
+        self.join_lost = Counter("stream_monitor_join_lost_total",
+                                 "Times the label join's data was found gone from Redis (Redis lost its data)",
+                                 ["model"], **kw)
         self.statistic = Gauge("stream_monitor_detector_statistic",
                                "Latest statistic of a detector (highest over this instance's partitions)",
                                ["model", "signal", "name", "detector"], **kw)

@@ -4,7 +4,7 @@ Layout (``ns`` = ``redis.namespace``; the ``{…}`` hash tag keeps one
 partition's keys in one Redis Cluster slot):
 
 - ``ns:{group|topic|partition}:state`` — hash: ``offset`` (next offset to read),
-  ``state`` (zlib-compressed pickle of the partition snapshot), ``summary``
+  ``epoch`` (which log ``offset`` counts in, see below; absent = 0), ``state`` (zlib-compressed pickle of the partition snapshot), ``summary``
   (JSON for ``status``), ``saved_at`` (epoch ms), and one ``ref:<id>`` field per
   reference profile the snapshot uses (zlib JSON, ``<id>`` a hash of its
   content). References are immutable and ~20× the size of the detector state,
@@ -13,6 +13,17 @@ partition's keys in one Redis Cluster slot):
   more are removed by the save that stops naming them.
 - ``ns:partitions:{group}`` — set of ``topic|partition`` that have state (an index).
 - ``ns:reference:{model}`` — the stored reference profile (JSON) with its version.
+
+Fencing. A save is refused (STALE) when the stored state is newer, so an owner
+that lost the partition without noticing (a zombie) cannot overwrite the
+progress of the new owner. "Newer" compares ``(epoch, offset)``: offsets only
+grow within one log, but when the log moved under the stored offset (the topic
+was recreated, a memory-only broker restarted, retention deleted what the
+offset pointed to) the owner reads again from the earliest retained message,
+with offsets lower than the stored one. It then starts a new epoch
+(:meth:`StateStore.new_epoch`, the stored epoch + 1); its saves, at lower
+offsets, win over the old log's state, and a zombie still saving in the old
+epoch is refused.
 """
 
 from __future__ import annotations
@@ -32,29 +43,36 @@ from redis.retry import Retry
 from .errors import StateError
 from .reference import ReferenceProfile
 
+# A Redis that refuses writes (out of memory, read-only replica, MISCONF) refuses a script at its first
+# write that needs memory, and once a script has written it runs to the end: so every script here writes
+# with HSET (or another command that needs memory) before anything else (HDEL, ZREM, PEXPIRE need none),
+# and a refused save changes nothing; the caller retries it as a whole.
 # Write only if no newer state is stored: a fenced-out (zombie) owner cannot
 # overwrite the progress of the partition's new owner.
 # ARGV[5] = 1 when this process has stored or loaded the partition's state before: if the key is
 # gone, Redis lost its data (restarted empty, flushed) and the caller must know (-1).
-# ARGV[6] = how many reference ids the state names; they follow, then (id, blob) pairs of references
+# ARGV[6] = the epoch of the log ARGV[1] counts in: state is newer when its (epoch, offset) is greater.
+# ARGV[7] = how many reference ids the state names; they follow, then (id, blob) pairs of references
 # to write. A named reference neither stored nor sent: nothing is written (-2; the caller sends all).
 _SAVE = """
 local current = redis.call('HGET', KEYS[1], 'offset')
-if current and tonumber(current) > tonumber(ARGV[1]) then return 0 end
-local named = tonumber(ARGV[6])
+local epoch, mine = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0'), tonumber(ARGV[6])
+if current and (epoch > mine or (epoch == mine and tonumber(current) > tonumber(ARGV[1]))) then return 0 end
+local named = tonumber(ARGV[7])
 local sent = {}
-for i = 7 + named, #ARGV, 2 do sent['ref:' .. ARGV[i]] = ARGV[i + 1] end
+for i = 8 + named, #ARGV, 2 do sent['ref:' .. ARGV[i]] = ARGV[i + 1] end
 local keep = {}
-for i = 7, 6 + named do
+for i = 8, 7 + named do
   local field = 'ref:' .. ARGV[i]
   keep[field] = true
   if not sent[field] and redis.call('HEXISTS', KEYS[1], field) == 0 then return -2 end
 end
 for field, blob in pairs(sent) do redis.call('HSET', KEYS[1], field, blob) end
+redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4],
+           'epoch', ARGV[6])
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 4) == 'ref:' and not keep[field] then redis.call('HDEL', KEYS[1], field) end
 end
-redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4])
 if (not current) and ARGV[5] == '1' then return -1 end
 return 1
 """
@@ -120,6 +138,7 @@ class StateStore:
         self.group_id = group_id
         self._save = client.register_script(_SAVE)
         self._written: dict[str, set[str]] = {}  # per state key: reference ids known to be stored beside it
+        self._epochs: dict[str, int] = {}  # per state key: the epoch this process loaded, saved or started
 
     def key(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{self.group_id}|{topic}|{partition}}}:state"
@@ -131,9 +150,10 @@ class StateStore:
     def load(self, topic: str, partition: int) -> tuple[int, dict[str, Any]] | None:
         """(next offset, snapshot) of a partition, or ``None`` if nothing is stored."""
         key = self.key(topic, partition)
-        offset, blob = self.client.hmget(key, ["offset", "state"])
+        offset, blob, epoch = self.client.hmget(key, ["offset", "state", "epoch"])
         if offset is None or blob is None:
             return None
+        self._epochs[key] = int(epoch or 0)
         snapshot = decode_state(blob)
         named = _named_references(snapshot)
         if named:
@@ -154,7 +174,7 @@ class StateStore:
         state, references = _split_references(snapshot)
         written = self._written.setdefault(key, set())
         head = [next_offset, encode_state(state), orjson.dumps(summary), int(time.time() * 1000),
-                1 if existed else 0, len(references), *references]
+                1 if existed else 0, self._epochs.get(key, 0), len(references), *references]
         self.client.sadd(self.index_key, f"{topic}|{partition}")
         for send in ([r for r in references if r not in written], list(references)):
             parts = [item for ref in send for item in (ref, zlib.compress(references[ref], 1))]
@@ -164,6 +184,15 @@ class StateStore:
         if outcome in (SAVED, LOST):
             self._written[key] = set(references)
         return outcome
+
+    def epoch(self, topic: str, partition: int) -> int:
+        return self._epochs.get(self.key(topic, partition), 0)
+
+    def new_epoch(self, topic: str, partition: int) -> int:
+        """The partition's log moved: from now on its offsets count in a new log (see Fencing above)."""
+        key = self.key(topic, partition)
+        self._epochs[key] = self._epochs.get(key, 0) + 1
+        return self._epochs[key]
 
     def partitions(self) -> list[tuple[str, int]]:
         members = self.client.smembers(self.index_key)

@@ -191,3 +191,21 @@ def test_join_is_effectively_once_and_bounded(redis_server):
     time.sleep(0.5)
     lag = redis_join.lag("credit")
     assert lag["awaiting"] == 0 and lag["expired"] == 3, lag
+
+
+def test_join_data_vanishing_is_reported_once_per_model(redis_server):
+    """The join's marker gone (Redis restarted empty, flushed) is reported to on_lost; a first run is not."""
+    settings = performance_settings(parse_config({"models": {"credit": CREDIT}}))
+    lost: list[str] = []
+    client = connect(redis_server.address)
+    joiner = RedisJoin(client, unique("ns"), settings, on_lost=lost.append)
+    ops = [JoinOp("prediction", "credit", f"v{i}", {"score": 0.5, "label": 1, "t": 0}, f"p|0|{i}") for i in range(3)]
+    assert [r.status for r in joiner.run(ops)] == ["pending"] * 3
+    assert lost == [], "a marker never seen before is not a loss"
+    assert RedisJoin(client, joiner.namespace, settings, on_lost=lost.append).run(ops[:1])[0].status == "pending"
+    assert lost == [], "another instance finds the marker"
+    for key in client.scan_iter(f"{joiner.namespace}:*"):
+        client.delete(key)
+    label = JoinOp("label", "credit", "v1", {"label": 1, "t": 5}, "l|0|1")
+    assert [r.status for r in joiner.run([label, ops[2]])] == ["pending", "pending"], "the pair was lost"
+    assert lost == ["credit"], "reported once, by the first step that found the marker gone"

@@ -114,3 +114,64 @@ def test_partition_without_state_although_the_group_made_progress(policy, broker
     assert second.terminate() == 0
     assert "REDIS LOST ITS DATA" in second.log() and "rebuilding it from the beginning" in second.log()
     assert run.states() == before, "rebuilt from the log: the same state"
+
+
+def test_sigterm_while_redis_is_paused_exits_within_10_s_and_a_restart_finishes(broker, redis_server, tmp_path,
+                                                                                 monitors):
+    """SIGTERM during a Redis outage: the wait ends, the checkpoint in hand is given up (Redis keeps the last
+    consistent state), exit 0 within 10 s; the next instance redoes the rest with the uninterrupted outcome."""
+    own = start_redis(str(tmp_path))
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while "Redis unreachable" not in process.log():
+            assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert process.terminate(timeout=10) == 0, process.log()[-3000:]
+        print(f"\nSIGTERM during the Redis outage: exited after {time.monotonic() - started:.1f} s")
+        log = process.log()
+        assert "stopped during an outage" in log and "processed again by the next owner" in log
+        os.kill(own.pid, signal.SIGCONT)
+        pair.finish([pair.start()])
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+        own.stop()
+
+
+def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_server, tmp_path, monitors):
+    """The label join's keys vanish with Redis: said loudly once per model (ERROR line + counter), not silently."""
+    import orjson
+    from stream_monitor.synthetic import labelled
+    from .helpers import Feeder
+    from .test_labels import LabelRun, pairs_counted, split
+
+    own = start_redis(str(tmp_path))
+    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
+    try:
+        inference_topic, label_topic = unique("inference"), unique("labels")
+        create_topics(broker.address, {inference_topic: 1, label_topic: 1})
+        predictions, answers = split(labelled("credit", 12_000, seed=3, delay=400))
+        feeders = [Feeder(broker.address, topic, [(0, b"credit", orjson.dumps(e), None) for e in events], 2000)
+                   for topic, events in ((inference_topic, predictions), (label_topic, answers))]
+        run = LabelRun(broker, own, tmp_path, "joinlost", inference_topic, label_topic)
+        process = run.start(monitors)
+        for feeder in feeders:
+            feeder.start()
+        wait_for_offsets(run.store, inference_topic, {0: 3000}, processes=[process])
+        os.kill(own.pid, signal.SIGKILL)
+        own.process.wait(5)
+        own = start_redis(str(tmp_path), port=port)
+        inference_ends, label_ends = (feeder.result() for feeder in feeders)
+        wait_for_offsets(run.store, inference_topic, inference_ends, processes=[process], timeout=120)
+        wait_for_offsets(run.store, label_topic, label_ends, processes=[process], timeout=120)
+        assert process.terminate() == 0
+        log = process.log()
+        assert log.count("REDIS LOST ITS DATA: label join of model credit") == 1, log[-3000:]
+        pairs = pairs_counted(run.store, {inference_topic: 1, label_topic: 1})
+        print(f"\nlabel join lost with Redis: {pairs} of {len(answers)} pairs counted")
+    finally:
+        own.stop()

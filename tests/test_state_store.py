@@ -86,6 +86,24 @@ def test_a_new_reference_replaces_the_old_field(saved):
     assert store.load("t", 0)[1] == monitor.snapshot()
 
 
+def test_a_new_epoch_saves_lower_offsets_and_still_fences_the_old_owner(saved):
+    """After the log moved, offsets go down: the new epoch's state replaces the old log's, and an owner
+    still saving in the old epoch (a zombie) is refused, whatever its offset."""
+    client, store, monitor = saved
+    snapshot = monitor.snapshot()
+    zombie = StateStore(connect(redis_url(client)), store.namespace, "g")
+    assert zombie.load("t", 0)[0] == monitor.next_offset == 3000
+    assert store.save("t", 0, 2000, snapshot, {}) == STALE, "same epoch, lower offset: refused"
+    assert store.new_epoch("t", 0) == 1
+    assert store.save("t", 0, 1000, snapshot, {}) == SAVED
+    assert client.hget(store.key("t", 0), "epoch") == b"1" and client.hget(store.key("t", 0), "offset") == b"1000"
+    assert zombie.save("t", 0, 3500, snapshot, {}) == STALE, "old epoch: refused even at a higher offset"
+    assert StateStore(connect(redis_url(client)), store.namespace, "g").load("t", 0)[0] == 1000
+    fresh = StateStore(connect(redis_url(client)), store.namespace, "g")
+    fresh.load("t", 0)
+    assert fresh.epoch("t", 0) == 1 and fresh.save("t", 0, 1200, snapshot, {}) == SAVED, "a later owner goes on"
+
+
 # --- two owners racing: the Lua save refuses older state ------------------------------------------------
 
 
