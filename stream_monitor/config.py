@@ -66,6 +66,10 @@ class ServiceConfig:
     redis_outage_seconds: float = 120.0  # how long processing waits for an unreachable Redis before exiting
     broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
     on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
+    health_max_loop_age_seconds: float = 60.0  # /healthz fails when the loop has not come round for this long
+    health_max_unassigned_seconds: float = 120.0  # /healthz fails when a group (re)join has lasted this long
+    log_repeat_seconds: float = 30.0  # the same Kafka client log line at most once per this many seconds
+    dead_letter_log_seconds: float = 60.0  # at most one dead-letter summary line per this many seconds
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,8 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if service.on_missing_state not in ("rebuild", "stop"):
         raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
     for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
-                "redis_outage_seconds", "broker_outage_seconds"):
+                "redis_outage_seconds", "broker_outage_seconds", "health_max_loop_age_seconds",
+                "health_max_unassigned_seconds", "log_repeat_seconds", "dead_letter_log_seconds"):
         if not getattr(service, key) > 0:
             raise ConfigError(f"service.{key}", "must be > 0")
     for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):

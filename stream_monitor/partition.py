@@ -620,6 +620,9 @@ def _event_tuple(e: InferenceEvent) -> tuple:
     return (e.event_id, e.model_id, e.timestamp_ms, dict(e.features), e.score, e.predicted_label, e.latency_ms)
 
 
+DEAD_LETTER_SAMPLE_CHARS = 160
+
+
 class PartitionMonitor:
     """Every model's monitors for one input partition, and the next offset to read."""
 
@@ -630,6 +633,7 @@ class PartitionMonitor:
         self.models: dict[str, ModelMonitor] = {}
         self.next_offset: int | None = None
         self.dead_letters = 0
+        self.dead_letter_reasons: dict[str, dict[str, Any]] = {}  # reason → {"count", "sample"} (latest error)
 
     def model(self, model_id: str) -> ModelMonitor:
         monitor = self.models.get(model_id)
@@ -662,10 +666,15 @@ class PartitionMonitor:
             self._advance(offset)
         return _in_event_order(tagged)
 
-    def skip(self, offset: int) -> None:
-        """A message at ``offset`` was dead-lettered: count it and move past it."""
+    def skip(self, offset: int, reason: str | None = None, error: str = "") -> None:
+        """A message at ``offset`` was dead-lettered: count it (by ``reason``, keeping the latest
+        ``error`` cut to :data:`DEAD_LETTER_SAMPLE_CHARS` as a sample) and move past it."""
         self._advance(offset)
         self.dead_letters += 1
+        if reason is not None:
+            held = self.dead_letter_reasons.setdefault(reason, {"count": 0, "sample": ""})
+            held["count"] += 1
+            held["sample"] = error[:DEAD_LETTER_SAMPLE_CHARS]
 
     def _advance(self, offset: int) -> None:
         """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
@@ -675,6 +684,7 @@ class PartitionMonitor:
     def snapshot(self) -> dict[str, Any]:
         return {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
                 "dead_letters": self.dead_letters,
+                "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
                 "models": {m: monitor.snapshot() for m, monitor in sorted(self.models.items())}}
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -685,6 +695,7 @@ class PartitionMonitor:
                              "partition's state key to rebuild it from the retained log")
         self.next_offset = state["next_offset"]
         self.dead_letters = state["dead_letters"]
+        self.dead_letter_reasons = {r: dict(v) for r, v in state.get("dead_letter_reasons", {}).items()}
         self.models = {}
         for model_id, model_state in state["models"].items():
             if model_id in self.config.models:
@@ -692,4 +703,5 @@ class PartitionMonitor:
 
     def summary(self) -> dict[str, Any]:
         return {"partition": self.partition, "next_offset": self.next_offset, "dead_letters": self.dead_letters,
+                "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
                 "models": {m: monitor.summary() for m, monitor in sorted(self.models.items())}}

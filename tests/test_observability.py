@@ -159,7 +159,8 @@ def test_metrics_scrape_has_every_family(observed):
     (rss,) = samples(families, "process_resident_memory_bytes")
     assert rss.value > 10_000_000
 
-    assert http_get(port, "/healthz")[2] == b"ok\n"
+    health_status, _, health = http_get(port, "/healthz")
+    assert health_status == 200 and orjson.loads(health)["status"] == "ok"
     api = orjson.loads(http_get(port, "/api/status")[2])
     fraud = api["models"]["fraud"]
     assert fraud["events"] == ends[0]
