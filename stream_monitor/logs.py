@@ -148,7 +148,7 @@ class BrokerWatch:
             stats = orjson.loads(stats_json)
         except orjson.JSONDecodeError:
             return
-        if any(b.get("state") == "UP" and b.get("nodeid", -1) >= 0 for b in (stats.get("brokers") or {}).values()):
+        if any(b.get("state") == "UP" for b in (stats.get("brokers") or {}).values()):
             self.mark_up()
 
 
