@@ -54,18 +54,21 @@ class _Consumer(Consumer):
         self.closed = False
 
     def watermarks(self, topic: str, partition: int) -> tuple[int | None, int | None]:
-        """(low, high) as the fetcher last heard them (no request; ``None`` when unknown or closing)."""
-        if not self._closing.acquire(blocking=False):
-            return None, None
+        """(low, high) as the fetcher last heard them (no request; ``None`` when unknown). For the thread
+        that runs the loop (and closes the consumer)."""
         try:
-            if self.closed:
-                return None, None
             low, high = self.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-            return (low if low >= 0 else None), (high if high >= 0 else None)
         except (KafkaException, RuntimeError):
             return None, None
-        finally:
-            self._closing.release()
+        return (low if low >= 0 else None), (high if high >= 0 else None)
+
+    def watermarks_from_elsewhere(self, keys: list[tuple[str, int]]) -> dict | None:
+        """The same for another thread: ``None`` once closed. The call waits while the loop is inside
+        ``consume()`` (the client serialises calls on one consumer), and :meth:`close` waits for it."""
+        with self._closing:
+            if self.closed:
+                return None
+            return {key: self.watermarks(*key) for key in keys}
 
     def close(self) -> None:
         with self._closing:
@@ -101,6 +104,7 @@ class Service:
         self.consumer: _Consumer | None = None
         self._watermarks: dict[PartitionKey, tuple[int | None, int | None]] = {}
         self._next_watermarks = 0.0
+        self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
@@ -363,9 +367,7 @@ class Service:
     def _publish_status(self) -> None:
         """Status page from the summaries saved at the last checkpoints; label-join gauges; the periodic
         dead-letter summary line. (The per-partition gauges are derived at scrape time: :meth:`_partition_views`.)"""
-        views = {(v.topic, v.partition): v for v in self._partition_views()}
-        self.board.update({key: (summary, views[key].lag if key in views else None)
-                           for key, summary in self.summaries.items() if key in self.owned})
+        self._publish_board()
         for model_id in self.join_settings:
             try:
                 lag = self.joiner.lag(model_id)
@@ -374,7 +376,11 @@ class Service:
             self.metrics.awaiting_labels.labels(model_id).set(lag["awaiting"])
             self.metrics.labels_expired.labels(model_id).set(lag["expired"])
             self.board.label_lag[model_id] = lag
-        self.dead_letter_digest.flush()
+
+    def _publish_board(self) -> None:
+        views = {(v.topic, v.partition): v for v in self._partition_views()}
+        self.board.update({key: (summary, views[key].lag if key in views else None)
+                           for key, summary in self.summaries.items() if key in self.owned})
 
     def _partition_views(self) -> list[PartitionView]:
         """The partitions owned now, for a scrape or the status page: latest summary, next offset to process
@@ -393,9 +399,11 @@ class Service:
         return views
 
     def _observe_loop(self) -> None:
-        """Every loop iteration: the health report's heartbeat and, twice a second, the consumer's cached
-        watermarks of the owned partitions (the dict is replaced whole, for readers in other threads)."""
+        """Every loop iteration: the health report's heartbeat, the dead-letter summary line when due, and,
+        twice a second, the consumer's cached watermarks of the owned partitions (the dict is replaced
+        whole, for readers in other threads)."""
         self.health.tick()
+        self.dead_letter_digest.flush()
         now = time.monotonic()
         if now >= self._next_watermarks:
             self._next_watermarks = now + WATERMARK_SECONDS
@@ -405,6 +413,7 @@ class Service:
         consumer = self.consumer
         if consumer is not None:
             self._watermarks = {key: consumer.watermarks(*key) for key in list(self.owned)}
+            self._watermarks_read = time.monotonic()
 
     def _watch_watermarks(self) -> None:
         """While the loop is held up (a Redis call that waits, a long checkpoint), read the watermarks from
@@ -412,9 +421,15 @@ class Service:
         another thread is inside ``consume()``, and a scrape must never wait."""
         while not self.stopping:
             time.sleep(WATERMARK_SECONDS)
-            last = self.health.last_loop
-            if last is not None and time.monotonic() - last > 2 * WATERMARK_SECONDS:
-                self._read_watermarks()
+            last, consumer = self.health.last_loop, self.consumer
+            if consumer is None or last is None or time.monotonic() - last <= 2 * WATERMARK_SECONDS:
+                continue
+            started = time.monotonic()
+            read = consumer.watermarks_from_elsewhere(list(self.owned))
+            if read is None:
+                return
+            if self._watermarks_read < started:  # the loop has not read newer ones meanwhile
+                self._watermarks = read
 
     def _watched(self, callback: Callable[[Consumer, list[TopicPartition]], None],
                  assigning: bool) -> Callable[[Consumer, list[TopicPartition]], None]:
@@ -427,6 +442,13 @@ class Service:
             callback(consumer, partitions)
             if assigning:
                 self.health.assigned(len(self.owned))
+                # a partition taken over shows its restored state at once, not at its next checkpoint
+                # (which an idle partition may not have for a long time)
+                fresh = {key: monitor.summary() for key, monitor in list(self.owned.items())
+                         if key not in self.summaries and monitor.next_offset is not None}
+                if fresh:
+                    self.summaries.update(fresh)
+                    self._publish_board()
             else:
                 self.health.assigned_partitions = len(self.owned)
 
