@@ -23,6 +23,7 @@ from stream_monitor.localstack import create_topics, free_port, start_broker
 from stream_monitor.logs import BrokerWatch, DeadLetterDigest, RepeatFilter
 
 from .helpers import unique, write_config
+from .test_health import probe
 from .test_service import MODELS
 
 
@@ -126,13 +127,14 @@ def wait_for_line(path, needle: str, process, timeout: float = 60.0) -> None:
 
 @pytest.mark.slow
 def test_broker_down_then_up_in_json_logs(redis_server, tmp_path):
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     address = f"127.0.0.1:{port}"
     topic = unique("inference")
     config = write_config(tmp_path / "down.toml", bootstrap=address, redis_url=redis_server.address, input_topic=topic,
                           alert_topic=unique("alerts"), dead_letter_topic=unique("dlq"), group_id=unique("group"),
                           namespace=unique("ns"), models=MODELS,
-                          service={"log_repeat_seconds": 60, "checkpoint_interval_seconds": 0.5})
+                          service={"log_repeat_seconds": 60, "checkpoint_interval_seconds": 0.5,
+                                   "metrics_port": metrics_port})
     stderr = tmp_path / "stderr.log"
     broker = None
     with open(stderr, "wb") as err:
@@ -140,11 +142,18 @@ def test_broker_down_then_up_in_json_logs(redis_server, tmp_path):
                                     str(config)], stdout=subprocess.DEVNULL, stderr=err, stdin=subprocess.DEVNULL)
     try:
         wait_for_line(stderr, "broker unreachable at", process)
+        status, down = probe(metrics_port, "/readyz")
+        assert status == 503 and down["broker"] == "unreachable", down
+        assert probe(metrics_port, "/healthz")[0] == 200, "the loop goes on: live, not ready"
         time.sleep(4)  # librdkafka retries the connection many times a second meanwhile
         broker = start_broker(str(tmp_path), port=port)
         create_topics(broker.address, {topic: 1})
         wait_for_line(stderr, "broker is back at", process)
         wait_for_line(stderr, f"assigned {topic}[0]", process)
+        deadline = time.monotonic() + 30
+        while probe(metrics_port, "/readyz")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert probe(metrics_port, "/readyz")[0] == 200
         process.send_signal(signal.SIGTERM)
         assert process.wait(30) == 0
     finally:
