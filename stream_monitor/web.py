@@ -217,12 +217,22 @@ def sparkline(history: list, warning: float | None, critical: float | None, widt
             f'points="{points}"/></svg>')
 
 
+def _dead_letter_note(snapshot: Mapping[str, Any]) -> str:
+    letters = snapshot.get("dead_letters") or {}
+    if not letters:
+        return ""
+    total = sum(entry["count"] for entry in letters.values())
+    top = ", ".join(f"{_fmt(reason)} {entry['count']:,}" for reason, entry in list(letters.items())[:3])
+    return f" · {total:,} dead letters ({top}; see below)"
+
+
 def render_page(snapshot: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
              f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
     uptime = time.time() - snapshot.get("started_at", time.time())
     parts.append(f"<header><h1>stream_monitor</h1><span>{html.escape(snapshot.get('instance') or '')}</span>"
-                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min</span></header><main>")
+                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min"
+                 f"{_dead_letter_note(snapshot)}</span></header><main>")
 
     firing = [(m, row) for m, entry in snapshot.get("models", {}).items() for row in entry["detectors"] if row.get("firing")]
     parts.append("<section><h2>Firing now</h2>")
