@@ -1,4 +1,4 @@
-"""Prometheus metrics (CONTRACT §9). Families are prefixed ``stream_monitor_``.
+"""Prometheus metrics. Families are prefixed ``stream_monitor_``.
 
 Label cardinality is bounded: ``reason`` takes the dead-letter reasons;
 ``model``, ``signal``, ``name`` and ``detector`` come from the config and the

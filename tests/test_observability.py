@@ -1,8 +1,10 @@
-"""Observability end to end (CONTRACT §9): the Prometheus scrape, /healthz, /api/status and the
+"""Observability end to end: the Prometheus scrape, /healthz, /api/status and the
 status page of a real `stream-monitor run` watching a drifting stream (real broker, real Redis).
 
-One monitored run (module fixture) serves every test: a drifting "fraud" stream on partition 0, a
-stable stream with a few bad messages on partition 1, the service left running while we look.
+One monitored run (module fixture) serves the scrape, dead-letter and page tests: a drifting "fraud"
+stream on partition 0, a stable stream with a few bad messages on partition 1, the service left
+running while we look. The scrape-time collector is also tested without I/O, and with two real
+instances between which a rebalance moves a partition.
 The status-page test renders the page with headless Chromium from the OS packages (installed here
 if missing; if it cannot be installed the test fails with the reason).
 """
