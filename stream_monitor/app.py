@@ -365,8 +365,8 @@ class Service:
         self._last_checkpoint = time.monotonic()
 
     def _publish_status(self) -> None:
-        """Status page from the summaries saved at the last checkpoints; label-join gauges; the periodic
-        dead-letter summary line. (The per-partition gauges are derived at scrape time: :meth:`_partition_views`.)"""
+        """Status page from the summaries saved at the last checkpoints, and the label-join gauges.
+        (The per-partition gauges are derived at scrape time: :meth:`_partition_views`.)"""
         self._publish_board()
         for model_id in self.join_settings:
             try:

@@ -4,7 +4,8 @@ Label cardinality is bounded: ``reason`` takes the dead-letter reasons;
 ``model``, ``signal``, ``name`` and ``detector`` come from the config and the
 reference profiles (columns × detectors per model), and at most
 ``MAX_DETECTOR_SERIES`` (model, signal, name, detector) series are exported per
-instance (the rest are counted in ``stream_monitor_detector_series_dropped_total``);
+instance (in label order; each series left out is counted once in
+``stream_monitor_detector_series_dropped_total``);
 ``topic``/``partition`` are the input partitions this instance owns.
 The detector gauges, the firing counts, the performance gauges and the consumer lag are derived at
 scrape time (:class:`PartitionCollector`) from the partitions this instance owns at that moment, so
