@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Any, Callable, TypeVar
 
@@ -28,17 +29,20 @@ from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
-from .metrics import Metrics
+from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
+from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
 from .state import ReferenceStore, StateStore, connect
+from .web import Health
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
+WATERMARK_SECONDS = 0.5  # how often the consumer's cached watermarks are read for the lag
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 
@@ -117,10 +121,49 @@ def write_refusal(exc: redis.ResponseError) -> str | None:
     return None
 
 
+class _Consumer(Consumer):
+    """The consumer, closable while the HTTP thread reads its cached watermarks (:meth:`watermarks`)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        super().__init__(settings)
+        self._closing = threading.Lock()
+        self.closed = False
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int | None, int | None]:
+        """(low, high) as the fetcher last heard them (no request; ``None`` when unknown). For the thread
+        that runs the loop (and closes the consumer)."""
+        try:
+            low, high = self.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+        except (KafkaException, RuntimeError):
+            return None, None
+        return (low if low >= 0 else None), (high if high >= 0 else None)
+
+    def watermarks_from_elsewhere(self, keys: list[tuple[str, int]]) -> dict | None:
+        """The same for another thread: ``None`` once closed. The call waits while the loop is inside
+        ``consume()`` (the client serialises calls on one consumer), and :meth:`close` waits for it."""
+        with self._closing:
+            if self.closed:
+                return None
+            return {key: self.watermarks(*key) for key in keys}
+
+    def close(self) -> None:
+        with self._closing:
+            self.closed = True
+        super().close()
+
+
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics()
+        service = config.service
+        self.kafka_log = kafka_logger(service.log_repeat_seconds)
+        self.broker = BrokerWatch(config.kafka.bootstrap_servers, log)
+        self.health = Health(service.health_max_loop_age_seconds, service.health_max_unassigned_seconds,
+                             redis_failed_at=lambda: self.metrics.redis_errors.last,
+                             broker_down_since=lambda: self.broker.down_since,
+                             stopping=lambda: self.stopping)
+        self.dead_letter_digest = DeadLetterDigest(service.dead_letter_log_seconds, log)
         self.known_models = frozenset(config.models)
         self.consumer_settings = consumer_settings(config)
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
@@ -131,17 +174,23 @@ class Service:
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
-        self.publisher = Publisher(producer_settings(config), config.kafka.alert_topic, config.kafka.dead_letter_topic,
+        self.publisher = Publisher(client_settings(producer_settings(config), self.kafka_log, self.broker),
+                                   config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
                                    stop_requested=lambda: self.stopping)
-        self.consumer: Consumer | None = None
+        self.consumer: _Consumer | None = None
+        self._watermarks: dict[PartitionKey, tuple[int | None, int | None]] = {}
+        self._next_watermarks = 0.0
+        self._watermarks_read = 0.0
+        self.metrics.partitions.source = self._partition_views
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.dirty: set[PartitionKey] = set()
         self.rollbacks: dict[PartitionKey, Rollback] = {}
         self.summaries: dict[PartitionKey, dict] = {}
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
+        self.board.live_lag = lambda: {(v.topic, v.partition): v.lag for v in self._partition_views()}
         self.stopping = False
         self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
                                        config.service.checkpoint_interval_seconds)
@@ -183,15 +232,20 @@ class Service:
         # features, +8 % at 100).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         # auto.offset.reset = error: an offset outside the log must be seen (and reported), not reset silently.
-        self.consumer = Consumer({**self.consumer_settings, "auto.offset.reset": "error"})
+        self.consumer = _Consumer(client_settings({**self.consumer_settings, "auto.offset.reset": "error"},
+                                                  self.kafka_log, self.broker))
         self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
         self._log_checks_paused: dict[PartitionKey, float] = {}
-        self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._on_assign,
-                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self.health.joining()
+        threading.Thread(target=self._watch_watermarks, name="watermarks", daemon=True).start()
+        self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._watched(self._on_assign, True),
+                                on_revoke=self._watched(self._on_revoke, False),
+                                on_lost=self._watched(self._on_lost, False))
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
         try:
             clock = CLOCK
             while not self.stopping:
+                self._observe_loop()
                 started = clock.now()
                 messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
                 clock.add("consume", started)
@@ -441,7 +495,8 @@ class Service:
 
     def _dead_letter(self, raw: RawMessage, letter: DeadLetter, monitor: PartitionMonitor) -> None:
         self.publisher.dead_letter(raw, letter)
-        self._rollback((raw.topic, raw.partition), monitor).skip(raw.offset)
+        self._rollback((raw.topic, raw.partition), monitor).skip(raw.offset, letter.reason, letter.error)
+        self.dead_letter_digest.record(letter.reason, letter.error)
         self.metrics.dead_letters.labels(letter.reason).inc()
         log.debug("%s[%d]@%d dead-lettered: %s: %s", raw.topic, raw.partition, raw.offset, letter.reason, letter.error)
 
@@ -469,22 +524,9 @@ class Service:
         self.timers.keep(self.owned)
 
     def _publish_status(self) -> None:
-        """Status page and gauges from the summaries saved at the last checkpoints."""
-        owned = {key: summary for key, summary in self.summaries.items() if key in self.owned}
-        lags = {}
-        for (topic, partition), summary in owned.items():
-            lag = None
-            if self.consumer is not None:
-                try:
-                    _, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-                    if high >= 0 and summary.get("next_offset") is not None:
-                        lag = max(0, high - summary["next_offset"])
-                        self.metrics.consumer_lag.labels(topic, str(partition)).set(lag)
-                except KafkaException:
-                    pass
-            lags[(topic, partition)] = (summary, lag)
-        self.board.update(lags)
-        self.metrics.observe_summaries(owned.values())
+        """Status page from the summaries saved at the last checkpoints, and the label-join gauges.
+        (The per-partition gauges are derived at scrape time: :meth:`_partition_views`.)"""
+        self._publish_board()
         for model_id in self.join_settings:
             try:
                 lag = self.joiner.lag(model_id)
@@ -494,12 +536,86 @@ class Service:
             self.metrics.labels_expired.labels(model_id).set(lag["expired"])
             self.board.label_lag[model_id] = lag
 
+    def _publish_board(self) -> None:
+        views = {(v.topic, v.partition): v for v in self._partition_views()}
+        self.board.update({key: (summary, views[key].lag if key in views else None)
+                           for key, summary in self.summaries.items() if key in self.owned})
+
+    def _partition_views(self) -> list[PartitionView]:
+        """The partitions owned now, for a scrape or the status page: latest summary, next offset to process
+        and the consumer's cached watermarks (kept current by librdkafka's fetcher even while the loop waits,
+        so a stall shows as growing lag). Runs in the HTTP thread too: it only copies dicts (one step each
+        under the GIL) and reads attributes; it never waits for the loop."""
+        owned, summaries, watermarks = dict(self.owned), dict(self.summaries), self._watermarks
+        views = []
+        for (topic, partition), monitor in sorted(owned.items()):
+            low, high = watermarks.get((topic, partition), (None, None))
+            summary = summaries.get((topic, partition))
+            next_offset = monitor.next_offset
+            if next_offset is None and summary is not None:
+                next_offset = summary.get("next_offset")
+            views.append(PartitionView(topic, partition, summary, next_offset, high, low))
+        return views
+
+    def _observe_loop(self) -> None:
+        """Every loop iteration: the health report's heartbeat, the dead-letter summary line when due, and,
+        twice a second, the consumer's cached watermarks of the owned partitions (the dict is replaced
+        whole, for readers in other threads)."""
+        self.health.tick()
+        self.dead_letter_digest.flush()
+        now = time.monotonic()
+        if now >= self._next_watermarks:
+            self._next_watermarks = now + WATERMARK_SECONDS
+            self._read_watermarks()
+
+    def _read_watermarks(self) -> None:
+        consumer = self.consumer
+        if consumer is not None:
+            self._watermarks = {key: consumer.watermarks(*key) for key in list(self.owned)}
+            self._watermarks_read = time.monotonic()
+
+    def _watch_watermarks(self) -> None:
+        """While the loop is held up (a Redis call that waits, a long checkpoint), read the watermarks from
+        here instead, so the lag keeps growing on the scrape. Its own thread: a consumer call waits while
+        another thread is inside ``consume()``, and a scrape must never wait."""
+        while not self.stopping:
+            time.sleep(WATERMARK_SECONDS)
+            last, consumer = self.health.last_loop, self.consumer
+            if consumer is None or last is None or time.monotonic() - last <= 2 * WATERMARK_SECONDS:
+                continue
+            started = time.monotonic()
+            read = consumer.watermarks_from_elsewhere(list(self.owned))
+            if read is None:
+                return
+            if self._watermarks_read < started:  # the loop has not read newer ones meanwhile
+                self._watermarks = read
+
+    def _watched(self, callback: Callable[[Consumer, list[TopicPartition]], None],
+                 assigning: bool) -> Callable[[Consumer, list[TopicPartition]], None]:
+        """A rebalance callback that also tells the health report: an eager revoke or a loss starts a
+        (re)join, an assignment (even an empty one: the group has settled) ends it."""
+
+        def watched(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            if not assigning and (callback == self._on_lost or not self.cooperative):
+                self.health.joining()
+            callback(consumer, partitions)
+            if assigning:
+                self.health.assigned(len(self.owned))
+                # a partition taken over shows its restored state at once, not at its next checkpoint
+                # (which an idle partition may not have for a long time)
+                fresh = {key: monitor.summary() for key, monitor in list(self.owned.items())
+                         if key not in self.summaries and monitor.next_offset is not None}
+                if fresh:
+                    self.summaries.update(fresh)
+                    self._publish_board()
+            else:
+                self.health.assigned_partitions = len(self.owned)
+
+        return watched
+
     def _forget_gauges(self, key: PartitionKey) -> None:
-        """A partition that moved away: its lag is the new owner's to report."""
-        try:
-            self.metrics.consumer_lag.remove(key[0], str(key[1]))
-        except KeyError:
-            pass
+        """A partition that moved away: nothing to forget any more; its series are derived at scrape time
+        from the partitions owned then (:class:`~stream_monitor.metrics.PartitionCollector`)."""
 
     # --- rebalance ------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
 """What the status page and ``/api/status`` show: the instance's recent picture, kept in memory.
 
 Updated by the service at each checkpoint (summaries, lag) and at each alert;
-read by the HTTP thread. Histories are short ring buffers per detector.
+read by the HTTP thread. Histories are short ring buffers per detector. ``live_lag``, when set,
+gives each owned partition's lag at the moment of the request (the consumer's cached watermarks),
+so the page shows a stall as it happens rather than as of the last checkpoint.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 HISTORY_POINTS = 240
 
@@ -23,6 +25,7 @@ class StatusBoard:
         self._alerts: deque = deque(maxlen=100)
         self.label_lag: dict[str, dict[str, int]] = {}
         self.started_at = time.time()
+        self.live_lag: Callable[[], Mapping[tuple[str, int], int | None]] | None = None
 
     def update(self, partitions: Mapping[tuple[str, int], tuple[Mapping[str, Any], int | None]]) -> None:
         """``partitions``: (topic, partition) → (summary, lag or None) of every owned partition."""
@@ -44,7 +47,14 @@ class StatusBoard:
             self._alerts.appendleft(dict(alert))
 
     def snapshot(self) -> dict[str, Any]:
-        """A JSON-ready copy: partitions, per-model detectors with history, recent alerts."""
+        """A JSON-ready copy: partitions, per-model detectors with history, recent alerts, dead letters
+        by reason (count and the latest error as a sample, over the partitions owned)."""
+        live = {}
+        if self.live_lag is not None:
+            try:
+                live = self.live_lag()
+            except Exception:  # noqa: BLE001 - the page must render whatever the consumer is doing
+                live = {}
         with self._lock:
             models: dict[str, dict[str, Any]] = {}
             for part in self._partitions.values():
@@ -75,6 +85,22 @@ class StatusBoard:
                 for key, row in sorted(entry["detectors"].items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0])):
                     rows.append(dict(row, history=[[round(t, 3), v] for t, v in self._history.get(key, ())]))
                 entry["detectors"] = rows
+            partitions = []
+            for part in self._partitions.values():
+                lag = live.get((part["topic"], part["partition"]))
+                partitions.append(dict(part, lag=lag) if lag is not None else dict(part))
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
-                    "partitions": list(self._partitions.values()), "models": models,
-                    "alerts": list(self._alerts)}
+                    "partitions": partitions, "models": models, "alerts": list(self._alerts),
+                    "dead_letters": dead_letter_reasons(partitions)}
+
+
+def dead_letter_reasons(partitions: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """reason → {"count", "sample"} summed over partition summaries (the sample of the largest count)."""
+    out: dict[str, dict[str, Any]] = {}
+    for part in partitions:
+        for reason, entry in (part.get("dead_letter_reasons") or {}).items():
+            held = out.setdefault(reason, {"count": 0, "sample": entry.get("sample", "")})
+            if entry.get("count", 0) > held["count"]:
+                held["sample"] = entry.get("sample", "")
+            held["count"] += entry.get("count", 0)
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["count"], kv[0])))

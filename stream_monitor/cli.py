@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     service.install_signal_handlers()
     if early_stops:
         service.stop()
-    serve(config.service.metrics_port, service.board, service.metrics.registry)
+    serve(config.service.metrics_port, service.board, service.metrics.registry, health=service.health)
     service.run()
     log.info("stopped cleanly")
     return 0
@@ -241,9 +241,14 @@ def _status(args: argparse.Namespace) -> int:
         partitions.append({"topic": topic, "partition": partition, "next_offset": offset,
                            "end_offset": end, "lag": None if end is None else max(0, end - offset),
                            "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
+                           "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
                            "models": summary.get("models", {})})
+    from .board import dead_letter_reasons  # noqa: PLC0415
+
+    letters = dead_letter_reasons(partitions)
     if args.json:
-        print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag}).decode())
+        print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
+                            "dead_letters": letters}).decode())
         return 0
     if not partitions:
         print(f"no partition state stored for group {config.kafka.group_id!r} in namespace {config.redis.namespace!r}")
@@ -251,6 +256,12 @@ def _status(args: argparse.Namespace) -> int:
     print(_table(["partition", "next offset", "end", "lag", "dead letters", "saved"],
                  [[f"{p['topic']}[{p['partition']}]", p["next_offset"], _or_dash(p["end_offset"]), _or_dash(p["lag"]),
                    p["dead_letters"], _age(p["saved_at_ms"])] for p in partitions], right={1, 2, 3, 4}))
+    if letters:
+        print("\ndead letters by reason (topic kafka.dead_letter_topic = "
+              f"{config.kafka.dead_letter_topic!r}):")
+        print(_table(["reason", "count", "example"],
+                     [[reason, f"{entry['count']:,}", entry.get("sample") or "-"] for reason, entry in letters.items()],
+                     right={1}))
     for model_id in sorted({m for p in partitions for m in p["models"]}):
         merged: dict[tuple, dict] = {}
         events = labels = 0
@@ -300,7 +311,8 @@ def _end_offsets(config: Config, partitions: list[tuple[str, int]]) -> dict[tupl
     from confluent_kafka import Consumer, KafkaException, TopicPartition  # noqa: PLC0415
     from .config import admin_settings  # noqa: PLC0415
 
-    consumer = Consumer({**admin_settings(config), "group.id": f"{config.kafka.group_id}-status", "enable.auto.commit": False})
+    consumer = Consumer({**admin_settings(config), "group.id": f"{config.kafka.group_id}-status", "enable.auto.commit": False,
+                         "logger": logs.kafka_logger(config.service.log_repeat_seconds)})
     ends = {}
     try:
         for topic, partition in partitions:

@@ -73,6 +73,10 @@ class ServiceConfig:
     max_inferred_columns: int = 100
     max_categories_per_column: int = 10_000
     on_offset_out_of_range: str = "earliest"  # stored offset outside the partition's log: earliest | stop
+    health_max_loop_age_seconds: float = 60.0  # /healthz fails when the loop has not come round for this long
+    health_max_unassigned_seconds: float = 120.0  # /healthz fails when a group (re)join has lasted this long
+    log_repeat_seconds: float = 30.0  # the same Kafka client log line at most once per this many seconds
+    dead_letter_log_seconds: float = 60.0  # at most one dead-letter summary line per this many seconds
 
 
 @dataclass(frozen=True)
@@ -256,7 +260,8 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise ConfigError("service.on_offset_out_of_range",
                           f"must be 'earliest' or 'stop', got {service.on_offset_out_of_range!r}")
     for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
-                "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds"):
+                "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds", "health_max_loop_age_seconds",
+                "health_max_unassigned_seconds", "log_repeat_seconds", "dead_letter_log_seconds"):
         if not getattr(service, key) > 0:
             raise ConfigError(f"service.{key}", "must be > 0")
     for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):

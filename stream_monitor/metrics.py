@@ -1,11 +1,15 @@
-"""Prometheus metrics (CONTRACT §9). Families are prefixed ``stream_monitor_``.
+"""Prometheus metrics. Families are prefixed ``stream_monitor_``.
 
 Label cardinality is bounded: ``reason`` takes the dead-letter reasons;
 ``model``, ``signal``, ``name`` and ``detector`` come from the config and the
 reference profiles (columns × detectors per model), and at most
 ``MAX_DETECTOR_SERIES`` (model, signal, name, detector) series are exported per
-instance (the rest are counted in ``stream_monitor_detector_series_dropped_total``);
+instance (in label order; each series left out is counted once in
+``stream_monitor_detector_series_dropped_total``);
 ``topic``/``partition`` are the input partitions this instance owns.
+The detector gauges, the firing counts, the performance gauges and the consumer lag are derived at
+scrape time (:class:`PartitionCollector`) from the partitions this instance owns at that moment, so
+a partition that moved away takes its series with it.
 The detector gauges hold the highest statistic over this instance's partitions;
 ADWIN exports its window's mean reference rank (0.5 when unchanged) and no threshold,
 since its cut test is internal.
@@ -13,9 +17,14 @@ since its cut test is internal.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 MAX_DETECTOR_SERIES = 5_000
 
@@ -40,10 +49,9 @@ class Metrics:
                                        **kw)
         self.assigned_partitions = Gauge("stream_monitor_assigned_partitions",
                                          "Input partitions owned by this instance", **kw)
-        self.consumer_lag = Gauge("stream_monitor_consumer_lag", "Messages behind the partition's end",
-                                  ["topic", "partition"], **kw)
-        self.redis_errors = Counter("stream_monitor_redis_errors_total",
-                                    "Redis operations that failed and were retried (processing paused)", **kw)
+        self.redis_errors = _Stamped(Counter("stream_monitor_redis_errors_total",
+                                             "Redis operations that failed and were retried (processing paused)",
+                                             **kw))
         self.offset_resets = Counter("stream_monitor_offset_resets_total",
                                      "Stored offsets found outside the partition's log (topic recreated, broker "
                                      "lost its data, retention); reading went on from the earliest message",
@@ -53,20 +61,9 @@ class Metrics:
         self.join_lost = Counter("stream_monitor_join_lost_total",
                                  "Times the label join's data was found gone from Redis (Redis lost its data)",
                                  ["model"], **kw)
-        self.statistic = Gauge("stream_monitor_detector_statistic",
-                               "Latest statistic of a detector (highest over this instance's partitions)",
-                               ["model", "signal", "name", "detector"], **kw)
-        self.threshold = Gauge("stream_monitor_detector_threshold",
-                               "Warning threshold of a detector", ["model", "signal", "name", "detector"], **kw)
-        self.critical = Gauge("stream_monitor_detector_critical",
-                              "Critical threshold of a detector", ["model", "signal", "name", "detector"], **kw)
-        self.firing = Gauge("stream_monitor_episodes_firing", "Detectors currently firing",
-                            ["model", "signal", "detector"], **kw)
         self.dropped_series = Counter("stream_monitor_detector_series_dropped_total",
-                                      "Detector series not exported (over the cardinality cap)", **kw)
-        self.performance = Gauge("stream_monitor_performance", "Rolling performance metric over the last "
-                                 "performance.window labelled predictions (highest over this instance's partitions)",
-                                 ["model", "metric"], **kw)
+                                      "Detector series not exported (over the cardinality cap), each counted once",
+                                      **kw)
         self.awaiting_labels = Gauge("stream_monitor_predictions_awaiting_labels",
                                      "Predictions stored for the label join and not labelled yet", ["model"], **kw)
         self.labels_expired = Gauge("stream_monitor_predictions_never_labelled",
@@ -88,58 +85,151 @@ class Metrics:
         self.producer_restarts = Counter("stream_monitor_producer_restarts_total",
                                          "Producers replaced because deliveries stalled while the broker answered "
                                          "(e.g. after a broker restart); unacknowledged messages are resent", **kw)
-        self.untracked_columns = Gauge("stream_monitor_untracked_columns",
-                                       "Feature names a model's warm-up did not track (over "
-                                       "service.max_inferred_columns; highest over this instance's partitions)",
-                                       ["model"], **kw)
         self.rebaselined = Counter("stream_monitor_rebaselined_total",
                                    "Model states restored under changed detector settings: what no longer fit "
                                    "started afresh", ["model"], **kw)
         self.unmonitored_columns = Gauge("stream_monitor_unmonitored_columns",
                                          "Configured features the model's reference has no profile of "
                                          "(never monitored; see the error log)", ["model"], **kw)
-        self._series: set[tuple[str, str, str, str]] = set()
+        self._dropped: set[tuple[str, str, str, str]] = set()
+        self._dropped_lock = threading.Lock()
+        self.partitions = PartitionCollector(self)
+        self.registry.register(self.partitions)
 
-    def observe_summaries(self, summaries: Iterable[Mapping[str, Any]]) -> None:
-        """Refresh the detector gauges from partition summaries (at each checkpoint)."""
-        summaries = list(summaries)
-        self._observe_untracked(summaries)
-        best: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+    def count_dropped(self, key: tuple[str, str, str, str]) -> None:
+        """A detector series over the cap: counted once, however many scrapes leave it out."""
+        with self._dropped_lock:
+            if key not in self._dropped:
+                self._dropped.add(key)
+                self.dropped_series.inc()
+
+
+class _Stamped:
+    """A counter that also remembers when it was last incremented (``last``, monotonic seconds):
+    the health report reads "Redis failed after the loop last came round" from it."""
+
+    def __init__(self, counter: Counter):
+        self._counter = counter
+        self.last: float | None = None
+
+    def inc(self, amount: float = 1) -> None:
+        self.last = time.monotonic()
+        self._counter.inc(amount)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._counter, name)
+
+
+@dataclass(frozen=True)
+class PartitionView:
+    """What a scrape sees of one owned partition: its latest checkpoint summary (``None`` before the
+    first), the next offset it will process and the end of its log as the consumer last heard it."""
+
+    topic: str
+    partition: int
+    summary: Mapping[str, Any] | None = None
+    next_offset: int | None = None
+    high_watermark: int | None = None
+    low_watermark: int | None = None
+
+    @property
+    def lag(self) -> int | None:
+        """Messages between the next offset to process and the log's end (``None``: end not known yet)."""
+        if self.high_watermark is None or self.high_watermark < 0:
+            return None
+        start = self.next_offset
+        if start is None:  # nothing processed yet: the whole retained log is ahead
+            start = self.low_watermark if self.low_watermark is not None and self.low_watermark >= 0 else 0
+        return max(0, self.high_watermark - start)
+
+
+_DETECTOR_LABELS = ["model", "signal", "name", "detector"]
+
+
+@dataclass
+class _Families:
+    statistic: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_detector_statistic",
+        "Latest statistic of a detector (highest over this instance's partitions)", labels=_DETECTOR_LABELS))
+    threshold: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_detector_threshold", "Warning threshold of a detector", labels=_DETECTOR_LABELS))
+    critical: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_detector_critical", "Critical threshold of a detector", labels=_DETECTOR_LABELS))
+    firing: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_episodes_firing", "Detectors currently firing", labels=["model", "signal", "detector"]))
+    performance: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_performance", "Rolling performance metric over the last performance.window labelled "
+        "predictions (highest over this instance's partitions)", labels=["model", "metric"]))
+    lag: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_consumer_lag", "Messages behind the partition's end (the consumer's cached high "
+        "watermark minus the next offset to process; grows while processing is paused)",
+        labels=["topic", "partition"]))
+    untracked: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_untracked_columns", "Feature names a model's warm-up did not track (over "
+        "service.max_inferred_columns; highest over this instance's partitions)", labels=["model"]))
+
+    def all(self) -> list[GaugeMetricFamily]:
+        return [self.statistic, self.threshold, self.critical, self.firing, self.performance, self.lag,
+                self.untracked]
+
+
+class PartitionCollector(Collector):
+    """The per-partition families, derived at each scrape from ``source()``: the partitions owned now.
+
+    ``source`` runs in the HTTP server's thread while the service loop goes on: it must only read
+    (copies of dicts the loop replaces or updates in single steps, never a lock the loop holds).
+    Without a source (no service bound yet) the families are exported empty.
+    """
+
+    def __init__(self, metrics: Metrics):
+        self._metrics = metrics
+        self.source: Callable[[], Iterable[PartitionView]] | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(_Families().all())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        families = _Families()
+        views = list(self.source()) if self.source is not None else []
+        best: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
         firing: dict[tuple[str, str, str], int] = {}
-        for summary in summaries:
-            for model_id, model in summary.get("models", {}).items():
+        performance: dict[tuple[str, str], float] = {}
+        untracked: dict[str, int] = {}
+        for view in views:
+            lag = view.lag
+            if lag is not None:
+                families.lag.add_metric([view.topic, str(view.partition)], lag)
+            for model_id, model in ((view.summary or {}).get("models") or {}).items():
+                if model.get("untracked_columns"):
+                    untracked[model_id] = max(untracked.get(model_id, 0), model["untracked_columns"])
                 for metric, value in (model.get("performance") or {}).items():
-                    if isinstance(value, (int, float)) and metric != "pairs":
-                        self.performance.labels(model_id, metric).set(value)
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "pairs":
+                        held = performance.get((model_id, metric))
+                        performance[(model_id, metric)] = value if held is None else max(held, value)
                 for row in model.get("detectors", []):
                     key = (model_id, row["signal"], row["name"], row["detector"])
                     value = row.get("statistic")
                     held = best.get(key)
-                    if held is None or (value is not None and (held["statistic"] is None or value > held["statistic"])):
+                    if held is None or (value is not None and (held.get("statistic") is None
+                                                               or value > held["statistic"])):
                         best[key] = row
                     group = (model_id, row["signal"], row["detector"])
                     firing[group] = firing.get(group, 0) + (1 if row.get("firing") else 0)
-        for key, row in best.items():
-            if key not in self._series:
-                if len(self._series) >= MAX_DETECTOR_SERIES:
-                    self.dropped_series.inc()
-                    continue
-                self._series.add(key)
-            if row.get("statistic") is not None:
-                self.statistic.labels(*key).set(row["statistic"])
-            if row.get("threshold") is not None:
-                self.threshold.labels(*key).set(row["threshold"])
-            if row.get("critical") is not None:
-                self.critical.labels(*key).set(row["critical"])
-        for group, count in firing.items():
-            self.firing.labels(*group).set(count)
-
-    def _observe_untracked(self, summaries: list[Mapping[str, Any]]) -> None:
-        untracked: dict[str, int] = {}
-        for summary in summaries:
-            for model_id, model in summary.get("models", {}).items():
-                count = model.get("untracked_columns", 0)
-                if count or model_id in untracked:
-                    untracked[model_id] = max(untracked.get(model_id, 0), count)
-        for model_id, count in untracked.items():
-            self.untracked_columns.labels(model_id).set(count)
+        exported = 0
+        for key in sorted(best):
+            if exported >= MAX_DETECTOR_SERIES:
+                self._metrics.count_dropped(key)
+                continue
+            exported += 1
+            row = best[key]
+            for family, field_name in ((families.statistic, "statistic"), (families.threshold, "threshold"),
+                                       (families.critical, "critical")):
+                if row.get(field_name) is not None:
+                    family.add_metric(list(key), row[field_name])
+        for group, count in sorted(firing.items()):
+            families.firing.add_metric(list(group), count)
+        for (model_id, metric), value in sorted(performance.items()):
+            families.performance.add_metric([model_id, metric], value)
+        for model_id, count in sorted(untracked.items()):
+            families.untracked.add_metric([model_id], count)
+        return iter(families.all())

@@ -768,6 +768,9 @@ def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarra
     return np.ascontiguousarray(np.array(rows, dtype=np.float64).T)
 
 
+DEAD_LETTER_SAMPLE_CHARS = 160
+
+
 class PartitionMonitor:
     """Every model's monitors for one input partition, and the next offset to read."""
 
@@ -781,6 +784,7 @@ class PartitionMonitor:
         self.next_offset: int | None = None
         self.dead_letters = 0
         self._said: set[tuple[str, str]] = set()  # (model, what) logged once by this monitor
+        self.dead_letter_reasons: dict[str, dict[str, Any]] = {}  # reason → {"count", "sample"} (latest error)
 
     def model(self, model_id: str) -> ModelMonitor:
         monitor = self.models.get(model_id)
@@ -813,10 +817,15 @@ class PartitionMonitor:
             self._advance(offset)
         return _in_event_order(tagged)
 
-    def skip(self, offset: int) -> None:
-        """A message at ``offset`` was dead-lettered: count it and move past it."""
+    def skip(self, offset: int, reason: str | None = None, error: str = "") -> None:
+        """A message at ``offset`` was dead-lettered: count it (by ``reason``, keeping the latest
+        ``error`` cut to :data:`DEAD_LETTER_SAMPLE_CHARS` as a sample) and move past it."""
         self._advance(offset)
         self.dead_letters += 1
+        if reason is not None:
+            held = self.dead_letter_reasons.setdefault(reason, {"count": 0, "sample": ""})
+            held["count"] += 1
+            held["sample"] = error[:DEAD_LETTER_SAMPLE_CHARS]
 
     def _advance(self, offset: int) -> None:
         """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
@@ -827,7 +836,9 @@ class PartitionMonitor:
         models = {m: monitor.snapshot() for m, monitor in self.models.items()}
         models.update(self.kept)
         return {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
-                "dead_letters": self.dead_letters, "models": dict(sorted(models.items()))}
+                "dead_letters": self.dead_letters,
+                "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
+                "models": dict(sorted(models.items()))}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a snapshot. A model whose settings changed is re-baselined where they no longer
@@ -840,6 +851,7 @@ class PartitionMonitor:
         self.next_offset = state["next_offset"]
         self.dead_letters = state["dead_letters"]
         self.models, self.kept, self.rebaselined = {}, {}, {}
+        self.dead_letter_reasons = {r: dict(v) for r, v in state.get("dead_letter_reasons", {}).items()}
         for model_id, model_state in state["models"].items():
             if model_id not in self.config.models:
                 self.kept[model_id] = model_state
@@ -859,6 +871,7 @@ class PartitionMonitor:
 
     def summary(self) -> dict[str, Any]:
         out = {"partition": self.partition, "next_offset": self.next_offset, "dead_letters": self.dead_letters,
+               "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
                "models": {m: monitor.summary() for m, monitor in sorted(self.models.items())}}
         if self.kept:
             out["unconfigured_models"] = sorted(self.kept)

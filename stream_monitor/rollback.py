@@ -87,11 +87,11 @@ class Rollback:
         self._events += events
         self._bytes += size
 
-    def skip(self, offset: int) -> None:
+    def skip(self, offset: int, reason: str | None = None, error: str = "") -> None:
         """The message at ``offset`` was dead-lettered (:meth:`PartitionMonitor.skip`)."""
         self._before(1, 0, self.log_events)
-        self.monitor.skip(offset)
-        self.log.append((_SKIP, offset))
+        self.monitor.skip(offset, reason, error)
+        self.log.append((_SKIP, (offset, reason, error)))
 
     def apply(self, items: Sequence[Item], size: int = 0) -> tuple[list[Alert], list[tuple[Item, Exception]]]:
         """Process ``items`` (``size``: their input bytes, to bound what the log keeps alive); returns the
@@ -141,7 +141,7 @@ class Rollback:
                 if pending:
                     self.monitor.process_batch(pending)
                     pending = []
-                self.monitor.skip(offset)
+                self.monitor.skip(*offset)
             else:
                 pending.extend(items)
         if pending:

@@ -1,5 +1,9 @@
 """The HTTP side on ``service.metrics_port``: ``/metrics`` (Prometheus), ``/`` (status page),
-``/api/status`` (the page's data as JSON), ``/healthz``.
+``/api/status`` (the page's data as JSON), ``/healthz`` (liveness) and ``/readyz`` (readiness).
+
+Health is judged from what the service already knows (:class:`Health`: when the loop last came
+round, the group join, the last Redis failure, the broker callbacks); a health request does no
+I/O of its own, so it answers at once even while the loop is stuck.
 
 The page is rendered on the server as plain HTML with inline SVG charts: no
 script, no external asset, readable at a glance; it reloads every 5 seconds.
@@ -12,7 +16,8 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -22,7 +27,104 @@ from .board import StatusBoard
 log = logging.getLogger(__name__)
 
 
-def serve(port: int, board: StatusBoard, registry, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+@dataclass(frozen=True)
+class HealthFacts:
+    """What the service knows at one moment (monotonic seconds; ``None``: never / not now)."""
+
+    now: float
+    started: float
+    last_loop: float | None = None  # when the loop last came round
+    joined: bool = False  # the consumer has completed a group join at least once
+    joining_since: float | None = None  # subscribed or revoked and not assigned since
+    assigned_partitions: int = 0
+    redis_failed_at: float | None = None  # the last failed (and retried) Redis operation
+    broker_down_since: float | None = None
+    stopping: bool = False
+
+
+def assess(facts: HealthFacts, max_loop_age: float, max_unassigned: float) -> tuple[bool, bool, dict[str, Any]]:
+    """(live, ready, report). Not live: the loop has not come round for ``max_loop_age`` seconds
+    (stuck, e.g. inside a Redis call that does not return), or a group join has lasted
+    ``max_unassigned`` seconds. Not ready: not joined yet, (re)joining, paused by Redis (a
+    failure since the loop last came round) or by the broker (unreachable), stopping, or not live."""
+    now = facts.now
+    loop_age = now - (facts.last_loop if facts.last_loop is not None else facts.started)
+    joining = None if facts.joining_since is None else now - facts.joining_since
+    redis_paused = facts.redis_failed_at is not None and (facts.last_loop is None
+                                                          or facts.redis_failed_at >= facts.last_loop)
+    broker_down = None if facts.broker_down_since is None else now - facts.broker_down_since
+    problems = []
+    if loop_age > max_loop_age:
+        where = " (waiting for Redis)" if redis_paused else " (waiting for the broker)" if broker_down else ""
+        problems.append(f"the loop has not come round for {loop_age:.0f} s{where} (limit {max_loop_age:g} s)")
+    if joining is not None and joining > max_unassigned:
+        problems.append(f"no partition assignment for {joining:.0f} s: the group join has not completed "
+                        f"(limit {max_unassigned:g} s)")
+    live = not problems
+    waiting = []
+    if not facts.joined or joining is not None:
+        waiting.append("joining the consumer group")
+    if redis_paused:
+        waiting.append("paused: Redis is failing")
+    if broker_down is not None:
+        waiting.append(f"paused: the broker has been unreachable for {broker_down:.0f} s")
+    if facts.stopping:
+        waiting.append("stopping")
+    ready = live and not waiting
+    report = {"status": "ok" if live else "stuck", "ready": ready, "problems": problems + waiting,
+              "loop_age_seconds": round(loop_age, 3), "assigned_partitions": facts.assigned_partitions,
+              "joined": facts.joined, "joining_seconds": None if joining is None else round(joining, 3),
+              "redis": "failing" if redis_paused else "ok",
+              "broker": "ok" if broker_down is None else "unreachable",
+              "broker_unreachable_seconds": None if broker_down is None else round(broker_down, 3),
+              "references_loaded": True}
+    return live, ready, report
+
+
+class Health:
+    """The service's side of the health report: it calls :meth:`tick` every loop iteration and
+    :meth:`joining` / :meth:`assigned` from the rebalance callbacks; the HTTP thread calls
+    :meth:`check`. Plain attribute writes and reads: no lock, nothing the loop could wait on."""
+
+    def __init__(self, max_loop_age: float, max_unassigned: float,
+                 redis_failed_at: Callable[[], float | None] = lambda: None,
+                 broker_down_since: Callable[[], float | None] = lambda: None,
+                 stopping: Callable[[], bool] = lambda: False):
+        self.max_loop_age = max_loop_age
+        self.max_unassigned = max_unassigned
+        self.started = time.monotonic()
+        self.last_loop: float | None = None
+        self.joined = False
+        self.joining_since: float | None = None
+        self.assigned_partitions = 0
+        self._redis_failed_at = redis_failed_at
+        self._broker_down_since = broker_down_since
+        self._stopping = stopping
+
+    def tick(self) -> None:
+        self.last_loop = time.monotonic()
+
+    def joining(self) -> None:
+        if self.joining_since is None:
+            self.joining_since = time.monotonic()
+
+    def assigned(self, partitions: int) -> None:
+        self.assigned_partitions = partitions
+        self.joined = True
+        self.joining_since = None
+
+    def facts(self) -> HealthFacts:
+        return HealthFacts(now=time.monotonic(), started=self.started, last_loop=self.last_loop, joined=self.joined,
+                           joining_since=self.joining_since, assigned_partitions=self.assigned_partitions,
+                           redis_failed_at=self._redis_failed_at(), broker_down_since=self._broker_down_since(),
+                           stopping=self._stopping())
+
+    def check(self) -> tuple[bool, bool, dict[str, Any]]:
+        return assess(self.facts(), self.max_loop_age, self.max_unassigned)
+
+
+def serve(port: int, board: StatusBoard, registry, host: str = "0.0.0.0",
+          health: Health | None = None) -> ThreadingHTTPServer | None:
     """Start the HTTP server in a daemon thread (``port`` 0 = off)."""
     if not port:
         return None
@@ -36,8 +138,13 @@ def serve(port: int, board: StatusBoard, registry, host: str = "0.0.0.0") -> Thr
                 self._send(200, "application/json", orjson.dumps(board.snapshot()))
             elif path in ("/", "/index.html"):
                 self._send(200, "text/html; charset=utf-8", render_page(board.snapshot()).encode())
-            elif path == "/healthz":
-                self._send(200, "text/plain", b"ok\n")
+            elif path in ("/healthz", "/readyz"):
+                if health is None:
+                    self._send(200, "text/plain", b"ok\n")
+                    return
+                live, ready, report = health.check()
+                good = live if path == "/healthz" else ready
+                self._send(200 if good else 503, "application/json", orjson.dumps(report) + b"\n")
             else:
                 self._send(404, "text/plain", b"not found\n")
 
@@ -110,12 +217,22 @@ def sparkline(history: list, warning: float | None, critical: float | None, widt
             f'points="{points}"/></svg>')
 
 
+def _dead_letter_note(snapshot: Mapping[str, Any]) -> str:
+    letters = snapshot.get("dead_letters") or {}
+    if not letters:
+        return ""
+    total = sum(entry["count"] for entry in letters.values())
+    top = ", ".join(f"{_fmt(reason)} {entry['count']:,}" for reason, entry in list(letters.items())[:3])
+    return f" · {total:,} dead letters ({top}; see below)"
+
+
 def render_page(snapshot: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
              f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
     uptime = time.time() - snapshot.get("started_at", time.time())
     parts.append(f"<header><h1>stream_monitor</h1><span>{html.escape(snapshot.get('instance') or '')}</span>"
-                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min</span></header><main>")
+                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min"
+                 f"{_dead_letter_note(snapshot)}</span></header><main>")
 
     firing = [(m, row) for m, entry in snapshot.get("models", {}).items() for row in entry["detectors"] if row.get("firing")]
     parts.append("<section><h2>Firing now</h2>")
@@ -182,6 +299,16 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                      f"<td class={_fmt(alert.get('severity'))}>{_fmt(alert.get('severity'))}</td>"
                      f"<td>{_fmt(alert.get('model_id'))}</td><td>{_fmt(alert.get('message'))}</td></tr>")
     parts.append("</table></section>")
+
+    letters = snapshot.get("dead_letters") or {}
+    if letters:
+        total = sum(entry["count"] for entry in letters.values())
+        parts.append(f"<section><h2>Dead letters <span class=muted>· {total:,} messages</span></h2><table><tr>"
+                     "<th>reason</th><th class=num>count</th><th>example</th></tr>")
+        for reason, entry in letters.items():
+            parts.append(f"<tr><td>{_fmt(reason)}</td><td class=num>{entry['count']:,}</td>"
+                         f"<td class=muted>{_fmt(entry.get('sample'))}</td></tr>")
+        parts.append("</table></section>")
 
     parts.append("<section><h2>Partitions</h2><table><tr><th>partition</th><th class=num>next offset</th>"
                  "<th class=num>lag</th><th class=num>dead letters</th></tr>")

@@ -118,6 +118,8 @@ def labels(service_metrics):
     for value in vars(metrics).values():
         if isinstance(value, MetricWrapperBase):
             out.update(value._labelnames)
+    for family in metrics.partitions.describe():  # the families derived at scrape time
+        out.update(family._labelnames)
     return out
 
 

@@ -1,8 +1,10 @@
-"""Observability end to end (CONTRACT §9): the Prometheus scrape, /healthz, /api/status and the
+"""Observability end to end: the Prometheus scrape, /healthz, /api/status and the
 status page of a real `stream-monitor run` watching a drifting stream (real broker, real Redis).
 
-One monitored run (module fixture) serves every test: a drifting "fraud" stream on partition 0, a
-stable stream with a few bad messages on partition 1, the service left running while we look.
+One monitored run (module fixture) serves the scrape, dead-letter and page tests: a drifting "fraud"
+stream on partition 0, a stable stream with a few bad messages on partition 1, the service left
+running while we look. The scrape-time collector is also tested without I/O, and with two real
+instances between which a rebalance moves a partition.
 The status-page test renders the page with headless Chromium from the OS packages (installed here
 if missing; if it cannot be installed the test fails with the reason).
 """
@@ -73,7 +75,8 @@ def observed(broker, redis_server, tmp_path_factory):
         records.append((1, b"stable", value, None))
     ends = produce(broker.address, topic, records)
     port = free_port()
-    run = Run(broker, redis_server, tmp_path, topic, 2, "observed", service={"metrics_port": port})
+    run = Run(broker, redis_server, tmp_path, topic, 2, "observed",
+              service={"metrics_port": port, "dead_letter_log_seconds": 1})
     process = MonitorProcess(run.config, tmp_path / "observed.log")
     try:
         wait_for_offsets(run.store, topic, ends, processes=[process])
@@ -159,7 +162,8 @@ def test_metrics_scrape_has_every_family(observed):
     (rss,) = samples(families, "process_resident_memory_bytes")
     assert rss.value > 10_000_000
 
-    assert http_get(port, "/healthz")[2] == b"ok\n"
+    health_status, _, health = http_get(port, "/healthz")
+    assert health_status == 200 and orjson.loads(health)["status"] == "ok"
     api = orjson.loads(http_get(port, "/api/status")[2])
     fraud = api["models"]["fraud"]
     assert fraud["events"] == ends[0]
@@ -248,3 +252,163 @@ def test_status_page_screenshot(observed):
     assert len(png) > 20_000, "not a blank page"
     DOCS.mkdir(exist_ok=True)
     (DOCS / "status-page.png").write_bytes(png)
+
+
+# --- dead letters by reason ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_dead_letters_by_reason_in_the_log_the_status_page_and_status(observed):
+    port, process = observed["port"], observed["process"]
+    families = {f.name: f for f in text_string_to_metric_families(http_get(port, "/metrics")[2].decode())}
+    counted = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
+
+    api = orjson.loads(http_get(port, "/api/status")[2])
+    assert {reason: entry["count"] for reason, entry in api["dead_letters"].items()} == counted
+    assert "'nobody' is not configured" in api["dead_letters"]["unknown_model"]["sample"]
+    page = http_get(port, "/")[2].decode()
+    assert "Dead letters" in page and "unknown_model" in page and "&#x27;nobody&#x27; is not configured" in page
+
+    import re
+    deadline = time.monotonic() + 30
+    while True:  # at most one line a second here (service.dead_letter_log_seconds = 1)
+        summaries = [line for line in process.log().splitlines() if "dead-lettered" in line]
+        logged = sum(int(re.search(r"dead-lettered (\d+) message", line).group(1)) for line in summaries)
+        if logged >= len(BAD) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert logged == len(BAD), summaries
+    assert any("unknown_model 1 (e.g. model_id 'nobody' is not configured" in line for line in summaries)
+
+    import subprocess
+    import sys
+    config = observed["tmp_path"] / "observed.toml"
+    shown = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(config), "--json"],
+                           capture_output=True, text=True, timeout=60, check=True)
+    status = orjson.loads(shown.stdout)  # read from the partition summaries stored in Redis
+    assert {reason: entry["count"] for reason, entry in status["dead_letters"].items()} == counted
+    assert sum(sum(e["count"] for e in p["dead_letter_reasons"].values()) for p in status["partitions"]) == len(BAD)
+    text = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "dead letters by reason" in text and "unknown_model" in text and "'nobody' is not configured" in text
+
+
+def test_dead_letter_reasons_survive_a_restore():
+    from stream_monitor.config import parse_config
+    from stream_monitor.partition import PartitionMonitor
+
+    config = parse_config({"models": {"stable": {}}})
+    monitor = PartitionMonitor(config, 0, {})
+    monitor.skip(10, "unknown_model", "model_id 'frod' is not configured")
+    monitor.skip(11, "unknown_model", "model_id 'frud' is not configured")
+    monitor.skip(12, "not_json", "x" * 1000)
+    restored = PartitionMonitor(config, 0, {})
+    restored.restore(orjson.loads(orjson.dumps(monitor.snapshot())))
+    reasons = restored.summary()["dead_letter_reasons"]
+    assert reasons == {"not_json": {"count": 1, "sample": "x" * 160},
+                       "unknown_model": {"count": 2, "sample": "model_id 'frud' is not configured"}}
+    assert restored.dead_letters == 3 and restored.next_offset == 13
+    old = monitor.snapshot()
+    del old["dead_letter_reasons"]  # a state saved before reasons were kept
+    older = PartitionMonitor(config, 0, {})
+    older.restore(old)
+    assert older.dead_letters == 3 and older.summary()["dead_letter_reasons"] == {}
+
+
+# --- per-partition series are derived at scrape time ---------------------------------------------------------
+
+
+def test_partition_collector_derives_series_from_the_owned_partitions(monkeypatch):
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor import metrics as metrics_module
+    from stream_monitor.metrics import Metrics, PartitionView
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    row = {"signal": "feature", "name": "amount", "detector": "psi", "statistic": 0.3, "threshold": 0.1,
+           "critical": 0.25, "firing": True}
+    summary = {"models": {"fraud": {"detectors": [row, dict(row, name="country", statistic=0.01, firing=False)],
+                                    "performance": {"pairs": 10, "accuracy": 0.9}}}}
+    other = {"models": {"fraud": {"detectors": [dict(row, statistic=0.5)], "performance": {"accuracy": 0.8}}}}
+    owned = [PartitionView("t", 0, summary, 90, 100), PartitionView("t", 1, other, 5, 5)]
+    metrics.partitions.source = lambda: owned
+
+    def value(family, **labels):
+        return registry.get_sample_value(family, labels)
+
+    assert value("stream_monitor_consumer_lag", topic="t", partition="0") == 10
+    assert value("stream_monitor_consumer_lag", topic="t", partition="1") == 0
+    amount = {"model": "fraud", "signal": "feature", "name": "amount", "detector": "psi"}
+    assert value("stream_monitor_detector_statistic", **amount) == 0.5, "the highest over the partitions"
+    assert value("stream_monitor_detector_threshold", **amount) == 0.1
+    assert value("stream_monitor_episodes_firing", model="fraud", signal="feature", detector="psi") == 2
+    assert value("stream_monitor_performance", model="fraud", metric="accuracy") == 0.9
+
+    owned = [PartitionView("t", 1, other, 5, 5)]  # partition 0 moved away
+    assert value("stream_monitor_consumer_lag", topic="t", partition="0") is None
+    assert value("stream_monitor_detector_statistic", **dict(amount, name="country")) is None
+    assert value("stream_monitor_detector_statistic", **amount) == 0.5
+
+    monkeypatch.setattr(metrics_module, "MAX_DETECTOR_SERIES", 1)
+    owned = [PartitionView("t", 0, summary, 90, 100)]
+    for _ in range(3):
+        assert value("stream_monitor_detector_statistic", **dict(amount, name="country")) is None
+    assert value("stream_monitor_detector_series_dropped_total") == 1, "counted once, not once per scrape"
+
+
+def scrape(port: int) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(http_get(port, "/metrics")[2].decode())}
+
+
+@pytest.mark.slow
+def test_series_of_a_partition_that_moved_away_vanish_from_the_scrape(broker, redis_server, tmp_path, monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 2})
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in lines(generate("fraud", 3000, seed=5))]
+                   + [(1, b"stable", v, None) for v in lines(generate("stable", 3000, seed=5))])
+    first_port, second_port = free_port(), free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 2, "moved", service={"metrics_port": first_port})
+    first = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[first])
+    wait_for_status(first_port, ends, first)
+
+    def seen(port: int) -> tuple[set, set]:
+        families = scrape(port)
+        lag = {s.labels["partition"] for s in samples(families, "stream_monitor_consumer_lag")}
+        models = {s.labels["model"] for s in samples(families, "stream_monitor_detector_statistic")}
+        return lag, models
+
+    deadline = time.monotonic() + 30  # the lag appears once the consumer has heard the log ends (< 1 s)
+    while seen(first_port) != ({"0", "1"}, {"fraud", "stable"}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen(first_port) == ({"0", "1"}, {"fraud", "stable"})
+    second_config = tmp_path / "moved-second.toml"
+    second_config.write_text(run.config.read_text().replace(f"metrics_port = {first_port}",
+                                                            f"metrics_port = {second_port}"))
+    second = MonitorProcess(second_config, tmp_path / "moved-second.log")
+    monitors.append(second)
+    model_of = {"0": "fraud", "1": "stable"}
+    deadline = time.monotonic() + 60
+    kept = None
+    while time.monotonic() < deadline:
+        lag, models = seen(first_port)
+        if len(lag) == 1 and len(models) == 1:
+            kept = lag
+            break
+        time.sleep(0.1)
+    assert kept is not None, f"the first instance still exports {seen(first_port)}\n{first.log()[-2000:]}"
+    (partition,) = kept
+    assert seen(first_port) == ({partition}, {model_of[partition]})
+    moved = ({"0", "1"} - kept).pop()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if seen(second_port) == ({moved}, {model_of[moved]}):
+                break
+        except OSError:
+            pass
+        time.sleep(0.1)
+    assert seen(second_port) == ({moved}, {model_of[moved]}), "the new owner exports what moved"
+    for process in (second, first):
+        assert process.terminate() == 0, process.log()[-3000:]
