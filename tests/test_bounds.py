@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from stream_monitor.config import parse_config
 from stream_monitor.events import InferenceEvent, LabelEvent
-from stream_monitor.metrics import Metrics
+from stream_monitor.metrics import Metrics, PartitionView
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import (MAX_CATEGORY_CHARS, CategoricalReference, Limits, NumericReference,
                                       ReferenceProfile, build_labels_reference, build_reference, category_key, cut)
@@ -221,7 +221,7 @@ def test_980_junk_keys_give_at_most_max_inferred_columns_and_are_counted(caplog)
     lines = [r.getMessage() for r in caplog.records if "not tracked" in r.getMessage()]
     assert len(lines) == 1 and "900 feature names" in lines[0] and "service.max_inferred_columns" in lines[0]
     metrics = Metrics(CollectorRegistry())
-    metrics.observe_summaries([monitor.summary()])
+    metrics.partitions.source = lambda: [PartitionView("t", PARTITION, summary=monitor.summary())]
     assert metrics.registry.get_sample_value("stream_monitor_untracked_columns", {"model": "m"}) == 900
 
 
