@@ -41,6 +41,7 @@ from .web import Health
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PROBE_SILENCE_SECONDS = 3.0  # a log-end probe that read nothing for this long trusts the end it was told
 LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
 WATERMARK_SECONDS = 0.5  # how often the consumer's cached watermarks are read for the lag
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
@@ -753,7 +754,8 @@ class Service:
         tp = TopicPartition(key[0], key[1], reading - 1)
         try:
             probe.assign([tp])
-            deadline = time.monotonic() + 10
+            started = time.monotonic()
+            deadline = started + 10
             while time.monotonic() < deadline and not self.stopping:
                 for message in probe.consume(1, 0.2):
                     error = message.error()
@@ -762,8 +764,11 @@ class Service:
                     if error.code() == KafkaError._AUTO_OFFSET_RESET:
                         _, end = probe.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
                         return end
+                # A broker that answers a fetch beyond the end with nothing: the end its fetches report,
+                # once they have had time to deliver the message at reading - 1 if it existed (a too-low
+                # watermark alone is no proof: the local broker reports the last batch's base offset + 1).
                 _, end = probe.get_watermark_offsets(TopicPartition(*key), cached=True)
-                if end >= 0:
+                if 0 <= end < reading and time.monotonic() - started >= PROBE_SILENCE_SECONDS:
                     return end
             return None
         except KafkaException:
