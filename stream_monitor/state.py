@@ -92,6 +92,10 @@ def connect(url: str) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
 
 
+class CorruptState(StateError):
+    """A partition's stored fields are not a state of this version (the message names the key)."""
+
+
 def encode_state(snapshot: Mapping[str, Any]) -> bytes:
     return statecodec.encode(dict(snapshot))
 
@@ -102,14 +106,14 @@ def decode_state(blob: bytes, where: str = "stored partition state") -> dict[str
     try:
         snapshot = statecodec.decode(blob)
     except statecodec.OldFormat as exc:
-        raise StateError(f"{where}: {exc}: it was written by an older stream-monitor or by someone else. Rebuild "
+        raise CorruptState(f"{where}: {exc}: it was written by an older stream-monitor or by someone else. Rebuild "
                          "the partition from the retained log by deleting the key, or import a state exported "
                          "by this version (`stream-monitor state import`)") from None
     except statecodec.CodecError as exc:
-        raise StateError(f"{where}: {exc}; delete the key to rebuild the partition from the retained log, or "
+        raise CorruptState(f"{where}: {exc}; delete the key to rebuild the partition from the retained log, or "
                          "import a good state (`stream-monitor state import`)") from None
     if not isinstance(snapshot, dict):
-        raise StateError(f"{where}: stored state is a {type(snapshot).__name__}, not a snapshot (a map)")
+        raise CorruptState(f"{where}: stored state is a {type(snapshot).__name__}, not a snapshot (a map)")
     return snapshot
 
 
@@ -159,7 +163,7 @@ def _integer(key: str, field: str, value: bytes | None, default: int | None = No
         return default
     text = "" if value is None else bytes(value).decode("ascii", "replace")
     if not _DIGITS.fullmatch(text):
-        raise StateError(f"{key}: field {field!r} is {text[:40]!r}, not a non-negative integer; delete the key to "
+        raise CorruptState(f"{key}: field {field!r} is {text[:40]!r}, not a non-negative integer; delete the key to "
                          "rebuild the partition from the retained log, or import a good state "
                          "(`stream-monitor state import`)")
     return int(text)
@@ -173,15 +177,15 @@ def check_fields(key: str, fields: Mapping[str, bytes]) -> tuple[int, dict[str, 
     next_offset = _integer(key, "offset", fields.get("offset"))
     epoch = _integer(key, "epoch", fields.get("epoch"), default=0)
     if fields.get("state") is None:
-        raise StateError(f"{key}: no 'state' field beside offset {next_offset}")
+        raise CorruptState(f"{key}: no 'state' field beside offset {next_offset}")
     snapshot = decode_state(fields["state"], f"{key}: field 'state'")
     models = snapshot.get("models")
     if not isinstance(models, dict) or not all(isinstance(m, dict) for m in models.values()):
-        raise StateError(f"{key}: field 'state': the snapshot has no map of models")
+        raise CorruptState(f"{key}: field 'state': the snapshot has no map of models")
     named = _named_references(snapshot)
     missing = [ref for ref in named if fields.get(f"ref:{ref}") is None]
     if missing:
-        raise StateError(f"{key}: the state names reference profiles {missing} that are not stored beside it")
+        raise CorruptState(f"{key}: the state names reference profiles {missing} that are not stored beside it")
     references = {}
     for ref in named:
         references[ref] = decode_state(fields[f"ref:{ref}"], f"{key}: field 'ref:{ref}'")
