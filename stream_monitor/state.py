@@ -30,6 +30,8 @@ epoch is refused.
 from __future__ import annotations
 
 import base64
+import hashlib
+import marshal
 import re
 import time
 from dataclasses import replace
@@ -107,11 +109,11 @@ def decode_state(blob: bytes, where: str = "stored partition state") -> dict[str
         snapshot = statecodec.decode(blob)
     except statecodec.OldFormat as exc:
         raise CorruptState(f"{where}: {exc}: it was written by an older stream-monitor or by someone else. Rebuild "
-                         "the partition from the retained log by deleting the key, or import a state exported "
-                         "by this version (`stream-monitor state import`)") from None
+                           "the partition from the retained log by deleting the key, or import a state exported "
+                           "by this version (`stream-monitor state import`)") from None
     except statecodec.CodecError as exc:
         raise CorruptState(f"{where}: {exc}; delete the key to rebuild the partition from the retained log, or "
-                         "import a good state (`stream-monitor state import`)") from None
+                           "import a good state (`stream-monitor state import`)") from None
     if not isinstance(snapshot, dict):
         raise CorruptState(f"{where}: stored state is a {type(snapshot).__name__}, not a snapshot (a map)")
     return snapshot
@@ -120,6 +122,26 @@ def decode_state(blob: bytes, where: str = "stored partition state") -> dict[str
 def _named_references(snapshot: Mapping[str, Any]) -> list[str]:
     return sorted({str(model[field]["$ref"]) for model in snapshot.get("models", {}).values()
                    for field in _REFERENCE_FIELDS if isinstance(model.get(field), dict) and "$ref" in model[field]})
+
+
+_REFERENCE_IDS: dict[bytes, str] = {}  # sha256 of a profile's marshal dump → its digest (see below)
+
+
+def _reference_id(profile: Any) -> str:
+    """The profile's :func:`~stream_monitor.statecodec.digest`, which every save needs. Computing it
+    walks the whole profile (~0.6 ms for 20 features); a profile does not change while it is used,
+    so it is remembered under an exact, fast key of the same data: the sha256 of its ``marshal`` dump
+    (~0.05 ms; lists, tuples, dicts, floats bit for bit). The dump is only hashed, never loaded."""
+    try:
+        key = hashlib.sha256(marshal.dumps(profile)).digest()
+    except ValueError:  # a type marshal does not know (e.g. numpy): no shortcut
+        return statecodec.digest(profile)
+    ref = _REFERENCE_IDS.get(key)
+    if ref is None:
+        if len(_REFERENCE_IDS) >= 4096:
+            _REFERENCE_IDS.clear()
+        ref = _REFERENCE_IDS[key] = statecodec.digest(profile)
+    return ref
 
 
 def _split_references(snapshot: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -132,7 +154,7 @@ def _split_references(snapshot: Mapping[str, Any]) -> tuple[dict[str, Any], dict
         for field in _REFERENCE_FIELDS:
             profile = model.get(field)
             if profile is not None:
-                ref = statecodec.digest(profile)
+                ref = _reference_id(profile)
                 references[ref] = profile
                 model[field] = {"$ref": ref}
         models[model_id] = model
@@ -164,8 +186,8 @@ def _integer(key: str, field: str, value: bytes | None, default: int | None = No
     text = "" if value is None else bytes(value).decode("ascii", "replace")
     if not _DIGITS.fullmatch(text):
         raise CorruptState(f"{key}: field {field!r} is {text[:40]!r}, not a non-negative integer; delete the key to "
-                         "rebuild the partition from the retained log, or import a good state "
-                         "(`stream-monitor state import`)")
+                           "rebuild the partition from the retained log, or import a good state "
+                           "(`stream-monitor state import`)")
     return int(text)
 
 

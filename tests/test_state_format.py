@@ -177,3 +177,16 @@ def test_reference_ids_are_a_digest_of_the_profiles_data():
     assert stripped["models"]["m"]["reference"] == {"$ref": statecodec.digest(profile)}
     assert list(references) == [statecodec.digest(profile)]
     assert len(statecodec.digest(profile)) == 24
+
+
+def test_the_remembered_reference_id_is_the_digest():
+    """The save path's shortcut (:func:`stream_monitor.state._reference_id`) gives the digest itself,
+    for data marshal knows and for data it does not (numpy), and a changed profile a new id."""
+    from stream_monitor.state import _reference_id  # noqa: PLC0415
+
+    profile = {"features": {"a": {"edges": [0.0, 1.0, float("nan")]}}, "events": 5}
+    assert _reference_id(profile) == _reference_id(dict(profile)) == statecodec.digest(profile)
+    changed = {**profile, "features": {"a": {"edges": [0.0, 1.0, 2.0]}}}
+    assert _reference_id(changed) == statecodec.digest(changed) != statecodec.digest(profile)
+    with_array = {"x": np.arange(3.0)}
+    assert _reference_id(with_array) == statecodec.digest(with_array)
