@@ -200,6 +200,7 @@ class Service:
         self.metrics.partitions.source = self._partition_views
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
         self.quarantined: dict[PartitionKey, Quarantine] = {}  # assigned, not owned: see _quarantine
+        self.paused: set[PartitionKey] = set()  # paused by a quarantine and not resumed since
         self.dirty: set[PartitionKey] = set()
         self.rollbacks: dict[PartitionKey, Rollback] = {}
         self.summaries: dict[PartitionKey, dict] = {}
@@ -686,6 +687,13 @@ class Service:
             consumer.assign(partitions)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
+            self.paused.update((tp.topic, tp.partition) for tp in paused)
+        # a partition paused by an earlier quarantine, assigned again and loadable now: whether the
+        # client kept its pause across the rebalance or not, it must be read
+        again = [TopicPartition(*key) for key in self.paused if key in self.owned]
+        if again:
+            consumer.resume(again)
+            self.paused.difference_update((tp.topic, tp.partition) for tp in again)
         if self.quarantined:
             self._publish_board()
 
@@ -723,7 +731,7 @@ class Service:
         then = ("its messages wait (paused)" if service.on_corrupt_state == "pause" else
                 "its messages are dead-lettered (quarantined_partition)")
         log.error("QUARANTINED %s[%d]: its stored state cannot be loaded: %s. The key is left as it is; %s "
-                  "(service.on_corrupt_state = %r) until the key is fixed or deleted (checked every %.0f s); "
+                  "(service.on_corrupt_state = %r) until the key is fixed or deleted (checked every %g s); "
                   "the other partitions go on", key[0], key[1], problem, then, service.on_corrupt_state,
                   service.quarantine_recheck_seconds)
         if service.on_corrupt_state == "dead_letter":
@@ -759,8 +767,9 @@ class Service:
             self.owned[key] = monitor
             tp = TopicPartition(key[0], key[1], OFFSET_BEGINNING if loaded is None else loaded)
             self.consumer.seek(tp)
-            if self.config.service.on_corrupt_state == "pause":
+            if key in self.paused:
                 self.consumer.resume([TopicPartition(key[0], key[1])])
+                self.paused.discard(key)
             self.metrics.assigned_partitions.set(len(self.owned))
             self.metrics.quarantined_partitions.set(len(self.quarantined))
             self.health.assigned_partitions = len(self.owned)

@@ -348,7 +348,13 @@ class StateStore:
             offset, summary, saved_at = self.client.hmget(self.key(topic, partition),
                                                           ["offset", "summary", "saved_at"])
             if offset is not None:
-                yield topic, partition, int(offset), orjson.loads(summary or b"{}"), int(saved_at or 0)
+                key = self.key(topic, partition)
+                try:
+                    parsed = orjson.loads(summary or b"{}")
+                except orjson.JSONDecodeError:
+                    raise CorruptState(f"{key}: field 'summary' is not JSON") from None
+                yield (topic, partition, _integer(key, "offset", offset), parsed,
+                       _integer(key, "saved_at", saved_at, default=0))
 
 
 class ReferenceStore:

@@ -30,10 +30,15 @@ EVENTS = 1500  # per partition
 
 
 def scrape(port: int, name: str) -> float | None:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
+    """The value of an unlabelled metric (``None`` while nothing listens yet)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
     return None
 
 
@@ -199,3 +204,42 @@ def test_state_import_refuses_a_bad_file_and_writes_nothing(bad, problem, export
     client = target.store.client
     assert client.exists(target.store.key("t", 0), target.store.key("t", 1), target.store.index_key) == 0
     assert not marker.exists(), "the payload never ran"
+
+
+def test_importing_a_good_export_lifts_the_quarantine_and_the_partition_resumes_where_it_was(
+        broker, redis_server, tmp_path, monitors):
+    topic, ends = two_partitions(broker)
+    port = free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 2, "qi",
+              service={"metrics_port": port, "quarantine_recheck_seconds": 0.5},
+              models={"stable": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
+    first = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[first])
+    assert first.terminate() == 0, first.log()[-3000:]
+    backup = tmp_path / "backup.jsonl"
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "state", "export", "-c", str(run.config),
+                           "--output", str(backup)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "exported 2 partitions" in done.stdout, done.stderr
+    before = run.states()
+
+    key = run.store.key(topic, 0)
+    run.store.client.hset(key, "state", b"\x00garbage")  # the key goes bad while no one owns it
+    second = run.start(monitors)
+    wait_until("the quarantine metric", lambda: scrape(port, "stream_monitor_quarantined_partitions") == 1.0, second)
+    more = produce(broker.address, topic, [(p, b"stable", value, None) for p in (0, 1)
+                                           for value in lines(generate("stable", 200, seed=9 + p))])
+    wait_for_offsets(run.store, topic, {1: more[1]}, processes=[second])
+    assert run.store.client.hget(key, "state") == b"\x00garbage", "nothing written while quarantined"
+
+    only = tmp_path / "partition-0.jsonl"  # partition 1 is live: its backup is older than what it has now
+    only.write_bytes(b"".join(line + b"\n" for line in backup.read_bytes().splitlines()
+                              if orjson.loads(line)["partition"] == 0))
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "state", "import", "-c", str(run.config),
+                           "--input", str(only)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "imported 1 partitions" in done.stdout, done.stderr
+    wait_for_offsets(run.store, topic, {0: more[0]}, processes=[second])
+    assert f"quarantine of {topic}[0] lifted: its stored state loads now; resuming at offset {ends[0]}" in second.log()
+    assert second.terminate() == 0, second.log()[-3000:]
+    after = run.states()
+    assert after[0][1]["models"]["stable"]["events"] == before[0][1]["models"]["stable"]["events"] + 200
+    assert after[1][1]["models"]["stable"]["events"] == before[1][1]["models"]["stable"]["events"] + 200
