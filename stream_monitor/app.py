@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import redis
@@ -36,7 +37,7 @@ from .publisher import Publisher
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
-from .state import ReferenceStore, StateStore, connect
+from .state import CorruptState, ReferenceStore, StateStore, connect
 from .web import Health
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,19 @@ LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are comp
 WATERMARK_SECONDS = 0.5  # how often the consumer's cached watermarks are read for the lag
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
+# What restoring a decoded snapshot raises when its contents are not a state this version wrote
+# (a hand-edited or foreign blob): the partition is quarantined, like one whose blob does not decode.
+RESTORE_ERRORS = (StateError, KeyError, IndexError, TypeError, ValueError, AttributeError)
+
+
+@dataclass
+class Quarantine:
+    """An assigned partition whose stored state cannot be loaded: not processed, its key never written."""
+
+    key: str  # the Redis key
+    problem: str
+    since: float  # epoch seconds
+    next_check: float  # monotonic
 
 
 class CheckpointTimers:
@@ -186,6 +200,8 @@ class Service:
         self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
         self.owned: dict[PartitionKey, PartitionMonitor] = {}
+        self.quarantined: dict[PartitionKey, Quarantine] = {}  # assigned, not owned: see _quarantine
+        self.paused: set[PartitionKey] = set()  # paused by a quarantine and not resumed since
         self.dirty: set[PartitionKey] = set()
         self.rollbacks: dict[PartitionKey, Rollback] = {}
         self.summaries: dict[PartitionKey, dict] = {}
@@ -263,6 +279,8 @@ class Service:
                     self._refresh_references()
                 if time.monotonic() >= self._next_log_end_check:
                     self._check_log_ends()
+                if self.quarantined:
+                    self._recheck_quarantined()
             self._checkpoint(list(self.owned))
         except StopRequested as exc:
             # Redis (or the broker) was out when the stop came: what is stored is the last consistent
@@ -425,14 +443,24 @@ class Service:
         key = (message.topic(), message.partition())
         monitor = self.owned.get(key)
         offset = message.offset()
+        if monitor is None and key in self.quarantined:
+            self._quarantined_message(message, self.quarantined[key])
+            return None
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
             return None  # not ours any more, or already covered by the stored state
-        timestamp_type, timestamp = message.timestamp()
-        raw = RawMessage(topic=key[0], partition=key[1], offset=offset, value=message.value(),
-                         key=message.key(), headers=tuple(message.headers() or ()),
-                         timestamp_ms=timestamp if timestamp_type else None)
+        raw = _raw(message)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
                                           self.config.service.max_features_per_event)
+
+    def _quarantined_message(self, message: Message, quarantine: Quarantine) -> None:
+        """A message of a quarantined partition (only fetched with on_corrupt_state = "dead_letter")."""
+        if self.config.service.on_corrupt_state != "dead_letter":
+            return  # fetched before the pause took effect: read again when the quarantine ends
+        letter = DeadLetter("quarantined_partition", f"the partition's stored state ({quarantine.key}) cannot be "
+                            f"loaded: {quarantine.problem}")
+        self.publisher.dead_letter(_raw(message), letter)
+        self.dead_letter_digest.record(letter.reason, letter.error)
+        self.metrics.dead_letters.labels(letter.reason).inc()
 
     def _apply(self, key: PartitionKey, monitor: PartitionMonitor, items: list) -> None:
         """One partition's decoded events of this batch → its detectors → alerts published."""
@@ -539,8 +567,14 @@ class Service:
 
     def _publish_board(self) -> None:
         views = {(v.topic, v.partition): v for v in self._partition_views()}
-        self.board.update({key: (summary, views[key].lag if key in views else None)
-                           for key, summary in self.summaries.items() if key in self.owned})
+        shown = {key: (summary, views[key].lag if key in views else None)
+                 for key, summary in self.summaries.items() if key in self.owned}
+        for (topic, partition), quarantine in self.quarantined.items():
+            shown[(topic, partition)] = ({"partition": partition, "next_offset": None, "models": {},
+                                          "quarantined": {"key": quarantine.key, "problem": quarantine.problem,
+                                                          "since": quarantine.since,
+                                                          "messages": self.config.service.on_corrupt_state}}, None)
+        self.board.update(shown)
 
     def _partition_views(self) -> list[PartitionView]:
         """The partitions owned now, for a scrape or the status page: latest summary, next offset to process
@@ -621,20 +655,23 @@ class Service:
     # --- rebalance ------------------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        paused = []
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            monitor = PartitionMonitor(self.config, tp.partition, self.references)
-            loaded = self._redis(lambda: self.store.load(tp.topic, tp.partition), "load state")
+            self.quarantined.pop(key, None)
+            try:
+                monitor, loaded = self._load(tp.topic, tp.partition)
+            except CorruptState as exc:
+                tp.offset = self._quarantine(key, str(exc))
+                if self.config.service.on_corrupt_state == "pause":
+                    paused.append(TopicPartition(tp.topic, tp.partition))
+                continue
             if loaded is None:
                 self._missing_state(consumer, tp)
                 tp.offset = OFFSET_BEGINNING  # no state: the log from the start is the truth
             else:
                 self.persisted.add(key)
-                next_offset, snapshot = loaded
-                monitor.restore(snapshot)
-                for model_id in monitor.rebaselined:  # settings changed under the state (logged by restore)
-                    self.metrics.rebaselined.labels(model_id).inc()
-                monitor.next_offset = next_offset
+                next_offset = loaded
                 tp.offset = next_offset
                 start = self._log_start(consumer, tp)
                 if start is not None and next_offset < start:  # retention deleted what the offset points to
@@ -644,10 +681,100 @@ class Service:
                     log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.owned[key] = monitor
         self.metrics.assigned_partitions.set(len(self.owned))
+        self.metrics.quarantined_partitions.set(len(self.quarantined))
         if self.cooperative:
             consumer.incremental_assign(partitions)
         else:
             consumer.assign(partitions)
+        if paused:
+            consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
+            self.paused.update((tp.topic, tp.partition) for tp in paused)
+        # a partition paused by an earlier quarantine, assigned again and loadable now: whether the
+        # client kept its pause across the rebalance or not, it must be read
+        again = [TopicPartition(*key) for key in self.paused if key in self.owned]
+        if again:
+            consumer.resume(again)
+            self.paused.difference_update((tp.topic, tp.partition) for tp in again)
+        if self.quarantined:
+            self._publish_board()
+
+    def _load(self, topic: str, partition: int) -> tuple[PartitionMonitor, int | None]:
+        """A monitor restored from the partition's stored state, and its next offset (``None``: nothing
+        stored). :class:`CorruptState` when the stored fields are not a state this version can continue."""
+        monitor = PartitionMonitor(self.config, partition, self.references)
+        loaded = self._redis(lambda: self.store.load(topic, partition), "load state")
+        if loaded is None:
+            return monitor, None
+        next_offset, snapshot = loaded
+        try:
+            monitor.restore(snapshot)
+        except RESTORE_ERRORS as exc:
+            problem = str(exc) if isinstance(exc, StateError) else f"{type(exc).__name__}: {exc}"
+            raise CorruptState(f"{self.store.key(topic, partition)}: field 'state' decodes but cannot be "
+                               f"restored: {problem}") from None
+        for model_id in monitor.rebaselined:  # settings changed under the state (logged by restore)
+            self.metrics.rebaselined.labels(model_id).inc()
+        monitor.next_offset = next_offset
+        return monitor, next_offset
+
+    # --- quarantine: a partition whose stored state cannot be loaded ---------------------------
+
+    def _quarantine(self, key: PartitionKey, problem: str) -> int:
+        """Quarantine an assigned partition (the other partitions go on): reported (ERROR, metrics,
+        status board), its Redis key never written (the evidence is kept), its messages paused or
+        dead-lettered (``service.on_corrupt_state``); re-checked every ``quarantine_recheck_seconds``.
+        The offset to assign it at."""
+        service = self.config.service
+        redis_key = self.store.key(*key)
+        self.quarantined[key] = Quarantine(redis_key, problem, time.time(),
+                                           time.monotonic() + service.quarantine_recheck_seconds)
+        self.metrics.quarantines.inc()
+        then = ("its messages wait (paused)" if service.on_corrupt_state == "pause" else
+                "its messages are dead-lettered (quarantined_partition)")
+        log.error("QUARANTINED %s[%d]: its stored state cannot be loaded: %s. The key is left as it is; %s "
+                  "(service.on_corrupt_state = %r) until the key is fixed or deleted (checked every %g s); "
+                  "the other partitions go on", key[0], key[1], problem, then, service.on_corrupt_state,
+                  service.quarantine_recheck_seconds)
+        if service.on_corrupt_state == "dead_letter":
+            stored = self._redis(lambda: self.redis.hget(redis_key, "offset"), "read a quarantined offset")
+            text = (stored or b"").decode("ascii", "replace")
+            if text.isdigit():
+                return int(text)  # what comes after the stored state
+        return OFFSET_BEGINNING
+
+    def _recheck_quarantined(self) -> None:
+        """Lift the quarantine of partitions whose key became loadable (fixed, imported) or was deleted:
+        they are read from the stored offset (from the beginning when deleted), paused ones resumed."""
+        now = time.monotonic()
+        for key, quarantine in list(self.quarantined.items()):
+            if quarantine.next_check > now:
+                continue
+            try:
+                monitor, loaded = self._load(*key)
+            except CorruptState as exc:
+                quarantine.next_check = now + self.config.service.quarantine_recheck_seconds
+                if str(exc) != quarantine.problem:
+                    quarantine.problem = str(exc)
+                    log.error("QUARANTINED %s[%d]: still cannot be loaded: %s", key[0], key[1], exc)
+                continue
+            del self.quarantined[key]
+            if loaded is None:
+                log.warning("quarantine of %s[%d] lifted: its state key was deleted; rebuilding it from the "
+                            "beginning of the retained log", key[0], key[1])
+            else:
+                self.persisted.add(key)
+                log.warning("quarantine of %s[%d] lifted: its stored state loads now; resuming at offset %d",
+                            key[0], key[1], loaded)
+            self.owned[key] = monitor
+            tp = TopicPartition(key[0], key[1], OFFSET_BEGINNING if loaded is None else loaded)
+            self.consumer.seek(tp)
+            if key in self.paused:
+                self.consumer.resume([TopicPartition(key[0], key[1])])
+                self.paused.discard(key)
+            self.metrics.assigned_partitions.set(len(self.owned))
+            self.metrics.quarantined_partitions.set(len(self.quarantined))
+            self.health.assigned_partitions = len(self.owned)
+            self._publish_board()
 
     def _missing_state(self, consumer: Consumer, tp: TopicPartition) -> None:
         """No state in Redis: a new partition, or Redis lost its data (the group committed progress)."""
@@ -791,12 +918,14 @@ class Service:
         faults.reached("during_rebalance")
         for key in keys:
             self.owned.pop(key, None)
+            self.quarantined.pop(key, None)
             self.dirty.discard(key)
             self.summaries.pop(key, None)
             self.persisted.discard(key)
             self._forget_gauges(key)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         self.metrics.assigned_partitions.set(len(self.owned))
+        self.metrics.quarantined_partitions.set(len(self.quarantined))
         if self.cooperative:
             consumer.incremental_unassign(partitions)
 
@@ -804,6 +933,7 @@ class Service:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         for key in keys:  # another member may own them now: saving could overwrite its progress
             self.owned.pop(key, None)
+            self.quarantined.pop(key, None)
             self.dirty.discard(key)
             self.summaries.pop(key, None)
             self.persisted.discard(key)
@@ -811,3 +941,11 @@ class Service:
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
         self.metrics.assigned_partitions.set(len(self.owned))
+        self.metrics.quarantined_partitions.set(len(self.quarantined))
+
+
+def _raw(message: Message) -> RawMessage:
+    timestamp_type, timestamp = message.timestamp()
+    return RawMessage(topic=message.topic(), partition=message.partition(), offset=message.offset(),
+                      value=message.value(), key=message.key(), headers=tuple(message.headers() or ()),
+                      timestamp_ms=timestamp if timestamp_type else None)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import base64
 import logging
 import os
 import sys
@@ -14,7 +13,7 @@ import redis
 
 from . import logs
 from .config import Config, load_config
-from .errors import StreamMonitorError
+from .errors import StateError, StreamMonitorError
 
 log = logging.getLogger("stream_monitor")
 
@@ -361,13 +360,8 @@ def _state_export(args: argparse.Namespace) -> int:
     store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
     count = 0
     with open(args.output, "wb") as out:
-        for topic, partition in store.partitions():
-            fields = store.client.hgetall(store.key(topic, partition))
-            if not fields:
-                continue
-            out.write(orjson.dumps({"topic": topic, "partition": partition,
-                                    "fields": {k.decode(): base64.b64encode(v).decode() for k, v in fields.items()}})
-                      + b"\n")
+        for record in store.export_records():
+            out.write(orjson.dumps(record) + b"\n")
             count += 1
     print(f"exported {count} partitions to {args.output}")
     return 0
@@ -378,19 +372,12 @@ def _state_import(args: argparse.Namespace) -> int:
 
     config = _config(args)
     store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
-    count = 0
-    with open(args.input, "rb") as handle:
-        for line in handle:
-            if not line.strip():
-                continue
-            record = orjson.loads(line)
-            fields = {k: base64.b64decode(v) for k, v in record["fields"].items()}
-            pipe = store.client.pipeline(transaction=True)
-            pipe.sadd(store.index_key, f"{record['topic']}|{record['partition']}")
-            pipe.delete(store.key(record["topic"], record["partition"]))
-            pipe.hset(store.key(record["topic"], record["partition"]), mapping=fields)
-            pipe.execute()
-            count += 1
+    try:
+        with open(args.input, "rb") as handle:
+            lines = handle.readlines()
+    except OSError as exc:
+        raise StateError(f"{args.input}: cannot be read: {exc.strerror or exc}") from None
+    count = store.import_lines(lines, str(args.input))
     print(f"imported {count} partitions from {args.input}")
     return 0
 

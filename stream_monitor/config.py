@@ -73,6 +73,11 @@ class ServiceConfig:
     max_inferred_columns: int = 100
     max_categories_per_column: int = 10_000
     on_offset_out_of_range: str = "earliest"  # stored offset outside the partition's log: earliest | stop
+    # A partition whose stored state cannot be loaded (corrupt, old pickle format) is quarantined: its
+    # messages wait (pause) or are dead-lettered as quarantined_partition (dead_letter); the key is kept
+    # as evidence and re-checked every quarantine_recheck_seconds.
+    on_corrupt_state: str = "pause"
+    quarantine_recheck_seconds: float = 30.0
     health_max_loop_age_seconds: float = 60.0  # /healthz fails when the loop has not come round for this long
     health_max_unassigned_seconds: float = 120.0  # /healthz fails when a group (re)join has lasted this long
     log_repeat_seconds: float = 30.0  # the same Kafka client log line at most once per this many seconds
@@ -259,7 +264,10 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if service.on_offset_out_of_range not in ("earliest", "stop"):
         raise ConfigError("service.on_offset_out_of_range",
                           f"must be 'earliest' or 'stop', got {service.on_offset_out_of_range!r}")
-    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds",
+    if service.on_corrupt_state not in ("pause", "dead_letter"):
+        raise ConfigError("service.on_corrupt_state",
+                          f"must be 'pause' or 'dead_letter', got {service.on_corrupt_state!r}")
+    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds", "quarantine_recheck_seconds",
                 "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds", "health_max_loop_age_seconds",
                 "health_max_unassigned_seconds", "log_repeat_seconds", "dead_letter_log_seconds"):
         if not getattr(service, key) > 0:

@@ -56,6 +56,12 @@ class Metrics:
                                      "Stored offsets found outside the partition's log (topic recreated, broker "
                                      "lost its data, retention); reading went on from the earliest message",
                                      ["topic", "partition"], **kw)
+        self.quarantined_partitions = Gauge("stream_monitor_quarantined_partitions",
+                                            "Assigned partitions whose stored state cannot be loaded (corrupt, old "
+                                            "format): quarantined, their messages waiting or dead-lettered", **kw)
+        self.quarantines = Counter("stream_monitor_quarantines_total",
+                                   "Partitions quarantined on assignment because their stored state cannot be loaded",
+                                   **kw)
         self.state_lost = Counter("stream_monitor_state_lost_total",
                                   "Partitions whose state had vanished from Redis (Redis lost its data)", **kw)
         self.join_lost = Counter("stream_monitor_join_lost_total",

@@ -216,7 +216,8 @@ def _parse_literal(text):
 
 REFUSED_IN_TABLES = {"bootstrap.servers", "group.id"}
 ENUM_ALTERNATIVES = {"service.on_missing_state": ("stop", "stop"),  # keys with a fixed set of values
-                     "service.on_offset_out_of_range": ("stop", "stop")}
+                     "service.on_offset_out_of_range": ("stop", "stop"),
+                     "service.on_corrupt_state": ("dead_letter", "dead_letter")}
 
 
 def _forced(settings_function, table):

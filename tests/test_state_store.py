@@ -3,6 +3,7 @@ beside the state, in the same atomic step, and never lost or left behind."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -171,3 +172,36 @@ def test_two_concurrent_savers_end_with_the_newest_state(redis_server):
     assert seen == sorted(seen), "the stored offset never went back"
     newest = states[-1]
     assert StateStore(connect(redis_server.address), namespace, "g").load("t", 0) == newest
+
+
+def test_a_pickle_in_redis_is_refused_naming_the_key_and_never_unpickled(saved, tmp_path):
+    """The state or a reference field replaced by a crafted pickle (the old format): load refuses it
+    with a CorruptState naming the key and field, and the payload does not run."""
+    from stream_monitor.state import CorruptState  # noqa: PLC0415
+
+    from .test_state_format import crafted_pickle  # noqa: PLC0415
+
+    client, store, monitor = saved
+    key = store.key("t", 0)
+    marker = tmp_path / "marker"
+    [reference] = reference_fields(client, store)
+    good = client.hget(key, "state")
+    for field in ("state", reference.decode()):
+        client.hset(key, field, crafted_pickle(marker))
+        with pytest.raises(CorruptState, match=rf"^{re.escape(key)}: field '{re.escape(field)}': stored state is in "
+                                               "the old pickle format"):
+            StateStore(client, store.namespace, "g").load("t", 0)
+        client.hset(key, "state", good)
+    assert not marker.exists()
+
+
+def test_equal_references_get_equal_ids_in_every_partition(redis_server):
+    """The reference id is a digest of the profile's data: two partitions warmed on the same events
+    name the same ``ref:`` field."""
+    client = connect(redis_server.address)
+    store = StateStore(client, unique("ns"), "g")
+    for partition in (0, 1):
+        monitor = warmed_monitor()
+        assert store.save("t", partition, monitor.next_offset, monitor.snapshot(), {}) == SAVED
+    ids = [{f for f in client.hkeys(store.key("t", p)) if f.startswith(b"ref:")} for p in (0, 1)]
+    assert ids[0] == ids[1] and len(ids[0]) == 1
