@@ -340,6 +340,7 @@ class PageCache:
 # --- the server ----------------------------------------------------------------------------------------------
 
 MAX_REQUEST_HEAD = 16 * 1024  # request line and headers; a longer head is refused
+HTTP_CPU_SHARE = 0.25  # answering requests (all workers together) uses at most this share of a core
 
 
 @dataclass(frozen=True)
@@ -387,6 +388,7 @@ class HttpServer:
         self._pending: dict[socket.socket, _Pending] = {}  # insertion order = oldest first
         self._queue: queue.Queue = queue.Queue(maxsize=4 * workers)
         self._stopped = threading.Event()
+        self._compute = threading.Lock()
         self._threads = [threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
                          for i in range(workers)]
         self._threads.append(threading.Thread(target=self._loop, name="http", daemon=True))
@@ -545,8 +547,16 @@ class HttpServer:
                     headers[name.strip().lower()] = value.strip()
             if method not in ("GET", "HEAD"):
                 response = Response(405, "text/plain", b"method not allowed\n", (("Allow", "GET, HEAD"),))
-            else:
+            elif target.split("?", 1)[0] in ("/healthz", "/readyz"):  # cheap, and a probe must not wait
                 response = self._handler(method, target.split("?", 1)[0], headers)
+            else:
+                # One request computed at a time, and that one paced so that answering takes at most
+                # HTTP_CPU_SHARE of the time: however many clients, the loop keeps most of the GIL.
+                with self._compute:
+                    spent = time.thread_time()
+                    response = self._handler(method, target.split("?", 1)[0], headers)
+                    spent = time.thread_time() - spent
+                    time.sleep(min(spent * (1 / HTTP_CPU_SHARE - 1), 1.0))
         if self._metrics is not None:
             self._metrics.requests.labels(str(response.status)).inc()
         out = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}",

@@ -442,3 +442,88 @@ def _flood(port: int, path: str, stop: threading.Event, counts: list[int]) -> No
                 counts[0] += 1
         except OSError:
             pass
+
+
+def _through(run: Run, topic: str, ends: dict[int, int], process) -> float:
+    """Seconds from the first stored offset to the last (the loop's pace, join and warm-up excluded)."""
+    from .helpers import stored_offset
+
+    deadline = time.monotonic() + 120
+    while not stored_offset(run.store, topic, 0):
+        assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
+        time.sleep(0.02)
+    started = time.monotonic()
+    wait_for_offsets(run.store, topic, ends, processes=[process], timeout=120)
+    return time.monotonic() - started
+
+
+@pytest.mark.slow
+def test_the_loop_keeps_going_under_a_page_flood_and_renders_once_per_update(broker, redis_server, tmp_path,
+                                                                              monitors):
+    """The same stream through two instances, one left alone and one under a flood of page, JSON and
+    scrape requests from 6 clients: both finish; under the flood the page is rendered at most once per
+    board update (checkpoint or alert) plus once a second while the live lag moves. The pace of
+    both is printed (the clients share the machine's cores with the service, so it is no assertion)."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    ends = produce_stream(broker.address, topic)
+    paces = {}
+    for name in ("quiet", "flooded"):
+        port = free_port()
+        run = Run(broker, redis_server, tmp_path, topic, 1, name, service={"metrics_port": port})
+        process = run.start(monitors)
+        stop, counts, clients = threading.Event(), [0], []
+        if name == "flooded":
+            deadline = time.monotonic() + 60
+            while healthz(port)[0] is None:
+                assert time.monotonic() < deadline, process.log()[-3000:]
+                time.sleep(0.05)
+            clients = [threading.Thread(target=_flood, args=(port, path, stop, counts), daemon=True)
+                       for path in ("/", "/api/status", "/metrics") * 2]
+            for thread in clients:
+                thread.start()
+        flood_started = time.monotonic()
+        try:
+            paces[name] = _through(run, topic, ends, process)
+            if name == "flooded":  # the flood still going
+                status, took = healthz(port)
+                print(f"/healthz under the flood: {took * 1000:.0f} ms")
+                assert status == 200
+        finally:
+            stop.set()
+            for thread in clients:
+                thread.join(15)
+        if name == "flooded":
+            elapsed = time.monotonic() - flood_started
+            renders = {fmt: scraped(port, "stream_monitor_status_renders_total", format=fmt)
+                       for fmt in ("html", "json")}
+            updates = (scraped(port, "stream_monitor_checkpoints_total")
+                       + sum(scraped_all(port, "stream_monitor_alerts_total")))
+            print(f"flood: {counts[0]:,} requests in {elapsed:.1f} s; renders {renders}; "
+                  f"checkpoints + alerts {updates:.0f}")
+            assert counts[0] > 0
+            for fmt, count in renders.items():
+                assert 1 <= count <= updates + elapsed + 2, (fmt, count, updates, elapsed)
+        assert process.terminate() == 0, process.log()[-3000:]
+    events = sum(ends.values())
+    print(f"pace: {events / paces['quiet']:,.0f} events/s quiet, {events / paces['flooded']:,.0f} events/s "
+          f"under the flood ({paces['quiet'] / paces['flooded']:.0%})")
+
+
+def produce_stream(bootstrap: str, topic: str) -> dict[int, int]:
+    from .helpers import produce
+
+    return produce(bootstrap, topic, [(0, key, value, None) for _, key, value, _ in two_model_stream(20_000, 1)])
+
+
+def scraped(port: int, family: str, **labels) -> float:
+    return sum(scraped_all(port, family, **labels))
+
+
+def scraped_all(port: int, family: str, **labels) -> list[float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return [sample.value for metric in text_string_to_metric_families(text) for sample in metric.samples
+            if sample.name == family and all(sample.labels.get(k) == v for k, v in labels.items())]
