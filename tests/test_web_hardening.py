@@ -527,3 +527,57 @@ def scraped_all(port: int, family: str, **labels) -> list[float]:
         text = response.read().decode()
     return [sample.value for metric in text_string_to_metric_families(text) for sample in metric.samples
             if sample.name == family and all(sample.labels.get(k) == v for k, v in labels.items())]
+
+
+@pytest.mark.slow
+def test_a_run_serves_https_with_basic_auth_from_its_web_config(broker, redis_server, tmp_path, monitors):
+    """`stream-monitor run` with service.web_config_file: HTTPS only, credentials for everything but
+    the probes; a wrong web config or a port in use ends the start with one line and exit 2."""
+    cert, _ = self_signed(tmp_path)
+    web = write(tmp_path / "web.yml", "tls_server_config: {cert_file: server.crt, key_file: server.key}\n"
+                                      f"basic_auth_users:\n  prometheus: '{HASH}'\n")
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    port = free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 1, "tls", service={"metrics_port": port,
+                                                                        "web_config_file": str(web)})
+    process = run.start(monitors)
+    trusted = ssl.create_default_context(cafile=str(cert))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            status = get(f"https://127.0.0.1:{port}/readyz", context=trusted)[0]
+        except OSError:
+            status = None
+        if status == 200:
+            break
+        assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
+        time.sleep(0.1)
+    assert get(f"https://127.0.0.1:{port}/metrics", context=trusted)[0] == 401
+    assert get(f"https://127.0.0.1:{port}/metrics", basic("prometheus", "nope"), context=trusted)[0] == 401
+    status, body, _ = get(f"https://127.0.0.1:{port}/metrics", basic("prometheus", "s3cret"), context=trusted)
+    assert status == 200 and b"stream_monitor_http_requests_total" in body
+    assert get(f"https://127.0.0.1:{port}/", basic("prometheus", "s3cret"), context=trusted)[0] == 200
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/healthz")
+        connection.getresponse()
+    assert "https://127.0.0.1:%d/ (basic auth)" % port in process.log()
+    assert "s3cret" not in process.log() and HASH not in process.log()
+
+    # the same port again: taken; a broken web config: refused before anything starts
+    import sys
+
+    busy = subprocess.run([sys.executable, "-m", "stream_monitor", "run", "-c", str(run.config)],
+                          capture_output=True, text=True, timeout=120)
+    assert busy.returncode == 2, busy.stderr
+    assert busy.stderr.strip().splitlines()[-1] == (f"stream-monitor: config: service.metrics_port: port {port} on "
+                                                    "127.0.0.1 is already in use")
+    assert "Traceback" not in busy.stderr
+    assert process.terminate() == 0, process.log()[-3000:]
+    write(web, "tls_server_config: {cert_file: server.crt}\n")
+    broken = subprocess.run([sys.executable, "-m", "stream_monitor", "run", "-c", str(run.config)],
+                            capture_output=True, text=True, timeout=120)
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr
+    assert broken.stderr.strip().splitlines()[-1] == (f"stream-monitor: config: service.web_config_file: {web}: "
+                                                      "tls_server_config.key_file: required")
