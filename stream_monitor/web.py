@@ -370,9 +370,11 @@ class HttpServer:
     a dict entry, no thread and no CPU. A connection whose complete request head has not arrived
     ``read_timeout`` seconds after it was accepted is closed; at ``max_connections`` open ones the
     oldest waiting connection is closed to make room (so a flood of idle connections cannot keep a
-    probe out). A complete request goes to one of ``workers`` threads (started up front, a bounded
-    queue in front of them; when it is full the connection is closed), which answers it with
-    ``Connection: close`` (the write also bounded by ``read_timeout``)."""
+    probe out). ``/healthz`` and ``/readyz`` are answered by that thread at once (they do no I/O);
+    any other complete request goes to one of ``workers`` threads (started up front, a bounded queue
+    in front of them; when it is full the connection is closed), which answers it with
+    ``Connection: close`` (the write also bounded by ``read_timeout``). Those answers are computed
+    one at a time and paced to ``HTTP_CPU_SHARE`` of a core, so the loop keeps the interpreter."""
 
     def __init__(self, host: str, port: int, handler: Callable[[str, str, Mapping[str, str]], Response],
                  ssl_context: ssl.SSLContext | None = None, workers: int = 4, read_timeout: float = 5.0,
@@ -389,6 +391,7 @@ class HttpServer:
         self._queue: queue.Queue = queue.Queue(maxsize=4 * workers)
         self._stopped = threading.Event()
         self._compute = threading.Lock()
+        self._warned = -1e9
         self._threads = [threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
                          for i in range(workers)]
         self._threads.append(threading.Thread(target=self._loop, name="http", daemon=True))
@@ -436,8 +439,13 @@ class HttpServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # out of file descriptors: make room rather than spin
-                log.warning("HTTP endpoint cannot accept a connection: %s", exc.strerror or exc)
+                now = time.monotonic()
+                if now - self._warned > 60:
+                    self._warned = now
+                    log.warning("HTTP endpoint cannot accept a connection: %s (closing the oldest waiting one)",
+                                exc.strerror or exc)
                 if not self._evict_oldest():
+                    time.sleep(0.1)
                     return
                 continue
             if len(self._pending) >= self._max_connections:
@@ -447,8 +455,8 @@ class HttpServer:
                 try:
                     sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 except (OSError, ssl.SSLError):
-                    sock.close()
                     self._count_closed("bad_request")
+                    sock.close()
                     continue
             pending = _Pending(sock, time.monotonic(), handshaken=self._ssl is None)
             self._pending[sock] = pending
@@ -484,6 +492,16 @@ class HttpServer:
             return
         self._selector.unregister(sock)
         del self._pending[sock]
+        if _is_probe(pending.buffer):  # answered here: a probe never waits behind other requests
+            try:
+                sent = sock.send(self._respond(pending.buffer))
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0  # a full socket buffer (rare for a few hundred bytes): a worker answers it
+            except (OSError, ssl.SSLError):
+                sent = -1
+            if sent:  # answered, partly answered (the client reads nothing more) or failed
+                _close_quietly(sock)
+                return
         try:
             self._queue.put_nowait((sock, pending.buffer))
         except queue.Full:
@@ -504,9 +522,9 @@ class HttpServer:
                 self._selector.unregister(pending.sock)
             except (KeyError, ValueError, OSError):
                 pass
-        _close_quietly(pending.sock)
-        if reason is not None:
+        if reason is not None:  # counted first: whoever sees the close sees the count
             self._count_closed(reason)
+        _close_quietly(pending.sock)
 
     def _count_closed(self, reason: str) -> None:
         if self._metrics is not None:
@@ -564,6 +582,11 @@ class HttpServer:
                "Cache-Control: no-store", "Connection: close"]
         out += [f"{name}: {value}" for name, value in response.headers]
         return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else response.body)
+
+
+def _is_probe(head: bytes) -> bool:
+    target = head.split(b" ", 2)[1] if head.count(b" ", 0, 64) >= 2 else b""
+    return target.split(b"?", 1)[0] in (b"/healthz", b"/readyz")
 
 
 def _close_quietly(sock: socket.socket) -> None:

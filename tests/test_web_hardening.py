@@ -76,7 +76,9 @@ def test_the_page_is_rendered_once_per_board_update_however_many_requests():
     metrics = HttpMetrics(registry)
     snapshots = counted(board)
     cache = PageCache(board, metrics.renders, clock=clock)
-    renders = lambda fmt: registry.get_sample_value("stream_monitor_status_renders_total", {"format": fmt})  # noqa: E731
+
+    def renders(fmt: str) -> float:
+        return registry.get_sample_value("stream_monitor_status_renders_total", {"format": fmt})
 
     board.update({("t", 0): (summary(10, 0.01), 0)})
     pages = {cache.get("html") for _ in range(500)}
@@ -179,7 +181,8 @@ def test_the_service_keys_are_checked_at_load(tmp_path):
     assert refused(web_max_connections=0).startswith("service.web_max_connections")
     assert refused(web_read_timeout_seconds=0.0).startswith("service.web_read_timeout_seconds")
     assert refused(web_read_timeout_seconds=3600.0).startswith("service.web_read_timeout_seconds")
-    toml = write(tmp_path / "c.toml", f'[kafka]\ninput_topics = ["t"]\n[service]\nweb_config_file = "{tmp_path}/nope.yml"\n')
+    toml = write(tmp_path / "c.toml",
+                 f'[kafka]\ninput_topics = ["t"]\n[service]\nweb_config_file = "{tmp_path}/nope.yml"\n')
     with pytest.raises(ConfigError) as caught:
         load_config(toml, environ={})
     assert caught.value.key == "service.web_config_file" and "nope.yml" in caught.value.problem
@@ -187,7 +190,8 @@ def test_the_service_keys_are_checked_at_load(tmp_path):
         load_config(write(tmp_path / "d.toml", '[kafka]\ninput_topics = ["t"]\n'),
                     environ={"STREAM_MONITOR_SERVICE_WEB_CONFIG_FILE": str(tmp_path / "nope.yml")})
     config = parse_config(BASE)
-    assert (config.service.metrics_host, config.service.web_config_file, config.service.web_workers) == ("127.0.0.1", "", 4)
+    service = config.service
+    assert (service.metrics_host, service.web_config_file, service.web_workers) == ("127.0.0.1", "", 4)
 
 
 def test_containers_listen_on_every_interface_and_the_default_does_not():
