@@ -26,6 +26,7 @@ class StatusBoard:
         self.label_lag: dict[str, dict[str, int]] = {}
         self.started_at = time.time()
         self.live_lag: Callable[[], Mapping[tuple[str, int], int | None]] | None = None
+        self.version = 0  # bumped by every update and alert: the HTTP side renders once per version
 
     def update(self, partitions: Mapping[tuple[str, int], tuple[Mapping[str, Any], int | None]]) -> None:
         """``partitions``: (topic, partition) → (summary, lag or None) of every owned partition."""
@@ -41,10 +42,21 @@ class StatusBoard:
                         key = (model_id, row["signal"], row["name"], row["detector"])
                         points = self._history.setdefault(key, deque(maxlen=HISTORY_POINTS))
                         points.append((now, row["statistic"]))
+            self.version += 1
 
     def alert(self, alert: Mapping[str, Any]) -> None:
         with self._lock:
             self._alerts.appendleft(dict(alert))
+            self.version += 1
+
+    def live_lags(self) -> tuple:
+        """The live lag of each owned partition, hashable (part of what the page's cache is keyed on)."""
+        if self.live_lag is None:
+            return ()
+        try:
+            return tuple(sorted(self.live_lag().items()))
+        except Exception:  # noqa: BLE001 - the page must render whatever the consumer is doing
+            return ()
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy: partitions, per-model detectors with history, recent alerts, dead letters

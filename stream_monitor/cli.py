@@ -99,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     log.info("starting (pid %d)", os.getpid())
     from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
     from .detectors.kernels import warm_up  # noqa: PLC0415
-    from .web import serve  # noqa: PLC0415
+    from .web import load_web_config, serve  # noqa: PLC0415
 
     config = _config(args)
     warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
@@ -107,7 +107,10 @@ def _run(args: argparse.Namespace) -> int:
     service.install_signal_handlers()
     if early_stops:
         service.stop()
-    serve(config.service.metrics_port, service.board, service.metrics.registry, health=service.health)
+    web = config.service
+    serve(web.metrics_port, service.board, service.metrics.registry, host=web.metrics_host, health=service.health,
+          web=load_web_config(web.web_config_file) if web.web_config_file else None, workers=web.web_workers,
+          read_timeout=web.web_read_timeout_seconds, max_connections=web.web_max_connections)
     service.run()
     log.info("stopped cleanly")
     return 0

@@ -56,6 +56,11 @@ class RedisConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     metrics_port: int = 9464
+    metrics_host: str = "127.0.0.1"  # the HTTP endpoint's bind address; containers set 0.0.0.0
+    web_config_file: str = ""  # TLS and basic auth (exporter-toolkit's YAML format); "" = plain HTTP, no auth
+    web_workers: int = 4  # threads answering HTTP requests (connections wait in one selector, not in threads)
+    web_read_timeout_seconds: float = 5.0  # a connection's request must arrive within this; answers too
+    web_max_connections: int = 512  # open HTTP connections at most; beyond, the oldest waiting one is closed
     checkpoint_interval_events: int = 10_000
     checkpoint_interval_seconds: float = 5.0
     max_message_bytes: int = 1_048_576
@@ -210,6 +215,10 @@ def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = Non
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
     config = parse_config(raw, environ=os.environ if environ is None else environ, source=str(path))
+    if config.service.web_config_file:  # the file it names is read and checked at start, before anything runs
+        from .web import load_web_config  # noqa: PLC0415 - `run` loads it again to serve
+
+        load_web_config(config.service.web_config_file)
     _warn_if_exposed(path, raw)
     return config
 
@@ -255,6 +264,16 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
     if not 0 <= service.metrics_port <= 65535:
         raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
+    if not service.metrics_host.strip():
+        raise ConfigError("service.metrics_host", "must not be empty (127.0.0.1: this host only; 0.0.0.0: every "
+                          "interface)")
+    if not 1 <= service.web_workers <= 64:
+        raise ConfigError("service.web_workers", f"must be 1..64, got {service.web_workers}")
+    if not 1 <= service.web_max_connections <= 10_000:
+        raise ConfigError("service.web_max_connections", f"must be 1..10000, got {service.web_max_connections}")
+    if not 0 < service.web_read_timeout_seconds <= 300:
+        raise ConfigError("service.web_read_timeout_seconds",
+                          f"must be > 0 and <= 300, got {service.web_read_timeout_seconds}")
     for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event",
                 "max_inferred_columns", "max_categories_per_column"):
         if getattr(service, key) < 1:

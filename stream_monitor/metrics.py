@@ -239,3 +239,20 @@ class PartitionCollector(Collector):
         for model_id, count in sorted(untracked.items()):
             families.untracked.add_metric([model_id], count)
         return iter(families.all())
+
+
+class HttpMetrics:
+    """The HTTP endpoint's own counters (created by :func:`stream_monitor.web.serve` on its registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        kw = {"registry": registry or REGISTRY}
+        self.requests = Counter("stream_monitor_http_requests_total",
+                                "HTTP requests answered, by status code", ["code"], **kw)
+        self.closed = Counter("stream_monitor_http_connections_closed_total",
+                              "HTTP connections closed by the server before a complete request: idle past "
+                              "service.web_read_timeout_seconds, evicted (oldest first) at "
+                              "service.web_max_connections, refused while every worker was busy, or a failed "
+                              "TLS handshake / malformed request", ["reason"], **kw)
+        self.renders = Counter("stream_monitor_status_renders_total",
+                               "Renders of the status page or /api/status; each board update is rendered at most "
+                               "once per format, however many requests read it", ["format"], **kw)

@@ -1,5 +1,12 @@
-"""The HTTP side on ``service.metrics_port``: ``/metrics`` (Prometheus), ``/`` (status page),
-``/api/status`` (the page's data as JSON), ``/healthz`` (liveness) and ``/readyz`` (readiness).
+"""The HTTP side on ``service.metrics_host``:``service.metrics_port``: ``/metrics`` (Prometheus),
+``/`` (status page), ``/api/status`` (the page's data as JSON), ``/healthz`` (liveness) and
+``/readyz`` (readiness); optional TLS and basic auth from a web config file in the format of
+Prometheus' exporter-toolkit (:func:`load_web_config`).
+
+What clients can cost is bounded (:class:`HttpServer`): a fixed number of worker threads, request
+heads read without blocking by one selector thread with a deadline, a cap on open connections; the
+page and ``/api/status`` are rendered once per board update and served from a cache
+(:class:`PageCache`), so neither scrapes nor visitors slow the loop.
 
 Health is judged from what the service already knows (:class:`Health`: when the loop last came
 round, the group join, the last Redis failure, the broker callbacks); a health request does no
@@ -11,18 +18,29 @@ script, no external asset, readable at a glance; it reloads every 5 seconds.
 
 from __future__ import annotations
 
+import base64
+import errno
+import hashlib
 import html
 import logging
+import os
+import queue
+import re
+import selectors
+import socket
+import ssl
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .board import StatusBoard
+from .errors import ConfigError
+from .metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
 
@@ -123,46 +141,504 @@ class Health:
         return assess(self.facts(), self.max_loop_age, self.max_unassigned)
 
 
-def serve(port: int, board: StatusBoard, registry, host: str = "0.0.0.0",
-          health: Health | None = None) -> ThreadingHTTPServer | None:
-    """Start the HTTP server in a daemon thread (``port`` 0 = off)."""
+# --- the web config (exporter-toolkit's format) ------------------------------------------------------------
+
+TLS_VERSIONS = {"TLS10": ssl.TLSVersion.TLSv1, "TLS11": ssl.TLSVersion.TLSv1_1,
+                "TLS12": ssl.TLSVersion.TLSv1_2, "TLS13": ssl.TLSVersion.TLSv1_3}
+CLIENT_AUTH_TYPES = {"NoClientCert": ssl.CERT_NONE, "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
+                     "RequireAndVerifyClientCert": ssl.CERT_REQUIRED}
+_BCRYPT_HASH = re.compile(r"^\$2[aby]?\$(\d\d)\$[./A-Za-z0-9]{53}$")
+_WEB_KEY = "service.web_config_file"
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """TLS and basic auth of the HTTP endpoint, read from a YAML file in the format of Prometheus'
+    exporter-toolkit (``tls_server_config``, ``basic_auth_users``). Empty: plain HTTP, no auth."""
+
+    source: str = ""
+    cert_file: str | None = None
+    key_file: str | None = None
+    client_ca_file: str | None = None
+    client_auth_type: str = "NoClientCert"
+    min_version: str = "TLS12"
+    users: Mapping[str, str] = field(default_factory=dict)  # username -> bcrypt hash
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context (None without ``tls_server_config``); ConfigError naming the field."""
+        if self.cert_file is None:
+            return None
+        where = f"{self.source}: tls_server_config"
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = TLS_VERSIONS[self.min_version]
+        try:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(_WEB_KEY, f"{where}.cert_file/key_file: cannot load {self.cert_file} with "
+                              f"{self.key_file}: {getattr(exc, 'strerror', None) or exc}") from None
+        context.verify_mode = CLIENT_AUTH_TYPES[self.client_auth_type]
+        if self.client_ca_file is not None:
+            try:
+                context.load_verify_locations(cafile=self.client_ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigError(_WEB_KEY, f"{where}.client_ca_file: cannot load {self.client_ca_file}: "
+                                  f"{getattr(exc, 'strerror', None) or exc}") from None
+        return context
+
+
+def load_web_config(path: str | os.PathLike) -> WebConfig:
+    """Read and check a web config file; paths in it are relative to the file's directory.
+    Every problem is a :class:`ConfigError` naming ``service.web_config_file``, the file and the field."""
+    import yaml  # noqa: PLC0415 - only when a web config is set
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(_WEB_KEY, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_WEB_KEY, f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(_WEB_KEY, f"{path}: must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(set(map(str, raw)) - {"tls_server_config", "basic_auth_users"})
+    if unknown:
+        raise ConfigError(_WEB_KEY, f"{path}: {unknown[0]}: unknown key (supported: basic_auth_users, "
+                          "tls_server_config)")
+    fields: dict[str, Any] = {"source": str(path)}
+    tls = raw.get("tls_server_config")
+    if tls is not None:
+        if not isinstance(tls, dict):
+            raise ConfigError(_WEB_KEY, f"{path}: tls_server_config: must be a mapping")
+        allowed = {"cert_file", "key_file", "client_ca_file", "client_auth_type", "min_version"}
+        for key in tls:
+            if key not in allowed:
+                raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.{key}: unknown key (supported: "
+                                  f"{', '.join(sorted(allowed))})")
+        for key in ("cert_file", "key_file"):
+            if tls.get(key) is None:
+                raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.{key}: required")
+        for key in ("cert_file", "key_file", "client_ca_file"):
+            value = tls.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.{key}: must be a file name")
+            file = path.parent / value
+            if not file.is_file():
+                raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.{key}: {file}: file not found")
+            fields[key] = str(file)
+        for key, choices in (("client_auth_type", CLIENT_AUTH_TYPES), ("min_version", TLS_VERSIONS)):
+            if key in tls:
+                if tls[key] not in choices:
+                    raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.{key}: must be one of "
+                                      f"{', '.join(choices)}, got {tls[key]!r}")
+                fields[key] = tls[key]
+        if fields.get("client_auth_type", "NoClientCert") != "NoClientCert" and "client_ca_file" not in fields:
+            raise ConfigError(_WEB_KEY, f"{path}: tls_server_config.client_ca_file: required by client_auth_type "
+                              f"{fields['client_auth_type']}")
+    users = raw.get("basic_auth_users")
+    if users is not None:
+        if not isinstance(users, dict):
+            raise ConfigError(_WEB_KEY, f"{path}: basic_auth_users: must be a mapping of user name to bcrypt hash")
+        for user, hashed in users.items():
+            if not isinstance(user, str) or not user or ":" in user:
+                raise ConfigError(_WEB_KEY, f"{path}: basic_auth_users: user names must be non-empty strings "
+                                  "without ':'")
+            if not isinstance(hashed, str) or not _BCRYPT_HASH.match(hashed):
+                raise ConfigError(_WEB_KEY, f"{path}: basic_auth_users.{user}: not a bcrypt hash (make one with "
+                                  "`htpasswd -nBC 10 USER` or python -c 'import bcrypt; "
+                                  "print(bcrypt.hashpw(b\"PASSWORD\", bcrypt.gensalt()).decode())')")
+        fields["users"] = dict(users)
+    config = WebConfig(**fields)
+    config.ssl_context()  # the certificate and key load, or a ConfigError now rather than at the first request
+    return config
+
+
+class BasicAuth:
+    """Checks ``Authorization: Basic`` against bcrypt hashes. bcrypt is slow on purpose (~0.1 s at cost
+    10), so a successful check is remembered (a SHA-256 of user, password and hash; at most
+    ``CACHE_SIZE``) and later requests cost a hash lookup. Unknown users are checked against a dummy
+    hash of the same cost, so the answer takes as long as for a known one. One bcrypt at a time: a
+    flood of wrong passwords costs at most one core."""
+
+    CACHE_SIZE = 1024
+
+    def __init__(self, users: Mapping[str, str]):
+        import bcrypt  # noqa: PLC0415 - only when basic auth is configured
+
+        self._bcrypt = bcrypt
+        self._users = {user: hashed.encode() for user, hashed in users.items()}
+        cost = max((int(_BCRYPT_HASH.match(h).group(1)) for h in users.values()), default=10)
+        self._dummy = bcrypt.hashpw(b"not a password", bcrypt.gensalt(min(max(cost, 4), 31)))
+        self._good: dict[bytes, None] = {}
+        self._lock = threading.Lock()
+
+    def check(self, header: str | None) -> bool:
+        if not header or not header[:6].lower() == "basic ":
+            return False
+        try:
+            user, _, password = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8").partition(":")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        hashed = self._users.get(user)
+        digest = hashlib.sha256(b"\0".join((user.encode(), password.encode(), hashed or b""))).digest()
+        if hashed is not None and digest in self._good:
+            return True
+        with self._lock:
+            ok = self._bcrypt.checkpw(password.encode(), hashed or self._dummy) and hashed is not None
+            if ok:
+                if len(self._good) >= self.CACHE_SIZE:
+                    self._good.pop(next(iter(self._good)))
+                self._good[digest] = None
+        return ok
+
+
+# --- the page cache ------------------------------------------------------------------------------------------
+
+
+class PageCache:
+    """The status page and ``/api/status`` rendered once per board update and served from memory.
+
+    The cache is keyed on the board's ``version`` (bumped by every checkpoint's update and every
+    alert); the live lag is looked at again at most once per ``lag_refresh_seconds`` and a change
+    also renders anew. A page flood costs a lock and a dict lookup per request, not a render."""
+
+    def __init__(self, board: StatusBoard, renders=None, lag_refresh_seconds: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self._board, self._renders, self._refresh, self._clock = board, renders, lag_refresh_seconds, clock
+        self._lock = threading.Lock()
+        self._version: int | None = None
+        self._lags: tuple = ()
+        self._checked = 0.0
+        self._out: dict[str, bytes] = {}
+        self._snapshot: dict[str, Any] | None = None
+
+    def get(self, fmt: str) -> bytes:
+        """``fmt``: "html" (the page) or "json" (``/api/status``)."""
+        with self._lock:
+            now = self._clock()
+            version = self._board.version
+            if version != self._version or now - self._checked >= self._refresh:
+                lags = self._board.live_lags()
+                if version != self._version or lags != self._lags:
+                    self._version, self._lags, self._out, self._snapshot = version, lags, {}, None
+                self._checked = now
+            body = self._out.get(fmt)
+            if body is None:
+                if self._snapshot is None:
+                    self._snapshot = self._board.snapshot()
+                body = (render_page(self._snapshot).encode() if fmt == "html" else orjson.dumps(self._snapshot))
+                self._out[fmt] = body
+                if self._renders is not None:
+                    self._renders.labels(fmt).inc()
+            return body
+
+
+# --- the server ----------------------------------------------------------------------------------------------
+
+MAX_REQUEST_HEAD = 16 * 1024  # request line and headers; a longer head is refused
+HTTP_CPU_SHARE = 0.25  # answering requests (all workers together) uses at most this share of a core
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+_REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+            503: "Service Unavailable"}
+
+
+class _Pending:
+    __slots__ = ("sock", "accepted", "buffer", "handshaken")
+
+    def __init__(self, sock: socket.socket, accepted: float, handshaken: bool):
+        self.sock, self.accepted, self.buffer, self.handshaken = sock, accepted, b"", handshaken
+
+
+class HttpServer:
+    """A small HTTP/1.1 server whose cost is bounded whatever the clients do.
+
+    One thread (``http``) accepts connections and reads request heads without blocking (and does the
+    TLS handshakes), all connections in one selector: an idle connection costs a file descriptor and
+    a dict entry, no thread and no CPU. A connection whose complete request head has not arrived
+    ``read_timeout`` seconds after it was accepted is closed; at ``max_connections`` open ones the
+    oldest waiting connection is closed to make room (so a flood of idle connections cannot keep a
+    probe out). ``/healthz`` and ``/readyz`` are answered by that thread at once (they do no I/O);
+    any other complete request goes to one of ``workers`` threads (started up front, a bounded queue
+    in front of them; when it is full the connection is closed), which answers it with
+    ``Connection: close`` (the write also bounded by ``read_timeout``). Those answers are computed
+    one at a time and paced to ``HTTP_CPU_SHARE`` of a core, so the loop keeps the interpreter."""
+
+    def __init__(self, host: str, port: int, handler: Callable[[str, str, Mapping[str, str]], Response],
+                 ssl_context: ssl.SSLContext | None = None, workers: int = 4, read_timeout: float = 5.0,
+                 max_connections: int = 512, backlog: int = 128, metrics=None):
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, port), family=family, backlog=backlog)
+        self._listener.setblocking(False)
+        self.server_address = self._listener.getsockname()
+        self._handler, self._ssl, self._timeout = handler, ssl_context, read_timeout
+        self._max_connections, self._metrics = max_connections, metrics
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._pending: dict[socket.socket, _Pending] = {}  # insertion order = oldest first
+        self._queue: queue.Queue = queue.Queue(maxsize=4 * workers)
+        self._stopped = threading.Event()
+        self._compute = threading.Lock()
+        self._warned = -1e9
+        self._threads = [threading.Thread(target=self._work, name=f"http-worker-{i}", daemon=True)
+                         for i in range(workers)]
+        self._threads.append(threading.Thread(target=self._loop, name="http", daemon=True))
+        for thread in self._threads:
+            thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._pending)
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        for _ in self._threads:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                break
+        for thread in self._threads:
+            thread.join(5)
+        for pending in list(self._pending.values()):
+            self._close(pending, None)
+        self._selector.close()
+        self._listener.close()
+
+    # the selector thread
+
+    def _loop(self) -> None:
+        tick = min(0.5, self._timeout / 4)
+        while not self._stopped.is_set():
+            try:
+                events = self._selector.select(tick)
+            except OSError:  # the selector closed under us at shutdown
+                return
+            for key, _ in events:
+                if key.data is None:
+                    self._accept()
+                else:
+                    self._read(key.data)
+            self._sweep()
+
+    def _accept(self) -> None:
+        for _ in range(64):
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors: make room rather than spin
+                now = time.monotonic()
+                if now - self._warned > 60:
+                    self._warned = now
+                    log.warning("HTTP endpoint cannot accept a connection: %s (closing the oldest waiting one)",
+                                exc.strerror or exc)
+                if not self._evict_oldest():
+                    time.sleep(0.1)
+                    return
+                continue
+            if len(self._pending) >= self._max_connections:
+                self._evict_oldest()
+            sock.setblocking(False)
+            if self._ssl is not None:
+                try:
+                    sock = self._ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+                except (OSError, ssl.SSLError):
+                    self._count_closed("bad_request")
+                    sock.close()
+                    continue
+            pending = _Pending(sock, time.monotonic(), handshaken=self._ssl is None)
+            self._pending[sock] = pending
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _evict_oldest(self) -> bool:
+        if not self._pending:
+            return False
+        self._close(next(iter(self._pending.values())), "evicted")
+        return True
+
+    def _read(self, pending: _Pending) -> None:
+        sock = pending.sock
+        try:
+            if not pending.handshaken:
+                sock.do_handshake()
+                pending.handshaken = True
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    self._close(pending, None)  # the client went away
+                    return
+                pending.buffer += data
+                if b"\r\n\r\n" in pending.buffer:
+                    break
+                if len(pending.buffer) > MAX_REQUEST_HEAD:
+                    self._close(pending, "bad_request")
+                    return
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return  # more to come (the sweep closes it if it never does)
+        except (OSError, ssl.SSLError):
+            self._close(pending, "bad_request")  # a failed handshake, plain HTTP on the TLS port, a reset
+            return
+        self._selector.unregister(sock)
+        del self._pending[sock]
+        if _is_probe(pending.buffer):  # answered here: a probe never waits behind other requests
+            try:
+                sent = sock.send(self._respond(pending.buffer))
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                sent = 0  # a full socket buffer (rare for a few hundred bytes): a worker answers it
+            except (OSError, ssl.SSLError):
+                sent = -1
+            if sent:  # answered, partly answered (the client reads nothing more) or failed
+                _close_quietly(sock)
+                return
+        try:
+            self._queue.put_nowait((sock, pending.buffer))
+        except queue.Full:
+            self._close(pending, "overloaded", registered=False)
+
+    def _sweep(self) -> None:
+        expired = time.monotonic() - self._timeout
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.accepted > expired:
+                return
+            self._close(oldest, "idle")
+
+    def _close(self, pending: _Pending, reason: str | None, registered: bool = True) -> None:
+        if registered:
+            self._pending.pop(pending.sock, None)
+            try:
+                self._selector.unregister(pending.sock)
+            except (KeyError, ValueError, OSError):
+                pass
+        if reason is not None:  # counted first: whoever sees the close sees the count
+            self._count_closed(reason)
+        _close_quietly(pending.sock)
+
+    def _count_closed(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.closed.labels(reason).inc()
+
+    # the workers
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None or self._stopped.is_set():
+                if item is not None:
+                    _close_quietly(item[0])
+                return
+            sock, head = item
+            try:
+                sock.settimeout(self._timeout)
+                sock.sendall(self._respond(head))
+            except (OSError, ssl.SSLError):
+                pass
+            except Exception:  # noqa: BLE001 - one bad request must not take a worker away
+                log.exception("HTTP request failed")
+            finally:
+                _close_quietly(sock)
+
+    def _respond(self, head: bytes) -> bytes:
+        lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[2].startswith("HTTP/") or not parts[1].startswith("/"):
+            response = Response(400, "text/plain", b"bad request\n")
+            method = "GET"
+        else:
+            method, target = parts[0], parts[1]
+            headers = {}
+            for line in lines[1:]:
+                name, sep, value = line.partition(":")
+                if sep:
+                    headers[name.strip().lower()] = value.strip()
+            if method not in ("GET", "HEAD"):
+                response = Response(405, "text/plain", b"method not allowed\n", (("Allow", "GET, HEAD"),))
+            elif target.split("?", 1)[0] in ("/healthz", "/readyz"):  # cheap, and a probe must not wait
+                response = self._handler(method, target.split("?", 1)[0], headers)
+            else:
+                # One request computed at a time, and that one paced so that answering takes at most
+                # HTTP_CPU_SHARE of the time: however many clients, the loop keeps most of the GIL.
+                with self._compute:
+                    spent = time.thread_time()
+                    response = self._handler(method, target.split("?", 1)[0], headers)
+                    spent = time.thread_time() - spent
+                    time.sleep(min(spent * (1 / HTTP_CPU_SHARE - 1), 1.0))
+        if self._metrics is not None:
+            self._metrics.requests.labels(str(response.status)).inc()
+        out = [f"HTTP/1.1 {response.status} {_REASONS.get(response.status, '')}",
+               f"Content-Type: {response.content_type}", f"Content-Length: {len(response.body)}",
+               "Cache-Control: no-store", "Connection: close"]
+        out += [f"{name}: {value}" for name, value in response.headers]
+        return ("\r\n".join(out) + "\r\n\r\n").encode("latin-1") + (b"" if method == "HEAD" else response.body)
+
+
+def _is_probe(head: bytes) -> bool:
+    target = head.split(b" ", 2)[1] if head.count(b" ", 0, 64) >= 2 else b""
+    return target.split(b"?", 1)[0] in (b"/healthz", b"/readyz")
+
+
+def _close_quietly(sock: socket.socket) -> None:
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+def serve(port: int, board: StatusBoard, registry, host: str = "127.0.0.1", health: Health | None = None,
+          web: WebConfig | None = None, workers: int = 4, read_timeout: float = 5.0,
+          max_connections: int = 512) -> HttpServer | None:
+    """Start the HTTP endpoint in daemon threads (``port`` 0 = off). ``web``: TLS and basic auth.
+
+    ``/healthz`` and ``/readyz`` answer without credentials (probes, e.g. Kubernetes', cannot send
+    them; they show only whether the loop runs and why not, no model, feature or statistic);
+    ``/metrics``, ``/`` and ``/api/status`` need them when ``basic_auth_users`` is set."""
     if not port:
         return None
+    web = web or WebConfig()
+    metrics = HttpMetrics(registry)
+    cache = PageCache(board, metrics.renders)
+    auth = BasicAuth(web.users) if web.users else None
+    challenge = (("WWW-Authenticate", 'Basic realm="stream_monitor", charset="UTF-8"'),)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-            elif path == "/api/status":
-                self._send(200, "application/json", orjson.dumps(board.snapshot()))
-            elif path in ("/", "/index.html"):
-                self._send(200, "text/html; charset=utf-8", render_page(board.snapshot()).encode())
-            elif path in ("/healthz", "/readyz"):
-                if health is None:
-                    self._send(200, "text/plain", b"ok\n")
-                    return
-                live, ready, report = health.check()
-                good = live if path == "/healthz" else ready
-                self._send(200 if good else 503, "application/json", orjson.dumps(report) + b"\n")
-            else:
-                self._send(404, "text/plain", b"not found\n")
+    def handle(method: str, path: str, headers: Mapping[str, str]) -> Response:
+        if path in ("/healthz", "/readyz"):
+            if health is None:
+                return Response(200, "text/plain", b"ok\n")
+            live, ready, report = health.check()
+            good = live if path == "/healthz" else ready
+            return Response(200 if good else 503, "application/json", orjson.dumps(report) + b"\n")
+        if auth is not None and not auth.check(headers.get("authorization")):
+            return Response(401, "text/plain", b"unauthorized\n", challenge)
+        if path == "/metrics":
+            return Response(200, CONTENT_TYPE_LATEST, generate_latest(registry))
+        if path == "/api/status":
+            return Response(200, "application/json", cache.get("json"))
+        if path in ("/", "/index.html"):
+            return Response(200, "text/html; charset=utf-8", cache.get("html"))
+        return Response(404, "text/plain", b"not found\n")
 
-        def _send(self, status: int, content_type: str, body: bytes) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:  # quiet: no access log on stderr
-            pass
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    log.info("metrics and status page on http://%s:%d/", host, port)
+    try:
+        server = HttpServer(host, port, handle, ssl_context=web.ssl_context(), workers=workers,
+                            read_timeout=read_timeout, max_connections=max_connections, metrics=metrics)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError("service.metrics_port", f"port {port} on {host} is already in use") from None
+        raise ConfigError("service.metrics_host", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    scheme = "https" if web.cert_file else "http"
+    log.info("metrics and status page on %s://%s:%d/%s", scheme, host, port,
+             " (basic auth)" if auth is not None else "")
     return server
 
 

@@ -254,6 +254,46 @@ def test_status_page_screenshot(observed):
     (DOCS / "status-page.png").write_bytes(png)
 
 
+def scraped(port: int, family: str, **labels) -> float:
+    """One sample of the running monitor's scrape (0 when absent)."""
+    for metric in text_string_to_metric_families(http_get(port, "/metrics")[2].decode()):
+        for sample in metric.samples:
+            if sample.name == family and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.slow
+def test_a_page_flood_is_served_from_one_render(observed):
+    """400 requests for the page and /api/status from 8 clients while nothing changes: not one
+    render more (both were rendered once already), every request answered with the same bytes."""
+    import threading
+
+    port = observed["port"]
+    first = {path: http_get(port, path)[2] for path in ("/", "/api/status")}
+    before = {fmt: scraped(port, "stream_monitor_status_renders_total", format=fmt) for fmt in ("html", "json")}
+    checkpoints = scraped(port, "stream_monitor_checkpoints_total")
+    bodies: list[tuple[str, bytes]] = []
+
+    def client(path: str) -> None:
+        for _ in range(50):
+            bodies.append((path, http_get(port, path)[2]))
+
+    clients = [threading.Thread(target=client, args=(path,)) for path in ("/", "/api/status") * 4]
+    started = time.monotonic()
+    for thread in clients:
+        thread.start()
+    for thread in clients:
+        thread.join(120)
+    elapsed = time.monotonic() - started
+    print(f"400 page and /api/status requests from 8 clients in {elapsed:.2f} s ({400 / elapsed:.0f}/s)")
+    assert len(bodies) == 400 and all(body == first[path] for path, body in bodies)
+    assert scraped(port, "stream_monitor_checkpoints_total") == checkpoints  # nothing changed meanwhile
+    after = {fmt: scraped(port, "stream_monitor_status_renders_total", format=fmt) for fmt in ("html", "json")}
+    assert after == before and before["html"] >= 1 and before["json"] >= 1
+    assert scraped(port, "stream_monitor_http_requests_total", code="200") >= 402
+
+
 # --- dead letters by reason ---------------------------------------------------------------------------------
 
 
