@@ -431,7 +431,8 @@ class Service:
                          key=message.key(), headers=tuple(message.headers() or ()),
                          timestamp_ms=timestamp if timestamp_type else None)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
-                                          self.config.service.max_features_per_event)
+                                          self.config.service.max_features_per_event,
+                                          self.config.service.max_event_id_bytes)
 
     def _apply(self, key: PartitionKey, monitor: PartitionMonitor, items: list) -> None:
         """One partition's decoded events of this batch → its detectors → alerts published."""
@@ -534,6 +535,9 @@ class Service:
                 continue
             self.metrics.awaiting_labels.labels(model_id).set(lag["awaiting"])
             self.metrics.labels_expired.labels(model_id).set(lag["expired"])
+            self.metrics.predictions_evicted.labels(model_id).set(lag["evicted"])
+            self.metrics.labels_evicted.labels(model_id).set(lag["labels_evicted"])
+            self.metrics.join_bytes.labels(model_id).set(lag["bytes"])
             self.board.label_lag[model_id] = lag
 
     def _publish_board(self) -> None:
