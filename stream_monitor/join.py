@@ -131,6 +131,7 @@ local function make_room(n, budget)
 end
 -- make room while the entries of this event id are out of the sets (so they are never the ones evicted)
 local function make_room_around(n, budget, event_id)
+  if (tonumber(redis.call('HGET', stats, 'bytes')) or 0) + n <= budget then return end
   local scores = {}
   for _, set in ipairs({pending, labels, done}) do
     scores[set] = redis.call('ZSCORE', set, event_id)
@@ -141,9 +142,8 @@ local function make_room_around(n, budget, event_id)
     if scores[set] then redis.call('ZADD', set, scores[set], event_id) end
   end
 end
-local function store(key, set, fields, n, ttl)
-  redis.call('HSET', key, unpack(fields))
-  redis.call('HSET', key, 'n', n)
+local function store(key, set, field, value, n, ttl)
+  redis.call('HSET', key, field, value, 'n', n)
   redis.call('HINCRBY', stats, 'bytes', n)
   redis.call('PEXPIRE', key, ttl + %(grace)d)
   redis.call('ZADD', set, now + ttl, string.sub(key, #base + 4))
@@ -195,7 +195,7 @@ if not joined and redis.call('EXISTS', pred) == 0 then
   local over = redis.call('ZCARD', pending) - cap + 1
   if over > 0 then evict(pending, ':p:', over, 'evicted') end
   make_room_around(n, budget, event_id)
-  store(pred, pending, {'p', record}, n, ttl)
+  store(pred, pending, 'p', record, n, ttl)
 end
 local early = redis.call('HGET', label, 'l')
 if early then
@@ -232,14 +232,15 @@ if redis.call('EXISTS', label) == 1 then  -- the same label again (a replay or a
   release(remove(label, event_id))
 end
 make_room_around(n, budget, event_id)
-store(label, labels, {'l', record}, n, ttl)
+store(label, labels, 'l', record, n, ttl)
 return {fresh, 'pending'}
 """
 
 # Entries whose time is over, removed (predictions counted as never labelled); then the figures.
 _EXPIRE = _FUNCTIONS + """
 for _ = 1, 100 do
-  if expire(pending, ':p:', 'expired', 4096) + expire(labels, ':l:', nil, 4096) + expire(done, ':p:', nil, 4096) == 0 then
+  local gone = expire(pending, ':p:', 'expired', 4096) + expire(labels, ':l:', nil, 4096)
+  if gone + expire(done, ':p:', nil, 4096) == 0 then
     break
   end
 end

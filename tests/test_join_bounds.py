@@ -154,7 +154,8 @@ def test_cost_per_entry_is_its_sizes_plus_the_measured_overhead(redis_server):
 
 @pytest.mark.parametrize("raw, key", [
     ({"service": {"max_event_id_bytes": 0}}, "service.max_event_id_bytes"),
-    ({"models": {"credit": {"performance": {"max_pending_bytes": 1000}}}}, "models.credit.performance.max_pending_bytes"),
+    ({"models": {"credit": {"performance": {"max_pending_bytes": 1000}}}},
+     "models.credit.performance.max_pending_bytes"),
     ({"models": {"credit": {"performance": {"max_pending_bytes": "big"}}}},
      "models.credit.performance.max_pending_bytes"),
 ])
