@@ -8,16 +8,19 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import urllib.request
 
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
 from stream_monitor.join import ENTRY_OVERHEAD, JoinOp, MemoryJoin, RedisJoin, performance_settings
-from stream_monitor.localstack import create_topics
+from stream_monitor.localstack import create_topics, free_port
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
+from stream_monitor.web import render_page
 
 from .helpers import MonitorProcess, final_states, produce, read_topic, store_for, unique, wait_for_offsets, \
     write_config
@@ -197,11 +200,24 @@ class Flood:
             {"models": {"credit": {"performance": model["performance"]}}})))
         self.log = tmp_path / "flood.log"
 
-    def run(self, monitors, events: list[bytes]) -> None:
+    def run(self, monitors, events: list[bytes], scrape: bool = False) -> None:
+        """Process ``events``; with ``scrape``, also read the join's gauges once they show the final figures."""
         ends = produce(self.broker.address, self.topic, [(0, b"credit", e, None) for e in events])
-        monitor = MonitorProcess(self.config, self.log)
+        port = free_port()
+        monitor = MonitorProcess(self.config, self.log, {"STREAM_MONITOR_SERVICE_METRICS_PORT": str(port)})
         monitors.append(monitor)
         wait_for_offsets(self.store, self.topic, ends, processes=[monitor], timeout=180)
+        self.gauges: dict[str, float] = {}
+        deadline = time.monotonic() + 30
+        while scrape and time.monotonic() < deadline:
+            lag = self.joiner.lag("credit")
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+            self.gauges = {sample.name: sample.value for family in text_string_to_metric_families(text)
+                           for sample in family.samples if sample.labels.get("model") == "credit"}
+            if self.gauges.get("stream_monitor_predictions_evicted") == lag["evicted"] \
+                    and self.gauges.get("stream_monitor_join_bytes") == lag["bytes"]:
+                break
+            time.sleep(0.2)
         self.status = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(self.config)],
                                      capture_output=True, text=True, timeout=60, check=True).stdout
         assert monitor.terminate() == 0
@@ -263,10 +279,24 @@ def test_flood_of_labels_with_50_kb_event_ids_is_dead_lettered_and_redis_stays_s
 def test_flood_over_a_byte_budget_evicts_the_oldest_and_the_join_goes_on(broker, redis_server, tmp_path, monitors):
     flood = Flood(broker, redis_server, tmp_path, {"max_pending_bytes": 65_536})
     events, labels = every_tenth_labelled(3000, seed=13)
-    flood.run(monitors, events)
+    flood.run(monitors, events, scrape=True)
     lag = flood.joiner.lag("credit")
+    gauges = flood.gauges
+    assert (gauges["stream_monitor_predictions_evicted"], gauges["stream_monitor_join_bytes"],
+            gauges["stream_monitor_predictions_never_labelled"], gauges["stream_monitor_labels_evicted"],
+            gauges["stream_monitor_predictions_awaiting_labels"]) == \
+        (lag["evicted"], lag["bytes"], lag["expired"], 0, lag["awaiting"]), gauges
     assert flood.pairs() == labels == 300
     assert lag["bytes"] <= 65_536 and lag["evicted"] > 0 and lag["dropped"] == 0
     assert lag["awaiting"] + lag["evicted"] == 3000 - 300 and lag["expired"] == lag["evicted"]
     assert f"{lag['evicted']:,} evicted for room" in flood.status and "join in Redis ≈ 0.1 MiB" in flood.status
     print(f"byte budget 64 KiB: {lag['awaiting']} kept, {lag['evicted']} evicted, {lag['bytes']:,} bytes")
+
+
+def test_the_status_page_shows_what_the_join_holds_and_has_evicted():
+    lag = {"awaiting": 490, "expired": 4820, "dropped": 2, "evicted": 4820, "labels_waiting": 7,
+           "labels_evicted": 3, "bytes": 410_799}
+    page = render_page({"models": {"credit": {"events": 5900, "labels": 590, "detectors": [], "label_lag": lag}},
+                        "partitions": []})
+    assert ("490 predictions awaiting a label · 4,820 never labelled (4,820 evicted for room) · 3 early labels "
+            "evicted · 2 too large to keep · join in Redis ≈ 0.4 MiB") in page
