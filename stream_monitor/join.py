@@ -31,8 +31,11 @@ oldest entries make room for new ones, so a new prediction can always be joined:
 
 Eviction forgets an entry for good, so the counts of losses are at-least-once:
 a message processed again after a crash may store an evicted prediction again,
-and it counts again if it is evicted or expires again. Pairs are never counted
-twice: a pair is counted only by the message recorded as ``joined``.
+and it counts again if it is evicted or expires again. Stored again, it is the
+newest entry, so under a full cap such a replay can push out predictions that
+are younger than it (only those evicted since the last checkpoint come back).
+Pairs are never counted twice: a pair is counted only by the message recorded
+as ``joined``.
 
 Expiry is done by the scripts, not by Redis: each entry is also in a sorted set by
 its expiry time, and every step removes (and subtracts) up to 512 expired entries
