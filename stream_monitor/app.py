@@ -450,7 +450,8 @@ class Service:
             return None  # not ours any more, or already covered by the stored state
         raw = _raw(message)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
-                                          self.config.service.max_features_per_event)
+                                          self.config.service.max_features_per_event,
+                                          self.config.service.max_event_id_bytes)
 
     def _quarantined_message(self, message: Message, quarantine: Quarantine) -> None:
         """A message of a quarantined partition (only fetched with on_corrupt_state = "dead_letter")."""
@@ -563,6 +564,9 @@ class Service:
                 continue
             self.metrics.awaiting_labels.labels(model_id).set(lag["awaiting"])
             self.metrics.labels_expired.labels(model_id).set(lag["expired"])
+            self.metrics.predictions_evicted.labels(model_id).set(lag["evicted"])
+            self.metrics.labels_evicted.labels(model_id).set(lag["labels_evicted"])
+            self.metrics.join_bytes.labels(model_id).set(lag["bytes"])
             self.board.label_lag[model_id] = lag
 
     def _publish_board(self) -> None:

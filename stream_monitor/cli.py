@@ -291,8 +291,11 @@ def _status(args: argparse.Namespace) -> int:
                                 for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
             print(f"  performance over the last labelled predictions: {shown}" + (f" · {delays}" if delays else ""))
         if model_id in lag:
-            print(f"  labels: {lag[model_id]['awaiting']:,} predictions awaiting a label · "
-                  f"{lag[model_id]['expired']:,} never labelled · {lag[model_id]['dropped']:,} dropped over the cap")
+            held = lag[model_id]
+            print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "
+                  f"({held['evicted']:,} evicted for room) · {held['labels_waiting']:,} labels awaiting their "
+                  f"prediction ({held['labels_evicted']:,} evicted) · {held['dropped']:,} too large to keep · "
+                  f"join in Redis ≈ {held['bytes'] / 1_048_576:,.1f} MiB")
         table_rows = []
         for (signal, name, detector), row in sorted(merged.items(), key=lambda kv: (not kv[1].get("firing"), kv[0])):
             state = f"FIRING {row['severity']}" if row.get("firing") else "ok"

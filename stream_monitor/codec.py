@@ -25,7 +25,7 @@ _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number",
 
 
 def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 1_048_576,
-           max_features: int = 1_000) -> Decoded:
+           max_features: int = 1_000, max_event_id_bytes: int = 256) -> Decoded:
     """Decode one input message; never raises for bad input."""
     value = message.value
     if not value:
@@ -40,7 +40,7 @@ def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 
     if not isinstance(doc, dict):
         return DeadLetter("not_object", f"expected a JSON object, got {_type_name(doc)}")
     try:
-        return _event(doc, known_models, message.timestamp_ms, max_features)
+        return _event(doc, known_models, message.timestamp_ms, max_features, max_event_id_bytes)
     except _Invalid as invalid:
         return invalid.letter
 
@@ -51,10 +51,14 @@ class _Invalid(Exception):
 
 
 def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None,
-           max_features: int = 1_000):
+           max_features: int = 1_000, max_event_id_bytes: int = 256):
     event_id = doc.get("event_id")
     if event_id.__class__ is not str or not event_id:  # the common case costs one lookup and one check
         event_id = _required_string(doc, "event_id")
+    if len(event_id) * 4 > max_event_id_bytes and len(event_id.encode("utf-8", "surrogatepass")) > max_event_id_bytes:
+        raise _Invalid("event_id_too_long", f"event_id is {len(event_id.encode('utf-8', 'surrogatepass'))} bytes, "
+                                            f"over the limit of {max_event_id_bytes} (service.max_event_id_bytes): "
+                                            f"{_quote(event_id)}")
     model_id = doc.get("model_id")
     if model_id.__class__ is not str or not model_id:
         model_id = _required_string(doc, "model_id")

@@ -65,6 +65,7 @@ class ServiceConfig:
     checkpoint_interval_seconds: float = 5.0
     max_message_bytes: int = 1_048_576
     max_features_per_event: int = 1_000  # events with more features are dead-lettered
+    max_event_id_bytes: int = 256  # events with a longer event_id (UTF-8) are dead-lettered
     batch_size: int = 1_000
     poll_timeout_seconds: float = 0.2
     reference_poll_seconds: float = 5.0  # how often stored references are checked for a new version
@@ -167,7 +168,8 @@ class PerformanceConfig:
     label_wait_seconds: float = 3_600.0  # a label that arrives before its prediction waits this long
     prediction_ttl_seconds: float = 7 * 24 * 3_600.0  # an unlabelled prediction is kept this long
     joined_retention_seconds: float = 24 * 3_600.0  # a joined pair is remembered this long (replays)
-    max_pending: int = 1_000_000  # unlabelled predictions kept per model; more are dropped and counted
+    max_pending: int = 1_000_000  # unlabelled predictions kept per model; the next one evicts the oldest
+    max_pending_bytes: int = 256 * 1024 * 1024  # estimated Redis memory of the model's join; past it the oldest go
     # a performance alert when a rolling metric falls below its floor, e.g. { accuracy = 0.8, f1 = 0.5 }
     floors: Mapping[str, float] = field(default_factory=dict)
     # regression: a performance alert when a rolling error rises above its ceiling, e.g. { mae = 3.0 }
@@ -275,7 +277,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise ConfigError("service.web_read_timeout_seconds",
                           f"must be > 0 and <= 300, got {service.web_read_timeout_seconds}")
     for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event",
-                "max_inferred_columns", "max_categories_per_column"):
+                "max_event_id_bytes", "max_inferred_columns", "max_categories_per_column"):
         if getattr(service, key) < 1:
             raise ConfigError(f"service.{key}", "must be at least 1")
     if service.on_missing_state not in ("rebuild", "stop"):
@@ -387,6 +389,8 @@ def _performance(raw: Mapping[str, Any], where: str) -> PerformanceConfig:
     for key in ("window", "reference_pairs", "max_pending"):
         if getattr(performance, key) < 10:
             raise ConfigError(f"{where}.{key}", "must be at least 10")
+    if performance.max_pending_bytes < 65_536:
+        raise ConfigError(f"{where}.max_pending_bytes", f"must be at least 65536, got {performance.max_pending_bytes}")
     for key in ("label_wait_seconds", "prediction_ttl_seconds", "joined_retention_seconds"):
         if not getattr(performance, key) > 0:
             raise ConfigError(f"{where}.{key}", "must be > 0")

@@ -10,21 +10,53 @@ first time), while any other message finds the pair taken and counts nothing.
 
 Every script is safe to run again: a batch whose pipeline failed half-way (Redis
 unreachable, or refusing writes) is sent again as a whole, and a message finding
-itself recorded as ``joined`` gets the same answer as the first time. The only
-count a repeat can change is ``dropped`` (a prediction over the cap is counted
-each time it is refused). A Redis refusing writes refuses a script at its first
-write that needs memory, and each script writes with HSET/HINCRBY before
-anything else (ZREM, PEXPIRE need none), so a refused script changes nothing.
+itself recorded as ``joined`` gets the same answer as the first time. A Redis
+refusing writes refuses a script at its first write that needs memory, and each
+script's first write is that SETNX; once a script has written, Redis lets it
+finish, so a script is applied whole or not at all.
 
-Keys of one model share a hash tag, so each script touches one Redis Cluster slot:
+What the join keeps is bounded per model, in entries and in bytes, and the
+oldest entries make room for new ones, so a new prediction can always be joined:
 
-- ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``joined``;
+- ``max_pending`` unlabelled predictions: the next one evicts the oldest pending
+  prediction, which counts as never labelled (``expired``, and ``evicted``).
+- ``max_pending_bytes``: every entry records its estimated size (``n``: key,
+  member, record and Redis's per-entry overhead, measured at about 260 bytes) and
+  the scripts keep the model's total in ``stats.bytes`` as they add and delete
+  entries, so reading it costs one HGET. An entry that would take the total past
+  the budget first evicts, oldest first, joined pairs (kept only to recognise
+  replays), then labels still waiting for their prediction (``labels_evicted``),
+  then pending predictions (never labelled, ``evicted``). An entry bigger than the
+  whole budget is not stored (``dropped``).
+
+Eviction forgets an entry for good, so the counts of losses are at-least-once:
+a message processed again after a crash may store an evicted prediction again,
+and it counts again if it is evicted or expires again. Stored again, it is the
+newest entry, so under a full cap such a replay can push out predictions that
+are younger than it (only those evicted since the last checkpoint come back).
+Pairs are never counted twice: a pair is counted only by the message recorded
+as ``joined``.
+
+Expiry is done by the scripts, not by Redis: each entry is also in a sorted set by
+its expiry time, and every step removes (and subtracts) up to 512 expired entries
+of each set. Redis's own key expiry (the entry's time plus an hour) only cleans
+up after a service that was stopped; an entry gone that way is subtracted at its
+estimated size, and the total is reset to 0 when no entry is left.
+
+Keys of one model share a hash tag, so each script touches one Redis Cluster
+slot (the keys of evicted or expired entries are derived from the model's prefix):
+
+- ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``n``, ``joined``;
   kept ``prediction_ttl_seconds`` while unlabelled, ``joined_retention_seconds`` after.
-- ``ns:join:{model}:l:<event_id>`` — a label that came first: ``l`` (JSON), ``joined``;
+- ``ns:join:{model}:l:<event_id>`` — a label that came first: ``l`` (JSON), ``n``, ``joined``;
   kept ``label_wait_seconds``.
 - ``ns:join:{model}:pending`` — sorted set of unlabelled predictions by expiry
   (the cap on pending predictions and the count of those that never got a label).
-- ``ns:join:{model}:stats`` — hash: ``expired`` (never labelled), ``dropped`` (over the cap).
+- ``ns:join:{model}:labels`` — sorted set of labels waiting for their prediction, by expiry.
+- ``ns:join:{model}:done`` — sorted set of joined predictions, by the end of their retention.
+- ``ns:join:{model}:stats`` — hash: ``expired`` (never labelled, evictions included),
+  ``evicted`` (pending predictions evicted for room), ``labels_evicted``, ``dropped``
+  (bigger than the budget by themselves) and ``bytes`` (the estimated size of all entries).
 - ``ns:join:{model}:marker`` — written (SETNX) by every join step, first thing: a step
   that finds it missing although this process saw it before tells that Redis lost
   the join's data (restarted empty, flushed); :class:`RedisJoin` reports it
@@ -34,39 +66,145 @@ Keys of one model share a hash tag, so each script touches one Redis Cluster slo
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
 
 from .config import PerformanceConfig
 
-_PREDICTION = """
-local pred, label, pending, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local fresh = redis.call('SETNX', KEYS[5], '1')
-local record, me, ttl, cap, now, event_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
-local expired = redis.call('ZCOUNT', pending, '-inf', now)
-if expired > 0 then
-  redis.call('HINCRBY', stats, 'expired', expired)
-  redis.call('ZREMRANGEBYSCORE', pending, '-inf', now)
+ENTRY_OVERHEAD = 256  # bytes Redis spends on one entry besides its key, member and record (measured ~260)
+GRACE_MS = 3_600_000  # Redis's own expiry of an entry: this long after the scripts' (which delete it first)
+EXPIRE_BATCH = 512  # expired entries of each set removed per step
+# Each step of one RedisJoin gets a later time than the one before, by at least this much (a float
+# score still tells 1 µs apart at today's epoch milliseconds), so the entries of one batch, stored
+# in the same millisecond, are evicted in the order they came rather than by event id.
+TICK_MS = 0.001
+
+# Shared by the scripts. KEYS: pending, stats, labels, done; ARGV[1]: the model's key prefix, ARGV[2]: now (ms).
+_FUNCTIONS = """
+local pending, stats, labels, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local base, now = ARGV[1], tonumber(ARGV[2])
+local OVERHEAD = %(overhead)d
+local function remove(key, member)
+  local n = tonumber(redis.call('HGET', key, 'n')) or (#key + #member + OVERHEAD)
+  redis.call('DEL', key)
+  return n
 end
+local function release(n)
+  if n ~= 0 and redis.call('HINCRBY', stats, 'bytes', -n) < 0 then redis.call('HSET', stats, 'bytes', 0) end
+end
+local function expire(set, prefix, counter, limit)
+  local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
+  if #gone == 0 then return 0 end
+  local freed = 0
+  for _, member in ipairs(gone) do freed = freed + remove(base .. prefix .. member, member) end
+  redis.call('ZREM', set, unpack(gone))
+  release(freed)
+  if counter then redis.call('HINCRBY', stats, counter, #gone) end
+  return #gone
+end
+local function expire_all(limit)
+  expire(pending, ':p:', 'expired', limit)
+  expire(labels, ':l:', nil, limit)
+  expire(done, ':p:', nil, limit)
+end
+local function evict(set, prefix, count, counter)
+  local gone = redis.call('ZPOPMIN', set, count)
+  local freed, evicted = 0, 0
+  for i = 1, #gone, 2 do
+    freed = freed + remove(base .. prefix .. gone[i], gone[i])
+    evicted = evicted + 1
+  end
+  if evicted > 0 then
+    release(freed)
+    if counter then redis.call('HINCRBY', stats, counter, evicted) end
+    if set == pending then redis.call('HINCRBY', stats, 'expired', evicted) end
+  end
+  return freed
+end
+local function make_room(n, budget)
+  local used = tonumber(redis.call('HGET', stats, 'bytes')) or 0
+  while used + n > budget do
+    if redis.call('ZCARD', done) > 0 then used = used - evict(done, ':p:', 1, nil)
+    elseif redis.call('ZCARD', labels) > 0 then used = used - evict(labels, ':l:', 1, 'labels_evicted')
+    elseif redis.call('ZCARD', pending) > 0 then used = used - evict(pending, ':p:', 1, 'evicted')
+    else return end
+  end
+end
+-- make room while the entries of this event id are out of the sets (so they are never the ones evicted)
+local function make_room_around(n, budget, event_id)
+  if (tonumber(redis.call('HGET', stats, 'bytes')) or 0) + n <= budget then return end
+  local scores = {}
+  for _, set in ipairs({pending, labels, done}) do
+    scores[set] = redis.call('ZSCORE', set, event_id)
+    if scores[set] then redis.call('ZREM', set, event_id) end
+  end
+  make_room(n, budget)
+  for _, set in ipairs({pending, labels, done}) do
+    if scores[set] then redis.call('ZADD', set, scores[set], event_id) end
+  end
+end
+local function store(key, set, field, value, n, ttl)
+  redis.call('HSET', key, field, value, 'n', n)
+  redis.call('HINCRBY', stats, 'bytes', n)
+  redis.call('PEXPIRE', key, ttl + %(grace)d)
+  redis.call('ZADD', set, now + ttl, string.sub(key, #base + 4))
+end
+local function grow(key, extra)
+  redis.call('HINCRBY', key, 'n', extra)
+  redis.call('HINCRBY', stats, 'bytes', extra)
+end
+""" % {"overhead": ENTRY_OVERHEAD, "grace": GRACE_MS}
+
+# KEYS: the shared four, then marker, prediction, label.
+# ARGV: the shared two, then budget, cap, record, me, event_id, ttl (of a prediction or a label), retention.
+_STEP = """
+local fresh = redis.call('SETNX', KEYS[5], '1')
+""" + _FUNCTIONS + """
+local pred, label = KEYS[6], KEYS[7]
+local budget, cap, record, me, event_id = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
+local ttl, retention = tonumber(ARGV[8]), tonumber(ARGV[9])
+expire_all(%(batch)d)
+-- the pair joined by this message: the prediction (and the label that came first, if any) record it
+local function join_pair(with_label)
+  local keys = {pred}
+  if with_label then keys[2] = label end
+  local extra = 0
+  for _, key in ipairs(keys) do
+    if not redis.call('HGET', key, 'joined') then extra = extra + #me + 8 end
+  end
+  if extra > 0 then make_room_around(extra, budget, event_id) end
+  for _, key in ipairs(keys) do
+    if not redis.call('HGET', key, 'joined') then
+      redis.call('HSET', key, 'joined', me)
+      grow(key, #me + 8)
+    end
+  end
+  redis.call('PEXPIRE', pred, retention + %(grace)d)
+  redis.call('ZREM', pending, event_id)
+  redis.call('ZADD', done, now + retention, event_id)
+end
+""" % {"batch": EXPIRE_BATCH, "grace": GRACE_MS}
+
+_PREDICTION = _STEP + """
 local joined = redis.call('HGET', pred, 'joined')
-if not joined then
-  if redis.call('EXISTS', pred) == 0 and redis.call('ZCARD', pending) >= cap then
+if not joined and redis.call('EXISTS', pred) == 0 then
+  local n = #pred + #event_id + #record + OVERHEAD
+  if n > budget then
     redis.call('HINCRBY', stats, 'dropped', 1)
     return {fresh, 'dropped'}
   end
-  redis.call('HSET', pred, 'p', record)
-  redis.call('PEXPIRE', pred, ttl)
-  redis.call('ZADD', pending, now + ttl, event_id)
+  local over = redis.call('ZCARD', pending) - cap + 1
+  if over > 0 then evict(pending, ':p:', over, 'evicted') end
+  make_room_around(n, budget, event_id)
+  store(pred, pending, 'p', record, n, ttl)
 end
 local early = redis.call('HGET', label, 'l')
 if early then
   local taken = redis.call('HGET', label, 'joined')
   if (not taken) or taken == me then
-    redis.call('HSET', label, 'joined', me)
-    redis.call('HSET', pred, 'joined', me)
-    redis.call('PEXPIRE', pred, tonumber(ARGV[7]))
-    redis.call('ZREM', pending, event_id)
+    join_pair(true)
     return {fresh, 'joined', early}
   end
   return {fresh, 'taken'}
@@ -75,37 +213,45 @@ if joined and joined ~= me then return {fresh, 'taken'} end
 return {fresh, 'pending'}
 """
 
-_LABEL = """
-local pred, label, pending = KEYS[1], KEYS[2], KEYS[3]
-local fresh = redis.call('SETNX', KEYS[4], '1')
-local record, me, wait, retention, event_id = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+_LABEL = _STEP + """
 local stored = redis.call('HGET', pred, 'p')
 if stored then
   local taken = redis.call('HGET', pred, 'joined')
   if (not taken) or taken == me then
-    redis.call('HSET', pred, 'joined', me)
-    redis.call('PEXPIRE', pred, retention)
-    redis.call('ZREM', pending, event_id)
+    join_pair(false)
     return {fresh, 'joined', stored}
   end
   return {fresh, 'taken'}
 end
 local taken = redis.call('HGET', label, 'joined')
 if taken and taken ~= me then return {fresh, 'taken'} end
-redis.call('HSET', label, 'l', record)
-redis.call('PEXPIRE', label, wait)
+local n = #label + #event_id + #record + OVERHEAD
+if n > budget then
+  redis.call('HINCRBY', stats, 'dropped', 1)
+  return {fresh, 'dropped'}
+end
+if redis.call('EXISTS', label) == 1 then  -- the same label again (a replay or a duplicate): the newest is kept
+  redis.call('ZREM', labels, event_id)
+  release(remove(label, event_id))
+end
+make_room_around(n, budget, event_id)
+store(label, labels, 'l', record, n, ttl)
 return {fresh, 'pending'}
 """
 
-
-# Predictions whose wait for a label is over: counted as expired and removed, in one step.
-_EXPIRE = """
-local expired = redis.call('ZCOUNT', KEYS[1], '-inf', ARGV[1])
-if expired > 0 then
-  redis.call('HINCRBY', KEYS[2], 'expired', expired)
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+# Entries whose time is over, removed (predictions counted as never labelled); then the figures.
+_EXPIRE = _FUNCTIONS + """
+for _ = 1, 100 do
+  local gone = expire(pending, ':p:', 'expired', 4096) + expire(labels, ':l:', nil, 4096)
+  if gone + expire(done, ':p:', nil, 4096) == 0 then
+    break
+  end
 end
-return expired
+if redis.call('ZCARD', pending) + redis.call('ZCARD', labels) + redis.call('ZCARD', done) == 0 then
+  redis.call('HSET', stats, 'bytes', 0)  -- no entry left: whatever the estimate of vanished ones said
+end
+return {redis.call('ZCARD', pending), redis.call('ZCARD', labels),
+        redis.call('HMGET', stats, 'expired', 'dropped', 'evicted', 'labels_evicted', 'bytes')}
 """
 
 
@@ -142,31 +288,34 @@ class RedisJoin:
         self.settings = settings
         self.on_lost = on_lost  # called with a model id whose join data vanished from Redis
         self._seen: set[str] = set()  # models whose marker this process has found or written
+        self._last = 0.0  # the time (ms) given to the latest step: strictly increasing, see TICK_MS
         self._prediction = client.register_script(_PREDICTION)
         self._label = client.register_script(_LABEL)
         self._expire = client.register_script(_EXPIRE)
 
+    def _base(self, model_id: str) -> str:
+        return f"{self.namespace}:join:{{{model_id}}}"
+
     def _keys(self, model_id: str, event_id: str) -> list[str]:
-        base = f"{self.namespace}:join:{{{model_id}}}"
-        return [f"{base}:p:{event_id}", f"{base}:l:{event_id}", f"{base}:pending", f"{base}:stats", f"{base}:marker"]
+        base = self._base(model_id)
+        return [f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done", f"{base}:marker",
+                f"{base}:p:{event_id}", f"{base}:l:{event_id}"]
 
     def run(self, ops: Sequence[JoinOp]) -> list[JoinResult]:
         if not ops:
             return []
-        now = int(time.time() * 1000)
+        now = max(time.time() * 1000, self._last + TICK_MS)
         pipe = self.client.pipeline(transaction=False)
         for op in ops:
+            now = max(now, self._last + TICK_MS)
+            self._last = now
             cfg = self.settings[op.model_id]
-            keys = self._keys(op.model_id, op.event_id)
-            record = orjson.dumps(op.record)
-            if op.kind == "prediction":
-                self._prediction(keys=keys, client=pipe,
-                                 args=[record, op.me, int(cfg.prediction_ttl_seconds * 1000), cfg.max_pending, now,
-                                       op.event_id, int(cfg.joined_retention_seconds * 1000)])
-            else:
-                self._label(keys=[*keys[:3], keys[4]], client=pipe,
-                            args=[record, op.me, int(cfg.label_wait_seconds * 1000),
-                                  int(cfg.joined_retention_seconds * 1000), op.event_id])
+            script = self._prediction if op.kind == "prediction" else self._label
+            ttl = cfg.prediction_ttl_seconds if op.kind == "prediction" else cfg.label_wait_seconds
+            script(keys=self._keys(op.model_id, op.event_id), client=pipe,
+                   args=[self._base(op.model_id), now, cfg.max_pending_bytes, cfg.max_pending,
+                         orjson.dumps(op.record), op.me, op.event_id, int(ttl * 1000),
+                         int(cfg.joined_retention_seconds * 1000)])
         replies = pipe.execute()
         for op, reply in zip(ops, replies):
             if int(reply[0]) and op.model_id in self._seen and self.on_lost is not None:
@@ -175,15 +324,20 @@ class RedisJoin:
         return [_result(reply[1:]) for reply in replies]
 
     def lag(self, model_id: str) -> dict[str, int]:
-        """Predictions awaiting a label, and those that expired unlabelled or were dropped over the cap."""
-        base = f"{self.namespace}:join:{{{model_id}}}"
-        self._expire(keys=[f"{base}:pending", f"{base}:stats"], args=[int(time.time() * 1000)])
-        pipe = self.client.pipeline(transaction=False)
-        pipe.zcard(f"{base}:pending")
-        pipe.hgetall(f"{base}:stats")
-        awaiting, stats = pipe.execute()
-        return {"awaiting": int(awaiting), "expired": int(stats.get(b"expired", 0)),
-                "dropped": int(stats.get(b"dropped", 0))}
+        """What the join of a model holds and has lost, after removing what expired.
+
+        ``awaiting``: predictions waiting for a label; ``labels_waiting``: labels waiting for their
+        prediction; ``expired``: predictions never labelled (expired or evicted); ``evicted``: of those,
+        evicted to make room (``max_pending``, ``max_pending_bytes``); ``labels_evicted``; ``dropped``:
+        entries bigger than the whole byte budget, not stored; ``bytes``: the estimated Redis memory
+        of all its entries (kept by the scripts: one round trip whatever the size)."""
+        base = self._base(model_id)
+        awaiting, waiting, stats = self._expire(
+            keys=[f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done"],
+            args=[base, int(time.time() * 1000)])
+        expired, dropped, evicted, labels_evicted, used = (int(v or 0) for v in stats)
+        return {"awaiting": int(awaiting), "expired": expired, "dropped": dropped, "evicted": evicted,
+                "labels_waiting": int(waiting), "labels_evicted": labels_evicted, "bytes": used}
 
 
 def _result(reply: list) -> JoinResult:
@@ -193,13 +347,15 @@ def _result(reply: list) -> JoinResult:
 
 
 class MemoryJoin:
-    """The same join in memory, for ``replay`` (one process, one file; no expiry)."""
+    """The same join in memory, for ``replay`` (one process, one file; no expiry, no byte budget):
+    past ``max_pending`` the oldest pending prediction is evicted, as in Redis."""
 
     def __init__(self, settings: dict[str, PerformanceConfig]):
         self.settings = settings
         self._predictions: dict[tuple[str, str], dict[str, Any]] = {}
         self._labels: dict[tuple[str, str], dict[str, Any]] = {}
-        self._pending: dict[str, int] = {}
+        self._pending: dict[str, OrderedDict[str, None]] = {}  # per model, oldest first
+        self.evicted: dict[str, int] = {}
 
     def run(self, ops: Sequence[JoinOp]) -> list[JoinResult]:
         return [self._one(op) for op in ops]
@@ -209,13 +365,16 @@ class MemoryJoin:
         pred, early = self._predictions.get(key), self._labels.get(key)
         if op.kind == "prediction":
             if pred is None:
-                if self._pending.get(op.model_id, 0) >= self.settings[op.model_id].max_pending:
-                    return JoinResult("dropped")
+                pending = self._pending.setdefault(op.model_id, OrderedDict())
+                while len(pending) >= self.settings[op.model_id].max_pending:
+                    oldest, _ = pending.popitem(last=False)
+                    del self._predictions[(op.model_id, oldest)]
+                    self.evicted[op.model_id] = self.evicted.get(op.model_id, 0) + 1
                 pred = self._predictions[key] = {"p": op.record}
-                self._pending[op.model_id] = self._pending.get(op.model_id, 0) + 1
+                pending[op.event_id] = None
             if early is not None:
                 if early.get("joined") in (None, op.me):
-                    self._joined(op.model_id, pred, op.me)
+                    self._joined(op.model_id, op.event_id, pred, op.me)
                     early["joined"] = op.me
                     return JoinResult("joined", early["l"])
                 return JoinResult("taken")
@@ -224,7 +383,7 @@ class MemoryJoin:
             return JoinResult("pending")
         if pred is not None:
             if pred.get("joined") in (None, op.me):
-                self._joined(op.model_id, pred, op.me)
+                self._joined(op.model_id, op.event_id, pred, op.me)
                 return JoinResult("joined", pred["p"])
             return JoinResult("taken")
         if early is not None and early.get("joined") not in (None, op.me):
@@ -232,9 +391,8 @@ class MemoryJoin:
         self._labels[key] = {"l": op.record}
         return JoinResult("pending")
 
-    def _joined(self, model_id: str, pred: dict[str, Any], me: str) -> None:
-        if "joined" not in pred:
-            self._pending[model_id] -= 1
+    def _joined(self, model_id: str, event_id: str, pred: dict[str, Any], me: str) -> None:
+        self._pending.get(model_id, {}).pop(event_id, None)
         pred["joined"] = me
 
 

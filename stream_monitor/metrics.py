@@ -73,10 +73,20 @@ class Metrics:
         self.awaiting_labels = Gauge("stream_monitor_predictions_awaiting_labels",
                                      "Predictions stored for the label join and not labelled yet", ["model"], **kw)
         self.labels_expired = Gauge("stream_monitor_predictions_never_labelled",
-                                    "Predictions that expired without a label", ["model"], **kw)
+                                    "Predictions that expired, or were evicted, without a label", ["model"], **kw)
+        self.predictions_evicted = Gauge("stream_monitor_predictions_evicted",
+                                         "Unlabelled predictions evicted from the label join to make room for newer "
+                                         "ones (performance.max_pending, max_pending_bytes); also never labelled",
+                                         ["model"], **kw)
+        self.labels_evicted = Gauge("stream_monitor_labels_evicted",
+                                    "Labels that came before their prediction, evicted from the label join to make "
+                                    "room (performance.max_pending_bytes)", ["model"], **kw)
+        self.join_bytes = Gauge("stream_monitor_join_bytes",
+                                "Estimated Redis memory of the label join's entries of a model (kept by the join "
+                                "itself; bounded by performance.max_pending_bytes)", ["model"], **kw)
         self.predictions_dropped = Counter("stream_monitor_predictions_dropped_total",
-                                           "Predictions not stored for the join: over performance.max_pending",
-                                           ["model"], **kw)
+                                           "Predictions or early labels not stored for the join: bigger by "
+                                           "themselves than performance.max_pending_bytes", ["model"], **kw)
         self.stage_seconds = Counter("stream_monitor_stage_seconds_total",
                                      "Time spent per stage of the loop (consume, decode, join, detect, produce, "
                                      "checkpoint) and per detector kind inside detect", ["stage"], **kw)

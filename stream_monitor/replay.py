@@ -102,7 +102,7 @@ def _decoded_lines(config: Config, lines: Iterable[bytes]) -> Iterator[Row]:
         if not value.strip():
             continue
         decoded = decode(RawMessage("replay", -1, line_number, value), known, config.service.max_message_bytes,
-                         config.service.max_features_per_event)
+                         config.service.max_features_per_event, config.service.max_event_id_bytes)
         if isinstance(decoded, DeadLetter):
             yield line_number, SourceError(line_number, decoded.reason, decoded.error)
         else:

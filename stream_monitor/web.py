@@ -741,7 +741,9 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         lag = entry.get("label_lag")
         if lag:
             parts.append(f"<p class=muted>{lag['awaiting']:,} predictions awaiting a label · {lag['expired']:,} never "
-                         f"labelled · {lag['dropped']:,} dropped over the cap</p>")
+                         f"labelled ({lag.get('evicted', 0):,} evicted for room) · {lag.get('labels_evicted', 0):,} "
+                         f"early labels evicted · {lag['dropped']:,} too large to keep · join in Redis "
+                         f"≈ {lag.get('bytes', 0) / 1_048_576:,.1f} MiB</p>")
         by_signal: dict[str, list] = {}
         for row in entry["detectors"]:
             by_signal.setdefault(row["signal"], []).append(row)

@@ -286,3 +286,29 @@ def test_all_numeric_features_come_with_a_float64_copy_in_key_order():
                                               b'"a": ' + odd + b"}}"), {"fraud"})
         assert event.numbers is None and event.layout is None
     assert event == event._replace(numbers=[1.0])  # the copy is not part of the event's meaning
+
+
+# --- event_id length: the id becomes a Redis key of the label join ---------------------------------
+
+
+@pytest.mark.parametrize("doc", [event(event_id="x" * 256), {"event_id": "é" * 128, "model_id": "fraud", "label": 1}],
+                         ids=["inference-256-ascii", "label-256-bytes-of-two-byte-characters"])
+def test_event_id_at_the_limit_is_accepted(doc):
+    assert isinstance(run(doc), (InferenceEvent, LabelEvent))
+
+
+@pytest.mark.parametrize("doc, size", [(event(event_id="x" * 257), 257),
+                                       ({"event_id": "é" * 129, "model_id": "fraud", "label": 1}, 258),
+                                       ({"event_id": "e" * 50_000, "model_id": "fraud", "label": 0}, 50_000)],
+                         ids=["inference-257", "label-258-bytes-in-129-characters", "label-50-kb"])
+def test_event_id_over_the_limit_is_dead_lettered_naming_its_size(doc, size):
+    out = run(doc)
+    assert isinstance(out, DeadLetter) and out.reason == "event_id_too_long", out
+    assert out.error.startswith(f"event_id is {size} bytes, over the limit of 256 (service.max_event_id_bytes)")
+    assert len(out.error) < 400, "the error quotes the head of the id only"
+
+
+def test_event_id_limit_is_a_parameter():
+    message = raw(event(event_id="x" * 300))
+    assert decode(message, MODELS, max_event_id_bytes=300).event_id == "x" * 300
+    assert decode(message, MODELS, max_event_id_bytes=299).reason == "event_id_too_long"

@@ -183,7 +183,10 @@ def test_join_is_effectively_once_and_bounded(redis_server):
         many = [JoinOp("prediction", "credit", f"m{i}", {"score": 0.5, "label": 1, "t": 0}, f"inf|0|{i + 100}")
                 for i in range(12)]
         statuses = [r.status for r in joiner.run(many)]
-        assert statuses.count("dropped") >= 2, statuses
+        assert statuses == ["pending"] * 12, "over the cap the oldest pending predictions make room"
+        late_labels = [JoinOp("label", "credit", f"m{i}", {"label": 1, "t": 9}, f"lab|1|{i}") for i in (0, 1, 2, 11)]
+        assert [r.status for r in joiner.run(late_labels)] == ["pending", "pending", "joined", "joined"], \
+            "m0 and m1 were evicted; the newest are joinable"
     redis_join = RedisJoin(connect(redis_server.address), unique("ns"), settings)
     redis_join.run([JoinOp("prediction", "credit", f"x{i}", {"score": 0.5, "label": 1, "t": 0}, f"p|0|{i}")
                     for i in range(3)])
