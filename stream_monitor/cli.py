@@ -14,7 +14,7 @@ import redis
 
 from . import logs
 from .config import Config, load_config
-from .errors import StreamMonitorError
+from .errors import ConfigError, StreamMonitorError
 
 log = logging.getLogger("stream_monitor")
 
@@ -26,15 +26,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StreamMonitorError as exc:
-        print(f"stream-monitor: {exc}", file=sys.stderr)
+        print(f"stream-monitor: {logs.clean(str(exc))}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
         where = getattr(args, "config", None)
-        print(f"stream-monitor: Redis: {type(exc).__name__}: {exc}" + (f" (redis.url of {where})" if where else ""),
-              file=sys.stderr)
+        print(f"stream-monitor: Redis: {type(exc).__name__}: {logs.clean(str(exc))}"
+              + (f" (redis.url of {where})" if where else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: the traceback, with credentials redacted (a client's error may quote one)
+        import traceback  # noqa: PLC0415
+
+        print("\n".join(logs.clean(line) for line in traceback.format_exc().splitlines()), file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +113,11 @@ def _run(args: argparse.Namespace) -> int:
     service.install_signal_handlers()
     if early_stops:
         service.stop()
-    serve(config.service.metrics_port, service.board, service.metrics.registry, health=service.health)
+    try:
+        serve(config.service.metrics_port, service.board, service.metrics.registry, health=service.health)
+    except OSError as exc:  # in use, or a privileged port
+        raise ConfigError("service.metrics_port", f"cannot listen on port {config.service.metrics_port}: "
+                          f"{exc.strerror or exc} (another process holds it? choose a free port, or 0 for none)") from None
     service.run()
     log.info("stopped cleanly")
     return 0
@@ -276,10 +285,10 @@ def _status(args: argparse.Namespace) -> int:
                 held = merged.get(key)
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
-        print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        print(f"\n{logs.clean(model_id)}: {events:,} events, {labels:,} labels")
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
-            print(f"  NOT MONITORED: configured features {', '.join(unmonitored)} have no profile in the reference")
+            print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")
         performance = max((p["models"][model_id].get("performance") or {} for p in partitions
                            if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
         if performance.get("pairs"):
@@ -287,7 +296,7 @@ def _status(args: argparse.Namespace) -> int:
                                if k not in ("pairs",) and not k.startswith("label_delay"))
             delays = " · ".join(f"label delay {k.split('_')[2]} {performance[k] / 1000:.1f} s"
                                 for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
-            print(f"  performance over the last labelled predictions: {shown}" + (f" · {delays}" if delays else ""))
+            print(f"  performance over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
         if model_id in lag:
             print(f"  labels: {lag[model_id]['awaiting']:,} predictions awaiting a label · "
                   f"{lag[model_id]['expired']:,} never labelled · {lag[model_id]['dropped']:,} dropped over the cap")
@@ -344,7 +353,7 @@ def _age(epoch_ms: int) -> str:
 
 
 def _table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
+    cells = [header] + [[logs.clean(str(c)) for c in row] for row in rows]  # one line per row, no credential
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):
