@@ -99,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     # the service then starts, persists nothing new and leaves cleanly (exit 0).
     import signal  # noqa: PLC0415 - here: other commands name loop variables `signal`
 
+    config = _config(args)  # first: a wrong config is one line, before anything starts
     early_stops: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: early_stops.append(received))
@@ -107,7 +108,6 @@ def _run(args: argparse.Namespace) -> int:
     from .detectors.kernels import warm_up  # noqa: PLC0415
     from .web import serve  # noqa: PLC0415
 
-    config = _config(args)
     warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
     service = Service(config)
     service.install_signal_handlers()
