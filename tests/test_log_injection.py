@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -84,3 +87,42 @@ def test_status_page_shows_controls_as_escapes_and_markup_as_text():
 def test_status_table_keeps_each_row_on_one_line():
     text = cli._table(["name", "count"], [[FORGED, 1], ["plain", 2]], right={1})
     assert len(text.splitlines()) == 4 and "amount\\n2026" in text.splitlines()[2]
+
+
+# --- end to end: a hostile feature name through `run`, its log and `status` -------------------------
+
+LINE_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL) +[\w.]+: ")
+HOSTILE = "amount\n2026-12-01 23:59:59,000 ERROR   stream_monitor.app: Redis data lost\u2028\x1b[31m"
+
+
+def test_a_hostile_feature_name_cannot_forge_lines_of_run_or_status(broker, redis_server, tmp_path, monitors):
+    from stream_monitor.localstack import create_topics
+    from stream_monitor.synthetic import generate
+
+    from .helpers import produce, unique, wait_for_offsets
+    from .test_service import Run, lines
+
+    topic = unique("hostile")
+    create_topics(broker.address, {topic: 1})
+    events = generate("fraud", 3000, seed=3, drift_at=1500)
+    for event in events:
+        event["features"][HOSTILE] = event["features"].pop("amount")
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in lines(events)])
+    run = Run(broker, redis_server, tmp_path, topic, 1, "hostile",
+              models={"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}})
+    process = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[process])
+    assert process.terminate() == 0
+    log = process.log()
+    alerts = run.alerts()
+    assert any(a["name"] == HOSTILE for a in alerts)  # the name itself is kept, byte for byte, in the alert
+    assert "FIRING" in log and "fraud/feature/amount\\n2026-12-01 23:59:59,000 ERROR" in log
+    assert "\x1b" not in log and "\u2028" not in log
+    for line in log.splitlines():
+        assert LINE_START.match(line) or line.startswith("  | "), line
+
+    result = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(run.config)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "amount\\n2026-12-01 23:59:59,000 ERROR" in result.stdout and "\x1b" not in result.stdout
+    assert not any(line.startswith("2026-12-01") for line in result.stdout.splitlines())
