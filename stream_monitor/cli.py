@@ -170,7 +170,7 @@ def _reference_build(args: argparse.Namespace) -> int:
         if isinstance(item, SourceError):
             rejected += 1
             if rejected <= 5:
-                print(f"{args.input}:{row}: {item.reason}: {item.error}", file=sys.stderr)
+                print(logs.clean(f"{args.input}:{row}: {item.reason}: {item.error}"), file=sys.stderr)
         elif item.model_id == args.model:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
