@@ -94,6 +94,15 @@ def setup(log_format: str = "text", level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    threading.excepthook = _thread_failed  # a thread's traceback goes through the formatter: cleaned, one record
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("stream_monitor").error("thread %s failed", name,
+                                              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 class RepeatFilter(logging.Filter):

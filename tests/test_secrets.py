@@ -166,3 +166,22 @@ def test_an_unreachable_redis_is_reported_without_its_password(tmp_path):
         out = result.stdout + result.stderr
         assert result.returncode == 2, out
         assert SECRET not in out and "Traceback" not in out
+
+
+def test_a_failing_thread_is_logged_without_its_secret(capsys, restore_logging, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(config_module, "_known_secrets", set())
+    monkeypatch.setattr(threading, "excepthook", threading.excepthook)  # restored after the test
+    remember_secrets(SECRET)
+    logs.setup("text")
+
+    def fail() -> None:
+        raise RuntimeError(f"connect to redis://:{SECRET}@h/0 failed\nforged line")
+
+    thread = threading.Thread(target=fail, name="scrape")
+    thread.start()
+    thread.join()
+    err = capsys.readouterr().err
+    assert SECRET not in err and "ERROR   stream_monitor: thread scrape failed" in err
+    assert all(line.startswith("  | ") for line in err.splitlines()[1:])
