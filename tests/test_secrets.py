@@ -50,6 +50,7 @@ def test_redact_text_by_form():
             f"'ssl.key.password': '{SECRET}' and https://u:{SECRET}@proxy:8080/x")
     assert SECRET not in redact(text)
     assert "redis://h:6379/0?password=***" in redact(text)
+    assert redact("rejected sasl.oauthbearer.config=principal=admin") == "rejected sasl.oauthbearer.config=***"
 
 
 def test_secrets_of_a_loaded_config_are_redacted_wherever_they_appear(monkeypatch):
