@@ -183,6 +183,7 @@ class Service:
         self.consumer_settings = consumer_settings(config)
         self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
         faults.install_processing_fault()
+        self.stopping = False  # before the first Redis call: a wait for Redis reads it
         self.redis = connect(config.redis.url)
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self._redis(self.redis.ping, "connect")
@@ -208,7 +209,6 @@ class Service:
         self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.board.live_lag = lambda: {(v.topic, v.partition): v.lag for v in self._partition_views()}
-        self.stopping = False
         self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
                                        config.service.checkpoint_interval_seconds)
         self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up

@@ -13,7 +13,7 @@ import redis
 
 from . import logs
 from .config import Config, load_config
-from .errors import StateError, StreamMonitorError
+from .errors import ConfigError, StateError, StreamMonitorError
 
 log = logging.getLogger("stream_monitor")
 
@@ -25,15 +25,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except StreamMonitorError as exc:
-        print(f"stream-monitor: {exc}", file=sys.stderr)
+        print(f"stream-monitor: {logs.clean(str(exc))}", file=sys.stderr)
         return 2
     except redis.RedisError as exc:
         where = getattr(args, "config", None)
-        print(f"stream-monitor: Redis: {type(exc).__name__}: {exc}" + (f" (redis.url of {where})" if where else ""),
-              file=sys.stderr)
+        print(f"stream-monitor: Redis: {type(exc).__name__}: {logs.clean(str(exc))}"
+              + (f" (redis.url of {where})" if where else ""), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception:  # a bug: the traceback, with credentials redacted (a client's error may quote one)
+        import traceback  # noqa: PLC0415
+
+        print("\n".join(logs.clean(line) for line in traceback.format_exc().splitlines()), file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -93,6 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     # the service then starts, persists nothing new and leaves cleanly (exit 0).
     import signal  # noqa: PLC0415 - here: other commands name loop variables `signal`
 
+    config = _config(args)  # first: a wrong config is one line, before anything starts
     early_stops: list[int] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _frame: early_stops.append(received))
@@ -101,7 +107,6 @@ def _run(args: argparse.Namespace) -> int:
     from .detectors.kernels import warm_up  # noqa: PLC0415
     from .web import load_web_config, serve  # noqa: PLC0415
 
-    config = _config(args)
     warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
     service = Service(config)
     service.install_signal_handlers()
@@ -163,7 +168,7 @@ def _reference_build(args: argparse.Namespace) -> int:
         if isinstance(item, SourceError):
             rejected += 1
             if rejected <= 5:
-                print(f"{args.input}:{row}: {item.reason}: {item.error}", file=sys.stderr)
+                print(logs.clean(f"{args.input}:{row}: {item.reason}: {item.error}"), file=sys.stderr)
         elif item.model_id == args.model:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
@@ -278,10 +283,10 @@ def _status(args: argparse.Namespace) -> int:
                 held = merged.get(key)
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
-        print(f"\n{model_id}: {events:,} events, {labels:,} labels")
+        print(f"\n{logs.clean(model_id)}: {events:,} events, {labels:,} labels")
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
-            print(f"  NOT MONITORED: configured features {', '.join(unmonitored)} have no profile in the reference")
+            print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")
         performance = max((p["models"][model_id].get("performance") or {} for p in partitions
                            if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
         if performance.get("pairs"):
@@ -289,7 +294,7 @@ def _status(args: argparse.Namespace) -> int:
                                if k not in ("pairs",) and not k.startswith("label_delay"))
             delays = " · ".join(f"label delay {k.split('_')[2]} {performance[k] / 1000:.1f} s"
                                 for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
-            print(f"  performance over the last labelled predictions: {shown}" + (f" · {delays}" if delays else ""))
+            print(f"  performance over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
         if model_id in lag:
             held = lag[model_id]
             print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "
@@ -349,7 +354,7 @@ def _age(epoch_ms: int) -> str:
 
 
 def _table(header: list[str], rows: list[list], right: set[int] = frozenset()) -> str:
-    cells = [header] + [[str(c) for c in row] for row in rows]
+    cells = [header] + [[logs.clean(str(c)) for c in row] for row in rows]  # one line per row, no credential
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):

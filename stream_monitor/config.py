@@ -12,6 +12,7 @@ stream_monitor.errors.ConfigError: config: kafka.input_topics: must be a list of
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,19 +21,120 @@ from typing import Any, Mapping
 from .errors import ConfigError
 
 
+# --- secrets: one place knows what a credential looks like -------------------------------
+
+# librdkafka properties whose values are credentials (any key holding "password" or "secret" is one too).
+SECRET_PROPERTIES = frozenset({
+    "sasl.password", "ssl.key.password", "ssl.keystore.password", "ssl.key.pem", "ssl.certificate.pem",
+    "sasl.oauthbearer.client.secret", "sasl.oauthbearer.config", "sasl.oauthbearer.assertion.private.key.passphrase",
+    "sasl.oauthbearer.assertion.private.key.pem"})
+# URL query parameters that carry credentials (redis-py passes `?password=` on to AUTH).
+SECRET_QUERY_KEYS = frozenset({"password", "passwd", "pass", "pwd", "auth", "token", "secret", "access_token"})
+REDACTED = "***"
+_MIN_KNOWN_SECRET = 4  # shorter secrets are still redacted by form (URL, key = value), not by value
+_known_secrets: set[str] = set()
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]+")
+_PROPERTY_TEXT = re.compile(
+    r"(?i)((?:sasl\.password|ssl\.key\.password|ssl\.keystore\.password|sasl\.oauthbearer\.client\.secret"
+    r"|sasl\.oauthbearer\.config|[\w.]*(?:password|secret))[\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;)}\]]+)")
+
+
+def is_secret_property(key: str) -> bool:
+    """Whether a librdkafka property (or any ``key = value`` name) holds a credential.
+
+    >>> [is_secret_property(k) for k in ("sasl.password", "sasl.username", "ssl.keystore.password")]
+    [True, False, True]
+    """
+    lowered = key.lower()
+    return lowered in SECRET_PROPERTIES or "password" in lowered or "secret" in lowered
+
+
 def redact_url(url: str) -> str:
-    """A URL without its password (for messages and logs).
+    """A URL without its credentials, for messages and logs: the password of ``user:password@``
+    (a bare ``token@`` as a whole) and the value of credential query parameters.
 
     >>> redact_url("rediss://app:s3cret@redis.example:6380/0")
     'rediss://app:***@redis.example:6380/0'
+    >>> redact_url("redis://redis.example:6379/0?password=s3cret&socket_timeout=2")
+    'redis://redis.example:6379/0?password=***&socket_timeout=2'
     """
     scheme, sep, rest = url.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
         return url
-    credentials, _, host = rest.rpartition("@")
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    rest, hash_sep, fragment = rest.partition("#")
+    rest, query_sep, query = rest.partition("?")
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        credentials, _, host = authority.rpartition("@")
+        user, colon, _password = credentials.partition(":")
+        authority = f"{user}:{REDACTED}@{host}" if colon else f"{REDACTED}@{host}"
+    if query_sep:
+        pairs = []
+        for pair in query.split("&"):
+            name, eq, _value = pair.partition("=")
+            pairs.append(f"{name}={REDACTED}" if eq and name.lower() in SECRET_QUERY_KEYS else pair)
+        query = "&".join(pairs)
+    return f"{scheme}://{authority}{slash}{path}{query_sep}{query}{hash_sep}{fragment}"
+
+
+def redact_properties(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """librdkafka properties with every credential replaced by ``***`` (to print a client's settings).
+
+    >>> redact_properties({"sasl.username": "app", "sasl.password": "s3cret"})
+    {'sasl.username': 'app', 'sasl.password': '***'}
+    """
+    return {key: REDACTED if is_secret_property(str(key)) else value for key, value in settings.items()}
+
+
+def remember_secrets(*values: Any) -> None:
+    """Secrets of the loaded config, so that :func:`redact` removes them from any text (a client's
+    error message quoting a value, a traceback) whatever form they appear in."""
+    for value in values:
+        if isinstance(value, str) and len(value) >= _MIN_KNOWN_SECRET:
+            _known_secrets.add(value)
+
+
+def redact(text: str) -> str:
+    """Any text with credentials removed: URLs (:func:`redact_url`), ``sasl.password=…``-like pairs,
+    and the secrets of the loaded config wherever they appear. Every message that may quote config
+    (logs, the status page, ``status``, errors) goes through this.
+
+    >>> redact("Redis at redis://h:6379/0?password=s3cret failed; sasl.password=hunter22 given")
+    'Redis at redis://h:6379/0?password=*** failed; sasl.password=*** given'
+    """
+    if not text:
+        return text
+    if "://" in text:
+        text = _URL.sub(lambda m: redact_url(m.group()), text)
+    lowered = text.lower()
+    if "password" in lowered or "secret" in lowered or "oauthbearer" in lowered:  # a slow pattern: most lines have none
+        text = _PROPERTY_TEXT.sub(lambda m: m.group(1) + REDACTED, text)
+    for secret in _known_secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    return text
+
+
+def _secrets_of(redis_url: str, tables: list[Mapping[str, Any]]) -> list[str]:
+    from urllib.parse import parse_qsl, unquote, urlsplit  # noqa: PLC0415
+
+    found: list[str] = []
+    try:
+        parts = urlsplit(redis_url)
+        if parts.password:
+            found += [parts.password, unquote(parts.password)]
+        elif parts.username and "@" in parts.netloc:
+            found += [parts.username, unquote(parts.username)]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower() in SECRET_QUERY_KEYS]
+    except ValueError:
+        pass
+    found += [str(v) for table in tables for k, v in table.items() if is_secret_property(str(k))]
+    return found
+
 
 ENV_PREFIX = "STREAM_MONITOR_"
+MAX_BATCH_SIZE = 1_000_000  # confluent-kafka's consume() refuses more messages per call
+MAX_POLL_TIMEOUT_SECONDS = 5.0  # a stop is noticed between polls: this bounds the reaction to SIGTERM
 FEATURE_KINDS = ("numeric", "categorical")
 
 
@@ -46,11 +148,20 @@ class KafkaConfig:
     consumer: Mapping[str, Any] = field(default_factory=dict)
     producer: Mapping[str, Any] = field(default_factory=dict)
 
+    def __repr__(self) -> str:  # the client tables may hold credentials
+        return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, "
+                f"input_topics={self.input_topics!r}, alert_topic={self.alert_topic!r}, "
+                f"dead_letter_topic={self.dead_letter_topic!r}, consumer={redact_properties(self.consumer)!r}, "
+                f"producer={redact_properties(self.producer)!r})")
+
 
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "sm"
+
+    def __repr__(self) -> str:  # the URL may hold a password
+        return f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r})"
 
 
 @dataclass(frozen=True)
@@ -207,15 +318,37 @@ class Config:
 # --- loading -----------------------------------------------------------------
 
 
+def read_config_text(path: Path) -> str:
+    """The config file's text, or a :class:`ConfigError` naming the file and why it cannot be read."""
+    if path.is_dir():
+        raise ConfigError(str(path), "is a directory, not a config file")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except PermissionError:
+        raise ConfigError(str(path), "cannot be read: permission denied (the service's user needs read access)") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), f"not valid UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
+                          "save it as UTF-8") from None
+
+
+def _parse_toml(path: Path, text: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+
+
 def load_config(path: str | os.PathLike, environ: Mapping[str, str] | None = None) -> Config:
     """Read a TOML file, apply ``STREAM_MONITOR_*`` overrides, validate."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(path), "file not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    raw = _parse_toml(path, read_config_text(path))
     config = parse_config(raw, environ=os.environ if environ is None else environ, source=str(path))
     if config.service.web_config_file:  # the file it names is read and checked at start, before anything runs
         from .web import load_web_config  # noqa: PLC0415 - `run` loads it again to serve
@@ -259,11 +392,13 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         sections[section][key] = value
     kafka = _build(KafkaConfig, sections["kafka"], "kafka", nested={"consumer", "producer"})
     redis = _build(RedisConfig, sections["redis"], "redis")
+    remember_secrets(*_secrets_of(redis.url, [kafka.consumer, kafka.producer]))
     service = _build(ServiceConfig, sections["service"], "service")
     if not kafka.input_topics:
         raise ConfigError("kafka.input_topics", "must name at least one topic")
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
+    _check_redis_url(redis.url)
     if not 0 <= service.metrics_port <= 65535:
         raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
     if not service.metrics_host.strip():
@@ -280,6 +415,13 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
                 "max_event_id_bytes", "max_inferred_columns", "max_categories_per_column"):
         if getattr(service, key) < 1:
             raise ConfigError(f"service.{key}", "must be at least 1")
+    if service.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError("service.batch_size", f"must be at most {MAX_BATCH_SIZE:,} (the most the Kafka client "
+                          f"fetches in one call), got {service.batch_size:,}")
+    if service.poll_timeout_seconds > MAX_POLL_TIMEOUT_SECONDS:
+        raise ConfigError("service.poll_timeout_seconds", f"must be at most {MAX_POLL_TIMEOUT_SECONDS:g} s, got "
+                          f"{service.poll_timeout_seconds:g}: a stop (SIGTERM) is only seen between polls, and "
+                          "an orchestrator kills what has not stopped within its grace period (30 s by default)")
     if service.on_missing_state not in ("rebuild", "stop"):
         raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
     if service.on_offset_out_of_range not in ("earliest", "stop"):
@@ -309,6 +451,18 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     config = Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
     check_poll_interval(config)
     return config
+
+
+def _check_redis_url(url: str) -> None:
+    """The URL as the Redis client will read it (port, db, query options), so a typo fails at load."""
+    from redis.connection import parse_url  # noqa: PLC0415 - config stays importable without Redis' client
+
+    if url.startswith("unix://"):
+        return
+    try:
+        parse_url(url)
+    except ValueError as exc:
+        raise ConfigError("redis.url", f"cannot be parsed ({redact(str(exc))}): {redact_url(url)}") from None
 
 
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:

@@ -18,30 +18,91 @@ from typing import Any, Callable
 
 import orjson
 
+from .config import redact
+
 KAFKA_LOGGER = "stream_monitor.kafka"
 _DIGITS = re.compile(r"\d+")
 
 
+# C0 and C1 controls (newline, carriage return, tab, ESC …), DEL, and the Unicode line and paragraph
+# separators: each could end a log line early, forge the next one or move a terminal's cursor.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_one(match: re.Match) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def escape_controls(text: str) -> str:
+    """Control characters made visible as escapes, so that text from outside (a feature name, a model
+    id, an error quoting a message) stays on its line and cannot fake another.
+
+    >>> escape_controls("amount\\n2026-12-01 ERROR forged\\x1b[2J\\u2028")
+    'amount\\\\n2026-12-01 ERROR forged\\\\x1b[2J\\\\u2028'
+    """
+    return _CONTROLS.sub(_escape_one, text)
+
+
+def clean(text: str) -> str:
+    """What any message puts in front of a reader: credentials redacted, control characters escaped."""
+    return escape_controls(redact(text))
+
+
+class TextFormatter(logging.Formatter):
+    """One line per record: the message (arguments included) is redacted and its control characters
+    escaped, whatever logger wrote it. A traceback keeps its lines, each indented and cleaned, so no
+    line of it can pass for a record."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        record.message = clean(record.message)
+        return super().formatMessage(record)
+
+    def formatException(self, ei) -> str:  # noqa: N802 - logging's name
+        return "\n".join("  | " + clean(line) for line in super().formatException(ei).split("\n"))
+
+    def formatStack(self, stack_info: str) -> str:  # noqa: N802 - logging's name
+        return "\n".join("  | " + clean(line) for line in stack_info.split("\n"))
+
+
+# Legal unescaped inside a JSON string, yet a line break to many readers (Python's splitlines, some
+# log shippers): written as \uXXXX escapes (they can only occur inside strings).
+_JSON_BREAKS = re.compile("[\x80-\x9f\u2028\u2029]")
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line; JSON escapes the C0 controls, and C1 controls and the line and
+    paragraph separators are written as escapes too."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"), "level": record.levelname.lower(),
-               "logger": record.name, "message": record.getMessage()}
+               "logger": record.name, "message": redact(record.getMessage())}
         if hasattr(record, "alert"):
             doc["alert_id"] = record.alert
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(doc).decode()
+            doc["exception"] = redact(self.formatException(record.exc_info))
+        return _JSON_BREAKS.sub(lambda m: f"\\u{ord(m.group()):04x}", orjson.dumps(doc).decode())
 
 
 def setup(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    threading.excepthook = _thread_failed  # a thread's traceback goes through the formatter: cleaned, one record
+
+
+def _thread_failed(args: threading.ExceptHookArgs) -> None:
+    if args.exc_type is SystemExit:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("stream_monitor").error("thread %s failed", name,
+                                              exc_info=(args.exc_type, args.exc_value, args.exc_traceback))
 
 
 class RepeatFilter(logging.Filter):

@@ -41,6 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .board import StatusBoard
 from .errors import ConfigError
 from .metrics import HttpMetrics
+from .logs import clean
 
 log = logging.getLogger(__name__)
 
@@ -666,7 +667,7 @@ def _fmt(value: Any) -> str:
         return "–"
     if isinstance(value, float):
         return f"{value:.4g}"
-    return html.escape(str(value))
+    return html.escape(clean(str(value)))  # credentials redacted, control characters shown as escapes
 
 
 def sparkline(history: list, warning: float | None, critical: float | None, width: int = 220, height: int = 36) -> str:
@@ -706,7 +707,7 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
              f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
     uptime = time.time() - snapshot.get("started_at", time.time())
-    parts.append(f"<header><h1>stream_monitor</h1><span>{html.escape(snapshot.get('instance') or '')}</span>"
+    parts.append(f"<header><h1>stream_monitor</h1><span>{_fmt(snapshot.get('instance') or '')}</span>"
                  f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min"
                  f"{_dead_letter_note(snapshot)}</span></header><main>")
 

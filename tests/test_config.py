@@ -385,3 +385,22 @@ def test_dotted_librdkafka_keys_written_bare_in_toml_pass_through(tmp_path):
     assert settings["security.protocol"] == "SASL_SSL"
     assert settings["sasl.mechanism"] == "PLAIN"
     assert settings["ssl.ca.location"] == "/etc/ssl/ca.pem"
+
+
+def test_redis_url_is_parsed_at_load_and_never_quoted_with_its_password():
+    parse_config({"redis": {"url": "redis://h:6379/0?password=s3cret-pw&socket_timeout=2"}})  # accepted
+    for url, shown in (("redis://app:s3cret-pw@h:notaport/0", "redis://app:***@h:notaport/0"),
+                       ("redis://h:6379/0?password=s3cret-pw&socket_timeout=soon",
+                        "redis://h:6379/0?password=***&socket_timeout=soon"),
+                       ("http://app:s3cret-pw@h:6379/0", "http://app:***@h:6379/0")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"redis": {"url": url}})
+        assert caught.value.key == "redis.url" and "s3cret-pw" not in str(caught.value)
+        assert shown in str(caught.value)
+
+
+def test_sigterm_delaying_and_client_refused_values_are_bounded_at_load():
+    for key, value in (("poll_timeout_seconds", 3600.0), ("batch_size", 1_000_001)):
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"service": {key: value}})
+        assert caught.value.key == f"service.{key}"
