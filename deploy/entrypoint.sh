@@ -7,9 +7,9 @@
 # detector kernels cannot even be imported. On a read-only root filesystem
 # NUMBA_CACHE_DIR is therefore a tmpfs, empty at every start. The kernels were
 # compiled when the image was built, into a read-only seed directory; copying
-# the seed into the tmpfs saves the compilation (about 5 s of CPU). A host whose
-# CPU differs from the build host's misses the seed and compiles once, into the
-# tmpfs.
+# the seed into the tmpfs saves the compilation (about 5 s of CPU). The image
+# compiles for the generic CPU (NUMBA_CPU_NAME), so the seed fits every host;
+# should it not (the variable overridden), numba compiles into the tmpfs.
 set -eu
 
 seed=${STREAM_MONITOR_IMAGE_NUMBA_SEED:-/opt/stream-monitor/numba-cache}
