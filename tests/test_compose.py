@@ -42,7 +42,7 @@ def prometheus():
 
 
 @pytest.fixture(scope="module")
-def monitors(services):
+def monitor_services(services):
     """The services that run `stream-monitor run`, by name."""
     return {name: svc for name, svc in services.items() if name.startswith("monitor")}
 
@@ -133,10 +133,10 @@ def test_create_topics_creates_every_configured_topic(services, config):
     assert str(svc.get("restart")) == "no"
 
 
-def test_input_topics_have_a_partition_per_replica(services, config, monitors):
+def test_input_topics_have_a_partition_per_replica(services, config, monitor_services):
     topics = created_topics(services["create-topics"])
     for topic in config["kafka"]["input_topics"]:
-        assert topics[topic] >= len(monitors)
+        assert topics[topic] >= len(monitor_services)
 
 
 def test_create_topics_uses_the_advertised_listener(services):
@@ -152,27 +152,27 @@ def advertised_addresses(kafka):
     return {urlsplit(item.strip()).netloc for item in env(kafka)["KAFKA_ADVERTISED_LISTENERS"].split(",")}
 
 
-def test_at_least_two_monitor_replicas_built_from_dockerfile(monitors):
-    assert len(monitors) >= 2
-    for name, svc in monitors.items():
+def test_at_least_two_monitor_replicas_built_from_dockerfile(monitor_services):
+    assert len(monitor_services) >= 2
+    for name, svc in monitor_services.items():
         build = svc["build"]
         context = build if isinstance(build, str) else build.get("context", ".")
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         assert (ROOT / context / dockerfile).is_file(), name
 
 
-def test_monitor_bootstrap_matches_kafka_and_config(services, monitors, config):
+def test_monitor_bootstrap_matches_kafka_and_config(services, monitor_services, config):
     advertised = advertised_addresses(services["kafka"])
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         bootstrap = env(svc)["STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS"]
         assert bootstrap in advertised, name
         assert bootstrap == config["kafka"]["bootstrap_servers"], name
         assert host_port(bootstrap)[0] == "kafka"
 
 
-def test_monitor_redis_url_matches_redis_service(services, monitors, config):
+def test_monitor_redis_url_matches_redis_service(services, monitor_services, config):
     redis_ports = container_ports(services["redis"], "ports") | container_ports(services["redis"], "expose")
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         url = urlsplit(env(svc)["STREAM_MONITOR_REDIS_URL"])
         assert url.scheme == "redis", name
         assert url.hostname == "redis" and "redis" in services, name
@@ -180,15 +180,15 @@ def test_monitor_redis_url_matches_redis_service(services, monitors, config):
         assert env(svc)["STREAM_MONITOR_REDIS_URL"] == config["redis"]["url"], name
 
 
-def test_monitor_depends_on_topics_and_redis(monitors):
-    for name, svc in monitors.items():
+def test_monitor_depends_on_topics_and_redis(monitor_services):
+    for name, svc in monitor_services.items():
         deps = svc["depends_on"]
         assert deps["create-topics"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
 
 
-def test_config_mounted_at_the_path_the_command_reads(monitors):
-    for name, svc in monitors.items():
+def test_config_mounted_at_the_path_the_command_reads(monitor_services):
+    for name, svc in monitor_services.items():
         cmd = svc["command"]
         assert cmd[0] == "run", name
         config_path = cmd[cmd.index("-c") + 1]
@@ -201,10 +201,10 @@ def test_config_mounted_at_the_path_the_command_reads(monitors):
         assert any(v.endswith(":ro") for v in svc["volumes"] if v.split(":")[1] == config_path), name
 
 
-def test_metrics_port_consistent(config, monitors, prometheus):
+def test_metrics_port_consistent(config, monitor_services, prometheus):
     port = config["service"]["metrics_port"]
     assert port > 0
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         assert port in container_ports(svc, "expose"), name
     for target in prometheus_targets(prometheus):
         assert host_port(target)[1] == port, target
@@ -218,9 +218,9 @@ def prometheus_targets(prometheus):
     return [t for sc in jobs[0]["static_configs"] for t in sc["targets"]]
 
 
-def test_prometheus_targets_are_exactly_the_monitors(prometheus, monitors):
+def test_prometheus_targets_are_exactly_the_monitors(prometheus, monitor_services):
     hosts = [host_port(t)[0] for t in prometheus_targets(prometheus)]
-    assert sorted(hosts) == sorted(monitors)
+    assert sorted(hosts) == sorted(monitor_services)
 
 
 def test_prometheus_service_mounts_the_scrape_config(services):
@@ -308,8 +308,8 @@ def test_dockerfile_compiles_the_kernels_into_a_readable_seed():
     assert f"chmod -R a+rX,go-w {seed.rsplit('/', 1)[0]}" in warm[0]
 
 
-def test_monitors_are_locked_down(monitors):
-    for name, svc in monitors.items():
+def test_monitors_are_locked_down(monitor_services):
+    for name, svc in monitor_services.items():
         assert svc["user"] == dockerfile_instruction("USER") == f"{RUNTIME_UID}:{RUNTIME_UID}", name
         assert svc["read_only"] is True, name
         assert svc["cap_drop"] == ["ALL"], name
@@ -326,9 +326,9 @@ def tmpfs_mounts(service):
     return out
 
 
-def test_monitor_tmpfs_holds_the_numba_cache_and_tmp(monitors, config):
+def test_monitor_tmpfs_holds_the_numba_cache_and_tmp(monitor_services, config):
     cache_dir = dockerfile_env()["NUMBA_CACHE_DIR"]
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         mounts = tmpfs_mounts(svc)
         assert "/tmp" in mounts, name
         holding = [path for path in mounts if cache_dir == path or cache_dir.startswith(path.rstrip("/") + "/")]
