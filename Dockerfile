@@ -35,7 +35,10 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/build \
     # writable NUMBA_CACHE_DIR at start, so no replica compiles them again.
     && NUMBA_CACHE_DIR=/opt/stream-monitor/numba-cache \
         python -P -c "from stream_monitor.detectors.kernels import warm_up; warm_up()" \
-    && chmod -R a+rX,go-w /opt/stream-monitor
+    && chmod -R a+rX,go-w /opt/stream-monitor \
+    # Nothing is installed at run time: the base image's own pip and wheel are
+    # neither pinned nor audited, so they leave the image.
+    && python -m pip uninstall --yes --no-input pip wheel
 
 COPY deploy/entrypoint.sh /usr/local/bin/stream-monitor-entrypoint
 

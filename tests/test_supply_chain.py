@@ -202,6 +202,14 @@ def test_the_image_installs_the_lock_with_hashes_then_the_package_alone():
         assert "--index-url" not in args and "--extra-index-url" not in args and "-i" not in args
 
 
+def test_the_unpinned_installers_of_the_base_image_are_removed():
+    runs = [args for name, args in dockerfile_instructions() if name == "RUN"]
+    last_install = max(i for i, args in enumerate(runs) if "pip install" in args)
+    removal = [i for i, args in enumerate(runs) if "pip uninstall --yes --no-input pip wheel" in args]
+    assert removal and removal[0] >= last_install, "pip and wheel go after the last install"
+    assert "pip" not in parse_lock(LOCK.read_text(encoding="utf-8")), "pinned pip would be audited but removed"
+
+
 def test_the_dev_only_broker_stays_out_of_the_runtime_install(pins, pyproject):
     assert DEV_ONLY_BROKER not in pins
     assert DEV_ONLY_BROKER not in {canonicalize_name(r.name) for r in requirements(pyproject["project"]["dependencies"])}
