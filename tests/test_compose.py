@@ -42,7 +42,7 @@ def prometheus():
 
 
 @pytest.fixture(scope="module")
-def monitors(services):
+def monitor_services(services):
     """The services that run `stream-monitor run`, by name."""
     return {name: svc for name, svc in services.items() if name.startswith("monitor")}
 
@@ -133,10 +133,10 @@ def test_create_topics_creates_every_configured_topic(services, config):
     assert str(svc.get("restart")) == "no"
 
 
-def test_input_topics_have_a_partition_per_replica(services, config, monitors):
+def test_input_topics_have_a_partition_per_replica(services, config, monitor_services):
     topics = created_topics(services["create-topics"])
     for topic in config["kafka"]["input_topics"]:
-        assert topics[topic] >= len(monitors)
+        assert topics[topic] >= len(monitor_services)
 
 
 def test_create_topics_uses_the_advertised_listener(services):
@@ -152,27 +152,27 @@ def advertised_addresses(kafka):
     return {urlsplit(item.strip()).netloc for item in env(kafka)["KAFKA_ADVERTISED_LISTENERS"].split(",")}
 
 
-def test_at_least_two_monitor_replicas_built_from_dockerfile(monitors):
-    assert len(monitors) >= 2
-    for name, svc in monitors.items():
+def test_at_least_two_monitor_replicas_built_from_dockerfile(monitor_services):
+    assert len(monitor_services) >= 2
+    for name, svc in monitor_services.items():
         build = svc["build"]
         context = build if isinstance(build, str) else build.get("context", ".")
         dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
         assert (ROOT / context / dockerfile).is_file(), name
 
 
-def test_monitor_bootstrap_matches_kafka_and_config(services, monitors, config):
+def test_monitor_bootstrap_matches_kafka_and_config(services, monitor_services, config):
     advertised = advertised_addresses(services["kafka"])
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         bootstrap = env(svc)["STREAM_MONITOR_KAFKA_BOOTSTRAP_SERVERS"]
         assert bootstrap in advertised, name
         assert bootstrap == config["kafka"]["bootstrap_servers"], name
         assert host_port(bootstrap)[0] == "kafka"
 
 
-def test_monitor_redis_url_matches_redis_service(services, monitors, config):
+def test_monitor_redis_url_matches_redis_service(services, monitor_services, config):
     redis_ports = container_ports(services["redis"], "ports") | container_ports(services["redis"], "expose")
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         url = urlsplit(env(svc)["STREAM_MONITOR_REDIS_URL"])
         assert url.scheme == "redis", name
         assert url.hostname == "redis" and "redis" in services, name
@@ -180,15 +180,15 @@ def test_monitor_redis_url_matches_redis_service(services, monitors, config):
         assert env(svc)["STREAM_MONITOR_REDIS_URL"] == config["redis"]["url"], name
 
 
-def test_monitor_depends_on_topics_and_redis(monitors):
-    for name, svc in monitors.items():
+def test_monitor_depends_on_topics_and_redis(monitor_services):
+    for name, svc in monitor_services.items():
         deps = svc["depends_on"]
         assert deps["create-topics"]["condition"] == "service_completed_successfully", name
         assert deps["redis"]["condition"] == "service_healthy", name
 
 
-def test_config_mounted_at_the_path_the_command_reads(monitors):
-    for name, svc in monitors.items():
+def test_config_mounted_at_the_path_the_command_reads(monitor_services):
+    for name, svc in monitor_services.items():
         cmd = svc["command"]
         assert cmd[0] == "run", name
         config_path = cmd[cmd.index("-c") + 1]
@@ -201,10 +201,10 @@ def test_config_mounted_at_the_path_the_command_reads(monitors):
         assert any(v.endswith(":ro") for v in svc["volumes"] if v.split(":")[1] == config_path), name
 
 
-def test_metrics_port_consistent(config, monitors, prometheus):
+def test_metrics_port_consistent(config, monitor_services, prometheus):
     port = config["service"]["metrics_port"]
     assert port > 0
-    for name, svc in monitors.items():
+    for name, svc in monitor_services.items():
         assert port in container_ports(svc, "expose"), name
     for target in prometheus_targets(prometheus):
         assert host_port(target)[1] == port, target
@@ -218,9 +218,9 @@ def prometheus_targets(prometheus):
     return [t for sc in jobs[0]["static_configs"] for t in sc["targets"]]
 
 
-def test_prometheus_targets_are_exactly_the_monitors(prometheus, monitors):
+def test_prometheus_targets_are_exactly_the_monitors(prometheus, monitor_services):
     hosts = [host_port(t)[0] for t in prometheus_targets(prometheus)]
-    assert sorted(hosts) == sorted(monitors)
+    assert sorted(hosts) == sorted(monitor_services)
 
 
 def test_prometheus_service_mounts_the_scrape_config(services):
@@ -229,12 +229,122 @@ def test_prometheus_service_mounts_the_scrape_config(services):
     assert (ROOT / "deploy" / "prometheus.yml").is_file()
 
 
+def dockerfile_instructions():
+    """[(INSTRUCTION, argument text)] of the Dockerfile: continuation lines joined, comment lines dropped."""
+    out, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # Docker drops comment lines, also between the lines of one instruction
+        pending = f"{pending} {stripped}" if pending else stripped
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        name, _, args = pending.partition(" ")
+        out.append((name.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return out
+
+
+def dockerfile_env():
+    """The variables set by the Dockerfile's ENV instructions (KEY=VALUE form)."""
+    values = {}
+    for name, args in dockerfile_instructions():
+        if name == "ENV":
+            values.update(item.split("=", 1) for item in shlex.split(args))
+    return values
+
+
+ENTRYPOINT_SCRIPT = "deploy/entrypoint.sh"
+
+
 def test_dockerfile_entrypoint_and_default_command():
-    assert json.loads(dockerfile_instruction("ENTRYPOINT")) == ["stream-monitor"]
+    # The entrypoint prepares numba's cache on a read-only root filesystem, then execs stream-monitor with
+    # the container's arguments: `docker run IMAGE state export …` still runs `stream-monitor state export …`.
+    entrypoint = json.loads(dockerfile_instruction("ENTRYPOINT"))
+    assert entrypoint == ["stream-monitor-entrypoint"]
+    copies = [shlex.split(args) for name, args in dockerfile_instructions() if name == "COPY"]
+    assert [ENTRYPOINT_SCRIPT, "/usr/local/bin/stream-monitor-entrypoint"] in copies
+    script = (ROOT / ENTRYPOINT_SCRIPT).read_text(encoding="utf-8")
+    assert script.startswith("#!/bin/sh\n")
+    assert script.rstrip().splitlines()[-1] == 'exec stream-monitor "$@"'
     assert json.loads(dockerfile_instruction("CMD")) == ["run", "-c", MONITOR_CONFIG_PATH]
     assert dockerfile_instruction("FROM").startswith("python:3.11-slim")
     user = dockerfile_instruction("USER")
     assert user not in ("root", "0")
+
+
+# --- the locked-down image and monitor replicas --------------------------------------
+
+
+RUNTIME_UID = 10001
+
+
+def test_dockerfile_runs_as_a_fixed_non_root_uid():
+    user = dockerfile_instruction("USER")
+    assert user == f"{RUNTIME_UID}:{RUNTIME_UID}", "numeric, so runAsNonRoot and tmpfs uid= can check it"
+    runs = " ".join(args for name, args in dockerfile_instructions() if name == "RUN")
+    assert f"useradd --system --uid {RUNTIME_UID} --gid {RUNTIME_UID}" in runs
+    assert f"groupadd --system --gid {RUNTIME_UID}" in runs
+    # USER is the last word: nothing after it runs as root
+    names = [name for name, _ in dockerfile_instructions()]
+    assert "RUN" not in names[names.index("USER"):]
+
+
+def test_dockerfile_compiles_the_kernels_into_a_readable_seed():
+    cache_dir = dockerfile_env()["NUMBA_CACHE_DIR"]
+    script = (ROOT / ENTRYPOINT_SCRIPT).read_text(encoding="utf-8")
+    seed = re.search(r"seed=\$\{STREAM_MONITOR_IMAGE_NUMBA_SEED:-([^}]+)\}", script).group(1)
+    assert not seed.startswith(cache_dir) and not cache_dir.startswith(seed), "a tmpfs at the cache would hide the seed"
+    warm = [args for name, args in dockerfile_instructions() if name == "RUN" and "warm_up()" in args]
+    assert len(warm) == 1
+    # compiled into the seed, from the installed package (-P: not a copy in the working directory) ...
+    assert f"NUMBA_CACHE_DIR={seed} python -P -c" in warm[0]
+    assert "from stream_monitor.detectors.kernels import warm_up; warm_up()" in warm[0]
+    # ... for any CPU of the architecture (numba's cache is keyed by CPU model) ...
+    assert dockerfile_env()["NUMBA_CPU_NAME"] == "generic"
+    # ... which the runtime user can read but not change
+    assert f"chmod -R a+rX,go-w {seed.rsplit('/', 1)[0]}" in warm[0]
+
+
+def test_monitors_are_locked_down(monitor_services):
+    for name, svc in monitor_services.items():
+        assert svc["user"] == dockerfile_instruction("USER") == f"{RUNTIME_UID}:{RUNTIME_UID}", name
+        assert svc["read_only"] is True, name
+        assert svc["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+
+
+def tmpfs_mounts(service):
+    """{container path: {option: value}} of a service's tmpfs mounts (short syntax 'path:opt=v,opt')."""
+    raw = service.get("tmpfs", [])
+    out = {}
+    for item in [raw] if isinstance(raw, str) else raw:
+        path, _, options = item.partition(":")
+        out[path] = dict(opt.partition("=")[::2] for opt in options.split(",") if opt)
+    return out
+
+
+def test_monitor_tmpfs_holds_the_numba_cache_and_tmp(monitor_services, config):
+    cache_dir = dockerfile_env()["NUMBA_CACHE_DIR"]
+    for name, svc in monitor_services.items():
+        mounts = tmpfs_mounts(svc)
+        assert "/tmp" in mounts, name
+        holding = [path for path in mounts if cache_dir == path or cache_dir.startswith(path.rstrip("/") + "/")]
+        assert holding, f"{name}: NUMBA_CACHE_DIR={cache_dir} is not on a tmpfs; numba cannot start read-only"
+        options = mounts[holding[0]]
+        assert options.get("uid") == options.get("gid") == str(RUNTIME_UID), name
+        assert "size" in options, name
+        for path, opts in mounts.items():
+            assert "size" in opts, f"{name}: tmpfs {path} without a size limit"
+        # writable places are only these tmpfs mounts; the config is mounted read-only
+        assert all(v.endswith(":ro") for v in svc["volumes"]), name
+
+
+def test_metrics_port_needs_no_capability(config):
+    # cap_drop: [ALL] removes CAP_NET_BIND_SERVICE: the port must be unprivileged
+    assert config["service"]["metrics_port"] >= 1024
 
 
 def test_dockerignore_keeps_the_build_context_small():
