@@ -16,7 +16,7 @@ PIP_AUDIT  := pip-audit==2.10.1
 PIP_TOOLS  := pip-tools==7.6.2
 PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
 
-.PHONY: setup demo test test-unit test-integration bench audit lock lock-upgrade clean
+.PHONY: setup test-setup demo test test-unit test-integration docs bench audit lock lock-upgrade clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -32,18 +32,30 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q -e '.[dev]' -c $(VENV)/runtime-pins.txt
 	@touch $@
 
+# What only the tests need from the OS packages: headless Chromium for the status-page screenshot
+# (the tests never install anything themselves).
+test-setup: setup
+	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium from the OS packages (status-page test)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(VENV)/bin/stream-monitor demo
 
-test: setup
+test: test-setup
 	$(PY) -m pytest
 
 # The unit tier: no broker, no Redis, no `run` process (about a minute on 2 cores).
 test-unit: setup
 	$(PY) -m pytest -m "not integration"
 
-test-integration: setup
+test-integration: test-setup
 	$(PY) -m pytest -m integration
+
+# Refresh docs/metrics-scrape.txt and docs/status-page.png from a real run (the tests write them to
+# a temporary directory otherwise).
+docs: test-setup
+	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/test_observability.py -k "scrape_has_every_family or screenshot"
 
 bench: setup
 	$(PY) bench/throughput.py
