@@ -1,7 +1,7 @@
 """Turn sustained drift into a retraining request: a downstream consumer of the alert topic.
 
 stream-monitor publishes one ``firing`` alert when a detector starts firing
-and one ``resolved`` alert when it settles (CONTRACT §3, schemas/alert.json).
+and one ``resolved`` alert when it settles (schemas/alert.json).
 This consumer keeps, per model, the detectors currently firing, and when a
 model has had at least ``--min-alerts`` *critical* ``feature`` / ``prediction``
 / ``performance`` alerts firing at once for at least ``--sustain-seconds``, it

@@ -1,4 +1,4 @@
-"""The ``stream-monitor`` command (CONTRACT §6). Wires the parts; nothing clever."""
+"""The ``stream-monitor`` command. Wires the parts; nothing clever."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Load and validate the TOML configuration (CONTRACT §5).
+"""Load and validate the TOML configuration.
 
 Every key is checked at start; a wrong config raises :class:`ConfigError`
 naming the key and what is wrong, e.g.

@@ -25,7 +25,7 @@ from .state import StateStore, connect
 from .synthetic import generate, labelled
 
 INPUT, ALERTS, DEAD_LETTERS = "ml.inference", "ml.alerts", "ml.dead-letters"
-# Keyed by model id, as CONTRACT §2 recommends: one partition per model, one per instance.
+# Keyed by model id, as the README recommends: one partition per model, one per instance.
 PARTITION_OF = {"fraud": 0, "churn": 1, "credit": 2}
 RATE = 5_000  # events per second, all models together
 

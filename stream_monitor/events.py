@@ -14,7 +14,7 @@ FeatureValue = float | int | str | bool | None
 
 
 class InferenceEvent(NamedTuple):
-    """One model call: features, prediction and latency (CONTRACT §2).
+    """One model call: features, prediction and latency.
 
     Decoded events and raw messages are named tuples: immutable like a frozen
     dataclass, and built in a third of the time (one of each per message).
@@ -76,7 +76,7 @@ class RawMessage(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Alert:
-    """A firing or resolved detection (CONTRACT §3)."""
+    """A firing or resolved detection."""
 
     status: str
     severity: str
@@ -142,7 +142,7 @@ class Alert:
 
 def alert_id(model_id: str, signal: str, name: str, detector: str,
              partition: int, offset: int, status: str) -> str:
-    """A pure function of what identifies an alert (CONTRACT §3).
+    """A pure function of what identifies an alert.
 
     >>> alert_id("fraud", "feature", "amount", "psi", 3, 123456, "firing")[:16]
     'b33b131dc4c4cae6'

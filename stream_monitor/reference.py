@@ -1,4 +1,4 @@
-"""Reference profiles: what "normal" looks like for one model (CONTRACT §8).
+"""Reference profiles: what "normal" looks like for one model.
 
 Numeric values are binned at reference quantiles, with one open bin below the
 reference minimum and one above the maximum; categorical values keep the

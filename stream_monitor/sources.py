@@ -3,7 +3,7 @@
 The format comes from the suffix: ``.jsonl``/``.ndjson``/``.json`` (one JSON object a line),
 ``.csv`` (header row required), ``.parquet``/``.pq``; JSON lines and CSV may be gzip-compressed
 (``events.csv.gz``). Every row becomes a JSON message and goes through :func:`codec.decode`, so the
-rules are exactly those of the Kafka input (CONTRACT §2); a rejected row is yielded as a
+rules are exactly those of the Kafka input; a rejected row is yielded as a
 :class:`SourceError` (errors as data) and the read goes on.
 
 CSV and Parquet columns: ``event_id``, ``model_id``, ``timestamp``, ``score`` (or
@@ -204,7 +204,7 @@ class _Columns:
 
 def _row_event(row: dict[str, Any], row_no: int, columns: _Columns, known_models: Collection[str],
                model_id: str | None, limits: _Limits) -> Row:
-    """One CSV/Parquet row → the JSON document of CONTRACT §2 → the codec."""
+    """One CSV/Parquet row → the JSON document of an inference event → the codec."""
     if not columns.has_model_id and model_id is None:
         return row_no, SourceError(row_no, "missing_field",
                                    "the file has no model_id column and no model_id was given")

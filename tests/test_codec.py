@@ -1,4 +1,4 @@
-"""Input decoding (CONTRACT §2) and dead-letter reasons (CONTRACT §4): errors as data, never raised."""
+"""Input decoding and dead-letter reasons: errors as data, never raised."""
 
 from __future__ import annotations
 
@@ -254,7 +254,7 @@ def test_arbitrary_event_shaped_objects_never_raise(doc):
 def test_huge_epoch_timestamp_does_not_raise(timestamp):
     """`{"timestamp": 1e308}` is valid JSON; decode must dead-letter it, not raise OverflowError.
 
-    (CONTRACT §4: the service never stops or stalls on bad input.)
+    (the service never stops or stalls on bad input.)
     """
     out = run(event(timestamp=timestamp))
     assert isinstance(out, DeadLetter)
@@ -263,7 +263,7 @@ def test_huge_epoch_timestamp_does_not_raise(timestamp):
 
 @pytest.mark.parametrize("timestamp", [1e300, 1e20, -1e20, 253402300800, "9999-12-31T23:59:59-12:00"])
 def test_decoded_event_time_is_always_formattable(timestamp):
-    """An accepted event's time must be printable as an alert's `event_time` (CONTRACT §3).
+    """An accepted event's time must be printable as an alert's `event_time`.
 
     Otherwise Alert.to_dict raises when a detector fires at that event, crashing the
     publisher (and, after restart, crashing again at the same offset).

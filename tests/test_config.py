@@ -1,4 +1,4 @@
-"""Configuration loading and validation (CONTRACT §5): defaults, sections, env overrides, refusals."""
+"""Configuration loading and validation: defaults, sections, env overrides, refusals."""
 
 from __future__ import annotations
 

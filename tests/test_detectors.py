@@ -1,4 +1,4 @@
-"""Pure detectors (CONTRACT §8): river faithfulness, PSI, episodes, snapshot/restore."""
+"""Pure detectors: river faithfulness, PSI, episodes, snapshot/restore."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile input (CONTRACT §4): whatever bytes arrive, a message is processed or dead-lettered; nothing raises.
+"""Hostile input: whatever bytes arrive, a message is processed or dead-lettered; nothing raises.
 
 Pure: the codec and :class:`PartitionMonitor` driven the way ``app.Service._handle`` drives them,
 without its ``except Exception`` safety net, so any exception that escapes here is a bug. Every
@@ -365,7 +365,7 @@ STALL_SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("events,per_event", [(1, 20_000), (40, 500)],
                          ids=["one event with 20000 features", "40 events with 500 new features each"])
 def test_twenty_thousand_features_in_the_warm_up_do_not_stall_the_partition(events, per_event):
-    """CONTRACT §4: the service never stalls on bad input. Feature names the config does not fix are
+    """The service never stalls on bad input. Feature names the config does not fix are
     inferred from the warm-up events; wide events among them must not turn every later event of that
     partition into 20,000 column updates. Warm-up, the next 1,000 events and a checkpoint-sized snapshot
     take seconds at most (about 0.2 s with ordinary events).

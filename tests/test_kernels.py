@@ -1,5 +1,5 @@
 """The compiled kernels equal what they replace, value by value: river's ADWIN and PageHinkley,
-the reference rank and its normal score, the PSI bin and the KS cell (CONTRACT §8: decisions never
+the reference rank and its normal score, the PSI bin and the KS cell (decisions never
 change for speed)."""
 
 from __future__ import annotations

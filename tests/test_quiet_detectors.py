@@ -1,4 +1,4 @@
-"""Detectors that are right and quiet (CONTRACT §3, §8): pure, seeded, fast.
+"""Detectors that are right and quiet: pure, seeded, fast.
 
 Every column gets its thresholds from the false-alarm budget (0.1 per 10^6 events by
 default), so long stationary streams of any shape raise nothing, while real changes —
@@ -526,7 +526,7 @@ def test_label_detectors_keep_their_episode_when_the_inference_warmup_ends():
     """Labels warmed up before the inference events did: a label episode is open when the inference
     reference gets built. ModelMonitor.process → use_reference → _use_labels builds a new label column,
     dropping the open episode, and the same drift is announced a second time without a 'resolved'
-    in between (CONTRACT §3: one firing alert per episode)."""
+    in between (one firing alert per episode)."""
     config = parse_config({"models": {"m": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
     monitor = PartitionMonitor(config, 0, {})
     rng = np.random.default_rng(13)

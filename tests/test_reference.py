@@ -1,4 +1,4 @@
-"""Reference profiles (CONTRACT §8): numeric quantile bins with open outer bins, top-k categories."""
+"""Reference profiles: numeric quantile bins with open outer bins, top-k categories."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Reliability against real processes (CONTRACT §4, §6, §7, §9): SIGTERM under load, disaster recovery
+"""Reliability against real processes: SIGTERM under load, disaster recovery
 through `state export` / `state import`, Redis authentication without leaking the password, librdkafka
 security properties passed through, and a bad message near the size limit.
 """
@@ -82,7 +82,7 @@ def test_sigterm_under_load_persists_commits_and_exits_within_10s(broker, redis_
     try:
         code = first.process.wait(10)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"still running 10 s after SIGTERM (CONTRACT §6):\n{first.log()[-3000:]}")
+        pytest.fail(f"still running 10 s after SIGTERM:\n{first.log()[-3000:]}")
     took = time.monotonic() - signalled
     assert code == 0, f"exit code {code} after SIGTERM:\n{first.log()[-3000:]}"
 
@@ -372,7 +372,7 @@ def test_bad_message_near_the_size_limit_is_dead_lettered_and_the_service_goes_o
                                                                                  monitors):
     """A 900 KB message under the default 1 MiB limit that is not JSON: its dead letter (the value in
     base64, ~1.2 MB) is larger than the producer's message.max.bytes (librdkafka's default 1,000,000).
-    CONTRACT §4: it is still dead-lettered and the service neither stops nor stalls."""
+    It is still dead-lettered and the service neither stops nor stalls."""
     topic = unique("inference")
     create_topics(broker.address, {topic: 1})
     good = lines(generate("stable", 600, seed=4))

@@ -1,4 +1,4 @@
-"""The Redis state layout (CONTRACT §7) against a real redis-server: reference profiles stored once
+"""The Redis state layout against a real redis-server: reference profiles stored once
 beside the state, in the same atomic step, and never lost or left behind."""
 
 from __future__ import annotations
