@@ -134,5 +134,4 @@ def test_a_metrics_port_in_use(tmp_path, redis_server):
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     last = result.stderr.splitlines()[-1]  # after the "starting" log line
-    assert last.startswith(f"stream-monitor: config: service.metrics_port: cannot listen on port {port}: "
-                           "Address already in use")
+    assert last == f"stream-monitor: config: service.metrics_port: port {port} on 127.0.0.1 is already in use"

@@ -391,7 +391,7 @@ def test_ci_runs_audit_and_make_test_and_exits_with_the_result(tmp_path, audit_s
 
 def test_make_test_is_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest\n", makefile, re.M)
+    assert re.search(r"^test: (test-)?setup\n\t\$\(PY\) -m pytest\n", makefile, re.M)
     assert re.search(r"^audit:", makefile, re.M)
     assert "make test" in (ROOT / "README.md").read_text(encoding="utf-8")
 
