@@ -29,6 +29,7 @@ from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
+from .kafka import MonitorConsumer, OffsetOutOfRange, assign, is_cooperative, message_error, unassign
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
@@ -71,37 +72,6 @@ def write_refusal(exc: redis.ResponseError) -> str | None:
     return None
 
 
-class _Consumer(Consumer):
-    """The consumer, closable while the HTTP thread reads its cached watermarks (:meth:`watermarks`)."""
-
-    def __init__(self, settings: dict[str, Any]):
-        super().__init__(settings)
-        self._closing = threading.Lock()
-        self.closed = False
-
-    def watermarks(self, topic: str, partition: int) -> tuple[int | None, int | None]:
-        """(low, high) as the fetcher last heard them (no request; ``None`` when unknown). For the thread
-        that runs the loop (and closes the consumer)."""
-        try:
-            low, high = self.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        except (KafkaException, RuntimeError):
-            return None, None
-        return (low if low >= 0 else None), (high if high >= 0 else None)
-
-    def watermarks_from_elsewhere(self, keys: list[tuple[str, int]]) -> dict | None:
-        """The same for another thread: ``None`` once closed. The call waits while the loop is inside
-        ``consume()`` (the client serialises calls on one consumer), and :meth:`close` waits for it."""
-        with self._closing:
-            if self.closed:
-                return None
-            return {key: self.watermarks(*key) for key in keys}
-
-    def close(self) -> None:
-        with self._closing:
-            self.closed = True
-        super().close()
-
-
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
@@ -116,7 +86,7 @@ class Service:
         self.dead_letter_digest = DeadLetterDigest(service.dead_letter_log_seconds, log)
         self.known_models = frozenset(config.models)
         self.consumer_settings = consumer_settings(config)
-        self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
+        self.cooperative = is_cooperative(self.consumer_settings)
         faults.install_processing_fault()
         self.stopping = False  # before the first Redis call: a wait for Redis reads it
         self.redis = connect(config.redis.url)
@@ -130,7 +100,7 @@ class Service:
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
                                    stop_requested=lambda: self.stopping)
-        self.consumer: _Consumer | None = None
+        self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
@@ -180,7 +150,7 @@ class Service:
         # features, +8 % at 100).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         # auto.offset.reset = error: an offset outside the log must be seen (and reported), not reset silently.
-        self.consumer = _Consumer(client_settings({**self.consumer_settings, "auto.offset.reset": "error"},
+        self.consumer = MonitorConsumer(client_settings({**self.consumer_settings, "auto.offset.reset": "error"},
                                                   self.kafka_log, self.broker))
         self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
         self.health.joining()
@@ -365,15 +335,10 @@ class Service:
         self.partitions.timers.count(consumed_by_partition(prepared), time.monotonic())
 
     def _prepare(self, message: Message):
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                self._out_of_range_error(message)
-                return None
-            if error.code() != KafkaError._PARTITION_EOF:
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("consumer error: %s", error)
+        if message.error() is not None:  # typed by the consumer layer: EOF ignored, fatal raised
+            out_of_range = message_error(message)
+            if out_of_range is not None:
+                self._out_of_range_error(out_of_range)
             return None
         key = (message.topic(), message.partition())
         record = self.partitions.get(key)
@@ -627,10 +592,7 @@ class Service:
                 else:
                     log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.partitions.assign(key, monitor, persisted=loaded is not None)
-        if self.cooperative:
-            consumer.incremental_assign(partitions)
-        else:
-            consumer.assign(partitions)
+        assign(consumer, partitions, self.cooperative)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
             self.partitions.paused.update((tp.topic, tp.partition) for tp in paused)
@@ -768,13 +730,13 @@ class Service:
             monitor.next_offset = None
         self.store.new_epoch(topic, partition)
 
-    def _out_of_range_error(self, message: Message) -> None:
+    def _out_of_range_error(self, error: OffsetOutOfRange) -> None:
         """The broker answered a fetch with "offset out of range" (auto.offset.reset = error makes it an error)."""
-        key = (message.topic(), message.partition())
+        key = (error.topic, error.partition)
         monitor = self.partitions.monitor(key)
         if monitor is None:
             return
-        stored = monitor.next_offset if monitor.next_offset is not None else message.offset()
+        stored = monitor.next_offset if monitor.next_offset is not None else error.offset
         try:
             start, end = self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
         except KafkaException:
@@ -860,8 +822,7 @@ class Service:
         faults.reached("during_rebalance")
         self.partitions.revoke(keys)  # their series go too: the gauges are derived from the registry
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
-        if self.cooperative:
-            consumer.incremental_unassign(partitions)
+        unassign(consumer, partitions, self.cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
