@@ -34,7 +34,7 @@ RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/build \
     # working directory) into a read-only seed; the entrypoint copies it into the
     # writable NUMBA_CACHE_DIR at start, so no replica compiles them again.
     && NUMBA_CACHE_DIR=/opt/stream-monitor/numba-cache \
-        python -P -c "from stream_monitor.detectors.kernels import warm_up; warm_up()" \
+        python -P -c "from stream_monitor.detectors.compile import warm_up; warm_up()" \
     && chmod -R a+rX,go-w /opt/stream-monitor \
     # Nothing is installed at run time: the base image's own pip and wheel are
     # neither pinned nor audited, so they leave the image.

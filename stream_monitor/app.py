@@ -16,7 +16,6 @@ import signal
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import redis
@@ -30,10 +29,12 @@ from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
+from .kafka import MonitorConsumer, OffsetOutOfRange, assign, is_cooperative, message_error, unassign
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
 from .publisher import Publisher
+from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # CheckpointTimers: re-exported
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
@@ -50,71 +51,6 @@ alert_log = logging.getLogger("stream_monitor.alerts")
 # What restoring a decoded snapshot raises when its contents are not a state this version wrote
 # (a hand-edited or foreign blob): the partition is quarantined, like one whose blob does not decode.
 RESTORE_ERRORS = (StateError, KeyError, IndexError, TypeError, ValueError, AttributeError)
-
-
-@dataclass
-class Quarantine:
-    """An assigned partition whose stored state cannot be loaded: not processed, its key never written."""
-
-    key: str  # the Redis key
-    problem: str
-    since: float  # epoch seconds
-    next_check: float  # monotonic
-
-
-class CheckpointTimers:
-    """Per partition: input messages and seconds since its last save. A partition is due when it
-    changed and either reached its interval; a checkpoint resets the timers of the partitions it saved,
-    and only theirs (a revoke saving partition A leaves B's clock running, so B is still saved within
-    one interval of its own last save).
-
-    >>> timers = CheckpointTimers(events=100, seconds=5.0)
-    >>> timers.count({"A": 60, "B": 60}, now=0.0)
-    >>> timers.saved(["A"], now=1.0)          # A revoked and saved
-    >>> timers.count({"B": 40}, now=2.0)
-    >>> timers.due({"A", "B"}, now=2.0)
-    ['B']
-    >>> timers.count({"A": 1}, now=5.9); timers.due({"A"}, now=5.9), timers.due({"A"}, now=6.0)
-    ([], ['A'])
-    """
-
-    def __init__(self, events: int, seconds: float):
-        self.events = events
-        self.seconds = seconds
-        self._since: dict[Any, list] = {}  # key → [messages since its last save, monotonic time of that save]
-
-    def count(self, consumed: dict[Any, int], now: float) -> None:
-        """``consumed``: input messages per partition handled just now (a partition's clock starts at
-        its first message if it was never saved)."""
-        for key, n in consumed.items():
-            since = self._since.get(key)
-            if since is None:
-                self._since[key] = [n, now]
-            else:
-                since[0] += n
-
-    def due(self, dirty, now: float) -> list:
-        out = []
-        for key in dirty:
-            since = self._since.get(key)
-            if since is None:  # changed without a message (a new reference): its clock starts now
-                self._since[key] = [0, now]
-            elif since[0] >= self.events or now - since[1] >= self.seconds:
-                out.append(key)
-        return sorted(out)
-
-    def saved(self, keys, now: float) -> None:
-        for key in keys:
-            self._since[key] = [0, now]
-
-    def unsaved(self) -> int:
-        """Input messages handled since their partition's last save, over all partitions."""
-        return sum(since[0] for since in self._since.values())
-
-    def keep(self, owned) -> None:
-        """Forget partitions no longer owned (a later assignment starts afresh)."""
-        for key in [k for k in self._since if k not in owned]:
-            del self._since[key]
 
 
 def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
@@ -136,37 +72,6 @@ def write_refusal(exc: redis.ResponseError) -> str | None:
     return None
 
 
-class _Consumer(Consumer):
-    """The consumer, closable while the HTTP thread reads its cached watermarks (:meth:`watermarks`)."""
-
-    def __init__(self, settings: dict[str, Any]):
-        super().__init__(settings)
-        self._closing = threading.Lock()
-        self.closed = False
-
-    def watermarks(self, topic: str, partition: int) -> tuple[int | None, int | None]:
-        """(low, high) as the fetcher last heard them (no request; ``None`` when unknown). For the thread
-        that runs the loop (and closes the consumer)."""
-        try:
-            low, high = self.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-        except (KafkaException, RuntimeError):
-            return None, None
-        return (low if low >= 0 else None), (high if high >= 0 else None)
-
-    def watermarks_from_elsewhere(self, keys: list[tuple[str, int]]) -> dict | None:
-        """The same for another thread: ``None`` once closed. The call waits while the loop is inside
-        ``consume()`` (the client serialises calls on one consumer), and :meth:`close` waits for it."""
-        with self._closing:
-            if self.closed:
-                return None
-            return {key: self.watermarks(*key) for key in keys}
-
-    def close(self) -> None:
-        with self._closing:
-            self.closed = True
-        super().close()
-
-
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
@@ -181,7 +86,7 @@ class Service:
         self.dead_letter_digest = DeadLetterDigest(service.dead_letter_log_seconds, log)
         self.known_models = frozenset(config.models)
         self.consumer_settings = consumer_settings(config)
-        self.cooperative = self.consumer_settings.get("partition.assignment.strategy") == "cooperative-sticky"
+        self.cooperative = is_cooperative(self.consumer_settings)
         faults.install_processing_fault()
         self.stopping = False  # before the first Redis call: a wait for Redis reads it
         self.redis = connect(config.redis.url)
@@ -195,22 +100,18 @@ class Service:
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
                                    stop_requested=lambda: self.stopping)
-        self.consumer: _Consumer | None = None
-        self._watermarks: dict[PartitionKey, tuple[int | None, int | None]] = {}
+        self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
-        self.owned: dict[PartitionKey, PartitionMonitor] = {}
-        self.quarantined: dict[PartitionKey, Quarantine] = {}  # assigned, not owned: see _quarantine
-        self.paused: set[PartitionKey] = set()  # paused by a quarantine and not resumed since
-        self.dirty: set[PartitionKey] = set()
-        self.rollbacks: dict[PartitionKey, Rollback] = {}
-        self.summaries: dict[PartitionKey, dict] = {}
-        self.persisted: set[PartitionKey] = set()  # partitions whose state this process stored or loaded
+        # every assigned partition's monitor, rollback, flags, summary, timer, quarantine and watermarks
+        self.partitions = PartitionRegistry(CheckpointTimers(config.service.checkpoint_interval_events,
+                                                             config.service.checkpoint_interval_seconds))
+        self.status_due = False  # a checkpoint saved something: the loop refreshes the status page
+        self.metrics.assigned_partitions.set_function(lambda: len(self.partitions))  # read at scrape time
+        self.metrics.quarantined_partitions.set_function(lambda: len(self.partitions.quarantined()))
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.board.live_lag = lambda: {(v.topic, v.partition): v.lag for v in self._partition_views()}
-        self.timers = CheckpointTimers(config.service.checkpoint_interval_events,
-                                       config.service.checkpoint_interval_seconds)
         self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
         self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
@@ -249,10 +150,9 @@ class Service:
         # features, +8 % at 100).
         gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
         # auto.offset.reset = error: an offset outside the log must be seen (and reported), not reset silently.
-        self.consumer = _Consumer(client_settings({**self.consumer_settings, "auto.offset.reset": "error"},
+        self.consumer = MonitorConsumer(client_settings({**self.consumer_settings, "auto.offset.reset": "error"},
                                                   self.kafka_log, self.broker))
         self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
-        self._log_checks_paused: dict[PartitionKey, float] = {}
         self.health.joining()
         threading.Thread(target=self._watch_watermarks, name="watermarks", daemon=True).start()
         self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._watched(self._on_assign, True),
@@ -275,19 +175,23 @@ class Service:
                 due = self._checkpoint_due()
                 if due:
                     self._checkpoint(due)
+                if self.status_due:  # after a checkpoint, here or in a revoke inside consume()
+                    self._publish_status()
                 if time.monotonic() >= self._next_reference_check:
                     self._refresh_references()
                 if time.monotonic() >= self._next_log_end_check:
                     self._check_log_ends()
-                if self.quarantined:
+                if self.partitions.quarantined():
                     self._recheck_quarantined()
-            self._checkpoint(list(self.owned))
+            self._checkpoint(list(self.partitions.owned()))
+            if self.status_due:
+                self._publish_status()
         except StopRequested as exc:
             # Redis (or the broker) was out when the stop came: what is stored is the last consistent
             # checkpoint, and nothing is saved or committed on the way out (not on revoke either).
             self.abandoned = True
             log.warning("stopped during an outage: %s; %d events since the last checkpoint will be processed "
-                        "again by the next owner", exc, self.timers.unsaved())
+                        "again by the next owner", exc, self.partitions.timers.unsaved())
         finally:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
@@ -368,12 +272,13 @@ class Service:
             if profile is None:
                 continue
             self.references[model_id] = profile
-            for key, monitor in self.owned.items():
-                if model_id in monitor.models:
+            for record in self.partitions.records():
+                monitor = record.monitor
+                if monitor is not None and model_id in monitor.models:
                     monitor.models[model_id].use_reference(profile)
-                    self.dirty.add(key)
-                    if key in self.rollbacks:
-                        self.rollbacks[key].forget()  # changed outside a batch: roll back to after the switch
+                    self.partitions.touch([record.key])
+                    if record.rollback is not None:
+                        record.rollback.forget()  # changed outside a batch: roll back to after the switch
             log.info("model %s: now compared with stored reference version %d (was %d)", model_id,
                      profile.version, current.version)
 
@@ -424,27 +329,23 @@ class Service:
             batches.setdefault(key, []).append((raw, decoded, None if slot is None else results[slot]))
         started = clock.add("produce", started)
         for key, items in batches.items():
-            self._apply(key, self.owned[key], items)
-        bound_rollbacks(self.rollbacks.values())
-        self.dirty.update(key for key, _, _, _ in prepared)
-        self.timers.count(consumed_by_partition(prepared), time.monotonic())
+            self._apply(key, self.partitions.monitor(key), items)
+        bound_rollbacks([r.rollback for r in self.partitions.records() if r.rollback is not None])
+        self.partitions.touch(key for key, _, _, _ in prepared)
+        self.partitions.timers.count(consumed_by_partition(prepared), time.monotonic())
 
     def _prepare(self, message: Message):
-        error = message.error()
-        if error is not None:
-            if error.code() == KafkaError._AUTO_OFFSET_RESET:
-                self._out_of_range_error(message)
-                return None
-            if error.code() != KafkaError._PARTITION_EOF:
-                if error.fatal():
-                    raise KafkaException(error)
-                log.warning("consumer error: %s", error)
+        if message.error() is not None:  # typed by the consumer layer: EOF ignored, fatal raised
+            out_of_range = message_error(message)
+            if out_of_range is not None:
+                self._out_of_range_error(out_of_range)
             return None
         key = (message.topic(), message.partition())
-        monitor = self.owned.get(key)
+        record = self.partitions.get(key)
+        monitor = None if record is None else record.monitor
         offset = message.offset()
-        if monitor is None and key in self.quarantined:
-            self._quarantined_message(message, self.quarantined[key])
+        if record is not None and record.quarantine is not None:
+            self._quarantined_message(message, record.quarantine)
             return None
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
             return None  # not ours any more, or already covered by the stored state
@@ -502,9 +403,12 @@ class Service:
 
     def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:
         """The way back to ``monitor``'s state before a batch (every change of its state goes through it)."""
-        rollback = self.rollbacks.get(key)
+        record = self.partitions.get(key)
+        rollback = None if record is None else record.rollback
         if rollback is None or rollback.monitor is not monitor:  # a new assignment: a new monitor
-            rollback = self.rollbacks[key] = Rollback(monitor)
+            rollback = Rollback(monitor)
+            if record is not None:
+                record.rollback = rollback
         return rollback
 
     def _check_monitored(self, monitor: PartitionMonitor) -> None:
@@ -534,28 +438,31 @@ class Service:
 
     def _checkpoint_due(self) -> list[PartitionKey]:
         """The partitions to save now: changed, and their own interval since their last save is up."""
-        return self.timers.due(self.dirty, time.monotonic())
+        return self.partitions.due(time.monotonic())
 
-    def _checkpoint(self, keys: list[PartitionKey]) -> None:
+    def _checkpoint(self, keys: list[PartitionKey]) -> int:
+        """Save the changed ones of ``keys`` (:func:`~stream_monitor.checkpoint.checkpoint`); how many were
+        saved. No status work here: the loop refreshes the status page when :attr:`status_due`."""
         started = CLOCK.now()
-        monitors = [(k, self.owned[k]) for k in keys if k in self.owned and k in self.dirty]
-        if monitors:
-            self.summaries.update(self._redis(
-                lambda: checkpoint(monitors, self.publisher, self.store, self.consumer, self.metrics, self.persisted),
-                "checkpoint"))
-            self._publish_status()
-        self.dirty.difference_update(k for k, _ in monitors)
-        for key in [k for k in self.rollbacks if k not in self.owned]:
-            del self.rollbacks[key]  # released or lost: its log must not keep events alive
+        records = self.partitions.to_save(keys)
+        if records:
+            summaries = self._redis(lambda: checkpoint(records, self.publisher, self.store, self.consumer,
+                                                       self.metrics), "checkpoint")
+            for record in records:
+                record.dirty = False
+                if record.key in summaries:
+                    record.summary = summaries[record.key]
+            self.status_due = True
         CLOCK.add("checkpoint", started)
         for stage, seconds in CLOCK.since_export().items():
             self.metrics.stage_seconds.labels(stage).inc(seconds)
-        self.timers.saved([k for k, _ in monitors], time.monotonic())
-        self.timers.keep(self.owned)
+        self.partitions.timers.saved([r.key for r in records], time.monotonic())
+        return len(records)
 
     def _publish_status(self) -> None:
         """Status page from the summaries saved at the last checkpoints, and the label-join gauges.
         (The per-partition gauges are derived at scrape time: :meth:`_partition_views`.)"""
+        self.status_due = False
         self._publish_board()
         for model_id in self.join_settings:
             try:
@@ -571,9 +478,10 @@ class Service:
 
     def _publish_board(self) -> None:
         views = {(v.topic, v.partition): v for v in self._partition_views()}
-        shown = {key: (summary, views[key].lag if key in views else None)
-                 for key, summary in self.summaries.items() if key in self.owned}
-        for (topic, partition), quarantine in self.quarantined.items():
+        records = self.partitions.records()
+        shown = {r.key: (r.summary, views[r.key].lag if r.key in views else None)
+                 for r in records if r.summary is not None and r.monitor is not None}
+        for (topic, partition), quarantine in self.partitions.quarantined().items():
             shown[(topic, partition)] = ({"partition": partition, "next_offset": None, "models": {},
                                           "quarantined": {"key": quarantine.key, "problem": quarantine.problem,
                                                           "since": quarantine.since,
@@ -583,13 +491,14 @@ class Service:
     def _partition_views(self) -> list[PartitionView]:
         """The partitions owned now, for a scrape or the status page: latest summary, next offset to process
         and the consumer's cached watermarks (kept current by librdkafka's fetcher even while the loop waits,
-        so a stall shows as growing lag). Runs in the HTTP thread too: it only copies dicts (one step each
-        under the GIL) and reads attributes; it never waits for the loop."""
-        owned, summaries, watermarks = dict(self.owned), dict(self.summaries), self._watermarks
+        so a stall shows as growing lag). Runs in the HTTP thread too: it only copies the list of records
+        (one step under the GIL) and reads attributes; it never waits for the loop."""
         views = []
-        for (topic, partition), monitor in sorted(owned.items()):
-            low, high = watermarks.get((topic, partition), (None, None))
-            summary = summaries.get((topic, partition))
+        for record in sorted(self.partitions.records(), key=lambda r: r.key):
+            monitor = record.monitor
+            if monitor is None:
+                continue
+            (topic, partition), (low, high), summary = record.key, record.watermarks, record.summary
             next_offset = monitor.next_offset
             if next_offset is None and summary is not None:
                 next_offset = summary.get("next_offset")
@@ -598,8 +507,8 @@ class Service:
 
     def _observe_loop(self) -> None:
         """Every loop iteration: the health report's heartbeat, the dead-letter summary line when due, and,
-        twice a second, the consumer's cached watermarks of the owned partitions (the dict is replaced
-        whole, for readers in other threads)."""
+        twice a second, the consumer's cached watermarks of the owned partitions (each record's pair is
+        replaced whole, for readers in other threads)."""
         self.health.tick()
         self.dead_letter_digest.flush()
         now = time.monotonic()
@@ -610,7 +519,9 @@ class Service:
     def _read_watermarks(self) -> None:
         consumer = self.consumer
         if consumer is not None:
-            self._watermarks = {key: consumer.watermarks(*key) for key in list(self.owned)}
+            for record in self.partitions.records():
+                if record.monitor is not None:
+                    record.watermarks = consumer.watermarks(*record.key)
             self._watermarks_read = time.monotonic()
 
     def _watch_watermarks(self) -> None:
@@ -623,11 +534,13 @@ class Service:
             if consumer is None or last is None or time.monotonic() - last <= 2 * WATERMARK_SECONDS:
                 continue
             started = time.monotonic()
-            read = consumer.watermarks_from_elsewhere(list(self.owned))
+            records = [r for r in self.partitions.records() if r.monitor is not None]
+            read = consumer.watermarks_from_elsewhere([r.key for r in records])
             if read is None:
                 return
             if self._watermarks_read < started:  # the loop has not read newer ones meanwhile
-                self._watermarks = read
+                for record in records:
+                    record.watermarks = read[record.key]
 
     def _watched(self, callback: Callable[[Consumer, list[TopicPartition]], None],
                  assigning: bool) -> Callable[[Consumer, list[TopicPartition]], None]:
@@ -639,22 +552,19 @@ class Service:
                 self.health.joining()
             callback(consumer, partitions)
             if assigning:
-                self.health.assigned(len(self.owned))
+                self.health.assigned(len(self.partitions))
                 # a partition taken over shows its restored state at once, not at its next checkpoint
                 # (which an idle partition may not have for a long time)
-                fresh = {key: monitor.summary() for key, monitor in list(self.owned.items())
-                         if key not in self.summaries and monitor.next_offset is not None}
+                fresh = [r for r in self.partitions.records()
+                         if r.summary is None and r.monitor is not None and r.monitor.next_offset is not None]
+                for record in fresh:
+                    record.summary = record.monitor.summary()
                 if fresh:
-                    self.summaries.update(fresh)
                     self._publish_board()
             else:
-                self.health.assigned_partitions = len(self.owned)
+                self.health.assigned_partitions = len(self.partitions)
 
         return watched
-
-    def _forget_gauges(self, key: PartitionKey) -> None:
-        """A partition that moved away: nothing to forget any more; its series are derived at scrape time
-        from the partitions owned then (:class:`~stream_monitor.metrics.PartitionCollector`)."""
 
     # --- rebalance ------------------------------------------------------------------------
 
@@ -662,7 +572,6 @@ class Service:
         paused = []
         for tp in partitions:
             key = (tp.topic, tp.partition)
-            self.quarantined.pop(key, None)
             try:
                 monitor, loaded = self._load(tp.topic, tp.partition)
             except CorruptState as exc:
@@ -674,7 +583,6 @@ class Service:
                 self._missing_state(consumer, tp)
                 tp.offset = OFFSET_BEGINNING  # no state: the log from the start is the truth
             else:
-                self.persisted.add(key)
                 next_offset = loaded
                 tp.offset = next_offset
                 start = self._log_start(consumer, tp)
@@ -683,23 +591,18 @@ class Service:
                     tp.offset = OFFSET_BEGINNING
                 else:
                     log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
-            self.owned[key] = monitor
-        self.metrics.assigned_partitions.set(len(self.owned))
-        self.metrics.quarantined_partitions.set(len(self.quarantined))
-        if self.cooperative:
-            consumer.incremental_assign(partitions)
-        else:
-            consumer.assign(partitions)
+            self.partitions.assign(key, monitor, persisted=loaded is not None)
+        assign(consumer, partitions, self.cooperative)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
-            self.paused.update((tp.topic, tp.partition) for tp in paused)
+            self.partitions.paused.update((tp.topic, tp.partition) for tp in paused)
         # a partition paused by an earlier quarantine, assigned again and loadable now: whether the
         # client kept its pause across the rebalance or not, it must be read
-        again = [TopicPartition(*key) for key in self.paused if key in self.owned]
+        again = [TopicPartition(*key) for key in self.partitions.paused if self.partitions.owns(key)]
         if again:
             consumer.resume(again)
-            self.paused.difference_update((tp.topic, tp.partition) for tp in again)
-        if self.quarantined:
+            self.partitions.paused.difference_update((tp.topic, tp.partition) for tp in again)
+        if self.partitions.quarantined():
             self._publish_board()
 
     def _load(self, topic: str, partition: int) -> tuple[PartitionMonitor, int | None]:
@@ -730,8 +633,8 @@ class Service:
         The offset to assign it at."""
         service = self.config.service
         redis_key = self.store.key(*key)
-        self.quarantined[key] = Quarantine(redis_key, problem, time.time(),
-                                           time.monotonic() + service.quarantine_recheck_seconds)
+        self.partitions.quarantine(key, Quarantine(redis_key, problem, time.time(),
+                                                   time.monotonic() + service.quarantine_recheck_seconds))
         self.metrics.quarantines.inc()
         then = ("its messages wait (paused)" if service.on_corrupt_state == "pause" else
                 "its messages are dead-lettered (quarantined_partition)")
@@ -750,7 +653,7 @@ class Service:
         """Lift the quarantine of partitions whose key became loadable (fixed, imported) or was deleted:
         they are read from the stored offset (from the beginning when deleted), paused ones resumed."""
         now = time.monotonic()
-        for key, quarantine in list(self.quarantined.items()):
+        for key, quarantine in self.partitions.quarantined().items():
             if quarantine.next_check > now:
                 continue
             try:
@@ -761,23 +664,19 @@ class Service:
                     quarantine.problem = str(exc)
                     log.error("QUARANTINED %s[%d]: still cannot be loaded: %s", key[0], key[1], exc)
                 continue
-            del self.quarantined[key]
+            self.partitions.lift(key, monitor, persisted=loaded is not None)
             if loaded is None:
                 log.warning("quarantine of %s[%d] lifted: its state key was deleted; rebuilding it from the "
                             "beginning of the retained log", key[0], key[1])
             else:
-                self.persisted.add(key)
                 log.warning("quarantine of %s[%d] lifted: its stored state loads now; resuming at offset %d",
                             key[0], key[1], loaded)
-            self.owned[key] = monitor
             tp = TopicPartition(key[0], key[1], OFFSET_BEGINNING if loaded is None else loaded)
             self.consumer.seek(tp)
-            if key in self.paused:
+            if key in self.partitions.paused:
                 self.consumer.resume([TopicPartition(key[0], key[1])])
-                self.paused.discard(key)
-            self.metrics.assigned_partitions.set(len(self.owned))
-            self.metrics.quarantined_partitions.set(len(self.quarantined))
-            self.health.assigned_partitions = len(self.owned)
+                self.partitions.paused.discard(key)
+            self.health.assigned_partitions = len(self.partitions)
             self._publish_board()
 
     def _missing_state(self, consumer: Consumer, tp: TopicPartition) -> None:
@@ -831,13 +730,13 @@ class Service:
             monitor.next_offset = None
         self.store.new_epoch(topic, partition)
 
-    def _out_of_range_error(self, message: Message) -> None:
+    def _out_of_range_error(self, error: OffsetOutOfRange) -> None:
         """The broker answered a fetch with "offset out of range" (auto.offset.reset = error makes it an error)."""
-        key = (message.topic(), message.partition())
-        monitor = self.owned.get(key)
+        key = (error.topic, error.partition)
+        monitor = self.partitions.monitor(key)
         if monitor is None:
             return
-        stored = monitor.next_offset if monitor.next_offset is not None else message.offset()
+        stored = monitor.next_offset if monitor.next_offset is not None else error.offset
         try:
             start, end = self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
         except KafkaException:
@@ -853,9 +752,10 @@ class Service:
         before anything is reset (a false reset would count events twice)."""
         now = time.monotonic()
         self._next_log_end_check = now + LOG_END_CHECK_SECONDS
-        for key, monitor in list(self.owned.items()):
-            reading = monitor.next_offset
-            if not reading or self._log_checks_paused.get(key, 0.0) > now:
+        for record in self.partitions.records():
+            key, monitor = record.key, record.monitor
+            reading = None if monitor is None else monitor.next_offset
+            if not reading or record.log_check_after > now:
                 continue
             try:
                 start, high = self.consumer.get_watermark_offsets(TopicPartition(*key), cached=True)
@@ -865,7 +765,7 @@ class Service:
                 continue
             end = self._confirmed_log_end(key, reading)
             if end is None:
-                self._log_checks_paused[key] = now + 30
+                record.log_check_after = now + 30
                 log.warning("%s[%d]: the broker reports the log ending at %d, before the offset to read (%d), but "
                             "a second reader got no answer to confirm it; checking again in 30 s", key[0], key[1],
                             high, reading)
@@ -920,32 +820,15 @@ class Service:
         if not self.abandoned:  # after a stop during an outage, Redis keeps the last consistent state
             self._checkpoint(keys)  # persist before release
         faults.reached("during_rebalance")
-        for key in keys:
-            self.owned.pop(key, None)
-            self.quarantined.pop(key, None)
-            self.dirty.discard(key)
-            self.summaries.pop(key, None)
-            self.persisted.discard(key)
-            self._forget_gauges(key)
+        self.partitions.revoke(keys)  # their series go too: the gauges are derived from the registry
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
-        self.metrics.assigned_partitions.set(len(self.owned))
-        self.metrics.quarantined_partitions.set(len(self.quarantined))
-        if self.cooperative:
-            consumer.incremental_unassign(partitions)
+        unassign(consumer, partitions, self.cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
-        for key in keys:  # another member may own them now: saving could overwrite its progress
-            self.owned.pop(key, None)
-            self.quarantined.pop(key, None)
-            self.dirty.discard(key)
-            self.summaries.pop(key, None)
-            self.persisted.discard(key)
-            self._forget_gauges(key)
+        self.partitions.lose(keys)  # another member may own them now: saving could overwrite its progress
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
-        self.metrics.assigned_partitions.set(len(self.owned))
-        self.metrics.quarantined_partitions.set(len(self.quarantined))
 
 
 def _raw(message: Message) -> RawMessage:

@@ -4,6 +4,10 @@
 2. save each dirty partition's state with its next offset to Redis, atomically;
 3. commit the same offsets to the Kafka group (for lag tools; Redis holds the truth).
 
+It does nothing else: no status page, no gauges (the service refreshes its status
+after a checkpoint, and the per-partition gauges are read from the partition
+registry at scrape time). It is safe to run again after a failure at any step.
+
 A crash before 2 leaves the previous state in Redis: the events after it are
 processed again and raise the same alerts with the same ids (repeats, never
 gaps). A crash between 2 and 3 only leaves the group offset behind; the
@@ -14,43 +18,42 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Iterable
+from typing import Sequence
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from . import faults
 from .metrics import Metrics
-from .partition import PartitionMonitor
 from .publisher import Publisher
+from .registry import OwnedPartition, PartitionKey
 from .state import LOST, STALE, StateStore
 
 log = logging.getLogger(__name__)
 
-PartitionKey = tuple[str, int]
+__all__ = ["PartitionKey", "checkpoint"]
 
 
-def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publisher: Publisher,
-               store: StateStore, consumer: Consumer | None, metrics: Metrics | None = None,
-               persisted: set[PartitionKey] | None = None) -> dict[PartitionKey, dict]:
+def checkpoint(records: Sequence[OwnedPartition], publisher: Publisher, store: StateStore,
+               consumer: Consumer | None, metrics: Metrics | None = None) -> dict[PartitionKey, dict]:
     """Make the given partitions' progress durable; returns the summary of each partition saved.
 
-    ``persisted``: the partitions whose state this process stored or loaded before; one of them
-    found missing means Redis lost its data: logged loudly, and the state in memory (complete up
-    to this point) is what has just been written back.
+    A record's ``persisted`` flag says this process stored or loaded its state before; such a state
+    found missing means Redis lost its data: logged loudly, and the state in memory (complete up to
+    this point) is what has just been written back. Each saved record is flagged ``persisted``.
     """
-    persisted = set() if persisted is None else persisted
     started = time.perf_counter()
     publisher.confirm()  # 1
     faults.reached("after_alerts_before_save")
     offsets: list[TopicPartition] = []
     summaries: dict[PartitionKey, dict] = {}
-    for (topic, partition), monitor in monitors:  # 2
+    for record in records:  # 2
+        (topic, partition), monitor = record.key, record.monitor
         if monitor.next_offset is None:
             continue
         summary = summaries[(topic, partition)] = monitor.summary()
         saving = time.perf_counter()
         outcome = store.save(topic, partition, monitor.next_offset, monitor.snapshot(), summary,
-                             existed=(topic, partition) in persisted)
+                             existed=record.persisted)
         if outcome == STALE:
             log.warning("%s[%d]: newer state already stored by another owner; not overwritten", topic, partition)
         elif outcome == LOST:
@@ -59,7 +62,7 @@ def checkpoint(monitors: Iterable[tuple[PartitionKey, PartitionMonitor]], publis
                       "live instance follow service.on_missing_state.", topic, partition, monitor.next_offset)
             if metrics is not None:
                 metrics.state_lost.inc()
-        persisted.add((topic, partition))
+        record.persisted = True
         faults.reached("mid_checkpoint")
         if metrics is not None:
             metrics.redis_seconds.observe(time.perf_counter() - saving)

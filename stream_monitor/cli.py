@@ -104,7 +104,7 @@ def _run(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda received, _frame: early_stops.append(received))
     log.info("starting (pid %d)", os.getpid())
     from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
-    from .detectors.kernels import warm_up  # noqa: PLC0415
+    from .detectors.compile import warm_up  # noqa: PLC0415
     from .web import load_web_config, serve  # noqa: PLC0415
 
     warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch

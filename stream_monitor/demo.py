@@ -86,7 +86,7 @@ def run_demo(events_per_model: int = 60_000) -> int:
         redis_server = start_redis(workdir)
         started.append(redis_server)
         say(f"  broker  {broker.address} (pid {broker.pid})   redis {redis_server.address} (pid {redis_server.pid})")
-        from .detectors.kernels import warm_up  # noqa: PLC0415 - compiled once here, loaded by both monitors
+        from .detectors.compile import warm_up  # noqa: PLC0415 - compiled once here, loaded by both monitors
 
         warm_up()
         create_topics(broker.address, {INPUT: len(PARTITION_OF), ALERTS: 1, DEAD_LETTERS: 1})

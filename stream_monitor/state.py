@@ -5,7 +5,9 @@ partition's keys in one Redis Cluster slot):
 
 - ``ns:{group|topic|partition}:state`` — hash: ``offset`` (next offset to read),
   ``epoch`` (which log ``offset`` counts in, see below; absent = 0), ``state`` (the partition
-  snapshot as a data-only, versioned blob: :mod:`stream_monitor.statecodec`), ``summary``
+  snapshot as a data-only, versioned blob: :mod:`stream_monitor.statecodec`, without the next
+  offset: ``offset`` is its one copy, which :meth:`StateStore.load` puts into the snapshot it returns;
+  a blob written by an older version still carries one, and the hash field wins), ``summary``
   (JSON for ``status``), ``saved_at`` (epoch ms), and one ``ref:<id>`` field per
   reference profile the snapshot uses (a blob of the same format; ``<id>`` the
   :func:`~stream_monitor.statecodec.digest` of the profile's data). References are immutable and ~20× the size of the detector state,
@@ -212,6 +214,8 @@ def check_fields(key: str, fields: Mapping[str, bytes]) -> tuple[int, dict[str, 
     for ref in named:
         references[ref] = decode_state(fields[f"ref:{ref}"], f"{key}: field 'ref:{ref}'")
     _resolve_references(snapshot, references)
+    # The hash's offset is the one truth (the state written since carries none; an older one's copy equals it)
+    snapshot["next_offset"] = next_offset
     return next_offset, snapshot, named, epoch
 
 
@@ -277,6 +281,7 @@ class StateStore:
         LOST if ``existed`` (this process stored or loaded it before) but the key was gone."""
         key = self.key(topic, partition)
         state, references = _split_references(snapshot)
+        state.pop("next_offset", None)  # stored once, in the hash's offset field (load puts it back)
         written = self._written.setdefault(key, set())
         head = [next_offset, encode_state(state), orjson.dumps(summary), int(time.time() * 1000),
                 1 if existed else 0, self._epochs.get(key, 0), len(references), *references]

@@ -37,7 +37,7 @@ def monitors():
 def compiled_kernels():
     """Compile the detector kernels once, before any test starts `run` processes that would each wait
     for the compilation (it is cached on disk; a fresh clone pays ~10 s here, once)."""
-    from stream_monitor.detectors.kernels import warm_up
+    from stream_monitor.detectors.compile import warm_up
 
     warm_up()
 

@@ -95,8 +95,14 @@ def test_after_a_revoke_checkpoint_of_a_the_other_partition_is_saved_within_its_
 
         step(messages[0] + messages[1][:60])  # A 60, B 60: nothing due
         assert (stored_offset(service.store, topic, 0), stored_offset(service.store, topic, 1)) == (None, None)
+        shown = service.board.version
         service._on_revoke(consumer, [TopicPartition(topic, 0)])  # saves A only
         assert (stored_offset(service.store, topic, 0), stored_offset(service.store, topic, 1)) == (60, None)
+        assert list(service.partitions.owned()) == [(topic, 1)] and service.partitions.get((topic, 0)) is None
+        # the checkpoint did no status work: the loop refreshes the status page after it
+        assert (service.board.version, service.status_due) == (shown, True)
+        service._publish_status()
+        assert service.board.version > shown and not service.status_due
         step(messages[1][60:100])  # B at 100 messages since it was assigned: due, saved
         assert stored_offset(service.store, topic, 1) == 100
         step(messages[1][100:])

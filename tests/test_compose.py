@@ -301,7 +301,7 @@ def test_dockerfile_compiles_the_kernels_into_a_readable_seed():
     assert len(warm) == 1
     # compiled into the seed, from the installed package (-P: not a copy in the working directory) ...
     assert f"NUMBA_CACHE_DIR={seed} python -P -c" in warm[0]
-    assert "from stream_monitor.detectors.kernels import warm_up; warm_up()" in warm[0]
+    assert "from stream_monitor.detectors.compile import warm_up; warm_up()" in warm[0]
     # ... for any CPU of the architecture (numba's cache is keyed by CPU model) ...
     assert dockerfile_env()["NUMBA_CPU_NAME"] == "generic"
     # ... which the runtime user can read but not change

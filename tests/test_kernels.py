@@ -122,3 +122,57 @@ def test_tumble_closes_windows_where_counting_one_by_one_would():
     assert closed_at[:2].tolist() == [1, 4]
     assert closed_counts[:2].tolist() == [[1, 0, 0], [0, 1, 2]]
     assert counts.tolist() == [2, 0, 0]
+
+
+SIGNATURE_CHECK = """
+import json
+import orjson
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.detectors import compile
+from stream_monitor.events import RawMessage
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.synthetic import generate
+
+compile.warm_up()
+warmed = compile.signatures()
+model = {"reference": {"events": 500}, "detectors": {"psi": {"window": 500}}}
+config = parse_config({"models": {m: model for m in ("fraud", "churn")}})
+monitor = PartitionMonitor(config, 0, {})
+docs = [doc for pair in zip(generate("fraud", 3000, drift_at=1500), generate("churn", 3000)) for doc in pair]
+items = [(offset, decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), frozenset(config.models)), None)
+         for offset, doc in enumerate(docs)]
+alerts = []
+for start in range(0, len(items), 500):  # batches of the service's default size
+    alerts += monitor.process_batch(items[start:start + 500])
+print(json.dumps({"warmed": warmed, "after": compile.signatures(), "alerts": len(alerts)}))
+"""
+
+
+def test_a_production_batch_adds_no_second_kernel_signature():
+    """warm_up compiles each kernel with the argument types a batch passes: processing a realistic stream
+    (warm-up, reference, drift, alerts) afterwards compiles nothing more. A fresh interpreter, so the calls
+    of other tests in this process do not count."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", SIGNATURE_CHECK], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["warmed"] == {"adwin_batch": 1, "page_hinkley_batch": 1, "numeric_indices": 1, "tumble": 1}
+    assert result["alerts"] > 0  # the stream reached the detectors and drifted
+    assert result["after"] == result["warmed"]
+
+
+def test_the_kernels_import_nothing_of_the_package():
+    """The compiled leaf: the detectors import it, never the other way round (warm_up lives in compile)."""
+    import ast
+    import pathlib
+
+    tree = ast.parse(pathlib.Path(kernels.__file__).read_text(encoding="utf-8"))
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert imported <= {"__future__", "math", "numpy", "numba"}, imported
+    assert not hasattr(kernels, "warm_up")

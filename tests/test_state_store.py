@@ -11,7 +11,7 @@ import redis
 
 from stream_monitor.config import parse_config
 from stream_monitor.partition import PartitionMonitor
-from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect
+from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect, decode_state, encode_state
 
 from .helpers import unique
 from .test_partition import events
@@ -205,3 +205,27 @@ def test_equal_references_get_equal_ids_in_every_partition(redis_server):
         assert store.save("t", partition, monitor.next_offset, monitor.snapshot(), {}) == SAVED
     ids = [{f for f in client.hkeys(store.key("t", p)) if f.startswith(b"ref:")} for p in (0, 1)]
     assert ids[0] == ids[1] and len(ids[0]) == 1
+
+
+def test_the_next_offset_is_stored_once_in_the_hash_and_load_puts_it_into_the_snapshot(saved):
+    client, store, monitor = saved
+    key = store.key("t", 0)
+    blob = client.hget(key, "state")
+    assert "next_offset" not in decode_state(blob)
+    assert int(client.hget(key, "offset")) == monitor.next_offset == 3000
+    next_offset, snapshot = store.load("t", 0)
+    assert next_offset == snapshot["next_offset"] == 3000
+    assert snapshot == monitor.snapshot()
+
+
+def test_an_older_blob_that_carries_the_next_offset_is_read_and_the_hash_field_wins(saved):
+    client, store, monitor = saved
+    key = store.key("t", 0)
+    old = decode_state(client.hget(key, "state"))
+    old["next_offset"] = 2999  # as the previous version wrote it (a copy; the hash field is the truth)
+    client.hset(key, "state", encode_state(old))
+    next_offset, snapshot = StateStore(client, store.namespace, "g").load("t", 0)
+    assert next_offset == snapshot["next_offset"] == 3000
+    restored = PartitionMonitor(CONFIG, 0, {})
+    restored.restore(snapshot)
+    assert restored.next_offset == 3000 and restored.snapshot() == monitor.snapshot()

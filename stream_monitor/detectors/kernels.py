@@ -9,7 +9,10 @@ counts of PSI, KS and data quality. ``tests/test_kernels.py`` pins the equality
 value by value against river and the standard library on seeded streams.
 
 The kernels are compiled by numba on first use and cached next to this file
-(``cache=True``), so only the first process after an install pays for it.
+(``cache=True``), so only the first process after an install pays for it;
+:func:`~stream_monitor.detectors.compile.warm_up` does it before the first batch.
+This module imports nothing of the package: the detectors import it, never the
+other way round.
 State lives in small numpy arrays owned by the detector objects, which is also
 what their snapshots store.
 """
@@ -376,16 +379,3 @@ def tumble(indices, counts, n, window, closed_counts, closed_at):
             counts[:] = 0
             n = 0
     return closed, n
-
-
-def warm_up() -> None:
-    """Compile (or load from the on-disk cache) every kernel now, so the first batch does not wait."""
-    from .drift import AdwinDetector, PageHinkleyDetector  # noqa: PLC0415 - drift imports this module
-
-    values = np.array([0.25, 0.75])
-    AdwinDetector().update_many(values)
-    PageHinkleyDetector().update_many(values)
-    cells = np.zeros(2, dtype=np.int64)
-    tumble(cells, np.zeros(1, dtype=np.int64), 0, 1, np.zeros((2, 1), dtype=np.int64), np.zeros(2, dtype=np.int64))
-    out = np.empty(2)
-    numeric_indices(values, values, values, values, 0.01, cells, cells.copy(), out, out.copy())
