@@ -294,19 +294,15 @@ class ColumnMonitor:
         if quiet <= 0:
             return
         for episode in levels:
-            episode._cooling = max(0, episode._cooling - quiet)
+            episode.quiet_ticks(quiet)
         for order, (name, episode) in enumerate(points, start=12):
-            if episode.firing and episode.resolve_after - episode._quiet <= quiet:
-                at = start + episode.resolve_after - episode._quiet - 1
-                transition = episode._resolve()
+            resolved = episode.ticks(quiet)
+            if resolved is not None:
+                at, transition = resolved
+                at += start
                 index = int(usable[at])
                 out.append((index, order, self._point(name, transition, arrays[name], at,
                                                       (offsets[index], partition, times[index]))))
-                episode._cooling = max(0, episode._cooling - (stop - at - 1))
-            elif episode.firing:
-                episode._quiet += quiet
-            else:
-                episode._cooling = max(0, episode._cooling - quiet)
 
     # --- alerts -------------------------------------------------------------------------
 
