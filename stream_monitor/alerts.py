@@ -1,7 +1,7 @@
 """What a column's alert says: its reference and current payloads and its message, per detector kind.
 
 Pure functions of plain values (no detector state), so the words of every
-alert are in one place. The detector adapters (:mod:`stream_monitor.detectors.adapters`)
+alert are in one place. The detector adapters (:mod:`stream_monitor.adapters`)
 call them when an episode fires or resolves.
 """
 

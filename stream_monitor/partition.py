@@ -20,7 +20,7 @@ import orjson
 
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
-from .detectors.adapters import PARTS, Adapter, Batch, column_adapters
+from .adapters import PARTS, Adapter, Batch, column_adapters
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
@@ -49,7 +49,7 @@ _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.
 class ColumnMonitor:
     """Detectors of one column (a feature, the score, the predicted label, latency or labels) of one model.
 
-    The detectors are adapters (:mod:`stream_monitor.detectors.adapters`) in one
+    The detectors are adapters (:mod:`stream_monitor.adapters`) in one
     ordered list, :attr:`adapters`: per value, in this order, data-quality
     counts, PSI and KS windows, then ADWIN on the value's reference rank and
     Page-Hinkley on its normal score, and the p95 ceiling of a latency column.

@@ -31,16 +31,16 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import alerts
-from ..calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
-from ..config import ModelConfig
-from ..reference import ColumnReference, NumericReference
-from .drift import AdwinDetector, PageHinkleyDetector
-from .episode import Episode, Transition
-from .ks import KsWindow
-from .percentile import WindowPercentile
-from .psi import PsiWindow
-from .quality import QualityWindow
+from . import alerts
+from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
+from .config import ModelConfig
+from .detectors.drift import AdwinDetector, PageHinkleyDetector
+from .detectors.episode import Episode, Transition
+from .detectors.ks import KsWindow
+from .detectors.percentile import WindowPercentile
+from .detectors.psi import PsiWindow
+from .detectors.quality import QualityWindow
+from .reference import ColumnReference, NumericReference
 
 PARTS = ("psi", "ks", "adwin", "page_hinkley", "p95", "quality")  # a column snapshot's "detectors", in order
 
