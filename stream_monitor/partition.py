@@ -153,9 +153,10 @@ class ColumnMonitor:
                 psi_bins = np.fromiter((self.reference.bin_index(values[i]) for i in usable.tolist()),
                                        dtype=np.int64, count=len(usable))
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
-        for _, adapter in self._every:
-            for position, mark in adapter.update(batch):
-                marks.setdefault(position, {})[adapter] = mark
+        if closed_quality:  # the data-quality checks only report when their shared window closes
+            for _, adapter in self._every:
+                for position, mark in adapter.update(batch):
+                    marks.setdefault(position, {})[adapter] = mark
         if len(usable):
             for _, adapter in self._usable:
                 for j, mark in adapter.update(batch):
