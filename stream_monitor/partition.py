@@ -18,9 +18,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import orjson
 
+from .adapters import PARTS, Adapter, Batch, column_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
-from .adapters import PARTS, Adapter, Batch, column_adapters
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
