@@ -13,12 +13,12 @@ import logging
 import math
 from itertools import chain
 from operator import itemgetter
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import orjson
 
-from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
+from .adapters import PARTS, Adapter, Batch, column_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
@@ -31,7 +31,7 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
-from .reference import MAX_UNTRACKED_COUNTED, OTHER, CategoricalReference, ColumnReference, LabelSummary, Limits, \
+from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, \
     unmonitored_columns
 
@@ -44,26 +44,17 @@ _INFINITIES = (math.inf, -math.inf)
 _FINE = -1
 _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
     "missing", "type_mismatch", "non_finite", "out_of_range", "unseen_category"))
-POINT_DETECTORS = frozenset({"adwin", "page_hinkley"})
-
-
-class _Detector(NamedTuple):
-    """How one detector of a column is announced."""
-
-    name: str
-    threshold: float | None  # None: the detector decides internally (ADWIN's cut test), nothing to draw
-    critical: float | None
 
 
 class ColumnMonitor:
     """Detectors of one column (a feature, the score, the predicted label, latency or labels) of one model.
 
-    Per value, in this order: data-quality counts, PSI and KS windows, then
-    ADWIN on the value's reference rank and Page-Hinkley on its normal score.
-    :meth:`update_batch` does exactly that for a batch of values, one detector
-    kind at a time (which is why it is fast), and returns the alerts in the
-    per-value order. Every threshold not set in the config comes from the
-    false-alarm budget (:mod:`stream_monitor.calibration`).
+    The detectors are adapters (:mod:`stream_monitor.adapters`) in one
+    ordered list, :attr:`adapters`: per value, in this order, data-quality
+    counts, PSI and KS windows, then ADWIN on the value's reference rank and
+    Page-Hinkley on its normal score, and the p95 ceiling of a latency column.
+    :meth:`update_batch` runs the batch through each adapter in one go (which is
+    why it is fast) and returns the alerts in that per-value order.
     """
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference):
@@ -71,74 +62,56 @@ class ColumnMonitor:
         self.signal = signal
         self.name = name
         self.reference = reference
-        det = model.detectors
-        budget = det.false_alarms_per_million
-        window = det.psi.window
-        numeric = isinstance(reference, NumericReference)
-        self.numeric = numeric
-
-        def episode() -> Episode:
-            return Episode(det.resolve_after, det.cooldown, det.hysteresis)
-
-        self.episodes: dict[str, Episode] = {}
-        self.detectors: dict[str, _Detector] = {}
-        reference_events = max(reference.events, 1)
-
-        # data quality: each check's share of a window against the reference's own rate
-        self.quality: QualityWindow | None = None
-        if det.data_quality.enabled:
-            total = reference.events + reference.missing + (reference.mismatches if numeric else 0)
-            base = {"missing": reference.missing}
-            if numeric:
-                base.update(type_mismatch=reference.mismatches, non_finite=0, out_of_range=2)
-            else:
-                base.update(unseen_category=reference.singletons)
-            self.quality = QualityWindow(list(base), window)
-            for check, hits in base.items():
-                limit = rate_threshold(budget, window, hits, max(total, 1))
-                self.detectors[check] = _Detector(check, limit, max(limit, 0.5))
-                self.episodes[check] = episode()
-
-        self.psi = PsiWindow(reference.proportions, window, det.psi.epsilon)
-        bins_with_mass = sum(1 for p in reference.proportions if p > 0)
-        psi_warning = max(det.psi.warning, psi_threshold(budget, window, reference_events, bins_with_mass))
-        self.detectors["psi"] = _Detector("psi", psi_warning, max(det.psi.critical, psi_warning))
-        self.episodes["psi"] = episode()
-
-        self.ks: KsWindow | None = None
-        self.adwin: AdwinDetector | None = None
-        self.page_hinkley: PageHinkleyDetector | None = None
-        self.p95: WindowPercentile | None = None
-        if numeric:
-            if det.ks.enabled:
-                self.ks = KsWindow(reference.ks_grid, reference.ks_cdf, window)
-                ks_limit = det.ks.threshold or ks_threshold(budget, window, reference_events)
-                self.detectors["ks"] = _Detector("ks", ks_limit, 2 * ks_limit)
-                self.episodes["ks"] = episode()
-            if det.adwin.enabled:
-                a = det.adwin
-                delta = a.delta or adwin_delta(budget, a.clock)
-                self.adwin = AdwinDetector(delta, a.clock, a.max_buckets, a.min_window_length, a.grace_period)
-                self.detectors["adwin"] = _Detector("adwin", None, None)
-                self.adwin_delta = delta
-                self.episodes["adwin"] = episode()
-            if det.page_hinkley.enabled:
-                p = det.page_hinkley
-                threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
-                self.page_hinkley = PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha)
-                self.detectors["page_hinkley"] = _Detector("page_hinkley", threshold, threshold)
-                self.episodes["page_hinkley"] = episode()
-            ceiling = det.latency.p95_ceiling_ms
-            if signal == "latency" and ceiling is not None:
-                self.p95 = WindowPercentile(0.95, window)
-                self.detectors["p95_ceiling"] = _Detector("p95_ceiling", ceiling, ceiling)
-                self.episodes["p95_ceiling"] = episode()
+        self.numeric = isinstance(reference, NumericReference)
+        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference)
+        self._every = [(order, a) for order, a in enumerate(self.adapters) if a.every_value]
+        self._usable = [(order, a) for order, a in enumerate(self.adapters) if not a.every_value]
+        self._levels = [a.episode for a in self.adapters if not a.point]
+        self._points = [(order, a) for order, a in enumerate(self.adapters) if a.point]
+        self._quality = next((a.detector for a in self.adapters if a.part == "quality"), None)
         self.last_statistic: dict[str, float] = {}
-        if numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
+        if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
             self._edges = np.asarray(reference.edges, dtype=np.float64)
             self._ks_grid = np.asarray(reference.ks_grid, dtype=np.float64)
             self._grid = np.asarray(reference.grid, dtype=np.float64)
-            self._rank_floor = 0.5 / reference_events
+            self._rank_floor = 0.5 / max(reference.events, 1)
+
+    # read-only views by detector name and by part (the list is the one structure)
+    @property
+    def detectors(self) -> dict[str, Adapter]:
+        return {a.name: a for a in self.adapters}
+
+    @property
+    def episodes(self) -> dict[str, Episode]:
+        return {a.name: a.episode for a in self.adapters}
+
+    def parts(self) -> dict[str, Any]:
+        """The detector object of each part this column runs (the data-quality checks share one)."""
+        return {a.part: a.detector for a in self.adapters}
+
+    @property
+    def quality(self) -> QualityWindow | None:
+        return self._quality
+
+    @property
+    def psi(self) -> PsiWindow:
+        return self.parts()["psi"]
+
+    @property
+    def ks(self) -> KsWindow | None:
+        return self.parts().get("ks")
+
+    @property
+    def adwin(self) -> AdwinDetector | None:
+        return self.parts().get("adwin")
+
+    @property
+    def page_hinkley(self) -> PageHinkleyDetector | None:
+        return self.parts().get("page_hinkley")
+
+    @property
+    def p95(self) -> WindowPercentile | None:
+        return self.parts().get("p95")
 
     @property
     def label(self) -> str:
@@ -157,20 +130,20 @@ class ColumnMonitor:
         """Feed a batch of this column's values (``None`` when absent; a float64 array when all are
         numbers) from events at ``offsets``; the alerts as (value index, order within the value, alert).
 
-        The same alerts as feeding the values one at a time: each detector kind runs over the whole
-        batch in one compiled call, and the episodes then step from one value that matters (a window
-        closing, a detection) to the next, counting the quiet values in between in one go.
+        The same alerts as feeding the values one at a time: each adapter runs over the whole batch in
+        one compiled call, and the episodes then step from one value that matters (a window closing, a
+        detection) to the next, counting the quiet values in between in one go.
         """
         codes, numbers = self._classify(values)
-        marks: dict[int, dict[str, Any]] = {}
+        marks: dict[int, dict[Adapter, Any]] = {}
         clock = CLOCK
         started = clock.now()
-        if self.quality is not None:
-            for position, rates in self.quality.add_many(codes):
-                marks.setdefault(position, {})["quality"] = rates
+        closed_quality = []
+        if self._quality is not None:
+            closed_quality = self._quality.add_many(codes)
             started = clock.add("data_quality", started)
         usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE)).nonzero()[0]
-        arrays: dict[str, tuple] = {}
+        x = psi_bins = ks_cells = ranks = scores = None
         if len(usable):
             if self.numeric:
                 x = numbers[usable]
@@ -179,32 +152,18 @@ class ColumnMonitor:
             else:
                 psi_bins = np.fromiter((self.reference.bin_index(values[i]) for i in usable.tolist()),
                                        dtype=np.int64, count=len(usable))
-            for j, value, counts in self.psi.add_many(psi_bins):
-                marks.setdefault(int(usable[j]), {})["psi"] = (value, counts)
-            started = clock.add("psi", started)
-            if self.numeric:
-                if self.ks is not None:
-                    for j, gap in self.ks.add_many(ks_cells):
-                        marks.setdefault(int(usable[j]), {})["ks"] = gap
-                    started = clock.add("ks", started)
-                if self.adwin is not None:
-                    detected, means, widths = self.adwin.update_many(ranks)
-                    arrays["adwin"] = (means, widths)
-                    for j in detected.nonzero()[0].tolist():
-                        marks.setdefault(int(usable[j]), {})["adwin"] = True
-                    started = clock.add("adwin", started)
-                if self.page_hinkley is not None:
-                    detected, statistics = self.page_hinkley.update_many(scores)
-                    arrays["page_hinkley"] = (statistics,)
-                    for j in detected.nonzero()[0].tolist():
-                        marks.setdefault(int(usable[j]), {})["page_hinkley"] = True
-                    started = clock.add("page_hinkley", started)
-                if self.p95 is not None:
-                    for j, value in enumerate(x.tolist()):
-                        p95 = self.p95.add(value)
-                        if p95 is not None:
-                            marks.setdefault(int(usable[j]), {})["p95"] = p95
-        alerts = self._walk(marks, usable, arrays, offsets, partition, times)
+        batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
+        if closed_quality:  # the data-quality checks only report when their shared window closes
+            for _, adapter in self._every:
+                for position, mark in adapter.update(batch):
+                    marks.setdefault(position, {})[adapter] = mark
+        if len(usable):
+            for _, adapter in self._usable:
+                for j, mark in adapter.update(batch):
+                    marks.setdefault(int(usable[j]), {})[adapter] = mark
+                if adapter.stage is not None:
+                    started = clock.add(adapter.stage, started)
+        alerts = self._walk(marks, usable, offsets, partition, times)
         clock.add("episodes", started)
         return alerts
 
@@ -248,194 +207,108 @@ class ColumnMonitor:
                           for value in values], dtype=np.int64)
         return codes, None
 
-    def _walk(self, marks: dict[int, dict[str, Any]], usable: np.ndarray, arrays: dict[str, tuple],
-              offsets: Sequence[int], partition: int, times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+    def _walk(self, marks: dict[int, dict[Adapter, Any]], usable: np.ndarray, offsets: Sequence[int],
+              partition: int, times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
         """Episodes, value by value where something happens, in bulk over the quiet values between."""
         out: list[tuple[int, int, Alert]] = []
-        levels = [e for name, e in self.episodes.items() if name not in POINT_DETECTORS]
-        points = [(name, self.episodes[name]) for name in ("adwin", "page_hinkley") if name in arrays]
+        points = self._points if len(usable) else []
         done = 0  # usable values stepped so far
         for index in sorted(marks):
             mark = marks[index]
             before = int(np.searchsorted(usable, index))
-            self._quiet(done, before, levels, points, arrays, usable, offsets, partition, times, out)
+            self._quiet(done, before, points, usable, offsets, partition, times, out)
             context = (offsets[index], partition, times[index])
-            rates = mark.get("quality")
-            if rates is not None:
-                for order, (check, rate) in enumerate(rates.items()):
-                    out.extend((index, order, a) for a in self._level(check, rate, context, self._quality_text))
+            for order, adapter in self._every:
+                if adapter in mark:
+                    out.extend((index, order, a) for a in self._level(adapter, mark[adapter], context))
             if before < len(usable) and usable[before] == index:
-                for episode in levels:
+                for episode in self._levels:
                     episode.quiet_tick()
-                if "psi" in mark:
-                    value, self.psi.last_counts = mark["psi"]
-                    out.extend((index, 10, a) for a in self._level("psi", value, context, self._psi_text))
-                if "ks" in mark:
-                    out.extend((index, 11, a) for a in self._level("ks", mark["ks"], context, self._ks_text))
-                for order, (name, episode) in enumerate(points, start=12):
-                    transition = episode.detected() if mark.get(name) else episode.tick()
-                    if transition is not None:
-                        out.append((index, order, self._point(name, transition, arrays[name], before, context)))
-                if "p95" in mark:
-                    out.extend((index, 14, a) for a in self._level("p95_ceiling", mark["p95"], context,
-                                                                     self._p95_text))
+                for order, adapter in self._usable:
+                    if adapter.point:
+                        episode = adapter.episode
+                        transition = episode.detected() if adapter in mark else episode.tick()
+                        if transition is not None:
+                            out.append((index, order, self._point(adapter, transition, before, context)))
+                    elif adapter in mark:
+                        out.extend((index, order, a) for a in self._level(adapter, mark[adapter], context))
                 done = before + 1
             else:
                 done = before
-        self._quiet(done, len(usable), levels, points, arrays, usable, offsets, partition, times, out)
+        self._quiet(done, len(usable), points, usable, offsets, partition, times, out)
         out.sort(key=lambda t: t[:2])  # two resolutions in one quiet stretch were found detector by detector
         return out
 
-    def _quiet(self, start: int, stop: int, levels: list[Episode], points: list, arrays: dict, usable: np.ndarray,
-               offsets: Sequence[int], partition: int, times: Sequence[int | None], out: list) -> None:
+    def _quiet(self, start: int, stop: int, points: list, usable: np.ndarray, offsets: Sequence[int],
+               partition: int, times: Sequence[int | None], out: list) -> None:
         """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down; a firing
         point episode resolves once it has been quiet for ``resolve_after`` values."""
         quiet = stop - start
         if quiet <= 0:
             return
-        for episode in levels:
-            episode._cooling = max(0, episode._cooling - quiet)
-        for order, (name, episode) in enumerate(points, start=12):
-            if episode.firing and episode.resolve_after - episode._quiet <= quiet:
-                at = start + episode.resolve_after - episode._quiet - 1
-                transition = episode._resolve()
+        for episode in self._levels:
+            episode.quiet_ticks(quiet)
+        for order, adapter in points:
+            resolved = adapter.episode.ticks(quiet)
+            if resolved is not None:
+                at, transition = resolved
+                at += start
                 index = int(usable[at])
-                out.append((index, order, self._point(name, transition, arrays[name], at,
+                out.append((index, order, self._point(adapter, transition, at,
                                                       (offsets[index], partition, times[index]))))
-                episode._cooling = max(0, episode._cooling - (stop - at - 1))
-            elif episode.firing:
-                episode._quiet += quiet
-            else:
-                episode._cooling = max(0, episode._cooling - quiet)
 
     # --- alerts -------------------------------------------------------------------------
 
-    def _level(self, detector: str, value: float, context: tuple, describe) -> list[Alert]:
-        self.last_statistic[detector] = value
-        spec = self.detectors[detector]
-        episode = self.episodes[detector]
-        transition = episode.level(value, spec.threshold, spec.critical)
+    def _level(self, adapter: Adapter, mark: tuple[float, Any], context: tuple) -> list[Alert]:
+        value, extra = mark
+        self.last_statistic[adapter.name] = value
+        transition = adapter.episode.level(value, adapter.threshold, adapter.critical)
         if transition is None:
             return []
-        reference, current, message = describe(detector, transition, value, spec)
-        return [self._alert(detector, transition, value, spec, reference, current, message, *context)]
+        return [self._alert(adapter, transition, value, *adapter.describe(transition, value, extra), *context)]
 
-    def _point(self, detector: str, transition: Transition, arrays: tuple, at: int, context: tuple) -> Alert:
-        """A point detector's firing or resolution, with its statistic after the value at ``at``."""
-        episode = self.episodes[detector]
-        spec = self.detectors[detector]
-        ref = self.reference
-        statistic = float(arrays[0][at])
-        reference = {"mean": ref.mean, "std": ref.std, "median": ref.grid[len(ref.grid) // 2] if ref.grid else None}
-        if detector == "adwin":
-            window = int(arrays[1][at])
-            current = {"window_mean_rank": statistic, "window": window}
-            message = (f"ADWIN saw {self.label} move: over the last {window} values its mean reference rank "
-                       f"is {statistic:.2f} (0.50 when unchanged)")
-        else:
-            current = {"cumulative_deviation": statistic}
-            message = (f"Page-Hinkley saw a mean shift in {self.label}: cumulative deviation of normal scores "
-                       f"{statistic:.1f} > {spec.threshold:g}")
-        if transition.status == "resolved":
-            message = f"{detector} on {self.label}: no change for {episode.resolve_after} values, resolved"
-        return self._alert(detector, transition, statistic, spec, reference, current, message, *context)
+    def _point(self, adapter: Adapter, transition: Transition, at: int, context: tuple) -> Alert:
+        """A point detector's firing or resolution, with its statistic after the usable value ``at``."""
+        statistic, description = adapter.describe(transition, at)
+        return self._alert(adapter, transition, statistic, *description, *context)
 
-    def _window_text(self, what: str, transition: Transition, value: float, spec: _Detector, events: int) -> str:
-        if transition.status == "firing":
-            level = spec.critical if transition.severity == "critical" else spec.threshold
-            return f"{what} of {self.label} is {value:.3g} ({transition.severity} ≥ {level:.3g}) over the last {events} events"
-        return f"{what} of {self.label} is back to {value:.3g} (< {spec.threshold:.3g}) over the last {events} events"
-
-    def _psi_text(self, detector, transition, value, spec):
-        ref = self.reference
-        counts = self.psi.last_counts or []
-        total = sum(counts) or 1
-        if self.numeric:
-            reference = {"edges": ref.edges, "proportions": ref.proportions}
-        else:
-            reference = {"categories": ref.categories + [OTHER], "proportions": ref.proportions}
-        current = {"proportions": [c / total for c in counts], "events": total}
-        return reference, current, self._window_text("PSI", transition, value, spec, total)
-
-    def _ks_text(self, detector, transition, value, spec):
-        ref = self.reference
-        reference = {"quantiles": {"p5": ref.ks_grid[5], "p50": ref.ks_grid[50], "p95": ref.ks_grid[95]}}
-        return reference, {"events": self.ks.window}, self._window_text("KS", transition, value, spec, self.ks.window)
-
-    def _quality_text(self, check, transition, value, spec):
-        words = {"missing": "missing rate", "type_mismatch": "type-mismatch rate", "non_finite": "non-finite rate",
-                 "out_of_range": "share outside the reference range", "unseen_category": "share of unseen categories"}
-        ref = self.reference
-        reference = {"missing": ref.missing, "events": ref.events}
-        if self.numeric:
-            reference.update(min=ref.minimum, max=ref.maximum, type_mismatches=ref.mismatches)
-        else:
-            reference.update(categories=len(ref.seen), singletons=ref.singletons)
-        window = self.quality.window
-        current = {"rate": value, "events": window}
-        return reference, current, self._window_text(words[check], transition, value, spec, window)
-
-    def _p95_text(self, detector, transition, value, spec):
-        window = self.p95.window
-        text = (f"p95 latency of {self.model_id} is {value:g} ms, above the ceiling of {spec.threshold:g} ms, "
-                f"over the last {window} events")
-        if transition.status == "resolved":
-            text = f"p95 latency of {self.model_id} is back to {value:g} ms (ceiling {spec.threshold:g} ms)"
-        return {"p95_ceiling_ms": spec.threshold}, {"p95_ms": value, "events": window}, text
-
-    def _alert(self, detector: str, transition: Transition, statistic: float, spec: _Detector,
-               reference: dict, current: dict, message: str, offset: int, partition: int,
-               event_time_ms: int | None) -> Alert:
-        signal = "data_quality" if detector in QUALITY_CHECKS else self.signal
-        threshold = spec.critical if transition.severity == "critical" else spec.threshold
-        if detector == "adwin":
-            threshold = self.adwin_delta  # ADWIN's confidence parameter: what its cut test is held to
+    def _alert(self, adapter: Adapter, transition: Transition, statistic: float, reference: dict, current: dict,
+               message: str, offset: int, partition: int, event_time_ms: int | None) -> Alert:
         alert = Alert(status=transition.status, severity=transition.severity, model_id=self.model_id,
-                      signal=signal, name=self.name, detector=detector, statistic=float(statistic),
-                      threshold=float(threshold), reference=reference, current=current, partition=partition,
-                      offset=offset, event_time_ms=event_time_ms, message=message)
-        self.episodes[detector].last_alert_id = alert.alert_id
+                      signal=adapter.signal or self.signal, name=self.name, detector=adapter.name,
+                      statistic=float(statistic), threshold=float(adapter.alert_threshold(transition.severity)),
+                      reference=reference, current=current, partition=partition, offset=offset,
+                      event_time_ms=event_time_ms, message=message)
+        adapter.episode.last_alert_id = alert.alert_id
         return alert
 
     # --- state ----------------------------------------------------------------------------
 
-    def _parts(self) -> dict[str, Any]:
-        return {"psi": self.psi, "ks": self.ks, "adwin": self.adwin, "page_hinkley": self.page_hinkley,
-                "p95": self.p95, "quality": self.quality}
-
     def snapshot(self) -> dict[str, Any]:
-        return {"detectors": {k: None if d is None else d.snapshot() for k, d in self._parts().items()},
-                "episodes": {k: e.snapshot() for k, e in self.episodes.items()},
+        parts = self.parts()
+        return {"detectors": {k: None if k not in parts else parts[k].snapshot() for k in PARTS},
+                "episodes": {a.name: a.episode.snapshot() for a in self.adapters},
                 "last_statistic": dict(self.last_statistic)}
 
     def restore(self, state: Mapping[str, Any], restart: frozenset[str] = frozenset()) -> None:
-        """Continue from a snapshot; the detectors in ``restart`` (names of :meth:`_parts`) start afresh."""
-        for key, part in self._parts().items():
+        """Continue from a snapshot; the detectors of the parts in ``restart`` start afresh."""
+        for key, part in self.parts().items():
             saved = state["detectors"].get(key)
-            if part is not None and saved is not None and key not in restart:
+            if saved is not None and key not in restart:
                 part.restore(saved)
         skipped = {episode for part in restart for episode in _EPISODES_OF.get(part, (part,))}
+        episodes = self.episodes
         for key, episode_state in state["episodes"].items():
-            if key in self.episodes and key not in skipped:
-                self.episodes[key].restore(episode_state)
+            if key in episodes and key not in skipped:
+                episodes[key].restore(episode_state)
         self.last_statistic = {k: v for k, v in state["last_statistic"].items() if k not in skipped}
 
     def summary(self) -> list[dict[str, Any]]:
         latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
-        if self.adwin is not None:
-            latest["adwin"] = self.adwin.window_mean
-        if self.page_hinkley is not None:
-            latest["page_hinkley"] = self.page_hinkley.statistic
-        out = []
-        for detector, episode in self.episodes.items():
-            spec = self.detectors[detector]
-            out.append({"signal": "data_quality" if detector in QUALITY_CHECKS else self.signal,
-                        "name": self.name, "detector": detector,
-                        "statistic": latest.get(detector), "threshold": spec.threshold,
-                        "critical": spec.critical, "firing": episode.firing,
-                        "severity": episode.severity if episode.firing else None,
-                        "last_alert_id": episode.last_alert_id})
-        return out
+        return [{"signal": a.signal or self.signal, "name": self.name, "detector": a.name,
+                 "statistic": a.latest(latest), "threshold": a.threshold, "critical": a.critical,
+                 "firing": a.episode.firing, "severity": a.episode.severity if a.episode.firing else None,
+                 "last_alert_id": a.episode.last_alert_id} for a in self.adapters]
 
 
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
@@ -695,7 +568,7 @@ class ModelMonitor:
     def _detector_kinds(self) -> set[str]:
         """The parts (:data:`_RESTARTED_NAMES`) some column of this model runs."""
         columns = self.columns + ([self.label_column] if self.label_column is not None else [])
-        return {name for c in columns for name, part in c._parts().items() if part is not None}
+        return {name for c in columns for name in c.parts()}
 
     def _restore_reference(self, state: Mapping[str, Any], restart: frozenset[str]) -> None:
         warmup = state["warmup"]

@@ -13,6 +13,8 @@ from river import drift
 from stream_monitor.detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition, psi
 from stream_monitor.errors import StateError
 
+from .oracles import one
+
 PH_PARAMS = dict(min_instances=30, delta=0.25, threshold=50.0, alpha=0.9999)
 
 
@@ -171,7 +173,7 @@ def test_psi_window_restore_continues_identically(k):
     bins = [rng.choices(range(4), [0.4, 0.3, 0.2, 0.1] if i < 1500 else [0.1, 0.2, 0.3, 0.4])[0]
             for i in range(4000)]
     make = lambda: PsiWindow([0.4, 0.3, 0.2, 0.1], window=500)  # noqa: E731
-    _, whole, restored = decisions_after_restore(make, PsiWindow.add, bins, k)
+    _, whole, restored = decisions_after_restore(make, one, bins, k)
     assert restored == whole
     assert [i for i, v in enumerate(whole, start=k) if v is not None] == [i for i in range(4000) if i >= k and i % 500 == 499]
 
@@ -215,9 +217,9 @@ def test_psi_empty_bin_is_finite_thanks_to_epsilon():
 
 
 def test_psi_window_closes_every_window_values():
-    """add() returns a PSI exactly at every `window`-th value, then starts a new window."""
+    """Fed one value at a time, a PSI comes exactly at every `window`-th value, then a new window starts."""
     window = PsiWindow([0.5, 0.5], window=4)
-    out = [window.add(b) for b in [0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1]]
+    out = [one(window, b) for b in [0, 1, 0, 1, 1, 1, 1, 1, 0, 0, 1, 1]]
     assert [i for i, v in enumerate(out) if v is not None] == [3, 7, 11]
     assert out[3] == 0.0
     assert out[7] == pytest.approx(psi([0.5, 0.5], [0.0, 1.0]))

@@ -74,6 +74,30 @@ class Episode:
         if self._cooling:
             self._cooling -= 1
 
+    def quiet_ticks(self, count: int) -> None:
+        """``count`` values for a level detector with no window closing: :meth:`quiet_tick` ``count`` times."""
+        self._cooling = max(0, self._cooling - count)
+
+    def ticks(self, count: int) -> tuple[int, Transition] | None:
+        """``count`` values without a detection, in one step: :meth:`tick` ``count`` times. A firing
+        episode that has been quiet for ``resolve_after`` values by then resolves: (the index of that
+        value within the ``count``, the transition); else ``None``.
+
+        >>> e = Episode(resolve_after=3, cooldown=5)
+        >>> e.detected(), e.ticks(10), e.snapshot()["cooling"]
+        (Transition(status='firing', severity='warning'), (2, Transition(status='resolved', severity='warning')), 0)
+        """
+        if self.firing and self.resolve_after - self._quiet <= count:
+            at = self.resolve_after - self._quiet - 1
+            transition = self._resolve()
+            self._cooling = max(0, self._cooling - (count - at - 1))
+            return at, transition
+        if self.firing:
+            self._quiet += count
+        else:
+            self._cooling = max(0, self._cooling - count)
+        return None
+
     def _resolve(self) -> Transition:
         self.firing = False
         self._quiet = 0

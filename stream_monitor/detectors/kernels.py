@@ -329,7 +329,7 @@ def _inv_cdf(p):
 @njit(cache=True)
 def numeric_indices(values, edges, ks_grid, grid, floor, psi_bins, ks_bins, ranks, scores):
     """Per value: its PSI bin, its KS cell, its reference mid-rank and that rank's normal score
-    (what ``NumericReference.bin_index``, ``KsWindow.add``, ``RankTransform.rank`` and
+    (what ``NumericReference.bin_index``, ``bisect_left(ks_grid, value)``, ``RankTransform.rank`` and
     ``normal_score`` compute one value at a time)."""
     steps = grid.shape[0] - 1
     for i in range(values.shape[0]):

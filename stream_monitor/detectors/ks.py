@@ -7,13 +7,12 @@ can only understate the exact KS statistic (by at most the reference mass
 between two points), so alarms stay within the budget.
 
 >>> ks = KsWindow(grid=[0.0, 1.0, 2.0], reference_cdf=[0.0, 0.5, 1.0], window=4)
->>> [ks.add(x) for x in (2.0, 2.0, 1.5, 1.8)][-1]
-0.5
+>>> ks.add_many(np.array([2, 2, 2, 2]))  # the cells of 2.0, 2.0, 1.5, 1.8: bisect_left(grid, value)
+[(3, 0.5)]
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,14 +28,9 @@ class KsWindow:
         self._window = TumblingCounts(len(self.grid) + 1, window)
         self.last_value: float | None = None
 
-    def add(self, value: float) -> float | None:
-        """Count one value; the statistic when a window closes, else ``None``."""
-        closed = self._window.add((bisect_left(self.grid, value),))  # ≤ grid[j] ⇔ index ≤ j
-        return None if closed is None else self._gap(closed)
-
     def add_many(self, cells: np.ndarray) -> list[tuple[int, float]]:
-        """:meth:`add` for a batch, given each value's cell (``bisect_left(grid, value)``, int64);
-        per window closed: its position in the batch and the statistic."""
+        """Count a batch, given each value's cell (``bisect_left(grid, value)``, int64: a value ≤ grid[j]
+        ⇔ its cell ≤ j); per window closed: its position in the batch and the statistic."""
         return [(position, self._gap(counts)) for position, counts in self._window.add_many(cells)]
 
     def _gap(self, counts: Sequence[int]) -> float:

@@ -28,12 +28,12 @@ def psi(reference: Sequence[float], current: Sequence[float], epsilon: float = 1
 class PsiWindow:
     """Counts bin indices over a tumbling window of ``window`` values.
 
-    ``add`` returns the PSI when a window closes, else ``None``. The counts
+    ``add_many`` returns the PSI of each window a batch closes. The counts
     are a mergeable sketch: windows of several partitions add up bin by bin.
 
     >>> w = PsiWindow([0.5, 0.5], window=4)
-    >>> [w.add(i) for i in (0, 1, 1, 1)][-1] > 0.1
-    True
+    >>> [(position, value > 0.1) for position, value, _ in w.add_many(np.array([0, 1, 1, 1]))]
+    [(3, True)]
     >>> w.last_counts
     [1, 3]
     """
@@ -46,13 +46,9 @@ class PsiWindow:
         self.last_counts: list[int] | None = None
         self.last_value: float | None = None
 
-    def add(self, bin_index: int) -> float | None:
-        closed = self._window.add((bin_index,))
-        return None if closed is None else self._closed(closed)
-
     def add_many(self, bins: np.ndarray) -> list[tuple[int, float, list[int]]]:
-        """:meth:`add` for a batch of bin indices (int64); per window closed: its position in the
-        batch, its PSI and its counts."""
+        """Count a batch of bin indices (int64); per window closed: its position in the batch, its PSI
+        and its counts."""
         return [(position, self._closed(counts), counts) for position, counts in self._window.add_many(bins)]
 
     def _closed(self, counts: list[int]) -> float:

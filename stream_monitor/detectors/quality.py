@@ -3,17 +3,18 @@
 Counts, per window: missing values (absent or null), type mismatches (a
 non-number in a numeric column), non-finite numbers, values outside the
 reference range (numeric) and categories never seen in the reference
-(categorical). ``add`` returns each check's share of the window when the
-window closes.
+(categorical). ``add_many`` returns each check's share of each window a batch
+closes; a value has at most one problem, given as an index into :data:`CHECKS`
+(−1: none).
 
 >>> q = QualityWindow(["missing", "type_mismatch"], window=4)
->>> [q.add(("missing",)), q.add(()), q.add(()), q.add(("missing",))][-1]
-{'missing': 0.5, 'type_mismatch': 0.0}
+>>> q.add_many(np.array([0, -1, -1, 0]))
+[(3, {'missing': 0.5, 'type_mismatch': 0.0})]
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -32,14 +33,9 @@ class QualityWindow:
                                       dtype=np.int64)
         self.last_rates: dict[str, float] = {}
 
-    def add(self, problems: Iterable[str]) -> dict[str, float] | None:
-        """Count one event's problems (empty when it is fine); the rates when a window closes."""
-        closed = self._window.add([self.checks.index(p) for p in problems])
-        return None if closed is None else self._rates(closed)
-
     def add_many(self, codes: np.ndarray) -> list[tuple[int, dict[str, float]]]:
-        """:meth:`add` for a batch of events with at most one problem each, as problem codes (int64: an index into :data:`CHECKS`, −1 for
-        none); per window closed: its position in the batch and the rates."""
+        """Count a batch of events with at most one problem each, as problem codes (int64: an index into
+        :data:`CHECKS`, −1 for none); per window closed: its position in the batch and the rates."""
         closed = self._window.add_many(self._cell_of_code[codes])
         return [(position, self._rates(counts)) for position, counts in closed]
 

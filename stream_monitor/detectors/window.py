@@ -12,7 +12,7 @@ A window closes after ``window`` values; its counts are a mergeable sketch
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -36,18 +36,6 @@ class TumblingCounts:
             buffers = self._no_close
         closed, self.n = tumble(cells, self.counts, self.n, self.window, *buffers)
         return list(zip(buffers[1][:closed].tolist(), buffers[0][:closed].tolist()))
-
-    def add(self, cells: Iterable[int]) -> list[int] | None:
-        """One value counted in each of ``cells`` (none, one or several); the counts if it closed a window."""
-        for cell in cells:
-            self.counts[cell] += 1
-        self.n += 1
-        if self.n < self.window:
-            return None
-        closed = self.counts.tolist()
-        self.counts[:] = 0
-        self.n = 0
-        return closed
 
     def snapshot(self) -> dict[str, Any]:
         return {"counts": self.counts.tolist(), "n": self.n}
