@@ -215,7 +215,7 @@ def test_the_dev_only_broker_stays_out_of_the_runtime_install(pins, pyproject):
     assert DEV_ONLY_BROKER not in {canonicalize_name(r.name) for r in requirements(pyproject["project"]["dependencies"])}
     extras = pyproject["project"]["optional-dependencies"]
     holding = {extra for extra, specs in extras.items() if DEV_ONLY_BROKER in {canonicalize_name(Requirement(s).name) for s in specs}}
-    assert holding == {"dev"}
+    assert holding == {"dev", "demo"}  # the tests' and the demo's local broker
     # nothing only a dev extra needs is in the image
     runtime = closure(pins, requirements(pyproject["project"]["dependencies"]))
     for spec in extras["dev"]:
@@ -389,9 +389,22 @@ def test_ci_runs_audit_and_make_test_and_exits_with_the_result(tmp_path, audit_s
     assert calls.read_text().split() == ["audit", "test"]
 
 
+def test_the_oracles_library_is_a_pinned_dev_dependency_only(pins, pyproject):
+    """river is what the tests and the benchmark compare the compiled detectors with; the service never
+    imports it. It is pinned to the version the tests' expected decisions were computed with."""
+    assert "river" not in {canonicalize_name(r.name) for r in requirements(pyproject["project"]["dependencies"])}
+    assert "river" not in pins
+    dev = [Requirement(spec) for spec in pyproject["project"]["optional-dependencies"]["dev"]]
+    (river,) = [r for r in dev if canonicalize_name(r.name) == "river"]
+    assert str(river.specifier).startswith("=="), river
+    importers = [path.name for path in (ROOT / "stream_monitor").rglob("*.py")
+                 if re.search(r"^\s*(import river|from river)", path.read_text(encoding="utf-8"), re.M)]
+    assert importers == []
+
+
 def test_make_test_is_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    assert re.search(r"^test: setup\n\t\$\(PY\) -m pytest\n", makefile, re.M)
+    assert re.search(r"^test: (test-)?setup\n\t\$\(PY\) -m pytest\n", makefile, re.M)
     assert re.search(r"^audit:", makefile, re.M)
     assert "make test" in (ROOT / "README.md").read_text(encoding="utf-8")
 
