@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from .helpers import write_config
-from .test_service import SERVICE, SideBySide
+from .support import SERVICE, SideBySide, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +28,7 @@ def reconfigure(pair: SideBySide, redis_server, consumer: dict, service: dict | 
 
 
 def _models() -> dict:
-    from .test_service import MODELS
+    from .support import MODELS
     return MODELS
 
 

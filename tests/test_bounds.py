@@ -279,10 +279,10 @@ def test_the_service_keeps_up_with_huge_wide_events_and_reports_the_untracked_co
     service.max_inferred_columns = 20 are reported (model summary, /metrics, one log line)."""
     import urllib.request
 
-    from stream_monitor.localstack import create_topics, free_port
+    from stream_monitor.demo.localstack import create_topics, free_port
 
-    from .helpers import produce, unique, wait_for_offsets
-    from .test_service import Run
+    from .support import produce, unique, wait_for_offsets
+    from .support import Run
 
     topic = unique("wide")
     create_topics(broker.address, {topic: 1})

@@ -19,12 +19,10 @@ import orjson
 import pytest
 from confluent_kafka import KafkaError
 
-from stream_monitor.localstack import create_topics, free_port, start_broker
+from stream_monitor.demo.localstack import create_topics, free_port, start_broker
 from stream_monitor.logs import BrokerWatch, DeadLetterDigest, RepeatFilter
 
-from .helpers import unique, write_config
-from .test_health import probe
-from .test_service import MODELS
+from .support import MODELS, probe, unique, write_config
 
 
 class Clock:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from .support import dockerfile_env, dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parent.parent
 MONITOR_CONFIG_PATH = "/etc/stream-monitor/config.toml"
@@ -227,33 +228,6 @@ def test_prometheus_service_mounts_the_scrape_config(services):
     volumes = services["prometheus"]["volumes"]
     assert "./deploy/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in volumes
     assert (ROOT / "deploy" / "prometheus.yml").is_file()
-
-
-def dockerfile_instructions():
-    """[(INSTRUCTION, argument text)] of the Dockerfile: continuation lines joined, comment lines dropped."""
-    out, pending = [], ""
-    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
-        stripped = line.strip()
-        if not stripped or stripped.startswith("#"):
-            continue  # Docker drops comment lines, also between the lines of one instruction
-        pending = f"{pending} {stripped}" if pending else stripped
-        if pending.endswith("\\"):
-            pending = pending[:-1].rstrip()
-            continue
-        name, _, args = pending.partition(" ")
-        out.append((name.upper(), args.strip()))
-        pending = ""
-    assert not pending, "the Dockerfile ends in a continuation line"
-    return out
-
-
-def dockerfile_env():
-    """The variables set by the Dockerfile's ENV instructions (KEY=VALUE form)."""
-    values = {}
-    for name, args in dockerfile_instructions():
-        if name == "ENV":
-            values.update(item.split("=", 1) for item in shlex.split(args))
-    return values
 
 
 ENTRYPOINT_SCRIPT = "deploy/entrypoint.sh"

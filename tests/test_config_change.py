@@ -256,10 +256,10 @@ def test_the_service_keeps_an_unconfigured_models_state_and_rebaselines_a_change
     an instance that knows churn again continues it."""
     import urllib.request
 
-    from stream_monitor.localstack import create_topics, free_port
+    from stream_monitor.demo.localstack import create_topics, free_port
 
-    from .helpers import produce, read_topic, unique, wait_for_offsets, write_config
-    from .test_service import Run
+    from .support import produce, read_topic, unique, wait_for_offsets, write_config
+    from .support import Run
 
     topic = unique("config-change")
     create_topics(broker.address, {topic: 1})

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from .test_service import SideBySide
+from .support import SideBySide
 
 pytestmark = pytest.mark.slow
 

@@ -9,17 +9,13 @@ from __future__ import annotations
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 
-import orjson
 import pytest
 
-from stream_monitor.localstack import create_topics, free_port, start_redis
+from stream_monitor.demo.localstack import create_topics, free_port, start_redis
 from stream_monitor.web import HealthFacts, assess
 
-from .helpers import Feeder, unique, wait_for_offsets
-from .test_service import Run, two_model_stream
+from .support import Feeder, probe, Run, two_model_stream, unique, wait_for_offsets
 
 LOOP, UNASSIGNED = 10.0, 60.0
 
@@ -73,17 +69,6 @@ def test_stopping_is_not_ready():
 
 
 # --- through a real run -----------------------------------------------------------------------------------
-
-
-def probe(port: int, path: str) -> tuple[int, dict] | None:
-    """(status, JSON body), or None while nothing listens yet."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
-            return response.status, orjson.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, orjson.loads(exc.read())
-    except OSError:
-        return None
 
 
 def wait_for(port: int, path: str, status: int, process, timeout: float = 60.0) -> dict:

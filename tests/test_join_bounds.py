@@ -17,12 +17,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
 from stream_monitor.join import ENTRY_OVERHEAD, JoinOp, MemoryJoin, RedisJoin, performance_settings
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
 from stream_monitor.web import render_page
 
-from .helpers import MonitorProcess, final_states, produce, read_topic, store_for, unique, wait_for_offsets, \
+from .support import MonitorProcess, final_states, produce, read_topic, store_for, unique, wait_for_offsets, \
     write_config
 
 SCORE = {"score": 0.5, "label": 1, "t": 0}

@@ -15,59 +15,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.config import parse_config
 from stream_monitor.join import JoinOp, MemoryJoin, RedisJoin, performance_settings
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.replay import replay_alerts
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
 
-from .helpers import stored_offset, Feeder, MonitorProcess, produce, read_topic, alerts_of, store_for, unique, wait_for_offsets, \
-    final_states, write_config
+from .support import CREDIT, Feeder, LabelRun, pairs_counted, produce, split, stored_offset, unique, wait_for_offsets
 
-CREDIT = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
-          "performance": {"task": "classification", "window": 500, "floors": {"accuracy": 0.7}}}
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
-
-
-def split(events):
-    inference = [e for e in events if "features" in e]
-    labels = [e for e in events if "features" not in e]
-    return inference, labels
-
-
-def pairs_counted(store, topics_partitions) -> int:
-    total = 0
-    for topic, partitions in topics_partitions.items():
-        for state in final_states(store, topic, range(partitions)).values():
-            if state is not None:
-                model = state[1]["models"].get("credit")
-                if model and model["performance"]:
-                    total += model["performance"]["pairs_seen"]
-    return total
-
-
-class LabelRun:
-    def __init__(self, broker, redis_server, tmp_path, name, inference_topic, label_topic):
-        self.broker, self.tmp_path, self.name = broker, tmp_path, name
-        self.alert_topic, self.group_id, self.namespace = unique("alerts"), unique("group"), unique("ns")
-        create_topics(broker.address, {self.alert_topic: 1})
-        self.config = write_config(tmp_path / f"{name}.toml", bootstrap=broker.address, redis_url=redis_server.address,
-                                   input_topic=inference_topic, alert_topic=self.alert_topic,
-                                   dead_letter_topic=unique("dlq"), group_id=self.group_id,
-                                   namespace=self.namespace, models={"credit": CREDIT}, service=SERVICE)
-        text = self.config.read_text().replace(f'input_topics = ["{inference_topic}"]',
-                                               f'input_topics = ["{inference_topic}", "{label_topic}"]')
-        self.config.write_text(text)
-        self.store = store_for(redis_server.address, self.namespace, self.group_id)
-        self.count = 0
-
-    def start(self, monitors, env: dict | None = None) -> MonitorProcess:
-        self.count += 1
-        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self.count}.log", env)
-        monitors.append(process)
-        return process
-
-    def alerts(self):
-        return alerts_of(read_topic(self.broker.address, self.alert_topic, 1))
 
 
 def test_concept_drift_raises_a_performance_alert_and_no_feature_alert(broker, redis_server, tmp_path, monitors):

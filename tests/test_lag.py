@@ -14,11 +14,10 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_monitor.localstack import create_topics, free_port, start_redis
+from stream_monitor.demo.localstack import create_topics, free_port, start_redis
 from stream_monitor.metrics import PartitionView
 
-from .helpers import Feeder, unique, wait_for_offsets
-from .test_service import Run, two_model_stream
+from .support import Feeder, Run, two_model_stream, unique, wait_for_offsets
 
 
 def test_lag_is_the_end_minus_the_next_offset():

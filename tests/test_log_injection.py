@@ -96,11 +96,11 @@ HOSTILE = "amount\n2026-12-01 23:59:59,000 ERROR   stream_monitor.app: Redis dat
 
 
 def test_a_hostile_feature_name_cannot_forge_lines_of_run_or_status(broker, redis_server, tmp_path, monitors):
-    from stream_monitor.localstack import create_topics
+    from stream_monitor.demo.localstack import create_topics
     from stream_monitor.synthetic import generate
 
-    from .helpers import produce, unique, wait_for_offsets
-    from .test_service import Run, lines
+    from .support import produce, unique, wait_for_offsets
+    from .support import Run, lines
 
     topic = unique("hostile")
     create_topics(broker.address, {topic: 1})

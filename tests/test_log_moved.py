@@ -12,12 +12,11 @@ import pytest
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
-from stream_monitor.localstack import create_topics, free_port, start_broker
+from stream_monitor.demo.localstack import create_topics, free_port, start_broker
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.synthetic import generate
 
-from .helpers import Feeder, produce, unique, wait_for_offsets
-from .test_service import MODEL, Run, lines
+from .support import MODEL, Feeder, lines, produce, Run, unique, wait_for_offsets
 
 pytestmark = pytest.mark.slow
 MODELS = {"stable": MODEL}

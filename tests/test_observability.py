@@ -25,11 +25,10 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.synthetic import generate
 
-from .helpers import MonitorProcess, produce, unique, wait_for_offsets
-from .test_service import Run, lines
+from .support import lines, MonitorProcess, produce, Run, unique, wait_for_offsets
 
 DOCS_DIR = os.environ.get("STREAM_MONITOR_DOCS_DIR")  # set by `make docs`; else a temporary directory
 

@@ -8,10 +8,9 @@ import time
 
 import pytest
 
-from stream_monitor.localstack import create_topics, start_broker, start_redis
+from stream_monitor.demo.localstack import create_topics, start_broker, start_redis
 
-from .helpers import stored_offset, unique, wait_for_offsets
-from .test_service import Run, SideBySide
+from .support import Run, SideBySide, stored_offset, unique, wait_for_offsets
 
 pytestmark = pytest.mark.slow
 
@@ -93,8 +92,8 @@ def test_partition_without_state_although_the_group_made_progress(policy, broker
     """Redis lost a partition's state while no instance owned it: the documented policy applies, loudly."""
     topic = unique("inference")
     create_topics(broker.address, {topic: 1})
-    from .helpers import produce
-    from .test_service import lines
+    from .support import produce
+    from .support import lines
     from stream_monitor.synthetic import generate
     ends = produce(broker.address, topic, [(0, b"fraud", v, None)
                                            for v in lines(generate("fraud", 6000, seed=4, drift_at=3000))])
@@ -146,8 +145,8 @@ def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_se
     """The label join's keys vanish with Redis: said loudly once per model (ERROR line + counter), not silently."""
     import orjson
     from stream_monitor.synthetic import labelled
-    from .helpers import Feeder
-    from .test_labels import LabelRun, pairs_counted, split
+    from .support import Feeder
+    from .support import LabelRun, pairs_counted, split
 
     own = start_redis(str(tmp_path))
     port = int(own.address.rsplit(":", 1)[1].split("/")[0])

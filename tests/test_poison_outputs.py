@@ -22,8 +22,7 @@ from stream_monitor.demo.localstack import create_topics, free_port, produce_rec
 from stream_monitor.metrics import Metrics
 from stream_monitor.publisher import Publisher, _Out
 
-from .helpers import read_topic, stored_offset, unique, wait_for_offsets
-from .test_service import Run, lines, validator
+from .support import lines, read_topic, Run, stored_offset, unique, validator, wait_for_offsets
 
 LIMIT = 1_000_000 - 64 * 1024  # what the service allows itself under librdkafka's default message.max.bytes
 NOW_MS = 1_795_812_290_123

@@ -17,13 +17,11 @@ import urllib.request
 import orjson
 import pytest
 
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.state import SAVED, encode_state
 from stream_monitor.synthetic import generate
 
-from .helpers import produce, read_topic, unique, wait_for_offsets
-from .test_service import Run, lines
-from .test_state_format import crafted_pickle
+from .support import crafted_pickle, lines, produce, read_topic, Run, unique, wait_for_offsets
 from .test_state_store import warmed_monitor
 
 EVENTS = 1500  # per partition

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 from stream_monitor.app import write_refusal
-from stream_monitor.localstack import free_port, start_redis
+from stream_monitor.demo.localstack import free_port, start_redis
 
-from .test_service import SideBySide
+from .support import SideBySide
 
 
 def test_write_refusals_are_told_apart_from_other_errors():

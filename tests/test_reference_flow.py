@@ -9,11 +9,10 @@ import time
 
 import orjson
 
-from stream_monitor.localstack import create_topics
+from stream_monitor.demo.localstack import create_topics
 from stream_monitor.synthetic import generate
 
-from .helpers import produce, stored_offset, unique, wait_for_offsets
-from .test_service import Run
+from .support import produce, Run, stored_offset, unique, wait_for_offsets
 
 STORED = {"reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 

@@ -22,11 +22,11 @@ import redis
 from confluent_kafka import Consumer, TopicPartition
 
 from stream_monitor.config import admin_settings, consumer_settings, load_config, parse_config, producer_settings
-from stream_monitor.localstack import LocalProcess, create_topics, free_port, redis_binary
+from stream_monitor.demo.localstack import LocalProcess, create_topics, free_port, redis_binary
 from stream_monitor.synthetic import generate
 
-from .helpers import MonitorProcess, Feeder, produce, stored_offset, unique, wait_for_offsets, write_config
-from .test_service import MODELS, Run, assert_same_outcome, lines, two_model_stream, validator
+from .support import (MODELS, assert_same_outcome, Feeder, lines, MonitorProcess, produce, Run, stored_offset,
+                      two_model_stream, unique, validator, wait_for_offsets, write_config)
 
 CLI = [sys.executable, "-m", "stream_monitor"]
 

@@ -9,13 +9,12 @@ import pytest
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
-from stream_monitor.localstack import create_topics
+from stream_monitor.demo.localstack import create_topics
 from stream_monitor.partition import ColumnMonitor, PartitionMonitor
 from stream_monitor.rollback import Rollback, bound
 from stream_monitor.synthetic import generate
 
-from .helpers import produce, unique, wait_for_offsets
-from .test_service import MODELS, Run, lines
+from .support import MODELS, lines, produce, Run, unique, wait_for_offsets
 
 MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 CONFIG = parse_config({"models": {"fraud": MODEL, "churn": MODEL}})

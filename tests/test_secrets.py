@@ -14,7 +14,7 @@ from stream_monitor import config as config_module
 from stream_monitor import logs
 from stream_monitor.config import (load_config, parse_config, redact, redact_properties, redact_url,
                                    remember_secrets)
-from stream_monitor.localstack import start_redis
+from stream_monitor.demo.localstack import start_redis
 from stream_monitor.web import render_page
 
 SECRET = "Hunter2-s3cret"

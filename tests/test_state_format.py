@@ -4,7 +4,6 @@ the key; reference ids are a digest of the profile's data. Pure: no Redis, no br
 
 from __future__ import annotations
 
-import os
 import pickle
 import zlib
 from pathlib import Path
@@ -19,21 +18,7 @@ from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import _split_references, check_fields, decode_state, encode_state
 
 from .test_quiet_detectors import FULL_MODEL, full_stream
-
-
-class WritesMarker:
-    """What an attacker would store: unpickling it calls ``os.system`` (here: writes a marker file)."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return os.system, (f"id > {self.marker}",)
-
-
-def crafted_pickle(marker: Path) -> bytes:
-    """A blob in the old state format (zlib'd pickle) whose loading would run a command."""
-    return zlib.compress(pickle.dumps({"format": 4, "models": {}, "x": WritesMarker(marker)}, protocol=5), 1)
+from .support import WritesMarker, crafted_pickle
 
 
 def same(a, b) -> bool:

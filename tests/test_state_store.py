@@ -13,7 +13,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect
 
-from .helpers import unique
+from .support import unique
 from .test_partition import events
 
 CONFIG = parse_config({"models": {"fraud": {"reference": {"events": 1000}}}})
@@ -179,7 +179,7 @@ def test_a_pickle_in_redis_is_refused_naming_the_key_and_never_unpickled(saved, 
     with a CorruptState naming the key and field, and the payload does not run."""
     from stream_monitor.state import CorruptState  # noqa: PLC0415
 
-    from .test_state_format import crafted_pickle  # noqa: PLC0415
+    from .support import crafted_pickle  # noqa: PLC0415
 
     client, store, monitor = saved
     key = store.key("t", 0)

@@ -10,11 +10,10 @@ import pytest
 
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
-from stream_monitor.localstack import create_topics, start_redis
+from stream_monitor.demo.localstack import create_topics, start_redis
 from stream_monitor.synthetic import generate
 
-from .helpers import produce, unique, wait_for_offsets
-from .test_service import Run, SideBySide, lines
+from .support import lines, produce, Run, SideBySide, unique, wait_for_offsets
 
 
 @pytest.mark.slow
@@ -58,7 +57,7 @@ def test_rediss_tls_url_works(broker, tmp_path, monitors):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
                     "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
                     "-keyout", str(certs / "key.pem"), "-out", str(certs / "cert.pem")], check=True, capture_output=True)
-    from stream_monitor.localstack import free_port
+    from stream_monitor.demo.localstack import free_port
     port = free_port()
     tls = start_redis(str(tmp_path), port=free_port(), extra=(
         "--tls-port", str(port), "--tls-cert-file", str(certs / "cert.pem"), "--tls-key-file", str(certs / "key.pem"),

@@ -16,14 +16,13 @@ from stream_monitor.app import Service
 from stream_monitor.cli import main
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.metrics import Metrics
 from stream_monitor.reference import build_reference, unmonitored_columns, why_unmonitored
 from stream_monitor.state import ReferenceStore, connect
 from stream_monitor.synthetic import generate
 
-from .helpers import produce, unique, wait_for_offsets
-from .test_service import Run
+from .support import produce, Run, unique, wait_for_offsets
 
 FEATURES = {"amount": "numeric", "age": "numeric", "country": "categorical", "income": "numeric"}
 

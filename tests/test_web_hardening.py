@@ -29,12 +29,11 @@ from prometheus_client import CollectorRegistry
 from stream_monitor.board import StatusBoard
 from stream_monitor.config import load_config, parse_config
 from stream_monitor.errors import ConfigError
-from stream_monitor.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.metrics import HttpMetrics
 from stream_monitor.web import BasicAuth, PageCache, load_web_config, serve
 
-from .helpers import Feeder, unique, wait_for_offsets
-from .test_service import Run, two_model_stream
+from .support import Feeder, Run, two_model_stream, unique, wait_for_offsets
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"kafka": {"input_topics": ["t"]}}
@@ -450,7 +449,7 @@ def _flood(port: int, path: str, stop: threading.Event, counts: list[int]) -> No
 
 def _through(run: Run, topic: str, ends: dict[int, int], process) -> float:
     """Seconds from the first stored offset to the last (the loop's pace, join and warm-up excluded)."""
-    from .helpers import stored_offset
+    from .support import stored_offset
 
     deadline = time.monotonic() + 120
     while not stored_offset(run.store, topic, 0):
@@ -515,7 +514,7 @@ def test_the_loop_keeps_going_under_a_page_flood_and_renders_once_per_update(bro
 
 
 def produce_stream(bootstrap: str, topic: str) -> dict[int, int]:
-    from .helpers import produce
+    from .support import produce
 
     return produce(bootstrap, topic, [(0, key, value, None) for _, key, value, _ in two_model_stream(20_000, 1)])
 
