@@ -60,7 +60,7 @@ test-integration: test-setup
 # Refresh docs/metrics-scrape.txt and docs/status-page.png from a real run (the tests write them to
 # a temporary directory otherwise).
 docs: test-setup
-	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/test_observability.py -k "scrape_has_every_family or screenshot"
+	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/integration/test_observability.py -k "scrape_has_every_family or screenshot"
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -128,7 +128,7 @@ TARGET_CHECKPOINT_SHARE = 0.10
 TARGET_STATE_BYTES = 8192
 
 
-# --- workload and baselines (pure; tests/test_bench.py runs them) ------------------------------------
+# --- workload and baselines (pure; tests/unit/test_bench.py runs them) ------------------------------------
 
 
 def events(features: int, count: int, seed: int = 1) -> list[bytes]:
