@@ -14,25 +14,18 @@ from stream_monitor.errors import ConfigError
 from stream_monitor.demo.localstack import create_topics, start_redis
 from stream_monitor.synthetic import generate
 
-from ..support import lines, produce, Run, SideBySide, stored_offset, unique, wait_for_offsets
+from ..support import lines, produce, Run, SideBySide, unique, wait_for_offsets
 
 
 @pytest.mark.slow
 def test_rebalance_storm_of_three_instances(broker, redis_server, tmp_path, monitors):
-    """Three instances; one is stopped or started whenever every partition has moved on by 500 events,
-    while the stream flows."""
+    """Three instances; every 6 s one is stopped or started while the stream flows."""
     pair = SideBySide(broker, redis_server, tmp_path, monitors, events=30_000, partitions=4, rate=1200)
     running = [pair.start() for _ in range(3)]
     pair.feeder.start()
     changes = 0
     while pair.feeder.is_alive() and changes < 8:
-        # each membership makes progress before the next change: every partition's stored offset moves on
-        before = {p: stored_offset(pair.run.store, pair.topic, p) or 0 for p in range(pair.partitions)}
-        deadline = time.monotonic() + 60
-        while pair.feeder.is_alive() and time.monotonic() < deadline and any(
-                (stored_offset(pair.run.store, pair.topic, p) or 0) < before[p] + 500 for p in before):
-            assert all(m.process.poll() is None for m in running), "no instance exits on its own"
-            time.sleep(0.1)
+        time.sleep(6)  # the storm's pace: membership changes on a clock, whatever the group is doing
         if changes % 2 == 0:
             assert running.pop(0).terminate() == 0, "a stopped instance exits cleanly"
         else:
