@@ -104,7 +104,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from river import drift
 
 from stream_monitor.config import ServiceConfig
-from stream_monitor.localstack import MonitorProcess
+from stream_monitor.demo.localstack import MonitorProcess
 
 WARMUP = 5_000
 DEFAULT_EVENTS = 200_000
@@ -128,7 +128,7 @@ TARGET_CHECKPOINT_SHARE = 0.10
 TARGET_STATE_BYTES = 8192
 
 
-# --- workload and baselines (pure; tests/test_bench.py runs them) ------------------------------------
+# --- workload and baselines (pure; tests/unit/test_bench.py runs them) ------------------------------------
 
 
 def events(features: int, count: int, seed: int = 1) -> list[bytes]:
@@ -427,31 +427,12 @@ def new_producer(bootstrap: str):
 def send_all(producer, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
     """Every event of each partition, in order, the partitions interleaved event by event (so that they
     fill at the same pace); returns when every message is acknowledged, with each partition's end offset."""
-    ends: dict[int, int] = {}
-    errors: list[str] = []
+    from stream_monitor.demo.localstack import produce_records  # noqa: PLC0415
 
-    def delivered(err, msg) -> None:
-        if err is not None:
-            errors.append(str(err))
-        else:
-            ends[msg.partition()] = max(ends.get(msg.partition(), 0), msg.offset() + 1)
-
-    send = producer.produce
     longest = max((len(lines) for lines in batches.values()), default=0)
-    for i in range(longest):
-        for partition, lines in batches.items():
-            if i < len(lines):
-                while True:
-                    try:
-                        send(topic, lines[i], key=b"m", partition=partition, on_delivery=delivered)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-        if i % 1000 == 0:
-            producer.poll(0)
-    if producer.flush(120) or errors:
-        raise RuntimeError(f"producing to {topic} failed: {errors[:3]}")
-    return ends
+    interleaved = ((partition, b"m", lines[i], None)
+                   for i in range(longest) for partition, lines in batches.items() if i < len(lines))
+    return produce_records(producer, topic, interleaved, poll_every=1000 * max(len(batches), 1), flush_timeout=120)
 
 
 def produce(bootstrap: str, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
@@ -522,7 +503,7 @@ def timeout_for(events_count: int) -> float:
 
 def run_single(stack: Stack, features: int, lines: list[bytes], measured: int) -> SingleResult:
     """One instance on a one-partition topic holding `lines` (warm-up, measured events, padding)."""
-    from stream_monitor.localstack import create_topics, free_port  # noqa: PLC0415
+    from stream_monitor.demo.localstack import create_topics, free_port  # noqa: PLC0415
     from stream_monitor.state import StateStore, connect  # noqa: PLC0415
 
     tag = uuid.uuid4().hex[:6]
@@ -642,7 +623,7 @@ def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
     """`instances` instances in one group on a topic of as many partitions, holding only the warm-ups when
     they start; once the group has settled, N/instances measured events per partition (and the padding)
     are produced, timed from the start of production (see the module docstring)."""
-    from stream_monitor.localstack import create_topics  # noqa: PLC0415
+    from stream_monitor.demo.localstack import create_topics  # noqa: PLC0415
     from stream_monitor.state import StateStore, connect  # noqa: PLC0415
 
     tag = uuid.uuid4().hex[:6]
@@ -819,7 +800,7 @@ def main() -> int:
     args = parser.parse_args()
     measured = QUICK_EVENTS if args.quick else args.events
 
-    from stream_monitor.localstack import create_topics, start_broker, start_redis  # noqa: PLC0415
+    from stream_monitor.demo.localstack import create_topics, start_broker, start_redis  # noqa: PLC0415
 
     workdir = Path(tempfile.mkdtemp(prefix="sm-bench-"))
     print(f"end-to-end throughput: {measured:,} measured events per case, logs in {workdir}", flush=True)

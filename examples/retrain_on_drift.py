@@ -18,7 +18,7 @@ resolved; a brief burst that resolves before ``--sustain-seconds`` asks nothing.
         --min-alerts 2 --sustain-seconds 900
 
 The decision logic is the pure class :class:`RetrainPolicy` (no Kafka; tested
-by tests/test_example_consumer.py); :func:`main` wires it to confluent-kafka.
+by tests/unit/test_example_consumer.py); :func:`main` wires it to confluent-kafka.
 
 State is in memory: after a restart, episodes that started earlier are
 unknown until they re-fire. ``--from-beginning`` rebuilds the state by

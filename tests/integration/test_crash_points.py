@@ -1,0 +1,45 @@
+"""SIGKILL at five distinct points of the processing (fault injection, stream_monitor/faults.py), then a
+restart: the final Redis state and the alert ids equal those of an uninterrupted run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from ..support import SideBySide
+
+pytestmark = pytest.mark.slow
+
+# n-th time the point is reached: late enough to be mid-stream, early enough to be before its end
+CRASHES = {"between_batches": 40, "mid_batch": 40, "after_alerts_before_save": 6, "mid_checkpoint": 6}
+
+
+def wait_killed(process, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while process.process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process.process.returncode == -9, f"expected a SIGKILL, got {process.process.returncode}"
+
+
+@pytest.mark.parametrize("point", sorted(CRASHES))
+def test_sigkill_at_a_point_then_restart(point, broker, redis_server, tmp_path, monitors):
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                      service={"batch_size": 100})
+    first = pair.start(env={"STREAM_MONITOR_CRASH_AT": f"{point}:{CRASHES[point]}"})
+    pair.feeder.start()
+    wait_killed(first)
+    assert pair.stopped_short(), "the crash happened mid-stream"
+    pair.finish([pair.start()])
+
+
+def test_sigkill_during_a_rebalance(broker, redis_server, tmp_path, monitors):
+    """The instance dies inside its revoke callback, after persisting, before releasing."""
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=1500)
+    first = pair.start(env={"STREAM_MONITOR_CRASH_AT": "during_rebalance:1"})
+    pair.feeder.start()
+    pair.progress(2000, [first])
+    joining = pair.start()  # its join makes the group revoke the first instance's partitions
+    wait_killed(first)
+    assert pair.stopped_short(), "the crash happened mid-stream"
+    pair.finish([joining])

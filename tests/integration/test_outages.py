@@ -1,0 +1,178 @@
+"""Outages of Redis and of the broker mid-stream: processing pauses, resumes, loses and double-counts nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from stream_monitor.demo.localstack import create_topics, start_broker, start_redis
+
+from ..support import Run, SideBySide, stored_offset, unique, wait_for_offsets
+
+pytestmark = pytest.mark.slow
+
+
+def test_redis_paused_mid_stream(broker, redis_server, tmp_path, monitors):
+    """SIGSTOP Redis for 12 s: the service waits (logged), then finishes with the uninterrupted outcome."""
+    own = start_redis(str(tmp_path))
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGSTOP)
+        time.sleep(12)
+        os.kill(own.pid, signal.SIGCONT)
+        pair.finish([process])
+        log = process.log()
+        assert "Redis unreachable" in log and "processing paused" in log and "Redis is back" in log
+    finally:
+        own.stop()
+
+
+def test_redis_refusing_connections_then_back_with_its_data(broker, redis_server, tmp_path, monitors):
+    """Redis stopped for 10 s (connections refused), restarted from its append-only file."""
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    own = start_redis(str(data), persistent=True)
+    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        own.stop()
+        time.sleep(10)
+        own = start_redis(str(data), port=port, persistent=True)
+        pair.finish([process])
+        assert "Redis unreachable" in process.log() and "REDIS LOST" not in process.log()
+    finally:
+        own.stop()
+
+
+def test_redis_restarted_empty_is_noticed_and_written_back(broker, redis_server, tmp_path, monitors):
+    """Redis killed and restarted without its data: said loudly, the owned state is written back from
+    memory, and the final outcome still equals an uninterrupted run."""
+    own = start_redis(str(tmp_path))
+    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGKILL)
+        own.process.wait(5)
+        deadline = time.monotonic() + 30  # Redis comes back once the service has found it gone
+        while "Redis unreachable" not in process.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        own = start_redis(str(tmp_path), port=port)
+        pair.finish([process])
+        assert "REDIS LOST ITS DATA" in process.log()
+    finally:
+        own.stop()
+
+
+def test_broker_paused_mid_stream(redis_server, tmp_path, monitors):
+    """SIGSTOP the broker for 12 s: clients reconnect and the stream finishes as if nothing happened."""
+    own = start_broker(str(tmp_path))
+    try:
+        pair = SideBySide(own, redis_server, tmp_path, monitors, events=10_000, partitions=2, rate=4000)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGSTOP)
+        time.sleep(12)
+        os.kill(own.pid, signal.SIGCONT)
+        ends = pair.finish([process])
+        assert stored_offset(pair.run.store, pair.topic, 0) == ends[0]
+    finally:
+        for p in monitors:
+            p.close()
+        own.stop()
+
+
+@pytest.mark.parametrize("policy", ["rebuild", "stop"])
+def test_partition_without_state_although_the_group_made_progress(policy, broker, redis_server, tmp_path, monitors):
+    """Redis lost a partition's state while no instance owned it: the documented policy applies, loudly."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    from ..support import produce
+    from ..support import lines
+    from stream_monitor.synthetic import generate
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None)
+                                           for v in lines(generate("fraud", 6000, seed=4, drift_at=3000))])
+    run = Run(broker, redis_server, tmp_path, topic, 1, policy, service={"on_missing_state": policy})
+    first = run.start(monitors)
+    wait_for_offsets(run.store, topic, ends, processes=[first])
+    assert first.terminate() == 0
+    before = run.states()
+    for key in run.store.client.scan_iter(f"{run.namespace}:*"):  # Redis loses this run's data
+        run.store.client.delete(key)
+    second = run.start(monitors)
+    if policy == "stop":
+        assert second.process.wait(60) == 2
+        assert "Redis lost its data" in second.log() and "state import" in second.log()
+        return
+    wait_for_offsets(run.store, topic, ends, processes=[second])
+    assert second.terminate() == 0
+    assert "REDIS LOST ITS DATA" in second.log() and "rebuilding it from the beginning" in second.log()
+    assert run.states() == before, "rebuilt from the log: the same state"
+
+
+def test_sigterm_while_redis_is_paused_exits_within_10_s_and_a_restart_finishes(broker, redis_server, tmp_path,
+                                                                                 monitors):
+    """SIGTERM during a Redis outage: the wait ends, the checkpoint in hand is given up (Redis keeps the last
+    consistent state), exit 0 within 10 s; the next instance redoes the rest with the uninterrupted outcome."""
+    own = start_redis(str(tmp_path))
+    try:
+        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                          run_redis=own)
+        process = pair.underway(3000)
+        os.kill(own.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 60
+        while "Redis unreachable" not in process.log():
+            assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
+            time.sleep(0.05)
+        started = time.monotonic()
+        assert process.terminate(timeout=10) == 0, process.log()[-3000:]
+        print(f"\nSIGTERM during the Redis outage: exited after {time.monotonic() - started:.1f} s")
+        log = process.log()
+        assert "stopped during an outage" in log and "processed again by the next owner" in log
+        os.kill(own.pid, signal.SIGCONT)
+        pair.finish([pair.start()])
+    finally:
+        os.kill(own.pid, signal.SIGCONT)
+        own.stop()
+
+
+def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_server, tmp_path, monitors):
+    """The label join's keys vanish with Redis: said loudly once per model (ERROR line + counter), not silently."""
+    import orjson
+    from stream_monitor.synthetic import labelled
+    from ..support import Feeder
+    from ..support import LabelRun, pairs_counted, split
+
+    own = start_redis(str(tmp_path))
+    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
+    try:
+        inference_topic, label_topic = unique("inference"), unique("labels")
+        create_topics(broker.address, {inference_topic: 1, label_topic: 1})
+        predictions, answers = split(labelled("credit", 12_000, seed=3, delay=400))
+        feeders = [Feeder(broker.address, topic, [(0, b"credit", orjson.dumps(e), None) for e in events], 2000)
+                   for topic, events in ((inference_topic, predictions), (label_topic, answers))]
+        run = LabelRun(broker, own, tmp_path, "joinlost", inference_topic, label_topic)
+        process = run.start(monitors)
+        for feeder in feeders:
+            feeder.start()
+        wait_for_offsets(run.store, inference_topic, {0: 3000}, processes=[process])
+        os.kill(own.pid, signal.SIGKILL)
+        own.process.wait(5)
+        own = start_redis(str(tmp_path), port=port)
+        inference_ends, label_ends = (feeder.result() for feeder in feeders)
+        wait_for_offsets(run.store, inference_topic, inference_ends, processes=[process], timeout=120)
+        wait_for_offsets(run.store, label_topic, label_ends, processes=[process], timeout=120)
+        assert process.terminate() == 0
+        log = process.log()
+        assert log.count("REDIS LOST ITS DATA: label join of model credit") == 1, log[-3000:]
+        pairs = pairs_counted(run.store, {inference_topic: 1, label_topic: 1})
+        print(f"\nlabel join lost with Redis: {pairs} of {len(answers)} pairs counted")
+    finally:
+        own.stop()

@@ -1,0 +1,383 @@
+"""What the tests share, in one place (test modules import from here, never from each other).
+
+Configs (``write_config``), feeding topics (``produce``, ``Feeder``), reading them back, waiting on stored
+offsets; a monitored pipeline (``Run``, ``LabelRun``) and an interrupted-vs-undisturbed pair
+(``SideBySide``); probes of the HTTP endpoint; the Dockerfile's instructions; a hostile state blob.
+The local processes themselves (broker, Redis, ``stream-monitor run``) are started by
+:mod:`stream_monitor.demo.localstack`, which the demo and the benchmark use too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shlex
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import jsonschema
+import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from stream_monitor.demo.localstack import MonitorProcess, create_topics, produce_records
+from stream_monitor.state import StateStore, connect
+from stream_monitor.synthetic import generate
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMAS = ROOT / "schemas"
+
+FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f'"{k}" = {toml_value(v)}' for k, v in value.items()) + " }"
+    raise TypeError(value)
+
+
+def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str, alert_topic: str,
+                 dead_letter_topic: str, group_id: str, namespace: str, models: dict[str, dict],
+                 service: dict | None = None, consumer: dict | None = None) -> Path:
+    """A TOML config for one test run (consumer tuned for the local broker's slow joins)."""
+    lines = ["[kafka]", f"bootstrap_servers = {toml_value(bootstrap)}", f"group_id = {toml_value(group_id)}",
+             f"input_topics = {toml_value([input_topic])}", f"alert_topic = {toml_value(alert_topic)}",
+             f"dead_letter_topic = {toml_value(dead_letter_topic)}", "", "[kafka.consumer]"]
+    lines += [f'"{k}" = {toml_value(v)}' for k, v in {**FAST_CONSUMER, **(consumer or {})}.items()]
+    lines += ["", "[redis]", f"url = {toml_value(redis_url)}", f"namespace = {toml_value(namespace)}", "",
+              "[service]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in {"metrics_port": 0, **(service or {})}.items()]
+    for model_id, model in models.items():
+        lines += ["", f"[models.{model_id}]"]
+        lines += [f"{key} = {toml_value(value)}" for key, value in model.items() if key != "detectors"]
+        if "detectors" in model:
+            lines += [f"[models.{model_id}.detectors]"] + [f"{k} = {toml_value(v)}"
+                                                           for k, v in model["detectors"].items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[int | None, bytes | None, bytes | None, list | None]],
+            rate: float | None = None) -> dict[int, int]:
+    """Produce (partition, key, value, headers) in order; returns the end offset of each partition."""
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    return produce_records(producer, topic, records, rate=rate)
+
+
+class Feeder(threading.Thread):
+    """Produces records at a steady rate in the background (so interruptions happen mid-stream)."""
+
+    def __init__(self, bootstrap: str, topic: str, records: list, rate: float):
+        super().__init__(daemon=True)
+        self.args = (bootstrap, topic, records, rate)
+        self.ends: dict[int, int] | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.ends = produce(*self.args[:3], rate=self.args[3])
+        except BaseException as exc:  # noqa: BLE001 - reported by result()
+            self.error = exc
+
+    def result(self, timeout: float = 120.0) -> dict[int, int]:
+        self.join(timeout)
+        if self.error is not None:
+            raise self.error
+        assert self.ends is not None, "feeder did not finish"
+        return self.ends
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, idle: float = 2.0, timeout: float = 60.0) -> list[Any]:
+    """Every message of a topic from the beginning (no group), until ``idle`` seconds pass without one."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False,
+                         "fetch.wait.max.ms": 50})
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+    messages = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline and time.monotonic() - last < idle:
+            batch = consumer.consume(500, 0.2)
+            for message in batch:
+                if message.error() is None:
+                    messages.append(message)
+                    last = time.monotonic()
+    finally:
+        consumer.close()
+    return messages
+
+
+def alerts_of(messages: list) -> list[dict[str, Any]]:
+    return [orjson.loads(m.value()) for m in messages]
+
+
+def store_for(redis_url: str, namespace: str, group_id: str) -> StateStore:
+    return StateStore(connect(redis_url), namespace, group_id)
+
+
+def wait_for_offsets(store: StateStore, topic: str, ends: dict[int, int], timeout: float = 90.0,
+                     processes: Iterable[MonitorProcess] = ()) -> None:
+    """Until the stored next offset of every partition reaches its end offset."""
+    deadline = time.monotonic() + timeout
+    stored: dict[int, int | None] = {}
+    while time.monotonic() < deadline:
+        stored = {p: stored_offset(store, topic, p) for p in ends}
+        if all(stored[p] is not None and stored[p] >= end for p, end in ends.items()):
+            return
+        for process in processes:
+            if process.process.poll() is not None:
+                raise AssertionError(f"monitor exited early ({process.process.returncode}):\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+    logs = "\n".join(p.log()[-2000:] for p in processes)
+    raise AssertionError(f"stored offsets {stored} did not reach {ends} within {timeout:.0f} s\n{logs}")
+
+
+def stored_offset(store: StateStore, topic: str, partition: int) -> int | None:
+    value = store.client.hget(store.key(topic, partition), "offset")
+    return None if value is None else int(value)
+
+
+def final_states(store: StateStore, topic: str, partitions: Iterable[int]) -> dict[int, tuple[int, dict]]:
+    """(next offset, decoded snapshot) of each partition."""
+    return {p: store.load(topic, p) for p in partitions}
+
+
+# --- a monitored pipeline; an interrupted run beside an undisturbed one ----------------------------------------
+
+
+MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODELS = {"fraud": MODEL, "churn": MODEL, "stable": MODEL}
+SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
+def validator(name: str) -> jsonschema.Draft202012Validator:
+    schema = json.loads((SCHEMAS / name).read_text())
+    return jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+
+
+class Run:
+    """Topics, group and namespace of one monitored pipeline; several runs can share an input topic."""
+
+    def __init__(self, broker, redis_server, tmp_path, input_topic: str, partitions: int, name: str,
+                 service: dict | None = None, models: dict | None = None):
+        self.broker, self.tmp_path, self.name = broker, tmp_path, name
+        self.input_topic, self.partitions = input_topic, partitions
+        self.alert_topic, self.dead_letter_topic = unique(f"alerts-{name}"), unique(f"dlq-{name}")
+        self.group_id, self.namespace = unique(f"group-{name}"), unique(f"ns-{name}")
+        create_topics(broker.address, {self.alert_topic: 1, self.dead_letter_topic: 1})
+        self.config = write_config(tmp_path / f"{name}.toml", bootstrap=broker.address,
+                                   redis_url=redis_server.address, input_topic=input_topic,
+                                   alert_topic=self.alert_topic, dead_letter_topic=self.dead_letter_topic,
+                                   group_id=self.group_id, namespace=self.namespace, models=models or MODELS,
+                                   service={**SERVICE, **(service or {})})
+        self.store = store_for(redis_server.address, self.namespace, self.group_id)
+        self._count = 0
+
+    def start(self, monitors: list, env: dict | None = None) -> MonitorProcess:
+        self._count += 1
+        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self._count}.log", env)
+        monitors.append(process)
+        return process
+
+    def alerts(self) -> list[dict]:
+        return alerts_of(read_topic(self.broker.address, self.alert_topic, 1))
+
+    def dead_letters(self) -> list:
+        return read_topic(self.broker.address, self.dead_letter_topic, 1)
+
+    def states(self):
+        return final_states(self.store, self.input_topic, range(self.partitions))
+
+
+def lines(events) -> list[bytes]:
+    return [orjson.dumps(e) for e in events]
+
+
+def two_model_stream(count: int, partitions: int) -> list[tuple]:
+    """fraud and churn interleaved, each drifting part-way, spread round-robin over the partitions."""
+    fraud = lines(generate("fraud", count, seed=2, drift_at=count // 3))
+    churn = lines(generate("churn", count, seed=2, drift_at=count // 2))
+    records = []
+    for i, (f, c) in enumerate(zip(fraud, churn)):
+        records.append(((2 * i) % partitions, b"fraud", f, None))
+        records.append(((2 * i + 1) % partitions, b"churn", c, None))
+    return records
+
+
+def assert_same_outcome(interrupted: Run, uninterrupted: Run) -> None:
+    got, want = interrupted.alerts(), uninterrupted.alerts()
+    assert want, "the uninterrupted run raised alerts"
+    assert {a["alert_id"] for a in got} == {a["alert_id"] for a in want}
+    assert interrupted.states() == uninterrupted.states()
+
+
+class SideBySide:
+    """One stream fed at a steady rate to a new topic, watched by two groups: ``run``, which the test
+    interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
+
+    def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
+                 run_redis=None, service: dict | None = None):
+        self.monitors = monitors
+        self.topic = unique("inference")
+        self.partitions = partitions
+        create_topics(broker.address, {self.topic: partitions})
+        self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
+        self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
+                       service=service)
+        self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean")
+        self.clean_process = self.clean.start(monitors)
+
+    def start(self, env: dict | None = None) -> MonitorProcess:
+        return self.run.start(self.monitors, env)
+
+    def underway(self, at_least: int) -> MonitorProcess:
+        """One instance of ``run`` started, the stream flowing, and ``at_least`` offsets of partition 0 stored."""
+        process = self.start()
+        self.feeder.start()
+        self.progress(at_least, [process])
+        return process
+
+    def stopped_short(self) -> bool:
+        """Whether the interrupted group's stored offsets are short of the stream's end (the
+        interruption left work to do), once the whole stream has been produced."""
+        ends = self.feeder.result(timeout=180)
+        return any((stored_offset(self.run.store, self.topic, p) or 0) < end for p, end in ends.items())
+
+    def progress(self, at_least: int, processes, partitions=(0,)) -> None:
+        """Until ``run`` has stored at least this offset in the given partitions."""
+        wait_for_offsets(self.run.store, self.topic, {p: at_least for p in partitions}, processes=processes)
+
+    def finish(self, processes) -> dict[int, int]:
+        """Let the stream end, wait for both groups, stop everything cleanly, compare."""
+        ends = self.feeder.result(timeout=180)
+        wait_for_offsets(self.run.store, self.topic, ends, processes=processes, timeout=180)
+        wait_for_offsets(self.clean.store, self.topic, ends, processes=[self.clean_process])
+        for process in [*processes, self.clean_process]:
+            assert process.terminate() == 0, process.log()[-3000:]
+        assert_same_outcome(self.run, self.clean)
+        return ends
+
+
+# --- the HTTP endpoint ----------------------------------------
+
+
+def probe(port: int, path: str) -> tuple[int, dict] | None:
+    """(status, JSON body), or None while nothing listens yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+            return response.status, orjson.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read())
+    except OSError:
+        return None
+
+
+# --- labels on their own topic ----------------------------------------
+
+
+CREDIT = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+          "performance": {"task": "classification", "window": 500, "floors": {"accuracy": 0.7}}}
+def split(events):
+    inference = [e for e in events if "features" in e]
+    labels = [e for e in events if "features" not in e]
+    return inference, labels
+
+
+def pairs_counted(store, topics_partitions) -> int:
+    total = 0
+    for topic, partitions in topics_partitions.items():
+        for state in final_states(store, topic, range(partitions)).values():
+            if state is not None:
+                model = state[1]["models"].get("credit")
+                if model and model["performance"]:
+                    total += model["performance"]["pairs_seen"]
+    return total
+
+
+class LabelRun:
+    def __init__(self, broker, redis_server, tmp_path, name, inference_topic, label_topic):
+        self.broker, self.tmp_path, self.name = broker, tmp_path, name
+        self.alert_topic, self.group_id, self.namespace = unique("alerts"), unique("group"), unique("ns")
+        create_topics(broker.address, {self.alert_topic: 1})
+        self.config = write_config(tmp_path / f"{name}.toml", bootstrap=broker.address, redis_url=redis_server.address,
+                                   input_topic=inference_topic, alert_topic=self.alert_topic,
+                                   dead_letter_topic=unique("dlq"), group_id=self.group_id,
+                                   namespace=self.namespace, models={"credit": CREDIT}, service=SERVICE)
+        text = self.config.read_text().replace(f'input_topics = ["{inference_topic}"]',
+                                               f'input_topics = ["{inference_topic}", "{label_topic}"]')
+        self.config.write_text(text)
+        self.store = store_for(redis_server.address, self.namespace, self.group_id)
+        self.count = 0
+
+    def start(self, monitors, env: dict | None = None) -> MonitorProcess:
+        self.count += 1
+        process = MonitorProcess(self.config, self.tmp_path / f"{self.name}-{self.count}.log", env)
+        monitors.append(process)
+        return process
+
+    def alerts(self):
+        return alerts_of(read_topic(self.broker.address, self.alert_topic, 1))
+
+
+# --- a hostile state blob (the old pickle format) ----------------------------------------
+
+
+class WritesMarker:
+    """What an attacker would store: unpickling it calls ``os.system`` (here: writes a marker file)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"id > {self.marker}",)
+
+
+def crafted_pickle(marker: Path) -> bytes:
+    """A blob in the old state format (zlib'd pickle) whose loading would run a command."""
+    return zlib.compress(pickle.dumps({"format": 4, "models": {}, "x": WritesMarker(marker)}, protocol=5), 1)
+
+
+# --- the Dockerfile ----------------------------------------
+
+
+def dockerfile_instructions():
+    """[(INSTRUCTION, argument text)] of the Dockerfile: continuation lines joined, comment lines dropped."""
+    out, pending = [], ""
+    for line in (ROOT / "Dockerfile").read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue  # Docker drops comment lines, also between the lines of one instruction
+        pending = f"{pending} {stripped}" if pending else stripped
+        if pending.endswith("\\"):
+            pending = pending[:-1].rstrip()
+            continue
+        name, _, args = pending.partition(" ")
+        out.append((name.upper(), args.strip()))
+        pending = ""
+    assert not pending, "the Dockerfile ends in a continuation line"
+    return out
+
+
+def dockerfile_env():
+    """The variables set by the Dockerfile's ENV instructions (KEY=VALUE form)."""
+    values = {}
+    for name, args in dockerfile_instructions():
+        if name == "ENV":
+            values.update(item.split("=", 1) for item in shlex.split(args))
+    return values

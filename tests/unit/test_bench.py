@@ -1,0 +1,130 @@
+"""Smoke test of bench/throughput.py's pure helpers (no broker, no Redis; the benchmark itself is `make bench`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+def test_events_are_seeded_inference_events(bench):
+    lines = bench.events(5, 300, seed=3)
+    assert lines == bench.events(5, 300, seed=3)
+    assert lines != bench.events(5, 300, seed=4)
+    doc = orjson.loads(lines[0])
+    assert doc["model_id"] == "m"
+    assert list(doc["features"]) == [f"f{j}" for j in range(5)]
+    assert 0 <= doc["prediction"]["score"] <= 1
+    assert len({orjson.loads(line)["event_id"] for line in lines}) == 300
+
+
+def test_naive_baseline_runs(bench):
+    assert bench.naive_rate(bench.events(10, 300), 10) > 0
+
+
+def test_interval_rates(bench):
+    assert bench.interval_rates([(1.0, 10000), (2.0, 20000), (6.0, 30000)]) == [10000.0, 2500.0]
+
+
+def test_live_window_of_one_partition_runs_from_production_start_to_the_target_checkpoint(bench):
+    timeline = [(1.0, 5000), (11.0, 15000), (12.0, 25000), (13.5, 35000), (14.0, 45000)]
+    window = bench.live_window({0: timeline}, 10.0, 5000, {0: 30000})
+    assert (window.events, window.seconds, window.start) == (30000, 3.5, 10.0)
+
+
+def test_live_window_of_two_partitions_counts_the_early_one_up_to_the_late_ones_checkpoint(bench):
+    timelines = {0: [(0.0, 5000), (2.0, 15000), (3.0, 25000), (4.0, 35000)],
+                 1: [(1.0, 5000), (2.5, 15000), (4.5, 25000), (5.0, 35000)]}
+    window = bench.live_window(timelines, 1.5, 5000, {0: 25000, 1: 25000})
+    # closes at t=4.5 (partition 1 stores 25,000); partition 0 stored 35,000 at t=4.0 and nothing after
+    assert window.seconds == 3.0
+    assert window.events == pytest.approx(30000 + 20000)
+    timelines[0].append((5.0, 45000))  # a later checkpoint: partition 0's offset at t=4.5 is interpolated
+    assert bench.live_window(timelines, 1.5, 5000, {0: 25000, 1: 25000}).events == pytest.approx(35000 + 20000)
+
+
+LOG = """\
+2026-11-28 00:25:53,206 INFO    stream_monitor: starting (pid 758)
+2026-11-28 00:25:56,000 INFO    stream_monitor.app: consuming bench.live2.ab as group bench-live2-ab
+2026-11-28 00:25:59,062 INFO    stream_monitor.app: assigned bench.live2.ab[0]: no stored state, reading from the beginning
+2026-11-28 00:25:59,063 INFO    stream_monitor.app: assigned bench.live2.ab[1]: no stored state, reading from the beginning
+2026-11-28 00:26:02,100 INFO    stream_monitor.app: revoked bench.live2.ab[0], bench.live2.ab[1]
+2026-11-28 00:26:02,200 INFO    stream_monitor.app: revoked nothing
+2026-11-28 00:26:05,300 INFO    stream_monitor.app: assigned bench.live2.ab[1]: resuming at offset 5000
+"""
+
+
+def test_ownership_replays_assignments_and_revocations(bench):
+    topic = "bench.live2.ab"
+    assert bench.ownership(LOG, topic) == ({1}, 4)
+    assert bench.ownership(LOG, "bench.live2.a") == (set(), 0)  # another topic (a prefix of this one)
+    assert bench.ownership("", topic) == (set(), 0)
+    assert bench.ownership(LOG.rsplit("\n", 2)[0] + "\n", topic) == (set(), 3)  # after the revocation
+    partial = LOG + "2026-11-28 00:26:06,000 INFO    stream_monitor.app: revoked bench.live2.ab[1"
+    assert bench.ownership(partial, topic) == ({1}, 4)  # a line still being written is ignored
+    lost = LOG + ("2026-11-28 00:26:09,000 WARNING stream_monitor.app: lost bench.live2.ab[1] without a clean "
+                  "revoke; their unsaved progress will be redone by the new owner\n")
+    assert bench.ownership(lost, topic) == (set(), 5)
+
+
+def test_settled_needs_one_partition_per_instance_and_all_partitions_owned(bench):
+    topic = "bench.live2.ab"
+    other = LOG.replace("[1]: resuming", "[0]: resuming")  # this instance ends up owning partition 0
+    assert bench.settled([LOG, other], topic, 2) == [{1}, {0}]
+    assert bench.settled([LOG, LOG], topic, 2) is None  # both own partition 1
+    before_rebalance = LOG.rsplit("\n", 4)[0] + "\n"  # the first instance still owns both
+    assert bench.ownership(before_rebalance, topic)[0] == {0, 1}
+    assert bench.settled([before_rebalance, ""], topic, 2) is None
+    assert bench.settled([LOG], topic, 2) is None  # partition 0 unowned
+    assert bench.settled([other], topic, 1) == [{0}]
+    assert bench.settled([""], topic, 1) is None
+
+
+def test_stage_rows_put_engine_stages_under_detect(bench):
+    text = "\n".join([
+        "# TYPE stream_monitor_stage_seconds_total counter",
+        'stream_monitor_stage_seconds_total{stage="consume"} 1.0',
+        'stream_monitor_stage_seconds_total{stage="detect"} 6.0',
+        'stream_monitor_stage_seconds_total{stage="psi"} 2.0',
+        'stream_monitor_stage_seconds_total{stage="adwin"} 3.0',
+        'stream_monitor_stage_seconds_total{stage="checkpoint"} 1.0',
+        "# TYPE stream_monitor_checkpoints_total counter",
+        "stream_monitor_checkpoints_total 4.0",
+    ]) + "\n"
+    scrape = bench.parse_metrics(text)
+    assert scrape.checkpoints == 4
+    rows = bench.stage_rows({"consume": 0.5, "detect": 2.0}, scrape.stages)
+    names = [name for name, _, _ in rows]
+    assert names == ["consume", "decode", "join", "detect", "detect › adwin", "detect › psi", "produce",
+                     "checkpoint"]
+    shares = {name: share for name, _, share in rows}
+    assert shares["consume"] == pytest.approx(0.5 / 5.5)
+    assert shares["detect"] == pytest.approx(4.0 / 5.5)
+    assert sum(share for name, share in shares.items() if "›" not in name) == pytest.approx(1.0)
+
+
+def test_busy_window_interpolates_every_partition_at_both_ends(bench):
+    timelines = {0: [(0.0, 5000), (1.0, 15000), (2.0, 25000), (3.0, 35000)],
+                 1: [(0.0, 5000), (2.0, 15000), (4.0, 25000)]}
+    window = bench.busy_window(timelines, 1.5, 3.0)
+    # partition 0: 20,000 → 35,000; partition 1: 12,500 → 20,000
+    assert window.seconds == 1.5
+    assert window.events == pytest.approx(15000 + 7500)
+    assert bench.busy_window(timelines, 3.0, 3.0) is None
