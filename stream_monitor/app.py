@@ -440,14 +440,15 @@ class Service:
         """The partitions to save now: changed, and their own interval since their last save is up."""
         return self.partitions.due(time.monotonic())
 
-    def _checkpoint(self, keys: list[PartitionKey]) -> int:
+    def _checkpoint(self, keys: list[PartitionKey], write_back: bool = True) -> int:
         """Save the changed ones of ``keys`` (:func:`~stream_monitor.checkpoint.checkpoint`); how many were
         saved. No status work here: the loop refreshes the status page when :attr:`status_due`."""
         started = CLOCK.now()
         records = self.partitions.to_save(keys)
+        lost: list[PartitionKey] = []
         if records:
             summaries = self._redis(lambda: checkpoint(records, self.publisher, self.store, self.consumer,
-                                                       self.metrics), "checkpoint")
+                                                       self.metrics, lost), "checkpoint")
             for record in records:
                 record.dirty = False
                 if record.key in summaries:
@@ -457,6 +458,16 @@ class Service:
         for stage, seconds in CLOCK.since_export().items():
             self.metrics.stage_seconds.labels(stage).inc(seconds)
         self.partitions.timers.saved([r.key for r in records], time.monotonic())
+        if lost and write_back:  # Redis lost its data: write back every partition owned here, not only the changed
+            saved = {r.key for r in records}
+            others = [r for r in self.partitions.records()
+                      if r.key not in saved and r.monitor is not None and r.persisted]
+            for record in others:
+                record.dirty = True
+            if others:
+                log.warning("writing back the state of %d more partition(s) owned here, which had nothing new to "
+                            "save: Redis lost theirs too", len(others))
+                return len(records) + self._checkpoint([r.key for r in others], write_back=False)
         return len(records)
 
     def _publish_status(self) -> None:

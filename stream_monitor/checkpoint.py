@@ -34,12 +34,15 @@ __all__ = ["PartitionKey", "checkpoint"]
 
 
 def checkpoint(records: Sequence[OwnedPartition], publisher: Publisher, store: StateStore,
-               consumer: Consumer | None, metrics: Metrics | None = None) -> dict[PartitionKey, dict]:
+               consumer: Consumer | None, metrics: Metrics | None = None,
+               lost: list[PartitionKey] | None = None) -> dict[PartitionKey, dict]:
     """Make the given partitions' progress durable; returns the summary of each partition saved.
 
     A record's ``persisted`` flag says this process stored or loaded its state before; such a state
     found missing means Redis lost its data: logged loudly, and the state in memory (complete up to
-    this point) is what has just been written back. Each saved record is flagged ``persisted``.
+    this point) is what has just been written back. Each saved record is flagged ``persisted``;
+    the keys found missing are appended to ``lost`` (the caller then writes back every other
+    partition it owns: those with nothing new to save would otherwise stay missing).
     """
     started = time.perf_counter()
     publisher.confirm()  # 1
@@ -62,6 +65,8 @@ def checkpoint(records: Sequence[OwnedPartition], publisher: Publisher, store: S
                       "live instance follow service.on_missing_state.", topic, partition, monitor.next_offset)
             if metrics is not None:
                 metrics.state_lost.inc()
+            if lost is not None:
+                lost.append(record.key)
         record.persisted = True
         faults.reached("mid_checkpoint")
         if metrics is not None:

@@ -176,3 +176,29 @@ def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_se
         print(f"\nlabel join lost with Redis: {pairs} of {len(answers)} pairs counted")
     finally:
         own.stop()
+
+
+def test_redis_flushed_writes_back_partitions_that_have_nothing_new(broker, redis_server, tmp_path, monitors):
+    """Redis loses its data while one partition has no new input: the first save that finds its own state
+    gone makes the instance write back every partition it owns, not only the ones that changed (the idle
+    one would otherwise stay missing from Redis until its next event, or for good after a crash)."""
+    from stream_monitor.synthetic import generate
+
+    from ..support import lines, produce, two_model_stream
+
+    own = start_redis(str(tmp_path))
+    try:
+        topic = unique("inference")
+        create_topics(broker.address, {topic: 2})
+        ends = produce(broker.address, topic, two_model_stream(3000, 2))
+        run = Run(broker, own, tmp_path, topic, 2, "flushed")
+        process = run.start(monitors)
+        wait_for_offsets(run.store, topic, ends, processes=[process])
+        run.store.client.flushall()
+        more = produce(broker.address, topic, [(0, b"fraud", v, None) for v in lines(generate("fraud", 600, seed=9))])
+        wait_for_offsets(run.store, topic, {0: more[0], 1: ends[1]}, processes=[process])
+        log = process.log()
+        assert "REDIS LOST ITS DATA" in log and "writing back the state of 1 more partition" in log, log[-3000:]
+        assert process.terminate() == 0
+    finally:
+        own.stop()
