@@ -97,7 +97,7 @@ def page_hinkley_alarms(values: np.ndarray, delta: float, threshold: float, min_
     """Alarms per column of ``values`` (time × streams), with river's PageHinkley update rule.
 
     Vectorised across streams for calibration; equal to river's decisions
-    (tests/test_calibration.py checks it).
+    (tests/unit/test_calibration.py checks it).
     """
     streams = values.shape[1]
     n = np.zeros(streams)

@@ -7,7 +7,7 @@ before the batch, processes the batch again in parts of :data:`PART_EVENTS` even
 part one event at a time, each with its own rollback, and returns the events that fail on their
 own (the service dead-letters them, reason ``processing_error``); every other event is monitored
 as usual. The state afterwards
-equals that of a run that never saw the failing events (tests/test_rollback.py).
+equals that of a run that never saw the failing events (tests/integration/test_rollback.py).
 
 Cost. Copying a partition's state before every batch would be simple but is not cheap. Measured on
 this machine for one partition with a 20-feature model (all numeric, warm-up over): ``snapshot()``
