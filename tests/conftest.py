@@ -5,6 +5,8 @@ If either cannot start, every test that needs it fails with the reason; nothing 
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from stream_monitor.demo.localstack import LocalProcess, start_broker, start_redis
@@ -51,3 +53,13 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def restore_logging():
+    """Tests that set up logging (logs.setup) leave the root logger as they found it."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)

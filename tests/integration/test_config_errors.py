@@ -3,7 +3,6 @@ are checked at load, not found out later as a crash or a stop that takes minutes
 
 from __future__ import annotations
 
-import logging
 import socket
 import subprocess
 import sys
@@ -15,15 +14,6 @@ from stream_monitor import cli
 from stream_monitor.config import MAX_BATCH_SIZE, MAX_POLL_TIMEOUT_SECONDS, parse_config
 
 MINIMAL = '[kafka]\nbootstrap_servers = "127.0.0.1:1"\n[models.m]\n'
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _fails(capsys, argv: list[str]) -> str:

@@ -17,15 +17,6 @@ from stream_monitor.web import render_page
 FORGED = "amount\n2026-12-01 23:59:59,000 ERROR   stream_monitor.app: Redis data lost\r\x1b[2J\u2028\u2029\x85\x00\t"
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_escape_controls_shows_each_control_as_an_escape():
     assert logs.escape_controls(FORGED) == (
         "amount\\n2026-12-01 23:59:59,000 ERROR   stream_monitor.app: Redis data lost\\r\\x1b[2J\\u2028\\u2029"

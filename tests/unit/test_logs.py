@@ -10,15 +10,6 @@ import pytest
 from stream_monitor import logs
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def alert_line() -> None:
     logging.getLogger("stream_monitor.alerts").info(
         "%s %s %s/%s/%s %s: %s", "FIRING", "critical", "fraud", "feature", "amount", "psi",

@@ -69,15 +69,6 @@ def test_config_repr_shows_no_credential():
     assert SECRET not in repr(config) and "redis://app:***@h:6379/0" in repr(config)
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_logs_never_print_a_secret(capsys, restore_logging, monkeypatch, log_format):
     monkeypatch.setattr(config_module, "_known_secrets", set())
