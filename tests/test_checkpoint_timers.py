@@ -11,11 +11,10 @@ from prometheus_client import CollectorRegistry
 from stream_monitor.app import CheckpointTimers, Service
 from stream_monitor.metrics import Metrics
 from stream_monitor.config import parse_config
-from stream_monitor.localstack import create_topics
+from stream_monitor.demo.localstack import create_topics
 from stream_monitor.synthetic import generate
 
-from .helpers import FAST_CONSUMER, produce, stored_offset, unique
-from .test_service import lines
+from .support import FAST_CONSUMER, lines, produce, stored_offset, unique
 
 # --- the due logic ---------------------------------------------------------------------------------
 

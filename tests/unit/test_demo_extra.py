@@ -17,9 +17,9 @@ def test_demo_without_its_extra_says_what_to_install(monkeypatch, capsys):
 
 
 def test_the_service_never_imports_the_demo_package():
-    """Only `stream-monitor demo` (lazily, in cli.py) and the old name kept for moving test modules do."""
+    """Only `stream-monitor demo` does (lazily, in cli.py)."""
     package = Path(cli.__file__).parent
     importers = sorted(path.name for path in package.glob("*.py")
                        if re.search(r"^\s*from \.demo|^\s*import stream_monitor\.demo|^from stream_monitor\.demo",
                                     path.read_text(encoding="utf-8"), re.M))
-    assert importers == ["cli.py", "localstack.py"]
+    assert importers == ["cli.py"]
