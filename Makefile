@@ -47,16 +47,20 @@ $(VENV)/.demo-installed: $(VENV)/.installed
 demo: setup $(VENV)/.demo-installed
 	$(VENV)/bin/stream-monitor demo
 
+# The suite on WORKERS processes (pytest-xdist; each worker starts its own broker and Redis): most of the
+# integration tier's time is waiting for group joins and processes, so 4 workers fit on 2 cores.
+WORKERS ?= 4
+
 test: test-setup
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(WORKERS)
 
 # The unit tier: no broker, no Redis, no `run` process (913 tests, 189 s on 2 cores shared with other
 # work; the hypothesis tests in tests/unit/test_hostile_input.py are a third of it).
 test-unit: setup
-	$(PY) -m pytest -m "not integration"
+	$(PY) -m pytest -n 2 -m "not integration"
 
 test-integration: test-setup
-	$(PY) -m pytest -m integration
+	$(PY) -m pytest -n $(WORKERS) -m integration
 
 # Refresh docs/metrics-scrape.txt and docs/status-page.png from a real run (the tests write them to
 # a temporary directory otherwise).

@@ -49,10 +49,21 @@ INTEGRATION_FIXTURES = {"broker", "redis_server", "monitors"}
 
 def pytest_collection_modifyitems(items):
     """Tests that need a real broker, Redis or `run` process are the integration tier (`-m integration`);
-    the rest is the unit tier that `make test-unit` runs."""
+    the rest is the unit tier that `make test-unit` runs.
+
+    The long tests run first (slow, then integration, then unit), so that on several workers
+    (`make test` runs `pytest -n 4`) the short unit tests fill the gaps at the end instead of one
+    worker starting a minute-long test when the others are done."""
     for item in items:
         if INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+    def tier(item) -> int:
+        if item.get_closest_marker("slow"):
+            return 0
+        return 1 if item.get_closest_marker("integration") else 2
+
+    items.sort(key=tier)  # stable: within a tier, the collection order
 
 
 @pytest.fixture
