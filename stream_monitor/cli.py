@@ -11,7 +11,7 @@ from pathlib import Path
 import orjson
 import redis
 
-from . import logs
+from . import __version__, logs
 from .config import Config, load_config
 from .errors import ConfigError, StateError, StreamMonitorError
 
@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logs.setup(args.log_format, args.log_level)
     try:
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handling below, not at interpreter exit
+        return code
     except StreamMonitorError as exc:
         print(f"stream-monitor: {logs.clean(str(exc))}", file=sys.stderr)
         return 2
@@ -34,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `stream-monitor status | head`: the reader has what it wanted
+        _quiet_stdout()
+        return 0
     except Exception:  # a bug: the traceback, with credentials redacted (a client's error may quote one)
         import traceback  # noqa: PLC0415
 
@@ -41,8 +46,17 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _quiet_stdout() -> None:
+    """After a closed pipe, point stdout at /dev/null so the interpreter's final flush stays silent."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured): nothing to silence
+        pass
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stream-monitor", description="Real-time drift monitoring for ML models on Kafka")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO")
     commands = parser.add_subparsers(dest="command", required=True)

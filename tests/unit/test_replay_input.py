@@ -152,3 +152,30 @@ def test_rejections_show_a_few_examples_per_reason_then_counts():
     assert len(shown) == 2 * EXAMPLES_PER_REASON
     assert shown[0].startswith("line 1: not_json: eee") and shown[0].endswith("… (1,000 characters)")
     assert rejections.text() == "1,000 rows rejected: not_json 667, too_large 333"
+
+
+class ClosedPipe(io.StringIO):
+    """stdout whose reader has gone (`stream-monitor replay … | head -1`)."""
+
+    def write(self, text: str) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(capsys, monkeypatch, config, tmp_path, docs):
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(d) + b"\n" for d in docs))
+    monkeypatch.setattr("sys.stdout", ClosedPipe())
+    assert main(["replay", "-c", str(config), "--input", str(path)]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_version_names_the_package_version(capsys):
+    from stream_monitor import __version__
+
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out.strip() == f"stream-monitor {__version__}"
