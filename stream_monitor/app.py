@@ -29,7 +29,8 @@ from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
-from .kafka import MonitorConsumer, OffsetOutOfRange, assign, is_cooperative, message_error, unassign
+from .kafka import (MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative, message_error,
+                    unassign)
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
@@ -75,7 +76,7 @@ def write_refusal(exc: redis.ResponseError) -> str | None:
 class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(clients=client_versions())
         service = config.service
         self.kafka_log = kafka_logger(service.log_repeat_seconds)
         self.broker = BrokerWatch(config.kafka.bootstrap_servers, log)

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+import confluent_kafka
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from .errors import StreamMonitorError
@@ -109,3 +110,8 @@ class MonitorConsumer(Consumer):
         with self._closing:
             self.closed = True
         super().close()
+
+
+def client_versions() -> dict[str, str]:
+    """The Kafka client's versions (confluent-kafka and the librdkafka it runs on)."""
+    return {"confluent_kafka": confluent_kafka.version()[0], "librdkafka": confluent_kafka.libversion()[0]}

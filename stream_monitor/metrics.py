@@ -22,15 +22,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+import platform
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 MAX_DETECTOR_SERIES = 5_000
 
+# A counter's `_created` series (its creation time as a second sample) doubles the series count and
+# is not what the conventions ask of a counter; Prometheus reads resets from the value itself.
+disable_created_metrics()
+
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None):
+    """The service's families. ``clients`` names the Kafka client's versions for
+    ``stream_monitor_build_info`` (the shell passes them: this module imports no client)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None,
+                 clients: Mapping[str, str] | None = None):
         self.registry = registry or REGISTRY
         kw = {"registry": self.registry}
         self.events_consumed = Counter("stream_monitor_events_consumed_total",
@@ -107,6 +117,14 @@ class Metrics:
         self.unmonitored_columns = Gauge("stream_monitor_unmonitored_columns",
                                          "Configured features the model's reference has no profile of "
                                          "(never monitored; see the error log)", ["model"], **kw)
+        from . import __version__  # noqa: PLC0415
+
+        clients = clients or {}
+        self.build_info = Gauge("stream_monitor_build_info", "The running build (always 1): package, Python, "
+                                "confluent-kafka and librdkafka versions",
+                                ["version", "python", "confluent_kafka", "librdkafka"], **kw)
+        self.build_info.labels(__version__, platform.python_version(), clients.get("confluent_kafka", ""),
+                               clients.get("librdkafka", "")).set(1)
         self._dropped: set[tuple[str, str, str, str]] = set()
         self._dropped_lock = threading.Lock()
         self.partitions = PartitionCollector(self)
