@@ -1,19 +1,19 @@
 """docs/CONFIGURATION.md documents exactly the keys stream_monitor/config.py accepts.
 
-The accepted keys come from the config dataclasses (``dataclasses.fields``,
+The accepted keys come from the config schema (``msgspec.structs.fields``,
 recursively from :class:`Config`), mapped to the dotted paths a TOML file
 uses; the documented keys are the first-column `` `dotted.path` `` entries of
 the reference tables.
 """
 
 import collections.abc
-import dataclasses
 import re
 import tomllib
 import types
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from stream_monitor import config as config_module
@@ -24,7 +24,7 @@ from stream_monitor.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CONFIGURATION.md"
 SECTIONS = ("kafka", "redis", "service", "models")
-# Dataclass fields that are not TOML keys.
+# Schema fields that are not TOML keys.
 INTERNAL = {(Config, "source"), (ModelConfig, "model_id")}
 MODEL = "models.<id>"
 ROW_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|")
@@ -35,10 +35,10 @@ def _hints(cls):
 
 
 def _walk(cls, prefix):
-    """({leaf path: type hint}, {table path}) of a config dataclass at ``prefix``."""
+    """({leaf path: type hint}, {table path}) of a config table at ``prefix``."""
     leaves, tables = {}, set()
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         if (cls, f.name) in INTERNAL:
             continue
         path = f"{prefix}.{f.name}" if prefix else f.name
@@ -46,7 +46,7 @@ def _walk(cls, prefix):
         if cls is Config and f.name == "models":  # Mapping[str, ModelConfig]: one table per model id
             tables |= {"models", MODEL}
             sub_leaves, sub_tables = _walk(ModelConfig, MODEL)
-        elif dataclasses.is_dataclass(hint):
+        elif isinstance(hint, type) and issubclass(hint, msgspec.Struct):
             tables.add(path)
             sub_leaves, sub_tables = _walk(hint, path)
         else:
@@ -58,9 +58,9 @@ def _walk(cls, prefix):
 
 
 def _is_mapping(hint):
-    """Mapping[...] or Mapping[...] | None: a table of free-form keys (librdkafka properties, features)."""
+    """dict[...] or dict[...] | None: a table of free-form keys (librdkafka properties, features)."""
     candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return any(typing.get_origin(c) in (typing.Mapping, collections.abc.Mapping) for c in candidates)
+    return any(typing.get_origin(c) in (dict, typing.Mapping, collections.abc.Mapping) for c in candidates)
 
 
 @pytest.fixture(scope="module")
