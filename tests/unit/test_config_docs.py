@@ -17,6 +17,7 @@ import msgspec
 import pytest
 
 from stream_monitor import config as config_module
+from stream_monitor import configdocs
 from stream_monitor.config import (Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig, ServiceConfig,
                                    consumer_settings, parse_config, producer_settings)
 from stream_monitor.errors import ConfigError
@@ -244,3 +245,39 @@ def test_forced_librdkafka_properties_are_documented(doc, settings_function, tab
         assert rows, f"forced {table} property {name} is not documented as forced"
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         assert any(f"`{shown}`" in row for row in rows), f"{name}: forced value {shown} not shown"
+
+
+# --- the tables are rendered from the schema -------------------------------------------------------
+
+
+def test_the_key_tables_are_rendered_from_the_schema(doc):
+    """docs/CONFIGURATION.md's key tables are exactly what the schema renders."""
+    assert doc == configdocs.render(doc), \
+        "docs/CONFIGURATION.md differs from the schema in stream_monitor/config.py: run `make config-docs`"
+
+
+def test_the_renderer_lists_every_accepted_key_once(accepted):
+    """Every leaf of the schema is in exactly one generated block, under the path the parser reads."""
+    leaves, _ = accepted
+    rendered = [key for name in configdocs.BLOCKS for key in
+                configdocs.leaves(name, configdocs.BLOCKS[name], own_blocks=True)]
+    assert sorted(rendered) == sorted(leaves) and len(rendered) == len(set(rendered))
+
+
+def test_a_stale_file_is_reported_and_rewritten(tmp_path, doc, capsys):
+    """`--check` exits 1 on a file whose table differs, naming the target; without it the file is fixed."""
+    stale = tmp_path / "CONFIGURATION.md"
+    stale.write_text(doc.replace("| `redis.namespace` | string | `\"sm\"` |", "| `redis.namespace` | string | `\"x\"` |"),
+                     encoding="utf-8")
+    assert configdocs.main([str(stale), "--check"]) == 1
+    assert "run `make config-docs`" in capsys.readouterr().err
+    assert configdocs.main([str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == doc
+    assert configdocs.main([str(stale), "--check"]) == 0
+
+
+def test_a_missing_block_is_refused(doc):
+    start = doc.index("<!-- generated: redis keys")
+    end = doc.index("<!-- end generated -->", start) + len("<!-- end generated -->")
+    with pytest.raises(SystemExit, match="generated blocks"):
+        configdocs.render(doc[:start] + doc[end:])
