@@ -698,6 +698,7 @@ def _refusal(text: str, annotation: Any, node: Any, keys: list[str], inherited: 
                     msgspec.convert(value, value_type, strict=True)
                 except msgspec.ValidationError as exc:
                     return _refusal(str(exc), value_type, value, [*keys, key], _extra(metas, "refusal"))
+            return ConfigError(".".join(keys), problem)  # not reached: msgspec refused one of them
         else:  # an item of a list: the list is what is wrong
             item = True
             break
@@ -840,31 +841,26 @@ def env_keys() -> dict[tuple[str, str], Any]:
             for f in msgspec.structs.fields(table) if isinstance(f.default, (str, int, float, tuple))}
 
 
+# How an environment string becomes a value of the key's type, and what it must look like.
+_FROM_ENV: dict[type, tuple[Any, str]] = {
+    tuple: (lambda text: [item.strip() for item in text.split(",") if item.strip()], ""),
+    bool: (lambda text: text.lower() in ("1", "true", "yes", "on"), ""),
+    int: (int, "an integer"), float: (float, "a number"), str: (str, "")}
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
     """``STREAM_MONITOR_<SECTION>_<KEY>`` → (section, key) for scalar keys, converted by the key's type."""
     known = env_keys()
     out: dict[tuple[str, str], Any] = {}
-    for name, value in environ.items():
+    for name, text in environ.items():
         section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
         if not name.startswith(ENV_PREFIX) or (section, key) not in known:
             continue
-        default, where = known[(section, key)], f"{name} (env)"
-        if isinstance(default, tuple):
-            out[(section, key)] = [item.strip() for item in value.split(",") if item.strip()]
-        elif isinstance(default, bool):
-            out[(section, key)] = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            try:
-                out[(section, key)] = int(value)
-            except ValueError:
-                raise ConfigError(where, f"must be an integer, got {value!r}") from None
-        elif isinstance(default, float):
-            try:
-                out[(section, key)] = float(value)
-            except ValueError:
-                raise ConfigError(where, f"must be a number, got {value!r}") from None
-        else:
-            out[(section, key)] = value
+        convert, wording = _FROM_ENV[type(known[(section, key)])]
+        try:
+            out[(section, key)] = convert(text)
+        except ValueError:
+            raise ConfigError(f"{name} (env)", f"must be {wording}, got {text!r}") from None
     return out
 
 
