@@ -475,3 +475,20 @@ def test_config_objects_are_frozen_structs_with_replace():
         config.service.batch_size = 5  # type: ignore[misc]
     assert isinstance(config.service.checkpoint_interval_seconds, float)
     assert parse_config({"service": {"poll_timeout_seconds": 1}}).service.poll_timeout_seconds == 1.0
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({}, "81aa74a11757b1a6"),
+    ({"detectors": {"psi": {"warning": 1, "critical": 2, "epsilon": 1}, "adwin": {"delta": 0.5}, "ks": {"threshold": 1},
+                    "page_hinkley": {"threshold": 3, "alpha": 1, "delta": 0}, "latency": {"p95_ceiling_ms": 250},
+                    "hysteresis": 1, "false_alarms_per_million": 2}}, "d4fd562798c407e3"),
+    ({"features": {"a": "numeric"}, "performance": {"task": "classification", "floors": {"accuracy": 1, "f1": 0.5}}},
+     "69b94b7833f3a2a1"),
+])
+def test_the_settings_stored_with_state_mean_what_they_meant(model, expected):
+    """The fingerprints of a model's settings, as the dataclass config computed them before the schema
+    moved to msgspec: the same config must not re-baseline the detector state stored under it."""
+    from stream_monitor.partition import fingerprint, model_settings
+
+    config = parse_config({"models": {"fraud": model}})
+    assert fingerprint(model_settings(config.models["fraud"], config.service)) == expected
