@@ -149,6 +149,13 @@ REGRESSION_METRICS = ("mae", "rmse")
 
 
 # --- the schema: one field per key, its type, bounds, default and documentation -------------------
+#
+# A new key is one field in its table:
+#     name: Annotated[int, Meta(ge=1), doc("What it does, as its row in docs/CONFIGURATION.md says it.")] = 10
+# then `make config-docs`. Bounds msgspec checks (ge, gt, le, lt, min_length, pattern, Literal values) are
+# refused with a message derived from them; a rule between keys goes into a _check_* function below.
+# A new table is a _Table subclass and a field of that type in its parent (listed in the parent's doc
+# table unless stream_monitor/configdocs.py gives it a block of its own).
 
 
 def doc(meaning: str, *, checks: str = "", default: str = "", type: str = "", refusal: str = "") -> Meta:
