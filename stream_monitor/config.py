@@ -143,7 +143,8 @@ def _secrets_of(redis_url: str, tables: list[Mapping[str, Any]]) -> list[str]:
 ENV_PREFIX = "STREAM_MONITOR_"
 MAX_BATCH_SIZE = 1_000_000  # confluent-kafka's consume() refuses more messages per call
 MAX_POLL_TIMEOUT_SECONDS = 5.0  # a stop is noticed between polls: this bounds the reaction to SIGTERM
-FEATURE_KINDS = ("numeric", "categorical")
+FeatureKind = Literal["numeric", "categorical"]
+FEATURE_KINDS = typing.get_args(FeatureKind)
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
 REGRESSION_METRICS = ("mae", "rmse")
 
@@ -555,7 +556,7 @@ class ReferenceConfig(_Table):
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
-    features: Annotated[dict[str, Literal["numeric", "categorical"]] | None, doc(
+    features: Annotated[dict[str, FeatureKind] | None, doc(
         "The features to monitor and their kind, e.g. `features = { amount = \"numeric\", country = \"categorical\" }`"
         ". Absent: every feature seen in the reference events, numeric when all its non-null values are numbers, "
         "categorical otherwise. When given, only the listed features are monitored (`{}` monitors no feature; "
