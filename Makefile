@@ -16,7 +16,7 @@ PIP_AUDIT  := pip-audit==2.10.1
 PIP_TOOLS  := pip-tools==7.6.2
 PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
 
-.PHONY: setup test-setup demo test test-unit test-integration docs bench audit lock lock-upgrade clean
+.PHONY: setup test-setup demo test test-unit test-integration docs config-docs bench audit lock lock-upgrade clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -66,6 +66,11 @@ test-integration: test-setup
 # a temporary directory otherwise).
 docs: test-setup
 	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/integration/test_observability.py -k "scrape_has_every_family or screenshot"
+
+# Rewrite the key tables of docs/CONFIGURATION.md from the schema in stream_monitor/config.py (the prose
+# around them is hand-written); tests/unit/test_config_docs.py fails while they differ.
+config-docs: setup
+	$(PY) -m stream_monitor.configdocs docs/CONFIGURATION.md
 
 bench: setup
 	$(PY) bench/throughput.py

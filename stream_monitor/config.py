@@ -1,22 +1,30 @@
 """Load and validate the TOML configuration.
 
-Every key is checked at start; a wrong config raises :class:`ConfigError`
-naming the key and what is wrong, e.g.
+The schema is the classes below: one typed, documented field per key
+(``msgspec.Struct``s, frozen, unknown keys refused). :func:`parse_config`
+converts a parsed document with it and turns a refusal into a
+:class:`ConfigError` naming the key and what is wrong, e.g.
 
 >>> parse_config({"kafka": {"input_topics": "ml.inference"}})
 Traceback (most recent call last):
 ...
 stream_monitor.errors.ConfigError: config: kafka.input_topics: must be a list of strings, got str
-"""
 
-from __future__ import annotations
+The rules a schema cannot say (one key against another, the Redis URL, the
+librdkafka tables) are the small ``_check_*`` functions after it.
+``docs/CONFIGURATION.md``'s key tables are rendered from the same fields
+(``make config-docs``, :mod:`stream_monitor.configdocs`).
+"""
 
 import os
 import re
 import tomllib
-from dataclasses import dataclass, field, replace
+import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
+
+import msgspec
+from msgspec import Meta
 
 from .errors import ConfigError
 
@@ -135,18 +143,74 @@ def _secrets_of(redis_url: str, tables: list[Mapping[str, Any]]) -> list[str]:
 ENV_PREFIX = "STREAM_MONITOR_"
 MAX_BATCH_SIZE = 1_000_000  # confluent-kafka's consume() refuses more messages per call
 MAX_POLL_TIMEOUT_SECONDS = 5.0  # a stop is noticed between polls: this bounds the reaction to SIGTERM
-FEATURE_KINDS = ("numeric", "categorical")
+FeatureKind = Literal["numeric", "categorical"]
+FEATURE_KINDS = typing.get_args(FeatureKind)
+CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
+REGRESSION_METRICS = ("mae", "rmse")
 
 
-@dataclass(frozen=True)
-class KafkaConfig:
-    bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "stream-monitor"
-    input_topics: tuple[str, ...] = ("ml.inference",)
-    alert_topic: str = "ml.alerts"
-    dead_letter_topic: str = "ml.dead-letters"
-    consumer: Mapping[str, Any] = field(default_factory=dict)
-    producer: Mapping[str, Any] = field(default_factory=dict)
+# --- the schema: one field per key, its type, bounds, default and documentation -------------------
+#
+# A new key is one field in its table:
+#     name: Annotated[int, Meta(ge=1), doc("What it does, as its row in docs/CONFIGURATION.md says it.")] = 10
+# then `make config-docs`. Bounds msgspec checks (ge, gt, le, lt, min_length, pattern, Literal values) are
+# refused with a message derived from them; a rule between keys goes into a _check_* function below.
+# A new table is a _Table subclass and a field of that type in its parent (listed in the parent's doc
+# table unless stream_monitor/configdocs.py gives it a block of its own).
+
+
+def doc(meaning: str, *, checks: str = "", default: str = "", type: str = "", refusal: str = "") -> Meta:
+    """A key's documentation, rendered into docs/CONFIGURATION.md: ``meaning``, and where the schema
+    cannot say it, ``checks`` (what is accepted), ``default`` (words for an absent default) and
+    ``type``. ``refusal`` replaces the message derived from the bounds when a value is out of them."""
+    extra = {name: value for name, value in (("checks", checks), ("default", default), ("type", type),
+                                              ("refusal", refusal)) if value}
+    return Meta(description=meaning, extra=extra)
+
+
+INTERNAL = Meta(extra={"internal": True})  # a field that is not a TOML key
+NOT_EMPTY = Meta(min_length=1)
+POSITIVE = Meta(gt=0)
+AT_LEAST_1 = Meta(ge=1)
+POSITIVE_OR_ABSENT = Annotated[float, POSITIVE] | None  # absent: derived (there is no "none" in TOML)
+Property = str | int | float | bool  # a librdkafka property's value
+
+
+class _Table(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A TOML table: typed keys with defaults; an unknown key is refused."""
+
+
+class KafkaConfig(_Table):
+    bootstrap_servers: Annotated[str, NOT_EMPTY, doc(
+        "Broker addresses, `host:port[,host:port…]`; becomes librdkafka's `bootstrap.servers` for the consumer, "
+        "the producer and `status`.",
+        checks="must not be empty; an unreachable broker pauses processing (it does not crash).")] = "127.0.0.1:9092"
+    group_id: Annotated[str, NOT_EMPTY, doc(
+        "Consumer group of the `run` instances (librdkafka `group.id`). It is also part of every Redis state key, "
+        "so changing it starts from empty state and re-reads the input topics from the beginning.")] = "stream-monitor"
+    input_topics: Annotated[tuple[Annotated[str, NOT_EMPTY], ...], Meta(min_length=1), doc(
+        "Topics of inference and label events. Labels may come on the same or another listed topic.",
+        checks="at least one topic; each a non-empty string.",
+        refusal="must name at least one topic")] = ("ml.inference",)
+    alert_topic: Annotated[str, NOT_EMPTY, doc(
+        "Where alerts are published (key = `model_id`, JSON, `schemas/alert.json`).",
+        checks="the topic must exist or be auto-created by the broker.")] = "ml.alerts"
+    dead_letter_topic: Annotated[str, NOT_EMPTY, doc(
+        "Where unprocessable input messages are published (`schemas/dead_letter.json`, original headers kept).",
+        checks="the topic must exist or be auto-created by the broker.")] = "ml.dead-letters"
+    consumer: Annotated[dict[str, Property], doc(
+        "Consumer properties passed through to librdkafka (`security.protocol`, `sasl.*`, `ssl.*`, "
+        "`session.timeout.ms`, `partition.assignment.strategy`, `client.id` …). See [librdkafka "
+        "properties](#librdkafka-properties).",
+        checks="values must be strings, numbers or booleans; `group.protocol = \"consumer\"` is refused.",
+        type="table of librdkafka properties",
+        refusal="librdkafka properties must be strings, numbers or booleans")] = {}
+    producer: Annotated[dict[str, Property], doc(
+        "Producer properties for alerts and dead letters, passed through to librdkafka. Security settings are "
+        "**not** shared with the consumer: repeat them here.",
+        checks="values must be strings, numbers or booleans.",
+        type="table of librdkafka properties",
+        refusal="librdkafka properties must be strings, numbers or booleans")] = {}
 
     def __repr__(self) -> str:  # the client tables may hold credentials
         return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, "
@@ -155,167 +219,369 @@ class KafkaConfig:
                 f"producer={redact_properties(self.producer)!r})")
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    url: str = "redis://127.0.0.1:6379/0"
-    namespace: str = "sm"
+class RedisConfig(_Table):
+    url: Annotated[str, doc(
+        "Redis server, as accepted by redis-py's `from_url` (`redis://[[user]:password@]host:port/db`, "
+        "`rediss://…` for TLS, `unix:///path/to/socket?db=0`).",
+        checks="must start with `redis://`, `rediss://` or `unix://`, and parse as redis-py parses it (a port that"
+        " is not a number, an unknown value of a query option such as `socket_timeout` are refused at load). Its "
+        "password (`user:password@` or `?password=`) is shown as `***` everywhere.")] = "redis://127.0.0.1:6379/0"
+    namespace: Annotated[str, NOT_EMPTY, doc(
+        "Prefix of every key the service writes (`<ns>:{<group>|<topic>|<partition>}:state`, "
+        "`<ns>:partitions:{<group>}`, `<ns>:reference:<model>`). Use different namespaces for deployments that "
+        "share one Redis.")] = "sm"
 
     def __repr__(self) -> str:  # the URL may hold a password
         return f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r})"
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
-    metrics_port: int = 9464
-    metrics_host: str = "127.0.0.1"  # the HTTP endpoint's bind address; containers set 0.0.0.0
-    web_config_file: str = ""  # TLS and basic auth (exporter-toolkit's YAML format); "" = plain HTTP, no auth
-    web_workers: int = 4  # threads answering HTTP requests (connections wait in one selector, not in threads)
-    web_read_timeout_seconds: float = 5.0  # a connection's request must arrive within this; answers too
-    web_max_connections: int = 512  # open HTTP connections at most; beyond, the oldest waiting one is closed
-    checkpoint_interval_events: int = 10_000
-    checkpoint_interval_seconds: float = 5.0
-    max_message_bytes: int = 1_048_576
-    max_features_per_event: int = 1_000  # events with more features are dead-lettered
-    max_event_id_bytes: int = 256  # events with a longer event_id (UTF-8) are dead-lettered
-    batch_size: int = 1_000
-    poll_timeout_seconds: float = 0.2
-    reference_poll_seconds: float = 5.0  # how often stored references are checked for a new version
-    redis_outage_seconds: float = 120.0  # how long processing waits for an unreachable Redis before exiting
-    broker_outage_seconds: float = 120.0  # how long a checkpoint waits for alert deliveries before exiting
-    producer_stall_seconds: float = 10.0  # no delivery this long while the broker answers → a new producer
-    on_missing_state: str = "rebuild"  # a partition without state although the group made progress: rebuild | stop
-    # What one model may cost (per partition): columns a warm-up infers when the config lists no features
-    # (the first names to appear; further ones are counted, not tracked), and categories a warm-up
-    # remembers per column (further ones are counted together).
-    max_inferred_columns: int = 100
-    max_categories_per_column: int = 10_000
-    on_offset_out_of_range: str = "earliest"  # stored offset outside the partition's log: earliest | stop
-    # A partition whose stored state cannot be loaded (corrupt, old pickle format) is quarantined: its
-    # messages wait (pause) or are dead-lettered as quarantined_partition (dead_letter); the key is kept
-    # as evidence and re-checked every quarantine_recheck_seconds.
-    on_corrupt_state: str = "pause"
-    quarantine_recheck_seconds: float = 30.0
-    health_max_loop_age_seconds: float = 60.0  # /healthz fails when the loop has not come round for this long
-    health_max_unassigned_seconds: float = 120.0  # /healthz fails when a group (re)join has lasted this long
-    log_repeat_seconds: float = 30.0  # the same Kafka client log line at most once per this many seconds
-    dead_letter_log_seconds: float = 60.0  # at most one dead-letter summary line per this many seconds
+class ServiceConfig(_Table):
+    metrics_port: Annotated[int, Meta(ge=0, le=65535), doc(
+        "Port of the HTTP endpoint (on `service.metrics_host`): `/metrics` (Prometheus), `/` (status page), "
+        "`/api/status` (JSON), `/healthz` (liveness) and `/readyz` (readiness), both 200 or 503 with a JSON body "
+        "naming what is wrong (`problems`, the loop's age, the assignment, whether Redis and the broker are "
+        "reachable as the last operations found them; a health request does no I/O of its own). `/readyz` is 200 "
+        "once the instance has joined the group with its references loaded and while no outage pauses processing. "
+        "`0` turns it off. A port already in use stops the start with a one-line error naming this key. See [The "
+        "HTTP endpoint](#the-http-endpoint).")] = 9464
+    metrics_host: Annotated[str, Meta(pattern=r"\S"), doc(
+        "Address the HTTP endpoint listens on. The default exposes nothing beyond this host: the status page and "
+        "`/api/status` list every model, feature and statistic. `0.0.0.0` listens on every interface; the "
+        "container image's config (`deploy/config.toml`) and `docker-compose.yml` set it, because Prometheus "
+        "scrapes from another container and a loopback address inside a container is reachable from nowhere else. "
+        "Outside a container, prefer the one interface the scraper uses, and `service.web_config_file` for TLS and"
+        " basic auth. An IPv6 address (e.g. `::1`) works too.",
+        checks="not empty; an address this host has",
+        refusal="must not be empty (127.0.0.1: this host only; 0.0.0.0: every interface)")] = "127.0.0.1"
+    web_config_file: Annotated[str, doc(
+        "TLS and basic auth of the HTTP endpoint: a YAML file in the format of Prometheus' exporter-toolkit web "
+        "config (`tls_server_config`, `basic_auth_users`; see [The HTTP endpoint](#the-http-endpoint)). `\"\"`: "
+        "plain HTTP without authentication. A relative path is relative to the current directory; the paths inside"
+        " the file are relative to the file's own directory. Checked at start: a missing or unreadable file, "
+        "invalid YAML, an unknown field, a missing certificate or key, a certificate that does not load, or a user"
+        " whose hash is not bcrypt stops the start with a one-line error naming this key, the file and the field.",
+        checks="a readable YAML file")] = ""
+    web_workers: Annotated[int, Meta(ge=1, le=64), doc(
+        "Threads that answer HTTP requests (started up front; never more). Connections waiting for their request "
+        "cost no thread: one selector thread reads request heads without blocking and hands complete requests to "
+        "the workers through a bounded queue (`4 ×` this; a request arriving while it is full is refused by "
+        "closing its connection).")] = 4
+    web_read_timeout_seconds: Annotated[float, Meta(gt=0, le=300), doc(
+        "A connection's complete request head (request line and headers, at most 16 KiB), including a TLS "
+        "handshake, must arrive within this many seconds of its accept, or the server closes it (counted in "
+        "`stream_monitor_http_connections_closed_total{reason=\"idle\"}`); writing the answer is bounded by the same"
+        " time. One request per connection (`Connection: close`).")] = 5.0
+    web_max_connections: Annotated[int, Meta(ge=1, le=10_000), doc(
+        "Open HTTP connections at most. A new connection beyond this closes the oldest one still waiting for its "
+        "request (`reason=\"evicted\"`), so a flood of idle connections cannot keep a scrape or a probe out; running"
+        " out of file descriptors does the same.")] = 512
+    checkpoint_interval_events: Annotated[int, AT_LEAST_1, doc(
+        "Checkpoint a partition (confirm deliveries, save its state + next offset to Redis, commit its offset) "
+        "after this many of its input messages since its last save … (each partition has its own count and clock: "
+        "saving some partitions, e.g. on a revoke, does not delay the others)")] = 10_000
+    checkpoint_interval_seconds: Annotated[float, POSITIVE, doc(
+        "… or this many seconds after its last save, whichever comes first (only when it changed). Bounds the work"
+        " redone after a crash.")] = 5.0
+    max_message_bytes: Annotated[int, AT_LEAST_1, doc(
+        "Input messages with a larger value are dead-lettered with reason `too_large`.")] = 1_048_576
+    max_features_per_event: Annotated[int, AT_LEAST_1, doc(
+        "An inference event with more features than this is dead-lettered (`too_many_features`): bounds the "
+        "columns a model can grow and the work per event.")] = 1_000
+    max_event_id_bytes: Annotated[int, AT_LEAST_1, doc(
+        "An event whose `event_id` is longer than this many bytes (UTF-8) is dead-lettered with reason "
+        "`event_id_too_long`: the id is a Redis key of the label join, so this bounds what one event can put into "
+        "Redis.")] = 256
+    batch_size: Annotated[int, AT_LEAST_1, doc(
+        "Most messages fetched per poll; a graceful stop finishes the batch in hand.",
+        checks="`1..1000000` (the most the Kafka client returns from one call; larger values would be accepted and"
+        " then fail at the first poll). A very large batch also lengthens a graceful stop, which finishes it "
+        "first.")] = 1_000
+    poll_timeout_seconds: Annotated[float, POSITIVE, doc(
+        "Longest wait for a batch when the input is idle; checkpoints, reference checks and shutdown happen "
+        "between polls.",
+        checks="`> 0` and at most `5`: a stop (SIGTERM) is only seen between polls, and an orchestrator kills an "
+        "instance that has not stopped within its grace period (30 s by default in Kubernetes); keep it well under"
+        " a second.")] = 0.2
+    reference_poll_seconds: Annotated[float, POSITIVE, doc(
+        "How often a running service checks Redis for a new version of each stored reference (`reference build`); "
+        "a new version is used from then on, without a restart.")] = 5.0
+    redis_outage_seconds: Annotated[float, POSITIVE, doc(
+        "While Redis is unreachable or refuses writes (out of memory with `maxmemory-policy noeviction`, "
+        "`READONLY` from a replica after a failover, `MISCONF` when it cannot persist to disk), processing pauses "
+        "and every Redis step (checkpoint, label join, state load) is retried with backoff (0.2 s doubling to 5 "
+        "s), logged and counted in `stream_monitor_redis_errors_total`; each step is safe to repeat, so nothing is"
+        " lost or counted twice. After this long the instance exits with an error (a restarted instance waits the "
+        "same way, so there is no tight crash loop). SIGTERM during the wait ends it at once: the checkpoint in "
+        "hand is given up (Redis keeps the last consistent state, nothing is committed) and the instance exits 0; "
+        "the next owner processes the events since that checkpoint again.",
+        checks="must be `> 0` and below the consumer's `max.poll.interval.ms`")] = 120.0
+    broker_outage_seconds: Annotated[float, POSITIVE, doc(
+        "How long a checkpoint waits for the broker to acknowledge alerts and dead letters (logged every 5 s) "
+        "before the instance exits; state is never saved ahead of undelivered alerts.")] = 120.0
+    producer_stall_seconds: Annotated[float, POSITIVE, doc(
+        "While alerts or dead letters wait for acknowledgement and none has been delivered for this long although "
+        "the broker answers metadata requests, the producer is replaced by a new one and everything unacknowledged"
+        " is sent again (logged, counted in `stream_monitor_producer_restarts_total`). An idempotent producer "
+        "never recovers by itself after the broker restarts; a broker that is down or paused is simply waited for "
+        "(`service.broker_outage_seconds`). A resend may repeat an alert (same `alert_id`), never lose one.")] = 10.0
+    on_missing_state: Annotated[Literal["rebuild", "stop"], doc(
+        "A partition assigned without state in Redis although the group has committed progress means Redis lost "
+        "its data. `\"rebuild\"`: say so loudly (ERROR log, `stream_monitor_state_lost_total`) and rebuild the "
+        "partition from the beginning of the retained log; `\"stop\"`: refuse to go on, so an operator can `state "
+        "import` a backup first. Partitions an instance owns while Redis loses its data are written back from "
+        "memory at the next checkpoint either way.")] = "rebuild"
+    max_inferred_columns: Annotated[int, AT_LEAST_1, doc(
+        "For a model whose config lists no `features`: how many feature names its warm-up tracks, per partition — "
+        "the first names to appear, in the order they appear (deterministic). Further names are not tracked and "
+        "never become columns; they are counted (distinct names, up to 10,000) and reported: "
+        "`stream_monitor_untracked_columns{model}`, `untracked_columns` and a few `untracked_examples` in the "
+        "model's status, and one WARNING line per model and partition when its reference is built. Configured "
+        "`features` are always tracked, however many there are. Of the tracked names, those present in at least 1 "
+        "% of the warm-up's events (and twice) become columns.")] = 100
+    max_categories_per_column: Annotated[int, AT_LEAST_1, doc(
+        "Distinct categories a warm-up (inference or label) remembers per categorical column; values of further "
+        "categories are counted together and land in the column's `__other__` share. A reference that overflowed "
+        "treats every category as seen (no `unseen_category` rate for that column).")] = 10_000
+    on_offset_out_of_range: Annotated[Literal["earliest", "stop"], doc(
+        "A stored offset outside the partition's current log: before its earliest retained message (retention "
+        "deleted what it pointed to), or beyond its end (the topic was recreated, a memory-only broker restarted)."
+        " Detected on assignment (earliest offset), from the broker's \"offset out of range\" answer, and, for "
+        "brokers that answer a fetch beyond the end with nothing, from the log end the consumer's fetches report, "
+        "confirmed by a second short-lived reader before anything is reset. It is always reported: an ERROR line "
+        "naming the partition, the stored offset and the log's range, and "
+        "`stream_monitor_offset_resets_total{topic,partition}`. `\"earliest\"`: reading resumes at the earliest "
+        "retained message and the detector state carries on (the new log's events are new events); the partition's"
+        " state is saved in a new epoch, so its lower offsets replace the old log's (an owner still saving in the "
+        "old epoch is refused). `\"stop\"`: the instance exits (code 2) saying what to check and do. A log that was "
+        "recreated and has already grown past the stored offset cannot be told apart from the old one by its "
+        "offsets.")] = "earliest"
+    on_corrupt_state: Annotated[Literal["pause", "dead_letter"], doc(
+        "A partition assigned to this instance whose stored state cannot be loaded: the blob does not decode, is "
+        "in the old pickle format (refused, never unpickled: it could run code), names a reference profile that is"
+        " not stored beside it, or has an `offset` or `epoch` that is not an integer. The partition is "
+        "**quarantined**, and only it: an ERROR line `QUARANTINED topic[p]` naming the Redis key, the field and "
+        "the problem; `stream_monitor_quarantined_partitions` (now) and `stream_monitor_quarantines_total`; an "
+        "entry with `quarantined` (key, problem, since) among the partitions of `/api/status`. The key is never "
+        "written while quarantined (it is the evidence, and a checkpoint would overwrite it), and nothing is "
+        "committed for the partition. Every other partition goes on. `\"pause\"`: the partition stays assigned to "
+        "this instance but paused, so its messages wait in the log. `\"dead_letter\"`: its messages, from the stored"
+        " offset when that is an integer (else from the beginning of the log), are sent to the dead-letter topic "
+        "with reason `quarantined_partition`; after a restart they are sent again. Either way the key is checked "
+        "again every `service.quarantine_recheck_seconds`: once it loads (fixed by hand, or `stream-monitor state "
+        "import` of a good export) the partition resumes at its stored offset (in `dead_letter` mode the messages "
+        "dead-lettered since then are then processed as well); once it is deleted the partition is rebuilt from "
+        "the beginning of the retained log.")] = "pause"
+    quarantine_recheck_seconds: Annotated[float, POSITIVE, doc(
+        "How often the state key of a quarantined partition (see `service.on_corrupt_state`) is read again to see "
+        "whether it was fixed or deleted.")] = 30.0
+    health_max_loop_age_seconds: Annotated[float, POSITIVE, doc(
+        "`/healthz` answers 503 (JSON body saying why) when the service loop has not come round for this long: it "
+        "is stuck, e.g. inside a Redis call during an outage that does not end, or in a checkpoint that does not "
+        "return. `/readyz` is 503 then too. Raise it if single checkpoints of very large states take longer.")] = 60.0
+    health_max_unassigned_seconds: Annotated[float, POSITIVE, doc(
+        "`/healthz` answers 503 when a consumer-group join or (eager) rebalance has been under way this long "
+        "without the instance getting its assignment (membership churn stalling the group). An instance that has "
+        "joined and was given no partitions (more instances than partitions) is healthy. While the join lasts, "
+        "`/readyz` is 503.")] = 120.0
+    log_repeat_seconds: Annotated[float, POSITIVE, doc(
+        "The Kafka client's own log lines (librdkafka, logged as `stream_monitor.kafka`, JSON with `--log-format "
+        "json`) are rate-limited: the same line (numbers aside) at most once per this many seconds; the next one "
+        "after that says `(repeated K times)`. The service says once in its own words when the broker becomes "
+        "unreachable (processing paused) and once when it is back.")] = 30.0
+    dead_letter_log_seconds: Annotated[float, POSITIVE, doc(
+        "At most one INFO line per this many seconds summing up the dead letters since the last one, by reason "
+        "with an example error each (`dead-lettered 1,234 messages in the last 60 s: unknown_model 1,200 (e.g. "
+        "model_id 'frod' is not configured …), …`); nothing is logged when there were none. The first dead letters"
+        " are reported at the first checkpoint after them.")] = 60.0
 
 
-@dataclass(frozen=True)
-class PsiConfig:
-    window: int = 5_000
-    bins: int = 10
-    top_k: int = 20
-    warning: float = 0.1  # raised to the budget's level when that is higher (small windows)
-    critical: float = 0.25
-    epsilon: float = 1e-4
+class PsiConfig(_Table):
+    window: Annotated[int, Meta(ge=10), doc(
+        "Values per tumbling window (per partition, model and column); PSI, KS, data quality and p95 decide at the"
+        " end of each window.")] = 5_000
+    bins: Annotated[int, Meta(ge=2, le=100), doc(
+        "Quantile bins of a numeric reference (plus an open bin below its minimum and one above its maximum).")] = 10
+    top_k: Annotated[int, POSITIVE, doc(
+        "Categories kept by frequency for a categorical column (prediction label and ground-truth labels too); the"
+        " rest share the `__other__` bucket.")] = 20
+    warning: Annotated[float, POSITIVE, doc(
+        "PSI level of a `warning` alert. Raised to the budget's level when that is higher (small windows or "
+        "references).",
+        checks="`> 0` and `<= critical`")] = 0.1
+    critical: Annotated[float, POSITIVE, doc(
+        "PSI level of a `critical` alert (never below the effective warning level).",
+        checks="`>= warning`")] = 0.25
+    epsilon: Annotated[float, POSITIVE, doc(
+        "Proportions are clipped at this value, so an empty bin gives a finite PSI.",
+        checks="must be `> 0`; keep it small.")] = 1e-4
 
 
-@dataclass(frozen=True)
-class KsConfig:
-    enabled: bool = True
-    threshold: float | None = None  # None → from the false-alarm budget
+class KsConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Run KS on numeric columns.")] = True
+    threshold: Annotated[POSITIVE_OR_ABSENT, doc(
+        "KS statistic of a `warning` alert; `critical` is twice it.",
+        default="absent (from the budget: ≈ 0.041 for windows and references of 5,000)")] = None
 
 
-@dataclass(frozen=True)
-class AdwinConfig:
-    enabled: bool = True
-    delta: float | None = None  # None → from the false-alarm budget
-    clock: int = 32
-    grace_period: int = 10
-    min_window_length: int = 5
-    max_buckets: int = 5
+class AdwinConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Run ADWIN on numeric columns.")] = True
+    delta: Annotated[Annotated[float, Meta(gt=0, lt=1)] | None, doc(
+        "ADWIN's confidence: its bound on the chance of a false cut at each check. Smaller is quieter and slower.",
+        default="absent (budget × 10⁻⁶ × `clock`, 3.2·10⁻⁶ by default)")] = None
+    clock: Annotated[int, POSITIVE, doc(
+        "ADWIN checks for a change every `clock` values.")] = 32
+    grace_period: Annotated[int, POSITIVE, doc(
+        "Values before ADWIN may first detect.")] = 10
+    min_window_length: Annotated[int, POSITIVE, doc(
+        "Shortest sub-window ADWIN compares.")] = 5
+    max_buckets: Annotated[int, POSITIVE, doc(
+        "Buckets per row of ADWIN's exponential histogram (memory vs. precision).")] = 5
 
 
-@dataclass(frozen=True)
-class PageHinkleyConfig:
-    enabled: bool = True
-    min_instances: int = 30
-    # Values are reference-normal scores (N(0, 1) on unchanged data); delta is
-    # the smallest mean shift worth catching quickly, in standard deviations / 2.
-    delta: float = 0.25
-    threshold: float | None = None  # None → from the false-alarm budget
-    alpha: float = 1.0  # river's default 0.9999 forgets the sums and cannot be calibrated
+class PageHinkleyConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Run Page-Hinkley on numeric columns.")] = True
+    min_instances: Annotated[int, POSITIVE, doc(
+        "Values before it may detect.")] = 30
+    delta: Annotated[float, Meta(ge=0), doc(
+        "Tolerated drift of the mean, in standard deviations of the normal score (about half the smallest shift "
+        "worth catching quickly).")] = 0.25
+    threshold: Annotated[POSITIVE_OR_ABSENT, doc(
+        "Detection threshold λ on the cumulative sums.",
+        default="absent (from the budget: 30.0 for `delta` 0.25 and budget 0.1)")] = None
+    alpha: Annotated[float, Meta(gt=0, le=1), doc(
+        "Forgetting factor of the cumulative sums; `1` = no forgetting (river's 0.9999 never settles and cannot be"
+        " calibrated).")] = 1.0
 
 
-@dataclass(frozen=True)
-class DataQualityConfig:
-    enabled: bool = True
+class DataQualityConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Run the data-quality checks.")] = True
 
 
-@dataclass(frozen=True)
-class LatencyConfig:
-    enabled: bool = True  # distribution shift of latency_ms (PSI, KS, ADWIN, Page-Hinkley)
-    p95_ceiling_ms: float | None = None  # a window's p95 above this → latency alert
+class LatencyConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Distribution-shift detection of `latency_ms` (PSI, KS, ADWIN, Page-Hinkley).  `false` turns the `latency`"
+        " signal off (no latency column, no p95 ceiling).")] = True
+    p95_ceiling_ms: Annotated[POSITIVE_OR_ABSENT, doc(
+        "When set, a window whose p95 latency is above this many milliseconds raises a `latency` alert (detector "
+        "`p95_ceiling`); it resolves below `hysteresis` × the ceiling.",
+        default="absent (no ceiling)")] = None
 
 
-@dataclass(frozen=True)
-class DetectorsConfig:
-    # Expected false alarms per 10^6 events, per detector and column, on data like the reference.
-    false_alarms_per_million: float = 0.1
+class DetectorsConfig(_Table):
+    false_alarms_per_million: Annotated[float, POSITIVE, doc(
+        "The false-alarm budget: expected false alarms per 10^6 events, per detector and column, on data drawn "
+        "like the reference. Every threshold not set explicitly comes from it (`stream_monitor/calibration.py`): "
+        "the PSI warning floor, `ks.threshold`, `adwin.delta`, `page_hinkley.threshold` and the data-quality rate "
+        "limits.")] = 0.1
     psi: PsiConfig = PsiConfig()
     ks: KsConfig = KsConfig()
     adwin: AdwinConfig = AdwinConfig()
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
     data_quality: DataQualityConfig = DataQualityConfig()
     latency: LatencyConfig = LatencyConfig()
-    # A point detector's (ADWIN, Page-Hinkley) episode resolves after this
-    # many values without a new detection.
-    resolve_after: int = 5_000
-    # After a resolution, this many values pass before the same detector may fire again.
-    cooldown: int = 5_000
-    # A level detector (PSI, KS, data quality, p95) resolves below hysteresis × its warning level.
-    hysteresis: float = 0.8
+    resolve_after: Annotated[int, AT_LEAST_1, doc(
+        "A point detector's (ADWIN, Page-Hinkley) episode resolves after this many values of its column without a "
+        "new detection.")] = 5_000
+    cooldown: Annotated[int, Meta(ge=0), doc(
+        "After an episode resolves, this many values of its column pass before the same detector may fire "
+        "again.")] = 5_000
+    hysteresis: Annotated[float, Meta(gt=0, le=1), doc(
+        "A level detector (PSI, KS, data quality, p95 ceiling) resolves only when its statistic falls below "
+        "`hysteresis` × its warning level, so a value hovering at the line does not flap.")] = 0.8
 
 
-@dataclass(frozen=True)
-class PerformanceConfig:
-    """Ground truth: label events joined to predictions by (model_id, event_id) through Redis."""
+class PerformanceConfig(_Table):
+    task: Annotated[Literal["", "classification", "regression"], doc(
+        "`\"classification\"` (0/1 errors → ADWIN; accuracy, precision, recall, F1, ROC AUC) or `\"regression\"` "
+        "(absolute error → one-sided Page-Hinkley on its normal score; MAE, RMSE). Empty: no join.")] = ""
+    positive_label: Annotated[str, doc(
+        "Classification: the positive class for precision, recall, F1 and AUC (labels compare by their JSON "
+        "spelling: `1`, `\"yes\"`, `true`).")] = "1"
+    window: Annotated[int, Meta(ge=10), doc(
+        "Joined pairs in the rolling metrics; floors and ceilings are checked every tenth of a window once it is "
+        "full.")] = 1_000
+    reference_pairs: Annotated[int, Meta(ge=10), doc(
+        "Regression: the first joined pairs whose absolute errors form the error reference.")] = 1_000
+    label_wait_seconds: Annotated[float, POSITIVE, doc(
+        "How long a label that arrives before its prediction waits in Redis.")] = 3_600.0
+    prediction_ttl_seconds: Annotated[float, POSITIVE, doc(
+        "How long an unlabelled prediction is kept (7 days); then it counts as never labelled.")] = 7 * 24 * 3_600.0
+    joined_retention_seconds: Annotated[float, POSITIVE, doc(
+        "How long a joined pair is remembered, so that messages processed again after a crash are recognised. Keep"
+        " it above the time between checkpoints by a wide margin.")] = 24 * 3_600.0
+    max_pending: Annotated[int, Meta(ge=10), doc(
+        "Unlabelled predictions kept per model. When it is reached, the next prediction evicts the oldest pending "
+        "one, which counts as never labelled (`stream_monitor_predictions_never_labelled`, and "
+        "`stream_monitor_predictions_evicted`): new predictions can always be joined, and a label that arrives "
+        "later than this many newer unlabelled predictions finds nothing.")] = 1_000_000
+    max_pending_bytes: Annotated[int, Meta(ge=65_536), doc(
+        "Estimated Redis memory the model's label join may use (256 MiB): pending predictions, labels waiting for "
+        "their prediction and joined pairs remembered for replays, each counted as its key, event id and record "
+        "plus about 256 bytes of Redis overhead (the join keeps the total as it goes; "
+        "`stream_monitor_join_bytes`). An entry that would go past it first evicts, oldest first, joined pairs, "
+        "then waiting labels (`stream_monitor_labels_evicted`), then pending predictions (never labelled, "
+        "`stream_monitor_predictions_evicted`). One entry bigger than the whole budget is not stored "
+        "(`stream_monitor_predictions_dropped_total`). With the default 1,000,000 `max_pending` and short event "
+        "ids, pending predictions alone take about 400 MB; the default budget evicts before that.")] = 256 * 1024 * 1024
+    floors: Annotated[dict[str, float], doc(
+        "Classification: a `performance` alert (detector `floor`, critical) when a rolling `accuracy`, "
+        "`precision`, `recall`, `f1` or `auc` falls below its floor, e.g. `floors = { accuracy = 0.8 }`; resolved "
+        "when it is back.",
+        checks="metric names of the task",
+        type="table: metric → float")] = {}
+    ceilings: Annotated[dict[str, float], doc(
+        "Regression: a `performance` alert (detector `ceiling`) when a rolling `mae` or `rmse` rises above its "
+        "ceiling.",
+        checks="metric names of the task",
+        type="table: metric → float")] = {}
 
-    task: str = ""  # "classification" | "regression"; empty → labels only feed label drift
-    positive_label: str = "1"  # classification: the positive class for precision, recall, F1 and AUC
-    window: int = 1_000  # joined pairs in the rolling metrics
-    reference_pairs: int = 1_000  # the first joined pairs: the error reference (regression)
-    label_wait_seconds: float = 3_600.0  # a label that arrives before its prediction waits this long
-    prediction_ttl_seconds: float = 7 * 24 * 3_600.0  # an unlabelled prediction is kept this long
-    joined_retention_seconds: float = 24 * 3_600.0  # a joined pair is remembered this long (replays)
-    max_pending: int = 1_000_000  # unlabelled predictions kept per model; the next one evicts the oldest
-    max_pending_bytes: int = 256 * 1024 * 1024  # estimated Redis memory of the model's join; past it the oldest go
-    # a performance alert when a rolling metric falls below its floor, e.g. { accuracy = 0.8, f1 = 0.5 }
-    floors: Mapping[str, float] = field(default_factory=dict)
-    # regression: a performance alert when a rolling error rises above its ceiling, e.g. { mae = 3.0 }
-    ceilings: Mapping[str, float] = field(default_factory=dict)
+
+class ReferenceConfig(_Table):
+    source: Annotated[Literal["warmup", "stored"], doc(
+        "Where the reference profile comes from. `\"warmup\"`: the first `reference.events` inference events of the "
+        "model in each partition (no drift detection before that). `\"stored\"`: the profile stored in Redis by "
+        "`stream-monitor reference build` (versioned; a new version is picked up within "
+        "`service.reference_poll_seconds`).",
+        checks="`\"warmup\"` or `\"stored\"`; with `\"stored\"`, `run` refuses to start until a profile is "
+        "stored.")] = "warmup"
+    events: Annotated[int, Meta(ge=10), doc(
+        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"`; also the"
+        " number of label events that form the label reference when none is stored.")] = 5_000
 
 
-CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1", "auc")
-REGRESSION_METRICS = ("mae", "rmse")
-
-
-@dataclass(frozen=True)
-class ReferenceConfig:
-    source: str = "warmup"  # "warmup" | "stored"
-    events: int = 5_000
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    model_id: str
+class ModelConfig(_Table):
+    model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
-    features: Mapping[str, str] | None = None  # None → inferred from the reference
+    features: Annotated[dict[str, FeatureKind] | None, doc(
+        "The features to monitor and their kind, e.g. `features = { amount = \"numeric\", country = \"categorical\" }`"
+        ". Absent: every feature seen in the reference events, numeric when all its non-null values are numbers, "
+        "categorical otherwise. When given, only the listed features are monitored (`{}` monitors no feature; "
+        "prediction, latency and labels still are). A `stored` reference keeps the kinds it was built with. A listed"
+        " feature the reference has no profile of (absent from every reference event, e.g. a header `Income` for "
+        "`income`, or no value of its kind) would never be monitored: `reference build` refuses to store such a "
+        "reference (naming the feature, the reference's features and a close match), `run` refuses to start with "
+        "such a stored reference, and for a warm-up reference the service logs one ERROR line per model, sets "
+        "`stream_monitor_unmonitored_columns{model}` and lists the feature as NOT MONITORED on the status page and "
+        "in `status`.",
+        checks="each value `\"numeric\"` or `\"categorical\"`.", default="absent",
+        type="table: feature name → `\"numeric\"` | `\"categorical\"`")] = None
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Table):
     kafka: KafkaConfig = KafkaConfig()
     redis: RedisConfig = RedisConfig()
     service: ServiceConfig = ServiceConfig()
-    models: Mapping[str, ModelConfig] = field(default_factory=dict)
-    source: str = "<defaults>"
+    models: dict[str, ModelConfig] = {}
+    source: Annotated[str, INTERNAL] = "<defaults>"  # the file it was read from
 
 
-# --- loading -----------------------------------------------------------------
+# --- loading -----------------------------------------------------------------------------------------
 
 
 def read_config_text(path: Path) -> str:
@@ -384,79 +650,152 @@ def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
 def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None,
                  source: str = "<dict>") -> Config:
     """Validate a parsed TOML document (plus env overrides) into a :class:`Config`."""
-    raw = dict(raw)
-    _check_keys(raw, "", {"kafka", "redis", "service", "models"})
-    sections = {name: dict(_table(raw, name, name)) for name in ("kafka", "redis", "service")}
-    for name, value in _env_overrides(environ or {}).items():
-        section, key = name
-        sections[section][key] = value
-    kafka = _build(KafkaConfig, sections["kafka"], "kafka", nested={"consumer", "producer"})
-    redis = _build(RedisConfig, sections["redis"], "redis")
-    remember_secrets(*_secrets_of(redis.url, [kafka.consumer, kafka.producer]))
-    service = _build(ServiceConfig, sections["service"], "service")
-    if not kafka.input_topics:
-        raise ConfigError("kafka.input_topics", "must name at least one topic")
-    if not redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
-    _check_redis_url(redis.url)
-    if not 0 <= service.metrics_port <= 65535:
-        raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
-    if not service.metrics_host.strip():
-        raise ConfigError("service.metrics_host", "must not be empty (127.0.0.1: this host only; 0.0.0.0: every "
-                          "interface)")
-    if not 1 <= service.web_workers <= 64:
-        raise ConfigError("service.web_workers", f"must be 1..64, got {service.web_workers}")
-    if not 1 <= service.web_max_connections <= 10_000:
-        raise ConfigError("service.web_max_connections", f"must be 1..10000, got {service.web_max_connections}")
-    if not 0 < service.web_read_timeout_seconds <= 300:
-        raise ConfigError("service.web_read_timeout_seconds",
-                          f"must be > 0 and <= 300, got {service.web_read_timeout_seconds}")
-    for key in ("checkpoint_interval_events", "max_message_bytes", "batch_size", "max_features_per_event",
-                "max_event_id_bytes", "max_inferred_columns", "max_categories_per_column"):
-        if getattr(service, key) < 1:
-            raise ConfigError(f"service.{key}", "must be at least 1")
-    if service.batch_size > MAX_BATCH_SIZE:
-        raise ConfigError("service.batch_size", f"must be at most {MAX_BATCH_SIZE:,} (the most the Kafka client "
-                          f"fetches in one call), got {service.batch_size:,}")
-    if service.poll_timeout_seconds > MAX_POLL_TIMEOUT_SECONDS:
-        raise ConfigError("service.poll_timeout_seconds", f"must be at most {MAX_POLL_TIMEOUT_SECONDS:g} s, got "
-                          f"{service.poll_timeout_seconds:g}: a stop (SIGTERM) is only seen between polls, and "
-                          "an orchestrator kills what has not stopped within its grace period (30 s by default)")
-    if service.on_missing_state not in ("rebuild", "stop"):
-        raise ConfigError("service.on_missing_state", f"must be 'rebuild' or 'stop', got {service.on_missing_state!r}")
-    if service.on_offset_out_of_range not in ("earliest", "stop"):
-        raise ConfigError("service.on_offset_out_of_range",
-                          f"must be 'earliest' or 'stop', got {service.on_offset_out_of_range!r}")
-    if service.on_corrupt_state not in ("pause", "dead_letter"):
-        raise ConfigError("service.on_corrupt_state",
-                          f"must be 'pause' or 'dead_letter', got {service.on_corrupt_state!r}")
-    for key in ("checkpoint_interval_seconds", "poll_timeout_seconds", "reference_poll_seconds", "quarantine_recheck_seconds",
-                "redis_outage_seconds", "broker_outage_seconds", "producer_stall_seconds", "health_max_loop_age_seconds",
-                "health_max_unassigned_seconds", "log_repeat_seconds", "dead_letter_log_seconds"):
-        if not getattr(service, key) > 0:
-            raise ConfigError(f"service.{key}", "must be > 0")
-    for key in ("group_id", "alert_topic", "dead_letter_topic", "bootstrap_servers"):
-        if not getattr(kafka, key):
-            raise ConfigError(f"kafka.{key}", "must not be empty")
-    if not redis.namespace:
-        raise ConfigError("redis.namespace", "must not be empty")
-    for key, own in (("bootstrap.servers", "kafka.bootstrap_servers"), ("group.id", "kafka.group_id")):
-        for where, table in (("consumer", kafka.consumer), ("producer", kafka.producer)):
-            if key in table:
-                raise ConfigError(f"kafka.{where}.{key}", f"set {own} instead (the group id also names the state "
-                                  "in Redis; one address serves consumer, producer and admin)")
-    models_raw = _table(raw, "models", "models")
-    models = {model_id: _model(model_id, _table(models_raw, model_id, f"models.{model_id}"))
-              for model_id in models_raw}
-    config = Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
+    document = _document(raw, _env_overrides(environ or {}))
+    try:
+        config = msgspec.convert(document, Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _refusal(str(exc), Config, document, []) from None
+    models = {model_id: msgspec.structs.replace(model, model_id=model_id) for model_id, model in config.models.items()}
+    config = msgspec.structs.replace(config, models=models, source=source)
+    remember_secrets(*_secrets_of(config.redis.url, [config.kafka.consumer, config.kafka.producer]))
+    _check_redis_url(config.redis.url)
+    _check_service(config.service)
+    _check_client_tables(config.kafka)
+    for model_id, model in models.items():
+        _check_model(model, f"models.{model_id}")
     check_poll_interval(config)
     return config
+
+
+def _document(raw: Mapping[str, Any], overrides: Mapping[tuple[str, str], Any]) -> dict[str, Any]:
+    """The document as the schema reads it: environment overrides applied, the librdkafka tables
+    flattened, the fields that are not keys refused."""
+    document = dict(raw)
+    if "source" in document:
+        raise _unknown([], "source", Config)
+    models = document.get("models")
+    for model_id, table in models.items() if isinstance(models, Mapping) else ():
+        if isinstance(table, Mapping) and "model_id" in table:
+            raise _unknown(["models", model_id], "model_id", ModelConfig)
+    for (section, key), value in overrides.items():
+        if isinstance(table := document.get(section, {}), Mapping):
+            document[section] = {**table, key: value}
+    if isinstance(kafka := document.get("kafka"), Mapping):
+        document["kafka"] = {**kafka, **{name: _flatten(kafka[name]) for name in ("consumer", "producer")
+                                         if isinstance(kafka.get(name), Mapping)}}
+    return document
+
+
+# --- a refusal of the schema, in the words of the key --------------------------------------------------
+
+
+def _refusal(text: str, annotation: Any, node: Any, keys: list[str], inherited: str = "") -> ConfigError:
+    """msgspec's ``Expected `int` >= 2 - at `$.models[...].detectors.psi.bins``` as
+    ``models.fraud.detectors.psi.bins: must be 2..100, got 1``: the path is followed through the
+    document (an entry of a table of free-form keys, ``[...]``, is found by converting each one)."""
+    problem, _, at = text.partition(" - at `$")
+    item = False
+    for name, index in re.findall(r"\.(\w+)|\[([^\]]*)\]", at.rstrip("`")):
+        base, metas, _ = _unwrap(annotation)
+        if name:
+            annotation, node, keys = _fields(base)[name], node[name], [*keys, name]
+        elif index == "...":
+            value_type = typing.get_args(base)[1]
+            for key, value in node.items():
+                try:
+                    msgspec.convert(value, value_type, strict=True)
+                except msgspec.ValidationError as exc:
+                    return _refusal(str(exc), value_type, value, [*keys, key], _extra(metas, "refusal"))
+            return ConfigError(".".join(keys), problem)  # not reached: msgspec refused one of them
+        else:  # an item of a list: the list is what is wrong
+            item = True
+            break
+    base, metas, _ = _unwrap(annotation)
+    where = ".".join(keys)
+    if unknown := re.fullmatch(r"Object contains unknown field `(.*)`", problem):
+        return _unknown(keys, unknown.group(1), base)
+    if typing.get_origin(base) is Literal:
+        return ConfigError(where, f"must be {_alternatives(typing.get_args(base))}, got {node!r}")
+    if item or ", got `" in problem:  # a value of the wrong type
+        return ConfigError(where, inherited or f"must be {_phrase(base)}, got {type(node).__name__}")
+    bounds = _bounds(annotation)
+    return ConfigError(where, _extra(metas, "refusal") or inherited or (
+        "must not be empty" if bounds == "not empty" else f"must be {bounds}, got {node}"))
+
+
+def _unknown(keys: list[str], key: str, table: type) -> ConfigError:
+    return ConfigError(".".join([*keys, key]), f"unknown key (expected one of: {', '.join(sorted(keys_of(table)))})")
+
+
+def _unwrap(annotation: Any) -> tuple[Any, list[Meta], bool]:
+    """(the type, its ``Meta`` constraints and docs, whether it may be absent) of a field's annotation."""
+    metas: list[Meta] = []
+    optional = False
+    while True:
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+        if origin is Annotated:
+            annotation, metas = args[0], [*metas, *(m for m in args[1:] if isinstance(m, Meta))]
+        elif type(None) in args and origin is not Literal:
+            annotation, optional = next(a for a in args if a is not type(None)), True
+        else:
+            return annotation, metas, optional
+
+
+def _extra(metas: list[Meta], name: str) -> Any:
+    return next((m.extra[name] for m in metas if m.extra and name in m.extra), None)
+
+
+def _fields(table: type) -> dict[str, Any]:
+    return typing.get_type_hints(table, include_extras=True)
+
+
+def keys_of(table: type) -> list[str]:
+    """The TOML keys of a schema table, in order (its fields but the internal ones)."""
+    return [name for name, annotation in _fields(table).items() if not _extra(_unwrap(annotation)[1], "internal")]
+
+
+def _phrase(base: Any) -> str:
+    if base in (int, float, bool, str):
+        return base.__name__
+    return "a list of strings" if typing.get_origin(base) is tuple else "a table"
+
+
+def _alternatives(values: tuple[Any, ...], code: Any = repr) -> str:
+    shown = [code(v) for v in values]
+    return ", ".join(shown[:-1]) + f" or {shown[-1]}" if len(shown) > 1 else shown[0]
+
+
+def _bounds(annotation: Any, code: Any = str) -> str:
+    """What the field's bounds accept, e.g. ``2..100``, ``at least 10``, ``> 0``, ``in (0, 1]``
+    (``code`` marks the literal parts, for the docs); "" without bounds."""
+    base, metas, _ = _unwrap(annotation)
+    ge, gt, le, lt = (next((getattr(m, b) for m in metas if getattr(m, b) is not None), None)
+                      for b in ("ge", "gt", "le", "lt"))
+    if any(m.min_length or m.pattern for m in metas):
+        return "not empty"
+    low, high = ge if ge is not None else gt, le if le is not None else lt
+    if low is None and high is None:
+        return ""
+    if high is None:
+        if base is int and ge is not None:
+            return f"at least {code(ge)}"
+        return code(f"{'>=' if gt is None else '>'} {low}")
+    if low is None:
+        return f"at most {code(high)}"
+    if base is int and ge is not None and le is not None:
+        return code(f"{ge}..{le}")
+    return "in " + code(f"{'[' if gt is None else '('}{low:g}, {high:g}{']' if lt is None else ')'}")
+
+
+# --- what a schema cannot say -------------------------------------------------------------------------
 
 
 def _check_redis_url(url: str) -> None:
     """The URL as the Redis client will read it (port, db, query options), so a typo fails at load."""
     from redis.connection import parse_url  # noqa: PLC0415 - config stays importable without Redis' client
 
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(url)!r}")
     if url.startswith("unix://"):
         return
     try:
@@ -465,137 +804,72 @@ def _check_redis_url(url: str) -> None:
         raise ConfigError("redis.url", f"cannot be parsed ({redact(str(exc))}): {redact_url(url)}") from None
 
 
-def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
-    where = f"models.{model_id}"
-    _check_keys(raw, where, {"reference", "features", "detectors", "performance"})
-    reference = _build(ReferenceConfig, _table(raw, "reference", f"{where}.reference"), f"{where}.reference")
-    if reference.source not in ("warmup", "stored"):
-        raise ConfigError(f"{where}.reference.source", f"must be 'warmup' or 'stored', got {reference.source!r}")
-    if reference.events < 10:
-        raise ConfigError(f"{where}.reference.events", "must be at least 10")
-    features = None
-    if "features" in raw:
-        features = dict(_table(raw, "features", f"{where}.features"))
-        for name, kind in features.items():
-            if kind not in FEATURE_KINDS:
-                raise ConfigError(f"{where}.features.{name}", f"must be one of {FEATURE_KINDS}, got {kind!r}")
-    det_raw = _table(raw, "detectors", f"{where}.detectors")
-    tables = {"psi": PsiConfig, "ks": KsConfig, "adwin": AdwinConfig, "page_hinkley": PageHinkleyConfig,
-              "data_quality": DataQualityConfig, "latency": LatencyConfig}
-    _check_keys(det_raw, f"{where}.detectors", set(DetectorsConfig.__dataclass_fields__))
-    scalars = {k: v for k, v in det_raw.items() if k not in tables}
-    detectors = _build(DetectorsConfig, scalars, f"{where}.detectors", skip=set(tables))
-    detectors = replace(detectors, **{
-        name: _build(cls, _table(det_raw, name, f"{where}.detectors.{name}"), f"{where}.detectors.{name}")
-        for name, cls in tables.items()})
-    psi = detectors.psi
-    positive = {"psi.top_k": psi.top_k, "psi.epsilon": psi.epsilon, "adwin.clock": detectors.adwin.clock,
-                "adwin.grace_period": detectors.adwin.grace_period,
-                "adwin.min_window_length": detectors.adwin.min_window_length,
-                "adwin.max_buckets": detectors.adwin.max_buckets,
-                "page_hinkley.min_instances": detectors.page_hinkley.min_instances}
-    for key, value in positive.items():
-        if not value > 0:
-            raise ConfigError(f"{where}.detectors.{key}", "must be > 0")
-    if psi.window < 10:
-        raise ConfigError(f"{where}.detectors.psi.window", "must be at least 10")
-    if not 2 <= psi.bins <= 100:
-        raise ConfigError(f"{where}.detectors.psi.bins", "must be 2..100")
-    if not 0 < psi.warning <= psi.critical:
-        raise ConfigError(f"{where}.detectors.psi.warning", "must be > 0 and <= critical")
-    if detectors.adwin.delta is not None and not 0 < detectors.adwin.delta < 1:
-        raise ConfigError(f"{where}.detectors.adwin.delta", "must be in (0, 1)")
-    for key, value in (("page_hinkley.threshold", detectors.page_hinkley.threshold),
-                       ("ks.threshold", detectors.ks.threshold),
-                       ("latency.p95_ceiling_ms", detectors.latency.p95_ceiling_ms),
-                       ("false_alarms_per_million", detectors.false_alarms_per_million)):
-        if value is not None and value <= 0:
-            raise ConfigError(f"{where}.detectors.{key}", "must be > 0")
-    if detectors.page_hinkley.delta < 0:
-        raise ConfigError(f"{where}.detectors.page_hinkley.delta", "must be >= 0")
-    if not 0 < detectors.page_hinkley.alpha <= 1:
-        raise ConfigError(f"{where}.detectors.page_hinkley.alpha", "must be in (0, 1]")
-    if detectors.resolve_after < 1:
-        raise ConfigError(f"{where}.detectors.resolve_after", "must be at least 1")
-    if detectors.cooldown < 0:
-        raise ConfigError(f"{where}.detectors.cooldown", "must be >= 0")
-    if not 0 < detectors.hysteresis <= 1:
-        raise ConfigError(f"{where}.detectors.hysteresis", "must be in (0, 1]")
-    performance = _performance(_table(raw, "performance", f"{where}.performance"), f"{where}.performance")
-    return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors,
-                       performance=performance)
+def _check_service(service: ServiceConfig) -> None:
+    """Upper bounds whose reason belongs in the message."""
+    if service.batch_size > MAX_BATCH_SIZE:
+        raise ConfigError("service.batch_size", f"must be at most {MAX_BATCH_SIZE:,} (the most the Kafka client "
+                          f"fetches in one call), got {service.batch_size:,}")
+    if service.poll_timeout_seconds > MAX_POLL_TIMEOUT_SECONDS:
+        raise ConfigError("service.poll_timeout_seconds", f"must be at most {MAX_POLL_TIMEOUT_SECONDS:g} s, got "
+                          f"{service.poll_timeout_seconds:g}: a stop (SIGTERM) is only seen between polls, and "
+                          "an orchestrator kills what has not stopped within its grace period (30 s by default)")
 
 
-def _performance(raw: Mapping[str, Any], where: str) -> PerformanceConfig:
-    limits = {key: dict(_table(raw, key, f"{where}.{key}")) for key in ("floors", "ceilings")}
-    performance = _build(PerformanceConfig, {k: v for k, v in raw.items() if k not in limits}, where,
-                         skip=set(limits))
-    if performance.task not in ("", "classification", "regression"):
-        raise ConfigError(f"{where}.task", f"must be 'classification' or 'regression', got {performance.task!r}")
-    allowed = {"floors": CLASSIFICATION_METRICS if performance.task == "classification" else (),
-               "ceilings": REGRESSION_METRICS if performance.task == "regression" else ()}
-    for key, table in limits.items():
-        for metric, value in table.items():
-            if metric not in allowed[key]:
-                raise ConfigError(f"{where}.{key}.{metric}", f"not a {performance.task or 'set'} metric "
-                                  f"(allowed: {', '.join(allowed[key]) or 'none for this task'})")
-            table[metric] = _typed(value, float, f"{where}.{key}.{metric}")
-    for key in ("window", "reference_pairs", "max_pending"):
-        if getattr(performance, key) < 10:
-            raise ConfigError(f"{where}.{key}", "must be at least 10")
-    if performance.max_pending_bytes < 65_536:
-        raise ConfigError(f"{where}.max_pending_bytes", f"must be at least 65536, got {performance.max_pending_bytes}")
-    for key in ("label_wait_seconds", "prediction_ttl_seconds", "joined_retention_seconds"):
-        if not getattr(performance, key) > 0:
-            raise ConfigError(f"{where}.{key}", "must be > 0")
-    return replace(performance, **limits)
+def _check_client_tables(kafka: KafkaConfig) -> None:
+    for key, own in (("bootstrap.servers", "kafka.bootstrap_servers"), ("group.id", "kafka.group_id")):
+        for where, table in (("consumer", kafka.consumer), ("producer", kafka.producer)):
+            if key in table:
+                raise ConfigError(f"kafka.{where}.{key}", f"set {own} instead (the group id also names the state "
+                                  "in Redis; one address serves consumer, producer and admin)")
+
+
+def _check_model(model: ModelConfig, where: str) -> None:
+    psi = model.detectors.psi
+    if psi.warning > psi.critical:
+        raise ConfigError(f"{where}.detectors.psi.warning",
+                          f"must be <= critical ({psi.critical:g}), got {psi.warning:g}")
+    task = model.performance.task
+    allowed = {"floors": CLASSIFICATION_METRICS if task == "classification" else (),
+               "ceilings": REGRESSION_METRICS if task == "regression" else ()}
+    for key, metrics in allowed.items():
+        for metric in getattr(model.performance, key):
+            if metric not in metrics:
+                raise ConfigError(f"{where}.performance.{key}.{metric}", f"not a {task or 'set'} metric "
+                                  f"(allowed: {', '.join(metrics) or 'none for this task'})")
+
+
+# --- environment overrides ----------------------------------------------------------------------------
+
+
+def env_keys() -> dict[tuple[str, str], Any]:
+    """(section, key) → default of every key an environment variable can override: the scalar keys of
+    [kafka], [redis] and [service]."""
+    return {(section, f.name): f.default
+            for section, table in (("kafka", KafkaConfig), ("redis", RedisConfig), ("service", ServiceConfig))
+            for f in msgspec.structs.fields(table) if isinstance(f.default, (str, int, float, tuple))}
+
+
+# How an environment string becomes a value of the key's type, and what it must look like.
+_FROM_ENV: dict[type, tuple[Any, str]] = {
+    tuple: (lambda text: [item.strip() for item in text.split(",") if item.strip()], ""),
+    bool: (lambda text: text.lower() in ("1", "true", "yes", "on"), ""),
+    int: (int, "an integer"), float: (float, "a number"), str: (str, "")}
 
 
 def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, str], Any]:
-    """``STREAM_MONITOR_<SECTION>_<KEY>`` → (section, key) for scalar keys."""
-    known = {"kafka": KafkaConfig, "redis": RedisConfig, "service": ServiceConfig}
+    """``STREAM_MONITOR_<SECTION>_<KEY>`` → (section, key) for scalar keys, converted by the key's type."""
+    known = env_keys()
     out: dict[tuple[str, str], Any] = {}
-    for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX):
+    for name, text in environ.items():
+        section, _, key = name[len(ENV_PREFIX):].lower().partition("_")
+        if not name.startswith(ENV_PREFIX) or (section, key) not in known:
             continue
-        rest = name[len(ENV_PREFIX):].lower()
-        section, _, key = rest.partition("_")
-        cls = known.get(section)
-        if cls is None or key not in cls.__dataclass_fields__ or key in ("consumer", "producer"):
-            continue
-        default = cls.__dataclass_fields__[key].default
-        where = f"{name} (env)"
-        if isinstance(default, tuple):
-            out[(section, key)] = [item.strip() for item in value.split(",") if item.strip()]
-        elif isinstance(default, bool):
-            out[(section, key)] = value.lower() in ("1", "true", "yes", "on")
-        elif isinstance(default, int):
-            try:
-                out[(section, key)] = int(value)
-            except ValueError:
-                raise ConfigError(where, f"must be an integer, got {value!r}") from None
-        elif isinstance(default, float):
-            try:
-                out[(section, key)] = float(value)
-            except ValueError:
-                raise ConfigError(where, f"must be a number, got {value!r}") from None
-        else:
-            out[(section, key)] = value
+        convert, wording = _FROM_ENV[type(known[(section, key)])]
+        try:
+            out[(section, key)] = convert(text)
+        except ValueError:
+            raise ConfigError(f"{name} (env)", f"must be {wording}, got {text!r}") from None
     return out
-
-
-def _table(raw: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
-    value = raw.get(key, {})
-    if not isinstance(value, Mapping):
-        raise ConfigError(where, f"must be a table, got {type(value).__name__}")
-    return value
-
-
-def _check_keys(raw: Mapping[str, Any], where: str, allowed: set[str]) -> None:
-    for key in raw:
-        if key not in allowed:
-            full = f"{where}.{key}" if where else key
-            raise ConfigError(full, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
 
 
 def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -611,43 +885,6 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
-
-
-def _typed(value: Any, expected: type, where: str) -> Any:
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is not bool and isinstance(value, bool):
-        raise ConfigError(where, f"must be {expected.__name__}, got bool")
-    if not isinstance(value, expected):
-        raise ConfigError(where, f"must be {expected.__name__}, got {type(value).__name__}")
-    return value
-
-
-def _build(cls: type, raw: Mapping[str, Any], where: str, nested: set[str] = frozenset(),
-           skip: set[str] = frozenset()) -> Any:
-    """Build a frozen dataclass from a table, type-checking each key against its default."""
-    fields = cls.__dataclass_fields__
-    _check_keys(raw, where, set(fields) - set(skip))
-    kwargs: dict[str, Any] = {}
-    for key, value in raw.items():
-        full = f"{where}.{key}"
-        if key in nested:
-            table = _flatten(_table(raw, key, full))
-            for prop, prop_value in table.items():
-                if not isinstance(prop_value, (str, int, float, bool)):
-                    raise ConfigError(f"{full}.{prop}", "librdkafka properties must be strings, numbers or booleans")
-            kwargs[key] = dict(table)
-            continue
-        default = fields[key].default
-        if default is None:  # optional numbers: absent means "derived"
-            kwargs[key] = _typed(value, float, full)
-        elif isinstance(default, tuple):
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ConfigError(full, f"must be a list of strings, got {type(value).__name__}")
-            kwargs[key] = tuple(value)
-        else:
-            kwargs[key] = _typed(value, type(default), full)
-    return cls(**kwargs)
 
 
 # --- librdkafka dictionaries ---------------------------------------------------------

@@ -15,6 +15,7 @@ from itertools import chain
 from operator import itemgetter
 from typing import Any, Mapping, Sequence
 
+import msgspec
 import numpy as np
 import orjson
 
@@ -333,7 +334,7 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
         reference["service.max_inferred_columns"] = service.max_inferred_columns
 
     def prefixed(section: str, obj: Any) -> dict[str, Any]:
-        return {f"{section}.{k}": (dict(v) if isinstance(v, Mapping) else v) for k, v in vars(obj).items()}
+        return {f"{section}.{k}": (dict(v) if isinstance(v, Mapping) else v) for k, v in msgspec.structs.asdict(obj).items()}
 
     return {"reference": reference,
             "psi": {**window, "detectors.psi.epsilon": d.psi.epsilon, "detectors.psi.warning": d.psi.warning,

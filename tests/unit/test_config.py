@@ -404,3 +404,91 @@ def test_sigterm_delaying_and_client_refused_values_are_bounded_at_load():
         with pytest.raises(ConfigError) as caught:
             parse_config({"service": {key: value}})
         assert caught.value.key == f"service.{key}"
+
+
+# --- the schema's refusals, in the words of the key ---------------------------------------------------
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"models": {"fraud": {"detectors": {"psi": {"bins": 1}}}}}, "models.fraud.detectors.psi.bins: must be 2..100, got 1"),
+    ({"models": {"fraud": {"detectors": {"psi": {"window": 5}}}}},
+     "models.fraud.detectors.psi.window: must be at least 10, got 5"),
+    ({"models": {"fraud": {"detectors": {"adwin": {"delta": 1.5}}}}},
+     "models.fraud.detectors.adwin.delta: must be in (0, 1), got 1.5"),
+    ({"models": {"fraud": {"detectors": {"hysteresis": 0}}}}, "models.fraud.detectors.hysteresis: must be in (0, 1], got 0"),
+    ({"models": {"fraud": {"detectors": {"page_hinkley": {"delta": -1}}}}},
+     "models.fraud.detectors.page_hinkley.delta: must be >= 0, got -1"),
+    ({"models": {"fraud": {"detectors": {"ks": {"threshold": 0}}}}}, "models.fraud.detectors.ks.threshold: must be > 0, got 0"),
+    ({"models": {"fraud": {"detectors": {"ks": {"threshold": "x"}}}}},
+     "models.fraud.detectors.ks.threshold: must be float, got str"),
+    ({"models": {"fraud": {"detectors": {"psi": {"warning": 0.3, "critical": 0.2}}}}},
+     "models.fraud.detectors.psi.warning: must be <= critical (0.2), got 0.3"),
+    ({"service": {"metrics_port": 70000}}, "service.metrics_port: must be 0..65535, got 70000"),
+    ({"service": {"metrics_port": True}}, "service.metrics_port: must be int, got bool"),
+    ({"service": {"metrics_host": " "}},
+     "service.metrics_host: must not be empty (127.0.0.1: this host only; 0.0.0.0: every interface)"),
+    ({"service": {"on_corrupt_state": 1}}, "service.on_corrupt_state: must be 'pause' or 'dead_letter', got 1"),
+    ({"kafka": {"group_id": ""}}, "kafka.group_id: must not be empty"),
+    ({"kafka": {"input_topics": ["ok", ""]}}, "kafka.input_topics: must be a list of strings, got list"),
+    ({"kafka": {"input_topics": []}}, "kafka.input_topics: must name at least one topic"),
+    ({"kafka": {"consumer": {"sasl": {"jaas": ["a"]}}}},
+     "kafka.consumer.sasl.jaas: librdkafka properties must be strings, numbers or booleans"),
+    ({"kafka": "x"}, "kafka: must be a table, got str"),
+    ({"models": {"a": {}, "fraud": {"features": {"amount": "numeric", "country": "float"}}}},
+     "models.fraud.features.country: must be 'numeric' or 'categorical', got 'float'"),
+    ({"models": {"fraud": {"performance": {"task": "classification", "floors": {"accuracy": True}}}}},
+     "models.fraud.performance.floors.accuracy: must be float, got bool"),
+    ({"models": {"fraud": {"performance": {"task": "regression", "floors": {"accuracy": 0.8}}}}},
+     "models.fraud.performance.floors.accuracy: not a regression metric (allowed: none for this task)"),
+    ({"models": {"fraud": {"performance": {"window_size": 1}}}},
+     "models.fraud.performance.window_size: unknown key (expected one of: ceilings, floors, joined_retention_seconds, "
+     "label_wait_seconds, max_pending, max_pending_bytes, positive_label, prediction_ttl_seconds, reference_pairs, "
+     "task, window)"),
+    ({"models": {"fraud": {"model_id": "other"}}},
+     "models.fraud.model_id: unknown key (expected one of: detectors, features, performance, reference)"),
+    ({"source": "x.toml"}, "source: unknown key (expected one of: kafka, models, redis, service)"),
+], ids=lambda v: v.split(":")[0] if isinstance(v, str) else None)
+def test_schema_refusals_name_the_key_and_what_was_given(raw, message):
+    """msgspec's path and rule become the dotted key and today's wording, plus the value given."""
+    assert str(refused(raw)) == f"config: {message}"
+
+
+def test_env_values_are_checked_by_the_schema_and_name_the_key():
+    assert str(refused({}, {"STREAM_MONITOR_SERVICE_WEB_WORKERS": "65"})) == \
+        "config: service.web_workers: must be 1..64, got 65"
+    assert str(refused({}, {"STREAM_MONITOR_KAFKA_INPUT_TOPICS": " , "})) == \
+        "config: kafka.input_topics: must name at least one topic"
+    assert str(refused({}, {"STREAM_MONITOR_SERVICE_BATCH_SIZE": "1.5"})) == \
+        "config: STREAM_MONITOR_SERVICE_BATCH_SIZE (env): must be an integer, got '1.5'"
+
+
+def test_config_objects_are_frozen_structs_with_replace():
+    """Attribute access, equality, msgspec.structs.replace; no assignment to a loaded config."""
+    import msgspec
+
+    config = parse_config({"models": {"fraud": {"detectors": {"psi": {"bins": 8}}}}})
+    model = config.models["fraud"]
+    assert model.model_id == "fraud" and model.detectors.psi.bins == 8 and config.service.batch_size == 1000
+    wider = msgspec.structs.replace(model.detectors.psi, bins=20)
+    assert wider == PsiConfig(bins=20) and model.detectors.psi.bins == 8
+    with pytest.raises(AttributeError):
+        config.service.batch_size = 5  # type: ignore[misc]
+    assert isinstance(config.service.checkpoint_interval_seconds, float)
+    assert parse_config({"service": {"poll_timeout_seconds": 1}}).service.poll_timeout_seconds == 1.0
+
+
+@pytest.mark.parametrize("model, expected", [
+    ({}, "81aa74a11757b1a6"),
+    ({"detectors": {"psi": {"warning": 1, "critical": 2, "epsilon": 1}, "adwin": {"delta": 0.5}, "ks": {"threshold": 1},
+                    "page_hinkley": {"threshold": 3, "alpha": 1, "delta": 0}, "latency": {"p95_ceiling_ms": 250},
+                    "hysteresis": 1, "false_alarms_per_million": 2}}, "d4fd562798c407e3"),
+    ({"features": {"a": "numeric"}, "performance": {"task": "classification", "floors": {"accuracy": 1, "f1": 0.5}}},
+     "69b94b7833f3a2a1"),
+])
+def test_the_settings_stored_with_state_mean_what_they_meant(model, expected):
+    """The fingerprints of a model's settings, as the dataclass config computed them before the schema
+    moved to msgspec: the same config must not re-baseline the detector state stored under it."""
+    from stream_monitor.partition import fingerprint, model_settings
+
+    config = parse_config({"models": {"fraud": model}})
+    assert fingerprint(model_settings(config.models["fraud"], config.service)) == expected

@@ -1,22 +1,23 @@
 """docs/CONFIGURATION.md documents exactly the keys stream_monitor/config.py accepts.
 
-The accepted keys come from the config dataclasses (``dataclasses.fields``,
+The accepted keys come from the config schema (``msgspec.structs.fields``,
 recursively from :class:`Config`), mapped to the dotted paths a TOML file
 uses; the documented keys are the first-column `` `dotted.path` `` entries of
 the reference tables.
 """
 
 import collections.abc
-import dataclasses
 import re
 import tomllib
 import types
 import typing
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from stream_monitor import config as config_module
+from stream_monitor import configdocs
 from stream_monitor.config import (Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig, ServiceConfig,
                                    consumer_settings, parse_config, producer_settings)
 from stream_monitor.errors import ConfigError
@@ -24,7 +25,7 @@ from stream_monitor.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CONFIGURATION.md"
 SECTIONS = ("kafka", "redis", "service", "models")
-# Dataclass fields that are not TOML keys.
+# Schema fields that are not TOML keys.
 INTERNAL = {(Config, "source"), (ModelConfig, "model_id")}
 MODEL = "models.<id>"
 ROW_KEY = re.compile(r"^\|\s*`([^`]+)`\s*\|")
@@ -35,10 +36,10 @@ def _hints(cls):
 
 
 def _walk(cls, prefix):
-    """({leaf path: type hint}, {table path}) of a config dataclass at ``prefix``."""
+    """({leaf path: type hint}, {table path}) of a config table at ``prefix``."""
     leaves, tables = {}, set()
     hints = _hints(cls)
-    for f in dataclasses.fields(cls):
+    for f in msgspec.structs.fields(cls):
         if (cls, f.name) in INTERNAL:
             continue
         path = f"{prefix}.{f.name}" if prefix else f.name
@@ -46,7 +47,7 @@ def _walk(cls, prefix):
         if cls is Config and f.name == "models":  # Mapping[str, ModelConfig]: one table per model id
             tables |= {"models", MODEL}
             sub_leaves, sub_tables = _walk(ModelConfig, MODEL)
-        elif dataclasses.is_dataclass(hint):
+        elif isinstance(hint, type) and issubclass(hint, msgspec.Struct):
             tables.add(path)
             sub_leaves, sub_tables = _walk(hint, path)
         else:
@@ -58,9 +59,9 @@ def _walk(cls, prefix):
 
 
 def _is_mapping(hint):
-    """Mapping[...] or Mapping[...] | None: a table of free-form keys (librdkafka properties, features)."""
+    """dict[...] or dict[...] | None: a table of free-form keys (librdkafka properties, features)."""
     candidates = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    return any(typing.get_origin(c) in (typing.Mapping, collections.abc.Mapping) for c in candidates)
+    return any(typing.get_origin(c) in (dict, typing.Mapping, collections.abc.Mapping) for c in candidates)
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +245,39 @@ def test_forced_librdkafka_properties_are_documented(doc, settings_function, tab
         assert rows, f"forced {table} property {name} is not documented as forced"
         shown = str(value).lower() if isinstance(value, bool) else str(value)
         assert any(f"`{shown}`" in row for row in rows), f"{name}: forced value {shown} not shown"
+
+
+# --- the tables are rendered from the schema -------------------------------------------------------
+
+
+def test_the_key_tables_are_rendered_from_the_schema(doc):
+    """docs/CONFIGURATION.md's key tables are exactly what the schema renders."""
+    assert doc == configdocs.render(doc), \
+        "docs/CONFIGURATION.md differs from the schema in stream_monitor/config.py: run `make config-docs`"
+
+
+def test_the_renderer_lists_every_accepted_key_once(accepted):
+    """Every leaf of the schema is in exactly one generated block, under the path the parser reads."""
+    leaves, _ = accepted
+    rendered = [key for name in configdocs.BLOCKS for key in
+                configdocs.leaves(name, configdocs.BLOCKS[name], own_blocks=True)]
+    assert sorted(rendered) == sorted(leaves) and len(rendered) == len(set(rendered))
+
+
+def test_a_stale_file_is_reported_and_rewritten(tmp_path, doc, capsys):
+    """`--check` exits 1 on a file whose table differs, naming the target; without it the file is fixed."""
+    stale = tmp_path / "CONFIGURATION.md"
+    stale.write_text(doc.replace("| `redis.namespace` | string | `\"sm\"` |", "| `redis.namespace` | string | `\"x\"` |"),
+                     encoding="utf-8")
+    assert configdocs.main([str(stale), "--check"]) == 1
+    assert "run `make config-docs`" in capsys.readouterr().err
+    assert configdocs.main([str(stale)]) == 0
+    assert stale.read_text(encoding="utf-8") == doc
+    assert configdocs.main([str(stale), "--check"]) == 0
+
+
+def test_a_missing_block_is_refused(doc):
+    start = doc.index("<!-- generated: redis keys")
+    end = doc.index("<!-- end generated -->", start) + len("<!-- end generated -->")
+    with pytest.raises(SystemExit, match="generated blocks"):
+        configdocs.render(doc[:start] + doc[end:])
