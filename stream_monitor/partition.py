@@ -68,6 +68,8 @@ class ColumnMonitor:
         self._usable = [(order, a) for order, a in enumerate(self.adapters) if not a.every_value]
         self._levels = [a.episode for a in self.adapters if not a.point]
         self._points = [(order, a) for order, a in enumerate(self.adapters) if a.point]
+        self._windows = [a for a in self.adapters if a.window]  # judge when a point episode ends
+        self._judge = self._windows[0] if self._points and self._windows else None  # the window closing then
         self._quality = next((a.detector for a in self.adapters if a.part == "quality"), None)
         self.last_statistic: dict[str, float] = {}
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
@@ -224,12 +226,18 @@ class ColumnMonitor:
             if before < len(usable) and usable[before] == index:
                 for episode in self._levels:
                     episode.quiet_tick()
+                back = None
                 for order, adapter in self._usable:
                     if adapter.point:
+                        if back is None and self._judge in mark:  # after the windows' own marks
+                            back = self._back_within()
                         episode = adapter.episode
                         transition = episode.detected() if adapter in mark else episode.tick()
+                        if transition is None and back is not None:
+                            transition = episode.settled(back[1], back[2])
                         if transition is not None:
-                            out.append((index, order, self._point(adapter, transition, before, context)))
+                            out.append((index, order, self._point(adapter, transition, before, context,
+                                                                  back[0] if back else ())))
                     elif adapter in mark:
                         out.extend((index, order, a) for a in self._level(adapter, mark[adapter], context))
                 done = before + 1
@@ -239,10 +247,20 @@ class ColumnMonitor:
         out.sort(key=lambda t: t[:2])  # two resolutions in one quiet stretch were found detector by detector
         return out
 
+    def _back_within(self) -> tuple[tuple, int, bool]:
+        """The column's distribution windows closed at this value (their marks come before the point
+        detectors' in the adapter list, so their statistics are in): (what they say, the window size,
+        whether each is below its resolve level — the column is back within its reference)."""
+        statistics = tuple((a.name, self.last_statistic[a.name], a.threshold * a.episode.hysteresis)
+                           for a in self._windows if a.name in self.last_statistic)
+        window = self._judge.detector.window
+        return (statistics, window), window, all(value < level for _, value, level in statistics)
+
     def _quiet(self, start: int, stop: int, points: list, usable: np.ndarray, offsets: Sequence[int],
                partition: int, times: Sequence[int | None], out: list) -> None:
-        """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down; a firing
-        point episode resolves once it has been quiet for ``resolve_after`` values."""
+        """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down, point
+        episodes count their quiet values (a point episode with ``resolve_after`` set resolves once it
+        has been quiet that long; the column's own end where its windows close, in :meth:`_walk`)."""
         quiet = stop - start
         if quiet <= 0:
             return
@@ -267,9 +285,10 @@ class ColumnMonitor:
             return []
         return [self._alert(adapter, transition, value, *adapter.describe(transition, value, extra), *context)]
 
-    def _point(self, adapter: Adapter, transition: Transition, at: int, context: tuple) -> Alert:
-        """A point detector's firing or resolution, with its statistic after the usable value ``at``."""
-        statistic, description = adapter.describe(transition, at)
+    def _point(self, adapter: Adapter, transition: Transition, at: int, context: tuple, back: tuple = ()) -> Alert:
+        """A point detector's firing or resolution, with its statistic after the usable value ``at``
+        (``back``: what the windows that ended the episode said)."""
+        statistic, description = adapter.describe(transition, at, back)
         return self._alert(adapter, transition, statistic, *description, *context)
 
     def _alert(self, adapter: Adapter, transition: Transition, statistic: float, reference: dict, current: dict,
