@@ -28,6 +28,7 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
+from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
@@ -410,6 +411,7 @@ class ModelMonitor:
         self.events = 0
         self.labels = 0
         self.performance = PerformanceMonitor(config) if config.performance.task else None
+        self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         if reference is not None:
             self.use_reference(reference)
 
@@ -423,6 +425,23 @@ class ModelMonitor:
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
             self._use_labels(reference.labels)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
+        line = self.incidents.reconcile(self._firing())
+        if line is not None:
+            log.info(line)
+
+    def _firing(self) -> list[str]:
+        """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
+        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        keys = [episode_key(a.signal or c.signal, c.name, a.name) for c in columns for a in c.adapters
+                if a.episode.firing]
+        if self.performance is not None:
+            keys.extend(episode_key("performance", *k.split("/")) for k, e in self.performance.episodes.items()
+                        if e.firing)
+        return keys
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
@@ -464,7 +483,17 @@ class ModelMonitor:
                     [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
                     [e.timestamp_ms for _, _, e in labelled]):
                 out.append((labelled[index][0], 0, order, alert))
-        return out
+        return self._leaving(out)
+
+    def _leaving(self, tagged: list[tuple[int, int, int, Alert]]) -> list[tuple[int, int, int, Alert]]:
+        """Where the model's alerts leave it: in the order raised, each stamped with its incident."""
+        if not tagged:
+            return tagged
+        tagged.sort(key=lambda t: t[:3])
+        stamped, lines = self.incidents.stamp([t[3] for t in tagged])
+        for what, line in lines:
+            log.log(logging.WARNING if what == "opened" else logging.INFO, line)
+        return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
                 join: JoinResult | None = None) -> list[Alert]:
@@ -544,7 +573,8 @@ class ModelMonitor:
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
-                "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns}}
+                "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
+                "incidents": self.incidents.snapshot()}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
         """Continue from a snapshot (of format 3 or 4). If the model's settings changed since it was
@@ -578,6 +608,8 @@ class ModelMonitor:
             restarted.append("performance")
         elif self.performance is not None and state.get("performance") is not None:
             self.performance.restore(state["performance"])
+        self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
+        self._reconcile()
         if not changes:
             return None
         what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))
@@ -620,7 +652,8 @@ class ModelMonitor:
                {"source": self.reference.source, "version": self.reference.version,
                 "events": self.reference.events},
                "warmup": len(self.warmup),
-               "detectors": [row for c in columns for row in c.summary()] + performance_rows}
+               "detectors": [row for c in columns for row in c.summary()] + performance_rows,
+               "incidents": self.incidents.summary()}
         out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
                                                                                     self.config.features)
         untracked = self.untracked_columns()
