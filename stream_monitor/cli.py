@@ -250,7 +250,7 @@ def _status(args: argparse.Namespace) -> int:
                            "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
                            "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
                            "models": summary.get("models", {})})
-    from .board import dead_letter_reasons  # noqa: PLC0415
+    from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
     if args.json:
@@ -284,6 +284,17 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{logs.clean(model_id)}: {events:,} events, {labels:,} labels")
+        incidents = ranked_incidents([dict(row, partition=p["partition"]) for p in partitions
+                                      for row in p["models"].get(model_id, {}).get("incidents", ())])
+        for row in incidents:
+            opened, closed = row.get("opened") or {}, row.get("closed") or {}
+            where = f"partition {row['partition']}, offset {_or_dash(opened.get('offset'))}"
+            if row.get("state") == "open":
+                where += f", {row.get('firing', 0)} episodes firing"
+            else:
+                where += f" → {_or_dash(closed.get('offset'))}"
+            print(f"  {'OPEN' if row.get('state') == 'open' else 'closed'} incident {row['incident'][:12]} ({where}, "
+                  f"{row.get('alerts', 0)} firing alerts): {logs.clean(row.get('text', ''))}")
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
             print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")

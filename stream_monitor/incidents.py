@@ -51,6 +51,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from .events import Alert
 
 HISTORY = 5  # closed incidents a model keeps for the status page and `status`
+SUMMARY_DRIVERS = 10  # drivers an incident's status row lists (``columns`` counts them all)
 SHOWN_DRIVERS = 5  # drivers named in a log line (the rest are counted)
 WORDS = {"psi": "PSI", "ks": "KS", "adwin": "ADWIN", "page_hinkley": "Page-Hinkley"}
 NO_LEVEL = frozenset({"adwin"})  # its threshold is a confidence (delta), not a level of its statistic
@@ -210,8 +211,8 @@ class Incidents:
             rows.append({"incident": record["id"], "model_id": self.model_id,
                          "state": "open" if record["closed"] is None else "closed",
                          "opened": dict(record["opened"]), "closed": _copy(record["closed"]),
-                         "alerts": record["alerts"], "firing": len(record["firing"]),
-                         "drivers": ranked, "text": drivers_text(ranked)})
+                         "alerts": record["alerts"], "firing": len(record["firing"]), "columns": len(ranked),
+                         "drivers": ranked[:SUMMARY_DRIVERS], "text": drivers_text(ranked)})
         return rows
 
 

@@ -179,3 +179,24 @@ def test_a_resolved_without_its_firing_has_no_incident_and_history_is_bounded():
     assert len(incidents.closed) == HISTORY
     assert [r["members"] for r in incidents.closed][0].keys() == {f"feature\x1fc{HISTORY + 2}\x1fpsi"}
     assert Incidents("m").summary() == []
+
+
+def test_the_status_board_and_page_show_a_models_incidents_open_first():
+    """Two partitions' summaries: the open incident first, then the closed one; the page escapes what the
+    data named."""
+    from stream_monitor.board import StatusBoard
+    from stream_monitor.web import render_page
+
+    _, lasting = run(stream(*LASTING))
+    _, returned = run(stream(*RETURNING))
+    board = StatusBoard("here")
+    board.update({("t", 0): (returned.summary(), 0), ("t", 1): (lasting.summary(), 0)})
+    rows = board.snapshot()["models"]["fraud"]["incidents"]
+    assert [(r["state"], r["partition"]) for r in rows] == [("open", PARTITION), ("closed", PARTITION)]
+    page = render_page(board.snapshot())
+    assert "<h2>Incidents</h2>" in page and rows[0]["incident"][:12] in page and "4 columns drifted: amount (PSI" in page
+    forged = Incidents("m")
+    forged.stamp([alert("<script>x</script>", "psi")])
+    board.update({("t", 0): ({"models": {"m": {"incidents": forged.summary(), "detectors": []}}}, 0)})
+    page = render_page(board.snapshot())
+    assert "<script>x" not in page and "&lt;script&gt;x" in page
