@@ -350,6 +350,9 @@ def test_one_drift_is_one_incident_on_its_alerts_the_log_the_status_page_and_sta
     assert row["drivers"][0]["severity"] == "critical"
     page = http_get(port, "/")[2].decode()
     assert "<h2>Incidents</h2>" in page and incident[:12] in page and "OPEN" in page
+    families = {f.name: f for f in text_string_to_metric_families(http_get(port, "/metrics")[2].decode())}
+    assert {s.labels["model"]: s.value for s in samples(families, "stream_monitor_incidents_open")} == \
+        {"fraud": 1, "stable": 0}
     config = observed["tmp_path"] / "observed.toml"
     text = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(config)],
                           capture_output=True, text=True, timeout=60, check=True).stdout
