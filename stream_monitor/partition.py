@@ -491,8 +491,8 @@ class ModelMonitor:
             return tagged
         tagged.sort(key=lambda t: t[:3])
         stamped, lines = self.incidents.stamp([t[3] for t in tagged])
-        for what, line in lines:
-            log.log(logging.WARNING if what == "opened" else logging.INFO, line)
+        for _, line in lines:  # INFO: the alerts themselves are the warning
+            log.info(line)
         return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,

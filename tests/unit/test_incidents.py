@@ -61,7 +61,7 @@ def test_one_lasting_drift_is_one_open_incident_with_its_drivers_ranked():
 
 def test_the_incident_closes_with_the_last_resolved_and_says_so(caplog):
     """Drift, then back: the 20 alerts (10 firing, 10 resolved) are one incident; it closes with the last
-    resolved (the point detectors at 7999); one WARNING line when it opens, one INFO line when it closes."""
+    resolved (the point detectors at 7999); one INFO line when it opens, one when it closes."""
     with caplog.at_level(logging.INFO, logger="stream_monitor"):
         alerts, monitor = run(stream(*RETURNING))
     assert [a.status for a in alerts].count("resolved") == 10
@@ -71,7 +71,7 @@ def test_the_incident_closes_with_the_last_resolved_and_says_so(caplog):
     assert row["state"] == "closed" and row["firing"] == 0
     assert row["closed"]["offset"] == 7999 == alerts[-1].offset
     lines = [(r.levelno, r.getMessage()) for r in caplog.records if "incident" in r.getMessage()]
-    assert [level for level, _ in lines] == [logging.WARNING, logging.INFO]
+    assert [level for level, _ in lines] == [logging.INFO, logging.INFO]
     # the opening line names what the batch that opened it knew (here all of it: one batch)
     assert lines[0][1].startswith(f"incident {incident[:12]} on model fraud: 4 columns drifted: amount (PSI ")
     assert lines[1][1].startswith(f"incident {incident[:12]} on model fraud closed: every episode resolved "
