@@ -139,7 +139,15 @@ def _replay(args: argparse.Namespace) -> int:
         raise StreamMonitorError(f"--model {model_id!r} is not in the config (known: {sorted(config.models)})")
     if model_id is None and len(config.models) == 1:
         model_id = next(iter(config.models))
-    result = replay_file(config, args.input, references, model_id=model_id)
+    # each alert on stdout carries its incident; the incident lines of the log would only repeat them on
+    # stderr, which holds the rejected rows and the summary
+    incident_log = logging.getLogger("stream_monitor.incidents")
+    level = incident_log.level
+    incident_log.setLevel(logging.WARNING)
+    try:
+        result = replay_file(config, args.input, references, model_id=model_id)
+    finally:
+        incident_log.setLevel(level)
     if not result.monitored:
         print(f"stream-monitor: nothing was monitored: no row of {args.input} is an event of a configured model "
               f"(models: {', '.join(sorted(config.models))})" + (f"; {result.rejections.text()}"

@@ -41,6 +41,7 @@ from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnRefere
 STATE_FORMAT = 4
 READABLE_FORMATS = (3, 4)
 log = logging.getLogger("stream_monitor")
+incident_log = logging.getLogger("stream_monitor.incidents")  # a model's incidents opening and closing
 _INFINITIES = (math.inf, -math.inf)
 _FINE = -1
 _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
@@ -431,7 +432,7 @@ class ModelMonitor:
         """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
         line = self.incidents.reconcile(self._firing())
         if line is not None:
-            log.info(line)
+            incident_log.info(line)
 
     def _firing(self) -> list[str]:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
@@ -492,7 +493,7 @@ class ModelMonitor:
         tagged.sort(key=lambda t: t[:3])
         stamped, lines = self.incidents.stamp([t[3] for t in tagged])
         for _, line in lines:  # INFO: the alerts themselves are the warning
-            log.info(line)
+            incident_log.info(line)
         return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
