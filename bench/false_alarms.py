@@ -77,7 +77,12 @@ def monitor(kind: str, rng: random.Random, budget: float = 0.1) -> ColumnMonitor
     if budget > 1:  # the calibration check: windows short enough that the budget's level decides
         detectors.update(psi={"window": 500, "warning": 1e-6, "critical": 1.0}, cooldown=0, resolve_after=1)
     config = parse_config({"models": {"m": {"detectors": detectors}}}).models["m"]
-    return ColumnMonitor(config, "feature", "x", reference)
+    column = ColumnMonitor(config, "feature", "x", reference)
+    if budget > 1:  # count every detection: a point episode ends one quiet value later, not when the windows say
+        for adapter in column.adapters:
+            if adapter.point:
+                adapter.episode.resolve_after = 1
+    return column
 
 
 def false_alarms(args: tuple[str, int] | tuple[str, int, float]) -> tuple[str, Counter, float]:

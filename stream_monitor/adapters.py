@@ -22,6 +22,10 @@ The protocol:
   values when ``every_value`` —, mark);
 - ``describe(transition, mark_or_index)``: the alert's statistic, threshold,
   reference, current payload and message (the words are in :mod:`stream_monitor.alerts`);
+  a point detector's resolution also gets the window statistics that found the column
+  back within its reference;
+- ``window``: a level detector of the column's distribution (PSI, KS) whose closed windows
+  judge when a point detector's episode ends (:meth:`Episode.settled`);
 - ``detector``: the object whose ``snapshot()`` / ``restore()`` is the part's state.
 """
 
@@ -64,6 +68,7 @@ class Adapter:
     stage: str | None = None  # the stage the processing clock charges the update to (None: "episodes")
     every_value = False
     point = False
+    window = False  # a distribution window that judges the end of the column's point episodes
     signal: str | None = None  # the alert's signal when not the column's
     detector: Any
 
@@ -113,6 +118,7 @@ class QualityCheck(LevelAdapter):
 
 class Psi(LevelAdapter):
     name = part = stage = "psi"
+    window = True
 
     def __init__(self, column: Any, window: PsiWindow, threshold: float, critical: float, episode: Episode):
         super().__init__(column, threshold, critical, episode)
@@ -128,6 +134,7 @@ class Psi(LevelAdapter):
 
 class Ks(LevelAdapter):
     name = part = stage = "ks"
+    window = True
 
     def __init__(self, column: Any, window: KsWindow, threshold: float, episode: Episode):
         super().__init__(column, threshold, 2 * threshold, episode)
@@ -172,8 +179,10 @@ class PointAdapter(Adapter):
         super().__init__(column, threshold, critical, episode)
         self.arrays: tuple = ()
 
-    def describe(self, transition: Transition, at: int) -> tuple[float, alerts.Description]:
-        """The statistic after the usable value ``at`` of the batch, and the description."""
+    def describe(self, transition: Transition, at: int,
+                 back: alerts.WindowVerdict = ()) -> tuple[float, alerts.Description]:
+        """The statistic after the usable value ``at`` of the batch, and the description (``back``: for a
+        resolution, the window statistics that found the column back within its reference)."""
         raise NotImplementedError
 
 
@@ -195,10 +204,10 @@ class Adwin(PointAdapter):
     def latest(self, last_statistic):
         return self.detector.window_mean
 
-    def describe(self, transition, at):
+    def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])
         return statistic, alerts.adwin_description(self.column.reference, self.column.label, transition, statistic,
-                                                   int(self.arrays[1][at]), self.episode.resolve_after)
+                                                   int(self.arrays[1][at]), back)
 
 
 class PageHinkley(PointAdapter):
@@ -216,10 +225,10 @@ class PageHinkley(PointAdapter):
     def latest(self, last_statistic):
         return self.detector.statistic
 
-    def describe(self, transition, at):
+    def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])
         return statistic, alerts.page_hinkley_description(self.column.reference, self.column.label, transition,
-                                                          statistic, self.threshold, self.episode.resolve_after)
+                                                          statistic, self.threshold, back)
 
 
 def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference) -> list[Adapter]:
@@ -232,6 +241,9 @@ def column_adapters(column: Any, model: ModelConfig, signal: str, reference: Col
 
     def episode() -> Episode:
         return Episode(det.resolve_after, det.cooldown, det.hysteresis)
+
+    def point_episode() -> Episode:  # ends when the column's windows find it back within its reference
+        return Episode(None, det.cooldown, det.hysteresis)
 
     out: list[Adapter] = []
     if det.data_quality.enabled:
@@ -259,11 +271,12 @@ def column_adapters(column: Any, model: ModelConfig, signal: str, reference: Col
         a = det.adwin
         delta = a.delta or adwin_delta(budget, a.clock)
         out.append(Adwin(column, AdwinDetector(delta, a.clock, a.max_buckets, a.min_window_length, a.grace_period),
-                         episode()))
+                         point_episode()))
     if det.page_hinkley.enabled:
         p = det.page_hinkley
         threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
-        out.append(PageHinkley(column, PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha), episode()))
+        out.append(PageHinkley(column, PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha),
+                               point_episode()))
     ceiling = det.latency.p95_ceiling_ms
     if signal == "latency" and ceiling is not None:
         out.append(P95Ceiling(column, WindowPercentile(0.95, window), ceiling, episode()))

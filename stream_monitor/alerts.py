@@ -17,6 +17,9 @@ QUALITY_WORDS = {"missing": "missing rate", "type_mismatch": "type-mismatch rate
                  "unseen_category": "share of unseen categories"}
 
 Description = tuple[dict[str, Any], dict[str, Any], str]  # reference payload, current payload, message
+# A point episode's end: per window statistic of the column (detector, value, resolve level), and the window's size
+WindowVerdict = tuple[tuple[tuple[str, float, float], ...], int] | tuple[()]
+WINDOW_WORDS = {"psi": "PSI", "ks": "KS"}
 
 
 def window_message(what: str, label: str, transition: Transition, value: float, warning: float, critical: float,
@@ -71,24 +74,34 @@ def _point_reference(ref: NumericReference) -> dict[str, Any]:
     return {"mean": ref.mean, "std": ref.std, "median": ref.grid[len(ref.grid) // 2] if ref.grid else None}
 
 
-def _point_resolved(detector: str, label: str, resolve_after: int) -> str:
-    return f"{detector} on {label}: no change for {resolve_after} values, resolved"
+def _point_resolved(detector: str, label: str, back: WindowVerdict) -> str:
+    if not back:
+        return f"{detector} on {label}: resolved"
+    statistics, window = back
+    shown = ", ".join(f"{WINDOW_WORDS.get(name, name)} {value:.3g} < {level:.3g}" for name, value, level in statistics)
+    return f"{detector} on {label}: back within its reference over the last {window} values ({shown}), resolved"
+
+
+def _point_current(current: dict[str, Any], transition: Transition, back: WindowVerdict) -> dict[str, Any]:
+    if transition.status == "resolved" and back:
+        current["back_within"] = {"events": back[1], **{name: value for name, value, _ in back[0]}}
+    return current
 
 
 def adwin_description(ref: NumericReference, label: str, transition: Transition, mean_rank: float, window: int,
-                      resolve_after: int) -> Description:
+                      back: WindowVerdict = ()) -> Description:
     current = {"window_mean_rank": mean_rank, "window": window}
     message = (f"ADWIN saw {label} move: over the last {window} values its mean reference rank "
                f"is {mean_rank:.2f} (0.50 when unchanged)")
     if transition.status == "resolved":
-        message = _point_resolved("adwin", label, resolve_after)
-    return _point_reference(ref), current, message
+        message = _point_resolved("adwin", label, back)
+    return _point_reference(ref), _point_current(current, transition, back), message
 
 
 def page_hinkley_description(ref: NumericReference, label: str, transition: Transition, deviation: float,
-                             threshold: float, resolve_after: int) -> Description:
+                             threshold: float, back: WindowVerdict = ()) -> Description:
     message = (f"Page-Hinkley saw a mean shift in {label}: cumulative deviation of normal scores "
                f"{deviation:.1f} > {threshold:g}")
     if transition.status == "resolved":
-        message = _point_resolved("page_hinkley", label, resolve_after)
-    return _point_reference(ref), {"cumulative_deviation": deviation}, message
+        message = _point_resolved("page_hinkley", label, back)
+    return _point_reference(ref), _point_current({"cumulative_deviation": deviation}, transition, back), message

@@ -82,6 +82,8 @@ class StatusBoard:
                         entry["unmonitored"] = sorted(set(entry.get("unmonitored", ())) | set(model["unmonitored"]))
                     if model_id in self.label_lag:
                         entry["label_lag"] = dict(self.label_lag[model_id])
+                    for row in model.get("incidents", []):
+                        entry.setdefault("incidents", []).append(dict(row, partition=part["partition"]))
                     for row in model.get("detectors", []):
                         key = (model_id, row["signal"], row["name"], row["detector"])
                         held = entry["detectors"].get(key)
@@ -93,6 +95,8 @@ class StatusBoard:
                             held["firing"] = True
             order = {"feature": 0, "prediction": 1, "label": 2, "performance": 3, "latency": 4, "data_quality": 5}
             for model_id, entry in models.items():
+                if "incidents" in entry:
+                    entry["incidents"] = ranked_incidents(entry["incidents"])
                 rows = []
                 for key, row in sorted(entry["detectors"].items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0])):
                     rows.append(dict(row, history=[[round(t, 3), v] for t, v in self._history.get(key, ())]))
@@ -104,6 +108,18 @@ class StatusBoard:
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
                     "partitions": partitions, "models": models, "alerts": list(self._alerts),
                     "dead_letters": dead_letter_reasons(partitions)}
+
+
+SHOWN_INCIDENTS = 10  # incident rows per model on the page and in `status`
+
+
+def ranked_incidents(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A model's incident rows from its partitions (each with its ``partition``): the open ones first,
+    then the most recently opened, at most :data:`SHOWN_INCIDENTS`."""
+    def key(row: Mapping[str, Any]) -> tuple:
+        opened = row.get("opened") or {}
+        return row.get("state") != "open", -(opened.get("event_time_ms") or 0), row.get("partition") or 0
+    return [dict(r) for r in sorted(rows, key=key)[:SHOWN_INCIDENTS]]
 
 
 def dead_letter_reasons(partitions: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -153,7 +153,15 @@ def _replay(args: argparse.Namespace) -> int:
         raise StreamMonitorError(f"--model {model_id!r} is not in the config (known: {sorted(config.models)})")
     if model_id is None and len(config.models) == 1:
         model_id = next(iter(config.models))
-    result = replay_file(config, args.input, references, model_id=model_id)
+    # each alert on stdout carries its incident; the incident lines of the log would only repeat them on
+    # stderr, which holds the rejected rows and the summary
+    incident_log = logging.getLogger("stream_monitor.incidents")
+    level = incident_log.level
+    incident_log.setLevel(logging.WARNING)
+    try:
+        result = replay_file(config, args.input, references, model_id=model_id)
+    finally:
+        incident_log.setLevel(level)
     if not result.monitored:
         print(f"stream-monitor: nothing was monitored: no row of {args.input} is an event of a configured model "
               f"(models: {', '.join(sorted(config.models))})" + (f"; {result.rejections.text()}"
@@ -264,7 +272,7 @@ def _status(args: argparse.Namespace) -> int:
                            "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
                            "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
                            "models": summary.get("models", {})})
-    from .board import dead_letter_reasons  # noqa: PLC0415
+    from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
     if args.json:
@@ -298,6 +306,17 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{logs.clean(model_id)}: {events:,} events, {labels:,} labels")
+        incidents = ranked_incidents([dict(row, partition=p["partition"]) for p in partitions
+                                      for row in p["models"].get(model_id, {}).get("incidents", ())])
+        for row in incidents:
+            opened, closed = row.get("opened") or {}, row.get("closed") or {}
+            where = f"partition {row['partition']}, offset {_or_dash(opened.get('offset'))}"
+            if row.get("state") == "open":
+                where += f", {row.get('firing', 0)} episodes firing"
+            else:
+                where += f" → {_or_dash(closed.get('offset'))}"
+            print(f"  {'OPEN' if row.get('state') == 'open' else 'closed'} incident {row['incident'][:12]} ({where}, "
+                  f"{row.get('alerts', 0)} firing alerts): {logs.clean(row.get('text', ''))}")
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
             print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")

@@ -93,6 +93,7 @@ class Alert:
     event_time_ms: int | None
     message: str
     alert_id: str = field(default="")
+    incident: str | None = None  # the alert_id of the first firing alert of its incident (stream_monitor/incidents.py)
 
     def __post_init__(self) -> None:
         if not self.alert_id:
@@ -129,6 +130,8 @@ class Alert:
             "detected_at": format_time(detected_at_ms),
             "message": _bounded(self.message, "message", cuts),
         }
+        if self.incident is not None:
+            record["incident"] = self.incident
         if cuts:
             record["truncated"] = {"fields": sorted(set(cuts)), "cuts": len(cuts)}
         if max_bytes is not None and len(orjson.dumps(record)) > max_bytes:

@@ -202,9 +202,13 @@ class _Families:
         "stream_monitor_untracked_columns", "Feature names a model's warm-up did not track (over "
         "service.max_inferred_columns; highest over this instance's partitions)", labels=["model"]))
 
+    incidents: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_incidents_open", "Open incidents of a model (what its detectors found about one change, "
+        "grouped) over this instance's partitions", labels=["model"]))
+
     def all(self) -> list[GaugeMetricFamily]:
         return [self.statistic, self.threshold, self.critical, self.firing, self.performance, self.lag,
-                self.untracked]
+                self.untracked, self.incidents]
 
 
 class PartitionCollector(Collector):
@@ -229,6 +233,7 @@ class PartitionCollector(Collector):
         firing: dict[tuple[str, str, str], int] = {}
         performance: dict[tuple[str, str], float] = {}
         untracked: dict[str, int] = {}
+        incidents: dict[str, int] = {}
         for view in views:
             lag = view.lag
             if lag is not None:
@@ -236,6 +241,9 @@ class PartitionCollector(Collector):
             for model_id, model in ((view.summary or {}).get("models") or {}).items():
                 if model.get("untracked_columns"):
                     untracked[model_id] = max(untracked.get(model_id, 0), model["untracked_columns"])
+                if "incidents" in model:
+                    incidents[model_id] = incidents.get(model_id, 0) + sum(
+                        1 for row in model["incidents"] if row.get("state") == "open")
                 for metric, value in (model.get("performance") or {}).items():
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "pairs":
                         held = performance.get((model_id, metric))
@@ -266,6 +274,8 @@ class PartitionCollector(Collector):
             families.performance.add_metric([model_id, metric], value)
         for model_id, count in sorted(untracked.items()):
             families.untracked.add_metric([model_id], count)
+        for model_id, count in sorted(incidents.items()):
+            families.incidents.add_metric([model_id], count)
         return iter(families.all())
 
 

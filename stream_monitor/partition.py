@@ -29,6 +29,7 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
+from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
 from .performance import PerformanceMonitor
 from .stages import CLOCK
@@ -41,6 +42,7 @@ from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnRefere
 STATE_FORMAT = 4
 READABLE_FORMATS = (3, 4)
 log = logging.getLogger("stream_monitor")
+incident_log = logging.getLogger("stream_monitor.incidents")  # a model's incidents opening and closing
 _INFINITIES = (math.inf, -math.inf)
 _FINE = -1
 _MISSING, _TYPE_MISMATCH, _NON_FINITE, _OUT_OF_RANGE, _UNSEEN = (QUALITY_CHECKS.index(c) for c in (
@@ -69,6 +71,8 @@ class ColumnMonitor:
         self._usable = [(order, a) for order, a in enumerate(self.adapters) if not a.every_value]
         self._levels = [a.episode for a in self.adapters if not a.point]
         self._points = [(order, a) for order, a in enumerate(self.adapters) if a.point]
+        self._windows = [a for a in self.adapters if a.window]  # judge when a point episode ends
+        self._judge = self._windows[0] if self._points and self._windows else None  # the window closing then
         self._quality = next((a.detector for a in self.adapters if a.part == "quality"), None)
         self.last_statistic: dict[str, float] = {}
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
@@ -225,12 +229,18 @@ class ColumnMonitor:
             if before < len(usable) and usable[before] == index:
                 for episode in self._levels:
                     episode.quiet_tick()
+                back = None
                 for order, adapter in self._usable:
                     if adapter.point:
+                        if back is None and self._judge in mark:  # after the windows' own marks
+                            back = self._back_within()
                         episode = adapter.episode
                         transition = episode.detected() if adapter in mark else episode.tick()
+                        if transition is None and back is not None:
+                            transition = episode.settled(back[1], back[2])
                         if transition is not None:
-                            out.append((index, order, self._point(adapter, transition, before, context)))
+                            out.append((index, order, self._point(adapter, transition, before, context,
+                                                                  back[0] if back else ())))
                     elif adapter in mark:
                         out.extend((index, order, a) for a in self._level(adapter, mark[adapter], context))
                 done = before + 1
@@ -240,10 +250,20 @@ class ColumnMonitor:
         out.sort(key=lambda t: t[:2])  # two resolutions in one quiet stretch were found detector by detector
         return out
 
+    def _back_within(self) -> tuple[tuple, int, bool]:
+        """The column's distribution windows closed at this value (their marks come before the point
+        detectors' in the adapter list, so their statistics are in): (what they say, the window size,
+        whether each is below its resolve level — the column is back within its reference)."""
+        statistics = tuple((a.name, self.last_statistic[a.name], a.threshold * a.episode.hysteresis)
+                           for a in self._windows if a.name in self.last_statistic)
+        window = self._judge.detector.window
+        return (statistics, window), window, all(value < level for _, value, level in statistics)
+
     def _quiet(self, start: int, stop: int, points: list, usable: np.ndarray, offsets: Sequence[int],
                partition: int, times: Sequence[int | None], out: list) -> None:
-        """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down; a firing
-        point episode resolves once it has been quiet for ``resolve_after`` values."""
+        """Usable values ``start``…``stop``−1 with nothing to report: cooldowns count down, point
+        episodes count their quiet values (a point episode with ``resolve_after`` set resolves once it
+        has been quiet that long; the column's own end where its windows close, in :meth:`_walk`)."""
         quiet = stop - start
         if quiet <= 0:
             return
@@ -268,9 +288,10 @@ class ColumnMonitor:
             return []
         return [self._alert(adapter, transition, value, *adapter.describe(transition, value, extra), *context)]
 
-    def _point(self, adapter: Adapter, transition: Transition, at: int, context: tuple) -> Alert:
-        """A point detector's firing or resolution, with its statistic after the usable value ``at``."""
-        statistic, description = adapter.describe(transition, at)
+    def _point(self, adapter: Adapter, transition: Transition, at: int, context: tuple, back: tuple = ()) -> Alert:
+        """A point detector's firing or resolution, with its statistic after the usable value ``at``
+        (``back``: what the windows that ended the episode said)."""
+        statistic, description = adapter.describe(transition, at, back)
         return self._alert(adapter, transition, statistic, *description, *context)
 
     def _alert(self, adapter: Adapter, transition: Transition, statistic: float, reference: dict, current: dict,
@@ -392,6 +413,7 @@ class ModelMonitor:
         self.events = 0
         self.labels = 0
         self.performance = PerformanceMonitor(config) if config.performance.task else None
+        self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         if reference is not None:
             self.use_reference(reference)
 
@@ -405,6 +427,23 @@ class ModelMonitor:
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
             self._use_labels(reference.labels)
+        self._reconcile()
+
+    def _reconcile(self) -> None:
+        """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
+        line = self.incidents.reconcile(self._firing())
+        if line is not None:
+            incident_log.info(line)
+
+    def _firing(self) -> list[str]:
+        """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
+        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        keys = [episode_key(a.signal or c.signal, c.name, a.name) for c in columns for a in c.adapters
+                if a.episode.firing]
+        if self.performance is not None:
+            keys.extend(episode_key("performance", *k.split("/")) for k, e in self.performance.episodes.items()
+                        if e.firing)
+        return keys
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
@@ -446,7 +485,17 @@ class ModelMonitor:
                     [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
                     [e.timestamp_ms for _, _, e in labelled]):
                 out.append((labelled[index][0], 0, order, alert))
-        return out
+        return self._leaving(out)
+
+    def _leaving(self, tagged: list[tuple[int, int, int, Alert]]) -> list[tuple[int, int, int, Alert]]:
+        """Where the model's alerts leave it: in the order raised, each stamped with its incident."""
+        if not tagged:
+            return tagged
+        tagged.sort(key=lambda t: t[:3])
+        stamped, lines = self.incidents.stamp([t[3] for t in tagged])
+        for _, line in lines:  # INFO: the alerts themselves are the warning
+            incident_log.info(line)
+        return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
                 join: JoinResult | None = None) -> list[Alert]:
@@ -526,7 +575,8 @@ class ModelMonitor:
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
-                "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns}}
+                "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
+                "incidents": self.incidents.snapshot()}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
         """Continue from a snapshot (of format 3 or 4). If the model's settings changed since it was
@@ -560,6 +610,8 @@ class ModelMonitor:
             restarted.append("performance")
         elif self.performance is not None and state.get("performance") is not None:
             self.performance.restore(state["performance"])
+        self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
+        self._reconcile()
         if not changes:
             return None
         what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))
@@ -602,7 +654,8 @@ class ModelMonitor:
                {"source": self.reference.source, "version": self.reference.version,
                 "events": self.reference.events},
                "warmup": len(self.warmup),
-               "detectors": [row for c in columns for row in c.summary()] + performance_rows}
+               "detectors": [row for c in columns for row in c.summary()] + performance_rows,
+               "incidents": self.incidents.summary()}
         out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
                                                                                     self.config.features)
         untracked = self.untracked_columns()

@@ -75,13 +75,14 @@ GENERATORS = {"fraud": _fraud, "churn": _churn, "stable": _stable}
 
 
 def generate(model_id: str, count: int, seed: int = 0, drift_at: int | None = None,
-             kind: str | None = None, start: int = 0) -> list[dict[str, Any]]:
-    """``count`` inference events of ``model_id``; from index ``drift_at`` on the inputs drift."""
+             kind: str | None = None, start: int = 0, until: int | None = None) -> list[dict[str, Any]]:
+    """``count`` inference events of ``model_id``; from index ``drift_at`` on the inputs drift (up to
+    index ``until``, when given: from there on they are back to normal)."""
     make = GENERATORS[kind or model_id]
     rng = random.Random(f"{model_id}/{seed}")
     events = []
     for i in range(start + count):
-        features, score = make(rng, drift_at is not None and i >= drift_at)
+        features, score = make(rng, drift_at is not None and i >= drift_at and (until is None or i < until))
         if i < start:
             continue
         events.append({"event_id": f"{model_id}-{seed}-{i}", "model_id": model_id,

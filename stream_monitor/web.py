@@ -728,6 +728,22 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         parts.append("<p class=ok>Nothing is firing.</p>")
     parts.append("</section>")
 
+    incidents = [row for _, entry in sorted(snapshot.get("models", {}).items()) for row in entry.get("incidents", ())]
+    if incidents:  # what a model's detectors found about one change, grouped (stream_monitor/incidents.py)
+        parts.append("<section><h2>Incidents</h2><table><tr><th>model</th><th>incident</th><th>state</th>"
+                     "<th>partition</th><th class=num>opened at offset</th><th class=num>closed at offset</th>"
+                     "<th class=num>firing alerts</th><th>drivers</th></tr>")
+        for row in incidents:
+            is_open = row.get("state") == "open"
+            opened, closed = row.get("opened") or {}, row.get("closed") or {}
+            parts.append(f"<tr{' class=firing' if is_open else ''}><td>{_fmt(row.get('model_id'))}</td>"
+                         f"<td title='{_fmt(row.get('incident'))}'>{_fmt((row.get('incident') or '')[:12])}</td>"
+                         f"<td><span class='badge {'critical' if is_open else 'ok'}'>{'OPEN' if is_open else 'closed'}"
+                         f"</span></td><td>{_fmt(row.get('partition'))}</td>"
+                         f"<td class=num>{_fmt(opened.get('offset'))}</td><td class=num>{_fmt(closed.get('offset'))}</td>"
+                         f"<td class=num>{_fmt(row.get('alerts'))}</td><td>{_fmt(row.get('text'))}</td></tr>")
+        parts.append("</table></section>")
+
     for model_id, entry in sorted(snapshot.get("models", {}).items()):
         parts.append(f"<section><h2>{_fmt(model_id)} <span class=muted>· {entry['events']:,} events · "
                      f"{entry['labels']:,} labels</span></h2>")

@@ -54,13 +54,11 @@ checkpoint_interval_seconds = 1.0
 reference = {{ source = "warmup", events = 2000 }}
 [models.fraud.detectors]
 psi = {{ window = 2000, bins = 10, warning = 0.1, critical = 0.25 }}
-resolve_after = 4000
 
 [models.churn]
 reference = {{ source = "warmup", events = 2000 }}
 [models.churn.detectors]
 psi = {{ window = 2000 }}
-resolve_after = 4000
 
 [models.credit]   # labels arrive 200 events after their predictions: performance and concept drift
 reference = {{ source = "warmup", events = 2000 }}
@@ -198,7 +196,9 @@ def _stream(bootstrap: str, redis_url: str, events_per_model: int, monitors: lis
     say(f"  events        {len(records):,} in {elapsed:.1f} s = {len(records) / elapsed:,.0f} events/s end to end "
         f"(paced by the producer at ~{RATE:,}/s; processing capacity: make bench)")
     say(f"  caught up     {caught_up - produced_at:.2f} s after the last event was produced")
-    say(f"  alerts        {counts.get('firing', 0)} firing, {counts.get('resolved', 0)} resolved")
+    say(f"  alerts        {counts.get('firing', 0)} firing, {counts.get('resolved', 0)} resolved, in "
+        f"{len(printer.incidents)} incidents (what a model's detectors found about one change, grouped: "
+        "`stream-monitor status` and the status page list them with their drivers)")
     say(f"  dead letters  {dead_letters}")
     return counts.get("firing", 0) > 0
 
@@ -213,6 +213,7 @@ class _AlertPrinter(threading.Thread):
         self._consumer.assign([TopicPartition(ALERTS, 0, OFFSET_BEGINNING)])
         self._stopping = threading.Event()
         self.statuses: list[str] = []
+        self.incidents: set[tuple[str, str]] = set()  # (model, incident id)
         self.t0 = time.monotonic()
 
     def run(self) -> None:
@@ -224,8 +225,10 @@ class _AlertPrinter(threading.Thread):
 
     def _print(self, alert: dict) -> None:
         self.statuses.append(alert["status"])
+        if alert.get("incident"):
+            self.incidents.add((alert["model_id"], alert["incident"]))
         mark = "FIRING  " if alert["status"] == "firing" else "resolved"
-        say(f"  {time.monotonic() - self.t0:6.1f}s  {mark} {alert['severity']:<8} "
+        say(f"  {time.monotonic() - self.t0:6.1f}s  {mark} {alert['severity']:<8} {(alert.get('incident') or '')[:8]:<8} "
             f"{alert['model_id']:<6} {alert['signal']:<10} {alert['name']:<14} {alert['detector']:<12} "
             f"p{alert['partition']}@{alert['offset']:<6}  {alert['message']}")
 

@@ -3,10 +3,21 @@
 Level detectors (PSI, KS, data quality, p95) fire when a window reaches the
 warning level and resolve only when a window falls below ``hysteresis`` ×
 warning (so a value hovering at the line does not flap). Point detectors
-(ADWIN, Page-Hinkley) fire at a detection and resolve after ``resolve_after``
-values without another one; detections while firing are absorbed, never
-re-announced. After a resolution, ``cooldown`` values must pass before the
-same detector may fire again.
+(ADWIN, Page-Hinkley) fire at a detection; detections while firing are
+absorbed, never re-announced. A point episode ends in one of two ways:
+
+- ``resolve_after=None`` (a column's ADWIN and Page-Hinkley): only when the
+  column is back within its reference, judged by the column's window
+  statistics (:meth:`Episode.settled`, called where its windows close): the
+  episode resolves at the first window close that lies wholly after its last
+  detection and whose statistics are all below their resolve levels. A point
+  detector adapts to a new level within a few thousand values and goes quiet;
+  quiet is not the same as back to normal, so quiet alone never resolves it.
+- an integer (the error stream of performance, which has no window of its
+  own): after ``resolve_after`` values without another detection.
+
+After a resolution, ``cooldown`` values must pass before the same detector
+may fire again.
 
 >>> e = Episode(resolve_after=3, cooldown=2)
 >>> [e.detected(), e.tick(), e.detected(), e.tick(), e.tick(), e.tick(), e.detected(), e.tick(), e.tick(), e.detected()]
@@ -14,6 +25,13 @@ same detector may fire again.
 >>> e = Episode(hysteresis=0.8)
 >>> [e.level(v, 0.1, 0.25) for v in (0.3, 0.09, 0.07)]
 [Transition(status='firing', severity='critical'), None, Transition(status='resolved', severity='critical')]
+
+Judged by the windows: a window of 4 values back within the reference resolves only once it lies wholly
+after the last detection.
+
+>>> e = Episode(resolve_after=None)
+>>> e.detected(), e.ticks(2), e.settled(4, True), e.ticks(2), e.settled(4, False), e.settled(4, True)
+(Transition(status='firing', severity='warning'), None, None, None, None, Transition(status='resolved', severity='warning'))
 """
 
 from __future__ import annotations
@@ -27,7 +45,7 @@ class Transition(NamedTuple):
 
 
 class Episode:
-    def __init__(self, resolve_after: int = 5_000, cooldown: int = 0, hysteresis: float = 0.8):
+    def __init__(self, resolve_after: int | None = 5_000, cooldown: int = 0, hysteresis: float = 0.8):
         self.resolve_after = resolve_after
         self.cooldown = cooldown
         self.hysteresis = hysteresis
@@ -65,9 +83,18 @@ class Episode:
         if not self.firing:
             return None
         self._quiet += 1
-        if self._quiet < self.resolve_after:
+        if self.resolve_after is None or self._quiet < self.resolve_after:
             return None
         return self._resolve()
+
+    def settled(self, span: int, within: bool) -> Transition | None:
+        """The column's windows of ``span`` values closed at this value (after its :meth:`tick` or
+        :meth:`detected`); ``within``: their statistics are all below their resolve levels. A firing
+        episode whose last detection came before the window began (``span`` values or more ago)
+        resolves: the column is back within its reference."""
+        if self.firing and within and self._quiet >= span:
+            return self._resolve()
+        return None
 
     def quiet_tick(self) -> None:
         """One value for a level detector: only the cooldown moves."""
@@ -87,7 +114,7 @@ class Episode:
         >>> e.detected(), e.ticks(10), e.snapshot()["cooling"]
         (Transition(status='firing', severity='warning'), (2, Transition(status='resolved', severity='warning')), 0)
         """
-        if self.firing and self.resolve_after - self._quiet <= count:
+        if self.firing and self.resolve_after is not None and self.resolve_after - self._quiet <= count:
             at = self.resolve_after - self._quiet - 1
             transition = self._resolve()
             self._cooling = max(0, self._cooling - (count - at - 1))

@@ -87,7 +87,7 @@ def observed(broker, redis_server, tmp_path_factory):
     try:
         wait_for_offsets(run.store, topic, ends, processes=[process])
         wait_for_status(port, ends, process)
-        yield {"port": port, "topic": topic, "ends": ends, "process": process, "tmp_path": tmp_path}
+        yield {"port": port, "topic": topic, "ends": ends, "process": process, "tmp_path": tmp_path, "run": run}
         assert process.terminate() == 0, process.log()[-3000:]
     finally:
         process.close()
@@ -323,6 +323,40 @@ def test_dead_letters_by_reason_in_the_log_the_status_page_and_status(observed):
     text = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(config)],
                           capture_output=True, text=True, timeout=60, check=True).stdout
     assert "dead letters by reason" in text and "unknown_model" in text and "'nobody' is not configured" in text
+
+
+def test_one_drift_is_one_incident_on_its_alerts_the_log_the_status_page_and_status(observed):
+    """The fraud drift's alerts all carry one incident (the first firing alert's id); the run's log says it
+    opened, with its drivers; /api/status, the page and `status` show it open."""
+    import subprocess
+    import sys
+
+    from ..support import validator
+
+    port, process = observed["port"], observed["process"]
+    alerts = observed["run"].alerts()
+    fraud = [a for a in alerts if a["model_id"] == "fraud"]
+    assert len(fraud) >= 6 and {a["status"] for a in fraud} == {"firing"}
+    incident = fraud[0]["alert_id"]
+    assert {a.get("incident") for a in fraud} == {incident}
+    schema = validator("alert.json")
+    assert all(schema.is_valid(a) for a in fraud)
+    opened = [line for line in process.log().splitlines() if f"incident {incident[:12]} on model fraud: " in line]
+    assert len(opened) == 1 and "columns drifted: " in opened[0], process.log()[-3000:]
+
+    api = orjson.loads(http_get(port, "/api/status")[2])
+    [row] = api["models"]["fraud"]["incidents"]
+    assert (row["incident"], row["state"], row["partition"], row["alerts"]) == (incident, "open", 0, len(fraud))
+    assert row["drivers"][0]["severity"] == "critical"
+    page = http_get(port, "/")[2].decode()
+    assert "<h2>Incidents</h2>" in page and incident[:12] in page and "OPEN" in page
+    families = {f.name: f for f in text_string_to_metric_families(http_get(port, "/metrics")[2].decode())}
+    assert {s.labels["model"]: s.value for s in samples(families, "stream_monitor_incidents_open")} == \
+        {"fraud": 1, "stable": 0}
+    config = observed["tmp_path"] / "observed.toml"
+    text = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(config)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"OPEN incident {incident[:12]} (partition 0, offset {fraud[0]['offset']}, " in text, text
 
 
 def test_dead_letter_reasons_survive_a_restore():

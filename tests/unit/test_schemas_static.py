@@ -227,10 +227,12 @@ def test_alert_required_fields_are_exactly_the_contract():
         with_changes(ALERT, statistic=3, threshold=50),
         with_changes(ALERT, reference={}, current={}),
         with_changes(ALERT, episode_started_at="2026-11-27T20:00:00Z"),
+        with_changes(ALERT, incident=SHA),
+        with_changes(ALERT, status="resolved", incident="0a" * 32),
     ],
     ids=[
         "resolved-warning", "adwin", "page-hinkley", "other-detector", "label", "data-quality",
-        "replay", "integer-numbers", "empty-objects", "extra-field",
+        "replay", "integer-numbers", "empty-objects", "extra-field", "incident", "resolved-incident",
     ],
 )
 def test_alert_accepts(instance):
@@ -270,6 +272,9 @@ def test_alert_rejects_missing_field(field):
         with_changes(ALERT, detected_at=None),
         with_changes(ALERT, detected_at="now"),
         with_changes(ALERT, message=None),
+        with_changes(ALERT, incident=None),
+        with_changes(ALERT, incident="abc123"),
+        with_changes(ALERT, incident=SHA.upper()),
     ],
     ids=[
         "short-id", "upper-id", "long-id", "non-hex-id", "bad-status", "bad-severity",
@@ -277,6 +282,7 @@ def test_alert_rejects_missing_field(field):
         "null-name", "string-statistic", "null-threshold", "array-reference", "string-current",
         "partition-below-replay", "float-partition", "negative-offset", "string-offset",
         "bad-event-time", "epoch-event-time", "null-detected-at", "bad-detected-at", "null-message",
+        "null-incident", "short-incident", "upper-incident",
     ],
 )
 def test_alert_rejects(instance):
@@ -397,3 +403,25 @@ def test_dead_letter_truncation_fields_are_typed():
     assert_invalid("dead_letter", with_changes(DEAD_LETTER, value_sha256="abc"))
     assert_invalid("dead_letter", with_changes(DEAD_LETTER, headers_count=-1))
     assert_valid("dead_letter", with_changes(DEAD_LETTER, reason="undeliverable_alert", alert_id=SHA))
+
+
+def test_engine_alerts_with_their_incident_validate():
+    """Alerts as the engine raises them (a drift on a partition: several detectors, one incident) are valid,
+    and each carries the alert_id of the incident's first firing alert."""
+    from stream_monitor.codec import decode
+    from stream_monitor.config import parse_config
+    from stream_monitor.events import RawMessage
+    from stream_monitor.partition import PartitionMonitor
+    from stream_monitor.synthetic import generate
+
+    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+    monitor = PartitionMonitor(config, 3, {})
+    docs = generate("fraud", 5000, drift_at=3000)
+    items = [(i, decode(RawMessage("t", 3, i, json.dumps(d).encode()), frozenset({"fraud"})), None)
+             for i, d in enumerate(docs)]
+    alerts = monitor.process_batch(items)
+    assert len(alerts) > 5
+    records = [a.to_dict(1795812290123) for a in alerts]
+    for record in records:
+        assert_valid("alert", record)
+    assert {r["incident"] for r in records} == {records[0]["alert_id"]}
