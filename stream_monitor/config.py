@@ -484,8 +484,9 @@ class DetectorsConfig(_Table):
     data_quality: DataQualityConfig = DataQualityConfig()
     latency: LatencyConfig = LatencyConfig()
     resolve_after: Annotated[int, AT_LEAST_1, doc(
-        "A point detector's (ADWIN, Page-Hinkley) episode resolves after this many values of its column without a "
-        "new detection.")] = 5_000
+        "A `performance` point detector's (ADWIN on the error stream, Page-Hinkley on the absolute error) episode "
+        "resolves after this many labelled predictions without a new detection. A column's ADWIN and Page-Hinkley "
+        "do not use it: their episode resolves when the column is back within its reference (see below).")] = 5_000
     cooldown: Annotated[int, Meta(ge=0), doc(
         "After an episode resolves, this many values of its column pass before the same detector may fire "
         "again.")] = 5_000
