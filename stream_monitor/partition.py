@@ -2,7 +2,7 @@
 
 Pure: no Kafka, no Redis. ``run`` and ``replay`` both drive this class, which
 is why they raise the same alerts for the same events; how a stream is cut
-into batches changes nothing (tests/test_partition.py). All state lives here
+into batches changes nothing (tests/unit/test_partition.py). All state lives here
 and round-trips through ``snapshot()`` / ``restore()``.
 """
 

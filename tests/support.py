@@ -1,7 +1,8 @@
 """What the tests share, in one place (test modules import from here, never from each other).
 
-Configs (``write_config``), feeding topics (``produce``, ``Feeder``), reading them back, waiting on stored
-offsets; a monitored pipeline (``Run``, ``LabelRun``) and an interrupted-vs-undisturbed pair
+Seeded event streams for the engine (``events``: the synthetic models decoded, ``full_stream``: every
+kind of change for every detector, ``warmed_monitor``); configs (``write_config``), feeding topics
+(``produce``, ``Feeder``), reading them back, waiting on stored offsets; a monitored pipeline (``Run``, ``LabelRun``) and an interrupted-vs-undisturbed pair
 (``SideBySide``); probes of the HTTP endpoint; the Dockerfile's instructions; a hostile state blob.
 The local processes themselves (broker, Redis, ``stream-monitor run``) are started by
 :mod:`stream_monitor.demo.localstack`, which the demo and the benchmark use too.
@@ -18,17 +19,24 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import math
 import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
+import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import MonitorProcess, create_topics, produce_records
+from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import StateStore, connect
-from stream_monitor.synthetic import generate
+from stream_monitor.synthetic import GENERATORS, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
@@ -381,3 +389,61 @@ def dockerfile_env():
         if name == "ENV":
             values.update(item.split("=", 1) for item in shlex.split(args))
     return values
+
+
+# --- seeded streams for the engine ----------------------------------------------------------------------------
+
+EVENTS_PARTITION = 3  # the partition the decoded synthetic events say they come from
+
+
+def decoded(doc: dict, offset: int = 0, known: frozenset[str] = frozenset(GENERATORS)) -> InferenceEvent | LabelEvent:
+    """One message value decoded as the service decodes it (it must decode)."""
+    out = decode(RawMessage("ml.inference", EVENTS_PARTITION, offset, orjson.dumps(doc)), known)
+    assert not isinstance(out, DeadLetter), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def events(model: str, count: int, drift_at: int | None = None) -> tuple:
+    """``count`` decoded events of a synthetic model (fraud, churn, stable), drifting from ``drift_at``."""
+    return tuple(decoded(doc, i) for i, doc in enumerate(generate(model, count, drift_at=drift_at)))
+
+
+def warmed_monitor(count: int = 3000) -> PartitionMonitor:
+    """A partition monitor of fraud (reference from its first 1,000 events) that has seen ``count`` events."""
+    monitor = PartitionMonitor(parse_config({"models": {"fraud": {"reference": {"events": 1000}}}}), 0, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", count))])
+    return monitor
+
+
+CATEGORIES = ["a", "b", "c", "d", "e"]
+MIX = [0.4, 0.3, 0.15, 0.1, 0.05]
+NEW_MIX = [0.2, 0.3, 0.2, 0.15, 0.15]
+FULL_MODEL = {"reference": {"events": 1000},
+              "detectors": {"psi": {"window": 1000}, "resolve_after": 1500, "cooldown": 1000,
+                            "latency": {"p95_ceiling_ms": 40.0}}}
+
+
+def full_stream(length: int = 14_000) -> list[InferenceEvent | LabelEvent]:
+    """Inference events (x numeric, c categorical, score, latency) and label events, with every kind of
+    change: a mean shift, a category mix change with unseen categories, missing values, strings,
+    values off the range, slow responses and a label mix change."""
+    rng = np.random.default_rng(11)
+    out: list[InferenceEvent | LabelEvent] = []
+    for i in range(length):
+        phase = i // 1000
+        x: object = float(rng.normal(1.0 if 6 <= phase < 9 else 0.0, 1.0))
+        if phase == 3 and i % 20 == 0:
+            x = None
+        elif phase == 4 and i % 40 == 0:
+            x = "n/a"
+        elif phase == 10 and i % 50 == 0:
+            x = 99.0
+        c = str(rng.choice(CATEGORIES, p=NEW_MIX if phase >= 7 else MIX))
+        if phase == 5 and i % 30 == 0:
+            c = f"new-{i}"
+        latency = float(rng.lognormal(2.3, 0.3)) * (5 if phase == 8 else 1)
+        score = 1 / (1 + math.exp(-(x if isinstance(x, float) else 0.0)))
+        out.append(InferenceEvent(f"e{i}", "m", 1_795_800_000_000 + i, {"x": x, "c": c}, score, None, latency))
+        out.append(LabelEvent(f"e{i}", "m", None, int(rng.random() < (0.5 if phase >= 9 else 0.2))))
+    return out

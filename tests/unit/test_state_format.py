@@ -17,8 +17,7 @@ from stream_monitor.errors import StateError
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import _split_references, check_fields, decode_state, encode_state
 
-from ..test_quiet_detectors import FULL_MODEL, full_stream
-from ..support import WritesMarker, crafted_pickle
+from ..support import FULL_MODEL, WritesMarker, crafted_pickle, full_stream
 
 
 def same(a, b) -> bool:

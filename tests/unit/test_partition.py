@@ -12,11 +12,13 @@ import pytest
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ReferenceProfileError, StateError
-from stream_monitor.events import Alert, DeadLetter, InferenceEvent, LabelEvent, RawMessage, alert_id
+from stream_monitor.events import Alert, LabelEvent, RawMessage, alert_id
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.replay import replay_alerts
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
+
+from ..support import decoded, events
 
 PARTITION = 3
 MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
@@ -27,17 +29,6 @@ DOCUMENTED_ALERT_FIELDS = {"alert_id", "status", "severity", "model_id", "signal
                          "statistic", "threshold", "reference", "current", "partition", "offset",
                          "event_time", "detected_at", "message"}
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def decoded(doc: dict, offset: int = 0) -> InferenceEvent | LabelEvent:
-    out = decode(RawMessage("ml.inference", PARTITION, offset, orjson.dumps(doc)), KNOWN)
-    assert not isinstance(out, DeadLetter), out
-    return out
-
-
-@lru_cache(maxsize=None)
-def events(model: str, count: int, drift_at: int | None = None) -> tuple:
-    return tuple(decoded(doc, i) for i, doc in enumerate(generate(model, count, drift_at=drift_at)))
 
 
 @lru_cache(maxsize=None)
