@@ -3,7 +3,7 @@ others (the same through the service's loop steps: tests/integration/test_checkp
 
 from __future__ import annotations
 
-from stream_monitor.app import CheckpointTimers
+from stream_monitor.registry import CheckpointTimers, PartitionRegistry
 
 # --- the due logic ---------------------------------------------------------------------------------
 
@@ -31,9 +31,14 @@ def test_saving_some_partitions_resets_only_their_timers():
 
 
 def test_only_changed_partitions_are_due_and_released_ones_are_forgotten():
-    timers = CheckpointTimers(events=10, seconds=5.0)
-    timers.count({"A": 20, "B": 20}, now=0.0)
-    assert timers.due({"A"}, now=0.0) == ["A"]  # B has nothing unsaved
-    timers.keep({"A"})
-    assert timers.due({"B"}, now=100.0) == [], "B was released: a new assignment starts a new clock"
-    assert timers.due({"B"}, now=105.0) == ["B"]
+    """A released partition's timer goes with its registry record: a new assignment starts a new clock."""
+    partitions = PartitionRegistry(CheckpointTimers(events=10, seconds=5.0))
+    for key in ("A", "B"):
+        partitions.assign(key, object(), persisted=True)
+    partitions.timers.count({"A": 20, "B": 20}, now=0.0)
+    partitions.touch(["A"])
+    assert partitions.due(now=0.0) == ["A"]  # B has nothing unsaved
+    partitions.revoke(["B"])
+    partitions.assign("B", object(), persisted=True)
+    assert partitions.timers.due(["B"], now=100.0) == [], "B was released: a new assignment starts a new clock"
+    assert partitions.timers.due(["B"], now=105.0) == ["B"]
