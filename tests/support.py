@@ -11,9 +11,11 @@ The local processes themselves (broker, Redis, ``stream-monitor run``) are start
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shlex
+import signal
 import threading
 import time
 import urllib.error
@@ -32,8 +34,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
-from stream_monitor.demo.localstack import MonitorProcess, create_topics, produce_records
+from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_port, produce_records, start_broker, \
+    start_redis
 from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+from stream_monitor.logs import KAFKA_LOGGER
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import StateStore, connect
 from stream_monitor.synthetic import GENERATORS, generate
@@ -42,6 +46,13 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
+
+
+def logged(settings: dict[str, Any]) -> dict[str, Any]:
+    """Kafka client settings whose librdkafka log lines go through Python logging (on the logger the
+    service uses), as the service's own clients do, instead of straight to stderr: a test producer
+    pointed at a stopped or unreachable broker does not print its reconnect lines over the test run."""
+    return {**settings, "logger": logging.getLogger(KAFKA_LOGGER)}
 
 
 def unique(prefix: str) -> str:
@@ -280,6 +291,114 @@ class SideBySide:
             assert process.terminate() == 0, process.log()[-3000:]
         assert_same_outcome(self.run, self.clean)
         return ends
+
+
+# --- outages: a broker or Redis of the test's own, and waiting on what the service says ----------------------
+
+
+def wait_until(condition, what: str, process: MonitorProcess, timeout: float = 60.0) -> float:
+    """Polls ``condition`` until true; returns the seconds it took. Fails if the monitor exited or
+    ``timeout`` passed (saying ``what`` did not happen)."""
+    started = time.monotonic()
+    while not condition():
+        assert process.process.poll() is None, f"monitor exited ({process.process.returncode}):\n{process.log()[-3000:]}"
+        assert time.monotonic() - started < timeout, f"{what} did not happen within {timeout:.0f} s:\n" \
+                                                     f"{process.log()[-3000:]}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+class OwnRedis:
+    """A redis-server of the test's own, to pause, kill, stop, restart or reconfigure (the session's
+    stays untouched); passed where a ``redis_server`` is expected. As a context manager it is resumed
+    and stopped at the end, whatever the test did to it."""
+
+    def __init__(self, tmp_path: Path, persistent: bool = False, extra: tuple[str, ...] = ()):
+        self.dir = tmp_path / "own-redis"
+        self.dir.mkdir(exist_ok=True)
+        self.persistent = persistent
+        self.server = start_redis(str(self.dir), persistent=persistent, extra=extra)
+        self.port = int(self.server.address.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def client(self):
+        import redis  # noqa: PLC0415 - only the tests that reconfigure their Redis need a client
+
+        return redis.Redis.from_url(self.address)
+
+    def pause(self) -> None:
+        os.kill(self.server.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.server.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: gone without a word (and, unless persistent, without its data)."""
+        os.kill(self.server.pid, signal.SIGKILL)
+        self.server.process.wait(5)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        """A new redis-server on the same port and directory (its data back only if persistent)."""
+        self.server = start_redis(str(self.dir), port=self.port, persistent=self.persistent)
+
+    def __enter__(self) -> "OwnRedis":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server.process.poll() is None:
+            self.resume()
+        self.stop()
+
+
+class OwnBroker:
+    """A broker of the test's own on a fixed port, to restart empty (memory only: every topic, group and
+    offset goes). As a context manager it closes the test's monitors first (a consumer must not outlive
+    its broker), then stops the broker."""
+
+    def __init__(self, tmp_path: Path, monitors: list):
+        self.tmp_path, self.monitors, self.port = tmp_path, monitors, free_port()
+        self.server = start_broker(str(tmp_path), port=self.port)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def pause(self) -> None:
+        os.kill(self.server.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.server.pid, signal.SIGCONT)
+
+    def restart_empty(self, topics: dict[str, int]) -> None:
+        """Stopped and started again on the same port, with ``topics`` created anew."""
+        self.server.stop()
+        self.server = start_broker(str(self.tmp_path), port=self.port)
+        create_topics(self.address, topics)
+
+    def __enter__(self) -> "OwnBroker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.monitors:
+            process.close()
+        if self.server.process.poll() is None:
+            self.resume()
+        self.server.stop()
+
+
+def outage_pair(broker, redis_server, tmp_path, monitors, run_redis=None) -> tuple["SideBySide", MonitorProcess]:
+    """The outage tests' stream (12,000 events of two drifting models over 2 partitions at 4,000/s) watched
+    by an interrupted run (on ``run_redis`` or ``broker``) and a clean one, underway: 3,000 offsets of
+    partition 0 stored by the interrupted run's one instance."""
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                      run_redis=run_redis)
+    return pair, pair.underway(3000)
 
 
 # --- the HTTP endpoint ----------------------------------------
