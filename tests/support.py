@@ -31,6 +31,7 @@ import jsonschema
 import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from hypothesis import settings
 
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
@@ -46,6 +47,12 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
+
+
+def examples(full: int) -> int:
+    """A property test's example count: ``full`` under ``HYPOTHESIS_PROFILE=thorough`` (max_examples 100),
+    a quarter of it under the default quick profile (max_examples 25), never fewer than 10."""
+    return max(10, full * settings.default.max_examples // 100)
 
 
 def logged(settings: dict[str, Any]) -> dict[str, Any]:

@@ -334,17 +334,14 @@ def label_run(positive_rate_after: float, events: int = 12_000, change_at: int =
     config = parse_config({"models": {"stable": LABEL_MODEL}})
     monitor = PartitionMonitor(config, 0, {})
     rng = np.random.default_rng(9)
-    alerts: list[Alert] = []
-    offset = 0
+    items = []
     for i, doc in enumerate(generate("stable", events)):
-        event = decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), {"stable"})
-        alerts.extend(monitor.process(event, offset))
-        offset += 1
+        offset = 2 * i
+        items.append((offset, decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), {"stable"}), None))
         rate = 0.2 if i < change_at else positive_rate_after
-        label = LabelEvent(doc["event_id"], "stable", None, int(rng.random() < rate))
-        alerts.extend(monitor.process(label, offset))
-        offset += 1
-    return alerts
+        items.append((offset + 1, LabelEvent(doc["event_id"], "stable", None, int(rng.random() < rate)), None))
+    # in batches, as the service feeds a partition (the alerts do not depend on the cut)
+    return [a for first in range(0, len(items), 1000) for a in monitor.process_batch(items[first:first + 1000])]
 
 
 def test_label_mix_change_fires_a_label_alert():
@@ -486,8 +483,9 @@ def test_latency_enabled_false_turns_off_the_latency_distribution_detectors():
     profile = build_reference("stable", events[:REFERENCE_EVENTS], None)
     config = parse_config({"models": {"stable": {"detectors": {"latency": {"enabled": False}}}}})
     monitor = ModelMonitor(config.models["stable"], profile)
-    alerts = [a for offset, e in enumerate(events[REFERENCE_EVENTS:], start=REFERENCE_EVENTS)
-              for a in monitor.process(e, offset, 0)]
+    items = [(position, offset, e, None) for position, (offset, e) in
+             enumerate(enumerate(events[REFERENCE_EVENTS:], start=REFERENCE_EVENTS))]
+    alerts = [a for *_, a in monitor.process_batch(items, 0)]  # one batch: the alerts do not depend on the cut
     assert [k for k in keys(alerts) if k[1] == "latency"] == []
 
 
