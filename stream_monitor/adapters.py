@@ -3,15 +3,22 @@
 A column (:class:`stream_monitor.partition.ColumnMonitor`) holds its adapters
 in one ordered list, built by :func:`column_adapters`; that order is the order
 in which one value's alerts are raised: the data-quality checks, PSI, KS, ADWIN,
-Page-Hinkley, the p95 ceiling. Every threshold not set in the config comes from
-the false-alarm budget (:mod:`stream_monitor.calibration`).
+Page-Hinkley, the p95 ceiling. A model's performance detectors are adapters
+too, built by :func:`performance_adapters` for its joined pairs (the error
+stream's drift detector, then each metric's floor and ceiling), and walked by
+the same code. Every threshold not set in the config comes from the
+false-alarm budget (:mod:`stream_monitor.calibration`).
 
 The protocol:
 
 - ``name`` (the alert's ``detector``), ``part`` (its key under a column
   snapshot's ``"detectors"``; the data-quality checks share one window, part
   ``"quality"``), ``threshold`` and ``critical`` (``None`` for ADWIN, whose cut
-  test decides internally), ``episode``;
+  test decides internally), ``episode``; ``signal`` and ``subject``: the
+  alert's signal and name when not the column's (a performance detector's
+  subject is its metric: ``error_rate``, ``accuracy``…), and ``key``, its key
+  among the column's episodes and statistics (``name``, or
+  ``subject/name`` for a performance detector);
 - ``every_value``: it steps on every value (data quality) rather than only on
   the usable ones (numbers, or categories, whose quality is fine or only off the
   reference range); ``point``: it detects at single values (ADWIN, Page-Hinkley)
@@ -20,6 +27,8 @@ The protocol:
 - ``update(batch)``: the batch through the detector, one compiled call; the
   values that matter as (index into the batch's usable values — or into all
   values when ``every_value`` —, mark);
+- ``judge(value)`` (a level detector): the episode's transition at a window's
+  statistic — warning and critical levels with hysteresis, or a limit;
 - ``describe(transition, mark_or_index)``: the alert's statistic, threshold,
   reference, current payload and message (the words are in :mod:`stream_monitor.alerts`);
   a point detector's resolution also gets the window statistics that found the column
@@ -37,13 +46,14 @@ import numpy as np
 
 from . import alerts
 from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
-from .config import ModelConfig
+from .config import ModelConfig, PageHinkleyConfig
 from .detectors.drift import AdwinDetector, PageHinkleyDetector
 from .detectors.episode import Episode, Transition
 from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile
 from .detectors.psi import PsiWindow
 from .detectors.quality import QualityWindow
+from .detectors.transform import RankTransform
 from .reference import ColumnReference, NumericReference
 
 PARTS = ("psi", "ks", "adwin", "page_hinkley", "p95", "quality")  # a column snapshot's "detectors", in order
@@ -70,6 +80,7 @@ class Adapter:
     point = False
     window = False  # a distribution window that judges the end of the column's point episodes
     signal: str | None = None  # the alert's signal when not the column's
+    subject: str | None = None  # the alert's name when not the column's
     detector: Any
 
     def __init__(self, column: Any, threshold: float | None, critical: float | None, episode: Episode):
@@ -81,16 +92,25 @@ class Adapter:
     def update(self, batch: Batch) -> list[tuple[int, Any]]:
         raise NotImplementedError
 
+    @property
+    def key(self) -> str:
+        """Its key among the column's episodes and last statistics."""
+        return self.name if self.subject is None else f"{self.subject}/{self.name}"
+
     def alert_threshold(self, severity: str) -> float:
         return self.critical if severity == "critical" else self.threshold
 
     def latest(self, last_statistic: dict[str, float]) -> float | None:
         """The statistic the status page shows."""
-        return last_statistic.get(self.name)
+        return last_statistic.get(self.key)
 
 
 class LevelAdapter(Adapter):
     """A window statistic; marks are (statistic, extra) when a window closes."""
+
+    def judge(self, value: float) -> Transition | None:
+        """The episode's transition at a new statistic: warning and critical levels, with hysteresis."""
+        return self.episode.level(value, self.threshold, self.critical)
 
     def describe(self, transition: Transition, value: float, extra: Any) -> alerts.Description:
         raise NotImplementedError
@@ -229,6 +249,145 @@ class PageHinkley(PointAdapter):
         statistic = float(self.arrays[0][at])
         return statistic, alerts.page_hinkley_description(self.column.reference, self.column.label, transition,
                                                           statistic, self.threshold, back)
+
+
+class Pairs(NamedTuple):
+    """A model's joined pairs of one batch as the performance adapters read them (only the pairs
+    that count: a predicted label or score, and for regression finite numbers)."""
+
+    errors: np.ndarray  # per pair: its error (0/1 for classification, absolute for regression), float64
+    metrics: list  # the rolling metrics where they were evaluated: (pair index, metrics by name)
+
+
+class ErrorRate(PointAdapter):
+    """Classification: ADWIN on each pair's 0/1 error; a change counts only when the error rate rose."""
+
+    name = part = "adwin"
+    subject = "error_rate"
+    signal = "performance"
+
+    def __init__(self, column: Any, detector: AdwinDetector, episode: Episode):
+        super().__init__(column, None, None, episode)
+        self.detector = detector
+
+    def update(self, batch: Pairs) -> list[tuple[int, Any]]:
+        before = self.detector.window_mean
+        detected, means, widths = self.detector.update_many(batch.errors)
+        previous = np.concatenate(([before], means[:-1]))  # per pair: the window's error rate before it
+        self.arrays = (means, widths, previous)
+        self.column.last_statistic[self.key] = float(means[-1])
+        return [(j, True) for j in (detected & (means > previous)).nonzero()[0].tolist()]
+
+    def alert_threshold(self, severity: str) -> float:
+        return self.detector.delta
+
+    def describe(self, transition, at, back=()):
+        means, widths, previous = self.arrays
+        statistic = float(means[at])
+        return statistic, alerts.error_rate_description(self.column.model_id, transition, statistic,
+                                                        float(previous[at]), int(widths[at]),
+                                                        self.episode.resolve_after)
+
+
+class AbsoluteError(PointAdapter):
+    """Regression: one-sided Page-Hinkley (up) on each pair's absolute error as a normal score against
+    the first ``reference_pairs`` errors; until they are in, the errors are collected and nothing is
+    detected (``detector`` is ``None``)."""
+
+    name = part = "page_hinkley"
+    subject = "absolute_error"
+    signal = "performance"
+
+    def __init__(self, column: Any, settings: PageHinkleyConfig, threshold: float, reference_pairs: int,
+                 episode: Episode):
+        super().__init__(column, threshold, threshold, episode)
+        self.settings = settings
+        self.reference_pairs = reference_pairs
+        self.error_reference: list[float] = []
+        self.transform: RankTransform | None = None
+        self.detector: PageHinkleyDetector | None = None
+
+    def start(self, grid: list[float], events: int) -> None:
+        """The error reference is complete: its quantile ``grid`` (of ``events`` errors) and a fresh detector."""
+        p = self.settings
+        self.transform = RankTransform(grid, events)
+        self.detector = PageHinkleyDetector(p.min_instances, p.delta, self.threshold, p.alpha, mode="up")
+
+    def update(self, batch: Pairs) -> list[tuple[int, Any]]:
+        errors = batch.errors.tolist()
+        first = 0  # the first pair the detector sees
+        while self.transform is None and first < len(errors):
+            self.error_reference.append(errors[first])
+            first += 1
+            if len(self.error_reference) >= self.reference_pairs:
+                grid = np.quantile(np.asarray(self.error_reference), np.linspace(0, 1, 1001)).tolist()
+                self.start(grid, len(self.error_reference))
+                self.error_reference = []
+        statistics = np.full(len(errors), np.nan)
+        self.arrays = (statistics,)
+        if first == len(errors):
+            return []
+        scores = np.array([self.transform.normal_score(e) for e in errors[first:]], dtype=np.float64)
+        detected, after = self.detector.update_many(scores)
+        statistics[first:] = after
+        self.column.last_statistic[self.key] = float(statistics[-1])
+        return [(first + j, True) for j in detected.nonzero()[0].tolist()]
+
+    def describe(self, transition, at, back=()):
+        statistic = float(self.arrays[0][at])
+        return statistic, alerts.absolute_error_description(self.column.model_id, transition, statistic,
+                                                            self.threshold, self.episode.resolve_after)
+
+
+class MetricLimit(LevelAdapter):
+    """A rolling metric's floor (``kind`` "floor": fires below it) or ceiling (above it), judged each
+    time the rolling window evaluates its metrics; critical, and resolved as soon as it is back."""
+
+    part = "metrics"
+    signal = "performance"
+
+    def __init__(self, column: Any, metric: str, kind: str, limit: float, metrics: Any, episode: Episode):
+        super().__init__(column, limit, limit, episode)
+        self.subject, self.name = metric, kind
+        self.detector = metrics  # the rolling window (performance.RollingMetrics)
+
+    def update(self, batch: Pairs) -> list[tuple[int, Any]]:
+        return [(j, (values[self.subject], None)) for j, values in batch.metrics
+                if values.get(self.subject) is not None]
+
+    def judge(self, value: float) -> Transition | None:
+        shortfall = (self.threshold - value) if self.name == "floor" else (value - self.threshold)
+        return self.episode.limit(shortfall > 0)
+
+    def describe(self, transition, value, extra):
+        return alerts.limit_description(self.column.model_id, self.subject, self.name, transition, value,
+                                        self.threshold, self.detector.window.maxlen)
+
+
+def performance_adapters(column: Any, model: ModelConfig, metrics: Any) -> list[Adapter]:
+    """A model's performance detectors over its joined pairs, in the order one pair's alerts are raised:
+    the error stream's drift detector, then each floor and each ceiling in the config's order
+    (``metrics``: the rolling window they read)."""
+    det = model.detectors
+    budget = det.false_alarms_per_million
+    cfg = model.performance
+
+    def episode() -> Episode:
+        return Episode(det.resolve_after, det.cooldown, det.hysteresis)
+
+    out: list[Adapter] = []
+    if cfg.task == "classification":
+        a = det.adwin
+        out.append(ErrorRate(column, AdwinDetector(a.delta or adwin_delta(budget, a.clock), a.clock, a.max_buckets,
+                                                   a.min_window_length, a.grace_period), episode()))
+    else:
+        p = det.page_hinkley
+        out.append(AbsoluteError(column, p, p.threshold or page_hinkley_threshold(budget, p.delta),
+                                 cfg.reference_pairs, episode()))
+    out.extend(MetricLimit(column, metric, "floor", limit, metrics, episode()) for metric, limit in cfg.floors.items())
+    out.extend(MetricLimit(column, metric, "ceiling", limit, metrics, episode())
+               for metric, limit in cfg.ceilings.items())
+    return out
 
 
 def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference) -> list[Adapter]:

@@ -1,4 +1,5 @@
-"""What a column's alert says: its reference and current payloads and its message, per detector kind.
+"""What an alert says: its reference and current payloads and its message, per detector kind (a column's
+detectors, then a model's performance detectors).
 
 Pure functions of plain values (no detector state), so the words of every
 alert are in one place. The detector adapters (:mod:`stream_monitor.adapters`)
@@ -105,3 +106,40 @@ def page_hinkley_description(ref: NumericReference, label: str, transition: Tran
     if transition.status == "resolved":
         message = _point_resolved("page_hinkley", label, back)
     return _point_reference(ref), _point_current({"cumulative_deviation": deviation}, transition, back), message
+
+
+# --- performance (joined prediction/label pairs) ---------------------------------------------------------------
+
+def _performance_resolved(subject: str, model_id: str, resolve_after: int) -> str:
+    return f"{subject} of {model_id}: no further change for {resolve_after} pairs, resolved"
+
+
+def error_rate_description(model_id: str, transition: Transition, error_rate: float, before: float, pairs: int,
+                           resolve_after: int) -> Description:
+    """Classification: ADWIN saw the 0/1 error rate rise (``before``: its window's rate before the pair)."""
+    message = (f"error rate of {model_id} rose to {error_rate:.3g} (was {before:.3g}) over the last {pairs} "
+               "labelled predictions: the model got worse (concept drift)")
+    if transition.status == "resolved":
+        message = _performance_resolved("error_rate", model_id, resolve_after)
+    return {"error_rate": before}, {"error_rate": error_rate, "pairs": pairs}, message
+
+
+def absolute_error_description(model_id: str, transition: Transition, deviation: float, threshold: float,
+                               resolve_after: int) -> Description:
+    """Regression: Page-Hinkley saw the absolute error rise against the first pairs' errors."""
+    message = (f"absolute error of {model_id} rose: Page-Hinkley cumulative deviation {deviation:.1f} "
+               f"> {threshold:g} (concept drift)")
+    if transition.status == "resolved":
+        message = _performance_resolved("absolute_error", model_id, resolve_after)
+    return {"threshold": threshold}, {"cumulative_deviation": deviation}, message
+
+
+def limit_description(model_id: str, metric: str, kind: str, transition: Transition, value: float, limit: float,
+                      pairs: int) -> Description:
+    """A rolling metric past its floor (``kind`` "floor") or ceiling, or back within it."""
+    side = "below its floor" if kind == "floor" else "above its ceiling"
+    message = (f"{metric} of {model_id} is {value:.3g}, {side} {limit:g}, over the last {pairs} "
+               "labelled predictions")
+    if transition.status == "resolved":
+        message = f"{metric} of {model_id} is back to {value:.3g} (limit {limit:g})"
+    return {kind: limit}, {metric: value, "pairs": pairs}, message

@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, TypeVar
 
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 
 from . import faults
 from .board import StatusBoard
@@ -29,8 +29,8 @@ from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
-from .kafka import (MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative, message_error,
-                    unassign)
+from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
+                    message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
@@ -801,10 +801,9 @@ class Service:
             deadline = started + 10
             while time.monotonic() < deadline and not self.stopping:
                 for message in probe.consume(1, 0.2):
-                    error = message.error()
-                    if error is None:
+                    if message.error() is None:
                         return max(reading, message.offset() + 1)
-                    if error.code() == KafkaError._AUTO_OFFSET_RESET:
+                    if message_error(message) is not None:  # out of range: the log ends before reading - 1
                         _, end = probe.get_watermark_offsets(TopicPartition(*key), timeout=2, cached=False)
                         return end
                 # A broker that answers a fetch beyond the end with nothing: the end its fetches report,
@@ -814,7 +813,7 @@ class Service:
                 if 0 <= end < reading and time.monotonic() - started >= PROBE_SILENCE_SECONDS:
                     return end
             return None
-        except KafkaException:
+        except (KafkaException, ConsumerFatalError):  # the probe's own failure: no answer, the service goes on
             return None
         finally:
             probe.close()

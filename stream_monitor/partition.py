@@ -2,7 +2,7 @@
 
 Pure: no Kafka, no Redis. ``run`` and ``replay`` both drive this class, which
 is why they raise the same alerts for the same events; how a stream is cut
-into batches changes nothing (tests/test_partition.py). All state lives here
+into batches changes nothing (tests/unit/test_partition.py). All state lives here
 and round-trips through ``snapshot()`` / ``restore()``.
 """
 
@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from .adapters import PARTS, Adapter, Batch, column_adapters
+from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, performance_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
@@ -31,7 +31,7 @@ from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
-from .performance import PerformanceMonitor
+from .performance import RollingMetrics, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, \
@@ -67,13 +67,7 @@ class ColumnMonitor:
         self.reference = reference
         self.numeric = isinstance(reference, NumericReference)
         self.adapters: list[Adapter] = column_adapters(self, model, signal, reference)
-        self._every = [(order, a) for order, a in enumerate(self.adapters) if a.every_value]
-        self._usable = [(order, a) for order, a in enumerate(self.adapters) if not a.every_value]
-        self._levels = [a.episode for a in self.adapters if not a.point]
-        self._points = [(order, a) for order, a in enumerate(self.adapters) if a.point]
-        self._windows = [a for a in self.adapters if a.window]  # judge when a point episode ends
-        self._judge = self._windows[0] if self._points and self._windows else None  # the window closing then
-        self._quality = next((a.detector for a in self.adapters if a.part == "quality"), None)
+        self._index_adapters()
         self.last_statistic: dict[str, float] = {}
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
             self._edges = np.asarray(reference.edges, dtype=np.float64)
@@ -81,14 +75,24 @@ class ColumnMonitor:
             self._grid = np.asarray(reference.grid, dtype=np.float64)
             self._rank_floor = 0.5 / max(reference.events, 1)
 
+    def _index_adapters(self) -> None:
+        """The views of :attr:`adapters` the batch walk reads."""
+        self._every = [(order, a) for order, a in enumerate(self.adapters) if a.every_value]
+        self._usable = [(order, a) for order, a in enumerate(self.adapters) if not a.every_value]
+        self._levels = [a.episode for a in self.adapters if not a.point]
+        self._points = [(order, a) for order, a in enumerate(self.adapters) if a.point]
+        self._windows = [a for a in self.adapters if a.window]  # judge when a point episode ends
+        self._judge = self._windows[0] if self._points and self._windows else None  # the window closing then
+        self._quality = next((a.detector for a in self.adapters if a.part == "quality"), None)
+
     # read-only views by detector name and by part (the list is the one structure)
     @property
     def detectors(self) -> dict[str, Adapter]:
-        return {a.name: a for a in self.adapters}
+        return {a.key: a for a in self.adapters}
 
     @property
     def episodes(self) -> dict[str, Episode]:
-        return {a.name: a.episode for a in self.adapters}
+        return {a.key: a.episode for a in self.adapters}
 
     def parts(self) -> dict[str, Any]:
         """The detector object of each part this column runs (the data-quality checks share one)."""
@@ -282,8 +286,8 @@ class ColumnMonitor:
 
     def _level(self, adapter: Adapter, mark: tuple[float, Any], context: tuple) -> list[Alert]:
         value, extra = mark
-        self.last_statistic[adapter.name] = value
-        transition = adapter.episode.level(value, adapter.threshold, adapter.critical)
+        self.last_statistic[adapter.key] = value
+        transition = adapter.judge(value)
         if transition is None:
             return []
         return [self._alert(adapter, transition, value, *adapter.describe(transition, value, extra), *context)]
@@ -297,7 +301,7 @@ class ColumnMonitor:
     def _alert(self, adapter: Adapter, transition: Transition, statistic: float, reference: dict, current: dict,
                message: str, offset: int, partition: int, event_time_ms: int | None) -> Alert:
         alert = Alert(status=transition.status, severity=transition.severity, model_id=self.model_id,
-                      signal=adapter.signal or self.signal, name=self.name, detector=adapter.name,
+                      signal=adapter.signal or self.signal, name=adapter.subject or self.name, detector=adapter.name,
                       statistic=float(statistic), threshold=float(adapter.alert_threshold(transition.severity)),
                       reference=reference, current=current, partition=partition, offset=offset,
                       event_time_ms=event_time_ms, message=message)
@@ -309,7 +313,7 @@ class ColumnMonitor:
     def snapshot(self) -> dict[str, Any]:
         parts = self.parts()
         return {"detectors": {k: None if k not in parts else parts[k].snapshot() for k in PARTS},
-                "episodes": {a.name: a.episode.snapshot() for a in self.adapters},
+                "episodes": {a.key: a.episode.snapshot() for a in self.adapters},
                 "last_statistic": dict(self.last_statistic)}
 
     def restore(self, state: Mapping[str, Any], restart: frozenset[str] = frozenset()) -> None:
@@ -327,10 +331,81 @@ class ColumnMonitor:
 
     def summary(self) -> list[dict[str, Any]]:
         latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
-        return [{"signal": a.signal or self.signal, "name": self.name, "detector": a.name,
+        return [{"signal": a.signal or self.signal, "name": a.subject or self.name, "detector": a.name,
                  "statistic": a.latest(latest), "threshold": a.threshold, "critical": a.critical,
                  "firing": a.episode.firing, "severity": a.episode.severity if a.episode.firing else None,
                  "last_alert_id": a.episode.last_alert_id} for a in self.adapters]
+
+
+class PerformanceColumn(ColumnMonitor):
+    """A model's performance detectors over its joined (prediction, label) pairs: adapters like a
+    column's (:func:`stream_monitor.adapters.performance_adapters`), whose episodes the same walk steps
+    and whose alerts the same code builds; its values are the pairs, the usable ones those that count
+    (:func:`stream_monitor.performance.pair_row`). Its snapshot keeps the performance layout."""
+
+    def __init__(self, model: ModelConfig):
+        self.model_id = model.model_id
+        self.signal = self.name = "performance"
+        self.config = model.performance
+        self.classification = self.config.task == "classification"
+        self.rolling = RollingMetrics(self.config)
+        self.last_statistic = {}
+        self.adapters = performance_adapters(self, model, self.rolling)
+        self._index_adapters()
+
+    def update_batch(self, pairs: Sequence[tuple[Mapping[str, Any], Any, int | None]], offsets: Sequence[int],
+                     partition: int, times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+        """Joined pairs as (prediction record, label, label time), each counted by the message at its
+        offset; the alerts as (pair index, order within the pair, alert), as one pair at a time gives."""
+        rows, counted = [], []
+        for i, (prediction, label, label_time_ms) in enumerate(pairs):
+            if prediction.get("t") is not None and label_time_ms is not None:
+                self.rolling.delays.append(max(0, label_time_ms - prediction["t"]))
+            row = pair_row(self.classification, self.config.positive_label, prediction, label)
+            if row is not None:
+                rows.append(row)
+                counted.append(i)
+        if not rows:
+            return []
+        batch = Pairs(np.array([row[-1] for row in rows], dtype=np.float64), self.rolling.add_many(rows))
+        marks: dict[int, dict[Adapter, Any]] = {}
+        for adapter in self.adapters:
+            for j, mark in adapter.update(batch):
+                marks.setdefault(counted[j], {})[adapter] = mark
+        return self._walk(marks, np.asarray(counted, dtype=np.int64), offsets, partition, times)
+
+    def snapshot(self) -> dict[str, Any]:
+        drift = self.adapters[0]
+        regression = None if self.classification else drift
+        return {**self.rolling.snapshot(),
+                "adwin": drift.detector.snapshot() if self.classification else None,
+                "page_hinkley": None if regression is None or drift.detector is None else drift.detector.snapshot(),
+                "error_reference": [] if regression is None else list(regression.error_reference),
+                "grid": None if regression is None or regression.transform is None else regression.transform.grid,
+                "grid_events": self.config.reference_pairs,
+                "episodes": {a.key: a.episode.snapshot() for a in self.adapters},
+                "last": {a.key: self.last_statistic[a.key] for a in self.adapters if a.key in self.last_statistic}}
+
+    def restore(self, state: Mapping[str, Any], restart: frozenset[str] = frozenset()) -> None:
+        self.rolling.restore(state)
+        drift = self.adapters[0]
+        if self.classification:
+            if state["adwin"] is not None:
+                drift.detector.restore(state["adwin"])
+        else:
+            drift.error_reference = list(state["error_reference"])
+            if state["grid"] is not None:
+                drift.start(state["grid"], state["grid_events"])
+                drift.detector.restore(state["page_hinkley"])
+        episodes = self.episodes
+        for key, saved in state["episodes"].items():
+            if key in episodes:
+                episodes[key].restore(saved)
+        self.last_statistic = dict(state["last"])
+
+    def summary(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # type: ignore[override]
+        """(pairs, rolling metrics and label delays; the detector rows) for status, the page and the metrics."""
+        return self.rolling.info(), super().summary()
 
 
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
@@ -412,7 +487,7 @@ class ModelMonitor:
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
         self.events = 0
         self.labels = 0
-        self.performance = PerformanceMonitor(config) if config.performance.task else None
+        self.performance = PerformanceColumn(config) if config.performance.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         if reference is not None:
             self.use_reference(reference)
@@ -437,13 +512,9 @@ class ModelMonitor:
 
     def _firing(self) -> list[str]:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
-        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
-        keys = [episode_key(a.signal or c.signal, c.name, a.name) for c in columns for a in c.adapters
+        columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
+        return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
                 if a.episode.firing]
-        if self.performance is not None:
-            keys.extend(episode_key("performance", *k.split("/")) for k, e in self.performance.episodes.items()
-                        if e.firing)
-        return keys
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
@@ -459,16 +530,16 @@ class ModelMonitor:
         out: list[tuple[int, int, int, Alert]] = []
         pending: list[tuple[int, int, InferenceEvent]] = []
         labelled: list[tuple[int, int, LabelEvent]] = []
+        pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
-                self._label(event, position, offset, partition, join, labelled, out)
+                self._label(event, position, offset, join, labelled, pairs)
                 continue
             self.events += 1
             if join is not None and join.status == "joined" and self.performance is not None:
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
-                alerts = self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
-                                               partition, event.timestamp_ms)
-                out.extend((position, -1, order, a) for order, a in enumerate(alerts))
+                pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
+                              event.timestamp_ms))
             if self.reference is None:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
@@ -478,6 +549,10 @@ class ModelMonitor:
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
             pending.append((position, offset, event))
+        if pairs:
+            for index, order, alert in self.performance.update_batch(
+                    [p[2:5] for p in pairs], [p[5] for p in pairs], partition, [p[6] for p in pairs]):
+                out.append((pairs[index][0], pairs[index][1], order, alert))
         if pending:
             self._columns(pending, partition, out)
         if labelled:
@@ -532,8 +607,8 @@ class ModelMonitor:
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
 
-    def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
-               labelled: list, out: list) -> None:
+    def _label(self, event: LabelEvent, position: int, offset: int, join: JoinResult | None, labelled: list,
+               pairs: list) -> None:
         """Label drift (the distribution of ground-truth labels; the label column runs once per batch,
         over ``labelled``) and, once joined, performance."""
         self.labels += 1
@@ -546,9 +621,7 @@ class ModelMonitor:
         else:
             labelled.append((position, offset, event))
         if join is not None and join.status == "joined" and self.performance is not None:
-            alerts = self.performance.pair(join.other, event.label, event.timestamp_ms, offset, partition,
-                                           event.timestamp_ms)
-            out.extend((position, 1, order, a) for order, a in enumerate(alerts))
+            pairs.append((position, 1, join.other, event.label, event.timestamp_ms, offset, event.timestamp_ms))
 
     def _note_untracked(self, partition: int) -> None:
         """The warm-up ends: remember (and say once) which feature names it did not track."""

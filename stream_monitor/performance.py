@@ -1,4 +1,4 @@
-"""Model performance from joined (prediction, label) pairs: rolling metrics and concept drift.
+"""Model performance from joined (prediction, label) pairs: each pair's error and the rolling metrics.
 
 Classification: each pair's 0/1 error feeds river's ADWIN (bounded 0/1 values
 are what ADWIN's distribution-free bound is made for, so the budget's delta
@@ -8,6 +8,12 @@ feeds river's one-sided Page-Hinkley (up), calibrated like the feature
 detectors. Rolling accuracy, precision, recall, F1 and ROC AUC (or MAE and
 RMSE) over the last ``window`` pairs; a ``performance`` alert when one crosses
 its configured floor (ceiling).
+
+The detectors are adapters like a column's (:mod:`stream_monitor.adapters`:
+``ErrorRate``, ``AbsoluteError``, ``MetricLimit``) and the model's
+:class:`stream_monitor.partition.PerformanceColumn` walks their episodes with
+the same code as every column's; this module holds what they read: a pair's
+row (:func:`pair_row`) and the rolling window (:class:`RollingMetrics`).
 
 >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
 0.75
@@ -21,12 +27,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .calibration import adwin_delta, page_hinkley_threshold
 from .codec import category
-from .config import ModelConfig
-from .detectors import AdwinDetector, Episode, PageHinkleyDetector
-from .detectors.transform import RankTransform
-from .events import Alert
+from .config import PerformanceConfig
 from .reference import is_finite_number
 
 
@@ -50,99 +52,48 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
-class PerformanceMonitor:
-    def __init__(self, model: ModelConfig):
-        self.model_id = model.model_id
-        self.config = cfg = model.performance
-        det = self._detectors = model.detectors
-        self.classification = cfg.task == "classification"
-        self.positive = cfg.positive_label
+def pair_row(classification: bool, positive: str, prediction: Mapping[str, Any], label: Any) -> tuple | None:
+    """A joined pair as the rolling window keeps it, its error last: (truth, predicted, score, 0/1 error)
+    for classification, (score, label, absolute error) for regression; ``None`` when the pair says
+    nothing (no predicted label or score; a regression score or label that is not a finite number)."""
+    score = prediction.get("score")
+    if classification:
+        truth = int(category(label) == positive)
+        if prediction.get("label") is not None:
+            predicted = int(category(prediction["label"]) == positive)
+            error = int(category(prediction["label"]) != category(label))
+        elif score is not None:
+            predicted = int(score >= 0.5)
+            error = int(predicted != truth)
+        else:
+            return None
+        return truth, predicted, score, error
+    if not is_finite_number(score) or not is_finite_number(label):
+        return None
+    return float(score), float(label), abs(float(score) - float(label))
+
+
+class RollingMetrics:
+    """The last ``window`` pairs' rows and label delays; the metrics are evaluated every
+    ``window // 10`` pairs once the window is full (what the floor and ceiling detectors read)."""
+
+    def __init__(self, config: PerformanceConfig):
+        self.classification = config.task == "classification"
         self.pairs_seen = 0
-        self.window: deque = deque(maxlen=cfg.window)
-        self.delays: deque = deque(maxlen=cfg.window)
-        self.evaluate_every = max(1, cfg.window // 10)
-        budget = det.false_alarms_per_million
+        self.window: deque = deque(maxlen=config.window)
+        self.delays: deque = deque(maxlen=config.window)
+        self.evaluate_every = max(1, config.window // 10)
 
-        def episode() -> Episode:
-            return Episode(det.resolve_after, det.cooldown, det.hysteresis)
-
-        self.episodes: dict[str, Episode] = {}
-        self.adwin: AdwinDetector | None = None
-        self.page_hinkley: PageHinkleyDetector | None = None
-        self.error_reference: list[float] = []
-        self.transform: RankTransform | None = None
-        if self.classification:
-            a = det.adwin
-            self.adwin = AdwinDetector(a.delta or adwin_delta(budget, a.clock), a.clock, a.max_buckets,
-                                       a.min_window_length, a.grace_period)
-            self.episodes["error_rate/adwin"] = episode()
-        else:
-            p = det.page_hinkley
-            self.ph_threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
-            self.episodes["absolute_error/page_hinkley"] = episode()
-        for metric in cfg.floors:
-            self.episodes[f"{metric}/floor"] = episode()
-        for metric in cfg.ceilings:
-            self.episodes[f"{metric}/ceiling"] = episode()
-        self.last: dict[str, float] = {}
-
-    # --- one pair ---------------------------------------------------------------------------------
-
-    def pair(self, prediction: Mapping[str, Any], label: Any, label_time_ms: int | None, offset: int,
-             partition: int, event_time_ms: int | None) -> list[Alert]:
-        """A joined (prediction, label) pair, counted by the message at ``offset``."""
-        alerts: list[Alert] = []
-        context = (offset, partition, event_time_ms)
-        if prediction.get("t") is not None and label_time_ms is not None:
-            self.delays.append(max(0, label_time_ms - prediction["t"]))
-        score = prediction.get("score")
-        if self.classification:
-            truth = int(category(label) == self.positive)
-            if prediction.get("label") is not None:
-                predicted = int(category(prediction["label"]) == self.positive)
-                error = int(category(prediction["label"]) != category(label))
-            elif score is not None:
-                predicted = int(score >= 0.5)
-                error = int(predicted != truth)
-            else:
-                return alerts
-            self.window.append((truth, predicted, score, error))
-            before = self.adwin.window_mean
-            detected = self.adwin.update(float(error))
-            rose = detected and self.adwin.window_mean > before
-            self.last["error_rate/adwin"] = self.adwin.window_mean
-            alerts.extend(self._point("error_rate/adwin", rose, self.adwin.window_mean, before, context))
-        else:
-            if not is_finite_number(score) or not is_finite_number(label):
-                return alerts
-            error = abs(float(score) - float(label))
-            self.window.append((float(score), float(label), error))
-            if self.transform is None:
-                self.error_reference.append(error)
-                if len(self.error_reference) >= self.config.reference_pairs:
-                    grid = np.quantile(np.asarray(self.error_reference), np.linspace(0, 1, 1001)).tolist()
-                    self.transform = RankTransform(grid, len(self.error_reference))
-                    ph = self._ph_config()
-                    self.page_hinkley = PageHinkleyDetector(ph.min_instances, ph.delta, self.ph_threshold, ph.alpha,
-                                                            mode="up")
-                    self.error_reference = []
-            else:
-                detected = self.page_hinkley.update(self.transform.normal_score(error))
-                self.last["absolute_error/page_hinkley"] = self.page_hinkley.statistic
-                alerts.extend(self._point("absolute_error/page_hinkley", detected, self.page_hinkley.statistic,
-                                          None, context))
-        self.pairs_seen += 1
-        for key, episode in self.episodes.items():
-            if key.endswith(("/floor", "/ceiling")):
-                episode.quiet_tick()
-        if len(self.window) == self.window.maxlen and self.pairs_seen % self.evaluate_every == 0:
-            alerts.extend(self._limits(context))
-        return alerts
-
-    def _ph_config(self):
-        return self._detectors.page_hinkley
-
-    # --- rolling metrics ----------------------------------------------------------------------------
+    def add_many(self, rows: Sequence[tuple]) -> list[tuple[int, dict[str, float | None]]]:
+        """Count ``rows`` in order; the metrics as (index into ``rows``, metrics) where they were evaluated."""
+        out = []
+        window, every = self.window, self.evaluate_every
+        for j, row in enumerate(rows):
+            window.append(row)
+            self.pairs_seen += 1
+            if len(window) == window.maxlen and self.pairs_seen % every == 0:
+                out.append((j, self.metrics()))
+        return out
 
     def metrics(self) -> dict[str, float | None]:
         rows = list(self.window)
@@ -164,75 +115,17 @@ class PerformanceMonitor:
         errors = [r[2] for r in rows]
         return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
 
-    def _limits(self, context: tuple) -> list[Alert]:
-        values = self.metrics()
-        alerts = []
-        for kind, limits in (("floor", self.config.floors), ("ceiling", self.config.ceilings)):
-            for metric, limit in limits.items():
-                value = values.get(metric)
-                if value is None:
-                    continue
-                key = f"{metric}/{kind}"
-                self.last[key] = value
-                shortfall = (limit - value) if kind == "floor" else (value - limit)
-                episode = self.episodes[key]
-                if shortfall > 0 and not episode.firing:
-                    transition = episode.detected("critical")
-                elif shortfall <= 0 and episode.firing:
-                    transition = episode._resolve()
-                else:
-                    transition = None
-                if transition is None:
-                    continue
-                side = "below its floor" if kind == "floor" else "above its ceiling"
-                message = (f"{metric} of {self.model_id} is {value:.3g}, {side} {limit:g}, over the last "
-                           f"{len(self.window)} labelled predictions")
-                if transition.status == "resolved":
-                    message = f"{metric} of {self.model_id} is back to {value:.3g} (limit {limit:g})"
-                alerts.append(self._alert(key, transition, value, limit, {kind: limit},
-                                          {metric: value, "pairs": len(self.window)}, message, *context))
-        return alerts
-
-    def _point(self, key: str, detected: bool, statistic: float, before: float | None, context: tuple) -> list[Alert]:
-        episode = self.episodes[key]
-        transition = episode.detected() if detected else episode.tick()
-        if transition is None:
-            return []
-        name, detector = key.split("/")
-        if detector == "adwin":
-            threshold = self.adwin.delta
-            message = (f"error rate of {self.model_id} rose to {statistic:.3g} (was {before:.3g}) over the last "
-                       f"{self.adwin.window_width} labelled predictions: the model got worse (concept drift)")
-            reference, current = {"error_rate": before}, {"error_rate": statistic, "pairs": self.adwin.window_width}
-        else:
-            threshold = self.ph_threshold
-            message = (f"absolute error of {self.model_id} rose: Page-Hinkley cumulative deviation {statistic:.1f} "
-                       f"> {threshold:g} (concept drift)")
-            reference, current = {"threshold": threshold}, {"cumulative_deviation": statistic}
-        if transition.status == "resolved":
-            message = f"{name} of {self.model_id}: no further change for {episode.resolve_after} pairs, resolved"
-        return [self._alert(key, transition, statistic, threshold, reference, current, message, *context)]
-
-    def _alert(self, key: str, transition, statistic: float, threshold: float, reference: dict, current: dict,
-               message: str, offset: int, partition: int, event_time_ms: int | None) -> Alert:
-        name, detector = key.split("/")
-        alert = Alert(status=transition.status, severity=transition.severity, model_id=self.model_id,
-                      signal="performance", name=name, detector=detector, statistic=float(statistic),
-                      threshold=float(threshold), reference=reference, current=current, partition=partition,
-                      offset=offset, event_time_ms=event_time_ms, message=message)
-        self.episodes[key].last_alert_id = alert.alert_id
-        return alert
-
-    # --- state ------------------------------------------------------------------------------------------
+    def info(self) -> dict[str, Any]:
+        """Pairs counted, the rolling metrics and the label delay's p50 and p95 (status, page, metrics)."""
+        delays = sorted(self.delays)
+        out: dict[str, Any] = {"pairs": self.pairs_seen, **self.metrics()}
+        if delays:
+            out["label_delay_p50_ms"] = delays[len(delays) // 2]
+            out["label_delay_p95_ms"] = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
+        return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pairs_seen": self.pairs_seen, "window": list(self.window), "delays": list(self.delays),
-                "adwin": None if self.adwin is None else self.adwin.snapshot(),
-                "page_hinkley": None if self.page_hinkley is None else self.page_hinkley.snapshot(),
-                "error_reference": list(self.error_reference),
-                "grid": None if self.transform is None else self.transform.grid,
-                "grid_events": self.config.reference_pairs,
-                "episodes": {k: e.snapshot() for k, e in self.episodes.items()}, "last": dict(self.last)}
+        return {"pairs_seen": self.pairs_seen, "window": list(self.window), "delays": list(self.delays)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.pairs_seen = state["pairs_seen"]
@@ -240,33 +133,3 @@ class PerformanceMonitor:
         self.window.extend(tuple(r) for r in state["window"])
         self.delays.clear()
         self.delays.extend(state["delays"])
-        if self.adwin is not None and state["adwin"] is not None:
-            self.adwin.restore(state["adwin"])
-        self.error_reference = list(state["error_reference"])
-        if state["grid"] is not None:
-            self.transform = RankTransform(state["grid"], state["grid_events"])
-            ph = self._ph_config()
-            self.page_hinkley = PageHinkleyDetector(ph.min_instances, ph.delta, self.ph_threshold, ph.alpha, mode="up")
-            self.page_hinkley.restore(state["page_hinkley"])
-        for key, saved in state["episodes"].items():
-            if key in self.episodes:
-                self.episodes[key].restore(saved)
-        self.last = dict(state["last"])
-
-    def summary(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """(metrics and label delays, detector rows) for status, the page and the metrics."""
-        delays = sorted(self.delays)
-        info: dict[str, Any] = {"pairs": self.pairs_seen, **self.metrics()}
-        if delays:
-            info["label_delay_p50_ms"] = delays[len(delays) // 2]
-            info["label_delay_p95_ms"] = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
-        rows = []
-        for key, episode in self.episodes.items():
-            name, detector = key.split("/")
-            limit = (self.config.floors.get(name) if detector == "floor" else self.config.ceilings.get(name)
-                     if detector == "ceiling" else self.ph_threshold if detector == "page_hinkley" else None)
-            rows.append({"signal": "performance", "name": name, "detector": detector, "statistic": self.last.get(key),
-                         "threshold": limit, "critical": limit, "firing": episode.firing,
-                         "severity": episode.severity if episode.firing else None,
-                         "last_alert_id": episode.last_alert_id})
-        return info, rows

@@ -103,11 +103,6 @@ class CheckpointTimers:
         """Input messages handled since their partition's last save, over all partitions."""
         return sum(since[0] for since in self._since.values())
 
-    def keep(self, owned) -> None:
-        """Forget partitions no longer owned (a later assignment starts afresh)."""
-        for key in [k for k in self._since if k not in owned]:
-            del self._since[key]
-
 
 class _RecordTimers(MutableMapping):
     """The timers of the registry's records, as the mapping :class:`CheckpointTimers` keeps them in; a

@@ -6,10 +6,18 @@ If either cannot start, every test that needs it fails with the reason; nothing 
 from __future__ import annotations
 
 import logging
+import os
 
 import pytest
+from hypothesis import settings
 
 from stream_monitor.demo.localstack import LocalProcess, start_broker, start_redis
+
+# Property tests: a quarter of each test's examples by default (tests.support.examples scales the counts);
+# HYPOTHESIS_PROFILE=thorough runs the full counts.
+settings.register_profile("quick", max_examples=25)
+settings.register_profile("thorough", max_examples=100)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "quick"))
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """What the tests share, in one place (test modules import from here, never from each other).
 
-Configs (``write_config``), feeding topics (``produce``, ``Feeder``), reading them back, waiting on stored
-offsets; a monitored pipeline (``Run``, ``LabelRun``) and an interrupted-vs-undisturbed pair
+Seeded event streams for the engine (``events``: the synthetic models decoded, ``full_stream``: every
+kind of change for every detector, ``warmed_monitor``); configs (``write_config``), feeding topics
+(``produce``, ``Feeder``), reading them back, waiting on stored offsets; a monitored pipeline (``Run``, ``LabelRun``) and an interrupted-vs-undisturbed pair
 (``SideBySide``); probes of the HTTP endpoint; the Dockerfile's instructions; a hostile state blob.
 The local processes themselves (broker, Redis, ``stream-monitor run``) are started by
 :mod:`stream_monitor.demo.localstack`, which the demo and the benchmark use too.
@@ -10,30 +11,55 @@ The local processes themselves (broker, Redis, ``stream-monitor run``) are start
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import shlex
+import signal
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+import math
 import zlib
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 import jsonschema
+import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from hypothesis import settings
 
-from stream_monitor.demo.localstack import MonitorProcess, create_topics, produce_records
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_port, produce_records, start_broker, \
+    start_redis
+from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+from stream_monitor.logs import KAFKA_LOGGER
+from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import StateStore, connect
-from stream_monitor.synthetic import generate
+from stream_monitor.synthetic import GENERATORS, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS = ROOT / "schemas"
 
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
+
+
+def examples(full: int) -> int:
+    """A property test's example count: ``full`` under ``HYPOTHESIS_PROFILE=thorough`` (max_examples 100),
+    a quarter of it under the default quick profile (max_examples 25), never fewer than 10."""
+    return max(10, full * settings.default.max_examples // 100)
+
+
+def logged(settings: dict[str, Any]) -> dict[str, Any]:
+    """Kafka client settings whose librdkafka log lines go through Python logging (on the logger the
+    service uses), as the service's own clients do, instead of straight to stderr: a test producer
+    pointed at a stopped or unreachable broker does not print its reconnect lines over the test run."""
+    return {**settings, "logger": logging.getLogger(KAFKA_LOGGER)}
 
 
 def unique(prefix: str) -> str:
@@ -274,6 +300,114 @@ class SideBySide:
         return ends
 
 
+# --- outages: a broker or Redis of the test's own, and waiting on what the service says ----------------------
+
+
+def wait_until(condition, what: str, process: MonitorProcess, timeout: float = 60.0) -> float:
+    """Polls ``condition`` until true; returns the seconds it took. Fails if the monitor exited or
+    ``timeout`` passed (saying ``what`` did not happen)."""
+    started = time.monotonic()
+    while not condition():
+        assert process.process.poll() is None, f"monitor exited ({process.process.returncode}):\n{process.log()[-3000:]}"
+        assert time.monotonic() - started < timeout, f"{what} did not happen within {timeout:.0f} s:\n" \
+                                                     f"{process.log()[-3000:]}"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+class OwnRedis:
+    """A redis-server of the test's own, to pause, kill, stop, restart or reconfigure (the session's
+    stays untouched); passed where a ``redis_server`` is expected. As a context manager it is resumed
+    and stopped at the end, whatever the test did to it."""
+
+    def __init__(self, tmp_path: Path, persistent: bool = False, extra: tuple[str, ...] = ()):
+        self.dir = tmp_path / "own-redis"
+        self.dir.mkdir(exist_ok=True)
+        self.persistent = persistent
+        self.server = start_redis(str(self.dir), persistent=persistent, extra=extra)
+        self.port = int(self.server.address.rsplit(":", 1)[1].split("/")[0])
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def client(self):
+        import redis  # noqa: PLC0415 - only the tests that reconfigure their Redis need a client
+
+        return redis.Redis.from_url(self.address)
+
+    def pause(self) -> None:
+        os.kill(self.server.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.server.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """SIGKILL: gone without a word (and, unless persistent, without its data)."""
+        os.kill(self.server.pid, signal.SIGKILL)
+        self.server.process.wait(5)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def restart(self) -> None:
+        """A new redis-server on the same port and directory (its data back only if persistent)."""
+        self.server = start_redis(str(self.dir), port=self.port, persistent=self.persistent)
+
+    def __enter__(self) -> "OwnRedis":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.server.process.poll() is None:
+            self.resume()
+        self.stop()
+
+
+class OwnBroker:
+    """A broker of the test's own on a fixed port, to restart empty (memory only: every topic, group and
+    offset goes). As a context manager it closes the test's monitors first (a consumer must not outlive
+    its broker), then stops the broker."""
+
+    def __init__(self, tmp_path: Path, monitors: list):
+        self.tmp_path, self.monitors, self.port = tmp_path, monitors, free_port()
+        self.server = start_broker(str(tmp_path), port=self.port)
+
+    @property
+    def address(self) -> str:
+        return self.server.address
+
+    def pause(self) -> None:
+        os.kill(self.server.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        os.kill(self.server.pid, signal.SIGCONT)
+
+    def restart_empty(self, topics: dict[str, int]) -> None:
+        """Stopped and started again on the same port, with ``topics`` created anew."""
+        self.server.stop()
+        self.server = start_broker(str(self.tmp_path), port=self.port)
+        create_topics(self.address, topics)
+
+    def __enter__(self) -> "OwnBroker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for process in self.monitors:
+            process.close()
+        if self.server.process.poll() is None:
+            self.resume()
+        self.server.stop()
+
+
+def outage_pair(broker, redis_server, tmp_path, monitors, run_redis=None) -> tuple["SideBySide", MonitorProcess]:
+    """The outage tests' stream (12,000 events of two drifting models over 2 partitions at 4,000/s) watched
+    by an interrupted run (on ``run_redis`` or ``broker``) and a clean one, underway: 3,000 offsets of
+    partition 0 stored by the interrupted run's one instance."""
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+                      run_redis=run_redis)
+    return pair, pair.underway(3000)
+
+
 # --- the HTTP endpoint ----------------------------------------
 
 
@@ -381,3 +515,62 @@ def dockerfile_env():
         if name == "ENV":
             values.update(item.split("=", 1) for item in shlex.split(args))
     return values
+
+
+# --- seeded streams for the engine ----------------------------------------------------------------------------
+
+EVENTS_PARTITION = 3  # the partition the decoded synthetic events say they come from
+
+
+def decoded(doc: dict, offset: int = 0, known: frozenset[str] = frozenset(GENERATORS)) -> InferenceEvent | LabelEvent:
+    """One message value decoded as the service decodes it (it must decode)."""
+    out = decode(RawMessage("ml.inference", EVENTS_PARTITION, offset, orjson.dumps(doc)), known)
+    assert not isinstance(out, DeadLetter), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def events(model: str, count: int, drift_at: int | None = None, until: int | None = None) -> tuple:
+    """``count`` decoded events of a synthetic model (fraud, churn, stable), drifting from ``drift_at``
+    (back to normal from ``until``, when given)."""
+    return tuple(decoded(doc, i) for i, doc in enumerate(generate(model, count, drift_at=drift_at, until=until)))
+
+
+def warmed_monitor(count: int = 3000) -> PartitionMonitor:
+    """A partition monitor of fraud (reference from its first 1,000 events) that has seen ``count`` events."""
+    monitor = PartitionMonitor(parse_config({"models": {"fraud": {"reference": {"events": 1000}}}}), 0, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", count))])
+    return monitor
+
+
+CATEGORIES = ["a", "b", "c", "d", "e"]
+MIX = [0.4, 0.3, 0.15, 0.1, 0.05]
+NEW_MIX = [0.2, 0.3, 0.2, 0.15, 0.15]
+FULL_MODEL = {"reference": {"events": 1000},
+              "detectors": {"psi": {"window": 1000}, "resolve_after": 1500, "cooldown": 1000,
+                            "latency": {"p95_ceiling_ms": 40.0}}}
+
+
+def full_stream(length: int = 14_000) -> list[InferenceEvent | LabelEvent]:
+    """Inference events (x numeric, c categorical, score, latency) and label events, with every kind of
+    change: a mean shift, a category mix change with unseen categories, missing values, strings,
+    values off the range, slow responses and a label mix change."""
+    rng = np.random.default_rng(11)
+    out: list[InferenceEvent | LabelEvent] = []
+    for i in range(length):
+        phase = i // 1000
+        x: object = float(rng.normal(1.0 if 6 <= phase < 9 else 0.0, 1.0))
+        if phase == 3 and i % 20 == 0:
+            x = None
+        elif phase == 4 and i % 40 == 0:
+            x = "n/a"
+        elif phase == 10 and i % 50 == 0:
+            x = 99.0
+        c = str(rng.choice(CATEGORIES, p=NEW_MIX if phase >= 7 else MIX))
+        if phase == 5 and i % 30 == 0:
+            c = f"new-{i}"
+        latency = float(rng.lognormal(2.3, 0.3)) * (5 if phase == 8 else 1)
+        score = 1 / (1 + math.exp(-(x if isinstance(x, float) else 0.0)))
+        out.append(InferenceEvent(f"e{i}", "m", 1_795_800_000_000 + i, {"x": x, "c": c}, score, None, latency))
+        out.append(LabelEvent(f"e{i}", "m", None, int(rng.random() < (0.5 if phase >= 9 else 0.2))))
+    return out

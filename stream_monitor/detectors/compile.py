@@ -3,7 +3,7 @@
 Apart from :mod:`kernels` so that the compiled leaf imports nothing of the
 package: this module drives the kernels through the detector wrappers that
 use them, with the same argument types a production batch passes, so a batch
-never adds a second compiled signature (``tests/test_kernels.py`` checks it).
+never adds a second compiled signature (``tests/unit/test_kernels.py`` checks it).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """ADWIN and Page-Hinkley: river's algorithms, a batch of values per call.
 
 Both decide exactly as ``river.drift.ADWIN`` and ``river.drift.PageHinkley``
-fed the same values (``tests/test_detectors.py`` and ``tests/test_kernels.py``
+fed the same values (``tests/unit/test_detectors.py`` and ``tests/unit/test_kernels.py``
 pin it on seeded streams, river itself as the oracle), including river's reset
 at the value after a detection. The loops are compiled (:mod:`.kernels`), so a
 column's batch of values costs one call instead of one Python call per value,

@@ -2,7 +2,9 @@
 
 Level detectors (PSI, KS, data quality, p95) fire when a window reaches the
 warning level and resolve only when a window falls below ``hysteresis`` ×
-warning (so a value hovering at the line does not flap). Point detectors
+warning (so a value hovering at the line does not flap). Limit detectors
+(a performance metric's floor or ceiling) fire while the metric is past its
+limit and resolve as soon as it is back within it. Point detectors
 (ADWIN, Page-Hinkley) fire at a detection; detections while firing are
 absorbed, never re-announced. A point episode ends in one of two ways:
 
@@ -66,6 +68,18 @@ class Episode:
         if value < warning * self.hysteresis:
             return self._resolve()
         return None
+
+    def limit(self, breached: bool, severity: str = "critical") -> Transition | None:
+        """A limit detector's new reading: past its limit (``breached``) fires, unless the episode is
+        firing or cooling down; back within it resolves a firing episode at once (no hysteresis).
+
+        >>> e = Episode(cooldown=1)
+        >>> [t and t.status for t in (e.limit(True), e.limit(True), e.limit(False), e.limit(True))]
+        ['firing', None, 'resolved', None]
+        """
+        if not self.firing:
+            return self.detected(severity) if breached else None
+        return None if breached else self._resolve()
 
     def detected(self, severity: str = "warning") -> Transition | None:
         """A point detector signalled a change at this value."""

@@ -5,7 +5,7 @@ the per-value code it replaces did — river's ADWIN (its Rust
 ``AdaptiveWindowing``, itself a line-by-line port of the Cython original) and
 river's ``PageHinkley``, the reference rank and its normal score
 (``statistics.NormalDist.inv_cdf``, Wichura's AS241), and the tumbling-window
-counts of PSI, KS and data quality. ``tests/test_kernels.py`` pins the equality
+counts of PSI, KS and data quality. ``tests/unit/test_kernels.py`` pins the equality
 value by value against river and the standard library on seeded streams.
 
 The kernels are compiled by numba on first use and cached next to this file

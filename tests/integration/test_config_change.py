@@ -39,10 +39,9 @@ def stream(model: str, count: int, drift_at: int | None = None) -> tuple:
 
 
 def feed(monitor: PartitionMonitor, events, start: int) -> list:
-    alerts = []
-    for offset, event in enumerate(events, start=start):
-        alerts.extend(monitor.process(event, offset))
-    return alerts
+    """In batches of 500, as the service feeds a partition (the alerts do not depend on the cut)."""
+    items = [(offset, event, None) for offset, event in enumerate(events, start=start)]
+    return [a for first in range(0, len(items), 500) for a in monitor.process_batch(items[first:first + 500])]
 
 
 def restart(monitor: PartitionMonitor, new_config) -> PartitionMonitor:

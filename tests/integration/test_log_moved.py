@@ -3,7 +3,6 @@ reported, and the new log is read from its start; a normal resume at the log's e
 
 from __future__ import annotations
 
-import time
 import urllib.request
 
 import orjson
@@ -12,11 +11,11 @@ import pytest
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
-from stream_monitor.demo.localstack import create_topics, free_port, start_broker
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.synthetic import generate
 
-from ..support import MODEL, Feeder, lines, produce, Run, unique, wait_for_offsets
+from ..support import MODEL, Feeder, OwnBroker, lines, produce, Run, unique, wait_for_offsets, wait_until
 
 pytestmark = pytest.mark.slow
 MODELS = {"stable": MODEL}
@@ -42,11 +41,16 @@ def metric(port: int, name: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(name)]
 
 
+def read_the_new_log(run: Run, process, timeout: float) -> None:
+    """Until the service has stored the new log's end (1000) under epoch 1 (one log move seen)."""
+    key = run.store.key(run.input_topic, 0)
+    wait_until(lambda: run.store.client.hmget(key, ["epoch", "offset"]) == [b"1", b"1000"], "reading the new log",
+               process, timeout=timeout)
+
+
 def test_log_moved_under_the_stored_offset_is_reported_and_the_new_log_read_from_its_start(redis_server, tmp_path,
                                                                                            monitors):
-    port = free_port()
-    broker = start_broker(str(tmp_path), port=port)
-    try:
+    with OwnBroker(tmp_path, monitors) as broker:
         topic = unique("inference")
         create_topics(broker.address, {topic: 1})
         old, new = lines(generate("stable", 3000, seed=7)), lines(generate("stable", 1000, seed=8))
@@ -59,17 +63,10 @@ def test_log_moved_under_the_stored_offset_is_reported_and_the_new_log_read_from
         assert first.terminate() == 0
         before = counted(run)
 
-        broker.stop()  # memory only: every topic, group and offset is gone
-        broker = start_broker(str(tmp_path), port=port)
-        create_topics(broker.address, {topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
+        broker.restart_empty({topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
         assert produce(broker.address, topic, [(0, b"stable", v, None) for v in new]) == {0: 1000}
         second = run.start(monitors)
-        key = run.store.key(topic, 0)
-        deadline = time.monotonic() + 90
-        while run.store.client.hmget(key, ["epoch", "offset"]) != [b"1", b"1000"]:
-            assert second.process.poll() is None, second.log()[-3000:]
-            assert time.monotonic() < deadline, f"the new log was not read: {second.log()[-3000:]}"
-            time.sleep(0.1)
+        read_the_new_log(run, second, timeout=90)
         resets = metric(metrics_port, "stream_monitor_offset_resets_total")
         assert resets == [f'stream_monitor_offset_resets_total{{partition="0",topic="{topic}"}} 1.0'], resets
         assert second.terminate() == 0
@@ -83,10 +80,6 @@ def test_log_moved_under_the_stored_offset_is_reported_and_the_new_log_read_from
         (next_offset, stored), = run.states().values()
         assert next_offset == 1000
         assert stored["models"] == expected_models(old, new), "the detector state carried on over both logs"
-    finally:
-        for process in monitors:  # consumers closed before their broker goes
-            process.close()
-        broker.stop()
 
 
 def test_a_normal_resume_at_the_end_of_the_log_reports_no_reset(broker, redis_server, tmp_path, monitors):
@@ -101,10 +94,7 @@ def test_a_normal_resume_at_the_end_of_the_log_reports_no_reset(broker, redis_se
     wait_for_offsets(run.store, topic, {0: 3000}, processes=[first])
     assert first.terminate() == 0
     second = run.start(monitors)
-    deadline = time.monotonic() + 60
-    while "resuming at offset 3000" not in second.log():
-        assert second.process.poll() is None and time.monotonic() < deadline, second.log()[-3000:]
-        time.sleep(0.05)
+    wait_until(lambda: "resuming at offset 3000" in second.log(), "the resume at offset 3000", second)
     feeder = Feeder(broker.address, topic, [(0, b"stable", v, None) for v in events[3000:]], rate=400)
     feeder.start()
     assert feeder.result() == {0: 4000}
@@ -148,9 +138,7 @@ def test_on_offset_out_of_range_accepts_only_its_two_values():
 def test_log_moved_while_the_service_runs_through_the_broker_restart(redis_server, tmp_path, monitors):
     """The same with the service running all along: it loses the partition with the old broker, gets it
     back from the new one at the stored offset, reports the moved log and reads the new one."""
-    port = free_port()
-    broker = start_broker(str(tmp_path), port=port)
-    try:
+    with OwnBroker(tmp_path, monitors) as broker:
         topic = unique("inference")
         create_topics(broker.address, {topic: 1})
         old, new = lines(generate("stable", 3000, seed=7)), lines(generate("stable", 1000, seed=8))
@@ -158,22 +146,11 @@ def test_log_moved_while_the_service_runs_through_the_broker_restart(redis_serve
         run = Run(broker, redis_server, tmp_path, topic, 1, "running", models=MODELS)
         process = run.start(monitors)
         wait_for_offsets(run.store, topic, {0: 3000}, processes=[process])
-        broker.stop()
-        broker = start_broker(str(tmp_path), port=port)
-        create_topics(broker.address, {topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
+        broker.restart_empty({topic: 1, run.alert_topic: 1, run.dead_letter_topic: 1})
         assert produce(broker.address, topic, [(0, b"stable", v, None) for v in new]) == {0: 1000}
-        key = run.store.key(topic, 0)
-        deadline = time.monotonic() + 120
-        while run.store.client.hmget(key, ["epoch", "offset"]) != [b"1", b"1000"]:
-            assert process.process.poll() is None, process.log()[-3000:]
-            assert time.monotonic() < deadline, f"the new log was not read: {process.log()[-3000:]}"
-            time.sleep(0.1)
+        read_the_new_log(run, process, timeout=120)
         assert process.terminate() == 0
         assert process.log().count(f"OFFSET OUT OF RANGE: {topic}[0]: the stored offset 3000") == 1
         assert counted(run) == 4000
         (next_offset, stored), = run.states().values()
         assert next_offset == 1000 and stored["models"] == expected_models(old, new)
-    finally:
-        for process in monitors:
-            process.close()
-        broker.stop()

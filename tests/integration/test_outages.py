@@ -2,91 +2,66 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 
+import orjson
 import pytest
 
-from stream_monitor.demo.localstack import create_topics, start_broker, start_redis
+from stream_monitor.demo.localstack import create_topics
+from stream_monitor.synthetic import generate, labelled
 
-from ..support import Run, SideBySide, stored_offset, unique, wait_for_offsets
+from ..support import (Feeder, LabelRun, OwnBroker, OwnRedis, Run, SideBySide, lines, outage_pair, pairs_counted,
+                       produce, split, stored_offset, two_model_stream, unique, wait_for_offsets, wait_until)
 
 pytestmark = pytest.mark.slow
 
 
 def test_redis_paused_mid_stream(broker, redis_server, tmp_path, monitors):
     """SIGSTOP Redis for 12 s: the service waits (logged), then finishes with the uninterrupted outcome."""
-    own = start_redis(str(tmp_path))
-    try:
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
-        os.kill(own.pid, signal.SIGSTOP)
-        time.sleep(12)
-        os.kill(own.pid, signal.SIGCONT)
+    with OwnRedis(tmp_path) as own:
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
+        own.pause()
+        time.sleep(12)  # the outage's length is the point: a pause the service must sit out
+        own.resume()
         pair.finish([process])
         log = process.log()
         assert "Redis unreachable" in log and "processing paused" in log and "Redis is back" in log
-    finally:
-        own.stop()
 
 
 def test_redis_refusing_connections_then_back_with_its_data(broker, redis_server, tmp_path, monitors):
     """Redis stopped for 10 s (connections refused), restarted from its append-only file."""
-    data = tmp_path / "redis-data"
-    data.mkdir()
-    own = start_redis(str(data), persistent=True)
-    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
-    try:
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
+    with OwnRedis(tmp_path, persistent=True) as own:
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
         own.stop()
-        time.sleep(10)
-        own = start_redis(str(data), port=port, persistent=True)
+        time.sleep(10)  # as long as the service finds connections refused
+        own.restart()
         pair.finish([process])
         assert "Redis unreachable" in process.log() and "REDIS LOST" not in process.log()
-    finally:
-        own.stop()
 
 
 def test_redis_restarted_empty_is_noticed_and_written_back(broker, redis_server, tmp_path, monitors):
     """Redis killed and restarted without its data: said loudly, the owned state is written back from
     memory, and the final outcome still equals an uninterrupted run."""
-    own = start_redis(str(tmp_path))
-    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
-    try:
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
-        os.kill(own.pid, signal.SIGKILL)
-        own.process.wait(5)
-        deadline = time.monotonic() + 30  # Redis comes back once the service has found it gone
-        while "Redis unreachable" not in process.log() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        own = start_redis(str(tmp_path), port=port)
+    with OwnRedis(tmp_path) as own:
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
+        own.kill()
+        # Redis comes back once the service has found it gone
+        wait_until(lambda: "Redis unreachable" in process.log(), "the outage noticed", process, timeout=30)
+        own.restart()
         pair.finish([process])
         assert "REDIS LOST ITS DATA" in process.log()
-    finally:
-        own.stop()
 
 
 def test_broker_paused_mid_stream(redis_server, tmp_path, monitors):
     """SIGSTOP the broker for 12 s: clients reconnect and the stream finishes as if nothing happened."""
-    own = start_broker(str(tmp_path))
-    try:
+    with OwnBroker(tmp_path, monitors) as own:
         pair = SideBySide(own, redis_server, tmp_path, monitors, events=10_000, partitions=2, rate=4000)
         process = pair.underway(3000)
-        os.kill(own.pid, signal.SIGSTOP)
-        time.sleep(12)
-        os.kill(own.pid, signal.SIGCONT)
+        own.pause()
+        time.sleep(12)  # the outage's length is the point
+        own.resume()
         ends = pair.finish([process])
         assert stored_offset(pair.run.store, pair.topic, 0) == ends[0]
-    finally:
-        for p in monitors:
-            p.close()
-        own.stop()
 
 
 @pytest.mark.parametrize("policy", ["rebuild", "stop"])
@@ -94,9 +69,6 @@ def test_partition_without_state_although_the_group_made_progress(policy, broker
     """Redis lost a partition's state while no instance owned it: the documented policy applies, loudly."""
     topic = unique("inference")
     create_topics(broker.address, {topic: 1})
-    from ..support import produce
-    from ..support import lines
-    from stream_monitor.synthetic import generate
     ends = produce(broker.address, topic, [(0, b"fraud", v, None)
                                            for v in lines(generate("fraud", 6000, seed=4, drift_at=3000))])
     run = Run(broker, redis_server, tmp_path, topic, 1, policy, service={"on_missing_state": policy})
@@ -121,38 +93,22 @@ def test_sigterm_while_redis_is_paused_exits_within_10_s_and_a_restart_finishes(
                                                                                  monitors):
     """SIGTERM during a Redis outage: the wait ends, the checkpoint in hand is given up (Redis keeps the last
     consistent state), exit 0 within 10 s; the next instance redoes the rest with the uninterrupted outcome."""
-    own = start_redis(str(tmp_path))
-    try:
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
-        os.kill(own.pid, signal.SIGSTOP)
-        deadline = time.monotonic() + 60
-        while "Redis unreachable" not in process.log():
-            assert process.process.poll() is None and time.monotonic() < deadline, process.log()[-3000:]
-            time.sleep(0.05)
+    with OwnRedis(tmp_path) as own:
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
+        own.pause()
+        wait_until(lambda: "Redis unreachable" in process.log(), "the outage noticed", process)
         started = time.monotonic()
         assert process.terminate(timeout=10) == 0, process.log()[-3000:]
         print(f"\nSIGTERM during the Redis outage: exited after {time.monotonic() - started:.1f} s")
         log = process.log()
         assert "stopped during an outage" in log and "processed again by the next owner" in log
-        os.kill(own.pid, signal.SIGCONT)
+        own.resume()
         pair.finish([pair.start()])
-    finally:
-        os.kill(own.pid, signal.SIGCONT)
-        own.stop()
 
 
 def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_server, tmp_path, monitors):
     """The label join's keys vanish with Redis: said loudly once per model (ERROR line + counter), not silently."""
-    import orjson
-    from stream_monitor.synthetic import labelled
-    from ..support import Feeder
-    from ..support import LabelRun, pairs_counted, split
-
-    own = start_redis(str(tmp_path))
-    port = int(own.address.rsplit(":", 1)[1].split("/")[0])
-    try:
+    with OwnRedis(tmp_path) as own:
         inference_topic, label_topic = unique("inference"), unique("labels")
         create_topics(broker.address, {inference_topic: 1, label_topic: 1})
         predictions, answers = split(labelled("credit", 12_000, seed=3, delay=400))
@@ -163,9 +119,8 @@ def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_se
         for feeder in feeders:
             feeder.start()
         wait_for_offsets(run.store, inference_topic, {0: 3000}, processes=[process])
-        os.kill(own.pid, signal.SIGKILL)
-        own.process.wait(5)
-        own = start_redis(str(tmp_path), port=port)
+        own.kill()
+        own.restart()
         inference_ends, label_ends = (feeder.result() for feeder in feeders)
         wait_for_offsets(run.store, inference_topic, inference_ends, processes=[process], timeout=120)
         wait_for_offsets(run.store, label_topic, label_ends, processes=[process], timeout=120)
@@ -174,20 +129,13 @@ def test_redis_restarted_empty_under_the_label_join_is_reported(broker, redis_se
         assert log.count("REDIS LOST ITS DATA: label join of model credit") == 1, log[-3000:]
         pairs = pairs_counted(run.store, {inference_topic: 1, label_topic: 1})
         print(f"\nlabel join lost with Redis: {pairs} of {len(answers)} pairs counted")
-    finally:
-        own.stop()
 
 
 def test_redis_flushed_writes_back_partitions_that_have_nothing_new(broker, redis_server, tmp_path, monitors):
     """Redis loses its data while one partition has no new input: the first save that finds its own state
     gone makes the instance write back every partition it owns, not only the ones that changed (the idle
     one would otherwise stay missing from Redis until its next event, or for good after a crash)."""
-    from stream_monitor.synthetic import generate
-
-    from ..support import lines, produce, two_model_stream
-
-    own = start_redis(str(tmp_path))
-    try:
+    with OwnRedis(tmp_path) as own:
         topic = unique("inference")
         create_topics(broker.address, {topic: 2})
         ends = produce(broker.address, topic, two_model_stream(3000, 2))
@@ -200,5 +148,3 @@ def test_redis_flushed_writes_back_partitions_that_have_nothing_new(broker, redi
         log = process.log()
         assert "REDIS LOST ITS DATA" in log and "writing back the state of 1 more partition" in log, log[-3000:]
         assert process.terminate() == 0
-    finally:
-        own.stop()

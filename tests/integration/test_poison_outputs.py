@@ -22,7 +22,7 @@ from stream_monitor.demo.localstack import create_topics, free_port, produce_rec
 from stream_monitor.metrics import Metrics
 from stream_monitor.publisher import Publisher, _Out
 
-from ..support import lines, read_topic, Run, stored_offset, unique, validator, wait_for_offsets
+from ..support import lines, logged, read_topic, Run, stored_offset, unique, validator, wait_for_offsets
 
 LIMIT = 1_000_000 - 64 * 1024  # what the service allows itself under librdkafka's default message.max.bytes
 NOW_MS = 1_795_812_290_123
@@ -108,9 +108,9 @@ def test_a_long_error_text_is_cut_with_its_length_and_digest():
 
 
 def test_the_limit_follows_the_producers_message_max_bytes():
-    small = Publisher({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 200_000}, "a", "d")
+    small = Publisher(logged({"bootstrap.servers": "127.0.0.1:1", "message.max.bytes": 200_000}), "a", "d")
     assert small.max_record_bytes == 200_000 - 25_000
-    assert Publisher({"bootstrap.servers": "127.0.0.1:1"}, "a", "d").max_record_bytes == LIMIT
+    assert Publisher(logged({"bootstrap.servers": "127.0.0.1:1"}), "a", "d").max_record_bytes == LIMIT
     for raw in poison().values():
         assert _message_bytes(*[letter_of(raw, small.max_record_bytes)[i] for i in (1, 2, 3)]) <= 175_000
 
@@ -172,8 +172,8 @@ def test_an_alert_still_too_large_carries_a_summary_of_reference_and_current():
 
 def publisher(broker, alert_topic, dead_letter_topic, **kw):
     metrics = Metrics(CollectorRegistry())
-    settings = {"bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all", "linger.ms": 5,
-                **kw.pop("settings", {})}
+    settings = logged({"bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all",
+                       "linger.ms": 5, **kw.pop("settings", {})})
     return Publisher(settings, alert_topic, dead_letter_topic, metrics=metrics, **kw), metrics
 
 
@@ -278,6 +278,7 @@ def test_backpressure_wait_ends_with_stop_requested(paused_broker):
     ended = time.monotonic()
     timer.join()
     assert ended - flag[0] < 1.0
+    pub.close()
 
 
 # --- through the service: `stream-monitor run`, real broker and Redis --------------------------------------

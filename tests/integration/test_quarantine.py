@@ -21,8 +21,7 @@ from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.state import SAVED, encode_state
 from stream_monitor.synthetic import generate
 
-from ..support import crafted_pickle, lines, produce, read_topic, Run, unique, wait_for_offsets
-from .test_state_store import warmed_monitor
+from ..support import crafted_pickle, lines, produce, read_topic, Run, unique, wait_for_offsets, warmed_monitor
 
 EVENTS = 1500  # per partition
 

@@ -4,15 +4,14 @@ an outage and resumes when Redis accepts writes again; nothing is lost or counte
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 import redis
 
 from stream_monitor.app import write_refusal
-from stream_monitor.demo.localstack import free_port, start_redis
+from stream_monitor.demo.localstack import free_port
 
-from ..support import SideBySide
+from ..support import OwnRedis, outage_pair, wait_until
 
 
 def test_write_refusals_are_told_apart_from_other_errors():
@@ -27,16 +26,6 @@ def test_write_refusals_are_told_apart_from_other_errors():
 
 def refusals(process) -> int:
     return process.log().count("Redis refuses writes")
-
-
-def wait_until(condition, what: str, process, timeout: float = 60.0) -> float:
-    """Polls ``condition`` until true; returns the seconds it took. Fails if the monitor exited."""
-    started = time.monotonic()
-    while not condition():
-        assert process.process.poll() is None, f"monitor exited ({process.process.returncode}):\n{process.log()[-3000:]}"
-        assert time.monotonic() - started < timeout, f"{what} did not happen within {timeout:.0f} s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def refused_then_accepted(pair, process, refuse, accept, reason: str) -> None:
@@ -58,47 +47,34 @@ def refused_then_accepted(pair, process, refuse, accept, reason: str) -> None:
 def test_redis_out_of_memory_mid_stream(broker, redis_server, tmp_path, monitors):
     """maxmemory set under the memory in use with noeviction (every write refused, not just some), then
     lifted."""
-    own = start_redis(str(tmp_path))
-    try:
-        client = redis.Redis.from_url(own.address)
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
+    with OwnRedis(tmp_path) as own:
+        client = own.client()
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
 
         def refuse():
             client.config_set("maxmemory-policy", "noeviction")
             client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
 
         refused_then_accepted(pair, process, refuse, lambda: client.config_set("maxmemory", 0), "out of memory")
-    finally:
-        own.stop()
 
 
 @pytest.mark.slow
 def test_redis_turned_read_only_replica_mid_stream(broker, redis_server, tmp_path, monitors):
     """The service's Redis becomes a replica (as after a failover) and later a primary again. Its master
     is a port nobody listens on, so it never syncs and keeps its data: the same data before and after."""
-    own = start_redis(str(tmp_path))
-    try:
-        client = redis.Redis.from_url(own.address)
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
+    with OwnRedis(tmp_path) as own:
+        client = own.client()
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
         refused_then_accepted(pair, process, lambda: client.replicaof("127.0.0.1", free_port()),
                               lambda: client.replicaof("NO", "ONE"), "read-only")
-    finally:
-        own.stop()
 
 
 @pytest.mark.slow
 def test_redis_unable_to_persist_misconf_mid_stream(broker, redis_server, tmp_path, monitors):
     """A failed background save with stop-writes-on-bgsave-error (the default): MISCONF until a save works."""
-    own = start_redis(str(tmp_path), extra=("--enable-protected-configs", "yes", "--save", "3600 1"))
-    try:
-        client = redis.Redis.from_url(own.address)
-        pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
-                          run_redis=own)
-        process = pair.underway(3000)
+    with OwnRedis(tmp_path, extra=("--enable-protected-configs", "yes", "--save", "3600 1")) as own:
+        client = own.client()
+        pair, process = outage_pair(broker, redis_server, tmp_path, monitors, run_redis=own)
 
         def save_status() -> str:
             return client.info("persistence")["rdb_last_bgsave_status"]
@@ -119,5 +95,3 @@ def test_redis_unable_to_persist_misconf_mid_stream(broker, redis_server, tmp_pa
             wait_until(lambda: save_status() == "ok", "a background save that works", process)
 
         refused_then_accepted(pair, process, refuse, accept, "MISCONF")
-    finally:
-        own.stop()

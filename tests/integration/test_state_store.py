@@ -13,16 +13,9 @@ from stream_monitor.config import parse_config
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect, decode_state, encode_state
 
-from ..support import unique
-from ..test_partition import events
+from ..support import events, unique, warmed_monitor
 
 CONFIG = parse_config({"models": {"fraud": {"reference": {"events": 1000}}}})
-
-
-def warmed_monitor(count: int = 3000) -> PartitionMonitor:
-    monitor = PartitionMonitor(CONFIG, 0, {})
-    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", count))])
-    return monitor
 
 
 def fields(client: redis.Redis, key: str) -> dict[str, int]:

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from stream_monitor.codec import decode
 from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage, format_time
 
+from ..support import examples
+
 MODELS = frozenset({"fraud", "churn"})
 KAFKA_TS = 1_700_000_000_000
 T_20261127 = int(datetime(2026, 11, 27, 20, 44, 50, 123000, tzinfo=timezone.utc).timestamp() * 1000)
@@ -223,21 +225,21 @@ _json = st.recursive(
 RESULT_TYPES = (InferenceEvent, LabelEvent, DeadLetter)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=200))
 def test_arbitrary_bytes_never_raise(data):
     """Any bytes decode to an event or a dead letter."""
     assert isinstance(decode(raw(data), MODELS), RESULT_TYPES)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(_json)
 def test_arbitrary_json_never_raises(value):
     """Any JSON value decodes to an event or a dead letter."""
     assert isinstance(decode(raw(json.dumps(value).encode()), MODELS), RESULT_TYPES)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.fixed_dictionaries(
     {"event_id": st.text(max_size=3) | _json, "model_id": st.sampled_from(["fraud", "churn"])},
     optional={"features": st.dictionaries(st.text(max_size=4), _json, max_size=4) | _json,

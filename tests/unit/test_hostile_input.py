@@ -28,6 +28,8 @@ from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
 
+from ..support import examples
+
 # ±1e308 among the warm-up values overflow numpy's mean/std of the reference (reported; no exception).
 pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
@@ -63,9 +65,12 @@ class Harness:
         self.letters: list[DeadLetter] = []
         self.alerts = 0
 
+    def raw(self, value: bytes | None) -> RawMessage:
+        return RawMessage(topic="ml.inference", partition=0, offset=self.offset, value=value, key=b"k",
+                          headers=(("trace", b"t"), ("empty", None)), timestamp_ms=NOW_MS + self.offset)
+
     def feed(self, value: bytes | None) -> DeadLetter | None:
-        raw = RawMessage(topic="ml.inference", partition=0, offset=self.offset, value=value, key=b"k",
-                         headers=(("trace", b"t"), ("empty", None)), timestamp_ms=NOW_MS + self.offset)
+        raw = self.raw(value)
         decoded = decode(raw, KNOWN, self.max_bytes)
         outcome = None
         if isinstance(decoded, DeadLetter):
@@ -78,16 +83,32 @@ class Harness:
             self.letters.append(decoded)
             outcome = decoded
         else:
-            for alert in self.monitor.process(decoded, raw.offset):
-                ALERT_SCHEMA.validate(orjson.loads(orjson.dumps(alert.to_dict(NOW_MS))))
-                self.alerts += 1
+            self._process([(raw.offset, decoded, None)])
         assert self.monitor.next_offset == raw.offset + 1
         self.offset += 1
         return outcome
 
+    def feed_batch(self, values: list[bytes]) -> None:
+        """Messages that must decode, handed to the partition in one batch as the service hands a
+        batch's events (the alerts do not depend on the cut: tests/unit/test_partition.py)."""
+        items = []
+        for value in values:
+            raw = self.raw(value)
+            decoded = decode(raw, KNOWN, self.max_bytes)
+            assert not isinstance(decoded, DeadLetter), decoded
+            items.append((raw.offset, decoded, None))
+            self.offset += 1
+        self._process(items)
+        assert self.monitor.next_offset == self.offset
+
+    def _process(self, items: list) -> None:
+        for alert in self.monitor.process_batch(items):
+            ALERT_SCHEMA.validate(orjson.loads(orjson.dumps(alert.to_dict(NOW_MS))))
+            self.alerts += 1
+
     def valid(self, model: str, start: int, stop: int) -> None:
-        for value in VALID[model][start:stop]:
-            assert self.feed(value) is None
+        """Ordinary traffic of ``model`` around the hostile messages, in one batch."""
+        self.feed_batch(VALID[model][start:stop])
 
     def round_trip(self) -> None:
         """The partition state as the checkpoint stores it, and as the next owner restores it."""
@@ -169,7 +190,7 @@ def _required_ids(doc: dict) -> st.SearchStrategy:
 
 
 EVENT_SHAPED = EVENT_DOCS | EVENT_DOCS.flatmap(_required_ids)
-HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+HYPOTHESIS = settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- properties --------------------------------------------------------------------------------------------------
@@ -221,7 +242,7 @@ WARMUP_EVENTS = st.fixed_dictionaries(
               "prediction": SCALARS | st.fixed_dictionaries({}, optional={"score": FLOATS | INT64, "label": SCALARS})})
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(WARMUP_EVENTS.map(orjson.dumps), min_size=50, max_size=70))
 def test_a_warm_up_made_of_strange_but_decodable_events(messages):
     """The reference itself is built from hostile values (extreme, constant, mixed types, missing),
@@ -393,10 +414,12 @@ def test_twenty_thousand_features_in_the_warm_up_do_not_stall_the_partition(even
 def test_alerts_at_the_edges_of_the_timestamp_range(timestamp):
     """Event times the codec accepts (years 1..9999) appear in alerts as valid RFC 3339 (four-digit years)."""
     harness = Harness()
+    values = []
     for value in VALID["fraud"][:300]:
         event = orjson.loads(value)
         event["timestamp"] = timestamp
-        assert harness.feed(orjson.dumps(event)) is None
+        values.append(orjson.dumps(event))
+    harness.feed_batch(values)
     assert harness.alerts > 0, "the drift at 150 raised alerts, each validated against alert.json"
 
 
@@ -406,10 +429,13 @@ def test_categories_keep_the_state_bounded():
     harness.valid("stable", 0, 50)
     before = len(encode_state(harness.monitor.snapshot()))
     base = orjson.loads(VALID["stable"][60])
-    for i in range(100_000):
-        base["event_id"] = f"c-{i}"
-        base["features"]["color"] = f"category-{i:06d}-{'x' * (i % 40)}"
-        assert harness.feed(orjson.dumps(base)) is None
+    for first in range(0, 100_000, 1000):
+        batch = []
+        for i in range(first, first + 1000):
+            base["event_id"] = f"c-{i}"
+            base["features"]["color"] = f"category-{i:06d}-{'x' * (i % 40)}"
+            batch.append(orjson.dumps(base))
+        harness.feed_batch(batch)
     after = len(encode_state(harness.monitor.snapshot()))
     bound = 64 * 1024
     print(f"snapshot after the warm-up {before} bytes, after 100,000 distinct categories {after} bytes")

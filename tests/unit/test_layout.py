@@ -1,5 +1,6 @@
-"""The test tree's own rules: the unit directory holds pure tests only, and test modules share code
-through tests/support.py rather than by importing each other."""
+"""The test tree's own rules: every test module is in a tier (tests/unit/ or tests/integration/), the
+unit directory holds pure tests only, and test modules share code through tests/support.py rather
+than by importing each other."""
 
 import ast
 from pathlib import Path
@@ -7,13 +8,6 @@ from pathlib import Path
 from ..conftest import INTEGRATION_FIXTURES
 
 TESTS = Path(__file__).resolve().parents[1]
-# Imports of modules that move with the engine refactor (they hold the event streams these tests reuse);
-# they go to tests/support.py when those modules move.
-STILL_CROSS_IMPORTED = {
-    ("unit/test_state_format.py", "test_quiet_detectors"),
-    ("integration/test_state_store.py", "test_partition"),
-    ("integration/test_quarantine.py", "test_state_store"),
-}
 
 
 def modules(tier: str) -> list[Path]:
@@ -22,6 +16,10 @@ def modules(tier: str) -> list[Path]:
 
 def test_both_tiers_exist_and_hold_modules():
     assert modules("unit") and modules("integration")
+
+
+def test_no_test_module_is_left_at_the_top_of_the_tree():
+    assert sorted(p.name for p in TESTS.glob("test_*.py")) == []
 
 
 def test_the_unit_directory_holds_no_test_that_needs_the_broker_redis_or_a_run_process():
@@ -42,4 +40,4 @@ def test_test_modules_do_not_import_each_other():
                     name = node.module.rsplit(".", 1)[-1]
                     if name.startswith("test_") and name != path.stem:
                         found.add((f"{tier}/{path.name}", name))
-    assert found == STILL_CROSS_IMPORTED
+    assert found == set()

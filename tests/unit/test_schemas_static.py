@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
+from ..support import logged
+
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 SCHEMA_NAMES = ["inference_event", "label_event", "alert", "dead_letter"]
 SHA = "3f" * 32
@@ -379,7 +381,7 @@ def test_undeliverable_alert_letter_validates():
 
     alert = Alert("firing", "critical", "fraud", "feature", "amount", "psi", 0.31, 0.25, {}, {}, 3, 123456, None,
                   "PSI of fraud.amount is 0.31")
-    publisher = Publisher({"bootstrap.servers": "127.0.0.1:1"}, "ml.alerts", "ml.dead-letters")
+    publisher = Publisher(logged({"bootstrap.servers": "127.0.0.1:1"}), "ml.alerts", "ml.dead-letters")
     out = publisher._alert_letter(alert, b"{" + b" " * 10_000 + b"}", "MSG_SIZE_TOO_LARGE: too large")
     record = json.loads(out.value)
     assert record["reason"] == "undeliverable_alert" and record["value_truncated"]

@@ -17,8 +17,7 @@ from stream_monitor.errors import StateError
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.state import _split_references, check_fields, decode_state, encode_state
 
-from ..test_quiet_detectors import FULL_MODEL, full_stream
-from ..support import WritesMarker, crafted_pickle
+from ..support import FULL_MODEL, WritesMarker, crafted_pickle, full_stream
 
 
 def same(a, b) -> bool:
@@ -69,8 +68,7 @@ def test_a_snapshot_of_every_detector_round_trips_exactly():
     p95, label column, performance with its joins pending) survives the format byte for byte."""
     config = parse_config({"models": {"m": FULL_MODEL}})
     monitor = PartitionMonitor(config, 5, {})
-    for offset, event in enumerate(full_stream()[:12_000]):
-        monitor.process(event, offset)
+    monitor.process_batch([(offset, event, None) for offset, event in enumerate(full_stream()[:12_000])])
     snapshot = monitor.snapshot()
     assert same(decode_state(encode_state(snapshot)), snapshot)
     stripped, references = _split_references(snapshot)

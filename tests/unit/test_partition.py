@@ -12,11 +12,13 @@ import pytest
 from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ReferenceProfileError, StateError
-from stream_monitor.events import Alert, DeadLetter, InferenceEvent, LabelEvent, RawMessage, alert_id
+from stream_monitor.events import Alert, LabelEvent, RawMessage, alert_id
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.replay import replay_alerts
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
+
+from ..support import decoded, events
 
 PARTITION = 3
 MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
@@ -27,17 +29,6 @@ DOCUMENTED_ALERT_FIELDS = {"alert_id", "status", "severity", "model_id", "signal
                          "statistic", "threshold", "reference", "current", "partition", "offset",
                          "event_time", "detected_at", "message"}
 RFC3339_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def decoded(doc: dict, offset: int = 0) -> InferenceEvent | LabelEvent:
-    out = decode(RawMessage("ml.inference", PARTITION, offset, orjson.dumps(doc)), KNOWN)
-    assert not isinstance(out, DeadLetter), out
-    return out
-
-
-@lru_cache(maxsize=None)
-def events(model: str, count: int, drift_at: int | None = None, until: int | None = None) -> tuple:
-    return tuple(decoded(doc, i) for i, doc in enumerate(generate(model, count, drift_at=drift_at, until=until)))
 
 
 @lru_cache(maxsize=None)
@@ -144,8 +135,11 @@ def test_warmup_builds_the_reference():
 
 @pytest.mark.parametrize("model", ["stable", "churn"])
 def test_stationary_models_raise_nothing(model):
-    """8,000 events of a model without drift: not a single alert."""
-    alerts, monitor = run(events(model, 8000))
+    """8,000 events of a model without drift: not a single alert (fed in batches of 1,000)."""
+    monitor = PartitionMonitor(CONFIG, PARTITION, {})
+    stream = events(model, 8000)
+    alerts = [a for first in range(0, 8000, 1000)
+              for a in monitor.process_batch([(o, stream[o], None) for o in range(first, first + 1000)])]
     assert alerts == []
     assert monitor.models[model].events == 8000
 
@@ -392,13 +386,21 @@ def untidy_stream() -> tuple:
     return tuple(decode(RawMessage("t", PARTITION, i, orjson.dumps(d)), KNOWN) for i, d in enumerate(docs))
 
 
+@lru_cache(maxsize=None)
+def untidy_one_at_a_time() -> tuple[tuple[Alert, ...], dict]:
+    """The untidy stream's alerts and final state, one event at a time (what every cut is held to)."""
+    one_by_one = PartitionMonitor(BATCH_CONFIG, PARTITION, {})
+    alerts = tuple(a for offset, e in enumerate(untidy_stream()) for a in one_by_one.process(e, offset))
+    return alerts, one_by_one.snapshot()
+
+
 @pytest.mark.parametrize("seed", [1, 2])
 def test_any_batch_cut_gives_the_alerts_of_one_event_at_a_time(seed):
     import random
 
     stream = untidy_stream()
-    one_by_one = PartitionMonitor(BATCH_CONFIG, PARTITION, {})
-    expected = [a for offset, e in enumerate(stream) for a in one_by_one.process(e, offset)]
+    expected, expected_state = untidy_one_at_a_time()
+    expected = list(expected)
     assert {a.status for a in expected} == {"firing", "resolved"} and len(expected) > 20
     assert {a.detector for a in expected} >= {"adwin", "page_hinkley", "psi", "ks", "missing", "p95_ceiling"}
     rng = random.Random(seed)
@@ -411,7 +413,7 @@ def test_any_batch_cut_gives_the_alerts_of_one_event_at_a_time(seed):
         start += size
     assert [a.alert_id for a in alerts] == [a.alert_id for a in expected]
     assert alerts == expected
-    assert batched.snapshot() == one_by_one.snapshot()
+    assert batched.snapshot() == expected_state
 
 
 def test_the_codecs_numeric_copy_gives_the_alerts_of_the_feature_dicts():

@@ -13,7 +13,7 @@ from river import drift
 from stream_monitor.detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition, psi
 from stream_monitor.errors import StateError
 
-from .oracles import one
+from ..oracles import one
 
 PH_PARAMS = dict(min_instances=30, delta=0.25, threshold=50.0, alpha=0.9999)
 

@@ -28,10 +28,10 @@ from stream_monitor.detectors.transform import RankTransform
 from stream_monitor.state import ReferenceStore, decode_state, encode_state
 from stream_monitor.synthetic import generate
 
+from ..support import CATEGORIES, FULL_MODEL, MIX, NEW_MIX, full_stream
+
 REFERENCE_EVENTS = 5000
 WINDOW = 5000  # the default PSI / KS / data-quality window
-CATEGORIES = ["a", "b", "c", "d", "e"]
-MIX = [0.4, 0.3, 0.15, 0.1, 0.05]
 NUMERIC_DETECTORS = {"missing", "type_mismatch", "non_finite", "out_of_range", "psi", "ks", "adwin", "page_hinkley"}
 CATEGORICAL_DETECTORS = {"missing", "unseen_category", "psi"}
 
@@ -66,7 +66,7 @@ def column(kind: str, *, signal: str = "feature", name: str = "x", **detectors) 
 
 
 def feed(col: ColumnMonitor, values, start: int = 0, batch: int = 1000) -> list[Alert]:
-    """The values in batches, as the service feeds a column (tests/test_partition.py holds any cut of a
+    """The values in batches, as the service feeds a column (tests/unit/test_partition.py holds any cut of a
     stream to the alerts of one value at a time)."""
     alerts: list[Alert] = []
     values = list(values)
@@ -132,7 +132,6 @@ def test_one_sigma_mean_shift_is_found_at_pinned_offsets():
     assert (psi.signal, psi.name) == (ks.signal, ks.name) == ("feature", "x")
 
 
-NEW_MIX = [0.2, 0.3, 0.2, 0.15, 0.15]
 
 
 def test_category_mix_change_is_found_at_a_pinned_offset():
@@ -337,17 +336,14 @@ def label_run(positive_rate_after: float, events: int = 12_000, change_at: int =
     config = parse_config({"models": {"stable": LABEL_MODEL}})
     monitor = PartitionMonitor(config, 0, {})
     rng = np.random.default_rng(9)
-    alerts: list[Alert] = []
-    offset = 0
+    items = []
     for i, doc in enumerate(generate("stable", events)):
-        event = decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), {"stable"})
-        alerts.extend(monitor.process(event, offset))
-        offset += 1
+        offset = 2 * i
+        items.append((offset, decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), {"stable"}), None))
         rate = 0.2 if i < change_at else positive_rate_after
-        label = LabelEvent(doc["event_id"], "stable", None, int(rng.random() < rate))
-        alerts.extend(monitor.process(label, offset))
-        offset += 1
-    return alerts
+        items.append((offset + 1, LabelEvent(doc["event_id"], "stable", None, int(rng.random() < rate)), None))
+    # in batches, as the service feeds a partition (the alerts do not depend on the cut)
+    return [a for first in range(0, len(items), 1000) for a in monitor.process_batch(items[first:first + 1000])]
 
 
 def test_label_mix_change_fires_a_label_alert():
@@ -424,36 +420,6 @@ def test_a_resolved_level_episode_waits_for_its_cooldown():
 
 # --- snapshot / restore with every detector ---------------------------------------------------------------
 
-FULL_MODEL = {"reference": {"events": 1000},
-              "detectors": {"psi": {"window": 1000}, "resolve_after": 1500, "cooldown": 1000,
-                            "latency": {"p95_ceiling_ms": 40.0}}}
-
-
-def full_stream(length: int = 14_000) -> list[InferenceEvent | LabelEvent]:
-    """Inference events (x numeric, c categorical, score, latency) and label events, with every kind of
-    change: a mean shift, a category mix change with unseen categories, missing values, strings,
-    values off the range, slow responses and a label mix change."""
-    rng = np.random.default_rng(11)
-    out: list[InferenceEvent | LabelEvent] = []
-    for i in range(length):
-        phase = i // 1000
-        x: object = float(rng.normal(1.0 if 6 <= phase < 9 else 0.0, 1.0))
-        if phase == 3 and i % 20 == 0:
-            x = None
-        elif phase == 4 and i % 40 == 0:
-            x = "n/a"
-        elif phase == 10 and i % 50 == 0:
-            x = 99.0
-        c = str(rng.choice(CATEGORIES, p=NEW_MIX if phase >= 7 else MIX))
-        if phase == 5 and i % 30 == 0:
-            c = f"new-{i}"
-        latency = float(rng.lognormal(2.3, 0.3)) * (5 if phase == 8 else 1)
-        score = 1 / (1 + math.exp(-(x if isinstance(x, float) else 0.0)))
-        out.append(InferenceEvent(f"e{i}", "m", 1_795_800_000_000 + i, {"x": x, "c": c}, score, None, latency))
-        out.append(LabelEvent(f"e{i}", "m", None, int(rng.random() < (0.5 if phase >= 9 else 0.2))))
-    return out
-
-
 def test_restore_mid_stream_gives_identical_alerts_with_every_detector():
     """encode_state/decode_state into a fresh PartitionMonitor every 2,501 messages: same alerts (ids
     included) and the same final state as one uninterrupted run — across every new detector."""
@@ -522,8 +488,9 @@ def test_latency_enabled_false_turns_off_the_latency_distribution_detectors():
     profile = build_reference("stable", events[:REFERENCE_EVENTS], None)
     config = parse_config({"models": {"stable": {"detectors": {"latency": {"enabled": False}}}}})
     monitor = ModelMonitor(config.models["stable"], profile)
-    alerts = [a for offset, e in enumerate(events[REFERENCE_EVENTS:], start=REFERENCE_EVENTS)
-              for a in monitor.process(e, offset, 0)]
+    items = [(position, offset, e, None) for position, (offset, e) in
+             enumerate(enumerate(events[REFERENCE_EVENTS:], start=REFERENCE_EVENTS))]
+    alerts = [a for *_, a in monitor.process_batch(items, 0)]  # one batch: the alerts do not depend on the cut
     assert [k for k in keys(alerts) if k[1] == "latency"] == []
 
 

@@ -1,53 +1,20 @@
-"""Per-partition checkpoint timers: saving some partitions (on a revoke) does not delay the others."""
+"""Per-partition checkpoint timers through the service's own loop steps: saving one partition on a
+revoke does not delay the other (the due logic itself: tests/unit/test_checkpoint_timers.py)."""
 
 from __future__ import annotations
 
 import time
 
 from confluent_kafka import Consumer, TopicPartition
-
 from prometheus_client import CollectorRegistry
 
-from stream_monitor.app import CheckpointTimers, Service
-from stream_monitor.metrics import Metrics
+from stream_monitor.app import Service
 from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import create_topics
+from stream_monitor.metrics import Metrics
 from stream_monitor.synthetic import generate
 
-from .support import FAST_CONSUMER, lines, produce, stored_offset, unique
-
-# --- the due logic ---------------------------------------------------------------------------------
-
-
-def test_a_partition_is_due_after_its_own_events_or_seconds():
-    timers = CheckpointTimers(events=100, seconds=5.0)
-    timers.count({"A": 99, "B": 50}, now=0.0)
-    assert timers.due({"A", "B"}, now=4.9) == []
-    timers.count({"A": 1}, now=4.9)
-    assert timers.due({"A", "B"}, now=4.9) == ["A"]
-    assert timers.due({"B"}, now=5.0) == ["B"]  # B's clock started at its first message
-    assert timers.due({"A"}, now=5.0) == ["A"]
-
-
-def test_saving_some_partitions_resets_only_their_timers():
-    timers = CheckpointTimers(events=100, seconds=5.0)
-    timers.count({"A": 60, "B": 60}, now=0.0)
-    timers.saved(["A"], now=3.0)  # a revoke saved A
-    timers.count({"A": 50, "B": 40}, now=4.0)
-    assert timers.due({"A", "B"}, now=4.0) == ["B"], "B reached 100 of its own messages"
-    timers.saved(["B"], now=4.0)
-    assert timers.due({"A", "B"}, now=7.9) == []
-    assert timers.due({"A", "B"}, now=8.0) == ["A"], "5 s after A's own save"
-    assert timers.due({"A", "B"}, now=9.0) == ["A", "B"]
-
-
-def test_only_changed_partitions_are_due_and_released_ones_are_forgotten():
-    timers = CheckpointTimers(events=10, seconds=5.0)
-    timers.count({"A": 20, "B": 20}, now=0.0)
-    assert timers.due({"A"}, now=0.0) == ["A"]  # B has nothing unsaved
-    timers.keep({"A"})
-    assert timers.due({"B"}, now=100.0) == [], "B was released: a new assignment starts a new clock"
-    assert timers.due({"B"}, now=105.0) == ["B"]
+from ..support import FAST_CONSUMER, lines, produce, stored_offset, unique
 
 
 # --- a revoke-triggered checkpoint of A, then B through the service ------------------------------

@@ -13,7 +13,7 @@ from stream_monitor.detectors import PsiWindow
 from stream_monitor.detectors.ks import KsWindow
 from stream_monitor.detectors.quality import CHECKS, QualityWindow
 
-from .oracles import ks_values, psi_values, quality_rates
+from ..oracles import ks_values, psi_values, quality_rates
 
 N, WINDOW = 5_000, 333
 

@@ -17,7 +17,7 @@ from stream_monitor.partition import PartitionMonitor
 from stream_monitor.replay import replay_alerts
 from stream_monitor.synthetic import generate
 
-from .support import MODELS, lines, MonitorProcess, produce, Run, SideBySide, unique, validator, wait_for_offsets
+from ..support import MODELS, lines, MonitorProcess, produce, Run, SideBySide, unique, validator, wait_for_offsets
 
 # --- one drifting and one stable model through a consumer group -------------------------------
 

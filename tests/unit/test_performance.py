@@ -1,0 +1,194 @@
+"""Performance detectors on the adapter protocol: pinned decisions and texts, batch cuts, restores.
+
+The streams are seeded; the pins were taken before the performance detectors moved onto the
+adapters (the alerts, snapshots and summaries of the old per-pair code and of the adapters were
+compared field by field under one-at-a-time feeding, random cuts and restores).
+"""
+
+from __future__ import annotations
+
+import random
+from functools import lru_cache
+
+import orjson
+import pytest
+
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.detectors.episode import Episode
+from stream_monitor.events import DeadLetter, RawMessage
+from stream_monitor.join import MemoryJoin, join_op, performance_settings
+from stream_monitor.partition import PartitionMonitor, PerformanceColumn
+from stream_monitor.performance import RollingMetrics, pair_row
+from stream_monitor.synthetic import labelled
+
+DETECTORS = {"psi": {"window": 500}, "data_quality": {"enabled": False}, "ks": {"enabled": False},
+             "adwin": {"enabled": False}, "page_hinkley": {"enabled": False}}
+CLASSIFIER = {"reference": {"events": 500}, "features": {"x": "numeric"},
+              "detectors": {**DETECTORS, "resolve_after": 1500, "cooldown": 300},
+              "performance": {"task": "classification", "window": 300, "floors": {"accuracy": 0.72, "precision": 0.7}}}
+REGRESSOR = {"reference": {"events": 500}, "features": {"x": "numeric"},
+             "detectors": {**DETECTORS, "resolve_after": 800},
+             "performance": {"task": "regression", "window": 200, "reference_pairs": 300,
+                             "ceilings": {"mae": 1.5, "rmse": 2.0}}}
+
+
+def regression(count: int, seed: int, change_at: int) -> list[dict]:
+    """y = 3x + 10 predicted exactly, labelled with noise whose sd triples at ``change_at``; a few
+    predictions without a score and labels that are not numbers (pairs that do not count)."""
+    rng = random.Random(seed)
+    out, waiting = [], []
+    for i in range(count):
+        x = rng.gauss(0, 1)
+        predicted = 3 * x + 10
+        noise = rng.gauss(0, 1 if i < change_at else 3)
+        out.append({"event_id": f"r-{i}", "model_id": "reg", "timestamp": 1.7e9 + i * 0.01,
+                    "features": {"x": round(x, 4)},
+                    "prediction": {"score": round(predicted, 4)} if i % 97 else {"label": "odd"}})
+        label = round(predicted + noise, 4) if i % 89 else "bad"
+        waiting.append((i + 30, {"event_id": f"r-{i}", "model_id": "reg", "label": label,
+                                 "timestamp": 1.7e9 + i * 0.01 + 0.3}))
+        while waiting and waiting[0][0] <= i:
+            out.append(waiting.pop(0)[1])
+    return out + [label for _, label in waiting]
+
+
+@lru_cache(maxsize=None)
+def joined(kind: str) -> tuple:
+    """(config, the decoded stream with each message's side of the label join)."""
+    if kind == "classifier":
+        models = {"credit": CLASSIFIER}
+        docs = (labelled("credit", 4000, seed=4, invert_at=1500) + labelled("credit", 4000, seed=5)
+                + labelled("credit", 1500, seed=6, invert_at=500))
+    else:
+        models, docs = {"reg": REGRESSOR}, regression(4000, 5, 2000)
+    config = parse_config({"models": models})
+    settings = performance_settings(config)
+    joiner = MemoryJoin(settings)
+    items = []
+    for offset, doc in enumerate(docs):
+        event = decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), frozenset(config.models))
+        assert not isinstance(event, DeadLetter), event
+        op = join_op(event, f"t|0|{offset}", settings)
+        items.append((offset, event, joiner.run([op])[0] if op else None))
+    return config, tuple(items)
+
+
+def run(kind: str, cuts=None, restore_at: int | None = None):
+    config, items = joined(kind)
+    monitor = PartitionMonitor(config, 0, {})
+    alerts, start, rng = [], 0, random.Random(cuts)
+    while start < len(items):
+        size = len(items) if cuts is None else rng.randint(1, cuts)
+        alerts.extend(monitor.process_batch(items[start:start + size]))
+        start += size
+        if restore_at is not None and start >= restore_at:
+            restored = PartitionMonitor(config, 0, {})
+            restored.restore(monitor.snapshot())
+            monitor, restore_at = restored, None
+    return alerts, monitor
+
+
+def brief(alerts):
+    return [(a.offset, a.status, a.severity, a.name, a.detector) for a in alerts if a.signal == "performance"]
+
+
+def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs():
+    alerts, monitor = run("classifier")
+    assert brief(alerts) == [
+        (3169, "firing", "critical", "accuracy", "floor"),
+        (3169, "firing", "critical", "precision", "floor"),
+        (3185, "firing", "warning", "error_rate", "adwin"),
+        (6185, "resolved", "warning", "error_rate", "adwin"),
+        (8569, "resolved", "critical", "accuracy", "floor"),
+        (8569, "resolved", "critical", "precision", "floor"),
+        (17137, "firing", "warning", "error_rate", "adwin"),  # the cooldown let it fire again
+        (17149, "firing", "critical", "accuracy", "floor"),
+        (17149, "firing", "critical", "precision", "floor"),
+    ]
+    assert [a.alert_id[:16] for a in alerts] == [
+        "1d922f4ee1c739e5", "1a364a973f33f7c4", "57505e7bdfc77dbc", "88c74205c84a333b", "1e9152139512aff0",
+        "ab92d229f67539cd", "7cbb25ccb42be9ff", "799c79bed45a0734", "7274639bdda4eb4e"]
+    accuracy = alerts[0]
+    assert (accuracy.statistic, accuracy.threshold, accuracy.reference, accuracy.current) == (
+        pytest.approx(0.67333333), 0.72, {"floor": 0.72}, {"accuracy": pytest.approx(0.67333333), "pairs": 300})
+    assert accuracy.message == ("accuracy of credit is 0.673, below its floor 0.72, over the last 300 labelled "
+                                "predictions")
+    error_rate, resolved = alerts[2], alerts[3]
+    assert error_rate.message.startswith("error rate of credit rose to ") and error_rate.message.endswith(
+        "labelled predictions: the model got worse (concept drift)")
+    assert set(error_rate.current) == {"error_rate", "pairs"} and error_rate.threshold == pytest.approx(
+        monitor.models["credit"].performance.adapters[0].detector.delta)
+    assert resolved.message == "error_rate of credit: no further change for 1500 pairs, resolved"
+    assert alerts[4].message.startswith("accuracy of credit is back to ") and alerts[4].message.endswith(
+        "(limit 0.72)")
+    rows = [(r["name"], r["detector"], r["threshold"], r["firing"], r["last_alert_id"][:16])
+            for r in monitor.summary()["models"]["credit"]["detectors"] if r["signal"] == "performance"]
+    assert rows == [("error_rate", "adwin", None, True, "7cbb25ccb42be9ff"),
+                    ("accuracy", "floor", 0.72, True, "799c79bed45a0734"),
+                    ("precision", "floor", 0.7, True, "7274639bdda4eb4e")]
+
+
+def test_regression_absolute_error_and_ceilings_fire_at_pinned_pairs():
+    alerts, monitor = run("regressor")
+    assert brief(alerts) == [(4109, "firing", "warning", "absolute_error", "page_hinkley"),
+                             (4199, "firing", "critical", "rmse", "ceiling"),
+                             (4239, "firing", "critical", "mae", "ceiling"),
+                             (5745, "resolved", "warning", "absolute_error", "page_hinkley")]
+    assert [a.alert_id[:16] for a in alerts] == ["0c9668a23cd00e6a", "b064e0540179f286", "5f43cc9dd78c1bb6",
+                                                 "b5469779ab20d4cc"]
+    drift = alerts[0]
+    assert drift.message == "absolute error of reg rose: Page-Hinkley cumulative deviation 30.8 > 30 (concept drift)"
+    assert (drift.threshold, drift.reference, drift.current) == (
+        30.0, {"threshold": 30.0}, {"cumulative_deviation": pytest.approx(30.7531981)})
+    assert alerts[1].message == "rmse of reg is 2.05, above its ceiling 2, over the last 200 labelled predictions"
+    assert alerts[3].message == "absolute_error of reg: no further change for 800 pairs, resolved"
+    info = monitor.summary()["models"]["reg"]["performance"]
+    assert info["pairs"] == 3914, "4000 labels; the 86 pairs without a score or a numeric label do not count"
+
+
+@pytest.mark.parametrize("kind", ["classifier", "regressor"])
+def test_cuts_and_a_restore_change_nothing(kind):
+    """Random batches of 1–40 events with a snapshot/restore in the middle: the same alerts (ids,
+    messages, payloads) and the same final state as the whole stream in one batch."""
+    whole, whole_monitor = run(kind)
+    cut, cut_monitor = run(kind, cuts=40, restore_at=len(joined(kind)[1]) // 2)
+    assert [a.to_dict(0) for a in cut] == [a.to_dict(0) for a in whole]
+    assert cut_monitor.snapshot() == whole_monitor.snapshot()
+    assert cut_monitor.summary() == whole_monitor.summary()
+
+
+def test_the_snapshot_keeps_the_performance_layout():
+    _, monitor = run("regressor")
+    state = monitor.models["reg"].performance.snapshot()
+    assert list(state) == ["pairs_seen", "window", "delays", "adwin", "page_hinkley", "error_reference", "grid",
+                           "grid_events", "episodes", "last"]
+    assert list(state["episodes"]) == list(state["last"]) == ["absolute_error/page_hinkley", "mae/ceiling",
+                                                              "rmse/ceiling"]
+    assert state["adwin"] is None and state["error_reference"] == [] and len(state["grid"]) == 1001
+
+
+def test_pair_rows_and_the_rolling_window():
+    assert pair_row(True, "1", {"label": 1, "score": 0.2}, 0) == (0, 1, 0.2, 1)
+    assert pair_row(True, "1", {"score": 0.7}, "1") == (1, 1, 0.7, 0)
+    assert pair_row(True, "1", {}, 1) is None, "neither a predicted label nor a score"
+    assert pair_row(False, "1", {"score": 2.5}, 4) == (2.5, 4.0, 1.5)
+    assert pair_row(False, "1", {"score": 2.5}, "four") is None
+    config = parse_config({"models": {"m": {"performance": {"task": "regression", "window": 20}}}})
+    rolling = RollingMetrics(config.models["m"].performance)
+    evaluated = rolling.add_many([(0.0, float(i), float(i)) for i in range(45)])
+    assert [j for j, _ in evaluated] == [19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43], \
+        "once the window is full, every window // 10 pairs"
+    assert evaluated[-1][1]["mae"] == pytest.approx(sum(range(24, 44)) / 20)
+
+
+def test_a_limit_episode_resolves_at_once_and_honours_the_cooldown():
+    episode = Episode(cooldown=2)
+    assert [t and t.status for t in (episode.limit(True), episode.limit(True), episode.limit(False))] == \
+        ["firing", None, "resolved"]
+    assert episode.limit(True) is None, "cooling down"
+    episode.quiet_ticks(2)
+    assert episode.limit(True).status == "firing"
+    floor = PerformanceColumn(parse_config({"models": {"credit": CLASSIFIER}}).models["credit"]).adapters[1]
+    assert (floor.key, floor.judge(0.5).status, floor.judge(0.71), floor.judge(0.72).status) == (
+        "accuracy/floor", "firing", None, "resolved"), "at the floor is back within it"
