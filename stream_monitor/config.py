@@ -159,9 +159,11 @@ class KafkaConfig:
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
     namespace: str = "sm"
+    cluster: bool = False  # a Redis Cluster, discovered through the node in `url`
 
     def __repr__(self) -> str:  # the URL may hold a password
-        return f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r})"
+        return (f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r}, "
+                f"cluster={self.cluster!r})")
 
 
 @dataclass(frozen=True)
@@ -399,6 +401,8 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     if not redis.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url", f"must start with redis://, rediss:// or unix://, got {redact_url(redis.url)!r}")
     _check_redis_url(redis.url)
+    if redis.cluster:
+        _check_cluster_url(redis.url)
     if not 0 <= service.metrics_port <= 65535:
         raise ConfigError("service.metrics_port", f"must be 0..65535, got {service.metrics_port}")
     if not service.metrics_host.strip():
@@ -448,6 +452,9 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     models_raw = _table(raw, "models", "models")
     models = {model_id: _model(model_id, _table(models_raw, model_id, f"models.{model_id}"))
               for model_id in models_raw}
+    if redis.cluster and "" in models:
+        raise ConfigError('models.""', "an empty model id cannot be used with redis.cluster = true: a model's label "
+                          "join keys share the hash tag {<model id>}, and an empty tag puts them in different slots")
     config = Config(kafka=kafka, redis=redis, service=service, models=models, source=source)
     check_poll_interval(config)
     return config
@@ -463,6 +470,19 @@ def _check_redis_url(url: str) -> None:
         parse_url(url)
     except ValueError as exc:
         raise ConfigError("redis.url", f"cannot be parsed ({redact(str(exc))}): {redact_url(url)}") from None
+
+
+def _check_cluster_url(url: str) -> None:
+    """A Redis Cluster is reached over TCP and has only database 0 (redis-py refuses anything else)."""
+    from redis.connection import parse_url  # noqa: PLC0415
+
+    if url.startswith("unix://"):
+        raise ConfigError("redis.cluster", "is true but redis.url is a unix:// socket: a Redis Cluster is reached "
+                          "over TCP (redis:// or rediss://, any one of its nodes)")
+    db = parse_url(url).get("db", 0)
+    if db not in (0, None):
+        raise ConfigError("redis.cluster", f"is true but redis.url selects database {db}: a Redis Cluster has only "
+                          f"database 0 (end the URL in /0 or leave the database out): {redact_url(url)}")
 
 
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
