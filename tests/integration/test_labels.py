@@ -20,7 +20,8 @@ from stream_monitor.replay import replay_alerts
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
 
-from ..support import CREDIT, Feeder, LabelRun, pairs_counted, produce, split, stored_offset, unique, wait_for_offsets
+from ..support import (CREDIT, Feeder, LabelRun, is_cluster, pairs_counted, produce, split, stored_offset, unique,
+                       wait_for_offsets)
 
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
 
@@ -124,12 +125,13 @@ def test_replay_joins_labels_in_the_same_file():
     assert stable == []
 
 
-def test_join_is_effectively_once_and_bounded(redis_server):
+def test_join_is_effectively_once_and_bounded(redis_target):
     """The Redis join and the in-memory one agree; replays of the joining message count again, others don't."""
     config = parse_config({"models": {"credit": {"performance": {"task": "classification", "max_pending": 10,
                                                                   "prediction_ttl_seconds": 0.3}}}})
     settings = performance_settings(config)
-    for joiner in (RedisJoin(connect(redis_server.address), unique("ns"), settings), MemoryJoin(settings)):
+    client = connect(redis_target.address, is_cluster(redis_target))
+    for joiner in (RedisJoin(client, unique("ns"), settings), MemoryJoin(settings)):
         pred = JoinOp("prediction", "credit", "e1", {"score": 0.9, "label": 1, "t": 0}, "inf|0|1")
         label = JoinOp("label", "credit", "e1", {"label": 1, "t": 5}, "lab|0|7")
         assert [r.status for r in joiner.run([pred])] == ["pending"]
@@ -149,7 +151,7 @@ def test_join_is_effectively_once_and_bounded(redis_server):
         late_labels = [JoinOp("label", "credit", f"m{i}", {"label": 1, "t": 9}, f"lab|1|{i}") for i in (0, 1, 2, 11)]
         assert [r.status for r in joiner.run(late_labels)] == ["pending", "pending", "joined", "joined"], \
             "m0 and m1 were evicted; the newest are joinable"
-    redis_join = RedisJoin(connect(redis_server.address), unique("ns"), settings)
+    redis_join = RedisJoin(client, unique("ns"), settings)
     redis_join.run([JoinOp("prediction", "credit", f"x{i}", {"score": 0.5, "label": 1, "t": 0}, f"p|0|{i}")
                     for i in range(3)])
     assert redis_join.lag("credit")["awaiting"] == 3

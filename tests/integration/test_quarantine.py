@@ -142,9 +142,10 @@ def import_file(run: Run, path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def exported(broker, redis_server, tmp_path) -> tuple[Run, list[dict]]:
-    """A real state saved and exported (`state export`) from one group, and a fresh group to import into."""
-    source = Run(broker, redis_server, tmp_path, "t", 1, "source")
+def exported(broker, redis_target, tmp_path) -> tuple[Run, list[dict]]:
+    """A real state saved and exported (`state export`) from one group, and a fresh group to import into
+    (on one redis-server, and on the Redis Cluster)."""
+    source = Run(broker, redis_target, tmp_path, "t", 1, "source")
     monitor = warmed_monitor()
     assert source.store.save("t", 0, monitor.next_offset, monitor.snapshot(), {"partition": 0}) == SAVED
     out = tmp_path / "export.jsonl"
@@ -153,7 +154,7 @@ def exported(broker, redis_server, tmp_path) -> tuple[Run, list[dict]]:
     assert done.returncode == 0, done.stderr
     records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [r["partition"] for r in records] == [0]
-    return Run(broker, redis_server, tmp_path, "t", 1, "target"), records
+    return Run(broker, redis_target, tmp_path, "t", 1, "target"), records
 
 
 def write_records(path, records) -> None:
