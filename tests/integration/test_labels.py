@@ -76,7 +76,7 @@ def test_concept_drift_raises_a_performance_alert_and_no_feature_alert(broker, r
 
 
 @pytest.mark.slow
-def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_counts(broker, redis_server, tmp_path,
+def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_counts(broker, redis_target, tmp_path,
                                                                                    monitors):
     inference_topic, label_topic = unique("inference"), unique("labels")
     create_topics(broker.address, {inference_topic: 2, label_topic: 2})
@@ -87,13 +87,13 @@ def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_cou
                        [(i % 2, b"credit", orjson.dumps(e), None) for i, e in enumerate(predictions)], 3000)
     labels = Feeder(broker.address, label_topic,
                     [(i % 2, b"credit", orjson.dumps(e), None) for i, e in enumerate(answers)], 3000)
-    run = LabelRun(broker, redis_server, tmp_path, "killed", inference_topic, label_topic)
+    run = LabelRun(broker, redis_target, tmp_path, "killed", inference_topic, label_topic)
     first = run.start(monitors)
     inference.start()
     # labels trail their predictions: they start once the monitor has stored 2,000 predictions per partition
     wait_for_offsets(run.store, inference_topic, {0: 2000, 1: 2000}, processes=[first])
     labels.start()
-    joiner = RedisJoin(connect(redis_server.address), run.namespace,
+    joiner = RedisJoin(connect(redis_target.address, is_cluster(redis_target)), run.namespace,
                        performance_settings(parse_config({"models": {"credit": CREDIT}})))
     wait_for_offsets(run.store, label_topic, {0: 1000, 1: 1000}, processes=[first])
     deadline = time.monotonic() + 30
