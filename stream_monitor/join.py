@@ -356,7 +356,11 @@ class RedisJoin:
                 self._loaded = True
             pipe = self.client.pipeline(transaction=False)
             for script, keys, args in calls:
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                # the node named: left to find it, redis-py's cluster pipeline asks a server for the keys of
+                # every EVALSHA first (COMMAND GETKEYS, one round trip each: 4× slower measured). A MOVED
+                # reply is still followed, and updates the slot map this reads.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args,
+                                     target_nodes=self.client.get_node_from_key(keys[0]))
             try:
                 return pipe.execute()
             except NoScriptError:
