@@ -226,14 +226,16 @@ def start_redis_cluster(log_dir: str | None = None, masters: int = 3, node_timeo
     cli = shutil.which("redis-cli") or ("/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None)
     if cli is None:
         raise ServiceError("redis-cli is not installed (it comes with redis-server: apt-get install -y redis-server)")
+    os.makedirs(log_dir, exist_ok=True)
     nodes: list[LocalProcess] = []
     try:
         for _ in range(masters):
-            node = start_redis(log_dir, extra=("--cluster-enabled", "yes", "--cluster-port", str(free_port()),
-                                               "--cluster-config-file", os.path.join(log_dir, f"nodes-{len(nodes)}-"
-                                                                                    f"{os.getpid()}.conf"),
-                                               "--cluster-node-timeout", str(node_timeout_ms)))
-            node.extra["port"] = int(node.address.rsplit(":", 1)[1].split("/")[0])
+            port = free_port()
+            node = start_redis(log_dir, port=port, extra=(
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", os.path.join(log_dir, f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms)))
+            node.extra["port"] = port
             nodes.append(node)
         local = LocalCluster(nodes)
         create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in local.ports),
