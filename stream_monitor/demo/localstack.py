@@ -169,6 +169,7 @@ class LocalCluster:
 
     nodes: list[LocalProcess]
     cluster: bool = True
+    password: str | None = None  # every node's requirepass (and masterauth)
 
     @property
     def address(self) -> str:
@@ -198,7 +199,8 @@ class LocalCluster:
             seen = {}
             for port in self.ports:
                 try:
-                    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2)
+                    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2,
+                                         password=self.password)
                     info = client.execute_command("CLUSTER INFO")
                     client.close()
                 except redis.RedisError as exc:
@@ -218,10 +220,12 @@ class LocalCluster:
                            f"{timeout:.0f} s: {seen}")
 
 
-def start_redis_cluster(log_dir: str | None = None, masters: int = 3, node_timeout_ms: int = 2000) -> LocalCluster:
+def start_redis_cluster(log_dir: str | None = None, masters: int = 3, node_timeout_ms: int = 2000,
+                        password: str | None = None) -> LocalCluster:
     """``masters`` redis-servers with ``--cluster-enabled yes`` on free loopback ports (each with its own free
     cluster-bus port), joined by ``redis-cli --cluster create … --cluster-replicas 0``; returns once every
-    node reports ``cluster_state:ok``. Persistence off; each process is stopped by its own pid."""
+    node reports ``cluster_state:ok``. Persistence off; each process is stopped by its own pid. ``password``:
+    every node requires it (``address`` then carries no password: add it to the URL)."""
     log_dir = log_dir or tempfile.mkdtemp(prefix="sm-redis-cluster-")
     cli = shutil.which("redis-cli") or ("/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None)
     if cli is None:
@@ -234,13 +238,15 @@ def start_redis_cluster(log_dir: str | None = None, masters: int = 3, node_timeo
             node = start_redis(log_dir, port=port, extra=(
                 "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
                 "--cluster-config-file", os.path.join(log_dir, f"nodes-{port}.conf"),
-                "--cluster-node-timeout", str(node_timeout_ms)))
+                "--cluster-node-timeout", str(node_timeout_ms),
+                *(("--requirepass", password, "--masterauth", password) if password else ())))
             node.extra["port"] = port
             nodes.append(node)
-        local = LocalCluster(nodes)
+        local = LocalCluster(nodes, password=password)
         create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in local.ports),
                                  "--cluster-replicas", "0", "--cluster-yes"],
-                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **({"REDISCLI_AUTH": password} if password else {})})
         if create.returncode != 0:
             raise ServiceError(f"redis-cli --cluster create failed ({create.returncode}): "
                                f"{(create.stdout + create.stderr)[-2000:]}")

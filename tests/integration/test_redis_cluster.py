@@ -1,7 +1,8 @@
 """The service on a real 3-master Redis Cluster (redis.cluster = true), beyond the tests parametrized over
 ``redis_target`` (the crash points, the label join, state export/import): the keys of one group spread over
 the masters and come back through `status`, `state export` and `state import`; a cluster that reports
-CLUSTERDOWN pauses processing, which resumes when it is back, and SIGTERM still stops it then."""
+CLUSTERDOWN pauses processing, which resumes when it is back, and SIGTERM still stops it then; the URL's
+password reaches every node, and a wrong one is refused without being printed."""
 
 from __future__ import annotations
 
@@ -157,5 +158,48 @@ def test_sigterm_while_the_cluster_is_down_exits_0_and_a_restart_finishes(broker
             os.kill(node.pid, signal.SIGCONT)
         cluster.wait_ok()
         pair.finish([pair.start()])
+    finally:
+        cluster.stop()
+
+
+def test_a_password_protected_cluster_with_the_password_in_the_url_and_a_wrong_one_refused_unprinted(
+        broker, tmp_path, monitors):
+    """The URL's credentials reach every node the client discovers; a wrong password stops `run` and
+    `status` (exit 2, "rejected the credentials" for `run`) without ever printing it."""
+    password, wrong = "cluster-pw-4c1d", "not-the-pw-77e2"
+    cluster = start_redis_cluster(str(tmp_path / "cluster"), password=password)
+    try:
+        topic = unique("inference")
+        create_topics(broker.address, {topic: 3})
+        ends = produce(broker.address, topic, [(i % 3, b"stable", value, None)
+                                               for i, value in enumerate(lines(generate("stable", 900, seed=3)))])
+        port = cluster.ports[0]
+
+        def config(name: str, secret: str):
+            return write_config(tmp_path / f"{name}.toml", bootstrap=broker.address,
+                                redis_url=f"redis://:{secret}@127.0.0.1:{port}/0", input_topic=topic,
+                                alert_topic=unique("alerts"), dead_letter_topic=unique("dlq"), group_id=unique(name),
+                                namespace=unique(name), models=MODEL, service=SERVICE, redis_cluster=True)
+
+        good = config("good", password)
+        from stream_monitor.config import load_config  # noqa: PLC0415
+        from stream_monitor.demo.localstack import MonitorProcess  # noqa: PLC0415
+
+        loaded = load_config(good)
+        store = store_for(loaded.redis.url, loaded.redis.namespace, loaded.kafka.group_id, cluster=True)
+        process = MonitorProcess(good, tmp_path / "good.log")
+        monitors.append(process)
+        wait_for_offsets(store, topic, ends, processes=[process])
+        assert process.terminate() == 0, process.log()[-3000:]
+        done = cli("state", "export", "-c", str(good), "--output", str(tmp_path / "export.jsonl"))
+        assert done.returncode == 0 and "exported 3 partitions" in done.stdout, done.stderr
+
+        bad = config("bad", wrong)
+        run = cli("run", "-c", str(bad))
+        status = cli("status", "-c", str(bad))
+        assert run.returncode == 2 and "rejected the credentials" in run.stderr, run.stderr[-2000:]
+        assert status.returncode == 2 and "Redis" in status.stderr, status.stderr[-2000:]
+        for output in (run.stdout + run.stderr, status.stdout + status.stderr, process.log()):
+            assert wrong not in output and password not in output
     finally:
         cluster.stop()
