@@ -64,12 +64,14 @@ def corruptions(tmp_path) -> dict[str, dict[str, bytes]]:
             "crafted pickle": {"offset": b"700", "state": crafted_pickle(tmp_path / "marker")}}
 
 
-@pytest.mark.parametrize("corruption", ["garbage state", "offset abc", "crafted pickle"])
-def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruption, broker, redis_server, tmp_path,
+@pytest.mark.parametrize("corruption, redis_target", [("garbage state", "standalone"), ("offset abc", "standalone"),
+                                                      ("crafted pickle", "standalone"), ("garbage state", "cluster")],
+                         indirect=["redis_target"])
+def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruption, broker, redis_target, tmp_path,
                                                                       monitors):
     topic, ends = two_partitions(broker)
     port = free_port()
-    run = Run(broker, redis_server, tmp_path, topic, 2, "q",
+    run = Run(broker, redis_target, tmp_path, topic, 2, "q",
               service={"metrics_port": port, "quarantine_recheck_seconds": 0.5}, models={"stable": {
                   "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     client, key = run.store.client, run.store.key(topic, 0)
@@ -108,9 +110,9 @@ def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruptio
 
 
 def test_dead_letter_mode_sends_the_quarantined_partitions_messages_to_the_dead_letter_topic(
-        broker, redis_server, tmp_path, monitors):
+        broker, redis_target, tmp_path, monitors):
     topic, ends = two_partitions(broker)
-    run = Run(broker, redis_server, tmp_path, topic, 2, "qd", service={"on_corrupt_state": "dead_letter"},
+    run = Run(broker, redis_target, tmp_path, topic, 2, "qd", service={"on_corrupt_state": "dead_letter"},
               models={"stable": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     fields = corruptions(tmp_path)["crafted pickle"]
     client, key = run.store.client, run.store.key(topic, 0)
