@@ -2,7 +2,8 @@
 ``redis_target`` (the crash points, the label join, state export/import): the keys of one group spread over
 the masters and come back through `status`, `state export` and `state import`; a cluster that reports
 CLUSTERDOWN pauses processing, which resumes when it is back, and SIGTERM still stops it then; the URL's
-password reaches every node, and a wrong one is refused without being printed."""
+password reaches every node, and a wrong one is refused without being printed; a slot moved to another
+master (resharding) is followed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,10 @@ import orjson
 import pytest
 from redis.crc import key_slot
 
+from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import create_topics, start_redis_cluster
+from stream_monitor.join import JoinOp, RedisJoin, performance_settings
+from stream_monitor.state import SAVED, StateStore, connect
 from stream_monitor.synthetic import generate
 
 from ..support import (SERVICE, SideBySide, final_states, keys_by_master, lines, produce, store_for, unique,
@@ -201,5 +205,47 @@ def test_a_password_protected_cluster_with_the_password_in_the_url_and_a_wrong_o
         assert status.returncode == 2 and "Redis" in status.stderr, status.stderr[-2000:]
         for output in (run.stdout + run.stderr, status.stdout + status.stderr, process.log()):
             assert wrong not in output and password not in output
+    finally:
+        cluster.stop()
+
+
+def first_with_slot_0(make) -> str:
+    return next(make(i) for i in range(1_000_000) if key_slot(make(i).encode()) == 0)
+
+
+@pytest.mark.integration  # starts its own cluster: no session fixture marks it
+def test_a_slot_moved_to_another_master_between_two_batches_is_followed_and_nothing_is_lost(tmp_path):
+    """Slot 0 (holding a model's label join and a partition's state) resharded to another master with
+    `redis-cli --cluster reshard` between two batches: the client's next steps get MOVED, follow it, and
+    find everything there (the predictions join their labels, the state loads and saves)."""
+    cluster = start_redis_cluster(str(tmp_path / "cluster"))
+    try:
+        model = first_with_slot_0(lambda i: f"m{i}")
+        group = first_with_slot_0(lambda i: f"g{i}|t|0").split("|")[0]
+        client = connect(cluster.address, cluster=True)
+        joiner = RedisJoin(client, "ns", performance_settings(parse_config(
+            {"models": {model: {"performance": {"task": "classification"}}}})))
+        store = StateStore(client, "ns", group)
+        assert key_slot(store.key("t", 0).encode()) == key_slot(joiner._keys(model, "e0")[0].encode()) == 0
+        predictions = [JoinOp("prediction", model, f"e{i}", {"score": 0.5, "label": 1, "t": 0}, f"t|0|{i}")
+                       for i in range(5)]
+        assert [r.status for r in joiner.run(predictions)] == ["pending"] * 5
+        assert store.save("t", 0, 5, {"models": {}}, {"partition": 0}) == SAVED
+        source = client.get_node_from_key(store.key("t", 0))
+        ids = {name.split("@")[0]: node["node_id"]
+               for name, node in connect(cluster.address).cluster("nodes").items()}
+        target = next(port for port in cluster.ports if port != source.port)
+        moved = subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{cluster.ports[0]}",
+                                "--cluster-from", ids[f"127.0.0.1:{source.port}"],
+                                "--cluster-to", ids[f"127.0.0.1:{target}"], "--cluster-slots", "1", "--cluster-yes"],
+                               capture_output=True, text=True, timeout=60)
+        assert moved.returncode == 0 and "Moving slot 0 " in moved.stdout, moved.stdout[-2000:] + moved.stderr
+        cluster.wait_ok()
+        labels = [JoinOp("label", model, f"e{i}", {"label": 1, "t": 1}, f"l|0|{i}") for i in range(5)]
+        assert [r.status for r in joiner.run(labels)] == ["joined"] * 5
+        assert client.get_node_from_key(store.key("t", 0)).port == target, "the client learnt the new owner"
+        assert joiner.lag(model)["awaiting"] == 0
+        assert StateStore(client, "ns", group).load("t", 0) == (5, {"models": {}, "next_offset": 5})
+        assert store.save("t", 0, 9, {"models": {}}, {"partition": 0}, existed=True) == SAVED
     finally:
         cluster.stop()
