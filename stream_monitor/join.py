@@ -50,10 +50,12 @@ expires are found in the sets as it runs, so their keys are derived from the
 model's prefix (ARGV[1], the same hash tag): on a cluster they are always in
 the slot of KEYS[1], on the node the script runs on. The one moment that
 differs is a live resharding of that very slot: a derived key already moved
-makes Redis stop the script ("non local key") where it is; the service treats
-that as Redis unavailable, waits and sends the step again whole once the slot
-has moved, and a step run again converges (what was removed stays removed;
-the byte total uses the estimate for an entry already gone).
+makes Redis stop the script where it is (redis-py then sees redirections that
+do not settle); the service treats that as the cluster being unavailable, waits
+and sends the step again whole once the slot has moved, and a step run again
+converges (what was removed stays removed; the byte total uses the estimate for
+an entry already gone). Each script reads an entry before it deletes it, so
+when the first entry it meets has moved, it stops before writing anything.
 
 - ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``n``, ``joined``;
   kept ``prediction_ttl_seconds`` while unlabelled, ``joined_retention_seconds`` after.

@@ -249,3 +249,45 @@ def test_a_slot_moved_to_another_master_between_two_batches_is_followed_and_noth
         assert store.save("t", 0, 9, {"models": {}}, {"partition": 0}, existed=True) == SAVED
     finally:
         cluster.stop()
+
+
+@pytest.mark.integration  # starts its own cluster: no session fixture marks it
+def test_a_join_step_meeting_an_entry_already_moved_mid_resharding_changes_nothing_and_goes_through_after(tmp_path):
+    """The entries a join step expires are found as it runs (their keys derived from the model's prefix, in
+    the same slot). Slot 0 caught mid-migration with one expired entry already on the new master: the step
+    is refused as "cluster unavailable" (the service pauses and retries) before it wrote anything; once the
+    slot has moved, the same step expires all three entries, each counted once."""
+    from stream_monitor.app import cluster_unavailable  # noqa: PLC0415
+
+    cluster = start_redis_cluster(str(tmp_path / "cluster"))
+    try:
+        model = first_with_slot_0(lambda i: f"m{i}")
+        client = connect(cluster.address, cluster=True)
+        joiner = RedisJoin(client, "ns", performance_settings(parse_config(
+            {"models": {model: {"performance": {"task": "classification", "prediction_ttl_seconds": 0.2}}}})))
+        joiner.run([JoinOp("prediction", model, f"e{i}", {"score": 0.5, "label": 1, "t": 0}, f"t|0|{i}")
+                    for i in range(3)])
+        source = client.get_node_from_key(f"{{{model}}}")
+        target = next(port for port in cluster.ports if port != source.port)
+        old, new = connect(f"redis://127.0.0.1:{source.port}/0"), connect(f"redis://127.0.0.1:{target}/0")
+        old_id, new_id = (c.execute_command("CLUSTER MYID").decode() for c in (old, new))
+        new.execute_command("CLUSTER SETSLOT", 0, "IMPORTING", old_id)
+        old.execute_command("CLUSTER SETSLOT", 0, "MIGRATING", new_id)
+        base = joiner._base(model)
+        old.execute_command("MIGRATE", "127.0.0.1", target, f"{base}:p:e0", 0, 5000)
+        time.sleep(0.3)  # all three are past their time now
+        held = {key: old.dump(key) for key in old.scan_iter(match=f"{base}:*")}
+        with pytest.raises(Exception) as caught:
+            joiner.lag(model)
+        assert cluster_unavailable(caught.value), caught.value
+        assert {key: old.dump(key) for key in old.scan_iter(match=f"{base}:*")} == held, "nothing written"
+        for key in held:  # the migration ends
+            old.execute_command("MIGRATE", "127.0.0.1", target, key, 0, 5000)
+        for node in (new, old, *(connect(f"redis://127.0.0.1:{p}/0") for p in cluster.ports
+                                 if p not in (source.port, target))):
+            node.execute_command("CLUSTER SETSLOT", 0, "NODE", new_id)
+        cluster.wait_ok()
+        lag = joiner.lag(model)
+        assert (lag["awaiting"], lag["expired"], lag["bytes"]) == (0, 3, 0)
+    finally:
+        cluster.stop()
