@@ -55,7 +55,8 @@ do not settle); the service treats that as the cluster being unavailable, waits
 and sends the step again whole once the slot has moved, and a step run again
 converges (what was removed stays removed; the byte total uses the estimate for
 an entry already gone). Each script reads an entry before it deletes it, so
-when the first entry it meets has moved, it stops before writing anything.
+when the first entry it meets has moved, it stops before changing anything but
+the marker (the SETNX a step does first).
 
 - ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``n``, ``joined``;
   kept ``prediction_ttl_seconds`` while unlabelled, ``joined_retention_seconds`` after.
