@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from redis.exceptions import RedisClusterException
 
 from . import faults
 from .board import StatusBoard
@@ -39,7 +40,7 @@ from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # Checkpo
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
-from .state import CorruptState, ReferenceStore, StateStore, connect
+from .state import REDIS_ERRORS, CorruptState, ReferenceStore, StateStore, connect
 from .web import Health
 
 log = logging.getLogger(__name__)
@@ -61,15 +62,47 @@ def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
     return counts
 
 
+def _reply(exc: BaseException) -> str:
+    """The server's reply in an error, without the "Command # n (...) of pipeline caused error: " a
+    pipeline puts in front of it."""
+    text = str(exc)
+    return text.split(" of pipeline caused error: ", 1)[1] if text.startswith("Command # ") and \
+        " of pipeline caused error: " in text else text
+
+
 def write_refusal(exc: redis.ResponseError) -> str | None:
     """What a Redis error says when Redis is up but refuses writes for now (it accepts them again once the
     operator fixes it), or ``None`` for any other error."""
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+    text = _reply(exc)
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return "out of memory: maxmemory reached with a noeviction policy"
-    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("READONLY"):
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
         return "read-only: it is a replica, e.g. after a failover"
-    if str(exc).startswith("MISCONF"):
+    if text.startswith("MISCONF"):
         return "MISCONF: it cannot persist to disk and stop-writes-on-bgsave-error is set"
+    return None
+
+
+def cluster_unavailable(exc: BaseException) -> str | None:
+    """What an error of a Redis Cluster says when the cluster cannot serve a slot for now (a node down or
+    unreachable, a failover, slots being moved) and will again without anyone changing the request, or
+    ``None`` for any other error."""
+    text = _reply(exc)
+    if isinstance(exc, redis.exceptions.ClusterDownError) or text.startswith(("CLUSTERDOWN", "MASTERDOWN")) \
+            or text.startswith("Script attempted to execute a command while the cluster is down"):
+        return "the cluster is down: a node failed or cannot be reached"
+    if isinstance(exc, redis.exceptions.TryAgainError) or text.startswith("TRYAGAIN"):
+        return "a slot is being moved (TRYAGAIN)"
+    if text.startswith("Script attempted to access a non local key"):
+        return "a slot is being moved under a script"
+    if isinstance(exc, redis.exceptions.AskError) or text.startswith(("MOVED ", "ASK ")):  # MovedError too
+        return "slots are being moved (redirected)"
+    if isinstance(exc, redis.exceptions.SlotNotCoveredError):
+        return "a slot is served by no reachable node"
+    if isinstance(exc, redis.exceptions.ClusterError):  # e.g. "TTL exhausted": redirections that did not settle
+        return f"the cluster did not answer ({text})"
+    if isinstance(exc, RedisClusterException) and "cannot be connected" in text:
+        return "no node of the cluster can be reached"
     return None
 
 
@@ -90,7 +123,8 @@ class Service:
         self.cooperative = is_cooperative(self.consumer_settings)
         faults.install_processing_fault()
         self.stopping = False  # before the first Redis call: a wait for Redis reads it
-        self.redis = connect(config.redis.url)
+        # standalone: a client that connects on first use; a cluster's client reaches a node at once
+        self.redis = self._redis(lambda: connect(config.redis.url, config.redis.cluster), "connect")
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
@@ -220,15 +254,24 @@ class Service:
             except redis.exceptions.NoScriptError as exc:  # a pipeline re-sent to a Redis that restarted
                 problem, error = "Redis lost its script cache (it restarted)", exc
             except redis.ResponseError as exc:
-                if str(exc).startswith(("NOAUTH", "WRONGPASS")):
+                if _reply(exc).startswith(("NOAUTH", "WRONGPASS")):
                     raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
                                       f"credentials: {exc}") from None
-                refusal = write_refusal(exc)
-                if refusal is None:
+                trouble, refusal = cluster_unavailable(exc), write_refusal(exc)
+                if trouble is None and refusal is None:
                     raise
-                problem, error = f"Redis refuses writes ({refusal})", exc
+                problem = f"Redis Cluster unavailable ({trouble})" if trouble else f"Redis refuses writes ({refusal})"
+                error = exc
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
                 problem, error = "Redis unreachable", exc
+            except (redis.exceptions.ClusterError, RedisClusterException) as exc:
+                if isinstance(exc.__cause__, redis.AuthenticationError):
+                    raise ConfigError("redis.url", f"Redis at {redact_url(self.config.redis.url)} rejected the "
+                                      f"credentials: {exc.__cause__}") from None
+                trouble = cluster_unavailable(exc)
+                if trouble is None:
+                    raise
+                problem, error = f"Redis Cluster unavailable ({trouble})", exc
             waited = time.monotonic() - started
             failures += 1
             self.metrics.redis_errors.inc()
@@ -264,12 +307,12 @@ class Service:
         for model_id, current in list(self.references.items()):
             try:
                 version = self.reference_store.version(model_id)
-            except redis.RedisError as exc:
+                profile = None if version in (None, current.version) else self.reference_store.load(model_id)
+            except REDIS_ERRORS as exc:
                 log.warning("cannot check the stored reference of %s: %s", model_id, exc)
                 return
             if version is None or version == current.version:
                 continue
-            profile = self.reference_store.load(model_id)
             if profile is None:
                 continue
             self.references[model_id] = profile
@@ -479,7 +522,7 @@ class Service:
         for model_id in self.join_settings:
             try:
                 lag = self.joiner.lag(model_id)
-            except redis.RedisError:
+            except REDIS_ERRORS:
                 continue
             self.metrics.awaiting_labels.labels(model_id).set(lag["awaiting"])
             self.metrics.labels_expired.labels(model_id).set(lag["expired"])

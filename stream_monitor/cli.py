@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import redis
+from redis.exceptions import RedisClusterException
 
 from . import __version__, logs
 from .config import Config, load_config
@@ -29,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     except StreamMonitorError as exc:
         print(f"stream-monitor: {logs.clean(str(exc))}", file=sys.stderr)
         return 2
-    except redis.RedisError as exc:
+    except (redis.RedisError, RedisClusterException) as exc:  # the cluster client raises both
         where = getattr(args, "config", None)
         print(f"stream-monitor: Redis: {type(exc).__name__}: {logs.clean(str(exc))}"
               + (f" (redis.url of {where})" if where else ""), file=sys.stderr)
@@ -197,8 +198,8 @@ def _reference_build(args: argparse.Namespace) -> int:
                               model.detectors.psi.top_k, source="stored", labels=labels)
     _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
-        from .state import ReferenceStore, connect  # noqa: PLC0415
-        profile = ReferenceStore(connect(config.redis.url), config.redis.namespace).store(profile)
+        from .state import ReferenceStore  # noqa: PLC0415
+        profile = ReferenceStore(_client(config), config.redis.namespace).store(profile)
     elif args.output is None:
         raise StreamMonitorError("--no-store needs --output")
     if args.output is not None:
@@ -229,10 +230,10 @@ def _refuse_unmonitored(args: argparse.Namespace, model, profile, events) -> Non
 
 def _reference_show(args: argparse.Namespace) -> int:
     from .reference import NumericReference  # noqa: PLC0415
-    from .state import ReferenceStore, connect  # noqa: PLC0415
+    from .state import ReferenceStore  # noqa: PLC0415
 
     config = _config(args)
-    profile = ReferenceStore(connect(config.redis.url), config.redis.namespace).load(args.model)
+    profile = ReferenceStore(_client(config), config.redis.namespace).load(args.model)
     if profile is None:
         raise StreamMonitorError(f"no reference stored for model {args.model!r}")
     if args.json:
@@ -253,10 +254,10 @@ def _reference_show(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .state import StateStore, connect  # noqa: PLC0415
+    from .state import StateStore  # noqa: PLC0415
 
     config = _config(args)
-    store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
+    store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
     rows = list(store.summaries())
     ends = _end_offsets(config, [(t, p) for t, p, *_ in rows])
     from .join import RedisJoin, performance_settings  # noqa: PLC0415
@@ -398,10 +399,10 @@ def _table(header: list[str], rows: list[list], right: set[int] = frozenset()) -
 
 
 def _state_export(args: argparse.Namespace) -> int:
-    from .state import StateStore, connect  # noqa: PLC0415
+    from .state import StateStore  # noqa: PLC0415
 
     config = _config(args)
-    store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
+    store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
     count = 0
     with open(args.output, "wb") as out:
         for record in store.export_records():
@@ -412,10 +413,10 @@ def _state_export(args: argparse.Namespace) -> int:
 
 
 def _state_import(args: argparse.Namespace) -> int:
-    from .state import StateStore, connect  # noqa: PLC0415
+    from .state import StateStore  # noqa: PLC0415
 
     config = _config(args)
-    store = StateStore(connect(config.redis.url), config.redis.namespace, config.kafka.group_id)
+    store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
     try:
         with open(args.input, "rb") as handle:
             lines = handle.readlines()
@@ -424,6 +425,13 @@ def _state_import(args: argparse.Namespace) -> int:
     count = store.import_lines(lines, str(args.input))
     print(f"imported {count} partitions from {args.input}")
     return 0
+
+
+def _client(config: Config):
+    """The Redis client of ``redis.url`` (a Redis Cluster's when ``redis.cluster`` is set)."""
+    from .state import connect  # noqa: PLC0415
+
+    return connect(config.redis.url, config.redis.cluster)
 
 
 def _demo(args: argparse.Namespace) -> int:

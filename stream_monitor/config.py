@@ -228,11 +228,24 @@ class RedisConfig(_Table):
         "password (`user:password@` or `?password=`) is shown as `***` everywhere.")] = "redis://127.0.0.1:6379/0"
     namespace: Annotated[str, NOT_EMPTY, doc(
         "Prefix of every key the service writes (`<ns>:{<group>|<topic>|<partition>}:state`, "
-        "`<ns>:partitions:{<group>}`, `<ns>:reference:<model>`). Use different namespaces for deployments that "
-        "share one Redis.")] = "sm"
+        "`<ns>:partitions:{<group>}`, `<ns>:reference:{<model>}`, `<ns>:join:{<model>}:…`). Use different "
+        "namespaces for deployments that share one Redis.")] = "sm"
+    cluster: Annotated[bool, doc(
+        "`true`: `redis.url` names any one node of a Redis Cluster (same URL forms, credentials and TLS as for one "
+        "server); the client discovers the other nodes, routes each command to the node of its key's hash slot and "
+        "follows redirections. Every guarantee holds there too: the keys each atomic step (a partition's save, a "
+        "label-join step, a stored reference) touches share one hash tag, so each step runs on one node. A node "
+        "down, a failover or slots being moved (`CLUSTERDOWN`, `TRYAGAIN`, `MOVED`/`ASK` that do not settle, no "
+        "node reachable) pause processing like a Redis outage (`service.redis_outage_seconds`). `state import` "
+        "writes each partition in one transaction of its own slot (a cluster has no transaction across slots): if "
+        "Redis fails midway, the partitions before it are imported and the message says so; importing the file "
+        "again rewrites them all. See \"Redis Cluster\" in docs/ARCHITECTURE.md.",
+        checks="`redis.url` must be `redis://` or `rediss://` (no `unix://`) and select database 0 (a cluster has "
+        "no other); no model id may be empty (`{}` is no hash tag)")] = False
 
     def __repr__(self) -> str:  # the URL may hold a password
-        return f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r})"
+        return (f"RedisConfig(url={redact_url(self.url)!r}, namespace={self.namespace!r}, "
+                f"cluster={self.cluster!r})")
 
 
 class ServiceConfig(_Table):
@@ -660,6 +673,8 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     config = msgspec.structs.replace(config, models=models, source=source)
     remember_secrets(*_secrets_of(config.redis.url, [config.kafka.consumer, config.kafka.producer]))
     _check_redis_url(config.redis.url)
+    if config.redis.cluster:
+        _check_cluster(config.redis.url, models)
     _check_service(config.service)
     _check_client_tables(config.kafka)
     for model_id, model in models.items():
@@ -803,6 +818,23 @@ def _check_redis_url(url: str) -> None:
         parse_url(url)
     except ValueError as exc:
         raise ConfigError("redis.url", f"cannot be parsed ({redact(str(exc))}): {redact_url(url)}") from None
+
+
+def _check_cluster(url: str, models: Mapping[str, Any]) -> None:
+    """A Redis Cluster is reached over TCP, has only database 0 (redis-py refuses anything else), and a
+    model's keys need a hash tag its id provides."""
+    from redis.connection import parse_url  # noqa: PLC0415
+
+    if url.startswith("unix://"):
+        raise ConfigError("redis.cluster", "is true but redis.url is a unix:// socket: a Redis Cluster is reached "
+                          "over TCP (redis:// or rediss://, any one of its nodes)")
+    db = parse_url(url).get("db", 0)
+    if db not in (0, None):
+        raise ConfigError("redis.cluster", f"is true but redis.url selects database {db}: a Redis Cluster has only "
+                          f"database 0 (end the URL in /0 or leave the database out): {redact_url(url)}")
+    if "" in models:
+        raise ConfigError('models.""', "an empty model id cannot be used with redis.cluster = true: a model's label "
+                          "join keys share the hash tag {<model id>}, and an empty tag puts them in different slots")
 
 
 def _check_service(service: ServiceConfig) -> None:

@@ -44,7 +44,19 @@ up after a service that was stopped; an entry gone that way is subtracted at its
 estimated size, and the total is reset to 0 when no entry is left.
 
 Keys of one model share a hash tag, so each script touches one Redis Cluster
-slot (the keys of evicted or expired entries are derived from the model's prefix):
+slot. Each script passes in KEYS the keys it knows beforehand (the model's sets,
+stats and marker, the event's prediction and label); the entries it evicts or
+expires are found in the sets as it runs, so their keys are derived from the
+model's prefix (ARGV[1], the same hash tag): on a cluster they are always in
+the slot of KEYS[1], on the node the script runs on. The one moment that
+differs is a live resharding of that very slot: a derived key already moved
+makes Redis stop the script where it is (redis-py then sees redirections that
+do not settle); the service treats that as the cluster being unavailable, waits
+and sends the step again whole once the slot has moved, and a step run again
+converges (what was removed stays removed; the byte total uses the estimate for
+an entry already gone). Each script reads an entry before it deletes it, so
+when the first entry it meets has moved, it stops before changing anything but
+the marker (the SETNX a step does first).
 
 - ``ns:join:{model}:p:<event_id>`` — hash: ``p`` (the prediction, JSON), ``n``, ``joined``;
   kept ``prediction_ttl_seconds`` while unlabelled, ``joined_retention_seconds`` after.
@@ -70,6 +82,8 @@ from collections import OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence
 
 import orjson
+from redis.cluster import RedisCluster
+from redis.exceptions import NoScriptError
 
 from .config import PerformanceConfig
 
@@ -292,6 +306,8 @@ class RedisJoin:
         self._prediction = client.register_script(_PREDICTION)
         self._label = client.register_script(_LABEL)
         self._expire = client.register_script(_EXPIRE)
+        self._cluster = isinstance(client, RedisCluster)
+        self._loaded = False  # on a Redis Cluster: the scripts were loaded on every primary (see _run_on_cluster)
 
     def _base(self, model_id: str) -> str:
         return f"{self.namespace}:join:{{{model_id}}}"
@@ -305,23 +321,55 @@ class RedisJoin:
         if not ops:
             return []
         now = max(time.time() * 1000, self._last + TICK_MS)
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for op in ops:
             now = max(now, self._last + TICK_MS)
             self._last = now
             cfg = self.settings[op.model_id]
             script = self._prediction if op.kind == "prediction" else self._label
             ttl = cfg.prediction_ttl_seconds if op.kind == "prediction" else cfg.label_wait_seconds
-            script(keys=self._keys(op.model_id, op.event_id), client=pipe,
-                   args=[self._base(op.model_id), now, cfg.max_pending_bytes, cfg.max_pending,
-                         orjson.dumps(op.record), op.me, op.event_id, int(ttl * 1000),
-                         int(cfg.joined_retention_seconds * 1000)])
-        replies = pipe.execute()
+            calls.append((script, self._keys(op.model_id, op.event_id),
+                          [self._base(op.model_id), now, cfg.max_pending_bytes, cfg.max_pending,
+                           orjson.dumps(op.record), op.me, op.event_id, int(ttl * 1000),
+                           int(cfg.joined_retention_seconds * 1000)]))
+        if self._cluster:
+            replies = self._run_on_cluster(calls)
+        else:
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                script(keys=keys, client=pipe, args=args)
+            replies = pipe.execute()
         for op, reply in zip(ops, replies):
             if int(reply[0]) and op.model_id in self._seen and self.on_lost is not None:
                 self.on_lost(op.model_id)
             self._seen.add(op.model_id)
         return [_result(reply[1:]) for reply in replies]
+
+    def _run_on_cluster(self, calls: list[tuple[Any, list[str], list]]) -> list:
+        """The batch on a Redis Cluster, still one pipelined round trip (per node). redis-py's cluster
+        pipeline takes no script objects and loads no scripts: each step is queued as a plain EVALSHA,
+        routed by its keys' slot (the keys of one model share a hash tag, so its steps keep their order on
+        one node), after the scripts were loaded on every primary; a node that answers NOSCRIPT (a new
+        primary after a failover, a restarted one) gets them again and the batch is sent again whole, as
+        every step is safe to run again. The pipeline is not a transaction, and nothing here needs one."""
+        for attempt in (0, 1):
+            if attempt or not self._loaded:
+                for script in (self._prediction, self._label, self._expire):
+                    script.sha = self.client.script_load(script.script)
+                self._loaded = True
+            pipe = self.client.pipeline(transaction=False)
+            for script, keys, args in calls:
+                # the node named: left to find it, redis-py's cluster pipeline asks a server for the keys of
+                # every EVALSHA first (COMMAND GETKEYS, one round trip each: 4× slower measured). A MOVED
+                # reply is still followed, and updates the slot map this reads.
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args,
+                                     target_nodes=self.client.get_node_from_key(keys[0]))
+            try:
+                return pipe.execute()
+            except NoScriptError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     def lag(self, model_id: str) -> dict[str, int]:
         """What the join of a model holds and has lost, after removing what expired.

@@ -42,6 +42,8 @@ from typing import Any, Iterable, Iterator, Mapping
 import orjson
 import redis
 from redis.backoff import ExponentialBackoff
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from . import statecodec
@@ -87,13 +89,31 @@ _REFERENCE_FIELDS = ("reference", "label_reference")  # of each model in a parti
 _DIGITS = re.compile(r"[0-9]{1,19}")
 
 
-def connect(url: str) -> redis.Redis:
+def connect(url: str, cluster: bool = False) -> redis.Redis:
     """A client with short timeouts and a few quick retries; longer outages are the caller's
-    (:func:`stream_monitor.app.Service._redis`: logged, counted, bounded)."""
+    (:func:`stream_monitor.app.Service._redis`: logged, counted, bounded).
+
+    ``cluster``: a Redis Cluster, discovered through the node ``url`` names (same URL forms, credentials and
+    TLS options). Its client routes each command by its keys' hash slot and follows MOVED/ASK; every
+    script here passes its keys, and the keys of one script share one hash tag, so each runs on one node.
+    Unlike the standalone client it reaches a node when it is created: an unreachable cluster raises here."""
+    if cluster:
+        return RedisCluster.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1))
     return redis.Redis.from_url(
         url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=1),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+# What a Redis call may raise: the cluster client also raises errors outside RedisError (no node reachable,
+# a slot no node serves).
+REDIS_ERRORS = (redis.RedisError, RedisClusterException)
 
 
 class CorruptState(StateError):
@@ -306,7 +326,8 @@ class StateStore:
 
     def import_lines(self, lines: Iterable[bytes], where: str) -> int:
         """Check every record (lines of :meth:`export_records` JSON) — each partition's state and the
-        references it names decode, its offset is an integer — then write them all in one transaction;
+        references it names decode, its offset is an integer — then write them all in one transaction
+        (on a Redis Cluster: one per partition, see :meth:`_import_into_cluster`);
         the first bad record is a :class:`StateError` naming ``where``, its line and the problem, and
         nothing is written. The number of partitions imported."""
         records: dict[tuple[str, int], dict[str, bytes]] = {}
@@ -321,6 +342,9 @@ class StateStore:
             if (topic, partition) in records:
                 raise StateError(f"{where} line {number}: {topic}[{partition}] appears twice; nothing was imported")
             records[(topic, partition)] = fields
+        if records and is_cluster(self.client):
+            self._import_into_cluster(records, where)
+            return len(records)
         pipe = self.client.pipeline(transaction=True)
         for (topic, partition), fields in records.items():
             pipe.sadd(self.index_key, f"{topic}|{partition}")
@@ -329,6 +353,26 @@ class StateStore:
         if records:
             pipe.execute()
         return len(records)
+
+    def _import_into_cluster(self, records: Mapping[tuple[str, int], Mapping[str, bytes]], where: str) -> None:
+        """A Redis Cluster has no transaction across hash slots, and each partition's hash has a slot of
+        its own: the index first (one key), then each partition replaced in one transaction of its slot, so
+        a partition is never half imported. Redis failing midway leaves the first ones imported; the
+        error says so, and importing the same file again rewrites them all."""
+        self.client.sadd(self.index_key, *(f"{topic}|{partition}" for topic, partition in records))
+        done = 0
+        for (topic, partition), fields in records.items():
+            key = self.key(topic, partition)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(key)
+            pipe.hset(key, mapping=fields)
+            try:
+                pipe.execute()
+            except REDIS_ERRORS as exc:
+                raise StateError(f"{where}: Redis failed after {done} of {len(records)} partitions were imported "
+                                 f"(at {topic}[{partition}]: {type(exc).__name__}: {exc}); each partition is "
+                                 "imported whole or not at all: import the same file again") from None
+            done += 1
 
     def epoch(self, topic: str, partition: int) -> int:
         return self._epochs.get(self.key(topic, partition), 0)

@@ -1,6 +1,7 @@
-"""Session fixtures: a real broker (Tansu) and a real redis-server on free loopback ports.
+"""Session fixtures: a real broker (Tansu), a real redis-server and a real 3-master Redis Cluster on free
+loopback ports.
 
-If either cannot start, every test that needs it fails with the reason; nothing is skipped.
+If one cannot start, every test that needs it fails with the reason; nothing is skipped.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import pytest
 from hypothesis import settings
 
-from stream_monitor.demo.localstack import LocalProcess, start_broker, start_redis
+from stream_monitor.demo.localstack import LocalCluster, LocalProcess, start_broker, start_redis, start_redis_cluster
 
 # Property tests: a quarter of each test's examples by default (tests.support.examples scales the counts);
 # HYPOTHESIS_PROFILE=thorough runs the full counts.
@@ -34,6 +35,21 @@ def redis_server(tmp_path_factory) -> LocalProcess:
     process.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory) -> LocalCluster:
+    """Three masters, no replicas (``redis-cli --cluster create``), once every node says cluster_state:ok."""
+    cluster = start_redis_cluster(str(tmp_path_factory.mktemp("redis-cluster")))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_target(request):
+    """The same test against a standalone redis-server and against the Redis Cluster (``redis.cluster =
+    true``): ``.address`` is the URL either way, ``.cluster`` tells which."""
+    return request.getfixturevalue("redis_server" if request.param == "standalone" else "redis_cluster")
+
+
 @pytest.fixture
 def monitors():
     """Collects MonitorProcess objects; every one still running is killed at the end of the test."""
@@ -52,7 +68,7 @@ def compiled_kernels():
     warm_up()
 
 
-INTEGRATION_FIXTURES = {"broker", "redis_server", "monitors"}
+INTEGRATION_FIXTURES = {"broker", "redis_server", "redis_cluster", "redis_target", "monitors"}
 
 
 def pytest_collection_modifyitems(items):

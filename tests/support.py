@@ -82,14 +82,16 @@ def toml_value(value: Any) -> str:
 
 def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str, alert_topic: str,
                  dead_letter_topic: str, group_id: str, namespace: str, models: dict[str, dict],
-                 service: dict | None = None, consumer: dict | None = None) -> Path:
-    """A TOML config for one test run (consumer tuned for the local broker's slow joins)."""
+                 service: dict | None = None, consumer: dict | None = None, redis_cluster: bool = False) -> Path:
+    """A TOML config for one test run (consumer tuned for the local broker's slow joins); ``redis_cluster``:
+    ``redis_url`` names a node of a Redis Cluster."""
     lines = ["[kafka]", f"bootstrap_servers = {toml_value(bootstrap)}", f"group_id = {toml_value(group_id)}",
              f"input_topics = {toml_value([input_topic])}", f"alert_topic = {toml_value(alert_topic)}",
              f"dead_letter_topic = {toml_value(dead_letter_topic)}", "", "[kafka.consumer]"]
     lines += [f'"{k}" = {toml_value(v)}' for k, v in {**FAST_CONSUMER, **(consumer or {})}.items()]
-    lines += ["", "[redis]", f"url = {toml_value(redis_url)}", f"namespace = {toml_value(namespace)}", "",
-              "[service]"]
+    lines += ["", "[redis]", f"url = {toml_value(redis_url)}", f"namespace = {toml_value(namespace)}"]
+    lines += ["cluster = true"] if redis_cluster else []
+    lines += ["", "[service]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in {"metrics_port": 0, **(service or {})}.items()]
     for model_id, model in models.items():
         lines += ["", f"[models.{model_id}]"]
@@ -155,8 +157,19 @@ def alerts_of(messages: list) -> list[dict[str, Any]]:
     return [orjson.loads(m.value()) for m in messages]
 
 
-def store_for(redis_url: str, namespace: str, group_id: str) -> StateStore:
-    return StateStore(connect(redis_url), namespace, group_id)
+def store_for(redis_url: str, namespace: str, group_id: str, cluster: bool = False) -> StateStore:
+    return StateStore(connect(redis_url, cluster), namespace, group_id)
+
+
+def is_cluster(redis_server) -> bool:
+    """Whether a Redis fixture (``redis_server``, ``redis_cluster``, ``redis_target``) is a Redis Cluster."""
+    return bool(getattr(redis_server, "cluster", False))
+
+
+def keys_by_master(client, namespace: str) -> dict[str, int]:
+    """How many keys of ``namespace`` each master of a Redis Cluster holds (SCAN on every primary)."""
+    return {node.name: sum(1 for _ in client.scan_iter(match=f"{namespace}:*", count=1000, target_nodes=node))
+            for node in client.get_primaries()}
 
 
 def wait_for_offsets(store: StateStore, topic: str, ends: dict[int, int], timeout: float = 90.0,
@@ -211,8 +224,8 @@ class Run:
                                    redis_url=redis_server.address, input_topic=input_topic,
                                    alert_topic=self.alert_topic, dead_letter_topic=self.dead_letter_topic,
                                    group_id=self.group_id, namespace=self.namespace, models=models or MODELS,
-                                   service={**SERVICE, **(service or {})})
-        self.store = store_for(redis_server.address, self.namespace, self.group_id)
+                                   service={**SERVICE, **(service or {})}, redis_cluster=is_cluster(redis_server))
+        self.store = store_for(redis_server.address, self.namespace, self.group_id, is_cluster(redis_server))
         self._count = 0
 
     def start(self, monitors: list, env: dict | None = None) -> MonitorProcess:
@@ -452,11 +465,12 @@ class LabelRun:
         self.config = write_config(tmp_path / f"{name}.toml", bootstrap=broker.address, redis_url=redis_server.address,
                                    input_topic=inference_topic, alert_topic=self.alert_topic,
                                    dead_letter_topic=unique("dlq"), group_id=self.group_id,
-                                   namespace=self.namespace, models={"credit": CREDIT}, service=SERVICE)
+                                   namespace=self.namespace, models={"credit": CREDIT}, service=SERVICE,
+                                   redis_cluster=is_cluster(redis_server))
         text = self.config.read_text().replace(f'input_topics = ["{inference_topic}"]',
                                                f'input_topics = ["{inference_topic}", "{label_topic}"]')
         self.config.write_text(text)
-        self.store = store_for(redis_server.address, self.namespace, self.group_id)
+        self.store = store_for(redis_server.address, self.namespace, self.group_id, is_cluster(redis_server))
         self.count = 0
 
     def start(self, monitors, env: dict | None = None) -> MonitorProcess:

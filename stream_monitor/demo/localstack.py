@@ -162,6 +162,102 @@ def start_redis(log_dir: str | None = None, port: int | None = None, persistent:
     return LocalProcess("redis", process, f"redis://127.0.0.1:{port}/0", log_path)
 
 
+@dataclass
+class LocalCluster:
+    """A Redis Cluster of masters on loopback (no replicas): ``address`` is the URL of its first node, through
+    which a client discovers the others; ``cluster`` tells test helpers to connect with ``redis.cluster = true``."""
+
+    nodes: list[LocalProcess]
+    cluster: bool = True
+    password: str | None = None  # every node's requirepass (and masterauth)
+
+    @property
+    def address(self) -> str:
+        return self.nodes[0].address
+
+    url = address
+
+    @property
+    def ports(self) -> list[int]:
+        return [int(node.extra["port"]) for node in self.nodes]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node reports ``cluster_state:ok`` with all 16384 slots assigned and knows every node."""
+        import redis  # noqa: PLC0415 - the demo layer may import anything
+
+        deadline = time.monotonic() + timeout
+        seen: dict[int, str] = {}
+        while time.monotonic() < deadline:
+            for node in self.nodes:
+                if node.process.poll() is not None:
+                    raise ServiceError(f"redis-server (cluster node {node.extra['port']}) exited with code "
+                                       f"{node.process.returncode}: {node.log_tail()}")
+            seen = {}
+            for port in self.ports:
+                try:
+                    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=2,
+                                         password=self.password)
+                    info = client.execute_command("CLUSTER INFO")
+                    client.close()
+                except redis.RedisError as exc:
+                    seen[port] = f"{type(exc).__name__}: {exc}"
+                    continue
+                if isinstance(info, dict):
+                    fields = {str(k): str(v) for k, v in info.items()}
+                else:
+                    text = info.decode() if isinstance(info, bytes) else str(info)
+                    fields = dict(line.split(":", 1) for line in text.split() if ":" in line)
+                seen[port] = (f"state {fields.get('cluster_state')}, {fields.get('cluster_slots_assigned')} slots, "
+                              f"{fields.get('cluster_known_nodes')} nodes")
+            if all(v == f"state ok, 16384 slots, {len(self.nodes)} nodes" for v in seen.values()) and seen:
+                return
+            time.sleep(0.1)
+        raise ServiceError(f"the Redis Cluster on ports {self.ports} did not report cluster_state:ok within "
+                           f"{timeout:.0f} s: {seen}")
+
+
+def start_redis_cluster(log_dir: str | None = None, masters: int = 3, node_timeout_ms: int = 2000,
+                        password: str | None = None) -> LocalCluster:
+    """``masters`` redis-servers with ``--cluster-enabled yes`` on free loopback ports (each with its own free
+    cluster-bus port), joined by ``redis-cli --cluster create … --cluster-replicas 0``; returns once every
+    node reports ``cluster_state:ok``. Persistence off; each process is stopped by its own pid. ``password``:
+    every node requires it (``address`` then carries no password: add it to the URL)."""
+    log_dir = log_dir or tempfile.mkdtemp(prefix="sm-redis-cluster-")
+    cli = shutil.which("redis-cli") or ("/usr/bin/redis-cli" if os.path.exists("/usr/bin/redis-cli") else None)
+    if cli is None:
+        raise ServiceError("redis-cli is not installed (it comes with redis-server: apt-get install -y redis-server)")
+    os.makedirs(log_dir, exist_ok=True)
+    nodes: list[LocalProcess] = []
+    try:
+        for _ in range(masters):
+            port = free_port()
+            node = start_redis(log_dir, port=port, extra=(
+                "--cluster-enabled", "yes", "--cluster-port", str(free_port()),
+                "--cluster-config-file", os.path.join(log_dir, f"nodes-{port}.conf"),
+                "--cluster-node-timeout", str(node_timeout_ms),
+                *(("--requirepass", password, "--masterauth", password) if password else ())))
+            node.extra["port"] = port
+            nodes.append(node)
+        local = LocalCluster(nodes, password=password)
+        create = subprocess.run([cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in local.ports),
+                                 "--cluster-replicas", "0", "--cluster-yes"],
+                                capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+                                env={**os.environ, **({"REDISCLI_AUTH": password} if password else {})})
+        if create.returncode != 0:
+            raise ServiceError(f"redis-cli --cluster create failed ({create.returncode}): "
+                               f"{(create.stdout + create.stderr)[-2000:]}")
+        local.wait_ok()
+        return local
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
 def create_topics(bootstrap_servers: str, topics: Mapping[str, int], timeout: float = 30.0) -> None:
     """Create topics (name → partitions); an existing topic is fine."""
     from confluent_kafka import KafkaException  # noqa: PLC0415

@@ -22,9 +22,14 @@ def wait_killed(process, timeout: float = 60) -> None:
     assert process.process.returncode == -9, f"expected a SIGKILL, got {process.process.returncode}"
 
 
-@pytest.mark.parametrize("point", sorted(CRASHES))
-def test_sigkill_at_a_point_then_restart(point, broker, redis_server, tmp_path, monitors):
-    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
+# Every point against one redis-server; the two around a save against the 3-master Redis Cluster too
+TARGETS = [(point, "standalone") for point in sorted(CRASHES)] + [
+    ("after_alerts_before_save", "cluster"), ("mid_checkpoint", "cluster")]
+
+
+@pytest.mark.parametrize("point, redis_target", TARGETS, indirect=["redis_target"])
+def test_sigkill_at_a_point_then_restart(point, broker, redis_target, tmp_path, monitors):
+    pair = SideBySide(broker, redis_target, tmp_path, monitors, events=12_000, partitions=2, rate=4000,
                       service={"batch_size": 100})
     first = pair.start(env={"STREAM_MONITOR_CRASH_AT": f"{point}:{CRASHES[point]}"})
     pair.feeder.start()

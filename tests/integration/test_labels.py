@@ -20,7 +20,8 @@ from stream_monitor.replay import replay_alerts
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
 
-from ..support import CREDIT, Feeder, LabelRun, pairs_counted, produce, split, stored_offset, unique, wait_for_offsets
+from ..support import (CREDIT, Feeder, LabelRun, is_cluster, pairs_counted, produce, split, stored_offset, unique,
+                       wait_for_offsets)
 
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
 
@@ -75,7 +76,7 @@ def test_concept_drift_raises_a_performance_alert_and_no_feature_alert(broker, r
 
 
 @pytest.mark.slow
-def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_counts(broker, redis_server, tmp_path,
+def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_counts(broker, redis_target, tmp_path,
                                                                                    monitors):
     inference_topic, label_topic = unique("inference"), unique("labels")
     create_topics(broker.address, {inference_topic: 2, label_topic: 2})
@@ -86,13 +87,13 @@ def test_sigkill_between_a_prediction_and_its_label_neither_loses_nor_double_cou
                        [(i % 2, b"credit", orjson.dumps(e), None) for i, e in enumerate(predictions)], 3000)
     labels = Feeder(broker.address, label_topic,
                     [(i % 2, b"credit", orjson.dumps(e), None) for i, e in enumerate(answers)], 3000)
-    run = LabelRun(broker, redis_server, tmp_path, "killed", inference_topic, label_topic)
+    run = LabelRun(broker, redis_target, tmp_path, "killed", inference_topic, label_topic)
     first = run.start(monitors)
     inference.start()
     # labels trail their predictions: they start once the monitor has stored 2,000 predictions per partition
     wait_for_offsets(run.store, inference_topic, {0: 2000, 1: 2000}, processes=[first])
     labels.start()
-    joiner = RedisJoin(connect(redis_server.address), run.namespace,
+    joiner = RedisJoin(connect(redis_target.address, is_cluster(redis_target)), run.namespace,
                        performance_settings(parse_config({"models": {"credit": CREDIT}})))
     wait_for_offsets(run.store, label_topic, {0: 1000, 1: 1000}, processes=[first])
     deadline = time.monotonic() + 30
@@ -124,12 +125,13 @@ def test_replay_joins_labels_in_the_same_file():
     assert stable == []
 
 
-def test_join_is_effectively_once_and_bounded(redis_server):
+def test_join_is_effectively_once_and_bounded(redis_target):
     """The Redis join and the in-memory one agree; replays of the joining message count again, others don't."""
     config = parse_config({"models": {"credit": {"performance": {"task": "classification", "max_pending": 10,
                                                                   "prediction_ttl_seconds": 0.3}}}})
     settings = performance_settings(config)
-    for joiner in (RedisJoin(connect(redis_server.address), unique("ns"), settings), MemoryJoin(settings)):
+    client = connect(redis_target.address, is_cluster(redis_target))
+    for joiner in (RedisJoin(client, unique("ns"), settings), MemoryJoin(settings)):
         pred = JoinOp("prediction", "credit", "e1", {"score": 0.9, "label": 1, "t": 0}, "inf|0|1")
         label = JoinOp("label", "credit", "e1", {"label": 1, "t": 5}, "lab|0|7")
         assert [r.status for r in joiner.run([pred])] == ["pending"]
@@ -149,7 +151,7 @@ def test_join_is_effectively_once_and_bounded(redis_server):
         late_labels = [JoinOp("label", "credit", f"m{i}", {"label": 1, "t": 9}, f"lab|1|{i}") for i in (0, 1, 2, 11)]
         assert [r.status for r in joiner.run(late_labels)] == ["pending", "pending", "joined", "joined"], \
             "m0 and m1 were evicted; the newest are joinable"
-    redis_join = RedisJoin(connect(redis_server.address), unique("ns"), settings)
+    redis_join = RedisJoin(client, unique("ns"), settings)
     redis_join.run([JoinOp("prediction", "credit", f"x{i}", {"score": 0.5, "label": 1, "t": 0}, f"p|0|{i}")
                     for i in range(3)])
     assert redis_join.lag("credit")["awaiting"] == 3

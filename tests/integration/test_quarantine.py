@@ -63,12 +63,14 @@ def corruptions(tmp_path) -> dict[str, dict[str, bytes]]:
             "crafted pickle": {"offset": b"700", "state": crafted_pickle(tmp_path / "marker")}}
 
 
-@pytest.mark.parametrize("corruption", ["garbage state", "offset abc", "crafted pickle"])
-def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruption, broker, redis_server, tmp_path,
+@pytest.mark.parametrize("corruption, redis_target", [("garbage state", "standalone"), ("offset abc", "standalone"),
+                                                      ("crafted pickle", "standalone"), ("garbage state", "cluster")],
+                         indirect=["redis_target"])
+def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruption, broker, redis_target, tmp_path,
                                                                       monitors):
     topic, ends = two_partitions(broker)
     port = free_port()
-    run = Run(broker, redis_server, tmp_path, topic, 2, "q",
+    run = Run(broker, redis_target, tmp_path, topic, 2, "q",
               service={"metrics_port": port, "quarantine_recheck_seconds": 0.5}, models={"stable": {
                   "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     client, key = run.store.client, run.store.key(topic, 0)
@@ -107,9 +109,9 @@ def test_a_corrupt_key_quarantines_its_partition_and_the_other_goes_on(corruptio
 
 
 def test_dead_letter_mode_sends_the_quarantined_partitions_messages_to_the_dead_letter_topic(
-        broker, redis_server, tmp_path, monitors):
+        broker, redis_target, tmp_path, monitors):
     topic, ends = two_partitions(broker)
-    run = Run(broker, redis_server, tmp_path, topic, 2, "qd", service={"on_corrupt_state": "dead_letter"},
+    run = Run(broker, redis_target, tmp_path, topic, 2, "qd", service={"on_corrupt_state": "dead_letter"},
               models={"stable": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     fields = corruptions(tmp_path)["crafted pickle"]
     client, key = run.store.client, run.store.key(topic, 0)
@@ -141,9 +143,10 @@ def import_file(run: Run, path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def exported(broker, redis_server, tmp_path) -> tuple[Run, list[dict]]:
-    """A real state saved and exported (`state export`) from one group, and a fresh group to import into."""
-    source = Run(broker, redis_server, tmp_path, "t", 1, "source")
+def exported(broker, redis_target, tmp_path) -> tuple[Run, list[dict]]:
+    """A real state saved and exported (`state export`) from one group, and a fresh group to import into
+    (on one redis-server, and on the Redis Cluster)."""
+    source = Run(broker, redis_target, tmp_path, "t", 1, "source")
     monitor = warmed_monitor()
     assert source.store.save("t", 0, monitor.next_offset, monitor.snapshot(), {"partition": 0}) == SAVED
     out = tmp_path / "export.jsonl"
@@ -152,7 +155,7 @@ def exported(broker, redis_server, tmp_path) -> tuple[Run, list[dict]]:
     assert done.returncode == 0, done.stderr
     records = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [r["partition"] for r in records] == [0]
-    return Run(broker, redis_server, tmp_path, "t", 1, "target"), records
+    return Run(broker, redis_target, tmp_path, "t", 1, "target"), records
 
 
 def write_records(path, records) -> None:

@@ -1,4 +1,5 @@
-"""Stored references as a user runs them: build from CSV, show, run against it, re-reference live."""
+"""Stored references as a user runs them: build from CSV, show, run against it, re-reference live (on one
+redis-server and on the Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ def write_csv(path, events) -> None:
                              e["prediction"]["score"], e["prediction"]["label"], e["latency_ms"]])
 
 
-def test_reference_from_csv_then_live_re_reference(broker, redis_server, tmp_path, monitors):
+def test_reference_from_csv_then_live_re_reference(broker, redis_target, tmp_path, monitors):
     topic = unique("inference")
     create_topics(broker.address, {topic: 1})
-    run = Run(broker, redis_server, tmp_path, topic, 1, "stored", models={"fraud": STORED},
+    run = Run(broker, redis_target, tmp_path, topic, 1, "stored", models={"fraud": STORED},
               service={"reference_poll_seconds": 0.3})
 
     # 1. a run refuses to start without the stored reference, naming the key
