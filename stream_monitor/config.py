@@ -304,6 +304,20 @@ class ModelConfig:
     features: Mapping[str, str] | None = None  # None → inferred from the reference
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    # model-level decisions (docs/MODEL_DECISIONS.md): "partition" (each partition decides) or "model"
+    decisions: str = "partition"
+    merge_bucket_seconds: float = 1.0  # event-time bucket of a partition's partial sketches
+    merge_lateness_seconds: float = 2.0  # a partition's watermark: its largest event time minus this
+    merge_idle_seconds: float = 5.0  # a caught-up partition without a message this long stops holding windows
+    merge_max_buckets: int = 3_600  # unmerged partials kept per partition and model; past it the oldest go
+
+    @property
+    def by_model(self) -> bool:
+        return self.decisions == "model"
+
+
+_MERGE_KEYS = ("decisions", "merge_bucket_seconds", "merge_lateness_seconds", "merge_idle_seconds",
+               "merge_max_buckets")
 
 
 @dataclass(frozen=True)
@@ -467,7 +481,7 @@ def _check_redis_url(url: str) -> None:
 
 def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
     where = f"models.{model_id}"
-    _check_keys(raw, where, {"reference", "features", "detectors", "performance"})
+    _check_keys(raw, where, {"reference", "features", "detectors", "performance", *_MERGE_KEYS})
     reference = _build(ReferenceConfig, _table(raw, "reference", f"{where}.reference"), f"{where}.reference")
     if reference.source not in ("warmup", "stored"):
         raise ConfigError(f"{where}.reference.source", f"must be 'warmup' or 'stored', got {reference.source!r}")
@@ -522,8 +536,35 @@ def _model(model_id: str, raw: Mapping[str, Any]) -> ModelConfig:
     if not 0 < detectors.hysteresis <= 1:
         raise ConfigError(f"{where}.detectors.hysteresis", "must be in (0, 1]")
     performance = _performance(_table(raw, "performance", f"{where}.performance"), f"{where}.performance")
+    merge = _merge_settings(raw, where, reference)
     return ModelConfig(model_id=model_id, reference=reference, features=features, detectors=detectors,
-                       performance=performance)
+                       performance=performance, **merge)
+
+
+def _merge_settings(raw: Mapping[str, Any], where: str, reference: ReferenceConfig) -> dict[str, Any]:
+    """``decisions`` and the ``merge_*`` keys of a model (docs/MODEL_DECISIONS.md)."""
+    defaults = ModelConfig("")
+    out: dict[str, Any] = {}
+    for key in _MERGE_KEYS:
+        if key in raw:
+            out[key] = _typed(raw[key], type(getattr(defaults, key)), f"{where}.{key}")
+    decisions = out.get("decisions", defaults.decisions)
+    if decisions not in ("partition", "model"):
+        raise ConfigError(f"{where}.decisions", f"must be 'partition' or 'model', got {decisions!r}")
+    for key in ("merge_bucket_seconds", "merge_idle_seconds"):
+        if key in out and not out[key] > 0:
+            raise ConfigError(f"{where}.{key}", "must be > 0")
+    if out.get("merge_lateness_seconds", 0) < 0:
+        raise ConfigError(f"{where}.merge_lateness_seconds", "must be >= 0")
+    if out.get("merge_max_buckets", 1) < 1:
+        raise ConfigError(f"{where}.merge_max_buckets", "must be at least 1")
+    if "merge_bucket_seconds" in out and out["merge_bucket_seconds"] * 1000 != int(out["merge_bucket_seconds"] * 1000):
+        raise ConfigError(f"{where}.merge_bucket_seconds", "must be a whole number of milliseconds")
+    if decisions == "model" and reference.source != "stored":
+        raise ConfigError(f"{where}.decisions", "'model' needs a stored reference in this version: set "
+                          f"{where}.reference = {{ source = \"stored\" }} and store one with `stream-monitor "
+                          "reference build` (a model-level warm-up is not supported yet)")
+    return out
 
 
 def _performance(raw: Mapping[str, Any], where: str) -> PerformanceConfig:
