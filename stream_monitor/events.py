@@ -88,11 +88,12 @@ class Alert:
     threshold: float
     reference: Mapping[str, Any]
     current: Mapping[str, Any]
-    partition: int
-    offset: int
+    partition: int | None  # None (and offset None): a model-level decision over several partitions
+    offset: int | None
     event_time_ms: int | None
     message: str
     alert_id: str = field(default="")
+    window: Mapping[str, Any] | None = None  # a model-level decision: what it decided on (docs/MODEL_DECISIONS.md)
 
     def __post_init__(self) -> None:
         if not self.alert_id:
@@ -129,6 +130,9 @@ class Alert:
             "detected_at": format_time(detected_at_ms),
             "message": _bounded(self.message, "message", cuts),
         }
+        if self.window is not None:
+            record["window"] = _bounded({**self.window, "first": format_time(self.window["first"]),
+                                         "last": format_time(self.window["last"])}, "window", cuts)
         if cuts:
             record["truncated"] = {"fields": sorted(set(cuts)), "cuts": len(cuts)}
         if max_bytes is not None and len(orjson.dumps(record)) > max_bytes:
