@@ -24,6 +24,7 @@ class StatusBoard:
         self._history: dict[tuple[str, str, str, str], deque] = {}
         self._alerts: deque = deque(maxlen=100)
         self.label_lag: dict[str, dict[str, int]] = {}
+        self.merges: dict[str, dict[str, Any]] = {}  # per model merged here: its model-level episodes
         self.started_at = time.time()
         self.live_lag: Callable[[], Mapping[tuple[str, int], int | None]] | None = None
         self.version = 0  # bumped by every update and alert: the HTTP side renders once per version
@@ -103,6 +104,7 @@ class StatusBoard:
                 partitions.append(dict(part, lag=lag) if lag is not None else dict(part))
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
                     "partitions": partitions, "models": models, "alerts": list(self._alerts),
+                    "merges": {m: dict(v) for m, v in sorted(self.merges.items())},
                     "dead_letters": dead_letter_reasons(partitions)}
 
 

@@ -1,0 +1,154 @@
+"""Model-level decisions through the real broker and Redis: a model keyed by event id over 4 partitions
+announces a change once, with the same alert ids whatever the number of instances, a SIGKILL and the
+rebalance after it; a stationary model raises nothing and an empty partition holds nothing back."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import Counter
+
+import orjson
+
+from stream_monitor.codec import decode
+from stream_monitor.demo.localstack import create_topics
+from stream_monitor.events import RawMessage
+from stream_monitor.merge import merge_step
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.merge import PartitionPartials
+from stream_monitor.config import parse_config
+from stream_monitor.reference import build_reference
+from stream_monitor.state import MergeStore, ReferenceStore
+from stream_monitor.synthetic import generate
+
+from ..support import Feeder, Run, produce, unique, wait_for_offsets
+
+PARTITIONS = 4
+EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
+DRIFT_AT = 3000
+MODEL = {"decisions": "model", "reference": {"source": "stored"}, "merge_lateness_seconds": 1.0,
+         "merge_idle_seconds": 1.0, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+SERVICE = {"checkpoint_interval_events": 200, "checkpoint_interval_seconds": 0.3}
+
+
+def keyed_by_event_id(events) -> list[tuple]:
+    """(partition, key, value, headers) as a producer keyed by event id spreads them."""
+    return [(zlib.crc32(e["event_id"].encode()) % PARTITIONS, e["event_id"].encode(), orjson.dumps(e), None)
+            for e in events]
+
+
+def reference():
+    events = [decode(RawMessage("r", 0, i, orjson.dumps(d)), frozenset(["fraud"]))
+              for i, d in enumerate(generate("fraud", 4000, seed=7))]
+    return build_reference("fraud", events, None, source="stored")
+
+
+def pipeline(broker, redis_server, tmp_path, topic, name) -> Run:
+    run = Run(broker, redis_server, tmp_path, topic, PARTITIONS, name, service=SERVICE, models={"fraud": MODEL})
+    ReferenceStore(run.store.client, run.namespace).store(reference())
+    return run
+
+
+def wait_for_windows(run: Run, windows: int, processes, timeout: float = 120.0) -> dict:
+    """Until the model's merge state in Redis has decided ``windows`` windows."""
+    merges = MergeStore(run.store)
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = merges.load("fraud")
+        if state is not None and state["windows"] >= windows:
+            return state
+        for process in processes:
+            if process.process.poll() is not None:
+                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+    logs = "\n".join(p.log()[-2000:] for p in processes)
+    raise AssertionError(f"merge state {state and {k: state[k] for k in ('windows', 'last_bucket')}} "
+                         f"did not reach {windows} windows\n{logs}")
+
+
+def finish(run: Run, processes, windows: int = EVENTS // 1000) -> list[dict]:
+    state = wait_for_windows(run, windows, processes)
+    assert state["windows"] == windows
+    for process in processes:
+        assert process.terminate() == 0, process.log()[-3000:]
+    return run.alerts()
+
+
+def expected_alert_ids(records) -> set[str]:
+    """What the engine decides in process on the same partitions and offsets."""
+    config = parse_config({"models": {"fraud": MODEL}})
+    profile = reference()
+    parts = []
+    for p in range(PARTITIONS):
+        monitor = PartitionMonitor(config, p, {"fraud": profile})
+        mine = [value for partition, _, value, _ in records if partition == p]
+        monitor.process_batch([(offset, decode(RawMessage("t", p, offset, value), frozenset(["fraud"])), None)
+                               for offset, value in enumerate(mine)])
+        monitor.go_idle()
+        mark = monitor.merge_marks()["fraud"]
+        parts.append(PartitionPartials("t", p, mark["watermark"], True, mark["partials"]))
+    return {a.alert_id for a in merge_step(config.models["fraud"], profile, None, parts, 1000).alerts}
+
+
+def announced_once(alerts: list[dict]) -> None:
+    firing = Counter((a["signal"], a["name"], a["detector"]) for a in alerts if a["status"] == "firing")
+    assert firing[("feature", "amount", "psi")] == 1
+    assert set(firing.values()) == {1}, firing  # one firing per (signal, name, detector), not one per partition
+
+
+def test_one_and_four_instances_announce_the_change_once_with_the_same_ids(broker, redis_server, tmp_path,
+                                                                           monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    produce(broker.address, topic, records)
+    one = pipeline(broker, redis_server, tmp_path, topic, "one")
+    four = pipeline(broker, redis_server, tmp_path, topic, "four")
+    started = time.monotonic()
+    processes_one = [one.start(monitors)]
+    processes_four = [four.start(monitors) for _ in range(4)]
+    alerts_one = finish(one, processes_one)
+    alerts_four = finish(four, processes_four)
+    print(f"1 and 4 instances over {EVENTS} events: {time.monotonic() - started:.1f} s")
+    announced_once(alerts_one)
+    ids = {a["alert_id"] for a in alerts_one}
+    assert ids == {a["alert_id"] for a in alerts_four}
+    assert ids == expected_alert_ids(records)
+    window = [a for a in alerts_one if a["partition"] is None]
+    assert window and all(a["offset"] is None and sum(a["window"]["events"].values()) >= 1000 for a in window)
+    psi = next(a for a in window if (a["name"], a["detector"], a["status"]) == ("amount", "psi", "firing"))
+    assert sorted(psi["window"]["events"]) == [f"{topic}|{p}" for p in range(PARTITIONS)]
+
+
+def test_a_sigkill_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path, monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    clean = pipeline(broker, redis_server, tmp_path, topic, "clean")
+    run = pipeline(broker, redis_server, tmp_path, topic, "interrupted")
+    clean_processes = [clean.start(monitors)]
+    first, second = run.start(monitors), run.start(monitors)
+    feeder = Feeder(broker.address, topic, records, rate=1500)
+    feeder.start()
+    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
+    second.kill()  # SIGKILL mid-stream: its partitions wait for the group to notice, then move to `first`
+    feeder.result()
+    alerts_run = finish(run, [first])
+    alerts_clean = finish(clean, clean_processes)
+    announced_once(alerts_clean)
+    assert {a["alert_id"] for a in alerts_run} == {a["alert_id"] for a in alerts_clean}
+    assert {a["alert_id"] for a in alerts_clean} == expected_alert_ids(records)
+
+
+def test_a_stationary_model_raises_nothing_and_an_empty_partition_holds_nothing_back(broker, redis_server,
+                                                                                     tmp_path, monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    events = generate("fraud", 4000, seed=5)
+    records = [(p % (PARTITIONS - 1), key, value, headers)  # partition 3 never gets a message
+               for p, key, value, headers in keyed_by_event_id(events)]
+    produce(broker.address, topic, records)
+    run = pipeline(broker, redis_server, tmp_path, topic, "stationary")
+    process = run.start(monitors)
+    assert finish(run, [process], windows=4) == []
