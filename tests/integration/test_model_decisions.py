@@ -121,20 +121,35 @@ def test_one_and_four_instances_announce_the_change_once_with_the_same_ids(broke
     assert sorted(psi["window"]["events"]) == [f"{topic}|{p}" for p in range(PARTITIONS)]
 
 
-def test_a_sigkill_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path, monitors):
+def wait_for_log(process, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in process.log():
+        if time.monotonic() > deadline or process.process.poll() is not None:
+            raise AssertionError(f"{text!r} not in the log:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path,
+                                                                               monitors):
     topic = unique("inference")
     create_topics(broker.address, {topic: PARTITIONS})
     records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
     clean = pipeline(broker, redis_server, tmp_path, topic, "clean")
     run = pipeline(broker, redis_server, tmp_path, topic, "interrupted")
     clean_processes = [clean.start(monitors)]
-    first, second = run.start(monitors), run.start(monitors)
+    first = run.start(monitors)
+    wait_for_log(first, f"assigned {topic}[")
+    second = run.start(monitors)
+    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
     feeder = Feeder(broker.address, topic, records, rate=1500)
     feeder.start()
     wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
-    second.kill()  # SIGKILL mid-stream: its partitions wait for the group to notice, then move to `first`
+    assert feeder.is_alive(), "killed mid-stream"
+    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
+    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
+    merger.kill()  # SIGKILL of the instance that merges: its partitions and the merge move to the survivor
     feeder.result()
-    alerts_run = finish(run, [first])
+    alerts_run = finish(run, [survivor])
     alerts_clean = finish(clean, clean_processes)
     announced_once(alerts_clean)
     assert {a["alert_id"] for a in alerts_run} == {a["alert_id"] for a in alerts_clean}
