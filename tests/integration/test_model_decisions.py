@@ -13,15 +13,14 @@ import orjson
 from stream_monitor.codec import decode
 from stream_monitor.demo.localstack import create_topics
 from stream_monitor.events import RawMessage
-from stream_monitor.merge import merge_step
-from stream_monitor.partition import PartitionMonitor
-from stream_monitor.merge import PartitionPartials
 from stream_monitor.config import parse_config
+from stream_monitor.merge import PartitionPartials, merge_step
+from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 from stream_monitor.state import MergeStore, ReferenceStore
 from stream_monitor.synthetic import generate
 
-from ..support import Feeder, Run, produce, unique, wait_for_offsets
+from ..support import Feeder, Run, produce, unique, validator, wait_for_offsets
 
 PARTITIONS = 4
 EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
@@ -117,6 +116,9 @@ def test_one_and_four_instances_announce_the_change_once_with_the_same_ids(broke
     assert ids == expected_alert_ids(records)
     window = [a for a in alerts_one if a["partition"] is None]
     assert window and all(a["offset"] is None and sum(a["window"]["events"].values()) >= 1000 for a in window)
+    schema = validator("alert.json")
+    for alert in alerts_one:
+        schema.validate(alert)  # model-level ones too: partition and offset null, with their window
     psi = next(a for a in window if (a["name"], a["detector"], a["status"]) == ("amount", "psi", "firing"))
     assert sorted(psi["window"]["events"]) == [f"{topic}|{p}" for p in range(PARTITIONS)]
 
