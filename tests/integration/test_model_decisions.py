@@ -4,6 +4,8 @@ rebalance after it; a stationary model raises nothing and an empty partition hol
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import zlib
 from collections import Counter
@@ -11,9 +13,9 @@ from collections import Counter
 import orjson
 
 from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import create_topics
 from stream_monitor.events import RawMessage
-from stream_monitor.config import parse_config
 from stream_monitor.merge import PartitionPartials, merge_step
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
@@ -121,6 +123,16 @@ def test_one_and_four_instances_announce_the_change_once_with_the_same_ids(broke
         schema.validate(alert)  # model-level ones too: partition and offset null, with their window
     psi = next(a for a in window if (a["name"], a["detector"], a["status"]) == ("amount", "psi", "firing"))
     assert sorted(psi["window"]["events"]) == [f"{topic}|{p}" for p in range(PARTITIONS)]
+    shown = status(one, "--json")["model_decisions"]["fraud"]
+    assert shown["windows"] == 6 and {"feature|amount|psi", "feature|amount|ks"} <= {
+        e["episode"] for e in shown["episodes"] if e["firing"]}  # the drift lasts to the end
+
+
+def status(run: Run, *args: str):
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(run.config), *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout) if args else done.stdout
 
 
 def wait_for_log(process, text: str, timeout: float = 60.0) -> None:
@@ -169,3 +181,4 @@ def test_a_stationary_model_raises_nothing_and_an_empty_partition_holds_nothing_
     run = pipeline(broker, redis_server, tmp_path, topic, "stationary")
     process = run.start(monitors)
     assert finish(run, [process], windows=4) == []
+    assert "no model-level episode firing" in status(run)
