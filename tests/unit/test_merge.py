@@ -231,3 +231,16 @@ def test_partials_add_up_cell_by_cell():
                 add_partial(total, p.partials[bucket])
         assert total["events"] == whole["events"]
         assert total["columns"] == whole["columns"]
+
+
+def test_replay_decides_a_model_level_model_as_the_merge_of_its_one_stream():
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    events = stream(6000, 3000)
+    alerts = list(replay_rows(CONFIG, [(i, e) for i, e in enumerate(events)], {MODEL: reference()}))
+    m = monitor(-1)
+    feed(m, events)
+    m.go_idle()
+    expected = merge_step(CONFIG.models[MODEL], reference(), None, [partials_of(m, "replay")], BUCKET_MS).alerts
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in expected]
+    assert any(a.partition is None and a.detector == "psi" for a in alerts)
