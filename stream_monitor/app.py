@@ -538,6 +538,8 @@ class Service:
                 log.warning("model %s: a newer merge state is stored (another instance merges this model now); "
                             "this step is not saved", model_id)
                 self.metrics.merge_refused.labels(model_id).inc()
+        elif result.consumed:  # merged before (the stored state says so); their deletion was interrupted
+            self.merges.consumed(model_id, result.consumed)
         self.board.merges[model_id] = {"last_bucket": (state or {}).get("last_bucket"),
                                        "windows": (state or {}).get("windows", 0),
                                        "open_window_events": ((state or {}).get("window") or {}).get("events", 0),

@@ -208,7 +208,9 @@ class MergeResult(NamedTuple):
 
 
 def initial_state() -> dict[str, Any]:
-    return {"step": 0, "last_bucket": None, "window": None, "episodes": {}, "windows": 0}
+    # through: per "topic|partition" the last bucket merged from it (a partition writes its buckets in
+    # increasing order, so a partial at or below it is one already merged whose deletion was interrupted)
+    return {"step": 0, "last_bucket": None, "window": None, "episodes": {}, "windows": 0, "through": {}}
 
 
 def frontier(partitions: Sequence[PartitionPartials], bucket_ms: int) -> int | None:
@@ -263,13 +265,19 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     late = 0
     entries: list[tuple[int, str, int, Mapping[str, Any]]] = []
     consumed: dict[tuple[str, int], list[int]] = {}
+    through = state.setdefault("through", {})
     for p in partitions:
+        where = f"{p.topic}|{p.partition}"
         for bucket, partial in p.partials.items():
+            if where in through and bucket <= through[where]:  # merged before; its deletion did not happen
+                consumed.setdefault((p.topic, p.partition), []).append(bucket)
+                continue
             if last is not None and bucket <= last or previous is not None and bucket <= previous:
                 effective = bucket if previous is None or bucket > previous else previous + 1
                 late += effective != bucket
                 entries.append((effective, p.topic, p.partition, partial))
                 consumed.setdefault((p.topic, p.partition), []).append(bucket)
+                through[where] = max(bucket, through.get(where, bucket))
     entries.sort(key=lambda e: e[:3])
     out: list[Alert] = []
     episodes = _Episodes(model, state["episodes"])
@@ -305,7 +313,8 @@ def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
         window = {**window, "columns": {k: {p: (list(v) if isinstance(v, list) else v) for p, v in c.items()}
                                         for k, c in window["columns"].items()},
                   "by_partition": dict(window["by_partition"])}
-    return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()}}
+    return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
+            "through": dict(state.get("through", {}))}
 
 
 def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: Mapping[str, Any]) -> list[Alert]:

@@ -244,3 +244,14 @@ def test_replay_decides_a_model_level_model_as_the_merge_of_its_one_stream():
     expected = merge_step(CONFIG.models[MODEL], reference(), None, [partials_of(m, "replay")], BUCKET_MS).alerts
     assert [a.alert_id for a in alerts] == [a.alert_id for a in expected]
     assert any(a.partition is None and a.detector == "psi" for a in alerts)
+
+
+def test_partials_left_behind_by_an_interrupted_deletion_are_not_merged_twice():
+    parts = run_partitions(spread(stream(6000, 3000), 4))
+    model = CONFIG.models[MODEL]
+    first = merge_step(model, reference(), None, parts, BUCKET_MS)
+    saved = orjson.loads(orjson.dumps(first.state))
+    again = merge_step(model, reference(), saved, parts, BUCKET_MS)  # the same partials: none was deleted
+    assert again.alerts == [] and again.buckets == 0 and again.late == 0
+    assert again.state == saved
+    assert {k: sorted(v) for k, v in again.consumed.items()} == {k: sorted(v) for k, v in first.consumed.items()}
