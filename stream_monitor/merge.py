@@ -266,10 +266,11 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     entries: list[tuple[int, str, int, Mapping[str, Any]]] = []
     consumed: dict[tuple[str, int], list[int]] = {}
     through = state.setdefault("through", {})
+    done = dict(through)  # as stored: what earlier steps merged
     for p in partitions:
         where = f"{p.topic}|{p.partition}"
         for bucket, partial in p.partials.items():
-            if where in through and bucket <= through[where]:  # merged before; its deletion did not happen
+            if where in done and bucket <= done[where]:  # merged before; its deletion did not happen
                 consumed.setdefault((p.topic, p.partition), []).append(bucket)
                 continue
             if last is not None and bucket <= last or previous is not None and bucket <= previous:
