@@ -258,3 +258,18 @@ def test_partials_left_behind_by_an_interrupted_deletion_are_not_merged_twice():
     assert again.alerts == [] and again.buckets == 0 and again.late == 0
     assert again.state == saved
     assert {k: sorted(v) for k, v in again.consumed.items()} == {k: sorted(v) for k, v in first.consumed.items()}
+
+
+def test_the_status_page_shows_the_model_level_episodes():
+    from stream_monitor.board import StatusBoard  # noqa: PLC0415
+    from stream_monitor.merge import episodes_summary  # noqa: PLC0415
+    from stream_monitor.web import render_page  # noqa: PLC0415
+
+    result = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions(spread(stream(6000, 3000), 4)),
+                        BUCKET_MS)
+    board = StatusBoard("test")
+    board.merges[MODEL] = {"windows": result.state["windows"], "open_window_events": 0,
+                           "episodes": episodes_summary(result.state)}
+    page = render_page(board.snapshot())
+    assert "Model-level decisions" in page and "feature|amount|psi" in page
+    assert board.snapshot()["merges"][MODEL]["windows"] == 6
