@@ -20,7 +20,7 @@ from stream_monitor.events import RawMessage
 from stream_monitor.merge import PartitionPartials, merge_step
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
-from stream_monitor.state import MergeStore, ReferenceStore
+from stream_monitor.state import SAVED, STALE, MergeStore, ReferenceStore, StateStore, connect
 from stream_monitor.synthetic import generate
 
 from ..support import Feeder, Run, produce, unique, validator, wait_for_offsets
@@ -181,3 +181,29 @@ def test_a_stationary_model_raises_nothing_and_an_empty_partition_holds_nothing_
     process = run.start(monitors)
     assert finish(run, [process], windows=4) == []
     assert "no model-level episode firing" in status(run)
+
+
+def test_partials_are_saved_with_the_state_capped_and_never_by_a_zombie(redis_server):
+    store = StateStore(connect(redis_server.address), unique("ns"), "g")
+    partial = {"events": 1, "columns": {}, "firings": []}
+    mark = {"watermark": 5_000, "idle": False, "partials": {1: partial, 2: partial, 3: partial}, "cap": 4}
+    assert store.save("t", 0, 10, {"format": 4, "models": {}}, {}, merge={"fraud": mark}) == SAVED
+    key = store.partials_key("t", 0, "fraud")
+    assert sorted(store.client.hkeys(key)) == [b"1", b"2", b"3", b"idle", b"wm"]
+    later = {**mark, "watermark": 9_000, "partials": {4: partial, 5: partial, 6: partial}}
+    assert store.save("t", 0, 20, {"format": 4, "models": {}}, {}, merge={"fraud": later}) == SAVED
+    assert store.dropped == {"fraud": 2}  # the cap keeps the newest 4 unmerged buckets
+    assert sorted(int(b) for b in store.client.hkeys(key) if b.isdigit()) == [3, 4, 5, 6]
+    assert store.client.hget(key, "wm") == b"9000"
+    zombie = {**mark, "watermark": 99_000, "partials": {7: partial}}
+    assert store.save("t", 0, 15, {"format": 4, "models": {}}, {}, merge={"fraud": zombie}) == STALE
+    assert store.client.hget(key, "wm") == b"9000" and not store.client.hexists(key, "7")
+
+
+def test_the_merge_state_only_moves_forward(redis_server):
+    merges = MergeStore(StateStore(connect(redis_server.address), unique("ns"), "g"))
+    assert merges.save("fraud", {"step": 1, "windows": 1})
+    assert not merges.save("fraud", {"step": 1, "windows": 9})  # a merger that lost the race
+    assert merges.save("fraud", {"step": 2, "windows": 2})
+    assert not merges.save("fraud", {"step": 1, "windows": 0})  # a zombie with an old state
+    assert merges.load("fraud") == {"step": 2, "windows": 2}
