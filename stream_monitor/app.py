@@ -540,10 +540,10 @@ class Service:
                 self.metrics.merge_refused.labels(model_id).inc()
         elif result.consumed:  # merged before (the stored state says so); their deletion was interrupted
             self.merges.consumed(model_id, result.consumed)
-        self.board.merges[model_id] = {"last_bucket": (state or {}).get("last_bucket"),
-                                       "windows": (state or {}).get("windows", 0),
-                                       "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
-                                       "episodes": episodes_summary(state)}
+        self.board.merged(model_id, {"last_bucket": (state or {}).get("last_bucket"),
+                                     "windows": (state or {}).get("windows", 0),
+                                     "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
+                                     "episodes": episodes_summary(state)})
         CLOCK.add("merge", started)
 
     def _announce(self, alert) -> None:

@@ -45,6 +45,13 @@ class StatusBoard:
                         points.append((now, row["statistic"]))
             self.version += 1
 
+    def merged(self, model_id: str, summary: Mapping[str, Any]) -> None:
+        """The model-level episodes of a model merged by this instance (decisions = "model")."""
+        with self._lock:
+            if self.merges.get(model_id) != summary:
+                self.merges[model_id] = dict(summary)
+                self.version += 1
+
     def alert(self, alert: Mapping[str, Any]) -> None:
         with self._lock:
             self._alerts.appendleft(dict(alert))
