@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+import zlib
 from typing import Any, Callable, TypeVar
 
 import redis
@@ -33,6 +34,7 @@ from .join import RedisJoin, join_op, performance_settings
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
+from .merge import episodes_summary, merge_step
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
 from .publisher import Publisher
@@ -40,7 +42,7 @@ from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # Checkpo
 from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
-from .state import REDIS_ERRORS, CorruptState, ReferenceStore, StateStore, connect
+from .state import REDIS_ERRORS, CorruptState, MergeStore, ReferenceStore, StateStore, connect
 from .web import Health
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,7 @@ T = TypeVar("T")
 PROBE_SILENCE_SECONDS = 3.0  # a log-end probe that read nothing for this long trusts the end it was told
 LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
 WATERMARK_SECONDS = 0.5  # how often the consumer's cached watermarks are read for the lag
+MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets (and after each checkpoint)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 # What restoring a decoded snapshot raises when its contents are not a state this version wrote
@@ -126,6 +129,10 @@ class Service:
         # standalone: a client that connects on first use; a cluster's client reaches a node at once
         self.redis = self._redis(lambda: connect(config.redis.url, config.redis.cluster), "connect")
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
+        self.merges = MergeStore(self.store)
+        self.merged_models = {m: model for m, model in config.models.items() if model.by_model}
+        self._next_merge = 0.0
+        self._partition_counts: dict[str, int] = {}  # per input topic, from the broker's metadata
         self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
@@ -210,6 +217,10 @@ class Service:
                 due = self._checkpoint_due()
                 if due:
                     self._checkpoint(due)
+                if self.merged_models:
+                    self._idle_partitions()
+                    if due or time.monotonic() >= self._next_merge:
+                        self._merge()
                 if self.status_due:  # after a checkpoint, here or in a revoke inside consume()
                     self._publish_status()
                 if time.monotonic() >= self._next_reference_check:
@@ -376,6 +387,12 @@ class Service:
             self._apply(key, self.partitions.monitor(key), items)
         bound_rollbacks([r.rollback for r in self.partitions.records() if r.rollback is not None])
         self.partitions.touch(key for key, _, _, _ in prepared)
+        if self.merged_models:
+            now = time.monotonic()
+            for key in {key for key, _, _, _ in prepared}:
+                record = self.partitions.get(key)
+                if record is not None:
+                    record.last_message = now
         self.partitions.timers.count(consumed_by_partition(prepared), time.monotonic())
 
     def _prepare(self, message: Message):
@@ -477,6 +494,107 @@ class Service:
         self.dead_letter_digest.record(letter.reason, letter.error)
         self.metrics.dead_letters.labels(letter.reason).inc()
         log.debug("%s[%d]@%d dead-lettered: %s: %s", raw.topic, raw.partition, raw.offset, letter.reason, letter.error)
+
+    # --- model-level decisions (docs/MODEL_DECISIONS.md) ---------------------------------
+
+    def _idle_partitions(self) -> None:
+        """A partition at its log end that has received nothing for ``merge_idle_seconds`` goes idle: its
+        open buckets close (saved at once) and the models' merges no longer wait for it."""
+        now = time.monotonic()
+        wait = min(model.merge_idle_seconds for model in self.merged_models.values())
+        idle = []
+        for record in self.partitions.records():
+            monitor = record.monitor
+            if monitor is None or monitor.idle:
+                continue
+            if not record.last_message:
+                record.last_message = now  # assigned just now: its quiet time starts here
+                continue
+            low, high = record.watermarks
+            position = monitor.next_offset if monitor.next_offset is not None else low
+            if high is None or position is None or position < high or now - record.last_message < wait:
+                continue
+            monitor.go_idle()
+            if record.rollback is not None:
+                record.rollback.forget()
+            if monitor.next_offset is None:  # never read a message: nothing to save but the flag
+                key = record.key
+                self._redis(lambda: self.merges.mark_idle(*key, self.merged_models), "mark idle")
+            else:
+                record.dirty = True
+                idle.append(record.key)
+        if idle:
+            log.info("idle (caught up, no message for %.0f s): %s", wait,
+                     ", ".join(f"{t}[{p}]" for t, p in idle))
+            self._checkpoint(idle)
+
+    def _partition_count(self, topic: str) -> int | None:
+        count = self._partition_counts.get(topic)
+        if count is None and self.consumer is not None:
+            try:
+                metadata = self.consumer.list_topics(topic, timeout=5.0).topics.get(topic)
+            except KafkaException as exc:
+                log.warning("metadata of %s not available for the model merge: %s", topic, exc)
+                return None
+            if metadata is None or metadata.error is not None or not metadata.partitions:
+                return None
+            count = self._partition_counts[topic] = len(metadata.partitions)
+        return count
+
+    def _merge(self) -> None:
+        """Each model whose merge this instance owns (the owner of partition crc32(model) % P of the first
+        input topic): merge the buckets every partition has closed."""
+        self._next_merge = time.monotonic() + MERGE_SECONDS
+        topics = list(self.config.kafka.input_topics)
+        counts = {topic: self._partition_count(topic) for topic in topics}
+        if None in counts.values():
+            return
+        partitions = [(topic, p) for topic in topics for p in range(counts[topic])]
+        for model_id, model in self.merged_models.items():
+            first = topics[0]
+            record = self.partitions.get((first, zlib.crc32(model_id.encode()) % counts[first]))
+            if record is None or record.monitor is None or not record.persisted:
+                continue
+            self._redis(lambda: self._merge_model(model_id, model, partitions), f"merge of {model_id}")
+
+    def _merge_model(self, model_id: str, model, partitions: list[PartitionKey]) -> None:
+        """One merge step: read, decide, publish and confirm the alerts, then save the merge state (only
+        forward) and delete what it consumed. Safe to repeat after a failure at any point."""
+        started = CLOCK.now()
+        reference = self.references.get(model_id)
+        if reference is None:
+            return
+        state = self.merges.load(model_id)
+        result = merge_step(model, reference, state, self.merges.partials(model_id, partitions),
+                            int(model.merge_bucket_seconds * 1000))
+        if result.buckets:
+            result.state["step"] = (state or {}).get("step", 0) + 1
+            for alert in result.alerts:
+                self._announce(alert)
+            self.publisher.confirm()  # before the state that says they were raised
+            if self.merges.save(model_id, result.state):
+                self.merges.consumed(model_id, result.consumed)
+                self.metrics.merge_buckets.labels(model_id).inc(result.buckets)
+                if result.late:
+                    self.metrics.merge_late.labels(model_id).inc(result.late)
+                state = result.state
+            else:
+                log.warning("model %s: a newer merge state is stored (another instance merges this model now); "
+                            "this step is not saved", model_id)
+                self.metrics.merge_refused.labels(model_id).inc()
+        elif result.consumed:  # merged before (the stored state says so); their deletion was interrupted
+            self.merges.consumed(model_id, result.consumed)
+        self.board.merged(model_id, {"last_bucket": (state or {}).get("last_bucket"),
+                                     "windows": (state or {}).get("windows", 0),
+                                     "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
+                                     "episodes": episodes_summary(state)})
+        CLOCK.add("merge", started)
+
+    def _announce(self, alert) -> None:
+        self.board.alert(self.publisher.alert(alert))
+        self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity, alert.status).inc()
+        alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
+                       alert.signal, alert.name, alert.detector, alert.message, extra={"alert": alert.alert_id})
 
     # --- checkpoints ----------------------------------------------------------------------
 

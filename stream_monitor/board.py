@@ -24,6 +24,7 @@ class StatusBoard:
         self._history: dict[tuple[str, str, str, str], deque] = {}
         self._alerts: deque = deque(maxlen=100)
         self.label_lag: dict[str, dict[str, int]] = {}
+        self.merges: dict[str, dict[str, Any]] = {}  # per model merged here: its model-level episodes
         self.started_at = time.time()
         self.live_lag: Callable[[], Mapping[tuple[str, int], int | None]] | None = None
         self.version = 0  # bumped by every update and alert: the HTTP side renders once per version
@@ -43,6 +44,13 @@ class StatusBoard:
                         points = self._history.setdefault(key, deque(maxlen=HISTORY_POINTS))
                         points.append((now, row["statistic"]))
             self.version += 1
+
+    def merged(self, model_id: str, summary: Mapping[str, Any]) -> None:
+        """The model-level episodes of a model merged by this instance (decisions = "model")."""
+        with self._lock:
+            if self.merges.get(model_id) != summary:
+                self.merges[model_id] = dict(summary)
+                self.version += 1
 
     def alert(self, alert: Mapping[str, Any]) -> None:
         with self._lock:
@@ -107,6 +115,7 @@ class StatusBoard:
                 partitions.append(dict(part, lag=lag) if lag is not None else dict(part))
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
                     "partitions": partitions, "models": models, "alerts": list(self._alerts),
+                    "merges": {m: dict(v) for m, v in sorted(self.merges.items())},
                     "dead_letters": dead_letter_reasons(partitions)}
 
 

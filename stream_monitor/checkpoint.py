@@ -1,7 +1,8 @@
 """The commit unit. Steps, in this order, each one only after the previous succeeded:
 
 1. confirm delivery of every alert and dead letter produced so far;
-2. save each dirty partition's state with its next offset to Redis, atomically;
+2. save each dirty partition's state with its next offset to Redis, atomically (with the partition's
+   closed partials of the models whose decisions are the model's, docs/MODEL_DECISIONS.md);
 3. commit the same offsets to the Kafka group (for lag tools; Redis holds the truth).
 
 It does nothing else: no status page, no gauges (the service refreshes its status
@@ -55,8 +56,18 @@ def checkpoint(records: Sequence[OwnedPartition], publisher: Publisher, store: S
             continue
         summary = summaries[(topic, partition)] = monitor.summary()
         saving = time.perf_counter()
-        outcome = store.save(topic, partition, monitor.next_offset, monitor.snapshot(), summary,
-                             existed=record.persisted)
+        marks = monitor.merge_marks()  # decisions = "model": closed partials, watermark, idle, beside the state
+        for model_id, mark in marks.items():
+            mark["cap"] = monitor.config.models[model_id].merge_max_buckets
+        outcome = store.save(topic, partition, monitor.next_offset, monitor.snapshot(pending=False), summary,
+                             existed=record.persisted, merge=marks)
+        monitor.partials_saved(marks)  # stored, or refused for good (a newer owner): they leave the state
+        for model_id, dropped in store.dropped.items():
+            if dropped:
+                log.warning("%s[%d]: %d unmerged partials of model %s dropped (over merge_max_buckets): is its "
+                            "merger running?", topic, partition, dropped, model_id)
+                if metrics is not None:
+                    metrics.merge_dropped.labels(model_id).inc(dropped)
         if outcome == STALE:
             log.warning("%s[%d]: newer state already stored by another owner; not overwritten", topic, partition)
         elif outcome == LOST:

@@ -276,9 +276,20 @@ def _status(args: argparse.Namespace) -> int:
     from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
+    from .merge import episodes_summary  # noqa: PLC0415
+    from .state import MergeStore  # noqa: PLC0415
+
+    merges = MergeStore(store)
+    decided = {}  # decisions = "model": the model-level episodes, from the merge state
+    for model_id, model in sorted(config.models.items()):
+        if model.by_model:
+            state = merges.load(model_id) or {}
+            decided[model_id] = {"windows": state.get("windows", 0), "last_bucket": state.get("last_bucket"),
+                                 "open_window_events": (state.get("window") or {}).get("events", 0),
+                                 "episodes": episodes_summary(state) if state else []}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
-                            "dead_letters": letters}).decode())
+                            "dead_letters": letters, "model_decisions": decided}).decode())
         return 0
     if not partitions:
         print(f"no partition state stored for group {config.kafka.group_id!r} in namespace {config.redis.namespace!r}")
@@ -335,6 +346,16 @@ def _status(args: argparse.Namespace) -> int:
                   f"({held['evicted']:,} evicted for room) · {held['labels_waiting']:,} labels awaiting their "
                   f"prediction ({held['labels_evicted']:,} evicted) · {held['dropped']:,} too large to keep · "
                   f"join in Redis ≈ {held['bytes'] / 1_048_576:,.1f} MiB")
+        if model_id in decided:
+            held = decided[model_id]
+            print(f"  decided over all partitions: {held['windows']:,} model windows, "
+                  f"{held['open_window_events']:,} events in the open one")
+            firing = [e for e in held["episodes"] if e["firing"]]
+            for episode in firing:
+                print(f"  FIRING {episode['severity']} (model-level) {logs.clean(episode['episode'])} "
+                      f"{(episode['last_alert_id'] or '-')[:12]}")
+            if not firing:
+                print("  no model-level episode firing")
         table_rows = []
         for (signal, name, detector), row in sorted(merged.items(), key=lambda kv: (not kv[1].get("firing"), kv[0])):
             state = f"FIRING {row['severity']}" if row.get("firing") else "ok"

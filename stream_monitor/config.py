@@ -585,6 +585,30 @@ class ModelConfig(_Table):
         type="table: feature name → `\"numeric\"` | `\"categorical\"`")] = None
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    decisions: Annotated[Literal["partition", "model"], doc(
+        "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
+        "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
+        "and data quality are decided over the model's events from all partitions and topics, and every episode "
+        "(ADWIN and Page-Hinkley too) is the model's, announced once; see docs/MODEL_DECISIONS.md. Labels, "
+        "performance and latency stay per partition.",
+        checks="`\"partition\"` or `\"model\"`; `\"model\"` needs `reference.source = \"stored\"`.")] = "partition"
+    merge_bucket_seconds: Annotated[float, Meta(gt=0), doc(
+        "With `decisions = \"model\"`: the event-time bucket each partition sketches the model's events in; a "
+        "model window ends on a bucket boundary.", checks="`> 0`, whole milliseconds")] = 1.0
+    merge_lateness_seconds: Annotated[float, Meta(ge=0), doc(
+        "With `decisions = \"model\"`: a partition's watermark is its largest event time minus this; buckets "
+        "before the watermark are closed (a later event counts in the oldest open bucket).")] = 2.0
+    merge_idle_seconds: Annotated[float, Meta(gt=0), doc(
+        "With `decisions = \"model\"`: a partition at its log end that receives nothing for this long is idle: it "
+        "closes its open buckets and no longer holds the model's windows back.")] = 5.0
+    merge_max_buckets: Annotated[int, AT_LEAST_1, doc(
+        "With `decisions = \"model\"`: closed partials kept in Redis per partition and model until merged; past "
+        "it the oldest are dropped and counted in `stream_monitor_merge_partials_dropped_total`.")] = 3_600
+
+    @property
+    def by_model(self) -> bool:
+        """Whether the model's decisions are model-level (docs/MODEL_DECISIONS.md)."""
+        return self.decisions == "model"
 
 
 class Config(_Table):
@@ -857,6 +881,13 @@ def _check_client_tables(kafka: KafkaConfig) -> None:
 
 
 def _check_model(model: ModelConfig, where: str) -> None:
+    if model.merge_bucket_seconds * 1000 != int(model.merge_bucket_seconds * 1000):
+        raise ConfigError(f"{where}.merge_bucket_seconds", "must be a whole number of milliseconds, got "
+                          f"{model.merge_bucket_seconds:g}")
+    if model.by_model and model.reference.source != "stored":
+        raise ConfigError(f"{where}.decisions", "'model' needs a stored reference in this version: set "
+                          f"{where}.reference = {{ source = \"stored\" }} and store one with `stream-monitor "
+                          "reference build` (a model-level warm-up is not supported yet)")
     psi = model.detectors.psi
     if psi.warning > psi.critical:
         raise ConfigError(f"{where}.detectors.psi.warning",

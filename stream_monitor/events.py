@@ -88,12 +88,13 @@ class Alert:
     threshold: float
     reference: Mapping[str, Any]
     current: Mapping[str, Any]
-    partition: int
-    offset: int
+    partition: int | None  # None (and offset None): a model-level decision over several partitions
+    offset: int | None
     event_time_ms: int | None
     message: str
     alert_id: str = field(default="")
     incident: str | None = None  # the alert_id of the first firing alert of its incident (stream_monitor/incidents.py)
+    window: Mapping[str, Any] | None = None  # a model-level decision: what it decided on (docs/MODEL_DECISIONS.md)
 
     def __post_init__(self) -> None:
         if not self.alert_id:
@@ -132,6 +133,9 @@ class Alert:
         }
         if self.incident is not None:
             record["incident"] = self.incident
+        if self.window is not None:
+            record["window"] = _bounded({**self.window, "first": format_time(self.window["first"]),
+                                         "last": format_time(self.window["last"])}, "window", cuts)
         if cuts:
             record["truncated"] = {"fields": sorted(set(cuts)), "cuts": len(cuts)}
         if max_bytes is not None and len(orjson.dumps(record)) > max_bytes:

@@ -125,6 +125,18 @@ class Metrics:
                                 ["version", "python", "confluent_kafka", "librdkafka"], **kw)
         self.build_info.labels(__version__, platform.python_version(), clients.get("confluent_kafka", ""),
                                clients.get("librdkafka", "")).set(1)
+        # model-level decisions (docs/MODEL_DECISIONS.md)
+        self.merge_buckets = Counter("stream_monitor_merge_buckets_total",
+                                     "Event-time buckets merged into a model's windows by this instance", ["model"],
+                                     **kw)
+        self.merge_late = Counter("stream_monitor_merge_late_partials_total",
+                                  "Partials merged after their bucket had passed (a partition woke from idle)",
+                                  ["model"], **kw)
+        self.merge_dropped = Counter("stream_monitor_merge_partials_dropped_total",
+                                     "Unmerged partials dropped over merge_max_buckets (oldest first)", ["model"], **kw)
+        self.merge_refused = Counter("stream_monitor_merge_refused_total",
+                                     "Merge states not saved because a newer one was stored (another merger)",
+                                     ["model"], **kw)
         self._dropped: set[tuple[str, str, str, str]] = set()
         self._dropped_lock = threading.Lock()
         self.partitions = PartitionCollector(self)

@@ -31,6 +31,7 @@ from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
+from .merge import BucketSketch, bucket_of, column_key, firing_record
 from .performance import RollingMetrics, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
@@ -60,13 +61,23 @@ class ColumnMonitor:
     why it is fast) and returns the alerts in that per-value order.
     """
 
-    def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference):
+    def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
+                 merged: bool = False):
         self.model_id = model.model_id
         self.signal = signal
         self.name = name
         self.reference = reference
         self.numeric = isinstance(reference, NumericReference)
         self.adapters: list[Adapter] = column_adapters(self, model, signal, reference)
+        # decided at the model level: the window detectors are the merge's (its partials are counted
+        # here, see update_batch); the point detectors still run here and their firings go to the merge,
+        # whose model-level episode ends by the model's windows: here an episode only spaces the firings
+        # out (it resolves after resolve_after quiet values, as there is no window here to judge by)
+        self.merged = merged
+        if merged:
+            self.adapters = [a for a in self.adapters if a.point]
+            for adapter in self.adapters:
+                adapter.episode.resolve_after = model.detectors.resolve_after
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
@@ -135,7 +146,8 @@ class ColumnMonitor:
         return [alert for _, _, alert in self.update_batch([value], [offset], partition, [event_time_ms])]
 
     def update_batch(self, values: Sequence[Any] | np.ndarray, offsets: Sequence[int], partition: int,
-                     times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+                     times: Sequence[int | None], buckets: np.ndarray | None = None,
+                     sketch: BucketSketch | None = None) -> list[tuple[int, int, Alert]]:
         """Feed a batch of this column's values (``None`` when absent; a float64 array when all are
         numbers) from events at ``offsets``; the alerts as (value index, order within the value, alert).
 
@@ -161,6 +173,8 @@ class ColumnMonitor:
             else:
                 psi_bins = np.fromiter((self.reference.bin_index(values[i]) for i in usable.tolist()),
                                        dtype=np.int64, count=len(usable))
+        if sketch is not None:  # model-level decisions: this batch's counts go to its buckets' partials
+            sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells)
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
         if closed_quality:  # the data-quality checks only report when their shared window closes
             for _, adapter in self._every:
@@ -489,6 +503,7 @@ class ModelMonitor:
         self.labels = 0
         self.performance = PerformanceColumn(config) if config.performance.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
+        self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
             self.use_reference(reference)
 
@@ -496,8 +511,12 @@ class ModelMonitor:
         """Compare from now on with ``reference`` (detectors start afresh; labels only if it has its own)."""
         self.reference = reference
         latency = self.config.detectors.latency.enabled
-        self.columns = [ColumnMonitor(self.config, signal, name, ref) for signal, name, ref in reference.columns()
-                        if latency or signal != "latency"]
+        merged = self.config.by_model
+        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged and signal != "latency")
+                        for signal, name, ref in reference.columns() if latency or signal != "latency"]
+        if merged:
+            self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
+                                       int(self.config.merge_bucket_seconds * 1000))
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
@@ -514,7 +533,7 @@ class ModelMonitor:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
         columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
-                if a.episode.firing]
+                if a.episode.firing and not getattr(c, "merged", False)]  # a merged column's episodes are the merge's
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
@@ -522,7 +541,7 @@ class ModelMonitor:
             self.label_warmup = LabelSummary(self.limits)
 
     def process_batch(self, items: Sequence[tuple[int, int, InferenceEvent | LabelEvent, JoinResult | None]],
-                      partition: int) -> list[tuple[int, int, int, Alert]]:
+                      partition: int, seen: Sequence[int | None] | None = None) -> list[tuple[int, int, int, Alert]]:
         """This model's events of a batch as (position in the batch, offset, event, join); the alerts
         as (position, column, order, alert), which sort into the order of one event at a time:
         per inference event performance first, then its columns; per label event label drift, then
@@ -554,7 +573,7 @@ class ModelMonitor:
                     [p[2:5] for p in pairs], [p[5] for p in pairs], partition, [p[6] for p in pairs]):
                 out.append((pairs[index][0], pairs[index][1], order, alert))
         if pending:
-            self._columns(pending, partition, out)
+            self._columns(pending, partition, out, seen)
         if labelled:
             for index, order, alert in self.label_column.update_batch(
                     [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
@@ -582,11 +601,20 @@ class ModelMonitor:
         """One label event (:meth:`process_batch` of one)."""
         return self.process(event, offset, partition, join)
 
-    def _columns(self, pending: list[tuple[int, int, InferenceEvent]], partition: int, out: list) -> None:
-        """Every column over the batch's inference events, one column at a time."""
+    def _columns(self, pending: list[tuple[int, int, InferenceEvent]], partition: int, out: list,
+                 seen: Sequence[int | None] | None = None) -> None:
+        """Every column over the batch's inference events, one column at a time. ``seen``: per position
+        in the batch, the partition's largest event time before that event (decisions = "model")."""
         positions = [p for p, _, _ in pending]
         offsets = [o for _, o, _ in pending]
         times = [e.timestamp_ms for _, _, e in pending]
+        sketch, buckets = self.sketch, None
+        if sketch is not None:
+            lateness = int(self.config.merge_lateness_seconds * 1000)
+            marks = [None if seen is None or seen[p] is None else seen[p] - lateness for p in positions]
+            buckets = np.fromiter((bucket_of(t, w, sketch.bucket_ms, sketch.floor) for t, w in zip(times, marks)),
+                                  dtype=np.int64, count=len(times))
+            sketch.count_events(buckets)
         features = _feature_matrix([e for _, _, e in pending],
                                    [c.name for c in self.columns if c.signal == "feature"])
         feature = 0
@@ -604,6 +632,11 @@ class ModelMonitor:
                 values = [e.score for _, _, e in pending]
             else:
                 values = [e.predicted_label for _, _, e in pending]
+            if column.merged:
+                for index, _, alert in column.update_batch(values, offsets, partition, times, buckets, sketch):
+                    if alert.status == "firing":  # the model's episode decides what is announced
+                        sketch.firing(int(buckets[index]), firing_record(alert))
+                continue
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
 
@@ -649,7 +682,8 @@ class ModelMonitor:
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
-                "incidents": self.incidents.snapshot()}
+                "incidents": self.incidents.snapshot(),
+                **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
         """Continue from a snapshot (of format 3 or 4). If the model's settings changed since it was
@@ -679,6 +713,8 @@ class ModelMonitor:
             restarted.extend(_RESTARTED_NAMES[p] for p in _RESTARTED_NAMES if p in changes and p in present)
             if "latency" in changes and self.config.detectors.latency.enabled:
                 restarted.append("latency columns")
+        if self.sketch is not None and state.get("partials") is not None and "reference" not in changes:
+            self.sketch.restore(state["partials"])
         if "performance" in changes:
             restarted.append("performance")
         elif self.performance is not None and state.get("performance") is not None:
@@ -783,6 +819,8 @@ class PartitionMonitor:
         self.rebaselined: dict[str, str] = {}  # by the last restore: model → what changed and restarted
         self.next_offset: int | None = None
         self.dead_letters = 0
+        self.max_time_ms: int | None = None  # the largest event time of an inference event seen here
+        self.idle = False  # caught up and quiet: closed its open buckets (decisions = "model")
         self._said: set[tuple[str, str]] = set()  # (model, what) logged once by this monitor
         self.dead_letter_reasons: dict[str, dict[str, Any]] = {}  # reason → {"count", "sample"} (latest error)
 
@@ -810,12 +848,59 @@ class PartitionMonitor:
         for position, (offset, event, join) in enumerate(items):
             by_model.setdefault(event.model_id, []).append((position, offset, event, join))
         monitors = {model_id: self.model(model_id) for model_id in by_model}  # may refuse: before any change
+        seen: list[int | None] = []  # per position: the largest event time before it (the watermark's base)
+        latest = self.max_time_ms
+        for _, event, _ in items:
+            seen.append(latest)
+            if isinstance(event, InferenceEvent) and event.timestamp_ms is not None:
+                latest = event.timestamp_ms if latest is None else max(latest, event.timestamp_ms)
         tagged: list[tuple[int, int, int, Alert]] = []
         for model_id, model_items in by_model.items():
-            tagged.extend(monitors[model_id].process_batch(model_items, self.partition))
+            tagged.extend(monitors[model_id].process_batch(model_items, self.partition, seen))
+        self.max_time_ms = latest
         for offset, _, _ in items:
             self._advance(offset)
+        self._close_buckets()
         return _in_event_order(tagged)
+
+    # --- model-level decisions (docs/MODEL_DECISIONS.md) -----------------------------------
+
+    def watermark(self, model: ModelConfig) -> int | None:
+        """This partition's watermark for ``model``: its largest event time minus the lateness."""
+        if self.max_time_ms is None:
+            return None
+        return self.max_time_ms - int(model.merge_lateness_seconds * 1000)
+
+    def _close_buckets(self) -> None:
+        for monitor in self.models.values():
+            if monitor.sketch is not None:
+                monitor.sketch.close(self.watermark(monitor.config))
+
+    def go_idle(self) -> None:
+        """Caught up and quiet: every open bucket closes, and the merge no longer waits for this partition."""
+        self.idle = True
+        for monitor in self.models.values():
+            if monitor.sketch is not None:
+                monitor.sketch.close(None, everything=True)
+
+    def merge_marks(self) -> dict[str, dict[str, Any]]:
+        """Per model with decisions = "model": its closed partials not yet saved, the watermark and the
+        idle flag, as the checkpoint stores them beside the state."""
+        out = {}
+        for model_id, model in self.config.models.items():
+            if model.by_model:
+                monitor = self.models.get(model_id)
+                pending = {} if monitor is None or monitor.sketch is None else dict(monitor.sketch.pending)
+                out[model_id] = {"watermark": self.watermark(model), "idle": self.idle, "partials": pending}
+        return out
+
+    def partials_saved(self, marks: Mapping[str, Mapping[str, Any]]) -> None:
+        """The partials of :meth:`merge_marks` are stored: they leave the state."""
+        for model_id, mark in marks.items():
+            monitor = self.models.get(model_id)
+            if monitor is not None and monitor.sketch is not None:
+                for bucket in mark["partials"]:
+                    monitor.sketch.pending.pop(bucket, None)
 
     def skip(self, offset: int, reason: str | None = None, error: str = "") -> None:
         """A message at ``offset`` was dead-lettered: count it (by ``reason``, keeping the latest
@@ -831,14 +916,24 @@ class PartitionMonitor:
         """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
         if self.next_offset is None or offset >= self.next_offset:
             self.next_offset = offset + 1
+        self.idle = False
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, pending: bool = True) -> dict[str, Any]:
+        """The partition's state (``pending``: with the closed partials not yet stored; the checkpoint
+        stores those beside the state, not in it)."""
         models = {m: monitor.snapshot() for m, monitor in self.models.items()}
+        if not pending:
+            for model in models.values():
+                if "partials" in model:
+                    model["partials"] = {**model["partials"], "pending": {}}
         models.update(self.kept)
-        return {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
-                "dead_letters": self.dead_letters,
-                "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
-                "models": dict(sorted(models.items()))}
+        out = {"format": STATE_FORMAT, "partition": self.partition, "next_offset": self.next_offset,
+               "dead_letters": self.dead_letters,
+               "dead_letter_reasons": {r: dict(v) for r, v in sorted(self.dead_letter_reasons.items())},
+               "models": dict(sorted(models.items()))}
+        if any(m.by_model for m in self.config.models.values()):  # what the model-level buckets need
+            out.update(max_time_ms=self.max_time_ms, idle=self.idle)
+        return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
         """Continue from a snapshot. A model whose settings changed is re-baselined where they no longer
@@ -850,6 +945,8 @@ class PartitionMonitor:
                              "partition's state key to rebuild it from the retained log")
         self.next_offset = state["next_offset"]
         self.dead_letters = state["dead_letters"]
+        self.max_time_ms = state.get("max_time_ms")
+        self.idle = state.get("idle", False)
         self.models, self.kept, self.rebaselined = {}, {}, {}
         self.dead_letter_reasons = {r: dict(v) for r, v in state.get("dead_letter_reasons", {}).items()}
         for model_id, model_state in state["models"].items():

@@ -51,6 +51,7 @@ class OwnedPartition:
     timer: list | None = None  # [input messages since its last save, monotonic time of that save]
     watermarks: tuple[int | None, int | None] = (None, None)  # (low, high) as the consumer's fetcher last heard
     log_check_after: float = 0.0  # monotonic: its log end is not compared with its offset before this
+    last_message: float = 0.0  # monotonic: its last input message (0: none yet); an idle partition's clock
 
 
 class CheckpointTimers:

@@ -24,6 +24,7 @@ from .codec import decode
 from .config import Config
 from .events import Alert, DeadLetter, RawMessage
 from .join import MemoryJoin, join_op, performance_settings
+from .merge import PartitionPartials, merge_step
 from .partition import PartitionMonitor
 from .reference import ReferenceProfile
 from .sources import Row, SourceError, read_events
@@ -77,6 +78,7 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
     """The alerts of (line, event or :class:`SourceError`) rows, in order; counts go to ``result``."""
     result = result if result is not None else ReplayResult()
     monitor = PartitionMonitor(config, -1, references)
+    merged = _Merges(config, monitor, references)
     settings = performance_settings(config)
     joiner = MemoryJoin(settings)
     batch: list = []
@@ -90,9 +92,36 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
         batch.append((line, item, joiner.run([op])[0] if op else None))
         if len(batch) >= config.service.batch_size:  # batches like `run`'s (the alerts do not depend on it)
             yield from monitor.process_batch(batch)
+            yield from merged.step()
             batch = []
     if batch:
         yield from monitor.process_batch(batch)
+    monitor.go_idle()  # the end of the file: every bucket closes
+    yield from merged.step()
+
+
+class _Merges:
+    """``decisions = "model"`` models in a replay: the one stream's closed partials merged as `run`'s merger
+    merges them (in memory)."""
+
+    def __init__(self, config: Config, monitor: PartitionMonitor, references: Mapping[str, ReferenceProfile]):
+        self.config, self.monitor, self.references = config, monitor, references
+        self.states: dict[str, dict | None] = {m: None for m, model in config.models.items() if model.by_model}
+
+    def step(self) -> Iterator[Alert]:
+        if not self.states:
+            return
+        marks = self.monitor.merge_marks()
+        self.monitor.partials_saved(marks)
+        for model_id, mark in marks.items():
+            model, reference = self.config.models[model_id], self.references.get(model_id)
+            if reference is None:
+                continue
+            partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], mark["partials"])
+            result = merge_step(model, reference, self.states[model_id], [partials],
+                                int(model.merge_bucket_seconds * 1000))
+            self.states[model_id] = result.state
+            yield from result.alerts
 
 
 def _decoded_lines(config: Config, lines: Iterable[bytes]) -> Iterator[Row]:

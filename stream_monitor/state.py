@@ -48,6 +48,7 @@ from redis.retry import Retry
 
 from . import statecodec
 from .errors import StateError
+from .merge import PartitionPartials
 from .reference import ReferenceProfile
 
 # A Redis that refuses writes (out of memory, read-only replica, MISCONF) refuses a script at its first
@@ -59,20 +60,29 @@ from .reference import ReferenceProfile
 # ARGV[5] = 1 when this process has stored or loaded the partition's state before: if the key is
 # gone, Redis lost its data (restarted empty, flushed) and the caller must know (-1).
 # ARGV[6] = the epoch of the log ARGV[1] counts in: state is newer when its (epoch, offset) is greater.
-# ARGV[7] = how many reference ids the state names; they follow, then (id, blob) pairs of references
-# to write. A named reference neither stored nor sent: nothing is written (-2; the caller sends all).
+# ARGV[7] = how many reference ids the state names; they follow ARGV[8], then the partials' pairs (below),
+# then (id, blob) pairs of references to write. A named reference neither stored nor sent: nothing is
+# written (-2; the caller sends all).
+# ARGV[8] = per partials key (KEYS[2], KEYS[3], …, one per model with decisions = "model"): [watermark
+# (a string, "" when unknown), idle (0/1), how many closed partials follow, the cap on unmerged ones];
+# after the named reference ids come those partials' (bucket, blob) pairs, then the references' pairs.
+# Written only with the state: a fenced-out owner writes neither. Returns {outcome, partials dropped per partials key}.
 _SAVE = """
 local current = redis.call('HGET', KEYS[1], 'offset')
 local epoch, mine = tonumber(redis.call('HGET', KEYS[1], 'epoch') or '0'), tonumber(ARGV[6])
-if current and (epoch > mine or (epoch == mine and tonumber(current) > tonumber(ARGV[1]))) then return 0 end
+if current and (epoch > mine or (epoch == mine and tonumber(current) > tonumber(ARGV[1]))) then return {0} end
 local named = tonumber(ARGV[7])
+local heads = cjson.decode(ARGV[8])
+local partials_at = 9 + named
+local pairs_from = partials_at
+for _, head in ipairs(heads) do pairs_from = pairs_from + 2 * head[3] end
 local sent = {}
-for i = 8 + named, #ARGV, 2 do sent['ref:' .. ARGV[i]] = ARGV[i + 1] end
+for i = pairs_from, #ARGV, 2 do sent['ref:' .. ARGV[i]] = ARGV[i + 1] end
 local keep = {}
-for i = 8, 7 + named do
+for i = 9, 8 + named do
   local field = 'ref:' .. ARGV[i]
   keep[field] = true
-  if not sent[field] and redis.call('HEXISTS', KEYS[1], field) == 0 then return -2 end
+  if not sent[field] and redis.call('HEXISTS', KEYS[1], field) == 0 then return {-2} end
 end
 for field, blob in pairs(sent) do redis.call('HSET', KEYS[1], field, blob) end
 redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV[3], 'saved_at', ARGV[4],
@@ -80,8 +90,28 @@ redis.call('HSET', KEYS[1], 'offset', ARGV[1], 'state', ARGV[2], 'summary', ARGV
 for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(field, 1, 4) == 'ref:' and not keep[field] then redis.call('HDEL', KEYS[1], field) end
 end
-if (not current) and ARGV[5] == '1' then return -1 end
-return 1
+local at, dropped = partials_at, {}
+for k, head in ipairs(heads) do
+  dropped[k] = 0
+  local key = KEYS[k + 1]
+  redis.call('HSET', key, 'idle', tostring(head[2]))
+  if head[1] ~= '' then redis.call('HSET', key, 'wm', head[1]) end
+  for _ = 1, head[3] do
+    redis.call('HSET', key, ARGV[at], ARGV[at + 1])
+    at = at + 2
+  end
+  local buckets = {}
+  for _, field in ipairs(redis.call('HKEYS', key)) do
+    if field ~= 'wm' and field ~= 'idle' then table.insert(buckets, {tonumber(field), field}) end
+  end
+  if #buckets > head[4] then
+    table.sort(buckets, function(a, b) return a[1] < b[1] end)
+    for j = 1, #buckets - head[4] do redis.call('HDEL', key, buckets[j][2]) end
+    dropped[k] = #buckets - head[4]
+  end
+end
+table.insert(dropped, 1, ((not current) and ARGV[5] == '1') and -1 or 1)
+return dropped
 """
 
 SAVED, STALE, LOST, MISSING_REFERENCES = 1, 0, -1, -2
@@ -274,6 +304,7 @@ class StateStore:
         self._save = client.register_script(_SAVE)
         self._written: dict[str, set[str]] = {}  # per state key: reference ids known to be stored beside it
         self._epochs: dict[str, int] = {}  # per state key: the epoch this process loaded, saved or started
+        self.dropped: dict[str, int] = {}  # per model: unmerged partials the last save's cap dropped
 
     def key(self, topic: str, partition: int) -> str:
         return f"{self.namespace}:{{{self.group_id}|{topic}|{partition}}}:state"
@@ -295,20 +326,39 @@ class StateStore:
         self._written[key] = set(named)
         return next_offset, snapshot
 
+    def partials_key(self, topic: str, partition: int, model_id: str) -> str:
+        """A partition's closed partials of a model with decisions = "model", its watermark and idle flag
+        (under the partition's hash tag: saved in the same step as its state)."""
+        return f"{self.namespace}:{{{self.group_id}|{topic}|{partition}}}:partials:{model_id}"
+
     def save(self, topic: str, partition: int, next_offset: int, snapshot: Mapping[str, Any],
-             summary: Mapping[str, Any], existed: bool = False) -> int:
+             summary: Mapping[str, Any], existed: bool = False,
+             merge: Mapping[str, Mapping[str, Any]] | None = None) -> int:
         """Atomically store state and next offset: SAVED; STALE if newer state was already stored;
-        LOST if ``existed`` (this process stored or loaded it before) but the key was gone."""
+        LOST if ``existed`` (this process stored or loaded it before) but the key was gone. ``merge``:
+        per model with decisions = "model" its closed partials, watermark, idle flag and cap
+        (:meth:`~stream_monitor.partition.PartitionMonitor.merge_marks`), written in the same step;
+        how many unmerged partials the cap dropped is then in :attr:`dropped`."""
         key = self.key(topic, partition)
         state, references = _split_references(snapshot)
         state.pop("next_offset", None)  # stored once, in the hash's offset field (load puts it back)
         written = self._written.setdefault(key, set())
+        merge = merge or {}
+        heads, partial_args = [], []
+        for mark in merge.values():
+            heads.append(["" if mark["watermark"] is None else str(mark["watermark"]), 1 if mark["idle"] else 0,
+                          len(mark["partials"]), mark.get("cap", 3_600)])
+            for bucket, partial in sorted(mark["partials"].items()):
+                partial_args.extend((str(bucket), orjson.dumps(partial)))
+        keys = [key] + [self.partials_key(topic, partition, model_id) for model_id in merge]
         head = [next_offset, encode_state(state), orjson.dumps(summary), int(time.time() * 1000),
-                1 if existed else 0, self._epochs.get(key, 0), len(references), *references]
+                1 if existed else 0, self._epochs.get(key, 0), len(references), orjson.dumps(heads), *references,
+                *partial_args]
         self.client.sadd(self.index_key, f"{topic}|{partition}")
         for send in ([r for r in references if r not in written], list(references)):
             parts = [item for ref in send for item in (ref, statecodec.encode(references[ref]))]
-            outcome = int(self._save(keys=[key], args=head + parts))
+            outcome, *dropped = (int(x) for x in self._save(keys=keys, args=head + parts))
+            self.dropped = dict(zip(merge, dropped))
             if outcome != MISSING_REFERENCES:  # else: written elsewhere or lost; send them all
                 break
         if outcome in (SAVED, LOST):
@@ -429,3 +479,65 @@ class ReferenceStore:
     def load(self, model_id: str) -> ReferenceProfile | None:
         blob = self.client.hget(self.key(model_id), "profile")
         return None if blob is None else ReferenceProfile.from_dict(orjson.loads(blob))
+
+
+# The merge state of a model moves only forward: a save whose step is not past the stored one is refused,
+# so a merger that lost its partition without noticing (a zombie) cannot roll the state back.
+_SAVE_MERGE = """
+local stored = tonumber(redis.call('HGET', KEYS[1], 'step') or '0')
+if stored >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'step', ARGV[1], 'state', ARGV[2], 'saved_at', ARGV[3])
+return 1
+"""
+
+
+class MergeStore:
+    """Where a model's merge reads the partitions' partials and keeps its own state
+    (docs/MODEL_DECISIONS.md): ``ns:merge:{model}`` and the partitions' ``…:partials:<model>`` keys."""
+
+    def __init__(self, states: StateStore):
+        self.states = states
+        self.client = states.client
+        self._save = self.client.register_script(_SAVE_MERGE)
+
+    def key(self, model_id: str) -> str:
+        return f"{self.states.namespace}:merge:{{{model_id}}}"
+
+    def load(self, model_id: str) -> dict[str, Any] | None:
+        blob = self.client.hget(self.key(model_id), "state")
+        return None if blob is None else orjson.loads(blob)
+
+    def save(self, model_id: str, state: Mapping[str, Any]) -> bool:
+        """Store the merge state if its ``step`` is past the stored one; ``False``: refused (a newer one is
+        stored)."""
+        return bool(self._save(keys=[self.key(model_id)],
+                               args=[state["step"], orjson.dumps(state), int(time.time() * 1000)]))
+
+    def partials(self, model_id: str, partitions: Iterable[tuple[str, int]]) -> list[Any]:
+        """Every partition's watermark, idle flag and closed partials of the model (one round trip; the
+        reads need not be atomic: closed partials never change)."""
+        partitions = list(partitions)
+        pipe = self.client.pipeline(transaction=False)
+        for topic, partition in partitions:
+            pipe.hgetall(self.states.partials_key(topic, partition, model_id))
+        out = []
+        for (topic, partition), fields in zip(partitions, pipe.execute()):
+            wm = fields.pop(b"wm", None)
+            idle = fields.pop(b"idle", b"0") == b"1"
+            out.append(PartitionPartials(topic, partition, None if wm is None else int(wm), idle,
+                                         {int(b): orjson.loads(blob) for b, blob in fields.items()}))
+        return out
+
+    def consumed(self, model_id: str, consumed: Mapping[tuple[str, int], Iterable[int]]) -> None:
+        """The merged partials leave the partitions' keys."""
+        pipe = self.client.pipeline(transaction=False)
+        for (topic, partition), buckets in consumed.items():
+            fields = [str(b) for b in buckets]
+            if fields:
+                pipe.hdel(self.states.partials_key(topic, partition, model_id), *fields)
+        pipe.execute()
+
+    def mark_idle(self, topic: str, partition: int, model_ids: Iterable[str]) -> None:
+        """A partition that has never read a message is idle: it holds no model window back."""
+        for model_id in model_ids:
+            self.client.hset(self.states.partials_key(topic, partition, model_id), "idle", "1")

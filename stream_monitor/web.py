@@ -787,6 +787,18 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                          f"unseen categories …)</p>")
         parts.append("</section>")
 
+    merges = snapshot.get("merges") or {}
+    if merges:  # models whose decisions are the model's, merged by this instance
+        parts.append("<section><h2>Model-level decisions <span class=muted>· merged here</span></h2><table><tr>"
+                     "<th>model</th><th class=num>windows</th><th class=num>open window</th><th>firing</th></tr>")
+        for model_id, merge in sorted(merges.items()):
+            firing = [e for e in merge.get("episodes", []) if e.get("firing")]
+            cells = ", ".join(f"<span class='badge {_fmt(e.get('severity') or 'warning')}'>"
+                              f"{_fmt(e['episode'])}</span>" for e in firing) or "<span class=ok>nothing</span>"
+            parts.append(f"<tr><td>{_fmt(model_id)}</td><td class=num>{_fmt(merge.get('windows'))}</td>"
+                         f"<td class=num>{_fmt(merge.get('open_window_events'))} events</td><td>{cells}</td></tr>")
+        parts.append("</table></section>")
+
     parts.append("<section><h2>Recent alerts</h2><table><tr><th>detected</th><th>status</th><th>severity</th>"
                  "<th>model</th><th>message</th></tr>")
     for alert in snapshot.get("alerts", [])[:30]:

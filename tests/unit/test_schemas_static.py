@@ -212,6 +212,24 @@ def test_inference_event_is_not_a_label_event():
 
 # --- alerts -----------------------------------------------------------------
 
+WINDOW = {"first": "2026-11-27T20:44:50.000Z", "last": "2026-11-27T20:45:00.000Z", "first_bucket": 1795812290,
+          "last_bucket": 1795812299, "events": {"ml.inference|0": 260, "ml.inference|1": 248}}
+
+
+def test_a_model_level_alert_as_produced_validates():
+    from stream_monitor.events import Alert  # noqa: PLC0415
+    from stream_monitor.merge import window_alert_id  # noqa: PLC0415
+
+    window = {"first": 1795812290000, "last": 1795812300000, "first_bucket": 1795812290,
+              "last_bucket": 1795812299, "events": {"ml.inference|0": 510, "ml.inference|1": 490}}
+    alert = Alert("firing", "critical", "fraud", "feature", "amount", "psi", 0.31, 0.25, {}, {}, None, None,
+                  1795812300000, "PSI of fraud.amount is 0.31", window=window,
+                  alert_id=window_alert_id("fraud", "feature", "amount", "psi", 1795812290, 1795812299, "firing"))
+    record = alert.to_dict(1795812300500)
+    assert_valid("alert", record)
+    assert record["window"]["first"] == "2026-11-27T20:44:50.000Z" and record["partition"] is None
+
+
 def test_alert_required_fields_are_exactly_the_contract():
     assert set(load("alert")["required"]) == set(ALERT)
 
@@ -231,10 +249,12 @@ def test_alert_required_fields_are_exactly_the_contract():
         with_changes(ALERT, episode_started_at="2026-11-27T20:00:00Z"),
         with_changes(ALERT, incident=SHA),
         with_changes(ALERT, status="resolved", incident="0a" * 32),
+        with_changes(ALERT, partition=None, offset=None, window=WINDOW),
     ],
     ids=[
         "resolved-warning", "adwin", "page-hinkley", "other-detector", "label", "data-quality",
         "replay", "integer-numbers", "empty-objects", "extra-field", "incident", "resolved-incident",
+        "model-level",
     ],
 )
 def test_alert_accepts(instance):
@@ -277,6 +297,11 @@ def test_alert_rejects_missing_field(field):
         with_changes(ALERT, incident=None),
         with_changes(ALERT, incident="abc123"),
         with_changes(ALERT, incident=SHA.upper()),
+        with_changes(ALERT, partition=None, offset=None),
+        with_changes(ALERT, partition=None, offset=5, window=WINDOW),
+        with_changes(ALERT, offset=None),
+        with_changes(ALERT, partition=None, offset=None, window={**WINDOW, "first": 1795812290}),
+        with_changes(ALERT, partition=None, offset=None, window={k: v for k, v in WINDOW.items() if k != "events"}),
     ],
     ids=[
         "short-id", "upper-id", "long-id", "non-hex-id", "bad-status", "bad-severity",
@@ -285,6 +310,7 @@ def test_alert_rejects_missing_field(field):
         "partition-below-replay", "float-partition", "negative-offset", "string-offset",
         "bad-event-time", "epoch-event-time", "null-detected-at", "bad-detected-at", "null-message",
         "null-incident", "short-incident", "upper-incident",
+        "merged-without-window", "merged-with-offset", "null-offset-only", "epoch-window-time", "window-without-events",
     ],
 )
 def test_alert_rejects(instance):

@@ -1,0 +1,441 @@
+"""Model-level decisions: per-partition partial sketches in event-time buckets → model windows.
+
+Pure: no Kafka, no Redis (the service reads and writes the partials and the merge
+state; docs/MODEL_DECISIONS.md says where and when). Two halves:
+
+- :class:`BucketSketch`, the partition side: one model's events of one partition cut into
+  event-time buckets; per bucket a *partial*: per column its counts over the reference's PSI bins,
+  KS cells and data-quality checks, and the point detectors' firings. A bucket closes once the
+  partition's watermark (largest event time seen minus the lateness) has passed it; closed partials
+  never change. How the stream is cut into batches changes nothing.
+- :func:`merge_step`, the merge side: the closed partials of every partition, in bucket order, into
+  the model's windows of at least ``psi.window`` events; PSI, KS and data quality decided on the
+  merged counts; one model-level episode per (signal, name, detector).
+
+>>> bucket_of(2_500, None, 1_000, None)
+2
+>>> bucket_of(500, 4_000, 1_000, None)  # late: the buckets before the watermark's are closed
+4
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import numpy as np
+
+from . import alerts as words
+from .calibration import ks_threshold, psi_threshold, rate_threshold
+from .config import ModelConfig
+from .detectors.episode import Episode, Transition
+from .detectors.psi import psi
+from .detectors.quality import CHECKS
+from .events import Alert
+from .reference import ColumnReference, NumericReference, ReferenceProfile
+
+POINT_DETECTORS = ("adwin", "page_hinkley")
+
+
+def bucket_of(time_ms: int | None, watermark_ms: int | None, bucket_ms: int, floor: int | None) -> int:
+    """The bucket an event counts in: its own time's, unless that bucket is already closed (before the
+    watermark's, or below ``floor``, the first bucket still open after the partition went idle); an
+    event without a time counts at the watermark."""
+    if time_ms is None:
+        time_ms = 0 if watermark_ms is None else watermark_ms
+    bucket = time_ms // bucket_ms
+    if watermark_ms is not None:
+        bucket = max(bucket, watermark_ms // bucket_ms)
+    if floor is not None:
+        bucket = max(bucket, floor)
+    return bucket
+
+
+def column_key(signal: str, name: str) -> str:
+    return f"{signal}:{name}"
+
+
+def quality_checks(reference: ColumnReference) -> dict[str, int]:
+    """The data-quality checks of a column and the reference's own count of each (as the per-partition
+    adapters compare with)."""
+    base = {"missing": reference.missing}
+    if isinstance(reference, NumericReference):
+        base.update(type_mismatch=reference.mismatches, non_finite=0, out_of_range=2)
+    else:
+        base.update(unseen_category=reference.singletons)
+    return base
+
+
+def merged_columns(reference: ReferenceProfile) -> list[tuple[str, str, ColumnReference]]:
+    """The columns decided at the model level: every column of the reference but latency."""
+    return [(signal, name, ref) for signal, name, ref in reference.columns() if signal != "latency"]
+
+
+def _empty_column(reference: ColumnReference, ks: bool) -> dict[str, Any]:
+    numeric = isinstance(reference, NumericReference)
+    return {"n": 0, "quality": [0] * len(CHECKS), "psi": [0] * len(reference.proportions),
+            "ks": [0] * (len(reference.ks_grid) + 1) if numeric and ks else None}
+
+
+def add_partial(into: dict[str, Any], partial: Mapping[str, Any]) -> None:
+    """Add one partial's counts to another's (or to a window's): cell by cell, exactly."""
+    into["events"] = into.get("events", 0) + partial["events"]
+    columns = into.setdefault("columns", {})
+    for key, column in partial["columns"].items():
+        held = columns.get(key)
+        if held is None:
+            columns[key] = {k: (None if v is None else list(v) if isinstance(v, list) else v)
+                            for k, v in column.items()}
+            continue
+        held["n"] += column["n"]
+        for part in ("quality", "psi", "ks"):
+            if column[part] is not None and held[part] is not None:
+                held[part] = [a + b for a, b in zip(held[part], column[part])]
+
+
+def _firing_order(record: Mapping[str, Any]) -> tuple:
+    return record["offset"], record["signal"], record["name"], POINT_DETECTORS.index(record["detector"])
+
+
+class BucketSketch:
+    """One model's open buckets on one partition, and the closed ones not yet saved (``pending``)."""
+
+    def __init__(self, reference: ReferenceProfile, ks: bool, bucket_ms: int):
+        self.bucket_ms = bucket_ms
+        self.ks = ks
+        self.columns = {column_key(s, n): ref for s, n, ref in merged_columns(reference)}
+        self.open: dict[int, dict[str, Any]] = {}
+        self.pending: dict[int, dict[str, Any]] = {}
+        self.floor: int | None = None  # buckets below are closed
+
+    def _bucket(self, bucket: int) -> dict[str, Any]:
+        partial = self.open.get(bucket)
+        if partial is None:
+            partial = self.open[bucket] = {"events": 0, "columns": {}, "firings": []}
+        return partial
+
+    def count_events(self, buckets: np.ndarray) -> None:
+        for bucket, n in zip(*np.unique(buckets, return_counts=True)):
+            self._bucket(int(bucket))["events"] += int(n)
+
+    def add(self, key: str, buckets: np.ndarray, codes: np.ndarray, usable: np.ndarray,
+            psi_bins: np.ndarray | None, ks_cells: np.ndarray | None) -> None:
+        """One column's batch: ``buckets`` and data-quality ``codes`` per value, the PSI bins (and KS
+        cells) of its ``usable`` values."""
+        reference = self.columns[key]
+        usable_buckets = buckets[usable] if len(usable) else buckets[:0]
+        for bucket in np.unique(buckets).tolist():
+            column = self._bucket(bucket)["columns"].get(key)
+            if column is None:
+                column = self._bucket(bucket)["columns"][key] = _empty_column(reference, self.ks)
+            mine = buckets == bucket
+            column["n"] += int(mine.sum())
+            problems = codes[mine]
+            problems = problems[problems >= 0]
+            if len(problems):
+                counts = np.bincount(problems, minlength=len(CHECKS))
+                column["quality"] = [a + int(b) for a, b in zip(column["quality"], counts)]
+            if psi_bins is not None and len(usable):
+                here = usable_buckets == bucket
+                if here.any():
+                    counts = np.bincount(psi_bins[here], minlength=len(column["psi"]))
+                    column["psi"] = [a + int(b) for a, b in zip(column["psi"], counts)]
+                    if column["ks"] is not None and ks_cells is not None:
+                        counts = np.bincount(ks_cells[here], minlength=len(column["ks"]))
+                        column["ks"] = [a + int(b) for a, b in zip(column["ks"], counts)]
+
+    def firing(self, bucket: int, record: dict[str, Any]) -> None:
+        firings = self._bucket(bucket)["firings"]
+        firings.append(record)
+        firings.sort(key=_firing_order)  # in the order of one event at a time, however the batch was cut
+
+    def close(self, watermark_ms: int | None, everything: bool = False) -> None:
+        """Close the buckets the watermark has passed (``everything``: all open ones: the partition is
+        idle)."""
+        if everything:
+            if self.open:
+                self.floor = max(self.floor if self.floor is not None else -(1 << 62), max(self.open) + 1)
+            closing = list(self.open)
+        elif watermark_ms is None:
+            return
+        else:
+            first_open = watermark_ms // self.bucket_ms
+            self.floor = first_open if self.floor is None else max(self.floor, first_open)
+            closing = [b for b in self.open if b < self.floor]
+        for bucket in sorted(closing):
+            self.pending[bucket] = self.open.pop(bucket)
+
+    def take_pending(self) -> dict[int, dict[str, Any]]:
+        pending, self.pending = self.pending, {}
+        return pending
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"open": {str(b): p for b, p in sorted(self.open.items())},
+                "pending": {str(b): p for b, p in sorted(self.pending.items())}, "floor": self.floor}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self.open = {int(b): _copy_partial(p) for b, p in state["open"].items()}
+        self.pending = {int(b): _copy_partial(p) for b, p in state["pending"].items()}
+        self.floor = state["floor"]
+
+
+def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
+    return {"events": partial["events"],
+            "columns": {k: {p: (list(v) if isinstance(v, list) else v) for p, v in c.items()}
+                        for k, c in partial["columns"].items()},
+            "firings": [dict(f) for f in partial["firings"]]}
+
+
+# --- the merge side ---------------------------------------------------------------------
+
+
+class PartitionPartials(NamedTuple):
+    """What one partition's partials key holds for a model (``watermark_ms`` ``None``: no key yet)."""
+
+    topic: str
+    partition: int
+    watermark_ms: int | None
+    idle: bool
+    partials: Mapping[int, Mapping[str, Any]]
+
+
+class MergeResult(NamedTuple):
+    alerts: list[Alert]
+    state: dict[str, Any]
+    consumed: dict[tuple[str, int], list[int]]  # per partition: the buckets merged (to delete)
+    buckets: int  # buckets merged in this step
+    late: int  # partials merged after their bucket had passed (a partition woke from idle)
+
+
+def initial_state() -> dict[str, Any]:
+    # through: per "topic|partition" the last bucket merged from it (a partition writes its buckets in
+    # increasing order, so a partial at or below it is one already merged whose deletion was interrupted)
+    return {"step": 0, "last_bucket": None, "window": None, "episodes": {}, "windows": 0, "through": {}}
+
+
+def frontier(partitions: Sequence[PartitionPartials], bucket_ms: int) -> int | None:
+    """The last bucket every partition has closed (``None``: some partition holds everything back)."""
+    busy = [p for p in partitions if not p.idle]
+    if any(p.watermark_ms is None for p in busy):
+        return None
+    if busy:
+        return min(p.watermark_ms // bucket_ms for p in busy) - 1
+    present = [b for p in partitions for b in p.partials]
+    return max(present) if present else None
+
+
+def window_alert_id(model_id: str, signal: str, name: str, detector: str, first_bucket: int, last_bucket: int,
+                    status: str) -> str:
+    """A model-level decision's id: a pure function of what it decided on.
+
+    >>> window_alert_id("fraud", "feature", "amount", "psi", 10, 14, "firing")[:16]
+    '8dc5c4e94e4bd4b5'
+    """
+    text = "\x1f".join((model_id, signal, name, detector, "window", str(first_bucket), str(last_bucket), status))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class _Episodes:
+    """The model-level episodes, kept as plain data in the merge state."""
+
+    def __init__(self, model: ModelConfig, state: dict[str, Any]):
+        self.model = model
+        self.state = state  # key "signal|name|detector" → episode snapshot (+ "opened_bucket" for points)
+
+    def level(self, key: str) -> Episode:
+        det = self.model.detectors
+        episode = Episode(det.resolve_after, 0, det.hysteresis)
+        saved = self.state.get(key)
+        if saved is not None:
+            episode.restore(saved)
+        return episode
+
+    def keep(self, key: str, episode: Episode, **extra: Any) -> None:
+        self.state[key] = {**episode.snapshot(), **extra}
+
+
+def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[str, Any] | None,
+               partitions: Sequence[PartitionPartials], bucket_ms: int) -> MergeResult:
+    """Merge every bucket all partitions have closed into the model's windows; decide each window that
+    fills. ``state``: the merge state as stored (``None``: the first merge). Deterministic: the same
+    partials give the same alerts, ids and state whatever the order of ``partitions``."""
+    state = _copy_state(state or initial_state())
+    last = frontier(partitions, bucket_ms)
+    previous = state["last_bucket"]
+    late = 0
+    entries: list[tuple[int, str, int, Mapping[str, Any]]] = []
+    consumed: dict[tuple[str, int], list[int]] = {}
+    through = state.setdefault("through", {})
+    done = dict(through)  # as stored: what earlier steps merged
+    for p in partitions:
+        where = f"{p.topic}|{p.partition}"
+        for bucket, partial in p.partials.items():
+            if where in done and bucket <= done[where]:  # merged before; its deletion did not happen
+                consumed.setdefault((p.topic, p.partition), []).append(bucket)
+                continue
+            if last is not None and bucket <= last or previous is not None and bucket <= previous:
+                effective = bucket if previous is None or bucket > previous else previous + 1
+                late += effective != bucket
+                entries.append((effective, p.topic, p.partition, partial))
+                consumed.setdefault((p.topic, p.partition), []).append(bucket)
+                through[where] = max(bucket, through.get(where, bucket))
+    entries.sort(key=lambda e: e[:3])
+    out: list[Alert] = []
+    episodes = _Episodes(model, state["episodes"])
+    columns = merged_columns(reference)
+    merged = sorted({e[0] for e in entries})
+    for bucket in merged:
+        group = [e for e in entries if e[0] == bucket]
+        window = state["window"]
+        if window is None:
+            window = state["window"] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
+        window["last_bucket"] = bucket
+        firings = []
+        for _, topic, partition, partial in group:
+            add_partial(window, partial)
+            where = f"{topic}|{partition}"
+            window["by_partition"][where] = window["by_partition"].get(where, 0) + partial["events"]
+            firings.extend((-1 if f["time"] is None else f["time"], topic, partition, f["offset"], f)
+                           for f in partial["firings"])
+        for *_, firing in sorted(firings, key=lambda f: f[:4]):
+            out.extend(_point_firing(model, episodes, bucket, firing))
+        if window["events"] >= model.detectors.psi.window:
+            out.extend(_decide(model, columns, episodes, window, bucket_ms))
+            state["window"] = None
+            state["windows"] += 1
+    if merged:
+        state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
+    return MergeResult(out, state, consumed, len(merged), late)
+
+
+def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
+    window = state["window"]
+    if window is not None:
+        window = {**window, "columns": {k: {p: (list(v) if isinstance(v, list) else v) for p, v in c.items()}
+                                        for k, c in window["columns"].items()},
+                  "by_partition": dict(window["by_partition"])}
+    return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
+            "through": dict(state.get("through", {}))}
+
+
+def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: Mapping[str, Any]) -> list[Alert]:
+    """A point detector fired on some partition: the model's episode opens unless it is already open."""
+    key = f"{firing['signal']}|{firing['name']}|{firing['detector']}"
+    saved = episodes.state.get(key)
+    if saved is not None and saved["firing"]:
+        return []
+    alert = Alert(status="firing", severity=firing["severity"], model_id=model.model_id, signal=firing["signal"],
+                  name=firing["name"], detector=firing["detector"], statistic=firing["statistic"],
+                  threshold=firing["threshold"], reference=firing["reference"], current=firing["current"],
+                  partition=firing["partition"], offset=firing["offset"], event_time_ms=firing["time"],
+                  message=firing["message"])
+    episodes.state[key] = {"firing": True, "severity": firing["severity"], "quiet": 0, "cooling": 0,
+                           "last_alert_id": alert.alert_id, "opened_bucket": bucket}
+    return [alert]
+
+
+def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]:
+    return {"first": window["first_bucket"] * bucket_ms, "last": (window["last_bucket"] + 1) * bucket_ms,
+            "first_bucket": window["first_bucket"], "last_bucket": window["last_bucket"],
+            "events": dict(sorted(window["by_partition"].items()))}
+
+
+def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
+            bucket_ms: int) -> list[Alert]:
+    """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
+    window's actual size), and the resolution of the column's point episodes."""
+    det = model.detectors
+    budget = det.false_alarms_per_million
+    payload = _window_payload(window, bucket_ms)
+    out: list[Alert] = []
+
+    def alert(transition: Transition, signal: str, name: str, detector: str, statistic: float, threshold: float,
+              description: words.Description) -> Alert:
+        reference, current, message = description
+        return Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                     signal=signal, name=name, detector=detector, statistic=float(statistic),
+                     threshold=float(threshold), reference=reference, current=current, partition=None,
+                     offset=None, event_time_ms=payload["last"], message=message, window=payload,
+                     alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
+                                              payload["last_bucket"], transition.status))
+
+    for signal, name, ref in columns:
+        column = window["columns"].get(column_key(signal, name))
+        if column is None or column["n"] == 0:
+            continue
+        label = f"{model.model_id}.{name}" if signal != "prediction" else f"{model.model_id}.prediction.{name}"
+        numeric = isinstance(ref, NumericReference)
+        reference_events = max(ref.events, 1)
+        n = column["n"]
+        if det.data_quality.enabled:
+            total = ref.events + ref.missing + (ref.mismatches if numeric else 0)
+            for check, hits in quality_checks(ref).items():
+                rate = column["quality"][CHECKS.index(check)] / n
+                warning = rate_threshold(budget, n, hits, max(total, 1))
+                critical = max(warning, 0.5)
+                key = f"data_quality|{name}|{check}"
+                episode = episodes.level(key)
+                transition = episode.level(rate, warning, critical)
+                episodes.keep(key, episode)
+                if transition is not None:
+                    description = words.quality_description(check, ref, label, transition, rate, warning, critical, n)
+                    out.append(alert(transition, "data_quality", name, check, rate,
+                                     critical if transition.severity == "critical" else warning, description))
+        usable = sum(column["psi"])
+        if usable == 0:
+            continue
+        bins_with_mass = sum(1 for p in ref.proportions if p > 0)
+        warning = max(det.psi.warning, psi_threshold(budget, usable, reference_events, bins_with_mass))
+        critical = max(det.psi.critical, warning)
+        value = psi(ref.proportions, [c / usable for c in column["psi"]], det.psi.epsilon)
+        key = f"{signal}|{name}|psi"
+        episode = episodes.level(key)
+        transition = episode.level(value, warning, critical)
+        episodes.keep(key, episode)
+        if transition is not None:
+            description = words.psi_description(ref, label, transition, value, warning, critical, column["psi"])
+            out.append(alert(transition, signal, name, "psi", value,
+                             critical if transition.severity == "critical" else warning, description))
+        if numeric and det.ks.enabled and column["ks"] is not None:
+            threshold = det.ks.threshold or ks_threshold(budget, usable, reference_events)
+            below, gap = 0, 0.0
+            for j, cdf in enumerate(ref.ks_cdf):
+                below += column["ks"][j]
+                gap = max(gap, abs(below / usable - cdf))
+            key = f"{signal}|{name}|ks"
+            episode = episodes.level(key)
+            transition = episode.level(gap, threshold, 2 * threshold)
+            episodes.keep(key, episode)
+            if transition is not None:
+                description = words.ks_description(ref, label, transition, gap, threshold, 2 * threshold, usable)
+                out.append(alert(transition, signal, name, "ks", gap,
+                                 2 * threshold if transition.severity == "critical" else threshold, description))
+        for detector in POINT_DETECTORS:  # back within the reference by the model's window: resolved
+            key = f"{signal}|{name}|{detector}"
+            saved = episodes.state.get(key)
+            if saved is None or not saved["firing"] or saved["opened_bucket"] >= window["first_bucket"]:
+                continue
+            if value < warning:
+                transition = Transition("resolved", saved["severity"])
+                episodes.state[key] = {**saved, "firing": False}
+                message = (f"{detector} on {label}: back within its reference over the model's last {usable} "
+                           f"events (PSI {value:.3g} < {warning:.3g}), resolved")
+                out.append(alert(transition, signal, name, detector, value, warning,
+                                 ({}, {"psi": value, "events": usable}, message)))
+    return out
+
+
+def firing_record(alert: Alert) -> dict[str, Any]:
+    """A point detector's firing on a partition, as its bucket keeps it for the merge."""
+    return {"time": alert.event_time_ms, "partition": alert.partition, "offset": alert.offset,
+            "signal": alert.signal, "name": alert.name, "detector": alert.detector, "severity": alert.severity,
+            "statistic": alert.statistic, "threshold": alert.threshold, "reference": dict(alert.reference),
+            "current": dict(alert.current), "message": alert.message}
+
+
+def episodes_summary(state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The model-level episodes for the status page: which are firing."""
+    if not state:
+        return []
+    return [{"episode": key, "firing": value["firing"], "severity": value["severity"] if value["firing"] else None,
+             "last_alert_id": value.get("last_alert_id")} for key, value in sorted(state["episodes"].items())]

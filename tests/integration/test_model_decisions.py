@@ -1,0 +1,209 @@
+"""Model-level decisions through the real broker and Redis: a model keyed by event id over 4 partitions
+announces a change once, with the same alert ids whatever the number of instances (1, 2, 4), a SIGKILL
+and the rebalance after it, all equal to what the engine decides in process; a stationary model raises
+nothing and an empty partition holds nothing back."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import zlib
+from collections import Counter
+
+import orjson
+
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.demo.localstack import create_topics
+from stream_monitor.events import RawMessage
+from stream_monitor.merge import PartitionPartials, merge_step
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.reference import build_reference
+from stream_monitor.state import SAVED, STALE, MergeStore, ReferenceStore, StateStore, connect
+from stream_monitor.synthetic import generate
+
+from ..support import Feeder, Run, produce, unique, validator, wait_for_offsets
+
+PARTITIONS = 4
+EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
+DRIFT_AT = 3000
+MODEL = {"decisions": "model", "reference": {"source": "stored"}, "merge_lateness_seconds": 1.0,
+         "merge_idle_seconds": 1.0, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+SERVICE = {"checkpoint_interval_events": 200, "checkpoint_interval_seconds": 0.3}
+
+
+def keyed_by_event_id(events) -> list[tuple]:
+    """(partition, key, value, headers) as a producer keyed by event id spreads them."""
+    return [(zlib.crc32(e["event_id"].encode()) % PARTITIONS, e["event_id"].encode(), orjson.dumps(e), None)
+            for e in events]
+
+
+def reference():
+    events = [decode(RawMessage("r", 0, i, orjson.dumps(d)), frozenset(["fraud"]))
+              for i, d in enumerate(generate("fraud", 4000, seed=7))]
+    return build_reference("fraud", events, None, source="stored")
+
+
+def pipeline(broker, redis_server, tmp_path, topic, name) -> Run:
+    run = Run(broker, redis_server, tmp_path, topic, PARTITIONS, name, service=SERVICE, models={"fraud": MODEL})
+    ReferenceStore(run.store.client, run.namespace).store(reference())
+    return run
+
+
+def wait_for_windows(run: Run, windows: int, processes, timeout: float = 120.0) -> dict:
+    """Until the model's merge state in Redis has decided ``windows`` windows."""
+    merges = MergeStore(run.store)
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = merges.load("fraud")
+        if state is not None and state["windows"] >= windows:
+            return state
+        for process in processes:
+            if process.process.poll() is not None:
+                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+    logs = "\n".join(p.log()[-2000:] for p in processes)
+    raise AssertionError(f"merge state {state and {k: state[k] for k in ('windows', 'last_bucket', 'through')}} {state and state['window'] and {k: v for k, v in state['window'].items() if k != 'columns'}} "
+                         f"did not reach {windows} windows\n{logs}")
+
+
+def finish(run: Run, processes, windows: int = EVENTS // 1000) -> list[dict]:
+    state = wait_for_windows(run, windows, processes)
+    assert state["windows"] == windows
+    for process in processes:
+        assert process.terminate() == 0, process.log()[-3000:]
+    return run.alerts()
+
+
+def expected_alert_ids(records) -> set[str]:
+    """What the engine decides in process on the same partitions and offsets."""
+    config = parse_config({"models": {"fraud": MODEL}})
+    profile = reference()
+    parts = []
+    for p in range(PARTITIONS):
+        monitor = PartitionMonitor(config, p, {"fraud": profile})
+        mine = [value for partition, _, value, _ in records if partition == p]
+        monitor.process_batch([(offset, decode(RawMessage("t", p, offset, value), frozenset(["fraud"])), None)
+                               for offset, value in enumerate(mine)])
+        monitor.go_idle()
+        mark = monitor.merge_marks()["fraud"]
+        parts.append(PartitionPartials("t", p, mark["watermark"], True, mark["partials"]))
+    return {a.alert_id for a in merge_step(config.models["fraud"], profile, None, parts, 1000).alerts}
+
+
+def announced_once(alerts: list[dict]) -> None:
+    firing = Counter((a["signal"], a["name"], a["detector"]) for a in alerts if a["status"] == "firing")
+    assert firing[("feature", "amount", "psi")] == 1
+    assert set(firing.values()) == {1}, firing  # one firing per (signal, name, detector), not one per partition
+
+
+def test_four_instances_announce_the_change_once_with_the_ids_the_engine_decides(broker, redis_server, tmp_path,
+                                                                                 monitors):
+    """Four instances, one partition each, decide what the engine decides in process over the same partitions
+    (the next test holds one instance, and two with a SIGKILL, to the same ids)."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    produce(broker.address, topic, records)
+    four = pipeline(broker, redis_server, tmp_path, topic, "four")
+    started = time.monotonic()
+    alerts = finish(four, [four.start(monitors) for _ in range(4)])
+    print(f"4 instances over {EVENTS} events: {time.monotonic() - started:.1f} s")
+    announced_once(alerts)
+    assert {a["alert_id"] for a in alerts} == expected_alert_ids(records)
+    window = [a for a in alerts if a["partition"] is None]
+    assert window and all(a["offset"] is None and sum(a["window"]["events"].values()) >= 1000 for a in window)
+    schema = validator("alert.json")
+    for alert in alerts:
+        schema.validate(alert)  # model-level ones too: partition and offset null, with their window
+    psi = next(a for a in window if (a["name"], a["detector"], a["status"]) == ("amount", "psi", "firing"))
+    assert sorted(psi["window"]["events"]) == [f"{topic}|{p}" for p in range(PARTITIONS)]
+    shown = status(four, "--json")["model_decisions"]["fraud"]
+    assert shown["windows"] == 6 and {"feature|amount|psi", "feature|amount|ks"} <= {
+        e["episode"] for e in shown["episodes"] if e["firing"]}  # the drift lasts to the end
+
+
+def status(run: Run, *args: str):
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(run.config), *args],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return orjson.loads(done.stdout) if args else done.stdout
+
+
+def wait_for_log(process, text: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in process.log():
+        if time.monotonic() > deadline or process.process.poll() is not None:
+            raise AssertionError(f"{text!r} not in the log:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+
+
+def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path,
+                                                                               monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    clean = pipeline(broker, redis_server, tmp_path, topic, "clean")
+    run = pipeline(broker, redis_server, tmp_path, topic, "interrupted")
+    clean_processes = [clean.start(monitors)]
+    started = time.monotonic()
+    first = run.start(monitors)
+    wait_for_log(first, f"assigned {topic}[")
+    second = run.start(monitors)
+    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
+    feeder = Feeder(broker.address, topic, records, rate=1500)
+    feeder.start()
+    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
+    assert feeder.is_alive(), "killed mid-stream"
+    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
+    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
+    merger.kill()  # SIGKILL of the instance that merges: its partitions and the merge move to the survivor
+    feeder.result()
+    alerts_run = finish(run, [survivor])
+    alerts_clean = finish(clean, clean_processes)
+    print(f"1 instance, and 2 with a SIGKILL, over {EVENTS} events: {time.monotonic() - started:.1f} s")
+    announced_once(alerts_clean)
+    assert {a["alert_id"] for a in alerts_run} == {a["alert_id"] for a in alerts_clean}
+    assert {a["alert_id"] for a in alerts_clean} == expected_alert_ids(records)
+
+
+def test_a_stationary_model_raises_nothing_and_an_empty_partition_holds_nothing_back(broker, redis_server,
+                                                                                     tmp_path, monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    events = generate("fraud", 4000, seed=5)
+    records = [(p % (PARTITIONS - 1), key, value, headers)  # partition 3 never gets a message
+               for p, key, value, headers in keyed_by_event_id(events)]
+    produce(broker.address, topic, records)
+    run = pipeline(broker, redis_server, tmp_path, topic, "stationary")
+    process = run.start(monitors)
+    assert finish(run, [process], windows=4) == []
+    assert "no model-level episode firing" in status(run)
+
+
+def test_partials_are_saved_with_the_state_capped_and_never_by_a_zombie(redis_server):
+    store = StateStore(connect(redis_server.address), unique("ns"), "g")
+    partial = {"events": 1, "columns": {}, "firings": []}
+    mark = {"watermark": 5_000, "idle": False, "partials": {1: partial, 2: partial, 3: partial}, "cap": 4}
+    assert store.save("t", 0, 10, {"format": 4, "models": {}}, {}, merge={"fraud": mark}) == SAVED
+    key = store.partials_key("t", 0, "fraud")
+    assert sorted(store.client.hkeys(key)) == [b"1", b"2", b"3", b"idle", b"wm"]
+    later = {**mark, "watermark": 9_000, "partials": {4: partial, 5: partial, 6: partial}}
+    assert store.save("t", 0, 20, {"format": 4, "models": {}}, {}, merge={"fraud": later}) == SAVED
+    assert store.dropped == {"fraud": 2}  # the cap keeps the newest 4 unmerged buckets
+    assert sorted(int(b) for b in store.client.hkeys(key) if b.isdigit()) == [3, 4, 5, 6]
+    assert store.client.hget(key, "wm") == b"9000"
+    zombie = {**mark, "watermark": 99_000, "partials": {7: partial}}
+    assert store.save("t", 0, 15, {"format": 4, "models": {}}, {}, merge={"fraud": zombie}) == STALE
+    assert store.client.hget(key, "wm") == b"9000" and not store.client.hexists(key, "7")
+
+
+def test_the_merge_state_only_moves_forward(redis_server):
+    merges = MergeStore(StateStore(connect(redis_server.address), unique("ns"), "g"))
+    assert merges.save("fraud", {"step": 1, "windows": 1})
+    assert not merges.save("fraud", {"step": 1, "windows": 9})  # a merger that lost the race
+    assert merges.save("fraud", {"step": 2, "windows": 2})
+    assert not merges.save("fraud", {"step": 1, "windows": 0})  # a zombie with an old state
+    assert merges.load("fraud") == {"step": 2, "windows": 2}

@@ -1,0 +1,275 @@
+"""Model-level decisions without I/O: buckets, watermarks, partials, the merge and its episodes.
+
+The partition side (:class:`~stream_monitor.merge.BucketSketch` inside a ``PartitionMonitor``) must
+not depend on how the stream is cut into batches or where it was restored; the merge of four
+partitions' partials must decide exactly what one partition holding every event decides.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections import Counter
+from functools import lru_cache
+
+import orjson
+import pytest
+
+from stream_monitor.codec import decode
+from stream_monitor.config import parse_config
+from stream_monitor.errors import ConfigError
+from stream_monitor.events import DeadLetter, RawMessage
+from stream_monitor.merge import PartitionPartials, add_partial, bucket_of, frontier, merge_step, window_alert_id
+from stream_monitor.partition import PartitionMonitor
+from stream_monitor.reference import build_reference
+from stream_monitor.state import decode_state, encode_state
+from stream_monitor.synthetic import generate
+
+MODEL = "fraud"
+WINDOW = 1000
+SETTINGS = {"decisions": "model", "reference": {"source": "stored"}, "merge_bucket_seconds": 1.0,
+            "merge_lateness_seconds": 1.0, "detectors": {"psi": {"window": WINDOW}}}
+CONFIG = parse_config({"models": {MODEL: SETTINGS}})
+BUCKET_MS = 1000
+
+
+def decoded(doc, partition=0, offset=0):
+    out = decode(RawMessage("in", partition, offset, orjson.dumps(doc)), frozenset([MODEL]))
+    assert not isinstance(out, DeadLetter), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def reference():
+    return build_reference(MODEL, [decoded(d) for d in generate(MODEL, 4000, seed=7)], None, source="stored")
+
+
+@lru_cache(maxsize=None)
+def stream(count: int, drift_at: int | None):
+    return tuple(decoded(d) for d in generate(MODEL, count, seed=1, drift_at=drift_at))
+
+
+def spread(events, partitions: int):
+    """Keyed by event id, as a producer keyed by event id spreads them (crc32 as a stand-in hash)."""
+    out = {p: [] for p in range(partitions)}
+    for event in events:
+        out[zlib.crc32(event.event_id.encode()) % partitions].append(event)
+    return out
+
+
+def monitor(partition: int = 0) -> PartitionMonitor:
+    return PartitionMonitor(CONFIG, partition, {MODEL: reference()})
+
+
+def feed(m: PartitionMonitor, events, cuts=None, start=0):
+    """Events in batches (``cuts``: batch sizes drawn from this random generator, else all in one)."""
+    items = [(start + i, e, None) for i, e in enumerate(events)]
+    alerts = []
+    i = 0
+    while i < len(items):
+        size = len(items) if cuts is None else cuts.randint(1, 300)
+        alerts.extend(m.process_batch(items[i:i + size]))
+        i += size
+    return alerts
+
+
+def partials_of(m: PartitionMonitor, topic="in"):
+    mark = m.merge_marks()[MODEL]
+    return PartitionPartials(topic, m.partition, mark["watermark"], mark["idle"], mark["partials"])
+
+
+def run_partitions(by_partition, finish=True):
+    out = []
+    for p, events in sorted(by_partition.items()):
+        m = monitor(p)
+        assert feed(m, events) == []  # window decisions and point episodes are the merge's
+        if finish:
+            m.go_idle()
+        out.append(partials_of(m))
+    return out
+
+
+def test_bucket_of_counts_late_events_in_the_oldest_open_bucket():
+    assert bucket_of(2_500, None, 1_000, None) == 2
+    assert bucket_of(2_500, 4_100, 1_000, None) == 4  # bucket 2 is closed: late, never lost
+    assert bucket_of(None, 7_300, 1_000, None) == 7  # no time: counted at the watermark
+    assert bucket_of(2_500, None, 1_000, 9) == 9  # below the floor an idle partition left
+
+
+def test_model_mode_needs_a_stored_reference_and_names_the_key():
+    with pytest.raises(ConfigError, match=r"models\.m\.decisions.*stored reference"):
+        parse_config({"models": {"m": {"decisions": "model"}}})
+    with pytest.raises(ConfigError, match=r"models\.m\.decisions.*'partition' or 'model'"):
+        parse_config({"models": {"m": {"decisions": "merged", "reference": {"source": "stored"}}}})
+    with pytest.raises(ConfigError, match=r"models\.m\.merge_bucket_seconds.*> 0"):
+        parse_config({"models": {"m": {"merge_bucket_seconds": 0}}})
+    assert parse_config({"models": {"m": {}}}).models["m"].decisions == "partition"
+
+
+def test_the_partition_side_does_not_depend_on_batch_cuts():
+    events = stream(3000, 1500)
+    whole = monitor()
+    feed(whole, events)
+    for seed in range(3):
+        cut = monitor()
+        feed(cut, events, random.Random(seed))
+        assert cut.snapshot() == whole.snapshot()
+    one = monitor()
+    for i, e in enumerate(events):
+        one.process(e, i)
+    assert one.snapshot() == whole.snapshot()
+
+
+def test_a_restore_mid_stream_gives_the_same_partials_as_an_uninterrupted_run():
+    events = stream(3000, 1500)
+    whole = monitor()
+    feed(whole, events)
+    first = monitor()
+    feed(first, events[:1234])
+    resumed = monitor()
+    resumed.restore(decode_state(encode_state(first.snapshot())))
+    feed(resumed, events[1234:], start=1234)
+    assert resumed.snapshot() == whole.snapshot()
+
+
+def test_buckets_close_as_the_watermark_passes_them():
+    m = monitor()
+    feed(m, stream(1000, None))  # 10 s of events at 100 per second
+    pending = m.merge_marks()[MODEL]["partials"]
+    # the watermark is 9.99 s − 1 s: buckets 0…7 of the run are closed, 8 and 9 still open
+    first = min(pending)
+    assert sorted(pending) == list(range(first, first + 8))
+    assert [pending[b]["events"] for b in sorted(pending)] == [100] * 8
+    m.partials_saved(m.merge_marks())
+    assert m.merge_marks()[MODEL]["partials"] == {}
+    m.go_idle()
+    assert sorted(m.merge_marks()[MODEL]["partials"]) == [first + 8, first + 9]
+
+
+def test_four_partitions_merge_to_what_one_partition_holding_every_event_decides():
+    events = stream(6000, 3000)
+    one = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions({0: list(events)}), BUCKET_MS)
+    four = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions(spread(events, 4)), BUCKET_MS)
+    window = [a for a in one.alerts if a.partition is None]
+    assert window and [a.alert_id for a in window] == [a.alert_id for a in four.alerts if a.partition is None]
+    assert one.state["windows"] == four.state["windows"] == 6
+    assert one.state["window"] is None and four.state["window"] is None
+    # one firing per (signal, name, detector) for the change, not one per partition
+    firing = Counter((a.signal, a.name, a.detector) for a in four.alerts if a.status == "firing")
+    assert firing and set(firing.values()) == {1}
+    assert {(a.name, a.detector) for a in window if a.status == "firing"} >= {("amount", "psi"), ("amount", "ks")}
+    first = min(a.window["first_bucket"] for a in window if a.name == "amount" and a.detector == "psi")
+    # the change is at event 3000, t = 30 s: the first drifting window starts at bucket 30
+    assert first - events[0].timestamp_ms // BUCKET_MS == 30
+    alert = next(a for a in four.alerts if a.name == "amount" and a.detector == "psi")
+    assert alert.alert_id == window_alert_id(MODEL, "feature", "amount", "psi", alert.window["first_bucket"],
+                                             alert.window["last_bucket"], "firing")
+    assert sum(alert.window["events"].values()) >= WINDOW and len(alert.window["events"]) == 4
+
+
+def test_a_stationary_model_over_four_partitions_raises_nothing():
+    result = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions(spread(stream(8000, None), 4)),
+                        BUCKET_MS)
+    assert result.alerts == [] and result.state["windows"] == 8
+
+
+def test_the_merge_is_the_same_whatever_the_order_and_steps_of_its_input():
+    parts = run_partitions(spread(stream(6000, 3000), 4))
+    model = CONFIG.models[MODEL]
+    whole = merge_step(model, reference(), None, parts, BUCKET_MS)
+    assert merge_step(model, reference(), None, parts[::-1], BUCKET_MS).alerts == whole.alerts
+    # the partials in any order (a Redis hash keeps none)
+    shuffled = [p._replace(partials=dict(sorted(p.partials.items(), key=lambda kv: -kv[0]))) for p in parts]
+    assert merge_step(model, reference(), None, shuffled, BUCKET_MS).state == whole.state
+    # in two steps: the partials up to bucket 25 first (all four partitions' watermarks there), then the rest
+    start = min(min(p.partials) for p in parts)
+    early = [p._replace(watermark_ms=(start + 26) * BUCKET_MS, idle=False,
+                        partials={b: x for b, x in p.partials.items() if b <= start + 25}) for p in parts]
+    first = merge_step(model, reference(), None, early, BUCKET_MS)
+    assert first.state["last_bucket"] == start + 25
+    rest = [p._replace(partials={b: x for b, x in p.partials.items() if b > start + 25}) for p in parts]
+    second = merge_step(model, reference(), orjson.loads(orjson.dumps(first.state)), rest, BUCKET_MS)
+    assert [a.alert_id for a in first.alerts + second.alerts] == [a.alert_id for a in whole.alerts]
+    assert second.state == orjson.loads(orjson.dumps(whole.state))
+
+
+def test_a_partition_without_a_watermark_holds_back_and_an_idle_one_does_not():
+    parts = run_partitions(spread(stream(3000, None), 2), finish=False)
+    assert frontier(parts, BUCKET_MS) is not None
+    missing = PartitionPartials("in", 2, None, False, {})
+    assert frontier(parts + [missing], BUCKET_MS) is None
+    assert merge_step(CONFIG.models[MODEL], reference(), None, parts + [missing], BUCKET_MS).buckets == 0
+    quiet = PartitionPartials("in", 2, 0, True, {})  # idle since the start: nothing to wait for
+    assert frontier(parts + [quiet], BUCKET_MS) == frontier(parts, BUCKET_MS)
+
+
+def test_a_point_episode_resolves_when_the_model_window_is_back_within_the_reference():
+    # drift from event 2000 to 4000, then the data are back to normal
+    drifted = stream(4000, 2000)
+    normal = tuple(decoded({**d, "event_id": f"back-{i}", "timestamp": d["timestamp"] + 40})
+                   for i, d in enumerate(generate(MODEL, 3000, seed=3)))
+    result = merge_step(CONFIG.models[MODEL], reference(), None,
+                        run_partitions(spread(drifted + normal, 4)), BUCKET_MS)
+    points = [a for a in result.alerts if a.detector in ("adwin", "page_hinkley")]
+    assert points, "a point detector fired on the drift"
+    by_key = {}
+    for a in points:
+        by_key.setdefault((a.name, a.detector), []).append(a.status)
+    for statuses in by_key.values():
+        assert statuses == ["firing", "resolved"]
+    firing = [a for a in points if a.status == "firing"]
+    assert all(a.partition is not None and a.offset is not None for a in firing)
+    resolved = [a for a in points if a.status == "resolved"]
+    assert all(a.partition is None and a.window["first_bucket"] * BUCKET_MS >= normal[0].timestamp_ms - 1000
+               for a in resolved)
+
+
+def test_partials_add_up_cell_by_cell():
+    parts = run_partitions(spread(stream(2000, None), 3))
+    one = run_partitions({0: list(stream(2000, None))})[0]
+    for bucket, whole in one.partials.items():
+        total = {}
+        for p in parts:
+            if bucket in p.partials:
+                add_partial(total, p.partials[bucket])
+        assert total["events"] == whole["events"]
+        assert total["columns"] == whole["columns"]
+
+
+def test_replay_decides_a_model_level_model_as_the_merge_of_its_one_stream():
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    events = stream(6000, 3000)
+    alerts = list(replay_rows(CONFIG, [(i, e) for i, e in enumerate(events)], {MODEL: reference()}))
+    m = monitor(-1)
+    feed(m, events)
+    m.go_idle()
+    expected = merge_step(CONFIG.models[MODEL], reference(), None, [partials_of(m, "replay")], BUCKET_MS).alerts
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in expected]
+    assert any(a.partition is None and a.detector == "psi" for a in alerts)
+
+
+def test_partials_left_behind_by_an_interrupted_deletion_are_not_merged_twice():
+    parts = run_partitions(spread(stream(6000, 3000), 4))
+    model = CONFIG.models[MODEL]
+    first = merge_step(model, reference(), None, parts, BUCKET_MS)
+    saved = orjson.loads(orjson.dumps(first.state))
+    again = merge_step(model, reference(), saved, parts, BUCKET_MS)  # the same partials: none was deleted
+    assert again.alerts == [] and again.buckets == 0 and again.late == 0
+    assert again.state == saved
+    assert {k: sorted(v) for k, v in again.consumed.items()} == {k: sorted(v) for k, v in first.consumed.items()}
+
+
+def test_the_status_page_shows_the_model_level_episodes():
+    from stream_monitor.board import StatusBoard  # noqa: PLC0415
+    from stream_monitor.merge import episodes_summary  # noqa: PLC0415
+    from stream_monitor.web import render_page  # noqa: PLC0415
+
+    result = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions(spread(stream(6000, 3000), 4)),
+                        BUCKET_MS)
+    board = StatusBoard("test")
+    board.merges[MODEL] = {"windows": result.state["windows"], "open_window_events": 0,
+                           "episodes": episodes_summary(result.state)}
+    page = render_page(board.snapshot())
+    assert "Model-level decisions" in page and "feature|amount|psi" in page
+    assert board.snapshot()["merges"][MODEL]["windows"] == 6
