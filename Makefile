@@ -49,19 +49,20 @@ demo: setup $(VENV)/.demo-installed
 
 # The suite on WORKERS processes (pytest-xdist; each worker starts its own broker and Redis): most of the
 # integration tier's time is waiting for group joins and processes, so 4 workers fit on 2 cores.
+# worksteal: a worker that runs dry takes tests still queued at another (the long ones come first).
 WORKERS ?= 4
 
 test: test-setup
-	$(PY) -m pytest -n $(WORKERS)
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal
 
 # The unit tier: no broker, no Redis, no `run` process (1206 tests: 131 s wall, 87 s of CPU on 2 cores
 # shared with other work). Property tests run a quarter of their examples; HYPOTHESIS_PROFILE=thorough
 # runs the full counts.
 test-unit: setup
-	$(PY) -m pytest -n 2 -m "not integration"
+	$(PY) -m pytest -n 2 --dist worksteal -m "not integration"
 
 test-integration: test-setup
-	$(PY) -m pytest -n $(WORKERS) -m integration
+	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m integration
 
 # Refresh docs/metrics-scrape.txt and docs/status-page.png from a real run (the tests write them to
 # a temporary directory otherwise).

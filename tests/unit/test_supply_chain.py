@@ -405,7 +405,7 @@ def test_the_oracles_library_is_a_pinned_dev_dependency_only(pins, pyproject):
 def test_make_test_is_the_readme_test_command():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     # the whole suite, every tier (no -m selection), on pytest-xdist workers
-    assert re.search(r"^test: (test-)?setup\n\t\$\(PY\) -m pytest -n \$\(WORKERS\)\n", makefile, re.M)
+    assert re.search(r"^test: (test-)?setup\n\t\$\(PY\) -m pytest -n \$\(WORKERS\) --dist worksteal\n", makefile, re.M)
     assert re.search(r"^audit:", makefile, re.M)
     assert "make test" in (ROOT / "README.md").read_text(encoding="utf-8")
 
