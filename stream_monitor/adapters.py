@@ -13,8 +13,8 @@ The protocol:
   ``"quality"``), ``threshold`` and ``critical`` (``None`` for ADWIN, whose cut
   test decides internally), ``episode``;
 - ``every_value``: it steps on every value (data quality) rather than only on
-  the usable ones (numbers, or categories, whose quality is fine or only off the
-  reference range); ``point``: it detects at single values (ADWIN, Page-Hinkley)
+  the usable ones (numbers whose quality is fine or only off the reference range;
+  categories that are present, seen in the reference or not); ``point``: it detects at single values (ADWIN, Page-Hinkley)
   and its episode ticks on every usable value, else it is a level detector
   whose episode moves when a window closes;
 - ``update(batch)``: the batch through the detector, one compiled call; the

@@ -142,7 +142,9 @@ class ColumnMonitor:
         if self._quality is not None:
             closed_quality = self._quality.add_many(codes)
             started = clock.add("data_quality", started)
-        usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE)).nonzero()[0]
+        # a category the reference never had is drift: it counts in the __other__ bin of PSI (and its
+        # data-quality rate, above); a number off the reference range lands in an open outer bin
+        usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE) | (codes == _UNSEEN)).nonzero()[0]
         x = psi_bins = ks_cells = ranks = scores = None
         if len(usable):
             if self.numeric:
