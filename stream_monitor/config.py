@@ -272,7 +272,11 @@ class DetectorsConfig:
 class PerformanceConfig:
     """Ground truth: label events joined to predictions by (model_id, event_id) through Redis."""
 
-    task: str = ""  # "classification" | "regression"; empty → labels only feed label drift
+    # on by default: label events are joined to their predictions and performance is monitored
+    enabled: bool = True
+    # "classification" | "regression"; empty → inferred from the model's predictions (a predicted
+    # label, or scores in [0, 1] → classification; any other number → regression)
+    task: str = ""
     positive_label: str = "1"  # classification: the positive class for precision, recall, F1 and AUC
     window: int = 1_000  # joined pairs in the rolling metrics
     reference_pairs: int = 1_000  # the first joined pairs: the error reference (regression)
@@ -532,12 +536,14 @@ def _performance(raw: Mapping[str, Any], where: str) -> PerformanceConfig:
                          skip=set(limits))
     if performance.task not in ("", "classification", "regression"):
         raise ConfigError(f"{where}.task", f"must be 'classification' or 'regression', got {performance.task!r}")
-    allowed = {"floors": CLASSIFICATION_METRICS if performance.task == "classification" else (),
-               "ceilings": REGRESSION_METRICS if performance.task == "regression" else ()}
+    # an inferred task (empty): floors apply if it turns out classification, ceilings if regression
+    allowed = {"floors": CLASSIFICATION_METRICS if performance.task in ("", "classification") else (),
+               "ceilings": REGRESSION_METRICS if performance.task in ("", "regression") else ()}
     for key, table in limits.items():
         for metric, value in table.items():
             if metric not in allowed[key]:
-                raise ConfigError(f"{where}.{key}.{metric}", f"not a {performance.task or 'set'} metric "
+                task = "classification" if key == "floors" else "regression"
+                raise ConfigError(f"{where}.{key}.{metric}", f"not a {performance.task or task} metric "
                                   f"(allowed: {', '.join(allowed[key]) or 'none for this task'})")
             table[metric] = _typed(value, float, f"{where}.{key}.{metric}")
     for key in ("window", "reference_pairs", "max_pending"):

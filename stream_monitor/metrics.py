@@ -219,7 +219,7 @@ class PartitionCollector(Collector):
                 if model.get("untracked_columns"):
                     untracked[model_id] = max(untracked.get(model_id, 0), model["untracked_columns"])
                 for metric, value in (model.get("performance") or {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "pairs":
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and metric not in ("pairs", "unscored"):
                         held = performance.get((model_id, metric))
                         performance[(model_id, metric)] = value if held is None else max(held, value)
                 for row in model.get("detectors", []):

@@ -29,9 +29,10 @@ from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult, prediction_record
-from .performance import PerformanceMonitor
+from .performance import PerformanceMonitor, infer_task
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
+    is_finite_number, \
     NumericReference, ReferenceProfile, WarmupSummary, \
     unmonitored_columns
 
@@ -392,7 +393,9 @@ class ModelMonitor:
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
         self.events = 0
         self.labels = 0
-        self.performance = PerformanceMonitor(config) if config.performance.task else None
+        perf = config.performance
+        # with no task configured, the first joined pair infers it (:meth:`_performance`)
+        self.performance = PerformanceMonitor(config) if perf.enabled and perf.task else None
         if reference is not None:
             self.use_reference(reference)
 
@@ -426,11 +429,12 @@ class ModelMonitor:
                 self._label(event, position, offset, partition, join, labelled, out)
                 continue
             self.events += 1
-            if join is not None and join.status == "joined" and self.performance is not None:
+            if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
-                alerts = self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
-                                               partition, event.timestamp_ms)
-                out.extend((position, -1, order, a) for order, a in enumerate(alerts))
+                if self._performance(prediction, partition) is not None:
+                    alerts = self.performance.pair(prediction, join.other["label"], join.other["t"], offset,
+                                                   partition, event.timestamp_ms)
+                    out.extend((position, -1, order, a) for order, a in enumerate(alerts))
             if self.reference is None:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
@@ -497,10 +501,42 @@ class ModelMonitor:
                     self._use_labels(labels)
         else:
             labelled.append((position, offset, event))
-        if join is not None and join.status == "joined" and self.performance is not None:
+        if join is not None and join.status == "joined" and self._performance(join.other, partition) is not None:
             alerts = self.performance.pair(join.other, event.label, event.timestamp_ms, offset, partition,
                                            event.timestamp_ms)
             out.extend((position, 1, order, a) for order, a in enumerate(alerts))
+
+    def _performance(self, prediction: Mapping[str, Any], partition: int) -> PerformanceMonitor | None:
+        """The performance monitor for a joined pair; with no task configured, created at the first pair
+        with the task :meth:`_infer_task` gives (``None`` when performance is off)."""
+        if self.performance is None and self.config.performance.enabled:
+            task, basis = self._infer_task(prediction)
+            self.performance = PerformanceMonitor(self.config, task)
+            log.info("model %s (partition %d): performance monitored as %s, inferred from %s; set "
+                     "[models.%s.performance] task to choose, or enabled = false to turn it off",
+                     self.config.model_id, partition, self.performance.task, basis, self.config.model_id)
+        return self.performance
+
+    def _infer_task(self, prediction: Mapping[str, Any]) -> tuple[str, str]:
+        """The task and what it was told from: the reference's predictions if it is built, else those of
+        the warm-up so far, else the pair's own prediction (its inference event was counted elsewhere)."""
+        sources: list[tuple[str, bool, tuple[float, float] | None]] = []
+        ref = self.reference
+        if ref is not None:
+            sources.append(("the reference's predictions", ref.predicted_label is not None,
+                            None if ref.score is None else (ref.score.minimum, ref.score.maximum)))
+        else:
+            scores = self.warmup.score.numbers
+            sources.append(("the warm-up's predictions", self.warmup.predicted_label.present > 0,
+                            (min(scores), max(scores)) if len(scores) else None))
+        score = prediction.get("score")
+        sources.append(("the first labelled prediction", prediction.get("label") is not None,
+                        (float(score), float(score)) if is_finite_number(score) else None))
+        for basis, labelled, scores in sources:
+            task = infer_task(labelled, scores)
+            if task is not None:
+                return task, basis
+        return "classification", "nothing (no prediction had a score or a label)"
 
     def _note_untracked(self, partition: int) -> None:
         """The warm-up ends: remember (and say once) which feature names it did not track."""
@@ -557,10 +593,13 @@ class ModelMonitor:
             restarted.extend(_RESTARTED_NAMES[p] for p in _RESTARTED_NAMES if p in changes and p in present)
             if "latency" in changes and self.config.detectors.latency.enabled:
                 restarted.append("latency columns")
+        saved = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")
-        elif self.performance is not None and state.get("performance") is not None:
-            self.performance.restore(state["performance"])
+        elif saved is not None and self.config.performance.enabled:
+            # an inferred task is part of the state (a state from before inference: the configured task)
+            self.performance = PerformanceMonitor(self.config, saved.get("task"))
+            self.performance.restore(saved)
         if not changes:
             return None
         what = "; ".join(dict.fromkeys(c for part in changes.values() for c in part))

@@ -9,6 +9,14 @@ detectors. Rolling accuracy, precision, recall, F1 and ROC AUC (or MAE and
 RMSE) over the last ``window`` pairs; a ``performance`` alert when one crosses
 its configured floor (ceiling).
 
+On by default: without a configured ``task`` the task is inferred once, from
+the model's predictions, by :func:`infer_task` (a predicted label, or scores
+in [0, 1] → classification; any other number → regression). The inferred task
+is part of the monitor's state and never changes by itself: under an inferred
+classification a pair is scored by its predicted label, else by score ≥ 0.5;
+under an inferred regression a pair without a numeric score and label is not
+scored (counted as ``unscored``). Setting ``task`` restarts the monitor with it.
+
 >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
 0.75
 """
@@ -50,14 +58,35 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def infer_task(predicted_label: bool, scores: tuple[float, float] | None) -> str | None:
+    """The task of a model from its predictions: whether one had a predicted label, and the least and
+    greatest score (``None``: no score). ``None`` when there is no prediction to tell from.
+
+    >>> infer_task(True, (3.0, 9.5)), infer_task(False, (0.0, 1.0)), infer_task(False, (-0.2, 0.9))
+    ('classification', 'classification', 'regression')
+    >>> infer_task(False, None) is None
+    True
+    """
+    if predicted_label:
+        return "classification"
+    if scores is None:
+        return None
+    low, high = scores
+    return "classification" if 0.0 <= low and high <= 1.0 else "regression"
+
+
 class PerformanceMonitor:
-    def __init__(self, model: ModelConfig):
+    def __init__(self, model: ModelConfig, task: str | None = None):
+        """``task``: the inferred task when the config sets none (the config's wins)."""
         self.model_id = model.model_id
         self.config = cfg = model.performance
         det = self._detectors = model.detectors
-        self.classification = cfg.task == "classification"
+        self.task = cfg.task or task or "classification"
+        self.inferred = not cfg.task
+        self.classification = self.task == "classification"
         self.positive = cfg.positive_label
         self.pairs_seen = 0
+        self.unscored = 0  # joined pairs the task could not score (a regression pair without numbers)
         self.window: deque = deque(maxlen=cfg.window)
         self.delays: deque = deque(maxlen=cfg.window)
         self.evaluate_every = max(1, cfg.window // 10)
@@ -80,9 +109,12 @@ class PerformanceMonitor:
             p = det.page_hinkley
             self.ph_threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
             self.episodes["absolute_error/page_hinkley"] = episode()
-        for metric in cfg.floors:
+        # floors are classification metrics, ceilings regression ones (both may be set for an inferred task)
+        self.floors = dict(cfg.floors) if self.classification else {}
+        self.ceilings = {} if self.classification else dict(cfg.ceilings)
+        for metric in self.floors:
             self.episodes[f"{metric}/floor"] = episode()
-        for metric in cfg.ceilings:
+        for metric in self.ceilings:
             self.episodes[f"{metric}/ceiling"] = episode()
         self.last: dict[str, float] = {}
 
@@ -105,6 +137,7 @@ class PerformanceMonitor:
                 predicted = int(score >= 0.5)
                 error = int(predicted != truth)
             else:
+                self.unscored += 1
                 return alerts
             self.window.append((truth, predicted, score, error))
             before = self.adwin.window_mean
@@ -114,6 +147,7 @@ class PerformanceMonitor:
             alerts.extend(self._point("error_rate/adwin", rose, self.adwin.window_mean, before, context))
         else:
             if not is_finite_number(score) or not is_finite_number(label):
+                self.unscored += 1
                 return alerts
             error = abs(float(score) - float(label))
             self.window.append((float(score), float(label), error))
@@ -167,7 +201,7 @@ class PerformanceMonitor:
     def _limits(self, context: tuple) -> list[Alert]:
         values = self.metrics()
         alerts = []
-        for kind, limits in (("floor", self.config.floors), ("ceiling", self.config.ceilings)):
+        for kind, limits in (("floor", self.floors), ("ceiling", self.ceilings)):
             for metric, limit in limits.items():
                 value = values.get(metric)
                 if value is None:
@@ -226,7 +260,8 @@ class PerformanceMonitor:
     # --- state ------------------------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pairs_seen": self.pairs_seen, "window": list(self.window), "delays": list(self.delays),
+        return {"task": self.task, "unscored": self.unscored,
+                "pairs_seen": self.pairs_seen, "window": list(self.window), "delays": list(self.delays),
                 "adwin": None if self.adwin is None else self.adwin.snapshot(),
                 "page_hinkley": None if self.page_hinkley is None else self.page_hinkley.snapshot(),
                 "error_reference": list(self.error_reference),
@@ -236,6 +271,7 @@ class PerformanceMonitor:
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.pairs_seen = state["pairs_seen"]
+        self.unscored = state.get("unscored", 0)
         self.window.clear()
         self.window.extend(tuple(r) for r in state["window"])
         self.delays.clear()
@@ -256,14 +292,17 @@ class PerformanceMonitor:
     def summary(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """(metrics and label delays, detector rows) for status, the page and the metrics."""
         delays = sorted(self.delays)
-        info: dict[str, Any] = {"pairs": self.pairs_seen, **self.metrics()}
+        info: dict[str, Any] = {"task": self.task + (" (inferred)" if self.inferred else ""),
+                                "pairs": self.pairs_seen, **self.metrics()}
+        if self.unscored:
+            info["unscored"] = self.unscored
         if delays:
             info["label_delay_p50_ms"] = delays[len(delays) // 2]
             info["label_delay_p95_ms"] = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
         rows = []
         for key, episode in self.episodes.items():
             name, detector = key.split("/")
-            limit = (self.config.floors.get(name) if detector == "floor" else self.config.ceilings.get(name)
+            limit = (self.floors.get(name) if detector == "floor" else self.ceilings.get(name)
                      if detector == "ceiling" else self.ph_threshold if detector == "page_hinkley" else None)
             rows.append({"signal": "performance", "name": name, "detector": detector, "statistic": self.last.get(key),
                          "threshold": limit, "critical": limit, "firing": episode.firing,
