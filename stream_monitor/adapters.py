@@ -19,7 +19,9 @@ The protocol:
   whose episode moves when a window closes;
 - ``update(batch)``: the batch through the detector, one compiled call; the
   values that matter as (index into the batch's usable values — or into all
-  values when ``every_value`` —, mark);
+  values when ``every_value`` —, mark); a point detector's mark is the
+  detection's severity, graded by the size of the change
+  (:mod:`stream_monitor.severity`);
 - ``describe(transition, mark_or_index)``: the alert's statistic, threshold,
   reference, current payload and message (the words are in :mod:`stream_monitor.alerts`);
 - ``detector``: the object whose ``snapshot()`` / ``restore()`` is the part's state.
@@ -31,7 +33,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import alerts
+from . import alerts, severity
 from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig
 from .detectors.drift import AdwinDetector, PageHinkleyDetector
@@ -185,9 +187,9 @@ class Adwin(PointAdapter):
         self.detector = detector
 
     def update(self, batch: Batch) -> list[tuple[int, Any]]:
-        detected, means, widths = self.detector.update_many(batch.ranks)
-        self.arrays = (means, widths)
-        return [(j, True) for j in detected.nonzero()[0].tolist()]
+        detected, means, widths, levels = self.detector.update_levels(batch.ranks)
+        self.arrays = (means, widths, levels)
+        return [(j, adwin_severity(float(levels[j]))) for j in detected.nonzero()[0].tolist()]
 
     def alert_threshold(self, severity: str) -> float:
         return self.detector.delta  # ADWIN's confidence parameter: what its cut test is held to
@@ -197,8 +199,10 @@ class Adwin(PointAdapter):
 
     def describe(self, transition, at):
         statistic = float(self.arrays[0][at])
+        level = float(self.arrays[2][at])
+        level = None if level != level else level  # NaN: no detection at this value (a resolution)
         return statistic, alerts.adwin_description(self.column.reference, self.column.label, transition, statistic,
-                                                   int(self.arrays[1][at]), self.episode.resolve_after)
+                                                   int(self.arrays[1][at]), self.episode.resolve_after, level)
 
 
 class PageHinkley(PointAdapter):
@@ -209,17 +213,31 @@ class PageHinkley(PointAdapter):
         self.detector = detector
 
     def update(self, batch: Batch) -> list[tuple[int, Any]]:
-        detected, statistics = self.detector.update_many(batch.scores)
-        self.arrays = (statistics,)
-        return [(j, True) for j in detected.nonzero()[0].tolist()]
+        detected, statistics, levels = self.detector.update_levels(batch.scores, batch.numbers)
+        self.arrays = (statistics, levels)
+        ref = self.column.reference
+        return [(j, page_hinkley_severity(float(levels[j]), ref.mean, ref.std)) for j in detected.nonzero()[0].tolist()]
 
     def latest(self, last_statistic):
         return self.detector.statistic
 
     def describe(self, transition, at):
         statistic = float(self.arrays[0][at])
+        level = float(self.arrays[1][at])
+        level = None if level != level else level
         return statistic, alerts.page_hinkley_description(self.column.reference, self.column.label, transition,
-                                                          statistic, self.threshold, self.episode.resolve_after)
+                                                          statistic, self.threshold, self.episode.resolve_after,
+                                                          level)
+
+
+def adwin_severity(level_rank: float) -> str:
+    """A column's ADWIN detection: graded by the shift its new sub-window's mean reference rank implies."""
+    return severity.severity(severity.rank_shift(level_rank))
+
+
+def page_hinkley_severity(level: float, mean: float, std: float) -> str:
+    """A column's Page-Hinkley detection: graded by its mean since the change against the reference."""
+    return severity.severity(severity.shift_in_sd(level, mean, std))
 
 
 def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference) -> list[Adapter]:

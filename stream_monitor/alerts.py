@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from . import severity
 from .detectors.episode import Transition
 from .reference import OTHER, ColumnReference, NumericReference
 
@@ -75,20 +76,52 @@ def _point_resolved(detector: str, label: str, resolve_after: int) -> str:
     return f"{detector} on {label}: no change for {resolve_after} values, resolved"
 
 
+def _quantile(ref: NumericReference, rank: float) -> float | None:
+    """The reference's value at ``rank`` (its permille grid, interpolated)."""
+    grid = ref.grid
+    if not grid:
+        return None
+    at = min(max(rank, 0.0), 1.0) * (len(grid) - 1)
+    low = int(at)
+    high = min(low + 1, len(grid) - 1)
+    return grid[low] + (grid[high] - grid[low]) * (at - low)
+
+
 def adwin_description(ref: NumericReference, label: str, transition: Transition, mean_rank: float, window: int,
-                      resolve_after: int) -> Description:
-    current = {"window_mean_rank": mean_rank, "window": window}
-    message = (f"ADWIN saw {label} move: over the last {window} values its mean reference rank "
-               f"is {mean_rank:.2f} (0.50 when unchanged)")
+                      resolve_after: int, level: float | None = None) -> Description:
+    """``level``: at a firing, the mean reference rank of the new sub-window (the values after the change)."""
+    current: dict[str, Any] = {"window_mean_rank": mean_rank, "window": window}
     if transition.status == "resolved":
-        message = _point_resolved("adwin", label, resolve_after)
+        return _point_reference(ref), current, _point_resolved("adwin", label, resolve_after)
+    if level is None:
+        message = (f"ADWIN saw {label} move: over the last {window} values its mean reference rank "
+                   f"is {mean_rank:.2f} (0.50 when unchanged)")
+        return _point_reference(ref), current, message
+    shift = severity.rank_shift(level)
+    near = _quantile(ref, level)
+    current.update(level_rank=level, shift_sd=shift, level=near)
+    edge = 1.0 / max(ref.events, 1)
+    where = (f"beyond the reference's maximum {ref.maximum:.4g}" if level >= 1.0 - edge else
+             f"beyond the reference's minimum {ref.minimum:.4g}" if level <= edge else
+             f"around the reference's {100 * level:.1f}th percentile, {near:.4g}")
+    message = (f"ADWIN saw {label} move: since the change its values' mean reference rank is {level:.3f} "
+               f"(0.50 when unchanged; {where}), a shift of about {shift:.1f} reference standard deviations "
+               f"({transition.severity})")
     return _point_reference(ref), current, message
 
 
 def page_hinkley_description(ref: NumericReference, label: str, transition: Transition, deviation: float,
-                             threshold: float, resolve_after: int) -> Description:
+                             threshold: float, resolve_after: int, level: float | None = None) -> Description:
+    """``level``: at a firing, the mean of the values since the change began, in the column's units."""
+    current: dict[str, Any] = {"cumulative_deviation": deviation}
+    if transition.status == "resolved":
+        return _point_reference(ref), current, _point_resolved("page_hinkley", label, resolve_after)
     message = (f"Page-Hinkley saw a mean shift in {label}: cumulative deviation of normal scores "
                f"{deviation:.1f} > {threshold:g}")
-    if transition.status == "resolved":
-        message = _point_resolved("page_hinkley", label, resolve_after)
-    return _point_reference(ref), {"cumulative_deviation": deviation}, message
+    if level is not None:
+        shift = severity.shift_in_sd(level, ref.mean, ref.std)
+        current.update(level=level, shift_sd=shift)
+        message = (f"Page-Hinkley saw a mean shift in {label}: its mean since the change began is {level:.4g} "
+                   f"(reference {ref.mean:.4g} ± {ref.std:.3g}, {shift:.1f} standard deviations, "
+                   f"{transition.severity}); cumulative deviation of normal scores {deviation:.1f} > {threshold:g}")
+    return _point_reference(ref), current, message

@@ -230,7 +230,7 @@ class ColumnMonitor:
                 for order, adapter in self._usable:
                     if adapter.point:
                         episode = adapter.episode
-                        transition = episode.detected() if adapter in mark else episode.tick()
+                        transition = episode.detected(mark[adapter]) if adapter in mark else episode.tick()
                         if transition is not None:
                             out.append((index, order, self._point(adapter, transition, before, context)))
                     elif adapter in mark:

@@ -36,6 +36,7 @@ from .detectors import AdwinDetector, Episode, PageHinkleyDetector
 from .detectors.transform import RankTransform
 from .events import Alert
 from .reference import is_finite_number
+from .severity import rate_effect, rate_severity, severity as grade, shift_in_sd
 
 
 def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
@@ -73,6 +74,16 @@ def infer_task(predicted_label: bool, scores: tuple[float, float] | None) -> str
         return None
     low, high = scores
     return "classification" if 0.0 <= low and high <= 1.0 else "regression"
+
+
+def error_rate_severity(level: float, before: float) -> str:
+    """An error rate's rise: graded by its size (Cohen's h, :mod:`stream_monitor.severity`)."""
+    return rate_severity(level, before)
+
+
+def absolute_error_severity(level: float, mean: float, std: float) -> str:
+    """A regression's mean absolute error since the change, against the reference errors."""
+    return grade(shift_in_sd(level, mean, std))
 
 
 class PerformanceMonitor:
@@ -141,10 +152,12 @@ class PerformanceMonitor:
                 return alerts
             self.window.append((truth, predicted, score, error))
             before = self.adwin.window_mean
-            detected = self.adwin.update(float(error))
-            rose = detected and self.adwin.window_mean > before
+            detected, _, _, levels = self.adwin.update_levels(np.array([float(error)]))
+            rose = bool(detected[0]) and self.adwin.window_mean > before
             self.last["error_rate/adwin"] = self.adwin.window_mean
-            alerts.extend(self._point("error_rate/adwin", rose, self.adwin.window_mean, before, context))
+            level = float(levels[0]) if rose else self.adwin.window_mean
+            alerts.extend(self._point("error_rate/adwin", rose, level, before, context,
+                                      error_rate_severity(level, before) if rose else "warning"))
         else:
             if not is_finite_number(score) or not is_finite_number(label):
                 self.unscored += 1
@@ -161,10 +174,15 @@ class PerformanceMonitor:
                                                             mode="up")
                     self.error_reference = []
             else:
-                detected = self.page_hinkley.update(self.transform.normal_score(error))
+                detected, _, levels = self.page_hinkley.update_levels(
+                    np.array([self.transform.normal_score(error)]), np.array([error]))
+                detected = bool(detected[0])
                 self.last["absolute_error/page_hinkley"] = self.page_hinkley.statistic
+                level = float(levels[0]) if detected else None
+                mean, std = self.error_reference_level()
                 alerts.extend(self._point("absolute_error/page_hinkley", detected, self.page_hinkley.statistic,
-                                          None, context))
+                                          level, context,
+                                          absolute_error_severity(level, mean, std) if detected else "warning"))
         self.pairs_seen += 1
         for key, episode in self.episodes.items():
             if key.endswith(("/floor", "/ceiling")):
@@ -175,6 +193,13 @@ class PerformanceMonitor:
 
     def _ph_config(self):
         return self._detectors.page_hinkley
+
+    def error_reference_level(self) -> tuple[float, float]:
+        """Regression: the mean and standard deviation of the reference errors (from their quantiles)."""
+        if self.transform is None:
+            return math.nan, math.nan
+        grid = np.asarray(self.transform.grid)
+        return float(grid.mean()), float(grid.std())
 
     # --- rolling metrics ----------------------------------------------------------------------------
 
@@ -227,22 +252,37 @@ class PerformanceMonitor:
                                           {metric: value, "pairs": len(self.window)}, message, *context))
         return alerts
 
-    def _point(self, key: str, detected: bool, statistic: float, before: float | None, context: tuple) -> list[Alert]:
+    def _point(self, key: str, detected: bool, statistic: float, before: float | None, context: tuple,
+               severity: str = "warning") -> list[Alert]:
+        """A detector's step. ADWIN: ``statistic`` is the error rate after the change (at a detection: the
+        new sub-window's), ``before`` the window's rate before it. Page-Hinkley: ``statistic`` is the
+        cumulative deviation, ``before`` the mean absolute error since the change began."""
         episode = self.episodes[key]
-        transition = episode.detected() if detected else episode.tick()
+        transition = episode.detected(severity) if detected else episode.tick()
         if transition is None:
             return []
         name, detector = key.split("/")
         if detector == "adwin":
             threshold = self.adwin.delta
-            message = (f"error rate of {self.model_id} rose to {statistic:.3g} (was {before:.3g}) over the last "
-                       f"{self.adwin.window_width} labelled predictions: the model got worse (concept drift)")
-            reference, current = {"error_rate": before}, {"error_rate": statistic, "pairs": self.adwin.window_width}
+            level = statistic
+            message = (f"error rate of {self.model_id} rose to {level:.3g} since the change (was {before:.3g}; "
+                       f"{rate_effect(level, before):.2f} on Cohen's h, {transition.severity}): the model got worse "
+                       f"(concept drift)")
+            reference = {"error_rate": before}
+            current = {"error_rate": level, "effect": rate_effect(level, before), "pairs": self.adwin.window_width}
         else:
             threshold = self.ph_threshold
+            mean, std = self.error_reference_level()
+            reference, current = {"threshold": threshold, "mean": mean, "std": std}, {"cumulative_deviation": statistic}
             message = (f"absolute error of {self.model_id} rose: Page-Hinkley cumulative deviation {statistic:.1f} "
                        f"> {threshold:g} (concept drift)")
-            reference, current = {"threshold": threshold}, {"cumulative_deviation": statistic}
+            if before is not None:
+                shift = shift_in_sd(before, mean, std)
+                current.update(absolute_error=before, shift_sd=shift)
+                message = (f"absolute error of {self.model_id} rose to {before:.4g} on average since the change began "
+                           f"(reference {mean:.4g} ± {std:.3g}, {shift:.1f} standard deviations, "
+                           f"{transition.severity}); Page-Hinkley cumulative deviation {statistic:.1f} > {threshold:g} "
+                           f"(concept drift)")
         if transition.status == "resolved":
             message = f"{name} of {self.model_id}: no further change for {episode.resolve_after} pairs, resolved"
         return [self._alert(key, transition, statistic, threshold, reference, current, message, *context)]
