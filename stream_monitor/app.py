@@ -62,12 +62,14 @@ def consumed_by_partition(prepared: list) -> dict[PartitionKey, int]:
 
 def write_refusal(exc: redis.ResponseError) -> str | None:
     """What a Redis error says when Redis is up but refuses writes for now (it accepts them again once the
-    operator fixes it), or ``None`` for any other error."""
-    if isinstance(exc, redis.exceptions.OutOfMemoryError) or str(exc).startswith("OOM"):
+    operator fixes it), or ``None`` for any other error. An error of one command of a pipeline reads
+    "Command # N (…) of pipeline caused error: <Redis's error>": Redis's error is what counts."""
+    text = str(exc).split(" of pipeline caused error: ", 1)[-1]
+    if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return "out of memory: maxmemory reached with a noeviction policy"
-    if isinstance(exc, redis.exceptions.ReadOnlyError) or str(exc).startswith("READONLY"):
+    if isinstance(exc, redis.exceptions.ReadOnlyError) or text.startswith("READONLY"):
         return "read-only: it is a replica, e.g. after a failover"
-    if str(exc).startswith("MISCONF"):
+    if text.startswith("MISCONF"):
         return "MISCONF: it cannot persist to disk and stop-writes-on-bgsave-error is set"
     return None
 
