@@ -27,7 +27,7 @@ def reference() -> NumericReference:
     return NumericReference.build(np.random.default_rng(0).normal(0.0, 1.0, 5_000).tolist())
 
 
-def firings(shift: float, seed: int, length: int = 22_000) -> dict[str, object]:
+def firings(shift: float, seed: int, length: int = 20_200) -> dict[str, object]:
     """The first ADWIN and Page-Hinkley firing of a normal column whose mean moves by ``shift`` sd."""
     values = np.random.default_rng(seed).normal(0.0, 1.0, length)
     values[CHANGE_AT:] += shift
@@ -41,7 +41,7 @@ def firings(shift: float, seed: int, length: int = 22_000) -> dict[str, object]:
     return out
 
 
-@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("sign", [1, -1])
 def test_a_30_sd_shift_is_critical_and_page_hinkley_reports_its_level(seed, sign):
     found = firings(30.0 * sign, seed)
@@ -65,9 +65,9 @@ def test_the_firing_positions_and_levels_are_pinned():
     assert round(adwin.current["level_rank"], 4) == 0.9999 and round(adwin.statistic, 4) == 0.6384
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))
 def test_a_small_shift_stays_warning_and_reports_a_level_near_its_size(seed):
-    found = firings(0.5, seed, length=30_000)
+    found = firings(0.5, seed, length=24_000)
     ph, adwin = found["page_hinkley"], found["adwin"]
     assert ph.severity == adwin.severity == "warning"
     assert 0.2 < ph.current["level"] < 0.8 and ph.current["shift_sd"] < CRITICAL_SHIFT
