@@ -20,13 +20,16 @@ The protocol:
   among the column's episodes and statistics (``name``, or
   ``subject/name`` for a performance detector);
 - ``every_value``: it steps on every value (data quality) rather than only on
-  the usable ones (numbers, or categories, whose quality is fine or only off the
-  reference range); ``point``: it detects at single values (ADWIN, Page-Hinkley)
-  and its episode ticks on every usable value, else it is a level detector
-  whose episode moves when a window closes;
+  the usable ones (numbers whose quality is fine or only off the reference range;
+  categories that are present, seen in the reference or not); ``point``: it
+  detects at single values (ADWIN, Page-Hinkley) and its episode ticks on every
+  usable value, else it is a level detector whose episode moves when a window
+  closes;
 - ``update(batch)``: the batch through the detector, one compiled call; the
   values that matter as (index into the batch's usable values — or into all
-  values when ``every_value`` —, mark);
+  values when ``every_value`` —, mark); a point detector's mark is the
+  detection's severity, graded by the size of the change
+  (:mod:`stream_monitor.severity`);
 - ``judge(value)`` (a level detector): the episode's transition at a window's
   statistic — warning and critical levels with hysteresis, or a limit;
 - ``describe(transition, mark_or_index)``: the alert's statistic, threshold,
@@ -44,7 +47,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import alerts
+from . import alerts, severity
 from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig, PageHinkleyConfig
 from .detectors.drift import AdwinDetector, PageHinkleyDetector
@@ -214,9 +217,9 @@ class Adwin(PointAdapter):
         self.detector = detector
 
     def update(self, batch: Batch) -> list[tuple[int, Any]]:
-        detected, means, widths = self.detector.update_many(batch.ranks)
-        self.arrays = (means, widths)
-        return [(j, True) for j in detected.nonzero()[0].tolist()]
+        detected, means, widths, levels = self.detector.update_levels(batch.ranks)
+        self.arrays = (means, widths, levels)
+        return [(j, adwin_severity(float(levels[j]))) for j in detected.nonzero()[0].tolist()]
 
     def alert_threshold(self, severity: str) -> float:
         return self.detector.delta  # ADWIN's confidence parameter: what its cut test is held to
@@ -226,8 +229,10 @@ class Adwin(PointAdapter):
 
     def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])
+        level = float(self.arrays[2][at])
+        level = None if level != level else level  # NaN: no detection at this value (a resolution)
         return statistic, alerts.adwin_description(self.column.reference, self.column.label, transition, statistic,
-                                                   int(self.arrays[1][at]), back)
+                                                   int(self.arrays[1][at]), back, level)
 
 
 class PageHinkley(PointAdapter):
@@ -238,17 +243,30 @@ class PageHinkley(PointAdapter):
         self.detector = detector
 
     def update(self, batch: Batch) -> list[tuple[int, Any]]:
-        detected, statistics = self.detector.update_many(batch.scores)
-        self.arrays = (statistics,)
-        return [(j, True) for j in detected.nonzero()[0].tolist()]
+        detected, statistics, levels = self.detector.update_levels(batch.scores, batch.numbers)
+        self.arrays = (statistics, levels)
+        ref = self.column.reference
+        return [(j, page_hinkley_severity(float(levels[j]), ref.mean, ref.std)) for j in detected.nonzero()[0].tolist()]
 
     def latest(self, last_statistic):
         return self.detector.statistic
 
     def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])
+        level = float(self.arrays[1][at])
+        level = None if level != level else level
         return statistic, alerts.page_hinkley_description(self.column.reference, self.column.label, transition,
-                                                          statistic, self.threshold, back)
+                                                          statistic, self.threshold, back, level)
+
+
+def adwin_severity(level_rank: float) -> str:
+    """A column's ADWIN detection: graded by the shift its new sub-window's mean reference rank implies."""
+    return severity.severity(severity.rank_shift(level_rank))
+
+
+def page_hinkley_severity(level: float, mean: float, std: float) -> str:
+    """A column's Page-Hinkley detection: graded by its mean since the change against the reference."""
+    return severity.severity(severity.shift_in_sd(level, mean, std))
 
 
 class Pairs(NamedTuple):
@@ -272,18 +290,21 @@ class ErrorRate(PointAdapter):
 
     def update(self, batch: Pairs) -> list[tuple[int, Any]]:
         before = self.detector.window_mean
-        detected, means, widths = self.detector.update_many(batch.errors)
+        detected, means, widths, levels = self.detector.update_levels(batch.errors)
         previous = np.concatenate(([before], means[:-1]))  # per pair: the window's error rate before it
-        self.arrays = (means, widths, previous)
+        self.arrays = (means, widths, previous, levels)
         self.column.last_statistic[self.key] = float(means[-1])
-        return [(j, True) for j in (detected & (means > previous)).nonzero()[0].tolist()]
+        return [(j, error_rate_severity(float(levels[j]), float(previous[j])))
+                for j in (detected & (means > previous)).nonzero()[0].tolist()]
 
     def alert_threshold(self, severity: str) -> float:
         return self.detector.delta
 
     def describe(self, transition, at, back=()):
-        means, widths, previous = self.arrays
-        statistic = float(means[at])
+        """A firing's statistic is the error rate after the change (the new sub-window's), a resolution's
+        the window's."""
+        means, widths, previous, levels = self.arrays
+        statistic = float(levels[at] if transition.status == "firing" else means[at])
         return statistic, alerts.error_rate_description(self.column.model_id, transition, statistic,
                                                         float(previous[at]), int(widths[at]),
                                                         self.episode.resolve_after)
@@ -328,15 +349,27 @@ class AbsoluteError(PointAdapter):
         if first == len(errors):
             return []
         scores = np.array([self.transform.normal_score(e) for e in errors[first:]], dtype=np.float64)
-        detected, after = self.detector.update_many(scores)
+        detected, after, levels = self.detector.update_levels(scores, batch.errors[first:])
         statistics[first:] = after
+        self.arrays = (statistics, np.concatenate((np.full(first, np.nan), levels)))
         self.column.last_statistic[self.key] = float(statistics[-1])
-        return [(first + j, True) for j in detected.nonzero()[0].tolist()]
+        mean, std = self.reference_level()
+        return [(first + j, absolute_error_severity(float(levels[j]), mean, std))
+                for j in detected.nonzero()[0].tolist()]
+
+    def reference_level(self) -> tuple[float, float]:
+        """The mean and standard deviation of the reference errors (from their quantiles; NaN before)."""
+        if self.transform is None:
+            return np.nan, np.nan
+        grid = np.asarray(self.transform.grid)
+        return float(grid.mean()), float(grid.std())
 
     def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])
-        return statistic, alerts.absolute_error_description(self.column.model_id, transition, statistic,
-                                                            self.threshold, self.episode.resolve_after)
+        level = float(self.arrays[1][at])
+        return statistic, alerts.absolute_error_description(
+            self.column.model_id, transition, statistic, self.threshold, self.episode.resolve_after,
+            self.reference_level(), None if level != level else level)
 
 
 class MetricLimit(LevelAdapter):
@@ -364,10 +397,11 @@ class MetricLimit(LevelAdapter):
                                         self.threshold, self.detector.window.maxlen)
 
 
-def performance_adapters(column: Any, model: ModelConfig, metrics: Any) -> list[Adapter]:
+def performance_adapters(column: Any, model: ModelConfig, metrics: Any, task: str) -> list[Adapter]:
     """A model's performance detectors over its joined pairs, in the order one pair's alerts are raised:
-    the error stream's drift detector, then each floor and each ceiling in the config's order
-    (``metrics``: the rolling window they read)."""
+    the error stream's drift detector, then each floor (classification) or each ceiling (regression) in
+    the config's order (``metrics``: the rolling window they read; ``task``: the configured or inferred
+    one — an inferred task's config may carry both floors and ceilings, and only its own apply)."""
     det = model.detectors
     budget = det.false_alarms_per_million
     cfg = model.performance
@@ -376,18 +410,29 @@ def performance_adapters(column: Any, model: ModelConfig, metrics: Any) -> list[
         return Episode(det.resolve_after, det.cooldown, det.hysteresis)
 
     out: list[Adapter] = []
-    if cfg.task == "classification":
+    if task == "classification":
         a = det.adwin
         out.append(ErrorRate(column, AdwinDetector(a.delta or adwin_delta(budget, a.clock), a.clock, a.max_buckets,
                                                    a.min_window_length, a.grace_period), episode()))
+        out.extend(MetricLimit(column, metric, "floor", limit, metrics, episode())
+                   for metric, limit in cfg.floors.items())
     else:
         p = det.page_hinkley
         out.append(AbsoluteError(column, p, p.threshold or page_hinkley_threshold(budget, p.delta),
                                  cfg.reference_pairs, episode()))
-    out.extend(MetricLimit(column, metric, "floor", limit, metrics, episode()) for metric, limit in cfg.floors.items())
-    out.extend(MetricLimit(column, metric, "ceiling", limit, metrics, episode())
-               for metric, limit in cfg.ceilings.items())
+        out.extend(MetricLimit(column, metric, "ceiling", limit, metrics, episode())
+                   for metric, limit in cfg.ceilings.items())
     return out
+
+
+def error_rate_severity(level: float, before: float) -> str:
+    """An error rate's rise: graded by its size (Cohen's h between the rate after the change and before)."""
+    return severity.rate_severity(level, before)
+
+
+def absolute_error_severity(level: float, mean: float, std: float) -> str:
+    """A regression's mean absolute error since the change, against the reference errors."""
+    return severity.severity(severity.shift_in_sd(level, mean, std))
 
 
 def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference) -> list[Adapter]:

@@ -8,8 +8,10 @@ call them when an episode fires or resolves.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
+from . import severity
 from .detectors.episode import Transition
 from .reference import OTHER, ColumnReference, NumericReference
 
@@ -89,23 +91,58 @@ def _point_current(current: dict[str, Any], transition: Transition, back: Window
     return current
 
 
+def _quantile(ref: NumericReference, rank: float) -> float | None:
+    """The reference's value at ``rank`` (its permille grid, interpolated)."""
+    grid = ref.grid
+    if not grid:
+        return None
+    at = min(max(rank, 0.0), 1.0) * (len(grid) - 1)
+    low = int(at)
+    high = min(low + 1, len(grid) - 1)
+    return grid[low] + (grid[high] - grid[low]) * (at - low)
+
+
 def adwin_description(ref: NumericReference, label: str, transition: Transition, mean_rank: float, window: int,
-                      back: WindowVerdict = ()) -> Description:
-    current = {"window_mean_rank": mean_rank, "window": window}
-    message = (f"ADWIN saw {label} move: over the last {window} values its mean reference rank "
-               f"is {mean_rank:.2f} (0.50 when unchanged)")
+                      back: WindowVerdict = (), level: float | None = None) -> Description:
+    """``level``: at a firing, the mean reference rank of the new sub-window (the values after the change);
+    ``back``: at a resolution, the window statistics that found the column back within its reference."""
+    current: dict[str, Any] = {"window_mean_rank": mean_rank, "window": window}
     if transition.status == "resolved":
-        message = _point_resolved("adwin", label, back)
-    return _point_reference(ref), _point_current(current, transition, back), message
+        return _point_reference(ref), _point_current(current, transition, back), _point_resolved("adwin", label, back)
+    if level is None:
+        message = (f"ADWIN saw {label} move: over the last {window} values its mean reference rank "
+                   f"is {mean_rank:.2f} (0.50 when unchanged)")
+        return _point_reference(ref), current, message
+    shift = severity.rank_shift(level)
+    near = _quantile(ref, level)
+    current.update(level_rank=level, shift_sd=shift, level=near)
+    edge = 1.0 / max(ref.events, 1)
+    where = (f"beyond the reference's maximum {ref.maximum:.4g}" if level >= 1.0 - edge else
+             f"beyond the reference's minimum {ref.minimum:.4g}" if level <= edge else
+             f"around the reference's {100 * level:.1f}th percentile, {near:.4g}")
+    message = (f"ADWIN saw {label} move: since the change its values' mean reference rank is {level:.3f} "
+               f"(0.50 when unchanged; {where}), a shift of about {shift:.1f} reference standard deviations "
+               f"({transition.severity})")
+    return _point_reference(ref), current, message
 
 
 def page_hinkley_description(ref: NumericReference, label: str, transition: Transition, deviation: float,
-                             threshold: float, back: WindowVerdict = ()) -> Description:
+                             threshold: float, back: WindowVerdict = (), level: float | None = None) -> Description:
+    """``level``: at a firing, the mean of the values since the change began, in the column's units;
+    ``back``: at a resolution, the window statistics that found the column back within its reference."""
+    current: dict[str, Any] = {"cumulative_deviation": deviation}
+    if transition.status == "resolved":
+        return (_point_reference(ref), _point_current(current, transition, back),
+                _point_resolved("page_hinkley", label, back))
     message = (f"Page-Hinkley saw a mean shift in {label}: cumulative deviation of normal scores "
                f"{deviation:.1f} > {threshold:g}")
-    if transition.status == "resolved":
-        message = _point_resolved("page_hinkley", label, back)
-    return _point_reference(ref), _point_current({"cumulative_deviation": deviation}, transition, back), message
+    if level is not None:
+        shift = severity.shift_in_sd(level, ref.mean, ref.std)
+        current.update(level=level, shift_sd=shift)
+        message = (f"Page-Hinkley saw a mean shift in {label}: its mean since the change began is {level:.4g} "
+                   f"(reference {ref.mean:.4g} ± {ref.std:.3g}, {shift:.1f} standard deviations, "
+                   f"{transition.severity}); cumulative deviation of normal scores {deviation:.1f} > {threshold:g}")
+    return _point_reference(ref), current, message
 
 
 # --- performance (joined prediction/label pairs) ---------------------------------------------------------------
@@ -116,22 +153,37 @@ def _performance_resolved(subject: str, model_id: str, resolve_after: int) -> st
 
 def error_rate_description(model_id: str, transition: Transition, error_rate: float, before: float, pairs: int,
                            resolve_after: int) -> Description:
-    """Classification: ADWIN saw the 0/1 error rate rise (``before``: its window's rate before the pair)."""
-    message = (f"error rate of {model_id} rose to {error_rate:.3g} (was {before:.3g}) over the last {pairs} "
-               "labelled predictions: the model got worse (concept drift)")
+    """Classification: ADWIN saw the 0/1 error rate rise. ``error_rate``: at a firing, the rate after the
+    change (the new sub-window's), else the window's; ``before``: the window's rate before the pair; the
+    size of the rise is Cohen's h between the two (:mod:`stream_monitor.severity`)."""
+    effect = severity.rate_effect(error_rate, before)
+    message = (f"error rate of {model_id} rose to {error_rate:.3g} since the change (was {before:.3g}; "
+               f"{effect:.2f} on Cohen's h, {transition.severity}): the model got worse (concept drift)")
     if transition.status == "resolved":
         message = _performance_resolved("error_rate", model_id, resolve_after)
-    return {"error_rate": before}, {"error_rate": error_rate, "pairs": pairs}, message
+    return {"error_rate": before}, {"error_rate": error_rate, "effect": effect, "pairs": pairs}, message
 
 
 def absolute_error_description(model_id: str, transition: Transition, deviation: float, threshold: float,
-                               resolve_after: int) -> Description:
-    """Regression: Page-Hinkley saw the absolute error rise against the first pairs' errors."""
+                               resolve_after: int, errors: tuple[float, float] = (math.nan, math.nan),
+                               level: float | None = None) -> Description:
+    """Regression: Page-Hinkley saw the absolute error rise against the first pairs' errors (``errors``:
+    their mean and standard deviation; ``level``: at a firing, the mean absolute error since the change
+    began)."""
+    mean, std = errors
+    reference = {"threshold": threshold, "mean": mean, "std": std}
+    current: dict[str, Any] = {"cumulative_deviation": deviation}
     message = (f"absolute error of {model_id} rose: Page-Hinkley cumulative deviation {deviation:.1f} "
                f"> {threshold:g} (concept drift)")
     if transition.status == "resolved":
         message = _performance_resolved("absolute_error", model_id, resolve_after)
-    return {"threshold": threshold}, {"cumulative_deviation": deviation}, message
+    elif level is not None:
+        shift = severity.shift_in_sd(level, mean, std)
+        current.update(absolute_error=level, shift_sd=shift)
+        message = (f"absolute error of {model_id} rose to {level:.4g} on average since the change began "
+                   f"(reference {mean:.4g} ± {std:.3g}, {shift:.1f} standard deviations, {transition.severity}); "
+                   f"Page-Hinkley cumulative deviation {deviation:.1f} > {threshold:g} (concept drift)")
+    return reference, current, message
 
 
 def limit_description(model_id: str, metric: str, kind: str, transition: Transition, value: float, limit: float,

@@ -75,7 +75,8 @@ def _reply(exc: BaseException) -> str:
 
 def write_refusal(exc: redis.ResponseError) -> str | None:
     """What a Redis error says when Redis is up but refuses writes for now (it accepts them again once the
-    operator fixes it), or ``None`` for any other error."""
+    operator fixes it), or ``None`` for any other error. An error of one command of a pipeline reads
+    "Command # N (…) of pipeline caused error: <Redis's error>": Redis's error is what counts."""
     text = _reply(exc)
     if isinstance(exc, redis.exceptions.OutOfMemoryError) or text.startswith("OOM"):
         return "out of memory: maxmemory reached with a noeviction policy"

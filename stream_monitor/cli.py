@@ -336,10 +336,11 @@ def _status(args: argparse.Namespace) -> int:
                            if model_id in p["models"]), key=lambda m: m.get("pairs", 0), default={})
         if performance.get("pairs"):
             shown = " · ".join(f"{k} {_num(v)}" for k, v in performance.items()
-                               if k not in ("pairs",) and not k.startswith("label_delay"))
+                               if k not in ("pairs", "task") and not k.startswith("label_delay"))
             delays = " · ".join(f"label delay {k.split('_')[2]} {performance[k] / 1000:.1f} s"
                                 for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
-            print(f"  performance over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
+            task = f" ({performance['task']})" if performance.get("task") else ""
+            print(f"  performance{logs.clean(task)} over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
         if model_id in lag:
             held = lag[model_id]
             print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "

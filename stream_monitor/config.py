@@ -509,9 +509,13 @@ class DetectorsConfig(_Table):
 
 
 class PerformanceConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Join label events to their predictions and monitor performance. `false`: predictions are not stored "
+        "for a join and labels only feed label drift.")] = True
     task: Annotated[Literal["", "classification", "regression"], doc(
         "`\"classification\"` (0/1 errors → ADWIN; accuracy, precision, recall, F1, ROC AUC) or `\"regression\"` "
-        "(absolute error → one-sided Page-Hinkley on its normal score; MAE, RMSE). Empty: no join.")] = ""
+        "(absolute error → one-sided Page-Hinkley on its normal score; MAE, RMSE). Empty: inferred from the "
+        "model's predictions (see above).")] = ""
     positive_label: Annotated[str, doc(
         "Classification: the positive class for precision, recall, F1 and AUC (labels compare by their JSON "
         "spelling: `1`, `\"yes\"`, `true`).")] = "1"
@@ -542,14 +546,14 @@ class PerformanceConfig(_Table):
         "(`stream_monitor_predictions_dropped_total`). With the default 1,000,000 `max_pending` and short event "
         "ids, pending predictions alone take about 400 MB; the default budget evicts before that.")] = 256 * 1024 * 1024
     floors: Annotated[dict[str, float], doc(
-        "Classification: a `performance` alert (detector `floor`, critical) when a rolling `accuracy`, "
-        "`precision`, `recall`, `f1` or `auc` falls below its floor, e.g. `floors = { accuracy = 0.8 }`; resolved "
-        "when it is back.",
+        "Classification (configured or inferred): a `performance` alert (detector `floor`, critical) when a "
+        "rolling `accuracy`, `precision`, `recall`, `f1` or `auc` falls below its floor, e.g. "
+        "`floors = { accuracy = 0.8 }`; resolved when it is back.",
         checks="metric names of the task",
         type="table: metric → float")] = {}
     ceilings: Annotated[dict[str, float], doc(
-        "Regression: a `performance` alert (detector `ceiling`) when a rolling `mae` or `rmse` rises above its "
-        "ceiling.",
+        "Regression (configured or inferred): a `performance` alert (detector `ceiling`) when a rolling `mae` or "
+        "`rmse` rises above its ceiling.",
         checks="metric names of the task",
         type="table: metric → float")] = {}
 
@@ -893,12 +897,14 @@ def _check_model(model: ModelConfig, where: str) -> None:
         raise ConfigError(f"{where}.detectors.psi.warning",
                           f"must be <= critical ({psi.critical:g}), got {psi.warning:g}")
     task = model.performance.task
-    allowed = {"floors": CLASSIFICATION_METRICS if task == "classification" else (),
-               "ceilings": REGRESSION_METRICS if task == "regression" else ()}
+    # an inferred task (empty): floors apply if it turns out classification, ceilings if regression
+    allowed = {"floors": CLASSIFICATION_METRICS if task in ("", "classification") else (),
+               "ceilings": REGRESSION_METRICS if task in ("", "regression") else ()}
     for key, metrics in allowed.items():
         for metric in getattr(model.performance, key):
             if metric not in metrics:
-                raise ConfigError(f"{where}.performance.{key}.{metric}", f"not a {task or 'set'} metric "
+                kind = "classification" if key == "floors" else "regression"
+                raise ConfigError(f"{where}.performance.{key}.{metric}", f"not a {task or kind} metric "
                                   f"(allowed: {', '.join(metrics) or 'none for this task'})")
 
 

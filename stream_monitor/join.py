@@ -445,9 +445,9 @@ class MemoryJoin:
 
 
 def join_op(event, me: str, settings: dict[str, PerformanceConfig]) -> JoinOp | None:
-    """The join operation an event needs (``None`` for models without a performance task)."""
+    """The join operation an event needs (``None`` for models whose performance is turned off)."""
     cfg = settings.get(event.model_id)
-    if cfg is None or not cfg.task:
+    if cfg is None or not cfg.enabled:
         return None
     if hasattr(event, "features"):
         if event.score is None and event.predicted_label is None:
@@ -458,4 +458,5 @@ def join_op(event, me: str, settings: dict[str, PerformanceConfig]) -> JoinOp | 
 
 
 def performance_settings(config) -> dict[str, PerformanceConfig]:
-    return {model_id: model.performance for model_id, model in config.models.items() if model.performance.task}
+    """The models whose labels are joined: every model unless ``[models.<id>.performance] enabled = false``."""
+    return {model_id: model.performance for model_id, model in config.models.items() if model.performance.enabled}

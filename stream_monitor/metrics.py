@@ -257,7 +257,7 @@ class PartitionCollector(Collector):
                     incidents[model_id] = incidents.get(model_id, 0) + sum(
                         1 for row in model["incidents"] if row.get("state") == "open")
                 for metric, value in (model.get("performance") or {}).items():
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and metric != "pairs":
+                    if isinstance(value, (int, float)) and not isinstance(value, bool) and metric not in ("pairs", "unscored"):
                         held = performance.get((model_id, metric))
                         performance[(model_id, metric)] = value if held is None else max(held, value)
                 for row in model.get("detectors", []):

@@ -32,11 +32,10 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
 from .merge import BucketSketch, bucket_of, column_key, firing_record
-from .performance import RollingMetrics, pair_row
+from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
-    NumericReference, ReferenceProfile, WarmupSummary, \
-    unmonitored_columns
+    NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
 
 # 3: compiled detectors' arrays instead of river pickles; 4: warm-ups as summaries, not events, and each
 # model's detector settings (format 3 is still read: its warm-up events are summarised on restore)
@@ -163,7 +162,9 @@ class ColumnMonitor:
         if self._quality is not None:
             closed_quality = self._quality.add_many(codes)
             started = clock.add("data_quality", started)
-        usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE)).nonzero()[0]
+        # a category the reference never had is drift: it counts in the __other__ bin of PSI (and its
+        # data-quality rate, above); a number off the reference range lands in an open outer bin
+        usable = ((codes == _FINE) | (codes == _OUT_OF_RANGE) | (codes == _UNSEEN)).nonzero()[0]
         x = psi_bins = ks_cells = ranks = scores = None
         if len(usable):
             if self.numeric:
@@ -253,7 +254,7 @@ class ColumnMonitor:
                         if back is None and self._judge in mark:  # after the windows' own marks
                             back = self._back_within()
                         episode = adapter.episode
-                        transition = episode.detected() if adapter in mark else episode.tick()
+                        transition = episode.detected(mark[adapter]) if adapter in mark else episode.tick()
                         if transition is None and back is not None:
                             transition = episode.settled(back[1], back[2])
                         if transition is not None:
@@ -355,17 +356,39 @@ class PerformanceColumn(ColumnMonitor):
     """A model's performance detectors over its joined (prediction, label) pairs: adapters like a
     column's (:func:`stream_monitor.adapters.performance_adapters`), whose episodes the same walk steps
     and whose alerts the same code builds; its values are the pairs, the usable ones those that count
-    (:func:`stream_monitor.performance.pair_row`). Its snapshot keeps the performance layout."""
+    (:func:`stream_monitor.performance.pair_row`). Its snapshot keeps the performance layout.
 
-    def __init__(self, model: ModelConfig):
+    ``task``: the configured one, else the one inferred from the model's predictions (kept in the
+    snapshot; a configured task wins)."""
+
+    def __init__(self, model: ModelConfig, task: str | None = None):
         self.model_id = model.model_id
         self.signal = self.name = "performance"
         self.config = model.performance
-        self.classification = self.config.task == "classification"
-        self.rolling = RollingMetrics(self.config)
+        self.task = self.config.task or task or "classification"
+        self.inferred = not self.config.task
+        self.classification = self.task == "classification"
+        self.rolling = RollingMetrics(self.config, self.task)
         self.last_statistic = {}
-        self.adapters = performance_adapters(self, model, self.rolling)
+        self.adapters = performance_adapters(self, model, self.rolling, self.task)
         self._index_adapters()
+
+    @property
+    def pairs_seen(self) -> int:
+        return self.rolling.pairs_seen
+
+    @property
+    def unscored(self) -> int:
+        return self.rolling.unscored
+
+    @property
+    def floors(self) -> dict[str, float]:
+        """The floors that apply (a classification's; an inferred regression ignores the configured ones)."""
+        return {a.subject: a.threshold for a in self.adapters if a.name == "floor"}
+
+    @property
+    def ceilings(self) -> dict[str, float]:
+        return {a.subject: a.threshold for a in self.adapters if a.name == "ceiling"}
 
     def update_batch(self, pairs: Sequence[tuple[Mapping[str, Any], Any, int | None]], offsets: Sequence[int],
                      partition: int, times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
@@ -379,6 +402,8 @@ class PerformanceColumn(ColumnMonitor):
             if row is not None:
                 rows.append(row)
                 counted.append(i)
+            else:
+                self.rolling.unscored += 1
         if not rows:
             return []
         batch = Pairs(np.array([row[-1] for row in rows], dtype=np.float64), self.rolling.add_many(rows))
@@ -391,7 +416,7 @@ class PerformanceColumn(ColumnMonitor):
     def snapshot(self) -> dict[str, Any]:
         drift = self.adapters[0]
         regression = None if self.classification else drift
-        return {**self.rolling.snapshot(),
+        return {"task": self.task, **self.rolling.snapshot(),
                 "adwin": drift.detector.snapshot() if self.classification else None,
                 "page_hinkley": None if regression is None or drift.detector is None else drift.detector.snapshot(),
                 "error_reference": [] if regression is None else list(regression.error_reference),
@@ -418,8 +443,10 @@ class PerformanceColumn(ColumnMonitor):
         self.last_statistic = dict(state["last"])
 
     def summary(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:  # type: ignore[override]
-        """(pairs, rolling metrics and label delays; the detector rows) for status, the page and the metrics."""
-        return self.rolling.info(), super().summary()
+        """(the task, pairs, rolling metrics and label delays; the detector rows) for status, the page and
+        the metrics."""
+        return {"task": self.task + (" (inferred)" if self.inferred else ""), **self.rolling.info()}, \
+            super().summary()
 
 
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
@@ -446,6 +473,9 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
     def prefixed(section: str, obj: Any) -> dict[str, Any]:
         return {f"{section}.{k}": (dict(v) if isinstance(v, Mapping) else v) for k, v in msgspec.structs.asdict(obj).items()}
 
+    performance = prefixed("performance", model.performance)
+    if performance["performance.enabled"]:  # the default, and what states saved before the key meant
+        del performance["performance.enabled"]
     return {"reference": reference,
             "psi": {**window, "detectors.psi.epsilon": d.psi.epsilon, "detectors.psi.warning": d.psi.warning,
                     "detectors.psi.critical": d.psi.critical, **episode},
@@ -455,7 +485,7 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
-            "performance": prefixed("performance", model.performance)}
+            "performance": performance}
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -501,7 +531,9 @@ class ModelMonitor:
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
         self.events = 0
         self.labels = 0
-        self.performance = PerformanceColumn(config) if config.performance.task else None
+        # with no task configured, the first joined pair infers it (:meth:`_performance`)
+        perf = config.performance
+        self.performance = PerformanceColumn(config) if perf.enabled and perf.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
@@ -552,13 +584,14 @@ class ModelMonitor:
         pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
-                self._label(event, position, offset, join, labelled, pairs)
+                self._label(event, position, offset, partition, join, labelled, pairs)
                 continue
             self.events += 1
-            if join is not None and join.status == "joined" and self.performance is not None:
+            if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
-                pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
-                              event.timestamp_ms))
+                if self._performance(prediction, partition) is not None:
+                    pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
+                                  event.timestamp_ms))
             if self.reference is None:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
@@ -640,8 +673,8 @@ class ModelMonitor:
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
 
-    def _label(self, event: LabelEvent, position: int, offset: int, join: JoinResult | None, labelled: list,
-               pairs: list) -> None:
+    def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
+               labelled: list, pairs: list) -> None:
         """Label drift (the distribution of ground-truth labels; the label column runs once per batch,
         over ``labelled``) and, once joined, performance."""
         self.labels += 1
@@ -653,8 +686,41 @@ class ModelMonitor:
                     self._use_labels(labels)
         else:
             labelled.append((position, offset, event))
-        if join is not None and join.status == "joined" and self.performance is not None:
+        if join is not None and join.status == "joined" and self._performance(join.other, partition) is not None:
             pairs.append((position, 1, join.other, event.label, event.timestamp_ms, offset, event.timestamp_ms))
+
+    def _performance(self, prediction: Mapping[str, Any], partition: int) -> PerformanceColumn | None:
+        """The performance detectors for a joined pair; with no task configured, created at the first pair
+        with the task :meth:`_infer_task` gives (``None`` when performance is off). Called where the pair
+        is in the batch, so the warm-up it reads is the same however the stream is cut into batches."""
+        if self.performance is None and self.config.performance.enabled:
+            task, basis = self._infer_task(prediction)
+            self.performance = PerformanceColumn(self.config, task)
+            log.info("model %s (partition %d): performance monitored as %s, inferred from %s; set "
+                     "[models.%s.performance] task to choose, or enabled = false to turn it off",
+                     self.config.model_id, partition, self.performance.task, basis, self.config.model_id)
+        return self.performance
+
+    def _infer_task(self, prediction: Mapping[str, Any]) -> tuple[str, str]:
+        """The task and what it was told from: the reference's predictions if it is built, else those of
+        the warm-up so far, else the pair's own prediction (its inference event was counted elsewhere)."""
+        sources: list[tuple[str, bool, tuple[float, float] | None]] = []
+        ref = self.reference
+        if ref is not None:
+            sources.append(("the reference's predictions", ref.predicted_label is not None,
+                            None if ref.score is None else (ref.score.minimum, ref.score.maximum)))
+        else:
+            scores = self.warmup.score.numbers
+            sources.append(("the warm-up's predictions", self.warmup.predicted_label.present > 0,
+                            (min(scores), max(scores)) if len(scores) else None))
+        score = prediction.get("score")
+        sources.append(("the first labelled prediction", prediction.get("label") is not None,
+                        (float(score), float(score)) if is_finite_number(score) else None))
+        for basis, labelled, scores in sources:
+            task = infer_task(labelled, scores)
+            if task is not None:
+                return task, basis
+        return "classification", "nothing (no prediction had a score or a label)"
 
     def _note_untracked(self, partition: int) -> None:
         """The warm-up ends: remember (and say once) which feature names it did not track."""
@@ -715,10 +781,13 @@ class ModelMonitor:
                 restarted.append("latency columns")
         if self.sketch is not None and state.get("partials") is not None and "reference" not in changes:
             self.sketch.restore(state["partials"])
+        saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")
-        elif self.performance is not None and state.get("performance") is not None:
-            self.performance.restore(state["performance"])
+        elif saved_performance is not None and self.config.performance.enabled:
+            # an inferred task is part of the state (a state from before inference: the configured task)
+            self.performance = PerformanceColumn(self.config, saved_performance.get("task"))
+            self.performance.restore(saved_performance)
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
         self._reconcile()
         if not changes:

@@ -15,6 +15,15 @@ The detectors are adapters like a column's (:mod:`stream_monitor.adapters`:
 the same code as every column's; this module holds what they read: a pair's
 row (:func:`pair_row`) and the rolling window (:class:`RollingMetrics`).
 
+On by default: without a configured ``task`` the task is inferred once, from
+the model's predictions, by :func:`infer_task` (a predicted label, or scores
+in [0, 1] → classification; any other number → regression). The inferred task
+is part of the model's state and never changes by itself: under an inferred
+classification a pair is scored by its predicted label, else by score ≥ 0.5;
+under an inferred regression a pair without a numeric score and label is not
+scored (counted as ``unscored``). Setting ``task`` restarts the model's
+performance detectors with it.
+
 >>> auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8])
 0.75
 """
@@ -52,6 +61,23 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
+def infer_task(predicted_label: bool, scores: tuple[float, float] | None) -> str | None:
+    """The task of a model from its predictions: whether one had a predicted label, and the least and
+    greatest score (``None``: no score). ``None`` when there is no prediction to tell from.
+
+    >>> infer_task(True, (3.0, 9.5)), infer_task(False, (0.0, 1.0)), infer_task(False, (-0.2, 0.9))
+    ('classification', 'classification', 'regression')
+    >>> infer_task(False, None) is None
+    True
+    """
+    if predicted_label:
+        return "classification"
+    if scores is None:
+        return None
+    low, high = scores
+    return "classification" if 0.0 <= low and high <= 1.0 else "regression"
+
+
 def pair_row(classification: bool, positive: str, prediction: Mapping[str, Any], label: Any) -> tuple | None:
     """A joined pair as the rolling window keeps it, its error last: (truth, predicted, score, 0/1 error)
     for classification, (score, label, absolute error) for regression; ``None`` when the pair says
@@ -75,11 +101,13 @@ def pair_row(classification: bool, positive: str, prediction: Mapping[str, Any],
 
 class RollingMetrics:
     """The last ``window`` pairs' rows and label delays; the metrics are evaluated every
-    ``window // 10`` pairs once the window is full (what the floor and ceiling detectors read)."""
+    ``window // 10`` pairs once the window is full (what the floor and ceiling detectors read).
+    ``pairs_seen`` counts the pairs scored, ``unscored`` the joined pairs the task could not score."""
 
-    def __init__(self, config: PerformanceConfig):
-        self.classification = config.task == "classification"
+    def __init__(self, config: PerformanceConfig, task: str):
+        self.classification = task == "classification"
         self.pairs_seen = 0
+        self.unscored = 0
         self.window: deque = deque(maxlen=config.window)
         self.delays: deque = deque(maxlen=config.window)
         self.evaluate_every = max(1, config.window // 10)
@@ -119,16 +147,20 @@ class RollingMetrics:
         """Pairs counted, the rolling metrics and the label delay's p50 and p95 (status, page, metrics)."""
         delays = sorted(self.delays)
         out: dict[str, Any] = {"pairs": self.pairs_seen, **self.metrics()}
+        if self.unscored:
+            out["unscored"] = self.unscored
         if delays:
             out["label_delay_p50_ms"] = delays[len(delays) // 2]
             out["label_delay_p95_ms"] = delays[min(len(delays) - 1, int(0.95 * len(delays)))]
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pairs_seen": self.pairs_seen, "window": list(self.window), "delays": list(self.delays)}
+        return {"pairs_seen": self.pairs_seen, "unscored": self.unscored, "window": list(self.window),
+                "delays": list(self.delays)}
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.pairs_seen = state["pairs_seen"]
+        self.unscored = state.get("unscored", 0)  # absent in states saved before it was counted
         self.window.clear()
         self.window.extend(tuple(r) for r in state["window"])
         self.delays.clear()

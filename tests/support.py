@@ -30,6 +30,7 @@ from typing import Any, Iterable
 import jsonschema
 import numpy as np
 import orjson
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import settings
 
@@ -178,7 +179,11 @@ def wait_for_offsets(store: StateStore, topic: str, ends: dict[int, int], timeou
     deadline = time.monotonic() + timeout
     stored: dict[int, int | None] = {}
     while time.monotonic() < deadline:
-        stored = {p: stored_offset(store, topic, p) for p in ends}
+        try:
+            stored = {p: stored_offset(store, topic, p) for p in ends}
+        except (redis.BusyLoadingError, redis.ConnectionError):  # a test restarting Redis: it is loading
+            time.sleep(0.1)
+            continue
         if all(stored[p] is not None and stored[p] >= end for p, end in ends.items()):
             return
         for process in processes:

@@ -47,14 +47,21 @@ class AdwinDetector:
 
     def update_many(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Feed float64 ``values`` in order; per value: detected?, window mean, window width."""
+        return self.update_levels(values)[:3]
+
+    def update_levels(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`update_many`, and per value the level after the change where one is detected (NaN
+        elsewhere): the mean of the newest sub-window at the window's most significant split, taken
+        before the cut drops the old values — not the whole window's mean, which is mostly old data."""
         n = values.shape[0]
         detected = np.empty(n, dtype=np.bool_)
         means = np.empty(n)
         widths = np.empty(n)
+        levels = np.empty(n)
         k.adwin_batch(values, self._totals, self._variances, self._fill, self._scalars, self._counters,
                       float(self.delta), int(self.clock), int(self.max_buckets), int(self.min_window_length),
-                      int(self.grace_period), detected, means, widths)
-        return detected, means, widths
+                      int(self.grace_period), detected, means, widths, levels)
+        return detected, means, widths, levels
 
     def update(self, value: float) -> bool:
         """Feed one value; ``True`` when ADWIN signals a change at this value."""
@@ -109,16 +116,26 @@ class PageHinkleyDetector:
         self.threshold = threshold
         self.alpha = alpha
         self.mode = mode
-        self._state = np.array([0.0, 0.0, 0.0, 0.0, np.inf, -1.0, 0.0])
+        self._state = np.zeros(k.PH_SLOTS)
+        self._state[[k.PH_LOWEST, k.PH_HIGHEST, k.PH_LOWEST2, k.PH_HIGHEST2]] = np.inf, -1.0, np.inf, -np.inf
 
     def update_many(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Feed float64 ``values`` in order; per value: detected?, statistic after it."""
+        return self.update_levels(values, values)[:2]
+
+    def update_levels(self, values: np.ndarray, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`update_many`, and per value the level after the change where one is detected (NaN
+        elsewhere): the mean of ``raw`` (each value in its own units, e.g. before a rank transform)
+        since the change began, i.e. since the cumulative sum that crossed the threshold was at its
+        extreme."""
         n = values.shape[0]
         detected = np.empty(n, dtype=np.bool_)
         statistics = np.empty(n)
-        k.page_hinkley_batch(values, self._state, float(self.min_instances), float(self.delta),
-                             float(self.threshold), float(self.alpha), _MODES[self.mode], detected, statistics)
-        return detected, statistics
+        levels = np.empty(n)
+        k.page_hinkley_batch(values, raw, self._state, float(self.min_instances), float(self.delta),
+                             float(self.threshold), float(self.alpha), _MODES[self.mode], detected, statistics,
+                             levels)
+        return detected, statistics, levels
 
     def update(self, value: float) -> bool:
         """Feed one value; ``True`` when the detector signals a change at this value."""
@@ -144,4 +161,10 @@ class PageHinkleyDetector:
     def restore(self, state: dict[str, Any]) -> None:
         if state.get("kind") != "page_hinkley/1":
             raise StateError("Page-Hinkley state of an older version (a river pickle): it cannot be continued")
-        self._state = np.frombuffer(state["state"], dtype=np.float64).copy()
+        saved = np.frombuffer(state["state"], dtype=np.float64)
+        self._state = np.zeros(k.PH_SLOTS)
+        self._state[:len(saved)] = saved
+        if len(saved) < k.PH_SLOTS:  # river's seven slots only (an older version): levels count from here on
+            s = self._state
+            s[[k.PH_LOWEST2, k.PH_HIGHEST2]] = np.inf, -np.inf
+            s[k.PH_MARKS::3] = s[k.PH_N]

@@ -30,8 +30,16 @@ ADWIN_ROWS = 64  # bucket rows: row r holds buckets of 2**r values, so the windo
 TOTAL, VARIANCE, WIDTH, TOTAL_WIDTH = 0, 1, 2, 3
 ROWS, N_BUCKETS, MAX_N_BUCKETS, TICK, N_DETECTIONS, DETECTED = 0, 1, 2, 3, 4, 5
 
-# Page-Hinkley state slots (float64)
+# Page-Hinkley state slots (float64). The first seven are river's; the others (read by no decision) say
+# where a change began, for its level: the running sums of the raw values and of the values, and at the
+# extremes of two pairs of cumulative sums — river's (drift ``delta``) and a pair with drift LEVEL_DRIFT,
+# whose extremes mark the start of a large shift closely — the count and both sums there.
 PH_N, PH_MEAN, PH_UP, PH_DOWN, PH_LOWEST, PH_HIGHEST, PH_DETECTED = 0, 1, 2, 3, 4, 5, 6
+PH_SUM, PH_SUM_X = 7, 8
+PH_UP2, PH_DOWN2, PH_LOWEST2, PH_HIGHEST2 = 9, 10, 11, 12
+PH_MARKS = 13  # 4 marks (lowest, highest, lowest2, highest2) × (count, raw sum, value sum)
+PH_SLOTS = PH_MARKS + 12
+LEVEL_DRIFT = 2.0  # the large-shift pair's drift, in the values' units (normal scores: standard deviations)
 
 
 # --- ADWIN --------------------------------------------------------------------------------------------
@@ -132,8 +140,39 @@ def _adwin_cut(n0, n1, delta_mean, delta_prime, variance_rate, second_term, min_
 
 
 @njit(cache=True, inline="always")
+def _adwin_level(totals, fill, scalars, counters, min_window_length):
+    """The mean of the newest sub-window at the window's most significant split: the split (between
+    buckets, oldest first) where the two sides' means differ most in standard errors,
+    |mean₀ − mean₁|·√(n₀n₁/(n₀+n₁)), which for a step change is where it happened. Read-only."""
+    n0 = 0.0
+    u0 = 0.0
+    width = scalars[WIDTH]
+    total = scalars[TOTAL]
+    best = -1.0
+    level = total / width if width > 0.0 else 0.0
+    for row in range(counters[ROWS] - 1, -1, -1):
+        bucket_size = math.ldexp(1.0, row)
+        for k in range(fill[row]):
+            n0 += bucket_size
+            u0 += totals[row, k]
+            n1 = width - n0
+            if n1 < min_window_length:
+                return level
+            if n0 >= min_window_length:
+                u1 = total - u0
+                z = abs(u0 / n0 - u1 / n1) * math.sqrt(n0 * n1 / width)
+                if z > best:
+                    best = z
+                    level = u1 / n1
+    return level
+
+
+@njit(cache=True, inline="always")
 def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_window_length, grace_period):
+    """river's detection step; returns (change, the level after it: :func:`_adwin_level` of the window
+    as it was when the first cut was found, NaN without a change)."""
     change = False
+    level = math.nan
     counters[TICK] += 1
     if counters[TICK] % clock == 0 and scalars[WIDTH] > grace_period:
         reduce_width = True
@@ -166,6 +205,8 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
                     if n1 >= min_window_length and n0 >= min_window_length and _adwin_cut(
                             n0, n1, delta_mean, delta_prime, variance_rate, second_term, min_window_length):
                         reduce_width = True
+                        if not change:
+                            level = _adwin_level(totals, fill, scalars, counters, min_window_length)
                         change = True
                         if scalars[WIDTH] > 0.0:
                             _adwin_delete_oldest(totals, variances, fill, scalars, counters)
@@ -174,22 +215,24 @@ def _adwin_detect(totals, variances, fill, scalars, counters, delta, clock, min_
     scalars[TOTAL_WIDTH] += scalars[WIDTH]
     if change:
         counters[N_DETECTIONS] += 1
-    return change
+    return change, level
 
 
 @njit(cache=True)
 def adwin_batch(values, totals, variances, fill, scalars, counters, delta, clock, max_buckets,
-                min_window_length, grace_period, detected, means, widths):
+                min_window_length, grace_period, detected, means, widths, levels):
     """river's ``ADWIN.update`` for each value (a detection resets it at the next value, as river does);
-    writes each value's decision, window mean (river's ``estimation``) and window width."""
+    writes each value's decision, window mean (river's ``estimation``), window width and, at a
+    detection, the level after the change (:func:`_adwin_level`; NaN elsewhere)."""
     for i in range(values.shape[0]):
         if counters[DETECTED]:
             _adwin_reset(totals, variances, fill, scalars, counters)
         _adwin_insert(values[i], totals, variances, fill, scalars, counters, max_buckets)
-        change = _adwin_detect(totals, variances, fill, scalars, counters, delta, clock,
-                               float(min_window_length), float(grace_period))
+        change, level = _adwin_detect(totals, variances, fill, scalars, counters, delta, clock,
+                                      float(min_window_length), float(grace_period))
         counters[DETECTED] = 1 if change else 0
         detected[i] = change
+        levels[i] = level
         width = scalars[WIDTH]
         means[i] = scalars[TOTAL] / width if width != 0.0 else 0.0
         widths[i] = width
@@ -198,38 +241,94 @@ def adwin_batch(values, totals, variances, fill, scalars, counters, delta, clock
 # --- Page-Hinkley -----------------------------------------------------------------------------------------
 
 
+@njit(cache=True, inline="always")
+def _ph_mark(state, mark, n, total, total_x):
+    at = PH_MARKS + 3 * mark
+    state[at], state[at + 1], state[at + 2] = n, total, total_x
+
+
+@njit(cache=True, inline="always")
+def _ph_since(state, mark, n, total, total_x):
+    """(values since the mark, their mean raw value, their mean value)."""
+    at = PH_MARKS + 3 * mark
+    count = n - state[at]
+    if count <= 0.0:
+        return 0.0, math.nan, math.nan
+    return count, (total - state[at + 1]) / count, (total_x - state[at + 2]) / count
+
+
+@njit(cache=True, inline="always")
+def _ph_level(state, rose, n, mean, total, total_x):
+    """The mean raw value since the change began: since river's sum that crossed was at its extreme,
+    unless the large-shift sum of the same side, since its own extreme, shows a shift of at least 1.5 times
+    its drift (then its extreme, which a large shift leaves sooner, marks the start)."""
+    small, big = (0, 2) if rose else (1, 3)
+    count, level, _ = _ph_since(state, small, n, total, total_x)
+    count2, level2, mean_x2 = _ph_since(state, big, n, total, total_x)
+    if count2 > 0.0 and abs(mean_x2 - mean) >= 1.5 * LEVEL_DRIFT:
+        return level2
+    return level if count > 0.0 else math.nan
+
+
 @njit(cache=True)
-def page_hinkley_batch(values, state, min_instances, delta, threshold, alpha, mode, detected, statistics):
+def page_hinkley_batch(values, raw, state, min_instances, delta, threshold, alpha, mode, detected, statistics,
+                       levels):
     """river's ``PageHinkley.update`` for each value; ``mode`` 0 both, 1 up, 2 down. Writes each
-    value's decision and statistic (the larger cumulative deviation)."""
+    value's decision and statistic (the larger cumulative deviation) and, at a detection, the level
+    after the change (:func:`_ph_level`: a mean of ``raw``, the values in their own units, one per
+    value; NaN elsewhere). The decisions read ``values`` only."""
     n, mean, up, down = state[PH_N], state[PH_MEAN], state[PH_UP], state[PH_DOWN]
     lowest, highest, fired = state[PH_LOWEST], state[PH_HIGHEST], state[PH_DETECTED] != 0.0
+    total, total_x = state[PH_SUM], state[PH_SUM_X]
+    up2, down2, lowest2, highest2 = state[PH_UP2], state[PH_DOWN2], state[PH_LOWEST2], state[PH_HIGHEST2]
     for i in range(values.shape[0]):
         x = values[i]
         if fired:
             n, mean, up, down, lowest, highest, fired = 0.0, 0.0, 0.0, 0.0, np.inf, -1.0, False
+            total, total_x, up2, down2, lowest2, highest2 = 0.0, 0.0, 0.0, 0.0, np.inf, -np.inf
+            state[PH_MARKS:] = 0.0
         n += 1.0
+        total += raw[i]
+        total_x += x
         mean += (1.0 / n) * (x - mean)
         deviation = x - mean
         up = alpha * up + deviation - delta
         down = alpha * down + deviation + delta
+        up2 = alpha * up2 + deviation - LEVEL_DRIFT
+        down2 = alpha * down2 + deviation + LEVEL_DRIFT
         if up < lowest:
             lowest = up
+            _ph_mark(state, 0, n, total, total_x)
         if down > highest:
             highest = down
+            _ph_mark(state, 1, n, total, total_x)
+        if up2 < lowest2:
+            lowest2 = up2
+            _ph_mark(state, 2, n, total, total_x)
+        if down2 > highest2:
+            highest2 = down2
+            _ph_mark(state, 3, n, total, total_x)
         increase = up - lowest
         decrease = highest - down
+        rose = False
         if n >= min_instances:
             if mode == 1:
-                fired = increase > threshold
+                fired = rose = increase > threshold
             elif mode == 2:
                 fired = decrease > threshold
             else:
-                fired = increase > threshold or decrease > threshold
+                rose = increase > threshold
+                fired = rose or decrease > threshold
         detected[i] = fired
         statistics[i] = increase if increase >= decrease else decrease
+        if fired:
+            levels[i] = _ph_level(state, rose and (mode == 1 or increase >= decrease), n, mean, total, total_x)
+        else:
+            levels[i] = math.nan
     state[PH_N], state[PH_MEAN], state[PH_UP], state[PH_DOWN] = n, mean, up, down
     state[PH_LOWEST], state[PH_HIGHEST], state[PH_DETECTED] = lowest, highest, 1.0 if fired else 0.0
+    state[PH_SUM], state[PH_SUM_X] = total, total_x
+    state[PH_UP2], state[PH_DOWN2], state[PH_LOWEST2], state[PH_HIGHEST2] = up2, down2, lowest2, highest2
 
 
 # --- reference ranks ----------------------------------------------------------------------------------

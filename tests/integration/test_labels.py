@@ -15,13 +15,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.config import parse_config
 from stream_monitor.join import JoinOp, MemoryJoin, RedisJoin, performance_settings
-from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_port
 from stream_monitor.replay import replay_alerts
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
 
-from ..support import (CREDIT, Feeder, LabelRun, is_cluster, pairs_counted, produce, split, stored_offset, unique,
-                       wait_for_offsets)
+from ..support import (CREDIT, Feeder, LabelRun, alerts_of, final_states, is_cluster, pairs_counted, produce,
+                       read_topic, split, store_for, stored_offset, unique, wait_for_offsets, write_config)
 
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
 
@@ -176,3 +176,40 @@ def test_join_data_vanishing_is_reported_once_per_model(redis_server):
     label = JoinOp("label", "credit", "v1", {"label": 1, "t": 5}, "l|0|1")
     assert [r.status for r in joiner.run([label, ops[2]])] == ["pending", "pending"], "the pair was lost"
     assert lost == ["credit"], "reported once, by the first step that found the marker gone"
+
+
+def test_labels_without_a_performance_table_raise_performance_alerts(broker, redis_server, tmp_path, monitors):
+    """The user sends predictions and labels on one topic and writes no [models.<id>.performance] table:
+    the labels are joined by default, the task is inferred (scores in [0, 1]: classification), and when
+    the world inverts at inference event 4,000 the model's worsening is announced."""
+    topic, alert_topic, namespace, group_id = unique("inference"), unique("alerts"), unique("ns"), unique("group")
+    create_topics(broker.address, {topic: 1, alert_topic: 1})
+    path = write_config(tmp_path / "plain.toml", bootstrap=broker.address, redis_url=redis_server.address,
+                        input_topic=topic, alert_topic=alert_topic, dead_letter_topic=unique("dlq"),
+                        group_id=group_id, namespace=namespace, service=SERVICE,
+                        models={"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
+    assert "performance" not in path.read_text()
+    events = labelled("credit", 8000, seed=1, invert_at=4000)
+    ends = produce(broker.address, topic, [(0, b"credit", orjson.dumps(e), None) for e in events])
+    process = MonitorProcess(path, tmp_path / "plain.log")
+    monitors.append(process)
+    store = store_for(redis_server.address, namespace, group_id)
+    wait_for_offsets(store, topic, ends, processes=[process])
+    status = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(path), "--json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert process.terminate() == 0
+    alerts = alerts_of(read_topic(broker.address, alert_topic, 1))
+    performance = [(x["offset"], x["status"], x["name"], x["detector"]) for x in alerts if x["signal"] == "performance"]
+    assert performance == [(8177, "firing", "error_rate", "adwin")]
+    assert not [x for x in alerts if x["signal"] != "performance"], "inputs and predictions never changed"
+    # the same decision as replay of the same messages (offset = line number, counted from 1)
+    replayed = [(a.offset - 1, a.status, a.name, a.detector) for a in replay_alerts(
+        parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}}),
+        (orjson.dumps(e) for e in events), {})]
+    assert replayed == performance
+    (_, state), = final_states(store, topic, [0]).values()
+    assert state["models"]["credit"]["performance"]["task"] == "classification"
+    assert state["models"]["credit"]["performance"]["pairs_seen"] == 8000, "every label joined, once"
+    shown = json.loads(status.stdout)["partitions"][0]["models"]["credit"]["performance"]
+    assert shown["task"] == "classification (inferred)" and 0 <= shown["accuracy"] <= 1
+    assert "performance monitored as classification, inferred from the warm-up's predictions" in process.log()

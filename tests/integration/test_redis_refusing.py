@@ -20,6 +20,12 @@ def test_write_refusals_are_told_apart_from_other_errors():
     assert "read-only" in write_refusal(redis.exceptions.ReadOnlyError("You can't write against a read only replica."))
     assert "MISCONF" in write_refusal(redis.ResponseError(
         "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk."))
+    # one command of a pipeline refused (the label join's scripts run in one): redis-py prefixes Redis's error
+    assert "MISCONF" in write_refusal(redis.ResponseError(
+        "Command # 232 (EVALSHA 924a6d5f 7 ns:join:{fraud}:pending ...) of pipeline caused error: MISCONF Redis "
+        "is configured to save RDB snapshots, but it's currently unable to persist to disk."))
+    assert write_refusal(redis.ResponseError(
+        "Command # 3 (HSET k f v) of pipeline caused error: WRONGTYPE Operation against a key")) is None
     assert write_refusal(redis.ResponseError("ERR wrong number of arguments for 'hset' command")) is None
     assert write_refusal(redis.ResponseError("WRONGTYPE Operation against a key holding the wrong kind")) is None
 

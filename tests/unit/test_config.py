@@ -441,9 +441,9 @@ def test_sigterm_delaying_and_client_refused_values_are_bounded_at_load():
     ({"models": {"fraud": {"performance": {"task": "regression", "floors": {"accuracy": 0.8}}}}},
      "models.fraud.performance.floors.accuracy: not a regression metric (allowed: none for this task)"),
     ({"models": {"fraud": {"performance": {"window_size": 1}}}},
-     "models.fraud.performance.window_size: unknown key (expected one of: ceilings, floors, joined_retention_seconds, "
-     "label_wait_seconds, max_pending, max_pending_bytes, positive_label, prediction_ttl_seconds, reference_pairs, "
-     "task, window)"),
+     "models.fraud.performance.window_size: unknown key (expected one of: ceilings, enabled, floors, "
+     "joined_retention_seconds, label_wait_seconds, max_pending, max_pending_bytes, positive_label, "
+     "prediction_ttl_seconds, reference_pairs, task, window)"),
     ({"models": {"fraud": {"model_id": "other"}}},
      "models.fraud.model_id: unknown key (expected one of: decisions, detectors, features, merge_bucket_seconds, "
      "merge_idle_seconds, merge_lateness_seconds, merge_max_buckets, performance, reference)"),

@@ -98,11 +98,11 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
     assert brief(alerts) == [
         (3169, "firing", "critical", "accuracy", "floor"),
         (3169, "firing", "critical", "precision", "floor"),
-        (3185, "firing", "warning", "error_rate", "adwin"),
-        (6185, "resolved", "warning", "error_rate", "adwin"),
+        (3185, "firing", "critical", "error_rate", "adwin"),  # 0.22 → 0.75 errors: graded by its size
+        (6185, "resolved", "critical", "error_rate", "adwin"),
         (8569, "resolved", "critical", "accuracy", "floor"),
         (8569, "resolved", "critical", "precision", "floor"),
-        (17137, "firing", "warning", "error_rate", "adwin"),  # the cooldown let it fire again
+        (17137, "firing", "critical", "error_rate", "adwin"),  # the cooldown let it fire again
         (17149, "firing", "critical", "accuracy", "floor"),
         (17149, "firing", "critical", "precision", "floor"),
     ]
@@ -115,9 +115,11 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
     assert accuracy.message == ("accuracy of credit is 0.673, below its floor 0.72, over the last 300 labelled "
                                 "predictions")
     error_rate, resolved = alerts[2], alerts[3]
-    assert error_rate.message.startswith("error rate of credit rose to ") and error_rate.message.endswith(
-        "labelled predictions: the model got worse (concept drift)")
-    assert set(error_rate.current) == {"error_rate", "pairs"} and error_rate.threshold == pytest.approx(
+    # the level after the change (the new sub-window's error rate) and the size of the rise (Cohen's h)
+    assert error_rate.message == ("error rate of credit rose to 0.75 since the change (was 0.22; 1.12 on Cohen's h, "
+                                  "critical): the model got worse (concept drift)")
+    assert error_rate.statistic == error_rate.current["error_rate"] == 0.75
+    assert set(error_rate.current) == {"error_rate", "effect", "pairs"} and error_rate.threshold == pytest.approx(
         monitor.models["credit"].performance.adapters[0].detector.delta)
     assert resolved.message == "error_rate of credit: no further change for 1500 pairs, resolved"
     assert alerts[4].message.startswith("accuracy of credit is back to ") and alerts[4].message.endswith(
@@ -138,9 +140,14 @@ def test_regression_absolute_error_and_ceilings_fire_at_pinned_pairs():
     assert [a.alert_id[:16] for a in alerts] == ["0c9668a23cd00e6a", "b064e0540179f286", "5f43cc9dd78c1bb6",
                                                  "b5469779ab20d4cc"]
     drift = alerts[0]
-    assert drift.message == "absolute error of reg rose: Page-Hinkley cumulative deviation 30.8 > 30 (concept drift)"
+    # the mean absolute error since the change began against the reference errors': 2.3 sd, a warning
+    assert drift.message == ("absolute error of reg rose to 2.194 on average since the change began (reference 0.7814 "
+                             "± 0.606, 2.3 standard deviations, warning); Page-Hinkley cumulative deviation 30.8 > 30 "
+                             "(concept drift)")
     assert (drift.threshold, drift.reference, drift.current) == (
-        30.0, {"threshold": 30.0}, {"cumulative_deviation": pytest.approx(30.7531981)})
+        30.0, {"threshold": 30.0, "mean": pytest.approx(0.78144076), "std": pytest.approx(0.60640805)},
+        {"cumulative_deviation": pytest.approx(30.7531981), "absolute_error": pytest.approx(2.19393947),
+         "shift_sd": pytest.approx(2.32928756)})
     assert alerts[1].message == "rmse of reg is 2.05, above its ceiling 2, over the last 200 labelled predictions"
     assert alerts[3].message == "absolute_error of reg: no further change for 800 pairs, resolved"
     info = monitor.summary()["models"]["reg"]["performance"]
@@ -161,8 +168,9 @@ def test_cuts_and_a_restore_change_nothing(kind):
 def test_the_snapshot_keeps_the_performance_layout():
     _, monitor = run("regressor")
     state = monitor.models["reg"].performance.snapshot()
-    assert list(state) == ["pairs_seen", "window", "delays", "adwin", "page_hinkley", "error_reference", "grid",
-                           "grid_events", "episodes", "last"]
+    assert list(state) == ["task", "pairs_seen", "unscored", "window", "delays", "adwin", "page_hinkley",
+                           "error_reference", "grid", "grid_events", "episodes", "last"]
+    assert (state["task"], state["unscored"]) == ("regression", 86)
     assert list(state["episodes"]) == list(state["last"]) == ["absolute_error/page_hinkley", "mae/ceiling",
                                                               "rmse/ceiling"]
     assert state["adwin"] is None and state["error_reference"] == [] and len(state["grid"]) == 1001
@@ -175,7 +183,7 @@ def test_pair_rows_and_the_rolling_window():
     assert pair_row(False, "1", {"score": 2.5}, 4) == (2.5, 4.0, 1.5)
     assert pair_row(False, "1", {"score": 2.5}, "four") is None
     config = parse_config({"models": {"m": {"performance": {"task": "regression", "window": 20}}}})
-    rolling = RollingMetrics(config.models["m"].performance)
+    rolling = RollingMetrics(config.models["m"].performance, "regression")
     evaluated = rolling.add_many([(0.0, float(i), float(i)) for i in range(45)])
     assert [j for j, _ in evaluated] == [19, 21, 23, 25, 27, 29, 31, 33, 35, 37, 39, 41, 43], \
         "once the window is full, every window // 10 pairs"
