@@ -117,8 +117,21 @@ local function remove(key, member)
   redis.call('DEL', key)
   return n
 end
+-- stats.bytes as this call last read or wrote it (only the scripts write it, and a script runs alone)
+local used = nil
+local function bytes()
+  if used == nil then used = tonumber(redis.call('HGET', stats, 'bytes')) or 0 end
+  return used
+end
+local function add_bytes(n)
+  used = redis.call('HINCRBY', stats, 'bytes', n)
+  return used
+end
 local function release(n)
-  if n ~= 0 and redis.call('HINCRBY', stats, 'bytes', -n) < 0 then redis.call('HSET', stats, 'bytes', 0) end
+  if n ~= 0 and add_bytes(-n) < 0 then
+    redis.call('HSET', stats, 'bytes', 0)
+    used = 0
+  end
 end
 local function expire(set, prefix, counter, limit)
   local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
@@ -145,17 +158,17 @@ local function evict(set, prefix, count, counter)
   return freed
 end
 local function make_room(n, budget)
-  local used = tonumber(redis.call('HGET', stats, 'bytes')) or 0
-  while used + n > budget do
-    if redis.call('ZCARD', done) > 0 then used = used - evict(done, ':p:', 1, nil)
-    elseif redis.call('ZCARD', labels) > 0 then used = used - evict(labels, ':l:', 1, 'labels_evicted')
-    elseif redis.call('ZCARD', pending) > 0 then used = used - evict(pending, ':p:', 1, 'evicted')
+  local total = bytes()
+  while total + n > budget do
+    if redis.call('ZCARD', done) > 0 then total = total - evict(done, ':p:', 1, nil)
+    elseif redis.call('ZCARD', labels) > 0 then total = total - evict(labels, ':l:', 1, 'labels_evicted')
+    elseif redis.call('ZCARD', pending) > 0 then total = total - evict(pending, ':p:', 1, 'evicted')
     else return end
   end
 end
 -- make room while the entries of this event id are out of the sets (so they are never the ones evicted)
 local function make_room_around(n, budget, event_id)
-  if (tonumber(redis.call('HGET', stats, 'bytes')) or 0) + n <= budget then return end
+  if bytes() + n <= budget then return end
   local scores = {}
   for _, set in ipairs({pending, labels, done}) do
     scores[set] = redis.call('ZSCORE', set, event_id)
@@ -168,13 +181,13 @@ local function make_room_around(n, budget, event_id)
 end
 local function store(key, set, field, value, n, ttl)
   redis.call('HSET', key, field, value, 'n', n)
-  redis.call('HINCRBY', stats, 'bytes', n)
+  add_bytes(n)
   redis.call('PEXPIRE', key, ttl + %(grace)d)
   zadd(set, now + ttl, string.sub(key, #base + 4))
 end
 local function grow(key, extra)
   redis.call('HINCRBY', key, 'n', extra)
-  redis.call('HINCRBY', stats, 'bytes', extra)
+  add_bytes(extra)
 end
 """ % {"overhead": ENTRY_OVERHEAD, "grace": GRACE_MS}
 
@@ -182,9 +195,10 @@ end
 # logic per step, given that step's time, keys and arguments; what is carried from one step to the next is only
 # in Redis, but for ``floors`` (exact: it only ever skips a ZRANGEBYSCORE that would find nothing).
 # KEYS: the shared four, then the marker, then per step its prediction and label (step i: KEYS[4 + 2i], KEYS[5 + 2i]).
-# ARGV: the prefix, budget, cap, a prediction's ttl, a label's ttl, retention (ms); then per step five:
-# its kind ('p' or 'l'), now, record, me, event_id.
-# Returns {fresh, step 1's {status[, other record]}, step 2's, ...}; ``fresh``: the marker was missing.
+# ARGV: the prefix, budget, cap, a prediction's ttl, a label's ttl, retention (ms); then the steps, one JSON array
+# of [kind ('p' or 'l'), now, record (JSON text), me, event_id] (one argument to encode and decode, not five a step).
+# Returns one JSON array: [fresh (1: the marker was missing), then per step its status, or the other side's record
+# (JSON text, which begins with '{') when it joined].
 _BATCH = """
 local fresh = redis.call('SETNX', KEYS[5], '1')
 """ + _FUNCTIONS + """
@@ -204,28 +218,29 @@ local function expire_all(limit)
   expire_due(labels, ':l:', nil, limit)
   expire_due(done, ':p:', nil, limit)
 end
--- the pair joined by this message: the prediction (and the label that came first, if any) record it
-local function join_pair(with_label)
-  local keys = {pred}
-  if with_label then keys[2] = label end
+-- the pair joined by this message: the prediction (and the label that came first, if any) record it.
+-- pred_joined, label_joined: their 'joined' as the step read it (making room never evicts this event id's entries)
+local function join_pair(pred_joined, with_label, label_joined)
   local extra = 0
-  for _, key in ipairs(keys) do
-    if not redis.call('HGET', key, 'joined') then extra = extra + #me + 8 end
-  end
+  if not pred_joined then extra = extra + #me + 8 end
+  if with_label and not label_joined then extra = extra + #me + 8 end
   if extra > 0 then make_room_around(extra, budget, event_id) end
-  for _, key in ipairs(keys) do
-    if not redis.call('HGET', key, 'joined') then
-      redis.call('HSET', key, 'joined', me)
-      grow(key, #me + 8)
-    end
+  if not pred_joined then
+    redis.call('HSET', pred, 'joined', me)
+    grow(pred, #me + 8)
+  end
+  if with_label and not label_joined then
+    redis.call('HSET', label, 'joined', me)
+    grow(label, #me + 8)
   end
   redis.call('PEXPIRE', pred, retention + %(grace)d)
   redis.call('ZREM', pending, event_id)
   zadd(done, now + retention, event_id)
 end
 local function prediction_step()
-  local joined = redis.call('HGET', pred, 'joined')
-  if not joined and redis.call('EXISTS', pred) == 0 then
+  local found = redis.call('HMGET', pred, 'joined', 'n')  -- every entry has its 'n': none, no entry
+  local joined = found[1]
+  if not joined and not found[2] then
     local n = #pred + #event_id + #record + OVERHEAD
     if n > budget then
       redis.call('HINCRBY', stats, 'dropped', 1)
@@ -236,11 +251,12 @@ local function prediction_step()
     make_room_around(n, budget, event_id)
     store(pred, pending, 'p', record, n, ttl)
   end
-  local early = redis.call('HGET', label, 'l')
+  local waiting = redis.call('HMGET', label, 'l', 'joined')
+  local early = waiting[1]
   if early then
-    local taken = redis.call('HGET', label, 'joined')
+    local taken = waiting[2]
     if (not taken) or taken == me then
-      join_pair(true)
+      join_pair(joined, true, taken)
       return {'joined', early}
     end
     return {'taken'}
@@ -249,11 +265,12 @@ local function prediction_step()
   return {'pending'}
 end
 local function label_step()
-  local stored = redis.call('HGET', pred, 'p')
+  local found = redis.call('HMGET', pred, 'p', 'joined')
+  local stored = found[1]
   if stored then
-    local taken = redis.call('HGET', pred, 'joined')
+    local taken = found[2]
     if (not taken) or taken == me then
-      join_pair(false)
+      join_pair(taken, false, nil)
       return {'joined', stored}
     end
     return {'taken'}
@@ -274,15 +291,16 @@ local function label_step()
   return {'pending'}
 end
 local out = {fresh}
-for i = 1, (#ARGV - 6) / 5 do
-  local a = 6 + (i - 1) * 5
-  local kind = ARGV[a + 1]
-  now, record, me, event_id = tonumber(ARGV[a + 2]), ARGV[a + 3], ARGV[a + 4], ARGV[a + 5]
+for i, step in ipairs(cjson.decode(ARGV[7])) do
+  local kind = step[1]
+  now, record, me, event_id = step[2], step[3], step[4], step[5]
   pred, label, ttl = KEYS[4 + 2 * i], KEYS[5 + 2 * i], ttls[kind]
   expire_all(%(batch)d)
-  if kind == 'p' then out[i + 1] = prediction_step() else out[i + 1] = label_step() end
+  local result
+  if kind == 'p' then result = prediction_step() else result = label_step() end
+  out[i + 1] = result[2] or result[1]
 end
-return out
+return cjson.encode(out)
 """ % {"batch": EXPIRE_BATCH, "grace": GRACE_MS}
 
 # Entries whose time is over, removed (predictions counted as never labelled); then the figures.
@@ -371,14 +389,15 @@ class RedisJoin:
             for start in range(0, len(indexes), MAX_STEPS):
                 chunk = indexes[start:start + MAX_STEPS]
                 keys = [f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done", f"{base}:marker"]
-                args: list[Any] = [base, cfg.max_pending_bytes, cfg.max_pending, int(cfg.prediction_ttl_seconds * 1000),
-                                   int(cfg.label_wait_seconds * 1000), int(cfg.joined_retention_seconds * 1000)]
+                steps = []
                 for i in chunk:
                     op = ops[i]
                     keys += (f"{base}:p:{op.event_id}", f"{base}:l:{op.event_id}")
-                    args += ("p" if op.kind == "prediction" else "l", times[i], orjson.dumps(op.record), op.me,
-                             op.event_id)
-                calls.append((self._batch, keys, args))
+                    steps.append(("p" if op.kind == "prediction" else "l", times[i], orjson.dumps(op.record).decode(),
+                                  op.me, op.event_id))
+                calls.append((self._batch, keys, [
+                    base, cfg.max_pending_bytes, cfg.max_pending, int(cfg.prediction_ttl_seconds * 1000),
+                    int(cfg.label_wait_seconds * 1000), int(cfg.joined_retention_seconds * 1000), orjson.dumps(steps)]))
                 owners.append((model_id, chunk))
         if self._cluster:
             replies = self._run_on_cluster(calls)
@@ -389,11 +408,12 @@ class RedisJoin:
             replies = pipe.execute()
         results: list[JoinResult | None] = [None] * len(ops)
         for (model_id, chunk), reply in zip(owners, replies):
-            if int(reply[0]) and model_id in self._seen and self.on_lost is not None:
+            fresh, *steps = orjson.loads(reply)
+            if fresh and model_id in self._seen and self.on_lost is not None:
                 self.on_lost(model_id)
             self._seen.add(model_id)
-            for i, step in zip(chunk, reply[1:]):
-                results[i] = _result(step)
+            for i, step in zip(chunk, steps):
+                results[i] = JoinResult("joined", orjson.loads(step)) if step[:1] == "{" else JoinResult(step)
         return results  # type: ignore[return-value]
 
     def _run_on_cluster(self, calls: list[tuple[Any, list[str], list]]) -> list:
@@ -437,12 +457,6 @@ class RedisJoin:
         expired, dropped, evicted, labels_evicted, used = (int(v or 0) for v in stats)
         return {"awaiting": int(awaiting), "expired": expired, "dropped": dropped, "evicted": evicted,
                 "labels_waiting": int(waiting), "labels_evicted": labels_evicted, "bytes": used}
-
-
-def _result(reply: list) -> JoinResult:
-    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    other = orjson.loads(reply[1]) if len(reply) > 1 else None
-    return JoinResult(status, other)
 
 
 class MemoryJoin:
