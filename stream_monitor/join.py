@@ -453,7 +453,7 @@ class RedisJoin:
         base = self._base(model_id)
         awaiting, waiting, stats = self._expire(
             keys=[f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done"],
-            args=[base, int(time.time() * 1000)])
+            args=[base, int(self.clock() * 1000)])
         expired, dropped, evicted, labels_evicted, used = (int(v or 0) for v in stats)
         return {"awaiting": int(awaiting), "expired": expired, "dropped": dropped, "evicted": evicted,
                 "labels_waiting": int(waiting), "labels_evicted": labels_evicted, "bytes": used}
