@@ -8,12 +8,21 @@ crashes: a message processed again after a crash finds itself recorded and
 counts the pair again (its partition's state was restored from before the
 first time), while any other message finds the pair taken and counts nothing.
 
-Every script is safe to run again: a batch whose pipeline failed half-way (Redis
+A batch's steps of one model go to Redis in one script call (``_BATCH``; one per
+``MAX_STEPS`` steps), which runs them in order, each with its own time, keys and
+arguments and the same logic as if it were a call of its own, so a batch gives
+exactly what one call per step gives (tests/integration/test_join_batch.py);
+what one call costs besides its steps (the call itself, encoding and parsing
+its arguments and reply) is paid once per model per batch, not once per step.
+
+Every step is safe to run again: a batch whose pipeline failed half-way (Redis
 unreachable, or refusing writes) is sent again as a whole, and a message finding
 itself recorded as ``joined`` gets the same answer as the first time. A Redis
 refusing writes refuses a script at its first write that needs memory, and each
-script's first write is that SETNX; once a script has written, Redis lets it
-finish, so a script is applied whole or not at all.
+call's first write is that SETNX; once a script has written, Redis lets it
+finish, so a call is applied whole or not at all (a call stopped midway by a
+slot moving under it, below, is sent again whole: its steps already applied
+give the same answers again).
 
 What the join keeps is bounded per model, in entries and in bytes, and the
 oldest entries make room for new ones, so a new prediction can always be joined:
@@ -44,8 +53,8 @@ up after a service that was stopped; an entry gone that way is subtracted at its
 estimated size, and the total is reset to 0 when no entry is left.
 
 Keys of one model share a hash tag, so each script touches one Redis Cluster
-slot. Each script passes in KEYS the keys it knows beforehand (the model's sets,
-stats and marker, the event's prediction and label); the entries it evicts or
+slot. Each call passes in KEYS the keys it knows beforehand (the model's sets,
+stats and marker, each step's prediction and label); the entries it evicts or
 expires are found in the sets as it runs, so their keys are derived from the
 model's prefix (ARGV[1], the same hash tag): on a cluster they are always in
 the slot of KEYS[1], on the node the script runs on. The one moment that
