@@ -68,7 +68,8 @@ def measure_join(client, batches: list[list[JoinOp]]) -> dict[str, float]:
             statuses[result.status] = statuses.get(result.status, 0) + 1
     wall = time.perf_counter() - started
     calls, usec = script_usec(client)
-    return {"ops": ops, "wall_us": wall / ops * 1e6, "redis_us": usec / ops, "calls_per_batch": calls / len(batches[1:]),
+    return {"ops": ops, "wall_us": wall / ops * 1e6, "redis_us": usec / ops,
+            "calls_per_batch": calls / len(batches[1:]),
             **{f"n_{k}": v for k, v in statuses.items()}}
 
 
@@ -118,7 +119,8 @@ def main() -> int:
           f"{join['calls_per_batch']:,.0f} script calls per batch, 1 round trip per batch")
     print(f"  empty script/op    {floor['empty_script_wall_us']:7.1f} µs/op wall, "
           f"{floor['empty_script_redis_us']:6.1f} µs/op Redis CPU (EVALSHA's own cost)")
-    print(f"  HSET of record/op  {floor['hset_wall_us']:7.1f} µs/op wall, {floor['hset_redis_us']:6.1f} µs/op Redis CPU "
+    print(f"  HSET of record/op  {floor['hset_wall_us']:7.1f} µs/op wall, "
+          f"{floor['hset_redis_us']:6.1f} µs/op Redis CPU "
           f"(record {floor['record_bytes']:.0f} bytes)")
     return 0
 

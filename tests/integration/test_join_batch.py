@@ -95,7 +95,8 @@ def test_a_batch_in_one_call_per_model_gives_exactly_what_one_call_per_step_give
     for lag in lags.values():
         del lag["bytes"]  # the same in both; pinned without it (it counts the namespace's length)
     assert lags == {
-        "credit": {"awaiting": 10, "labels_waiting": 3, "expired": 157, "evicted": 68, "labels_evicted": 27, "dropped": 19},
+        "credit": {"awaiting": 10, "labels_waiting": 3, "expired": 157, "evicted": 68, "labels_evicted": 27,
+                   "dropped": 19},
         "fraud": {"awaiting": 4, "labels_waiting": 4, "expired": 42, "evicted": 0, "labels_evicted": 0, "dropped": 13}}
 
 
@@ -110,6 +111,7 @@ def test_a_batch_bigger_than_one_call_takes_is_split_and_gives_the_same(redis_se
     assert script_calls(client) - calls == 8, "50 steps of one model in calls of at most 7"
     # the first 20 predictions were evicted by the cap of 10: their labels wait; e20, e22, ... e28 join
     assert [r.status for r in results] == ["pending"] * 40 + ["joined"] * 5 + ["pending"] * 5
-    assert [r.other for r in results[40:42]] == [{"score": 0.5, "label": 1, "t": 20}, {"score": 0.5, "label": 1, "t": 22}]
+    assert [r.other for r in results[40:42]] == [{"score": 0.5, "label": 1, "t": 20},
+                                                 {"score": 0.5, "label": 1, "t": 22}]
     lag = joiner.lag("credit")
     assert (lag["awaiting"], lag["labels_waiting"], lag["evicted"]) == (5, 15, 20)
