@@ -117,6 +117,7 @@ PADDING = 2 * CHECKPOINT_EVENTS + 2 * BATCH  # keeps the monitor busy past the e
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
 LOOP_STAGES = ("consume", "decode", "join", "detect", "produce", "checkpoint")
 ALERTS, DEAD_LETTERS = "bench.alerts", "bench.dead-letters"
+LABEL_DELAY = 500  # inference events between a prediction and its label (with --labels)
 POLL = 0.01  # seconds between reads of the stored offsets
 LOAD_EVERY = 0.25  # seconds between reads of the machine's CPU counters
 
@@ -131,15 +132,35 @@ TARGET_STATE_BYTES = 8192
 # --- workload and baselines (pure; tests/unit/test_bench.py runs them) ------------------------------------
 
 
-def events(features: int, count: int, seed: int = 1) -> list[bytes]:
-    """`count` seeded, stationary inference events of model `m`: feature j ~ N(j, 1 + j % 3), score ~ U(0, 1)."""
+def events(features: int, count: int, seed: int = 1, labels_every: int = 0) -> list[bytes]:
+    """`count` seeded, stationary inference events of model `m`: feature j ~ N(j, 1 + j % 3), score ~ U(0, 1).
+    With `labels_every` = k > 0, every k-th prediction also gets its label event (1 with probability its
+    score, so the error stream is stationary), LABEL_DELAY inference events after it."""
     rng = random.Random(seed)
-    out = []
+    labels = random.Random(seed + 1_000_000)
+    out, scores = [], []
     for i in range(count):
         values = {f"f{j}": round(rng.gauss(j, 1 + j % 3), 4) for j in range(features)}
+        score = round(rng.random(), 4)
         out.append(orjson.dumps({"event_id": f"e{seed}-{i}", "model_id": "m", "features": values,
-                                 "prediction": {"score": round(rng.random(), 4)}}))
+                                 "prediction": {"score": score}}))
+        if labels_every:
+            scores.append(score)
+            late = i - LABEL_DELAY
+            if late >= 0 and late % labels_every == 0:
+                out.append(orjson.dumps({"event_id": f"e{seed}-{late}", "model_id": "m",
+                                         "label": int(labels.random() < scores[late])}))
     return out
+
+
+def offset_after(lines: list[bytes], inference: int) -> int:
+    """The offset just past the `inference`-th inference event of `lines` (label events interleaved)."""
+    seen = 0
+    for offset, line in enumerate(lines):
+        seen += b'"features"' in line
+        if seen == inference:
+            return offset + 1
+    return len(lines)
 
 
 def naive_rate(lines: list[bytes], features: int) -> float:
@@ -387,8 +408,10 @@ class Stack:
     pids: list[int]  # this script, the broker, Redis
 
 
-def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int) -> Path:
-    """The default model config; only the connection, the consumer's timeouts and the metrics port are set."""
+def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int, join: bool = False) -> Path:
+    """The default model config; only the connection, the consumer's timeouts and the metrics port are set
+    (with `join`, the model's performance table too, which turns its label join on)."""
+    performance = '\n[models.m.performance]\ntask = "classification"\n' if join else ""
     consumer = "\n".join(f'"{k}" = {v}' for k, v in FAST_CONSUMER.items())
     path.write_text(f"""\
 [kafka]
@@ -410,7 +433,7 @@ metrics_port = {metrics_port}
 
 [models.m]
 reference = {{ source = "warmup", events = {WARMUP} }}
-""")
+{performance}""")
     return path
 
 
@@ -501,8 +524,9 @@ def timeout_for(events_count: int) -> float:
     return 120 + events_count / 500
 
 
-def run_single(stack: Stack, features: int, lines: list[bytes], measured: int) -> SingleResult:
-    """One instance on a one-partition topic holding `lines` (warm-up, measured events, padding)."""
+def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, join: bool = False) -> SingleResult:
+    """One instance on a one-partition topic holding `lines` (warm-up, measured events, padding); the window
+    opens at the first checkpoint past the warm-up's WARMUP inference events (label events may be between)."""
     from stream_monitor.demo.localstack import create_topics, free_port  # noqa: PLC0415
     from stream_monitor.state import StateStore, connect  # noqa: PLC0415
 
@@ -512,16 +536,17 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int) -
     end = produce(stack.bootstrap, topic, {0: lines})[0]
     store = StateStore(connect(stack.redis_url), group, group)
     port = free_port()
-    config = write_config(stack, stack.workdir / f"{group}.toml", topic, group, port)
+    config = write_config(stack, stack.workdir / f"{group}.toml", topic, group, port, join)
     watch = OffsetWatch(store, topic, [0], list(stack.pids))
+    warm = offset_after(lines, WARMUP)
     watch.start()
     monitor = None
     try:
         monitor = Monitor(config, stack.workdir / f"{group}.log")
         watch.pids.append(monitor.process.pid)
         timeout = timeout_for(len(lines))
-        start, before = scrape_at_checkpoint(port, watch, WARMUP, monitor, timeout)
-        stop, after = scrape_at_checkpoint(port, watch, WARMUP + measured, monitor, timeout)
+        start, before = scrape_at_checkpoint(port, watch, warm, monitor, timeout)
+        stop, after = scrape_at_checkpoint(port, watch, warm + measured, monitor, timeout)
         watch.wait_for(0, end, [monitor], timeout)  # every event processed and stored
         timeline = watch.timelines[0]
         (t0, o0), (t1, o1) = timeline[start], timeline[stop]
@@ -541,7 +566,7 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int) -
     alerts = monitor.log().count("FIRING")
     result = SingleResult(features, window, stage_rows(before.stages, after.stages), peak, state, memory, alerts)
     result.decode_only = decode_only_rate(stack.bootstrap, topic, end)
-    result.naive = naive_rate(lines[WARMUP:WARMUP + measured], features)
+    result.naive = naive_rate([line for line in lines[warm:warm + measured] if b'"features"' in line], features)
     delete_topic(stack.bootstrap, topic)
     return result
 
@@ -725,41 +750,42 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
     print("\nShares are of the loop's six stages; 'detect › …' rows are the engine's parts of detect. "
           + "; ".join(covered) + ".")
 
-    single = next(r for r in results if r.features == SCALE_FEATURES)
-    one = live[0].window.rate
-    print(f"\n### Two instances, two partitions vs one (F = {SCALE_FEATURES}; live production, "
-          "timed from its start)\n")
-    print("| instances | partitions | events timed | seconds | events/s | vs one | events produced (measured + "
-          "padding) | production s | production events/s | CPU of this process (producer), broker and Redis (cores) | "
-          "CPU taken by others (cores) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in live:
-        print(f"| {r.instances} | {r.instances} | {r.window.events:,.0f} | {r.window.seconds:.2f} | "
-              f"{r.window.rate:,.0f} | {r.window.rate / one:.2f} | {r.produced:,} | {r.production:.2f} | "
-              f"{r.produced / r.production:,.0f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} |")
-    print(f"\nThe same single instance on pre-produced data (first table): {single.window.rate:,.0f} events/s.")
-    tails = [r.after_production for r in live]
-    if all(tails):
-        print("Once production had ended (the producer no longer sharing the cores), to the same end: "
-              + "; ".join(f"{r.instances} instance(s) {t.events:,.0f} events in {t.seconds:.2f} s = {t.rate:,.0f} "
-                          f"events/s" for r, t in zip(live, tails))
-              + f" ({tails[-1].rate / tails[0].rate:.2f}× one"
-              + ("; under a second: too short to mean much" if min(t.seconds for t in tails) < 1 else "")
-              + "). The targets use the whole window.")
-    for r in live:
-        print(f"{r.instances} instance(s), when the clock started: "
-              + "; ".join(f"instance {i + 1}: {a}" for i, a in enumerate(r.assignments))
-              + f"; revocations while joining: {r.joining_revokes}; assignment changes while timed: {r.changes}")
-    for r in live:
-        if r.changes:
-            print(f"\nnote: {r.instances} instance(s): the group rebalanced while the clock ran; that rate is not "
-                  "steady state.")
-        if r.drained:
-            print(f"\nnote: {r.instances} instance(s): partition(s) {r.drained} ran out of events before the "
-                  "clock stopped; their idle time is counted.")
-        if r.production > 0.8 * r.window.seconds:
-            print(f"\nnote: {r.instances} instance(s): production took {r.production:.2f} s of the "
-                  f"{r.window.seconds:.2f} s window: the producer may have been the limit.")
+    if live:  # (skipped with --single-only)
+        single = next(r for r in results if r.features == SCALE_FEATURES)
+        one = live[0].window.rate
+        print(f"\n### Two instances, two partitions vs one (F = {SCALE_FEATURES}; live production, "
+              "timed from its start)\n")
+        print("| instances | partitions | events timed | seconds | events/s | vs one | events produced (measured + "
+              "padding) | production s | production events/s | CPU of this process (producer), broker and Redis (cores) | "
+              "CPU taken by others (cores) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in live:
+            print(f"| {r.instances} | {r.instances} | {r.window.events:,.0f} | {r.window.seconds:.2f} | "
+                  f"{r.window.rate:,.0f} | {r.window.rate / one:.2f} | {r.produced:,} | {r.production:.2f} | "
+                  f"{r.produced / r.production:,.0f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} |")
+        print(f"\nThe same single instance on pre-produced data (first table): {single.window.rate:,.0f} events/s.")
+        tails = [r.after_production for r in live]
+        if all(tails):
+            print("Once production had ended (the producer no longer sharing the cores), to the same end: "
+                  + "; ".join(f"{r.instances} instance(s) {t.events:,.0f} events in {t.seconds:.2f} s = {t.rate:,.0f} "
+                              f"events/s" for r, t in zip(live, tails))
+                  + f" ({tails[-1].rate / tails[0].rate:.2f}× one"
+                  + ("; under a second: too short to mean much" if min(t.seconds for t in tails) < 1 else "")
+                  + "). The targets use the whole window.")
+        for r in live:
+            print(f"{r.instances} instance(s), when the clock started: "
+                  + "; ".join(f"instance {i + 1}: {a}" for i, a in enumerate(r.assignments))
+                  + f"; revocations while joining: {r.joining_revokes}; assignment changes while timed: {r.changes}")
+        for r in live:
+            if r.changes:
+                print(f"\nnote: {r.instances} instance(s): the group rebalanced while the clock ran; that rate is not "
+                      "steady state.")
+            if r.drained:
+                print(f"\nnote: {r.instances} instance(s): partition(s) {r.drained} ran out of events before the "
+                      "clock stopped; their idle time is counted.")
+            if r.production > 0.8 * r.window.seconds:
+                print(f"\nnote: {r.instances} instance(s): production took {r.production:.2f} s of the "
+                      f"{r.window.seconds:.2f} s window: the producer may have been the limit.")
 
     busiest = max([r.window.other_cores for r in results] + [r.window.other_cores for r in live])
     if busiest > 0.1:
@@ -779,8 +805,9 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
           f"{mark(ratio >= TARGET_NAIVE_RATIO)} |")
     print(f"| F=100 end to end ≥ {TARGET_F100_RATE:,} events/s | {f100.window.rate:,.0f} | "
           f"{mark(f100.window.rate >= TARGET_F100_RATE)} |")
-    scaling = live[1].window.rate / one
-    print(f"| two instances ≥ {TARGET_SCALING}× one | {scaling:.2f}× | {mark(scaling >= TARGET_SCALING)} |")
+    if live:
+        scaling = live[1].window.rate / live[0].window.rate
+        print(f"| two instances ≥ {TARGET_SCALING}× one | {scaling:.2f}× | {mark(scaling >= TARGET_SCALING)} |")
     worst = max(checkpoint.values())
     print(f"| checkpoint stage ≤ {TARGET_CHECKPOINT_SHARE:.0%} of the time | "
           + ", ".join(f"F={f}: {s:.1%}" for f, s in checkpoint.items())
@@ -797,7 +824,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="measured events per case")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_EVENTS:,} events per case")
+    parser.add_argument("--join", action="store_true",
+                        help="give the model a performance table (task = classification): its label join is on")
+    parser.add_argument("--labels", action="store_true",
+                        help="with --join: every second prediction gets its label event, "
+                             f"{LABEL_DELAY} inference events later (events timed count both kinds)")
+    parser.add_argument("--single-only", action="store_true", help="skip the live-production scaling cases")
     args = parser.parse_args()
+    if args.labels and not args.join:
+        parser.error("--labels needs --join")
     measured = QUICK_EVENTS if args.quick else args.events
 
     from stream_monitor.demo.localstack import create_topics, start_broker, start_redis  # noqa: PLC0415
@@ -813,12 +848,15 @@ def main() -> int:
         results = []
         for features in FEATURES:
             begun = time.monotonic()
-            lines = events(features, WARMUP + measured + PADDING)
-            results.append(run_single(stack, features, lines, measured))
-            print(f"F={features}: {results[-1].window.rate:,.0f} events/s end to end "
-                  f"({time.monotonic() - begun:.0f} s for this case)", flush=True)
+            lines = events(features, WARMUP + measured + PADDING, labels_every=2 if args.labels else 0)
+            results.append(run_single(stack, features, lines, measured, args.join))
+            rate = results[-1].window.rate
+            share = sum(b'"features"' in line for line in lines) / len(lines)
+            print(f"F={features}: {rate:,.0f} events/s end to end ({rate * share:,.0f} inference events/s; join "
+                  f"{'on' if args.join else 'off'}, labels {'for half the predictions' if args.labels else 'none'}; "
+                  f"{time.monotonic() - begun:.0f} s for this case)", flush=True)
         live = []
-        for instances in (1, 2):
+        for instances in () if args.single_only else (1, 2):
             begun = time.monotonic()
             live.append(run_live(stack, instances, measured))
             print(f"{instances} instance(s), live production: {live[-1].window.rate:,.0f} events/s "

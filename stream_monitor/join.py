@@ -8,12 +8,21 @@ crashes: a message processed again after a crash finds itself recorded and
 counts the pair again (its partition's state was restored from before the
 first time), while any other message finds the pair taken and counts nothing.
 
-Every script is safe to run again: a batch whose pipeline failed half-way (Redis
+A batch's steps of one model go to Redis in one script call (``_BATCH``; one per
+``MAX_STEPS`` steps), which runs them in order, each with its own time, keys and
+arguments and the same logic as if it were a call of its own, so a batch gives
+exactly what one call per step gives (tests/integration/test_join_batch.py);
+what one call costs besides its steps (the call itself, encoding and parsing
+its arguments and reply) is paid once per model per batch, not once per step.
+
+Every step is safe to run again: a batch whose pipeline failed half-way (Redis
 unreachable, or refusing writes) is sent again as a whole, and a message finding
 itself recorded as ``joined`` gets the same answer as the first time. A Redis
 refusing writes refuses a script at its first write that needs memory, and each
-script's first write is that SETNX; once a script has written, Redis lets it
-finish, so a script is applied whole or not at all.
+call's first write is that SETNX; once a script has written, Redis lets it
+finish, so a call is applied whole or not at all (a call stopped midway by a
+slot moving under it, below, is sent again whole: its steps already applied
+give the same answers again).
 
 What the join keeps is bounded per model, in entries and in bytes, and the
 oldest entries make room for new ones, so a new prediction can always be joined:
@@ -44,8 +53,8 @@ up after a service that was stopped; an entry gone that way is subtracted at its
 estimated size, and the total is reset to 0 when no entry is left.
 
 Keys of one model share a hash tag, so each script touches one Redis Cluster
-slot. Each script passes in KEYS the keys it knows beforehand (the model's sets,
-stats and marker, the event's prediction and label); the entries it evicts or
+slot. Each call passes in KEYS the keys it knows beforehand (the model's sets,
+stats and marker, each step's prediction and label); the entries it evicts or
 expires are found in the sets as it runs, so their keys are derived from the
 model's prefix (ARGV[1], the same hash tag): on a cluster they are always in
 the slot of KEYS[1], on the node the script runs on. The one moment that
@@ -94,19 +103,44 @@ EXPIRE_BATCH = 512  # expired entries of each set removed per step
 # score still tells 1 µs apart at today's epoch milliseconds), so the entries of one batch, stored
 # in the same millisecond, are evicted in the order they came rather than by event id.
 TICK_MS = 0.001
+# The most steps of one model one script call runs (a bigger batch takes more calls, in the same round trip): a
+# script holds Redis while it runs, and this many steps take it some milliseconds.
+MAX_STEPS = 1000
 
-# Shared by the scripts. KEYS: pending, stats, labels, done; ARGV[1]: the model's key prefix, ARGV[2]: now (ms).
+# Shared by the scripts. KEYS: pending, stats, labels, done; ``base``: the model's key prefix (ARGV[1]), ``now``:
+# the time (ms) of the step being run. ``floors[set]``: a number no score of that set is below (unknown: nil), kept
+# by ``zadd`` (the only way the scripts add to a set; removing only raises a set's lowest score), so that a step
+# whose time is before it knows, without asking Redis, that nothing of that set has expired.
 _FUNCTIONS = """
 local pending, stats, labels, done = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local base, now = ARGV[1], tonumber(ARGV[2])
 local OVERHEAD = %(overhead)d
+local floors = {}
+local function zadd(set, score, member)
+  redis.call('ZADD', set, score, member)
+  score = tonumber(score)
+  if floors[set] and score < floors[set] then floors[set] = score end
+end
 local function remove(key, member)
   local n = tonumber(redis.call('HGET', key, 'n')) or (#key + #member + OVERHEAD)
   redis.call('DEL', key)
   return n
 end
+-- stats.bytes as this call last read or wrote it (only the scripts write it, and a script runs alone)
+local used = nil
+local function bytes()
+  if used == nil then used = tonumber(redis.call('HGET', stats, 'bytes')) or 0 end
+  return used
+end
+local function add_bytes(n)
+  used = redis.call('HINCRBY', stats, 'bytes', n)
+  return used
+end
 local function release(n)
-  if n ~= 0 and redis.call('HINCRBY', stats, 'bytes', -n) < 0 then redis.call('HSET', stats, 'bytes', 0) end
+  if n ~= 0 and add_bytes(-n) < 0 then
+    redis.call('HSET', stats, 'bytes', 0)
+    used = 0
+  end
 end
 local function expire(set, prefix, counter, limit)
   local gone = redis.call('ZRANGEBYSCORE', set, '-inf', now, 'LIMIT', 0, limit)
@@ -117,11 +151,6 @@ local function expire(set, prefix, counter, limit)
   release(freed)
   if counter then redis.call('HINCRBY', stats, counter, #gone) end
   return #gone
-end
-local function expire_all(limit)
-  expire(pending, ':p:', 'expired', limit)
-  expire(labels, ':l:', nil, limit)
-  expire(done, ':p:', nil, limit)
 end
 local function evict(set, prefix, count, counter)
   local gone = redis.call('ZPOPMIN', set, count)
@@ -138,17 +167,17 @@ local function evict(set, prefix, count, counter)
   return freed
 end
 local function make_room(n, budget)
-  local used = tonumber(redis.call('HGET', stats, 'bytes')) or 0
-  while used + n > budget do
-    if redis.call('ZCARD', done) > 0 then used = used - evict(done, ':p:', 1, nil)
-    elseif redis.call('ZCARD', labels) > 0 then used = used - evict(labels, ':l:', 1, 'labels_evicted')
-    elseif redis.call('ZCARD', pending) > 0 then used = used - evict(pending, ':p:', 1, 'evicted')
+  local total = bytes()
+  while total + n > budget do
+    if redis.call('ZCARD', done) > 0 then total = total - evict(done, ':p:', 1, nil)
+    elseif redis.call('ZCARD', labels) > 0 then total = total - evict(labels, ':l:', 1, 'labels_evicted')
+    elseif redis.call('ZCARD', pending) > 0 then total = total - evict(pending, ':p:', 1, 'evicted')
     else return end
   end
 end
 -- make room while the entries of this event id are out of the sets (so they are never the ones evicted)
 local function make_room_around(n, budget, event_id)
-  if (tonumber(redis.call('HGET', stats, 'bytes')) or 0) + n <= budget then return end
+  if bytes() + n <= budget then return end
   local scores = {}
   for _, set in ipairs({pending, labels, done}) do
     scores[set] = redis.call('ZSCORE', set, event_id)
@@ -156,102 +185,132 @@ local function make_room_around(n, budget, event_id)
   end
   make_room(n, budget)
   for _, set in ipairs({pending, labels, done}) do
-    if scores[set] then redis.call('ZADD', set, scores[set], event_id) end
+    if scores[set] then zadd(set, scores[set], event_id) end
   end
 end
 local function store(key, set, field, value, n, ttl)
   redis.call('HSET', key, field, value, 'n', n)
-  redis.call('HINCRBY', stats, 'bytes', n)
+  add_bytes(n)
   redis.call('PEXPIRE', key, ttl + %(grace)d)
-  redis.call('ZADD', set, now + ttl, string.sub(key, #base + 4))
+  zadd(set, now + ttl, string.sub(key, #base + 4))
 end
 local function grow(key, extra)
   redis.call('HINCRBY', key, 'n', extra)
-  redis.call('HINCRBY', stats, 'bytes', extra)
+  add_bytes(extra)
 end
 """ % {"overhead": ENTRY_OVERHEAD, "grace": GRACE_MS}
 
-# KEYS: the shared four, then marker, prediction, label.
-# ARGV: the shared two, then budget, cap, record, me, event_id, ttl (of a prediction or a label), retention.
-_STEP = """
+# One script call runs a batch's steps of one model, in order, each as if it were a call of its own: the same
+# logic per step, given that step's time, keys and arguments; what is carried from one step to the next is only
+# in Redis, but for ``floors`` (exact: it only ever skips a ZRANGEBYSCORE that would find nothing).
+# KEYS: the shared four, then the marker, then per step its prediction and label (step i: KEYS[4 + 2i], KEYS[5 + 2i]).
+# ARGV: the prefix, budget, cap, a prediction's ttl, a label's ttl, retention (ms); then the steps, one JSON array
+# of [kind ('p' or 'l'), now, record (JSON text), me, event_id] (one argument to encode and decode, not five a step).
+# Returns one JSON array: [fresh (1: the marker was missing), then per step its status, or the other side's record
+# (JSON text, which begins with '{') when it joined].
+_BATCH = """
 local fresh = redis.call('SETNX', KEYS[5], '1')
 """ + _FUNCTIONS + """
-local pred, label = KEYS[6], KEYS[7]
-local budget, cap, record, me, event_id = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5], ARGV[6], ARGV[7]
-local ttl, retention = tonumber(ARGV[8]), tonumber(ARGV[9])
-expire_all(%(batch)d)
--- the pair joined by this message: the prediction (and the label that came first, if any) record it
-local function join_pair(with_label)
-  local keys = {pred}
-  if with_label then keys[2] = label end
+local budget, cap = tonumber(ARGV[2]), tonumber(ARGV[3])
+local ttls = {p = tonumber(ARGV[4]), l = tonumber(ARGV[5])}
+local retention = tonumber(ARGV[6])
+local pred, label, record, me, event_id, ttl
+local function expire_due(set, prefix, counter, limit)
+  local floor = floors[set]
+  if floor and floor > now then return end
+  expire(set, prefix, counter, limit)
+  local first = redis.call('ZRANGE', set, 0, 0, 'WITHSCORES')
+  floors[set] = first[2] and tonumber(first[2]) or math.huge
+end
+local function expire_all(limit)
+  expire_due(pending, ':p:', 'expired', limit)
+  expire_due(labels, ':l:', nil, limit)
+  expire_due(done, ':p:', nil, limit)
+end
+-- the pair joined by this message: the prediction (and the label that came first, if any) record it.
+-- pred_joined, label_joined: their 'joined' as the step read it (making room never evicts this event id's entries)
+local function join_pair(pred_joined, with_label, label_joined)
   local extra = 0
-  for _, key in ipairs(keys) do
-    if not redis.call('HGET', key, 'joined') then extra = extra + #me + 8 end
-  end
+  if not pred_joined then extra = extra + #me + 8 end
+  if with_label and not label_joined then extra = extra + #me + 8 end
   if extra > 0 then make_room_around(extra, budget, event_id) end
-  for _, key in ipairs(keys) do
-    if not redis.call('HGET', key, 'joined') then
-      redis.call('HSET', key, 'joined', me)
-      grow(key, #me + 8)
-    end
+  if not pred_joined then
+    redis.call('HSET', pred, 'joined', me)
+    grow(pred, #me + 8)
+  end
+  if with_label and not label_joined then
+    redis.call('HSET', label, 'joined', me)
+    grow(label, #me + 8)
   end
   redis.call('PEXPIRE', pred, retention + %(grace)d)
   redis.call('ZREM', pending, event_id)
-  redis.call('ZADD', done, now + retention, event_id)
+  zadd(done, now + retention, event_id)
 end
-""" % {"batch": EXPIRE_BATCH, "grace": GRACE_MS}
-
-_PREDICTION = _STEP + """
-local joined = redis.call('HGET', pred, 'joined')
-if not joined and redis.call('EXISTS', pred) == 0 then
-  local n = #pred + #event_id + #record + OVERHEAD
+local function prediction_step()
+  local found = redis.call('HMGET', pred, 'joined', 'n')  -- every entry has its 'n': none, no entry
+  local joined = found[1]
+  if not joined and not found[2] then
+    local n = #pred + #event_id + #record + OVERHEAD
+    if n > budget then
+      redis.call('HINCRBY', stats, 'dropped', 1)
+      return {'dropped'}
+    end
+    local over = redis.call('ZCARD', pending) - cap + 1
+    if over > 0 then evict(pending, ':p:', over, 'evicted') end
+    make_room_around(n, budget, event_id)
+    store(pred, pending, 'p', record, n, ttl)
+  end
+  local waiting = redis.call('HMGET', label, 'l', 'joined')
+  local early = waiting[1]
+  if early then
+    local taken = waiting[2]
+    if (not taken) or taken == me then
+      join_pair(joined, true, taken)
+      return {'joined', early}
+    end
+    return {'taken'}
+  end
+  if joined and joined ~= me then return {'taken'} end
+  return {'pending'}
+end
+local function label_step()
+  local found = redis.call('HMGET', pred, 'p', 'joined')
+  local stored = found[1]
+  if stored then
+    local taken = found[2]
+    if (not taken) or taken == me then
+      join_pair(taken, false, nil)
+      return {'joined', stored}
+    end
+    return {'taken'}
+  end
+  local taken = redis.call('HGET', label, 'joined')
+  if taken and taken ~= me then return {'taken'} end
+  local n = #label + #event_id + #record + OVERHEAD
   if n > budget then
     redis.call('HINCRBY', stats, 'dropped', 1)
-    return {fresh, 'dropped'}
+    return {'dropped'}
   end
-  local over = redis.call('ZCARD', pending) - cap + 1
-  if over > 0 then evict(pending, ':p:', over, 'evicted') end
+  if redis.call('EXISTS', label) == 1 then  -- the same label again (a replay or a duplicate): the newest is kept
+    redis.call('ZREM', labels, event_id)
+    release(remove(label, event_id))
+  end
   make_room_around(n, budget, event_id)
-  store(pred, pending, 'p', record, n, ttl)
+  store(label, labels, 'l', record, n, ttl)
+  return {'pending'}
 end
-local early = redis.call('HGET', label, 'l')
-if early then
-  local taken = redis.call('HGET', label, 'joined')
-  if (not taken) or taken == me then
-    join_pair(true)
-    return {fresh, 'joined', early}
-  end
-  return {fresh, 'taken'}
+local out = {fresh}
+for i, step in ipairs(cjson.decode(ARGV[7])) do
+  local kind = step[1]
+  now, record, me, event_id = step[2], step[3], step[4], step[5]
+  pred, label, ttl = KEYS[4 + 2 * i], KEYS[5 + 2 * i], ttls[kind]
+  expire_all(%(batch)d)
+  local result
+  if kind == 'p' then result = prediction_step() else result = label_step() end
+  out[i + 1] = result[2] or result[1]
 end
-if joined and joined ~= me then return {fresh, 'taken'} end
-return {fresh, 'pending'}
-"""
-
-_LABEL = _STEP + """
-local stored = redis.call('HGET', pred, 'p')
-if stored then
-  local taken = redis.call('HGET', pred, 'joined')
-  if (not taken) or taken == me then
-    join_pair(false)
-    return {fresh, 'joined', stored}
-  end
-  return {fresh, 'taken'}
-end
-local taken = redis.call('HGET', label, 'joined')
-if taken and taken ~= me then return {fresh, 'taken'} end
-local n = #label + #event_id + #record + OVERHEAD
-if n > budget then
-  redis.call('HINCRBY', stats, 'dropped', 1)
-  return {fresh, 'dropped'}
-end
-if redis.call('EXISTS', label) == 1 then  -- the same label again (a replay or a duplicate): the newest is kept
-  redis.call('ZREM', labels, event_id)
-  release(remove(label, event_id))
-end
-make_room_around(n, budget, event_id)
-store(label, labels, 'l', record, n, ttl)
-return {fresh, 'pending'}
-"""
+return cjson.encode(out)
+""" % {"batch": EXPIRE_BATCH, "grace": GRACE_MS}
 
 # Entries whose time is over, removed (predictions counted as never labelled); then the figures.
 _EXPIRE = _FUNCTIONS + """
@@ -293,18 +352,19 @@ def label_record(label: Any, timestamp_ms: int | None) -> dict[str, Any]:
 
 
 class RedisJoin:
-    """The join in Redis; one pipelined round trip per batch of messages."""
+    """The join in Redis; one pipelined round trip per batch of messages, one script call per model in it
+    (per ``MAX_STEPS`` of its steps). ``clock``: the time in seconds (the tests give their own)."""
 
     def __init__(self, client, namespace: str, settings: dict[str, PerformanceConfig],
-                 on_lost: Callable[[str], None] | None = None):
+                 on_lost: Callable[[str], None] | None = None, clock: Callable[[], float] = time.time):
         self.client = client
+        self.clock = clock
         self.namespace = namespace
         self.settings = settings
         self.on_lost = on_lost  # called with a model id whose join data vanished from Redis
         self._seen: set[str] = set()  # models whose marker this process has found or written
         self._last = 0.0  # the time (ms) given to the latest step: strictly increasing, see TICK_MS
-        self._prediction = client.register_script(_PREDICTION)
-        self._label = client.register_script(_LABEL)
+        self._batch = client.register_script(_BATCH)
         self._expire = client.register_script(_EXPIRE)
         self._cluster = isinstance(client, RedisCluster)
         self._loaded = False  # on a Redis Cluster: the scripts were loaded on every primary (see _run_on_cluster)
@@ -318,20 +378,36 @@ class RedisJoin:
                 f"{base}:p:{event_id}", f"{base}:l:{event_id}"]
 
     def run(self, ops: Sequence[JoinOp]) -> list[JoinResult]:
+        """The ops' results, in their order. Each op gets its own time (strictly increasing, see TICK_MS);
+        the ops of one model go to Redis in their order, in one script call (or one per MAX_STEPS), which
+        runs each as the step it would be alone; models share nothing, so their calls are independent."""
         if not ops:
             return []
-        now = max(time.time() * 1000, self._last + TICK_MS)
-        calls = []
-        for op in ops:
+        now = max(self.clock() * 1000, self._last + TICK_MS)
+        by_model: dict[str, list[int]] = {}
+        times = []
+        for i, op in enumerate(ops):
             now = max(now, self._last + TICK_MS)
             self._last = now
-            cfg = self.settings[op.model_id]
-            script = self._prediction if op.kind == "prediction" else self._label
-            ttl = cfg.prediction_ttl_seconds if op.kind == "prediction" else cfg.label_wait_seconds
-            calls.append((script, self._keys(op.model_id, op.event_id),
-                          [self._base(op.model_id), now, cfg.max_pending_bytes, cfg.max_pending,
-                           orjson.dumps(op.record), op.me, op.event_id, int(ttl * 1000),
-                           int(cfg.joined_retention_seconds * 1000)]))
+            times.append(now)
+            by_model.setdefault(op.model_id, []).append(i)
+        calls, owners = [], []  # owners: per call, its model and the indexes of its ops
+        for model_id, indexes in by_model.items():
+            cfg = self.settings[model_id]
+            base = self._base(model_id)
+            for start in range(0, len(indexes), MAX_STEPS):
+                chunk = indexes[start:start + MAX_STEPS]
+                keys = [f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done", f"{base}:marker"]
+                steps = []
+                for i in chunk:
+                    op = ops[i]
+                    keys += (f"{base}:p:{op.event_id}", f"{base}:l:{op.event_id}")
+                    steps.append(("p" if op.kind == "prediction" else "l", times[i], orjson.dumps(op.record).decode(),
+                                  op.me, op.event_id))
+                calls.append((self._batch, keys, [
+                    base, cfg.max_pending_bytes, cfg.max_pending, int(cfg.prediction_ttl_seconds * 1000),
+                    int(cfg.label_wait_seconds * 1000), int(cfg.joined_retention_seconds * 1000), orjson.dumps(steps)]))
+                owners.append((model_id, chunk))
         if self._cluster:
             replies = self._run_on_cluster(calls)
         else:
@@ -339,11 +415,15 @@ class RedisJoin:
             for script, keys, args in calls:
                 script(keys=keys, client=pipe, args=args)
             replies = pipe.execute()
-        for op, reply in zip(ops, replies):
-            if int(reply[0]) and op.model_id in self._seen and self.on_lost is not None:
-                self.on_lost(op.model_id)
-            self._seen.add(op.model_id)
-        return [_result(reply[1:]) for reply in replies]
+        results: list[JoinResult | None] = [None] * len(ops)
+        for (model_id, chunk), reply in zip(owners, replies):
+            fresh, *steps = orjson.loads(reply)
+            if fresh and model_id in self._seen and self.on_lost is not None:
+                self.on_lost(model_id)
+            self._seen.add(model_id)
+            for i, step in zip(chunk, steps):
+                results[i] = JoinResult("joined", orjson.loads(step)) if step[:1] == "{" else JoinResult(step)
+        return results  # type: ignore[return-value]
 
     def _run_on_cluster(self, calls: list[tuple[Any, list[str], list]]) -> list:
         """The batch on a Redis Cluster, still one pipelined round trip (per node). redis-py's cluster
@@ -354,7 +434,7 @@ class RedisJoin:
         every step is safe to run again. The pipeline is not a transaction, and nothing here needs one."""
         for attempt in (0, 1):
             if attempt or not self._loaded:
-                for script in (self._prediction, self._label, self._expire):
+                for script in (self._batch, self._expire):
                     script.sha = self.client.script_load(script.script)
                 self._loaded = True
             pipe = self.client.pipeline(transaction=False)
@@ -382,16 +462,10 @@ class RedisJoin:
         base = self._base(model_id)
         awaiting, waiting, stats = self._expire(
             keys=[f"{base}:pending", f"{base}:stats", f"{base}:labels", f"{base}:done"],
-            args=[base, int(time.time() * 1000)])
+            args=[base, int(self.clock() * 1000)])
         expired, dropped, evicted, labels_evicted, used = (int(v or 0) for v in stats)
         return {"awaiting": int(awaiting), "expired": expired, "dropped": dropped, "evicted": evicted,
                 "labels_waiting": int(waiting), "labels_evicted": labels_evicted, "bytes": used}
-
-
-def _result(reply: list) -> JoinResult:
-    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    other = orjson.loads(reply[1]) if len(reply) > 1 else None
-    return JoinResult(status, other)
 
 
 class MemoryJoin:
