@@ -229,7 +229,7 @@ def window_alert_id(model_id: str, signal: str, name: str, detector: str, first_
     """A model-level decision's id: a pure function of what it decided on.
 
     >>> window_alert_id("fraud", "feature", "amount", "psi", 10, 14, "firing")[:16]
-    '8dc5c4e94e4bd4b5'
+    'a02834c2e760d67c'
     """
     text = "\x1f".join((model_id, signal, name, detector, "window", str(first_bucket), str(last_bucket), status))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
