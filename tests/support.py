@@ -219,7 +219,7 @@ class Run:
     """Topics, group and namespace of one monitored pipeline; several runs can share an input topic."""
 
     def __init__(self, broker, redis_server, tmp_path, input_topic: str, partitions: int, name: str,
-                 service: dict | None = None, models: dict | None = None, consumer: dict | None = None):
+                 service: dict | None = None, models: dict | None = None):
         self.broker, self.tmp_path, self.name = broker, tmp_path, name
         self.input_topic, self.partitions = input_topic, partitions
         self.alert_topic, self.dead_letter_topic = unique(f"alerts-{name}"), unique(f"dlq-{name}")
@@ -229,8 +229,7 @@ class Run:
                                    redis_url=redis_server.address, input_topic=input_topic,
                                    alert_topic=self.alert_topic, dead_letter_topic=self.dead_letter_topic,
                                    group_id=self.group_id, namespace=self.namespace, models=models or MODELS,
-                                   service={**SERVICE, **(service or {})}, consumer=consumer,
-                                   redis_cluster=is_cluster(redis_server))
+                                   service={**SERVICE, **(service or {})}, redis_cluster=is_cluster(redis_server))
         self.store = store_for(redis_server.address, self.namespace, self.group_id, is_cluster(redis_server))
         self._count = 0
 
@@ -277,14 +276,14 @@ class SideBySide:
     interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
 
     def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
-                 run_redis=None, service: dict | None = None, consumer: dict | None = None):
+                 run_redis=None, service: dict | None = None):
         self.monitors = monitors
         self.topic = unique("inference")
         self.partitions = partitions
         create_topics(broker.address, {self.topic: partitions})
         self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
         self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
-                       service=service, consumer=consumer)
+                       service=service)
         self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean")
         self.clean_process = self.clean.start(monitors)
 
