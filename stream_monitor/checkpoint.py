@@ -93,4 +93,5 @@ def checkpoint(records: Sequence[OwnedPartition], publisher: Publisher, store: S
     if metrics is not None:
         metrics.checkpoint_seconds.observe(time.perf_counter() - started)
         metrics.checkpoints.inc()
+        metrics.last_checkpoint.set(time.time())
     return summaries

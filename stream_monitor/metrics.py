@@ -45,6 +45,12 @@ class Metrics:
         kw = {"registry": self.registry}
         self.events_consumed = Counter("stream_monitor_events_consumed_total",
                                        "Input messages consumed", ["topic"], **kw)
+        self.model_events = Counter("stream_monitor_model_events_total",
+                                    "Events of a configured model processed (inference or label events)",
+                                    ["model", "kind"], **kw)
+        self.last_checkpoint = Gauge("stream_monitor_last_checkpoint_timestamp_seconds",
+                                     "Unix time of the last completed checkpoint (state saved, offsets committed);"
+                                     " 0 before the first", **kw)
         self.events_decoded = Counter("stream_monitor_events_decoded_total",
                                       "Input messages decoded into events", ["kind"], **kw)
         self.dead_letters = Counter("stream_monitor_dead_letters_total",

@@ -117,6 +117,13 @@ def test_metrics_scrape_has_every_family(observed, tmp_path_factory):
     decoded = {s.labels["kind"]: s.value for s in samples(families, "stream_monitor_events_decoded", "_total")}
     assert decoded["inference"] == sum(ends.values()) - len(BAD)
 
+    per_model = {(s.labels["model"], s.labels["kind"]): s.value
+                 for s in samples(families, "stream_monitor_model_events", "_total")}
+    assert sum(v for (_, kind), v in per_model.items() if kind == "inference") == decoded["inference"]
+    assert {model for model, _ in per_model} <= {"fraud", "stable"} and ("fraud", "inference") in per_model
+    (checkpointed,) = samples(families, "stream_monitor_last_checkpoint_timestamp_seconds")
+    assert time.time() - 600 < checkpointed.value <= time.time()
+
     letters = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
     assert sum(letters.values()) == len(BAD) and all(v > 0 for v in letters.values())
     assert {"not_json", "unknown_model", "missing_field"} <= set(letters)
