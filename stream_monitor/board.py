@@ -69,10 +69,11 @@ class StatusBoard:
     def snapshot(self) -> dict[str, Any]:
         """A JSON-ready copy: partitions, per-model detectors with history, recent alerts, dead letters
         by reason (count and the latest error as a sample, over the partitions owned)."""
-        live = {}
+        live, owned = {}, None
         if self.live_lag is not None:
             try:
                 live = self.live_lag()
+                owned = sorted([topic, partition] for topic, partition in live)
             except Exception:  # noqa: BLE001 - the page must render whatever the consumer is doing
                 live = {}
         with self._lock:
@@ -114,7 +115,8 @@ class StatusBoard:
                 lag = live.get((part["topic"], part["partition"]))
                 partitions.append(dict(part, lag=lag) if lag is not None else dict(part))
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
-                    "partitions": partitions, "models": models, "alerts": list(self._alerts),
+                    "partitions": partitions, "owned": owned,  # owned now, checkpointed or not yet
+                    "models": models, "alerts": list(self._alerts),
                     "merges": {m: dict(v) for m, v in sorted(self.merges.items())},
                     "dead_letters": dead_letter_reasons(partitions)}
 

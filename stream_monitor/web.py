@@ -703,12 +703,25 @@ def _dead_letter_note(snapshot: Mapping[str, Any]) -> str:
     return f" · {total:,} dead letters ({top}; see below)"
 
 
+def _partition_count(snapshot: Mapping[str, Any]) -> str:
+    """How many partitions this instance owns now (those not checkpointed yet included).
+
+    >>> _partition_count({"partitions": [{"partition": 0}], "owned": [["t", 0], ["t", 1]]})
+    '2 partitions'
+    >>> _partition_count({"partitions": [{"partition": 0}]})
+    '1 partition'
+    """
+    owned = snapshot.get("owned")
+    count = len(owned) if owned is not None else len(snapshot.get("partitions", []))
+    return f"{count} partition" + ("" if count == 1 else "s")
+
+
 def render_page(snapshot: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
              f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
     uptime = time.time() - snapshot.get("started_at", time.time())
     parts.append(f"<header><h1>stream_monitor</h1><span>{_fmt(snapshot.get('instance') or '')}</span>"
-                 f"<span>{len(snapshot.get('partitions', []))} partitions · up {uptime / 60:.0f} min"
+                 f"<span>{_partition_count(snapshot)} · up {uptime / 60:.0f} min"
                  f"{_dead_letter_note(snapshot)}</span></header><main>")
 
     firing = [(m, row) for m, entry in snapshot.get("models", {}).items() for row in entry["detectors"] if row.get("firing")]
