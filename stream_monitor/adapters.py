@@ -435,8 +435,13 @@ def absolute_error_severity(level: float, mean: float, std: float) -> str:
     return severity.severity(severity.shift_in_sd(level, mean, std))
 
 
-def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference) -> list[Adapter]:
-    """The detectors the config gives one column, in the order a value's alerts are raised."""
+def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference,
+                    merged: bool = False) -> list[Adapter]:
+    """The detectors the config gives one column, in the order a value's alerts are raised.
+
+    ``merged`` (decisions = "model"): only the point detectors; their firings go to the model's merge,
+    whose episode ends by the model's windows, so here an episode only spaces the firings out (it
+    resolves after ``resolve_after`` quiet values: there is no window here to judge by)."""
     det = model.detectors
     budget = det.false_alarms_per_million
     window = det.psi.window
@@ -447,7 +452,7 @@ def column_adapters(column: Any, model: ModelConfig, signal: str, reference: Col
         return Episode(det.resolve_after, det.cooldown, det.hysteresis)
 
     def point_episode() -> Episode:  # ends when the column's windows find it back within its reference
-        return Episode(None, det.cooldown, det.hysteresis)
+        return Episode(det.resolve_after if merged else None, det.cooldown, det.hysteresis)
 
     out: list[Adapter] = []
     if det.data_quality.enabled:
@@ -466,22 +471,21 @@ def column_adapters(column: Any, model: ModelConfig, signal: str, reference: Col
     psi_warning = max(det.psi.warning, psi_threshold(budget, window, reference_events, bins_with_mass))
     out.append(Psi(column, PsiWindow(reference.proportions, window, det.psi.epsilon), psi_warning,
                    max(det.psi.critical, psi_warning), episode()))
-    if not numeric:
-        return out
-    if det.ks.enabled:
-        out.append(Ks(column, KsWindow(reference.ks_grid, reference.ks_cdf, window),
-                      det.ks.threshold or ks_threshold(budget, window, reference_events), episode()))
-    if det.adwin.enabled:
-        a = det.adwin
-        delta = a.delta or adwin_delta(budget, a.clock)
-        out.append(Adwin(column, AdwinDetector(delta, a.clock, a.max_buckets, a.min_window_length, a.grace_period),
-                         point_episode()))
-    if det.page_hinkley.enabled:
-        p = det.page_hinkley
-        threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
-        out.append(PageHinkley(column, PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha),
-                               point_episode()))
-    ceiling = det.latency.p95_ceiling_ms
-    if signal == "latency" and ceiling is not None:
-        out.append(P95Ceiling(column, WindowPercentile(0.95, window), ceiling, episode()))
-    return out
+    if numeric:
+        if det.ks.enabled:
+            out.append(Ks(column, KsWindow(reference.ks_grid, reference.ks_cdf, window),
+                          det.ks.threshold or ks_threshold(budget, window, reference_events), episode()))
+        if det.adwin.enabled:
+            a = det.adwin
+            delta = a.delta or adwin_delta(budget, a.clock)
+            out.append(Adwin(column, AdwinDetector(delta, a.clock, a.max_buckets, a.min_window_length,
+                                                   a.grace_period), point_episode()))
+        if det.page_hinkley.enabled:
+            p = det.page_hinkley
+            threshold = p.threshold or page_hinkley_threshold(budget, p.delta)
+            out.append(PageHinkley(column, PageHinkleyDetector(p.min_instances, p.delta, threshold, p.alpha),
+                                   point_episode()))
+        ceiling = det.latency.p95_ceiling_ms
+        if signal == "latency" and ceiling is not None:
+            out.append(P95Ceiling(column, WindowPercentile(0.95, window), ceiling, episode()))
+    return [a for a in out if a.point] if merged else out

@@ -444,18 +444,15 @@ class Service:
             failed_offsets = {offset for (offset, _, _), _ in failed}
             items = [item for item in items if item[0].offset not in failed_offsets]
         started = clock.add("detect", started)
-        kinds: dict[str, int] = {}
         per_model: dict[tuple[str, str], int] = {}
         for raw, decoded, join in items:
             kind = "label" if isinstance(decoded, LabelEvent) else "inference"
-            kinds[kind] = kinds.get(kind, 0) + 1
             per_model[(decoded.model_id, kind)] = per_model.get((decoded.model_id, kind), 0) + 1
             if join is not None and join.status == "dropped":
                 self.metrics.predictions_dropped.labels(decoded.model_id).inc()
-        for kind, count in kinds.items():
-            self.metrics.events_decoded.labels(kind).inc(count)
         for (model_id, kind), count in per_model.items():  # configured models only: the codec refuses others
             self.metrics.model_events.labels(model_id, kind).inc(count)
+            self.metrics.events_decoded.labels(kind).inc(count)
         if len(self._checked_models) < len(self.known_models):
             self._check_monitored(monitor)
         for alert in alerts:

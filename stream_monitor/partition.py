@@ -60,6 +60,8 @@ class ColumnMonitor:
     why it is fast) and returns the alerts in that per-value order.
     """
 
+    merged = False  # decided at the model level (decisions = "model"); the performance column never is
+
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
                  merged: bool = False):
         self.model_id = model.model_id
@@ -67,16 +69,10 @@ class ColumnMonitor:
         self.name = name
         self.reference = reference
         self.numeric = isinstance(reference, NumericReference)
-        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference)
-        # decided at the model level: the window detectors are the merge's (its partials are counted
-        # here, see update_batch); the point detectors still run here and their firings go to the merge,
-        # whose model-level episode ends by the model's windows: here an episode only spaces the firings
-        # out (it resolves after resolve_after quiet values, as there is no window here to judge by)
+        # merged (decided at the model level): the window detectors are the merge's, their partials are
+        # counted here (see update_batch); the point detectors run here and their firings go to the merge
         self.merged = merged
-        if merged:
-            self.adapters = [a for a in self.adapters if a.point]
-            for adapter in self.adapters:
-                adapter.episode.resolve_after = model.detectors.resolve_after
+        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged)
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
@@ -565,7 +561,7 @@ class ModelMonitor:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
         columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
-                if a.episode.firing and not getattr(c, "merged", False)]  # a merged column's episodes are the merge's
+                if a.episode.firing and not c.merged]  # a merged column's episodes are the merge's
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels)
