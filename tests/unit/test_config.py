@@ -372,7 +372,7 @@ def test_dotted_librdkafka_keys_written_bare_in_toml_pass_through(tmp_path):
     """`security.protocol = "SASL_SSL"` unquoted under [kafka.consumer] is the natural TOML spelling.
 
     TOML reads a bare dotted key as nested tables ({"security": {"protocol": ...}}); the
-    contract (§5) says [kafka.consumer] properties such as security.protocol and sasl.* pass
+    configuration reference says [kafka.consumer] properties such as security.protocol and sasl.* pass
     through, so the nested form must be flattened back to the librdkafka property name.
     """
     path = write(tmp_path, """

@@ -361,12 +361,32 @@ def datasource_refs(dashboard):
     return out
 
 
-def test_datasource_uid_is_the_provisioned_one(dashboard, datasource_uid):
+def test_panels_take_their_datasource_from_the_datasource_variable(dashboard, datasource_uid):
+    """No hard-coded uid: a `datasource` variable lists the Prometheus datasources (the provisioned one is the
+    default), and every panel, target and query variable refers to it, so the dashboard works when imported
+    into a Grafana whose Prometheus has another uid."""
     assert datasource_uid == "prometheus"
+    (chooser,) = [v for v in variables(dashboard) if v.get("type") == "datasource"]
+    assert chooser["name"] == "datasource" and chooser["query"] == "prometheus"
     refs = datasource_refs(dashboard)
     assert refs
     for where, ref in refs:
         assert isinstance(ref, dict), f"{where}: datasource must be an explicit {{type, uid}} reference, got {ref!r}"
-        assert ref == {"type": "prometheus", "uid": datasource_uid}, where
+        assert ref == {"type": "prometheus", "uid": "${datasource}"}, where
     text = DASHBOARD.read_text(encoding="utf-8")
     assert "${DS_" not in text, "import-time datasource placeholders do not resolve when provisioned"
+
+
+def test_every_selector_is_scoped_to_the_job_variable(dashboard):
+    """The scrape job is a variable (all jobs exporting stream_monitor_build_info by default), not a hard-coded
+    name: every series a panel or a variable reads (except the job variable's own query) filters on it."""
+    (job,) = [v for v in variables(dashboard) if v["name"] == "job"]
+    assert job["query"]["query"] == "label_values(stream_monitor_build_info, job)"
+    assert job["includeAll"] and job["allValue"] == ".+"
+    selector = re.compile(r"\b((?:stream_monitor|process)_[a-z0-9_]+)(\{[^}]*\})?")
+    texts = [expr for where, expr in expressions(dashboard) if where != "variable 'job'"]
+    assert texts
+    for text in texts:
+        for name, matchers in selector.findall(text):
+            assert 'job=~"$job"' in matchers, f"{name} in {text!r} is not scoped to $job"
+    assert 'job="stream-monitor"' not in DASHBOARD.read_text(encoding="utf-8")
