@@ -25,7 +25,7 @@ RUN pip install --no-cache-dir --require-hashes -r /tmp/build/requirements.lock
 
 # The package itself: nothing more is resolved (--no-deps) and the build backend
 # is the pinned setuptools installed above (--no-build-isolation).
-COPY pyproject.toml README.md /tmp/build/
+COPY pyproject.toml README.md LICENSE /tmp/build/
 COPY stream_monitor/ /tmp/build/stream_monitor/
 COPY schemas/ /tmp/build/schemas/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/build \
