@@ -29,6 +29,7 @@ from . import alerts as words
 from .calibration import ks_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
+from .detectors.percentile import percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert
@@ -66,15 +67,29 @@ def quality_checks(reference: ColumnReference) -> dict[str, int]:
     return base
 
 
-def merged_columns(reference: ReferenceProfile) -> list[tuple[str, str, ColumnReference]]:
-    """The columns decided at the model level: every column of the reference but latency."""
-    return [(signal, name, ref) for signal, name, ref in reference.columns() if signal != "latency"]
+def merged_columns(reference: ReferenceProfile, latency: bool = True) -> list[tuple[str, str, ColumnReference]]:
+    """The columns decided at the model level: every column of the reference (latency only when its
+    detectors are on)."""
+    return [(signal, name, ref) for signal, name, ref in reference.columns() if latency or signal != "latency"]
 
 
-def _empty_column(reference: ColumnReference, ks: bool) -> dict[str, Any]:
+def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:
     numeric = isinstance(reference, NumericReference)
-    return {"n": 0, "quality": [0] * len(CHECKS), "psi": [0] * len(reference.proportions),
-            "ks": [0] * (len(reference.ks_grid) + 1) if numeric and ks else None}
+    out = {"n": 0, "quality": [0] * len(CHECKS), "psi": [0] * len(reference.proportions),
+           "ks": [0] * (len(reference.ks_grid) + 1) if numeric and ks else None}
+    if p95:  # latency with a p95 ceiling: the values' log-histogram cells ("cell" → count; sparse)
+        out["p95"] = {}
+    return out
+
+
+def _copy_cell(value: Any) -> Any:
+    return list(value) if isinstance(value, list) else dict(value) if isinstance(value, dict) else value
+
+
+def add_cells(into: dict[str, int], cells: Mapping[str, int]) -> None:
+    """Add one sparse histogram's counts to another's, cell by cell."""
+    for cell, count in cells.items():
+        into[cell] = into.get(cell, 0) + count
 
 
 def add_partial(into: dict[str, Any], partial: Mapping[str, Any]) -> None:
@@ -84,13 +99,14 @@ def add_partial(into: dict[str, Any], partial: Mapping[str, Any]) -> None:
     for key, column in partial["columns"].items():
         held = columns.get(key)
         if held is None:
-            columns[key] = {k: (None if v is None else list(v) if isinstance(v, list) else v)
-                            for k, v in column.items()}
+            columns[key] = {k: _copy_cell(v) for k, v in column.items()}
             continue
         held["n"] += column["n"]
         for part in ("quality", "psi", "ks"):
             if column[part] is not None and held[part] is not None:
                 held[part] = [a + b for a, b in zip(held[part], column[part])]
+        if column.get("p95") is not None:
+            add_cells(held.setdefault("p95", {}), column["p95"])
 
 
 def _firing_order(record: Mapping[str, Any]) -> tuple:
@@ -100,9 +116,10 @@ def _firing_order(record: Mapping[str, Any]) -> tuple:
 class BucketSketch:
     """One model's open buckets on one partition, and the closed ones not yet saved (``pending``)."""
 
-    def __init__(self, reference: ReferenceProfile, ks: bool, bucket_ms: int):
+    def __init__(self, reference: ReferenceProfile, ks: bool, bucket_ms: int, p95: bool = False):
         self.bucket_ms = bucket_ms
         self.ks = ks
+        self.p95 = p95  # the latency column counts its p95 cells (a ceiling is set)
         self.columns = {column_key(s, n): ref for s, n, ref in merged_columns(reference)}
         self.open: dict[int, dict[str, Any]] = {}
         self.pending: dict[int, dict[str, Any]] = {}
@@ -119,15 +136,17 @@ class BucketSketch:
             self._bucket(int(bucket))["events"] += int(n)
 
     def add(self, key: str, buckets: np.ndarray, codes: np.ndarray, usable: np.ndarray,
-            psi_bins: np.ndarray | None, ks_cells: np.ndarray | None) -> None:
+            psi_bins: np.ndarray | None, ks_cells: np.ndarray | None,
+            p95_cells: np.ndarray | None = None) -> None:
         """One column's batch: ``buckets`` and data-quality ``codes`` per value, the PSI bins (and KS
-        cells) of its ``usable`` values."""
+        cells, and for latency the p95 histogram's cells) of its ``usable`` values."""
         reference = self.columns[key]
+        p95 = self.p95 and key.startswith("latency:")
         usable_buckets = buckets[usable] if len(usable) else buckets[:0]
         for bucket in np.unique(buckets).tolist():
             column = self._bucket(bucket)["columns"].get(key)
             if column is None:
-                column = self._bucket(bucket)["columns"][key] = _empty_column(reference, self.ks)
+                column = self._bucket(bucket)["columns"][key] = _empty_column(reference, self.ks, p95)
             mine = buckets == bucket
             column["n"] += int(mine.sum())
             problems = codes[mine]
@@ -143,6 +162,9 @@ class BucketSketch:
                     if column["ks"] is not None and ks_cells is not None:
                         counts = np.bincount(ks_cells[here], minlength=len(column["ks"]))
                         column["ks"] = [a + int(b) for a, b in zip(column["ks"], counts)]
+                    if p95 and p95_cells is not None:
+                        cells, counts = np.unique(p95_cells[here], return_counts=True)
+                        add_cells(column["p95"], {str(c): int(k) for c, k in zip(cells.tolist(), counts.tolist())})
 
     def firing(self, bucket: int, record: dict[str, Any]) -> None:
         firings = self._bucket(bucket)["firings"]
@@ -181,8 +203,7 @@ class BucketSketch:
 
 def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
     return {"events": partial["events"],
-            "columns": {k: {p: (list(v) if isinstance(v, list) else v) for p, v in c.items()}
-                        for k, c in partial["columns"].items()},
+            "columns": {k: {p: _copy_cell(v) for p, v in c.items()} for k, c in partial["columns"].items()},
             "firings": [dict(f) for f in partial["firings"]]}
 
 
@@ -282,7 +303,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     entries.sort(key=lambda e: e[:3])
     out: list[Alert] = []
     episodes = _Episodes(model, state["episodes"])
-    columns = merged_columns(reference)
+    columns = merged_columns(reference, model.detectors.latency.enabled)
     merged = sorted({e[0] for e in entries})
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
@@ -311,7 +332,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
 def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
     window = state["window"]
     if window is not None:
-        window = {**window, "columns": {k: {p: (list(v) if isinstance(v, list) else v) for p, v in c.items()}
+        window = {**window, "columns": {k: {p: _copy_cell(v) for p, v in c.items()}
                                         for k, c in window["columns"].items()},
                   "by_partition": dict(window["by_partition"])}
     return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
@@ -381,6 +402,8 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                     description = words.quality_description(check, ref, label, transition, rate, warning, critical, n)
                     out.append(alert(transition, "data_quality", name, check, rate,
                                      critical if transition.severity == "critical" else warning, description))
+        if column.get("p95"):
+            out.extend(_p95_ceiling(model, episodes, column["p95"], alert))
         usable = sum(column["psi"])
         if usable == 0:
             continue
@@ -423,6 +446,24 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 out.append(alert(transition, signal, name, detector, value, warning,
                                  ({}, {"psi": value, "events": usable}, message)))
     return out
+
+
+def _p95_ceiling(model: ModelConfig, episodes: _Episodes, cells: Mapping[str, int], alert: Any) -> list[Alert]:
+    """The p95 latency of the model's window (its merged histogram, as exact as one partition's) against
+    the ceiling: one model-level episode."""
+    ceiling = model.detectors.latency.p95_ceiling_ms
+    if ceiling is None:
+        return []
+    value = percentile_of({int(c): k for c, k in cells.items()}, 0.95)
+    key = "latency|latency_ms|p95_ceiling"
+    episode = episodes.level(key)
+    transition = episode.level(value, ceiling, ceiling)
+    episodes.keep(key, episode)
+    if transition is None:
+        return []
+    events = sum(cells.values())
+    return [alert(transition, "latency", "latency_ms", "p95_ceiling", value, ceiling,
+                  words.p95_description(model.model_id, transition, value, ceiling, events))]
 
 
 def firing_record(alert: Alert) -> dict[str, Any]:

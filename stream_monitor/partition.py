@@ -24,7 +24,7 @@ from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
-from .detectors.percentile import WindowPercentile
+from .detectors.percentile import WindowPercentile, percentile_cell
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
@@ -171,7 +171,10 @@ class ColumnMonitor:
                 psi_bins = np.fromiter((self.reference.bin_index(values[i]) for i in usable.tolist()),
                                        dtype=np.int64, count=len(usable))
         if sketch is not None:  # model-level decisions: this batch's counts go to its buckets' partials
-            sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells)
+            p95_cells = None
+            if sketch.p95 and self.signal == "latency" and x is not None:  # the merge's p95 ceiling
+                p95_cells = np.fromiter(map(percentile_cell, x.tolist()), dtype=np.int64, count=len(x))
+            sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells, p95_cells)
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
         if closed_quality:  # the data-quality checks only report when their shared window closes
             for _, adapter in self._every:
@@ -540,11 +543,12 @@ class ModelMonitor:
         self.reference = reference
         latency = self.config.detectors.latency.enabled
         merged = self.config.by_model
-        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged and signal != "latency")
+        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged)
                         for signal, name, ref in reference.columns() if latency or signal != "latency"]
         if merged:
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
-                                       int(self.config.merge_bucket_seconds * 1000))
+                                       int(self.config.merge_bucket_seconds * 1000),
+                                       p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:

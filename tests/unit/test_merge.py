@@ -273,3 +273,28 @@ def test_the_status_page_shows_the_model_level_episodes():
     page = render_page(board.snapshot())
     assert "Model-level decisions" in page and "feature|amount|psi" in page
     assert board.snapshot()["merges"][MODEL]["windows"] == 6
+
+
+def test_the_p95_latency_ceiling_is_decided_once_for_the_model_over_its_partitions():
+    """The latency column's p95 cells add up across partitions: four partitions announce the ceiling's
+    breach once, as a window decision with the same id as one partition holding every event."""
+    settings = {**SETTINGS, "detectors": {"psi": {"window": WINDOW}, "latency": {"p95_ceiling_ms": 12.0}}}
+    config = parse_config({"models": {MODEL: settings}})
+
+    def run(by_partition):
+        out = []
+        for p, events in sorted(by_partition.items()):
+            m = PartitionMonitor(config, p, {MODEL: reference()})
+            assert [a for a in feed(m, events) if a.detector == "p95_ceiling"] == []
+            m.go_idle()
+            out.append(partials_of(m))
+        return merge_step(config.models[MODEL], reference(), None, out, BUCKET_MS).alerts
+
+    events = stream(3000, None)  # latency ~ lognormal(2.3, 0.3): p95 ≈ 16 ms, over the 12 ms ceiling
+    one = [a for a in run({0: list(events)}) if a.detector == "p95_ceiling"]
+    four = [a for a in run(spread(events, 4)) if a.detector == "p95_ceiling"]
+    assert [a.status for a in four] == ["firing"]
+    assert [a.alert_id for a in one] == [a.alert_id for a in four]
+    (alert,) = four
+    assert alert.partition is None and alert.signal == "latency" and 14.0 < alert.statistic < 18.0
+    assert len(alert.window["events"]) == 4
