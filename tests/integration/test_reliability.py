@@ -153,7 +153,9 @@ def test_state_export_import_disaster_recovery(broker, redis_server, tmp_path, m
     exported = [orjson.loads(line) for line in export.read_bytes().splitlines() if line.strip()]
     assert sorted((r["topic"], r["partition"]) for r in exported) == [(topic, 0), (topic, 1)]
     at_stop = stored_offsets(recovered)
-    assert all(at_stop[p] < ends[p] for p in ends), f"stopped mid-stream: {at_stop} vs {ends}"
+    # the run stopped mid-stream (on a loaded machine one partition may already have caught up with the
+    # feed when the other reaches 4,000: the import then restores one finished and one unfinished partition)
+    assert any(at_stop[p] < ends[p] for p in ends), f"stopped mid-stream: {at_stop} vs {ends}"
 
     client = recovered.store.client
     before = namespace_contents(client, recovered.namespace)
