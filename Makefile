@@ -65,7 +65,7 @@ test: test-setup
 
 # The unit tier: no broker, no Redis, no `run` process, on 2 workers (1,356 tests: 47 s wall, 76 s of CPU
 # on 2 cores). Property tests run a quarter of their examples; HYPOTHESIS_PROFILE=thorough runs the full counts.
-test-unit: setup
+test-unit: setup $(CHECKOV_VENV)/bin/checkov
 	$(PY) -m pytest -n 2 --dist worksteal -m "not integration"
 
 test-integration: test-setup

@@ -8,6 +8,7 @@ No cluster: nothing here is applied anywhere."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import subprocess
@@ -114,10 +115,27 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 
 BASE_OBJECTS = build(BASE)
-BUILDS = {"base": BASE_OBJECTS, **{f"overlays/{d.name}": build(d) for d in OVERLAYS}}
+BUILDS = {"base": BASE, **{f"overlays/{d.name}": d for d in OVERLAYS}}  # name → directory
+
+
+@functools.cache
+def _built(name: str) -> tuple[dict[str, Any], ...]:
+    return tuple(build(BUILDS[name]))
+
+
+def built(name: str) -> list[dict[str, Any]]:
+    """The objects of the base or an overlay (a fresh copy for each test)."""
+    return copy.deepcopy(list(_built(name)))
 DEPLOYMENT = one(BASE_OBJECTS, "Deployment")
 CONTAINER = pod_spec(DEPLOYMENT)["containers"][0]
 POD_LABELS = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_overlays_patches_name_objects_and_paths_of_the_base(name):
+    """kustomize applies the overlays; here `build` applies their JSON patches and images itself and
+    fails on a target or a path the base does not have."""
+    assert built(name)
 
 
 def test_the_base_lists_every_manifest_beside_it_and_there_is_an_overlay():
@@ -170,7 +188,7 @@ def validation_errors(obj: dict[str, Any]) -> list[str]:
 def test_every_object_is_valid_for_the_pinned_kubernetes_or_its_crd(name):
     """Kubernetes' own kinds against kubernetes-validate's schemas of KUBERNETES_VERSION with unknown
     fields refused; PodMonitor, ScaledObject and TriggerAuthentication against their CRD's schema."""
-    objects = BUILDS[name]
+    objects = built(name)
     assert {(o["apiVersion"], o["kind"]) for o in objects} >= set(CRD_FILES)
     problems = {f"{o['kind']}/{o['metadata']['name']}": errors for o in objects if (errors := validation_errors(o))}
     assert not problems, f"{name}: {json.dumps(problems, indent=2)}"
@@ -261,11 +279,11 @@ def test_credentials_come_from_secret_references_only():
 def test_the_configmaps_config_file_loads_with_the_deployments_environment(name, tmp_path):
     """The mounted file with the variables the Secret supplies: what `run` would load at start."""
     path = tmp_path / "config.toml"
-    path.write_text(config_file(BUILDS[name]), encoding="utf-8")
+    path.write_text(config_file(built(name)), encoding="utf-8")
     path.chmod(0o600)
     environ = {"STREAM_MONITOR_KAFKA_SASL_USERNAME": "monitor", "STREAM_MONITOR_KAFKA_SASL_PASSWORD": "Secret-Pass-1",
                "STREAM_MONITOR_REDIS_URL": "rediss://monitor:Secret-Pass-2@redis.redis.svc:6380/0"}
-    assert set(environ) == set(env_names(pod_spec(one(BUILDS[name], "Deployment"))["containers"][0]))
+    assert set(environ) == set(env_names(pod_spec(one(built(name), "Deployment"))["containers"][0]))
     config = load_config(path, environ=environ)
     assert config.kafka.consumer["sasl.password"] == "Secret-Pass-1" == config.kafka.producer["sasl.password"]
     assert config.kafka.consumer["security.protocol"] == "SASL_SSL" == config.kafka.producer["security.protocol"]
@@ -346,22 +364,33 @@ def test_the_grace_period_covers_the_shutdown_checkpoint():
     assert pod_spec(DEPLOYMENT)["terminationGracePeriodSeconds"] >= 20
 
 
-def test_the_scaled_object_scales_the_deployment_on_the_groups_lag_up_to_the_partitions():
-    scaled = one(BASE_OBJECTS, "ScaledObject")
-    assert scaled["spec"]["scaleTargetRef"]["name"] == DEPLOYMENT["metadata"]["name"]
-    assert "replicas" not in DEPLOYMENT["spec"], "the replica count is KEDA's"
+@pytest.mark.parametrize("name", sorted(BUILDS))
+def test_the_scaled_object_scales_the_deployment_on_the_groups_lag(name):
+    """KEDA's trigger metadata is a free-form map in its CRD: its keys are checked here, against the
+    service's own broker, group and input topic."""
+    objects = built(name)
+    scaled, deployment = one(objects, "ScaledObject"), one(objects, "Deployment")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
+    assert "replicas" not in deployment["spec"], "the replica count is KEDA's"
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "kafka"
-    assert trigger["authenticationRef"]["name"] == one(BASE_OBJECTS, "TriggerAuthentication")["metadata"]["name"]
+    assert trigger["authenticationRef"]["name"] == one(objects, "TriggerAuthentication")["metadata"]["name"]
     meta = trigger["metadata"]
     assert {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"} <= meta.keys()
-    config = load_config_text(config_file(BASE_OBJECTS))
+    assert all(isinstance(value, str) for value in meta.values())
+    config = load_config_text(config_file(objects))
     assert meta["bootstrapServers"] == config.kafka.bootstrap_servers
     assert meta["consumerGroup"] == config.kafka.group_id
-    assert meta["topic"] == config.kafka.input_topics[0]
+    assert config.kafka.input_topics == (meta["topic"],)
     assert int(meta["lagThreshold"]) > config.service.checkpoint_interval_events  # lag between two commits
+    assert 1 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+
+
+def test_the_base_caps_the_pods_at_the_input_topics_partition_count():
+    meta = one(BASE_OBJECTS, "ScaledObject")["spec"]["triggers"][0]["metadata"]
+    scaled = one(BASE_OBJECTS, "ScaledObject")
     # the partition count of the input topic as the project creates it (docker-compose.yml)
     compose = (ROOT / "docker-compose.yml").read_text(encoding="utf-8")
     partitions = int(re.search(rf"--topic {re.escape(meta['topic'])} --partitions (\d+)", compose).group(1))
     assert scaled["spec"]["maxReplicaCount"] == partitions
-    assert scaled["spec"]["minReplicaCount"] >= 1
+    assert f"({partitions} for {meta['topic']})" in (BASE / "scaledobject.yaml").read_text(encoding="utf-8")
