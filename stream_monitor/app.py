@@ -145,6 +145,7 @@ class Service:
                                    stop_requested=lambda: self.stopping)
         self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
+        self._subscribed_at = 0.0
         self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
         # every assigned partition's monitor, rollback, flags, summary, timer, quarantine and watermarks
@@ -198,14 +199,13 @@ class Service:
         self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
         self.health.joining()
         threading.Thread(target=self._watch_watermarks, name="watermarks", daemon=True).start()
-        self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._watched(self._on_assign, True),
-                                on_revoke=self._watched(self._on_revoke, False),
-                                on_lost=self._watched(self._on_lost, False))
+        self._subscribe()
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
         try:
             clock = CLOCK
             while not self.stopping:
                 self._observe_loop()
+                self._rejoin_if_stalled()
                 started = clock.now()
                 messages = self.consumer.consume(service.batch_size, service.poll_timeout_seconds)
                 clock.add("consume", started)
@@ -244,6 +244,29 @@ class Service:
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
             self.publisher.close()
             self.redis.close()
+
+    def _subscribe(self) -> None:
+        self._subscribed_at = time.monotonic()
+        self.consumer.subscribe(list(self.config.kafka.input_topics), on_assign=self._watched(self._on_assign, True),
+                                on_revoke=self._watched(self._on_revoke, False),
+                                on_lost=self._watched(self._on_lost, False))
+
+    def _rejoin_if_stalled(self) -> None:
+        """A join that has gone on for ``service.rejoin_stalled_join_seconds`` without an assignment (every
+        member polling, none assigned: a coordinator that lost track of a membership change) is abandoned:
+        leave the group and join again. The health report keeps counting from the first attempt, so an
+        instance that rejoins in vain still reports itself stuck after ``health_max_unassigned_seconds``."""
+        since = self.health.joining_since
+        if since is None:
+            return
+        now = time.monotonic()
+        if now - max(since, self._subscribed_at) < self.config.service.rejoin_stalled_join_seconds:
+            return
+        log.warning("the consumer-group join has lasted %.0f s without an assignment: leaving the group and "
+                    "joining again", now - since)
+        self.metrics.group_rejoins.inc()
+        self.consumer.unsubscribe()
+        self._subscribe()
 
     def _redis(self, operation: Callable[[], T], what: str) -> T:
         """Run a Redis operation; while Redis is unreachable or refuses writes (out of memory, a read-only

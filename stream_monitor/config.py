@@ -404,6 +404,13 @@ class ServiceConfig(_Table):
         "without the instance getting its assignment (membership churn stalling the group). An instance that has "
         "joined and was given no partitions (more instances than partitions) is healthy. While the join lasts, "
         "`/readyz` is 503.")] = 120.0
+    rejoin_stalled_join_seconds: Annotated[float, POSITIVE, doc(
+        "A consumer-group join or (eager) rebalance that has lasted this long without giving the instance its "
+        "assignment is abandoned: the instance leaves the group and joins again (logged; counted in "
+        "`stream_monitor_group_rejoins_total`), and again after the same time while joins keep stalling. Seen on "
+        "a broker that lost track of a member that left mid-rebalance: every member kept polling and none was "
+        "assigned until they joined again. Keep it below `service.health_max_unassigned_seconds`, so that an "
+        "instance tries this before it reports itself stuck, and above the longest join your broker needs.")] = 45.0
     log_repeat_seconds: Annotated[float, POSITIVE, doc(
         "The Kafka client's own log lines (librdkafka, logged as `stream_monitor.kafka`, JSON with `--log-format "
         "json`) are rate-limited: the same line (numbers aside) at most once per this many seconds; the next one "

@@ -117,6 +117,9 @@ class Metrics:
         self.producer_restarts = Counter("stream_monitor_producer_restarts_total",
                                          "Producers replaced because deliveries stalled while the broker answered "
                                          "(e.g. after a broker restart); unacknowledged messages are resent", **kw)
+        self.group_rejoins = Counter("stream_monitor_group_rejoins_total",
+                                     "Consumer-group joins abandoned after service.rejoin_stalled_join_seconds "
+                                     "without an assignment: the instance left the group and joined again", **kw)
         self.rebaselined = Counter("stream_monitor_rebaselined_total",
                                    "Model states restored under changed detector settings: what no longer fit "
                                    "started afresh", ["model"], **kw)
