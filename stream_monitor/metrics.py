@@ -28,6 +28,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .events import DEAD_LETTER_REASONS
+
 MAX_DETECTOR_SERIES = 5_000
 
 # A counter's `_created` series (its creation time as a second sample) doubles the series count and
@@ -58,6 +60,8 @@ class Metrics:
                                       "Input messages decoded into events", ["kind"], **kw)
         self.dead_letters = Counter("stream_monitor_dead_letters_total",
                                     "Input messages sent to the dead-letter topic", ["reason"], **kw)
+        for reason in DEAD_LETTER_REASONS:  # exported at 0 from the start, so rate() sees the first ones
+            self.dead_letters.labels(reason)
         self.alerts = Counter("stream_monitor_alerts_total", "Alerts published",
                               ["model", "signal", "detector", "severity", "status"], **kw)
         self.checkpoint_seconds = Histogram("stream_monitor_checkpoint_seconds",

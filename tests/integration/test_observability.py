@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.events import DEAD_LETTER_REASONS
 from stream_monitor.synthetic import generate
 
 from ..support import lines, MonitorProcess, produce, Run, unique, wait_for_offsets
@@ -125,8 +126,9 @@ def test_metrics_scrape_has_every_family(observed, tmp_path_factory):
     assert time.time() - 600 < checkpointed.value <= time.time()
 
     letters = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
-    assert sum(letters.values()) == len(BAD) and all(v > 0 for v in letters.values())
-    assert {"not_json", "unknown_model", "missing_field"} <= set(letters)
+    assert sum(letters.values()) == len(BAD)
+    assert set(letters) == set(DEAD_LETTER_REASONS), "every reason exported, at 0 until its first dead letter"
+    assert {"not_json", "unknown_model", "missing_field"} <= {reason for reason, v in letters.items() if v > 0}
 
     alerts = samples(families, "stream_monitor_alerts", "_total")
     assert alerts and all(s.value > 0 for s in alerts)
