@@ -173,6 +173,8 @@ def test_rules_fire_on_a_running_instance(broker, redis_server, tmp_path, monito
 
         lag = prometheus.api("/api/v1/query", query='job:stream_monitor_consumer_lag:sum{job="stream-monitor"}')
         assert lag["result"], "the group's lag is recorded"
+        (interval,) = prometheus.api("/api/v1/query", query="stream_monitor_checkpoint_interval_seconds")["result"]
+        assert float(interval["value"][1]) == 0.5, "the run's service.checkpoint_interval_seconds"
         assert monitor.terminate() == 0, monitor.log()[-3000:]
     finally:
         prometheus.stop()
