@@ -218,8 +218,8 @@ class _Families:
     firing: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_episodes_firing", "Detectors currently firing", labels=["model", "signal", "detector"]))
     firing_severity: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
-        "stream_monitor_alerts_firing", "Detectors currently firing, by the severity of their open episode (both "
-        "severities exported, 0 when none)", labels=["model", "signal", "detector", "severity"]))
+        "stream_monitor_alerts_firing", "Detectors currently firing over this instance's partitions, by the severity of "
+        "their open episode (both severities exported, 0 when none)", labels=["model", "signal", "detector", "severity"]))
     performance: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_performance", "Rolling performance metric over the last performance.window labelled "
         "predictions (highest over this instance's partitions)", labels=["model", "metric"]))
