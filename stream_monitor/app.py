@@ -154,6 +154,9 @@ class Service:
         self.status_due = False  # a checkpoint saved something: the loop refreshes the status page
         self.metrics.assigned_partitions.set_function(lambda: len(self.partitions))  # read at scrape time
         self.metrics.quarantined_partitions.set_function(lambda: len(self.partitions.quarantined()))
+        self.metrics.checkpoint_interval.set(config.service.checkpoint_interval_seconds)
+        for topic in config.kafka.input_topics:  # at 0 from the start: the first messages count in a rate()
+            self.metrics.events_consumed.labels(topic)
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.board.live_lag = lambda: {(v.topic, v.partition): v.lag for v in self._partition_views()}
         self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up

@@ -54,11 +54,17 @@ class LabelEvent(NamedTuple):
     label: str | float | bool
 
 
+# Every dead letter's reason (the dead-letter schema's enum; one metrics label value each).
+DEAD_LETTER_REASONS = ("too_large", "empty", "not_utf8", "not_json", "not_object", "missing_field", "wrong_type",
+                       "unknown_model", "too_many_features", "event_id_too_long", "processing_error",
+                       "quarantined_partition", "undeliverable_alert")
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """Why a message could not be processed (errors as data)."""
 
-    reason: str  # too_large | empty | not_utf8 | not_json | not_object | missing_field | wrong_type | unknown_model
+    reason: str  # one of DEAD_LETTER_REASONS
     error: str
 
 

@@ -28,6 +28,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from .events import DEAD_LETTER_REASONS
+
 MAX_DETECTOR_SERIES = 5_000
 
 # A counter's `_created` series (its creation time as a second sample) doubles the series count and
@@ -51,10 +53,15 @@ class Metrics:
         self.last_checkpoint = Gauge("stream_monitor_last_checkpoint_timestamp_seconds",
                                      "Unix time of the last completed checkpoint (state saved, offsets committed);"
                                      " 0 before the first", **kw)
+        self.checkpoint_interval = Gauge("stream_monitor_checkpoint_interval_seconds",
+                                         "service.checkpoint_interval_seconds: a changed partition is saved at least"
+                                         " this often (alert rules compare the last checkpoint's age with it)", **kw)
         self.events_decoded = Counter("stream_monitor_events_decoded_total",
                                       "Input messages decoded into events", ["kind"], **kw)
         self.dead_letters = Counter("stream_monitor_dead_letters_total",
                                     "Input messages sent to the dead-letter topic", ["reason"], **kw)
+        for reason in DEAD_LETTER_REASONS:  # exported at 0 from the start, so rate() sees the first ones
+            self.dead_letters.labels(reason)
         self.alerts = Counter("stream_monitor_alerts_total", "Alerts published",
                               ["model", "signal", "detector", "severity", "status"], **kw)
         self.checkpoint_seconds = Histogram("stream_monitor_checkpoint_seconds",
@@ -199,6 +206,7 @@ class PartitionView:
 
 
 _DETECTOR_LABELS = ["model", "signal", "name", "detector"]
+SEVERITIES = ("warning", "critical")
 
 
 @dataclass
@@ -212,6 +220,9 @@ class _Families:
         "stream_monitor_detector_critical", "Critical threshold of a detector", labels=_DETECTOR_LABELS))
     firing: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_episodes_firing", "Detectors currently firing", labels=["model", "signal", "detector"]))
+    firing_severity: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_alerts_firing", "Detectors currently firing over this instance's partitions, by the severity of "
+        "their open episode (both severities exported, 0 when none)", labels=["model", "signal", "detector", "severity"]))
     performance: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_performance", "Rolling performance metric over the last performance.window labelled "
         "predictions (highest over this instance's partitions)", labels=["model", "metric"]))
@@ -228,8 +239,8 @@ class _Families:
         "grouped) over this instance's partitions", labels=["model"]))
 
     def all(self) -> list[GaugeMetricFamily]:
-        return [self.statistic, self.threshold, self.critical, self.firing, self.performance, self.lag,
-                self.untracked, self.incidents]
+        return [self.statistic, self.threshold, self.critical, self.firing, self.firing_severity,
+                self.performance, self.lag, self.untracked, self.incidents]
 
 
 class PartitionCollector(Collector):
@@ -252,6 +263,7 @@ class PartitionCollector(Collector):
         views = list(self.source()) if self.source is not None else []
         best: dict[tuple[str, str, str, str], Mapping[str, Any]] = {}
         firing: dict[tuple[str, str, str], int] = {}
+        severities: dict[tuple[str, str, str, str], int] = {}
         performance: dict[tuple[str, str], float] = {}
         untracked: dict[str, int] = {}
         incidents: dict[str, int] = {}
@@ -278,6 +290,10 @@ class PartitionCollector(Collector):
                         best[key] = row
                     group = (model_id, row["signal"], row["detector"])
                     firing[group] = firing.get(group, 0) + (1 if row.get("firing") else 0)
+                    for severity in SEVERITIES:
+                        counted = (*group, severity)
+                        severities[counted] = severities.get(counted, 0) + (
+                            1 if row.get("firing") and (row.get("severity") or "warning") == severity else 0)
         exported = 0
         for key in sorted(best):
             if exported >= MAX_DETECTOR_SERIES:
@@ -291,6 +307,8 @@ class PartitionCollector(Collector):
                     family.add_metric(list(key), row[field_name])
         for group, count in sorted(firing.items()):
             families.firing.add_metric(list(group), count)
+        for key, count in sorted(severities.items()):
+            families.firing_severity.add_metric(list(key), count)
         for (model_id, metric), value in sorted(performance.items()):
             families.performance.add_metric([model_id, metric], value)
         for model_id, count in sorted(untracked.items()):

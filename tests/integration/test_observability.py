@@ -26,6 +26,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.events import DEAD_LETTER_REASONS
 from stream_monitor.synthetic import generate
 
 from ..support import lines, MonitorProcess, produce, Run, unique, wait_for_offsets
@@ -125,8 +126,9 @@ def test_metrics_scrape_has_every_family(observed, tmp_path_factory):
     assert time.time() - 600 < checkpointed.value <= time.time()
 
     letters = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
-    assert sum(letters.values()) == len(BAD) and all(v > 0 for v in letters.values())
-    assert {"not_json", "unknown_model", "missing_field"} <= set(letters)
+    assert sum(letters.values()) == len(BAD)
+    assert set(letters) == set(DEAD_LETTER_REASONS), "every reason exported, at 0 until its first dead letter"
+    assert {"not_json", "unknown_model", "missing_field"} <= {reason for reason, v in letters.items() if v > 0}
 
     alerts = samples(families, "stream_monitor_alerts", "_total")
     assert alerts and all(s.value > 0 for s in alerts)
@@ -303,6 +305,8 @@ def test_dead_letters_by_reason_in_the_log_the_status_page_and_status(observed):
     counted = {s.labels["reason"]: s.value for s in samples(families, "stream_monitor_dead_letters", "_total")}
 
     api = orjson.loads(http_get(port, "/api/status")[2])
+    assert set(counted) == set(DEAD_LETTER_REASONS), "the metric has every reason, at 0 until its first"
+    counted = {reason: count for reason, count in counted.items() if count > 0}
     assert {reason: entry["count"] for reason, entry in api["dead_letters"].items()} == counted
     assert "'nobody' is not configured" in api["dead_letters"]["unknown_model"]["sample"]
     page = http_get(port, "/")[2].decode()

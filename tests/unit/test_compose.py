@@ -230,6 +230,23 @@ def test_prometheus_service_mounts_the_scrape_config(services):
     assert (ROOT / "deploy" / "prometheus.yml").is_file()
 
 
+def test_prometheus_service_mounts_every_rule_file_it_loads(services, prometheus):
+    """Each of prometheus.yml's rule_files is a read-only bind mount of a file in the repository, and
+    the repository's rules are all loaded (the promtool unit tests of the rules are not)."""
+    mounts = bind_mounts(services["prometheus"])
+    loaded = prometheus["rule_files"]
+    assert loaded
+    sources = set()
+    for path in loaded:
+        assert path in mounts, f"{path} is loaded but not mounted into the prometheus service"
+        source, options = mounts[path]
+        assert options == ["ro"], path
+        assert (ROOT / source).is_file(), source
+        sources.add((ROOT / source).resolve())
+    assert sources == {p.resolve() for p in (ROOT / "deploy" / "prometheus").glob("*.yml")
+                       if not p.name.endswith(".test.yml")}
+
+
 ENTRYPOINT_SCRIPT = "deploy/entrypoint.sh"
 
 

@@ -32,3 +32,18 @@ def test_build_info_names_the_package_python_and_kafka_client_versions():
     assert line.endswith(" 1.0")
     for value in (__version__, platform.python_version(), versions["confluent_kafka"], versions["librdkafka"]):
         assert f'"{value}"' in line
+
+
+def test_dead_letter_reasons_are_exported_at_zero_from_the_start():
+    """A labelled counter first seen at its value after a burst shows no increase to rate(): every reason the
+    dead-letter schema names is exported at 0 before the first dead letter."""
+    import json
+    from pathlib import Path
+
+    from stream_monitor.events import DEAD_LETTER_REASONS
+
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "dead_letter.json").read_text())
+    assert list(DEAD_LETTER_REASONS) == schema["properties"]["reason"]["enum"]
+    metrics = Metrics(CollectorRegistry())
+    for reason in DEAD_LETTER_REASONS:
+        assert metrics.registry.get_sample_value("stream_monitor_dead_letters_total", {"reason": reason}) == 0
