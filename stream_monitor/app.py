@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from redis.exceptions import RedisClusterException
 
 from . import faults
+from .alertmanager import forwarder as alertmanager_forwarder
 from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
@@ -138,11 +139,15 @@ class Service:
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
+        # alerts the broker acknowledged are also posted to Alertmanager, from a thread of its own
+        self.alertmanager = alertmanager_forwarder(config.alertmanager, os.environ, self.metrics) \
+            if config.alertmanager.url else None
         self.publisher = Publisher(client_settings(producer_settings(config), self.kafka_log, self.broker),
                                    config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
-                                   stop_requested=lambda: self.stopping)
+                                   stop_requested=lambda: self.stopping,
+                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None)
         self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._watermarks_read = 0.0
@@ -243,6 +248,8 @@ class Service:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
             self.publisher.close()
+            if self.alertmanager is not None:
+                self.alertmanager.close()
             self.redis.close()
 
     def _redis(self, operation: Callable[[], T], what: str) -> T:
