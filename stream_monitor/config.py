@@ -927,6 +927,8 @@ def _check_alertmanager(table: AlertmanagerConfig) -> None:
         if value and not _ENV_NAME.fullmatch(value):
             raise ConfigError(f"alertmanager.{key}", f"must name an environment variable (letters, digits, _), got "
                               f"{value!r}; the credential itself goes into that variable, never into the file")
+    if not table.url:
+        return  # off: the credentials are not used
     if bool(table.basic_auth_user_env) != bool(table.basic_auth_password_env):
         raise ConfigError("alertmanager.basic_auth_password_env" if table.basic_auth_user_env
                           else "alertmanager.basic_auth_user_env",
