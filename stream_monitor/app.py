@@ -115,6 +115,10 @@ class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics(clients=client_versions())
+        # alerts the broker acknowledged are also posted to Alertmanager, from a thread of its own (first:
+        # a credential variable that is not set stops the start before anything connects)
+        self.alertmanager = alertmanager_forwarder(config.alertmanager, os.environ, self.metrics) \
+            if config.alertmanager.url else None
         service = config.service
         self.kafka_log = kafka_logger(service.log_repeat_seconds)
         self.broker = BrokerWatch(config.kafka.bootstrap_servers, log)
@@ -139,9 +143,6 @@ class Service:
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
-        # alerts the broker acknowledged are also posted to Alertmanager, from a thread of its own
-        self.alertmanager = alertmanager_forwarder(config.alertmanager, os.environ, self.metrics) \
-            if config.alertmanager.url else None
         self.publisher = Publisher(client_settings(producer_settings(config), self.kafka_log, self.broker),
                                    config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,

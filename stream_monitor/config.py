@@ -727,7 +727,9 @@ def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
     kafka = raw.get("kafka", {}) if isinstance(raw.get("kafka"), Mapping) else {}
     tables = [kafka.get("consumer", {}), kafka.get("producer", {})]
     keys = [k for t in tables if isinstance(t, Mapping) for k in _flatten(t)]
-    if redact_url(redis_url) != redis_url or any(word in k for k in keys for word in _SECRET_WORDS):
+    manager = raw.get("alertmanager", {}) if isinstance(raw.get("alertmanager"), Mapping) else {}
+    urls = [redis_url, str(manager.get("url", "")), str(manager.get("status_page_url", ""))]
+    if any(redact_url(url) != url for url in urls) or any(word in k for k in keys for word in _SECRET_WORDS):
         import logging  # noqa: PLC0415
 
         logging.getLogger("stream_monitor").warning(

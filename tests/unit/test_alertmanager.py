@@ -305,3 +305,13 @@ def test_a_password_in_the_url_never_shows():
     config = parse_config({"alertmanager": {"url": "http://ops:hunter2@am:9093"}})
     assert "hunter2" not in repr(config.alertmanager)
     assert "hunter2" not in redact("posting to http://ops:hunter2@am:9093 failed")
+
+
+def test_run_refuses_to_start_when_a_named_credential_variable_is_unset(monkeypatch):
+    from stream_monitor.app import Service
+
+    monkeypatch.delenv("SM_TEST_AM_TOKEN", raising=False)
+    config = parse_config({"alertmanager": {"url": "http://127.0.0.1:9", "bearer_token_env": "SM_TEST_AM_TOKEN"},
+                           "redis": {"url": "redis://127.0.0.1:9/0"}})
+    with pytest.raises(ConfigError, match="alertmanager.bearer_token_env.*SM_TEST_AM_TOKEN"):
+        Service(config, Metrics(CollectorRegistry()))  # before Redis (nothing listens there) is tried
