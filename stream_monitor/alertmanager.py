@@ -186,7 +186,7 @@ class Forwarder:
         self._wake.set()
 
     def queued(self) -> int:
-        return len(self._incoming) + len(self._resolved) + sum(1 for f in self._firing.values() if not f.next_post)
+        return len(self._incoming) + len(self._resolved) + sum(1 for f in list(self._firing.values()) if not f.next_post)
 
     def _drop_oldest(self) -> None:
         """Under the lock: the oldest resolve waiting to be posted, else the oldest alert not yet taken."""

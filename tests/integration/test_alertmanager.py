@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.events import Alert
+from stream_monitor.publisher import Publisher
 from stream_monitor.synthetic import generate
 
-from ..support import ROOT, Run, lines, produce, unique, wait_for_offsets, wait_until
+from ..support import ROOT, Run, lines, logged, produce, unique, wait_for_offsets, wait_until
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 AMTOOL = "/usr/bin/amtool"
@@ -214,6 +216,27 @@ def test_an_absent_alertmanager_never_stops_monitoring_and_gets_the_alerts_once_
     finally:
         manager.stop()
         hook.close()
+
+
+def test_the_forwarder_hears_only_of_alerts_the_broker_acknowledged(broker):
+    heard = []
+    topic, dlq = unique("alerts"), unique("dlq")
+    create_topics(broker.address, {topic: 1, dlq: 1})
+    fields = dict(status="firing", severity="critical", model_id="fraud", signal="feature", name="amount",
+                  detector="psi", statistic=0.3, threshold=0.25, reference={}, current={}, partition=0, offset=1,
+                  event_time_ms=1_795_812_290_123, message="PSI of fraud.amount is 0.3")
+    settings = logged({"bootstrap.servers": broker.address, "enable.idempotence": True, "acks": "all"})
+    delivered = Publisher(settings, topic, dlq, on_alert_delivered=heard.append)
+    record = delivered.alert(Alert(**fields))
+    assert heard == [], "not before the broker acknowledges it"
+    delivered.confirm(timeout=30)
+    assert heard == [record]
+    refused = Publisher(settings, "not a valid topic!", dlq, on_alert_delivered=heard.append)
+    refused.alert(Alert(**{**fields, "offset": 2}))
+    refused.confirm(timeout=30)  # the broker refuses the topic: the alert is dead-lettered instead
+    assert heard == [record], "an alert Kafka did not get never reaches Alertmanager"
+    for publisher in (delivered, refused):
+        publisher.close()
 
 
 @pytest.mark.integration  # runs a binary: not the unit tier
