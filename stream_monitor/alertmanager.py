@@ -393,7 +393,11 @@ class HttpSender:
         self.headers = {"Content-Type": "application/json", **(headers or {})}
 
     def __call__(self, alerts: list[dict[str, Any]]) -> None:
-        request = urllib.request.Request(self.url, data=orjson.dumps(alerts), headers=self.headers, method="POST")
+        try:
+            body = orjson.dumps(alerts)
+        except orjson.JSONEncodeError as exc:  # cannot happen for what Kafka took, but never wedge on it
+            raise AlertmanagerError(f"the alerts cannot be encoded as JSON: {exc}", transient=False) from None
+        request = urllib.request.Request(self.url, data=body, headers=self.headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as answer:  # noqa: S310 - configured URL
                 answer.read()

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from stream_monitor.alertmanager import HttpSender, auth_headers
+from stream_monitor.config import AlertmanagerConfig
 from stream_monitor.demo.localstack import create_topics, free_port
+from stream_monitor.errors import AlertmanagerError
 from stream_monitor.events import Alert
 from stream_monitor.publisher import Publisher
 from stream_monitor.synthetic import generate
@@ -237,6 +240,52 @@ def test_the_forwarder_hears_only_of_alerts_the_broker_acknowledged(broker):
     assert heard == [record], "an alert Kafka did not get never reaches Alertmanager"
     for publisher in (delivered, refused):
         publisher.close()
+
+
+class Answering:
+    """An HTTP server that answers every POST with ``code`` and keeps the requests' headers and bodies."""
+
+    def __init__(self):
+        self.code, self.requests = 200, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the http.server API
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.requests.append((self.path, dict(self.headers), json.loads(body)))
+                self.send_response(outer.code)
+                self.end_headers()
+                self.wfile.write(b"answer")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.mark.integration  # a local HTTP server: not the unit tier
+def test_the_sender_posts_json_with_the_credential_and_tells_transient_from_refused():
+    server = Answering()
+    try:
+        table = AlertmanagerConfig(url=server.url + "/", bearer_token_env="SM_AM_TOKEN")
+        send = HttpSender(table.url, 5.0, auth_headers(table, {"SM_AM_TOKEN": "tok-abcdef"}))
+        send([{"labels": {"alertname": "FeatureDrift"}}])
+        path, headers, body = server.requests[-1]
+        assert path == "/api/v2/alerts" and body == [{"labels": {"alertname": "FeatureDrift"}}]
+        assert headers["Authorization"] == "Bearer tok-abcdef" and headers["Content-Type"] == "application/json"
+        for code, transient in ((500, True), (503, True), (429, True), (400, False), (401, False)):
+            server.code = code
+            with pytest.raises(AlertmanagerError) as caught:
+                send([])
+            assert caught.value.transient is transient and f"HTTP {code}" in str(caught.value)
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+    with pytest.raises(AlertmanagerError) as caught:  # nothing listens there any more
+        send([])
+    assert caught.value.transient
 
 
 @pytest.mark.integration  # runs a binary: not the unit tier
