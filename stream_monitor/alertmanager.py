@@ -351,7 +351,10 @@ class Forwarder:
         self._wake.set()
         self._thread.join(self.settings.timeout_seconds if timeout is None else timeout)
         if not self._thread.is_alive() and self.down_since is None:
-            self.step()  # what is due now, in one batch (a failure is counted and logged as any other)
+            try:
+                self.step()  # what is due now, in one batch (a failure is counted and logged as any other)
+            except Exception:  # noqa: BLE001 - stopping goes on whatever happens here
+                log.exception("the last post to Alertmanager failed unexpectedly")
         with self._lock:
             left = len(self._incoming) + len(self._resolved)
         if left:

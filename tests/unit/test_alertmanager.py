@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import threading
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -315,3 +316,34 @@ def test_run_refuses_to_start_when_a_named_credential_variable_is_unset(monkeypa
                            "redis": {"url": "redis://127.0.0.1:9/0"}})
     with pytest.raises(ConfigError, match="alertmanager.bearer_token_env.*SM_TEST_AM_TOKEN"):
         Service(config, Metrics(CollectorRegistry()))  # before Redis (nothing listens there) is tried
+
+
+def test_close_during_an_outage_counts_what_was_never_posted():
+    fwd, fake, clock, metrics = forwarder()
+    tried = threading.Event()
+    down = fake.__call__
+
+    def send(alerts):
+        try:
+            down(alerts)
+        finally:
+            tried.set()
+
+    fwd.send = send
+    fake.down = True
+    fwd.start()
+    fwd.offer(record(status="resolved"))
+    assert tried.wait(10), "the thread posts what is offered"
+    fwd.close(timeout=5)  # backing off (the clock stands still): nothing more is tried
+    assert fake.attempts == 1
+    assert value(metrics, "stream_monitor_alertmanager_alerts_dropped_total") == 1
+
+
+def test_close_posts_what_is_due_once_more():
+    fwd, fake, clock, metrics = forwarder()
+    fwd.offer(record(status="resolved"))  # not started: only close's last try can post it
+    fwd._thread = threading.Thread(target=lambda: None)
+    fwd._thread.start()
+    fwd.close(timeout=5)
+    assert len(fake.alerts) == 1
+    assert value(metrics, "stream_monitor_alertmanager_alerts_dropped_total") == 0
