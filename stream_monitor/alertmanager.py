@@ -294,7 +294,6 @@ class Forwarder:
         self._retry_at = 0.0
 
     def _unreachable(self, now: float, count: int, reason: str) -> None:
-        self._count("alertmanager_failed", count, "unreachable")
         self._failures += 1
         backoff = min(self.settings.max_backoff_seconds, FIRST_BACKOFF_SECONDS * 2 ** (self._failures - 1))
         self._retry_at = now + backoff * (0.5 + 0.5 * self.jitter())
@@ -304,6 +303,7 @@ class Forwarder:
                         "%d) and are retried with backoff; monitoring goes on (stream_monitor_alertmanager_alerts_"
                         "failed_total counts each failed alert; logged again when it is back)", self.where, reason,
                         self.settings.max_queue)
+        self._count("alertmanager_failed", count, "unreachable")  # after the log line: a reader of both sees both
 
     def _refused(self, now: float, batch: list, reason: str) -> None:
         """An answer 4xx: the same batch would be refused again, so it is not retried (its firing alerts

@@ -206,14 +206,16 @@ def test_an_absent_alertmanager_never_stops_monitoring_and_gets_the_alerts_once_
     assert [a for a in run.alerts() if a["status"] == "firing"], "alerts are published to Kafka meanwhile"
     failed = 'stream_monitor_alertmanager_alerts_failed_total{reason="unreachable"}'
     wait_until(lambda: sample(scrape(metrics_port), failed) > 0, "a failed post counted", process)
-    assert process.log().count("is unreachable") == 1, "the outage is logged once, not per retry"
+    assert process.log().count(f"Alertmanager at http://127.0.0.1:{port} is unreachable") == 1, \
+        "the outage is logged once, not per retry"
 
     hook = Webhook()
     manager = Alertmanager(tmp_path, hook, port=port)
     try:
         wait_until(lambda: hook.notifications("firing", "fraud"), "the waiting alerts reaching Alertmanager",
                    process, timeout=60)
-        wait_until(lambda: "is reachable again" in process.log(), "the end of the outage logged", process)
+        wait_until(lambda: f"Alertmanager at http://127.0.0.1:{port} is reachable again" in process.log(),
+                   "the end of the outage logged", process)
         assert sample(scrape(metrics_port), "stream_monitor_alertmanager_alerts_posted_total") > 0
         assert process.terminate() == 0
     finally:
