@@ -14,7 +14,11 @@
   without a network.
 
 An episode is known to Alertmanager by its labels, so the partitions of one model that fire the same
-episode are one Alertmanager alert: it is resolved once the last of them resolves.
+episode are one Alertmanager alert: it is resolved once the last of them resolves. When a partition
+moves to another instance, the old owner stops re-posting its episodes (:meth:`Forwarder.release`) and
+the new one takes over those still firing in the state it loaded (:meth:`Forwarder.adopt`, records
+from :func:`firing_in`), so Alertmanager neither keeps a resolved episode alive nor lets a firing one
+lapse.
 """
 
 from __future__ import annotations
@@ -124,6 +128,26 @@ def parse_time_ms(text: Any, default: int) -> int:
         return default
 
 
+def firing_in(summary: Mapping[str, Any], partition: int, skip_models: frozenset[str] = frozenset()) -> list[dict]:
+    """The episodes a partition's loaded state says are firing (its summary's detector rows), as alert
+    records to :meth:`Forwarder.adopt` (``skip_models``: models whose decisions are model-level: their
+    merger announces them)."""
+    out = []
+    for model_id, model in sorted((summary.get("models") or {}).items()):
+        if model_id in skip_models:
+            continue
+        for row in model.get("detectors") or ():
+            if row.get("firing"):
+                out.append({"alert_id": row.get("last_alert_id") or "", "status": "firing",
+                            "severity": row.get("severity") or "warning", "model_id": model_id,
+                            "signal": row.get("signal"), "name": row.get("name"), "detector": row.get("detector"),
+                            "statistic": row.get("statistic"), "threshold": row.get("threshold"),
+                            "partition": partition,
+                            "message": f"{row.get('detector')} on {model_id}.{row.get('name')} is firing (announced "
+                                       f"before this instance took partition {partition} over)"})
+    return out
+
+
 # --- the forwarder ---------------------------------------------------------------------------------------
 
 
@@ -185,6 +209,17 @@ class Forwarder:
             self._incoming.append(record)
         self._wake.set()
 
+    def adopt(self, records: list[Mapping[str, Any]]) -> None:
+        """Episodes still firing in the state of a partition this instance took over (:func:`firing_in`):
+        posted and re-posted as if this instance had announced them."""
+        for record in records:
+            self.offer({**record, "_adopted": True})
+
+    def release(self, partitions: list[int]) -> None:
+        """Partitions this instance no longer owns: their episodes are no longer re-posted from here (the
+        new owner adopts those still firing)."""
+        self.offer({"_release": list(partitions)})
+
     def queued(self) -> int:
         return len(self._incoming) + len(self._resolved) + sum(1 for f in list(self._firing.values()) if not f.next_post)
 
@@ -225,12 +260,16 @@ class Forwarder:
             records, self._incoming = list(self._incoming), deque()
         now_ms = int(now * 1000)
         for record in records:
+            if "_release" in record:
+                self._release(record["_release"])
+                continue
             alert_id = str(record.get("alert_id", ""))
-            if alert_id in self._seen:
-                continue  # delivered twice (a replaced producer resends what was not acknowledged)
-            self._seen[alert_id] = None
-            if len(self._seen) > SEEN_IDS:
-                self._seen.popitem(last=False)
+            if not record.get("_adopted"):
+                if alert_id in self._seen:
+                    continue  # delivered twice (a replaced producer resends what was not acknowledged)
+                self._seen[alert_id] = None
+                if len(self._seen) > SEEN_IDS:
+                    self._seen.popitem(last=False)
             key = episode_key(record)
             held = self._firing.get(key)
             if record.get("status") == "firing":
@@ -253,6 +292,12 @@ class Forwarder:
                 if len(self._incoming) + len(self._resolved) >= self.settings.max_queue:
                     self._drop_oldest()
                 self._resolved.append(resolved)
+
+    def _release(self, partitions: list[int]) -> None:
+        for key, held in list(self._firing.items()):
+            held.sources.difference_update(partitions)
+            if not held.sources:
+                del self._firing[key]  # not resolved: its new owner posts it from now on
 
     def _due(self, now: float, peek: bool = False) -> list[_Firing | _Resolved]:
         size = self.settings.batch_size

@@ -24,7 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from redis.exceptions import RedisClusterException
 
 from . import faults
-from .alertmanager import forwarder as alertmanager_forwarder
+from .alertmanager import firing_in, forwarder as alertmanager_forwarder
 from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
@@ -775,6 +775,8 @@ class Service:
                 else:
                     log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.partitions.assign(key, monitor, persisted=loaded is not None)
+            if self.alertmanager is not None and loaded is not None:  # it keeps what is firing there alive
+                self.alertmanager.adopt(firing_in(monitor.summary(), tp.partition, frozenset(self.merged_models)))
         assign(consumer, partitions, self.cooperative)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
@@ -1003,12 +1005,16 @@ class Service:
             self._checkpoint(keys)  # persist before release
         faults.reached("during_rebalance")
         self.partitions.revoke(keys)  # their series go too: the gauges are derived from the registry
+        if self.alertmanager is not None:
+            self.alertmanager.release([p for _, p in keys])
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         unassign(consumer, partitions, self.cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.partitions.lose(keys)  # another member may own them now: saving could overwrite its progress
+        if self.alertmanager is not None:
+            self.alertmanager.release([p for _, p in keys])
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
 

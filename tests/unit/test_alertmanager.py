@@ -10,7 +10,7 @@ import threading
 import pytest
 from prometheus_client import CollectorRegistry
 
-from stream_monitor.alertmanager import Forwarder, annotations_of, auth_headers, labels_of, payload
+from stream_monitor.alertmanager import Forwarder, annotations_of, auth_headers, firing_in, labels_of, payload
 from stream_monitor.config import AlertmanagerConfig, parse_config, redact
 from stream_monitor.errors import AlertmanagerError, ConfigError
 from stream_monitor.events import format_time
@@ -347,3 +347,53 @@ def test_close_posts_what_is_due_once_more():
     fwd.close(timeout=5)
     assert len(fake.alerts) == 1
     assert value(metrics, "stream_monitor_alertmanager_alerts_dropped_total") == 0
+
+
+# --- partitions moving between instances ------------------------------------------------------------------
+
+
+def test_a_released_partition_is_no_longer_reposted_and_not_resolved():
+    fwd, fake, clock, _ = forwarder()
+    fwd.offer(record(partition=3))
+    fwd.step()
+    fwd.release([3])
+    clock.now += 600
+    fwd.step()
+    assert len(fake.alerts) == 1, "the new owner posts it from now on; this instance neither re-posts nor resolves"
+
+
+def test_a_partition_taken_over_keeps_its_firing_episodes_alive_and_resolves_them():
+    summary = {"partition": 3, "models": {
+        "fraud": {"detectors": [
+            {"signal": "feature", "name": "amount", "detector": "psi", "statistic": 0.4, "threshold": 0.1,
+             "critical": 0.25, "firing": True, "severity": "critical", "last_alert_id": "abc"},
+            {"signal": "feature", "name": "country", "detector": "psi", "statistic": 0.01, "threshold": 0.1,
+             "critical": 0.25, "firing": False, "severity": None, "last_alert_id": None}]},
+        "merged": {"detectors": [{"signal": "feature", "name": "x", "detector": "adwin", "firing": True,
+                                  "severity": "warning", "last_alert_id": "m"}]}}}
+    adopted = firing_in(summary, 3, frozenset({"merged"}))
+    assert [(r["model_id"], r["name"], r["severity"], r["alert_id"]) for r in adopted] == [("fraud", "amount",
+                                                                                           "critical", "abc")]
+    fwd, fake, clock, _ = forwarder()
+    fwd.adopt(adopted)
+    fwd.step()
+    assert fake.alerts[0]["labels"] == labels_of(record())
+    assert "took partition 3 over" in fake.alerts[0]["annotations"]["description"]
+    clock.now += 60
+    fwd.step()
+    assert len(fake.alerts) == 2, "re-posted like its own"
+    fwd.offer(record(status="resolved", partition=3, offset=500))
+    fwd.step()
+    assert fake.alerts[-1]["endsAt"] == format_time(int((T0 + 60) * 1000))
+    assert fake.alerts[-1]["labels"] == labels_of(record())
+
+
+def test_a_partition_taken_back_is_adopted_again_although_its_alert_id_was_seen():
+    fwd, fake, clock, _ = forwarder()
+    fwd.offer(record(partition=3))
+    fwd.step()
+    fwd.release([3])
+    fwd.adopt([record(partition=3)])
+    clock.now += 60
+    fwd.step()
+    assert len(fake.alerts) == 2
