@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -30,8 +31,16 @@ ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 AMTOOL = "/usr/bin/amtool"
 MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 # fraud drifts from event 2,000 to 5,000: its columns fire by 3,000 and are all resolved by 7,000
-DRIFTING = lines(generate("fraud", 4000, seed=1, drift_at=2000, until=5000))
-SETTLING = lines(generate("fraud", 8000, seed=1, drift_at=2000, until=5000, start=4000))
+DRIFT, SETTLE = (0, 4000), (4000, 8000)  # (first event, count) of the two parts of the stream
+
+
+def stream(model: str, part: tuple[int, int]) -> list[bytes]:
+    """Part of fraud's drifting stream, under the model id ``model``."""
+    start, count = part
+    return lines(generate(model, count, seed=1, drift_at=2000, until=5000, start=start, kind="fraud"))
+
+
+DRIFTING, SETTLING = stream("fraud", DRIFT), stream("fraud", SETTLE)
 
 
 def need(binary: str) -> None:
@@ -134,11 +143,12 @@ def alertmanager(webhook, tmp_path_factory):
     manager.stop()
 
 
-def monitored(broker, redis_server, tmp_path, name: str, alertmanager_url: str, service: dict | None = None):
-    """A Run over a new one-partition topic whose config posts to ``alertmanager_url``."""
+def monitored(broker, redis_server, tmp_path, name: str, alertmanager_url: str, service: dict | None = None,
+              model: str = "fraud"):
+    """A Run of ``model`` over a new one-partition topic whose config posts to ``alertmanager_url``."""
     topic = unique("inference")
     create_topics(broker.address, {topic: 1})
-    run = Run(broker, redis_server, tmp_path, topic, 1, name, service=service, models={"fraud": MODEL})
+    run = Run(broker, redis_server, tmp_path, topic, 1, name, service=service, models={model: MODEL})
     with open(run.config, "a") as config:
         config.write(f'\n[alertmanager]\nurl = "{alertmanager_url}"\nresend_seconds = 2.0\n'
                      f'max_backoff_seconds = 1.0\nstatus_page_url = "https://sm.example/status"\n')
@@ -193,6 +203,34 @@ def test_firing_alerts_arrive_grouped_by_model_and_signal_then_resolved(broker, 
     wait_until(resolved, "the resolved notification of fraud's feature group", process, timeout=60)
     assert all(a["status"] == "resolved" for a in resolved()[0]["alerts"])
     assert process.terminate() == 0
+
+
+def active(alertmanager: "Alertmanager", model: str) -> list[dict]:
+    """The alerts Alertmanager holds as active for ``model`` (its v2 API)."""
+    query = urllib.parse.quote(f'model_id="{model}"')
+    with urllib.request.urlopen(f"{alertmanager.url}/api/v2/alerts?active=true&filter={query}", timeout=5) as answer:
+        return json.loads(answer.read())
+
+
+def test_the_instance_that_takes_a_partition_over_keeps_its_firing_alerts_alive_and_resolves_them(
+        broker, redis_server, tmp_path, monitors, alertmanager, webhook):
+    run, topic = monitored(broker, redis_server, tmp_path, "am-takeover", alertmanager.url, model="takeover")
+    first = run.start(monitors)
+    ends = produce(broker.address, topic, [(0, b"takeover", v, None) for v in stream("takeover", DRIFT)])
+    wait_for_offsets(run.store, topic, ends, processes=[first])
+    wait_until(lambda: active(alertmanager, "takeover"), "the first owner's alerts in Alertmanager", first)
+    assert first.terminate() == 0
+    second = run.start(monitors)
+    adopted = lambda: [a for a in active(alertmanager, "takeover")  # noqa: E731
+                       if "took partition 0 over" in a["annotations"]["description"]]
+    wait_until(adopted, "the new owner re-posting what is still firing in the state it loaded", second)
+    assert {a["labels"]["detector"] for a in adopted()} >= {"psi"}
+    ends = produce(broker.address, topic, [(0, b"takeover", v, None) for v in stream("takeover", SETTLE)])
+    wait_for_offsets(run.store, topic, ends, processes=[second])
+    resolved = lambda: [n for n in webhook.notifications("resolved", "takeover")  # noqa: E731
+                        if n["groupLabels"].get("signal") == "feature"]
+    wait_until(resolved, "the new owner resolving them", second, timeout=60)
+    assert second.terminate() == 0
 
 
 def test_an_absent_alertmanager_never_stops_monitoring_and_gets_the_alerts_once_it_is_there(
