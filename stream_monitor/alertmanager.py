@@ -195,7 +195,6 @@ class Forwarder:
         self._failures = 0
         self._retry_at = 0.0
         self.down_since: float | None = None
-        self._unposted_in_outage = 0
         self._refused_logged = -REFUSED_LOG_SECONDS
 
     # --- the loop's side: never blocks ---------------------------------------------------------------
