@@ -36,13 +36,16 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PY) -m pip install -q -e '.[dev]' -c $(VENV)/runtime-pins.txt
 	@touch $@
 
-# What only the tests need from the OS packages: headless Chromium for the status-page screenshot and
-# Prometheus (`prometheus`, `promtool`) for the alert rules (the tests never install anything themselves);
-# and checkov in its own virtualenv.
+# What only the tests need from the OS packages: headless Chromium for the status-page screenshot,
+# Prometheus (`prometheus`, `promtool`) for the alert rules and Prometheus Alertmanager (and its amtool)
+# for the Alertmanager tests (the tests never install anything themselves); and checkov in its own virtualenv.
 test-setup: setup prometheus-setup $(CHECKOV_VENV)/bin/checkov
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
 	  echo "installing chromium from the OS packages (status-page test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@[ -x /usr/bin/prometheus-alertmanager ] && [ -x /usr/bin/amtool ] || { \
+	  echo "installing prometheus-alertmanager from the OS packages (Alertmanager tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; }
 
 # promtool checks and unit-tests deploy/prometheus/rules.yml (unit tier); prometheus runs them against a
 # live instance (integration tier).

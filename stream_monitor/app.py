@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message,
 from redis.exceptions import RedisClusterException
 
 from . import faults
+from .alertmanager import firing_in, forwarder as alertmanager_forwarder
 from .board import StatusBoard
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
@@ -114,6 +115,10 @@ class Service:
     def __init__(self, config: Config, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics(clients=client_versions())
+        # alerts the broker acknowledged are also posted to Alertmanager, from a thread of its own (first:
+        # a credential variable that is not set stops the start before anything connects)
+        self.alertmanager = alertmanager_forwarder(config.alertmanager, os.environ, self.metrics) \
+            if config.alertmanager.url else None
         service = config.service
         self.kafka_log = kafka_logger(service.log_repeat_seconds)
         self.broker = BrokerWatch(config.kafka.bootstrap_servers, log)
@@ -142,7 +147,8 @@ class Service:
                                    config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
-                                   stop_requested=lambda: self.stopping)
+                                   stop_requested=lambda: self.stopping,
+                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None)
         self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._subscribed_at = 0.0
@@ -246,6 +252,8 @@ class Service:
             log.info("leaving the group")
             self.consumer.close()  # revokes (→ persists) what is still owned, then leaves
             self.publisher.close()
+            if self.alertmanager is not None:
+                self.alertmanager.close()
             self.redis.close()
 
     def _subscribe(self) -> None:
@@ -793,6 +801,8 @@ class Service:
                 else:
                     log.info("assigned %s[%d]: resuming at offset %d", tp.topic, tp.partition, next_offset)
             self.partitions.assign(key, monitor, persisted=loaded is not None)
+            if self.alertmanager is not None and loaded is not None:  # it keeps what is firing there alive
+                self.alertmanager.adopt(firing_in(monitor.summary(), tp.partition, frozenset(self.merged_models)))
         assign(consumer, partitions, self.cooperative)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
@@ -1021,12 +1031,16 @@ class Service:
             self._checkpoint(keys)  # persist before release
         faults.reached("during_rebalance")
         self.partitions.revoke(keys)  # their series go too: the gauges are derived from the registry
+        if self.alertmanager is not None:
+            self.alertmanager.release([p for _, p in keys])
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         unassign(consumer, partitions, self.cooperative)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         self.partitions.lose(keys)  # another member may own them now: saving could overwrite its progress
+        if self.alertmanager is not None:
+            self.alertmanager.release([p for _, p in keys])
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
 

@@ -630,10 +630,56 @@ class ModelConfig(_Table):
         return self.decisions == "model"
 
 
+class AlertmanagerConfig(_Table):
+    url: Annotated[str, doc(
+        "Prometheus Alertmanager to post every firing and resolved alert to (its v2 API, `URL/api/v2/alerts`), "
+        "after the broker has acknowledged the alert; empty: off. Posting happens on a thread of its own: an "
+        "unreachable Alertmanager is logged once when it starts and once when it ends, counted, and never "
+        "pauses processing or the checkpoint. See \"Alertmanager\" in the README.",
+        checks="empty, or an `http://` or `https://` URL; a password in it is shown as `***` everywhere.")] = ""
+    timeout_seconds: Annotated[float, POSITIVE, doc(
+        "Timeout of one POST (connect and answer).")] = 5.0
+    resend_seconds: Annotated[float, POSITIVE, doc(
+        "A firing alert is posted again this often, with `endsAt` 4 × this ahead, so that Alertmanager does not "
+        "resolve it by itself while the service runs (after the service stops it does, 4 × this later). A "
+        "resolved alert is posted with `endsAt` = now and then no more.")] = 60.0
+    batch_size: Annotated[int, AT_LEAST_1, doc(
+        "Most alerts in one POST.")] = 100
+    max_queue: Annotated[int, AT_LEAST_1, doc(
+        "Most alerts waiting to be posted (while Alertmanager is unreachable): past it the oldest are dropped and "
+        "counted in `stream_monitor_alertmanager_alerts_dropped_total`.")] = 10_000
+    max_backoff_seconds: Annotated[float, POSITIVE, doc(
+        "Longest wait between two attempts while Alertmanager is unreachable (the wait doubles from 0.5 s up to "
+        "this, with jitter).")] = 30.0
+    bearer_token_env: Annotated[str, doc(
+        "Name of the environment variable that holds a bearer token for a protected Alertmanager (sent as "
+        "`Authorization: Bearer …`); the token itself is never in the file. Empty: no token.",
+        checks="a variable name; it must be set (not empty) when `run` starts; not together with basic auth.")] = ""
+    basic_auth_user_env: Annotated[str, doc(
+        "Name of the environment variable that holds the user for HTTP basic auth. Empty: no basic auth.",
+        checks="together with `basic_auth_password_env`; both variables must be set when `run` starts.")] = ""
+    basic_auth_password_env: Annotated[str, doc(
+        "Name of the environment variable that holds the password for HTTP basic auth.",
+        checks="together with `basic_auth_user_env`.")] = ""
+    status_page_url: Annotated[str, doc(
+        "Where operators open this service's status page (e.g. behind an ingress): each posted alert links to it "
+        "(annotation `status_page`, and its `generatorURL`). Empty: no link.",
+        checks="empty, or an `http://` or `https://` URL.")] = ""
+
+    def __repr__(self) -> str:  # the URLs may hold a password
+        return (f"AlertmanagerConfig(url={redact_url(self.url)!r}, timeout_seconds={self.timeout_seconds!r}, "
+                f"resend_seconds={self.resend_seconds!r}, batch_size={self.batch_size!r}, "
+                f"max_queue={self.max_queue!r}, max_backoff_seconds={self.max_backoff_seconds!r}, "
+                f"bearer_token_env={self.bearer_token_env!r}, basic_auth_user_env={self.basic_auth_user_env!r}, "
+                f"basic_auth_password_env={self.basic_auth_password_env!r}, "
+                f"status_page_url={redact_url(self.status_page_url)!r})")
+
+
 class Config(_Table):
     kafka: KafkaConfig = KafkaConfig()
     redis: RedisConfig = RedisConfig()
     service: ServiceConfig = ServiceConfig()
+    alertmanager: AlertmanagerConfig = AlertmanagerConfig()
     models: dict[str, ModelConfig] = {}
     source: Annotated[str, INTERNAL] = "<defaults>"  # the file it was read from
 
@@ -696,7 +742,9 @@ def _warn_if_exposed(path: Path, raw: Mapping[str, Any]) -> None:
     kafka = raw.get("kafka", {}) if isinstance(raw.get("kafka"), Mapping) else {}
     tables = [kafka.get("consumer", {}), kafka.get("producer", {})]
     keys = [k for t in tables if isinstance(t, Mapping) for k in _flatten(t)]
-    if redact_url(redis_url) != redis_url or any(word in k for k in keys for word in _SECRET_WORDS):
+    manager = raw.get("alertmanager", {}) if isinstance(raw.get("alertmanager"), Mapping) else {}
+    urls = [redis_url, str(manager.get("url", "")), str(manager.get("status_page_url", ""))]
+    if any(redact_url(url) != url for url in urls) or any(word in k for k in keys for word in _SECRET_WORDS):
         import logging  # noqa: PLC0415
 
         logging.getLogger("stream_monitor").warning(
@@ -714,11 +762,13 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         raise _refusal(str(exc), Config, document, []) from None
     models = {model_id: msgspec.structs.replace(model, model_id=model_id) for model_id, model in config.models.items()}
     config = msgspec.structs.replace(config, kafka=_with_sasl_credentials(config.kafka), models=models, source=source)
-    remember_secrets(*_secrets_of(config.redis.url, [config.kafka.consumer, config.kafka.producer]))
+    remember_secrets(*_secrets_of(config.redis.url, [config.kafka.consumer, config.kafka.producer]),
+                     *_secrets_of(config.alertmanager.url, []))
     _check_redis_url(config.redis.url)
     if config.redis.cluster:
         _check_cluster(config.redis.url, models)
     _check_service(config.service)
+    _check_alertmanager(config.alertmanager)
     _check_client_tables(config.kafka)
     for model_id, model in models.items():
         _check_model(model, f"models.{model_id}")
@@ -889,6 +939,30 @@ def _check_cluster(url: str, models: Mapping[str, Any]) -> None:
                           "join keys share the hash tag {<model id>}, and an empty tag puts them in different slots")
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_alertmanager(table: AlertmanagerConfig) -> None:
+    """URLs that are URLs; credentials named by environment variables, one kind at a time."""
+    for key in ("url", "status_page_url"):
+        value = getattr(table, key)
+        if value and (not value.startswith(("http://", "https://")) or not value.partition("://")[2].strip("/")):
+            raise ConfigError(f"alertmanager.{key}", f"must be an http:// or https:// URL, got {redact_url(value)!r}")
+    for key in ("bearer_token_env", "basic_auth_user_env", "basic_auth_password_env"):
+        value = getattr(table, key)
+        if value and not _ENV_NAME.fullmatch(value):
+            raise ConfigError(f"alertmanager.{key}", f"must name an environment variable (letters, digits, _), got "
+                              f"{value!r}; the credential itself goes into that variable, never into the file")
+    if not table.url:
+        return  # off: the credentials are not used
+    if bool(table.basic_auth_user_env) != bool(table.basic_auth_password_env):
+        raise ConfigError("alertmanager.basic_auth_password_env" if table.basic_auth_user_env
+                          else "alertmanager.basic_auth_user_env",
+                          "basic auth needs both basic_auth_user_env and basic_auth_password_env")
+    if table.bearer_token_env and table.basic_auth_user_env:
+        raise ConfigError("alertmanager.bearer_token_env", "give a bearer token or basic auth, not both")
+
+
 def _check_service(service: ServiceConfig) -> None:
     """Upper bounds whose reason belongs in the message."""
     if service.batch_size > MAX_BATCH_SIZE:
@@ -937,9 +1011,10 @@ def _check_model(model: ModelConfig, where: str) -> None:
 
 def env_keys() -> dict[tuple[str, str], Any]:
     """(section, key) → default of every key an environment variable can override: the scalar keys of
-    [kafka], [redis] and [service]."""
+    [kafka], [redis], [service] and [alertmanager]."""
     return {(section, f.name): f.default
-            for section, table in (("kafka", KafkaConfig), ("redis", RedisConfig), ("service", ServiceConfig))
+            for section, table in (("kafka", KafkaConfig), ("redis", RedisConfig), ("service", ServiceConfig),
+                                   ("alertmanager", AlertmanagerConfig))
             for f in msgspec.structs.fields(table) if isinstance(f.default, (str, int, float, tuple))}
 
 

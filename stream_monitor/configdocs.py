@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from .config import (ENV_PREFIX, AdwinConfig, Config, DataQualityConfig, DetectorsConfig, KafkaConfig, KsConfig,
+from .config import (ENV_PREFIX, AdwinConfig, AlertmanagerConfig, Config, DataQualityConfig, DetectorsConfig, KafkaConfig, KsConfig,
                      LatencyConfig, ModelConfig, PageHinkleyConfig, PerformanceConfig, PsiConfig, RedisConfig,
                      ServiceConfig, _alternatives, _bounds, _extra, _fields, _unwrap, env_keys, keys_of)
 
@@ -38,7 +38,7 @@ BLOCKS: dict[str, type] = {
     f"{MODEL}.detectors.psi": PsiConfig, f"{MODEL}.detectors.ks": KsConfig, f"{MODEL}.detectors.adwin": AdwinConfig,
     f"{MODEL}.detectors.page_hinkley": PageHinkleyConfig, f"{MODEL}.detectors.data_quality": DataQualityConfig,
     f"{MODEL}.detectors.latency": LatencyConfig,
-    f"{MODEL}.performance": PerformanceConfig,
+    f"{MODEL}.performance": PerformanceConfig, "alertmanager": AlertmanagerConfig,
 }
 HEADER = "| key | type | default | meaning | constraints | env |\n|---|---|---|---|---|---|"
 _BLOCK = re.compile(r"(<!-- generated: (\S+) keys [^\n]*-->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -80,7 +80,7 @@ def row(path: str, annotation: Any, default: Any) -> str:
         env = f"`{ENV_PREFIX}{section.upper()}_{key.upper()}`" + (" (comma-separated)" if isinstance(default, tuple)
                                                                   else "")
     else:
-        env = "— (not overridable)" if section in ("kafka", "redis", "service") else "—"
+        env = "— (not overridable)" if section in ("kafka", "redis", "service", "alertmanager") else "—"
     meaning = next(m.description for m in metas if m.description)
     cells = [f"`{path}`", kind, shown, meaning, checks, env]
     return "| " + " | ".join(cell.replace("|", "\\|") if i else cell for i, cell in enumerate(cells)) + " |"

@@ -36,3 +36,12 @@ class StopRequested(StreamMonitorError):
     The wait ends at once; the checkpoint in hand is abandoned, so Redis keeps the last consistent
     state and offset, and the events since then are processed again by the next owner (same alert ids).
     """
+
+
+class AlertmanagerError(StreamMonitorError):
+    """A post to Alertmanager failed: ``transient`` (unreachable, 5xx, 429: try again later) or refused
+    for good (another 4xx: the same alerts would be refused again)."""
+
+    def __init__(self, message: str, transient: bool):
+        super().__init__(message)
+        self.transient = transient

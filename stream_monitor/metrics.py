@@ -133,6 +133,18 @@ class Metrics:
         self.unmonitored_columns = Gauge("stream_monitor_unmonitored_columns",
                                          "Configured features the model's reference has no profile of "
                                          "(never monitored; see the error log)", ["model"], **kw)
+        self.alertmanager_posted = Counter("stream_monitor_alertmanager_alerts_posted_total",
+                                           "Alerts Alertmanager accepted (a firing alert counts at each re-post)",
+                                           **kw)
+        self.alertmanager_failed = Counter("stream_monitor_alertmanager_alerts_failed_total",
+                                           "Alerts in posts to Alertmanager that failed: unreachable (retried with "
+                                           "backoff) or refused (an answer 4xx: not retried)", ["reason"], **kw)
+        self.alertmanager_dropped = Counter("stream_monitor_alertmanager_alerts_dropped_total",
+                                            "Alerts never posted to Alertmanager: over alertmanager.max_queue while "
+                                            "it was unreachable (oldest first), or left when the service stopped",
+                                            **kw)
+        self.alertmanager_queued = Gauge("stream_monitor_alertmanager_alerts_queued",
+                                         "Alerts waiting to be posted to Alertmanager", **kw)
         from . import __version__  # noqa: PLC0415
 
         clients = clients or {}

@@ -12,6 +12,8 @@
 - A producer that makes no progress for ``stall_seconds`` while the broker answers metadata
   requests (an idempotent producer after a broker restart never recovers) is replaced by a new
   one, and everything not yet acknowledged is sent again (repeats are allowed, gaps are not).
+- ``on_alert_delivered`` (the Alertmanager forwarder's ``offer``) hears of each alert once the broker has
+  acknowledged it, never before, and never of one the broker refused.
 - Every wait checks ``stop_requested`` at least every :data:`STOP_CHECK_SECONDS` and ends with
   :class:`StopRequested` when it is true (SIGTERM during an outage).
 """
@@ -50,12 +52,13 @@ PERMANENT = frozenset({
 class _Out:
     """One message to deliver, and what to send instead if it is refused for good."""
 
-    __slots__ = ("topic", "key", "value", "headers", "what", "fallback", "attempt")
+    __slots__ = ("topic", "key", "value", "headers", "what", "fallback", "attempt", "record")
 
     def __init__(self, topic: str, key: bytes | None, value: bytes, headers: list | None, what: str,
-                 fallback: Callable[[str], "_Out | None"] | None = None):
+                 fallback: Callable[[str], "_Out | None"] | None = None, record: dict[str, Any] | None = None):
         self.topic, self.key, self.value, self.headers = topic, key, value, headers
         self.what, self.fallback, self.attempt = what, fallback, 1
+        self.record = record  # an alert's record: handed to ``on_alert_delivered`` once acknowledged
 
 
 def _never() -> bool:
@@ -68,8 +71,10 @@ class Publisher:
 
     def __init__(self, settings: dict[str, Any], alert_topic: str, dead_letter_topic: str,
                  outage_seconds: float = 120.0, stall_seconds: float = 10.0, metrics: Any = None,
-                 stop_requested: Callable[[], bool] = _never):
+                 stop_requested: Callable[[], bool] = _never,
+                 on_alert_delivered: Callable[[dict[str, Any]], None] | None = None):
         self.settings = dict(settings)
+        self.on_alert_delivered = on_alert_delivered
         self.outage_seconds = outage_seconds
         self.stall_seconds = stall_seconds
         self.metrics = metrics
@@ -96,7 +101,7 @@ class Publisher:
         if "truncated" in record:
             self._count_truncated(self.alert_topic)
         self._send(_Out(self.alert_topic, key, value, None, _describe(alert),
-                        lambda reason: self._alert_letter(alert, value, reason)))
+                        lambda reason: self._alert_letter(alert, value, reason), record))
         return record
 
     def dead_letter(self, message: RawMessage, letter: DeadLetter) -> None:
@@ -152,6 +157,8 @@ class Publisher:
             if err is None:  # pending until acknowledged: a replaced producer resends everything else
                 self._pending.pop(id(out), None)
                 self._last_progress = time.monotonic()
+                if out.record is not None and self.on_alert_delivered is not None:
+                    self.on_alert_delivered(out.record)
             else:
                 self._failed.append((out, err))
 

@@ -18,13 +18,13 @@ import pytest
 
 from stream_monitor import config as config_module
 from stream_monitor import configdocs
-from stream_monitor.config import (Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig, ServiceConfig,
+from stream_monitor.config import (AlertmanagerConfig, Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig, ServiceConfig,
                                    consumer_settings, parse_config, producer_settings)
 from stream_monitor.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CONFIGURATION.md"
-SECTIONS = ("kafka", "redis", "service", "models")
+SECTIONS = ("kafka", "redis", "service", "alertmanager", "models")
 # Schema fields that are not TOML keys.
 INTERNAL = {(Config, "source"), (ModelConfig, "model_id")}
 MODEL = "models.<id>"
@@ -122,7 +122,8 @@ def _toml_key(path):
 
 
 def _default(path):
-    cls = {"kafka": KafkaConfig, "redis": RedisConfig, "service": ServiceConfig}.get(path.split(".")[0])
+    cls = {"kafka": KafkaConfig, "redis": RedisConfig, "service": ServiceConfig,
+           "alertmanager": AlertmanagerConfig}.get(path.split(".")[0])
     if cls is not None:
         return getattr(cls(), path.split(".", 1)[1])
     value = parse_config({"models": {"m": {}}}).models["m"]
@@ -183,7 +184,7 @@ def test_env_column_names_the_override_of_scalar_section_keys(accepted, document
     for path, hint in sorted(leaves.items()):
         section, _, key = path.partition(".")
         row = documented[path]
-        if section in ("kafka", "redis", "service") and not _is_mapping(hint):
+        if section in ("kafka", "redis", "service", "alertmanager") and not _is_mapping(hint):
             variable = f"{ENV_PREFIX}{section}_{key}".upper()
             assert f"`{variable}`" in row, f"{path}: env override {variable} not documented"
             text, expected = ENUM_ALTERNATIVES.get(path) or _other_value(_default(path))
@@ -218,7 +219,12 @@ def _parse_literal(text):
 REFUSED_IN_TABLES = {"bootstrap.servers", "group.id"}
 ENUM_ALTERNATIVES = {"service.on_missing_state": ("stop", "stop"),  # keys with a fixed set of values
                      "service.on_offset_out_of_range": ("stop", "stop"),
-                     "service.on_corrupt_state": ("dead_letter", "dead_letter")}
+                     "service.on_corrupt_state": ("dead_letter", "dead_letter"),
+                     # keys whose values have a form of their own
+                     "alertmanager.url": ("http://am:9093", "http://am:9093"),
+                     "alertmanager.status_page_url": ("https://sm.example/", "https://sm.example/"),
+                     **{f"alertmanager.{key}": ("AM_VARIABLE", "AM_VARIABLE")
+                        for key in ("bearer_token_env", "basic_auth_user_env", "basic_auth_password_env")}}
 
 
 def _forced(settings_function, table):
