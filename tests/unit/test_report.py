@@ -1,0 +1,137 @@
+"""The report renderer and the history points it reads: pure, no I/O."""
+
+import re
+
+import numpy as np
+import pytest
+
+from stream_monitor import history, report
+from stream_monitor.config import parse_config
+from stream_monitor.partition import PartitionMonitor
+
+from ..support import events
+
+T0 = 1_800_000_000_000
+
+
+def _window(i, statistic, detector="psi", name="amount", partition=0, shares=True):
+    point = {"kind": "window", "model": "fraud", "signal": "feature", "name": name, "detector": detector,
+             "statistic": statistic, "warning": 0.1, "critical": 0.25, "partition": partition,
+             "offset": 1000 * (i + 1), "event_time_ms": T0 + i * 60_000, "wall_ms": T0 + i * 60_000}
+    if shares and detector == "psi":
+        point.update(bins=["< 1", "1–2", "2–3", "> 3"], reference=[0.1, 0.4, 0.4, 0.1],
+                     current=[0.05, 0.15, 0.4, 0.4])
+    return point
+
+
+def _alert(i, status, severity="critical", detector="psi", name="amount", statistic=0.3):
+    return {"kind": "alert", "model": "fraud", "signal": "feature", "name": name, "detector": detector,
+            "status": status, "severity": severity, "statistic": statistic, "threshold": 0.25, "partition": 0,
+            "offset": 1000 * (i + 1), "event_time_ms": T0 + i * 60_000, "alert_id": f"{detector}{status}{i}",
+            "message": f"PSI of fraud.{name} is {statistic}", "wall_ms": T0 + i * 60_000}
+
+
+def _points():
+    points = [_window(i, 0.02 + 0.05 * i) for i in range(8)]
+    points += [_window(i, 0.04, detector="ks", shares=False) for i in range(8)]
+    points += [_alert(5, "firing"), _alert(7, "resolved", statistic=0.05),
+               _alert(6, "firing", severity="warning", detector="adwin", statistic=0.7)]
+    points += [{"kind": "window", "model": "fraud", "signal": "performance", "name": "accuracy",
+                "detector": "floor", "statistic": 0.9 - 0.01 * i, "warning": 0.85, "critical": 0.85,
+                "partition": 0, "offset": 5000 + i, "event_time_ms": None, "wall_ms": T0 + i * 60_000}
+               for i in range(8)]
+    return points
+
+
+def _page():
+    return report.render("fraud", _points(), T0 - 60_000, T0 + 8 * 60_000, generated_ms=T0 + 8 * 60_000)
+
+
+def test_the_page_draws_the_reference_against_the_recent_window_as_bars():
+    page = _page()
+    assert page.count('class="bar reference"') == 4 and page.count('class="bar recent"') == 4
+    assert "reference vs window ending" in page
+
+
+def test_each_statistic_is_a_line_against_its_warning_and_critical_lines():
+    page = _page()
+    assert page.count('class="statistic"') == 3  # psi, ks, accuracy
+    assert page.count('class="threshold warning"') == 3 and page.count('class="threshold critical"') == 3
+    assert "Performance (realized)" in page
+
+
+def test_alerts_are_markers_and_episodes_are_spans():
+    page = _page()
+    assert page.count('class="marker firing"') == 2  # psi's on its line, adwin's on the column's first chart
+    assert page.count('class="marker resolved"') == 1
+    assert page.count('class="episode"') == 2
+    assert "still firing" in page and "resolved" in page
+
+
+def test_the_file_loads_nothing_from_the_network():
+    page = _page()
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    assert "http://" not in page and "https://" not in page
+
+
+def test_text_from_the_stream_is_escaped():
+    points = [_window(0, 0.3, name="<img src=x onerror=alert(1)>"),
+              _alert(0, "firing", name="<img src=x onerror=alert(1)>")]
+    page = report.render("<b>m</b>", points, T0 - 1000, T0 + 1000)
+    assert "<img" not in page and "<b>m</b>" not in page
+
+
+def test_many_categories_are_cut_to_the_largest_bars():
+    bins = [f"c{i}" for i in range(200)]
+    shares = list(np.full(200, 1 / 200))
+    svg = report.distribution_svg(bins, shares, shares)
+    assert svg.count('class="bar reference"') == report.MAX_BARS
+
+
+def test_an_empty_history_still_renders():
+    page = report.render("fraud", [], T0, T0 + 1000)
+    assert "No alert in this range" in page
+
+
+def test_points_delivered_twice_count_once():
+    points = _points()
+    assert history.dedupe(points + points) == history.dedupe(points)
+    assert len(history.dedupe(points + points)) == len(points)
+
+
+def test_episodes_pair_firing_with_resolved():
+    spans = history.episodes(_points())
+    assert [(s["detector"], s["start"], s["end"]) for s in spans] == [
+        ("psi", T0 + 5 * 60_000, T0 + 7 * 60_000), ("adwin", T0 + 6 * 60_000, None)]
+
+
+@pytest.mark.parametrize("text, seconds", [("30m", 1800), ("6h", 21600), ("7d", 604800), ("1h30m", 5400),
+                                           ("45s", 45), ("2w", 1209600)])
+def test_durations(text, seconds):
+    assert history.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "6", "six hours", "-1h", "0h", "1y"])
+def test_a_bad_duration_is_an_error_that_says_what_to_write(text):
+    with pytest.raises(history.HistoryError, match="duration|zero"):
+        history.parse_duration(text)
+
+
+def test_a_stored_entry_that_is_not_a_point_is_skipped():
+    assert history.decode(b"not json") is None and history.decode(b'{"kind": "x"}') is None
+    assert history.decode(history.encode(_window(0, 0.1)))["statistic"] == 0.1
+
+
+def test_the_engine_collects_a_point_per_closed_window_with_the_psi_shares():
+    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
+    monitor = PartitionMonitor(config, 0, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", 3000, 2000))])
+    points = monitor.take_points()
+    psi = [p for p in points if p["detector"] == "psi" and p["signal"] == "feature"]
+    names = {p["name"] for p in psi}
+    assert names and all(sum(1 for p in psi if p["name"] == n) == 4 for n in names)  # 2,000 events, windows of 500
+    assert all(len(p["current"]) == len(p["reference"]) == len(p["bins"]) for p in psi)
+    assert all(abs(sum(p["current"]) - 1) < 1e-6 and p["critical"] > p["warning"] > 0 for p in psi)
+    assert max(p["statistic"] for p in psi) > max(p["critical"] for p in psi)  # the drift shows
+    assert monitor.take_points() == []  # taken once
