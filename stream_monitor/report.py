@@ -85,7 +85,7 @@ def _bars(bins: Sequence[str], reference: Sequence[float], current: Sequence[flo
 
 
 def distribution_svg(bins: Sequence[str], reference: Sequence[float], current: Sequence[float],
-                     title: str = "", width: int = 560, height: int = 220) -> str:
+                     title: str = "", width: int = 520, height: int = 220) -> str:
     """Grouped bars: each bin's share in the reference and in the current window."""
     bins, reference, current = _bars(bins, reference, current)
     left, right, top, bottom = 44, 10, 26, 56
@@ -125,7 +125,7 @@ def distribution_svg(bins: Sequence[str], reference: Sequence[float], current: S
 
 def series_svg(series: Mapping[Any, Sequence[tuple[float, float]]], start_ms: float, end_ms: float,
                warning: float | None, critical: float | None, markers: Sequence[Mapping[str, Any]] = (),
-               title: str = "", width: int = 560, height: int = 220) -> str:
+               title: str = "", width: int = 520, height: int = 220) -> str:
     """A statistic over time (one line per partition), its warning and critical lines, and the alerts as
     markers (a firing alert: a triangle in its severity's colour; a resolution: a green circle)."""
     left, right, top, bottom = 48, 12, 26, 30
@@ -155,8 +155,12 @@ def series_svg(series: Mapping[Any, Sequence[tuple[float, float]]], start_ms: fl
                    f'<text x="{left - 4}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
     for k in range(4):
         t = start_ms + span * k / 3
-        out.append(f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="middle">{_short_time(t)}</text>')
-    for level, colour, what in ((warning, WARNING_COLOUR, "warning"), (critical, CRITICAL_COLOUR, "critical")):
+        anchor = "start" if k == 0 else "end" if k == 3 else "middle"
+        out.append(f'<text x="{x(t):.1f}" y="{height - 10}" text-anchor="{anchor}">{_short_time(t)}</text>')
+    levels = [(warning, WARNING_COLOUR, "warning"), (critical, CRITICAL_COLOUR, "critical")]
+    if warning is not None and warning == critical:  # a limit (a floor, a ceiling): one line
+        levels = [(critical, CRITICAL_COLOUR, "critical")]
+    for level, colour, what in levels:
         if level is not None:
             out.append(f'<line class="threshold {what}" x1="{left}" x2="{left + plot_w}" y1="{y(level):.1f}" '
                        f'y2="{y(level):.1f}" stroke="{colour}" stroke-width="1.5" stroke-dasharray="6 4">'
@@ -207,8 +211,7 @@ def episodes_svg(spans: Sequence[Mapping[str, Any]], start_ms: float, end_ms: fl
     def x(t: float) -> float:
         return left + plot_w * (min(max(t, start_ms), end_ms) - start_ms) / span_ms
 
-    out = [f'<svg class="episodes" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="episodes">',
+    out = [f'<svg class="episodes" width="100%" viewBox="0 0 {width} {height}" role="img" aria-label="episodes">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>']
     for i, row in enumerate(rows):
         y = top + i * row_h
@@ -227,7 +230,8 @@ def episodes_svg(spans: Sequence[Mapping[str, Any]], start_ms: float, end_ms: fl
     axis = top + row_h * max(len(rows), 1) + 14
     for k in range(5):
         t = start_ms + span_ms * k / 4
-        out.append(f'<text x="{x(t):.1f}" y="{axis}" text-anchor="middle">{_short_time(t)}</text>')
+        anchor = "start" if k == 0 else "end" if k == 4 else "middle"
+        out.append(f'<text x="{x(t):.1f}" y="{axis}" text-anchor="{anchor}">{_short_time(t)}</text>')
     out.append("</svg>")
     return "".join(out)
 
