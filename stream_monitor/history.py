@@ -121,9 +121,9 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def episodes(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def episodes(points: Iterable[Mapping[str, Any]], clock: str = "wall_ms") -> list[dict[str, Any]]:
     """Firing → resolved spans per (signal, name, detector, partition) from the alert points (in time
-    order); an episode still open has ``end`` ``None``. Times are the points' wall times (``wall_ms``)."""
+    order); an episode still open has ``end`` ``None``. Times are the points' ``clock`` field."""
     open_: dict[tuple, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for point in points:
@@ -133,12 +133,12 @@ def episodes(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if point["status"] == "firing":
             if key not in open_:
                 episode = {"signal": key[0], "name": key[1], "detector": key[2], "partition": key[3],
-                           "severity": point["severity"], "start": point.get("wall_ms"), "end": None,
+                           "severity": point["severity"], "start": point.get(clock), "end": None,
                            "message": point.get("message", "")}
                 open_[key] = episode
                 out.append(episode)
             elif point["severity"] == "critical":
                 open_[key]["severity"] = "critical"
         elif key in open_:
-            open_.pop(key)["end"] = point.get("wall_ms")
+            open_.pop(key)["end"] = point.get(clock)
     return out

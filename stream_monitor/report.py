@@ -131,7 +131,7 @@ def series_svg(series: Mapping[Any, Sequence[tuple[float, float]]], start_ms: fl
     left, right, top, bottom = 48, 12, 26, 30
     plot_w, plot_h = width - left - right, height - top - bottom
     values = [v for points in series.values() for _, v in points]
-    values += [m["statistic"] for m in markers if m.get("statistic") is not None]
+    values += [m["statistic"] for m in markers if m.get("statistic") is not None and m.get("on_line", True)]
     values += [v for v in (warning, critical) if v is not None]
     low = min([0.0, *values])
     high = max([*values, low + 1e-9]) * 1.1 if values else 1.0
@@ -177,7 +177,7 @@ def series_svg(series: Mapping[Any, Sequence[tuple[float, float]]], start_ms: fl
             out.append(f'<polyline class="statistic" points="{path}" fill="none" stroke="{colour}" '
                        f'stroke-width="2"><title>{_e(key)}</title></polyline>')
     for m in markers:
-        t = m.get("wall_ms")
+        t = m.get("t", m.get("wall_ms"))
         if t is None:
             continue
         v = m.get("statistic")
@@ -243,10 +243,18 @@ def render(model_id: str, points: Iterable[Mapping[str, Any]], start_ms: int, en
            reference: Mapping[str, Any] | None = None, generated_ms: int | None = None) -> str:
     """The report of ``model_id`` over ``start_ms``…``end_ms`` (wall time) from its history ``points``
     (deduplicated, oldest first). ``reference``: what to say about the model's reference, if known."""
-    points = sorted(points, key=lambda p: (p.get("wall_ms") or 0))
+    points, clock = on_one_clock(points)
+    if points:  # the axis spans what is there (within the range asked for), not the empty part of the range
+        first, last = points[0]["t"], max(p["t"] for p in points)
+        if clock == "wall_ms":
+            first, last = max(first, start_ms), max(last, end_ms)
+        pad = max((last - first) * 0.03, 500)
+        axis_start, axis_end = first - pad, last + pad
+    else:
+        axis_start, axis_end = start_ms, end_ms
     windows = [p for p in points if p.get("kind") == "window" and p.get("statistic") is not None]
     alerts = [p for p in points if p.get("kind") == "alert"]
-    spans = find_episodes(points)
+    spans = find_episodes(points, clock="t")
     firing_now = [s for s in spans if s["end"] is None]
     by_column: dict[tuple[str, str], list] = {}
     for p in windows + alerts:
@@ -264,8 +272,8 @@ def render(model_id: str, points: Iterable[Mapping[str, Any]], start_ms: int, en
                 f'<div class="card"><b>{len(windows)}</b><span>windows closed</span></div>'
                 f'<div class="card"><b>{len(by_column)}</b><span>columns and signals</span></div></div>')
     if spans:
-        body.append('<section id="episodes"><h2>Episodes</h2>' + episodes_svg(spans, start_ms, end_ms)
-                    + _episode_table(spans, end_ms) + "</section>")
+        body.append('<section id="episodes"><h2>Episodes</h2>' + episodes_svg(spans, axis_start, axis_end)
+                    + _episode_table(spans, axis_end) + "</section>")
     else:
         body.append('<section id="episodes"><h2>Episodes</h2><p class="ok">No alert in this range.</p></section>')
     for signal, heading in SECTIONS:
@@ -274,20 +282,33 @@ def render(model_id: str, points: Iterable[Mapping[str, Any]], start_ms: int, en
             continue
         body.append(f'<section class="signal" id="{_e(signal)}"><h2>{_e(heading)}</h2>')
         for name in columns:
-            body.append(_column(signal, name, by_column[(signal, name)], start_ms, end_ms))
+            body.append(_column(signal, name, by_column[(signal, name)], axis_start, axis_end))
         body.append("</section>")
     others = sorted({s for s, _ in by_column} - {s for s, _ in SECTIONS})
     for signal in others:
         body.append(f'<section class="signal"><h2>{_e(signal)}</h2>')
         for name in sorted(n for s, n in by_column if s == signal):
-            body.append(_column(signal, name, by_column[(signal, name)], start_ms, end_ms))
+            body.append(_column(signal, name, by_column[(signal, name)], axis_start, axis_end))
         body.append("</section>")
-    body.append('<p class="muted">Each chart: a closed window\'s statistic over time (one line per input '
-                'partition), the dashed warning and critical lines, ▲ a firing alert, ● a resolution. Bars: each '
+    axis = "the events' own time (UTC)" if clock == "event_time_ms" else "the time each point was written (UTC)"
+    body.append(f'<p class="muted">Time axes: {axis}. Each chart: a closed window\'s statistic over time (one '
+                'line per input partition), the dashed warning and critical lines, ▲ a firing alert, ● a resolution. Bars: each '
                 'bin\'s share of the reference and of the most recent window.</p></main>')
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<title>{_e(model_id)} — stream-monitor report</title><style>{CSS}</style></head><body>'
             + "".join(body) + "</body></html>")
+
+
+def on_one_clock(points: Iterable[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], str]:
+    """The points sorted on one time axis, each with its time as ``t``: the events' own time when every point
+    has one (the windows' ends and the alerts' events, meaningful for a replayed or lagging stream), else
+    the time the service wrote them."""
+    points = [dict(p) for p in points]
+    clock = "event_time_ms" if points and all(p.get("event_time_ms") is not None for p in points) else "wall_ms"
+    for p in points:
+        p["t"] = p.get(clock) or p.get("wall_ms") or 0
+    points.sort(key=lambda p: p["t"])
+    return points, clock
 
 
 def _episode_table(spans: Sequence[Mapping[str, Any]], end_ms: int) -> str:
@@ -312,14 +333,14 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
     if latest_psi is not None:
         bins = latest_psi.get("bins") or [f"bin {i}" for i in range(len(latest_psi["current"]))]
         charts.append(distribution_svg(bins, latest_psi["reference"], latest_psi["current"],
-                                       f"{name}: reference vs window ending {_short_time(latest_psi['wall_ms'])}"))
+                                       f"{name}: reference vs window ending {_short_time(latest_psi['t'])}"))
     detectors = list(dict.fromkeys(p["detector"] for p in windows))
     unplaced = [a for a in alerts if a["detector"] not in detectors]
     for i, detector in enumerate(detectors):
         mine = [p for p in windows if p["detector"] == detector]
         series: dict[Any, list] = {}
         for p in mine:
-            series.setdefault(f"partition {p['partition']}", []).append((p["wall_ms"], p["statistic"]))
+            series.setdefault(f"partition {p['partition']}", []).append((p["t"], p["statistic"]))
         markers = [a for a in alerts if a["detector"] == detector]
         if i == 0:  # the point detectors' alerts (ADWIN, Page-Hinkley) go on the column's first chart, at the top
             markers += [{**a, "on_line": False} for a in unplaced]

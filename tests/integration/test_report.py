@@ -30,7 +30,7 @@ def reported(broker, redis_server, tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("report")
     topic = unique("inference")
     create_topics(broker.address, {topic: 2})
-    fraud = lines(generate("fraud", 9000, seed=3, drift_at=4000))
+    fraud = lines(generate("fraud", 12000, seed=3, drift_at=4000, until=8000))  # drifts, then comes back
     stable = lines(generate("stable", 6000, seed=3))
     ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in fraud] +
                    [(1, b"stable", v, None) for v in stable])
@@ -70,7 +70,7 @@ def report(config: Path, *args: str) -> subprocess.CompletedProcess:
 def test_the_history_holds_each_closed_window_with_its_thresholds_and_the_alerts(reported):
     points = reported["points"]
     windows = [p for p in points if p["kind"] == "window" and p["name"] == "amount" and p["detector"] == "psi"]
-    assert len(windows) >= 8  # 9,000 events after a warm-up, windows of 1,000 (at least once, deduplicated)
+    assert len(windows) >= 11  # 12,000 events after a warm-up of 1,000, windows of 1,000 (deduplicated)
     assert all(p["partition"] == 0 and p["warning"] < p["critical"] and p["wall_ms"] > 0 for p in windows)
     assert all(len(p["reference"]) == len(p["current"]) == len(p["bins"]) for p in windows)
     assert max(p["statistic"] for p in windows) > windows[0]["critical"] > windows[0]["statistic"]
@@ -89,6 +89,7 @@ def test_the_report_is_one_self_contained_file_with_the_pictures(reported):
     assert page.count('class="bar reference"') >= 5 and page.count('class="bar recent"') >= 5
     assert 'class="statistic"' in page and 'class="threshold critical"' in page
     assert 'class="marker firing"' in page and 'class="episode"' in page
+    assert 'class="marker resolved"' in page  # the stream came back: episodes closed
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
     assert "<script" not in page and "http://" not in page and "https://" not in page and "url(" not in page
 
