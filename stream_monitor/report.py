@@ -277,7 +277,8 @@ def render(model_id: str, points: Iterable[Mapping[str, Any]], start_ms: int, en
     else:
         body.append('<section id="episodes"><h2>Episodes</h2><p class="ok">No alert in this range.</p></section>')
     for signal, heading in SECTIONS:
-        columns = sorted(name for s, name in by_column if s == signal)
+        columns = sorted((name for s, name in by_column if s == signal),  # the ones with alerts first
+                         key=lambda n: (not any(p["kind"] == "alert" for p in by_column[(signal, n)]), n))
         if not columns:
             continue
         body.append(f'<section class="signal" id="{_e(signal)}"><h2>{_e(heading)}</h2>')

@@ -136,3 +136,41 @@ def test_the_engine_collects_a_point_per_closed_window_with_the_psi_shares():
     assert all(abs(sum(p["current"]) - 1) < 1e-6 and p["critical"] > p["warning"] > 0 for p in psi)
     assert max(p["statistic"] for p in psi) > max(p["critical"] for p in psi)  # the drift shows
     assert monitor.take_points() == []  # taken once
+
+
+# --- the status page's pictures of what is firing now -----------------------------------------------------
+
+
+def _board(drift_at):
+    from stream_monitor.board import StatusBoard
+
+    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
+    monitor = PartitionMonitor(config, 2, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", 3000, drift_at))])
+    board = StatusBoard("test")
+    board.update({("ml.inference", 2): (monitor.summary(), 0)})
+    return board.snapshot()
+
+
+def test_the_status_page_draws_each_firing_column_against_its_reference():
+    from stream_monitor.web import render_page
+
+    snapshot = _board(2000)
+    pictures = {(p["signal"], p["name"]): p for p in snapshot["pictures"]}
+    assert ("feature", "amount") in pictures
+    amount = pictures[("feature", "amount")]
+    assert amount["partition"] == 2 and "psi" in amount["detectors"] and amount["severity"] == "critical"
+    assert len(amount["bins"]) == len(amount["reference"]) == len(amount["current"])
+    assert all("shares" not in row for row in snapshot["models"]["fraud"]["detectors"])  # only in the pictures
+    page = render_page(snapshot)
+    firing_now = page[page.index("<h2>Firing now</h2>"):page.index("</section>", page.index("<h2>Firing now</h2>"))]
+    assert firing_now.count("<svg class=\"distribution\"") == len(snapshot["pictures"])
+    assert 'class="bar reference"' in firing_now and "fraud.amount" in firing_now
+
+
+def test_nothing_firing_draws_no_picture():
+    from stream_monitor.web import render_page
+
+    snapshot = _board(None)
+    assert snapshot["pictures"] == []
+    assert "<svg class=\"distribution\"" not in render_page(snapshot)
