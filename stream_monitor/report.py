@@ -42,6 +42,13 @@ svg text{font:11px -apple-system,'Segoe UI',Helvetica,Arial,sans-serif;fill:#334
 """
 
 
+FONT = 'font-family="Helvetica,Arial,sans-serif" font-size="11" font-weight="400"'  # whatever the page's CSS says
+
+
+def _cut(text: str, chars: int) -> str:
+    return text if len(text) <= chars else text[:max(chars - 1, 1)] + "…"
+
+
 def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
@@ -88,17 +95,18 @@ def distribution_svg(bins: Sequence[str], reference: Sequence[float], current: S
                      title: str = "", width: int = 520, height: int = 220) -> str:
     """Grouped bars: each bin's share in the reference and in the current window."""
     bins, reference, current = _bars(bins, reference, current)
-    left, right, top, bottom = 44, 10, 26, 56
+    left, right, top, bottom = 44, 10, 36, 56
     plot_w, plot_h = width - left - right, height - top - bottom
-    top_share = max([*reference, *current, 0.01]) * 1.1
-    out = [f'<svg class="distribution" width="{width}" height="{height}" '
+    highest = max([*reference, *current, 0.01])
+    top_share = max(min(highest * 1.1, 1.0), highest)
+    out = [f'<svg class="distribution" width="{width}" height="{height}" {FONT} '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title or "distribution")}">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
-           f'<text x="{left}" y="15" font-weight="600">{_e(title)}</text>',
-           f'<rect x="{width - 190}" y="6" width="10" height="10" fill="{REFERENCE_COLOUR}"/>'
-           f'<text x="{width - 176}" y="15">reference</text>',
-           f'<rect x="{width - 104}" y="6" width="10" height="10" fill="{CURRENT_COLOUR}"/>'
-           f'<text x="{width - 90}" y="15">recent window</text>']
+           f'<text x="{left}" y="13" font-weight="600">{_e(_cut(title, (width - left) // 6))}</text>',
+           f'<rect x="{width - 190}" y="19" width="10" height="10" fill="{REFERENCE_COLOUR}"/>'
+           f'<text x="{width - 176}" y="28">reference</text>',
+           f'<rect x="{width - 104}" y="19" width="10" height="10" fill="{CURRENT_COLOUR}"/>'
+           f'<text x="{width - 90}" y="28">recent window</text>']
     for k in range(5):
         share = top_share * k / 4
         y = top + plot_h - plot_h * k / 4
@@ -145,7 +153,7 @@ def series_svg(series: Mapping[Any, Sequence[tuple[float, float]]], start_ms: fl
     def y(v: float) -> float:
         return top + plot_h - plot_h * (min(max(v, low), high) - low) / (high - low)
 
-    out = [f'<svg class="series" width="{width}" height="{height}" '
+    out = [f'<svg class="series" width="{width}" height="{height}" {FONT} '
            f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title or "statistic over time")}">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>',
            f'<text x="{left}" y="15" font-weight="600">{_e(title)}</text>']
@@ -211,7 +219,7 @@ def episodes_svg(spans: Sequence[Mapping[str, Any]], start_ms: float, end_ms: fl
     def x(t: float) -> float:
         return left + plot_w * (min(max(t, start_ms), end_ms) - start_ms) / span_ms
 
-    out = [f'<svg class="episodes" width="100%" viewBox="0 0 {width} {height}" role="img" aria-label="episodes">',
+    out = [f'<svg class="episodes" width="100%" {FONT} viewBox="0 0 {width} {height}" role="img" aria-label="episodes">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>']
     for i, row in enumerate(rows):
         y = top + i * row_h

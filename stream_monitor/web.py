@@ -704,7 +704,7 @@ def firing_pictures(snapshot: Mapping[str, Any]) -> str:
     cells = []
     for p in pictures[:MAX_PICTURES]:
         title = f"{p['model']}.{p['name']} ({', '.join(p['detectors'])}; partition {p['partition']})"
-        cells.append(f"<div class='picture {_fmt(p['severity'])}'>"
+        cells.append(f"<div class='picture-{_fmt(p['severity'])}'>"
                      + distribution_svg(p["bins"], p["reference"], p["current"], title, width=440, height=200)
                      + "</div>")
     more = len(pictures) - MAX_PICTURES
