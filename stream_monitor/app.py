@@ -583,6 +583,7 @@ class Service:
                 self._announce(alert)
             self.publisher.confirm()  # before the state that says they were raised
             if self.merges.save(model_id, result.state):
+                self.history.add(result.points)  # the model windows decided, best effort
                 self.merges.consumed(model_id, result.consumed)
                 self.metrics.merge_buckets.labels(model_id).inc(result.buckets)
                 if result.late:

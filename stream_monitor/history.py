@@ -91,7 +91,7 @@ def identity(point: Mapping[str, Any]) -> tuple:
     if point["kind"] == "alert":
         return ("alert", point.get("alert_id"))
     return ("window", point.get("signal"), point.get("name"), point.get("detector"), point.get("partition"),
-            point.get("offset"))
+            point.get("offset"), tuple(point.get("buckets") or ()))  # buckets: a model-level window
 
 
 def dedupe(points: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -349,7 +349,8 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
         mine = [p for p in windows if p["detector"] == detector]
         series: dict[Any, list] = {}
         for p in mine:
-            series.setdefault(f"partition {p['partition']}", []).append((p["t"], p["statistic"]))
+            line = "model" if p.get("partition") is None else f"partition {p['partition']}"
+            series.setdefault(line, []).append((p["t"], p["statistic"]))
         markers = [a for a in alerts if a["detector"] == detector]
         if i == 0:  # the point detectors' alerts (ADWIN, Page-Hinkley) go on the column's first chart, at the top
             markers += [{**a, "on_line": False} for a in unplaced]
