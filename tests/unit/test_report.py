@@ -174,3 +174,68 @@ def test_nothing_firing_draws_no_picture():
     snapshot = _board(None)
     assert snapshot["pictures"] == []
     assert "<svg class=\"distribution\"" not in render_page(snapshot)
+
+
+# --- the writer: never blocks, drops and counts what Redis does not take ------------------------------------
+
+
+class RefusingPipe:
+    def __init__(self, owner):
+        self.owner = owner
+
+    def xadd(self, key, fields, maxlen=None, approximate=None):
+        self.owner.sent.append((key, fields, maxlen, approximate))
+
+    def execute(self):
+        import redis
+
+        if self.owner.refusing:
+            raise redis.ResponseError("OOM command not allowed when used memory > 'maxmemory'.")
+        self.owner.taken.extend(self.owner.sent)
+        self.owner.sent = []
+
+
+class FakeRedis:
+    def __init__(self):
+        self.refusing, self.sent, self.taken = True, [], []
+
+    def pipeline(self, transaction=False):
+        return RefusingPipe(self)
+
+    def close(self):
+        pass
+
+
+def test_the_history_key_is_under_the_models_hash_tag():
+    from redis.crc import key_slot
+
+    from stream_monitor.historystore import history_key
+
+    assert history_key("sm", "fraud") == "sm:history:{fraud}"
+    assert key_slot(history_key("sm", "fraud").encode()) == key_slot(b"sm:join:{fraud}:pending")
+
+
+def test_a_refusing_redis_costs_the_caller_nothing_and_the_points_are_counted_as_dropped(caplog):
+    from stream_monitor import historystore
+
+    fake = FakeRedis()
+    writer = historystore.HistoryWriter(lambda: fake, "sm", 100, queue_points=50)
+    old = historystore.RETRY_SECONDS
+    historystore.RETRY_SECONDS = 0.01
+    try:
+        with caplog.at_level("WARNING", logger="stream_monitor.historystore"):
+            for i in range(20):
+                writer.add([_window(i, 0.1)])  # returns at once: the thread writes
+            writer.add([_window(i, 0.1, name=f"c{i}") for i in range(200)])  # past the queue: oldest dropped
+            assert writer.flush(10)
+            assert writer.written == 0 and writer.dropped == 220
+            fake.refusing = False
+            writer.add([_window(99, 0.2)])
+            assert writer.flush(10)
+    finally:
+        historystore.RETRY_SECONDS = old
+        writer.close()
+    assert writer.written == 1 and fake.taken[-1][0] == "sm:history:{fraud}" and fake.taken[-1][2:] == (100, True)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert sum("did not take" in w for w in warnings) == 1, "logged once per outage"
+    assert sum("takes history points again" in w for w in warnings) == 1
