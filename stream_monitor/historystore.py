@@ -137,10 +137,11 @@ class HistoryWriter:
         return True
 
     def close(self, timeout: float = 2.0) -> None:
-        """Write what is queued (for at most ``timeout``), then stop the thread."""
+        """Write what is queued (for at most ``timeout``; not at all while Redis refuses), then stop the thread."""
         if self._thread is None:
             return
-        self.flush(timeout)
+        if self.failing_since is None:
+            self.flush(timeout)
         with self._lock:
             self._closing = True
             self._lock.notify_all()
