@@ -92,7 +92,7 @@ def _bars(bins: Sequence[str], reference: Sequence[float], current: Sequence[flo
 
 
 def distribution_svg(bins: Sequence[str], reference: Sequence[float], current: Sequence[float],
-                     title: str = "", width: int = 520, height: int = 220) -> str:
+                     title: str = "", width: int = 520, height: int = 220, current_label: str = "recent window") -> str:
     """Grouped bars: each bin's share in the reference and in the current window."""
     bins, reference, current = _bars(bins, reference, current)
     left, right, top, bottom = 44, 10, 36, 56
@@ -106,7 +106,7 @@ def distribution_svg(bins: Sequence[str], reference: Sequence[float], current: S
            f'<rect x="{width - 190}" y="19" width="10" height="10" fill="{REFERENCE_COLOUR}"/>'
            f'<text x="{width - 176}" y="28">reference</text>',
            f'<rect x="{width - 104}" y="19" width="10" height="10" fill="{CURRENT_COLOUR}"/>'
-           f'<text x="{width - 90}" y="28">recent window</text>']
+           f'<text x="{width - 90}" y="28">{_e(current_label)}</text>']
     for k in range(5):
         share = top_share * k / 4
         y = top + plot_h - plot_h * k / 4
@@ -338,11 +338,18 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
     windows = [p for p in points if p["kind"] == "window"]
     alerts = [p for p in points if p["kind"] == "alert"]
     charts = []
-    latest_psi = next((p for p in reversed(windows) if p.get("current") and p.get("reference")), None)
+    with_shares = [p for p in windows if p.get("current") and p.get("reference")]
+    latest_psi = with_shares[-1] if with_shares else None
     if latest_psi is not None:
         bins = latest_psi.get("bins") or [f"bin {i}" for i in range(len(latest_psi["current"]))]
         charts.append(distribution_svg(bins, latest_psi["reference"], latest_psi["current"],
                                        f"{name}: reference vs window ending {_short_time(latest_psi['t'])}"))
+        worst = max(with_shares, key=lambda p: p["statistic"])
+        if worst is not latest_psi and worst["statistic"] >= (worst.get("warning") or float("inf")):
+            bins = worst.get("bins") or [f"bin {i}" for i in range(len(worst["current"]))]  # the drift at its worst
+            charts.append(distribution_svg(bins, worst["reference"], worst["current"],
+                                           f"{name}: the worst window (PSI {worst['statistic']:.3g}), ending "
+                                           f"{_short_time(worst['t'])}", current_label="that window"))
     detectors = list(dict.fromkeys(p["detector"] for p in windows))
     unplaced = [a for a in alerts if a["detector"] not in detectors]
     for i, detector in enumerate(detectors):

@@ -239,3 +239,11 @@ def test_a_refusing_redis_costs_the_caller_nothing_and_the_points_are_counted_as
     warnings = [r.getMessage() for r in caplog.records]
     assert sum("did not take" in w for w in warnings) == 1, "logged once per outage"
     assert sum("takes history points again" in w for w in warnings) == 1
+
+
+def test_a_column_that_drifted_and_came_back_also_shows_its_worst_window():
+    points = [_window(i, v) for i, v in enumerate((0.02, 0.4, 0.5, 0.03))]
+    page = report.render("fraud", points, T0 - 60_000, T0 + 4 * 60_000)
+    assert page.count('<svg class="distribution"') == 2 and "the worst window (PSI 0.5)" in page
+    quiet = report.render("fraud", [_window(i, 0.02) for i in range(4)], T0 - 60_000, T0 + 4 * 60_000)
+    assert quiet.count('<svg class="distribution"') == 1
