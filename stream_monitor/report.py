@@ -87,7 +87,8 @@ def _bars(bins: Sequence[str], reference: Sequence[float], current: Sequence[flo
         return bins, reference, current
     keep = sorted(sorted(range(n), key=lambda i: -max(reference[i], current[i]))[:MAX_BARS - 1])
     rest = [i for i in range(n) if i not in set(keep)]
-    return ([bins[i] for i in keep] + [f"{len(rest)} others"], [reference[i] for i in keep] + [sum(reference[i] for i in rest)],
+    return ([bins[i] for i in keep] + [f"{len(rest)} others"],
+            [reference[i] for i in keep] + [sum(reference[i] for i in rest)],
             [current[i] for i in keep] + [sum(current[i] for i in rest)])
 
 
@@ -219,7 +220,8 @@ def episodes_svg(spans: Sequence[Mapping[str, Any]], start_ms: float, end_ms: fl
     def x(t: float) -> float:
         return left + plot_w * (min(max(t, start_ms), end_ms) - start_ms) / span_ms
 
-    out = [f'<svg class="episodes" width="100%" {FONT} viewBox="0 0 {width} {height}" role="img" aria-label="episodes">',
+    out = [f'<svg class="episodes" width="100%" {FONT} viewBox="0 0 {width} {height}" role="img" '
+           'aria-label="episodes">',
            f'<rect width="{width}" height="{height}" fill="#ffffff"/>']
     for i, row in enumerate(rows):
         y = top + i * row_h
@@ -301,8 +303,9 @@ def render(model_id: str, points: Iterable[Mapping[str, Any]], start_ms: int, en
         body.append("</section>")
     axis = "the events' own time (UTC)" if clock == "event_time_ms" else "the time each point was written (UTC)"
     body.append(f'<p class="muted">Time axes: {axis}. Each chart: a closed window\'s statistic over time (one '
-                'line per input partition), the dashed warning and critical lines, ▲ a firing alert, ● a resolution. Bars: each '
-                'bin\'s share of the reference and of the most recent window.</p></main>')
+                'line per input partition), the dashed warning and critical lines, ▲ a firing alert, ● a '
+                'resolution. Bars: each bin\'s share of the reference and of the most recent window (and of the '
+                'worst window, when the column drifted).</p></main>')
     return ('<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<title>{_e(model_id)} — stream-monitor report</title><style>{CSS}</style></head><body>'
             + "".join(body) + "</body></html>")
