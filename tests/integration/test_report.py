@@ -126,3 +126,33 @@ def test_clear_errors_for_an_unknown_model_no_history_and_a_bad_duration(reporte
     assert errors["duration"].returncode == 2 and "'soon' is not a duration" in errors["duration"].stderr
     assert all("Traceback" not in e.stderr for e in errors.values())
     assert not (reported["tmp_path"] / "x.html").exists()
+
+
+def test_the_writer_appends_capped_streams_that_read_back_once_each(redis_target):
+    """On a standalone Redis and on a Redis Cluster (each model's stream in its own slot): what is written
+    reads back in order, a point written twice once, and the stream stays near its cap."""
+    from stream_monitor.historystore import HistoryWriter
+
+    namespace = unique("ns-history")
+    cluster = is_cluster(redis_target)
+    writer = HistoryWriter(lambda: connect(redis_target.address, cluster), namespace, 200)
+    client = connect(redis_target.address, cluster)
+    try:
+        for model in ("fraud", "churn"):
+            points = [{"kind": "window", "model": model, "signal": "feature", "name": "x", "detector": "psi",
+                       "statistic": i / 1000, "warning": 0.1, "critical": 0.25, "partition": 0, "offset": i,
+                       "event_time_ms": 1_800_000_000_000 + i} for i in range(1000)]
+            writer.add(points)
+            writer.add(points[-10:])  # delivered again (at least once)
+        assert writer.flush(30), "the writer did not drain its queue"
+        for model in ("fraud", "churn"):
+            kept = read(client, namespace, model)
+            assert [p["offset"] for p in kept] == sorted({p["offset"] for p in kept})  # in order, once each
+            assert 200 <= client.xlen(history_key(namespace, model)) <= 400  # MAXLEN ~ 200 trims whole nodes
+            assert kept[-1]["offset"] == 999 and len(kept) >= 190  # the last 10 were stored twice
+        assert writer.dropped == 0 and writer.written == 2020
+    finally:
+        writer.close()
+        for model in ("fraud", "churn"):
+            client.delete(history_key(namespace, model))
+        client.close()
