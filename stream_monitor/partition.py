@@ -422,6 +422,13 @@ class PerformanceColumn(ColumnMonitor):
         if not rows:
             return []
         batch = Pairs(np.array([row[-1] for row in rows], dtype=np.float64), self.rolling.add_many(rows))
+        limited = {a.subject for a in self.adapters if a.part == "metrics"}  # their points come from _level
+        for j, values in batch.metrics:  # the rolling metrics over time, for the report
+            at = counted[j]
+            for metric, value in values.items():
+                if value is not None and metric not in limited:
+                    self.points.append(history.window_point(self.model_id, "performance", metric, "rolling", value,
+                                                            None, None, offsets[at], partition, times[at]))
         marks: dict[int, dict[Adapter, Any]] = {}
         for adapter in self.adapters:
             for j, mark in adapter.update(batch):

@@ -247,3 +247,25 @@ def test_a_column_that_drifted_and_came_back_also_shows_its_worst_window():
     assert page.count('<svg class="distribution"') == 2 and "the worst window (PSI 0.5)" in page
     quiet = report.render("fraud", [_window(i, 0.02) for i in range(4)], T0 - 60_000, T0 + 4 * 60_000)
     assert quiet.count('<svg class="distribution"') == 1
+
+
+def test_the_rolling_performance_metrics_are_points_too():
+    from stream_monitor.join import JoinResult
+    from stream_monitor.partition import ModelMonitor
+
+    config = parse_config({"models": {"credit": {"reference": {"events": 1000},
+                                                 "performance": {"window": 200, "floors": {"accuracy": 0.7}}}}})
+    monitor = ModelMonitor(config.models["credit"], None)
+    rng = np.random.default_rng(4)
+    from stream_monitor.events import InferenceEvent
+
+    for i in range(600):
+        truth = int(rng.random() < 0.3)
+        score = float(min(max(truth * 0.6 + rng.random() * 0.4, 0.0), 1.0))
+        monitor.process(InferenceEvent(f"e{i}", "credit", None, {"x": 1.0}, score, None), i, 0,
+                        JoinResult("joined", {"label": truth, "t": None}))
+    points = [p for p in monitor.take_points() if p["signal"] == "performance"]
+    floors = [p for p in points if p["detector"] == "floor"]
+    rolling = {p["name"] for p in points if p["detector"] == "rolling"}
+    assert floors and all(p["name"] == "accuracy" and p["warning"] == 0.7 for p in floors)
+    assert rolling and "accuracy" not in rolling  # drawn once, against its floor
