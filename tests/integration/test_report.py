@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from stream_monitor.demo.localstack import create_topics
+from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.historystore import history_key, read
 from stream_monitor.report import CRITICAL_COLOUR, CURRENT_COLOUR, REFERENCE_COLOUR
 from stream_monitor.state import connect
@@ -31,10 +32,11 @@ def reported(broker, redis_server, tmp_path_factory):
     topic = unique("inference")
     create_topics(broker.address, {topic: 2})
     fraud = lines(generate("fraud", 12000, seed=3, drift_at=4000, until=8000))  # drifts, then comes back
-    stable = lines(generate("stable", 6000, seed=3))
+    churn = lines(generate("churn", 6000, seed=3, drift_at=3000))  # drifts and stays so: firing at the end
     ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in fraud] +
-                   [(1, b"stable", v, None) for v in stable])
-    run = Run(broker, redis_server, tmp_path, topic, 2, "report")
+                   [(1, b"churn", v, None) for v in churn])
+    port = free_port()
+    run = Run(broker, redis_server, tmp_path, topic, 2, "report", service={"metrics_port": port})
     process = MonitorProcess(run.config, tmp_path / "report.log")
     client = connect(redis_server.address, is_cluster(redis_server))
     try:
@@ -46,11 +48,19 @@ def reported(broker, redis_server, tmp_path_factory):
                 and sum(1 for p in points if p["kind"] == "window" and p["offset"] >= ends[0] - 1000) > 0
 
         wait_until(drift_in_history, "the drift's alerts and the last windows in the history", process)
+        status_page: list[str] = []
+
+        def churn_drawn() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+                status_page[:] = [response.read().decode()]
+            return '<svg class="distribution"' in status_page[0] and "churn." in status_page[0]
+
+        wait_until(churn_drawn, "the status page drawing churn's firing columns", process)
         out = tmp_path / "fraud.html"
         made = report(run.config, "--model", "fraud", "--since", "1h", "--output", str(out))
         errors = {what: report(run.config, *args) for what, args in {
             "unknown": ("--model", "nobody", "--output", str(tmp_path / "x.html")),
-            "empty": ("--model", "churn", "--output", str(tmp_path / "y.html")),
+            "empty": ("--model", "stable", "--output", str(tmp_path / "y.html")),
             "duration": ("--model", "fraud", "--since", "soon", "--output", str(tmp_path / "z.html"))}.items()}
         assert process.terminate() == 0
         points = read(client, run.namespace, "fraud")
@@ -59,7 +69,8 @@ def reported(broker, redis_server, tmp_path_factory):
         process.close()
         client.close()
     return {"made": made, "html": out.read_text() if out.exists() else "", "path": out, "errors": errors,
-            "points": points, "stored": stored, "tmp_path": tmp_path, "log": process.log()}
+            "points": points, "stored": stored, "tmp_path": tmp_path, "log": process.log(),
+            "status_page": status_page[0]}
 
 
 def report(config: Path, *args: str) -> subprocess.CompletedProcess:
@@ -122,7 +133,7 @@ def test_clear_errors_for_an_unknown_model_no_history_and_a_bad_duration(reporte
     errors = reported["errors"]
     assert errors["unknown"].returncode == 2 and "no model 'nobody'" in errors["unknown"].stderr
     assert "fraud" in errors["unknown"].stderr  # the models it has
-    assert errors["empty"].returncode == 2 and "no history of model 'churn'" in errors["empty"].stderr
+    assert errors["empty"].returncode == 2 and "no history of model 'stable'" in errors["empty"].stderr
     assert errors["duration"].returncode == 2 and "'soon' is not a duration" in errors["duration"].stderr
     assert all("Traceback" not in e.stderr for e in errors.values())
     assert not (reported["tmp_path"] / "x.html").exists()
@@ -156,3 +167,11 @@ def test_the_writer_appends_capped_streams_that_read_back_once_each(redis_target
         for model in ("fraud", "churn"):
             client.delete(history_key(namespace, model))
         client.close()
+
+
+def test_the_status_page_draws_what_is_firing_now_against_its_reference(reported):
+    page = reported["status_page"]
+    firing_now = page[page.index("<h2>Firing now</h2>"):page.index("</section>", page.index("<h2>Firing now</h2>"))]
+    assert '<svg class="distribution"' in firing_now and 'class="bar reference"' in firing_now
+    assert "churn." in firing_now and "fraud." not in firing_now  # fraud came back; churn did not
+    assert "http://" not in firing_now and "https://" not in firing_now
