@@ -136,7 +136,7 @@ class HistoryWriter:
                 self._lock.wait(min(left, 0.1))
         return True
 
-    def close(self, timeout: float = 2.0) -> None:
+    def close(self, timeout: float = 1.0) -> None:
         """Write what is queued (for at most ``timeout``; not at all while Redis refuses), then stop the thread."""
         if self._thread is None:
             return
@@ -146,7 +146,7 @@ class HistoryWriter:
             self._closing = True
             self._lock.notify_all()
         self._thread.join(timeout)
-        if self._client is not None:
+        if self._client is not None and not self._thread.is_alive():  # else a daemon stuck in a write: left to exit
             try:
                 self._client.close()
             except REDIS_ERRORS:
