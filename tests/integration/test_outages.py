@@ -7,13 +7,35 @@ import time
 import orjson
 import pytest
 
-from stream_monitor.demo.localstack import create_topics
+from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_port
 from stream_monitor.synthetic import generate, labelled
 
 from ..support import (Feeder, LabelRun, OwnBroker, OwnRedis, Run, SideBySide, lines, outage_pair, pairs_counted,
-                       produce, split, stored_offset, two_model_stream, unique, wait_for_offsets, wait_until)
+                       produce, split, stored_offset, two_model_stream, unique, wait_for_offsets, wait_until,
+                       write_config)
 
 pytestmark = pytest.mark.slow
+
+
+def test_sigterm_while_start_up_waits_for_redis_ends_it_at_once(broker, tmp_path, monitors):
+    """Redis does not answer while an instance starts (here: nothing listens on its port), and the
+    orchestrator sends SIGTERM: the instance has consumed nothing, so it leaves at once with 0 rather
+    than after ``redis_outage_seconds`` (before: the stop was only remembered, and the start-up went on
+    waiting; under load a stop during the kernels' compilation waited the same way)."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: 1})
+    config = write_config(tmp_path / "no-redis.toml", bootstrap=broker.address,
+                          redis_url=f"redis://127.0.0.1:{free_port()}/0", input_topic=topic,
+                          alert_topic=unique("alerts"), dead_letter_topic=unique("dead"), group_id=unique("group"),
+                          namespace=unique("ns"), models={"stable": {"features": {"x": "numeric"}}},
+                          service={"redis_outage_seconds": 240})
+    process = MonitorProcess(config, tmp_path / "no-redis.log")
+    monitors.append(process)
+    wait_until(lambda: "Redis unreachable" in process.log(), "the start-up waiting for Redis", process)
+    assert process.terminate() == 0, process.log()[-3000:]
+    log = process.log()
+    assert "stopped during start-up (SIGTERM): nothing was consumed" in log
+    assert "consuming " not in log and "Traceback" not in log
 
 
 def test_redis_paused_mid_stream(broker, redis_server, tmp_path, monitors):

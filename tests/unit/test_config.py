@@ -339,6 +339,29 @@ def test_consumer_settings_force_manual_offsets_and_pass_security_through():
     assert settings["auto.offset.reset"] == "latest"  # a user choice that is not forced
 
 
+def test_sasl_credentials_from_the_environment_reach_every_client():
+    """STREAM_MONITOR_KAFKA_SASL_USERNAME/PASSWORD (e.g. from a Kubernetes Secret) set sasl.username and
+    sasl.password of the consumer, the producer and `status`, over the tables; the rest of the tables stays."""
+    from stream_monitor.config import admin_settings
+
+    config = parse_config({"kafka": {
+        "consumer": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "file"},
+        "producer": {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512"}}},
+        environ={"STREAM_MONITOR_KAFKA_SASL_USERNAME": "monitor", "STREAM_MONITOR_KAFKA_SASL_PASSWORD": "Env-Secret-9"})
+    for settings in (consumer_settings(config), producer_settings(config), admin_settings(config)):
+        assert settings["sasl.username"] == "monitor"
+        assert settings["sasl.password"] == "Env-Secret-9"
+        assert settings["security.protocol"] == "SASL_SSL"
+        assert settings["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert "Env-Secret-9" not in repr(config)
+
+
+def test_sasl_credentials_unset_leave_the_tables_alone():
+    config = parse_config({"kafka": {"consumer": {"sasl.username": "u", "sasl.password": "p"}}})
+    assert consumer_settings(config)["sasl.username"] == "u" and consumer_settings(config)["sasl.password"] == "p"
+    assert "sasl.username" not in producer_settings(config)
+
+
 def test_consumer_settings_defaults():
     """Without [kafka.consumer]: earliest, auto-commit off."""
     settings = consumer_settings(parse_config({}))

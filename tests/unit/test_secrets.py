@@ -63,6 +63,13 @@ def test_secrets_of_a_loaded_config_are_redacted_wherever_they_appear(monkeypatc
     assert redact(text) == "client said: bad credentials *** / *** / *** / ***"
 
 
+def test_a_sasl_password_from_the_environment_is_redacted_wherever_it_appears(monkeypatch):
+    monkeypatch.setattr(config_module, "_known_secrets", set())
+    parse_config({}, environ={"STREAM_MONITOR_KAFKA_SASL_PASSWORD": "Env-Sasl-Secret-5"})
+    assert redact("broker said: authentication failed for Env-Sasl-Secret-5") == \
+        "broker said: authentication failed for ***"
+
+
 def test_config_repr_shows_no_credential():
     config = parse_config({"redis": {"url": f"redis://app:{SECRET}@h:6379/0"},
                            "kafka": {"consumer": {"sasl.password": SECRET}, "producer": {"ssl.key.password": SECRET}}})
