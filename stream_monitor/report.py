@@ -354,6 +354,10 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
                                            f"{name}: the worst window (PSI {worst['statistic']:.3g}), ending "
                                            f"{_short_time(worst['t'])}", current_label="that window"))
     detectors = list(dict.fromkeys(p["detector"] for p in windows))
+    alerted = {a["detector"] for a in alerts}
+    flat = [d for d in detectors if d not in alerted and signal == "data_quality"
+            and all(p["statistic"] == 0 for p in windows if p["detector"] == d)]  # a check that never saw a case
+    detectors = [d for d in detectors if d not in flat]
     unplaced = [a for a in alerts if a["detector"] not in detectors]
     for i, detector in enumerate(detectors):
         mine = [p for p in windows if p["detector"] == detector]
@@ -372,5 +376,7 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
                                  f"{name} · alerts"))
     firing = {a["detector"] for a in alerts if a["status"] == "firing"}
     note = f' <span class="firing">alerts from {_e(", ".join(sorted(firing)))}</span>' if firing else ""
+    if flat:
+        note += f' <span class="muted">(at 0 throughout: {_e(", ".join(flat))})</span>'
     return (f'<h3 class="column">{_e(name)}{note}</h3><div class="charts">'
             + "".join(f'<div class="chart">{c}</div>' for c in charts) + "</div>")

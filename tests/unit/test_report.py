@@ -269,3 +269,12 @@ def test_the_rolling_performance_metrics_are_points_too():
     rolling = {p["name"] for p in points if p["detector"] == "rolling"}
     assert floors and all(p["name"] == "accuracy" and p["warning"] == 0.7 for p in floors)
     assert rolling and "accuracy" not in rolling  # drawn once, against its floor
+
+
+def test_data_quality_checks_at_zero_throughout_are_named_not_drawn():
+    points = [dict(_window(i, 0.0, detector=check, shares=False), signal="data_quality")
+              for i in range(3) for check in ("missing", "non_finite")]
+    points += [dict(_window(i, 0.02 * i, detector="out_of_range", shares=False), signal="data_quality")
+               for i in range(3)]
+    page = report.render("fraud", points, T0 - 60_000, T0 + 4 * 60_000)
+    assert page.count('<svg class="series"') == 1 and "at 0 throughout: missing, non_finite" in page
