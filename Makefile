@@ -83,10 +83,11 @@ test-unit: setup prometheus-setup $(CHECKOV_VENV)/bin/checkov
 test-integration: test-setup
 	$(PY) -m pytest -n $(WORKERS) --dist worksteal -m integration
 
-# Refresh docs/metrics-scrape.txt and docs/status-page.png from a real run (the tests write them to
-# a temporary directory otherwise).
+# Refresh docs/metrics-scrape.txt, docs/status-page.png and docs/report.png from a real run (the tests
+# write them to a temporary directory otherwise).
 docs: test-setup
 	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/integration/test_observability.py -k "scrape_has_every_family or screenshot"
+	STREAM_MONITOR_DOCS_DIR=docs $(PY) -m pytest -q tests/integration/test_report.py -k "browser"
 
 # Rewrite the key tables of docs/CONFIGURATION.md from the schema in stream_monitor/config.py (the prose
 # around them is hand-written); tests/unit/test_config_docs.py fails while they differ.

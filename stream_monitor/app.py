@@ -26,6 +26,8 @@ from redis.exceptions import RedisClusterException
 from . import faults
 from .alertmanager import firing_in, forwarder as alertmanager_forwarder
 from .board import StatusBoard
+from .history import alert_point
+from .historystore import HistoryWriter
 from .checkpoint import PartitionKey, checkpoint
 from .codec import decode
 from .config import Config, consumer_settings, producer_settings, redact_url
@@ -136,6 +138,9 @@ class Service:
         self.redis = self._redis(lambda: connect(config.redis.url, config.redis.cluster), "connect")
         self.store = StateStore(self.redis, config.redis.namespace, config.kafka.group_id)
         self.merges = MergeStore(self.store)
+        # closed windows and alerts for `stream-monitor report`: appended by a thread, never waited for
+        self.history = HistoryWriter(lambda: connect(config.redis.url, config.redis.cluster),
+                                     config.redis.namespace, config.service.history_points, self.metrics)
         self.merged_models = {m: model for m, model in config.models.items() if model.by_model}
         self._next_merge = 0.0
         self._partition_counts: dict[str, int] = {}  # per input topic, from the broker's metadata
@@ -254,6 +259,7 @@ class Service:
             self.publisher.close()
             if self.alertmanager is not None:
                 self.alertmanager.close()
+            self.history.close()
             self.redis.close()
 
     def _subscribe(self) -> None:
@@ -489,6 +495,8 @@ class Service:
             self.metrics.events_decoded.labels(kind).inc(count)
         if len(self._checked_models) < len(self.known_models):
             self._check_monitored(monitor)
+        if alerts:
+            self.history.add(map(alert_point, alerts))
         for alert in alerts:
             self.board.alert(self.publisher.alert(alert))
             self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity,
@@ -609,6 +617,7 @@ class Service:
                 self._announce(alert)
             self.publisher.confirm()  # before the state that says they were raised
             if self.merges.save(model_id, result.state):
+                self.history.add(result.points)  # the model windows decided, best effort
                 self.merges.consumed(model_id, result.consumed)
                 self.metrics.merge_buckets.labels(model_id).inc(result.buckets)
                 if result.late:
@@ -627,6 +636,7 @@ class Service:
         CLOCK.add("merge", started)
 
     def _announce(self, alert) -> None:
+        self.history.add([alert_point(alert)])
         self.board.alert(self.publisher.alert(alert))
         self.metrics.alerts.labels(alert.model_id, alert.signal, alert.detector, alert.severity, alert.status).inc()
         alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
@@ -651,6 +661,8 @@ class Service:
                 record.dirty = False
                 if record.key in summaries:
                     record.summary = summaries[record.key]
+                if record.monitor is not None:  # saved: its closed windows go to the history (best effort)
+                    self.history.add(record.monitor.take_points())
             self.status_due = True
         CLOCK.add("checkpoint", started)
         for stage, seconds in CLOCK.since_export().items():

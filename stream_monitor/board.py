@@ -78,6 +78,7 @@ class StatusBoard:
                 live = {}
         with self._lock:
             models: dict[str, dict[str, Any]] = {}
+            shares: dict[tuple, tuple] = {}  # firing column → (PSI, its bin shares, partition), the largest PSI
             for part in self._partitions.values():
                 for model_id, model in part.get("models", {}).items():
                     entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})
@@ -94,6 +95,11 @@ class StatusBoard:
                     for row in model.get("incidents", []):
                         entry.setdefault("incidents", []).append(dict(row, partition=part["partition"]))
                     for row in model.get("detectors", []):
+                        if row.get("shares"):
+                            column, value = (model_id, row["signal"], row["name"]), row.get("statistic") or 0.0
+                            if column not in shares or value > shares[column][0]:
+                                shares[column] = (value, row["shares"], part["partition"])
+                            row = {k: v for k, v in row.items() if k != "shares"}
                         key = (model_id, row["signal"], row["name"], row["detector"])
                         held = entry["detectors"].get(key)
                         value = row.get("statistic")
@@ -116,9 +122,28 @@ class StatusBoard:
                 partitions.append(dict(part, lag=lag) if lag is not None else dict(part))
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
                     "partitions": partitions, "owned": owned,  # owned now, checkpointed or not yet
-                    "models": models, "alerts": list(self._alerts),
+                    "models": models, "pictures": firing_pictures(models, shares), "alerts": list(self._alerts),
                     "merges": {m: dict(v) for m, v in sorted(self.merges.items())},
                     "dead_letters": dead_letter_reasons(partitions)}
+
+
+def firing_pictures(models: Mapping[str, Any], shares: Mapping[tuple, tuple]) -> list[dict[str, Any]]:
+    """Per column with a firing detector: its reference and most recent window's bin shares (from the
+    partition whose PSI is highest), the detectors firing and the worst severity; critical first."""
+    out = []
+    for model_id, entry in sorted(models.items()):
+        firing: dict[tuple, list] = {}
+        for row in entry["detectors"]:
+            if row.get("firing"):
+                firing.setdefault((row["signal"], row["name"]), []).append(row)
+        for (signal, name), rows in firing.items():
+            held = shares.get((model_id, signal, name))
+            if held is None:
+                continue
+            severity = "critical" if any(r.get("severity") == "critical" for r in rows) else "warning"
+            out.append({"model": model_id, "signal": signal, "name": name, "severity": severity,
+                        "detectors": [r["detector"] for r in rows], "partition": held[2], **held[1]})
+    return sorted(out, key=lambda p: (p["severity"] != "critical", p["model"], p["signal"], p["name"]))
 
 
 SHOWN_INCIDENTS = 10  # incident rows per model on the page and in `status`

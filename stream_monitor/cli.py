@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     status = command("status", _status, "models × signals: statistic, state, last alert; partitions and offsets")
     status.add_argument("--json", action="store_true")
 
+    report = command("report", _report, "write a model's report: one self-contained HTML file (distributions, "
+                     "statistics over time against their thresholds, alerts and episodes) from its history")
+    report.add_argument("--model", required=True)
+    report.add_argument("--since", default="24h", help="how far back, e.g. 30m, 6h, 7d (default 24h)")
+    report.add_argument("--output", required=True, type=Path, help="the HTML file to write")
+
     state = commands.add_parser("state", help="disaster recovery").add_subparsers(dest="sub", required=True)
     export = command("export", _state_export, "write every partition's state and offset to a file", parent=state)
     export.add_argument("--output", required=True, type=Path)
@@ -266,6 +272,45 @@ def _reference_show(args: argparse.Namespace) -> int:
     if profile.labels is not None:
         top = ", ".join(f"{c} {p:.0%}" for c, p in zip(profile.labels.categories[:5], profile.labels.proportions))
         print(f"  {'label':<10} {'label':<20} categorical {profile.labels.events} labels: {top}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    import time  # noqa: PLC0415
+
+    from . import report  # noqa: PLC0415
+    from .history import parse_duration  # noqa: PLC0415
+    from .historystore import read  # noqa: PLC0415
+    from .state import ReferenceStore  # noqa: PLC0415
+
+    seconds = parse_duration(args.since)
+    config = _config(args)
+    if args.model not in config.models:
+        known = ", ".join(sorted(config.models)) or "none"
+        raise StreamMonitorError(f"no model {args.model!r} in {args.config} (its models: {known})")
+    if config.service.history_points == 0:
+        raise StreamMonitorError(f"{args.config} keeps no history (service.history_points = 0): set it above 0 "
+                                 "and let the service run to have something to report")
+    client = _client(config)
+    now_ms = int(time.time() * 1000)
+    start_ms = now_ms - int(seconds * 1000)
+    points = read(client, config.redis.namespace, args.model, start_ms)
+    if not points:
+        raise StreamMonitorError(f"no history of model {args.model!r} in the last {args.since} (redis "
+                                 f"namespace {config.redis.namespace!r}): the service writes a point when a window "
+                                 "closes or an alert is raised; run it (`stream-monitor run`) or ask for a longer "
+                                 "--since")
+    profile = ReferenceStore(client, config.redis.namespace).load(args.model)
+    described = None if profile is None else {"source": "stored", "version": profile.version,
+                                              "events": profile.events}
+    page = report.render(args.model, points, start_ms, now_ms, described, generated_ms=now_ms)
+    try:
+        args.output.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        raise StreamMonitorError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+    windows = sum(1 for p in points if p["kind"] == "window")
+    print(f"wrote {args.output}: model {args.model}, {windows} windows and {len(points) - windows} alerts since "
+          f"{args.since}")
     return 0
 
 

@@ -303,6 +303,14 @@ class ServiceConfig(_Table):
     checkpoint_interval_seconds: Annotated[float, POSITIVE, doc(
         "… or this many seconds after its last save, whichever comes first (only when it changed). Bounds the work"
         " redone after a crash.")] = 5.0
+    history_points: Annotated[int, Meta(ge=0, le=1_000_000), doc(
+        "History kept per model for `stream-monitor report`: every closed window's statistic (with its thresholds, "
+        "and for PSI the reference and current bin shares) and every alert is appended to the Redis stream "
+        "`<namespace>:history:{<model>}`, capped at about this many entries (`XADD … MAXLEN ~`: the oldest go "
+        "first). Written after the checkpoint by a background thread, best effort: a Redis that refuses the write "
+        "never pauses processing, the points are dropped and counted (`stream_monitor_history_dropped_total`). "
+        "At-least-once (a batch processed again after a crash adds its points again; the report drops the "
+        "duplicates). `0` keeps no history.")] = 20_000
     max_message_bytes: Annotated[int, AT_LEAST_1, doc(
         "Input messages with a larger value are dead-lettered with reason `too_large`.")] = 1_048_576
     max_features_per_event: Annotated[int, AT_LEAST_1, doc(

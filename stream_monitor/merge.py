@@ -25,7 +25,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words
+from . import alerts as words, history
 from .calibration import ks_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -226,6 +226,7 @@ class MergeResult(NamedTuple):
     consumed: dict[tuple[str, int], list[int]]  # per partition: the buckets merged (to delete)
     buckets: int  # buckets merged in this step
     late: int  # partials merged after their bucket had passed (a partition woke from idle)
+    points: Sequence[dict[str, Any]] = ()  # the model windows decided: their history points
 
 
 def initial_state() -> dict[str, Any]:
@@ -302,6 +303,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
                 through[where] = max(bucket, through.get(where, bucket))
     entries.sort(key=lambda e: e[:3])
     out: list[Alert] = []
+    points: list[dict[str, Any]] = []
     episodes = _Episodes(model, state["episodes"])
     columns = merged_columns(reference, model.detectors.latency.enabled)
     merged = sorted({e[0] for e in entries})
@@ -321,12 +323,12 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         for *_, firing in sorted(firings, key=lambda f: f[:4]):
             out.extend(_point_firing(model, episodes, bucket, firing))
         if window["events"] >= model.detectors.psi.window:
-            out.extend(_decide(model, columns, episodes, window, bucket_ms))
+            out.extend(_decide(model, columns, episodes, window, bucket_ms, points))
             state["window"] = None
             state["windows"] += 1
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
-    return MergeResult(out, state, consumed, len(merged), late)
+    return MergeResult(out, state, consumed, len(merged), late, points)
 
 
 def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,13 +364,22 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
-            bucket_ms: int) -> list[Alert]:
+            bucket_ms: int, points: list | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
-    window's actual size), and the resolution of the column's point episodes."""
+    window's actual size), and the resolution of the column's point episodes. ``points``: gets each
+    statistic's history point (:mod:`stream_monitor.history`)."""
     det = model.detectors
     budget = det.false_alarms_per_million
     payload = _window_payload(window, bucket_ms)
     out: list[Alert] = []
+    points = [] if points is None else points
+
+    def point(signal: str, name: str, detector: str, value: float, warning: float, critical: float,
+              counts: Any = None, ref: Any = None) -> None:
+        entry = history.window_point(model.model_id, signal, name, detector, value, warning, critical, None, None,
+                                     payload["last"], counts, ref)
+        entry["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
+        points.append(entry)
 
     def alert(transition: Transition, signal: str, name: str, detector: str, statistic: float, threshold: float,
               description: words.Description) -> Alert:
@@ -395,6 +406,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 warning = rate_threshold(budget, n, hits, max(total, 1))
                 critical = max(warning, 0.5)
                 key = f"data_quality|{name}|{check}"
+                point("data_quality", name, check, rate, warning, critical)
                 episode = episodes.level(key)
                 transition = episode.level(rate, warning, critical)
                 episodes.keep(key, episode)
@@ -412,6 +424,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         critical = max(det.psi.critical, warning)
         value = psi(ref.proportions, [c / usable for c in column["psi"]], det.psi.epsilon)
         key = f"{signal}|{name}|psi"
+        point(signal, name, "psi", value, warning, critical, column["psi"], ref)
         episode = episodes.level(key)
         transition = episode.level(value, warning, critical)
         episodes.keep(key, episode)
@@ -426,6 +439,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 below += column["ks"][j]
                 gap = max(gap, abs(below / usable - cdf))
             key = f"{signal}|{name}|ks"
+            point(signal, name, "ks", gap, threshold, 2 * threshold)
             episode = episodes.level(key)
             transition = episode.level(gap, threshold, 2 * threshold)
             episodes.keep(key, episode)

@@ -165,6 +165,12 @@ class Metrics:
         self.merge_refused = Counter("stream_monitor_merge_refused_total",
                                      "Merge states not saved because a newer one was stored (another merger)",
                                      ["model"], **kw)
+        self.history_points = Counter("stream_monitor_history_points_total",
+                                      "History points (closed windows, alerts) appended to Redis for reports",
+                                      **kw)
+        self.history_dropped = Counter("stream_monitor_history_dropped_total",
+                                       "History points not written (Redis refused or was unreachable, or the "
+                                       "writer's queue was full); processing never waits for them", **kw)
         self._dropped: set[tuple[str, str, str, str]] = set()
         self._dropped_lock = threading.Lock()
         self.partitions = PartitionCollector(self)

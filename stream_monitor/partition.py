@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 import orjson
 
+from . import history
 from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, performance_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
@@ -75,6 +76,7 @@ class ColumnMonitor:
         self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged)
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
+        self.points = history.pending()  # closed windows' statistics, until the service takes them
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
             self._edges = np.asarray(reference.edges, dtype=np.float64)
             self._ks_grid = np.asarray(reference.ks_grid, dtype=np.float64)
@@ -301,6 +303,10 @@ class ColumnMonitor:
     def _level(self, adapter: Adapter, mark: tuple[float, Any], context: tuple) -> list[Alert]:
         value, extra = mark
         self.last_statistic[adapter.key] = value
+        self.points.append(history.window_point(
+            self.model_id, adapter.signal or self.signal, adapter.subject or self.name, adapter.name, value,
+            adapter.threshold, adapter.critical, *context, extra if adapter.part == "psi" else None,
+            self.reference if adapter.part == "psi" else None))
         transition = adapter.judge(value)
         if transition is None:
             return []
@@ -345,10 +351,19 @@ class ColumnMonitor:
 
     def summary(self) -> list[dict[str, Any]]:
         latest = dict(self.last_statistic)  # a read: the snapshot must not depend on whether it ran
-        return [{"signal": a.signal or self.signal, "name": a.subject or self.name, "detector": a.name,
+        rows = [{"signal": a.signal or self.signal, "name": a.subject or self.name, "detector": a.name,
                  "statistic": a.latest(latest), "threshold": a.threshold, "critical": a.critical,
                  "firing": a.episode.firing, "severity": a.episode.severity if a.episode.firing else None,
                  "last_alert_id": a.episode.last_alert_id} for a in self.adapters]
+        if any(row["firing"] for row in rows):  # the status page draws a firing column's distributions
+            for adapter, row in zip(self.adapters, rows):
+                counts = getattr(adapter.detector, "last_counts", None) if adapter.part == "psi" else None
+                if counts:
+                    total = sum(counts) or 1
+                    row["shares"] = {"bins": history.bin_labels(self.reference),
+                                     "reference": [float(p) for p in self.reference.proportions],
+                                     "current": [c / total for c in counts]}
+        return rows
 
 
 class PerformanceColumn(ColumnMonitor):
@@ -369,6 +384,7 @@ class PerformanceColumn(ColumnMonitor):
         self.classification = self.task == "classification"
         self.rolling = RollingMetrics(self.config, self.task)
         self.last_statistic = {}
+        self.points = history.pending()
         self.adapters = performance_adapters(self, model, self.rolling, self.task)
         self._index_adapters()
 
@@ -406,6 +422,13 @@ class PerformanceColumn(ColumnMonitor):
         if not rows:
             return []
         batch = Pairs(np.array([row[-1] for row in rows], dtype=np.float64), self.rolling.add_many(rows))
+        limited = {a.subject for a in self.adapters if a.part == "metrics"}  # their points come from _level
+        for j, values in batch.metrics:  # the rolling metrics over time, for the report
+            at = counted[j]
+            for metric, value in values.items():
+                if value is not None and metric not in limited:
+                    self.points.append(history.window_point(self.model_id, "performance", metric, "rolling", value,
+                                                            None, None, offsets[at], partition, times[at]))
         marks: dict[int, dict[Adapter, Any]] = {}
         for adapter in self.adapters:
             for j, mark in adapter.update(batch):
@@ -824,6 +847,16 @@ class ModelMonitor:
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"], restart)
 
+    def take_points(self) -> list[dict[str, Any]]:
+        """The closed windows' points (:mod:`stream_monitor.history`) since the last call, column by column."""
+        out: list[dict[str, Any]] = []
+        extra = [c for c in (self.label_column, self.performance) if c is not None]
+        for column in chain(self.columns, extra):
+            if column.points:
+                out.extend(column.points)
+                column.points.clear()
+        return out
+
     def summary(self) -> dict[str, Any]:
         columns = self.columns + ([self.label_column] if self.label_column is not None else [])
         performance, performance_rows = self.performance.summary() if self.performance else (None, [])
@@ -1029,6 +1062,10 @@ class PartitionMonitor:
             if change is not None:
                 self.rebaselined[model_id] = change
                 self._once(model_id, change, "partition %d: %s", self.partition, change)
+
+    def take_points(self) -> list[dict[str, Any]]:
+        """Every model's closed-window points since the last call (the service appends them to the history)."""
+        return [point for monitor in self.models.values() for point in monitor.take_points()]
 
     def _once(self, model_id: str, what: str, message: str, *args: Any) -> None:
         if (model_id, what) not in self._said:

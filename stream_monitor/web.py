@@ -39,6 +39,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .board import StatusBoard
+from .report import distribution_svg
 from .errors import ConfigError
 from .metrics import HttpMetrics
 from .logs import clean
@@ -694,6 +695,27 @@ def sparkline(history: list, warning: float | None, critical: float | None, widt
             f'points="{points}"/></svg>')
 
 
+def firing_pictures(snapshot: Mapping[str, Any]) -> str:
+    """The bars of :func:`stream_monitor.report.distribution_svg` for each firing column (the board's
+    ``pictures``), as ``stream-monitor report`` draws them."""
+    pictures = snapshot.get("pictures") or []
+    if not pictures:
+        return ""
+    cells = []
+    for p in pictures[:MAX_PICTURES]:
+        title = f"{p['model']}.{p['name']} ({', '.join(p['detectors'])}; partition {p['partition']})"
+        cells.append(f"<div class='picture-{_fmt(p['severity'])}'>"
+                     + distribution_svg(p["bins"], p["reference"], p["current"], title, width=440, height=200)
+                     + "</div>")
+    more = len(pictures) - MAX_PICTURES
+    return ("<div class=pictures style='display:flex;flex-wrap:wrap;gap:10px;margin-top:10px'>" + "".join(cells)
+            + "</div>"
+            + (f"<p class=muted>{more} more firing columns: see their rows below</p>" if more > 0 else ""))
+
+
+MAX_PICTURES = 12  # firing columns drawn on the page at most (critical first)
+
+
 def _dead_letter_note(snapshot: Mapping[str, Any]) -> str:
     letters = snapshot.get("dead_letters") or {}
     if not letters:
@@ -739,6 +761,7 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         parts.append("</table>")
     else:
         parts.append("<p class=ok>Nothing is firing.</p>")
+    parts.append(firing_pictures(snapshot))  # each firing column: its reference against its recent window
     parts.append("</section>")
 
     incidents = [row for _, entry in sorted(snapshot.get("models", {}).items()) for row in entry.get("incidents", ())]

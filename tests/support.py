@@ -16,6 +16,7 @@ import os
 import pickle
 import shlex
 import signal
+import struct
 import threading
 import time
 import urllib.error
@@ -593,3 +594,57 @@ def full_stream(length: int = 14_000) -> list[InferenceEvent | LabelEvent]:
         out.append(InferenceEvent(f"e{i}", "m", 1_795_800_000_000 + i, {"x": x, "c": c}, score, None, latency))
         out.append(LabelEvent(f"e{i}", "m", None, int(rng.random() < (0.5 if phase >= 9 else 0.2))))
     return out
+
+
+# --- pictures: a PNG read back (what headless Chromium wrote), without an image library ---------------------
+
+def png_pixels(data: bytes) -> np.ndarray:
+    """A non-interlaced 8-bit RGB or RGBA PNG (what Chromium writes) as an (height, width, channels) array."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG file"
+    pos, chunks, header = 8, [], None
+    while pos < len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            header = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            chunks.append(body)
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = header
+    assert depth == 8 and colour in (2, 6) and interlace == 0, f"unsupported PNG: {header}"
+    channels = 3 if colour == 2 else 4
+    stride = width * channels
+    raw = zlib.decompress(b"".join(chunks))
+    out = np.zeros((height, stride), dtype=np.uint8)
+    prior = np.zeros(stride, dtype=np.uint8)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, dtype=np.uint8, count=stride, offset=y * (stride + 1) + 1).copy()
+        if kind == 1:  # Sub: a running sum per channel
+            line = np.cumsum(line.reshape(width, channels), axis=0, dtype=np.uint8).reshape(stride)
+        elif kind == 2:  # Up
+            line = line + prior
+        elif kind in (3, 4):  # Average, Paeth: byte by byte
+            cur = bytearray(line.tobytes())
+            up = prior.tobytes()
+            for i in range(stride):
+                a = cur[i - channels] if i >= channels else 0
+                b = up[i]
+                if kind == 3:
+                    cur[i] = (cur[i] + ((a + b) >> 1)) & 255
+                else:
+                    c = up[i - channels] if i >= channels else 0
+                    p = a + b - c
+                    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    cur[i] = (cur[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+            line = np.frombuffer(bytes(cur), dtype=np.uint8)
+        out[y] = line
+        prior = line
+    return out.reshape(height, width, channels)
+
+
+def colours(png: bytes) -> dict[int, int]:
+    """Pixels per colour (0xRRGGBB) of a PNG."""
+    rgb = png_pixels(png)[..., :3].astype(np.int64)
+    values, counts = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist()))

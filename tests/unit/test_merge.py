@@ -298,3 +298,15 @@ def test_the_p95_latency_ceiling_is_decided_once_for_the_model_over_its_partitio
     (alert,) = four
     assert alert.partition is None and alert.signal == "latency" and 14.0 < alert.statistic < 18.0
     assert len(alert.window["events"]) == 4
+
+
+def test_each_model_window_decided_is_a_history_point_per_statistic():
+    result = merge_step(CONFIG.models[MODEL], reference(), None, run_partitions(spread(stream(8000, 4000), 4)),
+                        BUCKET_MS)
+    psi = [p for p in result.points if p["detector"] == "psi"]
+    assert psi and all(p["partition"] is None and p["offset"] is None for p in result.points)
+    assert all(len(p["current"]) == len(p["reference"]) == len(p["bins"]) for p in psi)
+    assert len({tuple(p["buckets"]) for p in result.points}) == result.state["windows"]
+    firing = {(a.signal, a.name) for a in result.alerts if a.detector == "psi" and a.status == "firing"}
+    assert firing and all(max(p["statistic"] for p in psi if (p["signal"], p["name"]) == column) >=
+                          min(p["warning"] for p in psi if (p["signal"], p["name"]) == column) for column in firing)
