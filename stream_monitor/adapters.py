@@ -84,6 +84,7 @@ class Adapter:
     window = False  # a distribution window that judges the end of the column's point episodes
     signal: str | None = None  # the alert's signal when not the column's
     subject: str | None = None  # the alert's name when not the column's
+    baseline: float | None = None  # what the shown statistic is measured against, when no threshold line is
     detector: Any
 
     def __init__(self, column: Any, threshold: float | None, critical: float | None, episode: Episode):
@@ -211,6 +212,7 @@ class PointAdapter(Adapter):
 
 class Adwin(PointAdapter):
     name = part = stage = "adwin"
+    baseline = 0.5  # its statistic is the window's mean reference rank: 0.5 for a column like its reference
 
     def __init__(self, column: Any, detector: AdwinDetector, episode: Episode):
         super().__init__(column, None, None, episode)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Mapping
 
 HISTORY_POINTS = 240
 RATE_WINDOW_SECONDS = 10.0  # events/s is measured over this much of the recent past
-RATE_STALE_SECONDS = 5.0  # no sample of the event count for this long: the rate is stale (the loop is held up)
+RATE_STALE_SECONDS = 15.0  # no sample of the event count for this long (3 of the longest polls): stale
 RAISED_KEPT = 1000  # firing alerts whose detection time the board keeps (for "firing since")
 GROUP_STALE_FACTOR = 3  # the group's view is stale when older than this many refresh intervals
 

@@ -348,7 +348,8 @@ class ColumnMonitor:
         return [{"signal": a.signal or self.signal, "name": a.subject or self.name, "detector": a.name,
                  "statistic": a.latest(latest), "threshold": a.threshold, "critical": a.critical,
                  "firing": a.episode.firing, "severity": a.episode.severity if a.episode.firing else None,
-                 "last_alert_id": a.episode.last_alert_id} for a in self.adapters]
+                 "last_alert_id": a.episode.last_alert_id, **({} if a.baseline is None else {"baseline": a.baseline})}
+                for a in self.adapters]
 
 
 class PerformanceColumn(ColumnMonitor):

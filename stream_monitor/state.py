@@ -455,6 +455,14 @@ class StateStore:
                 yield (topic, partition, _integer(key, "offset", offset), parsed,
                        _integer(key, "saved_at", saved_at, default=0))
 
+    def partition_rows(self) -> list[dict[str, Any]]:
+        """Every stored partition as ``status`` and the status page's group view show it: topic, partition,
+        next offset, last save (epoch ms), dead letters (total and by reason) and the models' summaries."""
+        return [{"topic": topic, "partition": partition, "next_offset": offset, "saved_at_ms": saved_at,
+                 "dead_letters": summary.get("dead_letters", 0),
+                 "dead_letter_reasons": summary.get("dead_letter_reasons", {}), "models": summary.get("models", {})}
+                for topic, partition, offset, summary, saved_at in self.summaries()]
+
 
 class ReferenceStore:
     def __init__(self, client: redis.Redis, namespace: str):
