@@ -678,21 +678,24 @@ def _fmt(value: Any) -> str:
     return html.escape(clean(str(value)))  # credentials redacted, control characters shown as escapes
 
 
+BASELINE_SPAN = 0.1  # a mean reference rank within 0.4–0.6 is a shift of under 0.36 sd: drawn close to 0.5
+
+
 def sparkline(history: list, warning: float | None, critical: float | None, width: int = 220, height: int = 36,
               baseline: float | None = None, bounds: tuple[float, float] | None = None) -> str:
     """An inline SVG line of the recent statistic with its warning (amber) and critical (red) lines.
 
     ``baseline`` (a point detector without a threshold line, e.g. ADWIN's mean reference rank): the
     scale spans the values and the baseline only (not from 0), the baseline is a grey line and
-    ``bounds`` (where a change would be graded critical) are red lines when within view. Points
+    ``bounds`` (where a change would be graded critical) are red lines when within view; the scale spans
+    at least :data:`BASELINE_SPAN` either side of the baseline. Points
     taken while the detector was firing (a third element: the severity) are marked with dots."""
     values = [point[1] for point in history]
     if not values:
         return f'<svg width="{width}" height="{height}"></svg>'
-    if baseline is not None:
-        top, bottom = max(values + [baseline]), min(values + [baseline])
-        pad = (top - bottom) * 0.1 or 0.01
-        top, bottom = top + pad, bottom - pad
+    if baseline is not None:  # at least ±BASELINE_SPAN around it: noise near the baseline stays near its line
+        top = max(values + [baseline + BASELINE_SPAN])
+        bottom = min(values + [baseline - BASELINE_SPAN])
     else:
         top = max(values + [v for v in (warning, critical) if v is not None and v < 10 * max(max(values), 1e-12)])
         bottom = min(values + [0.0])
