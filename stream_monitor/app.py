@@ -735,12 +735,15 @@ class Service:
         last view kept, marked stale) and never counted as the loop's Redis failure."""
         self.board.group_refresh_seconds = GROUP_VIEW_SECONDS
         while not self.stopping:
+            owned = {r.key for r in self.partitions.records()}  # fresher in memory: not read
             try:
-                rows = self.store.partition_rows()
-            except Exception as exc:  # noqa: BLE001 - Redis down or a state that does not decode: shown, retried
+                rows = self.store.partition_rows(skip=owned, tolerant=True)
+            except REDIS_ERRORS as exc:
                 self.board.group(None, problem=clean(str(exc))[:200] or type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - the thread must keep going; shown on the page, retried
+                self.board.group(None, problem=clean(f"{type(exc).__name__}: {exc}")[:200], redis=False)
             else:
-                self.board.group(rows, owned={r.key for r in self.partitions.records()})
+                self.board.group(rows, owned=owned)
             time.sleep(GROUP_VIEW_SECONDS)
 
     def _watched(self, callback: Callable[[Consumer, list[TopicPartition]], None],

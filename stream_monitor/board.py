@@ -49,7 +49,7 @@ class StatusBoard:
         self._group_saved: dict[tuple[str, int], int] = {}
         self.group_refresh_seconds: float | None = None  # set by the service when it reads the group's view
         self._group_read: tuple[float, float] | None = None  # (epoch s, monotonic s) of the last good read
-        self._group_error: tuple[float, str] | None = None  # (epoch s, problem) of the last failed read
+        self._group_error: tuple[float, str, bool] | None = None  # (epoch s, problem, Redis's) of the last failed read
 
     def update(self, partitions: Mapping[tuple[str, int], tuple[Mapping[str, Any], int | None]]) -> None:
         """``partitions``: (topic, partition) → (summary, lag or None) of every owned partition."""
@@ -105,15 +105,15 @@ class StatusBoard:
             self._rate = rate
 
     def group(self, partitions: list[Mapping[str, Any]] | None, owned: set[tuple[str, int]] = frozenset(),
-              problem: str | None = None) -> None:
+              problem: str | None = None, redis: bool = True) -> None:
         """The group's view read from Redis: every stored partition's row (topic, partition, next_offset,
         saved_at_ms, dead letters, models: as ``stream-monitor status`` reads them); those ``owned`` here
         are left to the board's own, fresher, update. ``partitions`` None: the read failed (``problem``);
-        the last view is kept and shown as stale."""
+        the last view is kept and shown as stale; ``redis``: the failure was Redis's."""
         wall, mono = time.time(), time.monotonic()
         with self._lock:
             if partitions is None:
-                self._group_error = (wall, problem or "the read failed")
+                self._group_error = (wall, problem or "the read failed", redis)
                 self.version += 1
                 return
             others = {(p["topic"], p["partition"]): dict(p) for p in partitions
@@ -167,6 +167,7 @@ class StatusBoard:
             "group_read_at": None if self._group_read is None else round(self._group_read[0]),
             "group_problem": None if self._group_error is None else self._group_error[1],
             "group_failed_at": None if self._group_error is None else round(self._group_error[0]),
+            "group_redis_failed": self._group_error is not None and self._group_error[2],
         }
         return out
 

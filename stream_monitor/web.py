@@ -811,7 +811,7 @@ def _health_banner(snapshot: Mapping[str, Any]) -> str:
         rate_cell = "–" if rate is None else f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
     if health.get("redis") == "failing":
         redis_cell = "<span class=critical>failing</span>"
-    elif health.get("group_problem"):
+    elif health.get("group_problem") and health.get("group_redis_failed", True):
         redis_cell = (f"<span class=critical>unreachable</span> <span class=muted>(read failed at "
                       f"{_clock(health.get('group_failed_at'))}: {_fmt(health['group_problem'])})</span>")
     elif health.get("group_stale") and health.get("group_read_at") is not None:
@@ -831,6 +831,9 @@ def _health_banner(snapshot: Mapping[str, Any]) -> str:
     group = f"{total} partition{'' if total == 1 else 's'}, {count} here"
     if health.get("group_refresh_seconds") is None:
         group += " <span class=muted>(the rest not read)</span>"
+    elif health.get("group_problem") and not health.get("group_redis_failed", True):
+        group += (f" <span class=stale>stale: the read failed at {_clock(health.get('group_failed_at'))}: "
+                  f"{_fmt(health['group_problem'])}</span>")
     cells = [("consumer lag (here)", f"<span class={lag_class or 'num'}>{lag}</span>"), ("events/s", rate_cell),
              ("Redis", redis_cell), ("broker", broker_cell), ("group", group)]
     out = "".join(f"<div><b>{title}</b>{cell}</div>" for title, cell in cells)
@@ -876,6 +879,9 @@ def _partitions_table(snapshot: Mapping[str, Any]) -> str:
                     f"<td class=num>{_fmt(part.get('next_offset'))}</td><td class=num>{_fmt(part.get('lag'))}</td>"
                     f"<td class=num>{_fmt(part.get('dead_letters'))}</td>"
                     f"<td>{_clock(saved / 1000) if saved else '–'}</td></tr>")
+        if part.get("problem"):
+            rows.append(f"<tr><td></td><td colspan=5 class=critical>its stored state does not decode: "
+                        f"{_fmt(part['problem'])}</td></tr>")
     rows.append("</table></section>")
     return "".join(rows)
 

@@ -71,5 +71,21 @@ def test_each_replica_shows_every_partition_of_the_group(broker, redis_server, t
         assert "<section class=banner id=health>" in page and "<b>group</b>2 partitions, 1 here" in page
         assert "<b>Redis</b><span class=ok>reachable</span>" in page
         assert "<th>firing for</th>" in page
+
+    # a stored partition whose state does not decode (of a topic nobody consumes): a row saying so, not a
+    # failed view
+    client = run.store.client
+    client.sadd(run.store.index_key, "elsewhere|7")
+    client.hset(run.store.key("elsewhere", 7), mapping={"offset": "abc"})
+    deadline = time.monotonic() + 30
+    pages = {}
+    while time.monotonic() < deadline:
+        pages = {port: get(port, "/").decode() for port in ports}
+        if all("its stored state does not decode" in page for page in pages.values()):
+            break
+        time.sleep(0.2)
+    for page in pages.values():
+        assert "<td>elsewhere[7]</td>" in page and "field &#x27;offset&#x27; is &#x27;abc&#x27;" in page, page[-3000:]
+        assert "<b>Redis</b><span class=ok>reachable</span>" in page
     for process in processes:
         assert process.terminate() == 0, process.log()[-3000:]
