@@ -177,3 +177,18 @@ def test_the_page_is_rendered_anew_when_a_health_fact_changes_and_not_otherwise(
     health.update(broker="unreachable", broker_unreachable_seconds=3.0)
     clock[0] = 10.0
     assert b"<b>broker</b><span class=critical>unreachable</span>" in cache.get("html")
+
+
+def test_a_partition_whose_state_does_not_decode_is_a_row_and_a_bug_in_the_read_is_not_blamed_on_redis():
+    _, summary = drifted()
+    board = board_with(summary)
+    board.group_refresh_seconds = 5.0
+    board.group([{"topic": TOPIC, "partition": 2, "next_offset": None, "saved_at_ms": 0, "models": {},
+                  "problem": "ns:{g|t|2}:state: field 'offset' is 'abc', not a non-negative integer"}],
+                owned={(TOPIC, 0), (TOPIC, 1)})
+    page = render_page(board.snapshot())
+    assert "its stored state does not decode: ns:{g|t|2}:state: field &#x27;offset&#x27; is &#x27;abc&#x27;" in page
+    board.group(None, problem="KeyError: 'models'", redis=False)
+    banner = render_page(board.snapshot()).split("<section class=banner id=health>")[1].split("</section>")[0]
+    assert "<span class=critical>unreachable</span>" not in banner
+    assert "<span class=stale>stale: the read failed at " in banner and "KeyError: &#x27;models&#x27;" in banner
