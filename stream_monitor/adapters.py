@@ -227,7 +227,8 @@ class Adwin(PointAdapter):
         return self.detector.delta  # ADWIN's confidence parameter: what its cut test is held to
 
     def latest(self, last_statistic):
-        return self.detector.window_mean
+        """The window's mean reference rank; None while its window is empty (no value since the reference)."""
+        return self.detector.window_mean if self.detector.window_width else None
 
     def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])

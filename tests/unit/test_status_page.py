@@ -192,3 +192,14 @@ def test_a_partition_whose_state_does_not_decode_is_a_row_and_a_bug_in_the_read_
     banner = render_page(board.snapshot()).split("<section class=banner id=health>")[1].split("</section>")[0]
     assert "<span class=critical>unreachable</span>" not in banner
     assert "<span class=stale>stale: the read failed at " in banner and "KeyError: &#x27;models&#x27;" in banner
+
+
+def test_adwin_shows_no_statistic_before_its_window_has_a_value():
+    """Right after the reference is built ADWIN's window is empty: its row has no statistic (and so no
+    point on its chart), not a mean rank of 0 that would draw as a drop."""
+    events = [decode(RawMessage(TOPIC, 0, i, orjson.dumps(d)), frozenset(CONFIG.models))
+              for i, d in enumerate(generate("fraud", 1000, seed=0))]
+    monitor = PartitionMonitor(CONFIG, 0, {})
+    monitor.process_batch([(o, e, None) for o, e in enumerate(events)])
+    rows = [r for r in monitor.summary()["models"]["fraud"]["detectors"] if r["detector"] == "adwin"]
+    assert rows and all(r["statistic"] is None for r in rows)
