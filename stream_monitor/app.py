@@ -735,7 +735,7 @@ class Service:
         last view kept, marked stale) and never counted as the loop's Redis failure."""
         self.board.group_refresh_seconds = GROUP_VIEW_SECONDS
         while not self.stopping:
-            owned = {r.key for r in self.partitions.records()}  # fresher in memory: not read
+            owned = {r.key for r in self.partitions.records()}  # fresher in memory (quarantined ones too): not read
             try:
                 rows = self.store.partition_rows(skip=owned, tolerant=True)
             except REDIS_ERRORS as exc:

@@ -219,7 +219,9 @@ class StatusBoard:
                 live = {}
         with self._lock:
             models: dict[str, dict[str, Any]] = {}
-            everyone = list(self._partitions.values()) + [self._group[k] for k in sorted(self._group)]
+            group = [dict(self._group[k], owner="group") for k in sorted(self._group)
+                     if f"{k[0]}[{k[1]}]" not in self._partitions]  # one moved here since the read: ours
+            everyone = list(self._partitions.values()) + group
             for part in everyone:
                 for model_id, model in part.get("models", {}).items():
                     entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})
@@ -261,7 +263,6 @@ class StatusBoard:
             for part in self._partitions.values():
                 lag = live.get((part["topic"], part["partition"]))
                 partitions.append(dict(part, owner="here", **({} if lag is None else {"lag": lag})))
-            group = [dict(self._group[k], owner="group") for k in sorted(self._group)]
             return {"instance": self.instance, "now": time.time(), "started_at": self.started_at,
                     "partitions": partitions + group, "owned": owned,  # owned now, checkpointed or not yet
                     "models": models, "alerts": list(self._alerts),

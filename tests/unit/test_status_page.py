@@ -203,3 +203,10 @@ def test_adwin_shows_no_statistic_before_its_window_has_a_value():
     monitor.process_batch([(o, e, None) for o, e in enumerate(events)])
     rows = [r for r in monitor.summary()["models"]["fraud"]["detectors"] if r["detector"] == "adwin"]
     assert rows and all(r["statistic"] is None for r in rows)
+
+
+def test_a_partition_read_from_redis_and_then_assigned_here_is_shown_once_as_ours():
+    board = StatusBoard("here")
+    board.group([{"topic": TOPIC, "partition": 0, "next_offset": 5, "saved_at_ms": 1, "models": {}}])  # before the join
+    board.update({(TOPIC, 0): ({"partition": 0, "next_offset": 9, "models": {}}, 0)})
+    assert [(p["partition"], p["owner"], p["next_offset"]) for p in board.snapshot()["partitions"]] == [(0, "here", 9)]
