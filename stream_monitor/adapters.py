@@ -84,6 +84,7 @@ class Adapter:
     window = False  # a distribution window that judges the end of the column's point episodes
     signal: str | None = None  # the alert's signal when not the column's
     subject: str | None = None  # the alert's name when not the column's
+    baseline: float | None = None  # what the shown statistic is measured against, when no threshold line is
     detector: Any
 
     def __init__(self, column: Any, threshold: float | None, critical: float | None, episode: Episode):
@@ -211,6 +212,7 @@ class PointAdapter(Adapter):
 
 class Adwin(PointAdapter):
     name = part = stage = "adwin"
+    baseline = 0.5  # its statistic is the window's mean reference rank: 0.5 for a column like its reference
 
     def __init__(self, column: Any, detector: AdwinDetector, episode: Episode):
         super().__init__(column, None, None, episode)
@@ -225,7 +227,8 @@ class Adwin(PointAdapter):
         return self.detector.delta  # ADWIN's confidence parameter: what its cut test is held to
 
     def latest(self, last_statistic):
-        return self.detector.window_mean
+        """The window's mean reference rank; None while its window is empty (no value since the reference)."""
+        return self.detector.window_mean if self.detector.window_width else None
 
     def describe(self, transition, at, back=()):
         statistic = float(self.arrays[0][at])

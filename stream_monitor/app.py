@@ -36,7 +36,7 @@ from .events import DeadLetter, LabelEvent, RawMessage
 from .join import RedisJoin, join_op, performance_settings
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
-from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
+from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
 from .merge import episodes_summary, merge_step
 from .metrics import Metrics, PartitionView
 from .partition import PartitionMonitor
@@ -53,6 +53,8 @@ T = TypeVar("T")
 PROBE_SILENCE_SECONDS = 3.0  # a log-end probe that read nothing for this long trusts the end it was told
 LOG_END_CHECK_SECONDS = 2.0  # how often the owned partitions' log ends are compared with the offsets read
 WATERMARK_SECONDS = 0.5  # how often the consumer's cached watermarks are read for the lag
+RATE_SAMPLE_SECONDS = 1.0  # how often the loop hands the status page its count of events processed
+GROUP_VIEW_SECONDS = 5.0  # how often the status page's view of the whole group is read from Redis
 MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets (and after each checkpoint)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
@@ -170,6 +172,9 @@ class Service:
             self.metrics.events_consumed.labels(topic)
         self.board = StatusBoard(f"{socket.gethostname()} pid {os.getpid()}")
         self.board.live_lag = lambda: {(v.topic, v.partition): v.lag for v in self._partition_views()}
+        self.board.live_health = lambda: self.health.check()[2]  # no I/O: what the loop and callbacks noted
+        self.events_processed = 0  # decoded events of configured models, for the page's events/s
+        self._next_rate_sample = 0.0
         self.abandoned = False  # stopped during an outage: the checkpoint in hand was given up
         self._next_reference_check = time.monotonic() + config.service.reference_poll_seconds
         self._checked_models: set[str] = set()  # models whose reference was checked for unmonitored features
@@ -213,6 +218,8 @@ class Service:
         self._next_log_end_check = time.monotonic() + LOG_END_CHECK_SECONDS
         self.health.joining()
         threading.Thread(target=self._watch_watermarks, name="watermarks", daemon=True).start()
+        if service.metrics_port:
+            threading.Thread(target=self._watch_group, name="group-view", daemon=True).start()
         self._subscribe()
         log.info("consuming %s as group %s", ", ".join(self.config.kafka.input_topics), self.config.kafka.group_id)
         try:
@@ -493,6 +500,7 @@ class Service:
         for (model_id, kind), count in per_model.items():  # configured models only: the codec refuses others
             self.metrics.model_events.labels(model_id, kind).inc(count)
             self.metrics.events_decoded.labels(kind).inc(count)
+            self.events_processed += count
         if len(self._checked_models) < len(self.known_models):
             self._check_monitored(monitor)
         if alerts:
@@ -736,6 +744,9 @@ class Service:
         if now >= self._next_watermarks:
             self._next_watermarks = now + WATERMARK_SECONDS
             self._read_watermarks()
+        if now >= self._next_rate_sample:
+            self._next_rate_sample = now + RATE_SAMPLE_SECONDS
+            self.board.processed(self.events_processed, now)
 
     def _read_watermarks(self) -> None:
         consumer = self.consumer
@@ -762,6 +773,24 @@ class Service:
             if self._watermarks_read < started:  # the loop has not read newer ones meanwhile
                 for record in records:
                     record.watermarks = read[record.key]
+
+    def _watch_group(self) -> None:
+        """The status page's view of the whole group: every stored partition's last saved summary, read
+        from Redis every GROUP_VIEW_SECONDS in its own thread, so neither the loop nor a request waits on
+        it; its cost is one read per stored partition per period. A failed read is shown on the page (the
+        last view kept, marked stale) and never counted as the loop's Redis failure."""
+        self.board.group_refresh_seconds = GROUP_VIEW_SECONDS
+        while not self.stopping:
+            owned = {r.key for r in self.partitions.records()}  # fresher in memory (quarantined ones too): not read
+            try:
+                rows = self.store.partition_rows(skip=owned, tolerant=True)
+            except REDIS_ERRORS as exc:
+                self.board.group(None, problem=clean(str(exc))[:200] or type(exc).__name__)
+            except Exception as exc:  # noqa: BLE001 - the thread must keep going; shown on the page, retried
+                self.board.group(None, problem=clean(f"{type(exc).__name__}: {exc}")[:200], redis=False)
+            else:
+                self.board.group(rows, owned=owned)
+            time.sleep(GROUP_VIEW_SECONDS)
 
     def _watched(self, callback: Callable[[Consumer, list[TopicPartition]], None],
                  assigning: bool) -> Callable[[Consumer, list[TopicPartition]], None]:

@@ -319,21 +319,19 @@ def _status(args: argparse.Namespace) -> int:
 
     config = _config(args)
     store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
-    rows = list(store.summaries())
-    ends = _end_offsets(config, [(t, p) for t, p, *_ in rows])
+    rows = store.partition_rows()
+    ends = _end_offsets(config, [(row["topic"], row["partition"]) for row in rows])
     from .join import RedisJoin, performance_settings  # noqa: PLC0415
 
     settings = performance_settings(config)
     joiner = RedisJoin(store.client, config.redis.namespace, settings)
     lag = {model_id: joiner.lag(model_id) for model_id in settings}
     partitions = []
-    for topic, partition, offset, summary, saved_at in rows:
-        end = ends.get((topic, partition))
-        partitions.append({"topic": topic, "partition": partition, "next_offset": offset,
-                           "end_offset": end, "lag": None if end is None else max(0, end - offset),
-                           "saved_at_ms": saved_at, "dead_letters": summary.get("dead_letters", 0),
-                           "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
-                           "models": summary.get("models", {})})
+    for row in rows:
+        end = ends.get((row["topic"], row["partition"]))
+        partitions.append({"topic": row["topic"], "partition": row["partition"], "next_offset": row["next_offset"],
+                           "end_offset": end, "lag": None if end is None else max(0, end - row["next_offset"]),
+                           **{k: row[k] for k in ("saved_at_ms", "dead_letters", "dead_letter_reasons", "models")}})
     from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)

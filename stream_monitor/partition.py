@@ -354,7 +354,8 @@ class ColumnMonitor:
         rows = [{"signal": a.signal or self.signal, "name": a.subject or self.name, "detector": a.name,
                  "statistic": a.latest(latest), "threshold": a.threshold, "critical": a.critical,
                  "firing": a.episode.firing, "severity": a.episode.severity if a.episode.firing else None,
-                 "last_alert_id": a.episode.last_alert_id} for a in self.adapters]
+                 "last_alert_id": a.episode.last_alert_id, **({} if a.baseline is None else {"baseline": a.baseline})}
+                for a in self.adapters]
         if any(row["firing"] for row in rows):  # the status page draws a firing column's distributions
             for adapter, row in zip(self.adapters, rows):
                 counts = getattr(adapter.detector, "last_counts", None) if adapter.part == "psi" else None

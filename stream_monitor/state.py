@@ -37,7 +37,7 @@ import marshal
 import re
 import time
 from dataclasses import replace
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Container, Iterable, Iterator, Mapping
 
 import orjson
 import redis
@@ -444,16 +444,46 @@ class StateStore:
     def summaries(self) -> Iterator[tuple[str, int, int, dict[str, Any], int]]:
         """(topic, partition, next offset, summary, saved_at ms) of every stored partition."""
         for topic, partition in self.partitions():
-            offset, summary, saved_at = self.client.hmget(self.key(topic, partition),
-                                                          ["offset", "summary", "saved_at"])
-            if offset is not None:
-                key = self.key(topic, partition)
-                try:
-                    parsed = orjson.loads(summary or b"{}")
-                except orjson.JSONDecodeError:
-                    raise CorruptState(f"{key}: field 'summary' is not JSON") from None
-                yield (topic, partition, _integer(key, "offset", offset), parsed,
-                       _integer(key, "saved_at", saved_at, default=0))
+            found = self._summary(topic, partition)
+            if found is not None:
+                yield found
+
+    def _summary(self, topic: str, partition: int) -> tuple[str, int, int, dict[str, Any], int] | None:
+        key = self.key(topic, partition)
+        offset, summary, saved_at = self.client.hmget(key, ["offset", "summary", "saved_at"])
+        if offset is None:
+            return None
+        try:
+            parsed = orjson.loads(summary or b"{}")
+        except orjson.JSONDecodeError:
+            raise CorruptState(f"{key}: field 'summary' is not JSON") from None
+        return topic, partition, _integer(key, "offset", offset), parsed, _integer(key, "saved_at", saved_at, default=0)
+
+    def partition_rows(self, skip: Container[tuple[str, int]] = frozenset(),
+                       tolerant: bool = False) -> list[dict[str, Any]]:
+        """Every stored partition (but those in ``skip``) as ``status`` and the status page's group view show
+        it: topic, partition, next offset, last save (epoch ms), dead letters (total and by reason) and the
+        models' summaries. ``tolerant``: a partition whose fields do not decode is a row with its
+        ``problem`` instead of an error."""
+        rows = []
+        for topic, partition in self.partitions():
+            if (topic, partition) in skip:
+                continue
+            try:
+                found = self._summary(topic, partition)
+            except CorruptState as exc:
+                if not tolerant:
+                    raise
+                rows.append({"topic": topic, "partition": partition, "next_offset": None, "saved_at_ms": 0,
+                             "dead_letters": 0, "dead_letter_reasons": {}, "models": {}, "problem": str(exc)})
+                continue
+            if found is not None:
+                _, _, offset, summary, saved_at = found
+                rows.append({"topic": topic, "partition": partition, "next_offset": offset, "saved_at_ms": saved_at,
+                             "dead_letters": summary.get("dead_letters", 0),
+                             "dead_letter_reasons": summary.get("dead_letter_reasons", {}),
+                             "models": summary.get("models", {})})
+        return rows
 
 
 class ReferenceStore:

@@ -23,6 +23,7 @@ import errno
 import hashlib
 import html
 import logging
+import math
 import os
 import queue
 import re
@@ -32,6 +33,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -43,6 +45,7 @@ from .report import distribution_svg
 from .errors import ConfigError
 from .metrics import HttpMetrics
 from .logs import clean
+from .severity import CRITICAL_RATE_EFFECT, CRITICAL_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -304,9 +307,11 @@ class BasicAuth:
 class PageCache:
     """The status page and ``/api/status`` rendered once per board update and served from memory.
 
-    The cache is keyed on the board's ``version`` (bumped by every checkpoint's update and every
-    alert); the live lag is looked at again at most once per ``lag_refresh_seconds`` and a change
-    also renders anew. A page flood costs a lock and a dict lookup per request, not a render."""
+    The cache is keyed on the board's ``version`` (bumped by every checkpoint's update, every
+    alert, a new group view and a change of the shown event rate); the live lag and the health facts
+    as the banner words them (:meth:`StatusBoard.live_key`) are looked at again at most once per
+    ``lag_refresh_seconds`` and a change also renders anew. A page flood costs a lock and a dict
+    lookup per request, not a render."""
 
     def __init__(self, board: StatusBoard, renders=None, lag_refresh_seconds: float = 1.0,
                  clock: Callable[[], float] = time.monotonic):
@@ -324,7 +329,7 @@ class PageCache:
             now = self._clock()
             version = self._board.version
             if version != self._version or now - self._checked >= self._refresh:
-                lags = self._board.live_lags()
+                lags = self._board.live_key()
                 if version != self._version or lags != self._lags:
                     self._version, self._lags, self._out, self._snapshot = version, lags, {}, None
                 self._checked = now
@@ -660,6 +665,9 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px}
 .badge.ok{background:#dafbe1}.badge.warning{background:#fff8c5}.badge.critical{background:#ffebe9}
 .muted{color:#889}.firing{background:#fff5f5}
+.banner{display:flex;flex-wrap:wrap;gap:8px 28px;align-items:baseline}.banner div{min-width:150px}
+.banner b{display:block;font-size:12px;color:#556;text-transform:uppercase;font-weight:600}
+.stale{color:#889;font-style:italic}
 """
 
 
@@ -671,13 +679,27 @@ def _fmt(value: Any) -> str:
     return html.escape(clean(str(value)))  # credentials redacted, control characters shown as escapes
 
 
-def sparkline(history: list, warning: float | None, critical: float | None, width: int = 220, height: int = 36) -> str:
-    """An inline SVG line of the recent statistic with its warning (amber) and critical (red) lines."""
-    values = [v for _, v in history]
+BASELINE_SPAN = 0.1  # a mean reference rank within 0.4–0.6 is a shift of under 0.36 sd: drawn close to 0.5
+
+
+def sparkline(history: list, warning: float | None, critical: float | None, width: int = 220, height: int = 36,
+              baseline: float | None = None, bounds: tuple[float, float] | None = None) -> str:
+    """An inline SVG line of the recent statistic with its warning (amber) and critical (red) lines.
+
+    ``baseline`` (a point detector without a threshold line, e.g. ADWIN's mean reference rank): the
+    scale spans the values and the baseline only (not from 0), the baseline is a grey line and
+    ``bounds`` (where a change would be graded critical) are red lines when within view; the scale spans
+    at least :data:`BASELINE_SPAN` either side of the baseline. Points
+    taken while the detector was firing (a third element: the severity) are marked with dots."""
+    values = [point[1] for point in history]
     if not values:
         return f'<svg width="{width}" height="{height}"></svg>'
-    top = max(values + [v for v in (warning, critical) if v is not None and v < 10 * max(max(values), 1e-12)])
-    bottom = min(values + [0.0])
+    if baseline is not None:  # at least ±BASELINE_SPAN around it: noise near the baseline stays near its line
+        top = max(values + [baseline + BASELINE_SPAN])
+        bottom = min(values + [baseline - BASELINE_SPAN])
+    else:
+        top = max(values + [v for v in (warning, critical) if v is not None and v < 10 * max(max(values), 1e-12)])
+        bottom = min(values + [0.0])
     span = (top - bottom) or 1.0
 
     def y(v: float) -> float:
@@ -685,14 +707,142 @@ def sparkline(history: list, warning: float | None, critical: float | None, widt
 
     step = (width - 4) / max(len(values) - 1, 1)
     points = " ".join(f"{round(2 + i * step, 1)},{y(v)}" for i, v in enumerate(values))
+    levels = [(warning, "#d4a72c", "4 3"), (critical, "#cf222e", "4 3")]
+    if baseline is not None:
+        levels = [(baseline, "#8c959f", "")] + [(bound, "#cf222e", "4 3") for bound in (bounds or ())]
     lines = ""
-    for level, colour in ((warning, "#d4a72c"), (critical, "#cf222e")):
+    for level, colour, dashes in levels:
         if level is not None and bottom <= level <= top:
             lines += (f'<line x1="0" x2="{width}" y1="{y(level)}" y2="{y(level)}" stroke="{colour}" '
-                      f'stroke-dasharray="4 3" stroke-width="1"/>')
+                      + (f'stroke-dasharray="{dashes}" ' if dashes else "") + 'stroke-width="1"/>')
+    marks = "".join(f'<circle cx="{round(2 + i * step, 1)}" cy="{y(point[1])}" r="2" '
+                    f'fill="{"#cf222e" if point[2] == "critical" else "#d4a72c"}"/>'
+                    for i, point in enumerate(history) if len(point) > 2 and point[2])
     return (f'<svg width="{width}" height="{height}" role="img"><rect width="{width}" height="{height}" '
             f'fill="#fafbfc"/>{lines}<polyline fill="none" stroke="#0969da" stroke-width="1.5" '
-            f'points="{points}"/></svg>')
+            f'points="{points}"/>{marks}</svg>')
+
+
+ADWIN_CRITICAL_RANKS = (NormalDist().cdf(-CRITICAL_SHIFT / math.sqrt(2)), NormalDist().cdf(CRITICAL_SHIFT / math.sqrt(2)))
+"""The mean reference ranks whose implied shift is :data:`~stream_monitor.severity.CRITICAL_SHIFT` sd: a
+change ADWIN detects to a level beyond them is graded critical (:func:`stream_monitor.severity.rank_shift`)."""
+
+
+def _row_chart(row: Mapping[str, Any]) -> str:
+    """A detector row's sparkline: against its warning and critical lines, or, for a point detector that
+    has none (ADWIN), against its baseline with the critical bounds."""
+    if row.get("threshold") is None and row.get("baseline") is not None:
+        return sparkline(row.get("history", []), None, None, baseline=row["baseline"], bounds=ADWIN_CRITICAL_RANKS)
+    return sparkline(row.get("history", []), row.get("threshold"), row.get("critical"))
+
+
+def _row_levels(row: Mapping[str, Any]) -> tuple[str, str]:
+    """The warning and critical cells of a detector row. ADWIN has no threshold on its statistic: any
+    change its cut test detects fires (a warning), graded critical by the size of the change."""
+    if row.get("threshold") is None and row.get("detector") == "adwin":
+        if row.get("baseline") is not None:
+            return ("<span title='any change ADWIN detects in the mean reference rank (0.5: as the reference)'>"
+                    "any change</span>",
+                    f"<span title='a change to a mean rank outside {ADWIN_CRITICAL_RANKS[0]:.3f}–"
+                    f"{ADWIN_CRITICAL_RANKS[1]:.3f}'>shift ≥ {CRITICAL_SHIFT:g} sd</span>")
+        return ("<span title='any rise of the error rate ADWIN detects'>any rise</span>",
+                f"<span title=\"Cohen's h of the rise\">h ≥ {CRITICAL_RATE_EFFECT:g}</span>")
+    return _fmt(row.get("threshold")), _fmt(row.get("critical"))
+
+
+def human_duration(seconds: float) -> str:
+    """A duration as a person says it.
+
+    >>> [human_duration(s) for s in (4, 59.6, 61, 3600 * 2 + 300, 86400 * 3 + 3600 * 5)]
+    ['4 s', '60 s', '1 min', '2 h 5 min', '3 d 5 h']
+    """
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _clock(epoch: float | None) -> str:
+    """A time of day in UTC, with the date when not today."""
+    if epoch is None:
+        return "–"
+    stamp, today = time.gmtime(epoch), time.gmtime()
+    same_day = stamp[:3] == today[:3]
+    return time.strftime("%H:%M:%S UTC" if same_day else "%Y-%m-%d %H:%M:%S UTC", stamp)
+
+
+def _firing_for(row: Mapping[str, Any], now: float) -> str:
+    """How long a firing row has been firing: since its firing alert's detection, or (not raised here)
+    at least since this instance first saw it firing."""
+    since = row.get("firing_since")
+    if since is None:
+        return "–"
+    if row.get("firing_since_exact"):
+        return f"{human_duration(now - since)} <span class=muted>(since {_clock(since)})</span>"
+    return (f"≥ {human_duration(now - since)} <span class=muted title='raised before this instance saw it'>"
+            f"(seen here since {_clock(since)})</span>")
+
+
+def _health_banner(snapshot: Mapping[str, Any]) -> str:
+    """The top of the page: the lag of the partitions owned here, events/s, whether Redis and the broker
+    answer, the group's view; each from what the instance already knows, a stale one marked stale."""
+    health = snapshot.get("health")
+    if health is None:
+        return ""
+    stuck = health.get("status") == "stuck"
+    here = [p for p in snapshot.get("partitions", []) if p.get("owner", "here") == "here"]
+    owned = snapshot.get("owned")
+    count = len(owned) if owned is not None else len(here)
+    lags = [p["lag"] for p in here if p.get("lag") is not None]
+    unknown = count - len(lags)
+    lag = (f"{sum(lags):,} messages" if lags else "–") + (f" <span class=muted>({unknown} not known yet)</span>"
+                                                         if unknown and lags else "")
+    lag_class = "ok" if lags and sum(lags) == 0 else ""
+    rate = health.get("events_per_second")
+    if health.get("rate_stale") or stuck:
+        rate_cell = f"<span class=stale>stale: last measured {_clock(health.get('rate_measured_at'))}</span>"
+    else:
+        rate_cell = "–" if rate is None else f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"
+    if health.get("redis") == "failing":
+        redis_cell = "<span class=critical>failing</span>"
+    elif health.get("group_problem") and health.get("group_redis_failed", True):
+        redis_cell = (f"<span class=critical>unreachable</span> <span class=muted>(read failed at "
+                      f"{_clock(health.get('group_failed_at'))}: {_fmt(health['group_problem'])})</span>")
+    elif health.get("group_stale") and health.get("group_read_at") is not None:
+        redis_cell = f"<span class=stale>stale: last read {_clock(health.get('group_read_at'))}</span>"
+    elif health.get("redis") == "ok" or health.get("group_read_at") is not None:
+        read = health.get("group_read_at")
+        redis_cell = "<span class=ok>reachable</span>" + (f" <span class=muted>(read {_clock(read)})</span>"
+                                                          if read is not None else "")
+    else:
+        redis_cell = "–"
+    if health.get("broker") == "unreachable":
+        broker_cell = (f"<span class=critical>unreachable</span> <span class=muted>(since "
+                       f"{_clock(health.get('broker_unreachable_since'))})</span>")
+    else:
+        broker_cell = "<span class=ok>reachable</span>" if health.get("broker") == "ok" else "–"
+    total = count + sum(1 for p in snapshot.get("partitions", []) if p.get("owner") == "group")
+    group = f"{total} partition{'' if total == 1 else 's'}, {count} here"
+    if health.get("group_refresh_seconds") is None:
+        group += " <span class=muted>(the rest not read)</span>"
+    elif health.get("group_problem") and not health.get("group_redis_failed", True):
+        group += (f" <span class=stale>stale: the read failed at {_clock(health.get('group_failed_at'))}: "
+                  f"{_fmt(health['group_problem'])}</span>")
+    cells = [("consumer lag (here)", f"<span class={lag_class or 'num'}>{lag}</span>"), ("events/s", rate_cell),
+             ("Redis", redis_cell), ("broker", broker_cell), ("group", group)]
+    out = "".join(f"<div><b>{title}</b>{cell}</div>" for title, cell in cells)
+    problems = health.get("problems") or []
+    if stuck:
+        problems = ["the figures below are stale"] + problems
+    note = (f"<p class=warning>{_fmt('; '.join(problems))}</p>" if problems else "")
+    return f"<section class=banner id=health>{out}</section>" + (f"<section>{note}</section>" if note else "")
 
 
 def firing_pictures(snapshot: Mapping[str, Any]) -> str:
@@ -738,26 +888,50 @@ def _partition_count(snapshot: Mapping[str, Any]) -> str:
     return f"{count} partition" + ("" if count == 1 else "s")
 
 
+def _partitions_table(snapshot: Mapping[str, Any]) -> str:
+    """Every partition of the group: those owned here (live lag) and the others as last saved in Redis."""
+    rows = ["<section><h2>Partitions <span class=muted>· the group's, as saved in Redis; lag of those owned "
+            "here</span></h2><table><tr><th>partition</th><th>owner</th><th class=num>next offset</th>"
+            "<th class=num>lag</th><th class=num>dead letters</th><th>saved</th></tr>"]
+    for part in snapshot.get("partitions", []):
+        here = part.get("owner", "here") == "here"
+        saved = part.get("saved_at_ms")
+        rows.append(f"<tr><td>{_fmt(part['topic'])}[{part['partition']}]</td>"
+                    f"<td>{'this instance' if here else '<span class=muted>another instance</span>'}</td>"
+                    f"<td class=num>{_fmt(part.get('next_offset'))}</td><td class=num>{_fmt(part.get('lag'))}</td>"
+                    f"<td class=num>{_fmt(part.get('dead_letters'))}</td>"
+                    f"<td>{_clock(saved / 1000) if saved else '–'}</td></tr>")
+        if part.get("problem"):
+            rows.append(f"<tr><td></td><td colspan=5 class=critical>its stored state does not decode: "
+                        f"{_fmt(part['problem'])}</td></tr>")
+    rows.append("</table></section>")
+    return "".join(rows)
+
+
 def render_page(snapshot: Mapping[str, Any]) -> str:
     parts = [f"<!doctype html><html lang=en><head><meta charset=utf-8><meta http-equiv=refresh content=5>"
              f"<title>stream_monitor</title><style>{_CSS}</style></head><body>"]
     uptime = time.time() - snapshot.get("started_at", time.time())
     parts.append(f"<header><h1>stream_monitor</h1><span>{_fmt(snapshot.get('instance') or '')}</span>"
                  f"<span>{_partition_count(snapshot)} · up {uptime / 60:.0f} min"
-                 f"{_dead_letter_note(snapshot)}</span></header><main>")
+                 f"{_dead_letter_note(snapshot)} · as of {_clock(snapshot.get('now'))}</span></header><main>")
+    parts.append(_health_banner(snapshot))
 
     firing = [(m, row) for m, entry in snapshot.get("models", {}).items() for row in entry["detectors"] if row.get("firing")]
     parts.append("<section><h2>Firing now</h2>")
     if firing:
         parts.append("<table><tr><th>model</th><th>signal</th><th>name</th><th>detector</th><th>severity</th>"
-                     "<th class=num>statistic</th><th class=num>warning</th><th class=num>critical</th></tr>")
+                     "<th class=num>statistic</th><th class=num>warning</th><th class=num>critical</th>"
+                     "<th>firing for</th></tr>")
+        now = snapshot.get("now") or time.time()
         for model_id, row in firing:
             severity = row.get("severity") or "warning"
             parts.append(f"<tr class=firing><td>{_fmt(model_id)}</td><td>{_fmt(row['signal'])}</td>"
                          f"<td>{_fmt(row['name'])}</td><td>{_fmt(row['detector'])}</td>"
                          f"<td><span class='badge {severity}'>{severity}</span></td>"
-                         f"<td class=num>{_fmt(row.get('statistic'))}</td><td class=num>{_fmt(row.get('threshold'))}</td>"
-                         f"<td class=num>{_fmt(row.get('critical'))}</td></tr>")
+                         f"<td class=num>{_fmt(row.get('statistic'))}</td>"
+                         + "".join(f"<td class=num>{cell}</td>" for cell in _row_levels(row))
+                         + f"<td>{_firing_for(row, now)}</td></tr>")
         parts.append("</table>")
     else:
         parts.append("<p class=ok>Nothing is firing.</p>")
@@ -813,9 +987,8 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
             for row in rows:
                 state = (row.get("severity") or "warning") if row.get("firing") else "ok"
                 parts.append(f"<tr><td>{_fmt(row['name'])}</td><td>{_fmt(row['detector'])}</td>"
-                             f"<td>{sparkline(row.get('history', []), row.get('threshold'), row.get('critical'))}</td>"
-                             f"<td class=num>{_fmt(row.get('statistic'))}</td><td class=num>{_fmt(row.get('threshold'))}</td>"
-                             f"<td class=num>{_fmt(row.get('critical'))}</td>"
+                             f"<td>{_row_chart(row)}</td><td class=num>{_fmt(row.get('statistic'))}</td>"
+                             + "".join(f"<td class=num>{cell}</td>" for cell in _row_levels(row)) +
                              f"<td><span class='badge {state}'>{'FIRING' if state != 'ok' else 'ok'}</span></td></tr>")
             parts.append("</table>")
         if quiet_checks:
@@ -853,10 +1026,6 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                          f"<td class=muted>{_fmt(entry.get('sample'))}</td></tr>")
         parts.append("</table></section>")
 
-    parts.append("<section><h2>Partitions</h2><table><tr><th>partition</th><th class=num>next offset</th>"
-                 "<th class=num>lag</th><th class=num>dead letters</th></tr>")
-    for part in snapshot.get("partitions", []):
-        parts.append(f"<tr><td>{_fmt(part['topic'])}[{part['partition']}]</td><td class=num>{_fmt(part.get('next_offset'))}</td>"
-                     f"<td class=num>{_fmt(part.get('lag'))}</td><td class=num>{_fmt(part.get('dead_letters'))}</td></tr>")
-    parts.append("</table></section></main></body></html>")
+    parts.append(_partitions_table(snapshot))
+    parts.append("</main></body></html>")
     return "".join(parts)
