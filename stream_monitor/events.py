@@ -58,7 +58,9 @@ class LabelEvent(NamedTuple):
 class DeadLetter:
     """Why a message could not be processed (errors as data)."""
 
-    reason: str  # too_large | empty | not_utf8 | not_json | not_object | missing_field | wrong_type | unknown_model
+    # too_large | empty | not_utf8 | not_json | not_object | missing_field | wrong_type | unknown_model | …
+    # (every reason: schemas/dead_letter.json; wrong_datatype, shape_mismatch, unknown_tensor: stream_monitor/oip.py)
+    reason: str
     error: str
 
 
