@@ -1,0 +1,210 @@
+"""The Open Inference Protocol decoder (stream_monitor/oip.py) and the pairing's pure parts (join.py):
+KServe- and Seldon-shaped requests and responses, batches, and every refusal as a dead letter."""
+
+import json
+from pathlib import Path
+
+import orjson
+import pytest
+from jsonschema import Draft202012Validator
+
+from stream_monitor.config import OipConfig, parse_config
+from stream_monitor.errors import ConfigError
+from stream_monitor.events import DeadLetter, InferenceEvent, RawMessage
+from stream_monitor.join import JoinResult, MemoryJoin, PerformanceConfig, pair_ops, paired_events, pair_settings
+from stream_monitor.oip import OipHalf, decode
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+MODELS = {"iris": OipConfig(columns={"input-0": ("sepal_length", "sepal_width", "petal_length", "petal_width")}),
+          "fraud": OipConfig(served_as="fraud-v2", rename={"amt": "amount"}, score="proba", label="predict")}
+
+
+def kserve(kind: str, body: dict, request_id: str = "req-1", service: str = "iris", **extra) -> RawMessage:
+    headers = [("ce_specversion", b"1.0"), ("ce_id", request_id.encode()),
+               ("ce_type", f"org.kubeflow.serving.inference.{kind}".encode()),
+               ("ce_source", b"http://localhost:9081/"), ("ce_inferenceservicename", service.encode()),
+               ("ce_namespace", b"default"), ("ce_time", b"2026-12-02T10:00:00.250Z"),
+               ("content-type", b"application/json")]
+    return RawMessage("kserve.payloads", 0, extra.get("offset", 0), orjson.dumps(body), headers=tuple(headers),
+                      timestamp_ms=1796205000000)
+
+
+IRIS_REQUEST = {"id": "req-1", "inputs": [{"name": "input-0", "shape": [2, 4], "datatype": "FP32",
+                                           "data": [[6.8, 2.8, 4.8, 1.4], [6.0, 3.4, 4.5, 1.6]]}]}
+IRIS_RESPONSE = {"model_name": "iris", "id": "req-1", "outputs": [
+    {"name": "predict", "shape": [2], "datatype": "INT64", "data": [1, 2]},
+    {"name": "proba", "shape": [2, 3], "datatype": "FP32", "data": [0.1, 0.7, 0.2, 0.0, 0.3, 0.7]}]}
+
+
+def schema():
+    return Draft202012Validator(json.loads((SCHEMAS / "oip.json").read_text()))
+
+
+def test_a_kserve_batched_request_is_one_row_per_event_with_the_columns_named():
+    half = decode(kserve("request", IRIS_REQUEST), MODELS)
+    assert half == OipHalf("request", "iris", "req-1", 1796205600250, (
+        {"sepal_length": 6.8, "sepal_width": 2.8, "petal_length": 4.8, "petal_width": 1.4},
+        {"sepal_length": 6.0, "sepal_width": 3.4, "petal_length": 4.5, "petal_width": 1.6}))
+    assert half.event_ids() == ["req-1/0", "req-1/1"]
+    assert schema().is_valid(IRIS_REQUEST)
+
+
+def test_a_kserve_response_gives_score_from_the_first_float_output_and_label_from_the_first_other():
+    half = decode(kserve("response", IRIS_RESPONSE), MODELS)
+    assert half.kind == "response" and half.model_id == "iris" and half.request_id == "req-1"
+    assert half.rows == ((0.2, "1"), (0.7, "2"))  # the last column of a 2-D score output
+    assert schema().is_valid(IRIS_RESPONSE)
+
+
+def test_named_one_element_tensors_become_features_renamed_and_served_name_maps_to_the_model():
+    body = {"inputs": [{"name": "amt", "shape": [1], "datatype": "FP64", "data": [12.5]},
+                       {"name": "country", "shape": [1, 1], "datatype": "BYTES", "data": ["DE"]},
+                       {"name": "is_new", "shape": [1], "datatype": "BOOL", "data": [True]}]}
+    half = decode(kserve("request", body, "r9", service="fraud-v2"), MODELS)
+    assert half.model_id == "fraud" and half.rows == ({"amount": 12.5, "country": "DE", "is_new": True},)
+    assert schema().is_valid(body)
+
+
+def test_seldon_topics_name_the_model_and_the_side_and_the_key_or_body_gives_the_request_id():
+    message = RawMessage("seldon.default.model.iris.inputs", 3, 7, orjson.dumps({"inputs": IRIS_REQUEST["inputs"]}),
+                         key=b"c0ffee", timestamp_ms=1796205000000)
+    half = decode(message, MODELS)
+    assert (half.kind, half.model_id, half.request_id, half.timestamp_ms) == ("request", "iris", "c0ffee",
+                                                                              1796205000000)
+    response = RawMessage("seldon.default.model.iris.outputs", 1, 2, orjson.dumps(IRIS_RESPONSE), key=b"other")
+    assert decode(response, MODELS).request_id == "req-1"  # the body's id wins over the key
+    headed = response._replace(headers=(("x-request-id", b"hdr-id"),))
+    assert decode(headed, MODELS).request_id == "hdr-id"
+
+
+def test_configured_outputs_are_used():
+    body = {"outputs": [{"name": "other", "shape": [1], "datatype": "FP32", "data": [0.5]},
+                        {"name": "proba", "shape": [1], "datatype": "FP32", "data": [0.9]},
+                        {"name": "predict", "shape": [1], "datatype": "BYTES", "data": ["fraud"]}]}
+    assert decode(kserve("response", body, service="fraud-v2"), MODELS).rows == ((0.9, "fraud"),)
+
+
+def refusal(message, models=MODELS) -> DeadLetter:
+    out = decode(message, models)
+    assert isinstance(out, DeadLetter), out
+    assert out.error
+    return out
+
+
+def tensor(**changes):
+    return {"inputs": [{"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4], **changes}]}
+
+
+@pytest.mark.parametrize("body, reason, words", [
+    (tensor(datatype="FP128"), "wrong_datatype", "is not one of"),
+    (tensor(datatype="INT32", data=[1, 2, 3.5, 4]), "wrong_datatype", "holds integers"),
+    (tensor(data=[1, 2, "3", 4]), "wrong_datatype", "holds numbers"),
+    (tensor(datatype="BOOL", data=[1, 0, 1, 0]), "wrong_datatype", "holds booleans"),
+    (tensor(data=[1, 2, 3]), "shape_mismatch", "holds 4 values, data has 3"),
+    (tensor(shape=[1, 2, 2]), "shape_mismatch", "shape must be"),
+    (tensor(shape=[1, -4]), "shape_mismatch", "shape must be"),
+    (tensor(shape=[1, 3], data=[1, 2, 3]), "shape_mismatch", "oip.columns names 4"),
+    ({"inputs": [{"name": "a", "shape": [2], "datatype": "FP32", "data": [1, 2]},
+                 {"name": "b", "shape": [3], "datatype": "FP32", "data": [1, 2, 3]}]}, "shape_mismatch",
+     "disagree on the batch size"),
+    (tensor(name="unknown", shape=[1, 4]), "unknown_tensor", "oip.columns does not name them"),
+    ({"inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP32", "data": [1]},
+                 {"name": "input-0", "shape": [1, 4], "datatype": "FP32", "data": [1, 2, 3, 4]}]}, "unknown_tensor",
+     "given by two input columns"),
+    ({"inputs": []}, "missing_field", "non-empty array"),
+    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}, "missing_field", "has no 'data'"),
+    ({"inputs": [["x"]]}, "wrong_type", "must be an object"),
+    (tensor(data="1,2,3,4"), "wrong_type", "data must be an array"),
+])
+def test_a_request_that_does_not_fit_is_refused_with_its_reason(body, reason, words):
+    letter = refusal(kserve("request", body))
+    assert letter.reason == reason and words in letter.error, letter
+    assert not schema().is_valid(body) or reason in ("unknown_tensor", "shape_mismatch")  # mapping/shape: not in JSON
+
+
+@pytest.mark.parametrize("body, service, reason, words", [
+    ({"outputs": [{"name": "proba", "shape": [1], "datatype": "FP32", "data": [0.9]}]}, "fraud-v2",
+     "unknown_tensor", "no output 'predict'"),
+    ({"outputs": [{"name": "predict", "shape": [1, 2], "datatype": "INT64", "data": [1, 0]}]}, "iris",
+     "shape_mismatch", "is the label but has 2 columns"),
+    ({"outputs": [{"name": "proba", "shape": [1], "datatype": "BOOL", "data": [True]},
+                  {"name": "predict", "shape": [1], "datatype": "INT64", "data": [1]}]}, "fraud-v2",
+     "wrong_datatype", "a score is a number"),
+])
+def test_a_response_that_does_not_fit_is_refused_with_its_reason(body, service, reason, words):
+    letter = refusal(kserve("response", body, service=service))
+    assert letter.reason == reason and words in letter.error, letter
+
+
+def test_messages_that_are_not_oip_are_refused():
+    base = kserve("request", IRIS_REQUEST)
+    assert refusal(base._replace(value=b"{nope")).reason == "not_json"
+    assert refusal(base._replace(value=b"[1]")).reason == "not_object"
+    assert refusal(base._replace(value=None)).reason == "empty"
+    assert refusal(base._replace(value=b"\xff\xfe")).reason in ("not_utf8", "not_json")
+    assert refusal(kserve("request", IRIS_REQUEST, service="nobody")).reason == "unknown_model"
+    no_model = RawMessage("t", 0, 0, orjson.dumps(IRIS_REQUEST))
+    assert "no model name" in refusal(no_model).error
+    no_id = RawMessage("t", 0, 0, orjson.dumps({"model_name": "iris", "inputs": IRIS_REQUEST["inputs"]}))
+    assert "no request id" in refusal(no_id).error
+    neither = RawMessage("t", 0, 0, orjson.dumps({"model_name": "iris", "id": "x"}))
+    assert refusal(neither).reason == "missing_field"
+    wrong_type = base._replace(headers=(("ce_type", b"org.kubeflow.serving.inference.explain"),
+                                        ("ce_inferenceservicename", b"iris")))
+    assert refusal(wrong_type).reason == "wrong_type"
+    bad_time = base._replace(headers=(*base.headers[:6], ("ce_time", b"yesterday")))
+    assert "ce_time" in refusal(bad_time).error
+    long_id = kserve("request", IRIS_REQUEST, request_id="x" * 300)
+    assert refusal(long_id).reason == "event_id_too_long"
+    assert refusal(base._replace(value=b"x" * 2000), MODELS).reason == "not_json"
+    assert decode(base, MODELS, max_bytes=10).reason == "too_large"
+
+
+def test_every_refusal_reason_is_in_the_dead_letter_schema():
+    reasons = set(json.loads((SCHEMAS / "dead_letter.json").read_text())["properties"]["reason"]["enum"])
+    assert {"wrong_datatype", "shape_mismatch", "unknown_tensor"} <= reasons
+
+
+def test_rows_pair_whichever_half_comes_first_into_one_event_per_row_counted_once():
+    request, response = decode(kserve("request", IRIS_REQUEST), MODELS), decode(kserve("response", IRIS_RESPONSE),
+                                                                                  MODELS)
+    for first, second in ((request, response), (response, request)):
+        join = MemoryJoin(pair_settings(parse_config({"models": {"iris": {}}})))
+        waiting = join.run(pair_ops(first, "t|0|1"))
+        assert [r.status for r in waiting] == ["pending", "pending"] and paired_events(first, waiting) == []
+        done = join.run(pair_ops(second, "t|0|2"))
+        events = paired_events(second, done)
+        assert events == [
+            InferenceEvent("req-1/0", "iris", 1796205600250, request.rows[0], 0.2, "1"),
+            InferenceEvent("req-1/1", "iris", 1796205600250, request.rows[1], 0.7, "2")]
+        assert events[0].layout == ("sepal_length", "sepal_width", "petal_length", "petal_width")
+        # a replay of either message after a crash: the completing one counts again (its state was restored),
+        # the other one finds the pair taken
+        assert paired_events(second, join.run(pair_ops(second, "t|0|2"))) == events
+        assert [r.status for r in join.run(pair_ops(first, "t|0|1"))] == ["taken", "taken"]
+
+
+def test_a_row_missing_from_the_other_half_gives_no_event():
+    request = decode(kserve("request", IRIS_REQUEST), MODELS)
+    one_row = {"outputs": [{"name": "predict", "shape": [1], "datatype": "INT64", "data": [2]}]}
+    response = decode(kserve("response", one_row), MODELS)
+    results = [JoinResult("pending"), JoinResult("pending")]
+    assert paired_events(request, results) == []
+    join = MemoryJoin({"iris": PerformanceConfig()})
+    join.run(pair_ops(request, "a"))
+    assert [e.event_id for e in paired_events(response, join.run(pair_ops(response, "b")))] == ["req-1/0"]
+
+
+def test_pairing_bounds_come_from_the_models_oip_table():
+    config = parse_config({"models": {"iris": {"oip": {"pair_wait_seconds": 60, "max_pending": 50}}}})
+    settings = pair_settings(config)["iris"]
+    assert (settings.prediction_ttl_seconds, settings.label_wait_seconds, settings.max_pending) == (60, 60, 50)
+
+
+def test_input_formats_name_listed_topics_only():
+    config = parse_config({"kafka": {"input_topics": ["a", "kserve"], "input_formats": {"kserve": "oip"}}})
+    assert config.kafka.input_formats == {"kserve": "oip"}
+    with pytest.raises(ConfigError, match="kafka.input_formats.other: is not one of kafka.input_topics"):
+        parse_config({"kafka": {"input_formats": {"other": "oip"}}})
+    with pytest.raises(ConfigError, match="kafka.input_formats"):
+        parse_config({"kafka": {"input_formats": {"ml.inference": "csv"}}})
