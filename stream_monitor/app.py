@@ -693,8 +693,8 @@ class Service:
                 pairs = self.pairing.lag(model_id)
             except REDIS_ERRORS:
                 continue
-            self.metrics.oip_waiting.labels(model_id, "request").set(pairs["awaiting"])
-            self.metrics.oip_waiting.labels(model_id, "response").set(pairs["labels_waiting"])
+            self.metrics.oip_waiting.labels(model_id).set(pairs["awaiting"])
+            self.metrics.oip_responses_stored.labels(model_id).set(pairs["labels_waiting"])
             self.metrics.oip_unpaired.labels(model_id).set(pairs["expired"])
             self.metrics.oip_responses_evicted.labels(model_id).set(pairs["labels_evicted"])
 
