@@ -9,7 +9,9 @@ Core v2 writes them to ``seldon.<namespace>.model.<model>.inputs`` and
 messages; :mod:`join` pairs them in Redis by request id and the pair becomes
 one :class:`~stream_monitor.events.InferenceEvent` per row.
 
-How a message is read (``schemas/oip.json`` is the accepted subset):
+How a message is read (``schemas/oip.json`` is the accepted subset; a value that does not start like JSON is
+read as the V2 protobuf ``ModelInferRequest`` / ``ModelInferResponse``, which Seldon writes to Kafka, with
+typed or raw contents):
 
 - request or response: the ``ce_type`` header's last word, else the Seldon
   topic's ``inputs``/``outputs``, else the body (``outputs`` → response,
@@ -35,6 +37,7 @@ How a message is read (``schemas/oip.json`` is the accepted subset):
 from __future__ import annotations
 
 import re
+import struct
 from datetime import datetime, timezone
 from math import prod
 from typing import Any, Mapping, NamedTuple
@@ -87,14 +90,19 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
     if len(value) > max_bytes:
         return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
     try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        reason = "not_utf8" if "UTF-8" in str(exc) else "not_json"
-        return DeadLetter(reason, f"cannot parse JSON (an Open Inference Protocol message is V2 JSON): {exc}")
-    if not isinstance(doc, dict):
-        return DeadLetter("not_object", f"expected a JSON object (an Open Inference Protocol request or "
-                                        f"response), got {_type_name(doc)}")
-    try:
+        if value.lstrip()[:1] in _JSON_STARTS:
+            try:
+                doc = orjson.loads(value)
+            except orjson.JSONDecodeError as exc:
+                reason = "not_utf8" if "UTF-8" in str(exc) else "not_json"
+                return DeadLetter(reason, f"cannot parse JSON (an Open Inference Protocol message is V2 JSON or "
+                                          f"protobuf): {exc}")
+        else:
+            doc = _protobuf(value, _kind(_headers(message.headers).get("type"), _SELDON_TOPIC.search(message.topic),
+                                         None))
+        if not isinstance(doc, dict):
+            return DeadLetter("not_object", f"expected a JSON object (an Open Inference Protocol request or "
+                                            f"response), got {_type_name(doc)}")
         return _half(message, doc, models, max_event_id_bytes)
     except _Refused as refused:
         return refused.letter
@@ -148,7 +156,7 @@ def _headers(headers) -> dict[str, str]:
     return out
 
 
-def _kind(ce_type: str | None, seldon, doc: dict[str, Any]) -> str:
+def _kind(ce_type: str | None, seldon, doc: dict[str, Any] | None) -> str:
     if ce_type is not None:
         if ce_type.endswith(".request"):
             return "request"
@@ -158,6 +166,9 @@ def _kind(ce_type: str | None, seldon, doc: dict[str, Any]) -> str:
                                      f"({REQUEST_TYPE!r}, {RESPONSE_TYPE!r})")
     if seldon is not None:
         return "request" if seldon["side"] == "inputs" else "response"
+    if doc is None:
+        raise _Refused("missing_field", "a protobuf message says neither whether it is a request or a response: "
+                                        "it needs a ce_type header or a Seldon topic (….inputs, ….outputs)")
     if "outputs" in doc:
         return "response"
     if "inputs" in doc:
@@ -340,3 +351,147 @@ def _output(by_name: dict[str, _Tensor], configured: str, key: str, default, ten
 def _type_name(value: Any) -> str:
     return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
             type(None): "null"}.get(type(value), type(value).__name__)
+
+
+# --- the V2 protobuf messages (ModelInferRequest, ModelInferResponse), as Seldon Core v2 writes them to Kafka ----
+# Read by hand from the wire format (no generated code): the fields this service uses, the rest skipped.
+# Request and response share their numbers but for the tensors' list: a request's inputs are field 5 and its raw
+# contents field 7; a response's outputs field 5 and its raw contents field 6.
+
+_JSON_STARTS = frozenset((b"{", b"[", b'"', b""))
+_RAW_FORMATS = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b", "INT16": "h",
+                "INT32": "i", "INT64": "q", "FP16": "e", "FP32": "f", "FP64": "d"}
+# InferTensorContents: field → (how its packed values are read, whether it is varint-encoded)
+_CONTENTS = {1: ("bool", True), 2: ("int32", True), 3: ("int64", True), 4: ("uint", True), 5: ("uint", True),
+             6: ("<f", False), 7: ("<d", False), 8: ("bytes", False)}
+
+
+def _protobuf(value: bytes, kind: str) -> dict[str, Any]:
+    try:
+        return _message(value, kind)
+    except (IndexError, ValueError, struct.error, UnicodeDecodeError) as exc:
+        raise _Refused("not_json", f"cannot parse: neither JSON nor an Open Inference Protocol protobuf "
+                                   f"message ({type(exc).__name__}: {exc})") from None
+
+
+def _fields(data: bytes):
+    """(field number, wire type, value) of a protobuf message: an int for varints, bytes otherwise."""
+    at, end = 0, len(data)
+    while at < end:
+        key, at = _varint(data, at)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            item, at = _varint(data, at)
+        elif wire == 1:
+            item, at = data[at:at + 8], at + 8
+        elif wire == 2:
+            size, at = _varint(data, at)
+            item, at = data[at:at + size], at + size
+        elif wire == 5:
+            item, at = data[at:at + 4], at + 4
+        else:
+            raise ValueError(f"unsupported wire type {wire}")
+        if at > end or number == 0:
+            raise ValueError("truncated or malformed message")
+        yield number, wire, item
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[at]
+        at += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, at
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _message(data: bytes, kind: str) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    tensors, raw = [], []
+    raw_field = 7 if kind == "request" else 6
+    for number, wire, item in _fields(data):
+        if number == 1 and wire == 2:
+            doc["model_name"] = item.decode("utf-8")
+        elif number == 3 and wire == 2:
+            doc["id"] = item.decode("utf-8")
+        elif number == 5 and wire == 2:
+            tensors.append(_tensor(item))
+        elif number == raw_field and wire == 2:
+            raw.append(item)
+    for index, blob in enumerate(raw[:len(tensors)]):
+        tensors[index]["data"] = _raw(blob, tensors[index].get("datatype"))
+    if not doc.get("id"):
+        doc.pop("id", None)
+    doc["inputs" if kind == "request" else "outputs"] = tensors
+    return doc
+
+
+def _tensor(data: bytes) -> dict[str, Any]:
+    tensor: dict[str, Any] = {"shape": []}
+    for number, wire, item in _fields(data):
+        if number == 1 and wire == 2:
+            tensor["name"] = item.decode("utf-8")
+        elif number == 2 and wire == 2:
+            tensor["datatype"] = item.decode("utf-8")
+        elif number == 3:
+            tensor["shape"].extend(_signed(v) for v in (_packed_varints(item) if wire == 2 else [item]))
+        elif number == 5 and wire == 2:
+            tensor["data"] = _contents(item)
+    return tensor
+
+
+def _contents(data: bytes) -> list:
+    values: list = []
+    for number, wire, item in _fields(data):
+        how = _CONTENTS.get(number)
+        if how is None:
+            continue
+        reading, varint = how
+        if reading == "bytes":
+            values.append(item.decode("utf-8", "replace"))
+        elif varint:
+            found = _packed_varints(item) if wire == 2 else [item]
+            if reading == "bool":
+                values.extend(bool(v) for v in found)
+            elif reading == "uint":
+                values.extend(found)
+            else:
+                values.extend(_signed(v) for v in found)
+        else:
+            if len(item) % struct.calcsize(reading):
+                raise ValueError(f"packed {reading} values of {len(item)} bytes")
+            values.extend(x for (x,) in struct.iter_unpack(reading, item))
+    return values
+
+
+def _packed_varints(data: bytes) -> list[int]:
+    out, at = [], 0
+    while at < len(data):
+        value, at = _varint(data, at)
+        out.append(value)
+    return out
+
+
+def _signed(value: int) -> int:
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _raw(blob: bytes, datatype: Any) -> list:
+    """A tensor's raw contents (little-endian, row-major; BYTES: each element after its 4-byte length)."""
+    if datatype == "BYTES":
+        out, at = [], 0
+        while at < len(blob):
+            (size,) = struct.unpack_from("<I", blob, at)
+            out.append(blob[at + 4:at + 4 + size].decode("utf-8", "replace"))
+            at += 4 + size
+        return out
+    code = _RAW_FORMATS.get(datatype)
+    if code is None:
+        raise _Refused("wrong_datatype", f"raw contents of datatype {str(datatype)[:80]!r}")
+    if len(blob) % struct.calcsize(code):
+        raise _Refused("shape_mismatch", f"raw contents of {len(blob)} bytes are not whole {datatype} values")
+    return [x for (x,) in struct.iter_unpack("<" + code, blob)]
