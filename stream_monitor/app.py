@@ -475,7 +475,8 @@ class Service:
             [(raw.offset, decoded, join) for raw, decoded, join in items], sum(len(raw.value or b"") for raw, _, _ in items))
         if failed:
             raws = {raw.offset: raw for raw, _, _ in items}
-            for (offset, _, _), exc in failed:
+            # one dead letter per message (the rows of one Open Inference Protocol message share its offset)
+            for (offset, _, _), exc in {item[0]: (item, exc) for item, exc in failed}.values():
                 log.error("%s[%d]@%d: processing failed; dead-lettered (processing_error), the partition's state "
                           "left as if it had never been seen", key[0], key[1], offset, exc_info=exc)
                 self._dead_letter(raws[offset], DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)

@@ -124,6 +124,8 @@ def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConf
         raise _Refused("unknown_model", f"model {served[:200]!r} is not the served name of a configured model "
                                         f"(models.<id>.oip.served_as, default the model id; known: [{known}])")
     request_id = headers.get("id") or headers.get("x-request-id") or doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise _Refused("wrong_type", f"id must be a string, got {_type_name(request_id)}")
     if request_id is None and message.key:
         request_id = message.key.decode("utf-8", "replace")
     if not isinstance(request_id, str) or not request_id:

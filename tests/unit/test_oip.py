@@ -147,6 +147,10 @@ def test_messages_that_are_not_oip_are_refused():
     assert "no model name" in refusal(no_model).error
     no_id = RawMessage("t", 0, 0, orjson.dumps({"model_name": "iris", "inputs": IRIS_REQUEST["inputs"]}))
     assert "no request id" in refusal(no_id).error
+    numeric_id = RawMessage("t", 0, 0, orjson.dumps({"model_name": "iris", "id": 7, **IRIS_REQUEST}))
+    assert decode(numeric_id, MODELS).request_id == "req-1"  # the body's own id (a string) is read
+    numeric_id = RawMessage("t", 0, 0, orjson.dumps({**IRIS_REQUEST, "model_name": "iris", "id": 7}))
+    assert refusal(numeric_id).reason == "wrong_type"
     neither = RawMessage("t", 0, 0, orjson.dumps({"model_name": "iris", "id": "x"}))
     assert refusal(neither).reason == "missing_field"
     wrong_type = base._replace(headers=(("ce_type", b"org.kubeflow.serving.inference.explain"),
