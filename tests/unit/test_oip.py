@@ -271,3 +271,20 @@ def test_protobuf_that_does_not_fit_is_refused():
     assert refusal(RawMessage(topic, 0, 0, odd, key=b"k")).reason == "shape_mismatch"
     unknown_side = RawMessage("payloads", 0, 0, field(5, pb_tensor("x", "FP32", [1])), key=b"k")
     assert "neither whether it is a request or a response" in refusal(unknown_side).error
+
+
+def test_the_readme_section_config_parses_and_its_example_response_decodes():
+    import re  # noqa: PLC0415
+    import tomllib  # noqa: PLC0415
+
+    readme = (SCHEMAS.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## From KServe or Seldon", 1)[1].split("\n## ", 1)[0]
+    toml_text = re.search(r"```toml\n(.*?)```", section, re.S).group(1)
+    config = parse_config(tomllib.loads(toml_text))
+    assert config.kafka.input_formats == {"kserve-payloads": "oip"}
+    response = orjson.loads(re.search(r"```json\n(.*?)```", section, re.S).group(1))
+    headers = (("ce_id", "5c1d…".encode()), ("ce_type", b"org.kubeflow.serving.inference.response"),
+               ("ce_inferenceservicename", b"sklearn-iris"))
+    half = decode(RawMessage("kserve-payloads", 0, 0, orjson.dumps(response), headers=headers),
+                  {m: model.oip for m, model in config.models.items()})
+    assert half.model_id == "iris" and half.rows == ((0.9, "1"), (0.7, "1"))
