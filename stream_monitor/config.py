@@ -593,7 +593,8 @@ class OipConfig(_Table):
         default="`{}`", type="table: tensor name → feature name")] = {}
     score: Annotated[str, doc(
         "The output tensor that is the prediction's `score` (its last column when it has several, e.g. the "
-        "positive class of `predict_proba`). Empty: the first output whose datatype is FP16, FP32 or FP64, if any.")] = ""
+        "positive class of `predict_proba`). Empty: the first output whose datatype is FP16, FP32 or FP64, if "
+        "any.")] = ""
     label: Annotated[str, doc(
         "The output tensor that is the prediction's `label`. Empty: the first output whose datatype is an integer, "
         "BOOL or BYTES, if any.")] = ""

@@ -593,3 +593,28 @@ def full_stream(length: int = 14_000) -> list[InferenceEvent | LabelEvent]:
         out.append(InferenceEvent(f"e{i}", "m", 1_795_800_000_000 + i, {"x": x, "c": c}, score, None, latency))
         out.append(LabelEvent(f"e{i}", "m", None, int(rng.random() < (0.5 if phase >= 9 else 0.2))))
     return out
+
+
+# --- the V2 protobuf messages Seldon Core v2 writes to Kafka, encoded by hand (no generated code) ----------
+
+
+def pb_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def pb_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (strings, messages, packed numbers, bytes)."""
+    return pb_varint(number << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def pb_tensor(name: str, datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
+    """An InferInputTensor / InferOutputTensor (the same numbers); ``contents``: an InferTensorContents."""
+    out = pb_field(1, name.encode()) + pb_field(2, datatype.encode())
+    out += pb_field(3, b"".join(pb_varint(d) for d in shape))
+    return out + (pb_field(5, contents) if contents else b"")

@@ -14,6 +14,8 @@ from stream_monitor.events import DeadLetter, InferenceEvent, RawMessage
 from stream_monitor.join import JoinResult, MemoryJoin, PerformanceConfig, pair_ops, paired_events, pair_settings
 from stream_monitor.oip import OipHalf, decode
 
+from ..support import pb_field, pb_tensor, pb_varint
+
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 MODELS = {"iris": OipConfig(columns={"input-0": ("sepal_length", "sepal_width", "petal_length", "petal_width")}),
           "fraud": OipConfig(served_as="fraud-v2", rename={"amt": "amount"}, score="proba", label="predict")}
@@ -218,58 +220,37 @@ def test_input_formats_name_listed_topics_only():
 # --- Seldon Core v2: the V2 protobuf messages on its model topics ---------------------------------------------
 
 
-def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
-        value >>= 7
-        if not value:
-            return bytes(out)
-
-
-def field(number: int, payload: bytes | int, wire: int = 2) -> bytes:
-    if wire == 0:
-        return varint(number << 3) + varint(payload)
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
-def pb_tensor(name: str, datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
-    packed_shape = b"".join(varint(d) for d in shape)
-    out = field(1, name.encode()) + field(2, datatype.encode()) + field(3, packed_shape)
-    return out + (field(5, contents) if contents else b"")
-
-
 def test_seldon_protobuf_request_with_raw_contents_and_response_with_typed_contents():
     import struct  # noqa: PLC0415
 
     raw = struct.pack("<8f", 6.5, 2.5, 4.5, 1.5, 6.0, 3.0, 4.0, 1.0)
-    request = (field(1, b"iris") + field(3, b"seldon-req-7") + field(5, pb_tensor("input-0", "FP32", [2, 4]))
-               + field(7, raw))
+    request = (pb_field(1, b"iris") + pb_field(3, b"seldon-req-7")
+               + pb_field(5, pb_tensor("input-0", "FP32", [2, 4])) + pb_field(7, raw))
     half = decode(RawMessage("seldon.default.model.iris.inputs", 0, 0, request), MODELS)
     assert half.kind == "request" and half.request_id == "seldon-req-7"
     assert half.rows == ({"sepal_length": 6.5, "sepal_width": 2.5, "petal_length": 4.5, "petal_width": 1.5},
                          {"sepal_length": 6.0, "sepal_width": 3.0, "petal_length": 4.0, "petal_width": 1.0})
-    labels = field(3, b"".join(varint(v) for v in (1, 2)))  # int64_contents, packed
-    scores = field(6, struct.pack("<4f", 0.25, 0.75, 0.5, 0.5))  # fp32_contents
-    response = (field(1, b"iris") + field(3, b"seldon-req-7") + field(5, pb_tensor("predict", "INT64", [2], labels))
-                + field(5, pb_tensor("proba", "FP32", [2, 2], scores)))
+    labels = pb_field(3, b"".join(pb_varint(v) for v in (1, 2)))  # int64_contents, packed
+    scores = pb_field(6, struct.pack("<4f", 0.25, 0.75, 0.5, 0.5))  # fp32_contents
+    response = (pb_field(1, b"iris") + pb_field(3, b"seldon-req-7")
+                + pb_field(5, pb_tensor("predict", "INT64", [2], labels))
+                + pb_field(5, pb_tensor("proba", "FP32", [2, 2], scores)))
     half = decode(RawMessage("seldon.default.model.iris.outputs", 0, 1, response, key=b"seldon-req-7"), MODELS)
     assert half.kind == "response" and half.rows == ((0.75, "1"), (0.5, "2"))
-    negative = field(5, pb_tensor("x", "INT32", [1], field(2, b"".join(varint(v) for v in (-3,)))))
+    negative = pb_field(5, pb_tensor("x", "INT32", [1], pb_field(2, b"".join(pb_varint(v) for v in (-3,)))))
     cfg = {"iris": OipConfig()}
     assert decode(RawMessage("seldon.default.model.iris.inputs", 0, 2, negative, key=b"k"), cfg).rows == ({"x": -3},)
 
 
 def test_protobuf_that_does_not_fit_is_refused():
     topic = "seldon.default.model.iris.inputs"
-    truncated = field(5, pb_tensor("input-0", "FP32", [1, 4]))[:-3]
+    truncated = pb_field(5, pb_tensor("input-0", "FP32", [1, 4]))[:-3]
     assert refusal(RawMessage(topic, 0, 0, truncated, key=b"k")).reason == "not_json"
-    short = field(5, pb_tensor("input-0", "FP32", [1, 4])) + field(7, b"\0" * 12)
+    short = pb_field(5, pb_tensor("input-0", "FP32", [1, 4])) + pb_field(7, b"\0" * 12)
     assert refusal(RawMessage(topic, 0, 0, short, key=b"k")).reason == "shape_mismatch"
-    odd = field(5, pb_tensor("input-0", "FP32", [1, 4])) + field(7, b"\0" * 15)
+    odd = pb_field(5, pb_tensor("input-0", "FP32", [1, 4])) + pb_field(7, b"\0" * 15)
     assert refusal(RawMessage(topic, 0, 0, odd, key=b"k")).reason == "shape_mismatch"
-    unknown_side = RawMessage("payloads", 0, 0, field(5, pb_tensor("x", "FP32", [1])), key=b"k")
+    unknown_side = RawMessage("payloads", 0, 0, pb_field(5, pb_tensor("x", "FP32", [1])), key=b"k")
     assert "neither whether it is a request or a response" in refusal(unknown_side).error
 
 
