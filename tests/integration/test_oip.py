@@ -1,10 +1,12 @@
-"""KServe's payload logger, end to end: Open Inference Protocol requests and responses produced as separate
+"""Model servers' payload loggers, end to end. KServe: Open Inference Protocol requests and responses produced as separate
 CloudEvents to one topic (responses sometimes first), paired through Redis, drift detected in one feature,
-bad messages dead-lettered, and a SIGKILL mid-stream that loses and double-counts nothing."""
+bad messages dead-lettered, and a SIGKILL mid-stream that loses and double-counts nothing. Seldon Core v2:
+protobuf requests and responses on a model's .inputs and .outputs topics, paired across topics and partitions."""
 
 from __future__ import annotations
 
 import random
+import struct
 from datetime import datetime, timezone
 
 import orjson
@@ -14,7 +16,8 @@ from stream_monitor.demo.localstack import create_topics
 from stream_monitor.join import RedisJoin, pair_settings
 from stream_monitor.state import connect
 
-from ..support import Feeder, Run, assert_same_outcome, is_cluster, stored_offset, unique, wait_for_offsets
+from ..support import (Feeder, Run, assert_same_outcome, final_states, is_cluster, pb_field, pb_tensor, produce,
+                       stored_offset, unique, wait_for_offsets)
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
 IRIS = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000},
@@ -138,3 +141,58 @@ def test_kserve_requests_and_responses_are_paired_drift_is_alerted_and_a_sigkill
                         pair_settings(config))
     lag = pairing.lag("iris")
     assert lag["awaiting"] == rows_unanswered and lag["expired"] == 0 and lag["labels_waiting"] > 0, lag
+
+
+def seldon_call(call: int, rng: random.Random) -> tuple[bytes, bytes, int, str]:
+    """A Seldon Core v2 request (raw contents) and its response (typed contents), the rows, the request id."""
+    batch = rng.choice((1, 2))
+    values = [v for _ in range(batch)
+              for v in (rng.gauss(5.8, 0.8), rng.gauss(3.0, 0.4),
+                        rng.gauss(3.8 + (3.0 if call >= DRIFT_AT else 0.0), 1.5), rng.gauss(1.2, 0.7))]
+    request_id = f"seldon-{call}"
+    request = (pb_field(1, b"iris") + pb_field(5, pb_tensor("input-0", "FP32", [batch, 4]))
+               + pb_field(7, struct.pack(f"<{4 * batch}f", *values)))
+    scores = [rng.random() for _ in range(batch)]
+    response = (pb_field(1, b"iris") + pb_field(3, request_id.encode())
+                + pb_field(5, pb_tensor("predict", "INT64", [batch], pb_field(3, bytes(int(s >= 0.5) for s in scores))))
+                + pb_field(5, pb_tensor("proba", "FP32", [batch, 2],
+                                        pb_field(6, struct.pack(f"<{2 * batch}f",
+                                                                *(v for s in scores for v in (1 - s, s)))))))
+    return request, response, batch, request_id
+
+
+def test_seldon_protobuf_inputs_and_outputs_on_their_own_topics_are_paired_and_drift_is_alerted(
+        broker, redis_server, tmp_path, monitors):
+    prefix = unique("seldon")
+    inputs, outputs = f"{prefix}.default.model.iris.inputs", f"{prefix}.default.model.iris.outputs"
+    create_topics(broker.address, {inputs: 2, outputs: 2})
+    run = Run(broker, redis_server, tmp_path, inputs, 2, "seldon",
+              models={"iris": {**IRIS, "oip": {"columns": {"input-0": COLUMNS}}}})
+    text = run.config.read_text().replace(
+        f'input_topics = ["{inputs}"]',
+        f'input_topics = ["{inputs}", "{outputs}"]\ninput_formats = {{ "{inputs}" = "oip", "{outputs}" = "oip" }}')
+    run.config.write_text(text)
+    rng = random.Random(5)
+    requests, responses, rows = [], [], 0
+    for call in range(CALLS):
+        request, response, batch, request_id = seldon_call(call, rng)
+        rows += batch
+        key = request_id.encode()  # Seldon keys a call's messages by its request id, and sets x-request-id
+        requests.append((call % 2, key, request, [("x-request-id", key), ("pipeline", b"iris")]))
+        responses.append(((call + 1) % 2, key, response, [("x-request-id", key), ("pipeline", b"iris")]))
+    process = run.start(monitors)
+    # the outputs first, so half of the rows find their request waiting and half their response
+    output_ends = produce(broker.address, outputs, responses[: CALLS // 2])
+    input_ends = produce(broker.address, inputs, requests)
+    more = produce(broker.address, outputs, responses[CALLS // 2:])
+    output_ends = {p: max(output_ends.get(p, 0), more.get(p, 0)) for p in (0, 1)}
+    wait_for_offsets(run.store, inputs, input_ends, processes=[process], timeout=120)
+    wait_for_offsets(run.store, outputs, output_ends, processes=[process], timeout=120)
+    assert process.terminate() == 0
+    counted = sum(state[1]["models"]["iris"]["events"]
+                  for topic in (inputs, outputs) for state in final_states(run.store, topic, (0, 1)).values()
+                  if state is not None and "iris" in state[1]["models"])
+    assert counted == rows, "every row once, whichever topic completed it"
+    firing = {(a["signal"], a["name"]) for a in run.alerts() if a["status"] == "firing"}
+    assert ("feature", "petal_length") in firing, firing
+    assert not run.dead_letters()
