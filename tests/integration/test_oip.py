@@ -1,7 +1,8 @@
-"""Model servers' payload loggers, end to end. KServe: Open Inference Protocol requests and responses produced as separate
-CloudEvents to one topic (responses sometimes first), paired through Redis, drift detected in one feature,
-bad messages dead-lettered, and a SIGKILL mid-stream that loses and double-counts nothing. Seldon Core v2:
-protobuf requests and responses on a model's .inputs and .outputs topics, paired across topics and partitions."""
+"""Model servers' payload loggers, end to end. KServe: Open Inference Protocol requests and responses
+produced as separate CloudEvents to one topic (responses sometimes first), paired through Redis, drift
+detected in one feature, bad messages dead-lettered, and a SIGKILL mid-stream that loses and double-counts
+nothing. Seldon Core v2: protobuf requests and responses on a model's .inputs and .outputs topics, paired
+across topics and partitions."""
 
 from __future__ import annotations
 
