@@ -39,7 +39,7 @@ from __future__ import annotations
 import re
 import struct
 from datetime import datetime, timezone
-from math import prod
+from math import isfinite, prod
 from typing import Any, Mapping, NamedTuple
 
 import orjson
@@ -316,7 +316,11 @@ def _features(tensors: list[_Tensor], cfg: OipConfig) -> tuple[dict[str, Any], .
 
 
 def _value(value: Any, datatype: str) -> Any:
-    return float(value) if datatype in _FLOATS else value
+    """A feature's value; a NaN or infinite float (protobuf can carry them, JSON cannot) is a missing value."""
+    if datatype in _FLOATS:
+        value = float(value)
+        return value if isfinite(value) else None
+    return value
 
 
 def _predictions(tensors: list[_Tensor], cfg: OipConfig) -> tuple[tuple[float | None, str | None], ...]:
@@ -327,6 +331,8 @@ def _predictions(tensors: list[_Tensor], cfg: OipConfig) -> tuple[tuple[float | 
         raise _Refused("unknown_tensor", f"no output gives a score or a label (outputs: "
                                          f"{', '.join(repr(t.name[:50]) for t in tensors[:10])}; set oip.score or "
                                          "oip.label)")
+    if score is not None and score.width == 0:
+        raise _Refused("shape_mismatch", f"outputs tensor {score.name[:200]!r} is the score but has no columns")
     if label is not None and label.width != 1:
         raise _Refused("shape_mismatch", f"outputs tensor {label.name[:200]!r} is the label but has "
                                          f"{label.width} columns (a label is one value per row)")
@@ -336,6 +342,8 @@ def _predictions(tensors: list[_Tensor], cfg: OipConfig) -> tuple[tuple[float | 
     rows = []
     for row in range(tensors[0].batch):
         value = None if score is None else float(score.data[row * score.width + score.width - 1])
+        if value is not None and not isfinite(value):
+            value = None
         rows.append((value, None if label is None else category(label.data[row])))
     return tuple(rows)
 

@@ -242,6 +242,18 @@ def test_seldon_protobuf_request_with_raw_contents_and_response_with_typed_conte
     assert decode(RawMessage("seldon.default.model.iris.inputs", 0, 2, negative, key=b"k"), cfg).rows == ({"x": -3},)
 
 
+def test_a_nan_or_infinite_float_from_protobuf_is_a_missing_value():
+    import struct  # noqa: PLC0415
+
+    raw = struct.pack("<2f", float("nan"), float("inf"))
+    request = pb_field(5, pb_tensor("x", "FP32", [2])) + pb_field(7, raw)
+    half = decode(RawMessage("seldon.default.model.iris.inputs", 0, 0, request, key=b"k"), {"iris": OipConfig()})
+    assert half.rows == ({"x": None}, {"x": None})
+    response = pb_field(5, pb_tensor("p", "FP64", [1], pb_field(7, struct.pack("<d", float("-inf")))))
+    half = decode(RawMessage("seldon.default.model.iris.outputs", 0, 0, response, key=b"k"), {"iris": OipConfig()})
+    assert half.rows == ((None, None),)
+
+
 def test_protobuf_that_does_not_fit_is_refused():
     topic = "seldon.default.model.iris.inputs"
     truncated = pb_field(5, pb_tensor("input-0", "FP32", [1, 4]))[:-3]
@@ -269,3 +281,31 @@ def test_the_readme_section_config_parses_and_its_example_response_decodes():
     half = decode(RawMessage("kserve-payloads", 0, 0, orjson.dumps(response), headers=headers),
                   {m: model.oip for m, model in config.models.items()})
     assert half.model_id == "iris" and half.rows == ((0.9, "1"), (0.7, "1"))
+
+
+def test_hostile_values_are_dead_letters_never_exceptions():
+    from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: PLC0415
+
+    scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=False),
+                       st.text(max_size=5))
+    json_value = st.recursive(scalar, lambda inner: st.lists(inner, max_size=4)
+                              | st.dictionaries(st.sampled_from(["name", "shape", "datatype", "data", "x"]), inner,
+                                                max_size=4), max_leaves=20)
+    tensor_doc = st.fixed_dictionaries({"name": st.sampled_from(["input-0", "predict", "proba", "x"]),
+                                        "shape": st.lists(st.integers(-1, 5), max_size=3),
+                                        "datatype": st.sampled_from(["FP32", "INT64", "BOOL", "BYTES", "X"]),
+                                        "data": json_value})
+    body = st.one_of(json_value, st.fixed_dictionaries({"inputs": st.lists(tensor_doc, max_size=3)}),
+                     st.fixed_dictionaries({"outputs": st.lists(tensor_doc, max_size=3)}))
+
+    @hyp_settings(max_examples=300, deadline=None)
+    @given(body, st.binary(max_size=64), st.sampled_from(["request", "response"]))
+    def check(doc, blob, kind):
+        seldon = RawMessage(f"seldon.ns.model.iris.{'inputs' if kind == 'request' else 'outputs'}", 0, 0, b"",
+                            key=b"k")
+        for value in (orjson.dumps(doc), blob):
+            for message in (kserve(kind, {}), seldon):
+                out = decode(message._replace(value=value), MODELS)
+                assert isinstance(out, (OipHalf, DeadLetter))
+
+    check()
