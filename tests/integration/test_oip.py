@@ -6,7 +6,10 @@ across topics and partitions."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import struct
 from datetime import datetime, timezone
 
@@ -142,6 +145,12 @@ def test_kserve_requests_and_responses_are_paired_drift_is_alerted_and_a_sigkill
                         pair_settings(config))
     lag = pairing.lag("iris")
     assert lag["awaiting"] == rows_unanswered and lag["expired"] == 0 and lag["labels_waiting"] > 0, lag
+    status = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(clean.config), "--json"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(status.stdout)["oip_pairing"]["iris"]["awaiting"] == rows_unanswered
+    text = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(clean.config)],
+                          capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"{rows_unanswered:,} request rows awaiting their response" in text, text
 
 
 def seldon_call(call: int, rng: random.Random) -> tuple[bytes, bytes, int, str]:
