@@ -13,6 +13,8 @@ How a message is read (``schemas/oip.json`` is the accepted subset; a value that
 read as the V2 protobuf ``ModelInferRequest`` / ``ModelInferResponse``, which Seldon writes to Kafka, with
 typed or raw contents):
 
+- a CloudEvent written whole as JSON (structured mode: ``specversion``, ``data``
+  or ``data_base64``) gives its attributes as the headers would, and its data;
 - request or response: the ``ce_type`` header's last word, else the Seldon
   topic's ``inputs``/``outputs``, else the body (``outputs`` → response,
   ``inputs`` → request);
@@ -36,6 +38,7 @@ typed or raw contents):
 
 from __future__ import annotations
 
+import base64
 import re
 import struct
 from datetime import datetime, timezone
@@ -111,6 +114,9 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
 def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConfig],
           max_event_id_bytes: int) -> OipHalf:
     headers = _headers(message.headers)
+    if "specversion" in doc and ("data" in doc or "data_base64" in doc):  # a CloudEvent in structured mode
+        doc, attributes = _structured(doc)
+        headers = {**headers, **attributes}
     seldon = _SELDON_TOPIC.search(message.topic)
     kind = _kind(headers.get("type"), seldon, doc)
     served = headers.get("inferenceservicename") or (seldon["model"] if seldon else None) or doc.get("model_name")
@@ -141,6 +147,23 @@ def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConf
     tensors = _tensors(doc, field)
     rows = _features(tensors, cfg) if kind == "request" else _predictions(tensors, cfg)
     return OipHalf(kind, model_id, request_id, timestamp_ms, rows)
+
+
+def _structured(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The V2 body and the attributes of a CloudEvent written whole as JSON (structured content mode)."""
+    attributes = {k: v for k, v in event.items() if k not in ("data", "data_base64") and isinstance(v, str)}
+    data = event.get("data")
+    try:
+        if "data_base64" in event:
+            data = orjson.loads(base64.b64decode(str(event["data_base64"]), validate=True))
+        elif isinstance(data, str):
+            data = orjson.loads(data)
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise _Refused("not_json", f"the CloudEvent's data is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise _Refused("not_object", f"the CloudEvent's data must be a JSON object (an Open Inference Protocol "
+                                     f"request or response), got {_type_name(data)}")
+    return data, attributes
 
 
 def _headers(headers) -> dict[str, str]:

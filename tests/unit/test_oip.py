@@ -67,6 +67,22 @@ def test_named_one_element_tensors_become_features_renamed_and_served_name_maps_
     assert schema().is_valid(body)
 
 
+def test_a_cloudevent_in_structured_mode_gives_its_attributes_and_data():
+    import base64  # noqa: PLC0415
+
+    event = {"specversion": "1.0", "id": "req-5", "type": "org.kubeflow.serving.inference.response",
+             "source": "http://sklearn-iris-predictor.default/", "inferenceservicename": "iris",
+             "time": "2026-12-02T10:00:01Z", "datacontenttype": "application/json", "data": IRIS_RESPONSE}
+    half = decode(RawMessage("kserve", 0, 0, orjson.dumps(event)), MODELS)
+    assert (half.kind, half.request_id, half.timestamp_ms, half.rows) == ("response", "req-5", 1796205601000,
+                                                                          ((0.2, "1"), (0.7, "2")))
+    encoded = {**event, "data_base64": base64.b64encode(orjson.dumps(IRIS_RESPONSE)).decode()}
+    del encoded["data"]
+    assert decode(RawMessage("kserve", 0, 0, orjson.dumps(encoded)), MODELS) == half
+    assert refusal(RawMessage("kserve", 0, 0, orjson.dumps({**event, "data": "{no"}))).reason == "not_json"
+    assert refusal(RawMessage("kserve", 0, 0, orjson.dumps({**event, "data": [1]}))).reason == "not_object"
+
+
 def test_seldon_topics_name_the_model_and_the_side_and_the_key_or_body_gives_the_request_id():
     message = RawMessage("seldon.default.model.iris.inputs", 3, 7, orjson.dumps({"inputs": IRIS_REQUEST["inputs"]}),
                          key=b"c0ffee", timestamp_ms=1796205000000)
