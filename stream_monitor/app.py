@@ -35,8 +35,8 @@ from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assig
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, client_settings, kafka_logger
 from .merge import episodes_summary, merge_step
-from .oip import OipHalf, decode as decode_oip
 from .metrics import Metrics, PartitionView
+from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # CheckpointTimers: re-exported
