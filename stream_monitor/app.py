@@ -449,7 +449,8 @@ class Service:
         raw = _raw(message)
         if raw.topic in self.oip_topics:
             return key, monitor, raw, decode_oip(raw, self.oip_models, self.config.service.max_message_bytes,
-                                                 self.config.service.max_event_id_bytes)
+                                                 self.config.service.max_event_id_bytes,
+                                                 self.config.service.max_features_per_event)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
                                           self.config.service.max_features_per_event,
                                           self.config.service.max_event_id_bytes)

@@ -84,7 +84,7 @@ class _Refused(Exception):
 
 
 def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int = 1_048_576,
-           max_event_id_bytes: int = 256) -> OipHalf | DeadLetter:
+           max_event_id_bytes: int = 256, max_features: int = 1_000) -> OipHalf | DeadLetter:
     """One OIP message → its half of a pair, or why not; never raises for bad input.
     ``models``: model id → its ``[models.<id>.oip]``."""
     value = message.value
@@ -106,13 +106,13 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
         if not isinstance(doc, dict):
             return DeadLetter("not_object", f"expected a JSON object (an Open Inference Protocol request or "
                                             f"response), got {_type_name(doc)}")
-        return _half(message, doc, models, max_event_id_bytes)
+        return _half(message, doc, models, max_event_id_bytes, max_features)
     except _Refused as refused:
         return refused.letter
 
 
 def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConfig],
-          max_event_id_bytes: int) -> OipHalf:
+          max_event_id_bytes: int, max_features: int = 1_000) -> OipHalf:
     headers = _headers(message.headers)
     if "specversion" in doc and ("data" in doc or "data_base64" in doc):  # a CloudEvent in structured mode
         doc, attributes = _structured(doc)
@@ -145,7 +145,7 @@ def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConf
     cfg = models[model_id]
     field = "inputs" if kind == "request" else "outputs"
     tensors = _tensors(doc, field)
-    rows = _features(tensors, cfg) if kind == "request" else _predictions(tensors, cfg)
+    rows = _features(tensors, cfg, max_features) if kind == "request" else _predictions(tensors, cfg)
     return OipHalf(kind, model_id, request_id, timestamp_ms, rows)
 
 
@@ -309,7 +309,7 @@ def _fits(value: Any, datatype: str) -> bool:
     return value.__class__ is (bool if datatype == "BOOL" else str)
 
 
-def _features(tensors: list[_Tensor], cfg: OipConfig) -> tuple[dict[str, Any], ...]:
+def _features(tensors: list[_Tensor], cfg: OipConfig, max_features: int = 1_000) -> tuple[dict[str, Any], ...]:
     batch = tensors[0].batch
     columns: list[tuple[str, _Tensor, int]] = []  # feature name, its tensor, its column
     for tensor in tensors:
@@ -325,6 +325,9 @@ def _features(tensors: list[_Tensor], cfg: OipConfig) -> tuple[dict[str, Any], .
                                              f"oip.columns does not name them (oip.columns.\"{tensor.name[:200]}\" "
                                              "= [feature names])")
         columns.extend((name, tensor, column) for column, name in enumerate(names))
+    if len(columns) > max_features:
+        raise _Refused("too_many_features", f"{len(columns)} features per row, over the limit of {max_features} "
+                                            "(service.max_features_per_event)")
     seen: set[str] = set()
     for name, tensor, _ in columns:
         if name in seen:

@@ -183,6 +183,13 @@ def test_messages_that_are_not_oip_are_refused():
     assert decode(base, MODELS, max_bytes=10).reason == "too_large"
 
 
+def test_too_many_features_per_row_are_refused():
+    body = {"inputs": [{"name": f"t{i}", "shape": [1], "datatype": "FP32", "data": [i]} for i in range(30)]}
+    assert decode(kserve("request", body), MODELS, max_features=30).rows[0]["t29"] == 29.0
+    letter = decode(kserve("request", body), MODELS, max_features=29)
+    assert letter.reason == "too_many_features" and "30 features per row" in letter.error
+
+
 def test_every_refusal_reason_is_in_the_dead_letter_schema():
     reasons = set(json.loads((SCHEMAS / "dead_letter.json").read_text())["properties"]["reason"]["enum"])
     assert {"wrong_datatype", "shape_mismatch", "unknown_tensor"} <= reasons
