@@ -93,14 +93,17 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
     if len(value) > max_bytes:
         return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
     try:
+        doc = None
         if value.lstrip()[:1] in _JSON_STARTS:
             try:
                 doc = orjson.loads(value)
             except orjson.JSONDecodeError as exc:
-                reason = "not_utf8" if "UTF-8" in str(exc) else "not_json"
-                return DeadLetter(reason, f"cannot parse JSON (an Open Inference Protocol message is V2 JSON or "
-                                          f"protobuf): {exc}")
-        else:
+                # a protobuf message may begin with a byte that reads as whitespace (b"\n": field 1, a string)
+                if value[:1] in _JSON_STARTS:
+                    reason = "not_utf8" if "UTF-8" in str(exc) else "not_json"
+                    return DeadLetter(reason, f"cannot parse JSON (an Open Inference Protocol message is V2 JSON "
+                                              f"or protobuf): {exc}")
+        if doc is None:
             doc = _protobuf(value, _kind(_headers(message.headers).get("type"), _SELDON_TOPIC.search(message.topic),
                                          None))
         if not isinstance(doc, dict):
@@ -394,7 +397,7 @@ def _type_name(value: Any) -> str:
 # Request and response share their numbers but for the tensors' list: a request's inputs are field 5 and its raw
 # contents field 7; a response's outputs field 5 and its raw contents field 6.
 
-_JSON_STARTS = frozenset((b"{", b"[", b'"', b""))
+_JSON_STARTS = frozenset((b"{", b"[", b'"'))
 _RAW_FORMATS = {"BOOL": "?", "UINT8": "B", "UINT16": "H", "UINT32": "I", "UINT64": "Q", "INT8": "b", "INT16": "h",
                 "INT32": "i", "INT64": "q", "FP16": "e", "FP32": "f", "FP64": "d"}
 # InferTensorContents: field → (how its packed values are read, whether it is varint-encoded)

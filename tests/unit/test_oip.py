@@ -277,6 +277,15 @@ def test_a_nan_or_infinite_float_from_protobuf_is_a_missing_value():
     assert half.rows == ((None, None),)
 
 
+def test_a_protobuf_message_whose_bytes_begin_like_whitespace_and_json_is_still_protobuf():
+    import struct  # noqa: PLC0415
+
+    name = "{" * 32  # field 1 (b"\n"), length 32 (b" "), then "{": what a JSON sniffer would take for JSON
+    request = pb_field(1, name.encode()) + pb_field(5, pb_tensor("x", "FP32", [1])) + pb_field(7, struct.pack("<f", 2))
+    half = decode(RawMessage("seldon.default.model.iris.inputs", 0, 0, request, key=b"k"), {"iris": OipConfig()})
+    assert half.rows == ({"x": 2.0},)
+
+
 def test_protobuf_that_does_not_fit_is_refused():
     topic = "seldon.default.model.iris.inputs"
     truncated = pb_field(5, pb_tensor("input-0", "FP32", [1, 4]))[:-3]
