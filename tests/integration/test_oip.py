@@ -2,7 +2,7 @@
 produced as separate CloudEvents to one topic (responses sometimes first), paired through Redis, drift
 detected in one feature, bad messages dead-lettered, and a SIGKILL mid-stream that loses and double-counts
 nothing. Seldon Core v2: protobuf requests and responses on a model's .inputs and .outputs topics, paired
-across topics and partitions."""
+across topics and partitions, each row once across a SIGKILL."""
 
 from __future__ import annotations
 
@@ -171,7 +171,7 @@ def seldon_call(call: int, rng: random.Random) -> tuple[bytes, bytes, int, str]:
     return request, response, batch, request_id
 
 
-def test_seldon_protobuf_inputs_and_outputs_on_their_own_topics_are_paired_and_drift_is_alerted(
+def test_seldon_protobuf_inputs_and_outputs_on_their_own_topics_are_paired_once_across_a_sigkill(
         broker, redis_server, tmp_path, monitors):
     prefix = unique("seldon")
     inputs, outputs = f"{prefix}.default.model.iris.inputs", f"{prefix}.default.model.iris.outputs"
@@ -191,11 +191,19 @@ def test_seldon_protobuf_inputs_and_outputs_on_their_own_topics_are_paired_and_d
         requests.append((call % 2, key, request, [("x-request-id", key), ("pipeline", b"iris")]))
         responses.append(((call + 1) % 2, key, response, [("x-request-id", key), ("pipeline", b"iris")]))
     process = run.start(monitors)
-    # the outputs first, so half of the rows find their request waiting and half their response
-    output_ends = produce(broker.address, outputs, responses[: CALLS // 2])
-    input_ends = produce(broker.address, inputs, requests)
-    more = produce(broker.address, outputs, responses[CALLS // 2:])
-    output_ends = {p: max(output_ends.get(p, 0), more.get(p, 0)) for p in (0, 1)}
+    # the outputs first, so half of the rows find their request waiting and half their response; an instance
+    # SIGKILLed while both topics flow, then restarted
+    first_outputs = produce(broker.address, outputs, responses[: CALLS // 2])
+    feeders = [Feeder(broker.address, inputs, requests, rate=800),
+               Feeder(broker.address, outputs, responses[CALLS // 2:], rate=400)]
+    for feeder in feeders:
+        feeder.start()
+    wait_for_offsets(run.store, inputs, {0: 600, 1: 600}, processes=[process])
+    process.kill()
+    input_ends, more = (feeder.result(timeout=180) for feeder in feeders)
+    assert any((stored_offset(run.store, inputs, p) or 0) < end for p, end in input_ends.items()), "killed mid-stream"
+    output_ends = {p: max(first_outputs.get(p, 0), more.get(p, 0)) for p in (0, 1)}
+    process = run.start(monitors)
     wait_for_offsets(run.store, inputs, input_ends, processes=[process], timeout=120)
     wait_for_offsets(run.store, outputs, output_ends, processes=[process], timeout=120)
     assert process.terminate() == 0
