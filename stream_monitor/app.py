@@ -33,12 +33,13 @@ from .codec import decode
 from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
-from .join import RedisJoin, join_op, performance_settings
+from .join import RedisJoin, join_op, pair_ops, pair_settings, paired_events, performance_settings
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
 from .merge import episodes_summary, merge_step
 from .metrics import Metrics, PartitionView
+from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # CheckpointTimers: re-exported
@@ -150,6 +151,10 @@ class Service:
         self.references = self._redis(self._stored_references, "load stored references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
+        # Open Inference Protocol topics: requests and responses paired by request id (join.py, oip.py)
+        self.oip_topics = frozenset(t for t, f in config.kafka.input_formats.items() if f == "oip")
+        self.oip_models = {model_id: model.oip for model_id, model in config.models.items()}
+        self.pairing = RedisJoin(self.redis, f"{config.redis.namespace}:oip", pair_settings(config))
         self.publisher = Publisher(client_settings(producer_settings(config), self.kafka_log, self.broker),
                                    config.kafka.alert_topic, config.kafka.dead_letter_topic,
                                    outage_seconds=config.service.broker_outage_seconds,
@@ -409,12 +414,15 @@ class Service:
                 consumed[item[2].topic] = consumed.get(item[2].topic, 0) + 1
         for topic, count in consumed.items():
             self.metrics.events_consumed.labels(topic).inc(count)
+        arrived = prepared
+        if self.oip_topics:
+            prepared = self._pair(prepared)
         started = clock.add("decode", started)
         ops, slots = [], []
         joined_models = self.join_settings
         for key, monitor, raw, decoded in prepared:
             op = None
-            if not isinstance(decoded, DeadLetter) and decoded.model_id in joined_models:
+            if decoded is not None and not isinstance(decoded, DeadLetter) and decoded.model_id in joined_models:
                 op = join_op(decoded, f"{raw.topic}|{raw.partition}|{raw.offset}", joined_models)
             slots.append(len(ops) if op is not None else None)
             if op is not None:
@@ -429,6 +437,9 @@ class Service:
             if isinstance(decoded, DeadLetter):
                 self._dead_letter(raw, decoded, monitor)
                 continue
+            if decoded is None:  # half of a pair, waiting for the other
+                self._rollback(key, monitor).pass_over(raw.offset)
+                continue
             batches.setdefault(key, []).append((raw, decoded, None if slot is None else results[slot]))
         started = clock.add("produce", started)
         for key, items in batches.items():
@@ -441,7 +452,31 @@ class Service:
                 record = self.partitions.get(key)
                 if record is not None:
                     record.last_message = now
-        self.partitions.timers.count(consumed_by_partition(prepared), time.monotonic())
+        self.partitions.timers.count(consumed_by_partition(arrived), time.monotonic())
+
+    def _pair(self, prepared: list) -> list:
+        """The batch with each Open Inference Protocol half replaced by the events it completes (one per
+        row whose other half is already in Redis; none: ``None``), paired in one Redis round trip."""
+        ops, spans = [], []
+        for _, _, raw, decoded in prepared:
+            if isinstance(decoded, OipHalf):
+                more = pair_ops(decoded, f"{raw.topic}|{raw.partition}|{raw.offset}")
+                spans.append((len(ops), len(ops) + len(more)))
+                ops.extend(more)
+        if not spans:
+            return prepared
+        results = self._redis(lambda: self.pairing.run(ops), "request/response pairing")
+        out, spans_left = [], iter(spans)
+        for key, monitor, raw, decoded in prepared:
+            if not isinstance(decoded, OipHalf):
+                out.append((key, monitor, raw, decoded))
+                continue
+            start, end = next(spans_left)
+            events = paired_events(decoded, results[start:end])
+            out.extend((key, monitor, raw, event) for event in events)
+            if not events:
+                out.append((key, monitor, raw, None))
+        return out
 
     def _prepare(self, message: Message):
         if message.error() is not None:  # typed by the consumer layer: EOF ignored, fatal raised
@@ -459,6 +494,10 @@ class Service:
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
             return None  # not ours any more, or already covered by the stored state
         raw = _raw(message)
+        if raw.topic in self.oip_topics:
+            return key, monitor, raw, decode_oip(raw, self.oip_models, self.config.service.max_message_bytes,
+                                                 self.config.service.max_event_id_bytes,
+                                                 self.config.service.max_features_per_event)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
                                           self.config.service.max_features_per_event,
                                           self.config.service.max_event_id_bytes)
@@ -484,7 +523,8 @@ class Service:
             [(raw.offset, decoded, join) for raw, decoded, join in items], sum(len(raw.value or b"") for raw, _, _ in items))
         if failed:
             raws = {raw.offset: raw for raw, _, _ in items}
-            for (offset, _, _), exc in failed:
+            # one dead letter per message (the rows of one Open Inference Protocol message share its offset)
+            for (offset, _, _), exc in {item[0]: (item, exc) for item, exc in failed}.values():
                 log.error("%s[%d]@%d: processing failed; dead-lettered (processing_error), the partition's state "
                           "left as if it had never been seen", key[0], key[1], offset, exc_info=exc)
                 self._dead_letter(raws[offset], DeadLetter("processing_error", f"{type(exc).__name__}: {exc}"), monitor)
@@ -704,6 +744,15 @@ class Service:
             self.metrics.labels_evicted.labels(model_id).set(lag["labels_evicted"])
             self.metrics.join_bytes.labels(model_id).set(lag["bytes"])
             self.board.label_lag[model_id] = lag
+        for model_id in self.pairing.models_seen:
+            try:
+                pairs = self.pairing.lag(model_id)
+            except REDIS_ERRORS:
+                continue
+            self.metrics.oip_waiting.labels(model_id).set(pairs["awaiting"])
+            self.metrics.oip_responses_stored.labels(model_id).set(pairs["labels_waiting"])
+            self.metrics.oip_unpaired.labels(model_id).set(pairs["expired"])
+            self.metrics.oip_responses_evicted.labels(model_id).set(pairs["labels_evicted"])
 
     def _publish_board(self) -> None:
         views = {(v.topic, v.partition): v for v in self._partition_views()}

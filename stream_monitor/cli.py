@@ -321,11 +321,15 @@ def _status(args: argparse.Namespace) -> int:
     store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
     rows = store.partition_rows()
     ends = _end_offsets(config, [(row["topic"], row["partition"]) for row in rows])
-    from .join import RedisJoin, performance_settings  # noqa: PLC0415
+    from .join import RedisJoin, pair_settings, performance_settings  # noqa: PLC0415
 
     settings = performance_settings(config)
     joiner = RedisJoin(store.client, config.redis.namespace, settings)
     lag = {model_id: joiner.lag(model_id) for model_id in settings}
+    pairing = {}  # topics of format "oip": each model's request/response pairing in Redis
+    if "oip" in config.kafka.input_formats.values():
+        pairs = RedisJoin(store.client, f"{config.redis.namespace}:oip", pair_settings(config))
+        pairing = {model_id: pairs.lag(model_id) for model_id in config.models}
     partitions = []
     for row in rows:
         end = ends.get((row["topic"], row["partition"]))
@@ -348,7 +352,8 @@ def _status(args: argparse.Namespace) -> int:
                                  "episodes": episodes_summary(state) if state else []}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
-                            "dead_letters": letters, "model_decisions": decided}).decode())
+                            "dead_letters": letters, "model_decisions": decided,
+                            **({"oip_pairing": pairing} if pairing else {})}).decode())
         return 0
     if not partitions:
         print(f"no partition state stored for group {config.kafka.group_id!r} in namespace {config.redis.namespace!r}")
@@ -406,6 +411,12 @@ def _status(args: argparse.Namespace) -> int:
                   f"({held['evicted']:,} evicted for room) · {held['labels_waiting']:,} labels awaiting their "
                   f"prediction ({held['labels_evicted']:,} evicted) · {held['dropped']:,} too large to keep · "
                   f"join in Redis ≈ {held['bytes'] / 1_048_576:,.1f} MiB")
+        if model_id in pairing:
+            held = pairing[model_id]
+            print(f"  requests/responses: {held['awaiting']:,} request rows awaiting their response · "
+                  f"{held['expired']:,} never answered ({held['evicted']:,} evicted for room) · "
+                  f"{held['labels_waiting']:,} early response rows kept ({held['labels_evicted']:,} evicted) · "
+                  f"pairing in Redis ≈ {held['bytes'] / 1_048_576:,.1f} MiB")
         if model_id in decided:
             held = decided[model_id]
             print(f"  decided over all partitions: {held['windows']:,} model windows, "

@@ -198,6 +198,12 @@ class KafkaConfig(_Table):
     dead_letter_topic: Annotated[str, NOT_EMPTY, doc(
         "Where unprocessable input messages are published (`schemas/dead_letter.json`, original headers kept).",
         checks="the topic must exist or be auto-created by the broker.")] = "ml.dead-letters"
+    input_formats: Annotated[dict[str, Literal["events", "oip"]], doc(
+        "The format of an input topic, by its name: `\"events\"` (the service's own inference and label events) or "
+        "`\"oip\"` (Open Inference Protocol V2 requests and responses as KServe's and Seldon's payload loggers write "
+        "them; see each model's `[models.<id>.oip]`). A topic not listed here is `\"events\"`.",
+        checks="each key must be one of `input_topics`; each value `\"events\"` or `\"oip\"`.", default="`{}`",
+        type="table: topic → `\"events\"` | `\"oip\"`")] = {}
     consumer: Annotated[dict[str, Property], doc(
         "Consumer properties passed through to librdkafka (`security.protocol`, `sasl.*`, `ssl.*`, "
         "`session.timeout.ms`, `partition.assignment.strategy`, `client.id` …). See [librdkafka "
@@ -594,6 +600,40 @@ class ReferenceConfig(_Table):
         " number of label events that form the label reference when none is stored.")] = 5_000
 
 
+class OipConfig(_Table):
+    served_as: Annotated[str, doc(
+        "The model's name on the model server: KServe's InferenceService name (the `ce_inferenceservicename` "
+        "header), the `<model>` of Seldon's `seldon.<namespace>.model.<model>.inputs|outputs` topics, or the "
+        "`model_name` of the message. Empty: the model id.")] = ""
+    columns: Annotated[dict[str, tuple[Annotated[str, NOT_EMPTY], ...]], doc(
+        "Feature names of the columns of a 2-D input tensor (shape `[batch, n]`), by tensor name, e.g. "
+        "`columns = { input-0 = [\"sepal_length\", \"sepal_width\", \"petal_length\", \"petal_width\"] }`; row `i` "
+        "of the tensor is one event. A tensor of shape `[batch]` or `[batch, 1]` is one feature named after the "
+        "tensor (or `rename`). Any other input tensor is refused (dead letter `unknown_tensor`).",
+        default="`{}`", type="table: tensor name → list of feature names")] = {}
+    rename: Annotated[dict[str, Annotated[str, NOT_EMPTY]], doc(
+        "Feature names of 1-column input tensors, by tensor name (absent: the tensor's own name).",
+        default="`{}`", type="table: tensor name → feature name")] = {}
+    score: Annotated[str, doc(
+        "The output tensor that is the prediction's `score` (its last column when it has several, e.g. the "
+        "positive class of `predict_proba`). Empty: the first output whose datatype is FP16, FP32 or FP64, if "
+        "any.")] = ""
+    label: Annotated[str, doc(
+        "The output tensor that is the prediction's `label`. Empty: the first output whose datatype is an integer, "
+        "BOOL or BYTES, if any.")] = ""
+    pair_wait_seconds: Annotated[float, POSITIVE, doc(
+        "How long a request waits in Redis for its response, or a response for its request; then it is dropped "
+        "(a request counts in `stream_monitor_oip_unpaired`; a response that expires is not counted, like a label "
+        "that never met its prediction).")] = 3_600.0
+    max_pending: Annotated[int, Meta(ge=10), doc(
+        "Rows of requests waiting for their response kept per model; past it the oldest is evicted (counted like an "
+        "expired one).")] = 100_000
+    max_pending_bytes: Annotated[int, Meta(ge=65_536), doc(
+        "Estimated Redis memory of the model's request/response pairing (64 MiB): waiting requests and responses "
+        "and the pairs remembered for replays (`pair_wait_seconds`). Past it the oldest entries are evicted: "
+        "remembered pairs first, then waiting responses, then waiting requests.")] = 64 * 1024 * 1024
+
+
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
@@ -612,6 +652,7 @@ class ModelConfig(_Table):
         type="table: feature name → `\"numeric\"` | `\"categorical\"`")] = None
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
+    oip: OipConfig = OipConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
@@ -778,6 +819,7 @@ def parse_config(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     _check_service(config.service)
     _check_alertmanager(config.alertmanager)
     _check_client_tables(config.kafka)
+    _check_input_formats(config.kafka)
     for model_id, model in models.items():
         _check_model(model, f"models.{model_id}")
     check_poll_interval(config)
@@ -988,6 +1030,13 @@ def _check_client_tables(kafka: KafkaConfig) -> None:
             if key in table:
                 raise ConfigError(f"kafka.{where}.{key}", f"set {own} instead (the group id also names the state "
                                   "in Redis; one address serves consumer, producer and admin)")
+
+
+def _check_input_formats(kafka: KafkaConfig) -> None:
+    for topic in kafka.input_formats:
+        if topic not in kafka.input_topics:
+            raise ConfigError(f"kafka.input_formats.{topic}", f"is not one of kafka.input_topics "
+                              f"({', '.join(kafka.input_topics)})")
 
 
 def _check_model(model: ModelConfig, where: str) -> None:

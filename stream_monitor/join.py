@@ -87,6 +87,7 @@ the marker (the SETNX a step does first).
 from __future__ import annotations
 
 import time
+from array import array
 from collections import OrderedDict
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -95,6 +96,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import NoScriptError
 
 from .config import PerformanceConfig
+from .events import InferenceEvent
+from .oip import OipHalf
 
 ENTRY_OVERHEAD = 256  # bytes Redis spends on one entry besides its key, member and record (measured ~260)
 GRACE_MS = 3_600_000  # Redis's own expiry of an entry: this long after the scripts' (which delete it first)
@@ -369,6 +372,11 @@ class RedisJoin:
         self._cluster = isinstance(client, RedisCluster)
         self._loaded = False  # on a Redis Cluster: the scripts were loaded on every primary (see _run_on_cluster)
 
+    @property
+    def models_seen(self) -> frozenset[str]:
+        """The models this process has run steps for."""
+        return frozenset(self._seen)
+
     def _base(self, model_id: str) -> str:
         return f"{self.namespace}:join:{{{model_id}}}"
 
@@ -534,3 +542,55 @@ def join_op(event, me: str, settings: dict[str, PerformanceConfig]) -> JoinOp | 
 def performance_settings(config) -> dict[str, PerformanceConfig]:
     """The models whose labels are joined: every model unless ``[models.<id>.performance] enabled = false``."""
     return {model_id: model.performance for model_id, model in config.models.items() if model.performance.enabled}
+
+
+# --- the request/response pairing of Open Inference Protocol messages (stream_monitor/oip.py) ----------------
+# The same join, under its own prefix (``ns:oip:join:{model}:…``, the model's hash tag): a request's row is the
+# "prediction" side, its response's row the "label" side, so whichever half comes second completes the row and
+# the pair is counted by exactly that message, recorded as ``joined`` (crash-safe as above). What never meets its
+# other half expires after ``oip.pair_wait_seconds`` (a request counts in ``expired``) or is evicted under
+# ``oip.max_pending`` / ``oip.max_pending_bytes``.
+
+
+def pair_settings(config) -> dict[str, PerformanceConfig]:
+    """Every model's pairing bounds, from its ``[models.<id>.oip]``."""
+    out = {}
+    for model_id, model in config.models.items():
+        oip = model.oip
+        out[model_id] = PerformanceConfig(
+            label_wait_seconds=oip.pair_wait_seconds, prediction_ttl_seconds=oip.pair_wait_seconds,
+            joined_retention_seconds=oip.pair_wait_seconds, max_pending=oip.max_pending,
+            max_pending_bytes=oip.max_pending_bytes)
+    return out
+
+
+def pair_ops(half: OipHalf, me: str) -> list[JoinOp]:
+    """The pairing steps of one message's half: one per row."""
+    if half.kind == "request":
+        return [JoinOp("prediction", half.model_id, event_id, {"f": row, "t": half.timestamp_ms}, me)
+                for event_id, row in zip(half.event_ids(), half.rows)]
+    return [JoinOp("label", half.model_id, event_id, {"s": score, "l": label, "t": half.timestamp_ms}, me)
+            for event_id, (score, label) in zip(half.event_ids(), half.rows)]
+
+
+def paired_events(half: OipHalf, results: Sequence[JoinResult]) -> list[InferenceEvent]:
+    """The rows this message completed, as inference events (the request's features and time, the
+    response's prediction); rows still waiting for their other half, or taken, give nothing."""
+    events = []
+    for event_id, row, result in zip(half.event_ids(), half.rows, results):
+        if result.status != "joined":
+            continue
+        other = result.other
+        if half.kind == "request":
+            features, timestamp, score, label = row, half.timestamp_ms, other["s"], other["l"]
+        else:
+            features, timestamp = other["f"], other["t"]
+            (score, label) = row
+        if timestamp is None:
+            timestamp = other["t"] if half.kind == "request" else half.timestamp_ms
+        numbers = layout = None
+        if features and all(v.__class__ in (int, float) for v in features.values()):
+            numbers, layout = array("d", features.values()), tuple(features)
+        events.append(InferenceEvent(event_id, half.model_id, timestamp, features, score, label, None,
+                                     numbers, layout))
+    return events

@@ -107,6 +107,20 @@ class Metrics:
         self.join_bytes = Gauge("stream_monitor_join_bytes",
                                 "Estimated Redis memory of the label join's entries of a model (kept by the join "
                                 "itself; bounded by performance.max_pending_bytes)", ["model"], **kw)
+        self.oip_waiting = Gauge("stream_monitor_oip_requests_waiting",
+                                 "Rows of Open Inference Protocol requests waiting in Redis for their response",
+                                 ["model"], **kw)
+        self.oip_responses_stored = Gauge("stream_monitor_oip_responses_stored",
+                                          "Rows of responses that came before their request, kept in Redis for "
+                                          "oip.pair_wait_seconds (waiting, or paired and remembered for replays)",
+                                          ["model"], **kw)
+        self.oip_unpaired = Gauge("stream_monitor_oip_unpaired",
+                                  "Rows of requests that never met their response: expired after "
+                                  "oip.pair_wait_seconds or evicted (oip.max_pending, max_pending_bytes)",
+                                  ["model"], **kw)
+        self.oip_responses_evicted = Gauge("stream_monitor_oip_responses_evicted",
+                                           "Rows of responses that came before their request, evicted to make room "
+                                           "(oip.max_pending_bytes)", ["model"], **kw)
         self.predictions_dropped = Counter("stream_monitor_predictions_dropped_total",
                                            "Predictions or early labels not stored for the join: bigger by "
                                            "themselves than performance.max_pending_bytes", ["model"], **kw)

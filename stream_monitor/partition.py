@@ -1015,6 +1015,11 @@ class PartitionMonitor:
             held["count"] += 1
             held["sample"] = error[:DEAD_LETTER_SAMPLE_CHARS]
 
+    def pass_over(self, offset: int) -> None:
+        """A message at ``offset`` that gives no event by itself (half of a request/response pair, now
+        waiting in Redis for its other half): move past it."""
+        self._advance(offset)
+
     def _advance(self, offset: int) -> None:
         """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
         if self.next_offset is None or offset >= self.next_offset:

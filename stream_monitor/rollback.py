@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from .events import Alert, InferenceEvent, LabelEvent
 from .join import JoinResult
@@ -52,6 +52,7 @@ TOTAL_LOG_BYTES = 64 << 20
 PART_EVENTS = 64  # a failed batch is redone in parts of this many events, a failing part one event at a time
 FAILURE_LOG_EVENTS = 256  # while redoing a failed batch: a new base copy after this many (short redos)
 _SKIP = None
+_PASS: Any = object()  # a message that gave no event (half of a request/response pair)
 
 
 class Rollback:
@@ -92,6 +93,12 @@ class Rollback:
         self._before(1, 0, self.log_events)
         self.monitor.skip(offset, reason, error)
         self.log.append((_SKIP, (offset, reason, error)))
+
+    def pass_over(self, offset: int) -> None:
+        """The message at ``offset`` gave no event (:meth:`PartitionMonitor.pass_over`)."""
+        self._before(1, 0, self.log_events)
+        self.monitor.pass_over(offset)
+        self.log.append((_PASS, offset))
 
     def apply(self, items: Sequence[Item], size: int = 0) -> tuple[list[Alert], list[tuple[Item, Exception]]]:
         """Process ``items`` (``size``: their input bytes, to bound what the log keeps alive); returns the
@@ -142,6 +149,11 @@ class Rollback:
                     self.monitor.process_batch(pending)
                     pending = []
                 self.monitor.skip(*offset)
+            elif items is _PASS:
+                if pending:
+                    self.monitor.process_batch(pending)
+                    pending = []
+                self.monitor.pass_over(offset)
             else:
                 pending.extend(items)
         if pending:

@@ -648,3 +648,28 @@ def colours(png: bytes) -> dict[int, int]:
     rgb = png_pixels(png)[..., :3].astype(np.int64)
     values, counts = np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2], return_counts=True)
     return dict(zip(values.tolist(), counts.tolist()))
+
+
+# --- the V2 protobuf messages Seldon Core v2 writes to Kafka, encoded by hand (no generated code) ----------
+
+
+def pb_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        out.append((value & 0x7F) | (0x80 if value > 0x7F else 0))
+        value >>= 7
+        if not value:
+            return bytes(out)
+
+
+def pb_field(number: int, payload: bytes) -> bytes:
+    """A length-delimited field (strings, messages, packed numbers, bytes)."""
+    return pb_varint(number << 3 | 2) + pb_varint(len(payload)) + payload
+
+
+def pb_tensor(name: str, datatype: str, shape: list[int], contents: bytes = b"") -> bytes:
+    """An InferInputTensor / InferOutputTensor (the same numbers); ``contents``: an InferTensorContents."""
+    out = pb_field(1, name.encode()) + pb_field(2, datatype.encode())
+    out += pb_field(3, b"".join(pb_varint(d) for d in shape))
+    return out + (pb_field(5, contents) if contents else b"")

@@ -145,6 +145,10 @@ def test_documented_paths_are_really_accepted_by_the_parser(accepted):
         elif path.endswith(".performance.ceilings"):
             node["task"] = "regression"
             value = {"mae": 1.0}
+        elif path == "kafka.input_formats":
+            value = {"ml.inference": "oip"}
+        elif path.endswith(".oip.columns"):
+            value = {"input-0": ["a", "b"]}
         elif _is_mapping(hint):
             value = {"client.id": "x"} if path.startswith("kafka.") else {"f": "numeric"}
         elif default is None:  # optional numbers: absent means "derived"; 0.5 suits every one of them

@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from ..support import logged
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
-SCHEMA_NAMES = ["inference_event", "label_event", "alert", "dead_letter"]
+SCHEMA_NAMES = ["inference_event", "label_event", "alert", "dead_letter", "oip"]
 SHA = "3f" * 32
 
 INFERENCE = {
@@ -52,7 +52,9 @@ DEAD_LETTER = {
     "headers": [{"key": "trace-id", "value": "YWJj"}, {"key": "empty", "value": None}],
     "timestamp_ms": 1795812290123,
 }
-GOOD = {"inference_event": INFERENCE, "label_event": LABEL, "alert": ALERT, "dead_letter": DEAD_LETTER}
+OIP_REQUEST = {"id": "r1", "inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP32", "data": [[1.5, 2]]}]}
+GOOD = {"inference_event": INFERENCE, "label_event": LABEL, "alert": ALERT, "dead_letter": DEAD_LETTER,
+        "oip": OIP_REQUEST}
 
 
 def load(name):
