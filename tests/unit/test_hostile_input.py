@@ -10,9 +10,7 @@ partition state must survive the Redis round trip (``encode_state`` → ``decode
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -360,53 +358,37 @@ def test_twenty_thousand_features_after_the_warm_up():
     assert time.perf_counter() - started < 5.0
 
 
-STALL_SCRIPT = textwrap.dedent("""
-    import sys, time
-    from tests.unit.test_hostile_input import Harness, VALID, _event
-    from stream_monitor.state import encode_state
-    events, per_event = int(sys.argv[1]), int(sys.argv[2])
+def _warm_up_after(events: int, per_event: int) -> PartitionMonitor:
+    """A partition whose warm-up starts with ``events`` events of ``per_event`` distinct new features,
+    then takes 1,000 ordinary events of two models."""
     harness = Harness(check_records=False)
-    started = time.perf_counter()
     for e in range(events):
         harness.feed(_event({f"f{e}-{i}": i * 0.5 for i in range(per_event)}))
+    model = harness.monitor.models.get("stable")  # none when the wide events were dead-lettered
+    if model is not None:
+        assert len(model.warmup.features) <= CONFIG.service.max_inferred_columns, "the warm-up tracks every name"
     harness.valid("stable", 0, 50)
-    warm = time.perf_counter()
     for model in ("stable", "fraud"):
         harness.valid(model, 50, 400)
     for value in VALID["stable"][:300]:
         harness.feed(value)
-    after = time.perf_counter()
-    size = len(encode_state(harness.monitor.snapshot()))
-    print(f"warm-up {warm - started:.2f} s, 1,000 events {after - warm:.2f} s, "
-          f"snapshot {size} bytes in {time.perf_counter() - after:.2f} s", flush=True)
-    print(time.perf_counter() - started)
-""")
+    return harness.monitor
 
 
+@pytest.mark.timeout(120)  # a stall fails here rather than holding the tier for minutes
 @pytest.mark.parametrize("events,per_event", [(1, 20_000), (40, 500)],
                          ids=["one event with 20000 features", "40 events with 500 new features each"])
 def test_twenty_thousand_features_in_the_warm_up_do_not_stall_the_partition(events, per_event):
-    """The service never stalls on bad input. Feature names the config does not fix are
-    inferred from the warm-up events; wide events among them must not turn every later event of that
-    partition into 20,000 column updates. Warm-up, the next 1,000 events and a checkpoint-sized snapshot
-    take seconds at most (about 0.2 s with ordinary events).
-
-    Run in a subprocess so a stall fails the test after the budget instead of taking minutes."""
-    budget = 10.0
-    what = f"{events} warm-up event(s) with {per_event:,} distinct features each stall the partition"
-    try:
-        result = subprocess.run([sys.executable, "-c", STALL_SCRIPT, str(events), str(per_event)],
-                                capture_output=True, text=True, timeout=budget + 5,  # + interpreter start-up
-                                cwd=Path(__file__).resolve().parents[2])
-    except subprocess.TimeoutExpired:
-        result = None
-    if result is None:
-        pytest.fail(f"{what}: warm-up + 1,000 events + snapshot did not finish within {budget:.0f} s "
-                    "(normally ~0.2 s)")
-    assert result.returncode == 0, result.stderr[-3000:]
-    timings, took = result.stdout.strip().splitlines()
-    print(timings)
-    assert float(took) < budget, f"{what}: {timings}"
+    """The service never stalls on bad input. Feature names the config does not fix are inferred from
+    the warm-up events; wide events among them must not turn every later event of that partition into
+    20,000 column updates, nor its checkpoint into a 20,000-column state: the warm-up tracks at most
+    ``service.max_inferred_columns`` names, and the partition ends with no more columns and no larger a
+    snapshot than the same stream without the wide events. Counted, not timed (a wall-clock budget
+    failed on a loaded machine)."""
+    wide, plain = _warm_up_after(events, per_event), _warm_up_after(0, 0)
+    for model_id in ("stable", "fraud"):
+        assert len(wide.models[model_id].columns) <= len(plain.models[model_id].columns)
+    assert len(encode_state(wide.snapshot())) <= len(encode_state(plain.snapshot()))
 
 
 @pytest.mark.parametrize("timestamp", [-62135596800, "0001-01-01T00:00:00Z", "0999-12-31T23:59:59.999Z",
