@@ -27,6 +27,7 @@ column whose data look like the reference. Each detector gets it its own way:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -92,14 +93,15 @@ def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
     return float(math.ceil(threshold * nearest / delta))
 
 
-def page_hinkley_alarms(values: np.ndarray, delta: float, threshold: float, min_instances: int = 30,
-                        alpha: float = 1.0) -> np.ndarray:
+def page_hinkley_alarms(values: Any, delta: float, threshold: float, min_instances: int = 30,
+                        alpha: float = 1.0, streams: int | None = None) -> np.ndarray:
     """Alarms per column of ``values`` (time × streams), with river's PageHinkley update rule.
 
     Vectorised across streams for calibration; equal to river's decisions
-    (tests/unit/test_calibration.py checks it).
+    (tests/unit/test_calibration.py checks it). ``values`` may also be any iterable of rows
+    (then ``streams`` says how many), for runs too long to hold in memory.
     """
-    streams = values.shape[1]
+    streams = values.shape[1] if streams is None else streams
     n = np.zeros(streams)
     mean = np.zeros(streams)
     up = np.zeros(streams)
