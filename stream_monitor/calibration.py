@@ -153,11 +153,15 @@ def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
     if not deltas:
         raise RuntimeError("Page-Hinkley calibration table is empty")
     nearest = min(deltas, key=lambda d: abs(math.log(d / delta)))
-    points = PAGE_HINKLEY_TABLE[nearest]
-    hs = np.array([h for h, rate in points if rate > 0])
-    logs = np.log10([rate for _, rate in points if rate > 0])
-    slope, intercept = np.polyfit(hs[-3:], logs[-3:], 1)  # the tail decays exponentially
-    threshold = (math.log10(budget_per_million) - intercept) / slope
+    target = math.log10(budget_per_million)
+    points = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TABLE[nearest] if rate > 0]
+    # three consecutive rows from the last one at or above the target rate (the last three below the
+    # table: the tail decays exponentially, so a line in log-rate extrapolates it)
+    above = [i for i, (_, rate) in enumerate(points) if rate >= target]
+    start = max(0, min(above[-1] if above else 0, len(points) - 3))
+    local = points[start:start + 3]
+    slope, intercept = np.polyfit([h for h, _ in local], [r for _, r in local], 1)
+    threshold = (target - intercept) / slope
     # scale with delta for deltas between table rows: h·delta is roughly constant for a CUSUM
     return float(math.ceil(threshold * nearest / delta))
 
