@@ -111,6 +111,13 @@ def split(budget_per_million: float, tests: int) -> float:
     return budget_per_million / max(1, tests)
 
 
+# Rows below the table, from long runs (bench/calibrate_page_hinkley.py --check: streams of 200,000 N(0, 1)
+# values, 4·10⁹ values per row), for the small shares of a model's budget; used only below the table.
+PAGE_HINKLEY_TAIL: dict[float, list[tuple[float, float]]] = {
+    0.25: [(35.0, 0.004)],
+}
+
+
 def adwin_delta(budget_per_million: float, clock: int = 32) -> float:
     return budget_per_million * 1e-6 * clock
 
@@ -155,6 +162,9 @@ def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
     nearest = min(deltas, key=lambda d: abs(math.log(d / delta)))
     target = math.log10(budget_per_million)
     points = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TABLE[nearest] if rate > 0]
+    tail = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TAIL.get(nearest, []) if rate > 0]
+    if tail and target < points[-1][1]:  # below the table: its last row and the long runs' rows
+        points = [points[-1], *tail]
     # three consecutive rows from the last one at or above the target rate (the last three below the
     # table: the tail decays exponentially, so a line in log-rate extrapolates it)
     above = [i for i, (_, rate) in enumerate(points) if rate >= target]
