@@ -202,3 +202,26 @@ def test_a_limit_episode_resolves_at_once_and_honours_the_cooldown():
     floor = PerformanceColumn(parse_config({"models": {"credit": CLASSIFIER}}).models["credit"]).adapters[1]
     assert (floor.key, floor.judge(0.5).status, floor.judge(0.71), floor.judge(0.72).status) == (
         "accuracy/floor", "firing", None, "resolved"), "at the floor is back within it"
+
+
+def test_the_performance_detector_takes_the_models_share_once_the_reference_is_built():
+    """A configured task builds the performance detectors at the start, before the reference's columns are
+    known (the share of the label and performance tests alone); once the reference is built they take the
+    model's share like every column, their state kept (the budget is the model's, split over its tests)."""
+    from stream_monitor.calibration import adwin_delta, model_tests, split
+    from stream_monitor.merge import model_share
+
+    config, items = joined("classifier")
+    model = config.models["credit"]
+    monitor = PartitionMonitor(config, 0, {})
+    early = monitor.model("credit")
+    before = early.performance
+    assert before.budget == split(0.1, model_tests([], True, model.detectors)) == 0.1 / 2  # labels (PSI), drift
+    _, monitor = run("classifier")
+    credit = monitor.models["credit"]
+    share = model_share(model, credit.reference)
+    assert credit.share == share == 0.1 / 5  # x, score, predicted label (PSI only each), labels, performance
+    assert credit.performance.budget == share
+    assert credit.performance.adapters[0].detector.delta == adwin_delta(share, model.detectors.adwin.clock)
+    assert all(c.budget == share for c in credit.columns)
+    assert credit.performance.pairs_seen > 0
