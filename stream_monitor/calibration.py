@@ -165,11 +165,7 @@ def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
     tail = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TAIL.get(nearest, []) if rate > 0]
     if tail and target < points[-1][1]:  # below the table: its last row and the long runs' rows
         points = [points[-1], *tail]
-    # three consecutive rows from the last one at or above the target rate (the last three below the
-    # table: the tail decays exponentially, so a line in log-rate extrapolates it)
-    above = [i for i, (_, rate) in enumerate(points) if rate >= target]
-    start = max(0, min(above[-1] if above else 0, len(points) - 3))
-    local = points[start:start + 3]
+    local = points[-3:]  # the last three rows: the tail decays exponentially, a line in log-rate follows it
     slope, intercept = np.polyfit([h for h, _ in local], [r for _, r in local], 1)
     threshold = (target - intercept) / slope
     # scale with delta for deltas between table rows: h·delta is roughly constant for a CUSUM
