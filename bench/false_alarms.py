@@ -5,7 +5,7 @@ split equally over the tests it runs. Every number comes from the service's own
 code path:
 
 - **per model**: a 20-feature model (14 continuous, 3 discrete, 3 categorical
-  features, a score, latency; 180 tests) whose events are spread over 4
+  features, a score, latency; 165 tests) whose events are spread over 4
   partitions (as when keyed by event id), each partition a `PartitionMonitor`
   building its reference from its first 5,000 events, then `--model-events`
   more drawn the same way: every `firing` alert is a false alarm. The same run

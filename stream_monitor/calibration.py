@@ -37,8 +37,8 @@ How each detector turns a share into a threshold:
   simulated table (``bench/calibrate_page_hinkley.py``, river's own update rule,
   ``alpha = 1``) maps (delta, rate) to a threshold, log-linear in the tail (a
   CUSUM's false-alarm rate falls exponentially with its threshold). A model's
-  share lies below the table's rows; long runs (``--check``) measured the rates
-  at the extrapolated thresholds (README, "Quiet by default").
+  share lies below the table's rows: there the table's last row and rows from
+  long runs (``--check``, :data:`PAGE_HINKLEY_TAIL`) set the threshold.
 - **PSI**, **KS** and the **data-quality rates** are tested once per window of
   ``n`` events: the share allows ``p = share × n / 10⁶`` per window, and the
   threshold is the null distribution's upper ``p`` quantile, widened for a
