@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from . import alerts as words, history
-from .calibration import ks_threshold, psi_threshold, rate_threshold
+from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
 from .detectors.percentile import percentile_of
@@ -71,6 +71,14 @@ def merged_columns(reference: ReferenceProfile, latency: bool = True) -> list[tu
     """The columns decided at the model level: every column of the reference (latency only when its
     detectors are on)."""
     return [(signal, name, ref) for signal, name, ref in reference.columns() if latency or signal != "latency"]
+
+
+def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
+    """Each test's share of the model's false-alarm budget: split equally over the tests its reference's
+    columns, its label column and its performance detector run (:mod:`stream_monitor.calibration`)."""
+    det = model.detectors
+    numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
+    return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det))
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:
@@ -306,6 +314,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     points: list[dict[str, Any]] = []
     episodes = _Episodes(model, state["episodes"])
     columns = merged_columns(reference, model.detectors.latency.enabled)
+    share = model_share(model, reference)
     merged = sorted({e[0] for e in entries})
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
@@ -323,7 +332,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         for *_, firing in sorted(firings, key=lambda f: f[:4]):
             out.extend(_point_firing(model, episodes, bucket, firing))
         if window["events"] >= model.detectors.psi.window:
-            out.extend(_decide(model, columns, episodes, window, bucket_ms, points))
+            out.extend(_decide(model, columns, episodes, window, bucket_ms, share, points))
             state["window"] = None
             state["windows"] += 1
     if merged:
@@ -364,12 +373,11 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
-            bucket_ms: int, points: list | None = None) -> list[Alert]:
+            bucket_ms: int, budget: float, points: list | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
-    window's actual size), and the resolution of the column's point episodes. ``points``: gets each
-    statistic's history point (:mod:`stream_monitor.history`)."""
+    window's actual size and each test's ``budget``, its share of the model's), and the resolution of the
+    column's point episodes. ``points``: gets each statistic's history point (:mod:`stream_monitor.history`)."""
     det = model.detectors
-    budget = det.false_alarms_per_million
     payload = _window_payload(window, bucket_ms)
     out: list[Alert] = []
     points = [] if points is None else points

@@ -32,7 +32,8 @@ from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .join import JoinResult, prediction_record
-from .merge import BucketSketch, bucket_of, column_key, firing_record
+from .calibration import model_tests, split
+from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share
 from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
@@ -64,8 +65,9 @@ class ColumnMonitor:
     merged = False  # decided at the model level (decisions = "model"); the performance column never is
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
-                 merged: bool = False):
+                 merged: bool = False, budget: float | None = None):
         self.model_id = model.model_id
+        self.budget = budget  # each test's share of the model's false-alarm budget (None: all of it)
         self.signal = signal
         self.name = name
         self.reference = reference
@@ -73,7 +75,7 @@ class ColumnMonitor:
         # merged (decided at the model level): the window detectors are the merge's, their partials are
         # counted here (see update_batch); the point detectors run here and their firings go to the merge
         self.merged = merged
-        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged)
+        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged, budget)
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
         self.points = history.pending()  # closed windows' statistics, until the service takes them
@@ -376,8 +378,9 @@ class PerformanceColumn(ColumnMonitor):
     ``task``: the configured one, else the one inferred from the model's predictions (kept in the
     snapshot; a configured task wins)."""
 
-    def __init__(self, model: ModelConfig, task: str | None = None):
+    def __init__(self, model: ModelConfig, task: str | None = None, budget: float | None = None):
         self.model_id = model.model_id
+        self.budget = budget
         self.signal = self.name = "performance"
         self.config = model.performance
         self.task = self.config.task or task or "classification"
@@ -386,8 +389,16 @@ class PerformanceColumn(ColumnMonitor):
         self.rolling = RollingMetrics(self.config, self.task)
         self.last_statistic = {}
         self.points = history.pending()
-        self.adapters = performance_adapters(self, model, self.rolling, self.task)
+        self.adapters = performance_adapters(self, model, self.rolling, self.task, budget)
         self._index_adapters()
+
+    def recalibrated(self, model: ModelConfig, budget: float) -> PerformanceColumn:
+        """The same detectors and state with the thresholds of another share of the budget."""
+        if budget == self.budget:
+            return self
+        column = PerformanceColumn(model, self.task, budget)
+        column.restore(self.snapshot())
+        return column
 
     @property
     def pairs_seen(self) -> int:
@@ -556,7 +567,8 @@ class ModelMonitor:
         self.labels = 0
         # with no task configured, the first joined pair infers it (:meth:`_performance`)
         perf = config.performance
-        self.performance = PerformanceColumn(config) if perf.enabled and perf.task else None
+        self.share = self._share_before_reference()
+        self.performance = PerformanceColumn(config, budget=self.share) if perf.enabled and perf.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
@@ -565,10 +577,18 @@ class ModelMonitor:
     def use_reference(self, reference: ReferenceProfile) -> None:
         """Compare from now on with ``reference`` (detectors start afresh; labels only if it has its own)."""
         self.reference = reference
+        self.share = model_share(self.config, reference)
         latency = self.config.detectors.latency.enabled
         merged = self.config.by_model
-        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged)
+        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged, self.share)
                         for signal, name, ref in reference.columns() if latency or signal != "latency"]
+        # the label and performance detectors may predate the reference: from now on, the model's share
+        if self.performance is not None:
+            self.performance = self.performance.recalibrated(self.config, self.share)
+        if self.label_column is not None and reference.labels is None and self.label_column.budget != self.share:
+            column = ColumnMonitor(self.config, "label", "label", self.label_column.reference, budget=self.share)
+            column.restore(self.label_column.snapshot())
+            self.label_column = column
         if merged:
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
                                        int(self.config.merge_bucket_seconds * 1000),
@@ -591,8 +611,14 @@ class ModelMonitor:
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
                 if a.episode.firing and not c.merged]  # a merged column's episodes are the merge's
 
+    def _share_before_reference(self) -> float:
+        """Each test's share while the reference's columns are unknown: the label and performance tests
+        alone (their thresholds follow the model's share once the reference is built)."""
+        return split(self.config.detectors.false_alarms_per_million,
+                     model_tests([], self.config.performance.enabled, self.config.detectors))
+
     def _use_labels(self, labels: CategoricalReference) -> None:
-        self.label_column = ColumnMonitor(self.config, "label", "label", labels)
+        self.label_column = ColumnMonitor(self.config, "label", "label", labels, budget=self.share)
         if len(self.label_warmup):
             self.label_warmup = LabelSummary(self.limits)
 
@@ -719,7 +745,7 @@ class ModelMonitor:
         is in the batch, so the warm-up it reads is the same however the stream is cut into batches."""
         if self.performance is None and self.config.performance.enabled:
             task, basis = self._infer_task(prediction)
-            self.performance = PerformanceColumn(self.config, task)
+            self.performance = PerformanceColumn(self.config, task, self.share)
             log.info("model %s (partition %d): performance monitored as %s, inferred from %s; set "
                      "[models.%s.performance] task to choose, or enabled = false to turn it off",
                      self.config.model_id, partition, self.performance.task, basis, self.config.model_id)
@@ -782,6 +808,7 @@ class ModelMonitor:
         self.events = state["events"]
         self.labels = state["labels"]
         self.reference, self.columns, self.label_column = None, [], None
+        self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
         saved = state.get("settings")
@@ -810,7 +837,7 @@ class ModelMonitor:
             restarted.append("performance")
         elif saved_performance is not None and self.config.performance.enabled:
             # an inferred task is part of the state (a state from before inference: the configured task)
-            self.performance = PerformanceColumn(self.config, saved_performance.get("task"))
+            self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)
             self.performance.restore(saved_performance)
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
         self._reconcile()
