@@ -281,3 +281,6 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     assert {a["alert_id"] for a in alerts_clean} == expected
     assert {a["alert_id"] for a in alerts_run} == expected
     announced_once(alerts_clean)
+    log = clean_processes[0].log()
+    assert f"model fraud: reference {reference_id[:12]} built" in log and "until the model's reference is built" in log
+    assert len(expected) >= 4, expected  # found the drift after the warm-up
