@@ -30,11 +30,12 @@ from . import alerts as words
 from .calibration import ks_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
-from .detectors.percentile import percentile_of
+from .detectors.percentile import percentile_cell, percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert
-from .reference import ColumnReference, Limits, NumericReference, ReferenceProfile, WarmupSummary
+from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
+                        ReferenceProfile, WarmupSummary)
 
 POINT_DETECTORS = ("adwin", "page_hinkley")
 
@@ -326,12 +327,8 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             if where in done and bucket <= done[where]:  # merged before; its deletion did not happen
                 consumed.setdefault((p.topic, p.partition), []).append(bucket)
                 continue
-            if "warmup" in partial:  # a partition's warm-up share past the model's reference: not judged
-                if last is not None and bucket <= last:
-                    consumed.setdefault((p.topic, p.partition), []).append(bucket)
-                    through[where] = max(bucket, through.get(where, bucket))
-                    state["warmup_skipped"] = state.get("warmup_skipped", 0) + partial["events"]
-                continue
+            if "warmup" in partial:  # a partition's warm-up share past the model's reference: its counts
+                partial = warmup_counts(model, reference, partial)
             if last is not None and bucket <= last or previous is not None and bucket <= previous:
                 effective = bucket if previous is None or bucket > previous else previous + 1
                 late += effective != bucket
@@ -365,6 +362,85 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late)
+
+
+def _numeric_counts(ref: NumericReference, summary: ColumnSummary, events: int, ks: bool,
+                    p95: bool) -> dict[str, Any]:
+    numbers = np.frombuffer(summary.numbers.tobytes(), dtype=np.float64)
+    quality = [0] * len(CHECKS)
+    quality[CHECKS.index("missing")] = events - summary.present
+    nonfinite = sum(summary.nonfinite.values())
+    if summary.kind == "categorical":  # a non-number turned the share's column categorical: read its keys back
+        parsed: list[float] = []
+        for key, count in summary.counts.items():
+            try:
+                value = float(key)
+            except ValueError:
+                continue
+            if np.isfinite(value):
+                parsed.extend([value] * count)
+            else:
+                nonfinite += count
+        numbers = np.asarray(parsed, dtype=np.float64)
+    quality[CHECKS.index("non_finite")] = nonfinite
+    quality[CHECKS.index("type_mismatch")] = summary.present - len(numbers) - nonfinite
+    quality[CHECKS.index("out_of_range")] = int(((numbers < ref.minimum) | (numbers > ref.maximum)).sum())
+    bins = np.fromiter((ref.bin_index(x) for x in numbers.tolist()), dtype=np.int64, count=len(numbers))
+    out = {"n": events, "quality": quality, "psi": np.bincount(bins, minlength=len(ref.proportions)).tolist(),
+           "ks": None}
+    if ks:
+        cells = np.searchsorted(np.asarray(ref.ks_grid), numbers, side="left")
+        out["ks"] = np.bincount(cells, minlength=len(ref.ks_grid) + 1).tolist()
+    if p95:
+        cells = {}
+        for x in numbers.tolist():
+            cell = str(percentile_cell(x))
+            cells[cell] = cells.get(cell, 0) + 1
+        out["p95"] = cells
+    return out
+
+
+def _categorical_counts(ref: CategoricalReference, summary: ColumnSummary, events: int) -> dict[str, Any]:
+    if summary.kind != "categorical":  # only numbers so far: their categories
+        summary = ColumnSummary.from_snapshot(summary.snapshot(), summary.max_categories)
+        summary._become_categorical()
+    quality = [0] * len(CHECKS)
+    quality[CHECKS.index("missing")] = events - summary.present
+    psi_counts = [0] * len(ref.proportions)
+    known = set(ref.seen) | set(ref.categories)
+    every = ref.overflow > 0 or len(known) >= MAX_CATEGORIES  # as CategoricalReference.is_seen
+    index = {c: i for i, c in enumerate(ref.categories)}
+    for key, count in summary.counts.items():
+        psi_counts[index.get(key, len(ref.categories))] += count
+        if not every and key not in known:
+            quality[CHECKS.index("unseen_category")] += count
+    psi_counts[-1] += summary.overflow  # categories past the share's cap: counted, not named
+    if not every:
+        quality[CHECKS.index("unseen_category")] += summary.overflow
+    return {"n": events, "quality": quality, "psi": psi_counts, "ks": None}
+
+
+def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapping[str, Any]) -> dict[str, Any]:
+    """A warm-up share's partial past the model's reference, as the counts the partition would have made
+    with the reference (PSI bins, KS and p95 cells, data quality; exact for numbers and categories; a
+    numeric column whose values included non-numbers is read back from their categories). Its events were
+    not seen by the point detectors: no firings."""
+    det = model.detectors
+    summary = WarmupSummary.from_data(partial["warmup"], model.features)
+    events = partial["events"]
+    columns: dict[str, Any] = {}
+    for signal, name, ref in merged_columns(reference, det.latency.enabled):
+        if signal == "feature":
+            column = summary.features.get(name) or ColumnSummary(None)
+        else:
+            column = {"score": summary.score, "label": summary.predicted_label,
+                      "latency_ms": summary.latency}[name]
+        if isinstance(ref, NumericReference):
+            p95 = signal == "latency" and det.latency.p95_ceiling_ms is not None
+            columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
+        else:
+            columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
+    return {"events": events, "columns": columns, "firings": []}
 
 
 class ReferenceResult(NamedTuple):

@@ -286,7 +286,7 @@ class ColumnSummary:
         self.counts: dict[str, int] = {}
         self.overflow = 0
         self.fixes: list[tuple[str, str]] = []  # inferred kind: (float's category, int's category) of big ints
-        self.nonfinite: dict[str, int] = {}  # inferred kind: categories of the non-finite numbers
+        self.nonfinite: dict[str, int] = {}  # categories of the non-finite numbers (an inferred kind turns them into categories)
 
     def add(self, value: Any) -> None:
         """One value that is not ``None``."""
@@ -301,7 +301,7 @@ class ColumnSummary:
                 self.numbers.append(float(value))
                 if kind is None and cls is not float and not -_BIG_INT < value < _BIG_INT:
                     self.fixes.append((category(float(value)), category(value)))
-            elif kind is None:
+            else:  # counted for a model-level warm-up's share too (its data quality after the reference)
                 key = category(value)
                 self.nonfinite[key] = self.nonfinite.get(key, 0) + 1
         elif kind is None:  # the first value that is not a number: the column is categorical

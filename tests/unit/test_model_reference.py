@@ -209,3 +209,37 @@ def test_a_waiting_partition_goes_on_as_if_the_reference_had_been_there_when_its
     judged = [b for b, partial in sketch.pending.items() if "warmup" not in partial]
     share = [b for b, partial in sketch.pending.items() if "warmup" in partial]
     assert judged and share and min(judged) > max(share)
+
+
+def test_a_shares_partial_past_the_reference_counts_what_the_reference_would_have_counted():
+    """The share's events after the reference's last bucket are judged too: their warm-up summary read with
+    the reference gives the counts the partition itself would have made (missing values, text in a
+    numeric column, unseen categories included)."""
+    from stream_monitor.merge import BucketSketch, warmup_counts
+    from stream_monitor.reference import Limits
+
+    docs = generate(MODEL, 1500, seed=3)
+    for i, doc in enumerate(docs):
+        if i % 7 == 0:
+            doc["features"]["amount"] = None
+        if i % 13 == 0:
+            doc["features"]["amount"] = "oops"
+        if i % 11 == 0:
+            doc["features"]["country"] = "XX"
+    events = [decoded(d) for d in docs]
+    stored_settings = {**SETTINGS, "reference": {"source": "stored"}, "merge_lateness_seconds": 10_000.0}
+    config = parse_config({"models": {MODEL: stored_settings}})
+    reference = build_reference(MODEL, [decoded(d) for d in generate(MODEL, 3000, seed=7)], None, source="stored")
+    counted = PartitionMonitor(config, 0, {MODEL: reference})
+    counted.process_batch([(i, e, None) for i, e in enumerate(events)])
+    counted.go_idle()
+    expected = counted.merge_marks()[MODEL]["partials"]
+    sketch = BucketSketch(None, True, BUCKET_MS, warmup=(None, Limits()))
+    for event in events:
+        sketch.add_warmup(event.timestamp_ms // BUCKET_MS, event)
+    sketch.close(None, everything=True)
+    assert sorted(sketch.pending) == sorted(expected)
+    for bucket, partial in sketch.pending.items():
+        got = warmup_counts(config.models[MODEL], reference, partial)
+        assert got["events"] == expected[bucket]["events"]
+        assert got["columns"] == expected[bucket]["columns"], bucket
