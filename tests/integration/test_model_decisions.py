@@ -230,15 +230,22 @@ def expected_with_warm_up(records) -> tuple[str, set[str], int]:
         monitor.process_batch(items[p])
         assert monitor.waiting == ["fraud"]
 
+    stored: dict[int, dict] = {p: {} for p in range(PARTITIONS)}  # the partials keys
+
     def partials():
         out = []
         for monitor in monitors:
             mark = monitor.merge_marks()["fraud"]
             monitor.partials_saved({"fraud": mark})
-            out.append(PartitionPartials("t", monitor.partition, mark["watermark"], monitor.idle, mark["partials"]))
+            stored[monitor.partition].update(mark["partials"])
+            out.append(PartitionPartials("t", monitor.partition, mark["watermark"], monitor.idle,
+                                         dict(stored[monitor.partition])))
         return out
 
     result = reference_step(model, None, partials(), 1000)
+    for (_, p), buckets in result.consumed.items():
+        for bucket in buckets:
+            del stored[p][bucket]
     built["fraud"] = result.reference
     for p, monitor in enumerate(monitors):
         monitor.process_batch(items[p][monitor.next_offset:])
