@@ -284,10 +284,13 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     alerts_run = finish(run, [survivor], windows)
     alerts_clean = finish(clean, clean_processes, windows)
     for one in (run, clean):
-        assert MergeStore(one.store).load("fraud")["reference_id"] == reference_id
+        assert MergeStore(one.store).load("fraud")["reference_id"] == reference_id, (one.name, [p.log()[-1500:] for p in (survivor, *clean_processes)])
     assert {a["alert_id"] for a in alerts_clean} == expected
     assert {a["alert_id"] for a in alerts_run} == expected
     announced_once(alerts_clean)
     log = clean_processes[0].log()
     assert f"model fraud: reference {reference_id[:12]} built" in log and "until the model's reference is built" in log
     assert len(expected) >= 4, expected  # found the drift after the warm-up
+    shown = status(clean, "--json")["model_decisions"]["fraud"]["reference"]
+    assert shown["id"] == reference_id and shown["events"] >= SHARE
+    assert f"model reference {reference_id[:12]}: " in status(clean)
