@@ -268,11 +268,16 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     assert expected and windows >= 3
     clean = warm_up_pipeline(broker, redis_server, tmp_path, topic, "warm-clean")
     run = warm_up_pipeline(broker, redis_server, tmp_path, topic, "warm-interrupted")
+    # every partition's share is in the log before the instances start: a partition that is empty when it is
+    # assigned goes idle, and one that receives its share while the merge builds the reference (idleness is
+    # the one input that depends on wall time, docs/MODEL_DECISIONS.md) may be left out of it
+    ahead = EVENTS // 2
+    produce(broker.address, topic, records[:ahead])
     first = run.start(monitors)
     wait_for_log(first, f"assigned {topic}[")
     second = run.start(monitors)
     wait_for_log(second, f"assigned {topic}[")
-    feeder = Feeder(broker.address, topic, records, rate=1500)
+    feeder = Feeder(broker.address, topic, records[ahead:], rate=1500)
     feeder.start()
     wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
     assert feeder.is_alive(), "killed mid-stream"
@@ -284,7 +289,7 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     alerts_run = finish(run, [survivor], windows)
     alerts_clean = finish(clean, clean_processes, windows)
     for one in (run, clean):
-        assert MergeStore(one.store).load("fraud")["reference_id"] == reference_id, (one.name, [p.log()[-1500:] for p in (survivor, *clean_processes)])
+        assert MergeStore(one.store).load("fraud")["reference_id"] == reference_id, one.name
     assert {a["alert_id"] for a in alerts_clean} == expected
     assert {a["alert_id"] for a in alerts_run} == expected
     announced_once(alerts_clean)
