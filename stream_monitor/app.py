@@ -579,8 +579,10 @@ class Service:
                     record.rollback.forget()  # changed outside a batch
             if monitor.waiting:
                 continue
-            tp = TopicPartition(key[0], key[1], monitor.next_offset)
-            self.consumer.seek(tp)
+            try:
+                self.consumer.seek(TopicPartition(key[0], key[1], monitor.next_offset))
+            except KafkaException as exc:  # paused at assignment, never fetched: it starts at that offset anyway
+                log.debug("%s[%d]: seek before resuming refused (%s); resuming at the assigned offset", *key, exc)
             self.consumer.resume([TopicPartition(key[0], key[1])])
             self.waiting_partitions.discard(key)
             log.info("%s[%d]: the model's reference is built; reading on from offset %d", key[0], key[1],
