@@ -107,6 +107,7 @@ class _Merges:
     def __init__(self, config: Config, monitor: PartitionMonitor, references: Mapping[str, ReferenceProfile]):
         self.config, self.monitor, self.references = config, monitor, references
         self.states: dict[str, dict | None] = {m: None for m, model in config.models.items() if model.by_model}
+        self.held: dict[str, dict] = {m: {} for m in self.states}  # closed partials not merged yet (the partials key)
 
     def process(self, batch: list) -> Iterator[Alert]:
         """A batch through the monitor; a warm-up share that ends in it makes the model's reference (the
@@ -126,7 +127,9 @@ class _Merges:
         self.monitor.partials_saved(marks)
         for model_id, mark in marks.items():
             model, reference = self.config.models[model_id], self.references.get(model_id)
-            partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], mark["partials"])
+            held = self.held[model_id]
+            held.update(mark["partials"])
+            partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], dict(held))
             if model.reference.source != "stored":
                 reference = model_reference(self.states[model_id])
                 if reference is None:
@@ -135,6 +138,8 @@ class _Merges:
                                            if model_id in self.monitor.models else Limits())
                     if built is not None:
                         self.states[model_id] = built.state
+                        for bucket in built.consumed.get(("replay", -1), []):
+                            held.pop(bucket, None)
                         self.monitor.model_references[model_id] = built.reference
                         self.monitor.adopt()
                     continue
@@ -143,6 +148,8 @@ class _Merges:
             result = merge_step(model, reference, self.states[model_id], [partials],
                                 int(model.merge_bucket_seconds * 1000))
             self.states[model_id] = result.state
+            for bucket in result.consumed.get(("replay", -1), []):
+                held.pop(bucket, None)
             yield from result.alerts
 
 

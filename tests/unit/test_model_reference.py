@@ -243,3 +243,14 @@ def test_a_shares_partial_past_the_reference_counts_what_the_reference_would_hav
         got = warmup_counts(config.models[MODEL], reference, partial)
         assert got["events"] == expected[bucket]["events"]
         assert got["columns"] == expected[bucket]["columns"], bucket
+
+
+def test_replay_builds_the_models_warm_up_reference_from_its_one_stream_whatever_the_batch_size():
+    from stream_monitor.replay import _decoded_lines, replay_rows
+
+    lines = [orjson.dumps(d) for d in generate(MODEL, 6000, seed=1, drift_at=3000)]
+    runs = []
+    for batch_size in (97, 1000):
+        config = parse_config({"service": {"batch_size": batch_size}, "models": {MODEL: SETTINGS}})
+        runs.append([a.alert_id for a in replay_rows(config, _decoded_lines(config, lines), {})])
+    assert runs[0] and runs[0] == runs[1]
