@@ -595,13 +595,15 @@ class PerformanceConfig(_Table):
 class ReferenceConfig(_Table):
     source: Annotated[Literal["warmup", "stored"], doc(
         "Where the reference profile comes from. `\"warmup\"`: the first `reference.events` inference events of the "
-        "model in each partition (no drift detection before that). `\"stored\"`: the profile stored in Redis by "
+        "model in each partition (no drift detection before that; with `decisions = \"model\"` one reference for the "
+        "model, from its first event-time buckets holding `reference.events` events of all partitions). `\"stored\"`: the profile stored in Redis by "
         "`stream-monitor reference build` (versioned; a new version is picked up within "
         "`service.reference_poll_seconds`).",
         checks="`\"warmup\"` or `\"stored\"`; with `\"stored\"`, `run` refuses to start until a profile is "
         "stored.")] = "warmup"
     events: Annotated[int, Meta(ge=10), doc(
-        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"`; also the"
+        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"` (with "
+        "`decisions = \"model\"`: each partition's warm-up share, and the least the model's reference holds); also the"
         " number of label events that form the label reference when none is stored.")] = 5_000
 
 
@@ -1048,10 +1050,6 @@ def _check_model(model: ModelConfig, where: str) -> None:
     if model.merge_bucket_seconds * 1000 != int(model.merge_bucket_seconds * 1000):
         raise ConfigError(f"{where}.merge_bucket_seconds", "must be a whole number of milliseconds, got "
                           f"{model.merge_bucket_seconds:g}")
-    if model.by_model and model.reference.source != "stored":
-        raise ConfigError(f"{where}.decisions", "'model' needs a stored reference in this version: set "
-                          f"{where}.reference = {{ source = \"stored\" }} and store one with `stream-monitor "
-                          "reference build` (a model-level warm-up is not supported yet)")
     psi = model.detectors.psi
     if psi.warning > psi.critical:
         raise ConfigError(f"{where}.detectors.psi.warning",
