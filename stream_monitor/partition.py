@@ -31,6 +31,7 @@ from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
+from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .merge import BucketSketch, bucket_of, column_key, firing_record
 from .performance import RollingMetrics, infer_task, pair_row
@@ -539,7 +540,8 @@ class ModelMonitor:
     summaries: what the reference needs, bounded by the limits, never the events themselves)."""
 
     def __init__(self, config: ModelConfig, reference: ReferenceProfile | None,
-                 service: ServiceConfig | None = None):
+                 service: ServiceConfig | None = None, requests: bool = False):
+        """``requests``: judge the model's incidents by its retraining policy (``[retraining] topic`` set)."""
         service = service or ServiceConfig()
         self.config = config
         self.limits = Limits(service.max_inferred_columns, service.max_categories_per_column)
@@ -558,6 +560,9 @@ class ModelMonitor:
         perf = config.performance
         self.performance = PerformanceColumn(config) if perf.enabled and perf.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
+        # asks for retraining once per incident that meets the policy (stream_monitor/retraining.py)
+        self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
+        self.requests: list[RetrainingRequest] = []  # made, not yet taken by the service
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
             self.use_reference(reference)
@@ -646,6 +651,8 @@ class ModelMonitor:
         stamped, lines = self.incidents.stamp([t[3] for t in tagged])
         for _, line in lines:  # INFO: the alerts themselves are the warning
             incident_log.info(line)
+        if self.retraining is not None:
+            self.requests.extend(self.retraining.observe(stamped))
         return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
@@ -773,6 +780,7 @@ class ModelMonitor:
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
                 "incidents": self.incidents.snapshot(),
+                **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
@@ -813,6 +821,8 @@ class ModelMonitor:
             self.performance = PerformanceColumn(self.config, saved_performance.get("task"))
             self.performance.restore(saved_performance)
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
+        if self.retraining is not None:
+            self.retraining.restore(state.get("retraining"))  # absent: saved before requests were asked for
         self._reconcile()
         if not changes:
             return None
@@ -937,7 +947,8 @@ class PartitionMonitor:
                 if reference is None:
                     raise ReferenceProfileError(f"model {model_id!r} uses a stored reference and none is stored: "
                                                 f"run `stream-monitor reference build --model {model_id}`")
-            monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service)
+            monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service,
+                                                           requests=bool(self.config.retraining.topic))
         return monitor
 
     def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
@@ -1068,6 +1079,14 @@ class PartitionMonitor:
             if change is not None:
                 self.rebaselined[model_id] = change
                 self._once(model_id, change, "partition %d: %s", self.partition, change)
+
+    def take_requests(self) -> list[RetrainingRequest]:
+        """Every model's retraining requests made since the last call, in the order made."""
+        out: list[RetrainingRequest] = []
+        for monitor in self.models.values():
+            out.extend(monitor.requests)
+            monitor.requests.clear()
+        return out
 
     def take_points(self) -> list[dict[str, Any]]:
         """Every model's closed-window points since the last call (the service appends them to the history)."""

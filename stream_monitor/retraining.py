@@ -63,6 +63,13 @@ class RetrainingPolicy:
     on_fairness: bool = True
     cooldown_seconds: float = 3600.0
 
+    @classmethod
+    def of(cls, table: Any) -> "RetrainingPolicy":
+        """The policy of a ``[models.<id>.retraining]`` table (:class:`stream_monitor.config.ModelRetrainingConfig`)."""
+        return cls(table.enabled, table.min_drifted_features, tuple(table.drift_detectors), table.on_performance,
+                   tuple(table.performance_detectors), table.on_estimated_performance, table.on_fairness,
+                   float(table.cooldown_seconds))
+
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
         out["drift_detectors"] = list(self.drift_detectors)
