@@ -16,7 +16,8 @@ within one incident:
   fired (``on_estimated_performance``, ``on_fairness``);
 
 and the last request of the model is at least ``cooldown_seconds`` of event
-time older (alerts without an event time are not held back by it).
+time older (alerts without an event time, or with one before the last
+request's, are not held back by it).
 
 One request per incident at most. Its ``request_id`` is a pure function of
 the model, the incident and the evidence's alert ids, so a replay after a
@@ -187,7 +188,7 @@ class Retraining:
     def _cooling(self, event_time_ms: int | None) -> bool:
         if self.last_request_ms is None or event_time_ms is None:
             return False
-        return event_time_ms - self.last_request_ms < self.policy.cooldown_seconds * 1000
+        return 0 <= event_time_ms - self.last_request_ms < self.policy.cooldown_seconds * 1000
 
     def snapshot(self) -> dict[str, Any]:
         return {"incident": self.incident, "drift": {k: dict(v) for k, v in self.drift.items()},
