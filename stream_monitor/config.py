@@ -656,7 +656,7 @@ class ModelRetrainingConfig(_Table):
     on_fairness: Annotated[bool, doc(
         "Ask at a critical `fairness` alert (where the model has one).")] = True
     cooldown_seconds: Annotated[float, Meta(ge=0), doc(
-        "Event time between two requests of the model (per partition, or per merge): a later incident that "
+        "Event time between two requests of the model (per partition): a later incident that "
         "meets the rules within it asks nothing. Alerts without an event time, or with one before the last "
         "request's, are not held back; 0: no cooldown.")] = 3_600.0
 
