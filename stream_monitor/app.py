@@ -557,6 +557,7 @@ class Service:
         for request in self._rollback(key, monitor).take_requests():  # confirmed with the alerts, before the save
             self.publisher.retraining(request)
             faults.reached("after_request")
+            self.metrics.retraining_requests.labels(request.model_id, request.reason).inc()
             retraining_log.info("retraining request %s to %s: %s (incident %s)", request.request_id[:12],
                                 self.config.retraining.topic, request.message, request.incident[:12])
         clock.add("produce", started)
