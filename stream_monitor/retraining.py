@@ -129,7 +129,17 @@ def request_id(model_id: str, incident: str, alert_ids: Sequence[str]) -> str:
 def _evidence(alert: Alert) -> dict[str, Any]:
     return {"alert_id": alert.alert_id, "signal": alert.signal, "name": alert.name, "detector": alert.detector,
             "severity": alert.severity, "statistic": alert.statistic, "threshold": alert.threshold,
-            "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms}
+            "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
+            "events": _events(alert.current)}
+
+
+def _events(current: Mapping[str, Any]) -> int | None:
+    """The events (or pairs) the alert's statistic was computed over, where it says so."""
+    for key in ("events", "window", "pairs"):
+        value = current.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
 
 
 class Retraining:
