@@ -59,6 +59,7 @@ GROUP_VIEW_SECONDS = 5.0  # how often the status page's view of the whole group 
 MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets (and after each checkpoint)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
+retraining_log = logging.getLogger("stream_monitor.retraining")  # one line per retraining request
 # What restoring a decoded snapshot raises when its contents are not a state this version wrote
 # (a hand-edited or foreign blob): the partition is quarantined, like one whose blob does not decode.
 RESTORE_ERRORS = (StateError, KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -167,7 +168,8 @@ class Service:
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
                                    stop_requested=lambda: self.stopping,
-                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None)
+                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None,
+                                   retraining_topic=config.retraining.topic)
         self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._subscribed_at = 0.0
@@ -567,6 +569,12 @@ class Service:
             alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
                            alert.signal, alert.name, alert.detector, alert.message,
                            extra={"alert": alert.alert_id})
+        for request in self._rollback(key, monitor).take_requests():  # confirmed with the alerts, before the save
+            self.publisher.retraining(request)
+            faults.reached("after_request")
+            self.metrics.retraining_requests.labels(request.model_id, request.reason).inc()
+            retraining_log.info("retraining request %s to %s: %s (incident %s)", request.request_id[:12],
+                                self.config.retraining.topic, request.message, request.incident[:12])
         clock.add("produce", started)
 
     def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:

@@ -641,6 +641,33 @@ class OipConfig(_Table):
         "remembered pairs first, then waiting responses, then waiting requests.")] = 64 * 1024 * 1024
 
 
+class ModelRetrainingConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Ask for this model's retraining (with `[retraining] topic` set): at most one request per incident that "
+        "meets the rules below. See \"Retraining requests\" in the README.")] = True
+    min_drifted_features: Annotated[int, AT_LEAST_1, doc(
+        "Drift: ask once this many distinct features have fired a critical alert of `drift_detectors` within "
+        "one incident.")] = 3
+    drift_detectors: Annotated[tuple[Literal["psi", "ks", "adwin", "page_hinkley"], ...], doc(
+        "The detectors whose critical feature alerts count as drift. The window detectors (PSI, KS) judge a "
+        "whole window of events, so what they find is sustained over a window.",
+        checks="each `\"psi\"`, `\"ks\"`, `\"adwin\"` or `\"page_hinkley\"`")] = ("psi", "ks")
+    on_performance: Annotated[bool, doc(
+        "Performance: ask at a critical `performance` alert of `performance_detectors`.")] = True
+    performance_detectors: Annotated[tuple[Literal["floor", "ceiling", "adwin", "page_hinkley"], ...], doc(
+        "The performance detectors that count: `floor` and `ceiling` (a rolling metric past its limit), "
+        "`adwin` / `page_hinkley` (the error stream rose).",
+        checks="each `\"floor\"`, `\"ceiling\"`, `\"adwin\"` or `\"page_hinkley\"`")] = ("floor", "ceiling")
+    on_estimated_performance: Annotated[bool, doc(
+        "Ask at a critical `estimated_performance` alert (where the model has one).")] = True
+    on_fairness: Annotated[bool, doc(
+        "Ask at a critical `fairness` alert (where the model has one).")] = True
+    cooldown_seconds: Annotated[float, Meta(ge=0), doc(
+        "Event time between two requests of the model (per partition): a later incident that "
+        "meets the rules within it asks nothing. Alerts without an event time, or with one before the last "
+        "request's, are not held back; 0: no cooldown.")] = 3_600.0
+
+
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
@@ -660,6 +687,7 @@ class ModelConfig(_Table):
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
     oip: OipConfig = OipConfig()
+    retraining: ModelRetrainingConfig = ModelRetrainingConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
@@ -731,11 +759,19 @@ class AlertmanagerConfig(_Table):
                 f"status_page_url={redact_url(self.status_page_url)!r})")
 
 
+class RetrainingConfig(_Table):
+    topic: Annotated[str, doc(
+        "The topic retraining requests are produced to (key = model id; schemas/retraining_request.json), "
+        "delivered before the state that says they were made is saved, like alerts. Empty: no requests. "
+        "Each model's rules are in `[models.<id>.retraining]`.")] = ""
+
+
 class Config(_Table):
     kafka: KafkaConfig = KafkaConfig()
     redis: RedisConfig = RedisConfig()
     service: ServiceConfig = ServiceConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
     models: dict[str, ModelConfig] = {}
     source: Annotated[str, INTERNAL] = "<defaults>"  # the file it was read from
 
@@ -1071,10 +1107,10 @@ def _check_model(model: ModelConfig, where: str) -> None:
 
 def env_keys() -> dict[tuple[str, str], Any]:
     """(section, key) → default of every key an environment variable can override: the scalar keys of
-    [kafka], [redis], [service] and [alertmanager]."""
+    [kafka], [redis], [service], [alertmanager] and [retraining]."""
     return {(section, f.name): f.default
             for section, table in (("kafka", KafkaConfig), ("redis", RedisConfig), ("service", ServiceConfig),
-                                   ("alertmanager", AlertmanagerConfig))
+                                   ("alertmanager", AlertmanagerConfig), ("retraining", RetrainingConfig))
             for f in msgspec.structs.fields(table) if isinstance(f.default, (str, int, float, tuple))}
 
 

@@ -31,6 +31,7 @@ from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
+from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .calibration import model_tests, split
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share
@@ -551,7 +552,8 @@ class ModelMonitor:
 
     def __init__(self, config: ModelConfig, reference: ReferenceProfile | None,
                  service: ServiceConfig | None = None,
-                 model_references: Mapping[str, ReferenceProfile] | None = None):
+                 model_references: Mapping[str, ReferenceProfile] | None = None, requests: bool = False):
+        """``requests``: judge the model's incidents by its retraining policy (``[retraining] topic`` set)."""
         service = service or ServiceConfig()
         # decisions = "model" with a warm-up: the model's reference, once its merge has built it
         self.model_references = {} if model_references is None else model_references
@@ -573,6 +575,9 @@ class ModelMonitor:
         self.share = self._share_before_reference()
         self.performance = PerformanceColumn(config, budget=self.share) if perf.enabled and perf.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
+        # asks for retraining once per incident that meets the policy (stream_monitor/retraining.py)
+        self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
+        self.requests: list[RetrainingRequest] = []  # made, not yet taken by the service
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
             self.use_reference(reference)
@@ -712,6 +717,8 @@ class ModelMonitor:
         stamped, lines = self.incidents.stamp([t[3] for t in tagged])
         for _, line in lines:  # INFO: the alerts themselves are the warning
             incident_log.info(line)
+        if self.retraining is not None:
+            self.requests.extend(self.retraining.observe(stamped))
         return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
@@ -839,6 +846,7 @@ class ModelMonitor:
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
                 "incidents": self.incidents.snapshot(),
+                **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
@@ -880,6 +888,8 @@ class ModelMonitor:
             self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)
             self.performance.restore(saved_performance)
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
+        if self.retraining is not None:
+            self.retraining.restore(state.get("retraining"))  # absent: saved before requests were asked for
         self._reconcile()
         if not changes:
             return None
@@ -1009,7 +1019,8 @@ class PartitionMonitor:
                     raise ReferenceProfileError(f"model {model_id!r} uses a stored reference and none is stored: "
                                                 f"run `stream-monitor reference build --model {model_id}`")
             monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service,
-                                                           self.model_references)
+                                                           self.model_references,
+                                                           requests=bool(self.config.retraining.topic))
         return monitor
 
     @property
@@ -1187,6 +1198,14 @@ class PartitionMonitor:
             if change is not None:
                 self.rebaselined[model_id] = change
                 self._once(model_id, change, "partition %d: %s", self.partition, change)
+
+    def take_requests(self) -> list[RetrainingRequest]:
+        """Every model's retraining requests made since the last call, in the order made."""
+        out: list[RetrainingRequest] = []
+        for monitor in self.models.values():
+            out.extend(monitor.requests)
+            monitor.requests.clear()
+        return out
 
     def take_points(self) -> list[dict[str, Any]]:
         """Every model's closed-window points since the last call (the service appends them to the history)."""
