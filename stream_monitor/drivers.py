@@ -43,7 +43,7 @@ def message_tail(drivers: Sequence[Mapping]) -> str:
     """What the alert's message adds: the top drivers that moved, or that none did."""
     moved = [d for d in drivers if d["psi"] >= MOVED][:NAMED]
     if not moved:
-        return f"; no feature moved (every PSI < {MOVED:g})" if drivers else ""
+        return f"; no feature moved in its last closed window (every PSI < {MOVED:g})" if drivers else ""
     return "; drivers: " + ", ".join(f"{d['name']} (PSI {d['psi']:.2g})" for d in moved)
 
 
@@ -53,7 +53,8 @@ def attach(alert: Alert, drivers: Sequence[Mapping]) -> Alert:
 
 
 def normalised_mutual_information(pairs: Sequence[tuple[int, int]]) -> float:
-    """NMI (I / sqrt(H(x) H(y))) of paired bin indices; 0 when either side is constant or no pairs."""
+    """NMI (I / sqrt(H(x) H(y)), I bias-corrected) of paired bin indices; 0 when either side is constant,
+    independent-looking or there are no pairs."""
     n = len(pairs)
     if not n:
         return 0.0
@@ -72,4 +73,5 @@ def normalised_mutual_information(pairs: Sequence[tuple[int, int]]) -> float:
     if hx <= 0 or hy <= 0:
         return 0.0
     mi = sum(c / n * math.log(c * n / (xs[x] * ys[y])) for (x, y), c in joint.items())
+    mi -= (len(joint) - len(xs) - len(ys) + 1) / (2 * n)  # Miller-Madow: the plug-in's bias on a small sample
     return max(0.0, min(1.0, mi / math.sqrt(hx * hy)))
