@@ -152,3 +152,12 @@ def test_drivers_are_the_same_across_batch_cuts(sizes):
 
 def test_drivers_are_the_same_after_a_restore_mid_stream():
     assert run_batches([250], restore_at=3500) == list(one_at_a_time())
+
+
+def test_the_engines_alerts_with_drivers_fit_the_alert_schema():
+    from .test_schemas_static import assert_valid  # noqa: PLC0415
+
+    carrying = [a for a in one_at_a_time() if a.drivers is not None]
+    assert carrying
+    for alert in carrying:
+        assert_valid("alert", alert.to_dict(0))
