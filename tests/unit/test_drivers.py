@@ -161,3 +161,31 @@ def test_the_engines_alerts_with_drivers_fit_the_alert_schema():
     assert carrying
     for alert in carrying:
         assert_valid("alert", alert.to_dict(0))
+
+
+def test_a_performance_alert_carries_the_drivers_of_its_offset():
+    """Labels joined at each prediction; from event 3000 the inputs shift and a third of the labels turn:
+    the performance alert carries the features' PSIs of their latest window closed at or before it."""
+    from stream_monitor.join import JoinResult  # noqa: PLC0415
+
+    rng = random.Random(3)
+    items = []
+    for o, event in enumerate(stream()):
+        truth = int(event.score >= 0.5)
+        if o >= 3000 and rng.random() < 0.35:
+            truth = 1 - truth
+        items.append((o, event, JoinResult("joined", {"label": truth, "t": None})))
+
+    def run(size: int) -> list[Alert]:
+        monitor = PartitionMonitor(CONFIG, 0, {})
+        return [a for s in range(0, len(items), size) for a in monitor.process_batch(items[s:s + size])]
+
+    alerts = run(1)
+    performance = [a for a in alerts if a.signal == "performance" and a.status == "firing"]
+    assert performance and all(a.drivers is not None for a in performance)
+    first = performance[0]  # ADWIN on the error stream, before the first window after the change closes
+    assert 3000 < first.offset < 3999
+    assert {d["name"] for d in first.drivers} == {"a", "b", "c", "d", "country"}
+    assert all(d["psi"] < 0.1 for d in first.drivers)  # the window closed at 2999: before the change
+    assert first.message.endswith("; no feature moved in its last closed window (every PSI < 0.1)")
+    assert run(777) == alerts
