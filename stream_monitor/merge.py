@@ -25,7 +25,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, history
+from . import alerts as words, drivers, history
 from .calibration import ks_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -321,14 +321,28 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             firings.extend((-1 if f["time"] is None else f["time"], topic, partition, f["offset"], f)
                            for f in partial["firings"])
         for *_, firing in sorted(firings, key=lambda f: f[:4]):
-            out.extend(_point_firing(model, episodes, bucket, firing))
+            out.extend(_with_drivers(_point_firing(model, episodes, bucket, firing), state.get("feature_psi"),
+                                     reference))
         if window["events"] >= model.detectors.psi.window:
-            out.extend(_decide(model, columns, episodes, window, bucket_ms, points))
+            feature_psi: dict[str, float] = {}
+            decided = _decide(model, columns, episodes, window, bucket_ms, points, feature_psi)
+            state["feature_psi"] = feature_psi  # the drivers of the point firings until the next window
+            out.extend(_with_drivers(decided, feature_psi, reference))
             state["window"] = None
             state["windows"] += 1
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late, points)
+
+
+def _with_drivers(alerts: list[Alert], feature_psi: Mapping[str, float] | None,
+                  reference: ReferenceProfile) -> list[Alert]:
+    """The firing model-wide alerts with their drivers: the features' PSIs of the latest model window
+    decided at or before them (none before the first window)."""
+    if feature_psi is None:
+        return alerts
+    return [drivers.attach(a, drivers.rank(feature_psi, reference.association))
+            if a.status == "firing" and a.signal in drivers.SIGNALS else a for a in alerts]
 
 
 def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,10 +378,10 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
-            bucket_ms: int, points: list | None = None) -> list[Alert]:
+            bucket_ms: int, points: list | None = None, feature_psi: dict | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
     window's actual size), and the resolution of the column's point episodes. ``points``: gets each
-    statistic's history point (:mod:`stream_monitor.history`)."""
+    statistic's history point (:mod:`stream_monitor.history`); ``feature_psi``: gets each feature's PSI."""
     det = model.detectors
     budget = det.false_alarms_per_million
     payload = _window_payload(window, bucket_ms)
@@ -423,6 +437,8 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         warning = max(det.psi.warning, psi_threshold(budget, usable, reference_events, bins_with_mass))
         critical = max(det.psi.critical, warning)
         value = psi(ref.proportions, [c / usable for c in column["psi"]], det.psi.epsilon)
+        if signal == "feature" and feature_psi is not None:
+            feature_psi[name] = value
         key = f"{signal}|{name}|psi"
         point(signal, name, "psi", value, warning, critical, column["psi"], ref)
         episode = episodes.level(key)

@@ -189,3 +189,19 @@ def test_a_performance_alert_carries_the_drivers_of_its_offset():
     assert all(d["psi"] < 0.1 for d in first.drivers)  # the window closed at 2999: before the change
     assert first.message.endswith("; no feature moved in its last closed window (every PSI < 0.1)")
     assert run(777) == alerts
+
+
+def test_model_level_decisions_carry_the_merged_windows_drivers():
+    """decisions = "model": the merged window's prediction alert names the features of the same window."""
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    config = parse_config({"models": {"drivers": {
+        "decisions": "model", "reference": {"source": "stored"}, "merge_bucket_seconds": 1.0,
+        "merge_lateness_seconds": 1.0, "detectors": {"psi": {"window": 1000}}}}})
+    reference = build_reference("drivers", stream()[:1000], None, source="stored")
+    alerts = list(replay_rows(config, list(enumerate(stream())), {"drivers": reference}))
+    psi = [a for a in alerts if (a.signal, a.name, a.detector, a.status) == ("prediction", "score", "psi", "firing")]
+    assert psi and psi[0].partition is None
+    assert sorted(d["name"] for d in psi[0].drivers[:2]) == ["a", "b"]
+    assert all(d["association"] is not None for d in psi[0].drivers)
+    assert all(a.drivers is None for a in alerts if a.signal == "feature")
