@@ -20,6 +20,7 @@ LISTED = 5  # drivers carried by an alert
 NAMED = 3  # of those, at most this many named in its message
 MOVED = 0.1  # a feature's PSI from which the message calls it a driver
 JOINT_SAMPLE = 5000  # warm-up events whose features and score are kept together for the association
+JOINT_VALUES = 1_000_000  # and at most this many values of them in all (a wide model keeps fewer events)
 
 
 def rank(psis: Mapping[str, float], association: Mapping[str, float] | None,

@@ -28,7 +28,7 @@ import numpy as np
 
 from .codec import category
 from .errors import ReferenceProfileError
-from .drivers import JOINT_SAMPLE, normalised_mutual_information
+from .drivers import JOINT_SAMPLE, JOINT_VALUES, normalised_mutual_information
 from .events import InferenceEvent, LabelEvent
 
 OTHER = "__other__"
@@ -406,7 +406,9 @@ class WarmupSummary:
         self.score = ColumnSummary("numeric", cap)
         self.predicted_label = ColumnSummary("categorical", cap)
         self.latency = ColumnSummary("numeric", cap)
-        self.joint: list[tuple[Any, dict[str, Any]]] = []  # the first JOINT_SAMPLE events' target and features
+        # the first JOINT_SAMPLE events' target and tracked features (at most JOINT_VALUES values in all)
+        self.joint: list[tuple[Any, dict[str, Any]]] = []
+        self.joint_values = 0
         self.untracked: set[bytes] = set()  # 8-byte digests of the names not tracked
         self.untracked_samples: list[str] = []
         self._known_untracked: set[str] = set()  # the names themselves, this process only (a fast path)
@@ -436,11 +438,12 @@ class WarmupSummary:
                 column.appears += 1
                 if value is not None:
                     column.add(value)
-        if len(self.joint) < JOINT_SAMPLE:
+        if len(self.joint) < JOINT_SAMPLE and self.joint_values < JOINT_VALUES:
             target = event.score if event.score is not None else event.predicted_label
             if target is not None:
-                self.joint.append((_sampled(target), {n: _sampled(v) for n, v in features.items()
-                                                      if v is not None and n in columns}))
+                kept = {n: _sampled(v) for n, v in features.items() if v is not None and n in columns}
+                self.joint.append((_sampled(target), kept))
+                self.joint_values += 1 + len(kept)
         if event.score is not None:
             self.score.add(event.score)
         if event.predicted_label is not None:
@@ -506,7 +509,7 @@ class WarmupSummary:
         return {"events": self.events, "features": {n: c.snapshot() for n, c in self.features.items()},
                 "score": self.score.snapshot(), "predicted_label": self.predicted_label.snapshot(),
                 "latency": self.latency.snapshot(), "untracked": sorted(self.untracked),
-                "joint": [[t, values] for t, values in self.joint],
+                "joint": _joint_columns(self.joint),
                 "untracked_samples": list(self.untracked_samples)}
 
     def restore(self, d: Mapping[str, Any]) -> None:
@@ -518,7 +521,8 @@ class WarmupSummary:
             setattr(self, name, ColumnSummary.from_snapshot(d[name], cap))
         self.untracked = set(d["untracked"])
         self.untracked_samples = list(d["untracked_samples"])
-        self.joint = [(t, dict(values)) for t, values in d.get("joint", ())]
+        self.joint = _joint_rows(d.get("joint"))
+        self.joint_values = sum(1 + len(values) for _, values in self.joint)
         self._known_untracked = set()
 
 
@@ -554,6 +558,21 @@ def is_number(value: Any) -> bool:
 
 def is_finite_number(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
+
+
+def _joint_columns(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The joint sample column by column (what a snapshot keeps): the targets, and per feature its
+    values aligned with them (None where the event had none)."""
+    names = sorted({n for _, values in rows for n in values})
+    return {"targets": [t for t, _ in rows],
+            "features": {n: [values.get(n) for _, values in rows] for n in names}}
+
+
+def _joint_rows(d: Mapping[str, Any] | None) -> list[tuple[Any, dict[str, Any]]]:
+    if not d:
+        return []
+    columns = d["features"]
+    return [(t, {n: v[i] for n, v in columns.items() if v[i] is not None}) for i, t in enumerate(d["targets"])]
 
 
 def _sampled(value: Any) -> Any:

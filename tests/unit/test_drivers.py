@@ -6,6 +6,7 @@ import math
 import random
 from functools import lru_cache
 
+import msgspec
 import pytest
 
 from stream_monitor import drivers
@@ -205,3 +206,18 @@ def test_model_level_decisions_carry_the_merged_windows_drivers():
     assert sorted(d["name"] for d in psi[0].drivers[:2]) == ["a", "b"]
     assert all(d["association"] is not None for d in psi[0].drivers)
     assert all(a.drivers is None for a in alerts if a.signal == "feature")
+
+
+def test_a_warm_up_restored_mid_way_measures_the_same_association():
+    from stream_monitor.reference import WarmupSummary  # noqa: PLC0415
+
+    whole, first = WarmupSummary(None), WarmupSummary(None)
+    for event in stream()[:1000]:
+        whole.add(event)
+    for event in stream()[:400]:
+        first.add(event)
+    second = WarmupSummary(None)
+    second.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(first.snapshot())))
+    for event in stream()[400:1000]:
+        second.add(event)
+    assert second.build("drivers").association == whole.build("drivers").association
