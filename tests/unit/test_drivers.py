@@ -156,12 +156,17 @@ def test_drivers_are_the_same_after_a_restore_mid_stream():
 
 
 def test_the_engines_alerts_with_drivers_fit_the_alert_schema():
-    from .test_schemas_static import assert_valid  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    from pathlib import Path  # noqa: PLC0415
 
+    from jsonschema import Draft202012Validator  # noqa: PLC0415
+
+    schema = json.loads((Path(__file__).parents[2] / "schemas" / "alert.json").read_text(encoding="utf-8"))
+    validator = Draft202012Validator(schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
     carrying = [a for a in one_at_a_time() if a.drivers is not None]
     assert carrying
     for alert in carrying:
-        assert_valid("alert", alert.to_dict(0))
+        assert [e.message for e in validator.iter_errors(alert.to_dict(0))] == []
 
 
 def test_a_performance_alert_carries_the_drivers_of_its_offset():
