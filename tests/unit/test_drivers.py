@@ -226,3 +226,17 @@ def test_a_warm_up_restored_mid_way_measures_the_same_association():
     for event in stream()[400:1000]:
         second.add(event)
     assert second.build("drivers").association == whole.build("drivers").association
+
+
+def test_a_model_level_warm_up_reference_measures_the_association_too():
+    """decisions = "model" with a warm-up reference: the merged warm-up keeps the partitions' joint samples."""
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    config = parse_config({"models": {"drivers": {
+        "decisions": "model", "reference": {"events": 1000}, "merge_bucket_seconds": 1.0,
+        "merge_lateness_seconds": 1.0, "detectors": {"psi": {"window": 1000}}}}})
+    alerts = list(replay_rows(config, list(enumerate(stream())), {}))
+    psi = [a for a in alerts if (a.signal, a.name, a.detector, a.status) == ("prediction", "score", "psi", "firing")]
+    assert psi and psi[0].partition is None
+    assert sorted(d["name"] for d in psi[0].drivers[:2]) == ["a", "b"]
+    assert all(d["association"] is not None for d in psi[0].drivers)
