@@ -102,6 +102,7 @@ class Alert:
     alert_id: str = field(default="")
     incident: str | None = None  # the alert_id of the first firing alert of its incident (stream_monitor/incidents.py)
     window: Mapping[str, Any] | None = None  # a model-level decision: what it decided on (docs/MODEL_DECISIONS.md)
+    drivers: tuple[Mapping[str, Any], ...] | None = None  # the features that moved most (stream_monitor/drivers.py)
 
     def __post_init__(self) -> None:
         if not self.alert_id:
@@ -143,6 +144,8 @@ class Alert:
         if self.window is not None:
             record["window"] = _bounded({**self.window, "first": format_time(self.window["first"]),
                                          "last": format_time(self.window["last"])}, "window", cuts)
+        if self.drivers is not None:
+            record["drivers"] = [{**d, "name": _bounded(d["name"], "drivers", cuts)} for d in self.drivers]
         if cuts:
             record["truncated"] = {"fields": sorted(set(cuts)), "cuts": len(cuts)}
         if max_bytes is not None and len(orjson.dumps(record)) > max_bytes:

@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, history
+from . import alerts as words, drivers, history
 from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -365,14 +365,28 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             firings.extend((-1 if f["time"] is None else f["time"], topic, partition, f["offset"], f)
                            for f in partial["firings"])
         for *_, firing in sorted(firings, key=lambda f: f[:4]):
-            out.extend(_point_firing(model, episodes, bucket, firing))
+            out.extend(_with_drivers(_point_firing(model, episodes, bucket, firing), state.get("feature_psi"),
+                                     reference))
         if window["events"] >= model.detectors.psi.window:
-            out.extend(_decide(model, columns, episodes, window, bucket_ms, share, points))
+            feature_psi: dict[str, float] = {}
+            decided = _decide(model, columns, episodes, window, bucket_ms, share, points, feature_psi)
+            state["feature_psi"] = feature_psi  # the drivers of the point firings until the next window
+            out.extend(_with_drivers(decided, feature_psi, reference))
             state["window"] = None
             state["windows"] += 1
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late, points)
+
+
+def _with_drivers(alerts: list[Alert], feature_psi: Mapping[str, float] | None,
+                  reference: ReferenceProfile) -> list[Alert]:
+    """The firing model-wide alerts with their drivers: the features' PSIs of the latest model window
+    decided at or before them (none before the first window)."""
+    if feature_psi is None:
+        return alerts
+    return [drivers.attach(a, drivers.rank(feature_psi, reference.association))
+            if a.status == "firing" and a.signal in drivers.SIGNALS else a for a in alerts]
 
 
 def _numeric_counts(ref: NumericReference, summary: ColumnSummary, events: int, ks: bool,
@@ -547,10 +561,12 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
-            bucket_ms: int, budget: float, points: list | None = None) -> list[Alert]:
+            bucket_ms: int, budget: float, points: list | None = None,
+            feature_psi: dict | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
     window's actual size and each test's ``budget``, its share of the model's), and the resolution of the
-    column's point episodes. ``points``: gets each statistic's history point (:mod:`stream_monitor.history`)."""
+    column's point episodes. ``points``: gets each statistic's history point (:mod:`stream_monitor.history`);
+    ``feature_psi``: gets each feature's PSI (the drivers of the window's alerts)."""
     det = model.detectors
     payload = _window_payload(window, bucket_ms)
     out: list[Alert] = []
@@ -605,6 +621,8 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         warning = max(det.psi.warning, psi_threshold(budget, usable, reference_events, bins_with_mass))
         critical = max(det.psi.critical, warning)
         value = psi(ref.proportions, [c / usable for c in column["psi"]], det.psi.epsilon)
+        if signal == "feature" and feature_psi is not None:
+            feature_psi[name] = value
         key = f"{signal}|{name}|psi"
         point(signal, name, "psi", value, warning, critical, column["psi"], ref)
         episode = episodes.level(key)

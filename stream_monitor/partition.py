@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from . import history
+from . import drivers, history
 from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, performance_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
@@ -79,6 +79,7 @@ class ColumnMonitor:
         self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged, budget)
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
+        self.closed_psi: list[tuple[int, float]] = []  # this batch's closed PSI windows: (offset, PSI)
         self.points = history.pending()  # closed windows' statistics, until the service takes them
         if self.numeric:  # what the compiled rank transform reads (detectors/transform.py: the same, one value at a time)
             self._edges = np.asarray(reference.edges, dtype=np.float64)
@@ -306,6 +307,8 @@ class ColumnMonitor:
     def _level(self, adapter: Adapter, mark: tuple[float, Any], context: tuple) -> list[Alert]:
         value, extra = mark
         self.last_statistic[adapter.key] = value
+        if adapter.part == "psi":
+            self.closed_psi.append((context[0], value))
         self.points.append(history.window_point(
             self.model_id, adapter.signal or self.signal, adapter.subject or self.name, adapter.name, value,
             adapter.threshold, adapter.critical, *context, extra if adapter.part == "psi" else None,
@@ -700,14 +703,39 @@ class ModelMonitor:
             for index, order, alert in self.performance.update_batch(
                     [p[2:5] for p in pairs], [p[5] for p in pairs], partition, [p[6] for p in pairs]):
                 out.append((pairs[index][0], pairs[index][1], order, alert))
+        features = [c for c in self.columns if c.signal == "feature" and not c.merged]
+        before = {}
+        for column in features:
+            before[column.name] = column.last_statistic.get("psi")
+            column.closed_psi = []
         if pending:
             self._columns(pending, partition, out, seen)
+        if features and out:
+            out = [(*t[:3], self._with_drivers(t[3], features, before)) for t in out]
         if labelled:
             for index, order, alert in self.label_column.update_batch(
                     [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
                     [e.timestamp_ms for _, _, e in labelled]):
                 out.append((labelled[index][0], 0, order, alert))
         return self._leaving(out)
+
+    def _with_drivers(self, alert: Alert, features: list[ColumnMonitor],
+                      before: Mapping[str, float | None]) -> Alert:
+        """A firing model-wide alert with its drivers: each feature's PSI in its latest window closed at
+        or before the alert's offset (so the same however the stream is cut into batches)."""
+        if alert.status != "firing" or alert.signal not in drivers.SIGNALS or alert.offset is None:
+            return alert
+        psis: dict[str, float] = {}
+        for column in features:
+            psi = before[column.name]
+            for offset, value in column.closed_psi:
+                if offset > alert.offset:
+                    break
+                psi = value
+            if psi is not None:
+                psis[column.name] = psi
+        association = None if self.reference is None else self.reference.association
+        return drivers.attach(alert, drivers.rank(psis, association))
 
     def _leaving(self, tagged: list[tuple[int, int, int, Alert]]) -> list[tuple[int, int, int, Alert]]:
         """Where the model's alerts leave it: in the order raised, each stamped with its incident."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from .codec import category
 from .errors import ReferenceProfileError
+from .drivers import JOINT_SAMPLE, JOINT_VALUES, normalised_mutual_information
 from .events import InferenceEvent, LabelEvent
 
 OTHER = "__other__"
@@ -188,6 +189,14 @@ def column_from_dict(d: Mapping[str, Any]) -> ColumnReference:
     return NumericReference.from_dict(d) if d["kind"] == "numeric" else CategoricalReference.from_dict(d)
 
 
+def _association(d: Any) -> dict[str, float] | None:
+    if d is None:
+        return None
+    if not isinstance(d, Mapping):
+        raise ReferenceProfileError("malformed reference profile: association is not an object")
+    return {str(n): float(v) for n, v in d.items()}
+
+
 def _optional(d: Mapping[str, Any], key: str, build):
     return None if d.get(key) is None else build(d[key])
 
@@ -205,6 +214,9 @@ class ReferenceProfile:
     labels: CategoricalReference | None = None
     version: int = 0
     source: str = "warmup"
+    # per feature, how strongly its reference bins go with the score's (normalised mutual information);
+    # None for a reference stored before it was kept: drivers are then ranked by PSI alone
+    association: Mapping[str, float] | None = None
 
     def columns(self) -> list[tuple[str, str, ColumnReference]]:
         """(signal, name, reference) for every monitored column of inference events, in a stable order."""
@@ -224,10 +236,13 @@ class ReferenceProfile:
         def opt(ref):
             return None if ref is None else ref.to_dict()
 
-        return {"model_id": self.model_id, "version": self.version, "source": self.source, "events": self.events,
-                "features": {n: r.to_dict() for n, r in sorted(self.features.items())},
-                "score": opt(self.score), "predicted_label": opt(self.predicted_label),
-                "latency": opt(self.latency), "labels": opt(self.labels)}
+        out = {"model_id": self.model_id, "version": self.version, "source": self.source, "events": self.events,
+               "features": {n: r.to_dict() for n, r in sorted(self.features.items())},
+               "score": opt(self.score), "predicted_label": opt(self.predicted_label),
+               "latency": opt(self.latency), "labels": opt(self.labels)}
+        if self.association is not None:
+            out["association"] = {n: float(v) for n, v in sorted(self.association.items())}
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "ReferenceProfile":
@@ -238,7 +253,8 @@ class ReferenceProfile:
                        score=_optional(d, "score", NumericReference.from_dict),
                        predicted_label=_optional(d, "predicted_label", CategoricalReference.from_dict),
                        latency=_optional(d, "latency", NumericReference.from_dict),
-                       labels=_optional(d, "labels", CategoricalReference.from_dict))
+                       labels=_optional(d, "labels", CategoricalReference.from_dict),
+                       association=_association(d.get("association")))
         except ReferenceProfileError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -414,6 +430,9 @@ class WarmupSummary:
         self.score = ColumnSummary("numeric", cap)
         self.predicted_label = ColumnSummary("categorical", cap)
         self.latency = ColumnSummary("numeric", cap)
+        # the first JOINT_SAMPLE events' target and tracked features (at most JOINT_VALUES values in all)
+        self.joint: list[tuple[Any, dict[str, Any]]] = []
+        self.joint_values = 0
         self.untracked: set[bytes] = set()  # 8-byte digests of the names not tracked
         self.untracked_samples: list[str] = []
         self._known_untracked: set[str] = set()  # the names themselves, this process only (a fast path)
@@ -443,6 +462,12 @@ class WarmupSummary:
                 column.appears += 1
                 if value is not None:
                     column.add(value)
+        if len(self.joint) < JOINT_SAMPLE and self.joint_values < JOINT_VALUES:
+            target = event.score if event.score is not None else event.predicted_label
+            if target is not None:
+                kept = {n: _sampled(v) for n, v in features.items() if v is not None and n in columns}
+                self.joint.append((_sampled(target), kept))
+                self.joint_values += 1 + len(kept)
         if event.score is not None:
             self.score.add(event.score)
         if event.predicted_label is not None:
@@ -483,16 +508,32 @@ class WarmupSummary:
             ref = column.numeric(n, bins) if kind == "numeric" else column.categorical(n, top_k)
             if ref is not None:
                 features[name] = ref
+        score, predicted = self.score.numeric(n, bins), self.predicted_label.categorical(n, top_k)
         return ReferenceProfile(
             model_id=model_id, events=n, features=features, source=source,
-            score=self.score.numeric(n, bins), predicted_label=self.predicted_label.categorical(n, top_k),
-            latency=self.latency.numeric(n, bins),
-            labels=None if labels is None else labels.build(top_k))
+            score=score, predicted_label=predicted, latency=self.latency.numeric(n, bins),
+            labels=None if labels is None else labels.build(top_k),
+            association=self._association(features, score or predicted))
+
+    def _association(self, features: Mapping[str, ColumnReference],
+                     target: ColumnReference | None) -> dict[str, float] | None:
+        """Per feature, the NMI of its reference bins with the target's (the score, else the predicted
+        label) over the joint sample; None without a target."""
+        if target is None:
+            return None
+        usable = [(_bin(target, t), values) for t, values in self.joint]
+        usable = [(t, values) for t, values in usable if t is not None]
+        out = {}
+        for name, ref in features.items():
+            pairs = [(b, t) for t, values in usable if name in values and (b := _bin(ref, values[name])) is not None]
+            out[name] = round(normalised_mutual_information(pairs), 6)
+        return out
 
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "features": {n: c.snapshot() for n, c in self.features.items()},
                 "score": self.score.snapshot(), "predicted_label": self.predicted_label.snapshot(),
                 "latency": self.latency.snapshot(), "untracked": sorted(self.untracked),
+                "joint": _joint_columns(self.joint),
                 "untracked_samples": list(self.untracked_samples)}
 
     def absorb(self, other: "WarmupSummary") -> None:
@@ -515,6 +556,12 @@ class WarmupSummary:
                 held.absorb(column)
         for name in ("score", "predicted_label", "latency"):
             getattr(self, name).absorb(getattr(other, name))
+        for target, values in other.joint:  # the joint sample: the first events, in the same order
+            if len(self.joint) >= JOINT_SAMPLE or self.joint_values >= JOINT_VALUES:
+                break
+            kept = {n: v for n, v in values.items() if n in self.features}
+            self.joint.append((target, kept))
+            self.joint_values += 1 + len(kept)
         for digest in other.untracked:
             if len(self.untracked) < MAX_UNTRACKED_COUNTED:
                 self.untracked.add(digest)
@@ -552,6 +599,8 @@ class WarmupSummary:
             setattr(self, name, ColumnSummary.from_snapshot(d[name], cap))
         self.untracked = set(d["untracked"])
         self.untracked_samples = list(d["untracked_samples"])
+        self.joint = _joint_rows(d.get("joint"))
+        self.joint_values = sum(1 + len(values) for _, values in self.joint)
         self._known_untracked = set()
 
 
@@ -587,6 +636,34 @@ def is_number(value: Any) -> bool:
 
 def is_finite_number(value: Any) -> bool:
     return is_number(value) and math.isfinite(value)
+
+
+def _joint_columns(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
+    """The joint sample column by column (what a snapshot keeps): the targets, and per feature its
+    values aligned with them (None where the event had none)."""
+    names = sorted({n for _, values in rows for n in values})
+    return {"targets": [t for t, _ in rows],
+            "features": {n: [values.get(n) for _, values in rows] for n in names}}
+
+
+def _joint_rows(d: Mapping[str, Any] | None) -> list[tuple[Any, dict[str, Any]]]:
+    if not d:
+        return []
+    columns = d["features"]
+    return [(t, {n: v[i] for n, v in columns.items() if v[i] is not None}) for i, t in enumerate(d["targets"])]
+
+
+def _sampled(value: Any) -> Any:
+    """What the joint sample keeps of a value: a number as it is, anything else as its category key."""
+    finite = value.__class__ is int or (value.__class__ is float and math.isfinite(value))
+    return value if finite else category_key(value)
+
+
+def _bin(ref: ColumnReference, value: Any) -> int | None:
+    """``value``'s bin in ``ref`` (None for a value a numeric reference cannot bin)."""
+    if isinstance(ref, NumericReference):
+        return ref.bin_index(float(value)) if is_finite_number(value) else None
+    return ref.bin_index(value)
 
 
 def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20,

@@ -113,11 +113,11 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
     assert (accuracy.statistic, accuracy.threshold, accuracy.reference, accuracy.current) == (
         pytest.approx(0.67333333), 0.72, {"floor": 0.72}, {"accuracy": pytest.approx(0.67333333), "pairs": 300})
     assert accuracy.message == ("accuracy of credit is 0.673, below its floor 0.72, over the last 300 labelled "
-                                "predictions")
+                                "predictions; no feature moved in its last closed window (every PSI < 0.1)")
     error_rate, resolved = alerts[2], alerts[3]
     # the level after the change (the new sub-window's error rate) and the size of the rise (Cohen's h)
     assert error_rate.message == ("error rate of credit rose to 0.75 since the change (was 0.22; 1.12 on Cohen's h, "
-                                  "critical): the model got worse (concept drift)")
+                                  "critical): the model got worse (concept drift); no feature moved in its last closed window (every PSI < 0.1)")
     assert error_rate.statistic == error_rate.current["error_rate"] == 0.75
     assert set(error_rate.current) == {"error_rate", "effect", "pairs"} and error_rate.threshold == pytest.approx(
         monitor.models["credit"].performance.adapters[0].detector.delta)
@@ -145,12 +145,13 @@ def test_regression_absolute_error_and_ceilings_fire_at_pinned_pairs():
     # the mean absolute error since the change began against the reference errors': 2.3 sd, a warning
     assert drift.message == ("absolute error of reg rose to 2.18 on average since the change began (reference 0.7814 "
                              "± 0.606, 2.3 standard deviations, warning); Page-Hinkley cumulative deviation 33.0 > 33 "
-                             "(concept drift)")
+                             "(concept drift); no feature moved in its last closed window (every PSI < 0.1)")
     assert (drift.threshold, drift.reference, drift.current) == (
         33.0, {"threshold": 33.0, "mean": pytest.approx(0.78144076), "std": pytest.approx(0.60640805)},
         {"cumulative_deviation": pytest.approx(33.0160035), "absolute_error": pytest.approx(2.1798675),
          "shift_sd": pytest.approx(2.3060821)})
-    assert alerts[1].message == "rmse of reg is 2.05, above its ceiling 2, over the last 200 labelled predictions"
+    assert alerts[1].message == ("rmse of reg is 2.05, above its ceiling 2, over the last 200 labelled predictions"
+                                 "; no feature moved in its last closed window (every PSI < 0.1)")
     assert alerts[3].message == "absolute_error of reg: no further change for 800 pairs, resolved"
     info = monitor.summary()["models"]["reg"]["performance"]
     assert info["pairs"] == 3914, "4000 labels; the 86 pairs without a score or a numeric label do not count"

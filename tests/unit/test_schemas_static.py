@@ -225,6 +225,8 @@ def test_inference_event_is_not_a_label_event():
 
 # --- alerts -----------------------------------------------------------------
 
+DRIVERS = [{"name": "amount", "psi": 1.9, "association": 0.31}, {"name": "country", "psi": 0.74, "association": 0.2},
+           {"name": "age", "psi": 0.02, "association": 0.05}]
 WINDOW = {"first": "2026-11-27T20:44:50.000Z", "last": "2026-11-27T20:45:00.000Z", "first_bucket": 1795812290,
           "last_bucket": 1795812299, "events": {"ml.inference|0": 260, "ml.inference|1": 248}}
 
@@ -263,11 +265,15 @@ def test_alert_required_fields_are_exactly_the_contract():
         with_changes(ALERT, incident=SHA),
         with_changes(ALERT, status="resolved", incident="0a" * 32),
         with_changes(ALERT, partition=None, offset=None, window=WINDOW),
+        with_changes(ALERT, signal="prediction", name="score", drivers=DRIVERS),
+        with_changes(ALERT, signal="performance", name="error", drivers=[]),
+        with_changes(ALERT, signal="prediction", name="score",
+                     drivers=[{"name": "amount", "psi": 1.9, "association": None}]),
     ],
     ids=[
         "resolved-warning", "adwin", "page-hinkley", "other-detector", "label", "data-quality",
         "replay", "integer-numbers", "empty-objects", "extra-field", "incident", "resolved-incident",
-        "model-level",
+        "model-level", "drivers", "no-drivers", "drivers-without-association",
     ],
 )
 def test_alert_accepts(instance):
@@ -315,6 +321,11 @@ def test_alert_rejects_missing_field(field):
         with_changes(ALERT, offset=None),
         with_changes(ALERT, partition=None, offset=None, window={**WINDOW, "first": 1795812290}),
         with_changes(ALERT, partition=None, offset=None, window={k: v for k, v in WINDOW.items() if k != "events"}),
+        with_changes(ALERT, drivers={"amount": 1.9}),
+        with_changes(ALERT, drivers=[{"name": "amount", "psi": 1.9}]),
+        with_changes(ALERT, drivers=[{"name": "amount", "psi": -1.0, "association": 0.2}]),
+        with_changes(ALERT, drivers=[{"name": "amount", "psi": 1.9, "association": 1.5}]),
+        with_changes(ALERT, drivers=DRIVERS * 2),
     ],
     ids=[
         "short-id", "upper-id", "long-id", "non-hex-id", "bad-status", "bad-severity",
@@ -324,6 +335,7 @@ def test_alert_rejects_missing_field(field):
         "bad-event-time", "epoch-event-time", "null-detected-at", "bad-detected-at", "null-message",
         "null-incident", "short-incident", "upper-incident",
         "merged-without-window", "merged-with-offset", "null-offset-only", "epoch-window-time", "window-without-events",
+        "drivers-object", "driver-without-association", "negative-driver-psi", "association-over-one", "six-drivers",
     ],
 )
 def test_alert_rejects(instance):
