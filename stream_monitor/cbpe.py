@@ -121,8 +121,8 @@ def budget_z(false_alarms_per_million: float, window: int) -> float:
 def reference_floors(calibration: Calibration, scores: Sequence[float], predicted: Sequence[bool], window: int,
                      z: float, draws: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per metric: the reference estimate's ``mean`` and ``sd`` over ``draws`` seeded windows of
-    ``window`` predictions drawn (with replacement) from the reference (``scores``, ``predicted``), and its
-    ``floor``."""
+    ``window`` predictions drawn (with replacement) from the reference (``scores``, ``predicted``), the sd
+    widened by the reference mean's own uncertainty, and its ``floor`` ``z`` sds under the mean."""
     s = np.asarray(scores, dtype=np.float64)
     positive = np.asarray(predicted, dtype=bool)
     rng = np.random.default_rng(seed)
@@ -132,10 +132,13 @@ def reference_floors(calibration: Calibration, scores: Sequence[float], predicte
         pick = rng.integers(0, len(s), window)
         for m, v in expected_metrics(p[pick], positive[pick]).items():
             estimates[m].append(v)
+    # the reference's mean is itself an estimate from len(s) scores: its variance adds window / len(s) of a
+    # window's to the difference a new window shows
+    spread = float(np.sqrt(1 + window / len(s)))
     out = {}
     for m in METRICS:
         values = np.asarray(estimates[m])
-        mean, sd = float(values.mean()), float(values.std(ddof=1))
+        mean, sd = float(values.mean()), float(values.std(ddof=1)) * spread
         out[m] = {"mean": mean, "sd": sd, "floor": mean - z * sd}
     return out
 

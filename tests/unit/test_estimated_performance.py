@@ -1,0 +1,109 @@
+"""Performance before labels, in the engine: a model's joined pairs calibrate its scores, then each window of
+predictions gives estimated accuracy, precision, recall and F1 and an ``estimated_performance`` alert when one
+falls below the reference's range (pure, no I/O: :class:`stream_monitor.partition.ModelMonitor` itself)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from stream_monitor import statecodec
+from stream_monitor.config import parse_config
+from stream_monitor.events import InferenceEvent, LabelEvent
+from stream_monitor.join import JoinResult, prediction_record
+from stream_monitor.partition import ModelMonitor, _in_event_order
+
+REFERENCE_PAIRS, QUIET, SHIFTED = 2000, 3000, 3000
+
+
+def config(**estimated):
+    detectors = {"psi": {"window": 1000}, **({"estimated_performance": estimated} if estimated else {})}
+    return parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}}).models["credit"]
+
+
+def stream(seed: int = 7, shift: bool = True) -> list[tuple]:
+    """(offset, event, join) of a calibrated classifier (score = sigmoid(3x), the label drawn with that
+    probability): the first pairs labelled at once (the label came first), then unlabelled predictions;
+    with ``shift``, x moves from ±1.5 (where the model is sure) to around 0 (where it is not) at
+    ``REFERENCE_PAIRS + QUIET``; the shifted events' labels come last."""
+    rng = np.random.default_rng(seed)
+    out, late = [], []
+    for k in range(REFERENCE_PAIRS + QUIET + SHIFTED):
+        shifted = shift and k >= REFERENCE_PAIRS + QUIET
+        x = rng.normal(0, 0.25) if shifted else rng.choice([-1.5, 1.5]) + rng.normal(0, 0.5)
+        score = float(1 / (1 + np.exp(-3 * x)))
+        truth = int(rng.random() < score)
+        event = InferenceEvent(f"e{k}", "credit", 1_000 * k, {"x": float(x)}, score, None)
+        out.append((k, event, JoinResult("joined", {"label": truth, "t": None}) if k < REFERENCE_PAIRS else None))
+        if shifted:
+            late.append((event, truth))
+    for event, truth in late:  # the labels of the shifted events, after every prediction
+        record = prediction_record(event.score, None, event.timestamp_ms)
+        out.append((len(out), LabelEvent(event.event_id, "credit", None, truth), JoinResult("joined", record)))
+    return out
+
+
+def run(monitor: ModelMonitor, items: list[tuple], batch: int) -> list:
+    alerts = []
+    for start in range(0, len(items), batch):
+        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
+        alerts += _in_event_order(monitor.process_batch(chunk, 0))
+    return alerts
+
+
+def estimated(alerts) -> list[tuple]:
+    return [(a.offset, a.status, a.name, a.severity) for a in alerts if a.signal == "estimated_performance"]
+
+
+def test_a_shift_into_an_unsure_region_is_announced_before_its_first_label():
+    items = stream()
+    first_shifted_label = REFERENCE_PAIRS + QUIET + SHIFTED
+    assert isinstance(items[first_shifted_label][1], LabelEvent)
+    alerts = run(ModelMonitor(config(), None), items, 500)
+    # windows of 1,000 from the pair that completed the calibration (offset 1999): the one closing at 5998
+    # is the first of shifted events (they start at 5000)
+    assert estimated(alerts) == [(5998, "firing", m, "critical") for m in ("accuracy", "precision", "recall", "f1")]
+    assert max(a.offset for a in alerts if a.signal == "estimated_performance") < first_shifted_label
+    accuracy = next(a for a in alerts if a.signal == "estimated_performance" and a.name == "accuracy")
+    assert accuracy.detector == "cbpe" and accuracy.statistic < 0.6 < accuracy.threshold
+    assert "estimated accuracy of credit is" in accuracy.message and "no labels needed" in accuracy.message
+
+
+def test_a_quiet_stream_raises_nothing_and_shows_its_estimate():
+    monitor = ModelMonitor(config(), None)
+    items = stream(seed=11, shift=False)
+    assert estimated(run(monitor, items, 1000)) == []
+    info = monitor.summary()["estimated"]
+    assert info["windows"] == 6 and info["metrics"]["accuracy"] > info["floors"]["accuracy"]
+    rows = [r for r in monitor.summary()["detectors"] if r["signal"] == "estimated_performance"]
+    assert [r["name"] for r in rows] == ["accuracy", "precision", "recall", "f1"] and not any(r["firing"] for r in rows)
+
+
+def test_enabled_false_turns_it_off():
+    monitor = ModelMonitor(config(enabled=False), None)
+    assert estimated(run(monitor, stream(), 500)) == []
+    assert monitor.estimated is None and monitor.summary()["estimated"] is None
+
+
+def test_batch_cuts_and_a_restore_midway_give_the_same_alerts():
+    items = stream()
+    whole = run(ModelMonitor(config(), None), items, len(items))
+    first = ModelMonitor(config(), None)
+    cut = run(first, items[:4321], 97)
+    state = statecodec.decode(statecodec.encode(first.snapshot()))  # as stored
+    second = ModelMonitor(config(), None)
+    assert second.restore(state) is None
+    cut += run(second, items[4321:], 1)
+    assert [a.alert_id for a in cut] == [a.alert_id for a in whole]
+    assert estimated(cut) == estimated(whole) != []
+    once = ModelMonitor(config(), None)
+    run(once, items, 1000)
+    assert statecodec.encode(second.snapshot()["estimated"]) == statecodec.encode(once.snapshot()["estimated"])
+
+
+def test_a_state_with_other_settings_calibrates_afresh():
+    first = ModelMonitor(config(), None)
+    run(first, stream()[:3000], 500)
+    assert first.estimated.calibrated
+    other = ModelMonitor(config(window=500), None)
+    other.restore(statecodec.decode(statecodec.encode(first.snapshot())))
+    assert other.estimated is not None and not other.estimated.calibrated
