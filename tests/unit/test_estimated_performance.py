@@ -107,3 +107,41 @@ def test_a_state_with_other_settings_calibrates_afresh():
     other = ModelMonitor(config(window=500), None)
     other.restore(statecodec.decode(statecodec.encode(first.snapshot())))
     assert other.estimated is not None and not other.estimated.calibrated
+
+
+def test_the_estimate_is_shown_beside_the_realized_metrics_on_the_page_and_in_the_metrics():
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor.board import StatusBoard
+    from stream_monitor.metrics import Metrics, PartitionView
+    from stream_monitor.partition import PartitionMonitor
+    from stream_monitor.web import render_page
+
+    detectors = {"psi": {"window": 1000}}
+    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}})
+    partition = PartitionMonitor(full, 0, {})
+    items = stream()
+    for start in range(0, len(items), 1000):
+        partition.process_batch([(o, e, j) for o, e, j in items[start:start + 1000]])
+    summary = partition.summary()
+    model = summary["models"]["credit"]
+    assert model["performance"]["pairs"] == REFERENCE_PAIRS + SHIFTED  # the realized, once the labels came
+    estimate = model["estimated"]["metrics"]
+    assert estimate["accuracy"] < model["estimated"]["floors"]["accuracy"]
+
+    board = StatusBoard("here")
+    board.update({("ml.inference", 0): (summary, 0)})
+    page = render_page(board.snapshot())
+    performance_area = page.split("Performance over the last labelled predictions")[1]
+    assert "Performance estimated from the scores (last 1,000 predictions, no labels needed)" in performance_area
+    assert "below its range" in performance_area
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.partitions.source = lambda: [PartitionView("ml.inference", 0, summary, 5, 5)]
+    labels = {"model": "credit", "metric": "accuracy"}
+    assert registry.get_sample_value("stream_monitor_estimated_performance", labels) == estimate["accuracy"]
+    assert registry.get_sample_value("stream_monitor_performance", labels) == model["performance"]["accuracy"]
+    firing = registry.get_sample_value("stream_monitor_episodes_firing", {
+        "model": "credit", "signal": "estimated_performance", "detector": "cbpe"})
+    assert firing == 4
