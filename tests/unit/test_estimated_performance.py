@@ -145,3 +145,52 @@ def test_the_estimate_is_shown_beside_the_realized_metrics_on_the_page_and_in_th
     firing = registry.get_sample_value("stream_monitor_episodes_firing", {
         "model": "credit", "signal": "estimated_performance", "detector": "cbpe"})
     assert firing == 4
+
+
+def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkeypatch, capsys):
+    """``stream-monitor status`` over a stored partition summary (Redis and the broker stand-ins: what they
+    return is what the command formats)."""
+    from stream_monitor import cli, join, state
+    from stream_monitor.partition import PartitionMonitor
+
+    detectors = {"psi": {"window": 1000}}
+    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}})
+    partition = PartitionMonitor(full, 0, {})
+    items = stream()
+    for start in range(0, len(items), 1000):
+        partition.process_batch([(o, e, j) for o, e, j in items[start:start + 1000]])
+    models = partition.summary()["models"]
+
+    class Client:
+        def register_script(self, _):
+            return lambda **_: None
+
+    class Store:
+        def __init__(self, *_):
+            self.client = Client()
+
+        def partition_rows(self):
+            return [{"topic": "ml.inference", "partition": 0, "next_offset": len(items), "saved_at_ms": None,
+                     "dead_letters": 0, "dead_letter_reasons": {}, "models": models}]
+
+    class Join:
+        def __init__(self, *_):
+            pass
+
+        def lag(self, _):
+            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
+                                  "bytes"), 0)
+
+    monkeypatch.setattr(state, "StateStore", Store)
+    monkeypatch.setattr(join, "RedisJoin", Join)
+    monkeypatch.setattr(cli, "_client", lambda config: None)
+    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+    path = tmp_path / "config.toml"
+    path.write_text('[models.credit.reference]\nevents = 1000\n[models.credit.detectors.psi]\nwindow = 1000\n')
+    assert cli.main(["status", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    realized = next(line for line in out.splitlines() if "over the last labelled predictions" in line)
+    estimated = next(line for line in out.splitlines() if "estimated from the scores" in line)
+    assert out.index(realized) < out.index(estimated)
+    assert "performance estimated from the scores over the last 1,000 predictions: accuracy 0." in estimated
+    assert estimated.count("(below its range)") == 4
