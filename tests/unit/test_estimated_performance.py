@@ -194,3 +194,33 @@ def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkey
     assert out.index(realized) < out.index(estimated)
     assert "performance estimated from the scores over the last 1,000 predictions: accuracy 0." in estimated
     assert estimated.count("(below its range)") == 4
+
+
+def test_replay_of_json_messages_raises_valid_estimated_performance_alerts():
+    """The same stream as JSON messages through ``replay`` (its in-memory join: the predictions first, each
+    reference label right after its prediction, the shifted events' labels last)."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+    import orjson
+
+    from stream_monitor.replay import replay_alerts
+
+    lines = []
+    for _, event, join in stream():
+        if isinstance(event, LabelEvent):
+            lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "label": event.label}))
+            continue
+        lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "timestamp": event.timestamp_ms / 1000,
+                                   "features": dict(event.features), "prediction": {"score": event.score}}))
+        if join is not None:
+            lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "label": join.other["label"]}))
+    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+    alerts = [a for a in replay_alerts(full, lines, {}) if a.signal == "estimated_performance"]
+    first_late_label = next(i for i, line in enumerate(lines) if b'"e5000"' in line and b'"label"' in line)
+    assert [(a.status, a.name) for a in alerts] == [("firing", m) for m in ("accuracy", "precision", "recall", "f1")]
+    assert all(a.offset < first_late_label for a in alerts)
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "alert.json").read_text())
+    for alert in alerts:
+        jsonschema.validate(alert.to_dict(0), schema)
