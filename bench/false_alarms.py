@@ -32,11 +32,13 @@ import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
+import numpy as np
 import orjson
 
 from stream_monitor.calibration import model_tests, split
+from stream_monitor.cbpe import EstimatedPerformance
 from stream_monitor.codec import decode
-from stream_monitor.config import parse_config
+from stream_monitor.config import EstimatedPerformanceConfig, parse_config
 from stream_monitor.detectors.psi import psi
 from stream_monitor.events import RawMessage
 from stream_monitor.partition import ColumnMonitor, PartitionMonitor
@@ -154,6 +156,31 @@ def model_partition(args: tuple[int, int, float, int]) -> tuple[int, Counter, in
     return partition, fired, tests, time.perf_counter() - started
 
 
+def estimated_false_alarms(args: tuple[int, int, float]) -> tuple[int, int, int]:
+    """The estimated performance (detector `cbpe`, default window and calibration, ``budget`` split over its
+    four metrics) of a calibrated classifier (score = sigmoid(2x), x ~ N(0, 1.5²), label drawn with that
+    probability): calibrated on the first 2,000 pairs, then ``events`` stationary predictions. (seed, windows,
+    firing alerts)."""
+    seed, events, budget = args
+    rng = np.random.default_rng(seed)
+
+    def scores(n: int) -> np.ndarray:
+        return 1 / (1 + np.exp(-2 * rng.normal(0, 1.5, n)))
+
+    estimator = EstimatedPerformance("m", EstimatedPerformanceConfig(), budget)
+    reference = scores(estimator.config.reference_pairs)
+    for score, truth in zip(reference, rng.random(len(reference)) < reference):
+        estimator.add_pair(float(score), bool(score >= 0.5), bool(truth))
+    fired = 0
+    for start in range(0, events, 100_000):
+        s = scores(min(100_000, events - start))
+        predictions = list(zip(s.tolist(), (s >= 0.5).tolist()))
+        offsets = range(start, start + len(s))
+        fired += sum(a.status == "firing" for _, a in estimator.add_predictions(predictions, offsets, 0,
+                                                                                 [None] * len(s)))
+    return seed, estimator.windows.closed, fired
+
+
 def delay(args: tuple[str, str, int, float, int]) -> tuple[str, str, int, dict[str, int]]:
     kind, change, seed, budget, after = args
     rng = random.Random(f"delay/{kind}/{change}/{seed}")
@@ -198,6 +225,7 @@ def main() -> int:
                   for budget in (SHARE, BUDGET)}
         checks = list(pool.map(false_alarms, [(kind, checked, CHECK_BUDGET)
                                               for kind in check_kinds]))
+        estimated = list(pool.map(estimated_false_alarms, [(seed, args.events, SHARE) for seed in range(args.seeds)]))
 
     events = per_partition * PARTITIONS
     print(f"Per model: a {len(WIDE)}-feature model (+ score, latency: {WIDE_TESTS} tests) on {PARTITIONS} partitions, "
@@ -236,6 +264,11 @@ def main() -> int:
             cells.append(f"{rate:.1f}" if applies else "–")
         print(f"| {detector} | " + " | ".join(cells) + " |")
     print(f"\nworst: {worst:.1f} per 10^6   " + "   ".join(f"{kind}: {seconds:.0f} s" for kind, _, seconds in results))
+
+    windows, fired = sum(w for _, w, _ in estimated), sum(f for _, _, f in estimated)
+    print(f"\nestimated_performance (cbpe, one test's share {SHARE:.2g}): {fired} firing alerts in {len(estimated)} "
+          f"streams of {args.events:,} stationary predictions of a calibrated classifier ({windows:,} windows, "
+          f"each judged on 4 metrics): {fired * 1e6 / (len(estimated) * args.events):.1f} per 10^6")
 
     print(f"\nCalibration check: the same code with a budget of {CHECK_BUDGET:g} false alarms per 10^6 events "
           f"(PSI/KS/quality windows of 500, no cooldown), {checked:,} events: observed "

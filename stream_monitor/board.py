@@ -232,6 +232,11 @@ class StatusBoard:
                         held = entry.get("performance")
                         if held is None or model["performance"].get("pairs", 0) > held.get("pairs", 0):
                             entry["performance"] = dict(model["performance"])
+                    estimate = model.get("estimated")
+                    if estimate and estimate.get("metrics"):
+                        held = entry.get("estimated")
+                        if held is None or estimate.get("windows", 0) > held.get("windows", 0):
+                            entry["estimated"] = dict(estimate)
                     if model.get("unmonitored"):
                         entry["unmonitored"] = sorted(set(entry.get("unmonitored", ())) | set(model["unmonitored"]))
                     if model_id in self.label_lag:
@@ -252,7 +257,8 @@ class StatusBoard:
                             entry["detectors"][key] = dict(row, firing=row.get("firing") or (held or {}).get("firing"))
                         elif row.get("firing"):
                             held["firing"] = True
-            order = {"feature": 0, "prediction": 1, "label": 2, "performance": 3, "latency": 4, "data_quality": 5}
+            order = {"feature": 0, "prediction": 1, "label": 2, "performance": 3, "estimated_performance": 4,
+                     "latency": 5, "data_quality": 6}
             for model_id, entry in models.items():
                 if "incidents" in entry:
                     entry["incidents"] = ranked_incidents(entry["incidents"])

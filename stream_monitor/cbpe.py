@@ -4,9 +4,11 @@ Confidence-based performance estimation, streaming: the scores are calibrated
 once on reference pairs (score, true label) by histogram binning
 (:class:`Calibration`: equal-frequency bins, each bin's share of positives),
 then each tumbling window of ``window`` predictions gives the *expected*
-confusion matrix — a prediction ``score ≥ 0.5`` with calibrated probability
-``p`` is a true positive with probability ``p`` and a false positive with
-``1 − p`` — and from it the expected metrics (:func:`expected_metrics`). No
+confusion matrix — a predicted positive (the event's predicted label when it
+has one, else its score at or above the decision threshold:
+:func:`predicted_positive`) with calibrated probability ``p`` is a true
+positive with probability ``p`` and a false positive with ``1 − p`` — and from
+it the expected metrics (:func:`expected_metrics`). No
 label is needed, so a shift into a region where the model is less sure shows
 before the labels arrive.
 
@@ -18,7 +20,7 @@ deviations under their mean, ``z`` from the false-alarm budget.
 >>> c = Calibration.fit([0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9], [0, 0, 0, 1, 0, 1, 1, 1], bins=2)
 >>> c.probability(np.array([0.15, 0.85])).tolist()
 [0.25, 0.75]
->>> m = expected_metrics(c.probability(np.array([0.15, 0.85])), np.array([0.15, 0.85]))
+>>> m = expected_metrics(c.probability(np.array([0.15, 0.85])), np.array([False, True]))
 >>> {k: round(v, 3) for k, v in m.items()}
 {'accuracy': 0.75, 'precision': 0.75, 'recall': 0.75, 'f1': 0.75}
 """
@@ -29,6 +31,11 @@ from statistics import NormalDist
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from .codec import category
+from .config import EstimatedPerformanceConfig
+from .detectors.episode import Episode, Transition
+from .events import Alert
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 
@@ -72,10 +79,22 @@ class Calibration:
         return cls(d["edges"], d["probabilities"], d["pairs"])
 
 
-def expected_metrics(probabilities: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """The expected confusion matrix's accuracy, precision, recall and F1 (a prediction is positive when
-    its score ≥ 0.5; an undefined ratio is 0)."""
-    predicted = scores >= 0.5
+def predicted_positive(score: float, label: Any, positive: str, threshold: float) -> bool:
+    """Whether a prediction is of the positive class: its predicted label when it has one (compared by its
+    JSON spelling with ``positive``), else its score at or above ``threshold``.
+
+    >>> predicted_positive(0.3, 1, "1", 0.5), predicted_positive(0.7, "no", "yes", 0.5), predicted_positive(0.7, None, "1", 0.5)
+    (True, False, True)
+    """
+    if label is not None:
+        return category(label) == positive
+    return score >= threshold
+
+
+def expected_metrics(probabilities: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """The expected confusion matrix's accuracy, precision, recall and F1, given each prediction's calibrated
+    probability of the positive class and whether it was predicted positive (an undefined ratio is 0)."""
+    predicted = np.asarray(predicted, dtype=bool)
     p = probabilities
     tp = float(p[predicted].sum())
     fp = float((1 - p[predicted]).sum())
@@ -99,54 +118,174 @@ def budget_z(false_alarms_per_million: float, window: int) -> float:
     return NormalDist().inv_cdf(1 - p)
 
 
-def reference_floors(calibration: Calibration, scores: Sequence[float], window: int, z: float,
-                     draws: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
+def reference_floors(calibration: Calibration, scores: Sequence[float], predicted: Sequence[bool], window: int,
+                     z: float, draws: int = 200, seed: int = 0) -> dict[str, dict[str, float]]:
     """Per metric: the reference estimate's ``mean`` and ``sd`` over ``draws`` seeded windows of
-    ``window`` scores drawn (with replacement) from the reference ``scores``, and its ``floor``."""
+    ``window`` predictions drawn (with replacement) from the reference (``scores``, ``predicted``), the sd
+    widened by the reference mean's own uncertainty, and its ``floor`` ``z`` sds under the mean."""
     s = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(predicted, dtype=bool)
     rng = np.random.default_rng(seed)
     p = calibration.probability(s)
     estimates = {m: [] for m in METRICS}
     for _ in range(draws):
         pick = rng.integers(0, len(s), window)
-        for m, v in expected_metrics(p[pick], s[pick]).items():
+        for m, v in expected_metrics(p[pick], positive[pick]).items():
             estimates[m].append(v)
+    # the reference's mean is itself an estimate from len(s) scores: its variance adds window / len(s) of a
+    # window's to the difference a new window shows
+    spread = float(np.sqrt(1 + window / len(s)))
     out = {}
     for m in METRICS:
         values = np.asarray(estimates[m])
-        mean, sd = float(values.mean()), float(values.std(ddof=1))
+        mean, sd = float(values.mean()), float(values.std(ddof=1)) * spread
         out[m] = {"mean": mean, "sd": sd, "floor": mean - z * sd}
     return out
 
 
 class EstimatedWindow:
-    """Tumbling windows of ``window`` scores; each closed window's expected metrics."""
+    """Tumbling windows of ``window`` predictions (score, predicted positive); each closed window's expected
+    metrics."""
 
     def __init__(self, calibration: Calibration, window: int):
         self.calibration = calibration
         self.window = window
-        self.pending: list[float] = []
+        self.pending: list[tuple[float, bool]] = []
         self.closed = 0
         self.last: dict[str, float] | None = None
 
-    def add_many(self, scores: Sequence[float]) -> list[tuple[int, dict[str, float]]]:
-        """Count ``scores`` in order; the estimates as (index into ``scores``, metrics) where a window closed."""
+    def add_many(self, predictions: Sequence[tuple[float, bool]]) -> list[tuple[int, dict[str, float]]]:
+        """Count ``predictions`` in order; the estimates as (index into them, metrics) where a window closed."""
         out = []
         pending = self.pending
-        for j, score in enumerate(scores):
-            pending.append(float(score))
+        for j, (score, positive) in enumerate(predictions):
+            pending.append((float(score), bool(positive)))
             if len(pending) == self.window:
-                s = np.asarray(pending)
-                self.last = expected_metrics(self.calibration.probability(s), s)
+                s = np.fromiter((x for x, _ in pending), dtype=np.float64, count=len(pending))
+                positives = np.fromiter((y for _, y in pending), dtype=bool, count=len(pending))
+                self.last = expected_metrics(self.calibration.probability(s), positives)
                 self.closed += 1
                 out.append((j, self.last))
                 pending.clear()
         return out
 
     def snapshot(self) -> dict[str, Any]:
-        return {"pending": list(self.pending), "closed": self.closed, "last": self.last}
+        return {"pending": [[s, p] for s, p in self.pending], "closed": self.closed, "last": self.last}
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        self.pending = list(state["pending"])
+        self.pending = [(float(s), bool(p)) for s, p in state["pending"]]
         self.closed = state["closed"]
         self.last = None if state["last"] is None else dict(state["last"])
+
+
+class EstimatedPerformance:
+    """One model's estimated performance in one partition: the first ``reference_pairs`` joined (score,
+    predicted, truth) pairs calibrate it (:meth:`add_pair`); from then on each window of predictions
+    (:meth:`add_predictions`) is estimated and judged per metric against its floor, a limit episode per
+    metric (fires below the floor, resolves once a window is back at or above it)."""
+
+    def __init__(self, model_id: str, config: EstimatedPerformanceConfig, false_alarms_per_million: float):
+        self.model_id = model_id
+        self.config = config
+        self.settings = {"window": config.window, "reference_pairs": config.reference_pairs,
+                         "decision_threshold": config.decision_threshold, "budget": false_alarms_per_million}
+        self.z = budget_z(false_alarms_per_million, config.window)
+        self.pairs: list[tuple[float, bool, int]] = []
+        self.calibration: Calibration | None = None
+        self.floors: dict[str, dict[str, float]] | None = None
+        self.windows: EstimatedWindow | None = None
+        self.episodes = {m: Episode(cooldown=0) for m in METRICS}
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
+
+    def add_pair(self, score: float, predicted: bool, truth: bool) -> None:
+        """A joined pair with a score; the one that completes the reference calibrates."""
+        if self.calibration is not None:
+            return
+        self.pairs.append((float(score), bool(predicted), int(truth)))
+        if len(self.pairs) >= self.config.reference_pairs:
+            self._calibrate()
+
+    def _calibrate(self) -> None:
+        scores = [s for s, _, _ in self.pairs]
+        self.calibration = Calibration.fit(scores, [t for _, _, t in self.pairs])
+        self.floors = reference_floors(self.calibration, scores, [p for _, p, _ in self.pairs],
+                                       self.config.window, self.z)
+        self.windows = EstimatedWindow(self.calibration, self.config.window)
+        self.pairs = []
+
+    def add_predictions(self, predictions: Sequence[tuple[float, bool]], offsets: Sequence[int], partition: int,
+                        times: Sequence[int | None]) -> list[tuple[int, Alert]]:
+        """Scored predictions (score, predicted positive) in order, each at its offset; the alerts as (index,
+        alert), in metric order within a window. Nothing before calibration."""
+        if self.windows is None:
+            return []
+        out = []
+        for j, metrics in self.windows.add_many(predictions):
+            for metric in METRICS:
+                value, floor = metrics[metric], self.floors[metric]
+                transition = self.episodes[metric].limit(value < floor["floor"], self._severity(value, floor))
+                if transition is not None:
+                    out.append((j, self._alert(metric, transition, metrics, offsets[j], partition, times[j])))
+        return out
+
+    def _severity(self, value: float, floor: Mapping[str, float]) -> str:
+        """Critical when the estimate is twice as far under the mean as the floor is."""
+        return "critical" if value < floor["mean"] - 2 * self.z * floor["sd"] else "warning"
+
+    def _alert(self, metric: str, transition: Transition, metrics: Mapping[str, float], offset: int,
+               partition: int, event_time_ms: int | None) -> Alert:
+        floor = self.floors[metric]
+        value = metrics[metric]
+        window = self.config.window
+        if transition.status == "firing":
+            text = (f"estimated {metric} of {self.model_id} is {value:.3g}, below the reference's range "
+                    f"(floor {floor['floor']:.3g}, reference {floor['mean']:.3g}) over the last {window} "
+                    f"predictions, from their scores (no labels needed)")
+        else:
+            text = (f"estimated {metric} of {self.model_id} is back to {value:.3g} (floor {floor['floor']:.3g}) "
+                    f"over the last {window} predictions")
+        return Alert(transition.status, transition.severity, self.model_id, "estimated_performance", metric, "cbpe",
+                     value, floor["floor"],
+                     {"mean": floor["mean"], "sd": floor["sd"], "pairs": self.calibration.pairs},
+                     {"estimate": dict(metrics), "events": window}, partition, offset, event_time_ms, text)
+
+    def info(self) -> dict[str, Any] | None:
+        """The last window's estimates and their floors (status, page, metrics); ``None`` before calibration."""
+        if self.windows is None:
+            return None
+        return {"window": self.config.window, "windows": self.windows.closed,
+                "metrics": None if self.windows.last is None else dict(self.windows.last),
+                "floors": {m: f["floor"] for m, f in self.floors.items()}}
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One detector row per metric (the status table's shape)."""
+        if self.windows is None:
+            return []
+        last = self.windows.last or {}
+        return [{"signal": "estimated_performance", "name": m, "detector": "cbpe", "statistic": last.get(m),
+                 "threshold": self.floors[m]["floor"], "critical": None, "firing": e.firing,
+                 "severity": e.severity if e.firing else None, "last_alert_id": e.last_alert_id}
+                for m, e in self.episodes.items()]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"settings": self.settings, "pairs": [list(p) for p in self.pairs],
+                "calibration": None if self.calibration is None else self.calibration.to_dict(),
+                "floors": self.floors, "windows": None if self.windows is None else self.windows.snapshot(),
+                "episodes": {m: e.snapshot() for m, e in self.episodes.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> bool:
+        """Continue from a snapshot; ``False`` (and nothing restored) when it was taken with other settings."""
+        if dict(state["settings"]) != self.settings:
+            return False
+        self.pairs = [(float(s), bool(p), int(t)) for s, p, t in state["pairs"]]
+        if state["calibration"] is not None:
+            self.calibration = Calibration.from_dict(state["calibration"])
+            self.floors = {m: dict(f) for m, f in state["floors"].items()}
+            self.windows = EstimatedWindow(self.calibration, self.config.window)
+            self.windows.restore(state["windows"])
+        for m, saved in state["episodes"].items():
+            self.episodes[m].restore(saved)
+        return True

@@ -417,6 +417,13 @@ def _status(args: argparse.Namespace) -> int:
                                 for k in ("label_delay_p50_ms", "label_delay_p95_ms") if k in performance)
             task = f" ({performance['task']})" if performance.get("task") else ""
             print(f"  performance{logs.clean(task)} over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
+        estimate = max(((p["models"][model_id].get("estimated") or {}) for p in partitions
+                        if model_id in p["models"]), key=lambda m: m.get("windows", 0), default={})
+        if estimate.get("metrics"):
+            shown = " · ".join(f"{k} {_num(v)}" + (" (below its range)" if v < estimate["floors"].get(k, -1) else "")
+                               for k, v in estimate["metrics"].items())
+            print(f"  performance estimated from the scores over the last {estimate['window']:,} predictions: "
+                  f"{logs.clean(shown)}")
         if model_id in lag:
             held = lag[model_id]
             print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "

@@ -513,6 +513,22 @@ class LatencyConfig(_Table):
         default="absent (no ceiling)")] = None
 
 
+class EstimatedPerformanceConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "For a classifier with scores: estimate accuracy, precision, recall and F1 from the scores alone (no labels"
+        " needed) and raise an `estimated_performance` alert (detector `cbpe`, name = the metric) when a window's "
+        "estimate falls below the reference's range under the false-alarm budget. It starts once "
+        "`reference_pairs` joined (score, label) pairs have calibrated the scores.")] = True
+    window: Annotated[int, Meta(ge=10), doc(
+        "Predictions with a score per tumbling window of the estimate (per partition and model).")] = 1_000
+    reference_pairs: Annotated[int, Meta(ge=20), doc(
+        "The first joined (score, label) pairs that calibrate the scores (histogram binning, 10 equal-frequency "
+        "bins) and set the reference's range of each estimate.")] = 2_000
+    decision_threshold: Annotated[float, Meta(ge=0, le=1), doc(
+        "A prediction without a predicted label counts as positive when its score is at or above this; one with "
+        "a predicted label counts as what it says (`performance.positive_label`).")] = 0.5
+
+
 class DetectorsConfig(_Table):
     false_alarms_per_million: Annotated[float, POSITIVE, doc(
         "The model's false-alarm budget: the expected number of false alarms per 10^6 of the model's events on "
@@ -530,6 +546,7 @@ class DetectorsConfig(_Table):
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
     data_quality: DataQualityConfig = DataQualityConfig()
     latency: LatencyConfig = LatencyConfig()
+    estimated_performance: EstimatedPerformanceConfig = EstimatedPerformanceConfig()
     resolve_after: Annotated[int, AT_LEAST_1, doc(
         "A `performance` point detector's (ADWIN on the error stream, Page-Hinkley on the absolute error) episode "
         "resolves after this many labelled predictions without a new detection. A column's ADWIN and Page-Hinkley "

@@ -261,6 +261,10 @@ class _Families:
     performance: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_performance", "Rolling performance metric over the last performance.window labelled "
         "predictions (highest over this instance's partitions)", labels=["model", "metric"]))
+    estimated: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_estimated_performance", "Performance estimated from the scores alone over the last closed "
+        "detectors.estimated_performance.window predictions, beside stream_monitor_performance (highest over this "
+        "instance's partitions)", labels=["model", "metric"]))
     lag: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_consumer_lag", "Messages behind the partition's end (the consumer's cached high "
         "watermark minus the next offset to process; grows while processing is paused)",
@@ -275,7 +279,7 @@ class _Families:
 
     def all(self) -> list[GaugeMetricFamily]:
         return [self.statistic, self.threshold, self.critical, self.firing, self.firing_severity,
-                self.performance, self.lag, self.untracked, self.incidents]
+                self.performance, self.estimated, self.lag, self.untracked, self.incidents]
 
 
 class PartitionCollector(Collector):
@@ -300,6 +304,7 @@ class PartitionCollector(Collector):
         firing: dict[tuple[str, str, str], int] = {}
         severities: dict[tuple[str, str, str, str], int] = {}
         performance: dict[tuple[str, str], float] = {}
+        estimated: dict[tuple[str, str], float] = {}
         untracked: dict[str, int] = {}
         incidents: dict[str, int] = {}
         for view in views:
@@ -316,6 +321,9 @@ class PartitionCollector(Collector):
                     if isinstance(value, (int, float)) and not isinstance(value, bool) and metric not in ("pairs", "unscored"):
                         held = performance.get((model_id, metric))
                         performance[(model_id, metric)] = value if held is None else max(held, value)
+                for metric, value in ((model.get("estimated") or {}).get("metrics") or {}).items():
+                    held = estimated.get((model_id, metric))
+                    estimated[(model_id, metric)] = value if held is None else max(held, value)
                 for row in model.get("detectors", []):
                     key = (model_id, row["signal"], row["name"], row["detector"])
                     value = row.get("statistic")
@@ -346,6 +354,8 @@ class PartitionCollector(Collector):
             families.firing_severity.add_metric(list(key), count)
         for (model_id, metric), value in sorted(performance.items()):
             families.performance.add_metric([model_id, metric], value)
+        for (model_id, metric), value in sorted(estimated.items()):
+            families.estimated.add_metric([model_id, metric], value)
         for model_id, count in sorted(untracked.items()):
             families.untracked.add_metric([model_id], count)
         for model_id, count in sorted(incidents.items()):

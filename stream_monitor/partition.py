@@ -28,7 +28,8 @@ from .detectors.ks import KsWindow
 from .detectors.percentile import WindowPercentile, percentile_cell
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
-from .codec import NUMBER_TYPES as _NUMBER_TYPES
+from .cbpe import EstimatedPerformance, predicted_positive
+from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
@@ -577,6 +578,7 @@ class ModelMonitor:
         perf = config.performance
         self.share = self._share_before_reference()
         self.performance = PerformanceColumn(config, budget=self.share) if perf.enabled and perf.task else None
+        self.estimated: EstimatedPerformance | None = None  # a classifier's, once it has a joined pair (_estimate)
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         # asks for retraining once per incident that meets the policy (stream_monitor/retraining.py)
         self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
@@ -644,8 +646,10 @@ class ModelMonitor:
     def _firing(self) -> list[str]:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
         columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
+        estimated = [] if self.estimated is None else \
+            [episode_key("estimated_performance", m, "cbpe") for m, e in self.estimated.episodes.items() if e.firing]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
-                if a.episode.firing and not c.merged]  # a merged column's episodes are the merge's
+                if a.episode.firing and not c.merged] + estimated  # a merged column's episodes are the merge's
 
     def _share_before_reference(self) -> float:
         """Each test's share while the reference's columns are unknown: the label and performance tests
@@ -667,12 +671,15 @@ class ModelMonitor:
         out: list[tuple[int, int, int, Alert]] = []
         pending: list[tuple[int, int, InferenceEvent]] = []
         labelled: list[tuple[int, int, LabelEvent]] = []
+        scored: list[tuple[int, int, InferenceEvent]] = []  # inference events with a score, for the estimate
         pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
                 self._label(event, position, offset, partition, join, labelled, pairs)
                 continue
             self.events += 1
+            if is_finite_number(event.score):
+                scored.append((position, offset, event))
             if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
                 if self._performance(prediction, partition) is not None:
@@ -710,6 +717,8 @@ class ModelMonitor:
             column.closed_psi = []
         if pending:
             self._columns(pending, partition, out, seen)
+        if scored or pairs:
+            self._estimate(scored, pairs, partition, out)
         if features and out:
             out = [(*t[:3], self._with_drivers(t[3], features, before)) for t in out]
         if labelled:
@@ -736,6 +745,52 @@ class ModelMonitor:
                 psis[column.name] = psi
         association = None if self.reference is None else self.reference.association
         return drivers.attach(alert, drivers.rank(psis, association))
+
+    def _estimate(self, scored: list[tuple[int, int, InferenceEvent]], pairs: list[tuple], partition: int,
+                  out: list) -> None:
+        """The estimated performance (:mod:`stream_monitor.cbpe`) over the batch, in event order: the joined
+        pairs with a score calibrate it, then each scored prediction counts in its windows. A classifier's only
+        (the performance task), from its first joined pair on."""
+        estimated = self.estimated
+        if estimated is None:
+            config = self.config.detectors.estimated_performance
+            if not (config.enabled and self.performance is not None and self.performance.classification):
+                return
+            estimated = self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
+        positive = self.config.performance.positive_label
+        threshold = estimated.config.decision_threshold
+        items = [(p[0], p[1], "pair", p) for p in pairs if is_finite_number(p[2].get("score"))]
+        items += [(position, 0, "event", (offset, event)) for position, offset, event in scored]
+        items.sort(key=itemgetter(0, 1))
+        slot = len(self.columns)  # after the event's columns
+        run: list[tuple[int, int, InferenceEvent]] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            for index, alert in estimated.add_predictions(
+                    [(e.score, predicted_positive(e.score, e.predicted_label, positive, threshold)) for _, _, e in run],
+                    [o for _, o, _ in run], partition, [e.timestamp_ms for _, _, e in run]):
+                out.append((run[index][0], slot, len(out), alert))
+            run.clear()
+
+        for position, _, kind, item in items:
+            if kind == "event":
+                if estimated.calibrated:
+                    run.append((position, *item))
+                continue
+            flush()
+            prediction, label = item[2], item[3]
+            estimated.add_pair(prediction["score"], predicted_positive(prediction["score"], prediction.get("label"),
+                                                                       positive, threshold),
+                               category(label) == positive)
+        flush()
+
+    def _estimate_budget(self) -> float:
+        """The estimate's share of the model's false-alarm budget: one test's before the reference is known
+        (a function of the config alone, so the same however the stream is cut and whenever the first pair
+        comes; split again over the four metrics by :func:`stream_monitor.cbpe.budget_z`)."""
+        return self._share_before_reference()
 
     def _leaving(self, tagged: list[tuple[int, int, int, Alert]]) -> list[tuple[int, int, int, Alert]]:
         """Where the model's alerts leave it: in the order raised, each stamped with its incident."""
@@ -872,6 +927,7 @@ class ModelMonitor:
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
+                "estimated": None if self.estimated is None else self.estimated.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
                 "incidents": self.incidents.snapshot(),
                 **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
@@ -915,6 +971,15 @@ class ModelMonitor:
             # an inferred task is part of the state (a state from before inference: the configured task)
             self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)
             self.performance.restore(saved_performance)
+        self.estimated = None
+        saved_estimate = state.get("estimated")  # absent in states saved before the estimate was kept
+        config = self.config.detectors.estimated_performance
+        if saved_estimate is not None and config.enabled:
+            self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
+            if not self.estimated.restore(saved_estimate):
+                log.info("model %s: estimated performance settings changed since the state was saved: its "
+                         "calibration starts afresh", self.config.model_id)
+                self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
         if self.retraining is not None:
             self.retraining.restore(state.get("retraining"))  # absent: saved before requests were asked for
@@ -971,7 +1036,9 @@ class ModelMonitor:
                {"source": self.reference.source, "version": self.reference.version,
                 "events": self.reference.events},
                "warmup": len(self.warmup),
-               "detectors": [row for c in columns for row in c.summary()] + performance_rows,
+               "detectors": [row for c in columns for row in c.summary()] + performance_rows +
+               ([] if self.estimated is None else self.estimated.rows()),
+               "estimated": None if self.estimated is None else self.estimated.info(),
                "incidents": self.incidents.summary()}
         out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
                                                                                     self.config.features)

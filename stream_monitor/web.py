@@ -965,6 +965,13 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
             cells = " · ".join(f"<b>{_fmt(k)}</b> {_fmt(v)}" for k, v in performance.items() if k != "pairs")
             parts.append(f"<p>Performance over the last labelled predictions ({performance['pairs']:,} pairs "
                          f"joined): {cells}</p>")
+        estimate = entry.get("estimated")
+        if estimate and estimate.get("metrics"):
+            cells = " · ".join(f"<b>{_fmt(k)}</b> {_fmt(v)}" + (" <span class='badge critical'>below its range</span>"
+                                                                if v < estimate["floors"].get(k, -1) else "")
+                               for k, v in estimate["metrics"].items())
+            parts.append(f"<p>Performance estimated from the scores (last {estimate['window']:,} predictions, "
+                         f"no labels needed): {cells}</p>")
         lag = entry.get("label_lag")
         if lag:
             parts.append(f"<p class=muted>{lag['awaiting']:,} predictions awaiting a label · {lag['expired']:,} never "
