@@ -437,11 +437,12 @@ class Stack:
 def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int, join: bool = False,
                  by_model: bool = False) -> Path:
     """The default model config; only the connection, the consumer's timeouts and the metrics port are set
-    (with `join`, the model's performance table too, which turns its label join on; with `by_model`,
-    model-level decisions on a stored reference instead of the warm-up's)."""
+    (the label join is on by default: without `join` the model's performance table turns it off, with
+    `join` it sets task = "classification"; with `by_model`, model-level decisions on a stored reference
+    instead of the warm-up's)."""
     reference = ('reference = { source = "stored" }\ndecisions = "model"' if by_model
                  else f'reference = {{ source = "warmup", events = {WARMUP} }}')
-    performance = '\n[models.m.performance]\ntask = "classification"\n' if join else ""
+    performance = "\n[models.m.performance]\n" + ('task = "classification"\n' if join else "enabled = false\n")
     consumer = "\n".join(f'"{k}" = {v}' for k, v in FAST_CONSUMER.items())
     path.write_text(f"""\
 [kafka]
@@ -788,7 +789,7 @@ def summed(stages: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_merged(stack: Stack, instances: int, measured: int) -> MergedResult:
+def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) -> MergedResult:
     """`instances` instances of one group on a MERGED_PARTITIONS-partition topic of one 20-feature model
     keyed by event id, `decisions = "model"` on a stored reference. The topic holds only a lead-in (~LEAD
     events per partition) when they start; once the group has settled and every partition has stored its
@@ -810,7 +811,7 @@ def run_merged(stack: Stack, instances: int, measured: int) -> MergedResult:
     rest = {p: body[p] + padding[p] for p in partitions}
     create_topics(stack.bootstrap, {topic: MERGED_PARTITIONS})
     ports = [free_port() for _ in range(instances)]
-    configs = [write_config(stack, stack.workdir / f"{group}-{i + 1}.toml", topic, group, port, by_model=True)
+    configs = [write_config(stack, stack.workdir / f"{group}-{i + 1}.toml", topic, group, port, join, by_model=True)
                for i, port in enumerate(ports)]
     print(f"  {build_stored_reference(configs[0], stack.workdir)}", flush=True)
     producer = new_producer(stack.bootstrap)
@@ -1046,7 +1047,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="measured events per case")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_EVENTS:,} events per case")
     parser.add_argument("--join", action="store_true",
-                        help="give the model a performance table (task = classification): its label join is on")
+                        help="give the model a performance table (task = classification) and its label join "
+                             "(off otherwise: enabled = false)")
     parser.add_argument("--labels", action="store_true",
                         help="with --join: every second prediction gets its label event, "
                              f"{LABEL_DELAY} inference events later (events timed count both kinds)")
@@ -1096,10 +1098,11 @@ def main(argv: list[str] | None = None) -> int:
         merged = []
         for instances in () if args.single_only else (1, 2):
             begun = time.monotonic()
-            merged.append(run_merged(stack, instances, measured))
+            merged.append(run_merged(stack, instances, measured, args.join))
             tail = merged[-1].after_production
             print(f"{instances} instance(s), one model keyed by event id over {MERGED_PARTITIONS} partitions: "
-                  f"{merged[-1].window.rate:,.0f} events/s from the start of production"
+                  f"{merged[-1].window.rate:,.0f} events/s from the start of production (join "
+                  f"{'on' if args.join else 'off'})"
                   + (f", {tail.rate:,.0f} once it had ended" if tail else "")
                   + f" ({time.monotonic() - begun:.0f} s for this case)", flush=True)
         if results:
