@@ -76,11 +76,36 @@ in which the producer no longer shares the cores; the target uses the whole
 window. The assignment changes logged during the window
 must be 0 (the group stayed put).
 
+One model keyed by event id (F = 20), `decisions = "model"`: a topic of 4
+partitions, each event keyed by its event id and sent to partition crc32(id) % 4
+(what librdkafka's default partitioner does with a key), so the one model's
+events spread over all four. Model-level decisions need a stored reference:
+`stream-monitor reference build` itself (a subprocess of the CLI) stores one,
+from 5,000 seeded events of the same distribution, before the instances start.
+The topic then holds a lead-in (~1,000 events per partition) and 1, then 2,
+instances of one group start (their own metrics ports); once the group has
+settled (each instance owns as many partitions, all owned) and every partition
+has stored its lead-in, the measured events (N over the 4 partitions) and the
+padding are produced and timed as above. The headline is the rate once
+production had ended (each partition's offset interpolated from the last
+delivery report to the end of the window: the producer no longer shares the
+cores); the ratio of that rate, 2 instances over 1, is the target. Where the time
+goes is summed over the instances between a scrape just before production and
+one after the window closed: `merge` (a loop stage of the instance that owns the
+model's merge: reading the partials, deciding the model's windows, saving its
+state) and `detect › sketch` (every partition adding its events to the partial
+sketches) are the model-level merge's cost; the merging instance's own shares
+are shown beside.
+
+The label join is on by default in the service; here it is off (the model's
+`[performance] enabled = false`) unless --join is given, in every case.
+
 Nothing is asserted on timings: the targets table says PASS or MISS.
 
     make bench                                   # or: .venv/bin/python bench/throughput.py
     .venv/bin/python bench/throughput.py --quick # a smoke run (20,000 events per case)
     .venv/bin/python bench/throughput.py --events 400000   # default 200,000
+    .venv/bin/python bench/throughput.py --merged-only     # only the model keyed by event id, 1 vs 2 instances
 """
 
 from __future__ import annotations
@@ -801,7 +826,9 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
     topic, group = f"bench.merged{instances}.{tag}", f"bench-merged{instances}-{tag}"
     partitions = list(range(MERGED_PARTITIONS))
     lead_count = LEAD * MERGED_PARTITIONS
-    lines = events(SCALE_FEATURES, lead_count + measured + PADDING * MERGED_PARTITIONS, seed=40)
+    # one instance reads its four partitions unevenly: a padding as large as the measured events keeps
+    # every partition busy until the slowest one reaches its target
+    lines = events(SCALE_FEATURES, lead_count + measured + max(PADDING * MERGED_PARTITIONS, measured), seed=40)
     lead = keyed_by_event_id(lines[:lead_count], MERGED_PARTITIONS)
     body = keyed_by_event_id(lines[lead_count:lead_count + measured], MERGED_PARTITIONS)
     padding = keyed_by_event_id(lines[lead_count + measured:], MERGED_PARTITIONS)
