@@ -400,6 +400,7 @@ class OffsetWatch(threading.Thread):
         self.load: list[tuple[float, float]] = []
         self.stack_pids = list(pids)
         self.stack_load: list[tuple[float, float]] = []
+        self.ours: list[tuple[float, float]] = []  # CPU seconds of every pid (the stack's and the monitors')
         self._halt = threading.Event()
 
     def other_cores(self, window: Window) -> float:
@@ -412,6 +413,12 @@ class OffsetWatch(threading.Thread):
         used = value_at(self.stack_load, window.start + window.seconds) - value_at(self.stack_load, window.start)
         return used / window.seconds
 
+    def monitor_cores(self, window: Window) -> float:
+        """Cores used on average by the monitors (the pids added after construction) during `window`."""
+        def used(series: list[tuple[float, float]]) -> float:
+            return value_at(series, window.start + window.seconds) - value_at(series, window.start)
+        return (used(self.ours) - used(self.stack_load)) / window.seconds
+
     def run(self) -> None:
         keys = {p: self.store.key(self.topic, p) for p in self.timelines}
         next_load = 0.0
@@ -419,6 +426,7 @@ class OffsetWatch(threading.Thread):
             if time.monotonic() >= next_load:
                 busy, ours = cpu_seconds(self.pids)
                 self.load.append((time.monotonic(), busy - ours))
+                self.ours.append((time.monotonic(), ours))
                 self.stack_load.append((time.monotonic(), cpu_seconds(self.stack_pids)[1]))
                 next_load = time.monotonic() + LOAD_EVERY
             pipe = self.store.client.pipeline(transaction=False)
@@ -781,6 +789,7 @@ class MergedResult:
     alerts: int
     drained: list[int]
     stack_cores: float = 0.0
+    monitor_cores: float = 0.0  # CPU of the instances together during the window after production
 
 
 def build_stored_reference(config: Path, workdir: Path) -> str:
@@ -875,6 +884,9 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
         window.other_cores = watch.other_cores(window)
         stack_cores = watch.stack_cores(window)
         after_production = busy_window(watch.timelines, begun + production, window.start + window.seconds)
+        if after_production is not None:
+            after_production.other_cores = watch.other_cores(after_production)
+        monitor_cores = watch.monitor_cores(after_production or window)
         drained = [p for p in partitions if value_at(watch.timelines[p], closed) >= ends[p]]
         after = [ownership(monitor.log(), topic)[1] for monitor in monitors]  # before SIGTERM: it revokes
         stop_all(monitors)
@@ -888,7 +900,8 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
     return MergedResult(instances, window, after_production, sum(len(v) for v in rest.values()), production,
                         assignments, sum(after) - sum(before), stage_rows(summed(scraped), summed(after_scrape)),
                         stage_rows(scraped[merger], after_scrape[merger]), merges,
-                        sum(monitor.log().count("FIRING") for monitor in monitors), drained, stack_cores)
+                        sum(monitor.log().count("FIRING") for monitor in monitors), drained, stack_cores,
+                        monitor_cores)
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -1014,16 +1027,19 @@ def report_merged(merged: list[MergedResult]) -> None:
     print("| instances | events timed | seconds from the start of production | events/s | events/s once "
           "production had ended | seconds after production | vs one (after production) | production s | "
           "CPU of this process (producer), broker and Redis (cores) | CPU taken by others (cores) | "
-          "merge steps' buckets | alerts fired |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "instances' CPU after production (cores) | events per instance CPU second | CPU taken by others "
+          "after production (cores) | merge steps' buckets | alerts fired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     first = merged[0].after_production
     for r in merged:
         tail = r.after_production
         print(f"| {r.instances} | {r.window.events:,.0f} | {r.window.seconds:.2f} | {r.window.rate:,.0f} | "
               + (f"{tail.rate:,.0f} | {tail.seconds:.2f} | " if tail else "– | – | ")
               + (f"{tail.rate / first.rate:.2f} | " if tail and first else "– | ")
-              + f"{r.production:.2f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} | {r.merges:,.0f} | "
-              f"{r.alerts} |")
+              + f"{r.production:.2f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} | {r.monitor_cores:.2f} | "
+              + (f"{tail.rate / r.monitor_cores:,.0f} | {tail.other_cores:.2f} | " if tail and r.monitor_cores
+                 else "– | – | ")
+              + f"{r.merges:,.0f} | {r.alerts} |")
     for r in merged:
         print(f"{r.instances} instance(s), when the clock started: "
               + "; ".join(f"instance {i + 1}: {a}" for i, a in enumerate(r.assignments))
@@ -1055,6 +1071,8 @@ def report_merged(merged: list[MergedResult]) -> None:
         if r.after_production is None or r.after_production.seconds < 1:
             print(f"\nnote: {r.instances} instance(s): under a second after production ended: too short to mean "
                   "much (more --events).")
+    print("\nOn a machine with cores to spare one instance uses up to one core and two up to two; 'events per "
+          "instance CPU second' is what the service does with the CPU it got.")
     if len(merged) > 1 and all(r.after_production for r in merged):
         scaling = merged[-1].after_production.rate / merged[0].after_production.rate
         merge, sketch = merge_share(merged[-1].stages)

@@ -204,7 +204,7 @@ def _merged(bench, instances, rate_after, merge_share):
     rows = bench.stage_rows({}, {"consume": 1.0, "detect": 8.0 - 10 * merge_share, "sketch": 0.5,
                                  "merge": 10 * merge_share, "checkpoint": 1.0})
     return bench.MergedResult(instances, window, tail, 120000, 1.5, ["t[0], t[1], t[2], t[3]"], 0, rows, rows,
-                              3, 0, [])
+                              3, 0, [], 0.1, 0.9 * instances)
 
 
 def test_report_of_the_merged_scenario_prints_rates_the_ratio_and_the_merge_share(bench, capsys):
@@ -212,6 +212,8 @@ def test_report_of_the_merged_scenario_prints_rates_the_ratio_and_the_merge_shar
     out = capsys.readouterr().out
     assert "One model keyed by event id over 4 partitions" in out
     assert "| 2 | 40,000 | 4.00 | 10,000 | 18,000 | 2.00 | 1.80 |" in out
+    assert "| 1.80 | 10,000 | 0.00 | 3 | 0 |" in out  # the instances' cores, events per CPU second, others'
+
     assert "two instances ≥ 1.7× one (once production had ended) | 1.80× | PASS |" in out
     assert "| merge | " in out and "| detect › sketch | " in out
     assert "merge / sketches) | 2.0% / 5.0% |" in out
