@@ -123,7 +123,7 @@ import time
 import urllib.request
 import uuid
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -790,6 +790,7 @@ class MergedResult:
     drained: list[int]
     stack_cores: float = 0.0
     monitor_cores: float = 0.0  # CPU of the instances together during the window after production
+    owners: list[set[int]] = field(default_factory=list)  # each instance's partitions
 
 
 def build_stored_reference(config: Path, workdir: Path) -> str:
@@ -901,7 +902,7 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
                         assignments, sum(after) - sum(before), stage_rows(summed(scraped), summed(after_scrape)),
                         stage_rows(scraped[merger], after_scrape[merger]), merges,
                         sum(monitor.log().count("FIRING") for monitor in monitors), drained, stack_cores,
-                        monitor_cores)
+                        monitor_cores, owners)
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -1014,6 +1015,11 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
           + f" | {mark(max(state.values()) <= TARGET_STATE_BYTES)} |")
 
 
+def idle_instances(owners: list[set[int]], drained: list[int]) -> list[int]:
+    """The instances (1-based) all of whose partitions had run out of events."""
+    return [i + 1 for i, owned in enumerate(owners) if owned and owned <= set(drained)]
+
+
 def merge_share(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
     """(share of the loop's time in the merge stage, share in building the partial sketches)."""
     shares = {name: share for name, _, share in rows}
@@ -1067,7 +1073,8 @@ def report_merged(merged: list[MergedResult]) -> None:
             print(f"\nnote: {r.instances} instance(s): the group rebalanced while the clock ran.")
         if r.drained:
             print(f"\nnote: {r.instances} instance(s): partition(s) {r.drained} ran out of events before the "
-                  "clock stopped; their idle time is counted.")
+                  "clock stopped (an instance is idle only when all of its partitions did: "
+                  f"{idle_instances(r.owners, r.drained) or 'none'}).")
         if r.after_production is None or r.after_production.seconds < 1:
             print(f"\nnote: {r.instances} instance(s): under a second after production ended: too short to mean "
                   "much (more --events).")

@@ -217,3 +217,9 @@ def test_report_of_the_merged_scenario_prints_rates_the_ratio_and_the_merge_shar
     assert "two instances ≥ 1.7× one (once production had ended) | 1.80× | PASS |" in out
     assert "| merge | " in out and "| detect › sketch | " in out
     assert "merge / sketches) | 2.0% / 5.0% |" in out
+
+
+def test_an_instance_is_idle_only_when_all_of_its_partitions_ran_out(bench):
+    assert bench.idle_instances([{0, 1, 2, 3}], [0]) == []
+    assert bench.idle_instances([{0, 1}, {2, 3}], [0, 1, 3]) == [1]
+    assert bench.idle_instances([{0, 1}, {2, 3}], []) == []
