@@ -79,9 +79,10 @@ must be 0 (the group stayed put).
 One model keyed by event id (F = 20), `decisions = "model"`: a topic of 4
 partitions, each event keyed by its event id and sent to partition crc32(id) % 4
 (what librdkafka's default partitioner does with a key), so the one model's
-events spread over all four. Model-level decisions need a stored reference:
-`stream-monitor reference build` itself (a subprocess of the CLI) stores one,
-from 5,000 seeded events of the same distribution, before the instances start.
+events spread over all four. The model's reference is a stored one:
+`stream-monitor reference build` itself (a subprocess of the CLI) stores it,
+from 5,000 seeded events of the same distribution, before the instances start
+(so no warm-up is in the timed window).
 The topic then holds a lead-in (~1,000 events per partition) and 1, then 2,
 instances of one group start (their own metrics ports); once the group has
 settled (each instance owns as many partitions, all owned) and every partition
