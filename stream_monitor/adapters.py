@@ -400,13 +400,15 @@ class MetricLimit(LevelAdapter):
                                         self.threshold, self.detector.window.maxlen)
 
 
-def performance_adapters(column: Any, model: ModelConfig, metrics: Any, task: str) -> list[Adapter]:
+def performance_adapters(column: Any, model: ModelConfig, metrics: Any, task: str,
+                         budget: float | None = None) -> list[Adapter]:
     """A model's performance detectors over its joined pairs, in the order one pair's alerts are raised:
     the error stream's drift detector, then each floor (classification) or each ceiling (regression) in
     the config's order (``metrics``: the rolling window they read; ``task``: the configured or inferred
-    one — an inferred task's config may carry both floors and ceilings, and only its own apply)."""
+    one — an inferred task's config may carry both floors and ceilings, and only its own apply).
+    ``budget``: the drift detector's share of the model's budget (default: the whole budget)."""
     det = model.detectors
-    budget = det.false_alarms_per_million
+    budget = det.false_alarms_per_million if budget is None else budget
     cfg = model.performance
 
     def episode() -> Episode:
@@ -439,14 +441,16 @@ def absolute_error_severity(level: float, mean: float, std: float) -> str:
 
 
 def column_adapters(column: Any, model: ModelConfig, signal: str, reference: ColumnReference,
-                    merged: bool = False) -> list[Adapter]:
+                    merged: bool = False, budget: float | None = None) -> list[Adapter]:
     """The detectors the config gives one column, in the order a value's alerts are raised.
 
     ``merged`` (decisions = "model"): only the point detectors; their firings go to the model's merge,
     whose episode ends by the model's windows, so here an episode only spaces the firings out (it
-    resolves after ``resolve_after`` quiet values: there is no window here to judge by)."""
+    resolves after ``resolve_after`` quiet values: there is no window here to judge by).
+    ``budget``: each test's share of the model's budget (:func:`stream_monitor.calibration.split`; default: the
+    whole budget, as for a column alone)."""
     det = model.detectors
-    budget = det.false_alarms_per_million
+    budget = det.false_alarms_per_million if budget is None else budget
     window = det.psi.window
     numeric = isinstance(reference, NumericReference)
     reference_events = max(reference.events, 1)

@@ -37,13 +37,13 @@ from .join import RedisJoin, join_op, pair_ops, pair_settings, paired_events, pe
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
-from .merge import episodes_summary, merge_step
+from .merge import episodes_summary, merge_step, model_reference, reference_step
 from .metrics import Metrics, PartitionView
 from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
 from .publisher import Publisher
 from .registry import CheckpointTimers, PartitionRegistry, Quarantine  # CheckpointTimers: re-exported
-from .reference import ReferenceProfile, unmonitored_columns, why_unmonitored
+from .reference import Limits, ReferenceProfile, unmonitored_columns, why_unmonitored
 from .rollback import Rollback, bound as bound_rollbacks
 from .stages import CLOCK
 from .state import REDIS_ERRORS, CorruptState, MergeStore, ReferenceStore, StateStore, connect
@@ -59,6 +59,7 @@ GROUP_VIEW_SECONDS = 5.0  # how often the status page's view of the whole group 
 MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets (and after each checkpoint)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
+retraining_log = logging.getLogger("stream_monitor.retraining")  # one line per retraining request
 # What restoring a decoded snapshot raises when its contents are not a state this version wrote
 # (a hand-edited or foreign blob): the partition is quarantined, like one whose blob does not decode.
 RESTORE_ERRORS = (StateError, KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -145,10 +146,17 @@ class Service:
         self.history = HistoryWriter(lambda: connect(config.redis.url, config.redis.cluster),
                                      config.redis.namespace, config.service.history_points, self.metrics)
         self.merged_models = {m: model for m, model in config.models.items() if model.by_model}
+        # decisions = "model" with a warm-up: each model's reference once its merge built it (shared with every
+        # partition monitor), and the partitions paused while their share waits for it
+        self.warmup_models = {m for m, model in self.merged_models.items() if model.reference.source != "stored"}
+        self.model_references: dict[str, ReferenceProfile] = {}
+        self.waiting_partitions: set[PartitionKey] = set()
         self._next_merge = 0.0
         self._partition_counts: dict[str, int] = {}  # per input topic, from the broker's metadata
         self._redis(self.redis.ping, "connect")
         self.references = self._redis(self._stored_references, "load stored references")
+        if self.warmup_models:
+            self._redis(self._load_model_references, "load model references")
         self.join_settings = performance_settings(config)
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
         # Open Inference Protocol topics: requests and responses paired by request id (join.py, oip.py)
@@ -160,7 +168,8 @@ class Service:
                                    outage_seconds=config.service.broker_outage_seconds,
                                    stall_seconds=config.service.producer_stall_seconds, metrics=self.metrics,
                                    stop_requested=lambda: self.stopping,
-                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None)
+                                   on_alert_delivered=self.alertmanager.offer if self.alertmanager else None,
+                                   retraining_topic=config.retraining.topic)
         self.consumer: MonitorConsumer | None = None
         self._next_watermarks = 0.0
         self._subscribed_at = 0.0
@@ -248,6 +257,9 @@ class Service:
                     self._idle_partitions()
                     if due or time.monotonic() >= self._next_merge:
                         self._merge()
+                        if self.waiting_partitions:
+                            self._redis(self._load_model_references, "load model references")
+                            self._resume_waiting()
                 if self.status_due:  # after a checkpoint, here or in a revoke inside consume()
                     self._publish_status()
                 if time.monotonic() >= self._next_reference_check:
@@ -444,6 +456,9 @@ class Service:
         started = clock.add("produce", started)
         for key, items in batches.items():
             self._apply(key, self.partitions.monitor(key), items)
+        if self.warmup_models:
+            for key in batches:
+                self._wait_for_reference(key)
         bound_rollbacks([r.rollback for r in self.partitions.records() if r.rollback is not None])
         self.partitions.touch(key for key, _, _, _ in prepared)
         if self.merged_models:
@@ -493,6 +508,8 @@ class Service:
             return None
         if monitor is None or (monitor.next_offset is not None and offset < monitor.next_offset):
             return None  # not ours any more, or already covered by the stored state
+        if key in self.waiting_partitions:
+            return None  # fetched before the pause: read again from its next offset once the reference is built
         raw = _raw(message)
         if raw.topic in self.oip_topics:
             return key, monitor, raw, decode_oip(raw, self.oip_models, self.config.service.max_message_bytes,
@@ -552,6 +569,12 @@ class Service:
             alert_log.info("%s %s %s/%s/%s %s: %s", alert.status.upper(), alert.severity, alert.model_id,
                            alert.signal, alert.name, alert.detector, alert.message,
                            extra={"alert": alert.alert_id})
+        for request in self._rollback(key, monitor).take_requests():  # confirmed with the alerts, before the save
+            self.publisher.retraining(request)
+            faults.reached("after_request")
+            self.metrics.retraining_requests.labels(request.model_id, request.reason).inc()
+            retraining_log.info("retraining request %s to %s: %s (incident %s)", request.request_id[:12],
+                                self.config.retraining.topic, request.message, request.incident[:12])
         clock.add("produce", started)
 
     def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:
@@ -620,6 +643,49 @@ class Service:
                      ", ".join(f"{t}[{p}]" for t, p in idle))
             self._checkpoint(idle)
 
+    def _load_model_references(self) -> None:
+        """The warm-up references the models' merges have built (kept in ``ns:merge:{model}``)."""
+        for model_id in self.warmup_models - set(self.model_references):
+            profile = model_reference(self.merges.load(model_id))
+            if profile is not None:
+                self.model_references[model_id] = profile
+
+    def _wait_for_reference(self, key: PartitionKey) -> None:
+        """A partition whose warm-up share of some model is summarised reads nothing until the model's
+        reference is built: paused at its next offset (what it has not summarised)."""
+        record = self.partitions.get(key)
+        monitor = None if record is None else record.monitor
+        if monitor is None or key in self.waiting_partitions or not monitor.waiting:
+            return
+        self.consumer.pause([TopicPartition(key[0], key[1])])
+        self.waiting_partitions.add(key)
+        log.info("%s[%d]: warm-up share of %s summarised; paused at offset %d until the model's reference is built",
+                 key[0], key[1], ", ".join(monitor.waiting), monitor.next_offset)
+
+    def _resume_waiting(self) -> None:
+        """Waiting partitions whose models' references are built now take them and read on from where they
+        stopped."""
+        for key in sorted(self.waiting_partitions):
+            record = self.partitions.get(key)
+            monitor = None if record is None else record.monitor
+            if monitor is None:
+                self.waiting_partitions.discard(key)
+                continue
+            if monitor.adopt():
+                self.partitions.touch([key])
+                if record.rollback is not None:
+                    record.rollback.forget()  # changed outside a batch
+            if monitor.waiting:
+                continue
+            try:
+                self.consumer.seek(TopicPartition(key[0], key[1], monitor.next_offset))
+            except KafkaException as exc:  # paused at assignment, never fetched: it starts at that offset anyway
+                log.debug("%s[%d]: seek before resuming refused (%s); resuming at the assigned offset", *key, exc)
+            self.consumer.resume([TopicPartition(key[0], key[1])])
+            self.waiting_partitions.discard(key)
+            log.info("%s[%d]: the model's reference is built; reading on from offset %d", key[0], key[1],
+                     monitor.next_offset)
+
     def _partition_count(self, topic: str) -> int | None:
         count = self._partition_counts.get(topic)
         if count is None and self.consumer is not None:
@@ -653,10 +719,14 @@ class Service:
         """One merge step: read, decide, publish and confirm the alerts, then save the merge state (only
         forward) and delete what it consumed. Safe to repeat after a failure at any point."""
         started = CLOCK.now()
-        reference = self.references.get(model_id)
-        if reference is None:
-            return
         state = self.merges.load(model_id)
+        reference = self.references.get(model_id)
+        if model_id in self.warmup_models:
+            reference = self.model_references.get(model_id) or model_reference(state)
+            if reference is None:
+                self._build_reference(model_id, model, state, partitions)
+                CLOCK.add("merge", started)
+                return
         result = merge_step(model, reference, state, self.merges.partials(model_id, partitions),
                             int(model.merge_bucket_seconds * 1000))
         if result.buckets:
@@ -682,6 +752,25 @@ class Service:
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
                                      "episodes": episodes_summary(state)})
         CLOCK.add("merge", started)
+
+    def _build_reference(self, model_id: str, model, state, partitions: list[PartitionKey]) -> None:
+        """The model's warm-up reference, once every partition has closed enough warm-up buckets: stored in
+        the merge state (only forward); the partitions take it from there."""
+        limits = Limits(self.config.service.max_inferred_columns, self.config.service.max_categories_per_column)
+        result = reference_step(model, state, self.merges.partials(model_id, partitions),
+                                int(model.merge_bucket_seconds * 1000), limits)
+        if result is None:
+            return
+        result.state["step"] = (state or {}).get("step", 0) + 1
+        if not self.merges.save(model_id, result.state):
+            self.metrics.merge_refused.labels(model_id).inc()
+            return
+        self.merges.consumed(model_id, result.consumed)
+        self.model_references[model_id] = result.reference
+        first, last = result.state["reference_buckets"]
+        log.info("model %s: reference %s built from %d events of %d partition(s) (event-time buckets %d to %d)",
+                 model_id, result.state["reference_id"][:12], result.reference.events, len(result.consumed),
+                 first, last)
 
     def _announce(self, alert) -> None:
         self.history.add([alert_point(alert)])
@@ -894,6 +983,15 @@ class Service:
             if self.alertmanager is not None and loaded is not None:  # it keeps what is firing there alive
                 self.alertmanager.adopt(firing_in(monitor.summary(), tp.partition, frozenset(self.merged_models)))
         assign(consumer, partitions, self.cooperative)
+        if self.warmup_models:
+            self._redis(self._load_model_references, "load model references")
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                self.waiting_partitions.discard(key)
+                record = self.partitions.get(key)
+                if record is not None and record.monitor is not None and record.monitor.adopt():
+                    record.dirty = True
+                self._wait_for_reference(key)
         if paused:
             consumer.pause(paused)  # assigned (the group sees them owned), nothing fetched
             self.partitions.paused.update((tp.topic, tp.partition) for tp in paused)
@@ -909,7 +1007,7 @@ class Service:
     def _load(self, topic: str, partition: int) -> tuple[PartitionMonitor, int | None]:
         """A monitor restored from the partition's stored state, and its next offset (``None``: nothing
         stored). :class:`CorruptState` when the stored fields are not a state this version can continue."""
-        monitor = PartitionMonitor(self.config, partition, self.references)
+        monitor = PartitionMonitor(self.config, partition, self.references, self.model_references)
         loaded = self._redis(lambda: self.store.load(topic, partition), "load state")
         if loaded is None:
             return monitor, None
@@ -1123,6 +1221,7 @@ class Service:
         self.partitions.revoke(keys)  # their series go too: the gauges are derived from the registry
         if self.alertmanager is not None:
             self.alertmanager.release([p for _, p in keys])
+        self.waiting_partitions.difference_update(keys)
         log.info("revoked %s", ", ".join(f"{t}[{p}]" for t, p in keys) or "nothing")
         unassign(consumer, partitions, self.cooperative)
 
@@ -1131,6 +1230,7 @@ class Service:
         self.partitions.lose(keys)  # another member may own them now: saving could overwrite its progress
         if self.alertmanager is not None:
             self.alertmanager.release([p for _, p in keys])
+        self.waiting_partitions.difference_update(keys)
         log.warning("lost %s without a clean revoke; their unsaved progress will be redone by the new owner",
                     ", ".join(f"{t}[{p}]" for t, p in keys))
 

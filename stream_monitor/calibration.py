@@ -1,19 +1,54 @@
-"""From a false-alarm budget to each detector's threshold.
+"""From a model's false-alarm budget to each detector's threshold.
 
-The budget is *expected false alarms per 10^6 events* for one detector on one
-column whose data look like the reference. Each detector gets it its own way:
+The budget (``detectors.false_alarms_per_million``) is the *model's*: the
+expected number of false alarms per 10^6 of the model's events on data drawn
+like its reference, all its columns, detectors and partitions together.
+
+**The split.** :func:`model_tests` counts the tests the model runs — per
+numeric column its four data-quality rates, PSI, KS, ADWIN and Page-Hinkley;
+per categorical column its two quality rates and PSI; the label column (three,
+counted from the start so thresholds do not move when labels arrive); the
+performance drift detector — and :func:`split` gives each an equal share
+(0.1 over the 180 tests of a 20-feature model with a score and latency:
+5.6·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
+value it sees, which is what makes the sum over partitions the model's:
+
+- a **point detector** (ADWIN, Page-Hinkley) runs once per partition and sees
+  that partition's events, 1/P of the model's on balanced traffic: at a rate of
+  ``share`` per 10^6 of the values it sees, the P detectors together raise
+  ``share`` per 10^6 of the model's events, whatever P (and whatever the
+  balance). With ``decisions = "model"`` their firings meet in one model-level
+  episode, which can only lower that.
+- a **window test** (PSI, KS, a quality rate) of ``n`` events is allowed
+  ``p = share × n / 10⁶`` per window. With ``decisions = "model"`` there is one
+  window per ``n`` of the model's events; per partition, each partition closes a
+  window per ``n`` of its own events, so again ``10⁶ / n`` windows per 10^6 of the
+  model's events in all: ``share`` per 10^6 either way, independent of P.
+
+Summed over the tests: at most the budget per 10^6 of the model's events
+(labels and joined pairs are at most one per event, so their tests spend less).
+
+How each detector turns a share into a threshold:
 
 - **ADWIN** bounds the chance of a false cut at each check by ``delta``; it
-  checks every ``clock`` values, so ``delta = budget × 10⁻⁶ × clock``.
+  checks every ``clock`` values, so ``delta = share × 10⁻⁶ × clock``.
 - **Page-Hinkley** sees reference-normal scores (N(0, 1) on unchanged data,
   whatever the feature's distribution; less variable for discrete data), so one
   simulated table (``bench/calibrate_page_hinkley.py``, river's own update rule,
-  ``alpha = 1``) maps (delta, budget) to a threshold, interpolated in log-rate.
+  ``alpha = 1``) maps (delta, rate) to a threshold, log-linear in the tail (a
+  CUSUM's false-alarm rate falls exponentially with its threshold). A model's
+  share lies below the table's rows: there the table's last row and rows from
+  long runs (``--check``, :data:`PAGE_HINKLEY_TAIL`) set the threshold.
 - **PSI**, **KS** and the **data-quality rates** are tested once per window of
-  ``n`` events: the budget allows ``p = budget × n / 10⁶`` per window, and the
+  ``n`` events: the share allows ``p = share × n / 10⁶`` per window, and the
   threshold is the null distribution's upper ``p`` quantile, widened for a
   reference of only ``N`` events.
 
+The threshold functions take the share of one test (the ``budget_per_million``
+argument):
+
+>>> split(0.1, model_tests(numeric=[True] * 22, performance=True))  # 20 numeric features, score, latency
+0.0005555555555555556
 >>> round(adwin_delta(0.1, clock=32), 8)
 3.2e-06
 >>> round(psi_threshold(0.1, window=5000, reference_events=5000, bins=10), 4)
@@ -27,6 +62,8 @@ column whose data look like the reference. Each detector gets it its own way:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import stats
@@ -38,6 +75,46 @@ PAGE_HINKLEY_TABLE: dict[float, list[tuple[float, float]]] = {
     0.25: [(15.0, 76.125), (20.0, 6.675), (25.0, 0.7), (30.0, 0.075), (35.0, 0.0)],
     0.5: [(8.0, 100.85), (10.0, 13.925), (12.0, 1.55), (14.0, 0.175), (16.0, 0.05)],
     1.0: [(4.0, 139.825), (5.0, 19.75), (6.0, 2.4), (7.0, 0.4), (8.0, 0.05)],
+}
+
+
+QUALITY_NUMERIC = 4  # missing, type_mismatch, non_finite, out_of_range
+QUALITY_CATEGORICAL = 2  # missing, unseen_category
+
+
+def column_tests(numeric: bool, detectors: Any = None) -> int:
+    """The calibrated tests one column runs (``detectors``: the model's ``DetectorsConfig``; default: all on).
+
+    >>> column_tests(True), column_tests(False)
+    (8, 3)
+    """
+    def on(name: str) -> bool:
+        return detectors is None or getattr(detectors, name).enabled
+
+    tests = (QUALITY_NUMERIC if numeric else QUALITY_CATEGORICAL) if on("data_quality") else 0
+    tests += 1  # PSI
+    if numeric:
+        tests += on("ks") + on("adwin") + on("page_hinkley")
+    return tests
+
+
+def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None) -> int:
+    """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
+    not as ``numeric`` says: theirs, the label column's (categorical) and, with ``performance``, the error
+    stream's drift detector. Fixed limits (metric floors, the p95 ceiling) are not tests of the budget."""
+    return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
+            + (1 if performance else 0))
+
+
+def split(budget_per_million: float, tests: int) -> float:
+    """One test's equal share of the model's budget."""
+    return budget_per_million / max(1, tests)
+
+
+# Rows below the table, from long runs (bench/calibrate_page_hinkley.py --check: streams of 200,000 N(0, 1)
+# values, 4·10⁹ values per row), for the small shares of a model's budget; used only below the table.
+PAGE_HINKLEY_TAIL: dict[float, list[tuple[float, float]]] = {
+    0.25: [(35.0, 0.004), (38.0, 0.001)],
 }
 
 
@@ -83,23 +160,27 @@ def page_hinkley_threshold(budget_per_million: float, delta: float) -> float:
     if not deltas:
         raise RuntimeError("Page-Hinkley calibration table is empty")
     nearest = min(deltas, key=lambda d: abs(math.log(d / delta)))
-    points = PAGE_HINKLEY_TABLE[nearest]
-    hs = np.array([h for h, rate in points if rate > 0])
-    logs = np.log10([rate for _, rate in points if rate > 0])
-    slope, intercept = np.polyfit(hs[-3:], logs[-3:], 1)  # the tail decays exponentially
-    threshold = (math.log10(budget_per_million) - intercept) / slope
+    target = math.log10(budget_per_million)
+    points = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TABLE[nearest] if rate > 0]
+    tail = [(h, math.log10(rate)) for h, rate in PAGE_HINKLEY_TAIL.get(nearest, []) if rate > 0]
+    if tail and target < points[-1][1]:  # below the table: its last row and the long runs' rows
+        points = [points[-1], *tail]
+    local = points[-3:]  # the last three rows: the tail decays exponentially, a line in log-rate follows it
+    slope, intercept = np.polyfit([h for h, _ in local], [r for _, r in local], 1)
+    threshold = (target - intercept) / slope
     # scale with delta for deltas between table rows: h·delta is roughly constant for a CUSUM
     return float(math.ceil(threshold * nearest / delta))
 
 
-def page_hinkley_alarms(values: np.ndarray, delta: float, threshold: float, min_instances: int = 30,
-                        alpha: float = 1.0) -> np.ndarray:
+def page_hinkley_alarms(values: Any, delta: float, threshold: float, min_instances: int = 30,
+                        alpha: float = 1.0, streams: int | None = None) -> np.ndarray:
     """Alarms per column of ``values`` (time × streams), with river's PageHinkley update rule.
 
     Vectorised across streams for calibration; equal to river's decisions
-    (tests/unit/test_calibration.py checks it).
+    (tests/unit/test_calibration.py checks it). ``values`` may also be any iterable of rows
+    (then ``streams`` says how many), for runs too long to hold in memory.
     """
-    streams = values.shape[1]
+    streams = values.shape[1] if streams is None else streams
     n = np.zeros(streams)
     mean = np.zeros(streams)
     up = np.zeros(streams)

@@ -314,6 +314,17 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_reference_summary(model, state: dict) -> dict | None:
+    """decisions = "model" with a warm-up: the model's reference as its merge state holds it (``None``: a
+    stored reference)."""
+    if model.reference.source == "stored":
+        return None
+    if state.get("reference") is None:
+        return {"id": "", "events": 0, "buckets": None}
+    return {"id": state["reference_id"], "events": state["reference"]["events"],
+            "buckets": state["reference_buckets"]}
+
+
 def _status(args: argparse.Namespace) -> int:
     from .state import StateStore  # noqa: PLC0415
 
@@ -349,7 +360,8 @@ def _status(args: argparse.Namespace) -> int:
             state = merges.load(model_id) or {}
             decided[model_id] = {"windows": state.get("windows", 0), "last_bucket": state.get("last_bucket"),
                                  "open_window_events": (state.get("window") or {}).get("events", 0),
-                                 "episodes": episodes_summary(state) if state else []}
+                                 "episodes": episodes_summary(state) if state else [],
+                                 "reference": _model_reference_summary(model, state)}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,
@@ -421,6 +433,12 @@ def _status(args: argparse.Namespace) -> int:
             held = decided[model_id]
             print(f"  decided over all partitions: {held['windows']:,} model windows, "
                   f"{held['open_window_events']:,} events in the open one")
+            reference = held["reference"]
+            if reference is not None:
+                print("  model reference " + (
+                    f"{reference['id'][:12]}: {reference['events']:,} warm-up events of event-time buckets "
+                    f"{reference['buckets'][0]} to {reference['buckets'][1]}" if reference["id"] else
+                    "not built yet (each partition summarises its warm-up share, then waits)"))
             firing = [e for e in held["episodes"] if e["firing"]]
             for episode in firing:
                 print(f"  FIRING {episode['severity']} (model-level) {logs.clean(episode['episode'])} "

@@ -463,7 +463,7 @@ class KsConfig(_Table):
         "Run KS on numeric columns.")] = True
     threshold: Annotated[POSITIVE_OR_ABSENT, doc(
         "KS statistic of a `warning` alert; `critical` is twice it.",
-        default="absent (from the budget: ≈ 0.041 for windows and references of 5,000)")] = None
+        default="absent (from the budget's share: ≈ 0.052 for windows and references of 5,000 and 180 tests)")] = None
 
 
 class AdwinConfig(_Table):
@@ -471,7 +471,7 @@ class AdwinConfig(_Table):
         "Run ADWIN on numeric columns.")] = True
     delta: Annotated[Annotated[float, Meta(gt=0, lt=1)] | None, doc(
         "ADWIN's confidence: its bound on the chance of a false cut at each check. Smaller is quieter and slower.",
-        default="absent (budget × 10⁻⁶ × `clock`, 3.2·10⁻⁶ by default)")] = None
+        default="absent (share × 10⁻⁶ × `clock`: 1.8·10⁻⁸ for budget 0.1 over 180 tests)")] = None
     clock: Annotated[int, POSITIVE, doc(
         "ADWIN checks for a change every `clock` values.")] = 32
     grace_period: Annotated[int, POSITIVE, doc(
@@ -492,7 +492,7 @@ class PageHinkleyConfig(_Table):
         "worth catching quickly).")] = 0.25
     threshold: Annotated[POSITIVE_OR_ABSENT, doc(
         "Detection threshold λ on the cumulative sums.",
-        default="absent (from the budget: 30.0 for `delta` 0.25 and budget 0.1)")] = None
+        default="absent (from the budget's share: 39.0 for `delta` 0.25 and 0.1 over 180 tests)")] = None
     alpha: Annotated[float, Meta(gt=0, le=1), doc(
         "Forgetting factor of the cumulative sums; `1` = no forgetting (river's 0.9999 never settles and cannot be"
         " calibrated).")] = 1.0
@@ -515,10 +515,15 @@ class LatencyConfig(_Table):
 
 class DetectorsConfig(_Table):
     false_alarms_per_million: Annotated[float, POSITIVE, doc(
-        "The false-alarm budget: expected false alarms per 10^6 events, per detector and column, on data drawn "
-        "like the reference. Every threshold not set explicitly comes from it (`stream_monitor/calibration.py`): "
-        "the PSI warning floor, `ks.threshold`, `adwin.delta`, `page_hinkley.threshold` and the data-quality rate "
-        "limits.")] = 0.1
+        "The model's false-alarm budget: the expected number of false alarms per 10^6 of the model's events on "
+        "data drawn like its reference, all its columns, detectors and partitions together. It is split equally "
+        "over the tests the model runs (per numeric column 8: four data-quality rates, PSI, KS, ADWIN, "
+        "Page-Hinkley; per categorical column 3; the label column 3; the performance drift detector 1; 180 for 20 "
+        "numeric features with a score and latency), and each test's share, as a rate per value it sees, sets "
+        "every threshold not given explicitly (`stream_monitor/calibration.py`): the PSI warning floor, "
+        "`ks.threshold`, `adwin.delta`, `page_hinkley.threshold` and the data-quality rate limits. A rate per "
+        "value keeps the model's total independent of its partition count: P per-partition detectors see 1/P "
+        "of the events each, and P partitions close as many windows in all as one would.")] = 0.1
     psi: PsiConfig = PsiConfig()
     ks: KsConfig = KsConfig()
     adwin: AdwinConfig = AdwinConfig()
@@ -590,13 +595,15 @@ class PerformanceConfig(_Table):
 class ReferenceConfig(_Table):
     source: Annotated[Literal["warmup", "stored"], doc(
         "Where the reference profile comes from. `\"warmup\"`: the first `reference.events` inference events of the "
-        "model in each partition (no drift detection before that). `\"stored\"`: the profile stored in Redis by "
+        "model in each partition (no drift detection before that; with `decisions = \"model\"` one reference for the "
+        "model, from its first event-time buckets holding `reference.events` events of all partitions). `\"stored\"`: the profile stored in Redis by "
         "`stream-monitor reference build` (versioned; a new version is picked up within "
         "`service.reference_poll_seconds`).",
         checks="`\"warmup\"` or `\"stored\"`; with `\"stored\"`, `run` refuses to start until a profile is "
         "stored.")] = "warmup"
     events: Annotated[int, Meta(ge=10), doc(
-        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"`; also the"
+        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"` (with "
+        "`decisions = \"model\"`: each partition's warm-up share, and the least the model's reference holds); also the"
         " number of label events that form the label reference when none is stored.")] = 5_000
 
 
@@ -634,6 +641,33 @@ class OipConfig(_Table):
         "remembered pairs first, then waiting responses, then waiting requests.")] = 64 * 1024 * 1024
 
 
+class ModelRetrainingConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Ask for this model's retraining (with `[retraining] topic` set): at most one request per incident that "
+        "meets the rules below. See \"Retraining requests\" in the README.")] = True
+    min_drifted_features: Annotated[int, AT_LEAST_1, doc(
+        "Drift: ask once this many distinct features have fired a critical alert of `drift_detectors` within "
+        "one incident.")] = 3
+    drift_detectors: Annotated[tuple[Literal["psi", "ks", "adwin", "page_hinkley"], ...], doc(
+        "The detectors whose critical feature alerts count as drift. The window detectors (PSI, KS) judge a "
+        "whole window of events, so what they find is sustained over a window.",
+        checks="each `\"psi\"`, `\"ks\"`, `\"adwin\"` or `\"page_hinkley\"`")] = ("psi", "ks")
+    on_performance: Annotated[bool, doc(
+        "Performance: ask at a critical `performance` alert of `performance_detectors`.")] = True
+    performance_detectors: Annotated[tuple[Literal["floor", "ceiling", "adwin", "page_hinkley"], ...], doc(
+        "The performance detectors that count: `floor` and `ceiling` (a rolling metric past its limit), "
+        "`adwin` / `page_hinkley` (the error stream rose).",
+        checks="each `\"floor\"`, `\"ceiling\"`, `\"adwin\"` or `\"page_hinkley\"`")] = ("floor", "ceiling")
+    on_estimated_performance: Annotated[bool, doc(
+        "Ask at a critical `estimated_performance` alert (where the model has one).")] = True
+    on_fairness: Annotated[bool, doc(
+        "Ask at a critical `fairness` alert (where the model has one).")] = True
+    cooldown_seconds: Annotated[float, Meta(ge=0), doc(
+        "Event time between two requests of the model (per partition): a later incident that "
+        "meets the rules within it asks nothing. Alerts without an event time, or with one before the last "
+        "request's, are not held back; 0: no cooldown.")] = 3_600.0
+
+
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
@@ -653,6 +687,7 @@ class ModelConfig(_Table):
     detectors: DetectorsConfig = DetectorsConfig()
     performance: PerformanceConfig = PerformanceConfig()
     oip: OipConfig = OipConfig()
+    retraining: ModelRetrainingConfig = ModelRetrainingConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
@@ -724,11 +759,19 @@ class AlertmanagerConfig(_Table):
                 f"status_page_url={redact_url(self.status_page_url)!r})")
 
 
+class RetrainingConfig(_Table):
+    topic: Annotated[str, doc(
+        "The topic retraining requests are produced to (key = model id; schemas/retraining_request.json), "
+        "delivered before the state that says they were made is saved, like alerts. Empty: no requests. "
+        "Each model's rules are in `[models.<id>.retraining]`.")] = ""
+
+
 class Config(_Table):
     kafka: KafkaConfig = KafkaConfig()
     redis: RedisConfig = RedisConfig()
     service: ServiceConfig = ServiceConfig()
     alertmanager: AlertmanagerConfig = AlertmanagerConfig()
+    retraining: RetrainingConfig = RetrainingConfig()
     models: dict[str, ModelConfig] = {}
     source: Annotated[str, INTERNAL] = "<defaults>"  # the file it was read from
 
@@ -1043,10 +1086,6 @@ def _check_model(model: ModelConfig, where: str) -> None:
     if model.merge_bucket_seconds * 1000 != int(model.merge_bucket_seconds * 1000):
         raise ConfigError(f"{where}.merge_bucket_seconds", "must be a whole number of milliseconds, got "
                           f"{model.merge_bucket_seconds:g}")
-    if model.by_model and model.reference.source != "stored":
-        raise ConfigError(f"{where}.decisions", "'model' needs a stored reference in this version: set "
-                          f"{where}.reference = {{ source = \"stored\" }} and store one with `stream-monitor "
-                          "reference build` (a model-level warm-up is not supported yet)")
     psi = model.detectors.psi
     if psi.warning > psi.critical:
         raise ConfigError(f"{where}.detectors.psi.warning",
@@ -1068,10 +1107,10 @@ def _check_model(model: ModelConfig, where: str) -> None:
 
 def env_keys() -> dict[tuple[str, str], Any]:
     """(section, key) → default of every key an environment variable can override: the scalar keys of
-    [kafka], [redis], [service] and [alertmanager]."""
+    [kafka], [redis], [service], [alertmanager] and [retraining]."""
     return {(section, f.name): f.default
             for section, table in (("kafka", KafkaConfig), ("redis", RedisConfig), ("service", ServiceConfig),
-                                   ("alertmanager", AlertmanagerConfig))
+                                   ("alertmanager", AlertmanagerConfig), ("retraining", RetrainingConfig))
             for f in msgspec.structs.fields(table) if isinstance(f.default, (str, int, float, tuple))}
 
 

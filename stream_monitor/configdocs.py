@@ -26,7 +26,7 @@ from typing import Any, Literal
 import msgspec
 
 from .config import (ENV_PREFIX, AdwinConfig, AlertmanagerConfig, Config, DataQualityConfig, DetectorsConfig, KafkaConfig, KsConfig,
-                     LatencyConfig, ModelConfig, PageHinkleyConfig, PerformanceConfig, PsiConfig, RedisConfig,
+                     LatencyConfig, ModelConfig, ModelRetrainingConfig, PageHinkleyConfig, PerformanceConfig, PsiConfig, RedisConfig, RetrainingConfig,
                      ServiceConfig, _alternatives, _bounds, _extra, _fields, _unwrap, env_keys, keys_of)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "CONFIGURATION.md"
@@ -39,6 +39,7 @@ BLOCKS: dict[str, type] = {
     f"{MODEL}.detectors.page_hinkley": PageHinkleyConfig, f"{MODEL}.detectors.data_quality": DataQualityConfig,
     f"{MODEL}.detectors.latency": LatencyConfig,
     f"{MODEL}.performance": PerformanceConfig, "alertmanager": AlertmanagerConfig,
+    "retraining": RetrainingConfig, f"{MODEL}.retraining": ModelRetrainingConfig,
 }
 HEADER = "| key | type | default | meaning | constraints | env |\n|---|---|---|---|---|---|"
 _BLOCK = re.compile(r"(<!-- generated: (\S+) keys [^\n]*-->\n)(.*?)(<!-- end generated -->)", re.S)
@@ -80,7 +81,7 @@ def row(path: str, annotation: Any, default: Any) -> str:
         env = f"`{ENV_PREFIX}{section.upper()}_{key.upper()}`" + (" (comma-separated)" if isinstance(default, tuple)
                                                                   else "")
     else:
-        env = "— (not overridable)" if section in ("kafka", "redis", "service", "alertmanager") else "—"
+        env = "— (not overridable)" if section in ("kafka", "redis", "service", "alertmanager", "retraining") else "—"
     meaning = next(m.description for m in metas if m.description)
     cells = [f"`{path}`", kind, shown, meaning, checks, env]
     return "| " + " | ".join(cell.replace("|", "\\|") if i else cell for i, cell in enumerate(cells)) + " |"

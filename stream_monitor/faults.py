@@ -2,6 +2,7 @@
 process the n-th time it reaches ``point``. Unset (always, in production) it costs one comparison.
 
 Points, in the order a message meets them: ``between_batches``, ``mid_batch``,
+``after_request`` (a retraining request handed to the producer, maybe not yet delivered),
 ``after_alerts_before_save`` (deliveries confirmed, state not yet saved), ``mid_checkpoint``
 (some partitions saved, not all, offsets not committed), ``during_rebalance`` (revoked
 partitions persisted, not yet released).
@@ -16,7 +17,8 @@ from __future__ import annotations
 import os
 import signal
 
-POINTS = ("between_batches", "mid_batch", "after_alerts_before_save", "mid_checkpoint", "during_rebalance")
+POINTS = ("between_batches", "mid_batch", "after_request", "after_alerts_before_save", "mid_checkpoint",
+          "during_rebalance")
 
 _point, _, _count = os.environ.get("STREAM_MONITOR_CRASH_AT", "").partition(":")
 _remaining = int(_count or 1) if _point else 0

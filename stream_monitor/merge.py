@@ -21,19 +21,21 @@ state; docs/MODEL_DECISIONS.md says where and when). Two halves:
 from __future__ import annotations
 
 import hashlib
+import json
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from . import alerts as words, history
-from .calibration import ks_threshold, psi_threshold, rate_threshold
+from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
-from .detectors.percentile import percentile_of
+from .detectors.percentile import percentile_cell, percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert
-from .reference import ColumnReference, NumericReference, ReferenceProfile
+from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
+                        ReferenceProfile, WarmupSummary)
 
 POINT_DETECTORS = ("adwin", "page_hinkley")
 
@@ -71,6 +73,14 @@ def merged_columns(reference: ReferenceProfile, latency: bool = True) -> list[tu
     """The columns decided at the model level: every column of the reference (latency only when its
     detectors are on)."""
     return [(signal, name, ref) for signal, name, ref in reference.columns() if latency or signal != "latency"]
+
+
+def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
+    """Each test's share of the model's false-alarm budget: split equally over the tests its reference's
+    columns, its label column and its performance detector run (:mod:`stream_monitor.calibration`)."""
+    det = model.detectors
+    numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
+    return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det))
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:
@@ -114,16 +124,35 @@ def _firing_order(record: Mapping[str, Any]) -> tuple:
 
 
 class BucketSketch:
-    """One model's open buckets on one partition, and the closed ones not yet saved (``pending``)."""
+    """One model's open buckets on one partition, and the closed ones not yet saved (``pending``).
 
-    def __init__(self, reference: ReferenceProfile, ks: bool, bucket_ms: int, p95: bool = False):
+    Without a reference (a model-level warm-up, ``warmup``: the feature kinds and limits) a bucket's
+    partial carries the warm-up summary of its events instead of counts (``partial["warmup"]``)."""
+
+    def __init__(self, reference: ReferenceProfile | None, ks: bool, bucket_ms: int, p95: bool = False,
+                 warmup: tuple[Mapping[str, str] | None, Limits] | None = None):
         self.bucket_ms = bucket_ms
         self.ks = ks
         self.p95 = p95  # the latency column counts its p95 cells (a ceiling is set)
-        self.columns = {column_key(s, n): ref for s, n, ref in merged_columns(reference)}
+        self.columns = {} if reference is None else {column_key(s, n): ref for s, n, ref in merged_columns(reference)}
         self.open: dict[int, dict[str, Any]] = {}
         self.pending: dict[int, dict[str, Any]] = {}
         self.floor: int | None = None  # buckets below are closed
+        self.warmup = warmup
+        self.warming: dict[int, WarmupSummary] = {}  # open buckets' warm-up summaries
+
+    def take_over(self, other: "BucketSketch") -> None:
+        """Continue where a warm-up sketch left off: its closed partials and its floor."""
+        self.pending.update(other.pending)
+        self.floor = other.floor
+
+    def add_warmup(self, bucket: int, event: Any) -> None:
+        """One warm-up event (an :class:`~stream_monitor.events.InferenceEvent`) in ``bucket``."""
+        self._bucket(bucket)["events"] += 1
+        summary = self.warming.get(bucket)
+        if summary is None:
+            summary = self.warming[bucket] = WarmupSummary(*self.warmup)
+        summary.add(event)
 
     def _bucket(self, bucket: int) -> dict[str, Any]:
         partial = self.open.get(bucket)
@@ -186,25 +215,37 @@ class BucketSketch:
             closing = [b for b in self.open if b < self.floor]
         for bucket in sorted(closing):
             self.pending[bucket] = self.open.pop(bucket)
+            if bucket in self.warming:
+                self.pending[bucket]["warmup"] = self.warming.pop(bucket).to_data()
 
     def take_pending(self) -> dict[int, dict[str, Any]]:
         pending, self.pending = self.pending, {}
         return pending
 
     def snapshot(self) -> dict[str, Any]:
-        return {"open": {str(b): p for b, p in sorted(self.open.items())},
-                "pending": {str(b): p for b, p in sorted(self.pending.items())}, "floor": self.floor}
+        out = {"open": {str(b): p for b, p in sorted(self.open.items())},
+               "pending": {str(b): p for b, p in sorted(self.pending.items())}, "floor": self.floor}
+        if self.warming:
+            out["warming"] = {str(b): s.to_data() for b, s in sorted(self.warming.items())}
+        return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self.open = {int(b): _copy_partial(p) for b, p in state["open"].items()}
         self.pending = {int(b): _copy_partial(p) for b, p in state["pending"].items()}
         self.floor = state["floor"]
+        self.warming = {}
+        if self.warmup is not None:
+            self.warming = {int(b): WarmupSummary.from_data(d, *self.warmup)
+                            for b, d in state.get("warming", {}).items()}
 
 
 def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
-    return {"events": partial["events"],
-            "columns": {k: {p: _copy_cell(v) for p, v in c.items()} for k, c in partial["columns"].items()},
-            "firings": [dict(f) for f in partial["firings"]]}
+    out = {"events": partial["events"],
+           "columns": {k: {p: _copy_cell(v) for p, v in c.items()} for k, c in partial["columns"].items()},
+           "firings": [dict(f) for f in partial["firings"]]}
+    if "warmup" in partial:  # closed: never changed again
+        out["warmup"] = partial["warmup"]
+    return out
 
 
 # --- the merge side ---------------------------------------------------------------------
@@ -295,6 +336,8 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             if where in done and bucket <= done[where]:  # merged before; its deletion did not happen
                 consumed.setdefault((p.topic, p.partition), []).append(bucket)
                 continue
+            if "warmup" in partial:  # a partition's warm-up share past the model's reference: its counts
+                partial = warmup_counts(model, reference, partial)
             if last is not None and bucket <= last or previous is not None and bucket <= previous:
                 effective = bucket if previous is None or bucket > previous else previous + 1
                 late += effective != bucket
@@ -306,6 +349,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     points: list[dict[str, Any]] = []
     episodes = _Episodes(model, state["episodes"])
     columns = merged_columns(reference, model.detectors.latency.enabled)
+    share = model_share(model, reference)
     merged = sorted({e[0] for e in entries})
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
@@ -323,12 +367,151 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         for *_, firing in sorted(firings, key=lambda f: f[:4]):
             out.extend(_point_firing(model, episodes, bucket, firing))
         if window["events"] >= model.detectors.psi.window:
-            out.extend(_decide(model, columns, episodes, window, bucket_ms, points))
+            out.extend(_decide(model, columns, episodes, window, bucket_ms, share, points))
             state["window"] = None
             state["windows"] += 1
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late, points)
+
+
+def _numeric_counts(ref: NumericReference, summary: ColumnSummary, events: int, ks: bool,
+                    p95: bool) -> dict[str, Any]:
+    numbers = np.frombuffer(summary.numbers.tobytes(), dtype=np.float64)
+    quality = [0] * len(CHECKS)
+    quality[CHECKS.index("missing")] = events - summary.present
+    nonfinite = sum(summary.nonfinite.values())
+    if summary.kind == "categorical":  # a non-number turned the share's column categorical: read its keys back
+        parsed: list[float] = []
+        for key, count in summary.counts.items():
+            try:
+                value = float(key)
+            except ValueError:
+                continue
+            if np.isfinite(value):
+                parsed.extend([value] * count)
+            else:
+                nonfinite += count
+        numbers = np.asarray(parsed, dtype=np.float64)
+    quality[CHECKS.index("non_finite")] = nonfinite
+    quality[CHECKS.index("type_mismatch")] = summary.present - len(numbers) - nonfinite
+    quality[CHECKS.index("out_of_range")] = int(((numbers < ref.minimum) | (numbers > ref.maximum)).sum())
+    bins = np.fromiter((ref.bin_index(x) for x in numbers.tolist()), dtype=np.int64, count=len(numbers))
+    out = {"n": events, "quality": quality, "psi": np.bincount(bins, minlength=len(ref.proportions)).tolist(),
+           "ks": None}
+    if ks:
+        cells = np.searchsorted(np.asarray(ref.ks_grid), numbers, side="left")
+        out["ks"] = np.bincount(cells, minlength=len(ref.ks_grid) + 1).tolist()
+    if p95:
+        cells = {}
+        for x in numbers.tolist():
+            cell = str(percentile_cell(x))
+            cells[cell] = cells.get(cell, 0) + 1
+        out["p95"] = cells
+    return out
+
+
+def _categorical_counts(ref: CategoricalReference, summary: ColumnSummary, events: int) -> dict[str, Any]:
+    if summary.kind != "categorical":  # only numbers so far: their categories
+        summary = ColumnSummary.from_snapshot(summary.snapshot(), summary.max_categories)
+        summary._become_categorical()
+    quality = [0] * len(CHECKS)
+    quality[CHECKS.index("missing")] = events - summary.present
+    psi_counts = [0] * len(ref.proportions)
+    known = set(ref.seen) | set(ref.categories)
+    every = ref.overflow > 0 or len(known) >= MAX_CATEGORIES  # as CategoricalReference.is_seen
+    index = {c: i for i, c in enumerate(ref.categories)}
+    for key, count in summary.counts.items():
+        psi_counts[index.get(key, len(ref.categories))] += count
+        if not every and key not in known:
+            quality[CHECKS.index("unseen_category")] += count
+    psi_counts[-1] += summary.overflow  # categories past the share's cap: counted, not named
+    if not every:
+        quality[CHECKS.index("unseen_category")] += summary.overflow
+    return {"n": events, "quality": quality, "psi": psi_counts, "ks": None}
+
+
+def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapping[str, Any]) -> dict[str, Any]:
+    """A warm-up share's partial past the model's reference, as the counts the partition would have made
+    with the reference (PSI bins, KS and p95 cells, data quality; exact for numbers and categories; a
+    numeric column whose values included non-numbers is read back from their categories). Its events were
+    not seen by the point detectors: no firings."""
+    det = model.detectors
+    summary = WarmupSummary.from_data(partial["warmup"], model.features)
+    events = partial["events"]
+    columns: dict[str, Any] = {}
+    for signal, name, ref in merged_columns(reference, det.latency.enabled):
+        if signal == "feature":
+            column = summary.features.get(name) or ColumnSummary(None)
+        else:
+            column = {"score": summary.score, "label": summary.predicted_label,
+                      "latency_ms": summary.latency}[name]
+        if isinstance(ref, NumericReference):
+            p95 = signal == "latency" and det.latency.p95_ceiling_ms is not None
+            columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
+        else:
+            columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
+    return {"events": events, "columns": columns, "firings": []}
+
+
+class ReferenceResult(NamedTuple):
+    reference: ReferenceProfile
+    state: dict[str, Any]
+    consumed: dict[tuple[str, int], list[int]]  # per partition: the warm-up buckets the reference took
+
+
+def reference_id(profile: ReferenceProfile) -> str:
+    """A reference's id: the sha256 of its data (the same reference, the same id, wherever it was built)."""
+    text = json.dumps(profile.to_dict(), sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_reference(state: Mapping[str, Any] | None) -> ReferenceProfile | None:
+    """The model's warm-up reference as its merge state keeps it (``None``: not built yet)."""
+    if not state or state.get("reference") is None:
+        return None
+    return ReferenceProfile.from_dict(state["reference"])
+
+
+def reference_step(model: ModelConfig, state: Mapping[str, Any] | None, partitions: Sequence[PartitionPartials],
+                   bucket_ms: int, limits: Limits = Limits()) -> ReferenceResult | None:
+    """The model's warm-up reference, once the buckets every partition has closed hold at least
+    ``reference.events`` warm-up events: the warm-up summaries of the fewest whole buckets from the first
+    that do, absorbed in (bucket, topic, partition) order, built as one partition's warm-up builds its
+    own. ``None``: not yet (or built already). A pure function of the closed partials, whatever their
+    order in ``partitions`` and whenever it runs: later steps see the same first buckets."""
+    state = _copy_state(state or initial_state())
+    if state.get("reference") is not None:
+        return None
+    last = frontier(partitions, bucket_ms)
+    if last is None:
+        return None
+    entries = sorted(((bucket, p.topic, p.partition, partial) for p in partitions
+                      for bucket, partial in p.partials.items() if bucket <= last and "warmup" in partial),
+                     key=lambda e: e[:3])
+    wanted = model.reference.events
+    total, end = 0, None
+    for index, (bucket, *_rest) in enumerate(entries):
+        total += entries[index][3]["events"]
+        if total >= wanted and (index + 1 == len(entries) or entries[index + 1][0] != bucket):
+            end = bucket
+            break
+    if end is None:
+        return None
+    summary = WarmupSummary(model.features, limits)
+    consumed: dict[tuple[str, int], list[int]] = {}
+    through = state["through"]
+    taken = [e for e in entries if e[0] <= end]
+    for bucket, topic, partition, partial in taken:
+        summary.absorb(WarmupSummary.from_data(partial["warmup"], model.features, limits))
+        consumed.setdefault((topic, partition), []).append(bucket)
+        where = f"{topic}|{partition}"
+        through[where] = max(bucket, through.get(where, bucket))
+    psi_config = model.detectors.psi
+    profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup")
+    state.update(reference=profile.to_dict(), reference_id=reference_id(profile),
+                 reference_buckets=[taken[0][0], end], last_bucket=end)
+    return ReferenceResult(profile, state, consumed)
 
 
 def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -364,12 +547,11 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
-            bucket_ms: int, points: list | None = None) -> list[Alert]:
+            bucket_ms: int, budget: float, points: list | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
-    window's actual size), and the resolution of the column's point episodes. ``points``: gets each
-    statistic's history point (:mod:`stream_monitor.history`)."""
+    window's actual size and each test's ``budget``, its share of the model's), and the resolution of the
+    column's point episodes. ``points``: gets each statistic's history point (:mod:`stream_monitor.history`)."""
     det = model.detectors
-    budget = det.false_alarms_per_million
     payload = _window_payload(window, bucket_ms)
     out: list[Alert] = []
     points = [] if points is None else points

@@ -64,6 +64,9 @@ class Metrics:
             self.dead_letters.labels(reason)
         self.alerts = Counter("stream_monitor_alerts_total", "Alerts published",
                               ["model", "signal", "detector", "severity", "status"], **kw)
+        self.retraining_requests = Counter("stream_monitor_retraining_requests_total",
+                                           "Retraining requests published ([retraining] topic)", ["model", "reason"],
+                                           **kw)
         self.checkpoint_seconds = Histogram("stream_monitor_checkpoint_seconds",
                                             "Duration of a checkpoint (flush, save, commit)", **kw)
         self.checkpoints = Counter("stream_monitor_checkpoints_total", "Checkpoints completed", **kw)

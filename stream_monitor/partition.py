@@ -31,8 +31,10 @@ from .errors import ReferenceProfileError, StateError
 from .codec import NUMBER_TYPES as _NUMBER_TYPES
 from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
+from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
-from .merge import BucketSketch, bucket_of, column_key, firing_record
+from .calibration import model_tests, split
+from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share
 from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
@@ -64,8 +66,9 @@ class ColumnMonitor:
     merged = False  # decided at the model level (decisions = "model"); the performance column never is
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
-                 merged: bool = False):
+                 merged: bool = False, budget: float | None = None):
         self.model_id = model.model_id
+        self.budget = budget  # each test's share of the model's false-alarm budget (None: all of it)
         self.signal = signal
         self.name = name
         self.reference = reference
@@ -73,7 +76,7 @@ class ColumnMonitor:
         # merged (decided at the model level): the window detectors are the merge's, their partials are
         # counted here (see update_batch); the point detectors run here and their firings go to the merge
         self.merged = merged
-        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged)
+        self.adapters: list[Adapter] = column_adapters(self, model, signal, reference, merged, budget)
         self._index_adapters()
         self.last_statistic: dict[str, float] = {}
         self.points = history.pending()  # closed windows' statistics, until the service takes them
@@ -377,8 +380,9 @@ class PerformanceColumn(ColumnMonitor):
     ``task``: the configured one, else the one inferred from the model's predictions (kept in the
     snapshot; a configured task wins)."""
 
-    def __init__(self, model: ModelConfig, task: str | None = None):
+    def __init__(self, model: ModelConfig, task: str | None = None, budget: float | None = None):
         self.model_id = model.model_id
+        self.budget = budget
         self.signal = self.name = "performance"
         self.config = model.performance
         self.task = self.config.task or task or "classification"
@@ -387,8 +391,16 @@ class PerformanceColumn(ColumnMonitor):
         self.rolling = RollingMetrics(self.config, self.task)
         self.last_statistic = {}
         self.points = history.pending()
-        self.adapters = performance_adapters(self, model, self.rolling, self.task)
+        self.adapters = performance_adapters(self, model, self.rolling, self.task, budget)
         self._index_adapters()
+
+    def recalibrated(self, model: ModelConfig, budget: float) -> PerformanceColumn:
+        """The same detectors and state with the thresholds of another share of the budget."""
+        if budget == self.budget:
+            return self
+        column = PerformanceColumn(model, self.task, budget)
+        column.restore(self.snapshot())
+        return column
 
     @property
     def pairs_seen(self) -> int:
@@ -540,8 +552,12 @@ class ModelMonitor:
     summaries: what the reference needs, bounded by the limits, never the events themselves)."""
 
     def __init__(self, config: ModelConfig, reference: ReferenceProfile | None,
-                 service: ServiceConfig | None = None):
+                 service: ServiceConfig | None = None,
+                 model_references: Mapping[str, ReferenceProfile] | None = None, requests: bool = False):
+        """``requests``: judge the model's incidents by its retraining policy (``[retraining] topic`` set)."""
         service = service or ServiceConfig()
+        # decisions = "model" with a warm-up: the model's reference, once its merge has built it
+        self.model_references = {} if model_references is None else model_references
         self.config = config
         self.limits = Limits(service.max_inferred_columns, service.max_categories_per_column)
         self.settings = model_settings(config, service)
@@ -557,23 +573,60 @@ class ModelMonitor:
         self.labels = 0
         # with no task configured, the first joined pair infers it (:meth:`_performance`)
         perf = config.performance
-        self.performance = PerformanceColumn(config) if perf.enabled and perf.task else None
+        self.share = self._share_before_reference()
+        self.performance = PerformanceColumn(config, budget=self.share) if perf.enabled and perf.task else None
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
+        # asks for retraining once per incident that meets the policy (stream_monitor/retraining.py)
+        self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
+        self.requests: list[RetrainingRequest] = []  # made, not yet taken by the service
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
         if reference is not None:
             self.use_reference(reference)
+        elif config.by_model:  # the model-level warm-up: this partition's share, summarised per bucket
+            self.sketch = self._warmup_sketch()
+
+    def _warmup_sketch(self) -> BucketSketch:
+        return BucketSketch(None, self.config.detectors.ks.enabled, int(self.config.merge_bucket_seconds * 1000),
+                            warmup=(self.config.features, self.limits))
+
+    @property
+    def share_left(self) -> int | None:
+        """decisions = "model" with a warm-up and no reference yet: how many more of this partition's
+        events its warm-up share takes (0: done, waiting for the model's reference); else ``None``."""
+        if not self.config.by_model or self.reference is not None:
+            return None
+        return max(0, self.config.reference.events - len(self.warmup))
+
+    def adopt(self) -> bool:
+        """Its share done, take the model's reference if its merge has built it; ``True`` if taken."""
+        reference = self.model_references.get(self.config.model_id)
+        if self.share_left != 0 or reference is None:
+            return False
+        self.use_reference(reference)
+        return True
 
     def use_reference(self, reference: ReferenceProfile) -> None:
         """Compare from now on with ``reference`` (detectors start afresh; labels only if it has its own)."""
         self.reference = reference
+        self.share = model_share(self.config, reference)
         latency = self.config.detectors.latency.enabled
         merged = self.config.by_model
-        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged)
+        self.columns = [ColumnMonitor(self.config, signal, name, ref, merged, self.share)
                         for signal, name, ref in reference.columns() if latency or signal != "latency"]
+        # the label and performance detectors may predate the reference: from now on, the model's share
+        if self.performance is not None:
+            self.performance = self.performance.recalibrated(self.config, self.share)
+        if self.label_column is not None and reference.labels is None and self.label_column.budget != self.share:
+            column = ColumnMonitor(self.config, "label", "label", self.label_column.reference, budget=self.share)
+            column.restore(self.label_column.snapshot())
+            self.label_column = column
         if merged:
+            before = self.sketch
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
                                        int(self.config.merge_bucket_seconds * 1000),
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
+            if before is not None and before.warmup is not None:  # the warm-up share's closed buckets
+                self.sketch.take_over(before)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
@@ -592,8 +645,14 @@ class ModelMonitor:
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
                 if a.episode.firing and not c.merged]  # a merged column's episodes are the merge's
 
+    def _share_before_reference(self) -> float:
+        """Each test's share while the reference's columns are unknown: the label and performance tests
+        alone (their thresholds follow the model's share once the reference is built)."""
+        return split(self.config.detectors.false_alarms_per_million,
+                     model_tests([], self.config.performance.enabled, self.config.detectors))
+
     def _use_labels(self, labels: CategoricalReference) -> None:
-        self.label_column = ColumnMonitor(self.config, "label", "label", labels)
+        self.label_column = ColumnMonitor(self.config, "label", "label", labels, budget=self.share)
         if len(self.label_warmup):
             self.label_warmup = LabelSummary(self.limits)
 
@@ -617,6 +676,18 @@ class ModelMonitor:
                 if self._performance(prediction, partition) is not None:
                     pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
                                   event.timestamp_ms))
+            if self.reference is None and self.config.by_model:  # the model-level warm-up (share)
+                if self.share_left == 0:
+                    raise AssertionError("an event past the warm-up share before the model's reference")
+                sketch = self.sketch
+                lateness = int(self.config.merge_lateness_seconds * 1000)
+                mark = None if seen is None or seen[position] is None else seen[position] - lateness
+                sketch.add_warmup(bucket_of(event.timestamp_ms, mark, sketch.bucket_ms, sketch.floor), event)
+                self.warmup.add(event)
+                if self.share_left == 0:  # the share ends: its buckets close; the model's reference, if built
+                    sketch.close(None, everything=True)
+                    self.adopt()
+                continue
             if self.reference is None:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
@@ -647,6 +718,8 @@ class ModelMonitor:
         stamped, lines = self.incidents.stamp([t[3] for t in tagged])
         for _, line in lines:  # INFO: the alerts themselves are the warning
             incident_log.info(line)
+        if self.retraining is not None:
+            self.requests.extend(self.retraining.observe(stamped))
         return [(*t[:3], alert) for t, alert in zip(tagged, stamped)]
 
     def process(self, event: InferenceEvent, offset: int, partition: int,
@@ -720,7 +793,7 @@ class ModelMonitor:
         is in the batch, so the warm-up it reads is the same however the stream is cut into batches."""
         if self.performance is None and self.config.performance.enabled:
             task, basis = self._infer_task(prediction)
-            self.performance = PerformanceColumn(self.config, task)
+            self.performance = PerformanceColumn(self.config, task, self.share)
             log.info("model %s (partition %d): performance monitored as %s, inferred from %s; set "
                      "[models.%s.performance] task to choose, or enabled = false to turn it off",
                      self.config.model_id, partition, self.performance.task, basis, self.config.model_id)
@@ -774,6 +847,7 @@ class ModelMonitor:
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
                 "incidents": self.incidents.snapshot(),
+                **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
@@ -783,6 +857,7 @@ class ModelMonitor:
         self.events = state["events"]
         self.labels = state["labels"]
         self.reference, self.columns, self.label_column = None, [], None
+        self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
         saved = state.get("settings")
@@ -811,9 +886,11 @@ class ModelMonitor:
             restarted.append("performance")
         elif saved_performance is not None and self.config.performance.enabled:
             # an inferred task is part of the state (a state from before inference: the configured task)
-            self.performance = PerformanceColumn(self.config, saved_performance.get("task"))
+            self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)
             self.performance.restore(saved_performance)
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
+        if self.retraining is not None:
+            self.retraining.restore(state.get("retraining"))  # absent: saved before requests were asked for
         self._reconcile()
         if not changes:
             return None
@@ -914,10 +991,14 @@ DEAD_LETTER_SAMPLE_CHARS = 160
 class PartitionMonitor:
     """Every model's monitors for one input partition, and the next offset to read."""
 
-    def __init__(self, config: Config, partition: int, stored_references: Mapping[str, ReferenceProfile]):
+    def __init__(self, config: Config, partition: int, stored_references: Mapping[str, ReferenceProfile],
+                 model_references: Mapping[str, ReferenceProfile] | None = None):
         self.config = config
         self.partition = partition
         self.stored_references = stored_references
+        # decisions = "model" with a warm-up: each model's reference once its merge built it (the service
+        # fills it in; a partition waits, its share summarised, until its model's is there)
+        self.model_references = {} if model_references is None else model_references
         self.models: dict[str, ModelMonitor] = {}
         self.kept: dict[str, Any] = {}  # state of models this config does not know: written back as it is
         self.rebaselined: dict[str, str] = {}  # by the last restore: model → what changed and restarted
@@ -938,8 +1019,42 @@ class PartitionMonitor:
                 if reference is None:
                     raise ReferenceProfileError(f"model {model_id!r} uses a stored reference and none is stored: "
                                                 f"run `stream-monitor reference build --model {model_id}`")
-            monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service)
+            monitor = self.models[model_id] = ModelMonitor(model_config, reference, self.config.service,
+                                                           self.model_references,
+                                                           requests=bool(self.config.retraining.topic))
         return monitor
+
+    @property
+    def waiting(self) -> list[str]:
+        """The models whose warm-up share this partition has summarised and whose reference is not built
+        yet: until it is, the partition reads nothing more (:meth:`process_batch` takes no event)."""
+        return [m for m, monitor in self.models.items() if monitor.share_left == 0]
+
+    def adopt(self) -> bool:
+        """Take every built model reference a waiting model needs; ``True`` if one was taken."""
+        return any([monitor.adopt() for monitor in self.models.values() if monitor.share_left == 0])
+
+    def _share_cut(self, items: Sequence[tuple[int, InferenceEvent | LabelEvent, JoinResult | None]]) -> int:
+        """How many of ``items`` to process now: up to the event that ends a model's warm-up share while
+        its reference is not built (the rest waits for it)."""
+        cut = len(items)
+        for model_id, model in self.config.models.items():
+            if not model.by_model or model_id in self.model_references:
+                continue
+            monitor = self.models.get(model_id)
+            if monitor is None:
+                left = model.reference.events if model.reference.source != "stored" else None
+            else:
+                left = monitor.share_left
+            if left is None:
+                continue
+            for position, (_, event, _) in enumerate(items[:cut]):
+                if event.model_id == model_id and isinstance(event, InferenceEvent):
+                    left -= 1
+                    if left == 0:
+                        cut = position + 1
+                        break
+        return cut
 
     def process(self, event: InferenceEvent | LabelEvent, offset: int, join: JoinResult | None = None) -> list[Alert]:
         """Process the event at ``offset`` (``join``: its side of the label join); the alerts, in order."""
@@ -947,7 +1062,16 @@ class PartitionMonitor:
 
     def process_batch(self, items: Sequence[tuple[int, InferenceEvent | LabelEvent, JoinResult | None]]) -> list[Alert]:
         """Several events of this partition in offset order, as (offset, event, join); the same alerts in
-        the same order as one :meth:`process` per event, however the stream is cut into batches."""
+        the same order as one :meth:`process` per event, however the stream is cut into batches.
+
+        decisions = "model" with a warm-up: once a model's share is summarised, nothing more is processed
+        until its reference is built (:attr:`waiting`); :attr:`next_offset` then points at the first event
+        not processed."""
+        self.adopt()
+        if self.waiting:
+            return []
+        cut = self._share_cut(items)
+        rest, items = items[cut:], items[:cut]
         by_model: dict[str, list] = {}
         for position, (offset, event, join) in enumerate(items):
             by_model.setdefault(event.model_id, []).append((position, offset, event, join))
@@ -964,6 +1088,8 @@ class PartitionMonitor:
         self.max_time_ms = latest
         for offset, _, _ in items:
             self._advance(offset)
+        if rest and self.waiting:
+            self.next_offset = rest[0][0]  # read again from here once the model's reference is built
         self._close_buckets()
         return _in_event_order(tagged)
 
@@ -995,7 +1121,11 @@ class PartitionMonitor:
             if model.by_model:
                 monitor = self.models.get(model_id)
                 pending = {} if monitor is None or monitor.sketch is None else dict(monitor.sketch.pending)
-                out[model_id] = {"watermark": self.watermark(model), "idle": self.idle, "partials": pending}
+                watermark = self.watermark(model)
+                floor = None if monitor is None or monitor.sketch is None else monitor.sketch.floor
+                if floor is not None and watermark is not None:  # every bucket below the floor is closed
+                    watermark = max(watermark, floor * monitor.sketch.bucket_ms)
+                out[model_id] = {"watermark": watermark, "idle": self.idle, "partials": pending}
         return out
 
     def partials_saved(self, marks: Mapping[str, Mapping[str, Any]]) -> None:
@@ -1069,6 +1199,14 @@ class PartitionMonitor:
             if change is not None:
                 self.rebaselined[model_id] = change
                 self._once(model_id, change, "partition %d: %s", self.partition, change)
+
+    def take_requests(self) -> list[RetrainingRequest]:
+        """Every model's retraining requests made since the last call, in the order made."""
+        out: list[RetrainingRequest] = []
+        for monitor in self.models.values():
+            out.extend(monitor.requests)
+            monitor.requests.clear()
+        return out
 
     def take_points(self) -> list[dict[str, Any]]:
         """Every model's closed-window points since the last call (the service appends them to the history)."""

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from .errors import PublishError, StopRequested
 from .events import Alert, DeadLetter, RawMessage, dead_letter_message
+from .retraining import RetrainingRequest
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +73,9 @@ class Publisher:
     def __init__(self, settings: dict[str, Any], alert_topic: str, dead_letter_topic: str,
                  outage_seconds: float = 120.0, stall_seconds: float = 10.0, metrics: Any = None,
                  stop_requested: Callable[[], bool] = _never,
-                 on_alert_delivered: Callable[[dict[str, Any]], None] | None = None):
+                 on_alert_delivered: Callable[[dict[str, Any]], None] | None = None, retraining_topic: str = ""):
         self.settings = dict(settings)
+        self.retraining_topic = retraining_topic
         self.on_alert_delivered = on_alert_delivered
         self.outage_seconds = outage_seconds
         self.stall_seconds = stall_seconds
@@ -102,6 +104,18 @@ class Publisher:
             self._count_truncated(self.alert_topic)
         self._send(_Out(self.alert_topic, key, value, None, _describe(alert),
                         lambda reason: self._alert_letter(alert, value, reason), record))
+        return record
+
+    def retraining(self, request: RetrainingRequest) -> dict[str, Any]:
+        """Produce one retraining request to the retraining topic (key = model id); returns it as published.
+        Like an alert it is confirmed before the state that says it was made is saved; one the broker refuses
+        for good is dropped and counted."""
+        key = request.model_id.encode()
+        record = request.to_dict(int(time.time() * 1000), max_bytes=self.max_record_bytes - len(key))
+        if "truncated" in record["evidence"]:
+            self._count_truncated(self.retraining_topic)
+        self._send(_Out(self.retraining_topic, key, orjson.dumps(record), None,
+                        f"retraining request {request.request_id} of {request.model_id[:100]}"))
         return record
 
     def dead_letter(self, message: RawMessage, letter: DeadLetter) -> None:

@@ -286,7 +286,7 @@ class ColumnSummary:
         self.counts: dict[str, int] = {}
         self.overflow = 0
         self.fixes: list[tuple[str, str]] = []  # inferred kind: (float's category, int's category) of big ints
-        self.nonfinite: dict[str, int] = {}  # inferred kind: categories of the non-finite numbers
+        self.nonfinite: dict[str, int] = {}  # categories of the non-finite numbers (an inferred kind turns them into categories)
 
     def add(self, value: Any) -> None:
         """One value that is not ``None``."""
@@ -301,7 +301,7 @@ class ColumnSummary:
                 self.numbers.append(float(value))
                 if kind is None and cls is not float and not -_BIG_INT < value < _BIG_INT:
                     self.fixes.append((category(float(value)), category(value)))
-            elif kind is None:
+            else:  # counted for a model-level warm-up's share too (its data quality after the reference)
                 key = category(value)
                 self.nonfinite[key] = self.nonfinite.get(key, 0) + 1
         elif kind is None:  # the first value that is not a number: the column is categorical
@@ -360,6 +360,30 @@ class ColumnSummary:
         out.numbers.frombytes(d["numbers"])
         out.counts, out.fixes, out.nonfinite = dict(d["counts"]), list(d["fixes"]), dict(d["nonfinite"])
         return out
+
+    def absorb(self, other: "ColumnSummary") -> None:
+        """Add ``other``'s values after this one's: as if one summary had seen both in that order (exact
+        while neither has reached ``max_categories``)."""
+        if other.kind == "categorical" and self.kind is None:
+            self._become_categorical()
+        elif self.kind == "categorical" and other.kind is None:
+            other = ColumnSummary.from_snapshot(other.snapshot(), other.max_categories)
+            other._become_categorical()
+        self.present += other.present
+        self.appears += other.appears
+        self.overflow += other.overflow
+        self.numbers.extend(other.numbers)
+        self.fixes.extend(other.fixes)
+        for key, count in other.nonfinite.items():
+            self.nonfinite[key] = self.nonfinite.get(key, 0) + count
+        counts = self.counts
+        for key, count in other.counts.items():
+            if key in counts:
+                counts[key] += count
+            elif len(counts) < self.max_categories:
+                counts[key] = count
+            else:
+                self.overflow += count
 
 
 MIN_INFERRED_SHARE = 0.01
@@ -470,6 +494,54 @@ class WarmupSummary:
                 "score": self.score.snapshot(), "predicted_label": self.predicted_label.snapshot(),
                 "latency": self.latency.snapshot(), "untracked": sorted(self.untracked),
                 "untracked_samples": list(self.untracked_samples)}
+
+    def absorb(self, other: "WarmupSummary") -> None:
+        """Add ``other``'s events after this one's (a model-level warm-up: the partitions' bucket summaries
+        in bucket order). The same summary as one that saw both streams in that order, while no limit is
+        reached; with limits, still a pure function of the summaries and their order."""
+        self.events += other.events
+        if self.feature_kinds is not None:
+            for name, column in self.features.items():
+                if name in other.features:
+                    column.absorb(other.features[name])
+        else:
+            for name, column in other.features.items():
+                held = self.features.get(name)
+                if held is None:
+                    if len(self.features) >= self.limits.max_inferred_columns:
+                        self._untracked(name)
+                        continue
+                    held = self.features[name] = ColumnSummary(None, self.limits.max_categories)
+                held.absorb(column)
+        for name in ("score", "predicted_label", "latency"):
+            getattr(self, name).absorb(getattr(other, name))
+        for digest in other.untracked:
+            if len(self.untracked) < MAX_UNTRACKED_COUNTED:
+                self.untracked.add(digest)
+        for sample in other.untracked_samples:
+            if len(self.untracked_samples) < UNTRACKED_SAMPLES and sample not in self.untracked_samples:
+                self.untracked_samples.append(sample)
+
+    def to_data(self) -> dict[str, Any]:
+        """The snapshot as JSON-safe data (numbers as lists, digests as hex): what a partial carries."""
+        d = self.snapshot()
+        for column in (*d["features"].values(), d["score"], d["predicted_label"], d["latency"]):
+            column["numbers"] = array("d", column["numbers"]).tolist()
+            column["fixes"] = [list(f) for f in column["fixes"]]
+        d["untracked"] = [digest.hex() for digest in d["untracked"]]
+        return d
+
+    @classmethod
+    def from_data(cls, d: Mapping[str, Any], feature_kinds: Mapping[str, str] | None,
+                  limits: Limits = Limits()) -> "WarmupSummary":
+        def column(c: Mapping[str, Any]) -> dict[str, Any]:
+            return {**c, "numbers": array("d", c["numbers"]).tobytes(), "fixes": [tuple(f) for f in c["fixes"]]}
+
+        out = cls(feature_kinds, limits)
+        out.restore({**d, "features": {n: column(c) for n, c in d["features"].items()},
+                     **{name: column(d[name]) for name in ("score", "predicted_label", "latency")},
+                     "untracked": [bytes.fromhex(h) for h in d["untracked"]]})
+        return out
 
     def restore(self, d: Mapping[str, Any]) -> None:
         """Continue a snapshot taken with the same feature kinds and limits."""

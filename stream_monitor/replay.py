@@ -24,9 +24,9 @@ from .codec import decode
 from .config import Config
 from .events import Alert, DeadLetter, RawMessage
 from .join import MemoryJoin, join_op, performance_settings
-from .merge import PartitionPartials, merge_step
+from .merge import PartitionPartials, merge_step, model_reference, reference_step
 from .partition import PartitionMonitor
-from .reference import ReferenceProfile
+from .reference import Limits, ReferenceProfile
 from .sources import Row, SourceError, read_events
 
 EXAMPLES_PER_REASON = 3
@@ -91,11 +91,11 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
         op = join_op(item, f"replay|-1|{line}", settings)
         batch.append((line, item, joiner.run([op])[0] if op else None))
         if len(batch) >= config.service.batch_size:  # batches like `run`'s (the alerts do not depend on it)
-            yield from monitor.process_batch(batch)
+            yield from merged.process(batch)
             yield from merged.step()
             batch = []
     if batch:
-        yield from monitor.process_batch(batch)
+        yield from merged.process(batch)
     monitor.go_idle()  # the end of the file: every bucket closes
     yield from merged.step()
 
@@ -107,6 +107,18 @@ class _Merges:
     def __init__(self, config: Config, monitor: PartitionMonitor, references: Mapping[str, ReferenceProfile]):
         self.config, self.monitor, self.references = config, monitor, references
         self.states: dict[str, dict | None] = {m: None for m, model in config.models.items() if model.by_model}
+        self.held: dict[str, dict] = {m: {} for m in self.states}  # closed partials not merged yet (the partials key)
+
+    def process(self, batch: list) -> Iterator[Alert]:
+        """A batch through the monitor; a warm-up share that ends in it makes the model's reference (the
+        merge of the one stream) before the rest of the batch goes on."""
+        yield from self.monitor.process_batch(batch)
+        while self.monitor.waiting:
+            yield from self.step()
+            if self.monitor.waiting:
+                return  # not reachable: one stream's share is the whole reference
+            batch = [item for item in batch if item[0] >= self.monitor.next_offset]
+            yield from self.monitor.process_batch(batch)
 
     def step(self) -> Iterator[Alert]:
         if not self.states:
@@ -115,12 +127,29 @@ class _Merges:
         self.monitor.partials_saved(marks)
         for model_id, mark in marks.items():
             model, reference = self.config.models[model_id], self.references.get(model_id)
+            held = self.held[model_id]
+            held.update(mark["partials"])
+            partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], dict(held))
+            if model.reference.source != "stored":
+                reference = model_reference(self.states[model_id])
+                if reference is None:
+                    built = reference_step(model, self.states[model_id], [partials],
+                                           int(model.merge_bucket_seconds * 1000), self.monitor.models[model_id].limits
+                                           if model_id in self.monitor.models else Limits())
+                    if built is not None:
+                        self.states[model_id] = built.state
+                        for bucket in built.consumed.get(("replay", -1), []):
+                            held.pop(bucket, None)
+                        self.monitor.model_references[model_id] = built.reference
+                        self.monitor.adopt()
+                    continue
             if reference is None:
                 continue
-            partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], mark["partials"])
             result = merge_step(model, reference, self.states[model_id], [partials],
                                 int(model.merge_bucket_seconds * 1000))
             self.states[model_id] = result.state
+            for bucket in result.consumed.get(("replay", -1), []):
+                held.pop(bucket, None)
             yield from result.alerts
 
 

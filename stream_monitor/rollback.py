@@ -67,6 +67,7 @@ class Rollback:
         self._events = 0
         self._bytes = 0
         self.bases = 0  # base copies taken (for tests and measurements)
+        self.requests: list = []  # retraining requests of the batches applied, until the service takes them
 
     @property
     def held(self) -> tuple[int, int]:
@@ -120,7 +121,13 @@ class Rollback:
                             "it again in parts", self.monitor.partition, len(items), type(exc).__name__, exc)
             return self._in_parts(items, size)
         self.log.append((items, 0))
+        self.requests.extend(self.monitor.take_requests())  # a later rollback cannot take these back
         return alerts, []
+
+    def take_requests(self) -> list:
+        """The retraining requests of the batches applied since the last call, in the order made."""
+        out, self.requests = self.requests, []
+        return out
 
     def _in_parts(self, items: Sequence[Item], size: int) -> tuple[list[Alert], list[tuple[Item, Exception]]]:
         """A failed (and rolled back) batch again, in parts of :data:`PART_EVENTS`, then a failing part one
@@ -158,6 +165,7 @@ class Rollback:
                 pending.extend(items)
         if pending:
             self.monitor.process_batch(pending)  # ran before on this very state: same calls, same result
+        self.monitor.take_requests()  # made when these batches first ran: already in :attr:`requests`
 
 
 def _copy(monitor: PartitionMonitor) -> bytes:

@@ -84,9 +84,10 @@ def toml_value(value: Any) -> str:
 
 def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str, alert_topic: str,
                  dead_letter_topic: str, group_id: str, namespace: str, models: dict[str, dict],
-                 service: dict | None = None, consumer: dict | None = None, redis_cluster: bool = False) -> Path:
+                 service: dict | None = None, consumer: dict | None = None, redis_cluster: bool = False,
+                 extra: str = "") -> Path:
     """A TOML config for one test run (consumer tuned for the local broker's slow joins); ``redis_cluster``:
-    ``redis_url`` names a node of a Redis Cluster."""
+    ``redis_url`` names a node of a Redis Cluster; ``extra``: TOML tables appended as they are."""
     lines = ["[kafka]", f"bootstrap_servers = {toml_value(bootstrap)}", f"group_id = {toml_value(group_id)}",
              f"input_topics = {toml_value([input_topic])}", f"alert_topic = {toml_value(alert_topic)}",
              f"dead_letter_topic = {toml_value(dead_letter_topic)}", "", "[kafka.consumer]"]
@@ -101,7 +102,7 @@ def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str
         if "detectors" in model:
             lines += [f"[models.{model_id}.detectors]"] + [f"{k} = {toml_value(v)}"
                                                            for k, v in model["detectors"].items()]
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("\n".join(lines) + "\n" + (f"\n{extra}\n" if extra else ""))
     return path
 
 
@@ -220,7 +221,8 @@ class Run:
     """Topics, group and namespace of one monitored pipeline; several runs can share an input topic."""
 
     def __init__(self, broker, redis_server, tmp_path, input_topic: str, partitions: int, name: str,
-                 service: dict | None = None, models: dict | None = None):
+                 service: dict | None = None, models: dict | None = None, extra: str = ""):
+        """``extra``: TOML tables appended to the config as they are."""
         self.broker, self.tmp_path, self.name = broker, tmp_path, name
         self.input_topic, self.partitions = input_topic, partitions
         self.alert_topic, self.dead_letter_topic = unique(f"alerts-{name}"), unique(f"dlq-{name}")
@@ -230,7 +232,8 @@ class Run:
                                    redis_url=redis_server.address, input_topic=input_topic,
                                    alert_topic=self.alert_topic, dead_letter_topic=self.dead_letter_topic,
                                    group_id=self.group_id, namespace=self.namespace, models=models or MODELS,
-                                   service={**SERVICE, **(service or {})}, redis_cluster=is_cluster(redis_server))
+                                   service={**SERVICE, **(service or {})}, redis_cluster=is_cluster(redis_server),
+                                   extra=extra)
         self.store = store_for(redis_server.address, self.namespace, self.group_id, is_cluster(redis_server))
         self._count = 0
 
@@ -277,15 +280,17 @@ class SideBySide:
     interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
 
     def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
-                 run_redis=None, service: dict | None = None):
+                 run_redis=None, service: dict | None = None, extra=None):
+        """``extra``: a function of a run's name ("interrupted", "clean") → TOML tables appended to its config."""
         self.monitors = monitors
         self.topic = unique("inference")
         self.partitions = partitions
         create_topics(broker.address, {self.topic: partitions})
         self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
         self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
-                       service=service)
-        self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean")
+                       service=service, extra=extra("interrupted") if extra else "")
+        self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean",
+                         extra=extra("clean") if extra else "")
         self.clean_process = self.clean.start(monitors)
 
     def start(self, env: dict | None = None) -> MonitorProcess:

@@ -271,6 +271,12 @@ def test_a_page_flood_is_served_from_one_render(observed):
     import threading
 
     port = observed["port"]
+    # the banner's event rate (over the last 10 s) is still falling to 0 just after the stream ended,
+    # and each step it takes is a change of the page: wait until it is 0 and nothing moves any more
+    deadline = time.monotonic() + 60
+    while orjson.loads(http_get(port, "/api/status")[2])["health"]["events_per_second"] != 0:
+        assert time.monotonic() < deadline, "the event rate did not fall to 0 after the stream ended"
+        time.sleep(0.2)
     first = {path: http_get(port, path)[2] for path in ("/", "/api/status")}
     before = {fmt: scraped(port, "stream_monitor_status_renders_total", format=fmt) for fmt in ("html", "json")}
     checkpoints = scraped(port, "stream_monitor_checkpoints_total")

@@ -223,3 +223,18 @@ def test_an_instance_is_idle_only_when_all_of_its_partitions_ran_out(bench):
     assert bench.idle_instances([{0, 1, 2, 3}], [0]) == []
     assert bench.idle_instances([{0, 1}, {2, 3}], [0, 1, 3]) == [1]
     assert bench.idle_instances([{0, 1}, {2, 3}], []) == []
+
+
+def test_false_alarms_quick_reports_per_model():
+    """bench/false_alarms.py --quick: the per-model table (the wide model's test count from its partitions'
+    references) and the delays beside today's, in seconds (the figures of a smoke run mean nothing)."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "false_alarms.py"
+    done = subprocess.run([sys.executable, str(script), "--quick"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert "Per model: a 20-feature model (+ score, latency: 165 tests) on 4 partitions" in out
+    assert "| 0.1 per model (this version) | each test 0.00061 per 10^6 |" in out
+    assert "per 10^6 of the model's events (target < 1)" in out
+    assert "per model (each test 0.00061) / before (each test 0.1)" in out

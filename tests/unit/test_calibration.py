@@ -3,6 +3,7 @@
 - ``page_hinkley_alarms`` — the vectorised simulator the Page-Hinkley table was
   made with — takes exactly river's decisions (how many and where), resets
   after detections included;
+- the model's budget is split equally over its tests (how many a column, a model runs);
 - every threshold moves the right way with the budget and has known values;
 - on unchanged data the calibrated PSI / KS thresholds are exceeded at about
   the per-window rate the budget allows (Monte Carlo, seeded).
@@ -19,14 +20,19 @@ from scipy import stats
 
 from stream_monitor.calibration import (
     PAGE_HINKLEY_TABLE,
+    PAGE_HINKLEY_TAIL,
     adwin_delta,
+    column_tests,
+    model_tests,
     ks_threshold,
     page_hinkley_alarms,
     page_hinkley_threshold,
     per_window,
     psi_threshold,
     rate_threshold,
+    split,
 )
+from stream_monitor.config import parse_config
 from stream_monitor.detectors import PageHinkleyDetector
 from stream_monitor.detectors.psi import psi
 
@@ -188,6 +194,46 @@ def test_page_hinkley_threshold_reproduces_its_table():
                 assert abs(page_hinkley_threshold(per_million, delta) - threshold) <= 1, (delta, threshold)
     # a larger delta (a bigger allowance per value) needs a smaller threshold for the same budget
     assert [page_hinkley_threshold(0.1, d) for d in (0.125, 0.25, 0.5, 1.0)] == [55.0, 30.0, 16.0, 8.0]
+
+
+# --- the split of a model's budget ---------------------------------------------------------------------
+
+
+def detectors(**tables):
+    return parse_config({"models": {"m": {"detectors": tables}}}).models["m"].detectors
+
+
+def test_a_column_counts_its_calibrated_tests():
+    assert column_tests(True, detectors()) == 8  # 4 quality rates, PSI, KS, ADWIN, Page-Hinkley
+    assert column_tests(False, detectors()) == 3  # missing, unseen_category, PSI
+    assert column_tests(True, detectors(ks={"enabled": False}, adwin={"enabled": False})) == 6
+    assert column_tests(True, detectors(data_quality={"enabled": False})) == 4
+    assert column_tests(False, detectors(data_quality={"enabled": False}, page_hinkley={"enabled": False})) == 1
+
+
+def test_a_20_feature_model_runs_180_tests_and_each_gets_an_equal_share():
+    numeric = [True] * 20 + [True, True]  # the features, the score, latency
+    assert model_tests(numeric, performance=True, detectors=detectors()) == 22 * 8 + 3 + 1 == 180
+    assert model_tests(numeric, performance=False) == 179  # no performance drift detector
+    assert split(0.1, 180) * 180 == pytest.approx(0.1)
+    assert split(0.1, 0) == 0.1
+    # wider models split thinner: each test's thresholds rise with the model's width
+    shares = [split(0.1, model_tests([True] * f, True)) for f in (1, 5, 20, 100)]
+    assert shares == sorted(shares, reverse=True)
+    assert [ks_threshold(s, 5000, 5000) for s in shares] == sorted(ks_threshold(s, 5000, 5000) for s in shares)
+
+
+def test_page_hinkley_below_its_table_uses_the_long_runs_rows():
+    """A model's share lies below the table's rows; the long runs' rows (bench/calibrate_page_hinkley.py --check)
+    set the threshold there, and a share at one of their rates gets that row's threshold (± 1)."""
+    share = split(0.1, 180)
+    assert share < min(r for _, r in PAGE_HINKLEY_TABLE[0.25] if r > 0)
+    for threshold, per_million in PAGE_HINKLEY_TAIL[0.25]:
+        if per_million > 0:
+            assert abs(page_hinkley_threshold(per_million, 0.25) - threshold) <= 1
+    assert page_hinkley_threshold(share, 0.25) > max(h for h, _ in PAGE_HINKLEY_TAIL[0.25] if _ > 0) - 1
+    # the table's own range is unchanged by the tail
+    assert page_hinkley_threshold(0.1, 0.25) == 30.0
 
 
 # --- Monte Carlo: null windows exceed the thresholds at about the allowed rate -----------------------

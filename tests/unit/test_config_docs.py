@@ -18,13 +18,14 @@ import pytest
 
 from stream_monitor import config as config_module
 from stream_monitor import configdocs
-from stream_monitor.config import (AlertmanagerConfig, Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig, ServiceConfig,
+from stream_monitor.config import (AlertmanagerConfig, Config, ENV_PREFIX, KafkaConfig, ModelConfig, RedisConfig,
+                                   RetrainingConfig, ServiceConfig,
                                    consumer_settings, parse_config, producer_settings)
 from stream_monitor.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "CONFIGURATION.md"
-SECTIONS = ("kafka", "redis", "service", "alertmanager", "models")
+SECTIONS = ("kafka", "redis", "service", "alertmanager", "retraining", "models")
 # Schema fields that are not TOML keys.
 INTERNAL = {(Config, "source"), (ModelConfig, "model_id")}
 MODEL = "models.<id>"
@@ -123,7 +124,7 @@ def _toml_key(path):
 
 def _default(path):
     cls = {"kafka": KafkaConfig, "redis": RedisConfig, "service": ServiceConfig,
-           "alertmanager": AlertmanagerConfig}.get(path.split(".")[0])
+           "alertmanager": AlertmanagerConfig, "retraining": RetrainingConfig}.get(path.split(".")[0])
     if cls is not None:
         return getattr(cls(), path.split(".", 1)[1])
     value = parse_config({"models": {"m": {}}}).models["m"]
@@ -188,7 +189,7 @@ def test_env_column_names_the_override_of_scalar_section_keys(accepted, document
     for path, hint in sorted(leaves.items()):
         section, _, key = path.partition(".")
         row = documented[path]
-        if section in ("kafka", "redis", "service", "alertmanager") and not _is_mapping(hint):
+        if section in ("kafka", "redis", "service", "alertmanager", "retraining") and not _is_mapping(hint):
             variable = f"{ENV_PREFIX}{section}_{key}".upper()
             assert f"`{variable}`" in row, f"{path}: env override {variable} not documented"
             text, expected = ENUM_ALTERNATIVES.get(path) or _other_value(_default(path))

@@ -96,9 +96,8 @@ def test_bucket_of_counts_late_events_in_the_oldest_open_bucket():
     assert bucket_of(2_500, None, 1_000, 9) == 9  # below the floor an idle partition left
 
 
-def test_model_mode_needs_a_stored_reference_and_names_the_key():
-    with pytest.raises(ConfigError, match=r"models\.m\.decisions.*stored reference"):
-        parse_config({"models": {"m": {"decisions": "model"}}})
+def test_model_mode_takes_a_warm_up_or_a_stored_reference_and_names_the_key():
+    assert parse_config({"models": {"m": {"decisions": "model"}}}).models["m"].reference.source == "warmup"
     with pytest.raises(ConfigError, match=r"models\.m\.decisions.*'partition' or 'model'"):
         parse_config({"models": {"m": {"decisions": "merged", "reference": {"source": "stored"}}}})
     with pytest.raises(ConfigError, match=r"models\.m\.merge_bucket_seconds.*> 0"):

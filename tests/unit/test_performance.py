@@ -133,21 +133,23 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
 
 def test_regression_absolute_error_and_ceilings_fire_at_pinned_pairs():
     alerts, monitor = run("regressor")
-    assert brief(alerts) == [(4109, "firing", "warning", "absolute_error", "page_hinkley"),
+    # Page-Hinkley at 4113/5749 (4109/5745 before), threshold 33 (30 before): the budget is now per model,
+    # and the error stream's detector has one fifth of it (the model runs five tests)
+    assert brief(alerts) == [(4113, "firing", "warning", "absolute_error", "page_hinkley"),
                              (4199, "firing", "critical", "rmse", "ceiling"),
                              (4239, "firing", "critical", "mae", "ceiling"),
-                             (5745, "resolved", "warning", "absolute_error", "page_hinkley")]
-    assert [a.alert_id[:16] for a in alerts] == ["0c9668a23cd00e6a", "b064e0540179f286", "5f43cc9dd78c1bb6",
-                                                 "b5469779ab20d4cc"]
+                             (5749, "resolved", "warning", "absolute_error", "page_hinkley")]
+    assert [a.alert_id[:16] for a in alerts] == ["e474db725fd1b291", "b064e0540179f286", "5f43cc9dd78c1bb6",
+                                                 "362ca1cb1af35ec8"]
     drift = alerts[0]
     # the mean absolute error since the change began against the reference errors': 2.3 sd, a warning
-    assert drift.message == ("absolute error of reg rose to 2.194 on average since the change began (reference 0.7814 "
-                             "± 0.606, 2.3 standard deviations, warning); Page-Hinkley cumulative deviation 30.8 > 30 "
+    assert drift.message == ("absolute error of reg rose to 2.18 on average since the change began (reference 0.7814 "
+                             "± 0.606, 2.3 standard deviations, warning); Page-Hinkley cumulative deviation 33.0 > 33 "
                              "(concept drift)")
     assert (drift.threshold, drift.reference, drift.current) == (
-        30.0, {"threshold": 30.0, "mean": pytest.approx(0.78144076), "std": pytest.approx(0.60640805)},
-        {"cumulative_deviation": pytest.approx(30.7531981), "absolute_error": pytest.approx(2.19393947),
-         "shift_sd": pytest.approx(2.32928756)})
+        33.0, {"threshold": 33.0, "mean": pytest.approx(0.78144076), "std": pytest.approx(0.60640805)},
+        {"cumulative_deviation": pytest.approx(33.0160035), "absolute_error": pytest.approx(2.1798675),
+         "shift_sd": pytest.approx(2.3060821)})
     assert alerts[1].message == "rmse of reg is 2.05, above its ceiling 2, over the last 200 labelled predictions"
     assert alerts[3].message == "absolute_error of reg: no further change for 800 pairs, resolved"
     info = monitor.summary()["models"]["reg"]["performance"]
@@ -200,3 +202,26 @@ def test_a_limit_episode_resolves_at_once_and_honours_the_cooldown():
     floor = PerformanceColumn(parse_config({"models": {"credit": CLASSIFIER}}).models["credit"]).adapters[1]
     assert (floor.key, floor.judge(0.5).status, floor.judge(0.71), floor.judge(0.72).status) == (
         "accuracy/floor", "firing", None, "resolved"), "at the floor is back within it"
+
+
+def test_the_performance_detector_takes_the_models_share_once_the_reference_is_built():
+    """A configured task builds the performance detectors at the start, before the reference's columns are
+    known (the share of the label and performance tests alone); once the reference is built they take the
+    model's share like every column, their state kept (the budget is the model's, split over its tests)."""
+    from stream_monitor.calibration import adwin_delta, model_tests, split
+    from stream_monitor.merge import model_share
+
+    config, items = joined("classifier")
+    model = config.models["credit"]
+    monitor = PartitionMonitor(config, 0, {})
+    early = monitor.model("credit")
+    before = early.performance
+    assert before.budget == split(0.1, model_tests([], True, model.detectors)) == 0.1 / 2  # labels (PSI), drift
+    _, monitor = run("classifier")
+    credit = monitor.models["credit"]
+    share = model_share(model, credit.reference)
+    assert credit.share == share == 0.1 / 5  # x, score, predicted label (PSI only each), labels, performance
+    assert credit.performance.budget == share
+    assert credit.performance.adapters[0].detector.delta == adwin_delta(share, model.detectors.adwin.clock)
+    assert all(c.budget == share for c in credit.columns)
+    assert credit.performance.pairs_seen > 0

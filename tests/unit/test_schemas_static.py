@@ -10,7 +10,7 @@ from jsonschema import Draft202012Validator
 from ..support import logged
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
-SCHEMA_NAMES = ["inference_event", "label_event", "alert", "dead_letter", "oip"]
+SCHEMA_NAMES = ["inference_event", "label_event", "alert", "dead_letter", "oip", "retraining_request"]
 SHA = "3f" * 32
 
 INFERENCE = {
@@ -53,8 +53,19 @@ DEAD_LETTER = {
     "timestamp_ms": 1795812290123,
 }
 OIP_REQUEST = {"id": "r1", "inputs": [{"name": "input-0", "shape": [1, 2], "datatype": "FP32", "data": [[1.5, 2]]}]}
+RETRAINING_REQUEST = {
+    "request_id": SHA, "model_id": "fraud", "incident": SHA, "reason": "drift",
+    "message": "retrain fraud: critical drift of 1 features (amount)",
+    "evidence": {"alerts": [{"alert_id": SHA, "signal": "feature", "name": "amount", "detector": "psi",
+                             "severity": "critical", "statistic": 0.31, "threshold": 0.25, "partition": 0,
+                             "offset": 5, "event_time": "2026-11-27T20:44:50.123Z"}],
+                 "alert_ids": [SHA], "drifted_features": ["amount"],
+                 "window": {"partitions": [0], "first_offset": 5, "last_offset": 5,
+                            "first_event_time": "2026-11-27T20:44:50.123Z",
+                            "last_event_time": "2026-11-27T20:44:50.123Z"}},
+    "policy": {"min_drifted_features": 1}, "requested_at": "2026-11-27T20:44:51.000Z"}
 GOOD = {"inference_event": INFERENCE, "label_event": LABEL, "alert": ALERT, "dead_letter": DEAD_LETTER,
-        "oip": OIP_REQUEST}
+        "oip": OIP_REQUEST, "retraining_request": RETRAINING_REQUEST}
 
 
 def load(name):
@@ -455,3 +466,8 @@ def test_engine_alerts_with_their_incident_validate():
     for record in records:
         assert_valid("alert", record)
     assert {r["incident"] for r in records} == {records[0]["alert_id"]}
+
+
+def test_retraining_request_refuses_an_unknown_reason_and_a_missing_evidence():
+    assert_invalid("retraining_request", with_changes(RETRAINING_REQUEST, reason="boredom"))
+    assert_invalid("retraining_request", with_changes(RETRAINING_REQUEST, drop=("evidence",)))
