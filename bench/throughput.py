@@ -76,11 +76,37 @@ in which the producer no longer shares the cores; the target uses the whole
 window. The assignment changes logged during the window
 must be 0 (the group stayed put).
 
+One model keyed by event id (F = 20), `decisions = "model"`: a topic of 4
+partitions, each event keyed by its event id and sent to partition crc32(id) % 4
+(what librdkafka's default partitioner does with a key), so the one model's
+events spread over all four. The model's reference is a stored one:
+`stream-monitor reference build` itself (a subprocess of the CLI) stores it,
+from 5,000 seeded events of the same distribution, before the instances start
+(so no warm-up is in the timed window).
+The topic then holds a lead-in (~1,000 events per partition) and 1, then 2,
+instances of one group start (their own metrics ports); once the group has
+settled (each instance owns as many partitions, all owned) and every partition
+has stored its lead-in, the measured events (N over the 4 partitions) and the
+padding are produced and timed as above. The headline is the rate once
+production had ended (each partition's offset interpolated from the last
+delivery report to the end of the window: the producer no longer shares the
+cores); the ratio of that rate, 2 instances over 1, is the target. Where the time
+goes is summed over the instances between a scrape just before production and
+one after the window closed: `merge` (a loop stage of the instance that owns the
+model's merge: reading the partials, deciding the model's windows, saving its
+state) and `detect › sketch` (every partition adding its events to the partial
+sketches) are the model-level merge's cost; the merging instance's own shares
+are shown beside.
+
+The label join is on by default in the service; here it is off (the model's
+`[performance] enabled = false`) unless --join is given, in every case.
+
 Nothing is asserted on timings: the targets table says PASS or MISS.
 
     make bench                                   # or: .venv/bin/python bench/throughput.py
     .venv/bin/python bench/throughput.py --quick # a smoke run (20,000 events per case)
     .venv/bin/python bench/throughput.py --events 400000   # default 200,000
+    .venv/bin/python bench/throughput.py --merged-only     # only the model keyed by event id, 1 vs 2 instances
 """
 
 from __future__ import annotations
@@ -92,11 +118,13 @@ import random
 import re
 import sys
 import tempfile
+import subprocess
 import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
@@ -116,6 +144,10 @@ BATCH = ServiceConfig().batch_size
 PADDING = 2 * CHECKPOINT_EVENTS + 2 * BATCH  # keeps the monitor busy past the end of the window
 FAST_CONSUMER = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000, "fetch.wait.max.ms": 50}
 LOOP_STAGES = ("consume", "decode", "join", "detect", "produce", "checkpoint")
+MERGE_STAGE = "merge"  # a loop stage too, exported only by an instance that merges a model's partials
+MERGED_PARTITIONS = 4  # the model keyed by event id: its topic's partitions
+LEAD = 1_000  # about this many events per partition before the instances start (the group settles on them)
+REFERENCE_EVENTS = 5_000  # the stored reference's events (`stream-monitor reference build`)
 ALERTS, DEAD_LETTERS = "bench.alerts", "bench.dead-letters"
 LABEL_DELAY = 500  # inference events between a prediction and its label (with --labels)
 POLL = 0.01  # seconds between reads of the stored offsets
@@ -217,12 +249,15 @@ def interval_rates(timeline: Timeline) -> list[float]:
     return [(o1 - o0) / (t1 - t0) for (t0, o0), (t1, o1) in zip(timeline, timeline[1:])]
 
 
-def live_window(timelines: dict[int, Timeline], begun: float, start: int, targets: dict[int, int]) -> Window:
+def live_window(timelines: dict[int, Timeline], begun: float, start: int | dict[int, int],
+                targets: dict[int, int]) -> Window:
     """Events/s of all partitions together from `begun` (production started; every partition had stored
-    exactly `start` and had nothing more to read) to the moment the last partition stores an offset ≥ its
-    target. Events = each partition's stored offset then (interpolated between its own checkpoints) − start."""
+    exactly `start` (one offset for all, or one per partition) and had nothing more to read) to the moment
+    the last partition stores an offset ≥ its target. Events = each partition's stored offset then
+    (interpolated between its own checkpoints) − its start."""
+    starts = start if isinstance(start, dict) else dict.fromkeys(timelines, start)
     closed = max(timelines[p][first_at_least(timelines[p], targets[p])][0] for p in timelines)
-    done = sum(value_at(timelines[p], closed) - start for p in timelines)
+    done = sum(value_at(timelines[p], closed) - starts[p] for p in timelines)
     return Window(done, closed - begun, begun)
 
 
@@ -262,13 +297,24 @@ def ownership(log: str, topic: str) -> tuple[set[int], int]:
     return owned, changes
 
 
-def settled(logs: list[str], topic: str, partitions: int) -> list[set[int]] | None:
-    """Each instance's partitions if the group has settled (every instance owns exactly one partition
-    and together they own all `partitions`), else None."""
+def settled(logs: list[str], topic: str, partitions: int, per_instance: int = 1) -> list[set[int]] | None:
+    """Each instance's partitions if the group has settled (every instance owns exactly `per_instance`
+    partitions, no partition is owned twice and together they own all `partitions`), else None."""
     owned = [ownership(log, topic)[0] for log in logs]
-    if all(len(o) == 1 for o in owned) and set().union(*owned) == set(range(partitions)):
+    if (all(len(o) == per_instance for o in owned) and sum(map(len, owned)) == partitions
+            and set().union(*owned) == set(range(partitions))):
         return owned
     return None
+
+
+def keyed_by_event_id(lines: list[bytes], partitions: int) -> dict[int, list[tuple[bytes, bytes]]]:
+    """(key, event) per partition, in order: the key is the event id and the partition crc32(key) % P
+    (what librdkafka's default partitioner does with a key), so one model's events spread over all P."""
+    out: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in range(partitions)}
+    for line in lines:
+        key = orjson.loads(line)["event_id"].encode()
+        out[zlib.crc32(key) % partitions].append((key, line))
+    return out
 
 
 @dataclass
@@ -288,16 +334,22 @@ def parse_metrics(text: str) -> Scrape:
     return Scrape(checkpoints, stages)
 
 
+def loop_stages(stages: dict[str, float]) -> tuple[str, ...]:
+    """The loop's stages: the six, and merge when the service exported it (a model-level merge ran)."""
+    return LOOP_STAGES + ((MERGE_STAGE,) if MERGE_STAGE in stages else ())
+
+
 def stage_rows(before: dict[str, float], after: dict[str, float]) -> list[tuple[str, float, float]]:
     """(name, seconds, share of the loop's time) per loop stage in the window between two scrapes;
     any other stage (a detector kind of the engine) follows detect as '  detect › name'."""
     delta = {stage: after.get(stage, 0.0) - before.get(stage, 0.0) for stage in after}
-    total = sum(delta.get(stage, 0.0) for stage in LOOP_STAGES) or 1.0
+    stages = loop_stages(delta)
+    total = sum(delta.get(stage, 0.0) for stage in stages) or 1.0
     rows = []
-    for stage in LOOP_STAGES:
+    for stage in stages:
         rows.append((stage, delta.get(stage, 0.0), delta.get(stage, 0.0) / total))
         if stage == "detect":
-            inner = sorted((s for s in delta if s not in LOOP_STAGES), key=lambda s: -delta[s])
+            inner = sorted((s for s in delta if s not in stages), key=lambda s: -delta[s])
             rows += [(f"detect › {s}", delta[s], delta[s] / total) for s in inner]
     return rows
 
@@ -349,6 +401,7 @@ class OffsetWatch(threading.Thread):
         self.load: list[tuple[float, float]] = []
         self.stack_pids = list(pids)
         self.stack_load: list[tuple[float, float]] = []
+        self.ours: list[tuple[float, float]] = []  # CPU seconds of every pid (the stack's and the monitors')
         self._halt = threading.Event()
 
     def other_cores(self, window: Window) -> float:
@@ -361,6 +414,12 @@ class OffsetWatch(threading.Thread):
         used = value_at(self.stack_load, window.start + window.seconds) - value_at(self.stack_load, window.start)
         return used / window.seconds
 
+    def monitor_cores(self, window: Window) -> float:
+        """Cores used on average by the monitors (the pids added after construction) during `window`."""
+        def used(series: list[tuple[float, float]]) -> float:
+            return value_at(series, window.start + window.seconds) - value_at(series, window.start)
+        return (used(self.ours) - used(self.stack_load)) / window.seconds
+
     def run(self) -> None:
         keys = {p: self.store.key(self.topic, p) for p in self.timelines}
         next_load = 0.0
@@ -368,6 +427,7 @@ class OffsetWatch(threading.Thread):
             if time.monotonic() >= next_load:
                 busy, ours = cpu_seconds(self.pids)
                 self.load.append((time.monotonic(), busy - ours))
+                self.ours.append((time.monotonic(), ours))
                 self.stack_load.append((time.monotonic(), cpu_seconds(self.stack_pids)[1]))
                 next_load = time.monotonic() + LOAD_EVERY
             pipe = self.store.client.pipeline(transaction=False)
@@ -408,10 +468,15 @@ class Stack:
     pids: list[int]  # this script, the broker, Redis
 
 
-def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int, join: bool = False) -> Path:
+def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int, join: bool = False,
+                 by_model: bool = False) -> Path:
     """The default model config; only the connection, the consumer's timeouts and the metrics port are set
-    (with `join`, the model's performance table too, which turns its label join on)."""
-    performance = '\n[models.m.performance]\ntask = "classification"\n' if join else ""
+    (the label join is on by default: without `join` the model's performance table turns it off, with
+    `join` it sets task = "classification"; with `by_model`, model-level decisions on a stored reference
+    instead of the warm-up's)."""
+    reference = ('reference = { source = "stored" }\ndecisions = "model"' if by_model
+                 else f'reference = {{ source = "warmup", events = {WARMUP} }}')
+    performance = "\n[models.m.performance]\n" + ('task = "classification"\n' if join else "enabled = false\n")
     consumer = "\n".join(f'"{k}" = {v}' for k, v in FAST_CONSUMER.items())
     path.write_text(f"""\
 [kafka]
@@ -432,7 +497,7 @@ namespace = "{group}"
 metrics_port = {metrics_port}
 
 [models.m]
-reference = {{ source = "warmup", events = {WARMUP} }}
+{reference}
 {performance}""")
     return path
 
@@ -447,13 +512,14 @@ def new_producer(bootstrap: str):
     return producer
 
 
-def send_all(producer, topic: str, batches: dict[int, list[bytes]]) -> dict[int, int]:
+def send_all(producer, topic: str, batches: dict[int, list[bytes] | list[tuple[bytes, bytes]]]) -> dict[int, int]:
     """Every event of each partition, in order, the partitions interleaved event by event (so that they
-    fill at the same pace); returns when every message is acknowledged, with each partition's end offset."""
+    fill at the same pace); returns when every message is acknowledged, with each partition's end offset.
+    An event is its bytes (keyed by the model id) or (key, bytes)."""
     from stream_monitor.demo.localstack import produce_records  # noqa: PLC0415
 
     longest = max((len(lines) for lines in batches.values()), default=0)
-    interleaved = ((partition, b"m", lines[i], None)
+    interleaved = ((partition, *(lines[i] if isinstance(lines[i], tuple) else (b"m", lines[i])), None)
                    for i in range(longest) for partition, lines in batches.items() if i < len(lines))
     return produce_records(producer, topic, interleaved, poll_every=1000 * max(len(batches), 1), flush_timeout=120)
 
@@ -627,14 +693,15 @@ class LiveResult:
 
 
 def wait_settled(monitors: list[Monitor], watch: OffsetWatch, topic: str, partitions: int,
-                 timeout: float) -> list[set[int]]:
-    """Until every instance owns exactly one partition (all owned) and every partition's stored offset
-    is ≥ the warm-up: each instance's partitions."""
+                 timeout: float, starts: dict[int, int] | None = None) -> list[set[int]]:
+    """Until every instance owns its share of the partitions (each as many, all owned) and every
+    partition's stored offset is ≥ the warm-up (or its own `starts`): each instance's partitions."""
+    starts = starts or dict.fromkeys(range(partitions), WARMUP)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        owners = settled([monitor.log() for monitor in monitors], topic, partitions)
+        owners = settled([monitor.log() for monitor in monitors], topic, partitions, partitions // len(monitors))
         timelines = watch.timelines
-        if owners is not None and all(timelines[p] and timelines[p][-1][1] >= WARMUP for p in timelines):
+        if owners is not None and all(timelines[p] and timelines[p][-1][1] >= starts[p] for p in timelines):
             return owners
         for monitor in monitors:
             monitor.check_alive()
@@ -705,6 +772,138 @@ def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
     assignments = [", ".join(f"{topic}[{p}]" for p in sorted(owned)) for owned in owners]
     return LiveResult(instances, window, sum(len(lines) for lines in rest.values()), production, assignments,
                       joining_revokes, sum(after) - sum(before), drained, stack_cores, after_production)
+
+
+@dataclass
+class MergedResult:
+    """One model keyed by event id over MERGED_PARTITIONS partitions, model-level decisions."""
+    instances: int
+    window: Window  # from the start of production
+    after_production: Window | None  # from the end of production to the end of the window: the headline
+    produced: int
+    production: float
+    assignments: list[str]
+    changes: int
+    stages: list[tuple[str, float, float]]  # all instances together, between the scrapes around the window
+    merger_stages: list[tuple[str, float, float]]  # the instance that merges the model's partials
+    merges: float  # merge steps that merged buckets (stream_monitor_merge_buckets_total, all instances)
+    alerts: int
+    drained: list[int]
+    stack_cores: float = 0.0
+    monitor_cores: float = 0.0  # CPU of the instances together during the window after production
+    owners: list[set[int]] = field(default_factory=list)  # each instance's partitions
+
+
+def build_stored_reference(config: Path, workdir: Path) -> str:
+    """The model's reference stored in Redis by `stream-monitor reference build` itself (a subprocess of
+    the CLI, as an operator runs it), from REFERENCE_EVENTS seeded events of the same distribution."""
+    source = workdir / "reference.jsonl"
+    source.write_bytes(b"\n".join(events(SCALE_FEATURES, REFERENCE_EVENTS, seed=99)) + b"\n")
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "reference", "build", "-c", str(config),
+                           "--model", "m", "--input", str(source)], capture_output=True, text=True, timeout=300)
+    if done.returncode != 0:
+        raise RuntimeError(f"reference build failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return done.stdout.strip()
+
+
+def scrape_all(ports: list[int]) -> list[dict[str, float]]:
+    return [scrape(port).stages for port in ports]
+
+
+def merge_buckets(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "stream_monitor_merge_buckets_total")
+
+
+def summed(stages: list[dict[str, float]]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for one in stages:
+        for name, seconds in one.items():
+            out[name] = out.get(name, 0.0) + seconds
+    return out
+
+
+def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) -> MergedResult:
+    """`instances` instances of one group on a MERGED_PARTITIONS-partition topic of one 20-feature model
+    keyed by event id, `decisions = "model"` on a stored reference. The topic holds only a lead-in (~LEAD
+    events per partition) when they start; once the group has settled and every partition has stored its
+    lead-in, the measured events and the padding are produced, timed as in run_live."""
+    from stream_monitor.demo.localstack import create_topics, free_port  # noqa: PLC0415
+    from stream_monitor.state import StateStore, connect  # noqa: PLC0415
+
+    tag = uuid.uuid4().hex[:6]
+    topic, group = f"bench.merged{instances}.{tag}", f"bench-merged{instances}-{tag}"
+    partitions = list(range(MERGED_PARTITIONS))
+    lead_count = LEAD * MERGED_PARTITIONS
+    # one instance reads its four partitions unevenly: a padding as large as the measured events keeps
+    # every partition busy until the slowest one reaches its target
+    lines = events(SCALE_FEATURES, lead_count + measured + max(PADDING * MERGED_PARTITIONS, measured), seed=40)
+    lead = keyed_by_event_id(lines[:lead_count], MERGED_PARTITIONS)
+    body = keyed_by_event_id(lines[lead_count:lead_count + measured], MERGED_PARTITIONS)
+    padding = keyed_by_event_id(lines[lead_count + measured:], MERGED_PARTITIONS)
+    del lines
+    starts = {p: len(lead[p]) for p in partitions}
+    targets = {p: starts[p] + len(body[p]) for p in partitions}
+    rest = {p: body[p] + padding[p] for p in partitions}
+    create_topics(stack.bootstrap, {topic: MERGED_PARTITIONS})
+    ports = [free_port() for _ in range(instances)]
+    configs = [write_config(stack, stack.workdir / f"{group}-{i + 1}.toml", topic, group, port, join, by_model=True)
+               for i, port in enumerate(ports)]
+    print(f"  {build_stored_reference(configs[0], stack.workdir)}", flush=True)
+    producer = new_producer(stack.bootstrap)
+    send_all(producer, topic, lead)
+    store = StateStore(connect(stack.redis_url), group, group)
+    watch = OffsetWatch(store, topic, partitions, list(stack.pids))
+    watch.start()
+    monitors: list[Monitor] = []
+    try:
+        for i, config in enumerate(configs):
+            monitors.append(Monitor(config, stack.workdir / f"{group}-{i + 1}.log"))
+            watch.pids.append(monitors[-1].process.pid)
+        timeout = timeout_for(lead_count + measured)
+        owners = wait_settled(monitors, watch, topic, MERGED_PARTITIONS, timeout, starts)
+        before = [ownership(monitor.log(), topic)[1] for monitor in monitors]
+        scraped = scrape_all(ports)
+        begun = time.monotonic()
+        ends = send_all(producer, topic, rest)
+        production = time.monotonic() - begun
+        for p in partitions:
+            watch.wait_for(p, targets[p], monitors, timeout)
+        closed = max(watch.timelines[p][first_at_least(watch.timelines[p], targets[p])][0] for p in partitions)
+        deadline = time.monotonic() + timeout
+        while not all(watch.timelines[p][-1][0] >= closed or watch.timelines[p][-1][1] >= ends[p]
+                      for p in partitions):  # each partition's progress at `closed` is known
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no checkpoint after the window closed within {timeout:.0f} s")
+            for monitor in monitors:
+                monitor.check_alive()
+            time.sleep(POLL)
+        after_scrape = scrape_all(ports)
+        merges = sum(merge_buckets(port) for port in ports)
+        window = live_window(watch.timelines, begun, starts, targets)
+        window.other_cores = watch.other_cores(window)
+        stack_cores = watch.stack_cores(window)
+        after_production = busy_window(watch.timelines, begun + production, window.start + window.seconds)
+        if after_production is not None:
+            after_production.other_cores = watch.other_cores(after_production)
+        monitor_cores = watch.monitor_cores(after_production or window)
+        drained = [p for p in partitions if value_at(watch.timelines[p], closed) >= ends[p]]
+        after = [ownership(monitor.log(), topic)[1] for monitor in monitors]  # before SIGTERM: it revokes
+        stop_all(monitors)
+    finally:
+        watch.stop()
+        for monitor in monitors:
+            monitor.close()
+    delete_topic(stack.bootstrap, topic)
+    merger = next((i for i, a in enumerate(after_scrape) if MERGE_STAGE in a), 0)
+    assignments = [", ".join(f"{topic}[{p}]" for p in sorted(owned)) for owned in owners]
+    return MergedResult(instances, window, after_production, sum(len(v) for v in rest.values()), production,
+                        assignments, sum(after) - sum(before), stage_rows(summed(scraped), summed(after_scrape)),
+                        stage_rows(scraped[merger], after_scrape[merger]), merges,
+                        sum(monitor.log().count("FIRING") for monitor in monitors), drained, stack_cores,
+                        monitor_cores, owners)
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -817,23 +1016,111 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
           + f" | {mark(max(state.values()) <= TARGET_STATE_BYTES)} |")
 
 
+def idle_instances(owners: list[set[int]], drained: list[int]) -> list[int]:
+    """The instances (1-based) all of whose partitions had run out of events."""
+    return [i + 1 for i, owned in enumerate(owners) if owned and owned <= set(drained)]
+
+
+def merge_share(rows: list[tuple[str, float, float]]) -> tuple[float, float]:
+    """(share of the loop's time in the merge stage, share in building the partial sketches)."""
+    shares = {name: share for name, _, share in rows}
+    return shares.get(MERGE_STAGE, 0.0), shares.get("detect › sketch", 0.0)
+
+
+def report_merged(merged: list[MergedResult]) -> None:
+    """The model keyed by event id: 1 vs 2 instances, the merge's share of the time, the target."""
+    print(f"\n### One model keyed by event id over {MERGED_PARTITIONS} partitions, decisions = \"model\" "
+          f"(F = {SCALE_FEATURES}; stored reference; live production)\n")
+    print("| instances | events timed | seconds from the start of production | events/s | events/s once "
+          "production had ended | seconds after production | vs one (after production) | production s | "
+          "CPU of this process (producer), broker and Redis (cores) | CPU taken by others (cores) | "
+          "instances' CPU after production (cores) | events per instance CPU second | CPU taken by others "
+          "after production (cores) | merge steps' buckets | alerts fired |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    first = merged[0].after_production
+    for r in merged:
+        tail = r.after_production
+        print(f"| {r.instances} | {r.window.events:,.0f} | {r.window.seconds:.2f} | {r.window.rate:,.0f} | "
+              + (f"{tail.rate:,.0f} | {tail.seconds:.2f} | " if tail else "– | – | ")
+              + (f"{tail.rate / first.rate:.2f} | " if tail and first else "– | ")
+              + f"{r.production:.2f} | {r.stack_cores:.2f} | {r.window.other_cores:.2f} | {r.monitor_cores:.2f} | "
+              + (f"{tail.rate / r.monitor_cores:,.0f} | {tail.other_cores:.2f} | " if tail and r.monitor_cores
+                 else "– | – | ")
+              + f"{r.merges:,.0f} | {r.alerts} |")
+    for r in merged:
+        print(f"{r.instances} instance(s), when the clock started: "
+              + "; ".join(f"instance {i + 1}: {a}" for i, a in enumerate(r.assignments))
+              + f"; assignment changes while timed: {r.changes}")
+    print("\nWhere the time goes (stream_monitor_stage_seconds_total of every instance, summed, between the "
+          "scrape just before production and the one after the window closed; 'detect › sketch' is every "
+          "partition building its partial sketches, 'merge' the merging instance merging them and deciding):\n")
+    print("| stage | " + " | ".join(f"{r.instances} inst. s | {r.instances} inst. share" for r in merged)
+          + " | " + " | ".join(f"merging instance of {r.instances}: share" for r in merged) + " |")
+    print("|---|" + "---|---|" * len(merged) + "---|" * len(merged))
+    names: list[str] = []
+    for r in merged:
+        names += [name for name, _, _ in r.stages if name not in names]
+    for name in names:
+        cells = []
+        for r in merged:
+            row = next((row for row in r.stages if row[0] == name), None)
+            cells.append(f"{row[1]:.2f} | {row[2]:.1%}" if row else "– | –")
+        for r in merged:
+            row = next((row for row in r.merger_stages if row[0] == name), None)
+            cells.append(f"{row[2]:.1%}" if row else "–")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for r in merged:
+        if r.changes:
+            print(f"\nnote: {r.instances} instance(s): the group rebalanced while the clock ran.")
+        if r.drained:
+            print(f"\nnote: {r.instances} instance(s): partition(s) {r.drained} ran out of events before the "
+                  "clock stopped (an instance is idle only when all of its partitions did: "
+                  f"{idle_instances(r.owners, r.drained) or 'none'}).")
+        if r.after_production is None or r.after_production.seconds < 1:
+            print(f"\nnote: {r.instances} instance(s): under a second after production ended: too short to mean "
+                  "much (more --events).")
+    print("\nOn a machine with cores to spare one instance uses up to one core and two up to two; 'events per "
+          "instance CPU second' is what the service does with the CPU it got.")
+    if len(merged) > 1 and all(r.after_production for r in merged):
+        scaling = merged[-1].after_production.rate / merged[0].after_production.rate
+        merge, sketch = merge_share(merged[-1].stages)
+        print("\n| target | measured | result |\n|---|---|---|")
+        print(f"| keyed by event id: two instances ≥ {TARGET_SCALING}× one (once production had ended) | "
+              f"{scaling:.2f}× | {mark(scaling >= TARGET_SCALING)} |")
+        print(f"| the model-level merge's share of the time (2 instances: merge / sketches) | "
+              f"{merge:.1%} / {sketch:.1%} | (shown) |")
+
+
 # --- main ------------------------------------------------------------------------------------------------
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; `measured` is the events per case (--quick's or --events')."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="measured events per case")
     parser.add_argument("--quick", action="store_true", help=f"a smoke run: {QUICK_EVENTS:,} events per case")
     parser.add_argument("--join", action="store_true",
-                        help="give the model a performance table (task = classification): its label join is on")
+                        help="give the model a performance table (task = classification) and its label join "
+                             "(off otherwise: enabled = false)")
     parser.add_argument("--labels", action="store_true",
                         help="with --join: every second prediction gets its label event, "
                              f"{LABEL_DELAY} inference events later (events timed count both kinds)")
     parser.add_argument("--single-only", action="store_true", help="skip the live-production scaling cases")
-    args = parser.parse_args()
+    parser.add_argument("--merged-only", action="store_true",
+                        help="only the model keyed by event id over "
+                             f"{MERGED_PARTITIONS} partitions (decisions = \"model\"), 1 vs 2 instances")
+    args = parser.parse_args(argv)
     if args.labels and not args.join:
         parser.error("--labels needs --join")
-    measured = QUICK_EVENTS if args.quick else args.events
+    if args.merged_only and args.single_only:
+        parser.error("--merged-only and --single-only exclude each other")
+    args.measured = QUICK_EVENTS if args.quick else args.events
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    measured = args.measured
 
     from stream_monitor.demo.localstack import create_topics, start_broker, start_redis  # noqa: PLC0415
 
@@ -846,7 +1133,7 @@ def main() -> int:
         stack = Stack(started[0].address, started[1].address, workdir, [os.getpid(), started[0].pid, started[1].pid])
         create_topics(stack.bootstrap, {ALERTS: 1, DEAD_LETTERS: 1})
         results = []
-        for features in FEATURES:
+        for features in () if args.merged_only else FEATURES:
             begun = time.monotonic()
             lines = events(features, WARMUP + measured + PADDING, labels_every=2 if args.labels else 0)
             results.append(run_single(stack, features, lines, measured, args.join))
@@ -856,12 +1143,25 @@ def main() -> int:
                   f"{'on' if args.join else 'off'}, labels {'for half the predictions' if args.labels else 'none'}; "
                   f"{time.monotonic() - begun:.0f} s for this case)", flush=True)
         live = []
-        for instances in () if args.single_only else (1, 2):
+        for instances in () if args.single_only or args.merged_only else (1, 2):
             begun = time.monotonic()
             live.append(run_live(stack, instances, measured))
             print(f"{instances} instance(s), live production: {live[-1].window.rate:,.0f} events/s "
                   f"({time.monotonic() - begun:.0f} s for this case)", flush=True)
-        report(results, live, measured)
+        merged = []
+        for instances in () if args.single_only else (1, 2):
+            begun = time.monotonic()
+            merged.append(run_merged(stack, instances, measured, args.join))
+            tail = merged[-1].after_production
+            print(f"{instances} instance(s), one model keyed by event id over {MERGED_PARTITIONS} partitions: "
+                  f"{merged[-1].window.rate:,.0f} events/s from the start of production (join "
+                  f"{'on' if args.join else 'off'})"
+                  + (f", {tail.rate:,.0f} once it had ended" if tail else "")
+                  + f" ({time.monotonic() - begun:.0f} s for this case)", flush=True)
+        if results:
+            report(results, live, measured)
+        if merged:
+            report_merged(merged)
     finally:
         for process in reversed(started):
             process.stop()

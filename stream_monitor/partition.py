@@ -182,6 +182,7 @@ class ColumnMonitor:
             if sketch.p95 and self.signal == "latency" and x is not None:  # the merge's p95 ceiling
                 p95_cells = np.fromiter(map(percentile_cell, x.tolist()), dtype=np.int64, count=len(x))
             sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells, p95_cells)
+            started = clock.add("sketch", started)
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
         if closed_quality:  # the data-quality checks only report when their shared window closes
             for _, adapter in self._every:

@@ -1,7 +1,9 @@
 """Where the time goes: seconds per stage of the loop, cheap enough to stay on in production.
 
-The service adds its stages (consume, decode, join, detect, produce, checkpoint);
-the detector engine adds one entry per detector kind inside ``detect``. The
+The service adds its stages (consume, decode, join, detect, produce, checkpoint,
+and merge for models with model-level decisions); the detector engine adds one
+entry per detector kind inside ``detect`` (and ``sketch``: a model-level
+model's partial sketches). The
 totals are exported as ``stream_monitor_stage_seconds_total`` and read by
 ``bench/throughput.py``.
 

@@ -130,6 +130,101 @@ def test_busy_window_interpolates_every_partition_at_both_ends(bench):
     assert bench.busy_window(timelines, 3.0, 3.0) is None
 
 
+def test_live_window_takes_a_start_per_partition(bench):
+    timelines = {0: [(0.0, 900), (2.0, 10900)], 1: [(0.0, 1100), (3.0, 11100)]}
+    window = bench.live_window(timelines, 1.0, {0: 900, 1: 1100}, {0: 10900, 1: 11100})
+    assert (window.seconds, window.events) == (2.0, 20000)
+
+
+def test_settled_with_two_partitions_per_instance(bench):
+    topic = "bench.merged2.ab"
+    line = "2026-11-28 00:25:59,062 INFO    stream_monitor.app: assigned {topic}[{p}]: no stored state\n"
+    logs = ["".join(line.format(topic=topic, p=p) for p in pair) for pair in ((0, 1), (2, 3))]
+    assert bench.settled(logs, topic, 4, per_instance=2) == [{0, 1}, {2, 3}]
+    assert bench.settled([logs[0], logs[0]], topic, 4, per_instance=2) is None  # 2 and 3 unowned
+    overlapping = "".join(line.format(topic=topic, p=p) for p in (1, 2))
+    assert bench.settled([logs[0], overlapping], topic, 3, per_instance=2) is None  # partition 1 owned twice
+    assert bench.settled(["".join(logs)], topic, 4, per_instance=4) == [{0, 1, 2, 3}]
+
+
+def test_keyed_by_event_id_spreads_one_model_over_every_partition_by_its_key(bench):
+    lines = bench.events(3, 2000, seed=7)
+    keyed = bench.keyed_by_event_id(lines, 4)
+    assert sorted(keyed) == [0, 1, 2, 3]
+    assert all(len(keyed[p]) > 400 for p in keyed)  # ~500 each
+    assert sorted(line for part in keyed.values() for _, line in part) == sorted(lines)
+    for p, part in keyed.items():
+        mine = {line for _, line in part}
+        assert [line for _, line in part] == [line for line in lines if line in mine]  # in order
+        for key, line in part:
+            assert key == orjson.loads(line)["event_id"].encode()
+            assert bench.zlib.crc32(key) % 4 == p
+    assert keyed == bench.keyed_by_event_id(lines, 4)
+
+
+def test_stage_rows_make_merge_a_loop_stage_and_sketch_part_of_detect(bench):
+    after = {"consume": 1.0, "decode": 2.0, "join": 0.0, "detect": 4.0, "sketch": 1.0, "rank": 2.0,
+             "produce": 0.5, "checkpoint": 0.5, "merge": 2.0}
+    rows = bench.stage_rows({}, after)
+    names = [name for name, _, _ in rows]
+    assert names == ["consume", "decode", "join", "detect", "detect › rank", "detect › sketch", "produce",
+                     "checkpoint", "merge"]
+    shares = {name: share for name, _, share in rows}
+    assert shares["merge"] == pytest.approx(2.0 / 10.0)
+    assert sum(share for name, share in shares.items() if "›" not in name) == pytest.approx(1.0)
+    assert bench.merge_share(rows) == (pytest.approx(0.2), pytest.approx(0.1))
+    assert "merge" not in [name for name, _, _ in bench.stage_rows({}, {"detect": 1.0})]  # only when exported
+
+
+def test_parse_args_of_the_merged_scenario(bench):
+    assert bench.parse_args([]).measured == bench.DEFAULT_EVENTS
+    args = bench.parse_args(["--quick", "--merged-only"])
+    assert (args.measured, args.merged_only, args.single_only) == (bench.QUICK_EVENTS, True, False)
+    assert bench.parse_args(["--events", "50000", "--merged-only", "--join"]).measured == 50000
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--merged-only", "--single-only"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--labels"])
+
+
+def test_the_merged_scenarios_config_is_model_level_on_a_stored_reference(bench, tmp_path):
+    from stream_monitor.config import load_config
+
+    stack = bench.Stack("127.0.0.1:9092", "redis://127.0.0.1:6379/0", tmp_path, [])
+    merged = load_config(bench.write_config(stack, tmp_path / "m.toml", "t", "g", 9100, by_model=True))
+    model = merged.models["m"]
+    assert (model.decisions, model.reference.source, model.performance.enabled) == ("model", "stored", False)
+    joined = load_config(bench.write_config(stack, tmp_path / "j.toml", "t", "g", 0, join=True)).models["m"]
+    assert (joined.decisions, joined.reference.source, joined.performance.enabled) == ("partition", "warmup", True)
+
+
+def _merged(bench, instances, rate_after, merge_share):
+    window = bench.Window(40000, 4.0, 10.0)
+    tail = bench.Window(rate_after * 2.0, 2.0, 12.0)
+    rows = bench.stage_rows({}, {"consume": 1.0, "detect": 8.0 - 10 * merge_share, "sketch": 0.5,
+                                 "merge": 10 * merge_share, "checkpoint": 1.0})
+    return bench.MergedResult(instances, window, tail, 120000, 1.5, ["t[0], t[1], t[2], t[3]"], 0, rows, rows,
+                              3, 0, [], 0.1, 0.9 * instances)
+
+
+def test_report_of_the_merged_scenario_prints_rates_the_ratio_and_the_merge_share(bench, capsys):
+    bench.report_merged([_merged(bench, 1, 10000, 0.01), _merged(bench, 2, 18000, 0.02)])
+    out = capsys.readouterr().out
+    assert "One model keyed by event id over 4 partitions" in out
+    assert "| 2 | 40,000 | 4.00 | 10,000 | 18,000 | 2.00 | 1.80 |" in out
+    assert "| 1.80 | 10,000 | 0.00 | 3 | 0 |" in out  # the instances' cores, events per CPU second, others'
+
+    assert "two instances ≥ 1.7× one (once production had ended) | 1.80× | PASS |" in out
+    assert "| merge | " in out and "| detect › sketch | " in out
+    assert "merge / sketches) | 2.0% / 5.0% |" in out
+
+
+def test_an_instance_is_idle_only_when_all_of_its_partitions_ran_out(bench):
+    assert bench.idle_instances([{0, 1, 2, 3}], [0]) == []
+    assert bench.idle_instances([{0, 1}, {2, 3}], [0, 1, 3]) == [1]
+    assert bench.idle_instances([{0, 1}, {2, 3}], []) == []
+
+
 def test_false_alarms_quick_reports_per_model():
     """bench/false_alarms.py --quick: the per-model table (the wide model's test count from its partitions'
     references) and the delays beside today's, in seconds (the figures of a smoke run mean nothing)."""
