@@ -513,6 +513,20 @@ class LatencyConfig(_Table):
         default="absent (no ceiling)")] = None
 
 
+class MultivariateConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Joint drift (`multivariate` alerts, detector `hotelling`) for a model with two or more numeric features: a "
+        "change in the features' means, variances or pairwise correlations taken together, e.g. a correlation "
+        "that appears while every feature's own distribution stays the same. An event missing one of the "
+        "features is skipped by this detector (and counted).")] = True
+    max_features: Annotated[int, Meta(ge=2, le=20), doc(
+        "The joint test reads at most this many numeric features (the first in name order): k features make "
+        "k + k(k+1)/2 tested terms, and the reference keeps a matrix of that size squared.")] = 10
+    window: Annotated[Annotated[int, Meta(ge=100)] | None, doc(
+        "Complete events per tumbling window of the joint test.",
+        default="absent (`psi.window`)")] = None
+
+
 class DetectorsConfig(_Table):
     false_alarms_per_million: Annotated[float, POSITIVE, doc(
         "The false-alarm budget: expected false alarms per 10^6 events, per detector and column, on data drawn "
@@ -525,6 +539,7 @@ class DetectorsConfig(_Table):
     page_hinkley: PageHinkleyConfig = PageHinkleyConfig()
     data_quality: DataQualityConfig = DataQualityConfig()
     latency: LatencyConfig = LatencyConfig()
+    multivariate: MultivariateConfig = MultivariateConfig()
     resolve_after: Annotated[int, AT_LEAST_1, doc(
         "A `performance` point detector's (ADWIN on the error stream, Page-Hinkley on the absolute error) episode "
         "resolves after this many labelled predictions without a new detection. A column's ADWIN and Page-Hinkley "

@@ -490,6 +490,8 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
                  "features": None if model.features is None else dict(sorted(model.features.items())),
                  "detectors.psi.bins": d.psi.bins, "detectors.psi.top_k": d.psi.top_k,
                  "service.max_categories_per_column": service.max_categories_per_column}
+    if d.multivariate.max_features != 10:  # states saved before the joint reference meant 10
+        reference["detectors.multivariate.max_features"] = d.multivariate.max_features
     if model.features is None:
         reference["service.max_inferred_columns"] = service.max_inferred_columns
 
@@ -620,7 +622,8 @@ class ModelMonitor:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
                     psi = self.config.detectors.psi
-                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup")
+                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup",
+                                                joint_features=self.config.detectors.multivariate.max_features)
                     self._note_untracked(partition)
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
