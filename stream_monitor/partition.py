@@ -20,11 +20,12 @@ import numpy as np
 import orjson
 
 from . import history
-from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, performance_adapters
+from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, multivariate_adapters, performance_adapters
 from .config import Config, ModelConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
+from .detectors.multivariate import JointReference
 from .detectors.percentile import WindowPercentile, percentile_cell
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
@@ -472,9 +473,62 @@ class PerformanceColumn(ColumnMonitor):
             super().summary()
 
 
+class MultivariateColumn(ColumnMonitor):
+    """A model's joint test over its events' numeric features (:class:`stream_monitor.adapters.Hotelling`):
+    its values are the events' rows in the joint reference's feature order (NaN where a value is not a
+    finite number: that event is skipped and counted); its episode is walked like a column's."""
+
+    def __init__(self, model: ModelConfig, joint: JointReference):
+        self.model_id = model.model_id
+        self.signal = "multivariate"
+        self.name = "joint"
+        self.reference = joint
+        self.numeric = False
+        self.last_statistic = {}
+        self.points = history.pending()
+        self.adapters = multivariate_adapters(self, model, joint)
+        self._index_adapters()
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_id}'s {len(self.reference.names)} numeric features"
+
+    @property
+    def skipped(self) -> int:
+        return self.adapters[0].detector.skipped
+
+    def rows(self, events: Sequence[InferenceEvent], features: np.ndarray | None, names: Sequence[str]) -> np.ndarray:
+        """The events' rows (n × k): from the feature matrix when the batch has one (rows by ``names``),
+        else read from each event."""
+        joint = self.reference.names
+        if isinstance(features, np.ndarray):
+            where = {name: i for i, name in enumerate(names)}
+            return np.ascontiguousarray(features[[where[n] for n in joint]].T)
+        rows = np.full((len(events), len(joint)), np.nan)
+        for r, event in enumerate(events):
+            for c, name in enumerate(joint):
+                value = event.features.get(name)
+                if value.__class__ is float or value.__class__ is int:
+                    rows[r, c] = value
+        return rows
+
+    def update_batch(self, rows: np.ndarray, offsets: Sequence[int], partition: int,  # type: ignore[override]
+                     times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+        marks: dict[int, dict[Adapter, Any]] = {}
+        for adapter in self.adapters:
+            for j, mark in adapter.update(rows):
+                marks.setdefault(j, {})[adapter] = mark
+        return self._walk(marks, np.arange(len(rows), dtype=np.int64), offsets, partition, times)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"detectors": {a.part: a.detector.snapshot() for a in self.adapters},
+                "episodes": {a.key: a.episode.snapshot() for a in self.adapters},
+                "last_statistic": dict(self.last_statistic)}
+
+
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
 _RESTARTED_NAMES = {"psi": "PSI", "ks": "KS", "quality": "data-quality", "adwin": "ADWIN",
-                    "page_hinkley": "Page-Hinkley", "p95": "p95 latency"}
+                    "page_hinkley": "Page-Hinkley", "p95": "p95 latency", "multivariate": "joint drift"}
 
 
 def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> dict[str, dict[str, Any]]:
@@ -510,6 +564,7 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
+            "multivariate": {**prefixed("detectors.multivariate", d.multivariate), **window, **episode},
             "performance": performance}
 
 
@@ -551,6 +606,7 @@ class ModelMonitor:
         self.reference: ReferenceProfile | None = None
         self.columns: list[ColumnMonitor] = []
         self.label_column: ColumnMonitor | None = None
+        self.multivariate: MultivariateColumn | None = None  # the joint test, when on and the reference has one
         self.warmup = WarmupSummary(config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
@@ -575,11 +631,31 @@ class ModelMonitor:
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
                                        int(self.config.merge_bucket_seconds * 1000),
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
+        self.multivariate = self._joint(reference)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
             self._use_labels(reference.labels)
         self._reconcile()
+
+    def _joint(self, reference: ReferenceProfile) -> MultivariateColumn | None:
+        """The joint test of the reference's numeric features, when on (one log line when it cannot run)."""
+        if not self.config.detectors.multivariate.enabled:
+            return None
+        numeric = sum(isinstance(r, NumericReference) for r in reference.features.values())
+        if numeric < 2:
+            return None
+        model_id = self.config.model_id
+        if reference.joint is None:
+            log.info("model %s: the reference has no joint sample of its %d numeric features (built by an older "
+                     "version, or too few complete events): multivariate drift is off for it; rebuild the "
+                     "reference to turn it on", model_id, numeric)
+            return None
+        if self.config.by_model:
+            log.info("model %s: multivariate drift is not yet decided at the model level (decisions = \"model\"):"
+                     " it is off for this model", model_id)
+            return None
+        return MultivariateColumn(self.config, reference.joint)
 
     def _reconcile(self) -> None:
         """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
@@ -589,7 +665,8 @@ class ModelMonitor:
 
     def _firing(self) -> list[str]:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
-        columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
+        columns = [*self.columns, *(c for c in (self.label_column, self.performance, self.multivariate)
+                                    if c is not None)]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
                 if a.episode.firing and not c.merged]  # a merged column's episodes are the merge's
 
@@ -699,6 +776,12 @@ class ModelMonitor:
                 continue
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
+        joint = self.multivariate
+        if joint is not None:
+            events = [e for _, _, e in pending]
+            rows = joint.rows(events, features, [c.name for c in self.columns if c.signal == "feature"])
+            for index, order, alert in joint.update_batch(rows, offsets, partition, times):
+                out.append((positions[index], len(self.columns), order, alert))
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list) -> None:
@@ -775,6 +858,7 @@ class ModelMonitor:
                 "label_column": None if self.label_column is None else self.label_column.snapshot(),
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
+                **({} if self.multivariate is None else {"multivariate": self.multivariate.snapshot()}),
                 "incidents": self.incidents.snapshot(),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
 
@@ -784,7 +868,7 @@ class ModelMonitor:
         restarted (``None``: restored as it was)."""
         self.events = state["events"]
         self.labels = state["labels"]
-        self.reference, self.columns, self.label_column = None, [], None
+        self.reference, self.columns, self.label_column, self.multivariate = None, [], None, None
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
         saved = state.get("settings")
@@ -825,7 +909,7 @@ class ModelMonitor:
 
     def _detector_kinds(self) -> set[str]:
         """The parts (:data:`_RESTARTED_NAMES`) some column of this model runs."""
-        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        columns = self.columns + [c for c in (self.label_column, self.multivariate) if c is not None]
         return {name for c in columns for name in c.parts()}
 
     def _restore_reference(self, state: Mapping[str, Any], restart: frozenset[str]) -> None:
@@ -847,6 +931,9 @@ class ModelMonitor:
                 saved = state["columns"].get(f"{column.signal}:{column.name}")
                 if saved is not None:
                     column.restore(saved, restart)
+            saved = state.get("multivariate")
+            if self.multivariate is not None and saved is not None and "multivariate" not in restart:
+                self.multivariate.restore(saved)
         if state["label_reference"] is not None:
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"], restart)
@@ -854,7 +941,7 @@ class ModelMonitor:
     def take_points(self) -> list[dict[str, Any]]:
         """The closed windows' points (:mod:`stream_monitor.history`) since the last call, column by column."""
         out: list[dict[str, Any]] = []
-        extra = [c for c in (self.label_column, self.performance) if c is not None]
+        extra = [c for c in (self.label_column, self.performance, self.multivariate) if c is not None]
         for column in chain(self.columns, extra):
             if column.points:
                 out.extend(column.points)
@@ -862,7 +949,7 @@ class ModelMonitor:
         return out
 
     def summary(self) -> dict[str, Any]:
-        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        columns = self.columns + [c for c in (self.label_column, self.multivariate) if c is not None]
         performance, performance_rows = self.performance.summary() if self.performance else (None, [])
         out = {"events": self.events, "labels": self.labels, "performance": performance,
                "reference": None if self.reference is None else
