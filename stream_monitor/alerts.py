@@ -46,28 +46,19 @@ def psi_description(ref: ColumnReference, label: str, transition: Transition, va
     return reference, current, window_message("PSI", label, transition, value, warning, critical, total)
 
 
-def joint_term(first: str, second: str | None, before: float, now: float) -> str:
-    """One moved term of the joint test in words: a correlation, a standard deviation or a mean."""
-    if second is None:
-        return f"mean({first}) {now - before:+.2f} sd"
-    if second == first:
-        return f"sd({first}) ×{math.sqrt(max(now + 1, 0)) / math.sqrt(max(before + 1, 1e-12)):.2f}"
-    return f"corr({first}, {second}) {before:.2f} → {now:.2f}"
-
-
 def joint_description(features: Sequence[str], reference_events: int, tested: int, label: str,
                       transition: Transition, value: float, warning: float, critical: float,
                       top: Sequence[Sequence[Any]] | None, window: int) -> Description:
-    """The joint test's alert: what moved most among its terms (the pairs' correlations, the features'
-    spreads and means), the top three in the message."""
-    moved = [{"term": joint_term(*t), "features": [t[0]] if t[1] is None else [t[0], t[1]],
-              "reference": t[2], "current": t[3]} for t in (top or [])]
-    reference = {"features": list(features), "events": reference_events, "terms": tested}
-    current = {"events": window, "moved": moved}
-    message = window_message("Hotelling T² of the joint distribution of", label, transition, value, warning,
-                             critical, window)
+    """The joint test's alert: the pairs whose correlation moved most, the top three in the message."""
+    moved = [{"features": [first, second], "reference": before, "current": now}
+             for first, second, before, now in (top or [])]
+    reference = {"features": list(features), "events": reference_events, "tested": tested}
+    current = {"events": window, "correlations": moved}
+    message = window_message("Hotelling T² of the correlations", label, transition, value, warning, critical,
+                             window)
     if transition.status == "firing" and moved:
-        message += "; moved most: " + ", ".join(m["term"] for m in moved)
+        message += "; moved most: " + ", ".join(
+            f"corr({m['features'][0]}, {m['features'][1]}) {m['reference']:.2f} → {m['current']:.2f}" for m in moved)
     return reference, current, message
 
 

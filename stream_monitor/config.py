@@ -515,14 +515,15 @@ class LatencyConfig(_Table):
 
 class MultivariateConfig(_Table):
     enabled: Annotated[bool, doc(
-        "Joint drift (`multivariate` alerts, detector `hotelling`) for a model with two or more numeric features: a "
-        "change in the features' means, variances or pairwise correlations taken together, e.g. a correlation "
-        "that appears while every feature's own distribution stays the same. An event missing one of the "
+        "Joint drift (`multivariate` alerts, name `joint`, detector `hotelling`) for a model with two or more "
+        "numeric features: a change in the features' pairwise correlations taken together, e.g. a correlation "
+        "that appears while every feature's own distribution stays the same (a change of one feature alone is "
+        "the per-column detectors'). An event missing one of the "
         "features is skipped by this detector (and counted).")] = True
     max_features: Annotated[int, Meta(ge=2, le=20), doc(
         "The joint test reads at most this many numeric features (the first in name order): k features make "
-        "k + k(k+1)/2 tested terms, and the reference keeps a matrix of that size squared.")] = 10
-    window: Annotated[Annotated[int, Meta(ge=100)] | None, doc(
+        "k(k−1)/2 tested correlations, and the reference keeps a matrix of that size squared.")] = 10
+    window: Annotated[Annotated[int, Meta(ge=100, le=100_000_000)] | None, doc(
         "Complete events per tumbling window of the joint test.",
         default="absent (`psi.window`)")] = None
 
