@@ -114,9 +114,9 @@ def test_at_most_max_features_are_tested():
     assert build_reference("m", events(x), None, joint_features=4).joint.names == ("f0", "f1", "f10", "f11")
 
 
-def test_quiet_on_200_stationary_windows_of_10_features():
-    """10⁶ events would be 200 windows: the pure detector on 200 windows of 10-feature rows
-    (the unit tier's pinned quiet stream; bench/false_alarms.py runs the service's path)."""
+def test_zero_alarms_on_a_million_stationary_10_feature_events():
+    """10⁶ events in 200 windows: the pure detector on 10-feature rows, pinned seed
+    (bench/false_alarms.py runs the same through a whole model)."""
     rng = np.random.default_rng(11)
     joint = fit_joint([f"f{i}" for i in range(10)], rng.standard_normal((REFERENCE, 10)))
     from stream_monitor.calibration import hotelling_threshold
