@@ -219,7 +219,7 @@ class Hotelling(LevelAdapter):
 def multivariate_adapters(column: Any, model: ModelConfig, joint: JointReference) -> list[Adapter]:
     """A model's joint test, its threshold from the false-alarm budget at its window's share."""
     det = model.detectors
-    window = det.multivariate.window or det.psi.window
+    window = det.multivariate.window
     threshold = hotelling_threshold(det.false_alarms_per_million, window, joint.events, joint.rank)
     return [Hotelling(column, JointWindow(joint, window), threshold,
                       Episode(det.resolve_after, det.cooldown, det.hysteresis))]

@@ -523,9 +523,8 @@ class MultivariateConfig(_Table):
     max_features: Annotated[int, Meta(ge=2, le=20), doc(
         "The joint test reads at most this many numeric features (the first in name order): k features make "
         "k(k−1)/2 tested correlations, and the reference keeps a matrix of that size squared.")] = 10
-    window: Annotated[Annotated[int, Meta(ge=100, le=100_000_000)] | None, doc(
-        "Complete events per tumbling window of the joint test.",
-        default="absent (`psi.window`)")] = None
+    window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
+        "Complete events per tumbling window of the joint test (per partition and model).")] = 5_000
 
 
 class DetectorsConfig(_Table):

@@ -564,7 +564,7 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
-            "multivariate": {**prefixed("detectors.multivariate", d.multivariate), **window, **episode},
+            "multivariate": {**prefixed("detectors.multivariate", d.multivariate), **episode},
             "performance": performance}
 
 
