@@ -21,7 +21,7 @@ import orjson
 
 from . import history
 from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, multivariate_adapters, performance_adapters
-from .config import Config, ModelConfig, ServiceConfig
+from .config import Config, ModelConfig, MultivariateConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
@@ -564,8 +564,17 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
-            "multivariate": {**prefixed("detectors.multivariate", d.multivariate), **episode},
-            "performance": performance}
+            "performance": performance,
+            **_joint_settings(d)}
+
+
+def _joint_settings(d: Any) -> dict[str, dict[str, Any]]:
+    """The joint test's part of the settings: only its keys that differ from their defaults (so the
+    fingerprints of the states saved before it existed still mean the same)."""
+    default = msgspec.structs.asdict(MultivariateConfig())
+    changed = {f"detectors.multivariate.{k}": v for k, v in msgspec.structs.asdict(d.multivariate).items()
+               if v != default[k] and k != "max_features"}  # max_features: the reference's part
+    return {"multivariate": changed} if changed else {}
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
