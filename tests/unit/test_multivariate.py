@@ -138,3 +138,18 @@ def test_the_pure_detector_finds_the_correlation(rho):
     [(position, value, top)] = window.add_many(rows(rng, WINDOW, 10, rho))
     assert position == WINDOW - 1 and value > 200
     assert top[0][:2] == ["f0", "f1"] and abs(top[0][3] - rho) < 0.05
+
+
+def test_a_snapshot_in_the_warm_up_keeps_the_joint_sample():
+    """Restored mid-warm-up (some events missing a feature), the reference's joint part is the same."""
+    events_ = stream(quiet=0, changed=0)
+    events_ = [e._replace(features={**e.features, "f3": None}) if i % 97 == 0 else e for i, e in enumerate(events_)]
+    whole = ModelMonitor(model(), None)
+    feed(whole, events_)
+    first = ModelMonitor(model(), None)
+    feed(first, events_[:2_500])
+    second = ModelMonitor(model(), None)
+    second.restore(decode_state(encode_state(first.snapshot())))
+    feed(second, events_[2_500:], start=2_500)
+    assert second.reference.joint == whole.reference.joint and whole.reference.joint is not None
+    assert whole.reference.joint.events == REFERENCE - len(range(0, REFERENCE, 97))
