@@ -48,11 +48,12 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import alerts, severity
-from .calibration import adwin_delta, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
+from .calibration import adwin_delta, hotelling_threshold, ks_threshold, page_hinkley_threshold, psi_threshold, rate_threshold
 from .config import ModelConfig, PageHinkleyConfig
 from .detectors.drift import AdwinDetector, PageHinkleyDetector
 from .detectors.episode import Episode, Transition
 from .detectors.ks import KsWindow
+from .detectors.multivariate import JointReference, JointWindow
 from .detectors.percentile import WindowPercentile
 from .detectors.psi import PsiWindow
 from .detectors.quality import QualityWindow
@@ -191,6 +192,37 @@ class P95Ceiling(LevelAdapter):
     def describe(self, transition, value, extra):
         return alerts.p95_description(self.column.model_id, transition, value, self.threshold,
                                       self.detector.window)
+
+
+class Hotelling(LevelAdapter):
+    """A model's joint test of its numeric features (:mod:`stream_monitor.detectors.multivariate`): T² per
+    window of complete events; its batch is the events' rows (n × k, the joint reference's feature order)."""
+
+    name = "hotelling"
+    part = stage = "multivariate"
+    signal = "multivariate"
+    subject = "joint"
+
+    def __init__(self, column: Any, window: JointWindow, threshold: float, episode: Episode):
+        super().__init__(column, threshold, 2 * threshold, episode)
+        self.detector = window
+
+    def update(self, batch: np.ndarray) -> list[tuple[int, Any]]:
+        return [(j, (value, top)) for j, value, top in self.detector.add_many(batch)]
+
+    def describe(self, transition, value, top):
+        joint = self.detector.joint
+        return alerts.joint_description(joint.names, joint.events, joint.rank, self.column.label, transition,
+                                        value, self.threshold, self.critical, top, self.detector.window)
+
+
+def multivariate_adapters(column: Any, model: ModelConfig, joint: JointReference) -> list[Adapter]:
+    """A model's joint test, its threshold from the false-alarm budget at its window's share."""
+    det = model.detectors
+    window = det.multivariate.window
+    threshold = hotelling_threshold(det.false_alarms_per_million, window, joint.events, joint.rank)
+    return [Hotelling(column, JointWindow(joint, window), threshold,
+                      Episode(det.resolve_after, det.cooldown, det.hysteresis))]
 
 
 class PointAdapter(Adapter):

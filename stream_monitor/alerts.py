@@ -46,6 +46,22 @@ def psi_description(ref: ColumnReference, label: str, transition: Transition, va
     return reference, current, window_message("PSI", label, transition, value, warning, critical, total)
 
 
+def joint_description(features: Sequence[str], reference_events: int, tested: int, label: str,
+                      transition: Transition, value: float, warning: float, critical: float,
+                      top: Sequence[Sequence[Any]] | None, window: int) -> Description:
+    """The joint test's alert: the pairs whose correlation moved most, the top three in the message."""
+    moved = [{"features": [first, second], "reference": before, "current": now}
+             for first, second, before, now in (top or [])]
+    reference = {"features": list(features), "events": reference_events, "tested": tested}
+    current = {"events": window, "correlations": moved}
+    message = window_message("Hotelling T² of the correlations", label, transition, value, warning, critical,
+                             window)
+    if transition.status == "firing" and moved:
+        message += "; moved most: " + ", ".join(
+            f"corr({m['features'][0]}, {m['features'][1]}) {m['reference']:.2f} → {m['current']:.2f}" for m in moved)
+    return reference, current, message
+
+
 def ks_description(ref: NumericReference, label: str, transition: Transition, value: float, warning: float,
                    critical: float, window: int) -> Description:
     reference = {"quantiles": {"p5": ref.ks_grid[5], "p50": ref.ks_grid[50], "p95": ref.ks_grid[95]}}

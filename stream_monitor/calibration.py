@@ -39,6 +39,8 @@ How each detector turns a share into a threshold:
   CUSUM's false-alarm rate falls exponentially with its threshold). A model's
   share lies below the table's rows: there the table's last row and rows from
   long runs (``--check``, :data:`PAGE_HINKLEY_TAIL`) set the threshold.
+- The **joint test** (multivariate) is tested once per window too, against a non-central χ² that
+  covers the reference's own error (:func:`hotelling_threshold`).
 - **PSI**, **KS** and the **data-quality rates** are tested once per window of
   ``n`` events: the share allows ``p = share × n / 10⁶`` per window, and the
   threshold is the null distribution's upper ``p`` quantile, widened for a
@@ -137,6 +139,22 @@ def ks_threshold(budget_per_million: float, window: int, reference_events: int) 
     """The two-sample Kolmogorov-Smirnov critical value (asymptotic Kolmogorov distribution)."""
     scale = math.sqrt((window + reference_events) / (window * reference_events))
     return float(stats.kstwobign.isf(per_window(budget_per_million, window)) * scale)
+
+
+def hotelling_threshold(budget_per_million: float, window: int, reference_events: int, terms: int) -> float:
+    """The joint test's T² = |W(m − μ̂)|² / (1/n + 1/N) at the per-window budget.
+
+    Over many references it is about χ²(terms); but every window of a model is compared with the same
+    reference, whose own error in its term means μ̂ shifts them all alike. Given that error, T² is
+    N/(n + N) · χ²'(terms, λ) (non-central) with λ = n/N · χ²(terms) drawn once; the threshold holds for a
+    reference whose error is at its 99.9 % quantile.
+
+    >>> round(hotelling_threshold(0.1, window=5000, reference_events=5000, terms=65), 1)
+    128.7
+    """
+    reference_error = window / reference_events * float(stats.chi2.isf(1e-3, terms))
+    return float(reference_events / (window + reference_events)
+                 * stats.ncx2.isf(per_window(budget_per_million, window), terms, reference_error))
 
 
 def rate_threshold(budget_per_million: float, window: int, reference_hits: float, reference_events: int) -> float:

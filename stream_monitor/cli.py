@@ -217,7 +217,8 @@ def _reference_build(args: argparse.Namespace) -> int:
         elif item.model_id == args.model:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
-                              model.detectors.psi.top_k, source="stored", labels=labels)
+                              model.detectors.psi.top_k, source="stored", labels=labels,
+                              joint_features=model.detectors.multivariate.max_features)
     _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
         from .state import ReferenceStore  # noqa: PLC0415

@@ -529,6 +529,20 @@ class EstimatedPerformanceConfig(_Table):
         "a predicted label counts as what it says (`performance.positive_label`).")] = 0.5
 
 
+class MultivariateConfig(_Table):
+    enabled: Annotated[bool, doc(
+        "Joint drift (`multivariate` alerts, name `joint`, detector `hotelling`) for a model with two or more "
+        "numeric features: a change in the features' pairwise correlations taken together, e.g. a correlation "
+        "that appears while every feature's own distribution stays the same (a change of one feature alone is "
+        "the per-column detectors'). An event missing one of the "
+        "features is skipped by this detector (and counted).")] = True
+    max_features: Annotated[int, Meta(ge=2, le=20), doc(
+        "The joint test reads at most this many numeric features (the first in name order): k features make "
+        "k(k−1)/2 tested correlations, and the reference keeps a matrix of that size squared.")] = 10
+    window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
+        "Complete events per tumbling window of the joint test (per partition and model).")] = 5_000
+
+
 class DetectorsConfig(_Table):
     false_alarms_per_million: Annotated[float, POSITIVE, doc(
         "The model's false-alarm budget: the expected number of false alarms per 10^6 of the model's events on "
@@ -547,6 +561,7 @@ class DetectorsConfig(_Table):
     data_quality: DataQualityConfig = DataQualityConfig()
     latency: LatencyConfig = LatencyConfig()
     estimated_performance: EstimatedPerformanceConfig = EstimatedPerformanceConfig()
+    multivariate: MultivariateConfig = MultivariateConfig()
     resolve_after: Annotated[int, AT_LEAST_1, doc(
         "A `performance` point detector's (ADWIN on the error stream, Page-Hinkley on the absolute error) episode "
         "resolves after this many labelled predictions without a new detection. A column's ADWIN and Page-Hinkley "

@@ -20,11 +20,12 @@ import numpy as np
 import orjson
 
 from . import drivers, history
-from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, performance_adapters
-from .config import Config, ModelConfig, ServiceConfig
+from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, multivariate_adapters, performance_adapters
+from .config import Config, ModelConfig, MultivariateConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
 from .detectors.kernels import numeric_indices
 from .detectors.ks import KsWindow
+from .detectors.multivariate import JointReference
 from .detectors.percentile import WindowPercentile, percentile_cell
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
@@ -489,9 +490,62 @@ class PerformanceColumn(ColumnMonitor):
             super().summary()
 
 
+class MultivariateColumn(ColumnMonitor):
+    """A model's joint test over its events' numeric features (:class:`stream_monitor.adapters.Hotelling`):
+    its values are the events' rows in the joint reference's feature order (NaN where a value is not a
+    finite number: that event is skipped and counted); its episode is walked like a column's."""
+
+    def __init__(self, model: ModelConfig, joint: JointReference):
+        self.model_id = model.model_id
+        self.signal = "multivariate"
+        self.name = "joint"
+        self.reference = joint
+        self.numeric = False
+        self.last_statistic = {}
+        self.points = history.pending()
+        self.adapters = multivariate_adapters(self, model, joint)
+        self._index_adapters()
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_id}'s {len(self.reference.names)} numeric features"
+
+    @property
+    def skipped(self) -> int:
+        return self.adapters[0].detector.skipped
+
+    def rows(self, events: Sequence[InferenceEvent], features: np.ndarray | None, names: Sequence[str]) -> np.ndarray:
+        """The events' rows (n × k): from the feature matrix when the batch has one (rows by ``names``),
+        else read from each event."""
+        joint = self.reference.names
+        if isinstance(features, np.ndarray):
+            where = {name: i for i, name in enumerate(names)}
+            return np.ascontiguousarray(features[[where[n] for n in joint]].T)
+        rows = np.full((len(events), len(joint)), np.nan)
+        for r, event in enumerate(events):
+            for c, name in enumerate(joint):
+                value = event.features.get(name)
+                if value.__class__ is float or value.__class__ is int:
+                    rows[r, c] = value
+        return rows
+
+    def update_batch(self, rows: np.ndarray, offsets: Sequence[int], partition: int,  # type: ignore[override]
+                     times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
+        marks: dict[int, dict[Adapter, Any]] = {}
+        for adapter in self.adapters:
+            for j, mark in adapter.update(rows):
+                marks.setdefault(j, {})[adapter] = mark
+        return self._walk(marks, np.arange(len(rows), dtype=np.int64), offsets, partition, times)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"detectors": {a.part: a.detector.snapshot() for a in self.adapters},
+                "episodes": {a.key: a.episode.snapshot() for a in self.adapters},
+                "last_statistic": dict(self.last_statistic)}
+
+
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
 _RESTARTED_NAMES = {"psi": "PSI", "ks": "KS", "quality": "data-quality", "adwin": "ADWIN",
-                    "page_hinkley": "Page-Hinkley", "p95": "p95 latency"}
+                    "page_hinkley": "Page-Hinkley", "p95": "p95 latency", "multivariate": "joint drift"}
 
 
 def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> dict[str, dict[str, Any]]:
@@ -507,6 +561,8 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
                  "features": None if model.features is None else dict(sorted(model.features.items())),
                  "detectors.psi.bins": d.psi.bins, "detectors.psi.top_k": d.psi.top_k,
                  "service.max_categories_per_column": service.max_categories_per_column}
+    if d.multivariate.max_features != 10:  # states saved before the joint reference meant 10
+        reference["detectors.multivariate.max_features"] = d.multivariate.max_features
     if model.features is None:
         reference["service.max_inferred_columns"] = service.max_inferred_columns
 
@@ -525,7 +581,17 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "page_hinkley": {**prefixed("detectors.page_hinkley", d.page_hinkley), **episode},
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
-            "performance": performance}
+            "performance": performance,
+            **_joint_settings(d)}
+
+
+def _joint_settings(d: Any) -> dict[str, dict[str, Any]]:
+    """The joint test's part of the settings: only its keys that differ from their defaults (so the
+    fingerprints of the states saved before it existed still mean the same)."""
+    default = msgspec.structs.asdict(MultivariateConfig())
+    changed = {f"detectors.multivariate.{k}": v for k, v in msgspec.structs.asdict(d.multivariate).items()
+               if v != default[k] and k != "max_features"}  # max_features: the reference's part
+    return {"multivariate": changed} if changed else {}
 
 
 def fingerprint(settings: Mapping[str, Any]) -> str:
@@ -570,6 +636,7 @@ class ModelMonitor:
         self.reference: ReferenceProfile | None = None
         self.columns: list[ColumnMonitor] = []
         self.label_column: ColumnMonitor | None = None
+        self.multivariate: MultivariateColumn | None = None  # the joint test, when on and the reference has one
         self.warmup = WarmupSummary(config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
@@ -632,11 +699,31 @@ class ModelMonitor:
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
             if before is not None and before.warmup is not None:  # the warm-up share's closed buckets
                 self.sketch.take_over(before)
+        self.multivariate = self._joint(reference)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None:
             self._use_labels(reference.labels)
         self._reconcile()
+
+    def _joint(self, reference: ReferenceProfile) -> MultivariateColumn | None:
+        """The joint test of the reference's numeric features, when on (one log line when it cannot run)."""
+        if not self.config.detectors.multivariate.enabled:
+            return None
+        numeric = sum(isinstance(r, NumericReference) for r in reference.features.values())
+        if numeric < 2:
+            return None
+        model_id = self.config.model_id
+        if reference.joint is None:
+            log.info("model %s: the reference has no joint sample of its %d numeric features (built by an older "
+                     "version, or too few complete events): multivariate drift is off for it; rebuild the "
+                     "reference to turn it on", model_id, numeric)
+            return None
+        if self.config.by_model:
+            log.info("model %s: multivariate drift is not yet decided at the model level (decisions = \"model\"):"
+                     " it is off for this model", model_id)
+            return None
+        return MultivariateColumn(self.config, reference.joint)
 
     def _reconcile(self) -> None:
         """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
@@ -646,7 +733,8 @@ class ModelMonitor:
 
     def _firing(self) -> list[str]:
         """The episode keys (:func:`stream_monitor.incidents.episode_key`) of this model firing now."""
-        columns = [*self.columns, *(c for c in (self.label_column, self.performance) if c is not None)]
+        columns = [*self.columns, *(c for c in (self.label_column, self.performance, self.multivariate)
+                                    if c is not None)]
         estimated = [] if self.estimated is None else \
             [episode_key("estimated_performance", m, "cbpe") for m, e in self.estimated.episodes.items() if e.firing]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
@@ -702,7 +790,8 @@ class ModelMonitor:
                 self.warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
                     psi = self.config.detectors.psi
-                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup")
+                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup",
+                                                joint_features=self.config.detectors.multivariate.max_features)
                     self._note_untracked(partition)
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
@@ -853,6 +942,12 @@ class ModelMonitor:
                 continue
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
+        joint = self.multivariate
+        if joint is not None:
+            events = [e for _, _, e in pending]
+            rows = joint.rows(events, features, [c.name for c in self.columns if c.signal == "feature"])
+            for index, order, alert in joint.update_batch(rows, offsets, partition, times):
+                out.append((positions[index], len(self.columns), order, alert))
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list) -> None:
@@ -930,6 +1025,7 @@ class ModelMonitor:
                 "performance": None if self.performance is None else self.performance.snapshot(),
                 "estimated": None if self.estimated is None else self.estimated.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
+                **({} if self.multivariate is None else {"multivariate": self.multivariate.snapshot()}),
                 "incidents": self.incidents.snapshot(),
                 **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
@@ -940,7 +1036,7 @@ class ModelMonitor:
         restarted (``None``: restored as it was)."""
         self.events = state["events"]
         self.labels = state["labels"]
-        self.reference, self.columns, self.label_column = None, [], None
+        self.reference, self.columns, self.label_column, self.multivariate = None, [], None, None
         self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
@@ -993,7 +1089,7 @@ class ModelMonitor:
 
     def _detector_kinds(self) -> set[str]:
         """The parts (:data:`_RESTARTED_NAMES`) some column of this model runs."""
-        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        columns = self.columns + [c for c in (self.label_column, self.multivariate) if c is not None]
         return {name for c in columns for name in c.parts()}
 
     def _restore_reference(self, state: Mapping[str, Any], restart: frozenset[str]) -> None:
@@ -1015,6 +1111,9 @@ class ModelMonitor:
                 saved = state["columns"].get(f"{column.signal}:{column.name}")
                 if saved is not None:
                     column.restore(saved, restart)
+            saved = state.get("multivariate")
+            if self.multivariate is not None and saved is not None and "multivariate" not in restart:
+                self.multivariate.restore(saved)
         if state["label_reference"] is not None:
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"], restart)
@@ -1022,7 +1121,7 @@ class ModelMonitor:
     def take_points(self) -> list[dict[str, Any]]:
         """The closed windows' points (:mod:`stream_monitor.history`) since the last call, column by column."""
         out: list[dict[str, Any]] = []
-        extra = [c for c in (self.label_column, self.performance) if c is not None]
+        extra = [c for c in (self.label_column, self.performance, self.multivariate) if c is not None]
         for column in chain(self.columns, extra):
             if column.points:
                 out.extend(column.points)
@@ -1030,7 +1129,7 @@ class ModelMonitor:
         return out
 
     def summary(self) -> dict[str, Any]:
-        columns = self.columns + ([self.label_column] if self.label_column is not None else [])
+        columns = self.columns + [c for c in (self.label_column, self.multivariate) if c is not None]
         performance, performance_rows = self.performance.summary() if self.performance else (None, [])
         out = {"events": self.events, "labels": self.labels, "performance": performance,
                "reference": None if self.reference is None else

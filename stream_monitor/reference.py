@@ -5,7 +5,9 @@ reference minimum and one above the maximum; categorical values keep the
 ``top_k`` most frequent categories plus ``__other__``. A numeric profile also
 keeps the reference's permille quantiles (for the rank transform), its
 percentile distribution function (for KS), and every column its data-quality
-base rates (missing, type mismatches, unseen categories).
+base rates (missing, type mismatches, unseen categories). A model's numeric features
+also get a joint reference (:mod:`stream_monitor.detectors.multivariate`), fitted on
+row-aligned values of the warm-up: a bounded sample of at most MAX_JOINT_ROWS rows.
 
 >>> ref = NumericReference.build([1.0, 2.0, 3.0, 4.0], bins=2)
 >>> ref.edges, [ref.bin_index(x) for x in (0.0, 1.0, 2.5, 4.0, 9.0)]
@@ -27,6 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .codec import category
+from .detectors.multivariate import JointReference, fit_joint
 from .errors import ReferenceProfileError
 from .drivers import JOINT_SAMPLE, JOINT_VALUES, normalised_mutual_information
 from .events import InferenceEvent, LabelEvent
@@ -37,6 +40,8 @@ KS_GRID_STEPS = 100  # percentile points for the KS sketch
 MAX_CATEGORIES = 10_000  # categories remembered for the "unseen category" check
 MAX_CATEGORY_CHARS = 256  # a longer category value is remembered cut (see :func:`category_key`)
 MAX_NAME_CHARS = 256  # a longer feature name never becomes an inferred column
+MAX_JOINT_FEATURES = 20  # numeric features whose row-aligned values the warm-up keeps for the joint reference
+MAX_JOINT_ROWS = 20_000  # rows of them it keeps (the first ones)
 
 
 def cut(text: str, limit: int = MAX_CATEGORY_CHARS) -> str:
@@ -217,6 +222,7 @@ class ReferenceProfile:
     # per feature, how strongly its reference bins go with the score's (normalised mutual information);
     # None for a reference stored before it was kept: drivers are then ranked by PSI alone
     association: Mapping[str, float] | None = None
+    joint: JointReference | None = None  # None: no joint test (fewer than two numeric features, or an older reference)
 
     def columns(self) -> list[tuple[str, str, ColumnReference]]:
         """(signal, name, reference) for every monitored column of inference events, in a stable order."""
@@ -242,6 +248,8 @@ class ReferenceProfile:
                "latency": opt(self.latency), "labels": opt(self.labels)}
         if self.association is not None:
             out["association"] = {n: float(v) for n, v in sorted(self.association.items())}
+        if self.joint is not None:
+            out["joint"] = self.joint.to_dict()
         return out
 
     @classmethod
@@ -254,7 +262,8 @@ class ReferenceProfile:
                        predicted_label=_optional(d, "predicted_label", CategoricalReference.from_dict),
                        latency=_optional(d, "latency", NumericReference.from_dict),
                        labels=_optional(d, "labels", CategoricalReference.from_dict),
-                       association=_association(d.get("association")))
+                       association=_association(d.get("association")),
+                       joint=_optional(d, "joint", JointReference.from_dict))
         except ReferenceProfileError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -431,11 +440,16 @@ class WarmupSummary:
         self.predicted_label = ColumnSummary("categorical", cap)
         self.latency = ColumnSummary("numeric", cap)
         # the first JOINT_SAMPLE events' target and tracked features (at most JOINT_VALUES values in all)
-        self.joint: list[tuple[Any, dict[str, Any]]] = []
-        self.joint_values = 0
+        self.driver_sample: list[tuple[Any, dict[str, Any]]] = []
+        self.driver_sample_values = 0
         self.untracked: set[bytes] = set()  # 8-byte digests of the names not tracked
         self.untracked_samples: list[str] = []
         self._known_untracked: set[str] = set()  # the names themselves, this process only (a fast path)
+        # row-aligned values of the first MAX_JOINT_FEATURES numeric names (configured: in name order;
+        # inferred: in order of first appearance as a number), for the joint reference
+        self.joint_names: list[str] = [] if feature_kinds is None else sorted(
+            n for n, kind in feature_kinds.items() if kind == "numeric")[:MAX_JOINT_FEATURES]
+        self.joint_rows: list[list[float | None]] = []
 
     def __len__(self) -> int:
         return self.events
@@ -462,18 +476,48 @@ class WarmupSummary:
                 column.appears += 1
                 if value is not None:
                     column.add(value)
-        if len(self.joint) < JOINT_SAMPLE and self.joint_values < JOINT_VALUES:
+        if len(self.driver_sample) < JOINT_SAMPLE and self.driver_sample_values < JOINT_VALUES:
             target = event.score if event.score is not None else event.predicted_label
             if target is not None:
                 kept = {n: _sampled(v) for n, v in features.items() if v is not None and n in columns}
-                self.joint.append((_sampled(target), kept))
-                self.joint_values += 1 + len(kept)
+                self.driver_sample.append((_sampled(target), kept))
+                self.driver_sample_values += 1 + len(kept)
+        if len(self.joint_rows) < MAX_JOINT_ROWS:
+            self._joint_row(features)
         if event.score is not None:
             self.score.add(event.score)
         if event.predicted_label is not None:
             self.predicted_label.add(event.predicted_label)
         if event.latency_ms is not None:
             self.latency.add(event.latency_ms)
+
+    def _joint_row(self, features: Mapping[str, Any]) -> None:
+        names = self.joint_names
+        if self.feature_kinds is None and len(names) < MAX_JOINT_FEATURES:
+            for name, value in features.items():
+                if is_number(value) and name not in names and len(name) <= MAX_NAME_CHARS:
+                    names.append(name)
+                    if len(names) == MAX_JOINT_FEATURES:
+                        break
+        row = []
+        for name in names:
+            value = features.get(name)
+            row.append(float(value) if is_finite_number(value) else None)
+        self.joint_rows.append(row)
+
+    def joint(self, numeric: Sequence[str], max_features: int) -> JointReference | None:
+        """The joint reference of the first ``max_features`` of the ``numeric`` features (in name order)
+        whose row-aligned values were kept; ``None`` when there are fewer than two."""
+        names = sorted(n for n in self.joint_names if n in set(numeric))[:max_features]
+        if len(names) < 2:
+            return None
+        where = [self.joint_names.index(n) for n in names]
+        rows = np.full((len(self.joint_rows), len(names)), np.nan)
+        for r, row in enumerate(self.joint_rows):
+            for c, i in enumerate(where):
+                if i < len(row) and row[i] is not None:
+                    rows[r, c] = row[i]
+        return fit_joint(names, rows)
 
     def _untracked(self, name: str) -> None:
         if name in self._known_untracked:
@@ -488,7 +532,7 @@ class WarmupSummary:
                 self.untracked_samples.append(sample)
 
     def build(self, model_id: str, bins: int = 10, top_k: int = 20, source: str = "warmup",
-              labels: "LabelSummary | None" = None) -> "ReferenceProfile":
+              labels: "LabelSummary | None" = None, joint_features: int = 10) -> "ReferenceProfile":
         """The reference profile: exactly what :func:`build_reference` gives for the same events
         (within the limits)."""
         n = self.events
@@ -513,7 +557,8 @@ class WarmupSummary:
             model_id=model_id, events=n, features=features, source=source,
             score=score, predicted_label=predicted, latency=self.latency.numeric(n, bins),
             labels=None if labels is None else labels.build(top_k),
-            association=self._association(features, score or predicted))
+            association=self._association(features, score or predicted),
+            joint=self.joint([n for n, r in features.items() if isinstance(r, NumericReference)], joint_features))
 
     def _association(self, features: Mapping[str, ColumnReference],
                      target: ColumnReference | None) -> dict[str, float] | None:
@@ -521,7 +566,7 @@ class WarmupSummary:
         label) over the joint sample; None without a target."""
         if target is None:
             return None
-        usable = [(_bin(target, t), values) for t, values in self.joint]
+        usable = [(_bin(target, t), values) for t, values in self.driver_sample]
         usable = [(t, values) for t, values in usable if t is not None]
         out = {}
         for name, ref in features.items():
@@ -533,8 +578,9 @@ class WarmupSummary:
         return {"events": self.events, "features": {n: c.snapshot() for n, c in self.features.items()},
                 "score": self.score.snapshot(), "predicted_label": self.predicted_label.snapshot(),
                 "latency": self.latency.snapshot(), "untracked": sorted(self.untracked),
-                "joint": _joint_columns(self.joint),
-                "untracked_samples": list(self.untracked_samples)}
+                "joint": _joint_columns(self.driver_sample),
+                "untracked_samples": list(self.untracked_samples),
+                "joint_names": list(self.joint_names), "joint_rows": [list(r) for r in self.joint_rows]}
 
     def absorb(self, other: "WarmupSummary") -> None:
         """Add ``other``'s events after this one's (a model-level warm-up: the partitions' bucket summaries
@@ -556,12 +602,12 @@ class WarmupSummary:
                 held.absorb(column)
         for name in ("score", "predicted_label", "latency"):
             getattr(self, name).absorb(getattr(other, name))
-        for target, values in other.joint:  # the joint sample: the first events, in the same order
-            if len(self.joint) >= JOINT_SAMPLE or self.joint_values >= JOINT_VALUES:
+        for target, values in other.driver_sample:  # the joint sample: the first events, in the same order
+            if len(self.driver_sample) >= JOINT_SAMPLE or self.driver_sample_values >= JOINT_VALUES:
                 break
             kept = {n: v for n, v in values.items() if n in self.features}
-            self.joint.append((target, kept))
-            self.joint_values += 1 + len(kept)
+            self.driver_sample.append((target, kept))
+            self.driver_sample_values += 1 + len(kept)
         for digest in other.untracked:
             if len(self.untracked) < MAX_UNTRACKED_COUNTED:
                 self.untracked.add(digest)
@@ -599,9 +645,12 @@ class WarmupSummary:
             setattr(self, name, ColumnSummary.from_snapshot(d[name], cap))
         self.untracked = set(d["untracked"])
         self.untracked_samples = list(d["untracked_samples"])
-        self.joint = _joint_rows(d.get("joint"))
-        self.joint_values = sum(1 + len(values) for _, values in self.joint)
+        self.driver_sample = _joint_rows(d.get("joint"))
+        self.driver_sample_values = sum(1 + len(values) for _, values in self.driver_sample)
         self._known_untracked = set()
+        if "joint_names" in d:  # a warm-up saved before the joint sample starts one now
+            self.joint_names = list(d["joint_names"])
+            self.joint_rows = [list(r) for r in d["joint_rows"]]
 
 
 class LabelSummary:
@@ -676,7 +725,8 @@ def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20,
 
 def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kinds: Mapping[str, str] | None,
                     bins: int = 10, top_k: int = 20, source: str = "warmup",
-                    labels: Sequence[LabelEvent] = (), limits: Limits = Limits()) -> ReferenceProfile:
+                    labels: Sequence[LabelEvent] = (), limits: Limits = Limits(),
+                    joint_features: int = 10) -> ReferenceProfile:
     """Profile a model's events. Kinds not given are inferred: numbers → numeric, else categorical.
 
     Inferred features are those present in at least 1 % of the events (and twice), among the
@@ -691,7 +741,7 @@ def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kin
         label_summary = LabelSummary(limits)
         for label in labels:
             label_summary.add(label.label)
-    return summary.build(model_id, bins, top_k, source, labels=label_summary)
+    return summary.build(model_id, bins, top_k, source, labels=label_summary, joint_features=joint_features)
 
 
 # --- configured columns that a reference cannot monitor ---------------------------------------
