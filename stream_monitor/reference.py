@@ -602,7 +602,11 @@ class WarmupSummary:
                 held.absorb(column)
         for name in ("score", "predicted_label", "latency"):
             getattr(self, name).absorb(getattr(other, name))
-        for target, values in other.driver_sample:  # the joint sample: the first events, in the same order
+        for row in other.joint_rows:  # the joint test's rows: the first events, in the same order
+            if len(self.joint_rows) >= MAX_JOINT_ROWS:
+                break
+            self._joint_row({n: v for n, v in zip(other.joint_names, row) if v is not None})
+        for target, values in other.driver_sample:  # the drivers' sample: the first events, in the same order
             if len(self.driver_sample) >= JOINT_SAMPLE or self.driver_sample_values >= JOINT_VALUES:
                 break
             kept = {n: v for n, v in values.items() if n in self.features}
