@@ -96,7 +96,9 @@ def test_an_unchanged_config_restores_exactly_and_says_nothing(caplog):
     first = PartitionMonitor(config(1000, models=("fraud",)), PARTITION, {})
     alerts = feed(first, events[:3500], 0)
     second = restart(first, config(1000, models=("fraud",)))
-    assert second.rebaselined == {} and caplog.records == []
+    # nothing at WARNING or above (the level set above; an incident's INFO line, opened by the first
+    # 3,500 events, may reach caplog when another test of the worker left that logger at INFO)
+    assert second.rebaselined == {} and [r for r in caplog.records if r.levelno >= logging.WARNING] == []
     alerts += feed(second, events[3500:], 3500)
     assert [a.alert_id for a in alerts] == [a.alert_id for a in expected] and expected
     assert second.snapshot() == whole.snapshot()
