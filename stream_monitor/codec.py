@@ -28,10 +28,9 @@ def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 
            max_features: int = 1_000, max_event_id_bytes: int = 256) -> Decoded:
     """Decode one input message; never raises for bad input."""
     value = message.value
-    if not value:
-        return DeadLetter("empty", "message has no value (tombstone or empty)")
-    if len(value) > max_bytes:
-        return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
+    refused = size_refusal(value, max_bytes)
+    if refused is not None:
+        return refused
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -43,6 +42,15 @@ def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 
         return _event(doc, known_models, message.timestamp_ms, max_features, max_event_id_bytes)
     except _Invalid as invalid:
         return invalid.letter
+
+
+def size_refusal(value: bytes | None, max_bytes: int) -> DeadLetter | None:
+    """Why a message's value is refused before it is parsed (none, or more than ``max_bytes``), or None."""
+    if not value:
+        return DeadLetter("empty", "message has no value (tombstone or empty)")
+    if len(value) > max_bytes:
+        return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
+    return None
 
 
 class _Invalid(Exception):

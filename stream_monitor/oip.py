@@ -47,7 +47,7 @@ from typing import Any, Mapping, NamedTuple
 
 import orjson
 
-from .codec import category
+from .codec import category, size_refusal
 from .config import OipConfig
 from .events import DeadLetter, RawMessage
 
@@ -88,10 +88,9 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
     """One OIP message → its half of a pair, or why not; never raises for bad input.
     ``models``: model id → its ``[models.<id>.oip]``."""
     value = message.value
-    if not value:
-        return DeadLetter("empty", "message has no value (tombstone or empty)")
-    if len(value) > max_bytes:
-        return DeadLetter("too_large", f"message is {len(value)} bytes, over the limit of {max_bytes}")
+    refused = size_refusal(value, max_bytes)
+    if refused is not None:
+        return refused
     try:
         doc = None
         if value.lstrip()[:1] in _JSON_STARTS:

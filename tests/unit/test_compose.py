@@ -7,17 +7,21 @@ the Dockerfile must agree on topics, addresses, ports and paths.
 import json
 import re
 import shlex
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 import yaml
+from stream_monitor.config import ENV_PREFIX, env_keys
 from ..support import dockerfile_env, dockerfile_instructions
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITOR_CONFIG_PATH = "/etc/stream-monitor/config.toml"
-EXPECTED_SERVICES = {"kafka", "redis", "create-topics", "monitor-1", "monitor-2", "prometheus", "grafana"}
+EXPECTED_SERVICES = {"kafka", "redis", "create-topics", "monitor-1", "monitor-2", "prometheus", "alertmanager",
+                     "grafana"}
 GRAFANA_PROVISIONING = "/etc/grafana/provisioning"
 
 
@@ -351,6 +355,86 @@ def test_config_matches_contract_shape(config):
     assert fraud["reference"] == {"source": "warmup", "events": 5000}
     # thresholds come from the calibration (quiet by default; tests/unit/test_deploy_config.py)
     assert fraud["detectors"] == {"psi": {"window": 5000}}
+
+
+# --- Alertmanager --------------------------------------------------------------------
+
+
+ALERTMANAGER_CONFIG = "/etc/alertmanager/alertmanager.yml"
+COMPOSE_ALERTMANAGER = ROOT / "deploy" / "alertmanager-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def alertmanager(services):
+    return services["alertmanager"]
+
+
+def alertmanager_ports(services):
+    svc = services["alertmanager"]
+    return container_ports(svc, "ports") | container_ports(svc, "expose")
+
+
+def test_alertmanager_image_is_pinned_and_published(alertmanager):
+    image, _, tag = alertmanager["image"].partition(":")
+    assert image == "prom/alertmanager"
+    assert re.fullmatch(r"v\d+\.\d+\.\d+", tag), f"pin a release tag, got {alertmanager['image']!r}"
+    assert 9093 in container_ports(alertmanager, "ports")
+
+
+def test_alertmanager_reads_the_compose_config_read_only(alertmanager):
+    """The production routing needs credential files the stack has not: the service reads the
+    compose-specific configuration, mounted read-only where its --config.file points."""
+    flags = dict(arg.partition("=")[::2] for arg in alertmanager["command"])
+    assert flags["--config.file"] == ALERTMANAGER_CONFIG
+    source, options = bind_mounts(alertmanager)[ALERTMANAGER_CONFIG]
+    assert (ROOT / source).resolve() == COMPOSE_ALERTMANAGER.resolve()
+    assert options == ["ro"]
+
+
+def test_compose_alertmanager_config_needs_no_credentials():
+    text = COMPOSE_ALERTMANAGER.read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    assert not re.search(r"_file\s*:", text), "a credential file the compose stack does not have"
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert config["route"]["receiver"] in receivers
+    assert all(set(r) == {"name"} for r in receivers.values()), "integrations need credentials"
+    # the same grouping and inhibition as the production routing, so the UI shows what on-call would get
+    production = yaml.safe_load((ROOT / "deploy" / "alertmanager.yml").read_text(encoding="utf-8"))
+    assert config["route"]["group_by"] == production["route"]["group_by"]
+    assert config["inhibit_rules"] == production["inhibit_rules"]
+
+
+def amtool() -> str:
+    path = shutil.which("amtool") or ("/usr/bin/amtool" if Path("/usr/bin/amtool").is_file() else None)
+    assert path, "amtool is missing: run `make test-setup` (installs Debian's prometheus-alertmanager package)"
+    return path
+
+
+def test_amtool_checks_the_compose_alertmanager_config():
+    done = subprocess.run([amtool(), "check-config", str(COMPOSE_ALERTMANAGER)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS" in done.stdout and "1 receivers" in done.stdout
+
+
+def test_monitors_post_alerts_to_the_alertmanager_service(services, monitor_services):
+    variable = f"{ENV_PREFIX}ALERTMANAGER_URL"
+    assert ("alertmanager", "url") in env_keys() and variable == "STREAM_MONITOR_ALERTMANAGER_URL"
+    for name, svc in monitor_services.items():
+        url = urlsplit(env(svc)[variable])
+        assert (url.scheme, url.hostname, url.path) == ("http", "alertmanager", ""), name
+        assert url.port in alertmanager_ports(services), name
+
+
+def test_prometheus_sends_the_rules_alerts_to_the_alertmanager_service(services, prometheus):
+    managers = prometheus["alerting"]["alertmanagers"]
+    targets = [t for manager in managers for sc in manager["static_configs"] for t in sc["targets"]]
+    assert targets
+    for target in targets:
+        host, port = host_port(target)
+        assert host == "alertmanager" and port in alertmanager_ports(services), target
+    deps = services["prometheus"]["depends_on"]
+    assert "alertmanager" in (deps if isinstance(deps, list) else list(deps))
 
 
 # --- Grafana -------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
+from stream_monitor import codec
 from stream_monitor.config import OipConfig, parse_config
 from stream_monitor.errors import ConfigError
 from stream_monitor.events import DeadLetter, InferenceEvent, RawMessage
@@ -341,3 +342,14 @@ def test_hostile_values_are_dead_letters_never_exceptions():
                 assert isinstance(out, (OipHalf, DeadLetter))
 
     check()
+
+
+@pytest.mark.parametrize("value, max_bytes, letter", [
+    (None, 100, DeadLetter("empty", "message has no value (tombstone or empty)")),
+    (b"", 100, DeadLetter("empty", "message has no value (tombstone or empty)")),
+    (b'{"x": 12345}', 10, DeadLetter("too_large", "message is 12 bytes, over the limit of 10")),
+])
+def test_both_decoders_refuse_empty_and_oversized_values_in_the_same_words(value, max_bytes, letter):
+    message = RawMessage("t", 0, 0, value)
+    assert decode(message, MODELS, max_bytes=max_bytes) == letter
+    assert codec.decode(message, {"iris"}, max_bytes=max_bytes) == letter
