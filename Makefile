@@ -20,7 +20,7 @@ PIP_AUDIT  := pip-audit==2.10.1
 PIP_TOOLS  := pip-tools==7.6.2
 PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
 
-.PHONY: setup test-setup prometheus-setup demo test test-unit test-integration docs config-docs bench audit lock lock-upgrade clean
+.PHONY: setup test-setup prometheus-setup alertmanager-setup demo test test-unit test-integration docs config-docs bench audit lock lock-upgrade clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -39,10 +39,13 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 # What only the tests need from the OS packages: headless Chromium for the status-page screenshot,
 # Prometheus (`prometheus`, `promtool`) for the alert rules and Prometheus Alertmanager (and its amtool)
 # for the Alertmanager tests (the tests never install anything themselves); and checkov in its own virtualenv.
-test-setup: setup prometheus-setup $(CHECKOV_VENV)/bin/checkov
+test-setup: setup prometheus-setup alertmanager-setup $(CHECKOV_VENV)/bin/checkov
 	@command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ] || { \
 	  echo "installing chromium from the OS packages (status-page test)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# amtool checks the compose Alertmanager config (unit tier); the Alertmanager tests run the real one.
+alertmanager-setup:
 	@[ -x /usr/bin/prometheus-alertmanager ] && [ -x /usr/bin/amtool ] || { \
 	  echo "installing prometheus-alertmanager from the OS packages (Alertmanager tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager >/dev/null; }
@@ -77,7 +80,7 @@ test: test-setup
 
 # The unit tier: no broker, no Redis, no `run` process, on 2 workers (1,356 tests: 47 s wall, 76 s of CPU
 # on 2 cores). Property tests run a quarter of their examples; HYPOTHESIS_PROFILE=thorough runs the full counts.
-test-unit: setup prometheus-setup $(CHECKOV_VENV)/bin/checkov
+test-unit: setup prometheus-setup alertmanager-setup $(CHECKOV_VENV)/bin/checkov
 	$(PY) -m pytest -n 2 --dist worksteal -m "not integration"
 
 test-integration: test-setup
