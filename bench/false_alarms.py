@@ -5,7 +5,7 @@ split equally over the tests it runs. Every number comes from the service's own
 code path:
 
 - **per model**: a 20-feature model (14 continuous, 3 discrete, 3 categorical
-  features, a score, latency; 165 tests) whose events are spread over 4
+  features, a score, latency; 167 tests) whose events are spread over 4
   partitions (as when keyed by event id), each partition a `PartitionMonitor`
   building its reference from its first 5,000 events, then `--model-events`
   more drawn the same way: every `firing` alert is a false alarm. The same run
@@ -45,6 +45,7 @@ from stream_monitor.codec import decode
 from stream_monitor.config import EstimatedPerformanceConfig, parse_config
 from stream_monitor.detectors.psi import psi
 from stream_monitor.events import InferenceEvent, RawMessage
+from stream_monitor.merge import may_estimate
 from stream_monitor.partition import ColumnMonitor, ModelMonitor, PartitionMonitor
 from stream_monitor.reference import CategoricalReference, NumericReference
 
@@ -53,7 +54,9 @@ BUDGET = 0.1
 PARTITIONS = 4
 # the per-model run's 20 features: 14 continuous, 3 discrete, 3 categorical
 WIDE = [*(["normal", "lognormal", "uniform"] * 5)[:14], "poisson", "poisson", "bernoulli", *["categorical"] * 3]
-WIDE_TESTS = model_tests([kind != "categorical" for kind in WIDE] + [True, True], performance=True)  # + score, latency
+# + score, latency; the estimated performance (a score, the task inferred) and the joint test (17 numeric features)
+WIDE_TESTS = model_tests([kind != "categorical" for kind in WIDE] + [True, True], performance=True, estimate=True,
+                         joint=True)
 SHARE = split(BUDGET, WIDE_TESTS)
 CHECK_BUDGET = 200.0
 CATEGORIES = [f"c{i}" for i in range(10)]
@@ -156,7 +159,10 @@ def model_partition(args: tuple[int, int, float, int]) -> tuple[int, Counter, in
         for alert in monitor.process_batch(items):
             if alert.status == "firing":
                 fired[f"{alert.signal}/{alert.detector}"] += 1
-    tests = model_tests([c.numeric for c in monitor.models["wide"].columns], performance=True)
+    model = monitor.models["wide"]
+    tests = model_tests([c.numeric for c in model.columns], performance=True, estimate=may_estimate(model.config),
+                        joint=model.multivariate is not None)
+    assert model.share == split(budget, tests), "the bench counts the model's tests as the monitor does"
     return partition, fired, tests, time.perf_counter() - started
 
 

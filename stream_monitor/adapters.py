@@ -216,11 +216,14 @@ class Hotelling(LevelAdapter):
                                         value, self.threshold, self.critical, top, self.detector.window)
 
 
-def multivariate_adapters(column: Any, model: ModelConfig, joint: JointReference) -> list[Adapter]:
-    """A model's joint test, its threshold from the false-alarm budget at its window's share."""
+def multivariate_adapters(column: Any, model: ModelConfig, joint: JointReference,
+                          budget: float | None = None) -> list[Adapter]:
+    """A model's joint test, its threshold from its share of the false-alarm budget (``budget``: one test's
+    share, :func:`stream_monitor.calibration.split`; default: the whole budget) at its window's share."""
     det = model.detectors
     window = det.multivariate.window
-    threshold = hotelling_threshold(det.false_alarms_per_million, window, joint.events, joint.rank)
+    budget = det.false_alarms_per_million if budget is None else budget
+    threshold = hotelling_threshold(budget, window, joint.events, joint.rank)
     return [Hotelling(column, JointWindow(joint, window), threshold,
                       Episode(det.resolve_after, det.cooldown, det.hysteresis))]
 

@@ -8,9 +8,10 @@ like its reference, all its columns, detectors and partitions together.
 numeric column its four data-quality rates, PSI, KS, ADWIN and Page-Hinkley;
 per categorical column its two quality rates and PSI; the label column (three,
 counted from the start so thresholds do not move when labels arrive); the
-performance drift detector — and :func:`split` gives each an equal share
-(0.1 over the 180 tests of a 20-feature model with a score and latency:
-5.6·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
+performance drift detector; the estimated performance where the model may be a
+classifier with scores; the multivariate test where the reference has a joint
+part — and :func:`split` gives each an equal share (0.1 over the 182 tests of
+a 20-feature classifier with a score and latency: 5.5·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
 value it sees, which is what makes the sum over partitions the model's:
 
 - a **point detector** (ADWIN, Page-Hinkley) runs once per partition and sees
@@ -49,8 +50,8 @@ How each detector turns a share into a threshold:
 The threshold functions take the share of one test (the ``budget_per_million``
 argument):
 
->>> split(0.1, model_tests(numeric=[True] * 22, performance=True))  # 20 numeric features, score, latency
-0.0005555555555555556
+>>> split(0.1, model_tests(numeric=[True] * 22, performance=True, estimate=True, joint=True))  # 20 features
+0.0005494505494505495
 >>> round(adwin_delta(0.1, clock=32), 8)
 3.2e-06
 >>> round(psi_threshold(0.1, window=5000, reference_events=5000, bins=10), 4)
@@ -100,12 +101,19 @@ def column_tests(numeric: bool, detectors: Any = None) -> int:
     return tests
 
 
-def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None) -> int:
+def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None, estimate: bool = False,
+                joint: bool = False) -> int:
     """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
-    not as ``numeric`` says: theirs, the label column's (categorical) and, with ``performance``, the error
-    stream's drift detector. Fixed limits (metric floors, the p95 ceiling) are not tests of the budget."""
+    not as ``numeric`` says: theirs, the label column's (categorical), with ``performance`` the error
+    stream's drift detector, with ``estimate`` the estimated performance (one test: its four metrics share
+    it) and with ``joint`` the multivariate test. Fixed limits (metric floors, the p95 ceiling) are not
+    tests of the budget.
+
+    >>> model_tests([True] * 22, performance=True, estimate=True, joint=True)  # 20 numeric features, score, latency
+    182
+    """
     return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
-            + (1 if performance else 0))
+            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0))
 
 
 def split(budget_per_million: float, tests: int) -> float:

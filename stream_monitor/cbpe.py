@@ -196,6 +196,16 @@ class EstimatedPerformance:
         self.windows: EstimatedWindow | None = None
         self.episodes = {m: Episode(cooldown=0) for m in METRICS}
 
+    def recalibrate(self, false_alarms_per_million: float) -> None:
+        """The same calibration and state, judged at another share of the budget (the floors move with z)."""
+        if false_alarms_per_million == self.settings["budget"]:
+            return
+        self.settings["budget"] = false_alarms_per_million
+        self.z = budget_z(false_alarms_per_million, self.config.window)
+        if self.floors is not None:
+            for floor in self.floors.values():
+                floor["floor"] = floor["mean"] - self.z * floor["sd"]
+
     @property
     def calibrated(self) -> bool:
         return self.calibration is not None

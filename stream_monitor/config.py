@@ -463,7 +463,7 @@ class KsConfig(_Table):
         "Run KS on numeric columns.")] = True
     threshold: Annotated[POSITIVE_OR_ABSENT, doc(
         "KS statistic of a `warning` alert; `critical` is twice it.",
-        default="absent (from the budget's share: ≈ 0.052 for windows and references of 5,000 and 180 tests)")] = None
+        default="absent (from the budget's share: ≈ 0.052 for windows and references of 5,000 and 182 tests)")] = None
 
 
 class AdwinConfig(_Table):
@@ -471,7 +471,7 @@ class AdwinConfig(_Table):
         "Run ADWIN on numeric columns.")] = True
     delta: Annotated[Annotated[float, Meta(gt=0, lt=1)] | None, doc(
         "ADWIN's confidence: its bound on the chance of a false cut at each check. Smaller is quieter and slower.",
-        default="absent (share × 10⁻⁶ × `clock`: 1.8·10⁻⁸ for budget 0.1 over 180 tests)")] = None
+        default="absent (share × 10⁻⁶ × `clock`: 1.8·10⁻⁸ for budget 0.1 over 182 tests)")] = None
     clock: Annotated[int, POSITIVE, doc(
         "ADWIN checks for a change every `clock` values.")] = 32
     grace_period: Annotated[int, POSITIVE, doc(
@@ -492,7 +492,7 @@ class PageHinkleyConfig(_Table):
         "worth catching quickly).")] = 0.25
     threshold: Annotated[POSITIVE_OR_ABSENT, doc(
         "Detection threshold λ on the cumulative sums.",
-        default="absent (from the budget's share: 39.0 for `delta` 0.25 and 0.1 over 180 tests)")] = None
+        default="absent (from the budget's share: 39.0 for `delta` 0.25 and 0.1 over 182 tests)")] = None
     alpha: Annotated[float, Meta(gt=0, le=1), doc(
         "Forgetting factor of the cumulative sums; `1` = no forgetting (river's 0.9999 never settles and cannot be"
         " calibrated).")] = 1.0
@@ -548,8 +548,9 @@ class DetectorsConfig(_Table):
         "The model's false-alarm budget: the expected number of false alarms per 10^6 of the model's events on "
         "data drawn like its reference, all its columns, detectors and partitions together. It is split equally "
         "over the tests the model runs (per numeric column 8: four data-quality rates, PSI, KS, ADWIN, "
-        "Page-Hinkley; per categorical column 3; the label column 3; the performance drift detector 1; 180 for 20 "
-        "numeric features with a score and latency), and each test's share, as a rate per value it sees, sets "
+        "Page-Hinkley; per categorical column 3; the label column 3; the performance drift detector 1; the "
+        "estimated performance 1 where the model may be a classifier with scores; the multivariate test 1 where "
+        "it runs; 182 for a classifier with 20 numeric features, a score and latency), and each test's share, as a rate per value it sees, sets "
         "every threshold not given explicitly (`stream_monitor/calibration.py`): the PSI warning floor, "
         "`ks.threshold`, `adwin.delta`, `page_hinkley.threshold` and the data-quality rate limits. A rate per "
         "value keeps the model's total independent of its partition count: P per-partition detectors see 1/P "

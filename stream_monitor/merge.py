@@ -75,12 +75,37 @@ def merged_columns(reference: ReferenceProfile, latency: bool = True) -> list[tu
     return [(signal, name, ref) for signal, name, ref in reference.columns() if latency or signal != "latency"]
 
 
+def may_estimate(model: ModelConfig) -> bool:
+    """Whether the config lets the model's performance be estimated: on, with performance monitored and a
+    task that may be classification (configured so, or left to be inferred)."""
+    return (model.detectors.estimated_performance.enabled and model.performance.enabled
+            and model.performance.task in ("", "classification"))
+
+
+def runs_joint(model: ModelConfig, reference: ReferenceProfile) -> bool:
+    """Whether the model runs the multivariate test on ``reference``: on, two or more numeric features with
+    a joint sample, decided per partition."""
+    numeric = sum(isinstance(r, NumericReference) for r in reference.features.values())
+    return (model.detectors.multivariate.enabled and numeric >= 2 and reference.joint is not None
+            and not model.by_model)
+
+
+def share_before_reference(model: ModelConfig) -> float:
+    """Each test's share while the reference's columns are unknown: of the tests known from the config alone
+    (the label column's, the performance detector and, where it may run, the estimated performance)."""
+    det = model.detectors
+    return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model)))
+
+
 def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     """Each test's share of the model's false-alarm budget: split equally over the tests its reference's
-    columns, its label column and its performance detector run (:mod:`stream_monitor.calibration`)."""
+    columns, its label column, its performance detector, its estimated performance (a classifier's, from
+    its scores) and its multivariate test run (:mod:`stream_monitor.calibration`)."""
     det = model.detectors
     numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
-    return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det))
+    estimate = may_estimate(model) and reference.score is not None
+    return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
+                                                           runs_joint(model, reference)))
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:

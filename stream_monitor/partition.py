@@ -35,8 +35,7 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
-from .calibration import model_tests, split
-from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share
+from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
@@ -495,15 +494,16 @@ class MultivariateColumn(ColumnMonitor):
     its values are the events' rows in the joint reference's feature order (NaN where a value is not a
     finite number: that event is skipped and counted); its episode is walked like a column's."""
 
-    def __init__(self, model: ModelConfig, joint: JointReference):
+    def __init__(self, model: ModelConfig, joint: JointReference, budget: float | None = None):
         self.model_id = model.model_id
+        self.budget = budget  # the test's share of the model's false-alarm budget (None: all of it)
         self.signal = "multivariate"
         self.name = "joint"
         self.reference = joint
         self.numeric = False
         self.last_statistic = {}
         self.points = history.pending()
-        self.adapters = multivariate_adapters(self, model, joint)
+        self.adapters = multivariate_adapters(self, model, joint, budget)
         self._index_adapters()
 
     @property
@@ -688,6 +688,8 @@ class ModelMonitor:
         # the label and performance detectors may predate the reference: from now on, the model's share
         if self.performance is not None:
             self.performance = self.performance.recalibrated(self.config, self.share)
+        if self.estimated is not None:
+            self.estimated.recalibrate(self.share)
         if self.label_column is not None and reference.labels is None and self.label_column.budget != self.share:
             column = ColumnMonitor(self.config, "label", "label", self.label_column.reference, budget=self.share)
             column.restore(self.label_column.snapshot())
@@ -723,7 +725,7 @@ class ModelMonitor:
             log.info("model %s: multivariate drift is not yet decided at the model level (decisions = \"model\"):"
                      " it is off for this model", model_id)
             return None
-        return MultivariateColumn(self.config, reference.joint)
+        return MultivariateColumn(self.config, reference.joint, self.share)
 
     def _reconcile(self) -> None:
         """Episodes that ended without a ``resolved`` (their detectors restarted) leave the open incident."""
@@ -741,10 +743,10 @@ class ModelMonitor:
                 if a.episode.firing and not c.merged] + estimated  # a merged column's episodes are the merge's
 
     def _share_before_reference(self) -> float:
-        """Each test's share while the reference's columns are unknown: the label and performance tests
-        alone (their thresholds follow the model's share once the reference is built)."""
-        return split(self.config.detectors.false_alarms_per_million,
-                     model_tests([], self.config.performance.enabled, self.config.detectors))
+        """Each test's share while the reference's columns are unknown: of the tests the config alone tells
+        (:func:`stream_monitor.merge.share_before_reference`; the label, performance and estimated
+        performance thresholds follow the model's share once the reference is built)."""
+        return share_before_reference(self.config)
 
     def _use_labels(self, labels: CategoricalReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels, budget=self.share)
@@ -877,10 +879,11 @@ class ModelMonitor:
         flush()
 
     def _estimate_budget(self) -> float:
-        """The estimate's share of the model's false-alarm budget: one test's before the reference is known
-        (a function of the config alone, so the same however the stream is cut and whenever the first pair
-        comes; split again over the four metrics by :func:`stream_monitor.cbpe.budget_z`)."""
-        return self._share_before_reference()
+        """The estimate's share of the model's false-alarm budget: one test's, as the others' (before the
+        reference from the config alone, then the model's share: :meth:`use_reference` recalibrates an
+        estimate that predates it, so its floors are the same whenever the first pair comes; split again
+        over the four metrics by :func:`stream_monitor.cbpe.budget_z`)."""
+        return self.share
 
     def _leaving(self, tagged: list[tuple[int, int, int, Alert]]) -> list[tuple[int, int, int, Alert]]:
         """Where the model's alerts leave it: in the order raised, each stamped with its incident."""

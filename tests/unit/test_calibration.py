@@ -215,6 +215,8 @@ def test_a_20_feature_model_runs_180_tests_and_each_gets_an_equal_share():
     numeric = [True] * 20 + [True, True]  # the features, the score, latency
     assert model_tests(numeric, performance=True, detectors=detectors()) == 22 * 8 + 3 + 1 == 180
     assert model_tests(numeric, performance=False) == 179  # no performance drift detector
+    # a classifier with scores: its estimated performance; 20 numeric features: the joint test (one test each)
+    assert model_tests(numeric, performance=True, detectors=detectors(), estimate=True, joint=True) == 182
     assert split(0.1, 180) * 180 == pytest.approx(0.1)
     assert split(0.1, 0) == 0.1
     # wider models split thinner: each test's thresholds rise with the model's width

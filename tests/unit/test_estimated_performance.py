@@ -224,3 +224,36 @@ def test_replay_of_json_messages_raises_valid_estimated_performance_alerts():
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "alert.json").read_text())
     for alert in alerts:
         jsonschema.validate(alert.to_dict(0), schema)
+
+
+def test_the_estimate_is_one_test_of_the_budget_and_takes_the_models_share_once_the_reference_is_built():
+    """Calibrated before the reference is built (at the config's share: labels, performance, the estimate),
+    the estimate's floors move to the model's share with the reference, as if calibrated at it."""
+    from stream_monitor.calibration import model_tests, split
+    from stream_monitor.cbpe import budget_z
+    from stream_monitor.merge import model_share, share_before_reference
+
+    detectors = {"psi": {"window": 1000}, "estimated_performance": {"reference_pairs": 500, "window": 500}}
+    model = parse_config({"models": {"credit": {"reference": {"events": 1500},
+                                                "detectors": detectors}}}).models["credit"]
+    monitor = ModelMonitor(model, None)
+    items = stream()
+    run(monitor, items[:1000], 250)
+    assert monitor.reference is None and monitor.estimated.calibrated
+    early = share_before_reference(model)
+    assert early == split(0.1, model_tests([], True, model.detectors, estimate=True)) == 0.1 / 5
+    assert monitor.estimated.settings["budget"] == early
+    run(monitor, items[1000:2000], 250)
+    share = model_share(model, monitor.reference)
+    # x and the score (8 each), labels 3, performance 1, the estimate 1; one numeric feature: no joint test
+    assert monitor.share == share == split(0.1, 8 + 8 + 3 + 1 + 1)
+    estimate = monitor.estimated
+    assert estimate.settings["budget"] == share and estimate.z == budget_z(share, 500)
+    assert all(f["floor"] == f["mean"] - estimate.z * f["sd"] for f in estimate.floors.values())
+    # the same floors whatever the batch cuts, and across a restore
+    other = ModelMonitor(model, None)
+    run(other, items[:700], 700)
+    restored = ModelMonitor(model, None)
+    restored.restore(statecodec.decode(statecodec.encode(other.snapshot())))
+    run(restored, items[700:2000], 97)
+    assert statecodec.encode(restored.snapshot()["estimated"]) == statecodec.encode(monitor.snapshot()["estimated"])

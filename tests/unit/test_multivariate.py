@@ -153,3 +153,23 @@ def test_a_snapshot_in_the_warm_up_keeps_the_joint_sample():
     feed(second, events_[2_500:], start=2_500)
     assert second.reference.joint == whole.reference.joint and whole.reference.joint is not None
     assert whole.reference.joint.events == REFERENCE - len(range(0, REFERENCE, 97))
+
+
+def test_the_joint_test_is_one_test_of_the_models_budget():
+    """Its threshold comes from one test's share, as every other test's: the model's total is its budget."""
+    from stream_monitor.calibration import hotelling_threshold, model_tests, split
+    from stream_monitor.merge import model_share
+
+    config = model()
+    monitor = ModelMonitor(config, None)
+    feed(monitor, stream(quiet=0, changed=0))
+    joint = monitor.multivariate.reference
+    # 5 numeric features (8 tests each), labels 3, performance 1, the joint test 1; no score: no estimate
+    assert monitor.share == model_share(config, monitor.reference) == split(0.1, 5 * 8 + 3 + 1 + 1)
+    assert monitor.share == split(0.1, model_tests([True] * 5, True, config.detectors, joint=True))
+    window = config.detectors.multivariate.window
+    assert monitor.multivariate.adapters[0].threshold == hotelling_threshold(monitor.share, window, joint.events,
+                                                                             joint.rank)
+    off = ModelMonitor(model(multivariate={"enabled": False}), None)
+    feed(off, stream(quiet=0, changed=0))
+    assert off.multivariate is None and off.share == split(0.1, 5 * 8 + 3 + 1)

@@ -102,13 +102,14 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
         (6185, "resolved", "critical", "error_rate", "adwin"),
         (8569, "resolved", "critical", "accuracy", "floor"),
         (8569, "resolved", "critical", "precision", "floor"),
-        (17137, "firing", "critical", "error_rate", "adwin"),  # the cooldown let it fire again
         (17149, "firing", "critical", "accuracy", "floor"),
         (17149, "firing", "critical", "precision", "floor"),
+        # budget: the two new tests are counted
+        (17201, "firing", "critical", "error_rate", "adwin"),  # the cooldown let it fire again
     ]
-    assert [a.alert_id[:16] for a in alerts] == [
+    assert [a.alert_id[:16] for a in alerts] == [  # budget: the two new tests are counted
         "1d922f4ee1c739e5", "1a364a973f33f7c4", "57505e7bdfc77dbc", "88c74205c84a333b", "1e9152139512aff0",
-        "ab92d229f67539cd", "7cbb25ccb42be9ff", "799c79bed45a0734", "7274639bdda4eb4e"]
+        "ab92d229f67539cd", "799c79bed45a0734", "7274639bdda4eb4e", "1705179675af9872"]
     accuracy = alerts[0]
     assert (accuracy.statistic, accuracy.threshold, accuracy.reference, accuracy.current) == (
         pytest.approx(0.67333333), 0.72, {"floor": 0.72}, {"accuracy": pytest.approx(0.67333333), "pairs": 300})
@@ -126,7 +127,7 @@ def test_classification_error_rate_and_floors_fire_and_resolve_at_pinned_pairs()
         "(limit 0.72)")
     rows = [(r["name"], r["detector"], r["threshold"], r["firing"], r["last_alert_id"][:16])
             for r in monitor.summary()["models"]["credit"]["detectors"] if r["signal"] == "performance"]
-    assert rows == [("error_rate", "adwin", None, True, "7cbb25ccb42be9ff"),
+    assert rows == [("error_rate", "adwin", None, True, "1705179675af9872"),  # budget: the two new tests are counted
                     ("accuracy", "floor", 0.72, True, "799c79bed45a0734"),
                     ("precision", "floor", 0.7, True, "7274639bdda4eb4e")]
 
@@ -217,11 +218,14 @@ def test_the_performance_detector_takes_the_models_share_once_the_reference_is_b
     monitor = PartitionMonitor(config, 0, {})
     early = monitor.model("credit")
     before = early.performance
-    assert before.budget == split(0.1, model_tests([], True, model.detectors)) == 0.1 / 2  # labels (PSI), drift
+    # budget: the two new tests are counted (a classifier's estimated performance, known from the config)
+    assert before.budget == split(0.1, model_tests([], True, model.detectors, estimate=True)) == 0.1 / 3
+    # labels (PSI), drift, estimate
     _, monitor = run("classifier")
     credit = monitor.models["credit"]
     share = model_share(model, credit.reference)
-    assert credit.share == share == 0.1 / 5  # x, score, predicted label (PSI only each), labels, performance
+    # budget: the two new tests are counted (the estimate; one feature: no joint test)
+    assert credit.share == share == 0.1 / 6  # x, score, predicted label (PSI only each), labels, performance, estimate
     assert credit.performance.budget == share
     assert credit.performance.adapters[0].detector.delta == adwin_delta(share, model.detectors.adwin.clock)
     assert all(c.budget == share for c in credit.columns)
