@@ -42,7 +42,7 @@ class LocalPrometheus:
 
     def __init__(self, tmp_path: Path, targets: list[str], rules: Path):
         self.port = free_port()
-        config = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+        config = {"global": {"scrape_interval": "2s", "evaluation_interval": "1s", "scrape_timeout": "2s"},
                   "rule_files": [str(rules)],
                   "scrape_configs": [{"job_name": "stream-monitor", "metrics_path": "/metrics",
                                       "static_configs": [{"targets": targets}]}]}
@@ -117,7 +117,12 @@ def test_rules_fire_on_a_running_instance(broker, redis_server, tmp_path, monito
 
         def scraped():  # the instance is up for Prometheus before anything is consumed: rates see the rise
             result = prometheus.api("/api/v1/query", query='up{job="stream-monitor"}')["result"]
-            return result and result[0]["value"][1] == "1"
+            if not (result and result[0]["value"][1] == "1"):
+                return False
+            # and the counters the ratio divides are stored at 0: a rate sees no rise from a first sample
+            zeros = prometheus.api("/api/v1/query", query='stream_monitor_events_consumed_total{job="stream-monitor"}'
+                                   ' + on(job) group_left sum by (job) (stream_monitor_dead_letters_total)')["result"]
+            return bool(zeros) and all(sample["value"][1] == "0" for sample in zeros)
 
         prometheus.wait(scraped, "the first scrape of the monitor", monitor)
 
