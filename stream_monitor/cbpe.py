@@ -32,6 +32,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from . import history
 from .codec import category
 from .config import EstimatedPerformanceConfig
 from .detectors.episode import Episode, Transition
@@ -195,6 +196,7 @@ class EstimatedPerformance:
         self.floors: dict[str, dict[str, float]] | None = None
         self.windows: EstimatedWindow | None = None
         self.episodes = {m: Episode(cooldown=0) for m in METRICS}
+        self.points = history.pending()  # each closed window's estimates, for the report (not saved)
 
     def recalibrate(self, false_alarms_per_million: float) -> None:
         """The same calibration and state, judged at another share of the budget (the floors move with z)."""
@@ -236,6 +238,9 @@ class EstimatedPerformance:
         for j, metrics in self.windows.add_many(predictions):
             for metric in METRICS:
                 value, floor = metrics[metric], self.floors[metric]
+                self.points.append(history.window_point(
+                    self.model_id, "estimated_performance", metric, "cbpe", value, floor["floor"],
+                    floor["mean"] - 2 * self.z * floor["sd"], offsets[j], partition, times[j]))
                 transition = self.episodes[metric].limit(value < floor["floor"], self._severity(value, floor))
                 if transition is not None:
                     out.append((j, self._alert(metric, transition, metrics, offsets[j], partition, times[j])))

@@ -1124,7 +1124,7 @@ class ModelMonitor:
     def take_points(self) -> list[dict[str, Any]]:
         """The closed windows' points (:mod:`stream_monitor.history`) since the last call, column by column."""
         out: list[dict[str, Any]] = []
-        extra = [c for c in (self.label_column, self.performance, self.multivariate) if c is not None]
+        extra = [c for c in (self.label_column, self.performance, self.multivariate, self.estimated) if c is not None]
         for column in chain(self.columns, extra):
             if column.points:
                 out.extend(column.points)

@@ -4,6 +4,8 @@ falls below the reference's range (pure, no I/O: :class:`stream_monitor.partitio
 
 from __future__ import annotations
 
+import pytest
+
 import numpy as np
 
 from stream_monitor import statecodec
@@ -76,6 +78,27 @@ def test_a_quiet_stream_raises_nothing_and_shows_its_estimate():
     assert info["windows"] == 6 and info["metrics"]["accuracy"] > info["floors"]["accuracy"]
     rows = [r for r in monitor.summary()["detectors"] if r["signal"] == "estimated_performance"]
     assert [r["name"] for r in rows] == ["accuracy", "precision", "recall", "f1"] and not any(r["firing"] for r in rows)
+
+
+def test_each_window_estimate_is_a_history_point_and_the_report_draws_it():
+    """The report's "Performance (estimated)" section: one point per metric per closed window, with the
+    floor as its warning line and the critical line beside it."""
+    from stream_monitor import report
+
+    monitor = ModelMonitor(config(), None)
+    run(monitor, stream(seed=11, shift=False), 1000)
+    points = [p for p in monitor.take_points() if p["signal"] == "estimated_performance"]
+    info = monitor.summary()["estimated"]
+    assert len(points) == 4 * info["windows"] and {p["name"] for p in points} == {"accuracy", "precision", "recall", "f1"}
+    last = [p for p in points if p["name"] == "accuracy"][-1]
+    assert last["detector"] == "cbpe" and last["warning"] == pytest.approx(info["floors"]["accuracy"])
+    assert last["critical"] < last["warning"] < last["statistic"]
+    assert monitor.take_points() == []  # taken once
+    page = report.render("m", [dict(p, wall_ms=1_800_000_000_000 + i) for i, p in enumerate(points)], 1_799_999_000_000,
+                         1_800_000_100_000, None,
+                         generated_ms=0)
+    section = page[page.index("Performance (estimated)"):]
+    assert "<svg" in section[:20_000] and "accuracy" in section[:20_000]
 
 
 def test_enabled_false_turns_it_off():
