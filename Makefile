@@ -78,7 +78,7 @@ WORKERS ?= 4
 test: test-setup
 	$(PY) -m pytest -n $(WORKERS) --dist worksteal
 
-# The unit tier: no broker, no Redis, no `run` process, on 2 workers (1,356 tests: 47 s wall, 76 s of CPU
+# The unit tier: no broker, no Redis, no `run` process, on 2 workers (1,619 tests: about 80 s wall
 # on 2 cores). Property tests run a quarter of their examples; HYPOTHESIS_PROFILE=thorough runs the full counts.
 test-unit: setup prometheus-setup alertmanager-setup $(CHECKOV_VENV)/bin/checkov
 	$(PY) -m pytest -n 2 --dist worksteal -m "not integration"
