@@ -711,6 +711,23 @@ def wait_settled(monitors: list[Monitor], watch: OffsetWatch, topic: str, partit
                        f"{ {p: tl[-1:] for p, tl in watch.timelines.items()} }")
 
 
+def wait_past_targets(watch, partitions, targets: dict[int, int], ends: dict[int, int], monitors,
+                      timeout: float) -> float:
+    """Until every partition has reached its target offset, and each one's progress at the moment the last
+    got there is known (a checkpoint after it, or the partition's end); that moment."""
+    for p in partitions:
+        watch.wait_for(p, targets[p], monitors, timeout)
+    closed = max(watch.timelines[p][first_at_least(watch.timelines[p], targets[p])][0] for p in partitions)
+    deadline = time.monotonic() + timeout
+    while not all(watch.timelines[p][-1][0] >= closed or watch.timelines[p][-1][1] >= ends[p] for p in partitions):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no checkpoint after the window closed within {timeout:.0f} s")
+        for monitor in monitors:
+            monitor.check_alive()
+        time.sleep(POLL)
+    return closed
+
+
 def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
     """`instances` instances in one group on a topic of as many partitions, holding only the warm-ups when
     they start; once the group has settled, N/instances measured events per partition (and the padding)
@@ -746,17 +763,7 @@ def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
         ends = send_all(producer, topic, rest)
         production = time.monotonic() - begun
         targets = {p: WARMUP + share for p in partitions}
-        for p in partitions:
-            watch.wait_for(p, targets[p], monitors, timeout)
-        closed = max(watch.timelines[p][first_at_least(watch.timelines[p], targets[p])][0] for p in partitions)
-        deadline = time.monotonic() + timeout
-        while not all(watch.timelines[p][-1][0] >= closed or watch.timelines[p][-1][1] >= ends[p]
-                      for p in partitions):  # each partition's progress at `closed` is known
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no checkpoint after the window closed within {timeout:.0f} s")
-            for monitor in monitors:
-                monitor.check_alive()
-            time.sleep(POLL)
+        closed = wait_past_targets(watch, partitions, targets, ends, monitors, timeout)
         window = live_window(watch.timelines, begun, WARMUP, targets)
         window.other_cores = watch.other_cores(window)
         stack_cores = watch.stack_cores(window)
@@ -869,17 +876,7 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
         begun = time.monotonic()
         ends = send_all(producer, topic, rest)
         production = time.monotonic() - begun
-        for p in partitions:
-            watch.wait_for(p, targets[p], monitors, timeout)
-        closed = max(watch.timelines[p][first_at_least(watch.timelines[p], targets[p])][0] for p in partitions)
-        deadline = time.monotonic() + timeout
-        while not all(watch.timelines[p][-1][0] >= closed or watch.timelines[p][-1][1] >= ends[p]
-                      for p in partitions):  # each partition's progress at `closed` is known
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no checkpoint after the window closed within {timeout:.0f} s")
-            for monitor in monitors:
-                monitor.check_alive()
-            time.sleep(POLL)
+        closed = wait_past_targets(watch, partitions, targets, ends, monitors, timeout)
         after_scrape = scrape_all(ports)
         merges = sum(merge_buckets(port) for port in ports)
         window = live_window(watch.timelines, begun, starts, targets)
