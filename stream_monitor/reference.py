@@ -683,14 +683,6 @@ class LabelSummary:
         self.labels = ColumnSummary.from_snapshot(d["labels"], self.labels.max_categories)
 
 
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def is_finite_number(value: Any) -> bool:
-    return is_number(value) and math.isfinite(value)
-
-
 def _joint_columns(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
     """The joint sample column by column (what a snapshot keeps): the targets, and per feature its
     values aligned with them (None where the event had none)."""
