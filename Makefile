@@ -20,7 +20,7 @@ PIP_AUDIT  := pip-audit==2.10.1
 PIP_TOOLS  := pip-tools==7.6.2
 PIN_LINES  := s/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p
 
-.PHONY: setup test-setup prometheus-setup alertmanager-setup demo test test-unit test-integration docs config-docs bench audit lock lock-upgrade clean
+.PHONY: setup test-setup prometheus-setup alertmanager-setup demo test test-unit test-integration docs config-docs kubernetes-rules bench audit lock lock-upgrade clean
 
 setup: $(VENV)/.installed
 	@command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || { \
@@ -96,6 +96,10 @@ docs: test-setup
 # around them is hand-written); tests/unit/test_config_docs.py fails while they differ.
 config-docs: setup
 	$(PY) -m stream_monitor.configdocs docs/CONFIGURATION.md
+
+# deploy/kubernetes's PrometheusRule from deploy/prometheus/rules.yml (after editing the rules)
+kubernetes-rules: setup
+	$(PY) deploy/kubernetes/prometheusrule.py
 
 bench: setup
 	$(PY) bench/throughput.py

@@ -34,6 +34,7 @@ KUBERNETES_VERSION = "1.33.0"
 # Kinds of custom resources: their schema is the CRD's, vendored under tests/crds (source in each file's
 # header comment), not Kubernetes'.
 CRD_FILES = {("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+             ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
              ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_scaledobjects.yaml",
              ("keda.sh/v1alpha1", "TriggerAuthentication"): "keda.sh_triggerauthentications.yaml"}
 CHECKOV = Path(sys.prefix) / ".checkov" / "bin" / "checkov"  # make test-setup installs it there
@@ -187,7 +188,8 @@ def validation_errors(obj: dict[str, Any]) -> list[str]:
 @pytest.mark.parametrize("name", sorted(BUILDS))
 def test_every_object_is_valid_for_the_pinned_kubernetes_or_its_crd(name):
     """Kubernetes' own kinds against kubernetes-validate's schemas of KUBERNETES_VERSION with unknown
-    fields refused; PodMonitor, ScaledObject and TriggerAuthentication against their CRD's schema."""
+    fields refused; PodMonitor, PrometheusRule, ScaledObject and TriggerAuthentication against their CRD's
+    schema."""
     objects = built(name)
     assert {(o["apiVersion"], o["kind"]) for o in objects} >= set(CRD_FILES)
     problems = {f"{o['kind']}/{o['metadata']['name']}": errors for o in objects if (errors := validation_errors(o))}

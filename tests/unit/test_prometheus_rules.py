@@ -9,6 +9,7 @@ tests fail and say so.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ RULES_DIR = ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "rules.yml"
 RULES_TEST = RULES_DIR / "rules.test.yml"
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus.yml"
+KUBERNETES_RULES = ROOT / "deploy" / "kubernetes" / "base" / "prometheusrule.yaml"
 # what Prometheus itself adds to every scraped series, and the series it makes per target
 TARGET_LABELS = {"job", "instance"}
 SYNTHETIC = {"up": set()}
@@ -78,6 +80,32 @@ def test_promtool_checks_the_compose_config_with_its_rules(tmp_path):
 
 def test_promtool_unit_tests_of_the_rules_pass():
     run_promtool("test", "rules", RULES_TEST.name, cwd=RULES_DIR)
+
+
+def kubernetes_rules_generator():
+    spec = importlib.util.spec_from_file_location("prometheusrule", ROOT / "deploy" / "kubernetes" / "prometheusrule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_kubernetes_prometheusrule_is_generated_from_the_rules_file():
+    """deploy/kubernetes's PrometheusRule carries rules.yml's groups, as `make kubernetes-rules` writes
+    them: an edit of one without the other fails here."""
+    expected = kubernetes_rules_generator().manifest(RULES.read_text(encoding="utf-8"))
+    assert KUBERNETES_RULES.read_text(encoding="utf-8") == expected, "run `make kubernetes-rules`"
+    (doc,) = [d for d in yaml.safe_load_all(KUBERNETES_RULES.read_text(encoding="utf-8")) if d]
+    assert doc["spec"]["groups"] == yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+
+
+def test_promtool_checks_the_kubernetes_prometheusrules_groups(tmp_path):
+    """What the Prometheus Operator hands Prometheus (spec.groups as a rule file) passes promtool, every
+    rule counted."""
+    (doc,) = [d for d in yaml.safe_load_all(KUBERNETES_RULES.read_text(encoding="utf-8")) if d]
+    extracted = tmp_path / "rules.yml"
+    extracted.write_text(yaml.safe_dump({"groups": doc["spec"]["groups"]}), encoding="utf-8")
+    output = run_promtool("check", "rules", str(extracted))
+    assert f"SUCCESS: {len(rules())} rules found" in output
 
 
 def test_every_alerting_rule_is_shown_firing_and_not_firing():
