@@ -249,10 +249,35 @@ class Forwarder:
             if exc.transient:
                 self._unreachable(now, len(batch), str(exc))
                 return max(0.0, self._retry_at - now)
-            self._refused(now, batch, str(exc))
-            return 0.0
+            if len(batch) == 1:
+                self._refused(now, batch, str(exc))
+                return 0.0
+            return self._one_by_one(now, batch, alerts)
         self._posted(now, batch)
         return 0.0 if self._due(now, peek=True) else self._idle(now)
+
+    def _one_by_one(self, now: float, batch: list[_Firing | _Resolved], alerts: list[dict[str, Any]]) -> float:
+        """A refused batch, posted again alert by alert: Alertmanager refuses a whole batch for one alert
+        it cannot take, and the others must not be lost with it. An outage met on the way leaves the
+        rest waiting, as any outage does."""
+        refused: list[_Firing | _Resolved] = []
+        reason = ""
+        for item, alert in zip(batch, alerts):
+            try:
+                self.send([alert])
+            except AlertmanagerError as exc:
+                if exc.transient:
+                    if refused:
+                        self._refused(now, refused, reason)
+                    self._unreachable(now, 1, str(exc))
+                    return max(0.0, self._retry_at - now)
+                refused.append(item)
+                reason = str(exc)
+                continue
+            self._posted(now, [item])
+        if refused:
+            self._refused(now, refused, reason)
+        return 0.0
 
     def _take(self, now: float) -> None:
         with self._lock:
@@ -350,8 +375,8 @@ class Forwarder:
         self._count("alertmanager_failed", count, "unreachable")  # after the log line: a reader of both sees both
 
     def _refused(self, now: float, batch: list, reason: str) -> None:
-        """An answer 4xx: the same batch would be refused again, so it is not retried (its firing alerts
-        are posted again only at their next resend)."""
+        """An answer 4xx to these alerts, each posted alone: they would be refused again, so they are not
+        retried (a firing one is posted again only at its next resend)."""
         self._settle(now, batch)
         self._count("alertmanager_failed", len(batch), "refused")
         if now - self._refused_logged >= REFUSED_LOG_SECONDS:

@@ -35,19 +35,23 @@ class Clock:
 
 
 class FakeAlertmanager:
-    """Records each batch; ``down`` makes every post fail as unreachable, ``refuse`` as a 400."""
+    """Records each batch; ``down`` makes every post fail as unreachable, ``refuse`` as a 400, and so does
+    a batch holding an alert whose ``name`` label is in ``refuse_names`` (as Alertmanager refuses a
+    whole batch for one alert it cannot take)."""
 
     def __init__(self):
         self.batches: list[list[dict]] = []
         self.down = False
         self.refuse = False
+        self.refuse_names: set[str] = set()
+        self.down_after: int | None = None  # posts answered before it goes down
         self.attempts = 0
 
     def __call__(self, alerts):
         self.attempts += 1
-        if self.down:
+        if self.down or (self.down_after is not None and self.attempts > self.down_after):
             raise AlertmanagerError("ConnectionRefusedError: [Errno 111] Connection refused", transient=True)
-        if self.refuse:
+        if self.refuse or any(a["labels"].get("name") in self.refuse_names for a in alerts):
             raise AlertmanagerError("HTTP 400: bad alert", transient=False)
         self.batches.append(alerts)
 
@@ -243,8 +247,41 @@ def test_a_refused_batch_is_not_retried_and_its_firing_alerts_wait_for_their_res
     with caplog.at_level(logging.ERROR, "stream_monitor.alertmanager"):
         fwd.step()
         assert fwd.step() == 60.0
-    assert fake.attempts == 1 and "refused 2 alerts" in caplog.text
+    assert fake.attempts == 3 and "refused 2 alerts" in caplog.text  # the batch, then each alert alone
     assert value(metrics, "stream_monitor_alertmanager_alerts_failed_total", reason="refused") == 2
+
+
+def test_one_alert_alertmanager_refuses_does_not_sink_the_others_of_its_batch(caplog):
+    fwd, fake, clock, metrics = forwarder()
+    fake.refuse_names = {"bad"}
+    for name in ("a", "bad", "b"):
+        fwd.offer(record(name=name))
+    fwd.offer(record(status="resolved", name="c"))
+    with caplog.at_level(logging.ERROR, "stream_monitor.alertmanager"):
+        fwd.step()
+    assert sorted(a["labels"]["name"] for a in fake.alerts) == ["a", "b", "c"]
+    assert fake.attempts == 5 and "refused 1 alerts (HTTP 400: bad alert)" in caplog.text
+    assert value(metrics, "stream_monitor_alertmanager_alerts_failed_total", reason="refused") == 1
+    assert value(metrics, "stream_monitor_alertmanager_alerts_posted_total") == 3
+    clock.now += 60.0  # at their resend the three firing ones are tried again: the same split, the same result
+    fwd.step()
+    assert [a["labels"]["name"] for batch in fake.batches[-2:] for a in batch] == ["a", "b"] and fake.attempts == 9
+
+
+def test_an_outage_while_posting_one_by_one_leaves_the_rest_waiting():
+    fwd, fake, clock, metrics = forwarder()
+    fake.refuse_names = {"bad"}
+    fake.down_after = 2  # the batch refused, "bad" refused alone, then down
+    for name in ("bad", "a", "b"):
+        fwd.offer(record(name=name))
+    assert fwd.step() > 0.0  # backing off
+    assert fake.alerts == []
+    assert value(metrics, "stream_monitor_alertmanager_alerts_failed_total", reason="refused") == 1
+    assert value(metrics, "stream_monitor_alertmanager_alerts_failed_total", reason="unreachable") == 1
+    fake.down_after = None
+    clock.now += 10.0
+    fwd.step()
+    assert sorted(a["labels"]["name"] for a in fake.alerts) == ["a", "b"]
 
 
 def test_offer_never_waits_for_a_slow_alertmanager():
