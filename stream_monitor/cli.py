@@ -521,12 +521,15 @@ def _state_export(args: argparse.Namespace) -> int:
 
     config = _config(args)
     store = StateStore(_client(config), config.redis.namespace, config.kafka.group_id)
-    count = 0
+    merged = [model_id for model_id, model in config.models.items() if model.by_model]
+    partitions = merges = 0
     with open(args.output, "wb") as out:
-        for record in store.export_records():
+        for record in store.export_records(merged):
             out.write(orjson.dumps(record) + b"\n")
-            count += 1
-    print(f"exported {count} partitions to {args.output}")
+            merges += "merge" in record
+            partitions += "merge" not in record
+    also = f" and the merge state of {merges} models" if merges else ""
+    print(f"exported {partitions} partitions{also} to {args.output}")
     return 0
 
 
@@ -540,8 +543,9 @@ def _state_import(args: argparse.Namespace) -> int:
             lines = handle.readlines()
     except OSError as exc:
         raise StateError(f"{args.input}: cannot be read: {exc.strerror or exc}") from None
-    count = store.import_lines(lines, str(args.input))
-    print(f"imported {count} partitions from {args.input}")
+    imported = store.import_lines(lines, str(args.input))
+    also = f" and the merge state of {imported.merges} models" if imported.merges else ""
+    print(f"imported {imported.partitions} partitions{also} from {args.input}")
     return 0
 
 

@@ -37,7 +37,7 @@ import marshal
 import re
 import time
 from dataclasses import replace
-from typing import Any, Container, Iterable, Iterator, Mapping
+from typing import Any, Container, Iterable, Iterator, Mapping, NamedTuple
 
 import orjson
 import redis
@@ -269,31 +269,94 @@ def check_fields(key: str, fields: Mapping[str, bytes]) -> tuple[int, dict[str, 
     return next_offset, snapshot, named, epoch
 
 
-def _import_record(line: bytes, where: str) -> tuple[str, int, dict[str, bytes]]:
-    """(topic, partition, fields) of one line of a `state export` file; a :class:`StateError` naming
-    ``where`` for a line that is not one."""
+def _base64(fields: Mapping[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): base64.b64encode(v).decode() for k, v in fields.items()}
+
+
+def _json_object(line: bytes, where: str) -> dict[str, Any]:
     try:
         record = orjson.loads(line)
     except orjson.JSONDecodeError as exc:
         raise StateError(f"{where}: not JSON ({exc}); nothing was imported") from None
     if not isinstance(record, dict):
         raise StateError(f"{where}: not a JSON object; nothing was imported")
+    return record
+
+
+def _decoded_fields(fields: Any, what: str, where: str) -> dict[str, bytes]:
+    if not isinstance(fields, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
+        raise StateError(f"{where}: {what} must map field names to base64 strings; nothing was imported")
+    decoded = {}
+    for name, value in fields.items():
+        try:
+            decoded[name] = base64.b64decode(value, validate=True)
+        except ValueError:
+            raise StateError(f"{where}: field {name!r} of {what} is not base64; nothing was imported") from None
+    return decoded
+
+
+def _check_partials(fields: Mapping[str, bytes], what: str, where: str) -> None:
+    """A partition's partials of a model: ``wm`` an integer, ``idle`` 0/1, every other field a bucket
+    number holding a JSON object."""
+    for name, value in fields.items():
+        if name == "wm" and _DIGITS.fullmatch(value.decode("ascii", "replace").lstrip("-")):
+            continue
+        if name == "idle" and value in (b"0", b"1"):
+            continue
+        if name.lstrip("-").isdigit():
+            try:
+                if isinstance(orjson.loads(value), dict):
+                    continue
+            except orjson.JSONDecodeError:
+                pass
+        raise StateError(f"{where}: field {name!r} of {what} is not a watermark, an idle flag or a bucket's "
+                         "partial; nothing was imported")
+
+
+def _import_record(line: bytes, where: str) -> tuple[str, int, dict[str, bytes], dict[str, dict[str, bytes]]]:
+    """(topic, partition, fields, partials per model) of one partition's line of a `state export` file; a
+    :class:`StateError` naming ``where`` for a line that is not one."""
+    record = _json_object(line, where)
     topic, partition, fields = record.get("topic"), record.get("partition"), record.get("fields")
     if not isinstance(topic, str) or not topic or "|" in topic:
         raise StateError(f"{where}: 'topic' must be a topic name, got {str(topic)[:60]!r}; nothing was imported")
     if type(partition) is not int or partition < 0:
         raise StateError(f"{where}: 'partition' must be an integer >= 0, got {str(partition)[:20]!r}; "
                          "nothing was imported")
-    if not isinstance(fields, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items()):
-        raise StateError(f"{where}: 'fields' must map field names to base64 strings; nothing was imported")
-    decoded = {}
-    for name, value in fields.items():
-        try:
-            decoded[name] = base64.b64decode(value, validate=True)
-        except ValueError:
-            raise StateError(f"{where}: field {name!r} of {topic}[{partition}] is not base64; "
-                             "nothing was imported") from None
-    return topic, partition, decoded
+    decoded = _decoded_fields(fields, f"'fields' of {topic}[{partition}]", where)
+    raw_partials = record.get("partials", {})
+    if not isinstance(raw_partials, dict) or not all(isinstance(m, str) and m for m in raw_partials):
+        raise StateError(f"{where}: 'partials' of {topic}[{partition}] must map model ids to fields; "
+                         "nothing was imported")
+    partials = {}
+    for model_id, model_fields in raw_partials.items():
+        what = f"the partials of model {model_id!r} on {topic}[{partition}]"
+        partials[model_id] = _decoded_fields(model_fields, what, where)
+        _check_partials(partials[model_id], what, where)
+    return topic, partition, decoded, partials
+
+
+def _import_merge(line: bytes, where: str) -> tuple[str, dict[str, bytes]]:
+    """(model id, fields) of a model's merge-state line of a `state export` file, its ``state`` checked
+    to be a merge state (a JSON object with an integer ``step``)."""
+    record = _json_object(line, where)
+    model_id = record.get("merge")
+    if not isinstance(model_id, str) or not model_id:
+        raise StateError(f"{where}: 'merge' must be a model id, got {str(model_id)[:60]!r}; nothing was imported")
+    what = f"the merge state of model {model_id!r}"
+    fields = _decoded_fields(record.get("fields"), what, where)
+    try:
+        state = orjson.loads(fields.get("state", b""))
+    except orjson.JSONDecodeError:
+        state = None
+    if not isinstance(state, dict) or type(state.get("step")) is not int:
+        raise StateError(f"{where}: {what} has no 'state' field holding a merge state; nothing was imported")
+    return model_id, fields
+
+
+class Imported(NamedTuple):
+    partitions: int
+    merges: int  # models' merge states (decisions = "model")
 
 
 class StateStore:
@@ -365,26 +428,53 @@ class StateStore:
             self._written[key] = set(references)
         return outcome
 
-    def export_records(self) -> Iterator[dict[str, Any]]:
+    def export_records(self, merged_models: Iterable[str] = ()) -> Iterator[dict[str, Any]]:
         """Every stored partition as ``{"topic", "partition", "fields": {name: base64}}`` (its hash as it
-        is stored: the state and references in this version's format)."""
+        is stored: the state and references in this version's format), with ``"partials": {model:
+        fields}`` of the ``merged_models`` (decisions = "model") read in the same transaction; then each
+        such model's merge state as ``{"merge": model, "fields"}``. Partitions come first: a merge that
+        consumes some of their partials while the export runs is exported past them, and since the merge
+        state remembers what it took from each partition, nothing is merged twice or lost."""
+        merged_models = list(merged_models)
         for topic, partition in self.partitions():
-            fields = self.client.hgetall(self.key(topic, partition))
+            pipe = self.client.pipeline(transaction=True)  # one slot: the partition's hash tag
+            pipe.hgetall(self.key(topic, partition))
+            for model_id in merged_models:
+                pipe.hgetall(self.partials_key(topic, partition, model_id))
+            fields, *partials = pipe.execute()
             if fields:
-                yield {"topic": topic, "partition": partition,
-                       "fields": {k.decode(): base64.b64encode(v).decode() for k, v in fields.items()}}
+                record: dict[str, Any] = {"topic": topic, "partition": partition, "fields": _base64(fields)}
+                kept = {m: _base64(f) for m, f in zip(merged_models, partials) if f}
+                if kept:
+                    record["partials"] = kept
+                yield record
+        merges = MergeStore(self)
+        for model_id in merged_models:
+            fields = self.client.hgetall(merges.key(model_id))
+            if fields:
+                yield {"merge": model_id, "fields": _base64(fields)}
 
-    def import_lines(self, lines: Iterable[bytes], where: str) -> int:
+    def import_lines(self, lines: Iterable[bytes], where: str) -> Imported:
         """Check every record (lines of :meth:`export_records` JSON) — each partition's state and the
-        references it names decode, its offset is an integer — then write them all in one transaction
-        (on a Redis Cluster: one per partition, see :meth:`_import_into_cluster`);
+        references it names decode, its offset is an integer, its partials are partials; each merge state is
+        one — then write them all in one transaction, each key replaced whole (on a Redis Cluster: one per
+        partition with its partials, then one per merge state, see :meth:`_import_into_cluster`);
         the first bad record is a :class:`StateError` naming ``where``, its line and the problem, and
-        nothing is written. The number of partitions imported."""
+        nothing is written. How many partitions and merge states were imported."""
         records: dict[tuple[str, int], dict[str, bytes]] = {}
+        partials: dict[tuple[str, int], dict[str, dict[str, bytes]]] = {}
+        merges: dict[str, dict[str, bytes]] = {}
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            topic, partition, fields = _import_record(line, f"{where} line {number}")
+            if line.lstrip().startswith(b'{"merge"'):
+                model_id, fields = _import_merge(line, f"{where} line {number}")
+                if model_id in merges:
+                    raise StateError(f"{where} line {number}: the merge state of model {model_id!r} appears twice; "
+                                     "nothing was imported")
+                merges[model_id] = fields
+                continue
+            topic, partition, fields, partials[(topic, partition)] = _import_record(line, f"{where} line {number}")
             try:
                 check_fields(self.key(topic, partition), fields)
             except StateError as exc:
@@ -392,19 +482,37 @@ class StateStore:
             if (topic, partition) in records:
                 raise StateError(f"{where} line {number}: {topic}[{partition}] appears twice; nothing was imported")
             records[(topic, partition)] = fields
+        merge_keys = {model_id: MergeStore(self).key(model_id) for model_id in merges}
         if records and is_cluster(self.client):
-            self._import_into_cluster(records, where)
-            return len(records)
+            self._import_into_cluster(records, partials, where)
+            for model_id, fields in merges.items():  # one key each: after the partitions, as exported
+                self._replace(self.client.pipeline(transaction=True), merge_keys[model_id], fields).execute()
+            return Imported(len(records), len(merges))
         pipe = self.client.pipeline(transaction=True)
         for (topic, partition), fields in records.items():
             pipe.sadd(self.index_key, f"{topic}|{partition}")
-            pipe.delete(self.key(topic, partition))
-            pipe.hset(self.key(topic, partition), mapping=fields)
-        if records:
+            self._replace_partition(pipe, topic, partition, fields, partials[(topic, partition)])
+        for model_id, fields in merges.items():
+            self._replace(pipe, merge_keys[model_id], fields)
+        if records or merges:
             pipe.execute()
-        return len(records)
+        return Imported(len(records), len(merges))
 
-    def _import_into_cluster(self, records: Mapping[tuple[str, int], Mapping[str, bytes]], where: str) -> None:
+    @staticmethod
+    def _replace(pipe: Any, key: str, fields: Mapping[str, bytes]) -> Any:
+        pipe.delete(key)
+        if fields:
+            pipe.hset(key, mapping=fields)
+        return pipe
+
+    def _replace_partition(self, pipe: Any, topic: str, partition: int, fields: Mapping[str, bytes],
+                           partials: Mapping[str, Mapping[str, bytes]]) -> None:
+        self._replace(pipe, self.key(topic, partition), fields)
+        for model_id, model_partials in partials.items():
+            self._replace(pipe, self.partials_key(topic, partition, model_id), model_partials)
+
+    def _import_into_cluster(self, records: Mapping[tuple[str, int], Mapping[str, bytes]],
+                             partials: Mapping[tuple[str, int], Mapping[str, Mapping[str, bytes]]], where: str) -> None:
         """A Redis Cluster has no transaction across hash slots, and each partition's hash has a slot of
         its own: the index first (one key), then each partition replaced in one transaction of its slot, so
         a partition is never half imported. Redis failing midway leaves the first ones imported; the
@@ -412,10 +520,8 @@ class StateStore:
         self.client.sadd(self.index_key, *(f"{topic}|{partition}" for topic, partition in records))
         done = 0
         for (topic, partition), fields in records.items():
-            key = self.key(topic, partition)
             pipe = self.client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping=fields)
+            self._replace_partition(pipe, topic, partition, fields, partials[(topic, partition)])
             try:
                 pipe.execute()
             except REDIS_ERRORS as exc:

@@ -175,6 +175,20 @@ def keys_by_master(client, namespace: str) -> dict[str, int]:
             for node in client.get_primaries()}
 
 
+def namespace_contents(client: redis.Redis, namespace: str) -> dict[bytes, tuple]:
+    """Every key of one run's namespace with its content (the Redis server is shared by all tests)."""
+    out: dict[bytes, tuple] = {}
+    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        kind = client.type(key)
+        if kind == b"hash":
+            out[key] = ("hash", client.hgetall(key))
+        elif kind == b"set":
+            out[key] = ("set", client.smembers(key))
+        else:
+            out[key] = (kind, client.dump(key))
+    return out
+
+
 def wait_for_offsets(store: StateStore, topic: str, ends: dict[int, int], timeout: float = 90.0,
                      processes: Iterable[MonitorProcess] = ()) -> None:
     """Until the stored next offset of every partition reaches its end offset."""

@@ -23,7 +23,7 @@ from stream_monitor.reference import build_reference
 from stream_monitor.state import SAVED, STALE, MergeStore, ReferenceStore, StateStore, connect
 from stream_monitor.synthetic import generate
 
-from ..support import Feeder, Run, produce, unique, validator, wait_for_offsets
+from ..support import Feeder, Run, namespace_contents, produce, unique, validator, wait_for_offsets
 
 PARTITIONS = 4
 EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
@@ -299,3 +299,50 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     shown = status(clean, "--json")["model_decisions"]["fraud"]["reference"]
     assert shown["id"] == reference_id and shown["events"] >= SHARE
     assert f"model reference {reference_id[:12]}: " in status(clean)
+
+
+def test_state_export_and_import_carry_the_models_reference_partials_and_merge_state(
+        broker, redis_target, tmp_path, monitors):
+    """Disaster recovery with decisions = "model": the export holds the partitions' states with their
+    unmerged partials and the model's merge state (its warm-up reference, episodes, open window); after
+    the run's keys are gone and the file is imported, Redis holds exactly what it held, and the run
+    finishes with the reference and the alert ids of an undisturbed one."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    reference_id, expected, windows = expected_with_warm_up(records)
+    run = Run(broker, redis_target, tmp_path, topic, PARTITIONS, "dr-model", service=SERVICE,
+              models={"fraud": WARMUP_MODEL})
+    produce(broker.address, topic, records[:EVENTS // 2])
+    first = run.start(monitors)
+    before_stop = wait_for_windows(run, 1, [first])
+    assert first.terminate() == 0, first.log()[-3000:]
+
+    export = tmp_path / "state.jsonl"
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "state", "export", "-c", str(run.config),
+                           "--output", str(export)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"exported {PARTITIONS} partitions and the merge state of 1 models" in done.stdout
+    exported = [orjson.loads(line) for line in export.read_bytes().splitlines()]
+    assert [r["merge"] for r in exported if "merge" in r] == ["fraud"]
+    assert exported[-1].get("merge") == "fraud", "the merge state comes after the partitions"
+
+    client = run.store.client
+    before = namespace_contents(client, run.namespace)
+    kept = {k: v for k, v in before.items() if b":join:" not in k and b":history:" not in k}
+    assert any(b":merge:" in k for k in kept)
+    client.delete(*before)  # the disaster (one key at a time on a cluster: keys of many slots)
+    assert namespace_contents(client, run.namespace) == {}
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "state", "import", "-c", str(run.config),
+                           "--input", str(export)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"imported {PARTITIONS} partitions and the merge state of 1 models" in done.stdout
+    assert namespace_contents(client, run.namespace) == kept, "the import restores exactly what was exported"
+    assert MergeStore(run.store).load("fraud")["windows"] >= before_stop["windows"]
+
+    produce(broker.address, topic, records[EVENTS // 2:])
+    second = run.start(monitors)
+    alerts = finish(run, [second], windows)
+    assert "until the model's reference is built" not in second.log(), "the reference came back with the import"
+    assert MergeStore(run.store).load("fraud")["reference_id"] == reference_id
+    assert {a["alert_id"] for a in alerts} == expected

@@ -184,6 +184,8 @@ def crafted(record: dict, tmp_path, **fields: bytes) -> dict:
     ("reference", "field 'ref:"),
     ("json", "not JSON"),
     ("base64", "is not base64"),
+    ("partials", "field '7' of the partials of model 'stable' on t[1] is not a watermark, an idle flag or a bucket's partial"),
+    ("merge", "the merge state of model 'stable' has no 'state' field holding a merge state"),
 ])
 def test_state_import_refuses_a_bad_file_and_writes_nothing(bad, problem, exported, tmp_path):
     target, [good] = exported
@@ -193,7 +195,11 @@ def test_state_import_refuses_a_bad_file_and_writes_nothing(bad, problem, export
               "offset": lambda: orjson.dumps(crafted(good, tmp_path, offset=b"abc")),
               "reference": lambda: orjson.dumps(crafted(good, tmp_path, **{ref: crafted_pickle(marker)})),
               "json": lambda: b'{"topic": "t", "partition": 1, "fields": ',
-              "base64": lambda: orjson.dumps({**good, "partition": 1, "fields": {"offset": "!!"}})}[bad]()
+              "base64": lambda: orjson.dumps({**good, "partition": 1, "fields": {"offset": "!!"}}),
+              "partials": lambda: orjson.dumps({**good, "partition": 1,
+                                                "partials": {"stable": {"7": base64.b64encode(b"[1").decode()}}}),
+              "merge": lambda: orjson.dumps({"merge": "stable", "fields": {"state": base64.b64encode(b"[]").decode()}}),
+              }[bad]()
     path = tmp_path / "bad.jsonl"
     path.write_bytes(orjson.dumps(good) + b"\n" + second + b"\n")
     done = import_file(target, path)

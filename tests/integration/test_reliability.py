@@ -25,8 +25,8 @@ from stream_monitor.config import admin_settings, consumer_settings, load_config
 from stream_monitor.demo.localstack import LocalProcess, create_topics, free_port, redis_binary
 from stream_monitor.synthetic import generate
 
-from ..support import (MODELS, assert_same_outcome, Feeder, lines, MonitorProcess, produce, Run, stored_offset,
-                      two_model_stream, unique, validator, wait_for_offsets, write_config)
+from ..support import (MODELS, assert_same_outcome, Feeder, lines, MonitorProcess, namespace_contents, produce, Run,
+                      stored_offset, two_model_stream, unique, validator, wait_for_offsets, write_config)
 
 CLI = [sys.executable, "-m", "stream_monitor"]
 
@@ -118,20 +118,6 @@ def test_sigterm_during_start_up_exits_cleanly(broker, redis_server, tmp_path, m
 
 
 # --- disaster recovery: state export → lose Redis → state import ------------------------------------------------
-
-
-def namespace_contents(client: redis.Redis, namespace: str) -> dict[bytes, tuple]:
-    """Every key of one run's namespace with its content (the Redis server is shared by all tests)."""
-    out: dict[bytes, tuple] = {}
-    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
-        kind = client.type(key)
-        if kind == b"hash":
-            out[key] = ("hash", client.hgetall(key))
-        elif kind == b"set":
-            out[key] = ("set", client.smembers(key))
-        else:
-            out[key] = (kind, client.dump(key))
-    return out
 
 
 @pytest.mark.slow
