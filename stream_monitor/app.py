@@ -134,6 +134,7 @@ class Service:
                              stopping=lambda: self.stopping)
         self.dead_letter_digest = DeadLetterDigest(service.dead_letter_log_seconds, log)
         self.known_models = frozenset(config.models)
+        self.max_ahead_ms = int(config.service.max_timestamp_ahead_seconds * 1000)  # decode's event-time check
         self.consumer_settings = consumer_settings(config)
         self.cooperative = is_cooperative(self.consumer_settings)
         faults.install_processing_fault()
@@ -514,10 +515,10 @@ class Service:
         if raw.topic in self.oip_topics:
             return key, monitor, raw, decode_oip(raw, self.oip_models, self.config.service.max_message_bytes,
                                                  self.config.service.max_event_id_bytes,
-                                                 self.config.service.max_features_per_event)
+                                                 self.config.service.max_features_per_event, self.max_ahead_ms)
         return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
                                           self.config.service.max_features_per_event,
-                                          self.config.service.max_event_id_bytes)
+                                          self.config.service.max_event_id_bytes, self.max_ahead_ms)
 
     def _quarantined_message(self, message: Message, quarantine: Quarantine) -> None:
         """A message of a quarantined partition (only fetched with on_corrupt_state = "dead_letter")."""

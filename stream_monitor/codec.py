@@ -16,7 +16,7 @@ from typing import Any, Collection
 
 import orjson
 
-from .events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+from .events import DeadLetter, InferenceEvent, LabelEvent, RawMessage, format_time
 
 Decoded = InferenceEvent | LabelEvent | DeadLetter
 
@@ -25,8 +25,9 @@ _JSON_TYPE_NAMES = {dict: "object", list: "array", str: "string", int: "number",
 
 
 def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 1_048_576,
-           max_features: int = 1_000, max_event_id_bytes: int = 256) -> Decoded:
-    """Decode one input message; never raises for bad input."""
+           max_features: int = 1_000, max_event_id_bytes: int = 256, max_ahead_ms: int = 3_600_000) -> Decoded:
+    """Decode one input message; never raises for bad input. ``max_ahead_ms``: how far an event's time may
+    be ahead of its Kafka message's (0: unchecked)."""
     value = message.value
     refused = size_refusal(value, max_bytes)
     if refused is not None:
@@ -39,7 +40,7 @@ def decode(message: RawMessage, known_models: Collection[str], max_bytes: int = 
     if not isinstance(doc, dict):
         return DeadLetter("not_object", f"expected a JSON object, got {_type_name(doc)}")
     try:
-        return _event(doc, known_models, message.timestamp_ms, max_features, max_event_id_bytes)
+        return _event(doc, known_models, message.timestamp_ms, max_features, max_event_id_bytes, max_ahead_ms)
     except _Invalid as invalid:
         return invalid.letter
 
@@ -59,7 +60,7 @@ class _Invalid(Exception):
 
 
 def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_ms: int | None,
-           max_features: int = 1_000, max_event_id_bytes: int = 256):
+           max_features: int = 1_000, max_event_id_bytes: int = 256, max_ahead_ms: int = 3_600_000):
     event_id = doc.get("event_id")
     if event_id.__class__ is not str or not event_id:  # the common case costs one lookup and one check
         event_id = _required_string(doc, "event_id")
@@ -72,7 +73,7 @@ def _event(doc: dict[str, Any], known_models: Collection[str], kafka_timestamp_m
         model_id = _required_string(doc, "model_id")
     if model_id not in known_models:
         raise _Invalid("unknown_model", f"model_id {_quote(model_id)} is not configured (known: {_names(known_models)})")
-    timestamp_ms = _timestamp(doc.get("timestamp"), kafka_timestamp_ms)
+    timestamp_ms = _timestamp(doc.get("timestamp"), kafka_timestamp_ms, max_ahead_ms)
     if "features" not in doc and "label" in doc:
         label = doc["label"]
         if not isinstance(label, (str, int, float)):  # bool is an int
@@ -145,7 +146,7 @@ _MIN_MS = int(datetime(1, 1, 1, tzinfo=timezone.utc).timestamp() * 1000)
 _MAX_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=timezone.utc).timestamp() * 1000)
 
 
-def _timestamp(value: Any, kafka_timestamp_ms: int | None) -> int | None:
+def _timestamp(value: Any, kafka_timestamp_ms: int | None, max_ahead_ms: int = 3_600_000) -> int | None:
     if value is None:
         return kafka_timestamp_ms
     epoch_ms = None
@@ -162,7 +163,23 @@ def _timestamp(value: Any, kafka_timestamp_ms: int | None) -> int | None:
     if epoch_ms is None or not _MIN_MS <= epoch_ms <= _MAX_MS:
         raise _Invalid("wrong_type", f"timestamp must be an RFC 3339 string or epoch seconds between the years "
                                      f"1 and 9999, got {value!r:.80}")
+    ahead = time_ahead(epoch_ms, kafka_timestamp_ms, max_ahead_ms, "timestamp")
+    if ahead is not None:
+        raise _Invalid("timestamp_ahead", ahead)
     return epoch_ms
+
+
+def time_ahead(epoch_ms: int, kafka_timestamp_ms: int | None, max_ahead_ms: int, field: str) -> str | None:
+    """Why an event time is refused as too far ahead of its Kafka message's timestamp, or None.
+
+    >>> time_ahead(1_800_000_000_000 + 7_200_000, 1_800_000_000_000, 3_600_000, "timestamp")
+    'timestamp 2027-01-15T10:00:00.000Z is 7200 s ahead of its Kafka message (2027-01-15T08:00:00.000Z): more than service.max_timestamp_ahead_seconds (3600) is a clock or time-zone error'
+    """
+    if not max_ahead_ms or kafka_timestamp_ms is None or epoch_ms - kafka_timestamp_ms <= max_ahead_ms:
+        return None
+    return (f"{field} {format_time(epoch_ms)} is {(epoch_ms - kafka_timestamp_ms) / 1000:.0f} s ahead of its Kafka "
+            f"message ({format_time(kafka_timestamp_ms)}): more than service.max_timestamp_ahead_seconds "
+            f"({max_ahead_ms / 1000:g}) is a clock or time-zone error")
 
 
 def category(value: Any) -> str:

@@ -326,6 +326,14 @@ class ServiceConfig(_Table):
         "An event whose `event_id` is longer than this many bytes (UTF-8) is dead-lettered with reason "
         "`event_id_too_long`: the id is a Redis key of the label join, so this bounds what one event can put into "
         "Redis.")] = 256
+    max_timestamp_ahead_seconds: Annotated[float, Meta(ge=0), doc(
+        "An event whose own time (`timestamp`, or an Open Inference Protocol message's `ce_time`) is more than "
+        "this far ahead of its Kafka message's timestamp is dead-lettered with reason `timestamp_ahead`: no model "
+        "server sees its events before it sends them, so such a time is a clock or time-zone error, and one "
+        "event far in the future would carry a partition's event-time watermark with it and hold back every "
+        "model-level window that waits for that partition (`decisions = \"model\"`). One hour, as Kafka's "
+        "brokers accept by default (`log.message.timestamp.after.max.ms`); `0` turns the check off. Events "
+        "without a Kafka timestamp (`replay` of a file) are not checked.")] = 3600.0
     batch_size: Annotated[int, AT_LEAST_1, doc(
         "Most messages fetched per poll; a graceful stop finishes the batch in hand.",
         checks="`1..1000000` (the most the Kafka client returns from one call; larger values would be accepted and"

@@ -56,7 +56,7 @@ class LabelEvent(NamedTuple):
 
 # Every dead letter's reason (the dead-letter schema's enum; one metrics label value each).
 DEAD_LETTER_REASONS = ("too_large", "empty", "not_utf8", "not_json", "not_object", "missing_field", "wrong_type",
-                       "unknown_model", "too_many_features", "event_id_too_long", "processing_error",
+                       "unknown_model", "too_many_features", "event_id_too_long", "timestamp_ahead", "processing_error",
                        "wrong_datatype", "shape_mismatch", "unknown_tensor", "quarantined_partition",
                        "undeliverable_alert")
 

@@ -47,7 +47,7 @@ from typing import Any, Mapping, NamedTuple
 
 import orjson
 
-from .codec import category, size_refusal
+from .codec import category, size_refusal, time_ahead
 from .config import OipConfig
 from .events import DeadLetter, RawMessage
 
@@ -84,9 +84,10 @@ class _Refused(Exception):
 
 
 def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int = 1_048_576,
-           max_event_id_bytes: int = 256, max_features: int = 1_000) -> OipHalf | DeadLetter:
+           max_event_id_bytes: int = 256, max_features: int = 1_000,
+           max_ahead_ms: int = 3_600_000) -> OipHalf | DeadLetter:
     """One OIP message → its half of a pair, or why not; never raises for bad input.
-    ``models``: model id → its ``[models.<id>.oip]``."""
+    ``models``: model id → its ``[models.<id>.oip]``; ``max_ahead_ms`` as for :func:`codec.decode`."""
     value = message.value
     refused = size_refusal(value, max_bytes)
     if refused is not None:
@@ -108,13 +109,13 @@ def decode(message: RawMessage, models: Mapping[str, OipConfig], max_bytes: int 
         if not isinstance(doc, dict):
             return DeadLetter("not_object", f"expected a JSON object (an Open Inference Protocol request or "
                                             f"response), got {_type_name(doc)}")
-        return _half(message, doc, models, max_event_id_bytes, max_features)
+        return _half(message, doc, models, max_event_id_bytes, max_features, max_ahead_ms)
     except _Refused as refused:
         return refused.letter
 
 
 def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConfig],
-          max_event_id_bytes: int, max_features: int = 1_000) -> OipHalf:
+          max_event_id_bytes: int, max_features: int = 1_000, max_ahead_ms: int = 3_600_000) -> OipHalf:
     headers = _headers(message.headers)
     if "specversion" in doc and ("data" in doc or "data_base64" in doc):  # a CloudEvent in structured mode
         doc, attributes = _structured(doc)
@@ -143,7 +144,7 @@ def _half(message: RawMessage, doc: dict[str, Any], models: Mapping[str, OipConf
         raise _Refused("event_id_too_long", f"request id is {len(request_id.encode('utf-8', 'surrogatepass'))} "
                                             f"bytes; with its row suffix over the limit of {max_event_id_bytes} "
                                             "(service.max_event_id_bytes)")
-    timestamp_ms = _time(headers.get("time"), message.timestamp_ms)
+    timestamp_ms = _time(headers.get("time"), message.timestamp_ms, max_ahead_ms)
     cfg = models[model_id]
     field = "inputs" if kind == "request" else "outputs"
     tensors = _tensors(doc, field)
@@ -204,7 +205,7 @@ def _kind(ce_type: str | None, seldon, doc: dict[str, Any] | None) -> str:
                                     "(a response)")
 
 
-def _time(text: str | None, kafka_timestamp_ms: int | None) -> int | None:
+def _time(text: str | None, kafka_timestamp_ms: int | None, max_ahead_ms: int = 3_600_000) -> int | None:
     if text is None:
         return kafka_timestamp_ms
     try:
@@ -213,7 +214,11 @@ def _time(text: str | None, kafka_timestamp_ms: int | None) -> int | None:
         raise _Refused("wrong_type", f"ce_time must be an RFC 3339 time, got {text[:80]!r}") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp() * 1000)
+    epoch_ms = int(moment.timestamp() * 1000)
+    ahead = time_ahead(epoch_ms, kafka_timestamp_ms, max_ahead_ms, "ce_time")
+    if ahead is not None:
+        raise _Refused("timestamp_ahead", ahead)
+    return epoch_ms
 
 
 class _Tensor(NamedTuple):

@@ -77,16 +77,20 @@ def finish(run: Run, processes, windows: int = EVENTS // 1000) -> list[dict]:
     return run.alerts()
 
 
-def expected_alert_ids(records) -> set[str]:
-    """What the engine decides in process on the same partitions and offsets."""
+def expected_alert_ids(records, first_offsets: dict[int, int] | None = None) -> set[str]:
+    """What the engine decides in process on the same partitions and offsets (``first_offsets``: where a
+    partition's records start, 0 unless given)."""
     config = parse_config({"models": {"fraud": MODEL}})
     profile = reference()
     parts = []
     for p in range(PARTITIONS):
         monitor = PartitionMonitor(config, p, {"fraud": profile})
         mine = [value for partition, _, value, _ in records if partition == p]
+        start = (first_offsets or {}).get(p, 0)
+        if start:
+            monitor.skip(start - 1)
         monitor.process_batch([(offset, decode(RawMessage("t", p, offset, value), frozenset(["fraud"])), None)
-                               for offset, value in enumerate(mine)])
+                               for offset, value in enumerate(mine, start)])
         monitor.go_idle()
         mark = monitor.merge_marks()["fraud"]
         parts.append(PartitionPartials("t", p, mark["watermark"], True, mark["partials"]))
@@ -346,3 +350,24 @@ def test_state_export_and_import_carry_the_models_reference_partials_and_merge_s
     assert "until the model's reference is built" not in second.log(), "the reference came back with the import"
     assert MergeStore(run.store).load("fraud")["reference_id"] == reference_id
     assert {a["alert_id"] for a in alerts} == expected
+
+
+def test_one_event_a_year_ahead_is_a_dead_letter_and_holds_no_model_window_back(broker, redis_server, tmp_path,
+                                                                                monitors):
+    """An event whose time is a year ahead of its message's (a clock error) would carry its partition's
+    watermark a year ahead, and the model's windows would wait a year for that partition's events. It is
+    dead-lettered (`timestamp_ahead`) instead: every window is decided, with the ids of the stream without
+    it."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    events = generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT)
+    records = keyed_by_event_id(events)
+    future = {**events[10], "event_id": "from-the-future", "timestamp": events[10]["timestamp"] + 365 * 86_400}
+    run = pipeline(broker, redis_server, tmp_path, topic, "future")
+    produce(broker.address, topic, [(0, b"from-the-future", orjson.dumps(future), None)] + records)
+    alerts = finish(run, [run.start(monitors)])
+    [letter] = [orjson.loads(m.value()) for m in run.dead_letters()]
+    assert (letter["reason"], letter["partition"], letter["offset"]) == ("timestamp_ahead", 0, 0)
+    assert "ahead of its Kafka message" in letter["error"]
+    assert {a["alert_id"] for a in alerts} == expected_alert_ids(records, {0: 1})
+    announced_once(alerts)

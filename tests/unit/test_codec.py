@@ -16,8 +16,8 @@ from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMes
 from ..support import examples
 
 MODELS = frozenset({"fraud", "churn"})
-KAFKA_TS = 1_700_000_000_000
 T_20261127 = int(datetime(2026, 11, 27, 20, 44, 50, 123000, tzinfo=timezone.utc).timestamp() * 1000)
+KAFKA_TS = T_20261127 + 1_500  # the message was written 1.5 s after its event happened
 
 
 def raw(value, timestamp_ms: int | None = KAFKA_TS) -> RawMessage:
@@ -129,6 +129,25 @@ def test_absent_timestamp_falls_back_to_kafka_timestamp():
     assert run(event(timestamp=None)).timestamp_ms == KAFKA_TS
     assert run(event(), timestamp_ms=None).timestamp_ms is None
     assert run({"event_id": "e", "model_id": "fraud", "label": 1}).timestamp_ms == KAFKA_TS
+
+
+def test_a_time_ahead_of_its_kafka_message_by_more_than_the_limit_is_a_dead_letter():
+    """No model server sees an event before it sends it: a time more than an hour (by default) ahead of
+    the message's is a clock or time-zone error, and one such event would carry a partition's event-time
+    watermark with it. Up to the limit is accepted; 0 turns the check off; without a Kafka timestamp
+    there is nothing to compare with."""
+    hour = 3_600_000
+    assert run(event(timestamp=(KAFKA_TS + hour) / 1000)).timestamp_ms == KAFKA_TS + hour
+    refused = run(event(timestamp=(KAFKA_TS + hour + 1) / 1000))
+    assert refused == DeadLetter("timestamp_ahead", "timestamp 2026-11-27T21:44:51.624Z is 3600 s ahead of its Kafka "
+                                 "message (2026-11-27T20:44:51.623Z): more than service.max_timestamp_ahead_seconds "
+                                 "(3600) is a clock or time-zone error")
+    next_year = {"event_id": "e", "model_id": "fraud", "label": 1, "timestamp": "2027-11-27T20:44:50Z"}
+    assert run(next_year).reason == "timestamp_ahead"
+    assert run(next_year, timestamp_ms=None).timestamp_ms == T_20261127 - 123 + 365 * 86_400_000
+    assert decode(raw(next_year), MODELS, max_ahead_ms=0).timestamp_ms == T_20261127 - 123 + 365 * 86_400_000
+    assert decode(raw(next_year), MODELS, max_ahead_ms=400 * 86_400_000).timestamp_ms is not None
+    assert run(event(timestamp=0)).timestamp_ms == 0  # behind is late, not wrong
 
 
 # --- dead letters: one test per reason ----------------------------------------------------------

@@ -54,10 +54,12 @@ VALID = {m: [orjson.dumps(e) for e in generate(m, 400, seed=11, drift_at=150)] f
 class Harness:
     """One partition fed like ``Service._handle`` feeds it, minus the catch-all."""
 
-    def __init__(self, max_bytes: int = DEFAULT_MAX, check_records: bool = True, max_features: int = 1_000):
+    def __init__(self, max_bytes: int = DEFAULT_MAX, check_records: bool = True, max_features: int = 1_000,
+                 max_ahead_ms: int = 3_600_000):
         self.monitor = PartitionMonitor(CONFIG, 0, {})
         self.max_bytes = max_bytes
         self.max_features = max_features
+        self.max_ahead_ms = max_ahead_ms
         self.check_records = check_records
         self.offset = 0
         self.letters: list[DeadLetter] = []
@@ -69,7 +71,7 @@ class Harness:
 
     def feed(self, value: bytes | None) -> DeadLetter | None:
         raw = self.raw(value)
-        decoded = decode(raw, KNOWN, self.max_bytes, self.max_features)
+        decoded = decode(raw, KNOWN, self.max_bytes, self.max_features, max_ahead_ms=self.max_ahead_ms)
         outcome = None
         if isinstance(decoded, DeadLetter):
             assert decoded.reason in REASONS, decoded
@@ -92,7 +94,7 @@ class Harness:
         items = []
         for value in values:
             raw = self.raw(value)
-            decoded = decode(raw, KNOWN, self.max_bytes, self.max_features)
+            decoded = decode(raw, KNOWN, self.max_bytes, self.max_features, max_ahead_ms=self.max_ahead_ms)
             assert not isinstance(decoded, DeadLetter), decoded
             items.append((raw.offset, decoded, None))
             self.offset += 1
@@ -415,8 +417,9 @@ def test_twenty_thousand_features_in_the_warm_up_do_not_stall_the_partition(even
 @pytest.mark.parametrize("timestamp", [-62135596800, "0001-01-01T00:00:00Z", "0999-12-31T23:59:59.999Z",
                                        253402300799.999, "9999-12-31T23:59:59.999Z"])
 def test_alerts_at_the_edges_of_the_timestamp_range(timestamp):
-    """Event times the codec accepts (years 1..9999) appear in alerts as valid RFC 3339 (four-digit years)."""
-    harness = Harness()
+    """Event times the codec accepts (years 1..9999) appear in alerts as valid RFC 3339 (four-digit years).
+    Times far ahead of the Kafka message's are accepted only with service.max_timestamp_ahead_seconds = 0."""
+    harness = Harness(max_ahead_ms=0)
     values = []
     for value in VALID["fraud"][:300]:
         event = orjson.loads(value)

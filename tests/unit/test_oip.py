@@ -177,6 +177,10 @@ def test_messages_that_are_not_oip_are_refused():
     assert refusal(wrong_type).reason == "wrong_type"
     bad_time = base._replace(headers=(*base.headers[:6], ("ce_time", b"yesterday")))
     assert "ce_time" in refusal(bad_time).error
+    ahead = base._replace(headers=(*base.headers[:6], ("ce_time", b"2026-12-02T10:50:00.001Z")))  # message: 09:50
+    assert refusal(ahead).reason == "timestamp_ahead" and refusal(ahead).error.startswith(
+        "ce_time 2026-12-02T10:50:00.001Z is 3600 s ahead of its Kafka message (2026-12-02T09:50:00.000Z)")
+    assert decode(ahead, MODELS, max_ahead_ms=0).timestamp_ms == 1796205000000 + 3_600_001
     long_id = kserve("request", IRIS_REQUEST, request_id="x" * 300)
     assert refusal(long_id).reason == "event_id_too_long"
     # not JSON, so read as protobuf: these bytes are a valid message of unknown fields, without tensors
