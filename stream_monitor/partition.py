@@ -769,18 +769,17 @@ class ModelMonitor:
         scored: list[tuple[int, int, InferenceEvent]] = []  # inference events with a score, for the estimate
         pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
         merged = self.config.by_model
-        joined: list[tuple] = []  # decisions = "model": every joined pair (position, prediction, label, label time)
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
-                self._label(event, position, offset, partition, join, labelled, pairs, joined)
+                self._label(event, position, offset, partition, join, labelled, pairs, seen)
                 continue
             self.events += 1
             if is_finite_number(event.score):
                 scored.append((position, offset, event))
             if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
-                if merged:
-                    joined.append((position, prediction, join.other["label"], join.other["t"]))
+                if merged:  # in the loop: before a warm-up share's end closes its buckets
+                    self._count_pair(position, prediction, join.other["label"], join.other["t"], seen)
                 if self._performance(prediction, partition) is not None:
                     pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
                                   event.timestamp_ms))
@@ -806,9 +805,6 @@ class ModelMonitor:
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
             pending.append((position, offset, event))
-        if merged and (labelled or joined):
-            self._count_labels(labelled, joined, seen)
-            labelled = []  # decided by the model's merge
         if pairs:
             for index, order, alert in self.performance.update_batch(
                     [p[2:5] for p in pairs], [p[5] for p in pairs], partition, [p[6] for p in pairs]):
@@ -843,18 +839,12 @@ class ModelMonitor:
             seen[position] - int(self.config.merge_lateness_seconds * 1000)
         return bucket_of(time_ms, mark, sketch.bucket_ms, sketch.floor)
 
-    def _count_labels(self, labelled: list[tuple[int, int, LabelEvent]], joined: list[tuple],
-                      seen: Sequence[int | None] | None) -> None:
-        """decisions = "model": each label in the partial of its own time's bucket, each joined pair in that
-        of its label's time (whichever side completed the join): :mod:`stream_monitor.mergeperf`."""
-        most = self.limits.max_categories
-        for position, _, event in labelled:
-            mergeperf.add_label(self.sketch.partial(self._bucket(event.timestamp_ms, position, seen)), event.label,
-                                most)
-        positive = self.config.performance.positive_label
-        for position, prediction, label, label_time in joined:
-            mergeperf.add_pair(self.sketch.partial(self._bucket(label_time, position, seen)), prediction, label,
-                               positive)
+    def _count_pair(self, position: int, prediction: Mapping[str, Any], label: Any, label_time: int | None,
+                    seen: Sequence[int | None] | None) -> None:
+        """decisions = "model": a joined pair in the partial of its label's time (whichever side completed the
+        join): :mod:`stream_monitor.mergeperf`."""
+        mergeperf.add_pair(self.sketch.partial(self._bucket(label_time, position, seen)), prediction, label,
+                           self.config.performance.positive_label)
 
     def _with_drivers(self, alert: Alert, features: list[ColumnMonitor],
                       before: Mapping[str, float | None]) -> Alert:
@@ -989,15 +979,16 @@ class ModelMonitor:
                 out.append((positions[index], len(self.columns), order, alert))
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
-               labelled: list, pairs: list, joined: list) -> None:
+               labelled: list, pairs: list, seen: Sequence[int | None] | None = None) -> None:
         """Label drift (the distribution of ground-truth labels; the label column runs once per batch,
-        over ``labelled``) and, once joined, performance. decisions = "model": every label and joined pair
-        also goes to ``joined`` / ``labelled`` for the partials (the model's merge decides label drift)."""
+        over ``labelled``) and, once joined, performance. decisions = "model": the label and its joined pair
+        count in the partials instead (the model's merge decides label drift), here, in event order."""
         self.labels += 1
         if self.config.by_model:
-            labelled.append((position, offset, event))
+            mergeperf.add_label(self.sketch.partial(self._bucket(event.timestamp_ms, position, seen)), event.label,
+                                self.limits.max_categories)
             if join is not None and join.status == "joined":
-                joined.append((position, join.other, event.label, event.timestamp_ms))
+                self._count_pair(position, join.other, event.label, event.timestamp_ms, seen)
         elif self.label_column is None:
             self.label_warmup.add(event.label)
             if len(self.label_warmup) >= self.config.reference.events:

@@ -238,3 +238,29 @@ def test_the_task_is_the_models_whatever_the_partition_saw_first():
     add_pair(part, {"score": 2.0, "label": None, "t": 0}, 4.0, "1")
     assert window_metrics("regression", part["pairs"]) == {"mae": 1.75, "rmse": (6.25 / 2) ** 0.5,
                                                            "absolute_error": 1.75}
+
+
+def test_replay_decides_labels_and_performance_as_the_merge_of_its_one_stream():
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    events = stream(12000, flipped=(3000, 6000), positive=(8000, 12000))
+    alerts = list(replay_rows(CONFIG, list(enumerate(events)), {MODEL: reference()}))
+    assert [a.alert_id for a in alerts if a.partition is None] == [a.alert_id for a in windows(run(events, 1))]
+    assert {(a.signal, a.detector) for a in alerts if a.status == "firing"} == {
+        ("performance", "adwin"), ("performance", "floor"), ("label", "psi")}
+
+
+def test_with_a_warm_up_reference_its_buckets_labels_start_the_models_label_warm_up():
+    from stream_monitor.replay import replay_rows  # noqa: PLC0415
+
+    settings = {**SETTINGS, "reference": {"source": "warmup", "events": 2000}}
+    events = stream(12000, flipped=(6000, 12000), positive=(8000, 12000))
+    runs = []
+    for batch_size in (97, 1000):
+        config = parse_config({"service": {"batch_size": batch_size}, "models": {MODEL: settings}})
+        runs.append([(a.alert_id, a.signal, a.name, a.detector, a.status)
+                     for a in replay_rows(config, list(enumerate(events)), {})])
+    assert runs[0] == runs[1]
+    assert [alert[1:] for alert in runs[0]] == [
+        ("performance", "error_rate", "adwin", "firing"), ("performance", "accuracy", "floor", "firing"),
+        ("label", "label", "psi", "firing")]
