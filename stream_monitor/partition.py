@@ -1007,10 +1007,8 @@ class ModelMonitor:
         if self.config.by_model and self.reference is None:  # the model's warm-up: no detector yet
             return None
         if self.performance is None and self.config.performance.enabled:
-            if self.config.by_model:  # the model's task, from the model's reference (none yet: wait for it)
+            if self.config.by_model:  # the model's task: configured, or from the model's reference
                 task = mergeperf.model_task(self.config, self.reference)
-                if task is None:
-                    return None
                 self.performance = PerformanceColumn(self.config, task, self.share)
                 log.info("model %s (partition %d): performance monitored as %s (%s)", self.config.model_id,
                          partition, task, "configured" if self.config.performance.task else

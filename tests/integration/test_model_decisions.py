@@ -140,6 +140,26 @@ def wait_for_log(process, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def kill_the_merger_mid_stream(run: Run, records, monitors, at: int = 300):
+    """Two instances share the partitions; ``records`` are fed at 1,500/s and, once every partition has
+    stored ``at`` offsets, the instance that merges the model is SIGKILLed (its partitions and the merge
+    move to the other). The survivor, once the feed has ended."""
+    topic = run.input_topic
+    first = run.start(monitors)
+    wait_for_log(first, f"assigned {topic}[")
+    second = run.start(monitors)
+    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
+    feeder = Feeder(run.broker.address, topic, records, rate=1500)
+    feeder.start()
+    wait_for_offsets(run.store, topic, {p: at for p in range(PARTITIONS)}, processes=[first, second])
+    assert feeder.is_alive(), "killed mid-stream"
+    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
+    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
+    merger.kill()
+    feeder.result()
+    return survivor
+
+
 def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path,
                                                                                monitors):
     topic = unique("inference")
@@ -149,18 +169,7 @@ def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(b
     run = pipeline(broker, redis_server, tmp_path, topic, "interrupted")
     clean_processes = [clean.start(monitors)]
     started = time.monotonic()
-    first = run.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
-    second = run.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
-    feeder = Feeder(broker.address, topic, records, rate=1500)
-    feeder.start()
-    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
-    assert feeder.is_alive(), "killed mid-stream"
-    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
-    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
-    merger.kill()  # SIGKILL of the instance that merges: its partitions and the merge move to the survivor
-    feeder.result()
+    survivor = kill_the_merger_mid_stream(run, records, monitors)
     alerts_run = finish(run, [survivor])
     alerts_clean = finish(clean, clean_processes)
     print(f"1 instance, and 2 with a SIGKILL, over {EVENTS} events: {time.monotonic() - started:.1f} s")
@@ -273,18 +282,7 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     # the one input that depends on wall time, docs/MODEL_DECISIONS.md) may be left out of it
     ahead = EVENTS // 2
     produce(broker.address, topic, records[:ahead])
-    first = run.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
-    second = run.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")
-    feeder = Feeder(broker.address, topic, records[ahead:], rate=1500)
-    feeder.start()
-    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
-    assert feeder.is_alive(), "killed mid-stream"
-    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
-    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
-    merger.kill()  # SIGKILL of the instance that merges (and builds the reference)
-    feeder.result()
+    survivor = kill_the_merger_mid_stream(run, records[ahead:], monitors)  # the merger builds the reference
     clean_processes = [clean.start(monitors)]
     alerts_run = finish(run, [survivor], windows)
     alerts_clean = finish(clean, clean_processes, windows)
@@ -389,18 +387,7 @@ def test_labels_and_performance_are_decided_once_for_the_model_by_one_instance_a
 
     clean, run = labelled_pipeline("labels-clean"), labelled_pipeline("labels-interrupted")
     clean_processes = [clean.start(monitors)]
-    first = run.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
-    second = run.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")
-    feeder = Feeder(broker.address, topic, records, rate=1500)
-    feeder.start()
-    wait_for_offsets(run.store, topic, {p: 600 for p in range(PARTITIONS)}, processes=[first, second])
-    assert feeder.is_alive(), "killed mid-stream"
-    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
-    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
-    merger.kill()  # SIGKILL of the instance that merges: its partitions, their label joins and the merge move
-    feeder.result()
+    survivor = kill_the_merger_mid_stream(run, records, monitors, at=600)  # labels are joined by then
     alerts_run = finish_labelled(run, [survivor], counts)
     alerts_clean = finish_labelled(clean, clean_processes, counts)
     assert {a["alert_id"] for a in alerts_clean} == expected

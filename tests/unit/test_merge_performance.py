@@ -191,16 +191,15 @@ def test_the_partition_side_with_labels_does_not_depend_on_batch_cuts_or_a_resto
     items = joined_items({0: stream(4000, flipped=(2000, 4000))})[0]
     whole = monitor()
     feed(whole, items)
-    for seed in range(2):
-        cut = monitor()
-        feed(cut, items, random.Random(seed))
-        assert cut.snapshot() == whole.snapshot()
-    first = monitor()
-    feed(first, items[:2345])
-    resumed = monitor()
-    resumed.restore(decode_state(encode_state(first.snapshot())))
-    feed(resumed, items[2345:])
-    assert resumed.snapshot() == whole.snapshot()
+    for seed in range(3):  # random batches, and a restart from the stored state at a random offset
+        rng = random.Random(seed)
+        at = rng.randrange(1, len(items))
+        first = monitor()
+        feed(first, items[:at], rng)
+        resumed = monitor()
+        resumed.restore(decode_state(encode_state(first.snapshot())))
+        feed(resumed, items[at:], rng)
+        assert resumed.snapshot() == whole.snapshot(), at
     pending = whole.merge_marks()[MODEL]["partials"]
     assert sum(p["labels"]["events"] for p in pending.values() if "labels" in p) > 3000
     assert sum(p["pairs"]["n"] for p in pending.values() if "pairs" in p) > 3000
@@ -264,3 +263,33 @@ def test_with_a_warm_up_reference_its_buckets_labels_start_the_models_label_warm
     assert [alert[1:] for alert in runs[0]] == [
         ("performance", "error_rate", "adwin", "firing"), ("performance", "accuracy", "floor", "firing"),
         ("label", "label", "psi", "firing")]
+
+
+@lru_cache(maxsize=None)
+def regression_stream(count: int, shift_at: int):
+    """The same events with numeric labels: the score plus a small error, 1.0 more from ``shift_at`` on."""
+    scores = {}
+    out = []
+    for doc in labelled(MODEL, count, seed=1):
+        i = index_of(doc)
+        if "features" in doc:
+            scores[i] = doc["prediction"]["score"]
+        else:
+            error = 0.1 * ((i * 7919) % 11 - 5) / 5  # −0.1 … 0.1, spread evenly
+            doc = {**doc, "label": round(scores[i] + error + (1.0 if i >= shift_at else 0.0), 4)}
+        out.append(decoded(doc))
+    return tuple(out)
+
+
+def test_a_regressions_mae_ceiling_and_its_page_hinkley_are_the_models():
+    settings = {**SETTINGS, "performance": {"task": "regression", "window": 1000, "ceilings": {"mae": 0.3},
+                                            "reference_pairs": 500}}
+    config = parse_config({"models": {MODEL: settings}})
+    events = regression_stream(8000, 4000)
+    one, four = run(events, 1, config), run(events, 4, config)
+    assert [a.alert_id for a in windows(one)] == [a.alert_id for a in windows(four)]
+    performance = [a for a in four.alerts if a.signal == "performance"]  # (numeric labels drift as categories)
+    assert [(a.name, a.detector, a.status) for a in performance] == [
+        ("absolute_error", "page_hinkley", "firing"), ("mae", "ceiling", "firing")]
+    ceiling = performance[1]
+    assert ceiling.window["first_bucket"] - t0(events) == 41 and 0.95 < ceiling.statistic < 1.05
