@@ -596,7 +596,8 @@ class PerformanceConfig(_Table):
         "spelling: `1`, `\"yes\"`, `true`).")] = "1"
     window: Annotated[int, Meta(ge=10), doc(
         "Joined pairs in the rolling metrics; floors and ceilings are checked every tenth of a window once it is "
-        "full.")] = 1_000
+        "full. With `decisions = \"model\"` they are checked once per window of this many pairs of the whole model "
+        "(tumbling, by the labels' event time).")] = 1_000
     reference_pairs: Annotated[int, Meta(ge=10), doc(
         "Regression: the first joined pairs whose absolute errors form the error reference.")] = 1_000
     label_wait_seconds: Annotated[float, POSITIVE, doc(
@@ -733,8 +734,9 @@ class ModelConfig(_Table):
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
         "and data quality are decided over the model's events from all partitions and topics, and every episode "
-        "(ADWIN and Page-Hinkley too) is the model's, announced once; see docs/MODEL_DECISIONS.md. Labels, "
-        "performance and latency stay per partition.",
+        "(ADWIN and Page-Hinkley too) is the model's, announced once; see docs/MODEL_DECISIONS.md. Latency's p95, "
+        "label drift and the realized performance's floors and ceilings are the model's too; the estimated "
+        "performance stays per partition.",
         checks="`\"partition\"` or `\"model\"`; `\"model\"` needs `reference.source = \"stored\"`.")] = "partition"
     merge_bucket_seconds: Annotated[float, Meta(gt=0), doc(
         "With `decisions = \"model\"`: the event-time bucket each partition sketches the model's events in; a "

@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, drivers, history
+from . import alerts as words, drivers, history, mergeperf
 from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -179,6 +179,11 @@ class BucketSketch:
             summary = self.warming[bucket] = WarmupSummary(*self.warmup)
         summary.add(event)
 
+    def partial(self, bucket: int) -> dict[str, Any]:
+        """The open partial of ``bucket`` (created empty): labels and joined pairs count in it
+        (:mod:`stream_monitor.mergeperf`)."""
+        return self._bucket(bucket)
+
     def _bucket(self, bucket: int) -> dict[str, Any]:
         partial = self.open.get(bucket)
         if partial is None:
@@ -270,6 +275,7 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
            "firings": [dict(f) for f in partial["firings"]]}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
+    out.update(mergeperf.copy_parts(partial))
     return out
 
 
@@ -379,26 +385,33 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
         window = state["window"]
-        if window is None:
+        counted = window is not None or any(e[3]["events"] for e in group)  # labels alone open no window
+        if window is None and counted:
             window = state["window"] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
-        window["last_bucket"] = bucket
+        if counted:
+            window["last_bucket"] = bucket
         firings = []
         for _, topic, partition, partial in group:
-            add_partial(window, partial)
-            where = f"{topic}|{partition}"
-            window["by_partition"][where] = window["by_partition"].get(where, 0) + partial["events"]
+            if counted and partial["events"]:
+                add_partial(window, partial)
+                where = f"{topic}|{partition}"
+                window["by_partition"][where] = window["by_partition"].get(where, 0) + partial["events"]
             firings.extend((-1 if f["time"] is None else f["time"], topic, partition, f["offset"], f)
                            for f in partial["firings"])
-        for *_, firing in sorted(firings, key=lambda f: f[:4]):
+        firings.sort(key=lambda f: f[:4])
+        for *_, firing in firings:
             out.extend(_with_drivers(_point_firing(model, episodes, bucket, firing), state.get("feature_psi"),
                                      reference))
-        if window["events"] >= model.detectors.psi.window:
+        if counted and window["events"] >= model.detectors.psi.window:
             feature_psi: dict[str, float] = {}
             decided = _decide(model, columns, episodes, window, bucket_ms, share, points, feature_psi)
             state["feature_psi"] = feature_psi  # the drivers of the point firings until the next window
             out.extend(_with_drivers(decided, feature_psi, reference))
             state["window"] = None
             state["windows"] += 1
+        decided = _labels_and_performance(model, reference, state, episodes, bucket, group,
+                                          [f[-1] for f in firings], bucket_ms, share, points)
+        out.extend(_with_drivers(decided, state.get("feature_psi"), reference))
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late, points)
@@ -490,7 +503,7 @@ def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapp
             columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
         else:
             columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
-    return {"events": events, "columns": columns, "firings": []}
+    return {"events": events, "columns": columns, "firings": [], **mergeperf.copy_parts(partial)}
 
 
 class ReferenceResult(NamedTuple):
@@ -548,6 +561,7 @@ def reference_step(model: ModelConfig, state: Mapping[str, Any] | None, partitio
         through[where] = max(bucket, through.get(where, bucket))
     psi_config = model.detectors.psi
     profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup")
+    _warm_labels_from(model, profile, state, taken)
     state.update(reference=profile.to_dict(), reference_id=reference_id(profile),
                  reference_buckets=[taken[0][0], end], last_bucket=end)
     return ReferenceResult(profile, state, consumed)
@@ -560,7 +574,7 @@ def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
                                         for k, c in window["columns"].items()},
                   "by_partition": dict(window["by_partition"])}
     return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
-            "through": dict(state.get("through", {}))}
+            "through": dict(state.get("through", {})), **mergeperf.copy_sides(state)}
 
 
 def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: Mapping[str, Any]) -> list[Alert]:
@@ -604,15 +618,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         entry["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
         points.append(entry)
 
-    def alert(transition: Transition, signal: str, name: str, detector: str, statistic: float, threshold: float,
-              description: words.Description) -> Alert:
-        reference, current, message = description
-        return Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
-                     signal=signal, name=name, detector=detector, statistic=float(statistic),
-                     threshold=float(threshold), reference=reference, current=current, partition=None,
-                     offset=None, event_time_ms=payload["last"], message=message, window=payload,
-                     alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
-                                              payload["last_bucket"], transition.status))
+    alert = _window_alert(model, payload)
 
     for signal, name, ref in columns:
         column = window["columns"].get(column_key(signal, name))
@@ -685,6 +691,89 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 out.append(alert(transition, signal, name, detector, value, warning,
                                  ({}, {"psi": value, "events": usable}, message)))
     return out
+
+
+def _window_alert(model: ModelConfig, payload: Mapping[str, Any]):
+    """What builds a window decision's alerts: ``partition`` and ``offset`` null, the window named, its id a
+    pure function of what it decided on."""
+
+    def alert(transition: Transition, signal: str, name: str, detector: str, statistic: float, threshold: float,
+              description: words.Description) -> Alert:
+        reference, current, message = description
+        return Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                     signal=signal, name=name, detector=detector, statistic=float(statistic),
+                     threshold=float(threshold), reference=reference, current=current, partition=None,
+                     offset=None, event_time_ms=payload["last"], message=message, window=payload,
+                     alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
+                                              payload["last_bucket"], transition.status))
+
+    return alert
+
+
+# --- labels and realized performance (stream_monitor/mergeperf.py holds their parts) ---------------
+
+
+def _labels_and_performance(model: ModelConfig, reference: ReferenceProfile, state: dict[str, Any],
+                            episodes: _Episodes, bucket: int, group: list, firings: list[Mapping[str, Any]],
+                            bucket_ms: int, share: float, points: list) -> list[Alert]:
+    """One merged bucket's labels and joined pairs into the model's label and performance windows; a label
+    window that fills is decided as a feature column is (:func:`_decide`, against the model's label
+    reference), a performance window by :func:`stream_monitor.mergeperf.decide_performance`."""
+    out: list[Alert] = []
+    labels = [(topic, partition, partial["labels"]) for _, topic, partition, partial in group if partial.get("labels")]
+    if labels:
+        side = mergeperf.label_state(state)
+        known = mergeperf.label_reference(model, reference, side)
+        if known is None:
+            mergeperf.warm_labels(model, side, bucket, [part for *_, part in labels])
+        else:
+            window = side["window"]
+            if window is None:
+                window = side["window"] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
+            window["last_bucket"] = bucket
+            for topic, partition, part in labels:
+                counts = _categorical_counts(known, mergeperf.label_summary(part), part["events"])
+                add_partial(window, {"events": part["events"], "columns": {column_key("label", "label"): counts}})
+                where = f"{topic}|{partition}"
+                window["by_partition"][where] = window["by_partition"].get(where, 0) + part["events"]
+            if window["events"] >= model.detectors.psi.window:
+                out.extend(_decide(model, [("label", "label", known)], episodes, window, bucket_ms, share, points))
+                side["window"] = None
+                side["windows"] += 1
+    for firing in firings:  # a performance point episode opened here: the level it ends below
+        key = f"{firing['signal']}|{firing['name']}|{firing['detector']}"
+        saved = episodes.state.get(key)
+        if firing["signal"] == "performance" and saved and saved["firing"] and saved.get("opened_bucket") == bucket:
+            mergeperf.point_opened(saved, firing)
+    pairs = [(topic, partition, partial["pairs"]) for _, topic, partition, partial in group if partial.get("pairs")]
+    task = mergeperf.model_task(model, reference)
+    if pairs and task is not None:
+        side = mergeperf.performance_state(state)
+        window = side["window"]
+        if window is None:
+            window = side["window"] = {"first_bucket": bucket, "pairs": {}, "by_partition": {}}
+        window["last_bucket"] = bucket
+        for topic, partition, part in pairs:
+            mergeperf.add_pairs(window["pairs"], part)
+            where = f"{topic}|{partition}"
+            window["by_partition"][where] = window["by_partition"].get(where, 0) + part["n"]
+        if mergeperf.pairs_counted(task, window["pairs"]) >= model.performance.window:
+            payload = _window_payload(window, bucket_ms)
+            out.extend(mergeperf.decide_performance(model, task, window, episodes, _window_alert(model, payload),
+                                                    points, payload))
+            side["window"] = None
+            side["windows"] += 1
+    return out
+
+
+def _warm_labels_from(model: ModelConfig, profile: ReferenceProfile, state: dict[str, Any], taken: list) -> None:
+    """The labels in the buckets a warm-up reference took feed the model's label warm-up (their pairs are
+    not judged, as the reference's events are not)."""
+    side = mergeperf.label_state(state)
+    for bucket in sorted({e[0] for e in taken}):
+        parts = [p["labels"] for b, _, _, p in taken if b == bucket and p.get("labels")]
+        if parts and mergeperf.label_reference(model, profile, side) is None:
+            mergeperf.warm_labels(model, side, bucket, parts)
 
 
 def _p95_ceiling(model: ModelConfig, episodes: _Episodes, cells: Mapping[str, int], alert: Any) -> list[Alert]:

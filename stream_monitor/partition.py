@@ -19,7 +19,7 @@ import msgspec
 import numpy as np
 import orjson
 
-from . import drivers, history
+from . import drivers, history, mergeperf
 from .adapters import PARTS, Adapter, Batch, Pairs, column_adapters, multivariate_adapters, performance_adapters
 from .config import Config, ModelConfig, MultivariateConfig, ServiceConfig
 from .detectors import AdwinDetector, Episode, PageHinkleyDetector, PsiWindow, Transition
@@ -395,7 +395,11 @@ class PerformanceColumn(ColumnMonitor):
         self.rolling = RollingMetrics(self.config, self.task)
         self.last_statistic = {}
         self.points = history.pending()
-        self.adapters = performance_adapters(self, model, self.rolling, self.task, budget)
+        # decisions = "model": only the error stream's point detector runs here (its firings go to the merge,
+        # which decides the floors and ceilings on the model's windows: stream_monitor/mergeperf.py)
+        self.merged = model.by_model
+        self.adapters = [a for a in performance_adapters(self, model, self.rolling, self.task, budget)
+                         if a.point or not self.merged]
         self._index_adapters()
 
     def recalibrated(self, model: ModelConfig, budget: float) -> PerformanceColumn:
@@ -704,7 +708,7 @@ class ModelMonitor:
         self.multivariate = self._joint(reference)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
-        if reference.labels is not None:
+        if reference.labels is not None and not merged:  # decisions = "model": the merge decides label drift
             self._use_labels(reference.labels)
         self._reconcile()
 
@@ -764,15 +768,18 @@ class ModelMonitor:
         labelled: list[tuple[int, int, LabelEvent]] = []
         scored: list[tuple[int, int, InferenceEvent]] = []  # inference events with a score, for the estimate
         pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
+        merged = self.config.by_model
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
-                self._label(event, position, offset, partition, join, labelled, pairs)
+                self._label(event, position, offset, partition, join, labelled, pairs, seen)
                 continue
             self.events += 1
             if is_finite_number(event.score):
                 scored.append((position, offset, event))
             if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
+                if merged:  # in the loop: before a warm-up share's end closes its buckets
+                    self._count_pair(position, prediction, join.other["label"], join.other["t"], seen)
                 if self._performance(prediction, partition) is not None:
                     pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
                                   event.timestamp_ms))
@@ -801,6 +808,11 @@ class ModelMonitor:
         if pairs:
             for index, order, alert in self.performance.update_batch(
                     [p[2:5] for p in pairs], [p[5] for p in pairs], partition, [p[6] for p in pairs]):
+                if merged:  # the model's episode decides what is announced
+                    if alert.status == "firing":
+                        pair = pairs[index]
+                        self.sketch.firing(self._bucket(pair[4], pair[0], seen), firing_record(alert))
+                    continue
                 out.append((pairs[index][0], pairs[index][1], order, alert))
         features = [c for c in self.columns if c.signal == "feature" and not c.merged]
         before = {}
@@ -819,6 +831,20 @@ class ModelMonitor:
                     [e.timestamp_ms for _, _, e in labelled]):
                 out.append((labelled[index][0], 0, order, alert))
         return self._leaving(out)
+
+    def _bucket(self, time_ms: int | None, position: int, seen: Sequence[int | None] | None) -> int:
+        """decisions = "model": the bucket an event at ``position`` of the batch counts in, at ``time_ms``."""
+        sketch = self.sketch
+        mark = None if seen is None or seen[position] is None else \
+            seen[position] - int(self.config.merge_lateness_seconds * 1000)
+        return bucket_of(time_ms, mark, sketch.bucket_ms, sketch.floor)
+
+    def _count_pair(self, position: int, prediction: Mapping[str, Any], label: Any, label_time: int | None,
+                    seen: Sequence[int | None] | None) -> None:
+        """decisions = "model": a joined pair in the partial of its label's time (whichever side completed the
+        join): :mod:`stream_monitor.mergeperf`."""
+        mergeperf.add_pair(self.sketch.partial(self._bucket(label_time, position, seen)), prediction, label,
+                           self.config.performance.positive_label)
 
     def _with_drivers(self, alert: Alert, features: list[ColumnMonitor],
                       before: Mapping[str, float | None]) -> Alert:
@@ -953,11 +979,17 @@ class ModelMonitor:
                 out.append((positions[index], len(self.columns), order, alert))
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
-               labelled: list, pairs: list) -> None:
+               labelled: list, pairs: list, seen: Sequence[int | None] | None = None) -> None:
         """Label drift (the distribution of ground-truth labels; the label column runs once per batch,
-        over ``labelled``) and, once joined, performance."""
+        over ``labelled``) and, once joined, performance. decisions = "model": the label and its joined pair
+        count in the partials instead (the model's merge decides label drift), here, in event order."""
         self.labels += 1
-        if self.label_column is None:
+        if self.config.by_model:
+            mergeperf.add_label(self.sketch.partial(self._bucket(event.timestamp_ms, position, seen)), event.label,
+                                self.limits.max_categories)
+            if join is not None and join.status == "joined":
+                self._count_pair(position, join.other, event.label, event.timestamp_ms, seen)
+        elif self.label_column is None:
             self.label_warmup.add(event.label)
             if len(self.label_warmup) >= self.config.reference.events:
                 labels = self.label_warmup.build(self.config.detectors.psi.top_k)
@@ -972,7 +1004,16 @@ class ModelMonitor:
         """The performance detectors for a joined pair; with no task configured, created at the first pair
         with the task :meth:`_infer_task` gives (``None`` when performance is off). Called where the pair
         is in the batch, so the warm-up it reads is the same however the stream is cut into batches."""
+        if self.config.by_model and self.reference is None:  # the model's warm-up: no detector yet
+            return None
         if self.performance is None and self.config.performance.enabled:
+            if self.config.by_model:  # the model's task: configured, or from the model's reference
+                task = mergeperf.model_task(self.config, self.reference)
+                self.performance = PerformanceColumn(self.config, task, self.share)
+                log.info("model %s (partition %d): performance monitored as %s (%s)", self.config.model_id,
+                         partition, task, "configured" if self.config.performance.task else
+                         "inferred from the model's reference")
+                return self.performance
             task, basis = self._infer_task(prediction)
             self.performance = PerformanceColumn(self.config, task, self.share)
             log.info("model %s (partition %d): performance monitored as %s, inferred from %s; set "
@@ -1117,7 +1158,7 @@ class ModelMonitor:
             saved = state.get("multivariate")
             if self.multivariate is not None and saved is not None and "multivariate" not in restart:
                 self.multivariate.restore(saved)
-        if state["label_reference"] is not None:
+        if state["label_reference"] is not None and not self.config.by_model:  # the merge decides label drift
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"], restart)
 
@@ -1201,7 +1242,7 @@ class PartitionMonitor:
         self.rebaselined: dict[str, str] = {}  # by the last restore: model → what changed and restarted
         self.next_offset: int | None = None
         self.dead_letters = 0
-        self.max_time_ms: int | None = None  # the largest event time of an inference event seen here
+        self.max_time_ms: int | None = None  # the largest event time seen here (inference and label events)
         self.idle = False  # caught up and quiet: closed its open buckets (decisions = "model")
         self._said: set[tuple[str, str]] = set()  # (model, what) logged once by this monitor
         self.dead_letter_reasons: dict[str, dict[str, Any]] = {}  # reason → {"count", "sample"} (latest error)
@@ -1277,7 +1318,7 @@ class PartitionMonitor:
         latest = self.max_time_ms
         for _, event, _ in items:
             seen.append(latest)
-            if isinstance(event, InferenceEvent) and event.timestamp_ms is not None:
+            if event.timestamp_ms is not None:  # a label's time too: its bucket closes by the same watermark
                 latest = event.timestamp_ms if latest is None else max(latest, event.timestamp_ms)
         tagged: list[tuple[int, int, int, Alert]] = []
         for model_id, model_items in by_model.items():

@@ -144,6 +144,26 @@ def wait_for_log(process, text: str, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def kill_the_merger_mid_stream(run: Run, records, monitors, at: int = 300):
+    """Two instances share the partitions; ``records`` are fed at 1,500/s and, once every partition has
+    stored ``at`` offsets, the instance that merges the model is SIGKILLed (its partitions and the merge
+    move to the other). The survivor, once the feed has ended."""
+    topic = run.input_topic
+    first = run.start(monitors)
+    wait_for_log(first, f"assigned {topic}[")
+    second = run.start(monitors)
+    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
+    feeder = Feeder(run.broker.address, topic, records, rate=1500)
+    feeder.start()
+    wait_for_offsets(run.store, topic, {p: at for p in range(PARTITIONS)}, processes=[first, second])
+    assert feeder.is_alive(), "killed mid-stream"
+    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
+    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
+    merger.kill()
+    feeder.result()
+    return survivor
+
+
 def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(broker, redis_server, tmp_path,
                                                                                monitors):
     topic = unique("inference")
@@ -153,18 +173,7 @@ def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(b
     run = pipeline(broker, redis_server, tmp_path, topic, "interrupted")
     clean_processes = [clean.start(monitors)]
     started = time.monotonic()
-    first = run.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
-    second = run.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
-    feeder = Feeder(broker.address, topic, records, rate=1500)
-    feeder.start()
-    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
-    assert feeder.is_alive(), "killed mid-stream"
-    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
-    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
-    merger.kill()  # SIGKILL of the instance that merges: its partitions and the merge move to the survivor
-    feeder.result()
+    survivor = kill_the_merger_mid_stream(run, records, monitors)
     alerts_run = finish(run, [survivor])
     alerts_clean = finish(clean, clean_processes)
     print(f"1 instance, and 2 with a SIGKILL, over {EVENTS} events: {time.monotonic() - started:.1f} s")
@@ -277,18 +286,7 @@ def test_the_models_warm_up_reference_and_its_alerts_are_the_same_for_one_instan
     # the one input that depends on wall time, docs/MODEL_DECISIONS.md) may be left out of it
     ahead = EVENTS // 2
     produce(broker.address, topic, records[:ahead])
-    first = run.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
-    second = run.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")
-    feeder = Feeder(broker.address, topic, records[ahead:], rate=1500)
-    feeder.start()
-    wait_for_offsets(run.store, topic, {p: 300 for p in range(PARTITIONS)}, processes=[first, second])
-    assert feeder.is_alive(), "killed mid-stream"
-    merge_partition = zlib.crc32(b"fraud") % PARTITIONS
-    merger, survivor = (second, first) if f"assigned {topic}[{merge_partition}]" in second.log() else (first, second)
-    merger.kill()  # SIGKILL of the instance that merges (and builds the reference)
-    feeder.result()
+    survivor = kill_the_merger_mid_stream(run, records[ahead:], monitors)  # the merger builds the reference
     clean_processes = [clean.start(monitors)]
     alerts_run = finish(run, [survivor], windows)
     alerts_clean = finish(clean, clean_processes, windows)
@@ -371,3 +369,107 @@ def test_one_event_a_year_ahead_is_a_dead_letter_and_holds_no_model_window_back(
     assert "ahead of its Kafka message" in letter["error"]
     assert {a["alert_id"] for a in alerts} == expected_alert_ids(records, {0: 1})
     announced_once(alerts)
+
+
+# --- labels and realized performance ----------------------------------------------------------------
+
+LABELLED_MODEL = {**MODEL, "reference": {"source": "stored", "events": 2000},
+                  "performance": {"window": 1000, "floors": {"accuracy": 0.7}}}
+FLIP_AT = 3000
+
+
+def with_labels(events, flip_at: int = FLIP_AT, delay: int = 50) -> list[dict]:
+    """Each inference event and, ``delay`` events (0.5 s) later, its label: the prediction itself until
+    ``flip_at``, then its opposite (the model is wrong from there: accuracy 1 → 0, and the labels' own
+    distribution moves)."""
+    out, waiting = [], []
+    for i, event in enumerate(events):
+        out.append(event)
+        predicted = event["prediction"]["label"]
+        waiting.append((i + delay, {"event_id": event["event_id"], "model_id": "fraud",
+                                    "label": predicted if i < flip_at else 1 - predicted,
+                                    "timestamp": round(event["timestamp"] + delay * 0.01, 3)}))
+        while waiting and waiting[0][0] <= i:
+            out.append(waiting.pop(0)[1])
+    return out + [label for _, label in waiting]
+
+
+def expected_with_labels(records) -> tuple[set[str], dict]:
+    """What the engine decides in process, the label join shared by the partitions as Redis shares it:
+    (alert ids, the merge state's window counts)."""
+    from stream_monitor.join import MemoryJoin, join_op, performance_settings  # noqa: PLC0415
+
+    config = parse_config({"models": {"fraud": LABELLED_MODEL}})
+    settings = performance_settings(config)
+    join = MemoryJoin(settings)
+    profile = reference()
+    parts = []
+    for p in range(PARTITIONS):
+        monitor = PartitionMonitor(config, p, {"fraud": profile})
+        items = []
+        for offset, value in enumerate(value for partition, _, value, _ in records if partition == p):
+            event = decode(RawMessage("t", p, offset, value), frozenset(["fraud"]))
+            op = join_op(event, f"t|{p}|{offset}", settings)
+            items.append((offset, event, join.run([op])[0] if op else None))
+        monitor.process_batch(items)
+        monitor.go_idle()
+        mark = monitor.merge_marks()["fraud"]
+        parts.append(PartitionPartials("t", p, mark["watermark"], True, mark["partials"]))
+    result = merge_step(config.models["fraud"], profile, None, parts, 1000)
+    return {a.alert_id for a in result.alerts}, counts_of(result.state)
+
+
+def counts_of(state) -> dict:
+    return {"windows": state["windows"], "labels": (state.get("labels") or {}).get("windows", 0),
+            "performance": (state.get("performance") or {}).get("windows", 0)}
+
+
+def finish_labelled(run: Run, processes, counts: dict, timeout: float = 120.0) -> list[dict]:
+    """Until the merge state has decided ``counts`` windows (features, labels, performance); the alerts."""
+    merges = MergeStore(run.store)
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = merges.load("fraud")
+        if state is not None and counts_of(state) == counts:
+            break
+        for process in processes:
+            if process.process.poll() is not None:
+                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+    assert state is not None and counts_of(state) == counts, (state and counts_of(state), counts)
+    for process in processes:
+        assert process.terminate() == 0, process.log()[-3000:]
+    return run.alerts()
+
+
+def test_labels_and_performance_are_decided_once_for_the_model_by_one_instance_and_two_with_a_sigkill(
+        broker, redis_server, tmp_path, monitors):
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(with_labels(generate("fraud", EVENTS, seed=1)))  # a label on its event's partition
+    expected, counts = expected_with_labels(records)
+    assert counts["labels"] >= 3 and counts["performance"] >= 5
+
+    def labelled_pipeline(name: str) -> Run:
+        run = Run(broker, redis_server, tmp_path, topic, PARTITIONS, name, service=SERVICE,
+                  models={"fraud": LABELLED_MODEL})
+        ReferenceStore(run.store.client, run.namespace).store(reference())
+        return run
+
+    clean, run = labelled_pipeline("labels-clean"), labelled_pipeline("labels-interrupted")
+    clean_processes = [clean.start(monitors)]
+    survivor = kill_the_merger_mid_stream(run, records, monitors, at=600)  # labels are joined by then
+    alerts_run = finish_labelled(run, [survivor], counts)
+    alerts_clean = finish_labelled(clean, clean_processes, counts)
+    assert {a["alert_id"] for a in alerts_clean} == expected
+    assert {a["alert_id"] for a in alerts_run} == expected
+    firing = Counter((a["signal"], a["name"], a["detector"]) for a in alerts_clean if a["status"] == "firing")
+    assert firing[("performance", "accuracy", "floor")] == 1 and firing[("label", "label", "psi")] == 1
+    assert firing[("performance", "error_rate", "adwin")] == 1 and set(firing.values()) == {1}
+    schema = validator("alert.json")
+    for alert in alerts_clean:
+        schema.validate(alert)
+    floor = next(a for a in alerts_clean if a["detector"] == "floor")
+    assert floor["partition"] is None and sorted(floor["window"]["events"]) == [f"{topic}|{p}" for p in range(4)]
+    assert floor["drivers"]
