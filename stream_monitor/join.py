@@ -53,8 +53,8 @@ in the script's KEYS). Expiry is done by the scripts: every step removes up to
 512 elements of each list whose time is over, from the list's head. An entry
 that leaves its list other than from the head (a prediction joined, a label
 replaced) leaves its element behind, to be dropped when it reaches the head: an
-element counts only while its stamp (its expiry time, ``%.3f`` ms) equals its
-entry's, and the bytes of such an element stay counted until it is dropped. A
+element counts only while its stamp (its expiry time: ``STAMP_BASE`` + µs, 16
+digits, so stamps compare as text) equals its entry's, and the bytes of such an element stay counted until it is dropped. A
 list is in time order as long as the times of its model's steps are (one
 instance's always are; instances with skewed clocks, or a shorter ttl in a newer
 config, make an entry wait behind an older one for at most that difference).
@@ -106,9 +106,10 @@ FIELD_OVERHEAD = 56  # bytes Redis spends on one hash field besides its name and
 ELEMENT_OVERHEAD = 4  # bytes Redis spends on one list element besides its text (measured ~2)
 GRACE_MS = 3_600_000  # Redis's own expiry of the model's lists and hashes: this long after the longest ttl
 EXPIRE_BATCH = 512  # expired elements of each list removed per step
-# Each step of one RedisJoin gets a later time than the one before, by at least this much (a stamp is written
-# to 1 µs), so the entries of one batch, stored in the same millisecond, keep the order they came in.
-TICK_MS = 0.001
+# Times are whole microseconds; each step of one RedisJoin gets a later time than the one before (by 1 µs at
+# least), so the entries of one batch, stored in the same millisecond, keep the order they came in. A stamp is
+# a time written as STAMP_BASE + µs: 16 digits until the year 2255, so stamps compare as text.
+STAMP_BASE = 10 ** 15
 # The most steps of one model one script call runs (a bigger batch takes more calls, in the same round trip): a
 # script holds Redis while it runs, and this many steps take it some milliseconds.
 MAX_STEPS = 1000
@@ -121,7 +122,7 @@ MIGRATE_CHUNK = 2000  # entries of the former layout one migration call moves
 _FUNCTIONS = """
 local PRED, PAIRED, LABEL, LPAIRED, STATS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[8]
 local FIELD, ELEMENT, CHUNK = %(field)d, %(element)d, 256
-local now = 0
+local now, now_at = '', 0  -- the step's time: its stamp, and as a number
 local cache = {[PRED] = {}, [PAIRED] = {}, [LABEL] = {}, [LPAIRED] = {}}
 local dirty = {[PRED] = {}, [PAIRED] = {}, [LABEL] = {}, [LPAIRED] = {}}
 local function load(hash, ids)
@@ -158,10 +159,11 @@ local function split(text)  -- '<stamp> <rest>' -> stamp, rest
   local space = string.find(text, ' ', 1, true)
   return string.sub(text, 1, space - 1), string.sub(text, space + 1)
 end
-local function stamp(ms) return string.format('%%.3f', ms) end
+local function stamp(ms) return string.format('%%d', math.floor(ms * 1000 + 0.5) + %(base)d) end  -- see STAMP_BASE
+local NEVER = math.huge  -- after every time
 -- a list: 'read' elements fetched from Redis so far, 'taken' of them popped; 'front': popped ones put back
 -- (a stack, its top first); 'tail': pushed by this call (from 'tail_at' to 'tail_n' still there); 'head': the
--- first element's time (nil: not known)
+-- first element's stamp (nil: not known)
 local function list(key, hashes, count)
   return {key = key, hashes = hashes, count = count, buf = {}, at = 1, read = 0, more = true, taken = 0,
           front = {}, tail = {}, tail_at = 1, tail_n = 0, head = nil}
@@ -195,12 +197,13 @@ end
 local function push(q, element)
   q.tail_n = q.tail_n + 1
   q.tail[q.tail_n] = element
-  if q.head == math.huge then q.head = nil end
+  if q.head == NEVER then q.head = nil end
 end
+-- the first element's time, as a number (comparing strings goes through the locale's collation: slower)
 local function head_time(q)
   if q.head == nil then
     local element = peek(q)
-    q.head = element and tonumber((split(element))) or math.huge
+    q.head = element and tonumber((split(element))) or NEVER
   end
   return q.head
 end
@@ -319,7 +322,7 @@ end
 -- elements whose time is over, from the head (at most ``limit``): the entries that count removed
 local function expire(q, counter, limit)
   local seen, gone = 0, 0
-  while seen < limit and head_time(q) <= now do
+  while seen < limit and head_time(q) <= now_at do
     local element = pop(q)
     seen = seen + 1
     release(ELEMENT + #element)
@@ -358,32 +361,33 @@ local function flush()
   redis.call('HSET', STATS, 'bytes', used, 'pending', counts.pending, 'labels', counts.labels, 'done', counts.done)
   for counter, n in pairs(added) do redis.call('HINCRBY', STATS, counter, n) end
 end
-""" % {"field": FIELD_OVERHEAD, "element": ELEMENT_OVERHEAD}
+""" % {"field": FIELD_OVERHEAD, "element": ELEMENT_OVERHEAD, "base": STAMP_BASE}
 
 # One script call runs a batch's steps of one model, in order, each as if it were a call of its own: the same
 # logic per step, given that step's time and arguments; what is carried from one step to the next is what a
 # call of its own would find in Redis (here: in the call's cache of it, written back at the end).
-# KEYS: the shared eight, then the marker. ARGV: budget, cap, a prediction's ttl, a label's ttl, retention (ms);
-# then the steps, one JSON array of [kind ('p' or 'l'), now, record (JSON text), me, event_id].
+# KEYS: the shared eight, then the marker. ARGV: budget, cap, Redis's own expiry of the lists and hashes (ms);
+# then the steps, one JSON array of [kind ('p' or 'l'), now, value (what it would store: ``<until> <record
+# JSON>``), element (``<until> <event_id>``), joined_until (the end of a pair's retention if it joins), me,
+# event_id]; the times are stamps. The client builds them: in Redis's Lua, formatting a number or concatenating
+# strings costs more than the rest of a step (measured).
 # Returns one string, its lines: fresh (1: the marker was missing), then per step its status, or the other
 # side's value (``<stamp> <record>``, which begins with a digit) when it joined.
 _BATCH = """
 local fresh = redis.call('SETNX', KEYS[9], '1')
 """ + _FUNCTIONS + """
-local budget, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
-local ttls = {p = tonumber(ARGV[3]), l = tonumber(ARGV[4])}
-local retention = tonumber(ARGV[5])
-local steps = cjson.decode(ARGV[6])
+local budget, cap, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
+local steps = cjson.decode(ARGV[4])
 local ids = {}
 for i, step in ipairs(steps) do ids[i] = step[5] end
 for _, hash in ipairs({PRED, PAIRED, LABEL, LPAIRED}) do load(hash, ids) end
 settle()
-local record, me, id, ttl
+local value, element, me, id, joined_until
 local function joined_by(paired) return paired and select(2, split(paired)) end
 -- the pair joined by this message: the prediction (and the label that came first, if any) record it.
 -- paired: the prediction's 'paired' value as the step read it; label_joined: the label's, as read
 local function join_pair(paired, with_label, label_joined)
-  local at = stamp(now + retention)
+  local at = joined_until
   local value, element = at .. ' ' .. me, at .. ' ' .. id
   local extra = #value + ELEMENT + #element
   if paired then extra = extra - #paired else extra = extra + FIELD + #id end
@@ -408,8 +412,6 @@ local function prediction_step()
   local paired = get(PAIRED, id)
   local joined = joined_by(paired)
   if not get(PRED, id) then
-    local at = stamp(now + ttl)
-    local value, element = at .. ' ' .. record, at .. ' ' .. id
     local n = FIELD + #id + #value + ELEMENT + #element
     if n > budget then
       count('dropped', 1)
@@ -445,8 +447,6 @@ local function label_step()
   end
   local taken = get(LPAIRED, id)
   if taken and taken ~= me then return 'taken' end
-  local at = stamp(now + ttl)
-  local value, element = at .. ' ' .. record, at .. ' ' .. id
   local n = FIELD + #id + #value + ELEMENT + #element
   if n > budget then
     count('dropped', 1)
@@ -460,21 +460,22 @@ end
 local out = {fresh}
 for i, step in ipairs(steps) do
   local kind = step[1]
-  now, record, me, id, ttl = step[2], step[3], step[4], step[5], ttls[step[1]]
+  now, value, element, joined_until, me, id = step[2], step[3], step[4], step[5], step[6], step[7]
+  now_at = tonumber(now)
   expire(pending, 'expired', %(batch)d)
   expire(labels, nil, %(batch)d)
   expire(done, nil, %(batch)d)
   if kind == 'p' then out[i + 1] = prediction_step() else out[i + 1] = label_step() end
 end
 flush()
-local keep = math.max(ttls.p, ttls.l, retention) + %(grace)d
 for i = 1, 7 do redis.call('PEXPIRE', KEYS[i], keep) end
 return table.concat(out, '\\n')
-""" % {"batch": EXPIRE_BATCH, "grace": GRACE_MS}
+""" % {"batch": EXPIRE_BATCH}
 
 # Entries whose time is over, removed (predictions counted as never labelled); then the figures. ARGV: now (ms).
 _EXPIRE = _FUNCTIONS + """
-now = tonumber(ARGV[1])
+now = ARGV[1]
+now_at = tonumber(now)
 settle()
 for _ = 1, 100 do
   if expire(pending, 'expired', 4096) + expire(labels, nil, 4096) + expire(done, nil, 4096) == 0 then break end
@@ -572,7 +573,7 @@ class RedisJoin:
         self.on_lost = on_lost  # called with a model id whose join data vanished from Redis
         self._seen: set[str] = set()  # models whose marker this process has found or written
         self._current: set[str] = set()  # models whose entries are in this layout (see _MIGRATE)
-        self._last = 0.0  # the time (ms) given to the latest step: strictly increasing, see TICK_MS
+        self._last = 0  # the time (µs) given to the latest step: strictly increasing, see STAMP_BASE
         self._batch = client.register_script(_BATCH)
         self._expire = client.register_script(_EXPIRE)
         self._migrate = client.register_script(_MIGRATE)
@@ -599,16 +600,16 @@ class RedisJoin:
         return [f"{base}:pending", f"{base}:labels", f"{base}:done"]
 
     def run(self, ops: Sequence[JoinOp]) -> list[JoinResult]:
-        """The ops' results, in their order. Each op gets its own time (strictly increasing, see TICK_MS);
+        """The ops' results, in their order. Each op gets its own time (strictly increasing, in µs);
         the ops of one model go to Redis in their order, in one script call (or one per MAX_STEPS), which
         runs each as the step it would be alone; models share nothing, so their calls are independent."""
         if not ops:
             return []
-        now = max(self.clock() * 1000, self._last + TICK_MS)
+        now = max(int(self.clock() * 1_000_000) + STAMP_BASE, self._last + 1)
         by_model: dict[str, list[int]] = {}
         times = []
         for i, op in enumerate(ops):
-            now = max(now, self._last + TICK_MS)
+            now = max(now, self._last + 1)
             self._last = now
             times.append(now)
             by_model.setdefault(op.model_id, []).append(i)
@@ -618,12 +619,19 @@ class RedisJoin:
         for model_id, indexes in by_model.items():
             cfg = self.settings[model_id]
             keys = self._keys(model_id)
-            limits = [cfg.max_pending_bytes, cfg.max_pending, int(cfg.prediction_ttl_seconds * 1000),
-                      int(cfg.label_wait_seconds * 1000), int(cfg.joined_retention_seconds * 1000)]
+            ttls = {"prediction": int(cfg.prediction_ttl_seconds * 1_000_000),
+                    "label": int(cfg.label_wait_seconds * 1_000_000)}
+            retention = int(cfg.joined_retention_seconds * 1_000_000)
+            limits = [cfg.max_pending_bytes, cfg.max_pending, max(*ttls.values(), retention) // 1000 + GRACE_MS]
             for start in range(0, len(indexes), MAX_STEPS):
                 chunk = indexes[start:start + MAX_STEPS]
-                steps = [("p" if ops[i].kind == "prediction" else "l", times[i], dumps(ops[i].record).decode(),
-                          ops[i].me, ops[i].event_id) for i in chunk]
+                steps = []
+                for i in chunk:
+                    op, at = ops[i], times[i]
+                    until = str(at + ttls[op.kind])
+                    steps.append(("p" if op.kind == "prediction" else "l", str(at),
+                                  f"{until} {dumps(op.record).decode()}", f"{until} {op.event_id}",
+                                  str(at + retention), op.me, op.event_id))
                 calls.append((self._batch, keys, [*limits, dumps(steps)]))
                 owners.append((model_id, chunk))
         replies = self._send(calls)
@@ -695,7 +703,7 @@ class RedisJoin:
         of all its entries (kept by the scripts: one round trip whatever the size)."""
         self._move_former([model_id])
         awaiting, waiting, stats = self._send([(self._expire, self._keys(model_id)[:8],
-                                                [int(self.clock() * 1000)])])[0]
+                                                [str(int(self.clock() * 1_000_000) + STAMP_BASE)])])[0]
         expired, dropped, evicted, labels_evicted, used = (int(v or 0) for v in stats)
         return {"awaiting": int(awaiting), "expired": expired, "dropped": dropped, "evicted": evicted,
                 "labels_waiting": int(waiting), "labels_evicted": labels_evicted, "bytes": used}

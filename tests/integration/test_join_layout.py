@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from stream_monitor.config import parse_config
-from stream_monitor.join import JoinOp, RedisJoin, performance_settings
+from stream_monitor.join import STAMP_BASE, JoinOp, RedisJoin, performance_settings
 from stream_monitor.state import connect
 
 from ..support import unique
@@ -109,7 +109,7 @@ def test_a_models_former_entries_are_moved_over_on_first_touch_and_the_join_goes
         assert upgraded.run(ops) == reference.run(ops)
     assert former_keys(client, namespace), "the former layout holds entries"
     current = RedisJoin(client, namespace, settings(), clock=clock)
-    current._last = upgraded._last
+    current._last = round(upgraded._last * 1000) + STAMP_BASE
     moved = 0
     for now, ops in batches[40:]:
         clock.now = now
