@@ -379,7 +379,7 @@ local fresh = redis.call('SETNX', KEYS[9], '1')
 local budget, cap, keep = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local steps = cjson.decode(ARGV[4])
 local ids = {}
-for i, step in ipairs(steps) do ids[i] = step[5] end
+for i, step in ipairs(steps) do ids[i] = step[7] end
 for _, hash in ipairs({PRED, PAIRED, LABEL, LPAIRED}) do load(hash, ids) end
 settle()
 local value, element, me, id, joined_until

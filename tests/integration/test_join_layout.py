@@ -118,3 +118,27 @@ def test_a_models_former_entries_are_moved_over_on_first_touch_and_the_join_goes
         if moved == 1:
             assert former_keys(client, namespace) == set(), "moved before the first step"
         assert figures(current) == figures(reference)
+
+
+def commands(client) -> int:
+    """Redis commands run so far, the scripts' own calls and INFO excluded (those a script issues count)."""
+    return sum(v["calls"] for k, v in client.info("commandstats").items()
+               if k not in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_info", "cmdstat_script|exists"))
+
+
+def test_the_redis_commands_of_a_batch_do_not_grow_with_its_steps(redis_server):
+    """What a batch's script issues is a few bulk reads and writes per hash and list: 20 predictions and 1,000
+    (then 500 labels joining, and 500 waiting for a prediction) take about the same number of Redis commands."""
+    client = connect(redis_server.address)
+    joiner = RedisJoin(client, unique("ns"), settings(max_pending=10_000))
+    joiner._move_former(["credit"])
+    counts = []
+    for ops in ([JoinOp("prediction", "credit", f"a{i}", {"score": 0.5, "t": i}, f"p|0|{i}") for i in range(20)],
+                [JoinOp("prediction", "credit", f"b{i}", {"score": 0.5, "t": i}, f"p|0|{i}") for i in range(1000)],
+                [JoinOp("label", "credit", f"{kind}{i}", {"label": 1, "t": i}, f"l|0|{i}")
+                 for kind in "bc" for i in range(500)]):
+        before = commands(client)
+        joiner.run(ops)
+        counts.append(commands(client) - before)
+    # the marker's SETNX, 4 HMGETs, a chunk read per list, the writes per hash and list, stats, 7 PEXPIREs
+    assert counts == [19, 21, 23], counts
