@@ -1091,6 +1091,122 @@ def report_merged(merged: list[MergedResult]) -> None:
 # --- main ------------------------------------------------------------------------------------------------
 
 
+# --- the label join's cost, and the inputs of docs/CAPACITY.md (--join-cost; Redis only, no broker) ----------
+
+
+def join_workload(count: int, labels_every: int, seed: int = 1) -> list:
+    """The join ops of `count` predictions of model `m` (each a score), every `labels_every`-th one followed by
+    its label LABEL_DELAY predictions later (0: no labels), each with its message's identity."""
+    from stream_monitor.join import JoinOp, label_record, prediction_record  # noqa: PLC0415
+
+    rng = random.Random(seed)
+    ops, offset = [], 0
+    for i in range(count):
+        ops.append(JoinOp("prediction", "m", f"e{seed}-{i}", prediction_record(round(rng.random(), 4), None, None),
+                          f"bench|0|{offset}"))
+        offset += 1
+        late = i - LABEL_DELAY
+        if labels_every and late >= 0 and late % labels_every == 0:
+            ops.append(JoinOp("label", "m", f"e{seed}-{late}", label_record(1, None), f"bench|0|{offset}"))
+            offset += 1
+    return ops
+
+
+@dataclass
+class JoinCost:
+    """What the join of one stream cost, per op (a prediction or a label arriving) and per batch."""
+
+    ops: int
+    batches: int
+    wall_us: float  # per op, the client's wait for its batch included
+    client_cpu_us: float  # per op, this process (building the calls, parsing the replies)
+    script_us: float  # per op, Redis's time in the join's script calls (INFO commandstats)
+    commands_per_batch: float  # Redis commands the scripts issue per batch (commandstats calls, scripts excluded)
+    request_bytes: float  # per op, what Redis read (INFO stats total_net_input_bytes)
+    reply_bytes: float  # per op, what Redis wrote back
+    memory_per_pending: float  # Redis used_memory per prediction still held (pending or joined)
+
+
+def measure_join(redis_url: str, labels_every: int, count: int, layout: str = "current") -> JoinCost:
+    """One stream's join through a fresh namespace, in batches of BATCH ops, as the service sends it."""
+    from stream_monitor.config import parse_config  # noqa: PLC0415
+    from stream_monitor.join import RedisJoin, performance_settings  # noqa: PLC0415
+    from stream_monitor.state import connect  # noqa: PLC0415
+
+    client = connect(redis_url)
+    settings = performance_settings(parse_config({"models": {"m": {"performance": {"task": "classification"}}}}))
+    namespace = f"bench-join-{uuid.uuid4().hex[:6]}"
+    if layout == "current":
+        joiner = RedisJoin(client, namespace, settings)
+    else:  # the former layout, from the tests' frozen copy
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.integration.former_join import FormerRedisJoin  # noqa: PLC0415
+        joiner = FormerRedisJoin(client, namespace, settings)
+    ops = join_workload(count, labels_every)
+    joiner.run(ops[:1])  # scripts loaded, the former layout looked for
+    memory_before = client.info("memory")["used_memory"]
+    client.config_resetstat()
+    net = client.info("stats")
+    wall = cpu = 0.0
+    batches = 0
+    for start in range(1, len(ops), BATCH):
+        batch = ops[start:start + BATCH]
+        began, cpu_began = time.perf_counter(), time.process_time()
+        joiner.run(batch)
+        wall += time.perf_counter() - began
+        cpu += time.process_time() - cpu_began
+        batches += 1
+    stats = client.info("commandstats")
+    script = sum(v["usec"] for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_eval"))
+    commands = sum(v["calls"] for k, v in stats.items()
+                   if k not in ("cmdstat_evalsha", "cmdstat_eval", "cmdstat_info", "cmdstat_script|exists"))
+    after = client.info("stats")  # bytes Redis read and wrote, its two INFO calls included (~a few kB)
+    sent = after["total_net_input_bytes"] - net["total_net_input_bytes"]
+    received = after["total_net_output_bytes"] - net["total_net_output_bytes"]
+    held = sum(op.kind == "prediction" for op in ops)
+    measured = len(ops) - 1
+    memory = client.info("memory")["used_memory"] - memory_before
+    for key in client.scan_iter(match=f"{namespace}:*", count=1000):
+        client.delete(key)
+    return JoinCost(measured, batches, wall / measured * 1e6, cpu / measured * 1e6, script / measured,
+                    commands / batches, sent / measured, received / measured, memory / held)
+
+
+def report_join_cost(redis_url: str, count: int) -> dict[str, JoinCost]:
+    """The join's cost without labels and with labels for half the predictions, in both layouts."""
+    costs = {}
+    for layout in ("former", "current"):
+        for labels_every in (0, 2):
+            costs[f"{layout}, labels {'for half' if labels_every else 'none'}"] = \
+                measure_join(redis_url, labels_every, count, layout)
+    print(f"\nThe label join alone ({count:,} predictions, batches of {BATCH}; Redis only; per op = a prediction "
+          "or a label arriving):\n")
+    print("| layout, labels | ops | wall µs/op | client CPU µs/op | Redis script µs/op | Redis commands/batch | "
+          "request B/op | reply B/op | Redis bytes per prediction held |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, c in costs.items():
+        print(f"| {name} | {c.ops:,} | {c.wall_us:.1f} | {c.client_cpu_us:.1f} | {c.script_us:.1f} | "
+              f"{c.commands_per_batch:,.0f} | {c.request_bytes:.0f} | {c.reply_bytes:.0f} | {c.memory_per_pending:.0f} |")
+    return costs
+
+
+def report_capacity(results: list["SingleResult"], costs: dict[str, JoinCost]) -> None:
+    """The measured inputs of docs/CAPACITY.md's projection, from this run."""
+    print("\nCapacity inputs (docs/CAPACITY.md; redo the projection with these):\n")
+    for r in results:
+        columns = r.features + 1
+        print(f"- F={r.features}: {1e6 / r.window.rate:.1f} µs of one core per event end to end "
+              f"= {1e6 / r.window.rate / columns:.2f} µs per event per numeric column; "
+              f"state {r.state_bytes / columns:,.0f} B (Redis {r.memory_usage / columns:,.0f} B) per column; "
+              f"checkpoint share {next((share for name, _, share in r.stages if name == 'checkpoint'), 0.0):.1%}")
+    current = costs.get("current, labels for half")
+    if current:
+        print(f"- label join: {current.script_us:.1f} µs of Redis and {current.client_cpu_us:.1f} µs of client CPU per "
+              f"op, {current.commands_per_batch:,.0f} Redis commands per batch of {BATCH}, {current.request_bytes:.0f} B "
+              f"sent and {current.reply_bytes:.0f} B back per op, {current.memory_per_pending:.0f} B of Redis per "
+              "prediction held")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line; `measured` is the events per case (--quick's or --events')."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
@@ -1103,6 +1219,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="with --join: every second prediction gets its label event, "
                              f"{LABEL_DELAY} inference events later (events timed count both kinds)")
     parser.add_argument("--single-only", action="store_true", help="skip the live-production scaling cases")
+    parser.add_argument("--join-cost", action="store_true",
+                        help="only the label join against Redis (no broker): its cost per op in the current and the "
+                             "former layout, without labels and with labels for half the predictions")
+    parser.add_argument("--capacity", action="store_true",
+                        help="also print the measured inputs of docs/CAPACITY.md (the join's cost included)")
     parser.add_argument("--merged-only", action="store_true",
                         help="only the model keyed by event id over "
                              f"{MERGED_PARTITIONS} partitions (decisions = \"model\"), 1 vs 2 instances")
@@ -1125,6 +1246,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"end-to-end throughput: {measured:,} measured events per case, logs in {workdir}", flush=True)
     started = []
     try:
+        if args.join_cost:
+            started.append(start_redis(str(workdir)))
+            report_join_cost(started[-1].address, measured)
+            return 0
         started.append(start_broker(str(workdir)))
         started.append(start_redis(str(workdir)))
         stack = Stack(started[0].address, started[1].address, workdir, [os.getpid(), started[0].pid, started[1].pid])
@@ -1157,6 +1282,8 @@ def main(argv: list[str] | None = None) -> int:
                   + f" ({time.monotonic() - begun:.0f} s for this case)", flush=True)
         if results:
             report(results, live, measured)
+        if args.capacity:
+            report_capacity(results, report_join_cost(stack.redis_url, measured))
         if merged:
             report_merged(merged)
     finally:

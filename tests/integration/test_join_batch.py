@@ -63,7 +63,7 @@ def contents(client, namespace: str) -> dict[str, object]:
     for key in client.scan_iter(match=f"{namespace}:*", count=1000):
         name = key.decode()[len(namespace):]
         kind = client.type(key).decode()
-        out[name] = client.hgetall(key) if kind == "hash" else \
+        out[name] = client.hgetall(key) if kind == "hash" else client.lrange(key, 0, -1) if kind == "list" else \
             client.zrange(key, 0, -1, withscores=True) if kind == "zset" else client.get(key)
     return out
 
@@ -77,6 +77,8 @@ def test_a_batch_in_one_call_per_model_gives_exactly_what_one_call_per_step_give
     batched_clock, single_clock = Clock(), Clock()
     batched = RedisJoin(client, unique("batch"), settings(), clock=batched_clock)
     single = RedisJoin(client, unique("alone"), settings(), clock=single_clock)
+    for joiner in (batched, single):  # a model's first touch looks for entries of the former layout, once
+        joiner._move_former(MODELS)
     statuses: dict[str, int] = {}
     for now, ops in corpus():
         batched_clock.now = single_clock.now = now
@@ -89,13 +91,13 @@ def test_a_batch_in_one_call_per_model_gives_exactly_what_one_call_per_step_give
             statuses[result.status] = statuses.get(result.status, 0) + 1
         assert contents(client, batched.namespace) == contents(client, single.namespace)
     # the corpus reaches every case it is about
-    assert statuses == {"pending": 773, "joined": 245, "taken": 176, "dropped": 32}
+    assert statuses == {"pending": 765, "joined": 250, "taken": 179, "dropped": 32}
     lags = {m: batched.lag(m) for m in MODELS}
     assert lags == {m: single.lag(m) for m in MODELS}
     for lag in lags.values():
-        del lag["bytes"]  # the same in both; pinned without it (it counts the namespace's length)
+        del lag["bytes"]  # the same in both; pinned without it
     assert lags == {
-        "credit": {"awaiting": 10, "labels_waiting": 3, "expired": 157, "evicted": 68, "labels_evicted": 27,
+        "credit": {"awaiting": 10, "labels_waiting": 3, "expired": 152, "evicted": 65, "labels_evicted": 22,
                    "dropped": 19},
         "fraud": {"awaiting": 4, "labels_waiting": 4, "expired": 42, "evicted": 0, "labels_evicted": 0, "dropped": 13}}
 
@@ -106,6 +108,7 @@ def test_a_batch_bigger_than_one_call_takes_is_split_and_gives_the_same(redis_se
     ops = [JoinOp("prediction", "credit", f"e{i}", {"score": 0.5, "label": 1, "t": i}, f"inf|0|{i}") for i in range(30)]
     ops += [JoinOp("label", "credit", f"e{i}", {"label": 1, "t": i}, f"lab|0|{i}") for i in range(0, 40, 2)]
     joiner = RedisJoin(client, unique("ns"), settings())
+    joiner._move_former(["credit"])
     calls = script_calls(client)
     results = joiner.run(ops)
     assert script_calls(client) - calls == 8, "50 steps of one model in calls of at most 7"

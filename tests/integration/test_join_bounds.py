@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
-from stream_monitor.join import ENTRY_OVERHEAD, JoinOp, MemoryJoin, RedisJoin, performance_settings
+from stream_monitor.join import ELEMENT_OVERHEAD, FIELD_OVERHEAD, JoinOp, MemoryJoin, RedisJoin, performance_settings
 from stream_monitor.demo.localstack import create_topics, free_port
 from stream_monitor.state import connect
 from stream_monitor.synthetic import labelled
@@ -43,6 +43,11 @@ def label(i: int, me: str | None = None, prefix: str = "e") -> JoinOp:
 
 def statuses(joiner, ops) -> list[str]:
     return [r.status for r in joiner.run(ops)]
+
+
+def held(client, base: str) -> tuple[int, int, int]:
+    """The joined pairs, waiting labels and pending predictions a model's join counts."""
+    return tuple(int(v or 0) for v in client.hmget(f"{base}:stats", "done", "labels", "pending"))
 
 
 def namespace_keys(client, namespace: str) -> set[str]:
@@ -84,14 +89,14 @@ def test_a_replay_after_evictions_never_counts_a_pair_twice(redis_server):
 
 
 def test_replays_under_a_tight_byte_budget_never_count_a_pair_twice(redis_server):
-    """400 predictions and their labels through a 64 KiB budget (joined pairs, waiting labels and pending
+    """1,000 predictions and their labels through a 64 KiB budget (joined pairs, waiting labels and pending
     predictions all evicted in turn), each batch processed three times in a row: whatever was forgotten,
     no pair is ever joined by two messages."""
     joiner = RedisJoin(connect(redis_server.address), unique("ns"), settings_of(max_pending_bytes=65_536))
     joined_by: dict[str, set[str]] = {}
-    for start in range(0, 400, 50):
-        for ops in ([prediction(i) for i in range(start, start + 50)],
-                    [label(i) for i in range(max(0, start - 170), max(0, start - 120))]):
+    for start in range(0, 1000, 125):
+        for ops in ([prediction(i) for i in range(start, start + 125)],
+                    [label(i) for i in range(max(0, start - 425), max(0, start - 300))]):
             for _ in range(3):
                 for op, result in zip(ops, joiner.run(ops)):
                     if result.status == "joined":
@@ -99,11 +104,11 @@ def test_replays_under_a_tight_byte_budget_never_count_a_pair_twice(redis_server
     assert all(len(identities) == 1 for identities in joined_by.values()), joined_by
     lag = joiner.lag("credit")
     assert lag["bytes"] <= 65_536, lag
-    # the figures of this sequence (they follow from the entry sizes): labels 120-170 predictions late
-    # against room for about 190; a label replayed after its eviction is stored, and evicted, again
+    # the figures of this sequence (they follow from the entry sizes): labels 300-425 predictions late
+    # against room for about 490; a label replayed after its eviction is stored, and evicted, again
     assert (len(joined_by), lag["awaiting"], lag["evicted"], lag["labels_waiting"], lag["labels_evicted"]) == \
-        (162, 170, 68, 35, 429), (len(joined_by), lag)
-    print(f"tight budget, every batch thrice: {len(joined_by)} of 400 pairs joined, each once; {lag}")
+        (371, 425, 204, 67, 1287), (len(joined_by), lag)
+    print(f"tight budget, every batch thrice: {len(joined_by)} of 1,000 pairs joined, each once; {lag}")
 
 
 # --- the byte budget ----------------------------------------------------------------------------------------------
@@ -118,10 +123,10 @@ def test_the_byte_budget_evicts_joined_pairs_then_waiting_labels_then_the_oldest
     assert statuses(joiner, [label(i, prefix="j") for i in range(20)]) == ["joined"] * 20
     assert statuses(joiner, [label(i, prefix="early") for i in range(20)]) == ["pending"] * 20
     order = []  # what each new prediction's step evicted first
-    for i in range(400):
-        before = (client.zcard(f"{base}:done"), client.zcard(f"{base}:labels"), joiner.lag("credit")["evicted"])
+    for i in range(1000):
+        before = (*held(client, base)[:2], joiner.lag("credit")["evicted"])
         assert statuses(joiner, [prediction(i)]) == ["pending"]
-        after = (client.zcard(f"{base}:done"), client.zcard(f"{base}:labels"), joiner.lag("credit")["evicted"])
+        after = (*held(client, base)[:2], joiner.lag("credit")["evicted"])
         for kind, b, a in zip(("joined", "label", "prediction"), before, after):
             if b != a and (not order or order[-1] != kind):
                 order.append(kind)
@@ -130,9 +135,9 @@ def test_the_byte_budget_evicts_joined_pairs_then_waiting_labels_then_the_oldest
     assert order == ["joined", "label", "prediction"], order
     lag = joiner.lag("credit")
     assert lag["labels_evicted"] == 20 and lag["labels_waiting"] == 0
-    assert lag["awaiting"] + lag["evicted"] == 400 and lag["expired"] == lag["evicted"] > 0
-    assert lag["awaiting"] == client.zcard(f"{base}:pending") > 100
-    assert statuses(joiner, [label(399)]) == ["joined"], "the newest prediction is still joinable"
+    assert lag["awaiting"] + lag["evicted"] == 1000 and lag["expired"] == lag["evicted"] > 0
+    assert lag["awaiting"] == held(client, base)[2] == client.hlen(f"{base}:pred") > 100
+    assert statuses(joiner, [label(999)]) == ["joined"], "the newest prediction is still joinable"
     assert statuses(joiner, [label(0)]) == ["pending"], "the oldest was evicted"
     print(f"byte budget 64 KiB: {lag['awaiting']} predictions kept, {lag['evicted']} evicted, {lag['bytes']} bytes")
 
@@ -173,9 +178,14 @@ def test_an_entry_bigger_than_the_whole_budget_is_not_stored_and_counted(redis_s
 def test_cost_per_entry_is_its_sizes_plus_the_measured_overhead(redis_server):
     namespace = unique("ns")
     joiner = RedisJoin(connect(redis_server.address), namespace, settings_of())
+    client = joiner.client
     joiner.run([prediction(7)])
-    key = f"{namespace}:join:{{credit}}:p:e7"
-    assert joiner.lag("credit")["bytes"] == len(key) + len("e7") + len(orjson.dumps(SCORE)) + ENTRY_OVERHEAD
+    base = f"{namespace}:join:{{credit}}"
+    value = client.hget(f"{base}:pred", "e7").decode()
+    stamp = value.split(" ")[0]
+    assert value == f"{stamp} {orjson.dumps(SCORE).decode()}"
+    assert client.lrange(f"{base}:q:pending", 0, -1) == [f"{stamp} e7".encode()]
+    assert joiner.lag("credit")["bytes"] == FIELD_OVERHEAD + len("e7") + len(value) + ELEMENT_OVERHEAD + len(stamp) + 3
 
 
 @pytest.mark.parametrize("raw, key", [

@@ -232,7 +232,7 @@ def test_a_slot_moved_to_another_master_between_two_batches_is_followed_and_noth
         joiner = RedisJoin(client, "ns", performance_settings(parse_config(
             {"models": {model: {"performance": {"task": "classification"}}}})))
         store = StateStore(client, "ns", group)
-        assert key_slot(store.key("t", 0).encode()) == key_slot(joiner._keys(model, "e0")[0].encode()) == 0
+        assert key_slot(store.key("t", 0).encode()) == key_slot(joiner._keys(model)[0].encode()) == 0
         predictions = [JoinOp("prediction", model, f"e{i}", {"score": 0.5, "label": 1, "t": 0}, f"t|0|{i}")
                        for i in range(5)]
         assert [r.status for r in joiner.run(predictions)] == ["pending"] * 5
@@ -258,11 +258,11 @@ def test_a_slot_moved_to_another_master_between_two_batches_is_followed_and_noth
 
 
 @pytest.mark.integration  # starts its own cluster: no session fixture marks it
-def test_a_join_step_meeting_an_entry_already_moved_mid_resharding_changes_nothing_and_goes_through_after(tmp_path):
-    """The entries a join step expires are found as it runs (their keys derived from the model's prefix, in
-    the same slot). Slot 0 caught mid-migration with one expired entry already on the new master: the step
-    is refused as "cluster unavailable" (the service pauses and retries) before it wrote anything; once the
-    slot has moved, the same step expires all three entries, each counted once."""
+def test_a_join_step_meeting_a_key_already_moved_mid_resharding_changes_nothing_and_goes_through_after(tmp_path):
+    """A join step names every key it touches (the model's hashes and lists, under its hash tag). Slot 0 caught
+    mid-migration with one of them (the predictions' hash) already on the new master: the step is refused as
+    "cluster unavailable" (the service pauses and retries) before it wrote anything; once the slot has moved,
+    the same step expires all three predictions, each counted once."""
     from stream_monitor.app import cluster_unavailable  # noqa: PLC0415
 
     cluster = start_redis_cluster(str(tmp_path / "cluster"))
@@ -280,7 +280,7 @@ def test_a_join_step_meeting_an_entry_already_moved_mid_resharding_changes_nothi
         new.execute_command("CLUSTER SETSLOT", 0, "IMPORTING", old_id)
         old.execute_command("CLUSTER SETSLOT", 0, "MIGRATING", new_id)
         base = joiner._base(model)
-        old.execute_command("MIGRATE", "127.0.0.1", target, f"{base}:p:e0", 0, 5000)
+        old.execute_command("MIGRATE", "127.0.0.1", target, f"{base}:pred", 0, 5000)
         time.sleep(0.3)  # all three are past their time now
         held = {key: old.dump(key) for key in old.scan_iter(match=f"{base}:*")}
         with pytest.raises(Exception) as caught:

@@ -44,10 +44,12 @@ def test_the_partitions_of_a_group_spread_over_many_slots():
 @pytest.mark.parametrize("model, event_id", [("fraud", "e1"), ("credit", "7f3c-{odd}-id"), ("m", "")])
 def test_every_key_a_join_step_passes_shares_the_models_slot(model, event_id):
     joiner = RedisJoin(NoClient(), "sm", {})
-    keys = joiner._keys(model, event_id)
-    assert len(keys) == 7 and slots(keys) == slots([model])
-    # the keys a step derives for the entries it evicts or expires: the model's prefix + ':p:' / ':l:' + id
-    assert slots(f"{joiner._base(model)}{kind}{other}" for kind in (":p:", ":l:") for other in ("a", "{b}", "z9"))\
+    keys = joiner._keys(model)
+    assert len(keys) == 9 and slots(keys) == slots([model]), "a step names every key it touches"
+    # moving a model's entries of the former layout: its sorted sets, and the entries' keys derived from the
+    # model's prefix + ':p:' / ':l:' + id
+    assert slots(joiner._former_keys(model)) == slots([model])
+    assert slots(f"{joiner._base(model)}{kind}{other}" for kind in (":p:", ":l:") for other in (event_id, "{b}"))\
         == slots([model])
 
 
