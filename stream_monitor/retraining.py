@@ -49,6 +49,7 @@ from .events import Alert, format_time
 
 KEPT_INCIDENTS = 16  # incident ids remembered as requested (one request per incident)
 MAX_EVIDENCE = 200  # alerts listed in a request's evidence at most (the rest counted)
+RECENT_REQUESTS = 5  # requests a model keeps for the status page and `status`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +153,7 @@ class Retraining:
         self.drift: dict[str, dict[str, Any]] = {}  # feature → its first qualifying alert in the incident
         self.requested: list[str] = []  # incidents a request was made for, newest last
         self.last_request_ms: int | None = None  # event time of the last request
+        self.recent: list[dict[str, Any]] = []  # the last requests made, newest first (what `status` shows)
 
     def observe(self, alerts: Sequence[Alert]) -> list[RetrainingRequest]:
         """The requests these alerts complete (at most one per incident)."""
@@ -192,6 +194,9 @@ class Retraining:
             self.last_request_ms = alert.event_time_ms
         features = tuple(self.drift)
         rid = request_id(self.model_id, alert.incident, [a["alert_id"] for a in evidence])
+        self.recent = [{"request_id": rid, "incident": alert.incident, "reason": reason,
+                        "event_time_ms": alert.event_time_ms, "evidence": len(evidence)},
+                       *self.recent][:RECENT_REQUESTS]
         return RetrainingRequest(rid, self.model_id, alert.incident, reason, tuple(evidence), features,
                                  policy.to_dict(), _message(self.model_id, reason, alert, features))
 
@@ -202,7 +207,8 @@ class Retraining:
 
     def snapshot(self) -> dict[str, Any]:
         return {"incident": self.incident, "drift": {k: dict(v) for k, v in self.drift.items()},
-                "requested": list(self.requested), "last_request_ms": self.last_request_ms}
+                "requested": list(self.requested), "last_request_ms": self.last_request_ms,
+                "recent": [dict(r) for r in self.recent]}
 
     def restore(self, state: Mapping[str, Any] | None) -> None:
         state = state or {}
@@ -210,6 +216,11 @@ class Retraining:
         self.drift = {k: dict(v) for k, v in (state.get("drift") or {}).items()}
         self.requested = list(state.get("requested") or [])
         self.last_request_ms = state.get("last_request_ms")
+        self.recent = [dict(r) for r in state.get("recent") or []]  # absent: saved before requests were listed
+
+    def summary(self) -> list[dict[str, Any]]:
+        """The last requests, newest first: id, incident, reason, event time, evidence count."""
+        return [dict(r, model_id=self.model_id) for r in self.recent]
 
 
 def _message(model_id: str, reason: str, alert: Alert, features: Sequence[str]) -> str:
