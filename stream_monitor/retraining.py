@@ -104,16 +104,22 @@ class RetrainingRequest:
     def _record(self, alerts: list[dict[str, Any]], requested_at_ms: int) -> dict[str, Any]:
         offsets = [(a["partition"], a["offset"]) for a in self.evidence if a["offset"] is not None]
         times = [a["event_time_ms"] for a in self.evidence if a["event_time_ms"] is not None]
-        shown = [{**{k: v for k, v in a.items() if k != "event_time_ms"}, "event_time": format_time(a["event_time_ms"])}
-                 for a in alerts]
+        windows = [a["window"] for a in self.evidence if a.get("window") is not None]  # model-level decisions
+        times += [w["first_ms"] for w in windows]
+        partitions = {p for p, _ in offsets} | {p for w in windows for p in w["partitions"]}
+        shown = [{**{k: v for k, v in a.items() if k not in ("event_time_ms", "window")},
+                  "event_time": format_time(a["event_time_ms"]), **_shown_window(a.get("window"))} for a in alerts]
         evidence: dict[str, Any] = {
             "alerts": shown, "alert_ids": [a["alert_id"] for a in alerts],
             "drifted_features": list(self.drifted_features),
-            "window": {"partitions": sorted({p for p, _ in offsets}),
+            "window": {"partitions": sorted(partitions),
                        "first_offset": min((o for _, o in offsets), default=None),
                        "last_offset": max((o for _, o in offsets), default=None),
                        "first_event_time": format_time(min(times)) if times else None,
                        "last_event_time": format_time(max(times)) if times else None}}
+        if windows:
+            evidence["window"]["buckets"] = [min(w["first_bucket"] for w in windows),
+                                             max(w["last_bucket"] for w in windows)]
         if len(alerts) < len(self.evidence):
             evidence["truncated"] = {"alerts": len(self.evidence), "shown": len(alerts)}
         return {"request_id": self.request_id, "model_id": self.model_id, "incident": self.incident,
@@ -128,10 +134,25 @@ def request_id(model_id: str, incident: str, alert_ids: Sequence[str]) -> str:
 
 
 def _evidence(alert: Alert) -> dict[str, Any]:
-    return {"alert_id": alert.alert_id, "signal": alert.signal, "name": alert.name, "detector": alert.detector,
-            "severity": alert.severity, "statistic": alert.statistic, "threshold": alert.threshold,
-            "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
-            "events": _events(alert.current)}
+    out = {"alert_id": alert.alert_id, "signal": alert.signal, "name": alert.name, "detector": alert.detector,
+           "severity": alert.severity, "statistic": alert.statistic, "threshold": alert.threshold,
+           "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
+           "events": _events(alert.current)}
+    if alert.window is not None:  # a model-level decision (decisions = "model"): the window it decided on
+        window = alert.window
+        out["window"] = {"first_ms": window["first"], "last_ms": window["last"], "first_bucket": window["first_bucket"],
+                         "last_bucket": window["last_bucket"],
+                         "partitions": sorted({int(k.rpartition("|")[2]) for k in window.get("events", {})})}
+    return out
+
+
+def _shown_window(window: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An evidence alert's model window as the request shows it (nothing for a partition's alert)."""
+    if window is None:
+        return {}
+    return {"window": {"first": format_time(window["first_ms"]), "last": format_time(window["last_ms"]),
+                       "first_bucket": window["first_bucket"], "last_bucket": window["last_bucket"],
+                       "partitions": list(window["partitions"])}}
 
 
 def _events(current: Mapping[str, Any]) -> int | None:

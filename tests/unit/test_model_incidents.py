@@ -98,7 +98,14 @@ def test_a_model_mode_drift_asks_for_retraining_once_with_the_same_id_for_one_an
     assert all(cited[e["alert_id"]].partition is None and e["events"] == 1000 for e in request.evidence)
     record = request.to_dict(1_700_000_000_000)
     Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER).validate(record)
-    assert record["evidence"]["window"]["partitions"] == [] and record["evidence"]["window"]["first_offset"] is None
+    start = events[0].timestamp_ms // BUCKET_MS
+    assert record["evidence"]["window"] == {"partitions": [0, 1, 2, 3], "first_offset": None, "last_offset": None,
+                                            "first_event_time": "2026-11-27T17:20:30.000Z",
+                                            "last_event_time": "2026-11-27T17:20:40.000Z",
+                                            "buckets": [start + 30, start + 39]}
+    assert record["evidence"]["alerts"][0]["window"] == {
+        "first": "2026-11-27T17:20:30.000Z", "last": "2026-11-27T17:20:40.000Z", "first_bucket": start + 30,
+        "last_bucket": start + 39, "partitions": [0, 1, 2, 3]}
     assert requests_summary(MODEL, four.state) == [{"request_id": request.request_id, "incident": request.incident,
                                                     "reason": "drift", "event_time_ms": cited[
                                                         request.evidence[-1]["alert_id"]].event_time_ms,
