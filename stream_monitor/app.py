@@ -37,7 +37,8 @@ from .join import RedisJoin, join_op, pair_ops, pair_settings, paired_events, pe
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
-from .merge import episodes_summary, merge_step, model_reference, reference_step
+from .merge import (episodes_summary, incidents_summary, merge_step, model_reference, reference_step,
+                    requests_summary)
 from .metrics import Metrics, PartitionView
 from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
@@ -60,6 +61,7 @@ MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
 alert_log = logging.getLogger("stream_monitor.alerts")
 retraining_log = logging.getLogger("stream_monitor.retraining")  # one line per retraining request
+incident_log = logging.getLogger("stream_monitor.incidents")  # a model's incidents opening and closing
 # What restoring a decoded snapshot raises when its contents are not a state this version wrote
 # (a hand-edited or foreign blob): the partition is quarantined, like one whose blob does not decode.
 RESTORE_ERRORS = (StateError, KeyError, IndexError, TypeError, ValueError, AttributeError)
@@ -176,6 +178,8 @@ class Service:
         self._subscribed_at = 0.0
         self._watermarks_read = 0.0
         self.metrics.partitions.source = self._partition_views
+        self._merged_open: dict[str, int] = {}  # open model-level incidents of the models merged here
+        self.metrics.partitions.merged_incidents = lambda: self._merged_open
         # every assigned partition's monitor, rollback, flags, summary, timer, quarantine and watermarks
         self.partitions = PartitionRegistry(CheckpointTimers(config.service.checkpoint_interval_events,
                                                              config.service.checkpoint_interval_seconds))
@@ -571,12 +575,17 @@ class Service:
                            alert.signal, alert.name, alert.detector, alert.message,
                            extra={"alert": alert.alert_id})
         for request in self._rollback(key, monitor).take_requests():  # confirmed with the alerts, before the save
-            self.publisher.retraining(request)
-            faults.reached("after_request")
-            self.metrics.retraining_requests.labels(request.model_id, request.reason).inc()
-            retraining_log.info("retraining request %s to %s: %s (incident %s)", request.request_id[:12],
-                                self.config.retraining.topic, request.message, request.incident[:12])
+            self._request(request)
         clock.add("produce", started)
+
+    def _request(self, request) -> None:
+        """Hand one retraining request to the producer (confirmed with the alerts, before the state that made it
+        is saved), count it and log it."""
+        self.publisher.retraining(request)
+        faults.reached("after_request")
+        self.metrics.retraining_requests.labels(request.model_id, request.reason).inc()
+        retraining_log.info("retraining request %s to %s: %s (incident %s)", request.request_id[:12],
+                            self.config.retraining.topic, request.message, request.incident[:12])
 
     def _rollback(self, key: PartitionKey, monitor: PartitionMonitor) -> Rollback:
         """The way back to ``monitor``'s state before a batch (every change of its state goes through it)."""
@@ -729,11 +738,15 @@ class Service:
                 CLOCK.add("merge", started)
                 return
         result = merge_step(model, reference, state, self.merges.partials(model_id, partitions),
-                            int(model.merge_bucket_seconds * 1000))
+                            int(model.merge_bucket_seconds * 1000), retraining=bool(self.config.retraining.topic))
         if result.buckets:
             result.state["step"] = (state or {}).get("step", 0) + 1
             for alert in result.alerts:
                 self._announce(alert)
+            for line in result.incident_lines:  # INFO: the alerts themselves are the warning
+                incident_log.info(line)
+            for request in result.requests:
+                self._request(request)
             self.publisher.confirm()  # before the state that says they were raised
             if self.merges.save(model_id, result.state):
                 self.history.add(result.points)  # the model windows decided, best effort
@@ -751,8 +764,16 @@ class Service:
         self.board.merged(model_id, {"last_bucket": (state or {}).get("last_bucket"),
                                      "windows": (state or {}).get("windows", 0),
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
-                                     "episodes": episodes_summary(state)})
+                                     "episodes": episodes_summary(state), **self._merged_incidents(model_id, state)})
         CLOCK.add("merge", started)
+
+    def _merged_incidents(self, model_id: str, state) -> dict:
+        """The incidents and last retraining requests of a model merged here (the status page's rows), and its
+        open incidents for ``stream_monitor_incidents_open`` (a new dict each time: a scrape reads it from
+        another thread)."""
+        rows = incidents_summary(model_id, state)
+        self._merged_open = {**self._merged_open, model_id: sum(1 for r in rows if r["state"] == "open")}
+        return {"incidents": rows, "retraining": requests_summary(model_id, state)}
 
     def _build_reference(self, model_id: str, model, state, partitions: list[PartitionKey]) -> None:
         """The model's warm-up reference, once every partition has closed enough warm-up buckets: stored in

@@ -185,6 +185,17 @@ class StatusBoard:
                 self.merges[model_id] = dict(summary)
                 self.version += 1
 
+    def _merged_rows(self, models: dict[str, dict[str, Any]]) -> None:
+        """The incidents and retraining requests of the models merged here, beside their partitions' (a
+        model-level row has ``partition`` ``None``). Called with the lock held."""
+        for model_id, merge in self.merges.items():
+            if not merge.get("incidents") and not merge.get("retraining"):
+                continue
+            entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})
+            for kind in ("incidents", "retraining"):
+                for row in merge.get(kind, ()):
+                    entry.setdefault(kind, []).append(dict(row, partition=None))
+
     def alert(self, alert: Mapping[str, Any]) -> None:
         with self._lock:
             self._alerts.appendleft(dict(alert))
@@ -243,6 +254,8 @@ class StatusBoard:
                         entry["label_lag"] = dict(self.label_lag[model_id])
                     for row in model.get("incidents", []):
                         entry.setdefault("incidents", []).append(dict(row, partition=part["partition"]))
+                    for row in model.get("retraining", []):
+                        entry.setdefault("retraining", []).append(dict(row, partition=part["partition"]))
                     for row in model.get("detectors", []):
                         if row.get("shares"):
                             column, value = (model_id, row["signal"], row["name"]), row.get("statistic") or 0.0
@@ -259,9 +272,12 @@ class StatusBoard:
                             held["firing"] = True
             order = {"feature": 0, "prediction": 1, "label": 2, "performance": 3, "estimated_performance": 4,
                      "latency": 5, "data_quality": 6}
+            self._merged_rows(models)
             for model_id, entry in models.items():
                 if "incidents" in entry:
                     entry["incidents"] = ranked_incidents(entry["incidents"])
+                if "retraining" in entry:
+                    entry["retraining"] = recent_requests(entry["retraining"])
                 rows = []
                 for key, row in sorted(entry["detectors"].items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0])):
                     shown = dict(row, history=[[round(t, 3), v] if mark is None else [round(t, 3), v, mark]
@@ -326,6 +342,18 @@ def ranked_incidents(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
         opened = row.get("opened") or {}
         return row.get("state") != "open", -(opened.get("event_time_ms") or 0), row.get("partition") or 0
     return [dict(r) for r in sorted(rows, key=key)[:SHOWN_INCIDENTS]]
+
+
+SHOWN_REQUESTS = 10  # retraining requests per model on the page and in `status`
+
+
+def recent_requests(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A model's last retraining requests from its partitions and its merge: newest (event time) first, each
+    id once, at most :data:`SHOWN_REQUESTS`."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: (-(r.get("event_time_ms") or 0), r.get("request_id") or "")):
+        out.setdefault(row.get("request_id") or "", dict(row))
+    return list(out.values())[:SHOWN_REQUESTS]
 
 
 def dead_letter_reasons(partitions: list[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -348,10 +348,10 @@ def _status(args: argparse.Namespace) -> int:
         partitions.append({"topic": row["topic"], "partition": row["partition"], "next_offset": row["next_offset"],
                            "end_offset": end, "lag": None if end is None else max(0, end - row["next_offset"]),
                            **{k: row[k] for k in ("saved_at_ms", "dead_letters", "dead_letter_reasons", "models")}})
-    from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
+    from .board import dead_letter_reasons, ranked_incidents, recent_requests  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
-    from .merge import episodes_summary  # noqa: PLC0415
+    from .merge import episodes_summary, incidents_summary, requests_summary  # noqa: PLC0415
     from .state import MergeStore  # noqa: PLC0415
 
     merges = MergeStore(store)
@@ -362,7 +362,9 @@ def _status(args: argparse.Namespace) -> int:
             decided[model_id] = {"windows": state.get("windows", 0), "last_bucket": state.get("last_bucket"),
                                  "open_window_events": (state.get("window") or {}).get("events", 0),
                                  "episodes": episodes_summary(state) if state else [],
-                                 "reference": _model_reference_summary(model, state)}
+                                 "reference": _model_reference_summary(model, state),
+                                 "incidents": incidents_summary(model_id, state),
+                                 "retraining": requests_summary(model_id, state)}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,
@@ -395,17 +397,25 @@ def _status(args: argparse.Namespace) -> int:
                 if held is None or (row.get("statistic") or 0) > (held.get("statistic") or 0) or row.get("firing"):
                     merged[key] = dict(row, partition=p["partition"])
         print(f"\n{logs.clean(model_id)}: {events:,} events, {labels:,} labels")
+        model_level = decided.get(model_id, {})
         incidents = ranked_incidents([dict(row, partition=p["partition"]) for p in partitions
-                                      for row in p["models"].get(model_id, {}).get("incidents", ())])
+                                      for row in p["models"].get(model_id, {}).get("incidents", ())] +
+                                     [dict(row, partition=None) for row in model_level.get("incidents", ())])
         for row in incidents:
             opened, closed = row.get("opened") or {}, row.get("closed") or {}
-            where = f"partition {row['partition']}, offset {_or_dash(opened.get('offset'))}"
+            if row["partition"] is None:  # the model's, decided by its merge
+                where = "all partitions"
+            else:
+                where = f"partition {row['partition']}, offset {_or_dash(opened.get('offset'))}"
             if row.get("state") == "open":
                 where += f", {row.get('firing', 0)} episodes firing"
-            else:
+            elif row["partition"] is not None:
                 where += f" → {_or_dash(closed.get('offset'))}"
             print(f"  {'OPEN' if row.get('state') == 'open' else 'closed'} incident {row['incident'][:12]} ({where}, "
                   f"{row.get('alerts', 0)} firing alerts): {logs.clean(row.get('text', ''))}")
+        _print_requests(recent_requests([dict(row, partition=p["partition"]) for p in partitions
+                                         for row in p["models"].get(model_id, {}).get("retraining", ())] +
+                                        [dict(row, partition=None) for row in model_level.get("retraining", ())]))
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
             print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")
@@ -464,6 +474,17 @@ def _status(args: argparse.Namespace) -> int:
         else:
             print("  warming up (collecting the reference)")
     return 0
+
+
+def _print_requests(rows: list[dict]) -> None:
+    """A model's last retraining requests, one line each: id, event time, reason, evidence, where decided."""
+    from .events import format_time  # noqa: PLC0415
+
+    for row in rows:
+        where = "all partitions" if row["partition"] is None else f"partition {row['partition']}"
+        print(f"  retraining request {row['request_id'][:12]} at {format_time(row.get('event_time_ms')) or '-'}: "
+              f"{logs.clean(row.get('reason') or '-')}, {row.get('evidence', 0)} alerts of evidence "
+              f"(incident {(row.get('incident') or '-')[:12]}, {where})")
 
 
 def _end_offsets(config: Config, partitions: list[tuple[str, int]]) -> dict[tuple[str, int], int]:

@@ -100,7 +100,7 @@ class Alert:
     event_time_ms: int | None
     message: str
     alert_id: str = field(default="")
-    incident: str | None = None  # the alert_id of the first firing alert of its incident (stream_monitor/incidents.py)
+    incident: str | None = None  # its incident's id (stream_monitor/incidents.py; model-level: merge.incident_id)
     window: Mapping[str, Any] | None = None  # a model-level decision: what it decided on (docs/MODEL_DECISIONS.md)
     drivers: tuple[Mapping[str, Any], ...] | None = None  # the features that moved most (stream_monitor/drivers.py)
 

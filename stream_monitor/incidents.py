@@ -23,10 +23,13 @@ model fraud: 5 columns drifted: amount (PSI 1.69 critical), score (PSI 1.08
 critical), …``.
 
 Pure: fed the alerts of one model in the order they are raised; its state is
-plain data in the model's snapshot. Today one :class:`Incidents` runs per
-model and partition (:class:`stream_monitor.partition.ModelMonitor` hands it
-its alerts as they leave the model); fed a model's alerts from all of its
-partitions in a deterministic order it groups them the same way.
+plain data in the model's snapshot. One :class:`Incidents` runs per model and
+partition (:class:`stream_monitor.partition.ModelMonitor` hands it its alerts
+as they leave the model); for a model with ``decisions = "model"`` one more
+runs in the model's merge (:func:`stream_monitor.merge.model_incidents`), fed
+the model-level alerts in merge order, its state in the merge state, and its
+incidents named by the model window they opened in (the same id whatever the
+partitioning).
 
 >>> from stream_monitor.events import Alert
 >>> def alert(name, detector, status, offset, statistic=0.5):
@@ -122,25 +125,28 @@ class Incidents:
         self.open: dict[str, Any] | None = None
         self.closed: list[dict[str, Any]] = []  # newest first
 
-    def stamp(self, alerts: Sequence[Alert]) -> tuple[list[Alert], list[tuple[str, str]]]:
+    def stamp(self, alerts: Sequence[Alert], opening_ids: Sequence[str] | None = None
+              ) -> tuple[list[Alert], list[tuple[str, str]]]:
         """The model's alerts, in the order raised, each with its ``incident``; and the log lines of
         the incidents that opened or closed, as (``"opened"`` | ``"closed"``, text) (an opening line
-        names the drivers known when these alerts end; the closing line all of them)."""
+        names the drivers known when these alerts end; the closing line all of them).
+
+        ``opening_ids``: per alert, the id an incident it opens takes (default: its ``alert_id``)."""
         if not alerts:
             return [], []
         out: list[Alert] = []
         happened: list[tuple[str, dict[str, Any]]] = []
-        for alert in alerts:
-            incident = self._take(alert, happened)
+        for index, alert in enumerate(alerts):
+            incident = self._take(alert, happened, None if opening_ids is None else opening_ids[index])
             out.append(alert if incident is None else dataclasses.replace(alert, incident=incident))
         return out, [(what, self._line(what, record)) for what, record in happened]
 
-    def _take(self, alert: Alert, happened: list) -> str | None:
+    def _take(self, alert: Alert, happened: list, opens_as: str | None = None) -> str | None:
         key = episode_key(alert.signal, alert.name, alert.detector)
         record = self.open
         if alert.status == "firing":
             if record is None:
-                record = self.open = {"id": alert.alert_id, "opened": _where(alert), "closed": None,
+                record = self.open = {"id": opens_as or alert.alert_id, "opened": _where(alert), "closed": None,
                                       "firing": [], "members": {}, "alerts": 0}
                 happened.append(("opened", record))
             if key not in record["firing"]:

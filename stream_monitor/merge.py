@@ -34,8 +34,10 @@ from .detectors.percentile import percentile_cell, percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert
+from .incidents import Incidents
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
                         ReferenceProfile, WarmupSummary)
+from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 
 POINT_DETECTORS = ("adwin", "page_hinkley")
 
@@ -299,6 +301,8 @@ class MergeResult(NamedTuple):
     buckets: int  # buckets merged in this step
     late: int  # partials merged after their bucket had passed (a partition woke from idle)
     points: Sequence[dict[str, Any]] = ()  # the model windows decided: their history points
+    incident_lines: Sequence[str] = ()  # the model's incidents that opened or closed (one log line each)
+    requests: Sequence[RetrainingRequest] = ()  # the retraining requests its incidents made (``retraining``)
 
 
 def initial_state() -> dict[str, Any]:
@@ -349,10 +353,12 @@ class _Episodes:
 
 
 def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[str, Any] | None,
-               partitions: Sequence[PartitionPartials], bucket_ms: int) -> MergeResult:
+               partitions: Sequence[PartitionPartials], bucket_ms: int, retraining: bool = False) -> MergeResult:
     """Merge every bucket all partitions have closed into the model's windows; decide each window that
-    fills. ``state``: the merge state as stored (``None``: the first merge). Deterministic: the same
-    partials give the same alerts, ids and state whatever the order of ``partitions``."""
+    fills; stamp the alerts with the model's incidents (and, with ``retraining``, judge those by the
+    model's retraining policy: :func:`model_incidents`). ``state``: the merge state as stored (``None``:
+    the first merge). Deterministic: the same partials give the same alerts, ids and state whatever the
+    order of ``partitions``."""
     state = _copy_state(state or initial_state())
     last = frontier(partitions, bucket_ms)
     previous = state["last_bucket"]
@@ -382,6 +388,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     columns = merged_columns(reference, model.detectors.latency.enabled)
     share = model_share(model, reference)
     merged = sorted({e[0] for e in entries})
+    opened_in: list[int] = []  # per alert of ``out``: the first bucket of the model window it was raised in
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
         window = state["window"]
@@ -412,9 +419,56 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         decided = _labels_and_performance(model, reference, state, episodes, bucket, group,
                                           [f[-1] for f in firings], bucket_ms, share, points)
         out.extend(_with_drivers(decided, state.get("feature_psi"), reference))
+        opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
+        opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
-    return MergeResult(out, state, consumed, len(merged), late, points)
+    out, lines, requests = model_incidents(model, state, out, opened_in, retraining)
+    return MergeResult(out, state, consumed, len(merged), late, points, lines, requests)
+
+
+def incident_id(model_id: str, first_bucket: int) -> str:
+    """A model-level incident's id: a pure function of the model and the first bucket of the model window
+    it opened in (so the same whatever the partitioning that decided it).
+
+    >>> incident_id("fraud", 30)[:16]
+    '58a25ce00a959139'
+    """
+    text = "\x1f".join((model_id, "incident", str(first_bucket)))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def model_incidents(model: ModelConfig, state: dict[str, Any], alerts: list[Alert], opened_in: Sequence[int],
+                    retraining: bool = False) -> tuple[list[Alert], list[str], list[RetrainingRequest]]:
+    """The model's incidents over its merged alerts, in merge order (their state: ``state["incidents"]``):
+    each alert stamped, an incident opened by an alert named by :func:`incident_id` of the window it was
+    raised in (``opened_in``); the log lines of those that opened or closed; with ``retraining``, the
+    requests the model's policy makes of them (its state: ``state["retraining"]``)."""
+    incidents = Incidents(model.model_id)
+    incidents.restore(state.get("incidents"))  # absent in merge states saved before incidents were merged
+    stamped, happened = incidents.stamp(alerts, [incident_id(model.model_id, b) for b in opened_in])
+    state["incidents"] = incidents.snapshot()
+    requests: list[RetrainingRequest] = []
+    if retraining:
+        policy = Retraining(model.model_id, RetrainingPolicy.of(model.retraining))
+        policy.restore(state.get("retraining"))
+        requests = policy.observe(stamped)
+        state["retraining"] = policy.snapshot()
+    return stamped, [line for _, line in happened], requests
+
+
+def incidents_summary(model_id: str, state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The model-level incidents for the status page and `status`: the open one, then the closed ones."""
+    incidents = Incidents(model_id)
+    incidents.restore((state or {}).get("incidents"))
+    return incidents.summary()
+
+
+def requests_summary(model_id: str, state: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The last retraining requests of the model's merge, newest first."""
+    policy = Retraining(model_id, RetrainingPolicy())
+    policy.restore((state or {}).get("retraining"))
+    return policy.summary()
 
 
 def _with_drivers(alerts: list[Alert], feature_psi: Mapping[str, float] | None,

@@ -275,7 +275,7 @@ class _Families:
 
     incidents: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_incidents_open", "Open incidents of a model (what its detectors found about one change, "
-        "grouped) over this instance's partitions", labels=["model"]))
+        "grouped) over this instance's partitions and the model-level merges it runs", labels=["model"]))
 
     def all(self) -> list[GaugeMetricFamily]:
         return [self.statistic, self.threshold, self.critical, self.firing, self.firing_severity,
@@ -293,6 +293,8 @@ class PartitionCollector(Collector):
     def __init__(self, metrics: Metrics):
         self._metrics = metrics
         self.source: Callable[[], Iterable[PartitionView]] | None = None
+        # the open incidents of the models merged here (decisions = "model"), model → count; read the same way
+        self.merged_incidents: Callable[[], Mapping[str, int]] | None = None
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(_Families().all())
@@ -358,6 +360,8 @@ class PartitionCollector(Collector):
             families.estimated.add_metric([model_id, metric], value)
         for model_id, count in sorted(untracked.items()):
             families.untracked.add_metric([model_id], count)
+        for model_id, count in (self.merged_incidents() if self.merged_incidents is not None else {}).items():
+            incidents[model_id] = incidents.get(model_id, 0) + count
         for model_id, count in sorted(incidents.items()):
             families.incidents.add_metric([model_id], count)
         return iter(families.all())

@@ -1184,6 +1184,8 @@ class ModelMonitor:
                ([] if self.estimated is None else self.estimated.rows()),
                "estimated": None if self.estimated is None else self.estimated.info(),
                "incidents": self.incidents.summary()}
+        if self.retraining is not None and self.retraining.recent:
+            out["retraining"] = self.retraining.summary()
         out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
                                                                                     self.config.features)
         untracked = self.untracked_columns()

@@ -49,6 +49,7 @@ from .events import Alert, format_time
 
 KEPT_INCIDENTS = 16  # incident ids remembered as requested (one request per incident)
 MAX_EVIDENCE = 200  # alerts listed in a request's evidence at most (the rest counted)
+RECENT_REQUESTS = 5  # requests a model keeps for the status page and `status`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,16 +104,22 @@ class RetrainingRequest:
     def _record(self, alerts: list[dict[str, Any]], requested_at_ms: int) -> dict[str, Any]:
         offsets = [(a["partition"], a["offset"]) for a in self.evidence if a["offset"] is not None]
         times = [a["event_time_ms"] for a in self.evidence if a["event_time_ms"] is not None]
-        shown = [{**{k: v for k, v in a.items() if k != "event_time_ms"}, "event_time": format_time(a["event_time_ms"])}
-                 for a in alerts]
+        windows = [a["window"] for a in self.evidence if a.get("window") is not None]  # model-level decisions
+        times += [w["first_ms"] for w in windows]
+        partitions = {p for p, _ in offsets} | {p for w in windows for p in w["partitions"]}
+        shown = [{**{k: v for k, v in a.items() if k not in ("event_time_ms", "window")},
+                  "event_time": format_time(a["event_time_ms"]), **_shown_window(a.get("window"))} for a in alerts]
         evidence: dict[str, Any] = {
             "alerts": shown, "alert_ids": [a["alert_id"] for a in alerts],
             "drifted_features": list(self.drifted_features),
-            "window": {"partitions": sorted({p for p, _ in offsets}),
+            "window": {"partitions": sorted(partitions),
                        "first_offset": min((o for _, o in offsets), default=None),
                        "last_offset": max((o for _, o in offsets), default=None),
                        "first_event_time": format_time(min(times)) if times else None,
                        "last_event_time": format_time(max(times)) if times else None}}
+        if windows:
+            evidence["window"]["buckets"] = [min(w["first_bucket"] for w in windows),
+                                             max(w["last_bucket"] for w in windows)]
         if len(alerts) < len(self.evidence):
             evidence["truncated"] = {"alerts": len(self.evidence), "shown": len(alerts)}
         return {"request_id": self.request_id, "model_id": self.model_id, "incident": self.incident,
@@ -127,10 +134,25 @@ def request_id(model_id: str, incident: str, alert_ids: Sequence[str]) -> str:
 
 
 def _evidence(alert: Alert) -> dict[str, Any]:
-    return {"alert_id": alert.alert_id, "signal": alert.signal, "name": alert.name, "detector": alert.detector,
-            "severity": alert.severity, "statistic": alert.statistic, "threshold": alert.threshold,
-            "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
-            "events": _events(alert.current)}
+    out = {"alert_id": alert.alert_id, "signal": alert.signal, "name": alert.name, "detector": alert.detector,
+           "severity": alert.severity, "statistic": alert.statistic, "threshold": alert.threshold,
+           "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
+           "events": _events(alert.current)}
+    if alert.window is not None:  # a model-level decision (decisions = "model"): the window it decided on
+        window = alert.window
+        out["window"] = {"first_ms": window["first"], "last_ms": window["last"], "first_bucket": window["first_bucket"],
+                         "last_bucket": window["last_bucket"],
+                         "partitions": sorted({int(k.rpartition("|")[2]) for k in window.get("events", {})})}
+    return out
+
+
+def _shown_window(window: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An evidence alert's model window as the request shows it (nothing for a partition's alert)."""
+    if window is None:
+        return {}
+    return {"window": {"first": format_time(window["first_ms"]), "last": format_time(window["last_ms"]),
+                       "first_bucket": window["first_bucket"], "last_bucket": window["last_bucket"],
+                       "partitions": list(window["partitions"])}}
 
 
 def _events(current: Mapping[str, Any]) -> int | None:
@@ -152,6 +174,7 @@ class Retraining:
         self.drift: dict[str, dict[str, Any]] = {}  # feature → its first qualifying alert in the incident
         self.requested: list[str] = []  # incidents a request was made for, newest last
         self.last_request_ms: int | None = None  # event time of the last request
+        self.recent: list[dict[str, Any]] = []  # the last requests made, newest first (what `status` shows)
 
     def observe(self, alerts: Sequence[Alert]) -> list[RetrainingRequest]:
         """The requests these alerts complete (at most one per incident)."""
@@ -192,6 +215,9 @@ class Retraining:
             self.last_request_ms = alert.event_time_ms
         features = tuple(self.drift)
         rid = request_id(self.model_id, alert.incident, [a["alert_id"] for a in evidence])
+        self.recent = [{"request_id": rid, "incident": alert.incident, "reason": reason,
+                        "event_time_ms": alert.event_time_ms, "evidence": len(evidence)},
+                       *self.recent][:RECENT_REQUESTS]
         return RetrainingRequest(rid, self.model_id, alert.incident, reason, tuple(evidence), features,
                                  policy.to_dict(), _message(self.model_id, reason, alert, features))
 
@@ -202,7 +228,8 @@ class Retraining:
 
     def snapshot(self) -> dict[str, Any]:
         return {"incident": self.incident, "drift": {k: dict(v) for k, v in self.drift.items()},
-                "requested": list(self.requested), "last_request_ms": self.last_request_ms}
+                "requested": list(self.requested), "last_request_ms": self.last_request_ms,
+                "recent": [dict(r) for r in self.recent]}
 
     def restore(self, state: Mapping[str, Any] | None) -> None:
         state = state or {}
@@ -210,6 +237,11 @@ class Retraining:
         self.drift = {k: dict(v) for k, v in (state.get("drift") or {}).items()}
         self.requested = list(state.get("requested") or [])
         self.last_request_ms = state.get("last_request_ms")
+        self.recent = [dict(r) for r in state.get("recent") or []]  # absent: saved before requests were listed
+
+    def summary(self) -> list[dict[str, Any]]:
+        """The last requests, newest first: id, incident, reason, event time, evidence count."""
+        return [dict(r, model_id=self.model_id) for r in self.recent]
 
 
 def _message(model_id: str, reason: str, alert: Alert, features: Sequence[str]) -> str:

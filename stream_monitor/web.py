@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .board import StatusBoard
 from .report import distribution_svg
 from .errors import ConfigError
+from .events import format_time
 from .metrics import HttpMetrics
 from .logs import clean
 from .severity import CRITICAL_RATE_EFFECT, CRITICAL_SHIFT
@@ -671,6 +672,29 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 """
 
 
+def _decided_on(row: Mapping[str, Any]) -> str:
+    """Where an incident or a request was decided: its partition, or the model's merge over all of them."""
+    return "all partitions" if row.get("partition") is None else _fmt(row.get("partition"))
+
+
+def _requests_table(snapshot: Mapping[str, Any]) -> str:
+    """The models' last retraining requests ([retraining] topic): id, when (event time), reason, evidence."""
+    rows = [row for _, entry in sorted(snapshot.get("models", {}).items()) for row in entry.get("retraining", ())]
+    if not rows:
+        return ""
+    parts = ["<section><h2>Retraining requests</h2><table><tr><th>model</th><th>request</th><th>event time</th>"
+             "<th>reason</th><th class=num>evidence</th><th>incident</th><th>partition</th></tr>"]
+    for row in rows:
+        parts.append(f"<tr><td>{_fmt(row.get('model_id'))}</td>"
+                     f"<td title='{_fmt(row.get('request_id'))}'>{_fmt((row.get('request_id') or '')[:12])}</td>"
+                     f"<td>{_fmt(format_time(row.get('event_time_ms')))}</td><td>{_fmt(row.get('reason'))}</td>"
+                     f"<td class=num>{_fmt(row.get('evidence'))} alerts</td>"
+                     f"<td title='{_fmt(row.get('incident'))}'>{_fmt((row.get('incident') or '')[:12])}</td>"
+                     f"<td>{_decided_on(row)}</td></tr>")
+    parts.append("</table></section>")
+    return "".join(parts)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -946,13 +970,16 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         for row in incidents:
             is_open = row.get("state") == "open"
             opened, closed = row.get("opened") or {}, row.get("closed") or {}
+            if row.get("partition") is None:  # the model's incident, decided by its merge over every partition
+                opened, closed = {}, {}
             parts.append(f"<tr{' class=firing' if is_open else ''}><td>{_fmt(row.get('model_id'))}</td>"
                          f"<td title='{_fmt(row.get('incident'))}'>{_fmt((row.get('incident') or '')[:12])}</td>"
                          f"<td><span class='badge {'critical' if is_open else 'ok'}'>{'OPEN' if is_open else 'closed'}"
-                         f"</span></td><td>{_fmt(row.get('partition'))}</td>"
+                         f"</span></td><td>{_decided_on(row)}</td>"
                          f"<td class=num>{_fmt(opened.get('offset'))}</td><td class=num>{_fmt(closed.get('offset'))}</td>"
                          f"<td class=num>{_fmt(row.get('alerts'))}</td><td>{_fmt(row.get('text'))}</td></tr>")
         parts.append("</table></section>")
+    parts.append(_requests_table(snapshot))
 
     for model_id, entry in sorted(snapshot.get("models", {}).items()):
         parts.append(f"<section><h2>{_fmt(model_id)} <span class=muted>· {entry['events']:,} events · "

@@ -41,7 +41,9 @@ from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_p
     start_redis
 from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
 from stream_monitor.logs import KAFKA_LOGGER
+from stream_monitor.merge import PartitionPartials
 from stream_monitor.partition import PartitionMonitor
+from stream_monitor.reference import build_reference
 from stream_monitor.state import StateStore, connect
 from stream_monitor.synthetic import GENERATORS, generate
 
@@ -692,3 +694,71 @@ def pb_tensor(name: str, datatype: str, shape: list[int], contents: bytes = b"")
     out = pb_field(1, name.encode()) + pb_field(2, datatype.encode())
     out += pb_field(3, b"".join(pb_varint(d) for d in shape))
     return out + (pb_field(5, contents) if contents else b"")
+
+
+# --- decisions = "model" without I/O: one model's stream spread over partitions, their partials ------------
+# (tests/unit/test_merge.py, tests/unit/test_model_incidents.py)
+
+MERGE_MODEL = "fraud"
+MERGE_WINDOW = 1000
+MERGE_SETTINGS = {"decisions": "model", "reference": {"source": "stored"}, "merge_bucket_seconds": 1.0,
+                  "merge_lateness_seconds": 1.0, "detectors": {"psi": {"window": MERGE_WINDOW}}}
+MERGE_CONFIG = parse_config({"models": {MERGE_MODEL: MERGE_SETTINGS}})
+MERGE_BUCKET_MS = 1000
+
+
+def merge_decoded(doc, partition=0, offset=0):
+    out = decode(RawMessage("in", partition, offset, orjson.dumps(doc)), frozenset([MERGE_MODEL]))
+    assert not isinstance(out, DeadLetter), out
+    return out
+
+
+@lru_cache(maxsize=None)
+def merge_reference():
+    return build_reference(MERGE_MODEL, [merge_decoded(d) for d in generate(MERGE_MODEL, 4000, seed=7)], None,
+                           source="stored")
+
+
+@lru_cache(maxsize=None)
+def merge_stream(count: int, drift_at: int | None):
+    return tuple(merge_decoded(d) for d in generate(MERGE_MODEL, count, seed=1, drift_at=drift_at))
+
+
+def spread(events, partitions: int):
+    """Keyed by event id, as a producer keyed by event id spreads them (crc32 as a stand-in hash)."""
+    out = {p: [] for p in range(partitions)}
+    for event in events:
+        out[zlib.crc32(event.event_id.encode()) % partitions].append(event)
+    return out
+
+
+def merge_monitor(partition: int = 0) -> PartitionMonitor:
+    return PartitionMonitor(MERGE_CONFIG, partition, {MERGE_MODEL: merge_reference()})
+
+
+def merge_feed(m: PartitionMonitor, events, cuts=None, start=0):
+    """Events in batches (``cuts``: batch sizes drawn from this random generator, else all in one)."""
+    items = [(start + i, e, None) for i, e in enumerate(events)]
+    alerts = []
+    i = 0
+    while i < len(items):
+        size = len(items) if cuts is None else cuts.randint(1, 300)
+        alerts.extend(m.process_batch(items[i:i + size]))
+        i += size
+    return alerts
+
+
+def merge_partials_of(m: PartitionMonitor, topic="in"):
+    mark = m.merge_marks()[MERGE_MODEL]
+    return PartitionPartials(topic, m.partition, mark["watermark"], mark["idle"], mark["partials"])
+
+
+def run_partitions(by_partition, finish=True):
+    out = []
+    for p, events in sorted(by_partition.items()):
+        m = merge_monitor(p)
+        assert merge_feed(m, events) == []  # window decisions and point episodes are the merge's
+        if finish:
+            m.go_idle()
+        out.append(merge_partials_of(m))
+    return out

@@ -23,7 +23,7 @@ from stream_monitor.reference import build_reference
 from stream_monitor.state import SAVED, STALE, MergeStore, ReferenceStore, StateStore, connect
 from stream_monitor.synthetic import generate
 
-from ..support import Feeder, Run, namespace_contents, produce, unique, validator, wait_for_offsets
+from ..support import Feeder, Run, namespace_contents, produce, read_topic, unique, validator, wait_for_offsets
 
 PARTITIONS = 4
 EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
@@ -80,7 +80,12 @@ def finish(run: Run, processes, windows: int = EVENTS // 1000) -> list[dict]:
 def expected_alert_ids(records, first_offsets: dict[int, int] | None = None) -> set[str]:
     """What the engine decides in process on the same partitions and offsets (``first_offsets``: where a
     partition's records start, 0 unless given)."""
-    config = parse_config({"models": {"fraud": MODEL}})
+    return {a.alert_id for a in engine_merge(records, first_offsets=first_offsets).alerts}
+
+
+def engine_merge(records, model: dict = MODEL, retraining: bool = False, first_offsets: dict[int, int] | None = None):
+    """The engine's merge, in process, of the same partitions and offsets (one step)."""
+    config = parse_config({"models": {"fraud": model}})
     profile = reference()
     parts = []
     for p in range(PARTITIONS):
@@ -94,7 +99,7 @@ def expected_alert_ids(records, first_offsets: dict[int, int] | None = None) -> 
         monitor.go_idle()
         mark = monitor.merge_marks()["fraud"]
         parts.append(PartitionPartials("t", p, mark["watermark"], True, mark["partials"]))
-    return {a.alert_id for a in merge_step(config.models["fraud"], profile, None, parts, 1000).alerts}
+    return merge_step(config.models["fraud"], profile, None, parts, 1000, retraining=retraining)
 
 
 def announced_once(alerts: list[dict]) -> None:
@@ -180,6 +185,64 @@ def test_a_sigkill_of_the_merger_and_the_rebalance_after_it_change_no_alert_id(b
     announced_once(alerts_clean)
     assert {a["alert_id"] for a in alerts_run} == {a["alert_id"] for a in alerts_clean}
     assert {a["alert_id"] for a in alerts_clean} == expected_alert_ids(records)
+
+
+RETRAINING = {"min_drifted_features": 2, "cooldown_seconds": 0}
+
+
+def retraining_pipeline(broker, redis_server, tmp_path, topic, name) -> tuple[Run, str]:
+    """A pipeline with its own retraining topic; the model asks at 2 features drifted critically."""
+    requests = unique(f"retrain-{name}")
+    create_topics(broker.address, {requests: 1})
+    extra = (f'[retraining]\ntopic = "{requests}"\n\n[models.fraud.retraining]\n'
+             + "".join(f"{k} = {v}\n" for k, v in RETRAINING.items()))
+    run = Run(broker, redis_server, tmp_path, topic, PARTITIONS, name, service=SERVICE, models={"fraud": MODEL},
+              extra=extra)
+    ReferenceStore(run.store.client, run.namespace).store(reference())
+    return run, requests
+
+
+def test_a_sigkill_of_the_merger_right_after_a_retraining_request_repeats_its_id_and_loses_none(
+        broker, redis_server, tmp_path, monitors):
+    """The model-level drift asks for retraining once, from the merge: the request the engine makes, with the
+    incident every alert of the change carries. A SIGKILL of the merging instance right after it handed the
+    request to the producer (before the merge state that made it is saved), then a restart: the same request
+    id again, no other, and the same alert ids as the clean run."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_event_id(generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT))
+    produce(broker.address, topic, records)
+    engine = engine_merge(records, {**MODEL, "retraining": RETRAINING}, retraining=True)
+    [want] = [r.request_id for r in engine.requests]
+    incident = engine.requests[0].incident
+    clean, clean_requests = retraining_pipeline(broker, redis_server, tmp_path, topic, "clean")
+    run, run_requests = retraining_pipeline(broker, redis_server, tmp_path, topic, "interrupted")
+    clean_processes = [clean.start(monitors)]
+    merger = run.start(monitors, env={"STREAM_MONITOR_CRASH_AT": "after_request:1"})
+    while merger.process.poll() is None:
+        merger.process.wait(60)
+    assert merger.process.returncode == -9, f"expected a SIGKILL, got {merger.process.returncode}"
+    assert f"incident {incident[:12]} on model fraud: 4 columns drifted" in merger.log()  # killed before its request's line
+    alerts_run = finish(run, [run.start(monitors)])
+    alerts_clean = finish(clean, clean_processes)
+    assert {a["alert_id"] for a in alerts_run} == {a["alert_id"] for a in alerts_clean} == expected_alert_ids(records)
+
+    check = validator("retraining_request.json")
+    clean_seen = [orjson.loads(m.value()) for m in read_topic(broker.address, clean_requests, 1)]
+    run_seen = [orjson.loads(m.value()) for m in read_topic(broker.address, run_requests, 1)]
+    for request in clean_seen + run_seen:
+        check.validate(request)
+    assert [r["request_id"] for r in clean_seen] == [want]  # undisturbed: once
+    assert {r["request_id"] for r in run_seen} == {want}  # after the SIGKILL: the same id, maybe twice, no other
+    print(f"request {want[:12]}: published {len(run_seen)} time(s) by the run with a SIGKILL, once by the clean one")
+    [request] = clean_seen
+    assert request["reason"] == "drift" and request["evidence"]["drifted_features"] == ["amount", "country"]
+    assert request["incident"] == incident
+    assert {a.get("incident") for a in alerts_clean} == {a.get("incident") for a in alerts_run} == {incident}
+    shown = status(run, "--json")["model_decisions"]["fraud"]
+    assert [r["request_id"] for r in shown["retraining"]] == [want]
+    assert [(i["incident"], i["state"]) for i in shown["incidents"]] == [(incident, "open")]
+    assert f"retraining request {want[:12]}" in status(run)
 
 
 def test_a_stationary_model_raises_nothing_and_an_empty_partition_holds_nothing_back(broker, redis_server,

@@ -8,85 +8,22 @@ partitions' partials must decide exactly what one partition holding every event 
 from __future__ import annotations
 
 import random
-import zlib
 from collections import Counter
-from functools import lru_cache
 
 import orjson
 import pytest
 
-from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.errors import ConfigError
-from stream_monitor.events import DeadLetter, RawMessage
 from stream_monitor.merge import PartitionPartials, add_partial, bucket_of, frontier, merge_step, window_alert_id
 from stream_monitor.partition import PartitionMonitor
-from stream_monitor.reference import build_reference
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
 
-MODEL = "fraud"
-WINDOW = 1000
-SETTINGS = {"decisions": "model", "reference": {"source": "stored"}, "merge_bucket_seconds": 1.0,
-            "merge_lateness_seconds": 1.0, "detectors": {"psi": {"window": WINDOW}}}
-CONFIG = parse_config({"models": {MODEL: SETTINGS}})
-BUCKET_MS = 1000
-
-
-def decoded(doc, partition=0, offset=0):
-    out = decode(RawMessage("in", partition, offset, orjson.dumps(doc)), frozenset([MODEL]))
-    assert not isinstance(out, DeadLetter), out
-    return out
-
-
-@lru_cache(maxsize=None)
-def reference():
-    return build_reference(MODEL, [decoded(d) for d in generate(MODEL, 4000, seed=7)], None, source="stored")
-
-
-@lru_cache(maxsize=None)
-def stream(count: int, drift_at: int | None):
-    return tuple(decoded(d) for d in generate(MODEL, count, seed=1, drift_at=drift_at))
-
-
-def spread(events, partitions: int):
-    """Keyed by event id, as a producer keyed by event id spreads them (crc32 as a stand-in hash)."""
-    out = {p: [] for p in range(partitions)}
-    for event in events:
-        out[zlib.crc32(event.event_id.encode()) % partitions].append(event)
-    return out
-
-
-def monitor(partition: int = 0) -> PartitionMonitor:
-    return PartitionMonitor(CONFIG, partition, {MODEL: reference()})
-
-
-def feed(m: PartitionMonitor, events, cuts=None, start=0):
-    """Events in batches (``cuts``: batch sizes drawn from this random generator, else all in one)."""
-    items = [(start + i, e, None) for i, e in enumerate(events)]
-    alerts = []
-    i = 0
-    while i < len(items):
-        size = len(items) if cuts is None else cuts.randint(1, 300)
-        alerts.extend(m.process_batch(items[i:i + size]))
-        i += size
-    return alerts
-
-
-def partials_of(m: PartitionMonitor, topic="in"):
-    mark = m.merge_marks()[MODEL]
-    return PartitionPartials(topic, m.partition, mark["watermark"], mark["idle"], mark["partials"])
-
-
-def run_partitions(by_partition, finish=True):
-    out = []
-    for p, events in sorted(by_partition.items()):
-        m = monitor(p)
-        assert feed(m, events) == []  # window decisions and point episodes are the merge's
-        if finish:
-            m.go_idle()
-        out.append(partials_of(m))
-    return out
+from ..support import (MERGE_BUCKET_MS as BUCKET_MS, MERGE_CONFIG as CONFIG, MERGE_MODEL as MODEL,
+                       MERGE_SETTINGS as SETTINGS, MERGE_WINDOW as WINDOW, merge_decoded as decoded, merge_feed as feed,
+                       merge_monitor as monitor, merge_partials_of as partials_of, merge_reference as reference,
+                       merge_stream as stream, run_partitions, spread)
 
 
 def test_bucket_of_counts_late_events_in_the_oldest_open_bucket():

@@ -13,14 +13,14 @@ from functools import lru_cache
 
 import orjson
 
-from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
-from stream_monitor.events import DeadLetter, RawMessage
 from stream_monitor.merge import (PartitionPartials, merge_step, model_reference, reference_id, reference_step)
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
+
+from ..support import merge_decoded as decoded
 
 MODEL = "fraud"
 SHARE = 300
@@ -29,12 +29,6 @@ SETTINGS = {"decisions": "model", "reference": {"events": SHARE}, "merge_bucket_
 CONFIG = parse_config({"models": {MODEL: SETTINGS}})
 PARTITIONS = 4
 BUCKET_MS = 1000
-
-
-def decoded(doc, partition=0, offset=0):
-    out = decode(RawMessage("in", partition, offset, orjson.dumps(doc)), frozenset([MODEL]))
-    assert not isinstance(out, DeadLetter), out
-    return out
 
 
 @lru_cache(maxsize=None)
