@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, drivers, history
+from . import alerts as words, drivers, history, mergejoint
 from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -84,10 +84,9 @@ def may_estimate(model: ModelConfig) -> bool:
 
 def runs_joint(model: ModelConfig, reference: ReferenceProfile) -> bool:
     """Whether the model runs the multivariate test on ``reference``: on, two or more numeric features with
-    a joint sample, decided per partition."""
+    a joint sample (per partition, or with ``decisions = "model"`` by the merge)."""
     numeric = sum(isinstance(r, NumericReference) for r in reference.features.values())
-    return (model.detectors.multivariate.enabled and numeric >= 2 and reference.joint is not None
-            and not model.by_model)
+    return model.detectors.multivariate.enabled and numeric >= 2 and reference.joint is not None
 
 
 def share_before_reference(model: ModelConfig) -> float:
@@ -178,6 +177,10 @@ class BucketSketch:
         if summary is None:
             summary = self.warming[bucket] = WarmupSummary(*self.warmup)
         summary.add(event)
+
+    def partial(self, bucket: int) -> dict[str, Any]:
+        """The open partial of ``bucket`` (opened if need be): :mod:`stream_monitor.mergejoint` adds to it."""
+        return self._bucket(bucket)
 
     def _bucket(self, bucket: int) -> dict[str, Any]:
         partial = self.open.get(bucket)
@@ -270,6 +273,12 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
            "firings": [dict(f) for f in partial["firings"]]}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
+    if "joint" in partial:  # the joint test's sums (mergejoint)
+        out["joint"] = {**partial["joint"], "sums": list(partial["joint"]["sums"])}
+    if "estimate" in partial:  # the estimate's score cells and pairs (mergejoint)
+        estimate = partial["estimate"]
+        out["estimate"] = {"cells": {c: list(v) for c, v in estimate["cells"].items()},
+                           "pairs": [list(p) for p in estimate["pairs"]]}
     return out
 
 
@@ -399,9 +408,32 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             out.extend(_with_drivers(decided, feature_psi, reference))
             state["window"] = None
             state["windows"] += 1
+        for decided in mergejoint.merge_bucket(model, reference, state, bucket, group, share):
+            out.extend(_with_drivers(_joint_alerts(model, decided, bucket_ms, points), state.get("feature_psi"),
+                                     reference))
     if merged:
         state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
     return MergeResult(out, state, consumed, len(merged), late, points)
+
+
+def _joint_alerts(model: ModelConfig, decided: mergejoint.Decided, bucket_ms: int,
+                  points: list[dict[str, Any]]) -> list[Alert]:
+    """A decided joint or estimate window (:mod:`stream_monitor.mergejoint`): its history points, its alerts."""
+    payload = _window_payload(decided.window, bucket_ms)
+    for signal, name, detector, value, warning, critical in decided.points:
+        entry = history.window_point(model.model_id, signal, name, detector, value, warning, critical, None, None,
+                                     payload["last"])
+        entry["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
+        points.append(entry)
+    out = []
+    for transition, signal, name, detector, statistic, threshold, (reference, current, message) in decided.transitions:
+        out.append(Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                         signal=signal, name=name, detector=detector, statistic=float(statistic),
+                         threshold=float(threshold), reference=reference, current=current, partition=None,
+                         offset=None, event_time_ms=payload["last"], message=message, window=payload,
+                         alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
+                                                  payload["last_bucket"], transition.status)))
+    return out
 
 
 def _with_drivers(alerts: list[Alert], feature_psi: Mapping[str, float] | None,
@@ -490,7 +522,11 @@ def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapp
             columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
         else:
             columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
-    return {"events": events, "columns": columns, "firings": []}
+    out = {"events": events, "columns": columns, "firings": []}
+    joint = mergejoint.warmup_joint(model, reference, summary)
+    if joint is not None:
+        out["joint"] = joint
+    return out
 
 
 class ReferenceResult(NamedTuple):
@@ -547,7 +583,8 @@ def reference_step(model: ModelConfig, state: Mapping[str, Any] | None, partitio
         where = f"{topic}|{partition}"
         through[where] = max(bucket, through.get(where, bucket))
     psi_config = model.detectors.psi
-    profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup")
+    profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup",
+                            joint_features=model.detectors.multivariate.max_features)
     state.update(reference=profile.to_dict(), reference_id=reference_id(profile),
                  reference_buckets=[taken[0][0], end], last_bucket=end)
     return ReferenceResult(profile, state, consumed)
