@@ -38,6 +38,7 @@ from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assig
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
 from .merge import episodes_summary, merge_step, model_reference, reference_step
+from .mergejoint import open_windows
 from .metrics import Metrics, PartitionView
 from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
@@ -750,7 +751,7 @@ class Service:
         self.board.merged(model_id, {"last_bucket": (state or {}).get("last_bucket"),
                                      "windows": (state or {}).get("windows", 0),
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
-                                     "episodes": episodes_summary(state)})
+                                     "episodes": episodes_summary(state), **open_windows(state)})
         CLOCK.add("merge", started)
 
     def _build_reference(self, model_id: str, model, state, partitions: list[PartitionKey]) -> None:

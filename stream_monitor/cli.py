@@ -352,6 +352,7 @@ def _status(args: argparse.Namespace) -> int:
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary  # noqa: PLC0415
+    from .mergejoint import open_windows  # noqa: PLC0415
     from .state import MergeStore  # noqa: PLC0415
 
     merges = MergeStore(store)
@@ -362,7 +363,7 @@ def _status(args: argparse.Namespace) -> int:
             decided[model_id] = {"windows": state.get("windows", 0), "last_bucket": state.get("last_bucket"),
                                  "open_window_events": (state.get("window") or {}).get("events", 0),
                                  "episodes": episodes_summary(state) if state else [],
-                                 "reference": _model_reference_summary(model, state)}
+                                 "reference": _model_reference_summary(model, state), **open_windows(state)}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,
