@@ -236,6 +236,11 @@ class EstimatedPerformance:
         if len(self.pairs) >= self.config.reference_pairs:
             self._calibrate()
 
+    def calibrate_on(self, pairs: Sequence[tuple[float, bool, int]]) -> None:
+        """Calibrate at once on given (score, predicted positive, truth) pairs: a stored reference's."""
+        self.pairs = [(float(s), bool(p), int(t)) for s, p, t in pairs]
+        self._calibrate()
+
     def _calibrate(self) -> None:
         scores = [s for s, _, _ in self.pairs]
         self.calibration = Calibration.fit(scores, [t for _, _, t in self.pairs])

@@ -228,7 +228,10 @@ def _reference_build(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_bytes(orjson.dumps(profile.to_dict(), option=orjson.OPT_INDENT_2))
     print(f"reference of {args.model}: version {profile.version}, {profile.events} events, "
-          f"{len(profile.features)} features, {len(labels)} labels ({rejected} rows rejected)"
+          f"{len(profile.features)} features, {len(labels)} labels"
+          + (f" ({len(profile.pairs)} joined to their predictions: they calibrate the estimated performance)"
+             if profile.pairs else "")
+          + f" ({rejected} rows rejected)"
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
     return 0

@@ -525,7 +525,8 @@ class EstimatedPerformanceConfig(_Table):
     reference_pairs: Annotated[int, Meta(ge=20), doc(
         "The first joined (score, label) pairs that calibrate the scores (histogram binning, 10 equal-frequency "
         "bins) and set the reference's range of each estimate. With `decisions = \"model\"`: the pairs of the "
-        "model's first event-time buckets that hold at least this many, from all partitions.")] = 2_000
+        "model's first event-time buckets that hold at least this many, from all partitions. A stored reference "
+        "built with labels calibrates with its own labelled predictions instead (from the first prediction).")] = 2_000
     decision_threshold: Annotated[float, Meta(ge=0, le=1), doc(
         "A prediction without a predicted label counts as positive when its score is at or above this; one with "
         "a predicted label counts as what it says (`performance.positive_label`).")] = 0.5

@@ -67,6 +67,16 @@ def estimates(model: ModelConfig, reference: ReferenceProfile) -> bool:
     return task == "classification"
 
 
+def reference_pairs(model: ModelConfig, reference: ReferenceProfile) -> list[tuple[float, bool, int]] | None:
+    """A stored reference's labelled predictions as calibration pairs (score, predicted positive, truth), when
+    the model's performance is estimated and the reference has them; else ``None``."""
+    if reference.pairs is None or not estimates(model, reference):
+        return None
+    positive, threshold = model.performance.positive_label, model.detectors.estimated_performance.decision_threshold
+    return [(score, predicted_positive(score, predicted, positive, threshold), int(truth == positive))
+            for score, predicted, truth in reference.pairs]
+
+
 def joint_rows(names: Sequence[str], events: Sequence[InferenceEvent], features: np.ndarray | None,
                feature_names: Sequence[str]) -> np.ndarray:
     """The events' rows (n × k, in the order of ``names``): from the batch's feature matrix when it has one
@@ -97,7 +107,7 @@ class PartitionSide:
         self._terms = None if self.joint is None else JointWindow(self.joint, 1)  # its fixed-point terms
         self.estimates = estimates(model, reference)
         est = model.detectors.estimated_performance
-        self.pairs_wanted = est.reference_pairs
+        self.pairs_wanted = 0 if reference.pairs is not None else est.reference_pairs  # a stored reference's calibrate
         self.threshold = est.decision_threshold
         self.positive = model.performance.positive_label
         self.carried = 0
@@ -157,11 +167,13 @@ def warmup_joint(model: ModelConfig, reference: ReferenceProfile, summary: Any) 
     where = {name: i for i, name in enumerate(summary.joint_names)}
     rows = np.full((len(summary.joint_rows), len(names)), np.nan)
     for c, name in enumerate(names):
-        if name in where:
-            for r, row in enumerate(summary.joint_rows):
-                value = row[where[name]]
-                if value is not None:
-                    rows[r, c] = value
+        i = where.get(name)
+        if i is None:
+            continue
+        for r, row in enumerate(summary.joint_rows):  # a row is shorter when names appeared after it
+            value = row[i] if i < len(row) else None
+            if value is not None:
+                rows[r, c] = value
     part = {"n": 0, "sums": [0] * (len(names) + len(names) * (len(names) + 1) // 2), "skipped": 0}
     complete = np.isfinite(rows).all(axis=1)
     if len(rows):
@@ -221,7 +233,7 @@ def merge_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[st
     if joint_runs(model, reference):
         out.extend(_joint_bucket(model, reference.joint, state, bucket, group, budget))
     if estimates(model, reference):
-        out.extend(_estimate_bucket(model, state, bucket, group, budget))
+        out.extend(_estimate_bucket(model, reference, state, bucket, group, budget))
     return out
 
 
@@ -264,8 +276,18 @@ def _joint_bucket(model: ModelConfig, joint: JointReference, state: dict[str, An
     return [Decided(window, [("multivariate", "joint", "hotelling", value, threshold, critical)], transitions)]
 
 
-def _estimate_bucket(model: ModelConfig, state: dict[str, Any], bucket: int, group: Sequence[tuple],
-                     budget: float) -> list[Decided]:
+def _calibrate(held: dict[str, Any], pairs: Sequence[Sequence[int]], window: int, budget: float) -> None:
+    """Fit the model's calibration on (score cell, predicted, truth) pairs, taken as a set (sorted)."""
+    pairs = sorted(map(tuple, pairs))  # the same whatever the partitions' order
+    scores = [cell / GRID for cell, _, _ in pairs]
+    calibration = Calibration.fit(scores, [truth for _, _, truth in pairs])
+    floors = reference_floors(calibration, scores, [bool(p) for _, p, _ in pairs], window, budget_z(budget, window))
+    held.update(pairs=[], calibration=calibration.to_dict(), calibrated_pairs=len(scores),
+                floors={m: {"mean": f["mean"], "sd": f["sd"]} for m, f in floors.items()})
+
+
+def _estimate_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[str, Any], bucket: int,
+                     group: Sequence[tuple], budget: float) -> list[Decided]:
     parts = [(f"{topic}|{partition}", partial["estimate"]) for _, topic, partition, partial in group
              if partial.get("estimate") is not None]
     if not parts:
@@ -273,17 +295,14 @@ def _estimate_bucket(model: ModelConfig, state: dict[str, Any], bucket: int, gro
     config = model.detectors.estimated_performance
     held = state.get("estimate") or {"pairs": [], "calibration": None, "window": None}
     held = {**held, "pairs": list(held["pairs"])}
+    stored = reference_pairs(model, reference)
+    if held["calibration"] is None and stored is not None:  # a stored reference with labels: from the start
+        _calibrate(held, [(score_cell(s), int(p), t) for s, p, t in stored], config.window, budget)
     if held["calibration"] is None:  # calibrating: the pairs of the fewest whole buckets with reference_pairs
         for _, part in parts:
-            held["pairs"].extend(part["pairs"])
+            held["pairs"].extend(list(pair) for pair in part["pairs"])
         if len(held["pairs"]) >= config.reference_pairs:
-            pairs = sorted(map(tuple, held["pairs"]))  # a set of pairs: the same whatever the partitions' order
-            scores = [cell / GRID for cell, _, _ in pairs]
-            calibration = Calibration.fit(scores, [truth for _, _, truth in pairs])
-            floors = reference_floors(calibration, scores, [bool(p) for _, p, _ in pairs], config.window,
-                                      budget_z(budget, config.window))
-            held.update(pairs=[], calibration=calibration.to_dict(), calibrated_pairs=len(scores),
-                        floors={m: {"mean": f["mean"], "sd": f["sd"]} for m, f in floors.items()})
+            _calibrate(held, held["pairs"], config.window, budget)
         state["estimate"] = held
         return []  # windows start at the bucket after the calibration's last
     window = held["window"]

@@ -35,7 +35,7 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
-from .mergejoint import PartitionSide, joint_rows
+from .mergejoint import PartitionSide, joint_rows, reference_pairs
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
@@ -839,9 +839,13 @@ class ModelMonitor:
         estimated = self.estimated
         if estimated is None:
             config = self.config.detectors.estimated_performance
-            if not (config.enabled and self.performance is not None and self.performance.classification):
+            stored = None if self.reference is None else reference_pairs(self.config, self.reference)
+            if stored is None and not (config.enabled and self.performance is not None
+                                       and self.performance.classification):
                 return
             estimated = self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
+            if stored is not None:  # a stored reference with labels calibrates it before any label arrives
+                estimated.calibrate_on(stored)
         positive = self.config.performance.positive_label
         threshold = estimated.config.decision_threshold
         items = [(p[0], p[1], "pair", p) for p in pairs if is_finite_number(p[2].get("score"))]

@@ -269,3 +269,27 @@ def test_a_windows_expected_metrics_are_those_of_its_scores_at_the_grids_resolut
         cells.setdefault(str(score_cell(s)), [0, 0])[int(p)] += 1
     expected = expected_metrics(calibration.probability(np.floor(window * GRID) / GRID), predicted)
     assert window_metrics(calibration, cells) == pytest.approx(expected, rel=1e-12)  # the same sums, in cell order
+
+
+@lru_cache(maxsize=None)
+def labelled_reference():
+    """A stored reference built with labels (``reference build`` of a file with label events too)."""
+    from stream_monitor.events import LabelEvent  # noqa: PLC0415
+
+    items = scored(seed=3, shift=False)[:4000]
+    rng = np.random.default_rng(4)
+    labels = [LabelEvent(e.event_id, MODEL, None, int(rng.random() < e.score)) for e, _ in items]
+    return build_reference(MODEL, [e for e, _ in items], None, source="stored", labels=labels)
+
+
+def test_a_stored_reference_with_labels_calibrates_the_models_estimate_before_any_label():
+    reference = labelled_reference()
+    assert reference.pairs is not None and len(reference.pairs) == 4000
+    unlabelled = [(e, None) for e, _ in scored()]  # not one label, not one joined pair
+    one, _ = merged(ESTIMATE_CONFIG, reference, {0: unlabelled})
+    four, _ = merged(ESTIMATE_CONFIG, reference, spread(unlabelled, 4))
+    # calibrated from the first bucket: windows of 10 buckets from bucket 0, the sixth holds the shift
+    assert estimated(four.alerts) == [(50, "firing", m, "critical") for m in ("accuracy", "precision", "recall", "f1")]
+    assert [a.alert_id for a in four.alerts] == [a.alert_id for a in one.alerts]
+    assert next(a for a in four.alerts if a.name == "accuracy").reference["pairs"] == 4000
+    assert len([p for p in four.points if p["signal"] == "estimated_performance"]) == 4 * 8
