@@ -211,6 +211,12 @@ def _open(window: dict[str, Any] | None, bucket: int) -> dict[str, Any]:
     return window
 
 
+def _parts(group: Sequence[tuple], key: str) -> list[tuple[str, Mapping[str, Any]]]:
+    """The bucket's partials' ``key`` part, each with its "topic|partition"."""
+    return [(f"{topic}|{partition}", partial[key]) for _, topic, partition, partial in group
+            if partial.get(key) is not None]
+
+
 def _count(window: dict[str, Any], where: str, events: int) -> None:
     window["by_partition"][where] = window["by_partition"].get(where, 0) + events
 
@@ -239,8 +245,7 @@ def merge_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[st
 
 def _joint_bucket(model: ModelConfig, joint: JointReference, state: dict[str, Any], bucket: int,
                   group: Sequence[tuple], budget: float) -> list[Decided]:
-    parts = [(f"{topic}|{partition}", partial["joint"]) for _, topic, partition, partial in group
-             if partial.get("joint") is not None]
+    parts = _parts(group, "joint")
     if not parts:
         return []
     held = state.get("joint_window")
@@ -288,8 +293,7 @@ def _calibrate(held: dict[str, Any], pairs: Sequence[Sequence[int]], window: int
 
 def _estimate_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[str, Any], bucket: int,
                      group: Sequence[tuple], budget: float) -> list[Decided]:
-    parts = [(f"{topic}|{partition}", partial["estimate"]) for _, topic, partition, partial in group
-             if partial.get("estimate") is not None]
+    parts = _parts(group, "estimate")
     if not parts:
         return []
     config = model.detectors.estimated_performance

@@ -102,6 +102,23 @@ def merged(cfg, reference, by_partition) -> tuple:
     return merge_step(cfg.models[MODEL], reference, None, parts, BUCKET_MS), own
 
 
+def partition_side_is_stable(cfg, reference, items, restore_at: int, seed: int) -> PartitionMonitor:
+    """One partition fed ``items`` whole, in random batches, and restored at ``restore_at``: the same state
+    (partials included) each way; the whole run's monitor."""
+    def fresh() -> PartitionMonitor:
+        return PartitionMonitor(cfg, 0, {MODEL: reference})
+
+    whole, cut, first, resumed = fresh(), fresh(), fresh(), fresh()
+    feed(whole, items)
+    feed(cut, items, random.Random(seed))
+    assert cut.snapshot() == whole.snapshot()
+    feed(first, items[:restore_at])
+    resumed.restore(decode_state(encode_state(first.snapshot())))
+    feed(resumed, items[restore_at:], start=restore_at)
+    assert resumed.snapshot() == whole.snapshot()
+    return whole
+
+
 def bucket(alert) -> int:
     return alert.window["first_bucket"] - START_MS // BUCKET_MS
 
@@ -147,19 +164,8 @@ def test_a_stationary_model_over_four_partitions_raises_no_joint_alarm():
 
 
 def test_the_joint_partials_do_not_depend_on_batch_cuts_or_a_restore_midway():
-    events = joint_stream()[:12_000]
-    whole = PartitionMonitor(JOINT_CONFIG, 0, {MODEL: joint_reference()})
-    feed(whole, events)
-    cut = PartitionMonitor(JOINT_CONFIG, 0, {MODEL: joint_reference()})
-    feed(cut, events, random.Random(5))
-    assert cut.snapshot() == whole.snapshot()
+    whole = partition_side_is_stable(JOINT_CONFIG, joint_reference(), joint_stream()[:12_000], 5_432, 5)
     assert any("joint" in p for p in whole.merge_marks()[MODEL]["partials"].values())
-    first = PartitionMonitor(JOINT_CONFIG, 0, {MODEL: joint_reference()})
-    feed(first, events[:5_432])
-    resumed = PartitionMonitor(JOINT_CONFIG, 0, {MODEL: joint_reference()})
-    resumed.restore(decode_state(encode_state(first.snapshot())))
-    feed(resumed, events[5_432:], start=5_432)
-    assert resumed.snapshot() == whole.snapshot()
 
 
 def test_the_joint_merge_in_two_steps_gives_the_same_alerts_and_state():
@@ -240,18 +246,7 @@ def test_a_quiet_classifier_over_four_partitions_raises_no_estimate_alarm():
 
 
 def test_the_estimate_partials_do_not_depend_on_batch_cuts_or_a_restore_midway():
-    items = scored()
-    whole = PartitionMonitor(ESTIMATE_CONFIG, 0, {MODEL: scored_reference()})
-    feed(whole, items)
-    cut = PartitionMonitor(ESTIMATE_CONFIG, 0, {MODEL: scored_reference()})
-    feed(cut, items, random.Random(9))
-    assert cut.snapshot() == whole.snapshot()
-    first = PartitionMonitor(ESTIMATE_CONFIG, 0, {MODEL: scored_reference()})
-    feed(first, items[:1_234])
-    resumed = PartitionMonitor(ESTIMATE_CONFIG, 0, {MODEL: scored_reference()})
-    resumed.restore(decode_state(encode_state(first.snapshot())))
-    feed(resumed, items[1_234:], start=1_234)
-    assert resumed.snapshot() == whole.snapshot()
+    whole = partition_side_is_stable(ESTIMATE_CONFIG, scored_reference(), scored(), 1_234, 9)
     carried = sum(len(p.get("estimate", {}).get("pairs", [])) for p in whole.merge_marks()[MODEL]["partials"].values())
     assert carried == REFERENCE_PAIRS  # at most reference_pairs per partition
 
