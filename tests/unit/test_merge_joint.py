@@ -288,3 +288,24 @@ def test_a_stored_reference_with_labels_calibrates_the_models_estimate_before_an
     assert [a.alert_id for a in four.alerts] == [a.alert_id for a in one.alerts]
     assert next(a for a in four.alerts if a.name == "accuracy").reference["pairs"] == 4000
     assert len([p for p in four.points if p["signal"] == "estimated_performance"]) == 4 * 8
+
+
+def test_the_status_page_and_status_show_the_models_estimate_and_joint_test():
+    from stream_monitor.board import StatusBoard  # noqa: PLC0415
+    from stream_monitor.merge import episodes_summary  # noqa: PLC0415
+    from stream_monitor.mergejoint import open_windows  # noqa: PLC0415
+    from stream_monitor.web import render_page  # noqa: PLC0415
+
+    board = StatusBoard("test")
+    for cfg, reference, items in ((ESTIMATE_CONFIG, scored_reference(), scored()),
+                                  (JOINT_CONFIG, joint_reference(), joint_stream())):
+        result, _ = merged(cfg, reference, spread(items, 4))
+        board.merges[f"{MODEL}-{len(board.merges)}"] = {"windows": result.state["windows"], "open_window_events": 0,
+                                                        "episodes": episodes_summary(result.state),
+                                                        **open_windows(result.state)}
+    shown = board.snapshot()["merges"]
+    assert shown["m-0"]["estimated_performance"]["calibrated"] and shown["m-0"]["estimated_performance"]["metrics"]
+    assert shown["m-1"]["multivariate"]["last"]["events"] == 5000
+    page = render_page(board.snapshot())
+    assert "m-0: estimated accuracy 0.5" in page and "estimated_performance|accuracy|cbpe" in page
+    assert "m-1: joint test T² 611" in page and "multivariate|joint|hotelling" in page
