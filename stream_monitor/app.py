@@ -39,6 +39,7 @@ from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assig
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
 from .merge import (episodes_summary, incidents_summary, merge_step, model_reference, reference_step,
                     requests_summary)
+from .mergejoint import open_windows
 from .metrics import Metrics, PartitionView
 from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
@@ -764,7 +765,8 @@ class Service:
         self.board.merged(model_id, {"last_bucket": (state or {}).get("last_bucket"),
                                      "windows": (state or {}).get("windows", 0),
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
-                                     "episodes": episodes_summary(state), **self._merged_incidents(model_id, state)})
+                                     "episodes": episodes_summary(state), **self._merged_incidents(model_id, state),
+                                     **open_windows(state)})
         CLOCK.add("merge", started)
 
     def _merged_incidents(self, model_id: str, state) -> dict:

@@ -144,6 +144,22 @@ def reference_floors(calibration: Calibration, scores: Sequence[float], predicte
     return out
 
 
+def describe(model_id: str, metric: str, transition: Transition, metrics: Mapping[str, float],
+             floor: Mapping[str, float], window: int, pairs: int) -> tuple[dict, dict, str]:
+    """An estimated-performance alert's reference, current and message: ``metrics`` of a window of ``window``
+    predictions against ``floor`` (its mean, sd and floor), calibrated on ``pairs`` pairs."""
+    value = metrics[metric]
+    if transition.status == "firing":
+        text = (f"estimated {metric} of {model_id} is {value:.3g}, below the reference's range "
+                f"(floor {floor['floor']:.3g}, reference {floor['mean']:.3g}) over the last {window} "
+                f"predictions, from their scores (no labels needed)")
+    else:
+        text = (f"estimated {metric} of {model_id} is back to {value:.3g} (floor {floor['floor']:.3g}) "
+                f"over the last {window} predictions")
+    return ({"mean": floor["mean"], "sd": floor["sd"], "pairs": pairs},
+            {"estimate": dict(metrics), "events": window}, text)
+
+
 class EstimatedWindow:
     """Tumbling windows of ``window`` predictions (score, predicted positive); each closed window's expected
     metrics."""
@@ -220,6 +236,11 @@ class EstimatedPerformance:
         if len(self.pairs) >= self.config.reference_pairs:
             self._calibrate()
 
+    def calibrate_on(self, pairs: Sequence[tuple[float, bool, int]]) -> None:
+        """Calibrate at once on given (score, predicted positive, truth) pairs: a stored reference's."""
+        self.pairs = [(float(s), bool(p), int(t)) for s, p, t in pairs]
+        self._calibrate()
+
     def _calibrate(self) -> None:
         scores = [s for s, _, _ in self.pairs]
         self.calibration = Calibration.fit(scores, [t for _, _, t in self.pairs])
@@ -252,20 +273,11 @@ class EstimatedPerformance:
 
     def _alert(self, metric: str, transition: Transition, metrics: Mapping[str, float], offset: int,
                partition: int, event_time_ms: int | None) -> Alert:
-        floor = self.floors[metric]
-        value = metrics[metric]
-        window = self.config.window
-        if transition.status == "firing":
-            text = (f"estimated {metric} of {self.model_id} is {value:.3g}, below the reference's range "
-                    f"(floor {floor['floor']:.3g}, reference {floor['mean']:.3g}) over the last {window} "
-                    f"predictions, from their scores (no labels needed)")
-        else:
-            text = (f"estimated {metric} of {self.model_id} is back to {value:.3g} (floor {floor['floor']:.3g}) "
-                    f"over the last {window} predictions")
+        reference, current, text = describe(self.model_id, metric, transition, metrics, self.floors[metric],
+                                            self.config.window, self.calibration.pairs)
         return Alert(transition.status, transition.severity, self.model_id, "estimated_performance", metric, "cbpe",
-                     value, floor["floor"],
-                     {"mean": floor["mean"], "sd": floor["sd"], "pairs": self.calibration.pairs},
-                     {"estimate": dict(metrics), "events": window}, partition, offset, event_time_ms, text)
+                     metrics[metric], self.floors[metric]["floor"], reference, current, partition, offset,
+                     event_time_ms, text)
 
     def info(self) -> dict[str, Any] | None:
         """The last window's estimates and their floors (status, page, metrics); ``None`` before calibration."""

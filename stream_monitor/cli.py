@@ -228,7 +228,10 @@ def _reference_build(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_bytes(orjson.dumps(profile.to_dict(), option=orjson.OPT_INDENT_2))
     print(f"reference of {args.model}: version {profile.version}, {profile.events} events, "
-          f"{len(profile.features)} features, {len(labels)} labels ({rejected} rows rejected)"
+          f"{len(profile.features)} features, {len(labels)} labels"
+          + (f" ({len(profile.pairs)} joined to their predictions: they calibrate the estimated performance)"
+             if profile.pairs else "")
+          + f" ({rejected} rows rejected)"
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
     return 0
@@ -352,6 +355,7 @@ def _status(args: argparse.Namespace) -> int:
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary, incidents_summary, requests_summary  # noqa: PLC0415
+    from .mergejoint import open_windows  # noqa: PLC0415
     from .state import MergeStore  # noqa: PLC0415
 
     merges = MergeStore(store)
@@ -364,7 +368,7 @@ def _status(args: argparse.Namespace) -> int:
                                  "episodes": episodes_summary(state) if state else [],
                                  "reference": _model_reference_summary(model, state),
                                  "incidents": incidents_summary(model_id, state),
-                                 "retraining": requests_summary(model_id, state)}
+                                 "retraining": requests_summary(model_id, state), **open_windows(state)}
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,

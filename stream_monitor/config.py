@@ -528,10 +528,13 @@ class EstimatedPerformanceConfig(_Table):
         "estimate falls below the reference's range under the false-alarm budget. It starts once "
         "`reference_pairs` joined (score, label) pairs have calibrated the scores.")] = True
     window: Annotated[int, Meta(ge=10), doc(
-        "Predictions with a score per tumbling window of the estimate (per partition and model).")] = 1_000
+        "Predictions with a score per tumbling window of the estimate (per partition and model; with "
+        "`decisions = \"model\"` at least this many of the model's, ending on a bucket boundary).")] = 1_000
     reference_pairs: Annotated[int, Meta(ge=20), doc(
         "The first joined (score, label) pairs that calibrate the scores (histogram binning, 10 equal-frequency "
-        "bins) and set the reference's range of each estimate.")] = 2_000
+        "bins) and set the reference's range of each estimate. With `decisions = \"model\"`: the pairs of the "
+        "model's first event-time buckets that hold at least this many, from all partitions. A stored reference "
+        "built with labels calibrates with its own labelled predictions instead (from the first prediction).")] = 2_000
     decision_threshold: Annotated[float, Meta(ge=0, le=1), doc(
         "A prediction without a predicted label counts as positive when its score is at or above this; one with "
         "a predicted label counts as what it says (`performance.positive_label`).")] = 0.5
@@ -548,7 +551,8 @@ class MultivariateConfig(_Table):
         "The joint test reads at most this many numeric features (the first in name order): k features make "
         "k(k−1)/2 tested correlations, and the reference keeps a matrix of that size squared.")] = 10
     window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
-        "Complete events per tumbling window of the joint test (per partition and model).")] = 5_000
+        "Complete events per tumbling window of the joint test (per partition and model; with "
+        "`decisions = \"model\"` at least this many of the model's, ending on a bucket boundary).")] = 5_000
 
 
 class DetectorsConfig(_Table):

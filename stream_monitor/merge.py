@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, drivers, history, mergeperf
+from . import alerts as words, drivers, history, mergejoint, mergeperf
 from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
@@ -86,10 +86,9 @@ def may_estimate(model: ModelConfig) -> bool:
 
 def runs_joint(model: ModelConfig, reference: ReferenceProfile) -> bool:
     """Whether the model runs the multivariate test on ``reference``: on, two or more numeric features with
-    a joint sample, decided per partition."""
+    a joint sample (per partition, or with ``decisions = "model"`` by the merge)."""
     numeric = sum(isinstance(r, NumericReference) for r in reference.features.values())
-    return (model.detectors.multivariate.enabled and numeric >= 2 and reference.joint is not None
-            and not model.by_model)
+    return model.detectors.multivariate.enabled and numeric >= 2 and reference.joint is not None
 
 
 def share_before_reference(model: ModelConfig) -> float:
@@ -182,8 +181,8 @@ class BucketSketch:
         summary.add(event)
 
     def partial(self, bucket: int) -> dict[str, Any]:
-        """The open partial of ``bucket`` (created empty): labels and joined pairs count in it
-        (:mod:`stream_monitor.mergeperf`)."""
+        """The open partial of ``bucket`` (opened if need be): labels and joined pairs count in it
+        (:mod:`stream_monitor.mergeperf`), and :mod:`stream_monitor.mergejoint` adds to it."""
         return self._bucket(bucket)
 
     def _bucket(self, bucket: int) -> dict[str, Any]:
@@ -278,6 +277,12 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
     out.update(mergeperf.copy_parts(partial))
+    if "joint" in partial:  # the joint test's sums (mergejoint)
+        out["joint"] = {**partial["joint"], "sums": list(partial["joint"]["sums"])}
+    if "estimate" in partial:  # the estimate's score cells and pairs (mergejoint)
+        estimate = partial["estimate"]
+        out["estimate"] = {"cells": {c: list(v) for c, v in estimate["cells"].items()},
+                           "pairs": [list(p) for p in estimate["pairs"]]}
     return out
 
 
@@ -419,6 +424,9 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         decided = _labels_and_performance(model, reference, state, episodes, bucket, group,
                                           [f[-1] for f in firings], bucket_ms, share, points)
         out.extend(_with_drivers(decided, state.get("feature_psi"), reference))
+        for decided in mergejoint.merge_bucket(model, reference, state, bucket, group, share):
+            out.extend(_with_drivers(_joint_alerts(model, decided, bucket_ms, points), state.get("feature_psi"),
+                                     reference))
         opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
         opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
@@ -469,6 +477,26 @@ def requests_summary(model_id: str, state: Mapping[str, Any] | None) -> list[dic
     policy = Retraining(model_id, RetrainingPolicy())
     policy.restore((state or {}).get("retraining"))
     return policy.summary()
+
+
+def _joint_alerts(model: ModelConfig, decided: mergejoint.Decided, bucket_ms: int,
+                  points: list[dict[str, Any]]) -> list[Alert]:
+    """A decided joint or estimate window (:mod:`stream_monitor.mergejoint`): its history points, its alerts."""
+    payload = _window_payload(decided.window, bucket_ms)
+    for signal, name, detector, value, warning, critical in decided.points:
+        entry = history.window_point(model.model_id, signal, name, detector, value, warning, critical, None, None,
+                                     payload["last"])
+        entry["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
+        points.append(entry)
+    out = []
+    for transition, signal, name, detector, statistic, threshold, (reference, current, message) in decided.transitions:
+        out.append(Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                         signal=signal, name=name, detector=detector, statistic=float(statistic),
+                         threshold=float(threshold), reference=reference, current=current, partition=None,
+                         offset=None, event_time_ms=payload["last"], message=message, window=payload,
+                         alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
+                                                  payload["last_bucket"], transition.status)))
+    return out
 
 
 def _with_drivers(alerts: list[Alert], feature_psi: Mapping[str, float] | None,
@@ -557,7 +585,11 @@ def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapp
             columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
         else:
             columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
-    return {"events": events, "columns": columns, "firings": [], **mergeperf.copy_parts(partial)}
+    out = {"events": events, "columns": columns, "firings": [], **mergeperf.copy_parts(partial)}
+    joint = mergejoint.warmup_joint(model, reference, summary)
+    if joint is not None:
+        out["joint"] = joint
+    return out
 
 
 class ReferenceResult(NamedTuple):
@@ -614,7 +646,8 @@ def reference_step(model: ModelConfig, state: Mapping[str, Any] | None, partitio
         where = f"{topic}|{partition}"
         through[where] = max(bucket, through.get(where, bucket))
     psi_config = model.detectors.psi
-    profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup")
+    profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup",
+                            joint_features=model.detectors.multivariate.max_features)
     _warm_labels_from(model, profile, state, taken)
     state.update(reference=profile.to_dict(), reference_id=reference_id(profile),
                  reference_buckets=[taken[0][0], end], last_bucket=end)

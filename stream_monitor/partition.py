@@ -35,6 +35,7 @@ from .events import Alert, InferenceEvent, LabelEvent
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
+from .mergejoint import PartitionSide, joint_rows, reference_pairs
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
 from .stages import CLOCK
@@ -521,17 +522,7 @@ class MultivariateColumn(ColumnMonitor):
     def rows(self, events: Sequence[InferenceEvent], features: np.ndarray | None, names: Sequence[str]) -> np.ndarray:
         """The events' rows (n × k): from the feature matrix when the batch has one (rows by ``names``),
         else read from each event."""
-        joint = self.reference.names
-        if isinstance(features, np.ndarray):
-            where = {name: i for i, name in enumerate(names)}
-            return np.ascontiguousarray(features[[where[n] for n in joint]].T)
-        rows = np.full((len(events), len(joint)), np.nan)
-        for r, event in enumerate(events):
-            for c, name in enumerate(joint):
-                value = event.features.get(name)
-                if value.__class__ is float or value.__class__ is int:
-                    rows[r, c] = value
-        return rows
+        return joint_rows(self.reference.names, events, features, names)
 
     def update_batch(self, rows: np.ndarray, offsets: Sequence[int], partition: int,  # type: ignore[override]
                      times: Sequence[int | None]) -> list[tuple[int, int, Alert]]:
@@ -656,6 +647,8 @@ class ModelMonitor:
         self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
         self.requests: list[RetrainingRequest] = []  # made, not yet taken by the service
         self.sketch: BucketSketch | None = None  # decisions = "model": the open buckets' partials
+        # decisions = "model": what the joint test and the estimate add to them (stream_monitor/mergejoint.py)
+        self.model_side: PartitionSide | None = None
         if reference is not None:
             self.use_reference(reference)
         elif config.by_model:  # the model-level warm-up: this partition's share, summarised per bucket
@@ -705,7 +698,8 @@ class ModelMonitor:
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
             if before is not None and before.warmup is not None:  # the warm-up share's closed buckets
                 self.sketch.take_over(before)
-        self.multivariate = self._joint(reference)
+            self.model_side = PartitionSide(self.config, reference)
+        self.multivariate = None if merged else self._joint(reference)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
         if reference.labels is not None and not merged:  # decisions = "model": the merge decides label drift
@@ -724,10 +718,6 @@ class ModelMonitor:
             log.info("model %s: the reference has no joint sample of its %d numeric features (built by an older "
                      "version, or too few complete events): multivariate drift is off for it; rebuild the "
                      "reference to turn it on", model_id, numeric)
-            return None
-        if self.config.by_model:
-            log.info("model %s: multivariate drift is not yet decided at the model level (decisions = \"model\"):"
-                     " it is off for this model", model_id)
             return None
         return MultivariateColumn(self.config, reference.joint, self.share)
 
@@ -821,7 +811,10 @@ class ModelMonitor:
             column.closed_psi = []
         if pending:
             self._columns(pending, partition, out, seen)
-        if scored or pairs:
+        if self.config.by_model:  # the pairs go to the partials (once the reference is there), the merge estimates
+            if self.model_side is not None and pairs:
+                self._model_pairs(pairs, seen)
+        elif scored or pairs:
             self._estimate(scored, pairs, partition, out)
         if features and out:
             out = [(*t[:3], self._with_drivers(t[3], features, before)) for t in out]
@@ -872,9 +865,13 @@ class ModelMonitor:
         estimated = self.estimated
         if estimated is None:
             config = self.config.detectors.estimated_performance
-            if not (config.enabled and self.performance is not None and self.performance.classification):
+            stored = None if self.reference is None else reference_pairs(self.config, self.reference)
+            if stored is None and not (config.enabled and self.performance is not None
+                                       and self.performance.classification):
                 return
             estimated = self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
+            if stored is not None:  # a stored reference with labels calibrates it before any label arrives
+                estimated.calibrate_on(stored)
         positive = self.config.performance.positive_label
         threshold = estimated.config.decision_threshold
         items = [(p[0], p[1], "pair", p) for p in pairs if is_finite_number(p[2].get("score"))]
@@ -903,6 +900,17 @@ class ModelMonitor:
                                                                        positive, threshold),
                                category(label) == positive)
         flush()
+
+    def _model_pairs(self, pairs: list[tuple], seen: Sequence[int | None] | None) -> None:
+        """decisions = "model": the batch's joined pairs into the partials, each in the bucket of the
+        partition's latest event time before it (the label's own time when there is none yet)."""
+        sketch, side = self.sketch, self.model_side
+        lateness = int(self.config.merge_lateness_seconds * 1000)
+        for position, _, prediction, label, label_time, _, _ in pairs:
+            latest = None if seen is None else seen[position]
+            mark = None if latest is None else latest - lateness
+            bucket = bucket_of(label_time if latest is None else latest, mark, sketch.bucket_ms, sketch.floor)
+            side.add_pair(sketch, bucket, prediction, label)
 
     def _estimate_budget(self) -> float:
         """The estimate's share of the model's false-alarm budget: one test's, as the others' (before the
@@ -971,6 +979,9 @@ class ModelMonitor:
                 continue
             for index, order, alert in column.update_batch(values, offsets, partition, times):
                 out.append((positions[index], rank, order, alert))
+        if self.model_side is not None:  # the joint sums and score cells of the model's partials
+            self.model_side.add_events(sketch, buckets, [e for _, _, e in pending], features,
+                                       [c.name for c in self.columns if c.signal == "feature"])
         joint = self.multivariate
         if joint is not None:
             events = [e for _, _, e in pending]
@@ -1072,7 +1083,8 @@ class ModelMonitor:
                 **({} if self.multivariate is None else {"multivariate": self.multivariate.snapshot()}),
                 "incidents": self.incidents.snapshot(),
                 **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
-                **({} if self.sketch is None else {"partials": self.sketch.snapshot()})}
+                **({} if self.sketch is None else {"partials": self.sketch.snapshot()}),
+                **({} if self.model_side is None else {"model_side": self.model_side.snapshot()})}
 
     def restore(self, state: Mapping[str, Any]) -> str | None:
         """Continue from a snapshot (of format 3 or 4). If the model's settings changed since it was
@@ -1081,6 +1093,7 @@ class ModelMonitor:
         self.events = state["events"]
         self.labels = state["labels"]
         self.reference, self.columns, self.label_column, self.multivariate = None, [], None, None
+        self.model_side = None
         self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.label_warmup = LabelSummary(self.limits)
@@ -1105,6 +1118,8 @@ class ModelMonitor:
                 restarted.append("latency columns")
         if self.sketch is not None and state.get("partials") is not None and "reference" not in changes:
             self.sketch.restore(state["partials"])
+            if self.model_side is not None:  # absent in states saved before the model-level joint test
+                self.model_side.restore(state.get("model_side"))
         saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")

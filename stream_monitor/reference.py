@@ -42,6 +42,7 @@ MAX_CATEGORY_CHARS = 256  # a longer category value is remembered cut (see :func
 MAX_NAME_CHARS = 256  # a longer feature name never becomes an inferred column
 MAX_JOINT_FEATURES = 20  # numeric features whose row-aligned values the warm-up keeps for the joint reference
 MAX_JOINT_ROWS = 20_000  # rows of them it keeps (the first ones)
+MAX_REFERENCE_PAIRS = 20_000  # labelled predictions a stored reference keeps to calibrate the estimated performance
 
 
 def cut(text: str, limit: int = MAX_CATEGORY_CHARS) -> str:
@@ -202,6 +203,13 @@ def _association(d: Any) -> dict[str, float] | None:
     return {str(n): float(v) for n, v in d.items()}
 
 
+def _pairs(d: Mapping[str, Any]) -> tuple[tuple[float, str | None, str], ...]:
+    scores, predicted, labels = d["scores"], d["predicted"], d["labels"]
+    if not len(scores) == len(predicted) == len(labels):
+        raise ReferenceProfileError("malformed reference pairs: their lists differ in length")
+    return tuple((float(s), None if p is None else str(p), str(t)) for s, p, t in zip(scores, predicted, labels))
+
+
 def _optional(d: Mapping[str, Any], key: str, build):
     return None if d.get(key) is None else build(d[key])
 
@@ -223,6 +231,9 @@ class ReferenceProfile:
     # None for a reference stored before it was kept: drivers are then ranked by PSI alone
     association: Mapping[str, float] | None = None
     joint: JointReference | None = None  # None: no joint test (fewer than two numeric features, or an older reference)
+    # labelled predictions (score, predicted label's category or None, true label's category) of a stored
+    # reference built with labels: they calibrate the estimated performance from the start; None: none
+    pairs: tuple[tuple[float, str | None, str], ...] | None = None
 
     def columns(self) -> list[tuple[str, str, ColumnReference]]:
         """(signal, name, reference) for every monitored column of inference events, in a stable order."""
@@ -250,6 +261,9 @@ class ReferenceProfile:
             out["association"] = {n: float(v) for n, v in sorted(self.association.items())}
         if self.joint is not None:
             out["joint"] = self.joint.to_dict()
+        if self.pairs is not None:
+            out["pairs"] = {"scores": [p[0] for p in self.pairs], "predicted": [p[1] for p in self.pairs],
+                            "labels": [p[2] for p in self.pairs]}
         return out
 
     @classmethod
@@ -263,7 +277,8 @@ class ReferenceProfile:
                        latency=_optional(d, "latency", NumericReference.from_dict),
                        labels=_optional(d, "labels", CategoricalReference.from_dict),
                        association=_association(d.get("association")),
-                       joint=_optional(d, "joint", JointReference.from_dict))
+                       joint=_optional(d, "joint", JointReference.from_dict),
+                       pairs=_optional(d, "pairs", _pairs))
         except ReferenceProfileError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
@@ -730,14 +745,23 @@ def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kin
     The events pass through a :class:`WarmupSummary`, as in the service's warm-up.
     """
     summary = WarmupSummary(feature_kinds, limits)
+    scored: dict[str, tuple[float, str | None]] = {}  # with labels: each scored event's prediction, by event id
     for event in events:
         summary.add(event)
+        if labels and is_finite_number(event.score):
+            scored.setdefault(event.event_id, (float(event.score), None if event.predicted_label is None
+                                               else category_key(event.predicted_label)))
     label_summary = None
+    pairs: list[tuple[float, str | None, str]] = []
     if labels:
         label_summary = LabelSummary(limits)
         for label in labels:
             label_summary.add(label.label)
-    return summary.build(model_id, bins, top_k, source, labels=label_summary, joint_features=joint_features)
+            prediction = scored.pop(label.event_id, None)  # a label joins its event once
+            if prediction is not None and len(pairs) < MAX_REFERENCE_PAIRS:
+                pairs.append((*prediction, category_key(label.label)))
+    profile = summary.build(model_id, bins, top_k, source, labels=label_summary, joint_features=joint_features)
+    return replace(profile, pairs=tuple(pairs)) if pairs else profile
 
 
 # --- configured columns that a reference cannot monitor ---------------------------------------

@@ -695,6 +695,26 @@ def _requests_table(snapshot: Mapping[str, Any]) -> str:
     return "".join(parts)
 
 
+def _model_estimates(merges: dict) -> str:
+    """The model-level estimated performance and joint test of each merged model: one line each."""
+    lines = []
+    for model_id, merge in sorted(merges.items()):
+        estimate = merge.get("estimated_performance") or {}
+        metrics, floors = estimate.get("metrics"), estimate.get("floors") or {}
+        if metrics:
+            shown = ", ".join(f"{m} {_fmt(round(v, 3))}" + (f" (reference {_fmt(round(floors[m]['mean'], 3))})"
+                                                         if m in floors else "") for m, v in metrics.items())
+            lines.append(f"<p>{_fmt(model_id)}: estimated {shown}, from the scores of its last model window</p>")
+        elif estimate:
+            lines.append(f"<p class=muted>{_fmt(model_id)}: estimated performance calibrating "
+                         f"({_fmt(estimate.get('pairs'))} joined pairs so far)</p>")
+        last = (merge.get("multivariate") or {}).get("last")
+        if last:
+            lines.append(f"<p>{_fmt(model_id)}: joint test T² {_fmt(round(last['statistic'], 1))} "
+                         f"(threshold {_fmt(round(last['threshold'], 1))}) over {_fmt(last['events'])} events</p>")
+    return "".join(lines)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -1040,7 +1060,7 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                               f"{_fmt(e['episode'])}</span>" for e in firing) or "<span class=ok>nothing</span>"
             parts.append(f"<tr><td>{_fmt(model_id)}</td><td class=num>{_fmt(merge.get('windows'))}</td>"
                          f"<td class=num>{_fmt(merge.get('open_window_events'))} events</td><td>{cells}</td></tr>")
-        parts.append("</table></section>")
+        parts.append("</table>" + _model_estimates(merges) + "</section>")
 
     parts.append("<section><h2>Recent alerts</h2><table><tr><th>detected</th><th>status</th><th>severity</th>"
                  "<th>model</th><th>message</th></tr>")

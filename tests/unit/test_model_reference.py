@@ -237,6 +237,7 @@ def test_a_shares_partial_past_the_reference_counts_what_the_reference_would_hav
         got = warmup_counts(config.models[MODEL], reference, partial)
         assert got["events"] == expected[bucket]["events"]
         assert got["columns"] == expected[bucket]["columns"], bucket
+        assert got["joint"] == expected[bucket]["joint"], bucket  # the joint test's sums from the share's sample
 
 
 def test_replay_builds_the_models_warm_up_reference_from_its_one_stream_whatever_the_batch_size():
