@@ -219,6 +219,8 @@ def _reference_build(args: argparse.Namespace) -> int:
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
                               model.detectors.psi.top_k, source="stored", labels=labels,
                               joint_features=model.detectors.multivariate.max_features)
+    from .segments import with_segments  # noqa: PLC0415
+    profile = with_segments(profile, events, model)
     _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
         from .state import ReferenceStore  # noqa: PLC0415
@@ -228,7 +230,9 @@ def _reference_build(args: argparse.Namespace) -> int:
     if args.output is not None:
         args.output.write_bytes(orjson.dumps(profile.to_dict(), option=orjson.OPT_INDENT_2))
     print(f"reference of {args.model}: version {profile.version}, {profile.events} events, "
-          f"{len(profile.features)} features, {len(labels)} labels ({rejected} rows rejected)"
+          f"{len(profile.features)} features, {len(labels)} labels"
+          + ("" if profile.segments is None else f", {len(profile.segments.top)} segments and the rest")
+          + f" ({rejected} rows rejected)"
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
     return 0

@@ -34,6 +34,7 @@ from .detectors.percentile import percentile_cell, percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert
+from .segments import monitored_columns
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
                         ReferenceProfile, WarmupSummary)
 
@@ -104,8 +105,24 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     det = model.detectors
     numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
     estimate = may_estimate(model) and reference.score is not None
+    segmented = [isinstance(ref, NumericReference) for _, _, ref in segmented_columns(model, reference)]
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
-                                                           runs_joint(model, reference)))
+                                                           runs_joint(model, reference), segmented))
+
+
+def runs_segments(model: ModelConfig, reference: ReferenceProfile) -> bool:
+    """Whether the model runs per-segment detectors on ``reference``: segments configured, the reference
+    has profiles built for them, decided per partition."""
+    wanted = model.segments
+    return (wanted.enabled and not model.by_model and reference.segments is not None
+            and reference.segments.fits(wanted.columns, wanted.top_k, wanted.min_events))
+
+
+def segmented_columns(model: ModelConfig, reference: ReferenceProfile) -> list[tuple[str, str, ColumnReference]]:
+    """The model's columns whose window tests also run per segment (none without segments)."""
+    if not runs_segments(model, reference):
+        return []
+    return monitored_columns(reference, model.segments.columns, model.detectors.latency.enabled)
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:

@@ -207,6 +207,35 @@ def _optional(d: Mapping[str, Any], key: str, build):
 
 
 @dataclass(frozen=True)
+class SegmentReferences:
+    """A reference's per-segment profiles (``[models.<id>.segments]``, :mod:`stream_monitor.segments`):
+    each of the ``top`` segments (a tuple of values of ``columns``, ``None`` for a missing value) with
+    the profile built from its own reference events, most frequent first, and the ``rest``'s profile
+    (every other value; ``None`` when no reference event fell there)."""
+
+    columns: tuple[str, ...]
+    top_k: int
+    min_events: int
+    top: tuple[tuple[tuple[str | None, ...], "ReferenceProfile"], ...]
+    rest: "ReferenceProfile | None" = None
+
+    def fits(self, columns: Sequence[str], top_k: int, min_events: int) -> bool:
+        """Whether these profiles were built for those settings."""
+        return (self.columns, self.top_k, self.min_events) == (tuple(columns), top_k, min_events)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "top_k": self.top_k, "min_events": self.min_events,
+                "top": [{"values": list(values), "profile": profile.to_dict()} for values, profile in self.top],
+                "rest": None if self.rest is None else self.rest.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SegmentReferences":
+        return cls(columns=tuple(d["columns"]), top_k=int(d["top_k"]), min_events=int(d["min_events"]),
+                   top=tuple((tuple(t["values"]), ReferenceProfile.from_dict(t["profile"])) for t in d["top"]),
+                   rest=_optional(d, "rest", ReferenceProfile.from_dict))
+
+
+@dataclass(frozen=True)
 class ReferenceProfile:
     """Per-column references of one model: features, prediction, latency, and ground-truth labels."""
 
@@ -223,6 +252,7 @@ class ReferenceProfile:
     # None for a reference stored before it was kept: drivers are then ranked by PSI alone
     association: Mapping[str, float] | None = None
     joint: JointReference | None = None  # None: no joint test (fewer than two numeric features, or an older reference)
+    segments: SegmentReferences | None = None  # None: no per-segment profiles (none configured, or an older reference)
 
     def columns(self) -> list[tuple[str, str, ColumnReference]]:
         """(signal, name, reference) for every monitored column of inference events, in a stable order."""
@@ -250,6 +280,8 @@ class ReferenceProfile:
             out["association"] = {n: float(v) for n, v in sorted(self.association.items())}
         if self.joint is not None:
             out["joint"] = self.joint.to_dict()
+        if self.segments is not None:
+            out["segments"] = self.segments.to_dict()
         return out
 
     @classmethod
@@ -263,7 +295,8 @@ class ReferenceProfile:
                        latency=_optional(d, "latency", NumericReference.from_dict),
                        labels=_optional(d, "labels", CategoricalReference.from_dict),
                        association=_association(d.get("association")),
-                       joint=_optional(d, "joint", JointReference.from_dict))
+                       joint=_optional(d, "joint", JointReference.from_dict),
+                       segments=_optional(d, "segments", SegmentReferences.from_dict))
         except ReferenceProfileError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:
