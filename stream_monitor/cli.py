@@ -352,7 +352,8 @@ def _status(args: argparse.Namespace) -> int:
         partitions.append({"topic": row["topic"], "partition": row["partition"], "next_offset": row["next_offset"],
                            "end_offset": end, "lag": None if end is None else max(0, end - row["next_offset"]),
                            **{k: row[k] for k in ("saved_at_ms", "dead_letters", "dead_letter_reasons", "models")}})
-    from .board import dead_letter_reasons, ranked_incidents  # noqa: PLC0415
+    from .board import dead_letter_reasons, gathered_segments, ranked_incidents  # noqa: PLC0415
+    from .events import segment_words  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary  # noqa: PLC0415
@@ -410,6 +411,13 @@ def _status(args: argparse.Namespace) -> int:
                 where += f" → {_or_dash(closed.get('offset'))}"
             print(f"  {'OPEN' if row.get('state') == 'open' else 'closed'} incident {row['incident'][:12]} ({where}, "
                   f"{row.get('alerts', 0)} firing alerts): {logs.clean(row.get('text', ''))}")
+        segments = gathered_segments((p["partition"], p["models"].get(model_id, {}).get("segments") or ())
+                                     for p in partitions)
+        for row in segments:
+            firing = "; ".join(f"{f['signal']} {f['name']} {f['detector']} {_num(f.get('statistic'))} (partition "
+                               f"{f['partition']})" for f in row["firing"])
+            print(f"  segment {logs.clean(segment_words(row['segment']))}: {row['events']:,} events, "
+                  + (f"FIRING {logs.clean(firing)}" if firing else "ok"))
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
             print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")

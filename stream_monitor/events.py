@@ -177,6 +177,16 @@ def alert_id(model_id: str, signal: str, name: str, detector: str,
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
+def segment_words(segment: Mapping[str, Any]) -> str:
+    """A segment in a few words, as logs, pages and labels show it: ``country=DE,device=ios`` (columns
+    sorted; null for a missing value).
+
+    >>> segment_words({"device": None, "country": "DE"})
+    'country=DE,device=null'
+    """
+    return ",".join(f"{column}={'null' if segment[column] is None else segment[column]}" for column in sorted(segment))
+
+
 def segment_id_text(segment: Mapping[str, Any]) -> str:
     """A segment as exact text (sorted JSON) for ids and stored keys."""
     return orjson.dumps(dict(segment), option=orjson.OPT_SORT_KEYS).decode()

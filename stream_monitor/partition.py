@@ -33,14 +33,14 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .cbpe import EstimatedPerformance, predicted_positive
 from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
-from .events import Alert, InferenceEvent, LabelEvent
+from .events import Alert, InferenceEvent, LabelEvent, segment_words
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
     share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
-from .segments import SegmentWarmup, Segments, monitored_columns, segment_text
+from .segments import SegmentWarmup, Segments, monitored_columns
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
@@ -563,7 +563,7 @@ class SegmentColumn(ColumnMonitor):
 
     @property
     def label(self) -> str:
-        return f"{super().label}[{segment_text(self.segment)}]"
+        return f"{super().label}[{segment_words(self.segment)}]"
 
 
 class SegmentMonitor:
@@ -608,15 +608,25 @@ class SegmentMonitor:
                 for segment, events, columns in zip(self.segments.objects, self.events, self.columns)]
 
     def restore(self, state: Sequence[Mapping[str, Any]], restart: frozenset[str] = frozenset()) -> None:
-        saved = {segment_text(s["segment"]): s for s in state}
+        saved = {segment_words(s["segment"]): s for s in state}
         for index, (segment, columns) in enumerate(zip(self.segments.objects, self.columns)):
-            held = saved.get(segment_text(segment))
+            held = saved.get(segment_words(segment))
             if held is None:
                 continue
             self.events[index] = held["events"]
             for column in columns:
                 if f"{column.signal}:{column.name}" in held["columns"]:
                     column.restore(held["columns"][f"{column.signal}:{column.name}"], restart)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per segment: its reference events, events seen, and its detectors firing now."""
+        out = []
+        for segment, profile, columns in zip(self.segments.objects, self.segments.profiles, self.columns):
+            rows = [row for column in columns for row in column.summary()]
+            out.append({"segment": dict(segment), "reference_events": 0 if profile is None else profile.events,
+                        "events": self.events[len(out)], "detectors": len(rows),
+                        "firing": [row for row in rows if row["firing"]]})
+        return out
 
 
 def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: np.ndarray | None,
@@ -631,16 +641,6 @@ def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: n
     if column.name == "score":
         return [e.score for e in events]
     return [e.predicted_label for e in events]
-
-    def summary(self) -> list[dict[str, Any]]:
-        """Per segment: its reference events, events seen, and its detectors firing now."""
-        out = []
-        for segment, profile, columns in zip(self.segments.objects, self.segments.profiles, self.columns):
-            rows = [row for column in columns for row in column.summary()]
-            out.append({"segment": dict(segment), "reference_events": 0 if profile is None else profile.events,
-                        "events": self.events[len(out)], "detectors": len(rows),
-                        "firing": [row for row in rows if row["firing"]]})
-        return out
 
 
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name

@@ -12,8 +12,6 @@ goes to the rest), so a model never has more than ``top_k`` + 1 segments.
 
 >>> segment_of({"country": "DE", "device": None}, ("country", "device"))
 ('DE', None)
->>> segment_text({"country": "DE", "device": None})
-'country=DE,device=null'
 """
 
 from __future__ import annotations
@@ -38,11 +36,6 @@ def segment_object(columns: Sequence[str], values: Sequence[str | None] | None) 
     """The segment as alerts carry it: column → value (``values`` ``None``: the rest, every column
     :data:`REST`)."""
     return {column: REST if values is None else value for column, value in zip(columns, values or columns)}
-
-
-def segment_text(segment: Mapping[str, Any]) -> str:
-    """A segment in a few words: ``country=DE,device=ios`` (columns sorted; null for a missing value)."""
-    return ",".join(f"{column}={'null' if segment[column] is None else segment[column]}" for column in sorted(segment))
 
 
 def candidate_cap(top_k: int) -> int:
