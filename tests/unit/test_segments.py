@@ -6,8 +6,6 @@ from __future__ import annotations
 import logging
 from functools import lru_cache
 
-import numpy as np
-
 from stream_monitor.alertmanager import labels_of
 from stream_monitor.calibration import model_tests, split
 from stream_monitor.config import parse_config
@@ -19,31 +17,9 @@ from stream_monitor.reference import NumericReference, ReferenceProfile, build_r
 from stream_monitor.segments import REST, SegmentWarmup, candidate_cap, segment_of, with_segments
 from stream_monitor.state import decode_state, encode_state
 
-from ..support import validator
+from ..support import FEATURES_BY_COUNTRY as FEATURES, segmented_stream as stream, validator
 
-COUNTRIES = ("DE", "US", "FR", "GB", "IT", "ES", "NL", "PL")
-SHARES = (0.35, 0.25, 0.15, 0.10, 0.06, 0.04, 0.03, 0.02)  # FR carries 15 % of the traffic
-FEATURES = {"amount": "numeric", "income": "numeric", "country": "categorical"}
 FR = {"country": "FR"}
-
-
-def stream(count: int, seed: int, spread_from: int | None = None, scale: float = 1.6,
-           missing: float = 0.0) -> list[InferenceEvent]:
-    """Seeded events: amount and income N(0, 1) in every country; from ``spread_from`` on, FR's amount is
-    spread ``scale`` times wider (its mean unchanged: the rank and normal-score detectors cannot see it);
-    ``missing``: the share of events without a country."""
-    rng = np.random.default_rng(seed)
-    countries = rng.choice(len(COUNTRIES), size=count, p=SHARES)
-    absent = rng.random(count) < missing
-    amounts, incomes = rng.normal(size=count), rng.normal(size=count)
-    out = []
-    for i in range(count):
-        country = None if absent[i] else COUNTRIES[countries[i]]
-        amount = float(amounts[i]) * (scale if spread_from is not None and i >= spread_from and country == "FR" else 1)
-        out.append(InferenceEvent(f"e{i}", "m", 1_700_000_000_000 + i,
-                                  {"amount": round(amount, 4), "income": round(float(incomes[i]), 4),
-                                   "country": country}))
-    return out
 
 
 def config(segments: dict | None = None, events: int = 5000, **model):
