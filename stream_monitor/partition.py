@@ -38,7 +38,7 @@ from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
-    share_before_reference
+    segment_sketch_key, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
 from .segments import SegmentWarmup, Segments, monitored_columns
 from .stages import CLOCK
@@ -70,6 +70,7 @@ class ColumnMonitor:
 
     merged = False  # decided at the model level (decisions = "model"); the performance column never is
     segment: Mapping[str, str | None] | None = None  # a segment's column: column → value (SegmentColumn)
+    sketch_prefix = ""  # a segment's column counts in the partials under "<segment key>|signal:name"
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
                  merged: bool = False, budget: float | None = None):
@@ -186,7 +187,8 @@ class ColumnMonitor:
             p95_cells = None
             if sketch.p95 and self.signal == "latency" and x is not None:  # the merge's p95 ceiling
                 p95_cells = np.fromiter(map(percentile_cell, x.tolist()), dtype=np.int64, count=len(x))
-            sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells, p95_cells)
+            sketch.add(self.sketch_prefix + column_key(self.signal, self.name), buckets, codes, usable, psi_bins,
+                       ks_cells, p95_cells)
             started = clock.add("sketch", started)
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
         if closed_quality:  # the data-quality checks only report when their shared window closes
@@ -554,9 +556,13 @@ class SegmentColumn(ColumnMonitor):
     detectors and the p95 ceiling run on the model-wide column only; its windows keep no history points."""
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
-                 segment: Mapping[str, str | None], budget: float | None = None):
+                 segment: Mapping[str, str | None], budget: float | None = None, merged: bool = False,
+                 sketch_prefix: str = ""):
+        """``merged`` (decisions = "model"): no detectors here; the batch's counts go to the partials under
+        ``sketch_prefix`` and the merge decides the segment's windows."""
         self.segment = dict(segment)
-        super().__init__(model, signal, name, reference, budget=budget)
+        self.sketch_prefix = sketch_prefix
+        super().__init__(model, signal, name, reference, merged, budget)
         self.adapters = [a for a in self.adapters if not a.point and a.part != "p95"]
         self._index_adapters()
         self.points = deque(maxlen=0)
@@ -571,13 +577,15 @@ class SegmentMonitor:
     a :class:`SegmentColumn` per column the segment's profile has (:func:`stream_monitor.segments.
     monitored_columns`); a segment without reference events (a rest the reference never saw) has none."""
 
-    def __init__(self, model: ModelConfig, reference: ReferenceProfile, budget: float):
+    def __init__(self, model: ModelConfig, reference: ReferenceProfile, budget: float, merged: bool = False):
         self.segments = Segments(reference.segments)
         latency = model.detectors.latency.enabled
+        self.keys = [segment_sketch_key(i) for i in range(len(self.segments))]
         self.columns: list[list[SegmentColumn]] = [
-            [] if profile is None else [SegmentColumn(model, signal, name, ref, segment, budget) for signal, name, ref
-                                        in monitored_columns(profile, model.segments.columns, latency)]
-            for segment, profile in zip(self.segments.objects, self.segments.profiles)]
+            [] if profile is None else [SegmentColumn(model, signal, name, ref, segment, budget, merged, f"{key}|")
+                                        for signal, name, ref in monitored_columns(profile, model.segments.columns,
+                                                                                   latency)]
+            for segment, profile, key in zip(self.segments.objects, self.segments.profiles, self.keys)]
         self.events = [0] * len(self.segments)  # events seen per segment
 
     def all_columns(self) -> list[SegmentColumn]:
@@ -585,10 +593,12 @@ class SegmentMonitor:
 
     def update_batch(self, events: Sequence[InferenceEvent], offsets: Sequence[int], positions: Sequence[int],
                      partition: int, times: Sequence[int | None], features: np.ndarray | None,
-                     names: Sequence[str], slot: int, out: list) -> None:
+                     names: Sequence[str], slot: int, out: list, buckets: np.ndarray | None = None,
+                     sketch: BucketSketch | None = None) -> None:
         """The batch's inference events, each through its segment's columns; the alerts into ``out`` as
         (position, ``slot`` + the column's rank, order, alert). ``features``: the model's feature matrix
-        (rows by ``names``), when the batch has one."""
+        (rows by ``names``), when the batch has one. ``sketch`` (decisions = "model"): each segment's events
+        and counts go to the partials of their ``buckets`` instead."""
         where = {name: i for i, name in enumerate(names)}
         for index, picks in enumerate(self.segments.route(e.features for e in events)):
             if not picks:
@@ -597,9 +607,14 @@ class SegmentMonitor:
             mine = [events[i] for i in picks]
             mine_offsets, mine_times = [offsets[i] for i in picks], [times[i] for i in picks]
             matrix = features[:, picks] if isinstance(features, np.ndarray) else None
+            mine_buckets = None
+            if sketch is not None:
+                mine_buckets = buckets[picks]
+                sketch.count_segment(self.keys[index], mine_buckets)
             for rank, column in enumerate(self.columns[index]):
                 values = _values(column, mine, matrix, where.get(column.name))
-                for at, order, alert in column.update_batch(values, mine_offsets, partition, mine_times):
+                for at, order, alert in column.update_batch(values, mine_offsets, partition, mine_times,
+                                                            mine_buckets, sketch):
                     out.append((positions[picks[at]], slot + rank, order, alert))
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -781,17 +796,18 @@ class ModelMonitor:
         if not wanted.enabled:
             return None
         model_id = self.config.model_id
-        if self.config.by_model:
-            log.info("model %s: segments are not yet decided at the model level (decisions = \"model\"): they are "
-                     "off for this model", model_id)
-            return None
         if not runs_segments(self.config, reference):
             log.warning("model %s: the reference has no per-segment profiles for segments.columns = %s, top_k = %d, "
-                        "min_events = %d (built before they were configured, or with other settings): the segment "
+                        "min_events = %d (built before they were configured, with other settings, or by a model-level warm-up, "
+                        "which builds none: use a stored reference): the segment "
                         "detectors are off; rebuild the reference (`stream-monitor reference build`)", model_id,
                         list(wanted.columns), wanted.top_k, wanted.min_events)
             return None
-        return SegmentMonitor(self.config, reference, self.share)
+        monitor = SegmentMonitor(self.config, reference, self.share, self.config.by_model)
+        if self.sketch is not None:  # decisions = "model": the segments' counts go to the partials too
+            self.sketch.add_segment_columns({c.sketch_prefix + column_key(c.signal, c.name): c.reference
+                                             for c in monitor.all_columns()})
+        return monitor
 
     def _warmup_sketch(self) -> BucketSketch:
         return BucketSketch(None, self.config.detectors.ks.enabled, int(self.config.merge_bucket_seconds * 1000),
@@ -1085,7 +1101,7 @@ class ModelMonitor:
                 out.append((positions[index], len(self.columns), order, alert))
         if self.segments is not None:  # after the model-wide columns, the joint test and the estimate
             self.segments.update_batch(events, offsets, positions, partition, times, features, names,
-                                       len(self.columns) + 1, out)
+                                       len(self.columns) + 1, out, buckets, sketch)
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list) -> None:

@@ -4,6 +4,7 @@ segment, batch cuts, snapshots, the budget, and what the alerts carry."""
 from __future__ import annotations
 
 import logging
+import zlib
 from functools import lru_cache
 
 from stream_monitor.alertmanager import labels_of
@@ -11,7 +12,7 @@ from stream_monitor.calibration import model_tests, split
 from stream_monitor.config import parse_config
 from stream_monitor.events import Alert, InferenceEvent
 from stream_monitor.incidents import episode_key
-from stream_monitor.merge import model_share
+from stream_monitor.merge import PartitionPartials, merge_step, model_share, window_alert_id
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import NumericReference, ReferenceProfile, build_reference
 from stream_monitor.segments import REST, SegmentWarmup, candidate_cap, segment_of, with_segments
@@ -182,3 +183,61 @@ def test_segment_alerts_carry_the_segment_in_the_json_the_id_and_the_alertmanage
 
 def test_segment_of_reads_the_categories_of_several_columns():
     assert segment_of({"a": 1.0, "b": True, "c": "x"}, ("b", "a", "missing")) == ("true", "1", None)
+
+
+MODEL_LEVEL = {"columns": ["country"], "top_k": 3}
+
+
+@lru_cache(maxsize=None)
+def stored_with_segments() -> ReferenceProfile:
+    events = stream(5000, 3)
+    model = config(MODEL_LEVEL, reference={"source": "stored"}, decisions="model").models["m"]
+    return with_segments(build_reference("m", events, FEATURES, source="stored"), events, model)
+
+
+def merged_alerts(partitions: int) -> list[Alert]:
+    """The spread-in-France stream keyed by event id over ``partitions`` partitions, each partition's closed
+    partials merged in one step (decisions = "model")."""
+    cfg = config(MODEL_LEVEL, reference={"source": "stored"}, decisions="model")
+    events = stream(110_000, 7, spread_from=50_000)
+    parts = []
+    for p in range(partitions):
+        monitor = PartitionMonitor(cfg, p, {"m": stored_with_segments()})
+        mine = [e for e in events if zlib.crc32(e.event_id.encode()) % partitions == p]
+        assert run(monitor, mine) == []  # the window decisions are the merge's
+        monitor.go_idle()
+        mark = monitor.merge_marks()["m"]
+        parts.append(PartitionPartials("in", p, mark["watermark"], mark["idle"], mark["partials"]))
+    return merge_step(cfg.models["m"], stored_with_segments(), None, parts, 1000).alerts
+
+
+def test_model_level_decisions_announce_the_segment_once_whatever_the_partitioning():
+    one, three = merged_alerts(1), merged_alerts(3)
+    assert [(a.signal, a.name, a.detector, a.segment, a.window["first_bucket"] % 1000, a.window["last_bucket"] % 1000)
+            for a in one] == [("feature", "amount", "psi", FR, 34, 67),
+                              ("data_quality", "amount", "out_of_range", FR, 68, 101),
+                              ("feature", "amount", "ks", FR, 68, 101)]
+    assert [a.alert_id for a in three] == [a.alert_id for a in one]
+    assert len(three[0].window["events"]) == 3 and sum(three[0].window["events"].values()) >= 5000
+    assert three[0].alert_id == window_alert_id("m", "feature", "amount", "psi", three[0].window["first_bucket"],
+                                                three[0].window["last_bucket"], "firing", FR)
+    validator("alert.json").validate(three[0].to_dict(0))
+
+
+def test_model_level_segment_partials_do_not_depend_on_batch_cuts_or_a_restore():
+    cfg = config(MODEL_LEVEL, reference={"source": "stored"}, decisions="model")
+    events = stream(30_000, 9)
+
+    def partials(cut: int, restore_at: int | None = None) -> dict:
+        monitor = PartitionMonitor(cfg, 0, {"m": stored_with_segments()})
+        for start, stop in ((0, restore_at or len(events)), (restore_at or len(events), len(events))):
+            run(monitor, events[start:stop], cut, start)
+            restored = PartitionMonitor(cfg, 0, {"m": stored_with_segments()})
+            restored.restore(decode_state(encode_state(monitor.snapshot())))
+            monitor = restored
+        monitor.go_idle()
+        return monitor.merge_marks()["m"]["partials"]
+
+    whole = partials(1000)
+    assert sorted(whole[min(whole)]["segments"]) == ["s0", "s1", "s2", "s3"]
+    assert partials(613) == whole and partials(997, restore_at=12_345) == whole
