@@ -3,10 +3,12 @@ segment, batch cuts, snapshots, the budget, and what the alerts carry."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import zlib
 from functools import lru_cache
 
+from stream_monitor import history
 from stream_monitor.alertmanager import labels_of
 from stream_monitor.calibration import model_tests, split
 from stream_monitor.config import parse_config
@@ -241,3 +243,13 @@ def test_model_level_segment_partials_do_not_depend_on_batch_cuts_or_a_restore()
     whole = partials(1000)
     assert sorted(whole[min(whole)]["segments"]) == ["s0", "s1", "s2", "s3"]
     assert partials(613) == whole and partials(997, restore_at=12_345) == whole
+
+
+def test_the_history_keeps_a_segments_episode_apart_from_the_columns_own():
+    alerts, _, _ = spread_in_france()
+    psi = alerts[1]
+    model_wide = dataclasses.replace(psi, segment=None, alert_id="")
+    points = [history.alert_point(a) for a in (psi, model_wide)]
+    assert points[0]["segment"] == FR and "segment" not in points[1]
+    assert [(e["name"], e.get("segment")) for e in history.episodes(points, clock="event_time_ms")] == [
+        ("amount", FR), ("amount", None)]
