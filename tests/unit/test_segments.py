@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import zlib
 from functools import lru_cache
 
 from stream_monitor import history
 from stream_monitor.alertmanager import labels_of
+from stream_monitor.board import StatusBoard
 from stream_monitor.calibration import model_tests, split
 from stream_monitor.config import parse_config
-from stream_monitor.events import Alert, InferenceEvent
+from stream_monitor.events import Alert, InferenceEvent, segment_words
 from stream_monitor.incidents import episode_key
 from stream_monitor.merge import PartitionPartials, merge_step, model_share, window_alert_id
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import NumericReference, ReferenceProfile, build_reference
 from stream_monitor.segments import REST, SegmentWarmup, candidate_cap, segment_of, with_segments
 from stream_monitor.state import decode_state, encode_state
+from stream_monitor.web import render_page
 
 from ..support import FEATURES_BY_COUNTRY as FEATURES, segmented_stream as stream, validator
 
@@ -253,3 +256,18 @@ def test_the_history_keeps_a_segments_episode_apart_from_the_columns_own():
     assert points[0]["segment"] == FR and "segment" not in points[1]
     assert [(e["name"], e.get("segment")) for e in history.episodes(points, clock="event_time_ms")] == [
         ("amount", FR), ("amount", None)]
+
+
+def test_the_status_page_lists_each_segment_and_what_of_it_fires():
+    monitor = PartitionMonitor(config(BY_COUNTRY), 0, {})
+    run(monitor, stream(110_000, 7, spread_from=50_000))
+    board = StatusBoard("here")
+    board.live_lag = lambda: {("in", 0): 0}
+    board.update({("in", 0): (monitor.summary(), 0)})
+    segments = board.snapshot()["models"]["m"]["segments"]
+    assert [(segment_words(s["segment"]), len(s["firing"])) for s in segments] == [
+        ("country=DE", 0), ("country=US", 0), ("country=FR", 3), (f"country={REST}", 0)]
+    page = render_page(board.snapshot())
+    row = re.search(r"<tr class=firing><td>country=FR</td>.*?</tr>", page).group(0)
+    assert "FIRING" in row and "feature amount psi" in row and "(partition 0)" in row
+    assert "<td>country=DE</td>" in page and "<span class='badge ok'>ok</span>" in page
