@@ -277,6 +277,11 @@ def _reference_show(args: argparse.Namespace) -> int:
     if profile.labels is not None:
         top = ", ".join(f"{c} {p:.0%}" for c, p in zip(profile.labels.categories[:5], profile.labels.proportions))
         print(f"  {'label':<10} {'label':<20} categorical {profile.labels.events} labels: {top}")
+    if profile.segments is not None:
+        shown = ", ".join(f"{'/'.join('null' if v is None else v for v in values)} {p.events}"
+                          for values, p in profile.segments.top)
+        rest = 0 if profile.segments.rest is None else profile.segments.rest.events
+        print(f"  segments by {', '.join(profile.segments.columns)}: {shown}; the rest {rest} (events each)")
     return 0
 
 

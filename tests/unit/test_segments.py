@@ -9,7 +9,9 @@ import re
 import zlib
 from functools import lru_cache
 
-from stream_monitor import history
+import orjson
+
+from stream_monitor import cli, history
 from stream_monitor.alertmanager import labels_of
 from stream_monitor.board import StatusBoard
 from stream_monitor.calibration import model_tests, split
@@ -23,7 +25,7 @@ from stream_monitor.segments import REST, SegmentWarmup, candidate_cap, segment_
 from stream_monitor.state import decode_state, encode_state
 from stream_monitor.web import render_page
 
-from ..support import FEATURES_BY_COUNTRY as FEATURES, segmented_stream as stream, validator
+from ..support import FEATURES_BY_COUNTRY as FEATURES, segmented_json, segmented_stream as stream, validator
 
 FR = {"country": "FR"}
 
@@ -271,3 +273,18 @@ def test_the_status_page_lists_each_segment_and_what_of_it_fires():
     row = re.search(r"<tr class=firing><td>country=FR</td>.*?</tr>", page).group(0)
     assert "FIRING" in row and "feature amount psi" in row and "(partition 0)" in row
     assert "<td>country=DE</td>" in page and "<span class='badge ok'>ok</span>" in page
+
+
+def test_reference_build_stores_the_per_segment_profiles_the_config_asks_for(tmp_path, capsys):
+    path = tmp_path / "m.toml"
+    path.write_text('[models.m]\nfeatures = { amount = "numeric", income = "numeric", country = "categorical" }\n'
+                    '[models.m.segments]\ncolumns = ["country"]\ntop_k = 3\n')
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(orjson.dumps(segmented_json(e)) for e in stream(5000, 3)))
+    assert cli.main(["reference", "build", "-c", str(path), "--model", "m", "--input", str(events), "--no-store",
+                     "--output", str(tmp_path / "ref.json")]) == 0
+    assert "3 segments and the rest" in capsys.readouterr().out
+    profile = ReferenceProfile.from_dict(orjson.loads((tmp_path / "ref.json").read_bytes()))
+    assert [(values, p.events) for values, p in profile.segments.top] == [(("DE",), 1765), (("US",), 1210),
+                                                                          (("FR",), 767)]
+    assert profile.segments.rest.events == 1258
