@@ -17,12 +17,16 @@ code path:
   its 10 normal features): false alarms over the same number of stationary
   events, and the delay of a correlation 0 → ρ between two features whose
   marginals do not change.
+- **segments** (`--segments`, alone): a model segmented by a 60-value country
+  with `top_k` 0, 10 and 50: its state's bytes and memory per segment, events/s
+  and false alarms over stationary events.
 - **delays**: 20,000 unchanged values, then a change; events from the change
   to each detector's first `firing` (median of 5 seeds), with the model's share
   and with today's per-test budget.
 
     .venv/bin/python bench/false_alarms.py [--events 1000000] [--model-events 1000000]
     .venv/bin/python bench/false_alarms.py --quick   # a smoke run, seconds
+    .venv/bin/python bench/false_alarms.py --segments   # only what per-segment detectors cost
 """
 
 from __future__ import annotations
@@ -243,6 +247,68 @@ def joint(args: tuple[str, int, float]) -> tuple[str, float, int, list]:
     return what, rho, n, [(o - REFERENCE - 20_000, s, d) for o, s, d in after] + [(-1, s, d) for _, s, d in before]
 
 
+def segmented_events(rng: np.random.Generator, n: int, start: int, countries: int = 60) -> list[InferenceEvent]:
+    """Five N(0, 1) features and a country among ``countries`` with Zipf-like shares (stationary)."""
+    shares = 1.0 / np.arange(1, countries + 1)
+    drawn = rng.choice(countries, size=n, p=shares / shares.sum())
+    values = rng.normal(size=(n, 5)).round(4)
+    return [InferenceEvent(f"e{start + i}", "m", None, {**{f"x{j}": float(values[i, j]) for j in range(5)},
+                                                         "country": f"c{drawn[i]:02d}"}) for i in range(n)]
+
+
+def segments_cost(args: tuple[int, int, bool]) -> dict:
+    """One segmented model (``top_k`` 0: none) over ``events`` stationary events after its warm-up: seconds,
+    false alarms, the state's bytes and (``traced``) the monitor's memory."""
+    top_k, events, traced = args
+    import tracemalloc  # noqa: PLC0415
+    from stream_monitor.state import encode_state  # noqa: PLC0415
+    table = {"reference": {"events": REFERENCE}, "features": {**{f"x{j}": "numeric" for j in range(5)},
+                                                              "country": "categorical"}}
+    if top_k:
+        table["segments"] = {"columns": ["country"], "top_k": top_k, "min_events": 20}
+    rng = np.random.default_rng(20261202)
+    warmup = segmented_events(rng, REFERENCE, 0)
+    if traced:
+        tracemalloc.start()
+    monitor = PartitionMonitor(parse_config({"models": {"m": table}}), 0, {})
+    monitor.process_batch([(i, e, None) for i, e in enumerate(warmup)])
+    fired, seconds, done = 0, 0.0, REFERENCE
+    while done < REFERENCE + events:
+        batch = segmented_events(rng, 10_000, done)
+        began = time.perf_counter()
+        for first in range(0, len(batch), 1000):
+            fired += sum(a.status == "firing" for a in monitor.process_batch(
+                [(done + first + i, e, None) for i, e in enumerate(batch[first:first + 1000])]))
+        seconds += time.perf_counter() - began
+        done += len(batch)
+    memory = tracemalloc.get_traced_memory()[0] if traced else None
+    if traced:
+        tracemalloc.stop()
+    model = monitor.models["m"]
+    segments = 0 if model.segments is None else len(model.segments.segments)
+    return {"top_k": top_k, "segments": segments, "columns": 0 if model.segments is None else
+            len(model.segments.all_columns()), "state": len(encode_state(monitor.snapshot())),
+            "memory": memory, "rate": events / seconds, "fired": fired, "events": events}
+
+
+def print_segments(events: int) -> None:
+    """The cost of segments: per top_k, the state's bytes and memory per segment, events/s, false alarms."""
+    with ProcessPoolExecutor(2) as pool:
+        runs = list(pool.map(segments_cost, [(k, events, False) for k in (0, 10, 50)]))
+        traced = list(pool.map(segments_cost, [(k, 20_000, True) for k in (0, 10, 50)]))
+    base, base_memory = runs[0], traced[0]["memory"]
+    print(f"Segments: 5 numeric features and a country of 60 values (Zipf shares), reference {REFERENCE:,} (a segment needs 20 of its events), "
+          f"{events:,} stationary events after it (memory: after 20,000)")
+    print("| top_k | segments | segment columns | state bytes | state per segment | memory per segment | "
+          "events/s | false alarms |")
+    print("|---|---|---|---|---|---|---|---|")
+    for run, trace in zip(runs, traced):
+        per = run["segments"] or 1
+        print(f"| {run['top_k']} | {run['segments']} | {run['columns']} | {run['state']:,} | "
+              f"{(run['state'] - base['state']) / per:,.0f} | {(trace['memory'] - base_memory) / per / 1024:,.0f} KiB | "
+              f"{run['rate']:,.0f} | {run['fired']} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=1_000_000, help="values per stream of the per-detector table")
@@ -250,7 +316,12 @@ def main() -> int:
                         help="the wide model's events after its partitions' warm-ups, all partitions together")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="a smoke run (a few seconds; the figures mean nothing)")
+    parser.add_argument("--segments", action="store_true",
+                        help="only the cost of per-segment detectors (state, memory, events/s, false alarms)")
     args = parser.parse_args()
+    if args.segments:
+        print_segments(20_000 if args.quick else 200_000)
+        return 0
     reference, after, checked = REFERENCE, 60_000, 300_000
     if args.quick:
         args.events, args.model_events, args.seeds = 2_000, 4_000, 1

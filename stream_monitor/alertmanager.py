@@ -38,7 +38,7 @@ import orjson
 
 from .config import AlertmanagerConfig, redact_url, remember_secrets
 from .errors import AlertmanagerError, ConfigError
-from .events import format_time
+from .events import format_time, segment_words
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def alertname(signal: str) -> str:
 def segment_label(segment: Any) -> str:
     """A segment object as one label value: ``country=DE,device=ios`` (keys sorted)."""
     if isinstance(segment, Mapping):
-        return ",".join(f"{key}={segment[key]}" for key in sorted(segment))
+        return segment_words(segment)
     return "" if segment is None else str(segment)
 
 

@@ -19,7 +19,9 @@ import threading
 import time
 from collections import deque
 from datetime import datetime
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .events import segment_words
 
 HISTORY_POINTS = 240
 RATE_WINDOW_SECONDS = 10.0  # events/s is measured over this much of the recent past
@@ -256,6 +258,8 @@ class StatusBoard:
                         entry.setdefault("incidents", []).append(dict(row, partition=part["partition"]))
                     for row in model.get("retraining", []):
                         entry.setdefault("retraining", []).append(dict(row, partition=part["partition"]))
+                    if model.get("segments"):
+                        entry.setdefault("segment_parts", []).append((part["partition"], model["segments"]))
                     for row in model.get("detectors", []):
                         if row.get("shares"):
                             column, value = (model_id, row["signal"], row["name"]), row.get("statistic") or 0.0
@@ -278,6 +282,8 @@ class StatusBoard:
                     entry["incidents"] = ranked_incidents(entry["incidents"])
                 if "retraining" in entry:
                     entry["retraining"] = recent_requests(entry["retraining"])
+                if "segment_parts" in entry:
+                    entry["segments"] = gathered_segments(entry.pop("segment_parts"))
                 rows = []
                 for key, row in sorted(entry["detectors"].items(), key=lambda kv: (order.get(kv[0][1], 9), kv[0])):
                     shown = dict(row, history=[[round(t, 3), v] if mark is None else [round(t, 3), v, mark]
@@ -333,6 +339,20 @@ def firing_pictures(models: Mapping[str, Any], shares: Mapping[tuple, tuple]) ->
 
 
 SHOWN_INCIDENTS = 10  # incident rows per model on the page and in `status`
+
+
+def gathered_segments(parts: Iterable[tuple[int, Sequence[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
+    """A model's segments over its partitions (each partition's ``segments`` summary rows): per segment, in
+    the reference's order, its events and the detectors firing (each with its partition)."""
+    out: dict[str, dict[str, Any]] = {}
+    for partition, rows in parts:
+        for row in rows:
+            held = out.setdefault(segment_words(row["segment"]), {"segment": dict(row["segment"]), "events": 0,
+                                                                   "reference_events": 0, "firing": []})
+            held["events"] += row["events"]
+            held["reference_events"] = max(held["reference_events"], row["reference_events"])
+            held["firing"].extend(dict(f, partition=partition) for f in row["firing"])
+    return list(out.values())
 
 
 def ranked_incidents(rows: list[Mapping[str, Any]]) -> list[dict[str, Any]]:

@@ -10,7 +10,8 @@ per categorical column its two quality rates and PSI; the label column (three,
 counted from the start so thresholds do not move when labels arrive); the
 performance drift detector; the estimated performance where the model may be a
 classifier with scores; the multivariate test where the reference has a joint
-part — and :func:`split` gives each an equal share (0.1 over the 182 tests of
+part; with segments, each window test that also runs per segment, once for all
+segments — and :func:`split` gives each an equal share (0.1 over the 182 tests of
 a 20-feature classifier with a score and latency: 5.5·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
 value it sees, which is what makes the sum over partitions the model's:
 
@@ -101,19 +102,39 @@ def column_tests(numeric: bool, detectors: Any = None) -> int:
     return tests
 
 
+def window_tests(numeric: bool, detectors: Any = None) -> int:
+    """The window tests of one column (its data-quality rates, PSI and KS): what a segment runs of it.
+
+    >>> window_tests(True), window_tests(False)
+    (6, 3)
+    """
+    on = (lambda name: True) if detectors is None else (lambda name: getattr(detectors, name).enabled)
+    quality = (QUALITY_NUMERIC if numeric else QUALITY_CATEGORICAL) if on("data_quality") else 0
+    return quality + 1 + (1 if numeric and on("ks") else 0)
+
+
 def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None, estimate: bool = False,
-                joint: bool = False) -> int:
+                joint: bool = False, segmented: Iterable[bool] = ()) -> int:
     """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
     not as ``numeric`` says: theirs, the label column's (categorical), with ``performance`` the error
     stream's drift detector, with ``estimate`` the estimated performance (one test: its four metrics share
     it) and with ``joint`` the multivariate test. Fixed limits (metric floors, the p95 ceiling) are not
     tests of the budget.
 
+    ``segmented``: the columns (numeric or not) whose window tests also run per segment. Each such test
+    counts once for all the model's segments together: a segment's window of ``n`` of its events is
+    allowed ``share × n / 10⁶`` like any window, and a segment that carries a fraction ``f`` of the
+    traffic closes ``f × 10⁶ / n`` windows per 10^6 of the model's events, so the segments together
+    spend ``share`` per 10^6, however many there are and however the traffic divides between them.
+
     >>> model_tests([True] * 22, performance=True, estimate=True, joint=True)  # 20 numeric features, score, latency
     182
+    >>> model_tests([True] * 22, performance=True, estimate=True, joint=True, segmented=[True] * 22)  # and per segment
+    314
     """
     return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
-            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0))
+            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0)
+            + sum(window_tests(n, detectors) for n in segmented))
 
 
 def split(budget_per_million: float, tests: int) -> float:

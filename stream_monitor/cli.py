@@ -219,6 +219,8 @@ def _reference_build(args: argparse.Namespace) -> int:
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
                               model.detectors.psi.top_k, source="stored", labels=labels,
                               joint_features=model.detectors.multivariate.max_features)
+    from .segments import with_segments  # noqa: PLC0415
+    profile = with_segments(profile, events, model)
     _refuse_unmonitored(args, model, profile, events)
     if not args.no_store:
         from .state import ReferenceStore  # noqa: PLC0415
@@ -231,6 +233,7 @@ def _reference_build(args: argparse.Namespace) -> int:
           f"{len(profile.features)} features, {len(labels)} labels"
           + (f" ({len(profile.pairs)} joined to their predictions: they calibrate the estimated performance)"
              if profile.pairs else "")
+          + ("" if profile.segments is None else f", {len(profile.segments.top)} segments and the rest")
           + f" ({rejected} rows rejected)"
           + ("; running services switch to it within seconds" if not args.no_store and model.reference.source == "stored"
              else ""))
@@ -276,6 +279,11 @@ def _reference_show(args: argparse.Namespace) -> int:
     if profile.labels is not None:
         top = ", ".join(f"{c} {p:.0%}" for c, p in zip(profile.labels.categories[:5], profile.labels.proportions))
         print(f"  {'label':<10} {'label':<20} categorical {profile.labels.events} labels: {top}")
+    if profile.segments is not None:
+        shown = ", ".join(f"{'/'.join('null' if v is None else v for v in values)} {p.events}"
+                          for values, p in profile.segments.top)
+        rest = 0 if profile.segments.rest is None else profile.segments.rest.events
+        print(f"  segments by {', '.join(profile.segments.columns)}: {shown}; the rest {rest} (events each)")
     return 0
 
 
@@ -351,7 +359,8 @@ def _status(args: argparse.Namespace) -> int:
         partitions.append({"topic": row["topic"], "partition": row["partition"], "next_offset": row["next_offset"],
                            "end_offset": end, "lag": None if end is None else max(0, end - row["next_offset"]),
                            **{k: row[k] for k in ("saved_at_ms", "dead_letters", "dead_letter_reasons", "models")}})
-    from .board import dead_letter_reasons, ranked_incidents, recent_requests  # noqa: PLC0415
+    from .board import dead_letter_reasons, gathered_segments, ranked_incidents, recent_requests  # noqa: PLC0415
+    from .events import segment_words  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary, incidents_summary, requests_summary  # noqa: PLC0415
@@ -420,6 +429,13 @@ def _status(args: argparse.Namespace) -> int:
         _print_requests(recent_requests([dict(row, partition=p["partition"]) for p in partitions
                                          for row in p["models"].get(model_id, {}).get("retraining", ())] +
                                         [dict(row, partition=None) for row in model_level.get("retraining", ())]))
+        segments = gathered_segments((p["partition"], p["models"].get(model_id, {}).get("segments") or ())
+                                     for p in partitions)
+        for row in segments:
+            firing = "; ".join(f"{f['signal']} {f['name']} {f['detector']} {_num(f.get('statistic'))} (partition "
+                               f"{f['partition']})" for f in row["firing"])
+            print(f"  segment {logs.clean(segment_words(row['segment']))}: {row['events']:,} events, "
+                  + (f"FIRING {logs.clean(firing)}" if firing else "ok"))
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:
             print(f"  NOT MONITORED: configured features {logs.clean(', '.join(unmonitored))} have no profile in the reference")

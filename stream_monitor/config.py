@@ -714,6 +714,26 @@ class ModelRetrainingConfig(_Table):
         "request's, are not held back; 0: no cooldown.")] = 3_600.0
 
 
+class SegmentsConfig(_Table):
+    columns: Annotated[tuple[Annotated[str, NOT_EMPTY], ...], doc(
+        "Feature columns whose values (a tuple of values for several columns) cut the model's traffic into "
+        "segments; each window detector (PSI, KS, data quality) also runs per segment for the `top_k` most "
+        "frequent segments of the reference and one `__rest__` segment for all others (`segment` on their "
+        "alerts). The point detectors (ADWIN, Page-Hinkley) run model-wide only. With `decisions = \"model\"` the "
+        "segments are decided over all partitions too (with a stored reference). Empty: no segments. See "
+        "\"Segments\" in the README.", checks="distinct feature names", default="`[]`")] = ()
+    top_k: Annotated[int, Meta(ge=1, le=100), doc(
+        "Segments with detectors of their own: the most frequent values of the reference with at least "
+        "`min_events` reference events (ties by value); every other value, and values first seen after the "
+        "reference, fold into `__rest__`. At most `top_k` + 1 segments per model.")] = 10
+    min_events: Annotated[int, Meta(ge=10), doc(
+        "Reference events a segment needs to be one of the `top_k` (fewer: it folds into `__rest__`).")] = 100
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.columns)
+
+
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
@@ -734,6 +754,7 @@ class ModelConfig(_Table):
     performance: PerformanceConfig = PerformanceConfig()
     oip: OipConfig = OipConfig()
     retraining: ModelRetrainingConfig = ModelRetrainingConfig()
+    segments: SegmentsConfig = SegmentsConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
@@ -1137,6 +1158,13 @@ def _check_model(model: ModelConfig, where: str) -> None:
     if psi.warning > psi.critical:
         raise ConfigError(f"{where}.detectors.psi.warning",
                           f"must be <= critical ({psi.critical:g}), got {psi.warning:g}")
+    columns = model.segments.columns
+    if len(set(columns)) != len(columns):
+        raise ConfigError(f"{where}.segments.columns", f"names a column twice: {list(columns)}")
+    missing = [c for c in columns if model.features is not None and c not in model.features]
+    if missing:
+        raise ConfigError(f"{where}.segments.columns", f"{missing[0]!r} is not one of the model's features "
+                          f"({', '.join(sorted(model.features)) or 'none'})")
     task = model.performance.task
     # an inferred task (empty): floors apply if it turns out classification, ceilings if regression
     allowed = {"floors": CLASSIFICATION_METRICS if task in ("", "classification") else (),

@@ -103,11 +103,13 @@ class Alert:
     incident: str | None = None  # its incident's id (stream_monitor/incidents.py; model-level: merge.incident_id)
     window: Mapping[str, Any] | None = None  # a model-level decision: what it decided on (docs/MODEL_DECISIONS.md)
     drivers: tuple[Mapping[str, Any], ...] | None = None  # the features that moved most (stream_monitor/drivers.py)
+    segment: Mapping[str, str | None] | None = None  # a segment's detector: column → value (stream_monitor/segments.py)
 
     def __post_init__(self) -> None:
         if not self.alert_id:
             object.__setattr__(self, "alert_id", alert_id(
-                self.model_id, self.signal, self.name, self.detector, self.partition, self.offset, self.status))
+                self.model_id, self.signal, self.name, self.detector, self.partition, self.offset, self.status,
+                self.segment))
 
     def to_dict(self, detected_at_ms: int, max_bytes: int | None = None) -> dict[str, Any]:
         """The alert JSON (schemas/alert.json), bounded by construction.
@@ -144,6 +146,8 @@ class Alert:
         if self.window is not None:
             record["window"] = _bounded({**self.window, "first": format_time(self.window["first"]),
                                          "last": format_time(self.window["last"])}, "window", cuts)
+        if self.segment is not None:
+            record["segment"] = _bounded(dict(self.segment), "segment", cuts)
         if self.drivers is not None:
             record["drivers"] = [{**d, "name": _bounded(d["name"], "drivers", cuts)} for d in self.drivers]
         if cuts:
@@ -158,14 +162,34 @@ class Alert:
 
 
 def alert_id(model_id: str, signal: str, name: str, detector: str,
-             partition: int, offset: int, status: str) -> str:
-    """A pure function of what identifies an alert.
+             partition: int, offset: int, status: str, segment: Mapping[str, Any] | None = None) -> str:
+    """A pure function of what identifies an alert (a segment's alert: its segment too; without one, the
+    id is what it always was).
 
     >>> alert_id("fraud", "feature", "amount", "psi", 3, 123456, "firing")[:16]
     'b33b131dc4c4cae6'
+    >>> alert_id("fraud", "feature", "amount", "psi", 3, 123456, "firing", {"country": "DE"})[:16]
+    '8bf552ce4925ccbe'
     """
-    text = "\x1f".join((model_id, signal, name, detector, str(partition), str(offset), status))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    parts = (model_id, signal, name, detector, str(partition), str(offset), status)
+    if segment is not None:
+        parts += (segment_id_text(segment),)
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
+
+
+def segment_words(segment: Mapping[str, Any]) -> str:
+    """A segment in a few words, as logs, pages and labels show it: ``country=DE,device=ios`` (columns
+    sorted; null for a missing value).
+
+    >>> segment_words({"device": None, "country": "DE"})
+    'country=DE,device=null'
+    """
+    return ",".join(f"{column}={'null' if segment[column] is None else segment[column]}" for column in sorted(segment))
+
+
+def segment_id_text(segment: Mapping[str, Any]) -> str:
+    """A segment as exact text (sorted JSON) for ids and stored keys."""
+    return orjson.dumps(dict(segment), option=orjson.OPT_SORT_KEYS).decode()
 
 
 ALERT_MAX_CHARS = 1_024  # longer strings in an alert are cut to this many characters plus a marker

@@ -56,12 +56,15 @@ def window_point(model_id: str, signal: str, name: str, detector: str, statistic
 
 
 def alert_point(alert: Any) -> dict[str, Any]:
-    """An alert (firing or resolved), for the markers and the episodes."""
-    return {"kind": "alert", "model": alert.model_id, "signal": alert.signal, "name": alert.name,
-            "detector": alert.detector, "status": alert.status, "severity": alert.severity,
-            "statistic": _number(alert.statistic), "threshold": _number(alert.threshold),
-            "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
-            "alert_id": alert.alert_id, "message": alert.message}
+    """An alert (firing or resolved), for the markers and the episodes (a segment's: with its segment)."""
+    point = {"kind": "alert", "model": alert.model_id, "signal": alert.signal, "name": alert.name,
+             "detector": alert.detector, "status": alert.status, "severity": alert.severity,
+             "statistic": _number(alert.statistic), "threshold": _number(alert.threshold),
+             "partition": alert.partition, "offset": alert.offset, "event_time_ms": alert.event_time_ms,
+             "alert_id": alert.alert_id, "message": alert.message}
+    if alert.segment is not None:
+        point["segment"] = dict(alert.segment)
+    return point
 
 
 def _number(value: Any) -> float | None:
@@ -122,19 +125,23 @@ def parse_duration(text: str) -> float:
 
 
 def episodes(points: Iterable[Mapping[str, Any]], clock: str = "wall_ms") -> list[dict[str, Any]]:
-    """Firing → resolved spans per (signal, name, detector, partition) from the alert points (in time
-    order); an episode still open has ``end`` ``None``. Times are the points' ``clock`` field."""
+    """Firing → resolved spans per (signal, name, detector, partition, segment) from the alert points (in
+    time order); an episode still open has ``end`` ``None``. Times are the points' ``clock`` field."""
     open_: dict[tuple, dict[str, Any]] = {}
     out: list[dict[str, Any]] = []
     for point in points:
         if point.get("kind") != "alert":
             continue
-        key = (point["signal"], point["name"], point["detector"], point.get("partition"))
+        segment = point.get("segment")
+        key = (point["signal"], point["name"], point["detector"], point.get("partition"),
+               None if segment is None else tuple(sorted(segment.items())))
         if point["status"] == "firing":
             if key not in open_:
                 episode = {"signal": key[0], "name": key[1], "detector": key[2], "partition": key[3],
                            "severity": point["severity"], "start": point.get(clock), "end": None,
                            "message": point.get("message", "")}
+                if segment is not None:
+                    episode["segment"] = dict(segment)
                 open_[key] = episode
                 out.append(episode)
             elif point["severity"] == "critical":

@@ -51,7 +51,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Iterable, Mapping, Sequence
 
-from .events import Alert
+from .events import Alert, segment_id_text
 
 HISTORY = 5  # closed incidents a model keeps for the status page and `status`
 SUMMARY_DRIVERS = 10  # drivers an incident's status row lists (``columns`` counts them all)
@@ -61,9 +61,10 @@ NO_LEVEL = frozenset({"adwin"})  # its threshold is a confidence (delta), not a 
 _SEVERITY = {"critical": 0, "warning": 1}
 
 
-def episode_key(signal: str, name: str, detector: str) -> str:
-    """The key of one episode (a model's (signal, name, detector)) in an incident's state."""
-    return "\x1f".join((signal, name, detector))
+def episode_key(signal: str, name: str, detector: str, segment: Mapping[str, Any] | None = None) -> str:
+    """The key of one episode (a model's (signal, name, detector[, segment])) in an incident's state."""
+    parts = (signal, name, detector) if segment is None else (signal, name, detector, segment_id_text(segment))
+    return "\x1f".join(parts)
 
 
 def _ratio(member: Mapping[str, Any]) -> float | None:
@@ -142,7 +143,7 @@ class Incidents:
         return out, [(what, self._line(what, record)) for what, record in happened]
 
     def _take(self, alert: Alert, happened: list, opens_as: str | None = None) -> str | None:
-        key = episode_key(alert.signal, alert.name, alert.detector)
+        key = episode_key(alert.signal, alert.name, alert.detector, alert.segment)
         record = self.open
         if alert.status == "firing":
             if record is None:

@@ -33,8 +33,9 @@ from .detectors.episode import Episode, Transition
 from .detectors.percentile import percentile_cell, percentile_of
 from .detectors.psi import psi
 from .detectors.quality import CHECKS
-from .events import Alert
+from .events import Alert, segment_id_text, segment_words
 from .incidents import Incidents
+from .segments import Segments, monitored_columns
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
                         ReferenceProfile, WarmupSummary)
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
@@ -105,8 +106,24 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     det = model.detectors
     numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
     estimate = may_estimate(model) and reference.score is not None
+    segmented = [isinstance(ref, NumericReference) for _, _, ref in segmented_columns(model, reference)]
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
-                                                           runs_joint(model, reference)))
+                                                           runs_joint(model, reference), segmented))
+
+
+def runs_segments(model: ModelConfig, reference: ReferenceProfile) -> bool:
+    """Whether the model runs per-segment detectors on ``reference``: segments configured and the reference
+    has profiles built for them (a model-level warm-up's reference has none)."""
+    wanted = model.segments
+    return (wanted.enabled and reference.segments is not None
+            and reference.segments.fits(wanted.columns, wanted.top_k, wanted.min_events))
+
+
+def segmented_columns(model: ModelConfig, reference: ReferenceProfile) -> list[tuple[str, str, ColumnReference]]:
+    """The model's columns whose window tests also run per segment (none without segments)."""
+    if not runs_segments(model, reference):
+        return []
+    return monitored_columns(reference, model.segments.columns, model.detectors.latency.enabled)
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:
@@ -145,6 +162,21 @@ def add_partial(into: dict[str, Any], partial: Mapping[str, Any]) -> None:
             add_cells(held.setdefault("p95", {}), column["p95"])
 
 
+def segment_parts(partial: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """A partial's per-segment parts (``segments``: events per segment key; ``segment_columns``: keyed
+    "<segment key>|<column key>"), each as a partial of its own (events and columns)."""
+    out = {key: {"events": events, "columns": {}} for key, events in partial.get("segments", {}).items()}
+    for key, column in partial.get("segment_columns", {}).items():
+        segment, _, column_name = key.partition("|")
+        out.setdefault(segment, {"events": 0, "columns": {}})["columns"][column_name] = column
+    return out
+
+
+def segment_sketch_key(index: int) -> str:
+    """The key of a reference's segment (its index: the top ones in rank order, then the rest) in partials."""
+    return f"s{index}"
+
+
 def _firing_order(record: Mapping[str, Any]) -> tuple:
     return record["offset"], record["signal"], record["name"], POINT_DETECTORS.index(record["detector"])
 
@@ -166,6 +198,18 @@ class BucketSketch:
         self.floor: int | None = None  # buckets below are closed
         self.warmup = warmup
         self.warming: dict[int, WarmupSummary] = {}  # open buckets' warm-up summaries
+        self.segment_keys: set[str] = set()  # columns counted per segment ("s<i>|signal:name"), apart
+
+    def add_segment_columns(self, columns: Mapping[str, ColumnReference]) -> None:
+        """Count these per-segment columns too (key "s<i>|signal:name" → the segment's reference)."""
+        self.columns.update(columns)
+        self.segment_keys.update(columns)
+
+    def count_segment(self, key: str, buckets: np.ndarray) -> None:
+        """A segment's events of a batch (one bucket per event)."""
+        for bucket, n in zip(*np.unique(buckets, return_counts=True)):
+            counts = self._bucket(int(bucket)).setdefault("segments", {})
+            counts[key] = counts.get(key, 0) + int(n)
 
     def take_over(self, other: "BucketSketch") -> None:
         """Continue where a warm-up sketch left off: its closed partials and its floor."""
@@ -201,12 +245,14 @@ class BucketSketch:
         """One column's batch: ``buckets`` and data-quality ``codes`` per value, the PSI bins (and KS
         cells, and for latency the p95 histogram's cells) of its ``usable`` values."""
         reference = self.columns[key]
+        part = "segment_columns" if key in self.segment_keys else "columns"
         p95 = self.p95 and key.startswith("latency:")
         usable_buckets = buckets[usable] if len(usable) else buckets[:0]
         for bucket in np.unique(buckets).tolist():
-            column = self._bucket(bucket)["columns"].get(key)
+            columns = self._bucket(bucket).setdefault(part, {})
+            column = columns.get(key)
             if column is None:
-                column = self._bucket(bucket)["columns"][key] = _empty_column(reference, self.ks, p95)
+                column = columns[key] = _empty_column(reference, self.ks, p95)
             mine = buckets == bucket
             column["n"] += int(mine.sum())
             problems = codes[mine]
@@ -274,6 +320,10 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
     out = {"events": partial["events"],
            "columns": {k: {p: _copy_cell(v) for p, v in c.items()} for k, c in partial["columns"].items()},
            "firings": [dict(f) for f in partial["firings"]]}
+    if "segments" in partial:  # per-segment events and columns
+        out["segments"] = dict(partial["segments"])
+        out["segment_columns"] = {k: {p: _copy_cell(v) for p, v in c.items()}
+                                  for k, c in partial.get("segment_columns", {}).items()}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
     out.update(mergeperf.copy_parts(partial))
@@ -328,14 +378,16 @@ def frontier(partitions: Sequence[PartitionPartials], bucket_ms: int) -> int | N
 
 
 def window_alert_id(model_id: str, signal: str, name: str, detector: str, first_bucket: int, last_bucket: int,
-                    status: str) -> str:
-    """A model-level decision's id: a pure function of what it decided on.
+                    status: str, segment: Mapping[str, Any] | None = None) -> str:
+    """A model-level decision's id: a pure function of what it decided on (a segment's: its segment too).
 
     >>> window_alert_id("fraud", "feature", "amount", "psi", 10, 14, "firing")[:16]
     'a02834c2e760d67c'
     """
-    text = "\x1f".join((model_id, signal, name, detector, "window", str(first_bucket), str(last_bucket), status))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    parts = (model_id, signal, name, detector, "window", str(first_bucket), str(last_bucket), status)
+    if segment is not None:
+        parts += (segment_id_text(segment),)
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()
 
 
 class _Episodes:
@@ -392,6 +444,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     episodes = _Episodes(model, state["episodes"])
     columns = merged_columns(reference, model.detectors.latency.enabled)
     share = model_share(model, reference)
+    segments = Segments(reference.segments) if runs_segments(model, reference) else None
     merged = sorted({e[0] for e in entries})
     opened_in: list[int] = []  # per alert of ``out``: the first bucket of the model window it was raised in
     for bucket in merged:
@@ -408,6 +461,8 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
                 add_partial(window, partial)
                 where = f"{topic}|{partition}"
                 window["by_partition"][where] = window["by_partition"].get(where, 0) + partial["events"]
+                if segments is not None:
+                    _add_segments(state.setdefault("segment_windows", {}), partial, bucket, where)
             firings.extend((-1 if f["time"] is None else f["time"], topic, partition, f["offset"], f)
                            for f in partial["firings"])
         firings.sort(key=lambda f: f[:4])
@@ -427,6 +482,8 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         for decided in mergejoint.merge_bucket(model, reference, state, bucket, group, share):
             out.extend(_with_drivers(_joint_alerts(model, decided, bucket_ms, points), state.get("feature_psi"),
                                      reference))
+        if segments is not None:
+            out.extend(_decide_segments(model, segments, episodes, state, bucket_ms, share))
         opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
         opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
@@ -496,6 +553,35 @@ def _joint_alerts(model: ModelConfig, decided: mergejoint.Decided, bucket_ms: in
                          offset=None, event_time_ms=payload["last"], message=message, window=payload,
                          alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
                                                   payload["last_bucket"], transition.status)))
+    return out
+
+
+def _add_segments(windows: dict[str, Any], partial: Mapping[str, Any], bucket: int, where: str) -> None:
+    """A partial's per-segment parts into each segment's open window."""
+    for key, part in segment_parts(partial).items():
+        window = windows.get(key)
+        if window is None:
+            window = windows[key] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
+        window["last_bucket"] = bucket
+        add_partial(window, part)
+        window["by_partition"][where] = window["by_partition"].get(where, 0) + part["events"]
+
+
+def _decide_segments(model: ModelConfig, segments: Segments, episodes: _Episodes, state: dict[str, Any],
+                     bucket_ms: int, share: float) -> list[Alert]:
+    """Each segment window that holds at least ``psi.window`` of its events, decided like a model window
+    against the segment's profile (in the reference's segment order)."""
+    out: list[Alert] = []
+    windows = state.get("segment_windows", {})
+    latency = model.detectors.latency.enabled
+    for index, (segment, profile) in enumerate(zip(segments.objects, segments.profiles)):
+        key = segment_sketch_key(index)
+        window = windows.get(key)
+        if window is None or profile is None or window["events"] < model.detectors.psi.window:
+            continue
+        columns = monitored_columns(profile, model.segments.columns, latency)
+        out.extend(_decide(model, columns, episodes, window, bucket_ms, share, segment=segment))
+        del windows[key]
     return out
 
 
@@ -660,8 +746,14 @@ def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
         window = {**window, "columns": {k: {p: _copy_cell(v) for p, v in c.items()}
                                         for k, c in window["columns"].items()},
                   "by_partition": dict(window["by_partition"])}
-    return {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
-            "through": dict(state.get("through", {})), **mergeperf.copy_sides(state)}
+    out = {**state, "window": window, "episodes": {k: dict(v) for k, v in state["episodes"].items()},
+           "through": dict(state.get("through", {})), **mergeperf.copy_sides(state)}
+    if "segment_windows" in state:
+        out["segment_windows"] = {k: {**w, "columns": {c: {p: _copy_cell(v) for p, v in col.items()}
+                                                       for c, col in w["columns"].items()},
+                                      "by_partition": dict(w["by_partition"])}
+                                  for k, w in state["segment_windows"].items()}
+    return out
 
 
 def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: Mapping[str, Any]) -> list[Alert]:
@@ -688,12 +780,15 @@ def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]
 
 def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapping[str, Any],
             bucket_ms: int, budget: float, points: list | None = None,
-            feature_psi: dict | None = None) -> list[Alert]:
+            feature_psi: dict | None = None, segment: Mapping[str, Any] | None = None) -> list[Alert]:
     """A full model window: per column data quality, PSI and KS on the merged counts (thresholds for the
     window's actual size and each test's ``budget``, its share of the model's), and the resolution of the
     column's point episodes. ``points``: gets each statistic's history point (:mod:`stream_monitor.history`);
-    ``feature_psi``: gets each feature's PSI (the drivers of the window's alerts)."""
+    ``feature_psi``: gets each feature's PSI (the drivers of the window's alerts). ``segment``: a segment's
+    window (its episodes and ids its own, no history points, no point detectors to resolve)."""
     det = model.detectors
+    prefix = "" if segment is None else f"segment|{segment_id_text(segment)}|"
+    shown = "" if segment is None else f"[{segment_words(segment)}]"
     payload = _window_payload(window, bucket_ms)
     out: list[Alert] = []
     points = [] if points is None else points
@@ -705,13 +800,13 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         entry["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
         points.append(entry)
 
-    alert = _window_alert(model, payload)
+    alert = _window_alert(model, payload, segment)
 
     for signal, name, ref in columns:
         column = window["columns"].get(column_key(signal, name))
         if column is None or column["n"] == 0:
             continue
-        label = f"{model.model_id}.{name}" if signal != "prediction" else f"{model.model_id}.prediction.{name}"
+        label = (f"{model.model_id}.{name}" if signal != "prediction" else f"{model.model_id}.prediction.{name}") + shown
         numeric = isinstance(ref, NumericReference)
         reference_events = max(ref.events, 1)
         n = column["n"]
@@ -721,7 +816,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 rate = column["quality"][CHECKS.index(check)] / n
                 warning = rate_threshold(budget, n, hits, max(total, 1))
                 critical = max(warning, 0.5)
-                key = f"data_quality|{name}|{check}"
+                key = f"{prefix}data_quality|{name}|{check}"
                 point("data_quality", name, check, rate, warning, critical)
                 episode = episodes.level(key)
                 transition = episode.level(rate, warning, critical)
@@ -730,7 +825,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                     description = words.quality_description(check, ref, label, transition, rate, warning, critical, n)
                     out.append(alert(transition, "data_quality", name, check, rate,
                                      critical if transition.severity == "critical" else warning, description))
-        if column.get("p95"):
+        if column.get("p95") and segment is None:
             out.extend(_p95_ceiling(model, episodes, column["p95"], alert))
         usable = sum(column["psi"])
         if usable == 0:
@@ -741,7 +836,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
         value = psi(ref.proportions, [c / usable for c in column["psi"]], det.psi.epsilon)
         if signal == "feature" and feature_psi is not None:
             feature_psi[name] = value
-        key = f"{signal}|{name}|psi"
+        key = f"{prefix}{signal}|{name}|psi"
         point(signal, name, "psi", value, warning, critical, column["psi"], ref)
         episode = episodes.level(key)
         transition = episode.level(value, warning, critical)
@@ -756,7 +851,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
             for j, cdf in enumerate(ref.ks_cdf):
                 below += column["ks"][j]
                 gap = max(gap, abs(below / usable - cdf))
-            key = f"{signal}|{name}|ks"
+            key = f"{prefix}{signal}|{name}|ks"
             point(signal, name, "ks", gap, threshold, 2 * threshold)
             episode = episodes.level(key)
             transition = episode.level(gap, threshold, 2 * threshold)
@@ -765,7 +860,7 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
                 description = words.ks_description(ref, label, transition, gap, threshold, 2 * threshold, usable)
                 out.append(alert(transition, signal, name, "ks", gap,
                                  2 * threshold if transition.severity == "critical" else threshold, description))
-        for detector in POINT_DETECTORS:  # back within the reference by the model's window: resolved
+        for detector in POINT_DETECTORS if segment is None else ():  # back within the reference: resolved
             key = f"{signal}|{name}|{detector}"
             saved = episodes.state.get(key)
             if saved is None or not saved["firing"] or saved["opened_bucket"] >= window["first_bucket"]:
@@ -780,9 +875,9 @@ def _decide(model: ModelConfig, columns: list, episodes: _Episodes, window: Mapp
     return out
 
 
-def _window_alert(model: ModelConfig, payload: Mapping[str, Any]):
-    """What builds a window decision's alerts: ``partition`` and ``offset`` null, the window named, its id a
-    pure function of what it decided on."""
+def _window_alert(model: ModelConfig, payload: Mapping[str, Any], segment: Mapping[str, Any] | None = None):
+    """What builds a window decision's alerts: ``partition`` and ``offset`` null, the window (and segment)
+    named, its id a pure function of what it decided on."""
 
     def alert(transition: Transition, signal: str, name: str, detector: str, statistic: float, threshold: float,
               description: words.Description) -> Alert:
@@ -790,9 +885,9 @@ def _window_alert(model: ModelConfig, payload: Mapping[str, Any]):
         return Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
                      signal=signal, name=name, detector=detector, statistic=float(statistic),
                      threshold=float(threshold), reference=reference, current=current, partition=None,
-                     offset=None, event_time_ms=payload["last"], message=message, window=payload,
+                     offset=None, event_time_ms=payload["last"], message=message, window=payload, segment=segment,
                      alert_id=window_alert_id(model.model_id, signal, name, detector, payload["first_bucket"],
-                                              payload["last_bucket"], transition.status))
+                                              payload["last_bucket"], transition.status, segment))
 
     return alert
 

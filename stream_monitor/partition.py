@@ -8,9 +8,11 @@ and round-trips through ``snapshot()`` / ``restore()``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import math
+from collections import deque
 from itertools import chain
 from operator import itemgetter
 from typing import Any, Mapping, Sequence
@@ -31,13 +33,15 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .cbpe import EstimatedPerformance, predicted_positive
 from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
-from .events import Alert, InferenceEvent, LabelEvent
+from .events import Alert, InferenceEvent, LabelEvent, segment_words
 from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .mergejoint import PartitionSide, joint_rows, reference_pairs
-from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, share_before_reference
+from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
+    segment_sketch_key, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
+from .segments import SegmentWarmup, Segments, monitored_columns
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
@@ -66,6 +70,8 @@ class ColumnMonitor:
     """
 
     merged = False  # decided at the model level (decisions = "model"); the performance column never is
+    segment: Mapping[str, str | None] | None = None  # a segment's column: column → value (SegmentColumn)
+    sketch_prefix = ""  # a segment's column counts in the partials under "<segment key>|signal:name"
 
     def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
                  merged: bool = False, budget: float | None = None):
@@ -182,7 +188,8 @@ class ColumnMonitor:
             p95_cells = None
             if sketch.p95 and self.signal == "latency" and x is not None:  # the merge's p95 ceiling
                 p95_cells = np.fromiter(map(percentile_cell, x.tolist()), dtype=np.int64, count=len(x))
-            sketch.add(column_key(self.signal, self.name), buckets, codes, usable, psi_bins, ks_cells, p95_cells)
+            sketch.add(self.sketch_prefix + column_key(self.signal, self.name), buckets, codes, usable, psi_bins,
+                       ks_cells, p95_cells)
             started = clock.add("sketch", started)
         batch = Batch(values, usable, x, psi_bins, ks_cells, ranks, scores, closed_quality)
         if closed_quality:  # the data-quality checks only report when their shared window closes
@@ -333,7 +340,7 @@ class ColumnMonitor:
                       signal=adapter.signal or self.signal, name=adapter.subject or self.name, detector=adapter.name,
                       statistic=float(statistic), threshold=float(adapter.alert_threshold(transition.severity)),
                       reference=reference, current=current, partition=partition, offset=offset,
-                      event_time_ms=event_time_ms, message=message)
+                      event_time_ms=event_time_ms, message=message, segment=self.segment)
         adapter.episode.last_alert_id = alert.alert_id
         return alert
 
@@ -538,6 +545,114 @@ class MultivariateColumn(ColumnMonitor):
                 "last_statistic": dict(self.last_statistic)}
 
 
+class SegmentColumn(ColumnMonitor):
+    """One column's window detectors (data quality, PSI, KS) over one segment's events, against the
+    segment's own reference (:mod:`stream_monitor.segments`); its alerts carry the segment. The point
+    detectors and the p95 ceiling run on the model-wide column only; its windows keep no history points."""
+
+    def __init__(self, model: ModelConfig, signal: str, name: str, reference: ColumnReference,
+                 segment: Mapping[str, str | None], budget: float | None = None, merged: bool = False,
+                 sketch_prefix: str = ""):
+        """``merged`` (decisions = "model"): no detectors here; the batch's counts go to the partials under
+        ``sketch_prefix`` and the merge decides the segment's windows."""
+        self.segment = dict(segment)
+        self.sketch_prefix = sketch_prefix
+        super().__init__(model, signal, name, reference, merged, budget)
+        self.adapters = [a for a in self.adapters if not a.point and a.part != "p95"]
+        self._index_adapters()
+        self.points = deque(maxlen=0)
+
+    @property
+    def label(self) -> str:
+        return f"{super().label}[{segment_words(self.segment)}]"
+
+
+class SegmentMonitor:
+    """A model's per-segment detectors: for each of its reference's segments (the top ones, then the rest)
+    a :class:`SegmentColumn` per column the segment's profile has (:func:`stream_monitor.segments.
+    monitored_columns`); a segment without reference events (a rest the reference never saw) has none."""
+
+    def __init__(self, model: ModelConfig, reference: ReferenceProfile, budget: float, merged: bool = False):
+        self.segments = Segments(reference.segments)
+        latency = model.detectors.latency.enabled
+        self.keys = [segment_sketch_key(i) for i in range(len(self.segments))]
+        self.columns: list[list[SegmentColumn]] = [
+            [] if profile is None else [SegmentColumn(model, signal, name, ref, segment, budget, merged, f"{key}|")
+                                        for signal, name, ref in monitored_columns(profile, model.segments.columns,
+                                                                                   latency)]
+            for segment, profile, key in zip(self.segments.objects, self.segments.profiles, self.keys)]
+        self.events = [0] * len(self.segments)  # events seen per segment
+
+    def all_columns(self) -> list[SegmentColumn]:
+        return [column for columns in self.columns for column in columns]
+
+    def update_batch(self, events: Sequence[InferenceEvent], offsets: Sequence[int], positions: Sequence[int],
+                     partition: int, times: Sequence[int | None], features: np.ndarray | None,
+                     names: Sequence[str], slot: int, out: list, buckets: np.ndarray | None = None,
+                     sketch: BucketSketch | None = None) -> None:
+        """The batch's inference events, each through its segment's columns; the alerts into ``out`` as
+        (position, ``slot`` + the column's rank, order, alert). ``features``: the model's feature matrix
+        (rows by ``names``), when the batch has one. ``sketch`` (decisions = "model"): each segment's events
+        and counts go to the partials of their ``buckets`` instead."""
+        where = {name: i for i, name in enumerate(names)}
+        for index, picks in enumerate(self.segments.route(e.features for e in events)):
+            if not picks:
+                continue
+            self.events[index] += len(picks)
+            mine = [events[i] for i in picks]
+            mine_offsets, mine_times = [offsets[i] for i in picks], [times[i] for i in picks]
+            matrix = features[:, picks] if isinstance(features, np.ndarray) else None
+            mine_buckets = None
+            if sketch is not None:
+                mine_buckets = buckets[picks]
+                sketch.count_segment(self.keys[index], mine_buckets)
+            for rank, column in enumerate(self.columns[index]):
+                values = _values(column, mine, matrix, where.get(column.name))
+                for at, order, alert in column.update_batch(values, mine_offsets, partition, mine_times,
+                                                            mine_buckets, sketch):
+                    out.append((positions[picks[at]], slot + rank, order, alert))
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        return [{"segment": dict(segment), "events": events,
+                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in columns}}
+                for segment, events, columns in zip(self.segments.objects, self.events, self.columns)]
+
+    def restore(self, state: Sequence[Mapping[str, Any]], restart: frozenset[str] = frozenset()) -> None:
+        saved = {segment_words(s["segment"]): s for s in state}
+        for index, (segment, columns) in enumerate(zip(self.segments.objects, self.columns)):
+            held = saved.get(segment_words(segment))
+            if held is None:
+                continue
+            self.events[index] = held["events"]
+            for column in columns:
+                if f"{column.signal}:{column.name}" in held["columns"]:
+                    column.restore(held["columns"][f"{column.signal}:{column.name}"], restart)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Per segment: its reference events, events seen, and its detectors firing now."""
+        out = []
+        for segment, profile, columns in zip(self.segments.objects, self.segments.profiles, self.columns):
+            rows = [row for column in columns for row in column.summary()]
+            out.append({"segment": dict(segment), "reference_events": 0 if profile is None else profile.events,
+                        "events": self.events[len(out)], "detectors": len(rows),
+                        "firing": [row for row in rows if row["firing"]]})
+        return out
+
+
+def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: np.ndarray | None,
+            row: int | None) -> Any:
+    """A column's values of ``events``: a row of their feature matrix when there is one, else read from each."""
+    if column.signal == "feature":
+        if isinstance(features, np.ndarray) and row is not None:
+            return features[row]
+        return [e.features.get(column.name) for e in events]
+    if column.signal == "latency":
+        return [e.latency_ms for e in events]
+    if column.name == "score":
+        return [e.score for e in events]
+    return [e.predicted_label for e in events]
+
+
 _EPISODES_OF = {"p95": ("p95_ceiling",), "quality": QUALITY_CHECKS}  # else: the part's own name
 _RESTARTED_NAMES = {"psi": "PSI", "ks": "KS", "quality": "data-quality", "adwin": "ADWIN",
                     "page_hinkley": "Page-Hinkley", "p95": "p95 latency", "multivariate": "joint drift"}
@@ -560,6 +675,8 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
         reference["detectors.multivariate.max_features"] = d.multivariate.max_features
     if model.features is None:
         reference["service.max_inferred_columns"] = service.max_inferred_columns
+    if model.segments.enabled:  # the reference's per-segment profiles (absent: what states saved before meant)
+        reference["segments"] = msgspec.structs.asdict(model.segments) | {"columns": list(model.segments.columns)}
 
     def prefixed(section: str, obj: Any) -> dict[str, Any]:
         return {f"{section}.{k}": (dict(v) if isinstance(v, Mapping) else v) for k, v in msgspec.structs.asdict(obj).items()}
@@ -633,6 +750,8 @@ class ModelMonitor:
         self.label_column: ColumnMonitor | None = None
         self.multivariate: MultivariateColumn | None = None  # the joint test, when on and the reference has one
         self.warmup = WarmupSummary(config.features, self.limits)
+        self.segment_warmup = self._segment_warmup()  # with segments: the warm-up's per-segment summaries
+        self.segments: SegmentMonitor | None = None  # with segments: the per-segment detectors
         self.label_warmup = LabelSummary(self.limits)
         self.untracked: dict[str, Any] = {"columns": 0, "examples": []}  # feature names the warm-up left out
         self.events = 0
@@ -653,6 +772,39 @@ class ModelMonitor:
             self.use_reference(reference)
         elif config.by_model:  # the model-level warm-up: this partition's share, summarised per bucket
             self.sketch = self._warmup_sketch()
+
+    def _segment_warmup(self) -> SegmentWarmup | None:
+        wanted = self.config.segments
+        if not wanted.enabled or self.config.by_model:
+            return None
+        return SegmentWarmup(wanted.columns, wanted.top_k, wanted.min_events, self.config.features, self.limits)
+
+    def _with_segments(self, profile: ReferenceProfile) -> ReferenceProfile:
+        """The warm-up's reference with its per-segment profiles (with segments configured)."""
+        if self.segment_warmup is None:
+            return profile
+        psi = self.config.detectors.psi
+        return dataclasses.replace(profile, segments=self.segment_warmup.build(profile, psi.bins, psi.top_k))
+
+    def _segment_detectors(self, reference: ReferenceProfile) -> SegmentMonitor | None:
+        """The per-segment detectors of ``reference``, when segments are configured and it has their profiles
+        (one log line when it cannot have them)."""
+        wanted = self.config.segments
+        if not wanted.enabled:
+            return None
+        model_id = self.config.model_id
+        if not runs_segments(self.config, reference):
+            log.warning("model %s: the reference has no per-segment profiles for segments.columns = %s, top_k = %d, "
+                        "min_events = %d (built before they were configured, with other settings, or by a model-level warm-up, "
+                        "which builds none: use a stored reference): the segment "
+                        "detectors are off; rebuild the reference (`stream-monitor reference build`)", model_id,
+                        list(wanted.columns), wanted.top_k, wanted.min_events)
+            return None
+        monitor = SegmentMonitor(self.config, reference, self.share, self.config.by_model)
+        if self.sketch is not None:  # decisions = "model": the segments' counts go to the partials too
+            self.sketch.add_segment_columns({c.sketch_prefix + column_key(c.signal, c.name): c.reference
+                                             for c in monitor.all_columns()})
+        return monitor
 
     def _warmup_sketch(self) -> BucketSketch:
         return BucketSketch(None, self.config.detectors.ks.enabled, int(self.config.merge_bucket_seconds * 1000),
@@ -700,8 +852,10 @@ class ModelMonitor:
                 self.sketch.take_over(before)
             self.model_side = PartitionSide(self.config, reference)
         self.multivariate = None if merged else self._joint(reference)
+        self.segments = self._segment_detectors(reference)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
+            self.segment_warmup = self._segment_warmup()
         if reference.labels is not None and not merged:  # decisions = "model": the merge decides label drift
             self._use_labels(reference.labels)
         self._reconcile()
@@ -733,8 +887,10 @@ class ModelMonitor:
                                     if c is not None)]
         estimated = [] if self.estimated is None else \
             [episode_key("estimated_performance", m, "cbpe") for m, e in self.estimated.episodes.items() if e.firing]
-        return [episode_key(a.signal or c.signal, a.subject or c.name, a.name) for c in columns for a in c.adapters
-                if a.episode.firing and not c.merged] + estimated  # a merged column's episodes are the merge's
+        if self.segments is not None:
+            columns.extend(self.segments.all_columns())
+        return [episode_key(a.signal or c.signal, a.subject or c.name, a.name, c.segment) for c in columns
+                for a in c.adapters if a.episode.firing and not c.merged] + estimated  # merged: the merge's
 
     def _share_before_reference(self) -> float:
         """Each test's share while the reference's columns are unknown: of the tests the config alone tells
@@ -787,10 +943,13 @@ class ModelMonitor:
                 continue
             if self.reference is None:
                 self.warmup.add(event)
+                if self.segment_warmup is not None:
+                    self.segment_warmup.add(event)
                 if len(self.warmup) >= self.config.reference.events:
                     psi = self.config.detectors.psi
-                    profile = self.warmup.build(self.config.model_id, psi.bins, psi.top_k, source="warmup",
-                                                joint_features=self.config.detectors.multivariate.max_features)
+                    profile = self._with_segments(self.warmup.build(
+                        self.config.model_id, psi.bins, psi.top_k, source="warmup",
+                        joint_features=self.config.detectors.multivariate.max_features))
                     self._note_untracked(partition)
                     self.use_reference(profile)  # a label column from the label warm-up carries on
                 continue
@@ -955,23 +1114,13 @@ class ModelMonitor:
             buckets = np.fromiter((bucket_of(t, w, sketch.bucket_ms, sketch.floor) for t, w in zip(times, marks)),
                                   dtype=np.int64, count=len(times))
             sketch.count_events(buckets)
-        features = _feature_matrix([e for _, _, e in pending],
-                                   [c.name for c in self.columns if c.signal == "feature"])
+        events = [e for _, _, e in pending]
+        names = [c.name for c in self.columns if c.signal == "feature"]
+        features = _feature_matrix(events, names)
         feature = 0
         for rank, column in enumerate(self.columns):
-            if column.signal == "feature":
-                if isinstance(features, np.ndarray):
-                    values = features[feature]
-                else:
-                    name = column.name
-                    values = [e.features.get(name) for _, _, e in pending]
-                feature += 1
-            elif column.signal == "latency":
-                values = [e.latency_ms for _, _, e in pending]
-            elif column.name == "score":
-                values = [e.score for _, _, e in pending]
-            else:
-                values = [e.predicted_label for _, _, e in pending]
+            values = _values(column, events, features, feature)
+            feature += column.signal == "feature"
             if column.merged:
                 for index, _, alert in column.update_batch(values, offsets, partition, times, buckets, sketch):
                     if alert.status == "firing":  # the model's episode decides what is announced
@@ -984,10 +1133,12 @@ class ModelMonitor:
                                        [c.name for c in self.columns if c.signal == "feature"])
         joint = self.multivariate
         if joint is not None:
-            events = [e for _, _, e in pending]
-            rows = joint.rows(events, features, [c.name for c in self.columns if c.signal == "feature"])
+            rows = joint.rows(events, features, names)
             for index, order, alert in joint.update_batch(rows, offsets, partition, times):
                 out.append((positions[index], len(self.columns), order, alert))
+        if self.segments is not None:  # after the model-wide columns, the joint test and the estimate
+            self.segments.update_batch(events, offsets, positions, partition, times, features, names,
+                                       len(self.columns) + 1, out, buckets, sketch)
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list, seen: Sequence[int | None] | None = None) -> None:
@@ -1073,6 +1224,9 @@ class ModelMonitor:
                 "settings": self.settings, "fingerprint": self.fingerprint,
                 "reference": None if self.reference is None else self.reference.to_dict(),
                 "warmup": None if self.reference is not None else self.warmup.snapshot(),
+                **({} if self.segment_warmup is None or self.reference is not None else
+                   {"segment_warmup": self.segment_warmup.snapshot()}),
+                **({} if self.segments is None else {"segments": self.segments.snapshot()}),
                 "untracked": {"columns": self.untracked["columns"], "examples": list(self.untracked["examples"])},
                 "label_warmup": None if self.label_column is not None else self.label_warmup.snapshot(),
                 "label_reference": None if self.label_column is None else self.label_column.reference.to_dict(),
@@ -1094,8 +1248,10 @@ class ModelMonitor:
         self.labels = state["labels"]
         self.reference, self.columns, self.label_column, self.multivariate = None, [], None, None
         self.model_side = None
+        self.segments = None
         self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
+        self.segment_warmup = self._segment_warmup()
         self.label_warmup = LabelSummary(self.limits)
         saved = state.get("settings")
         changes = {} if saved is None else _changes(saved, self.settings)  # format 3: settings unknown
@@ -1158,6 +1314,8 @@ class ModelMonitor:
                 self.warmup.add(InferenceEvent(*t))
         elif warmup is not None:
             self.warmup.restore(warmup)
+            if self.segment_warmup is not None and state.get("segment_warmup") is not None:
+                self.segment_warmup.restore(state["segment_warmup"])
         label_warmup = state["label_warmup"]
         if isinstance(label_warmup, list):
             for t in label_warmup:
@@ -1173,6 +1331,8 @@ class ModelMonitor:
             saved = state.get("multivariate")
             if self.multivariate is not None and saved is not None and "multivariate" not in restart:
                 self.multivariate.restore(saved)
+            if self.segments is not None and state.get("segments") is not None:  # absent: saved before segments
+                self.segments.restore(state["segments"], restart)
         if state["label_reference"] is not None and not self.config.by_model:  # the merge decides label drift
             self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
             self.label_column.restore(state["label_column"], restart)
@@ -1201,6 +1361,8 @@ class ModelMonitor:
                "incidents": self.incidents.summary()}
         if self.retraining is not None and self.retraining.recent:
             out["retraining"] = self.retraining.summary()
+        if self.segments is not None:
+            out["segments"] = self.segments.summary()
         out["unmonitored"] = [] if self.reference is None else unmonitored_columns(self.reference,
                                                                                     self.config.features)
         untracked = self.untracked_columns()

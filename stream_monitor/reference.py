@@ -215,6 +215,35 @@ def _optional(d: Mapping[str, Any], key: str, build):
 
 
 @dataclass(frozen=True)
+class SegmentReferences:
+    """A reference's per-segment profiles (``[models.<id>.segments]``, :mod:`stream_monitor.segments`):
+    each of the ``top`` segments (a tuple of values of ``columns``, ``None`` for a missing value) with
+    the profile built from its own reference events, most frequent first, and the ``rest``'s profile
+    (every other value; ``None`` when no reference event fell there)."""
+
+    columns: tuple[str, ...]
+    top_k: int
+    min_events: int
+    top: tuple[tuple[tuple[str | None, ...], "ReferenceProfile"], ...]
+    rest: "ReferenceProfile | None" = None
+
+    def fits(self, columns: Sequence[str], top_k: int, min_events: int) -> bool:
+        """Whether these profiles were built for those settings."""
+        return (self.columns, self.top_k, self.min_events) == (tuple(columns), top_k, min_events)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"columns": list(self.columns), "top_k": self.top_k, "min_events": self.min_events,
+                "top": [{"values": list(values), "profile": profile.to_dict()} for values, profile in self.top],
+                "rest": None if self.rest is None else self.rest.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SegmentReferences":
+        return cls(columns=tuple(d["columns"]), top_k=int(d["top_k"]), min_events=int(d["min_events"]),
+                   top=tuple((tuple(t["values"]), ReferenceProfile.from_dict(t["profile"])) for t in d["top"]),
+                   rest=_optional(d, "rest", ReferenceProfile.from_dict))
+
+
+@dataclass(frozen=True)
 class ReferenceProfile:
     """Per-column references of one model: features, prediction, latency, and ground-truth labels."""
 
@@ -234,6 +263,7 @@ class ReferenceProfile:
     # labelled predictions (score, predicted label's category or None, true label's category) of a stored
     # reference built with labels: they calibrate the estimated performance from the start; None: none
     pairs: tuple[tuple[float, str | None, str], ...] | None = None
+    segments: SegmentReferences | None = None  # None: no per-segment profiles (none configured, or an older reference)
 
     def columns(self) -> list[tuple[str, str, ColumnReference]]:
         """(signal, name, reference) for every monitored column of inference events, in a stable order."""
@@ -264,6 +294,8 @@ class ReferenceProfile:
         if self.pairs is not None:
             out["pairs"] = {"scores": [p[0] for p in self.pairs], "predicted": [p[1] for p in self.pairs],
                             "labels": [p[2] for p in self.pairs]}
+        if self.segments is not None:
+            out["segments"] = self.segments.to_dict()
         return out
 
     @classmethod
@@ -278,7 +310,8 @@ class ReferenceProfile:
                        labels=_optional(d, "labels", CategoricalReference.from_dict),
                        association=_association(d.get("association")),
                        joint=_optional(d, "joint", JointReference.from_dict),
-                       pairs=_optional(d, "pairs", _pairs))
+                       pairs=_optional(d, "pairs", _pairs),
+                       segments=_optional(d, "segments", SegmentReferences.from_dict))
         except ReferenceProfileError:
             raise
         except (AttributeError, KeyError, TypeError, ValueError) as exc:

@@ -41,6 +41,7 @@ import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .board import StatusBoard
+from .events import segment_words
 from .report import distribution_svg
 from .errors import ConfigError
 from .events import format_time
@@ -715,6 +716,22 @@ def _model_estimates(merges: dict) -> str:
     return "".join(lines)
 
 
+def segments_table(segments: list[Mapping[str, Any]]) -> str:
+    """A model's segments: each one's events and what of its window detectors is firing."""
+    rows = ["<h3>segments</h3><table><tr><th>segment</th><th class=num>events</th>"
+            "<th class=num>reference events</th><th>firing</th></tr>"]
+    for row in segments:
+        firing = "; ".join(f"{f['signal']} {f['name']} {f['detector']} {f['statistic']:.3g} (partition {f['partition']})"
+                           for f in row["firing"] if f.get("statistic") is not None)
+        state = f"<span class='badge critical'>FIRING</span> {_fmt(firing)}" if row["firing"] else \
+            "<span class='badge ok'>ok</span>"
+        rows.append(f"<tr{' class=firing' if row['firing'] else ''}><td>{_fmt(segment_words(row['segment']))}</td>"
+                    f"<td class=num>{row['events']:,}</td><td class=num>{row['reference_events']:,}</td>"
+                    f"<td>{state}</td></tr>")
+    rows.append("</table>")
+    return "".join(rows)
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "–"
@@ -1048,6 +1065,8 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
         if quiet_checks:
             parts.append(f"<p class=muted>{quiet_checks} data-quality checks at 0 (missing values, type mismatches, "
                          f"unseen categories …)</p>")
+        if entry.get("segments"):
+            parts.append(segments_table(entry["segments"]))
         parts.append("</section>")
 
     merges = snapshot.get("merges") or {}

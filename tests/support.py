@@ -762,3 +762,35 @@ def run_partitions(by_partition, finish=True):
             m.go_idle()
         out.append(merge_partials_of(m))
     return out
+
+
+# --- a segmented stream (tests/unit/test_segments.py, tests/integration/test_segments.py) ---------------
+
+COUNTRIES = ("DE", "US", "FR", "GB", "IT", "ES", "NL", "PL")
+SHARES = (0.35, 0.25, 0.15, 0.10, 0.06, 0.04, 0.03, 0.02)  # FR carries 15 % of the traffic
+FEATURES_BY_COUNTRY = {"amount": "numeric", "income": "numeric", "country": "categorical"}
+
+
+def segmented_json(event: InferenceEvent) -> dict[str, Any]:
+    """A :func:`segmented_stream` event as its producer writes it."""
+    return {"event_id": event.event_id, "model_id": event.model_id, "timestamp": event.timestamp_ms / 1000,
+            "features": dict(event.features)}
+
+
+def segmented_stream(count: int, seed: int, spread_from: int | None = None, scale: float = 1.6,
+                     missing: float = 0.0) -> list[InferenceEvent]:
+    """Seeded events: amount and income N(0, 1) in every country; from ``spread_from`` on, FR's amount is
+    spread ``scale`` times wider (its mean unchanged: the rank and normal-score detectors cannot see it);
+    ``missing``: the share of events without a country."""
+    rng = np.random.default_rng(seed)
+    countries = rng.choice(len(COUNTRIES), size=count, p=SHARES)
+    absent = rng.random(count) < missing
+    amounts, incomes = rng.normal(size=count), rng.normal(size=count)
+    out = []
+    for i in range(count):
+        country = None if absent[i] else COUNTRIES[countries[i]]
+        amount = float(amounts[i]) * (scale if spread_from is not None and i >= spread_from and country == "FR" else 1)
+        out.append(InferenceEvent(f"e{i}", "m", 1_700_000_000_000 + i,
+                                  {"amount": round(amount, 4), "income": round(float(incomes[i]), 4),
+                                   "country": country}))
+    return out

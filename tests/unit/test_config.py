@@ -469,7 +469,7 @@ def test_sigterm_delaying_and_client_refused_values_are_bounded_at_load():
      "prediction_ttl_seconds, reference_pairs, task, window)"),
     ({"models": {"fraud": {"model_id": "other"}}},
      "models.fraud.model_id: unknown key (expected one of: decisions, detectors, features, merge_bucket_seconds, "
-     "merge_idle_seconds, merge_lateness_seconds, merge_max_buckets, oip, performance, reference, retraining)"),
+     "merge_idle_seconds, merge_lateness_seconds, merge_max_buckets, oip, performance, reference, retraining, segments)"),
     ({"source": "x.toml"}, "source: unknown key (expected one of: alertmanager, kafka, models, redis, retraining, service)"),
 ], ids=lambda v: v.split(":")[0] if isinstance(v, str) else None)
 def test_schema_refusals_name_the_key_and_what_was_given(raw, message):
