@@ -10,7 +10,7 @@ per categorical column its two quality rates and PSI; the label column (three,
 counted from the start so thresholds do not move when labels arrive); the
 performance drift detector; the estimated performance where the model may be a
 classifier with scores; the multivariate test where the reference has a joint
-part — and :func:`split` gives each an equal share (0.1 over the 182 tests of
+part; one per (protected attribute, fairness metric) — and :func:`split` gives each an equal share (0.1 over the 182 tests of
 a 20-feature classifier with a score and latency: 5.5·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
 value it sees, which is what makes the sum over partitions the model's:
 
@@ -101,19 +101,24 @@ def column_tests(numeric: bool, detectors: Any = None) -> int:
     return tests
 
 
+def fairness_tests(fairness: Any) -> int:
+    """The tests a model's ``[fairness]`` section (a ``FairnessConfig``) adds: one per (attribute, metric)."""
+    return len(fairness.attributes) * len(set(fairness.metrics))
+
+
 def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None, estimate: bool = False,
-                joint: bool = False) -> int:
+                joint: bool = False, fairness: int = 0) -> int:
     """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
     not as ``numeric`` says: theirs, the label column's (categorical), with ``performance`` the error
     stream's drift detector, with ``estimate`` the estimated performance (one test: its four metrics share
-    it) and with ``joint`` the multivariate test. Fixed limits (metric floors, the p95 ceiling) are not
+    it), with ``joint`` the multivariate test and ``fairness`` tests of its groups' gaps. Fixed limits (metric floors, the p95 ceiling) are not
     tests of the budget.
 
     >>> model_tests([True] * 22, performance=True, estimate=True, joint=True)  # 20 numeric features, score, latency
     182
     """
     return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
-            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0))
+            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0) + fairness)
 
 
 def split(budget_per_million: float, tests: int) -> float:

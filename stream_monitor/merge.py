@@ -27,7 +27,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from . import alerts as words, drivers, history
-from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
+from .calibration import fairness_tests, ks_threshold, model_tests, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
 from .detectors.percentile import percentile_cell, percentile_of
@@ -94,7 +94,8 @@ def share_before_reference(model: ModelConfig) -> float:
     """Each test's share while the reference's columns are unknown: of the tests known from the config alone
     (the label column's, the performance detector and, where it may run, the estimated performance)."""
     det = model.detectors
-    return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model)))
+    return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model),
+                                                           fairness=fairness_tests(model.fairness)))
 
 
 def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
@@ -105,7 +106,8 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     numeric = [isinstance(ref, NumericReference) for _, _, ref in merged_columns(reference, det.latency.enabled)]
     estimate = may_estimate(model) and reference.score is not None
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
-                                                           runs_joint(model, reference)))
+                                                           runs_joint(model, reference),
+                                                           fairness_tests(model.fairness)))
 
 
 def _empty_column(reference: ColumnReference, ks: bool, p95: bool = False) -> dict[str, Any]:

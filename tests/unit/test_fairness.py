@@ -1,0 +1,246 @@
+"""Fairness on the stream (:mod:`stream_monitor.fairness`), in the engine: per protected attribute, the groups'
+favourable-outcome rates (demographic parity) and, from joined labels, their true- and false-positive rates
+(equal opportunity, equalized odds); a ``fairness`` alert only when a gap exceeds ``max_gap`` with the
+significance the model's budget allows. Pure, no I/O: :class:`stream_monitor.partition.ModelMonitor` itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream_monitor import statecodec
+from stream_monitor.calibration import per_window
+from stream_monitor.config import FairnessConfig, parse_config
+from stream_monitor.errors import ConfigError
+from stream_monitor.events import InferenceEvent, LabelEvent
+from stream_monitor.fairness import MISSING, Fairness, Groups, compare, holm
+from stream_monitor.join import JoinResult, MemoryJoin, join_op, fairness_attributes, performance_settings, \
+    prediction_record
+from stream_monitor.merge import model_share, share_before_reference
+from stream_monitor.partition import ModelMonitor, _in_event_order
+from stream_monitor.reference import OTHER
+
+GAP_AT, CLOSED_AT, EVENTS = 11_000, 21_000, 30_000
+ALL = ["demographic_parity", "equal_opportunity", "equalized_odds"]
+
+
+def config(**fairness):
+    table = {"attributes": ["gender"], "metrics": ALL, "window": 2000, "label_window": 1000, **fairness}
+    return parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+                                               "fairness": table}}}).models["credit"]
+
+
+def parity_stream(seed: int = 1, gap: bool = True) -> list[tuple]:
+    """(offset, event, join): gender F or M (5 % missing), a predicted label favourable half the time; with
+    ``gap``, F's rate drops to 0.2 from ``GAP_AT`` until ``CLOSED_AT``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(EVENTS):
+        draw = rng.random()
+        gender = None if draw < 0.05 else "F" if draw < 0.525 else "M"
+        rate = 0.2 if gap and gender == "F" and GAP_AT <= k < CLOSED_AT else 0.5
+        event = InferenceEvent(f"e{k}", "credit", 1_000 * k, {"gender": gender, "x": float(rng.normal())}, None,
+                               int(rng.random() < rate))
+        out.append((k, event, None))
+    return out
+
+
+def labelled_stream(seed: int = 2, delay: int = 300) -> list[tuple]:
+    """Scored predictions whose labels come ``delay`` events later (through the join: the label event carries
+    the prediction's record with its groups). Both groups are favourable half the time throughout (parity
+    holds); from ``GAP_AT`` on, F's predictions agree with the truth only 60 % of the time (M's: 90 %), so
+    F's true-positive rate falls from 0.9 to 0.6 and its false-positive rate rises from 0.1 to 0.4."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple] = []
+    waiting: list[tuple] = []
+    for k in range(EVENTS):
+        gender = "F" if rng.random() < 0.5 else "M"
+        truth = int(rng.random() < 0.5)
+        right = rng.random() < (0.6 if gender == "F" and k >= GAP_AT else 0.9)
+        positive = truth if right else 1 - truth
+        score = float(0.5 + 0.4 * rng.random()) if positive else float(0.4 * rng.random())
+        event = InferenceEvent(f"e{k}", "credit", 1_000 * k, {"gender": gender, "x": float(rng.normal())}, score, None)
+        out.append((len(out), event, None))
+        waiting.append((event, truth))
+        if len(waiting) > delay:
+            first, label = waiting.pop(0)
+            record = prediction_record(first.score, None, first.timestamp_ms, {"gender": first.features["gender"]})
+            out.append((len(out), LabelEvent(first.event_id, "credit", 1_000 * k, label), JoinResult("joined", record)))
+    return out
+
+
+def run(monitor: ModelMonitor, items: list[tuple], batch: int) -> list:
+    alerts = []
+    for start in range(0, len(items), batch):
+        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
+        alerts += _in_event_order(monitor.process_batch(chunk, 0))
+    return alerts
+
+
+def fairness(alerts) -> list[tuple]:
+    return [(a.offset, a.status, a.name, a.detector, a.severity) for a in alerts if a.signal == "fairness"]
+
+
+def test_a_parity_gap_that_opens_at_a_known_event_is_announced_in_the_first_window_after_it():
+    alerts = run(ModelMonitor(config(), None), parity_stream(), 500)
+    # windows of 2,000 predictions from the reference's end (event 1,000): the gap opens with the window of
+    # 11,000–12,999 and closes with that of 21,000–22,999
+    assert fairness(alerts) == [(12_999, "firing", "gender", "demographic_parity", "critical"),
+                                (22_999, "resolved", "gender", "demographic_parity", "critical")]
+    fired = next(a for a in alerts if a.signal == "fairness")
+    groups = fired.current["groups"]
+    assert set(groups) == {"F", "M", MISSING}
+    assert (fired.current["lowest"], fired.current["highest"]) == ("F", "M")
+    assert groups["F"]["rate"] == pytest.approx(0.2, abs=0.03) and groups["M"]["rate"] == pytest.approx(0.5, abs=0.04)
+    assert fired.statistic == pytest.approx(groups["M"]["rate"] - groups["F"]["rate"])
+    assert fired.current["ratio"] < 0.8 and fired.current["four_fifths"] is False
+    assert fired.reference["max_gap"] == 0.1 and fired.reference["tests"] == 1  # F against M; missing not compared
+    assert "four-fifths rule failed" in fired.message and "over the last 2000 predictions" in fired.message
+
+
+def test_without_a_gap_nothing_is_announced():
+    assert fairness(run(ModelMonitor(config(), None), parity_stream(gap=False), 500)) == []
+
+
+def test_equal_opportunity_and_equalized_odds_are_judged_from_delayed_labels():
+    monitor = ModelMonitor(config(), None)
+    items = labelled_stream()
+    alerts = run(monitor, items, 400)
+    # parity holds throughout. The labels of the predictions from the change on (event 11,000) arrive from
+    # offset ~21,700; the first label window of 1,000 pairs after it (ending at offset 23,697) shows a
+    # true-positive gap of 0.26 (about 250 positives per group: p just above the budget's 4.8e-6), the second
+    # (ending at 25,697) announces it
+    assert fairness(alerts) == [(25_697, "firing", "gender", "equal_opportunity", "critical"),
+                                (25_697, "firing", "gender", "equalized_odds", "critical")]
+    odds = [a for a in alerts if a.detector == "equalized_odds"][0]
+    groups = odds.current["groups"]
+    assert groups["F"]["tpr"] == pytest.approx(0.6, abs=0.06) and groups["M"]["tpr"] == pytest.approx(0.9, abs=0.04)
+    assert groups["F"]["fpr"] == pytest.approx(0.4, abs=0.06)
+    assert isinstance(items[25_697][1], LabelEvent)
+    assert odds.reference["tests"] == 2  # F against M on both rates, one Holm family
+    info = monitor.summary()["fairness"]["gender"]
+    assert info["windows"]["predictions"] == 14 and info["windows"]["pairs"] == 29
+
+
+@pytest.mark.parametrize("batch", [3, 37, 1_000])
+def test_batch_cuts_give_the_same_alerts_and_state(batch):
+    items = labelled_stream()[:24_000]
+    whole = ModelMonitor(config(), None)
+    expected = [a.alert_id for a in run(whole, items, 60_000)]
+    cut = ModelMonitor(config(), None)
+    assert [a.alert_id for a in run(cut, items, batch)] == expected
+    assert statecodec.encode(cut.snapshot()["fairness"]) == statecodec.encode(whole.snapshot()["fairness"])
+
+
+def test_a_restored_state_goes_on_as_if_never_interrupted():
+    items = parity_stream()
+    once = ModelMonitor(config(), None)
+    expected = run(once, items, 700)
+    first = ModelMonitor(config(), None)
+    before = run(first, items[:15_500], 700)  # inside the episode, a window half full
+    second = ModelMonitor(config(), None)
+    assert second.restore(statecodec.decode(statecodec.encode(first.snapshot()))) is None
+    after = run(second, items[15_500:], 700)
+    assert [a.alert_id for a in before + after] == [a.alert_id for a in expected]
+    assert statecodec.encode(second.snapshot()["fairness"]) == statecodec.encode(once.snapshot()["fairness"])
+    assert [r["firing"] for r in second.summary()["detectors"] if r["signal"] == "fairness"] == [False] * 3
+
+
+def test_a_state_saved_without_fairness_restores_and_fairness_starts():
+    plain = parse_config({"models": {"credit": {"reference": {"events": 1000}}}}).models["credit"]
+    old = ModelMonitor(plain, None)
+    run(old, parity_stream()[:3_000], 500)
+    monitor = ModelMonitor(config(), None)
+    message = monitor.restore(statecodec.decode(statecodec.encode(old.snapshot())))
+    assert message is not None and "fairness restarted" in message
+    assert monitor.fairness is not None and monitor.reference is not None
+
+
+def _equal_groups(fair: Fairness, rng, events: int, rates: np.ndarray, sizes: np.ndarray, at: int = 0) -> list:
+    """``events`` predictions over len(sizes) groups in one attribute (vectorised), group g favourable at
+    ``rates[g]``; the alerts."""
+    monitor = fair.attributes[0]
+    alerts = []
+    for start in range(0, events, 100_000):
+        groups = rng.choice(len(sizes), size=100_000, p=sizes / sizes.sum())
+        favorable = rng.random(100_000) < rates[groups]
+        names = np.asarray([monitor.groups.of(f"g{k}") for k in range(len(sizes))])
+        offsets = range(at + start, at + start + 100_000)
+        alerts += fair.add_group_indices(monitor, names[groups], favorable, offsets, 0, [None] * 100_000)
+    return alerts
+
+
+@pytest.mark.parametrize("boundary", [False, True])
+def test_equal_groups_stay_quiet_over_a_million_events(boundary):
+    """Ten groups of unequal sizes (the smallest about min_group per window) at the same rate, and on the
+    null's boundary (two groups exactly max_gap apart): no alarm in 10^6 predictions at a 20-feature model's
+    share of the budget."""
+    rng = np.random.default_rng(11)
+    share = 0.1 / 180
+    cfg = FairnessConfig(attributes=("group",), metrics=("demographic_parity",), window=5000)
+    fair = Fairness("credit", cfg, None, share)
+    sizes = np.asarray([30, 20, 12, 10, 8, 6, 5, 4, 3, 3], dtype=float)  # the smallest ≈ 150 a window
+    rates = np.full(10, 0.3)
+    if boundary:
+        rates[1] = 0.4
+    assert _equal_groups(fair, rng, 1_000_000, rates, sizes) == []
+    found = fair.attributes[0].last["demographic_parity"]
+    assert fair.attributes[0].predictions.closed == 200 and found["tests"] == 45
+    assert found["alpha"] == per_window(share, 5000)
+    # the same groups with one 0.3 apart: found in the first window
+    rates[1] = 0.6
+    alerts = _equal_groups(fair, rng, 100_000, rates, sizes, at=1_000_000)
+    assert [(a.offset, a.status) for _, a in alerts] == [(1_004_999, "firing")]
+
+
+def test_groups_are_bounded_and_missing_values_are_never_compared():
+    groups = Groups(["DE", "FR"], max_groups=2)
+    assert [groups.names[groups.of(v)] for v in ("DE", "FR", "IT", None, 3)] == ["DE", "FR", OTHER, MISSING, OTHER]
+    seen = Groups(None, max_groups=2)  # an attribute the reference holds as numeric: the first values seen
+    assert [seen.names[seen.of(v)] for v in (1, 0, 2, 1.0, True)] == ["1", "0", OTHER, "1", OTHER]
+    assert seen.compared() == [True, False, True, True]
+
+
+def test_the_two_proportion_tests_are_holm_corrected():
+    totals = np.array([1000, 1000, 1000])
+    hits = np.array([500, 300, 480])  # p-values of gap > 0.1: 1.5e-6 (0 vs 1), 9.4e-5 (1 vs 2), 1.0 (0 vs 2)
+    tested = compare(hits, totals, [True] * 3, max_gap=0.1, alpha=2e-4)
+    # Bonferroni (2e-4 / 3 each) would reject only the first; Holm's second step allows 2e-4 / 2
+    assert tested.tests == 3 and [(i, j) for i, j, *_ in tested.rejected] == [(0, 1), (1, 2)]
+    assert round(tested.gap, 2) == 0.2 and (tested.low, tested.high) == (1, 0)
+    assert [(i, j) for i, j, *_ in compare(hits, totals, [True] * 3, 0.1, 1e-4).rejected] == [(0, 1)]
+    assert holm([0.001, 0.02, 0.04], 0.05) == [0, 1, 2] and holm([0.001, 0.03, 0.04], 0.05) == [0]  # 0.03 > 0.05 / 2
+    assert compare(np.array([50, 5]), np.array([100, 10]), [True, True], 0.1, 0.5).tests == 1
+    assert compare(np.array([50, 5]), np.array([100, 10]), [True, False], 0.1, 0.5).tests == 0
+
+
+def test_fairness_tests_count_in_the_models_budget():
+    monitor = ModelMonitor(config(), None)
+    run(monitor, parity_stream()[:1_000], 1_000)
+    plain = ModelMonitor(parse_config({"models": {"credit": {"reference": {"events": 1000}}}}).models["credit"], None)
+    run(plain, parity_stream()[:1_000], 1_000)
+    # x: 8 tests, gender: 3, the predicted label: 3, labels: 3, performance 1: 18; three fairness metrics: 21
+    assert plain.share == pytest.approx(0.1 / 18) and monitor.share == pytest.approx(0.1 / 21)
+    assert model_share(config(), monitor.reference) == monitor.share
+    assert share_before_reference(config(metrics=["demographic_parity"])) == pytest.approx(0.1 / 6)
+    assert monitor.fairness.alpha == {"predictions": per_window(0.1 / 21, 2000), "pairs": per_window(0.1 / 21, 1000)}
+
+
+def test_a_prediction_keeps_its_groups_in_the_join_for_its_later_label():
+    cfg = parse_config({"models": {"credit": {"fairness": {"attributes": ["gender"]}}, "other": {}}})
+    attributes = fairness_attributes(cfg)
+    assert attributes == {"credit": ("gender",)}
+    joiner = MemoryJoin(performance_settings(cfg))
+    event = InferenceEvent("e1", "credit", 5, {"gender": "F", "x": 1.0}, 0.7, None)
+    assert joiner.run([join_op(event, "a", performance_settings(cfg), attributes)])[0].status == "pending"
+    label = LabelEvent("e1", "credit", 9, 1)
+    joined = joiner.run([join_op(label, "b", performance_settings(cfg), attributes)])[0]
+    assert joined.other == {"score": 0.7, "label": None, "t": 5, "g": {"gender": "F"}}
+    other = InferenceEvent("e2", "other", 5, {"gender": "F"}, 0.7, None)
+    assert "g" not in join_op(other, "a", performance_settings(cfg), attributes).record
+
+
+def test_an_attribute_that_is_not_a_listed_feature_is_refused():
+    with pytest.raises(ConfigError, match=r"models\.credit\.fairness\.attributes: 'sex' is not one of"):
+        parse_config({"models": {"credit": {"features": {"gender": "categorical"},
+                                            "fairness": {"attributes": ["sex"]}}}})
