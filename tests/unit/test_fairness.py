@@ -244,3 +244,39 @@ def test_an_attribute_that_is_not_a_listed_feature_is_refused():
     with pytest.raises(ConfigError, match=r"models\.credit\.fairness\.attributes: 'sex' is not one of"):
         parse_config({"models": {"credit": {"features": {"gender": "categorical"},
                                             "fairness": {"attributes": ["sex"]}}}})
+
+
+def _lines(items: list[tuple]) -> list[bytes]:
+    import orjson
+
+    out = []
+    for _, event, _ in items:
+        if isinstance(event, LabelEvent):
+            out.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "label": event.label}))
+        else:
+            out.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit",
+                                     "timestamp": event.timestamp_ms / 1000, "features": dict(event.features),
+                                     "prediction": {"score": event.score}}))
+    return out
+
+
+def test_replay_joins_the_delayed_labels_to_their_groups_and_its_alerts_are_valid():
+    """The labelled stream as JSON messages through ``replay``: its join keeps each prediction's gender for
+    its label, 300 events later; the same alerts at the same lines as the engine fed the join's results."""
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    from stream_monitor.replay import replay_alerts
+
+    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+                                               "fairness": {"attributes": ["gender"], "metrics": ALL,
+                                                            "window": 2000, "label_window": 1000}}}})
+    alerts = [a for a in replay_alerts(full, _lines(labelled_stream()), {}) if a.signal == "fairness"]
+    # replay's offsets are line numbers, from 1: the engine's offset 25,697
+    assert fairness(alerts) == [(25_698, "firing", "gender", "equal_opportunity", "critical"),
+                                (25_698, "firing", "gender", "equalized_odds", "critical")]
+    schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "alert.json").read_text())
+    for alert in alerts:
+        jsonschema.validate(alert.to_dict(0), schema)
