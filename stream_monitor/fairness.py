@@ -337,7 +337,8 @@ class Fairness:
         """What a window showed for one metric: per group its counts and rates, the gap, the rejected pairs."""
         names = monitor.groups.names
         groups: dict[str, dict[str, Any]] = {}
-        for g, name in enumerate(names):
+        for g in [*range(2, len(names)), 0, 1]:  # the named groups, then __other__ and __missing__
+            name = names[g]
             row = counts[g] if g < len(counts) else np.zeros(counts.shape[1], dtype=np.int64)
             if metric == "demographic_parity":
                 if row[0]:
@@ -434,3 +435,34 @@ class Fairness:
                 if metric in saved["episodes"]:
                     episode.restore(saved["episodes"][metric])
         return True
+
+
+def shown(info: Mapping[str, Any]) -> list[str]:
+    """Per attribute and metric, one line of the last window's groups (the status page and ``status``).
+
+    >>> shown({"gender": {"windows": {"predictions": 3, "pairs": 0}, "metrics": {"demographic_parity": {
+    ...     "gap": 0.3, "rate": "rate", "ratio": 0.4, "four_fifths": False, "groups": {
+    ...     "F": {"events": 900, "favorable": 180, "rate": 0.2}, "M": {"events": 1000, "favorable": 500, "rate": 0.5}}}}}})
+    ['gender · demographic parity: gap 0.3 (favourable-outcome rate F 0.2 of 900 · M 0.5 of 1,000), ratio 0.4 (four-fifths rule failed)']
+    """
+    lines = []
+    for attribute, entry in info.items():
+        for metric, found in (entry.get("metrics") or {}).items():
+            rates = [key for key in ("rate", "tpr", "fpr") if any(key in g for g in found["groups"].values())]
+            parts = []
+            for key in rates:
+                count = {"rate": "events", "tpr": "positives", "fpr": "negatives"}[key]
+                cells = " · ".join(f"{name} {_short(g.get(key))} of {g[count]:,}" for name, g in found["groups"].items()
+                                   if g.get(count))
+                parts.append(f"{RATE_WORDS[key]} {cells}")
+            gap = "—" if found.get("gap") is None else f"{found['gap']:.3g}"
+            line = f"{attribute} · {WORDS[metric]}: gap {gap} ({'; '.join(parts)})"
+            if found.get("ratio") is not None:
+                line += (f", ratio {found['ratio']:.2g} (four-fifths rule "
+                         f"{'met' if found['four_fifths'] else 'failed'})")
+            lines.append(line)
+    return lines
+
+
+def _short(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"

@@ -43,6 +43,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .board import StatusBoard
 from .report import distribution_svg
 from .errors import ConfigError
+from .fairness import shown as fairness_lines
 from .metrics import HttpMetrics
 from .logs import clean
 from .severity import CRITICAL_RATE_EFFECT, CRITICAL_SHIFT
@@ -972,6 +973,10 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                                for k, v in estimate["metrics"].items())
             parts.append(f"<p>Performance estimated from the scores (last {estimate['window']:,} predictions, "
                          f"no labels needed): {cells}</p>")
+        fair = fairness_lines(entry.get("fairness") or {})
+        if fair:
+            parts.append("<p>Fairness over each attribute's last window (the gap between its groups' rates):<br>"
+                         + "<br>".join(_fmt(line) for line in fair) + "</p>")
         lag = entry.get("label_lag")
         if lag:
             parts.append(f"<p class=muted>{lag['awaiting']:,} predictions awaiting a label · {lag['expired']:,} never "

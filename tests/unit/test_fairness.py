@@ -280,3 +280,84 @@ def test_replay_joins_the_delayed_labels_to_their_groups_and_its_alerts_are_vali
     schema = json.loads((Path(__file__).resolve().parents[2] / "schemas" / "alert.json").read_text())
     for alert in alerts:
         jsonschema.validate(alert.to_dict(0), schema)
+
+
+def _summary():
+    from stream_monitor.partition import PartitionMonitor
+
+    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+                                               "fairness": {"attributes": ["gender"], "window": 2000}}}})
+    partition = PartitionMonitor(full, 0, {})
+    items = parity_stream()[:16_000]  # inside the episode: F's rate 0.2, M's 0.5
+    for start in range(0, len(items), 1000):
+        partition.process_batch(items[start:start + 1000])
+    return partition.summary(), len(items)
+
+
+def test_the_groups_rates_are_on_the_status_page_and_in_the_metrics():
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor.board import StatusBoard
+    from stream_monitor.metrics import Metrics, PartitionView
+    from stream_monitor.web import render_page
+
+    summary, _ = _summary()
+    found = summary["models"]["credit"]["fairness"]["gender"]["metrics"]["demographic_parity"]
+    board = StatusBoard("here")
+    board.update({("ml.inference", 0): (summary, 0)})
+    page = render_page(board.snapshot())
+    area = page.split("Fairness over each attribute")[1]
+    assert f"gender · demographic parity: gap {found['gap']:.3g} (favourable-outcome rate" in area
+    assert "four-fifths rule failed" in area
+    row = next(r for r in board.snapshot()["models"]["credit"]["detectors"] if r["signal"] == "fairness")
+    assert (row["name"], row["detector"], row["firing"], row["severity"]) == ("gender", "demographic_parity", True,
+                                                                             "critical")
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.partitions.source = lambda: [PartitionView("ml.inference", 0, summary, 5, 5)]
+    rate = {"model": "credit", "attribute": "gender", "group": "F", "rate": "favorable"}
+    assert registry.get_sample_value("stream_monitor_fairness_rate", rate) == found["groups"]["F"]["rate"]
+    gap = {"model": "credit", "attribute": "gender", "metric": "demographic_parity"}
+    assert registry.get_sample_value("stream_monitor_fairness_gap", gap) == found["gap"]
+    assert registry.get_sample_value("stream_monitor_detector_statistic", {
+        "model": "credit", "signal": "fairness", "name": "gender", "detector": "demographic_parity"}) == found["gap"]
+
+
+def test_status_prints_the_groups_rates(tmp_path, monkeypatch, capsys):
+    """``stream-monitor status`` over a stored partition summary (Redis and the broker stand-ins)."""
+    from stream_monitor import cli, join, state
+
+    summary, events = _summary()
+
+    class Client:
+        def register_script(self, _):
+            return lambda **_: None
+
+    class Store:
+        def __init__(self, *_):
+            self.client = Client()
+
+        def partition_rows(self):
+            return [{"topic": "ml.inference", "partition": 0, "next_offset": events, "saved_at_ms": None,
+                     "dead_letters": 0, "dead_letter_reasons": {}, "models": summary["models"]}]
+
+    class Join:
+        def __init__(self, *_):
+            pass
+
+        def lag(self, _):
+            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
+                                  "bytes"), 0)
+
+    monkeypatch.setattr(state, "StateStore", Store)
+    monkeypatch.setattr(join, "RedisJoin", Join)
+    monkeypatch.setattr(cli, "_client", lambda config: None)
+    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+    path = tmp_path / "config.toml"
+    path.write_text('[models.credit.fairness]\nattributes = ["gender"]\n')
+    assert cli.main(["status", "--config", str(path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "fairness:" in x)
+    assert line.startswith("  fairness: gender · demographic parity: gap 0.")
+    assert "(favourable-outcome rate F 0.178 of 976 · M 0.484 of 927 · __missing__ 0.443 of 97), ratio 0.37 " \
+           "(four-fifths rule failed)" in line
