@@ -315,9 +315,10 @@ class Fairness:
         tested = compare_many(rates, eligible, config.max_gap, alpha)
         found = self._findings(monitor, metric, counts, tested, alpha)
         monitor.last[metric] = found
-        self.points.append(history.window_point(self.model_id, "fairness", monitor.attribute, metric,
-                                                found["gap"], config.max_gap, 2 * config.max_gap, offset, partition,
-                                                event_time_ms))
+        point = history.window_point(self.model_id, "fairness", monitor.attribute, metric, found["gap"],
+                                     config.max_gap, 2 * config.max_gap, offset, partition, event_time_ms)
+        point["groups"] = found["groups"]  # the report's table of the groups' rates
+        self.points.append(point)
         if math.isnan(tested.gap):
             return None
         episode = monitor.episodes[metric]

@@ -361,3 +361,20 @@ def test_status_prints_the_groups_rates(tmp_path, monkeypatch, capsys):
     assert line.startswith("  fairness: gender · demographic parity: gap 0.")
     assert "(favourable-outcome rate F 0.178 of 976 · M 0.484 of 927 · __missing__ 0.443 of 97), ratio 0.37 " \
            "(four-fifths rule failed)" in line
+
+
+def test_the_report_has_a_fairness_section_with_the_groups_rates():
+    from stream_monitor import history, report
+
+    monitor = ModelMonitor(config(metrics=["demographic_parity"]), None)
+    alerts = run(monitor, parity_stream()[:16_000], 1_000)
+    points = [p for p in monitor.take_points() if p["signal"] == "fairness"]
+    points += [history.alert_point(a) for a in alerts if a.signal == "fairness"]
+    assert len(points) == 8  # 7 windows of 2,000 predictions and the firing
+    page = report.render("credit", points, 0, 16_000_000)
+    section = page.split('id="fairness"')[1]
+    assert "gender" in section and "demographic_parity" in section
+    table = section.split("demographic_parity: the groups in the window ending")[1]
+    latest = points[6]["groups"]
+    assert f"<td>F</td><td>{latest['F']['events']}</td><td>{latest['F']['rate']:.4g}</td>" in table
+    assert "<th>events</th><th>favourable-outcome rate</th>" in table
