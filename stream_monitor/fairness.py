@@ -297,100 +297,20 @@ class Fairness:
 
     def _judge(self, monitor: AttributeMonitor, metric: str, counts: np.ndarray, offset: int, partition: int,
                event_time_ms: int | None) -> Alert | None:
-        config = self.config
-        compared = monitor.groups.compared()
-        if metric == "demographic_parity":
-            alpha = self.alpha["predictions"]
-            rates = [(counts[:, 1], counts[:, 0])]
-            eligible: Any = [ok and counts[g, 0] >= config.min_group for g, ok in enumerate(compared)]
-        else:
-            alpha = self.alpha["pairs"]
-            rates = [(counts[:, 1], counts[:, 0])]
-            eligible = [[ok and counts[g, 0] >= config.min_group for g, ok in enumerate(compared)]]
-            if metric == "equalized_odds":
-                rates.append((counts[:, 3], counts[:, 2]))
-                eligible.append([ok and counts[g, 2] >= config.min_group for g, ok in enumerate(compared)])
-            else:
-                eligible = eligible[0]
-        tested = compare_many(rates, eligible, config.max_gap, alpha)
-        found = self._findings(monitor, metric, counts, tested, alpha)
+        alpha = self.alpha["predictions" if metric == "demographic_parity" else "pairs"]
+        found, transition = judge(self.config, metric, monitor.groups.names, counts, alpha, monitor.episodes[metric])
         monitor.last[metric] = found
-        point = history.window_point(self.model_id, "fairness", monitor.attribute, metric, found["gap"],
-                                     config.max_gap, 2 * config.max_gap, offset, partition, event_time_ms)
-        point["groups"] = found["groups"]  # the report's table of the groups' rates
-        self.points.append(point)
-        if math.isnan(tested.gap):
-            return None
-        episode = monitor.episodes[metric]
-        severity = "critical" if tested.gap >= 2 * config.max_gap else "warning"
-        if episode.firing:
-            transition = episode.level(tested.gap, config.max_gap, 2 * config.max_gap)
-        else:
-            transition = episode.detected(severity) if tested.rejected else None
+        self.points.append(window_point(self.model_id, self.config, monitor.attribute, metric, found, offset,
+                                        partition, event_time_ms))
         if transition is None:
             return None
-        alert = self._alert(monitor, metric, transition, found, offset, partition, event_time_ms)
-        episode.last_alert_id = alert.alert_id
+        reference, current, message = describe(self.model_id, self.config, self.hysteresis, monitor.attribute,
+                                               metric, transition, found)
+        alert = Alert(transition.status, transition.severity, self.model_id, "fairness", monitor.attribute, metric,
+                      float(found["gap"]), self.config.max_gap, reference, current, partition, offset, event_time_ms,
+                      message)
+        monitor.episodes[metric].last_alert_id = alert.alert_id
         return alert
-
-    def _findings(self, monitor: AttributeMonitor, metric: str, counts: np.ndarray, tested: Tested,
-                  alpha: float) -> dict[str, Any]:
-        """What a window showed for one metric: per group its counts and rates, the gap, the rejected pairs."""
-        names = monitor.groups.names
-        groups: dict[str, dict[str, Any]] = {}
-        for g in [*range(2, len(names)), 0, 1]:  # the named groups, then __other__ and __missing__
-            name = names[g]
-            row = counts[g] if g < len(counts) else np.zeros(counts.shape[1], dtype=np.int64)
-            if metric == "demographic_parity":
-                if row[0]:
-                    groups[name] = {"events": int(row[0]), "favorable": int(row[1]), "rate": float(row[1] / row[0])}
-            elif row[0] or row[2]:
-                shown = {"positives": int(row[0]), "true_positives": int(row[1]),
-                         "tpr": float(row[1] / row[0]) if row[0] else None}
-                if metric == "equalized_odds":
-                    shown.update(negatives=int(row[2]), false_positives=int(row[3]),
-                                 fpr=float(row[3] / row[2]) if row[2] else None)
-                groups[name] = shown
-        gap = None if math.isnan(tested.gap) else float(tested.gap)
-        found: dict[str, Any] = {"gap": gap, "rate": ("rate", "tpr", "fpr")[(metric != "demographic_parity")
-                                                                           + tested.rate], "groups": groups, "tests": tested.tests, "alpha": alpha,
-                                 "events": int(counts[:, 0].sum() + (0 if metric == "demographic_parity"
-                                                                     else counts[:, 2].sum())),
-                                 "rejected": [{"groups": [names[i], names[j]], "gap": g, "p_value": p}
-                                              for i, j, g, p in tested.rejected[:SHOWN_PAIRS]]}
-        if gap is not None:
-            found["lowest"], found["highest"] = names[tested.low], names[tested.high]
-        if metric == "demographic_parity" and gap is not None:
-            rates = [groups[names[tested.low]]["rate"], groups[names[tested.high]]["rate"]]
-            found["ratio"] = rates[0] / rates[1] if rates[1] > 0 else 1.0
-            found["four_fifths"] = found["ratio"] >= 0.8
-        return found
-
-    def _alert(self, monitor: AttributeMonitor, metric: str, transition: Transition, found: Mapping[str, Any],
-               offset: int, partition: int, event_time_ms: int | None) -> Alert:
-        config = self.config
-        what = f"{WORDS[metric]} of {self.model_id} by {monitor.attribute}"
-        unit = "predictions" if metric == "demographic_parity" else "labelled predictions"
-        gap = found["gap"]
-        low, high = found["lowest"], found["highest"]
-        rate = found["rate"]
-        if transition.status == "firing":
-            best = min(r["p_value"] for r in found["rejected"])
-            text = (f"{what}: the {RATE_WORDS[rate]} is {found['groups'][low][rate]:.3g} for {low} and "
-                    f"{found['groups'][high][rate]:.3g} for {high}, a gap of {gap:.3g} > {config.max_gap:g} "
-                    f"({transition.severity}; p = {best:.2g}, Holm over {found['tests']} pairs at "
-                    f"{found['alpha']:.2g})")
-            if "ratio" in found:
-                text += (f"; ratio {found['ratio']:.2f}, four-fifths rule "
-                         f"{'met' if found['four_fifths'] else 'failed'}")
-        else:
-            text = f"{what}: the largest gap is back to {gap:.3g} (< {self.hysteresis * config.max_gap:.3g})"
-        text += f" over the last {found['events']} {unit}"
-        reference = {"max_gap": config.max_gap, "alpha": found["alpha"], "tests": found["tests"], "correction": "holm",
-                     "min_group": config.min_group, "favorable": config.favorable}
-        current = {key: value for key, value in found.items() if key not in ("alpha", "tests")}
-        return Alert(transition.status, transition.severity, self.model_id, "fairness", monitor.attribute, metric,
-                     float(gap), config.max_gap, reference, current, partition, offset, event_time_ms, text)
 
     def info(self) -> dict[str, Any]:
         """Per attribute and metric, the last window's groups, rates and gap (status, page, metrics)."""
@@ -436,6 +356,97 @@ class Fairness:
                 if metric in saved["episodes"]:
                     episode.restore(saved["episodes"][metric])
         return True
+
+
+def judge(config: FairnessConfig, metric: str, names: Sequence[str], counts: np.ndarray, alpha: float,
+          episode: Episode) -> tuple[dict[str, Any], Transition | None]:
+    """One closed window of one attribute and metric (``counts``: groups × columns, in ``names``' order):
+    what it showed, and the episode's transition (fires when some pair is significantly more than
+    ``max_gap`` apart; resolves when the gap is below ``hysteresis × max_gap``)."""
+    compared = [k != 1 for k in range(len(names))]  # every group but __missing__
+    if len(counts) < len(names):
+        counts = np.vstack([counts, np.zeros((len(names) - len(counts), counts.shape[1]), dtype=np.int64)])
+    first = [ok and counts[g, 0] >= config.min_group for g, ok in enumerate(compared)]
+    if metric == "equalized_odds":
+        rates = [(counts[:, 1], counts[:, 0]), (counts[:, 3], counts[:, 2])]
+        eligible: Any = [first, [ok and counts[g, 2] >= config.min_group for g, ok in enumerate(compared)]]
+    else:
+        rates, eligible = [(counts[:, 1], counts[:, 0])], first
+    tested = compare_many(rates, eligible, config.max_gap, alpha)
+    found = findings(metric, names, counts, tested, alpha)
+    if math.isnan(tested.gap):
+        return found, None
+    if episode.firing:
+        return found, episode.level(tested.gap, config.max_gap, 2 * config.max_gap)
+    severity = "critical" if tested.gap >= 2 * config.max_gap else "warning"
+    return found, episode.detected(severity) if tested.rejected else None
+
+
+def window_point(model_id: str, config: FairnessConfig, attribute: str, metric: str, found: Mapping[str, Any],
+                 offset: int | None, partition: int | None, event_time_ms: int | None) -> dict[str, Any]:
+    """A closed window's history point: the gap against ``max_gap``, with the groups (the report's table)."""
+    point = history.window_point(model_id, "fairness", attribute, metric, found["gap"], config.max_gap,
+                                 2 * config.max_gap, offset, partition, event_time_ms)
+    point["groups"] = found["groups"]
+    return point
+
+
+def findings(metric: str, names: Sequence[str], counts: np.ndarray, tested: Tested, alpha: float) -> dict[str, Any]:
+    """What a window showed for one metric: per group its counts and rates, the gap, the rejected pairs."""
+    groups: dict[str, dict[str, Any]] = {}
+    for g in [*range(2, len(names)), 0, 1]:  # the named groups, then __other__ and __missing__
+        name = names[g]
+        row = counts[g]
+        if metric == "demographic_parity":
+            if row[0]:
+                groups[name] = {"events": int(row[0]), "favorable": int(row[1]), "rate": float(row[1] / row[0])}
+        elif row[0] or row[2]:
+            shown = {"positives": int(row[0]), "true_positives": int(row[1]),
+                     "tpr": float(row[1] / row[0]) if row[0] else None}
+            if metric == "equalized_odds":
+                shown.update(negatives=int(row[2]), false_positives=int(row[3]),
+                             fpr=float(row[3] / row[2]) if row[2] else None)
+            groups[name] = shown
+    gap = None if math.isnan(tested.gap) else float(tested.gap)
+    found: dict[str, Any] = {"gap": gap, "rate": ("rate", "tpr", "fpr")[(metric != "demographic_parity")
+                                                                       + tested.rate], "groups": groups, "tests": tested.tests, "alpha": alpha,
+                             "events": int(counts[:, 0].sum() + (0 if metric == "demographic_parity"
+                                                                 else counts[:, 2].sum())),
+                             "rejected": [{"groups": [names[i], names[j]], "gap": g, "p_value": p}
+                                          for i, j, g, p in tested.rejected[:SHOWN_PAIRS]]}
+    if gap is not None:
+        found["lowest"], found["highest"] = names[tested.low], names[tested.high]
+    if metric == "demographic_parity" and gap is not None:
+        rates = [groups[names[tested.low]]["rate"], groups[names[tested.high]]["rate"]]
+        found["ratio"] = rates[0] / rates[1] if rates[1] > 0 else 1.0
+        found["four_fifths"] = found["ratio"] >= 0.8
+    return found
+
+
+def describe(model_id: str, config: FairnessConfig, hysteresis: float, attribute: str, metric: str,
+             transition: Transition, found: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """A fairness alert's reference and current payloads and its message."""
+    what = f"{WORDS[metric]} of {model_id} by {attribute}"
+    unit = "predictions" if metric == "demographic_parity" else "labelled predictions"
+    gap = found["gap"]
+    low, high = found["lowest"], found["highest"]
+    rate = found["rate"]
+    if transition.status == "firing":
+        best = min(r["p_value"] for r in found["rejected"])
+        text = (f"{what}: the {RATE_WORDS[rate]} is {found['groups'][low][rate]:.3g} for {low} and "
+                f"{found['groups'][high][rate]:.3g} for {high}, a gap of {gap:.3g} > {config.max_gap:g} "
+                f"({transition.severity}; p = {best:.2g}, Holm over {found['tests']} pairs at "
+                f"{found['alpha']:.2g})")
+        if "ratio" in found:
+            text += (f"; ratio {found['ratio']:.2f}, four-fifths rule "
+                     f"{'met' if found['four_fifths'] else 'failed'}")
+    else:
+        text = f"{what}: the largest gap is back to {gap:.3g} (< {hysteresis * config.max_gap:.3g})"
+    text += f" over the last {found['events']} {unit}"
+    reference = {"max_gap": config.max_gap, "alpha": found["alpha"], "tests": found["tests"], "correction": "holm",
+                 "min_group": config.min_group, "favorable": config.favorable}
+    current = {key: value for key, value in found.items() if key not in ("alpha", "tests")}
+    return reference, current, text
 
 
 def shown(info: Mapping[str, Any]) -> list[str]:
