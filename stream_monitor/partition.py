@@ -825,12 +825,11 @@ class ModelMonitor:
         for column in features:
             before[column.name] = column.last_statistic.get("psi")
             column.closed_psi = []
-        if pending:
-            self._columns(pending, partition, out, seen)
+        buckets = self._columns(pending, partition, out, seen) if pending else None
         if scored or pairs:
             self._estimate(scored, pairs, partition, out)
         if fairness is not None and (pending or fair_pairs):
-            self._fair(pending, fair_pairs, partition, out)
+            self._fair(pending, fair_pairs, partition, out, buckets)
         if features and out:
             out = [(*t[:3], self._with_drivers(t[3], features, before)) for t in out]
         if labelled:
@@ -907,13 +906,23 @@ class ModelMonitor:
                          category(label) == self.config.fairness.favorable))
 
     def _fair(self, pending: list[tuple[int, int, InferenceEvent]], pairs: list[tuple], partition: int,
-              out: list) -> None:
+              out: list, buckets: np.ndarray | None = None) -> None:
         """Fairness (:mod:`stream_monitor.fairness`) over the batch's predictions and joined pairs, in order;
-        its alerts after the event's other alerts."""
+        its alerts after the event's other alerts. decisions = "model": the predictions' groups are counted
+        in their buckets' partials (``buckets``: each pending event's), demographic parity is the merge's."""
         fairness = self.fairness
         slot = len(self.columns) + 2
-        rows = [(p, o, e, favorable) for p, o, e in pending
+        rows = [(p, o, e, favorable, k) for k, (p, o, e) in enumerate(pending)
                 if (favorable := fairness.favorable(e.score, e.predicted_label)) is not None]
+        if self.sketch is not None and buckets is not None:
+            if rows and "demographic_parity" in fairness.metrics:
+                at = buckets[[r[4] for r in rows]]
+                for monitor in fairness.attributes:
+                    names = monitor.groups.names
+                    self.sketch.add_groups(monitor.attribute, at.tolist(),
+                                           [names[monitor.groups.of(r[2].features.get(monitor.attribute))]
+                                            for r in rows], [r[3] for r in rows])
+            rows = []
         for index, alert in fairness.add_predictions(
                 [r[2].features for r in rows], [r[3] for r in rows], [r[1] for r in rows], partition,
                 [r[2].timestamp_ms for r in rows]):
@@ -953,9 +962,10 @@ class ModelMonitor:
         return self.process(event, offset, partition, join)
 
     def _columns(self, pending: list[tuple[int, int, InferenceEvent]], partition: int, out: list,
-                 seen: Sequence[int | None] | None = None) -> None:
+                 seen: Sequence[int | None] | None = None) -> np.ndarray | None:
         """Every column over the batch's inference events, one column at a time. ``seen``: per position
-        in the batch, the partition's largest event time before that event (decisions = "model")."""
+        in the batch, the partition's largest event time before that event (decisions = "model"); the
+        events' buckets then (else ``None``)."""
         positions = [p for p, _, _ in pending]
         offsets = [o for _, o, _ in pending]
         times = [e.timestamp_ms for _, _, e in pending]
@@ -996,6 +1006,7 @@ class ModelMonitor:
             rows = joint.rows(events, features, [c.name for c in self.columns if c.signal == "feature"])
             for index, order, alert in joint.update_batch(rows, offsets, partition, times):
                 out.append((positions[index], len(self.columns), order, alert))
+        return buckets
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list) -> None:
