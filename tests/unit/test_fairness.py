@@ -6,6 +6,7 @@ significance the model's budget allows. Pure, no I/O: :class:`stream_monitor.par
 from __future__ import annotations
 
 import numpy as np
+import orjson
 import pytest
 
 from stream_monitor import statecodec
@@ -382,7 +383,8 @@ def test_the_report_has_a_fairness_section_with_the_groups_rates():
 
 def _merged(partitions: int, cut: int = 500):
     """decisions = "model": the parity stream (100 events a second) spread over ``partitions`` partitions by
-    event number, each a PartitionMonitor with the stored reference; their partials merged in one step."""
+    event number, each a PartitionMonitor with the stored reference; their partials merged in one step
+    (the result, the reference, the partitions' partials)."""
     from stream_monitor.merge import PartitionPartials, merge_step
     from stream_monitor.partition import PartitionMonitor
     from stream_monitor.reference import build_reference
@@ -402,11 +404,11 @@ def _merged(partitions: int, cut: int = 500):
         monitor.go_idle()
         mark = monitor.merge_marks()["credit"]
         marks.append(PartitionPartials("in", p, mark["watermark"], mark["idle"], mark["partials"]))
-    return merge_step(full.models["credit"], reference, None, marks, 1000)
+    return merge_step(full.models["credit"], reference, None, marks, 1000), reference, marks
 
 
 def test_model_level_parity_is_decided_once_over_the_partitions_exactly_as_over_one():
-    one, three = _merged(1), _merged(3, cut=333)
+    one, three = _merged(1)[0], _merged(3, cut=333)[0]
     alerts = [a for a in three.alerts if a.signal == "fairness"]
     assert [a.alert_id for a in alerts] == [a.alert_id for a in one.alerts if a.signal == "fairness"]
     # windows of 2,000 predictions = 20 buckets of 1 s; the gap opens at event 11,000 (t = 110 s): the window
@@ -417,3 +419,23 @@ def test_model_level_parity_is_decided_once_over_the_partitions_exactly_as_over_
     assert sum(alerts[0].window["events"].values()) == 2000 and len(alerts[0].window["events"]) == 3
     assert alerts[0].current["groups"] == next(a for a in one.alerts if a.signal == "fairness").current["groups"]
     assert three.state["episodes"]["fairness|gender|demographic_parity"]["firing"] is False
+
+
+def test_model_level_parity_merged_in_steps_through_the_stored_state_decides_the_same():
+    from stream_monitor.merge import PartitionPartials, merge_step
+
+    whole, reference, marks = _merged(2)
+    model = parse_config({"models": {"credit": {"decisions": "model", "reference": {"source": "stored"},
+                                                "detectors": {"psi": {"window": 1000}},
+                                                "fairness": {"attributes": ["gender"], "window": 2000}}}}).models["credit"]
+    state, alerts = None, []
+    for upto in (77, 151, 10_000):  # buckets merged per step; the state as stored (JSON) between steps
+        step = [PartitionPartials(m.topic, m.partition, m.watermark_ms, m.idle,
+                                  {b: p for b, p in m.partials.items() if b <= upto}) for m in marks]
+        result = merge_step(model, reference, state, step, 1000)
+        alerts += [a for a in result.alerts if a.signal == "fairness"]
+        state = orjson.loads(orjson.dumps(result.state))
+        marks = [PartitionPartials(m.topic, m.partition, m.watermark_ms, m.idle,
+                                   {b: p for b, p in m.partials.items() if b > upto}) for m in marks]
+    assert [a.alert_id for a in alerts] == [a.alert_id for a in whole.alerts if a.signal == "fairness"]
+    assert len(alerts) == 2
