@@ -435,7 +435,7 @@ def describe(model_id: str, config: FairnessConfig, hysteresis: float, attribute
         best = min(r["p_value"] for r in found["rejected"])
         text = (f"{what}: the {RATE_WORDS[rate]} is {found['groups'][low][rate]:.3g} for {low} and "
                 f"{found['groups'][high][rate]:.3g} for {high}, a gap of {gap:.3g} > {config.max_gap:g} "
-                f"({transition.severity}; p = {best:.2g}, Holm over {found['tests']} pairs at "
+                f"({transition.severity}; p = {best:.2g}, Holm over {found['tests']} pair{'s' if found['tests'] != 1 else ''} at "
                 f"{found['alpha']:.2g})")
         if "ratio" in found:
             text += (f"; ratio {found['ratio']:.2f}, four-fifths rule "
