@@ -678,3 +678,46 @@ def pb_tensor(name: str, datatype: str, shape: list[int], contents: bytes = b"")
     out = pb_field(1, name.encode()) + pb_field(2, datatype.encode())
     out += pb_field(3, b"".join(pb_varint(d) for d in shape))
     return out + (pb_field(5, contents) if contents else b"")
+
+
+def stored_status(monkeypatch, models: dict, next_offset: int) -> None:
+    """``stream-monitor status`` over one stored partition (ml.inference 0) whose summary holds ``models``:
+    Redis, its label join and the broker replaced by stand-ins that return what the command formats."""
+    from stream_monitor import cli, join, state
+
+    class Client:
+        def register_script(self, _):
+            return lambda **_: None
+
+    class Store:
+        def __init__(self, *_):
+            self.client = Client()
+
+        def partition_rows(self):
+            return [{"topic": "ml.inference", "partition": 0, "next_offset": next_offset, "saved_at_ms": None,
+                     "dead_letters": 0, "dead_letter_reasons": {}, "models": models}]
+
+    class Join:
+        def __init__(self, *_):
+            pass
+
+        def lag(self, _):
+            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
+                                  "bytes"), 0)
+
+    monkeypatch.setattr(state, "StateStore", Store)
+    monkeypatch.setattr(join, "RedisJoin", Join)
+    monkeypatch.setattr(cli, "_client", lambda config: None)
+    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+
+
+def run_model(monitor, items: list[tuple], batch: int) -> list:
+    """(offset, event, join) items through a ``ModelMonitor`` (partition 0) in batches of ``batch``; the
+    alerts in the order of one event at a time."""
+    from stream_monitor.partition import _in_event_order
+
+    alerts = []
+    for start in range(0, len(items), batch):
+        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
+        alerts += _in_event_order(monitor.process_batch(chunk, 0))
+    return alerts

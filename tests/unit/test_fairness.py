@@ -18,7 +18,8 @@ from stream_monitor.fairness import MISSING, Fairness, Groups, compare, holm
 from stream_monitor.join import JoinResult, MemoryJoin, join_op, fairness_attributes, performance_settings, \
     prediction_record
 from stream_monitor.merge import model_share, share_before_reference
-from stream_monitor.partition import ModelMonitor, _in_event_order
+from stream_monitor.partition import ModelMonitor
+from tests.support import run_model
 from stream_monitor.reference import OTHER
 
 GAP_AT, CLOSED_AT, EVENTS = 11_000, 21_000, 30_000
@@ -70,12 +71,7 @@ def labelled_stream(seed: int = 2, delay: int = 300) -> list[tuple]:
     return out
 
 
-def run(monitor: ModelMonitor, items: list[tuple], batch: int) -> list:
-    alerts = []
-    for start in range(0, len(items), batch):
-        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
-        alerts += _in_event_order(monitor.process_batch(chunk, 0))
-    return alerts
+run = run_model  # (offset, event, join) items through a ModelMonitor in batches
 
 
 def fairness(alerts) -> list[tuple]:
@@ -327,34 +323,11 @@ def test_the_groups_rates_are_on_the_status_page_and_in_the_metrics():
 
 def test_status_prints_the_groups_rates(tmp_path, monkeypatch, capsys):
     """``stream-monitor status`` over a stored partition summary (Redis and the broker stand-ins)."""
-    from stream_monitor import cli, join, state
+    from stream_monitor import cli
+    from tests.support import stored_status
 
     summary, events = _summary()
-
-    class Client:
-        def register_script(self, _):
-            return lambda **_: None
-
-    class Store:
-        def __init__(self, *_):
-            self.client = Client()
-
-        def partition_rows(self):
-            return [{"topic": "ml.inference", "partition": 0, "next_offset": events, "saved_at_ms": None,
-                     "dead_letters": 0, "dead_letter_reasons": {}, "models": summary["models"]}]
-
-    class Join:
-        def __init__(self, *_):
-            pass
-
-        def lag(self, _):
-            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
-                                  "bytes"), 0)
-
-    monkeypatch.setattr(state, "StateStore", Store)
-    monkeypatch.setattr(join, "RedisJoin", Join)
-    monkeypatch.setattr(cli, "_client", lambda config: None)
-    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+    stored_status(monkeypatch, summary["models"], events)
     path = tmp_path / "config.toml"
     path.write_text('[models.credit.fairness]\nattributes = ["gender"]\n')
     assert cli.main(["status", "--config", str(path)]) == 0
