@@ -20,6 +20,10 @@ code path:
 - **segments** (`--segments`, alone): a model segmented by a 60-value country
   with `top_k` 0, 10 and 50: its state's bytes and memory per segment, events/s
   and false alarms over stationary events.
+- **fairness**: a model's fairness (`Fairness`, one attribute of three groups
+  of 50 / 30 / 20 %, every group at the same rates): demographic parity over
+  stationary predictions and equalized odds (true- and false-positive rates)
+  over as many joined pairs, at one test's share each.
 - **delays**: 20,000 unchanged values, then a change; events from the change
   to each detector's first `firing` (median of 5 seeds), with the model's share
   and with today's per-test budget.
@@ -46,9 +50,10 @@ import orjson
 from stream_monitor.calibration import model_tests, split
 from stream_monitor.cbpe import EstimatedPerformance
 from stream_monitor.codec import decode
-from stream_monitor.config import EstimatedPerformanceConfig, parse_config
+from stream_monitor.config import EstimatedPerformanceConfig, FairnessConfig, parse_config
 from stream_monitor.detectors.psi import psi
 from stream_monitor.events import InferenceEvent, RawMessage
+from stream_monitor.fairness import Fairness
 from stream_monitor.merge import may_estimate
 from stream_monitor.partition import ColumnMonitor, ModelMonitor, PartitionMonitor
 from stream_monitor.reference import CategoricalReference, NumericReference
@@ -193,6 +198,33 @@ def estimated_false_alarms(args: tuple[int, int, float]) -> tuple[int, int, int]
         fired += sum(a.status == "firing" for _, a in estimator.add_predictions(predictions, offsets, 0,
                                                                                  [None] * len(s)))
     return seed, estimator.windows.closed, fired
+
+
+def fairness_false_alarms(args: tuple[int, int, float]) -> tuple[int, int, int]:
+    """Fairness of one attribute (groups of 50 / 30 / 20 %, favourable 40 % of the time; labels positive half the
+    time, the prediction right 80 % of the time, alike in every group): ``events`` predictions (demographic parity,
+    windows of 5,000) and as many joined pairs (equalized odds, windows of 2,000), each (attribute, metric) at
+    ``budget``. (seed, windows, firing alerts)."""
+    seed, events, budget = args
+    rng = np.random.default_rng(seed)
+    config = FairnessConfig(attributes=("group",), metrics=("demographic_parity", "equalized_odds"))
+    fair = Fairness("m", config, None, budget)
+    monitor = fair.attributes[0]
+    names = ["a", "b", "c"]
+    fired = 0
+    for start in range(0, events, 100_000):
+        n = min(100_000, events - start)
+        groups = rng.choice(3, size=n, p=[0.5, 0.3, 0.2])
+        indices = np.asarray([monitor.groups.of(name) for name in names])[groups]
+        offsets = range(start, start + n)
+        fired += sum(a.status == "firing" for _, a in fair.add_group_indices(
+            monitor, indices, rng.random(n) < 0.4, offsets, 0, [None] * n))
+        truth = rng.random(n) < 0.5
+        predicted = np.where(rng.random(n) < 0.8, truth, ~truth)
+        values = [{"group": names[g]} for g in groups.tolist()]
+        fired += sum(a.status == "firing" for _, a in fair.add_pairs(values, predicted.tolist(), truth.tolist(),
+                                                                        offsets, 0, [None] * n))
+    return seed, monitor.predictions.closed + monitor.pairs.closed, fired
 
 
 def delay(args: tuple[str, str, int, float, int]) -> tuple[str, str, int, dict[str, int]]:
@@ -347,6 +379,7 @@ def main() -> int:
         joints = list(pool.map(joint, [("quiet", args.events, 0.0)] + [("change", seed, rho) for rho in (0.2, 0.5)
                                                                         for seed in range(args.seeds)]))
         estimated = list(pool.map(estimated_false_alarms, [(seed, args.events, SHARE) for seed in range(args.seeds)]))
+        fairness = list(pool.map(fairness_false_alarms, [(seed, args.events, SHARE) for seed in range(args.seeds)]))
 
     events = per_partition * PARTITIONS
     print(f"Per model: a {len(WIDE)}-feature model (+ score, latency: {WIDE_TESTS} tests) on {PARTITIONS} partitions, "
@@ -390,6 +423,10 @@ def main() -> int:
     print(f"\nestimated_performance (cbpe, one test's share {SHARE:.2g}): {fired} firing alerts in {len(estimated)} "
           f"streams of {args.events:,} stationary predictions of a calibrated classifier ({windows:,} windows, "
           f"each judged on 4 metrics): {fired * 1e6 / (len(estimated) * args.events):.1f} per 10^6")
+    windows, fired = sum(w for _, w, _ in fairness), sum(f for _, _, f in fairness)
+    print(f"\nfairness (demographic_parity and equalized_odds, one test's share {SHARE:.2g} each): {fired} firing "
+          f"alerts in {len(fairness)} streams of {args.events:,} stationary predictions and as many joined pairs, "
+          f"three equal groups ({windows:,} windows): {fired * 1e6 / (len(fairness) * args.events):.1f} per 10^6")
 
     print(f"\nCalibration check: the same code with a budget of {CHECK_BUDGET:g} false alarms per 10^6 events "
           f"(PSI/KS/quality windows of 500, no cooldown), {checked:,} events: observed "

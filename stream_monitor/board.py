@@ -250,6 +250,10 @@ class StatusBoard:
                         held = entry.get("estimated")
                         if held is None or estimate.get("windows", 0) > held.get("windows", 0):
                             entry["estimated"] = dict(estimate)
+                    for attribute, held_now in (model.get("fairness") or {}).items():  # the most windows judged
+                        held = entry.setdefault("fairness", {}).get(attribute)
+                        if held is None or fairness_windows(held_now) > fairness_windows(held):
+                            entry["fairness"][attribute] = held_now
                     if model.get("unmonitored"):
                         entry["unmonitored"] = sorted(set(entry.get("unmonitored", ())) | set(model["unmonitored"]))
                     if model_id in self.label_lag:
@@ -275,7 +279,7 @@ class StatusBoard:
                         elif row.get("firing"):
                             held["firing"] = True
             order = {"feature": 0, "prediction": 1, "label": 2, "performance": 3, "estimated_performance": 4,
-                     "latency": 5, "data_quality": 6}
+                     "fairness": 5, "latency": 6, "data_quality": 7}
             self._merged_rows(models)
             for model_id, entry in models.items():
                 if "incidents" in entry:
@@ -302,6 +306,11 @@ class StatusBoard:
                     "models": models, "pictures": firing_pictures(models, shares), "alerts": list(self._alerts),
                     "merges": {m: dict(v) for m, v in sorted(self.merges.items())},
                     "dead_letters": dead_letter_reasons(partitions + group), "health": health}
+
+
+def fairness_windows(fairness: Mapping[str, Any]) -> int:
+    """How many windows one partition's fairness of an attribute has judged (predictions and pairs)."""
+    return sum((fairness.get("windows") or {}).values())
 
 
 def _epoch(stamp: Any) -> float | None:

@@ -11,7 +11,7 @@ counted from the start so thresholds do not move when labels arrive); the
 performance drift detector; the estimated performance where the model may be a
 classifier with scores; the multivariate test where the reference has a joint
 part; with segments, each window test that also runs per segment, once for all
-segments — and :func:`split` gives each an equal share (0.1 over the 182 tests of
+segments; one per (protected attribute, fairness metric) — and :func:`split` gives each an equal share (0.1 over the 182 tests of
 a 20-feature classifier with a score and latency: 5.5·10⁻⁴ each). Each test then turns its share into a threshold as a rate per
 value it sees, which is what makes the sum over partitions the model's:
 
@@ -113,12 +113,17 @@ def window_tests(numeric: bool, detectors: Any = None) -> int:
     return quality + 1 + (1 if numeric and on("ks") else 0)
 
 
+def fairness_tests(fairness: Any) -> int:
+    """The tests a model's ``[fairness]`` section (a ``FairnessConfig``) adds: one per (attribute, metric)."""
+    return len(fairness.attributes) * len(set(fairness.metrics))
+
+
 def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None, estimate: bool = False,
-                joint: bool = False, segmented: Iterable[bool] = ()) -> int:
+                joint: bool = False, segmented: Iterable[bool] = (), fairness: int = 0) -> int:
     """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
     not as ``numeric`` says: theirs, the label column's (categorical), with ``performance`` the error
     stream's drift detector, with ``estimate`` the estimated performance (one test: its four metrics share
-    it) and with ``joint`` the multivariate test. Fixed limits (metric floors, the p95 ceiling) are not
+    it), with ``joint`` the multivariate test and ``fairness`` tests of its groups' gaps. Fixed limits (metric floors, the p95 ceiling) are not
     tests of the budget.
 
     ``segmented``: the columns (numeric or not) whose window tests also run per segment. Each such test
@@ -133,7 +138,7 @@ def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = Non
     314
     """
     return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
-            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0)
+            + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0) + fairness
             + sum(window_tests(n, detectors) for n in segmented))
 
 

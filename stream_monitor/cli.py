@@ -359,8 +359,10 @@ def _status(args: argparse.Namespace) -> int:
         partitions.append({"topic": row["topic"], "partition": row["partition"], "next_offset": row["next_offset"],
                            "end_offset": end, "lag": None if end is None else max(0, end - row["next_offset"]),
                            **{k: row[k] for k in ("saved_at_ms", "dead_letters", "dead_letter_reasons", "models")}})
-    from .board import dead_letter_reasons, gathered_segments, ranked_incidents, recent_requests  # noqa: PLC0415
+    from .board import dead_letter_reasons, fairness_windows, gathered_segments, ranked_incidents, \
+        recent_requests  # noqa: PLC0415
     from .events import segment_words  # noqa: PLC0415
+    from .fairness import shown as fairness_lines  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary, incidents_summary, requests_summary  # noqa: PLC0415
@@ -455,6 +457,13 @@ def _status(args: argparse.Namespace) -> int:
                                for k, v in estimate["metrics"].items())
             print(f"  performance estimated from the scores over the last {estimate['window']:,} predictions: "
                   f"{logs.clean(shown)}")
+        fair: dict = {}  # per attribute, the partition's that judged the most windows
+        for p in partitions:
+            for attribute, held in (p["models"].get(model_id, {}).get("fairness") or {}).items():
+                if attribute not in fair or fairness_windows(held) > fairness_windows(fair[attribute]):
+                    fair[attribute] = held
+        for line in fairness_lines(fair):
+            print(f"  fairness: {logs.clean(line)}")
         if model_id in lag:
             held = lag[model_id]
             print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "

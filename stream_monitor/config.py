@@ -734,6 +734,47 @@ class SegmentsConfig(_Table):
         return bool(self.columns)
 
 
+FAIRNESS_METRICS = ("demographic_parity", "equal_opportunity", "equalized_odds")
+
+
+class FairnessConfig(_Table):
+    attributes: Annotated[tuple[Annotated[str, NOT_EMPTY], ...], doc(
+        "Protected attributes: feature names whose values are the groups compared, e.g. `[\"gender\"]`. Each is "
+        "read as categorical (a number by its JSON spelling). Empty: no fairness monitoring.",
+        default="`[]`")] = ()
+    favorable: Annotated[str, doc(
+        "The favourable outcome: a predicted label (compared by its JSON spelling, e.g. `\"1\"` or `\"approve\"`)"
+        "; a prediction with a score and no label is favourable at a score at or above `decision_threshold`. "
+        "The ground-truth label that is the positive class for the true- and false-positive rates.")] = "1"
+    decision_threshold: Annotated[float, Meta(ge=0, le=1), doc(
+        "A prediction without a predicted label is favourable when its score is at or above this.")] = 0.5
+    metrics: Annotated[tuple[Literal["demographic_parity", "equal_opportunity", "equalized_odds"], ...], doc(
+        "What is compared between groups: `demographic_parity` (favourable-outcome rate, from predictions "
+        "alone), `equal_opportunity` (true-positive rate, from joined labels), `equalized_odds` (true- and "
+        "false-positive rate, from joined labels). Each (attribute, metric) is one test of the model's "
+        "false-alarm budget.",
+        checks="each `\"demographic_parity\"`, `\"equal_opportunity\"` or `\"equalized_odds\"`")] = (
+        "demographic_parity", "equal_opportunity")
+    max_gap: Annotated[float, Meta(gt=0, lt=1), doc(
+        "The largest tolerated difference between two groups' rates. A `fairness` alert fires only when a "
+        "window shows a pair of groups further apart than this with the significance the model's budget allows "
+        "(two-proportion tests of gap > `max_gap`, Holm-corrected for the pairs compared); critical from twice "
+        "this gap. It resolves at the first window whose largest gap is below `detectors.hysteresis` × this.")] = 0.1
+    window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
+        "Predictions per tumbling window of demographic parity (per partition and model).")] = 5_000
+    label_window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
+        "Joined (prediction, label) pairs per tumbling window of equal opportunity and equalized odds.")] = 2_000
+    min_group: Annotated[int, Meta(ge=5), doc(
+        "A group takes part in a window's comparison only with at least this many events there (for the "
+        "true-positive rate: labelled positives; for the false-positive rate: labelled negatives).")] = 100
+    max_groups: Annotated[int, Meta(ge=2, le=100), doc(
+        "Groups per attribute: the attribute's most frequent categories in the model's reference (at most "
+        "this many, and at most `detectors.psi.top_k`); an attribute the reference holds as numeric takes the "
+        "first this many values it sees (declare it `categorical` under `features` to group it by the "
+        "reference). Every other value counts in the group `__other__`, a missing one (absent or null) in "
+        "`__missing__`, which is shown but never compared.")] = 10
+
+
 class ModelConfig(_Table):
     model_id: Annotated[str, INTERNAL] = ""  # the table's name, `<id>` in [models.<id>]
     reference: ReferenceConfig = ReferenceConfig()
@@ -755,6 +796,7 @@ class ModelConfig(_Table):
     oip: OipConfig = OipConfig()
     retraining: ModelRetrainingConfig = ModelRetrainingConfig()
     segments: SegmentsConfig = SegmentsConfig()
+    fairness: FairnessConfig = FairnessConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
         "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
         "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
@@ -1165,6 +1207,10 @@ def _check_model(model: ModelConfig, where: str) -> None:
     if missing:
         raise ConfigError(f"{where}.segments.columns", f"{missing[0]!r} is not one of the model's features "
                           f"({', '.join(sorted(model.features)) or 'none'})")
+    for attribute in model.fairness.attributes:
+        if model.features is not None and attribute not in model.features:
+            raise ConfigError(f"{where}.fairness.attributes", f"{attribute!r} is not one of the model's features "
+                              f"({', '.join(sorted(model.features)) or 'none'}): list it under [{where}.features]")
     task = model.performance.task
     # an inferred task (empty): floors apply if it turns out classification, ceilings if regression
     allowed = {"floors": CLASSIFICATION_METRICS if task in ("", "classification") else (),

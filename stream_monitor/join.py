@@ -92,7 +92,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import OrderedDict
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import orjson
 from redis.cluster import RedisCluster
@@ -552,8 +552,14 @@ _STATUSES = {status.encode(): JoinResult(status) for status in ("pending", "take
 _DIGITS = frozenset(b"0123456789")
 
 
-def prediction_record(score: float | None, label: Any, timestamp_ms: int | None) -> dict[str, Any]:
-    return {"score": score, "label": label, "t": timestamp_ms}
+
+def prediction_record(score: float | None, label: Any, timestamp_ms: int | None,
+                      groups: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A prediction as the join keeps it; ``groups``: its protected attributes' values (fairness), if any."""
+    record = {"score": score, "label": label, "t": timestamp_ms}
+    if groups:
+        record["g"] = dict(groups)
+    return record
 
 
 def label_record(label: Any, timestamp_ms: int | None) -> dict[str, Any]:
@@ -759,17 +765,28 @@ class MemoryJoin:
         pred["joined"] = me
 
 
-def join_op(event, me: str, settings: dict[str, PerformanceConfig]) -> JoinOp | None:
-    """The join operation an event needs (``None`` for models whose performance is turned off)."""
+def join_op(event, me: str, settings: dict[str, PerformanceConfig],
+            attributes: Mapping[str, Sequence[str]] | None = None) -> JoinOp | None:
+    """The join operation an event needs (``None`` for models whose performance is turned off).
+    ``attributes``: per model its protected attributes (:func:`fairness_attributes`), kept with the
+    prediction so a later label knows its groups."""
     cfg = settings.get(event.model_id)
     if cfg is None or not cfg.enabled:
         return None
     if hasattr(event, "features"):
         if event.score is None and event.predicted_label is None:
             return None
+        names = () if attributes is None else attributes.get(event.model_id, ())
+        groups = {name: event.features.get(name) for name in names}
         return JoinOp("prediction", event.model_id, event.event_id,
-                      prediction_record(event.score, event.predicted_label, event.timestamp_ms), me)
+                      prediction_record(event.score, event.predicted_label, event.timestamp_ms, groups), me)
     return JoinOp("label", event.model_id, event.event_id, label_record(event.label, event.timestamp_ms), me)
+
+
+def fairness_attributes(config) -> dict[str, tuple[str, ...]]:
+    """The models with protected attributes (``[models.<id>.fairness] attributes``) and their names."""
+    return {model_id: tuple(model.fairness.attributes) for model_id, model in config.models.items()
+            if model.fairness.attributes}
 
 
 def performance_settings(config) -> dict[str, PerformanceConfig]:

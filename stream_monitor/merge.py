@@ -26,8 +26,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from . import alerts as words, drivers, history, mergejoint, mergeperf
-from .calibration import ks_threshold, model_tests, psi_threshold, rate_threshold, split
+from . import alerts as words, drivers, fairness, history, mergejoint, mergeperf
+from .calibration import fairness_tests, ks_threshold, model_tests, per_window, psi_threshold, rate_threshold, split
 from .config import ModelConfig
 from .detectors.episode import Episode, Transition
 from .detectors.percentile import percentile_cell, percentile_of
@@ -96,7 +96,8 @@ def share_before_reference(model: ModelConfig) -> float:
     """Each test's share while the reference's columns are unknown: of the tests known from the config alone
     (the label column's, the performance detector and, where it may run, the estimated performance)."""
     det = model.detectors
-    return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model)))
+    return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model),
+                                                           fairness=fairness_tests(model.fairness)))
 
 
 def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
@@ -108,7 +109,8 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     estimate = may_estimate(model) and reference.score is not None
     segmented = [isinstance(ref, NumericReference) for _, _, ref in segmented_columns(model, reference)]
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
-                                                           runs_joint(model, reference), segmented))
+                                                           runs_joint(model, reference), segmented,
+                                                           fairness_tests(model.fairness)))
 
 
 def runs_segments(model: ModelConfig, reference: ReferenceProfile) -> bool:
@@ -175,6 +177,15 @@ def segment_parts(partial: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
 def segment_sketch_key(index: int) -> str:
     """The key of a reference's segment (its index: the top ones in rank order, then the rest) in partials."""
     return f"s{index}"
+
+
+def add_groups(into: dict[str, Any], groups: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
+    """Add one partial's fairness counts (attribute → group → [predictions, favourable]) to another's."""
+    for attribute, counted in groups.items():
+        held = into.setdefault(attribute, {})
+        for group, (n, favorable) in counted.items():
+            before = held.get(group, (0, 0))
+            held[group] = [before[0] + n, before[1] + favorable]
 
 
 def _firing_order(record: Mapping[str, Any]) -> tuple:
@@ -272,6 +283,17 @@ class BucketSketch:
                         cells, counts = np.unique(p95_cells[here], return_counts=True)
                         add_cells(column["p95"], {str(c): int(k) for c, k in zip(cells.tolist(), counts.tolist())})
 
+    def add_groups(self, attribute: str, buckets: Sequence[int], groups: Sequence[str],
+                   favorable: Sequence[bool]) -> None:
+        """Predictions of a fairness attribute: each one's bucket, group and whether it was favourable."""
+        for bucket, group, good in zip(buckets, groups, favorable):
+            counted = self._bucket(bucket).setdefault("fairness", {}).setdefault(attribute, {})
+            held = counted.get(group)
+            if held is None:
+                held = counted[group] = [0, 0]
+            held[0] += 1
+            held[1] += int(good)
+
     def firing(self, bucket: int, record: dict[str, Any]) -> None:
         firings = self._bucket(bucket)["firings"]
         firings.append(record)
@@ -324,6 +346,8 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
         out["segments"] = dict(partial["segments"])
         out["segment_columns"] = {k: {p: _copy_cell(v) for p, v in c.items()}
                                   for k, c in partial.get("segment_columns", {}).items()}
+    if "fairness" in partial:
+        out["fairness"] = {a: {g: list(c) for g, c in groups.items()} for a, groups in partial["fairness"].items()}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
     out.update(mergeperf.copy_parts(partial))
@@ -469,6 +493,8 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         for *_, firing in firings:
             out.extend(_with_drivers(_point_firing(model, episodes, bucket, firing), state.get("feature_psi"),
                                      reference))
+        if model.fairness.attributes:
+            out.extend(_fairness_bucket(model, reference, state, episodes, bucket, group, bucket_ms, share, points))
         if counted and window["events"] >= model.detectors.psi.window:
             feature_psi: dict[str, float] = {}
             decided = _decide(model, columns, episodes, window, bucket_ms, share, points, feature_psi)
@@ -753,6 +779,11 @@ def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
                                                        for c, col in w["columns"].items()},
                                       "by_partition": dict(w["by_partition"])}
                                   for k, w in state["segment_windows"].items()}
+    fair = state.get("fairness_window")
+    if fair is not None:
+        out["fairness_window"] = {**fair, "by_partition": dict(fair["by_partition"]),
+                                  "groups": {a: {g: list(c) for g, c in groups.items()}
+                                             for a, groups in fair["groups"].items()}}
     return out
 
 
@@ -770,6 +801,62 @@ def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: 
     episodes.state[key] = {"firing": True, "severity": firing["severity"], "quiet": 0, "cooling": 0,
                            "last_alert_id": alert.alert_id, "opened_bucket": bucket}
     return [alert]
+
+
+def _fairness_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[str, Any], episodes: _Episodes,
+                     bucket: int, group: list, bucket_ms: int, share: float, points: list) -> list[Alert]:
+    """A bucket's fairness counts into the model's parity window; at ``fairness.window`` predictions (on a
+    bucket boundary) the window is judged per attribute as one partition judges its own
+    (:func:`stream_monitor.fairness.judge`, at the window's actual size)."""
+    window = state.get("fairness_window")
+    for _, topic, partition, partial in group:
+        counted = partial.get("fairness")
+        if not counted:
+            continue
+        if window is None:
+            window = state["fairness_window"] = {"first_bucket": bucket, "events": 0, "by_partition": {},
+                                                 "groups": {}}
+        window["last_bucket"] = bucket
+        add_groups(window["groups"], counted)
+        predictions = sum(n for n, _ in next(iter(counted.values())).values())  # every attribute counts each
+        window["events"] += predictions
+        where = f"{topic}|{partition}"
+        window["by_partition"][where] = window["by_partition"].get(where, 0) + predictions
+    config = model.fairness
+    if window is None or window["events"] < config.window or "demographic_parity" not in config.metrics:
+        return []
+    state["fairness_window"] = None
+    payload = _window_payload(window, bucket_ms)
+    alpha = per_window(share, window["events"])
+    out = []
+    for attribute in config.attributes:
+        counted = window["groups"].get(attribute, {})
+        ref = reference.features.get(attribute)
+        names = fairness.Groups(ref.categories if isinstance(ref, CategoricalReference) else None,
+                                config.max_groups).names
+        names = names + sorted(set(counted) - set(names))  # seen values of an attribute the reference holds as numeric
+        counts = np.asarray([counted.get(name, [0, 0]) for name in names], dtype=np.int64)
+        key = f"fairness|{attribute}|demographic_parity"
+        episode = episodes.level(key)
+        found, transition = fairness.judge(config, "demographic_parity", names, counts, alpha, episode)
+        point = fairness.window_point(model.model_id, config, attribute, "demographic_parity", found, None, None,
+                                      payload["last"])
+        point["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
+        points.append(point)
+        if transition is not None:
+            description, current, message = fairness.describe(model.model_id, config, model.detectors.hysteresis,
+                                                              attribute, "demographic_parity", transition, found)
+            alert = Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                          signal="fairness", name=attribute, detector="demographic_parity",
+                          statistic=float(found["gap"]), threshold=config.max_gap, reference=description,
+                          current=current, partition=None, offset=None, event_time_ms=payload["last"],
+                          message=message, window=payload,
+                          alert_id=window_alert_id(model.model_id, "fairness", attribute, "demographic_parity",
+                                                   payload["first_bucket"], payload["last_bucket"], transition.status))
+            episode.last_alert_id = alert.alert_id
+            out.append(alert)
+        episodes.keep(key, episode)
+    return out
 
 
 def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]:

@@ -273,13 +273,26 @@ class _Families:
         "stream_monitor_untracked_columns", "Feature names a model's warm-up did not track (over "
         "service.max_inferred_columns; highest over this instance's partitions)", labels=["model"]))
 
+    fairness_rate: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_fairness_rate", "A protected group's rate over its attribute's last closed fairness window: "
+        "rate = favorable (favourable-outcome rate, from predictions), tpr or fpr (true- and false-positive rate, "
+        "from joined labels); the partition that judged the most windows", labels=["model", "attribute", "group", "rate"]))
+    fairness_gap: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_fairness_gap", "The largest gap between the compared groups' rates over the last closed "
+        "window, per fairness metric (compare with fairness.max_gap)", labels=["model", "attribute", "metric"]))
     incidents: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_incidents_open", "Open incidents of a model (what its detectors found about one change, "
         "grouped) over this instance's partitions and the model-level merges it runs", labels=["model"]))
 
     def all(self) -> list[GaugeMetricFamily]:
         return [self.statistic, self.threshold, self.critical, self.firing, self.firing_severity,
-                self.performance, self.estimated, self.lag, self.untracked, self.incidents]
+                self.performance, self.estimated, self.lag, self.untracked, self.incidents, self.fairness_rate,
+                self.fairness_gap]
+
+
+def _judged(fairness: Mapping[str, Any]) -> int:
+    """The windows a partition's fairness of one attribute has judged."""
+    return sum((fairness.get("windows") or {}).values())
 
 
 class PartitionCollector(Collector):
@@ -309,6 +322,7 @@ class PartitionCollector(Collector):
         estimated: dict[tuple[str, str], float] = {}
         untracked: dict[str, int] = {}
         incidents: dict[str, int] = {}
+        fairness: dict[tuple[str, str], Mapping[str, Any]] = {}  # (model, attribute) → the most judged
         for view in views:
             lag = view.lag
             if lag is not None:
@@ -326,6 +340,10 @@ class PartitionCollector(Collector):
                 for metric, value in ((model.get("estimated") or {}).get("metrics") or {}).items():
                     held = estimated.get((model_id, metric))
                     estimated[(model_id, metric)] = value if held is None else max(held, value)
+                for attribute, judged in (model.get("fairness") or {}).items():
+                    held = fairness.get((model_id, attribute))
+                    if held is None or _judged(judged) > _judged(held):
+                        fairness[(model_id, attribute)] = judged
                 for row in model.get("detectors", []):
                     key = (model_id, row["signal"], row["name"], row["detector"])
                     value = row.get("statistic")
@@ -364,6 +382,17 @@ class PartitionCollector(Collector):
             incidents[model_id] = incidents.get(model_id, 0) + count
         for model_id, count in sorted(incidents.items()):
             families.incidents.add_metric([model_id], count)
+        for (model_id, attribute), judged in sorted(fairness.items()):
+            rates: dict[tuple[str, str], float] = {}
+            for metric, found in (judged.get("metrics") or {}).items():
+                if found.get("gap") is not None:
+                    families.fairness_gap.add_metric([model_id, attribute, metric], found["gap"])
+                for group, counts in found.get("groups", {}).items():
+                    for key, rate in (("rate", "favorable"), ("tpr", "tpr"), ("fpr", "fpr")):
+                        if counts.get(key) is not None:
+                            rates[(group, rate)] = counts[key]
+            for (group, rate), value in sorted(rates.items()):
+                families.fairness_rate.add_metric([model_id, attribute, group, rate], value)
         return iter(families.all())
 
 

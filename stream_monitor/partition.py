@@ -32,6 +32,7 @@ from .detectors.percentile import WindowPercentile, percentile_cell
 from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .cbpe import EstimatedPerformance, predicted_positive
+from .fairness import Fairness
 from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
 from .events import Alert, InferenceEvent, LabelEvent, segment_words
 from .incidents import Incidents, episode_key
@@ -694,7 +695,9 @@ def model_settings(model: ModelConfig, service: ServiceConfig | None = None) -> 
             "p95": {**window, "detectors.latency.p95_ceiling_ms": d.latency.p95_ceiling_ms, **episode},
             "latency": {"detectors.latency.enabled": d.latency.enabled},
             "performance": performance,
-            **_joint_settings(d)}
+            **_joint_settings(d),
+            # only where configured, so the fingerprints of states saved before fairness mean the same
+            **({"fairness": prefixed("fairness", model.fairness)} if model.fairness.attributes else {})}
 
 
 def _joint_settings(d: Any) -> dict[str, dict[str, Any]]:
@@ -761,6 +764,7 @@ class ModelMonitor:
         self.share = self._share_before_reference()
         self.performance = PerformanceColumn(config, budget=self.share) if perf.enabled and perf.task else None
         self.estimated: EstimatedPerformance | None = None  # a classifier's, once it has a joined pair (_estimate)
+        self.fairness: Fairness | None = None  # with [fairness] attributes, from the reference on
         self.incidents = Incidents(config.model_id)  # groups this model's alerts (stream_monitor/incidents.py)
         # asks for retraining once per incident that meets the policy (stream_monitor/retraining.py)
         self.retraining = Retraining(config.model_id, RetrainingPolicy.of(config.retraining)) if requests else None
@@ -853,6 +857,9 @@ class ModelMonitor:
             self.model_side = PartitionSide(self.config, reference)
         self.multivariate = None if merged else self._joint(reference)
         self.segments = self._segment_detectors(reference)
+        if self.config.fairness.attributes:
+            self.fairness = Fairness(self.config.model_id, self.config.fairness, reference, self.share,
+                                     self.config.detectors.hysteresis)
         if len(self.warmup):
             self.warmup = WarmupSummary(self.config.features, self.limits)
             self.segment_warmup = self._segment_warmup()
@@ -889,6 +896,8 @@ class ModelMonitor:
             [episode_key("estimated_performance", m, "cbpe") for m, e in self.estimated.episodes.items() if e.firing]
         if self.segments is not None:
             columns.extend(self.segments.all_columns())
+        if self.fairness is not None:
+            estimated += [episode_key("fairness", name, metric) for name, metric in self.fairness.firing()]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name, c.segment) for c in columns
                 for a in c.adapters if a.episode.firing and not c.merged] + estimated  # merged: the merge's
 
@@ -915,9 +924,14 @@ class ModelMonitor:
         scored: list[tuple[int, int, InferenceEvent]] = []  # inference events with a score, for the estimate
         pairs: list[tuple] = []  # joined: (position, slot, prediction record, label, label time, offset, event time)
         merged = self.config.by_model
+        fair_pairs: list[tuple] = []  # joined, for fairness: (position, offset, time, values, predicted, truth)
+        fairness = self.fairness
         for position, offset, event, join in items:
             if isinstance(event, LabelEvent):
                 self._label(event, position, offset, partition, join, labelled, pairs, seen)
+                if fairness is not None and join is not None and join.status == "joined":
+                    self._fair_pair(join.other.get("g") or {}, join.other, event.label, position, offset,
+                                    event.timestamp_ms, fair_pairs)
                 continue
             self.events += 1
             if is_finite_number(event.score):
@@ -929,6 +943,9 @@ class ModelMonitor:
                 if self._performance(prediction, partition) is not None:
                     pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
                                   event.timestamp_ms))
+                if fairness is not None:
+                    self._fair_pair(event.features, prediction, join.other["label"], position, offset,
+                                    event.timestamp_ms, fair_pairs)
             if self.reference is None and self.config.by_model:  # the model-level warm-up (share)
                 if self.share_left == 0:
                     raise AssertionError("an event past the warm-up share before the model's reference")
@@ -952,6 +969,7 @@ class ModelMonitor:
                         joint_features=self.config.detectors.multivariate.max_features))
                     self._note_untracked(partition)
                     self.use_reference(profile)  # a label column from the label warm-up carries on
+                    fairness = self.fairness
                 continue
             pending.append((position, offset, event))
         if pairs:
@@ -968,13 +986,14 @@ class ModelMonitor:
         for column in features:
             before[column.name] = column.last_statistic.get("psi")
             column.closed_psi = []
-        if pending:
-            self._columns(pending, partition, out, seen)
+        buckets = self._columns(pending, partition, out, seen) if pending else None
         if self.config.by_model:  # the pairs go to the partials (once the reference is there), the merge estimates
             if self.model_side is not None and pairs:
                 self._model_pairs(pairs, seen)
         elif scored or pairs:
             self._estimate(scored, pairs, partition, out)
+        if fairness is not None and (pending or fair_pairs):
+            self._fair(pending, fair_pairs, partition, out, buckets)
         if features and out:
             out = [(*t[:3], self._with_drivers(t[3], features, before)) for t in out]
         if labelled:
@@ -1071,6 +1090,41 @@ class ModelMonitor:
             bucket = bucket_of(label_time if latest is None else latest, mark, sketch.bucket_ms, sketch.floor)
             side.add_pair(sketch, bucket, prediction, label)
 
+    def _fair_pair(self, values: Mapping[str, Any], prediction: Mapping[str, Any], label: Any, position: int,
+                   offset: int, time: int | None, into: list) -> None:
+        """A joined pair for fairness: its prediction's attribute values, favourable or not, and its label's."""
+        predicted = self.fairness.favorable(prediction.get("score"), prediction.get("label"))
+        if predicted is not None:
+            into.append((position, offset, time, values, predicted,
+                         category(label) == self.config.fairness.favorable))
+
+    def _fair(self, pending: list[tuple[int, int, InferenceEvent]], pairs: list[tuple], partition: int,
+              out: list, buckets: np.ndarray | None = None) -> None:
+        """Fairness (:mod:`stream_monitor.fairness`) over the batch's predictions and joined pairs, in order;
+        its alerts after the event's other alerts. decisions = "model": the predictions' groups are counted
+        in their buckets' partials (``buckets``: each pending event's), demographic parity is the merge's."""
+        fairness = self.fairness
+        slot = len(self.columns) + 2
+        rows = [(p, o, e, favorable, k) for k, (p, o, e) in enumerate(pending)
+                if (favorable := fairness.favorable(e.score, e.predicted_label)) is not None]
+        if self.sketch is not None and buckets is not None:
+            if rows and "demographic_parity" in fairness.metrics:
+                at = buckets[[r[4] for r in rows]]
+                for monitor in fairness.attributes:
+                    names = monitor.groups.names
+                    self.sketch.add_groups(monitor.attribute, at.tolist(),
+                                           [names[monitor.groups.of(r[2].features.get(monitor.attribute))]
+                                            for r in rows], [r[3] for r in rows])
+            rows = []
+        for index, alert in fairness.add_predictions(
+                [r[2].features for r in rows], [r[3] for r in rows], [r[1] for r in rows], partition,
+                [r[2].timestamp_ms for r in rows]):
+            out.append((rows[index][0], slot, len(out), alert))
+        for index, alert in fairness.add_pairs(
+                [p[3] for p in pairs], [p[4] for p in pairs], [p[5] for p in pairs], [p[1] for p in pairs],
+                partition, [p[2] for p in pairs]):
+            out.append((pairs[index][0], slot + 1, len(out), alert))
+
     def _estimate_budget(self) -> float:
         """The estimate's share of the model's false-alarm budget: one test's, as the others' (before the
         reference from the config alone, then the model's share: :meth:`use_reference` recalibrates an
@@ -1101,9 +1155,10 @@ class ModelMonitor:
         return self.process(event, offset, partition, join)
 
     def _columns(self, pending: list[tuple[int, int, InferenceEvent]], partition: int, out: list,
-                 seen: Sequence[int | None] | None = None) -> None:
+                 seen: Sequence[int | None] | None = None) -> np.ndarray | None:
         """Every column over the batch's inference events, one column at a time. ``seen``: per position
-        in the batch, the partition's largest event time before that event (decisions = "model")."""
+        in the batch, the partition's largest event time before that event (decisions = "model"); the
+        events' buckets then (else ``None``)."""
         positions = [p for p, _, _ in pending]
         offsets = [o for _, o, _ in pending]
         times = [e.timestamp_ms for _, _, e in pending]
@@ -1139,6 +1194,7 @@ class ModelMonitor:
         if self.segments is not None:  # after the model-wide columns, the joint test and the estimate
             self.segments.update_batch(events, offsets, positions, partition, times, features, names,
                                        len(self.columns) + 1, out, buckets, sketch)
+        return buckets
 
     def _label(self, event: LabelEvent, position: int, offset: int, partition: int, join: JoinResult | None,
                labelled: list, pairs: list, seen: Sequence[int | None] | None = None) -> None:
@@ -1235,6 +1291,7 @@ class ModelMonitor:
                 "estimated": None if self.estimated is None else self.estimated.snapshot(),
                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in self.columns},
                 **({} if self.multivariate is None else {"multivariate": self.multivariate.snapshot()}),
+                **({} if self.fairness is None else {"fairness": self.fairness.snapshot()}),
                 "incidents": self.incidents.snapshot(),
                 **({} if self.retraining is None else {"retraining": self.retraining.snapshot()}),
                 **({} if self.sketch is None else {"partials": self.sketch.snapshot()}),
@@ -1249,6 +1306,7 @@ class ModelMonitor:
         self.reference, self.columns, self.label_column, self.multivariate = None, [], None, None
         self.model_side = None
         self.segments = None
+        self.fairness = None
         self.share = self._share_before_reference()
         self.warmup = WarmupSummary(self.config.features, self.limits)
         self.segment_warmup = self._segment_warmup()
@@ -1292,6 +1350,13 @@ class ModelMonitor:
                 log.info("model %s: estimated performance settings changed since the state was saved: its "
                          "calibration starts afresh", self.config.model_id)
                 self.estimated = EstimatedPerformance(self.config.model_id, config, self._estimate_budget())
+        saved_fairness = state.get("fairness")  # absent in states saved before fairness was monitored
+        if "fairness" in changes and self.fairness is not None:
+            restarted.append("fairness")
+        elif self.fairness is not None and saved_fairness is not None and not self.fairness.restore(saved_fairness):
+            self.fairness = Fairness(self.config.model_id, self.config.fairness, self.reference, self.share,
+                                     self.config.detectors.hysteresis)
+            restarted.append("fairness")
         self.incidents.restore(state.get("incidents"))  # absent in states saved before incidents were kept
         if self.retraining is not None:
             self.retraining.restore(state.get("retraining"))  # absent: saved before requests were asked for
@@ -1340,7 +1405,8 @@ class ModelMonitor:
     def take_points(self) -> list[dict[str, Any]]:
         """The closed windows' points (:mod:`stream_monitor.history`) since the last call, column by column."""
         out: list[dict[str, Any]] = []
-        extra = [c for c in (self.label_column, self.performance, self.multivariate, self.estimated) if c is not None]
+        extra = [c for c in (self.label_column, self.performance, self.multivariate, self.estimated, self.fairness)
+                 if c is not None]
         for column in chain(self.columns, extra):
             if column.points:
                 out.extend(column.points)
@@ -1356,8 +1422,10 @@ class ModelMonitor:
                 "events": self.reference.events},
                "warmup": len(self.warmup),
                "detectors": [row for c in columns for row in c.summary()] + performance_rows +
-               ([] if self.estimated is None else self.estimated.rows()),
+               ([] if self.estimated is None else self.estimated.rows()) +
+               ([] if self.fairness is None else self.fairness.rows()),
                "estimated": None if self.estimated is None else self.estimated.info(),
+               "fairness": None if self.fairness is None else self.fairness.info(),
                "incidents": self.incidents.summary()}
         if self.retraining is not None and self.retraining.recent:
             out["retraining"] = self.retraining.summary()

@@ -23,7 +23,7 @@ import orjson
 from .codec import decode
 from .config import Config
 from .events import Alert, DeadLetter, RawMessage
-from .join import MemoryJoin, join_op, performance_settings
+from .join import MemoryJoin, fairness_attributes, join_op, performance_settings
 from .merge import PartitionPartials, merge_step, model_reference, reference_step
 from .partition import PartitionMonitor
 from .reference import Limits, ReferenceProfile
@@ -80,6 +80,7 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
     monitor = PartitionMonitor(config, -1, references)
     merged = _Merges(config, monitor, references)
     settings = performance_settings(config)
+    attributes = fairness_attributes(config)
     joiner = MemoryJoin(settings)
     batch: list = []
     for line, item in rows:
@@ -88,7 +89,7 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
             result.rejections.add(line, item.reason, item.error)
             continue
         result.events[item.model_id] = result.events.get(item.model_id, 0) + 1
-        op = join_op(item, f"replay|-1|{line}", settings)
+        op = join_op(item, f"replay|-1|{line}", settings, attributes)
         batch.append((line, item, joiner.run([op])[0] if op else None))
         if len(batch) >= config.service.batch_size:  # batches like `run`'s (the alerts do not depend on it)
             yield from merged.process(batch)

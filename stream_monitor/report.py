@@ -374,9 +374,33 @@ def _column(signal: str, name: str, points: list, start_ms: int, end_ms: int) ->
     if not detectors and alerts:  # only point detectors spoke: their alerts on an empty time axis
         charts.append(series_svg({}, start_ms, end_ms, None, None, [{**a, "on_line": False} for a in alerts],
                                  f"{name} · alerts"))
+    tables = _group_tables(windows) if signal == "fairness" else ""
     firing = {a["detector"] for a in alerts if a["status"] == "firing"}
     note = f' <span class="firing">alerts from {_e(", ".join(sorted(firing)))}</span>' if firing else ""
     if flat:
         note += f' <span class="muted">(at 0 throughout: {_e(", ".join(flat))})</span>'
     return (f'<h3 class="column">{_e(name)}{note}</h3><div class="charts">'
-            + "".join(f'<div class="chart">{c}</div>' for c in charts) + "</div>")
+            + "".join(f'<div class="chart">{c}</div>' for c in charts) + "</div>" + tables)
+
+
+GROUP_RATES = (("rate", "events", "favourable-outcome rate"), ("tpr", "positives", "true-positive rate"),
+               ("fpr", "negatives", "false-positive rate"))
+
+
+def _group_tables(windows: list) -> str:
+    """A fairness attribute's groups in each metric's latest window: their counts and rates."""
+    out = []
+    for detector in dict.fromkeys(p["detector"] for p in windows):
+        latest = [p for p in windows if p["detector"] == detector and p.get("groups")]
+        if not latest:
+            continue
+        point = latest[-1]
+        shown = [(key, count, words) for key, count, words in GROUP_RATES
+                 if any(g.get(key) is not None for g in point["groups"].values())]
+        head = "".join(f"<th>{_e(count)}</th><th>{_e(words)}</th>" for _, count, words in shown)
+        rows = "".join(f"<tr><td>{_e(name)}</td>" + "".join(f"<td>{_e(g.get(count, 0))}</td><td>{_number(g.get(key))}</td>"
+                                                           for key, count, _ in shown) + "</tr>"
+                       for name, g in point["groups"].items())
+        out.append(f'<p class="muted">{_e(detector)}: the groups in the window ending {_short_time(point["t"])} '
+                   f'(gap {_number(point["statistic"])})</p><table><tr><th>group</th>{head}</tr>{rows}</table>')
+    return "".join(out)

@@ -45,6 +45,7 @@ from .events import segment_words
 from .report import distribution_svg
 from .errors import ConfigError
 from .events import format_time
+from .fairness import shown as fairness_lines
 from .metrics import HttpMetrics
 from .logs import clean
 from .severity import CRITICAL_RATE_EFFECT, CRITICAL_SHIFT
@@ -1036,6 +1037,10 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
                                for k, v in estimate["metrics"].items())
             parts.append(f"<p>Performance estimated from the scores (last {estimate['window']:,} predictions, "
                          f"no labels needed): {cells}</p>")
+        fair = fairness_lines(entry.get("fairness") or {})
+        if fair:
+            parts.append("<p>Fairness over each attribute's last window (the gap between its groups' rates):<br>"
+                         + "<br>".join(_fmt(line) for line in fair) + "</p>")
         lag = entry.get("label_lag")
         if lag:
             parts.append(f"<p class=muted>{lag['awaiting']:,} predictions awaiting a label · {lag['expired']:,} never "

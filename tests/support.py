@@ -40,6 +40,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import MonitorProcess, create_topics, free_port, produce_records, start_broker, \
     start_redis
 from stream_monitor.events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
+from stream_monitor.join import JoinResult, prediction_record
 from stream_monitor.logs import KAFKA_LOGGER
 from stream_monitor.merge import PartitionPartials
 from stream_monitor.partition import PartitionMonitor
@@ -794,3 +795,81 @@ def segmented_stream(count: int, seed: int, spread_from: int | None = None, scal
                                   {"amount": round(amount, 4), "income": round(float(incomes[i]), 4),
                                    "country": country}))
     return out
+
+
+def stored_status(monkeypatch, models: dict, next_offset: int) -> None:
+    """``stream-monitor status`` over one stored partition (ml.inference 0) whose summary holds ``models``:
+    Redis, its label join and the broker replaced by stand-ins that return what the command formats."""
+    from stream_monitor import cli, join, state
+
+    class Client:
+        def register_script(self, _):
+            return lambda **_: None
+
+    class Store:
+        def __init__(self, *_):
+            self.client = Client()
+
+        def partition_rows(self):
+            return [{"topic": "ml.inference", "partition": 0, "next_offset": next_offset, "saved_at_ms": None,
+                     "dead_letters": 0, "dead_letter_reasons": {}, "models": models}]
+
+    class Join:
+        def __init__(self, *_):
+            pass
+
+        def lag(self, _):
+            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
+                                  "bytes"), 0)
+
+    monkeypatch.setattr(state, "StateStore", Store)
+    monkeypatch.setattr(join, "RedisJoin", Join)
+    monkeypatch.setattr(cli, "_client", lambda config: None)
+    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+
+
+def run_model(monitor, items: list[tuple], batch: int) -> list:
+    """(offset, event, join) items through a ``ModelMonitor`` (partition 0) in batches of ``batch``; the
+    alerts in the order of one event at a time."""
+    from stream_monitor.partition import _in_event_order
+
+    alerts = []
+    for start in range(0, len(items), batch):
+        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
+        alerts += _in_event_order(monitor.process_batch(chunk, 0))
+    return alerts
+
+
+# --- fairness: a labelled stream whose groups part at a known event (tests/unit/test_fairness.py,
+# tests/integration/test_fairness_join.py) ------------------------------------------------------------------
+
+FAIRNESS_METRICS = ["demographic_parity", "equal_opportunity", "equalized_odds"]
+FAIRNESS_GAP_AT, FAIRNESS_EVENTS = 11_000, 30_000
+
+
+def labelled_stream(seed: int = 2, delay: int = 300) -> list[tuple]:
+    """Scored predictions whose labels come ``delay`` events later (through the join: the label event carries
+    the prediction's record with its groups). Both groups are favourable half the time throughout (parity
+    holds); from ``FAIRNESS_GAP_AT`` on, F's predictions agree with the truth only 60 % of the time (M's: 90 %), so
+    F's true-positive rate falls from 0.9 to 0.6 and its false-positive rate rises from 0.1 to 0.4."""
+    rng = np.random.default_rng(seed)
+    out: list[tuple] = []
+    waiting: list[tuple] = []
+    for k in range(FAIRNESS_EVENTS):
+        gender = "F" if rng.random() < 0.5 else "M"
+        truth = int(rng.random() < 0.5)
+        right = rng.random() < (0.6 if gender == "F" and k >= FAIRNESS_GAP_AT else 0.9)
+        positive = truth if right else 1 - truth
+        score = float(0.5 + 0.4 * rng.random()) if positive else float(0.4 * rng.random())
+        event = InferenceEvent(f"e{k}", "credit", 1_000 * k, {"gender": gender, "x": float(rng.normal())}, score, None)
+        out.append((len(out), event, None))
+        waiting.append((event, truth))
+        if len(waiting) > delay:
+            first, label = waiting.pop(0)
+            record = prediction_record(first.score, None, first.timestamp_ms, {"gender": first.features["gender"]})
+            out.append((len(out), LabelEvent(first.event_id, "credit", 1_000 * k, label), JoinResult("joined", record)))
+    return out
+
+
+def fairness_alerts(alerts) -> list[tuple]:
+    return [(a.offset, a.status, a.name, a.detector, a.severity) for a in alerts if a.signal == "fairness"]

@@ -238,4 +238,5 @@ def test_false_alarms_quick_reports_per_model():
     assert "Per model: a 20-feature model (+ score, latency: 167 tests) on 4 partitions" in out
     assert "| 0.1 per model (this version) | each test 0.0006 per 10^6 |" in out
     assert "per 10^6 of the model's events (target < 1)" in out
+    assert "fairness (demographic_parity and equalized_odds, one test's share 0.0006 each): 0 firing alerts" in out
     assert "per model (each test 0.0006) / before (each test 0.1)" in out

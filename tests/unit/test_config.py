@@ -468,7 +468,7 @@ def test_sigterm_delaying_and_client_refused_values_are_bounded_at_load():
      "joined_retention_seconds, label_wait_seconds, max_pending, max_pending_bytes, positive_label, "
      "prediction_ttl_seconds, reference_pairs, task, window)"),
     ({"models": {"fraud": {"model_id": "other"}}},
-     "models.fraud.model_id: unknown key (expected one of: decisions, detectors, features, merge_bucket_seconds, "
+     "models.fraud.model_id: unknown key (expected one of: decisions, detectors, fairness, features, merge_bucket_seconds, "
      "merge_idle_seconds, merge_lateness_seconds, merge_max_buckets, oip, performance, reference, retraining, segments)"),
     ({"source": "x.toml"}, "source: unknown key (expected one of: alertmanager, kafka, models, redis, retraining, service)"),
 ], ids=lambda v: v.split(":")[0] if isinstance(v, str) else None)

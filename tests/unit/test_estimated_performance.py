@@ -12,7 +12,8 @@ from stream_monitor import statecodec
 from stream_monitor.config import parse_config
 from stream_monitor.events import InferenceEvent, LabelEvent
 from stream_monitor.join import JoinResult, prediction_record
-from stream_monitor.partition import ModelMonitor, _in_event_order
+from stream_monitor.partition import ModelMonitor
+from tests.support import run_model
 
 REFERENCE_PAIRS, QUIET, SHIFTED = 2000, 3000, 3000
 
@@ -44,12 +45,7 @@ def stream(seed: int = 7, shift: bool = True) -> list[tuple]:
     return out
 
 
-def run(monitor: ModelMonitor, items: list[tuple], batch: int) -> list:
-    alerts = []
-    for start in range(0, len(items), batch):
-        chunk = [(j, offset, event, join) for j, (offset, event, join) in enumerate(items[start:start + batch])]
-        alerts += _in_event_order(monitor.process_batch(chunk, 0))
-    return alerts
+run = run_model  # (offset, event, join) items through a ModelMonitor in batches
 
 
 def estimated(alerts) -> list[tuple]:
@@ -173,8 +169,9 @@ def test_the_estimate_is_shown_beside_the_realized_metrics_on_the_page_and_in_th
 def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkeypatch, capsys):
     """``stream-monitor status`` over a stored partition summary (Redis and the broker stand-ins: what they
     return is what the command formats)."""
-    from stream_monitor import cli, join, state
+    from stream_monitor import cli
     from stream_monitor.partition import PartitionMonitor
+    from tests.support import stored_status
 
     detectors = {"psi": {"window": 1000}}
     full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}})
@@ -184,30 +181,7 @@ def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkey
         partition.process_batch([(o, e, j) for o, e, j in items[start:start + 1000]])
     models = partition.summary()["models"]
 
-    class Client:
-        def register_script(self, _):
-            return lambda **_: None
-
-    class Store:
-        def __init__(self, *_):
-            self.client = Client()
-
-        def partition_rows(self):
-            return [{"topic": "ml.inference", "partition": 0, "next_offset": len(items), "saved_at_ms": None,
-                     "dead_letters": 0, "dead_letter_reasons": {}, "models": models}]
-
-    class Join:
-        def __init__(self, *_):
-            pass
-
-        def lag(self, _):
-            return dict.fromkeys(("awaiting", "expired", "evicted", "labels_waiting", "labels_evicted", "dropped",
-                                  "bytes"), 0)
-
-    monkeypatch.setattr(state, "StateStore", Store)
-    monkeypatch.setattr(join, "RedisJoin", Join)
-    monkeypatch.setattr(cli, "_client", lambda config: None)
-    monkeypatch.setattr(cli, "_end_offsets", lambda config, partitions: {})
+    stored_status(monkeypatch, models, len(items))
     path = tmp_path / "config.toml"
     path.write_text('[models.credit.reference]\nevents = 1000\n[models.credit.detectors.psi]\nwindow = 1000\n')
     assert cli.main(["status", "--config", str(path)]) == 0
