@@ -116,9 +116,11 @@ def test_a_reference_from_summaries_equals_the_one_from_the_events(seed):
     ints whose category differs from their float's, non-finite numbers, nulls, booleans, stray keys)."""
     events = strange_events(seed, 400)
     labels = [LabelEvent(f"e{i}", "m", None, [0, 1, "1", True, 2.0][i % 5]) for i in range(50)]
-    # the columns' references (the joint one and the drivers' association, of row-aligned values, have no
-    # per-column oracle here: tests/unit/test_multivariate.py and tests/unit/test_drivers.py hold them)
-    assert replace(build_reference("m", events, None, 7, 4, labels=labels), joint=None, association=None) == \
+    # the columns' references (the joint one, the drivers' association and the labelled predictions, of
+    # row-aligned values, have no per-column oracle here: tests/unit/test_multivariate.py,
+    # tests/unit/test_drivers.py and tests/unit/test_reference_pairs.py hold them)
+    assert replace(build_reference("m", events, None, 7, 4, labels=labels), joint=None, association=None,
+                   pairs=None) == \
         old_build_reference("m", events, None, 7, 4, labels=labels)
     kinds = {"x": "numeric", "c": "categorical", "m1": "numeric", "m2": "categorical", "big": "categorical",
              "absent": "numeric"}

@@ -23,7 +23,7 @@ from ..support import Run, produce, unique, validator
 
 PARTITIONS = 4
 EVENTS, CHANGE_AT = 8000, 4000  # 80 s of event time at 100 events/s; the correlation appears at 40 s
-START = 1_800_000_000  # epoch seconds, on a bucket boundary
+START = 1_795_000_000  # epoch seconds, on a bucket boundary, in the past (a time ahead of its Kafka message is refused)
 MODEL = {"decisions": "model", "reference": {"source": "stored"}, "merge_lateness_seconds": 1.0,
          "merge_idle_seconds": 1.0, "detectors": {"psi": {"window": 1000}, "multivariate": {"window": 2000}}}
 SERVICE = {"checkpoint_interval_events": 200, "checkpoint_interval_seconds": 0.3}
