@@ -117,21 +117,42 @@ def produce(bootstrap: str, topic: str, records: Iterable[tuple[int | None, byte
 
 
 class Feeder(threading.Thread):
-    """Produces records at a steady rate in the background (so interruptions happen mid-stream)."""
+    """Produces records at a steady rate in the background (so interruptions happen mid-stream).
 
-    def __init__(self, bootstrap: str, topic: str, records: list, rate: float):
+    ``hold_at``: after that many records the feeder waits for :meth:`release` before producing the
+    rest, so a test can be sure an interruption lands while part of the stream is still unproduced
+    (whatever the machine's speed). :meth:`result` releases it.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, records: list, rate: float, hold_at: int | None = None):
         super().__init__(daemon=True)
         self.args = (bootstrap, topic, records, rate)
+        self.hold_at = hold_at
+        self.released = threading.Event()
+        if hold_at is None:
+            self.released.set()
         self.ends: dict[int, int] | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        bootstrap, topic, records, rate = self.args
         try:
-            self.ends = produce(*self.args[:3], rate=self.args[3])
+            records = list(records)
+            cut = len(records) if self.hold_at is None else min(self.hold_at, len(records))
+            ends = produce(bootstrap, topic, records[:cut], rate=rate)
+            self.released.wait()
+            for partition, end in produce(bootstrap, topic, records[cut:], rate=rate).items():
+                ends[partition] = max(ends.get(partition, 0), end)
+            self.ends = ends
         except BaseException as exc:  # noqa: BLE001 - reported by result()
             self.error = exc
 
+    def release(self) -> None:
+        """Let a held feeder produce the rest of its records."""
+        self.released.set()
+
     def result(self, timeout: float = 120.0) -> dict[int, int]:
+        self.release()
         self.join(timeout)
         if self.error is not None:
             raise self.error
@@ -297,13 +318,15 @@ class SideBySide:
     interrupts, and ``clean``, which nothing disturbs. ``finish`` checks they end the same."""
 
     def __init__(self, broker, redis_server, tmp_path, monitors, *, events: int, partitions: int, rate: float,
-                 run_redis=None, service: dict | None = None, extra=None):
-        """``extra``: a function of a run's name ("interrupted", "clean") → TOML tables appended to its config."""
+                 run_redis=None, service: dict | None = None, extra=None, hold_at: int | None = None):
+        """``extra``: a function of a run's name ("interrupted", "clean") → TOML tables appended to its config;
+        ``hold_at``: the feeder holds the rest of the stream after that many records (:class:`Feeder`)."""
         self.monitors = monitors
         self.topic = unique("inference")
         self.partitions = partitions
         create_topics(broker.address, {self.topic: partitions})
-        self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate)
+        self.feeder = Feeder(broker.address, self.topic, two_model_stream(events, partitions), rate=rate,
+                             hold_at=hold_at)
         self.run = Run(broker, run_redis or redis_server, tmp_path, self.topic, partitions, "interrupted",
                        service=service, extra=extra("interrupted") if extra else "")
         self.clean = Run(broker, redis_server, tmp_path, self.topic, partitions, "clean",

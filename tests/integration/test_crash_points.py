@@ -40,11 +40,16 @@ def test_sigkill_at_a_point_then_restart(point, broker, redis_target, tmp_path, 
 
 def test_sigkill_during_a_rebalance(broker, redis_server, tmp_path, monitors):
     """The instance dies inside its revoke callback, after persisting, before releasing."""
-    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=1500)
+    # the second half of the stream waits for the crash: a fast first instance could otherwise have
+    # consumed everything before the group's rebalance (a join takes seconds on the test broker)
+    pair = SideBySide(broker, redis_server, tmp_path, monitors, events=12_000, partitions=2, rate=1500,
+                      hold_at=6_000)
     first = pair.start(env={"STREAM_MONITOR_CRASH_AT": "during_rebalance:1"})
     pair.feeder.start()
     pair.progress(2000, [first])
     joining = pair.start()  # its join makes the group revoke the first instance's partitions
     wait_killed(first)
+    assert pair.feeder.is_alive(), "the stream's second half was still held back at the crash"
+    pair.feeder.release()
     assert pair.stopped_short(), "the crash happened mid-stream"
     pair.finish([joining])
