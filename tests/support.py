@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import pickle
+import random
 import shlex
 import signal
 import struct
@@ -896,3 +897,47 @@ def labelled_stream(seed: int = 2, delay: int = 300) -> list[tuple]:
 
 def fairness_alerts(alerts) -> list[tuple]:
     return [(a.offset, a.status, a.name, a.detector, a.severity) for a in alerts if a.signal == "fairness"]
+
+
+# --- the label join's seeded corpus and a settable clock ------------------------------------------------------
+
+JOIN_MODELS = {"credit": 40, "fraud": 15}  # model: how many event ids a join corpus draws from
+
+
+def join_corpus(seed: int, batches: int, label_sizes: list[int] | None = None) -> list[tuple[float, list]]:
+    """Batches of label-join ops with the time each is run at: labels before and after their prediction, the
+    same message again (a replay: same identity) and another message with the same event id (a duplicate),
+    clock jumps past every ttl. ``label_sizes``: half the predictions carry a payload of one of these sizes
+    (to fill byte budgets); None: every payload is small."""
+    from stream_monitor.join import JoinOp
+
+    rng = random.Random(seed)
+    now, out = 1_800_000_000.0, []
+    for b in range(batches):
+        now += rng.choice([0.05, 0.2, 1.0, 1.0, 9.0, 25.0]) if b else 0.0
+        ops = []
+        for _ in range(rng.randint(1, 40)):
+            model = rng.choice(list(JOIN_MODELS))
+            event_id = f"{model[0]}{rng.randrange(JOIN_MODELS[model])}"
+            offset = rng.choice([0, 0, 0, 1])  # mostly the same message again, sometimes a duplicate
+            if rng.random() < 0.55:
+                label: object = 1
+                if label_sizes is not None:
+                    label = "x" * (rng.choice(label_sizes) if rng.random() < 0.5 else 1)
+                ops.append(JoinOp("prediction", model, event_id, {"score": round(rng.random(), 4), "label": label,
+                                                                  "t": b}, f"inf|0|{event_id}/{offset}"))
+            else:
+                ops.append(JoinOp("label", model, event_id, {"label": rng.randrange(2), "t": b},
+                                  f"lab|0|{event_id}/{offset}"))
+        out.append((now, ops))
+    return out
+
+
+class Clock:
+    """A clock the test sets (``clock.now = ...``), for what takes a ``clock`` callable."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now

@@ -22,15 +22,7 @@ from confluent_kafka import KafkaError
 from stream_monitor.demo.localstack import create_topics, free_port, start_broker
 from stream_monitor.logs import BrokerWatch, DeadLetterDigest, RepeatFilter
 
-from ..support import MODELS, probe, unique, write_config
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from ..support import MODELS, Clock, probe, unique, write_config
 
 
 def record(message: str, *args, level: int = logging.WARNING) -> logging.LogRecord:

@@ -5,17 +5,13 @@ Redis, standalone and a 3-master cluster."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 
 from stream_monitor.config import parse_config
 from stream_monitor.join import JoinOp, RedisJoin, performance_settings
 from stream_monitor.state import connect
 
-from ..support import is_cluster, unique
-
-MODELS = {"credit": 40, "fraud": 15}  # model: how many event ids its corpus draws from
+from ..support import JOIN_MODELS as MODELS, Clock, is_cluster, join_corpus, unique
 
 
 def settings():
@@ -28,33 +24,7 @@ def corpus(seed: int = 7) -> list[tuple[float, list[JoinOp]]]:
     """Batches of ops with the time at which each is run: labels before and after their prediction, the same
     message again (a replay: same identity) and another message with the same event id (a duplicate), records
     of 9 and 20 kB that fill the byte budget, one bigger than the budget, and clock jumps past the ttls."""
-    rng = random.Random(seed)
-    now, out = 1_800_000_000.0, []
-    for b in range(60):
-        now += rng.choice([0.05, 0.2, 1.0, 1.0, 9.0, 25.0]) if b else 0.0
-        ops = []
-        for _ in range(rng.randint(1, 40)):
-            model = rng.choice(list(MODELS))
-            event_id = f"{model[0]}{rng.randrange(MODELS[model])}"
-            offset = rng.choice([0, 0, 0, 1])  # mostly the same message again, sometimes a duplicate
-            if rng.random() < 0.55:
-                size = rng.choice([1, 1, 9_000, 20_000, 70_000]) if rng.random() < 0.5 else 1
-                ops.append(JoinOp("prediction", model, event_id,
-                                  {"score": round(rng.random(), 4), "label": "x" * size, "t": b},
-                                  f"inf|0|{event_id}/{offset}"))
-            else:
-                ops.append(JoinOp("label", model, event_id, {"label": rng.randrange(2), "t": b},
-                                  f"lab|0|{event_id}/{offset}"))
-        out.append((now, ops))
-    return out
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+    return join_corpus(seed, 60, label_sizes=[1, 1, 9_000, 20_000, 70_000])
 
 
 def contents(client, namespace: str) -> dict[str, object]:

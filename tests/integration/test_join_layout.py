@@ -5,16 +5,12 @@ grow with its steps. Against the session's real Redis."""
 
 from __future__ import annotations
 
-import random
-
 from stream_monitor.config import parse_config
 from stream_monitor.join import STAMP_BASE, JoinOp, RedisJoin, performance_settings
 from stream_monitor.state import connect
 
-from ..support import unique
+from ..support import JOIN_MODELS as MODELS, Clock, join_corpus, unique
 from .former_join import FormerRedisJoin
-
-MODELS = {"credit": 40, "fraud": 15}  # model: how many event ids its corpus draws from
 
 
 def settings(**bounds):
@@ -27,31 +23,7 @@ def corpus(seed: int, batches: int = 80) -> list[tuple[float, list[JoinOp]]]:
     """Batches of ops with the time each is run at: labels before and after their prediction, the same message
     again (a replay) and another message with the same event id (a duplicate), evictions at the cap of 10,
     clock jumps past every ttl. No byte budget is reached (the two layouts estimate bytes differently)."""
-    rng = random.Random(seed)
-    now, out = 1_800_000_000.0, []
-    for b in range(batches):
-        now += rng.choice([0.05, 0.2, 1.0, 1.0, 9.0, 25.0]) if b else 0.0
-        ops = []
-        for _ in range(rng.randint(1, 40)):
-            model = rng.choice(list(MODELS))
-            event_id = f"{model[0]}{rng.randrange(MODELS[model])}"
-            offset = rng.choice([0, 0, 0, 1])
-            if rng.random() < 0.55:
-                ops.append(JoinOp("prediction", model, event_id, {"score": round(rng.random(), 4), "label": 1, "t": b},
-                                  f"inf|0|{event_id}/{offset}"))
-            else:
-                ops.append(JoinOp("label", model, event_id, {"label": rng.randrange(2), "t": b},
-                                  f"lab|0|{event_id}/{offset}"))
-        out.append((now, ops))
-    return out
-
-
-class Clock:
-    def __init__(self):
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+    return join_corpus(seed, batches)
 
 
 def figures(joiner) -> dict[str, dict[str, int]]:

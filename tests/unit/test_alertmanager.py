@@ -16,6 +16,8 @@ from stream_monitor.errors import AlertmanagerError, ConfigError
 from stream_monitor.events import format_time
 from stream_monitor.metrics import Metrics
 
+from ..support import Clock
+
 T0 = 1_795_812_290.0  # 2026-11-27T20:44:50Z
 
 
@@ -24,14 +26,6 @@ def record(status="firing", severity="critical", partition=0, offset=10, name="a
             "model_id": "fraud", "signal": "feature", "name": name, "detector": "psi", "statistic": 0.31,
             "threshold": 0.25, "partition": partition, "offset": offset, "event_time": format_time(int(T0 * 1000)),
             "detected_at": format_time(int(T0 * 1000)), "message": f"PSI of fraud.{name} is 0.31", **extra}
-
-
-class Clock:
-    def __init__(self, now: float = T0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FakeAlertmanager:
@@ -61,7 +55,7 @@ class FakeAlertmanager:
 
 
 def forwarder(**settings) -> tuple[Forwarder, FakeAlertmanager, Clock, Metrics]:
-    fake, clock, metrics = FakeAlertmanager(), Clock(), Metrics(CollectorRegistry())
+    fake, clock, metrics = FakeAlertmanager(), Clock(T0), Metrics(CollectorRegistry())
     table = AlertmanagerConfig(url="http://am:9093", **{"resend_seconds": 60.0, **settings})
     return Forwarder(table, fake, metrics=metrics, clock=clock, jitter=lambda: 0.0), fake, clock, metrics
 
