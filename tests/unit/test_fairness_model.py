@@ -177,3 +177,67 @@ def test_the_merge_state_through_json_in_steps_decides_the_same(four):
     assert fairness_info(config, state) == fairness_info(config, orjson.loads(orjson.dumps(four.state)))
     assert state["episodes"]["fairness|gender|equalized_odds"] == orjson.loads(orjson.dumps(
         four.state["episodes"]["fairness|gender|equalized_odds"]))
+
+
+def test_status_the_status_page_and_the_metrics_show_the_models_fairness(four, tmp_path, monkeypatch, capsys):
+    """The merge's findings (groups' rates and counts over all partitions) where a partition's would be: the
+    status page of the merging instance, the metrics it exports and ``stream-monitor status`` (text and
+    ``--json``), read from the stored merge state."""
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor import cli, state as state_module
+    from stream_monitor.board import StatusBoard
+    from stream_monitor.fairness import shown
+    from stream_monitor.metrics import Metrics
+    from stream_monitor.web import render_page
+    from tests.support import stored_status
+
+    config = model().models["credit"]
+    stored = orjson.loads(orjson.dumps(four.state))
+    info = fairness_info(config, stored)
+    found = info["gender"]["metrics"]["equalized_odds"]
+    (line,) = [x for x in shown(info) if "equalized odds" in x]
+    assert line.startswith("gender · equalized odds: gap ")
+    f, m = found["groups"]["F"], found["groups"]["M"]
+    assert f"true-positive rate F {f['tpr']:.3g} of {f['positives']:,} · M {m['tpr']:.3g} of {m['positives']:,}" in line
+    assert f"false-positive rate F {f['fpr']:.3g} of {f['negatives']:,}" in line
+
+    board = StatusBoard("here")
+    board.merged("credit", {"windows": stored["windows"], "episodes": [], "fairness": info})
+    page = render_page(board.snapshot())
+    area = page.split("Fairness over each attribute")[1]
+    assert line in area
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.partitions.source = lambda: []
+    metrics.partitions.merged_fairness = lambda: {"credit": info}
+    labels = {"model": "credit", "attribute": "gender", "group": "F", "rate": "tpr"}
+    assert registry.get_sample_value("stream_monitor_fairness_rate", labels) == f["tpr"]
+    assert registry.get_sample_value("stream_monitor_fairness_rate", {**labels, "rate": "fpr"}) == f["fpr"]
+    assert registry.get_sample_value("stream_monitor_fairness_gap", {
+        "model": "credit", "attribute": "gender", "metric": "equal_opportunity"}) == \
+        info["gender"]["metrics"]["equal_opportunity"]["gap"]
+
+    class Merges:
+        def __init__(self, *_):
+            pass
+
+        def load(self, model_id):
+            return stored if model_id == "credit" else None
+
+    stored_status(monkeypatch, {"credit": {"events": 30_000, "labels": 29_700, "detectors": [], "fairness": None}},
+                  30_000)
+    monkeypatch.setattr(state_module, "MergeStore", Merges)
+    path = tmp_path / "config.toml"
+    path.write_text('[models.credit]\ndecisions = "model"\nreference = { source = "stored" }\n'
+                    '[models.credit.fairness]\nattributes = ["gender"]\n'
+                    'metrics = ["demographic_parity", "equal_opportunity", "equalized_odds"]\n'
+                    'window = 2000\nlabel_window = 1000\n')
+    assert cli.main(["status", "--config", str(path)]) == 0
+    printed = [x for x in capsys.readouterr().out.splitlines() if "fairness" in x]
+    assert f"  fairness (all partitions): {line}" in printed
+    assert cli.main(["status", "--config", str(path), "--json"]) == 0
+    decided = orjson.loads(capsys.readouterr().out)["model_decisions"]["credit"]
+    assert decided["fairness"]["gender"]["metrics"]["equalized_odds"]["groups"]["F"] == f
+    assert decided["fairness"]["gender"]["windows"] == {"predictions": 15, "pairs": 29}
