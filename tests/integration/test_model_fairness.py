@@ -24,8 +24,7 @@ from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 from stream_monitor.state import MergeStore, ReferenceStore
 
-from ..support import Feeder, Run, unique, validator, wait_for_offsets
-from .test_model_decisions import wait_for_log
+from ..support import Feeder, Run, unique, validator, wait_for_offsets, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -142,9 +141,10 @@ def test_an_equal_opportunity_gap_is_announced_once_with_the_same_ids_by_1_and_2
     one, two, killed = pipeline("fair-one"), pipeline("fair-two"), pipeline("fair-killed")
     processes = {"one": [one.start(monitors)], "two": [two.start(monitors), two.start(monitors)]}
     first = killed.start(monitors)
-    wait_for_log(first, f"assigned {topic}[")
+    wait_until(lambda: f"assigned {topic}[" in first.log(), "an assignment", first)
     second = killed.start(monitors)
-    wait_for_log(second, f"assigned {topic}[")  # the group has two members: the partitions are shared
+    # the group has two members: the partitions are shared
+    wait_until(lambda: f"assigned {topic}[" in second.log(), "an assignment", second)
     feeder = Feeder(broker.address, topic, records, rate=1500)
     feeder.start()
     # labels are joined and the first pair windows merged by then; the gap's window is yet to come
