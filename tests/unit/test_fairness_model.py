@@ -285,3 +285,26 @@ def test_the_pair_partials_do_not_depend_on_batch_cuts_or_a_restore_midway(sourc
     # every pair joined after the reference: all 7,700 with a stored one; with the warm-up, those whose label
     # came after the share's last (2,000th) prediction: 1,699 labels came before it
     assert pairs == (7700 if source == "stored" else 7700 - 1699)
+
+
+def test_replay_decides_the_models_equal_opportunity_as_the_merge_of_its_one_stream():
+    """``replay`` of the labelled stream as JSON lines (labels with their own time, joined in memory with
+    each prediction's gender): the merge's decisions, one firing per metric, the window of 113–122 s."""
+    from stream_monitor.replay import replay_alerts
+
+    lines = []
+    for _, event, _ in labelled_stream(step_ms=10):
+        if isinstance(event, InferenceEvent):
+            lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit",
+                                       "timestamp": event.timestamp_ms / 1000, "features": dict(event.features),
+                                       "prediction": {"score": event.score}}))
+        else:
+            lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "label": event.label,
+                                       "timestamp": event.timestamp_ms / 1000}))
+    alerts = [a for a in replay_alerts(model(), lines, {"credit": reference()}) if a.signal == "fairness"]
+    assert fair_of(alerts) == [("firing", "equal_opportunity", "critical", 113, 122),
+                               ("firing", "equalized_odds", "critical", 113, 122)]
+
+
+def fair_of(alerts) -> list[tuple]:
+    return [(a.status, a.detector, a.severity, a.window["first_bucket"], a.window["last_bucket"]) for a in alerts]
