@@ -6,6 +6,8 @@ that merges the model (docs/MODEL_DECISIONS.md)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import zlib
 from collections import Counter
@@ -19,7 +21,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import create_topics
 from stream_monitor.events import RawMessage
 from stream_monitor.join import MemoryJoin, fairness_attributes, join_op, performance_settings
-from stream_monitor.merge import PartitionPartials, merge_step
+from stream_monitor.merge import PartitionPartials, fairness_info, merge_step
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 from stream_monitor.state import MergeStore, ReferenceStore
@@ -168,3 +170,11 @@ def test_an_equal_opportunity_gap_is_announced_once_with_the_same_ids_by_1_and_2
     alert = next(a for a in alerts["killed"] if a["detector"] == "equal_opportunity")
     assert alert["partition"] is None and sorted(alert["window"]["events"]) == [f"{topic}|{p}" for p in range(4)]
     assert alert["current"]["groups"]["F"]["tpr"] < 0.75 < alert["current"]["groups"]["M"]["tpr"]
+    # `status` shows the model's groups' rates and counts, read from the merge state in Redis: the engine's
+    done = subprocess.run([sys.executable, "-m", "stream_monitor", "status", "-c", str(killed.config), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    shown = orjson.loads(done.stdout)["model_decisions"]["credit"]["fairness"]
+    assert shown == orjson.loads(orjson.dumps(fairness_info(parse_config({"models": {"credit": MODEL}}).models["credit"],
+                                                            expected.state)))
+    assert shown["gender"]["windows"] == {"predictions": 6, "pairs": 11}
