@@ -37,7 +37,7 @@ from .join import RedisJoin, fairness_attributes, join_op, pair_ops, pair_settin
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
-from .merge import (episodes_summary, incidents_summary, merge_step, model_reference, reference_step,
+from .merge import (episodes_summary, fairness_info, incidents_summary, merge_step, model_reference, reference_step,
                     requests_summary)
 from .mergejoint import open_windows
 from .metrics import Metrics, PartitionView
@@ -182,6 +182,8 @@ class Service:
         self.metrics.partitions.source = self._partition_views
         self._merged_open: dict[str, int] = {}  # open model-level incidents of the models merged here
         self.metrics.partitions.merged_incidents = lambda: self._merged_open
+        self._merged_fairness: dict[str, dict] = {}  # the model-level fairness of the models merged here
+        self.metrics.partitions.merged_fairness = lambda: self._merged_fairness
         # every assigned partition's monitor, rollback, flags, summary, timer, quarantine and watermarks
         self.partitions = PartitionRegistry(CheckpointTimers(config.service.checkpoint_interval_events,
                                                              config.service.checkpoint_interval_seconds))
@@ -768,8 +770,17 @@ class Service:
                                      "windows": (state or {}).get("windows", 0),
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
                                      "episodes": episodes_summary(state), **self._merged_incidents(model_id, state),
-                                     **open_windows(state)})
+                                     **open_windows(state), **self._merged_fair(model, state)})
         CLOCK.add("merge", started)
+
+    def _merged_fair(self, model, state) -> dict:
+        """The model-level fairness of a model merged here (its groups' rates and counts), for the status
+        page and the metrics (a new dict each time: a scrape reads it from another thread)."""
+        info = fairness_info(model, state)
+        if not info:
+            return {}
+        self._merged_fairness = {**self._merged_fairness, model.model_id: info}
+        return {"fairness": info}
 
     def _merged_incidents(self, model_id: str, state) -> dict:
         """The incidents and last retraining requests of a model merged here (the status page's rows), and its

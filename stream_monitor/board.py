@@ -191,6 +191,9 @@ class StatusBoard:
         """The incidents and retraining requests of the models merged here, beside their partitions' (a
         model-level row has ``partition`` ``None``). Called with the lock held."""
         for model_id, merge in self.merges.items():
+            if merge.get("fairness"):  # the model's fairness, decided by its merge
+                models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})["fairness"] = dict(
+                    merge["fairness"])
             if not merge.get("incidents") and not merge.get("retraining"):
                 continue
             entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})

@@ -365,7 +365,7 @@ def _status(args: argparse.Namespace) -> int:
     from .fairness import shown as fairness_lines  # noqa: PLC0415
 
     letters = dead_letter_reasons(partitions)
-    from .merge import episodes_summary, incidents_summary, requests_summary  # noqa: PLC0415
+    from .merge import episodes_summary, fairness_info, incidents_summary, requests_summary  # noqa: PLC0415
     from .mergejoint import open_windows  # noqa: PLC0415
     from .state import MergeStore  # noqa: PLC0415
 
@@ -380,6 +380,8 @@ def _status(args: argparse.Namespace) -> int:
                                  "reference": _model_reference_summary(model, state),
                                  "incidents": incidents_summary(model_id, state),
                                  "retraining": requests_summary(model_id, state), **open_windows(state)}
+            if model.fairness.attributes:
+                decided[model_id]["fairness"] = fairness_info(model, state)
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,
@@ -462,8 +464,10 @@ def _status(args: argparse.Namespace) -> int:
             for attribute, held in (p["models"].get(model_id, {}).get("fairness") or {}).items():
                 if attribute not in fair or fairness_windows(held) > fairness_windows(fair[attribute]):
                     fair[attribute] = held
+        if model_level.get("fairness"):  # decisions = "model": the merge's, over all partitions
+            fair = model_level["fairness"]
         for line in fairness_lines(fair):
-            print(f"  fairness: {logs.clean(line)}")
+            print(f"  fairness{' (all partitions)' if model_level.get('fairness') else ''}: {logs.clean(line)}")
         if model_id in lag:
             held = lag[model_id]
             print(f"  labels: {held['awaiting']:,} predictions awaiting a label · {held['expired']:,} never labelled "

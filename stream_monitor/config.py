@@ -761,9 +761,12 @@ class FairnessConfig(_Table):
         "(two-proportion tests of gap > `max_gap`, Holm-corrected for the pairs compared); critical from twice "
         "this gap. It resolves at the first window whose largest gap is below `detectors.hysteresis` × this.")] = 0.1
     window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
-        "Predictions per tumbling window of demographic parity (per partition and model).")] = 5_000
+        "Predictions per tumbling window of demographic parity (per partition and model; with `decisions = "
+        "\"model\"` the model's window over all partitions, ending on a bucket boundary).")] = 5_000
     label_window: Annotated[int, Meta(ge=100, le=100_000_000), doc(
-        "Joined (prediction, label) pairs per tumbling window of equal opportunity and equalized odds.")] = 2_000
+        "Joined (prediction, label) pairs per tumbling window of equal opportunity and equalized odds (per "
+        "partition and model; with `decisions = \"model\"` the model's window of the pairs of all partitions, "
+        "by their labels' time).")] = 2_000
     min_group: Annotated[int, Meta(ge=5), doc(
         "A group takes part in a window's comparison only with at least this many events there (for the "
         "true-positive rate: labelled positives; for the false-positive rate: labelled negatives).")] = 100

@@ -180,12 +180,13 @@ def segment_sketch_key(index: int) -> str:
 
 
 def add_groups(into: dict[str, Any], groups: Mapping[str, Mapping[str, Sequence[int]]]) -> None:
-    """Add one partial's fairness counts (attribute → group → [predictions, favourable]) to another's."""
+    """Add one partial's fairness counts (attribute → group → counts: [predictions, favourable], or for the
+    joined pairs [positives, true positives, negatives, false positives]) to another's."""
     for attribute, counted in groups.items():
         held = into.setdefault(attribute, {})
-        for group, (n, favorable) in counted.items():
-            before = held.get(group, (0, 0))
-            held[group] = [before[0] + n, before[1] + favorable]
+        for group, counts in counted.items():
+            before = held.get(group)
+            held[group] = list(counts) if before is None else [a + b for a, b in zip(before, counts)]
 
 
 def _firing_order(record: Mapping[str, Any]) -> tuple:
@@ -294,6 +295,16 @@ class BucketSketch:
             held[0] += 1
             held[1] += int(good)
 
+    def add_pair_groups(self, attribute: str, bucket: int, group: str, predicted: bool, truth: bool) -> None:
+        """A joined pair of a fairness attribute (equal opportunity, equalized odds) in ``bucket`` (its
+        label's time): per group [positives, true positives, negatives, false positives]."""
+        counted = self._bucket(bucket).setdefault("fairness_pairs", {}).setdefault(attribute, {})
+        held = counted.get(group)
+        if held is None:
+            held = counted[group] = [0, 0, 0, 0]
+        held[0 if truth else 2] += 1
+        held[1 if truth else 3] += int(predicted)
+
     def firing(self, bucket: int, record: dict[str, Any]) -> None:
         firings = self._bucket(bucket)["firings"]
         firings.append(record)
@@ -346,8 +357,9 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
         out["segments"] = dict(partial["segments"])
         out["segment_columns"] = {k: {p: _copy_cell(v) for p, v in c.items()}
                                   for k, c in partial.get("segment_columns", {}).items()}
-    if "fairness" in partial:
-        out["fairness"] = {a: {g: list(c) for g, c in groups.items()} for a, groups in partial["fairness"].items()}
+    for part in ("fairness", "fairness_pairs"):
+        if part in partial:
+            out[part] = {a: {g: list(c) for g, c in groups.items()} for a, groups in partial[part].items()}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
     out.update(mergeperf.copy_parts(partial))
@@ -779,11 +791,13 @@ def _copy_state(state: Mapping[str, Any]) -> dict[str, Any]:
                                                        for c, col in w["columns"].items()},
                                       "by_partition": dict(w["by_partition"])}
                                   for k, w in state["segment_windows"].items()}
-    fair = state.get("fairness_window")
-    if fair is not None:
-        out["fairness_window"] = {**fair, "by_partition": dict(fair["by_partition"]),
-                                  "groups": {a: {g: list(c) for g, c in groups.items()}
-                                             for a, groups in fair["groups"].items()}}
+    for key in ("fairness_window", "fairness_pairs_window"):
+        fair = state.get(key)
+        if fair is not None:
+            out[key] = {**fair, "by_partition": dict(fair["by_partition"]),
+                        "groups": {a: {g: list(c) for g, c in groups.items()} for a, groups in fair["groups"].items()}}
+    if "fairness_last" in state:
+        out["fairness_last"] = {a: dict(m) for a, m in state["fairness_last"].items()}
     return out
 
 
@@ -803,60 +817,107 @@ def _point_firing(model: ModelConfig, episodes: _Episodes, bucket: int, firing: 
     return [alert]
 
 
+# per kind of fairness window: the partial's part, the open window's key in the merge state, its columns
+FAIR_KINDS = (("predictions", "fairness", "fairness_window", fairness.PREDICTION_COLUMNS),
+              ("pairs", "fairness_pairs", "fairness_pairs_window", fairness.PAIR_COLUMNS))
+
+
+def _fair_metrics(config: Any, kind: str) -> list[str]:
+    return [m for m in dict.fromkeys(config.metrics)
+            if (m == "demographic_parity") == (kind == "predictions")]
+
+
 def _fairness_bucket(model: ModelConfig, reference: ReferenceProfile, state: dict[str, Any], episodes: _Episodes,
                      bucket: int, group: list, bucket_ms: int, share: float, points: list) -> list[Alert]:
-    """A bucket's fairness counts into the model's parity window; at ``fairness.window`` predictions (on a
-    bucket boundary) the window is judged per attribute as one partition judges its own
-    (:func:`stream_monitor.fairness.judge`, at the window's actual size)."""
-    window = state.get("fairness_window")
-    for _, topic, partition, partial in group:
-        counted = partial.get("fairness")
-        if not counted:
-            continue
-        if window is None:
-            window = state["fairness_window"] = {"first_bucket": bucket, "events": 0, "by_partition": {},
-                                                 "groups": {}}
-        window["last_bucket"] = bucket
-        add_groups(window["groups"], counted)
-        predictions = sum(n for n, _ in next(iter(counted.values())).values())  # every attribute counts each
-        window["events"] += predictions
-        where = f"{topic}|{partition}"
-        window["by_partition"][where] = window["by_partition"].get(where, 0) + predictions
+    """A bucket's fairness counts into the model's two fairness windows: the parity window of predictions
+    (per group: predictions, favourable) and the window of joined pairs (per group: positives, true
+    positives, negatives, false positives; a pair counts in its label's bucket). At ``fairness.window``
+    predictions (``fairness.label_window`` pairs), on a bucket boundary, a window is judged per attribute and
+    metric as one partition judges its own (:func:`stream_monitor.fairness.judge`, at the window's actual
+    size and the model's share): demographic parity on the first, equal opportunity and equalized odds on
+    the second, one model-level episode per (attribute, metric)."""
     config = model.fairness
-    if window is None or window["events"] < config.window or "demographic_parity" not in config.metrics:
-        return []
-    state["fairness_window"] = None
-    payload = _window_payload(window, bucket_ms)
-    alpha = per_window(share, window["events"])
-    out = []
-    for attribute in config.attributes:
-        counted = window["groups"].get(attribute, {})
-        ref = reference.features.get(attribute)
-        names = fairness.Groups(ref.categories if isinstance(ref, CategoricalReference) else None,
-                                config.max_groups).names
-        names = names + sorted(set(counted) - set(names))  # seen values of an attribute the reference holds as numeric
-        counts = np.asarray([counted.get(name, [0, 0]) for name in names], dtype=np.int64)
-        key = f"fairness|{attribute}|demographic_parity"
-        episode = episodes.level(key)
-        found, transition = fairness.judge(config, "demographic_parity", names, counts, alpha, episode)
-        point = fairness.window_point(model.model_id, config, attribute, "demographic_parity", found, None, None,
-                                      payload["last"])
-        point["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
-        points.append(point)
-        if transition is not None:
-            description, current, message = fairness.describe(model.model_id, config, model.detectors.hysteresis,
-                                                              attribute, "demographic_parity", transition, found)
-            alert = Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
-                          signal="fairness", name=attribute, detector="demographic_parity",
-                          statistic=float(found["gap"]), threshold=config.max_gap, reference=description,
-                          current=current, partition=None, offset=None, event_time_ms=payload["last"],
-                          message=message, window=payload,
-                          alert_id=window_alert_id(model.model_id, "fairness", attribute, "demographic_parity",
-                                                   payload["first_bucket"], payload["last_bucket"], transition.status))
-            episode.last_alert_id = alert.alert_id
-            out.append(alert)
-        episodes.keep(key, episode)
+    out: list[Alert] = []
+    for kind, part, key, columns in FAIR_KINDS:
+        window = state.get(key)
+        for _, topic, partition, partial in group:
+            counted = partial.get(part)
+            if not counted:
+                continue
+            if window is None:
+                window = state[key] = {"first_bucket": bucket, "events": 0, "by_partition": {}, "groups": {}}
+            window["last_bucket"] = bucket
+            add_groups(window["groups"], counted)
+            # every attribute counts each prediction (pair): the first one's groups hold them all
+            items = sum(sum(c[0::2]) for c in next(iter(counted.values())).values())
+            window["events"] += items
+            where = f"{topic}|{partition}"
+            window["by_partition"][where] = window["by_partition"].get(where, 0) + items
+        size = config.window if kind == "predictions" else config.label_window
+        metrics = _fair_metrics(config, kind)
+        if window is None or window["events"] < size or not metrics:
+            continue
+        state[key] = None
+        judged = state.get("fairness_windows") or {}
+        state["fairness_windows"] = {**judged, kind: judged.get(kind, 0) + 1}
+        last = state.setdefault("fairness_last", {})
+        payload = _window_payload(window, bucket_ms)
+        alpha = per_window(share, window["events"])
+        for attribute in config.attributes:
+            counted = window["groups"].get(attribute, {})
+            ref = reference.features.get(attribute)
+            names = fairness.Groups(ref.categories if isinstance(ref, CategoricalReference) else None,
+                                    config.max_groups).names
+            names = names + sorted(set(counted) - set(names))  # seen values of an attribute the reference holds as numeric
+            counts = np.asarray([counted.get(name, [0] * len(columns)) for name in names], dtype=np.int64)
+            for metric in metrics:
+                out.extend(_fairness_judged(model, episodes, attribute, metric, names, counts, alpha, payload, points,
+                                            last.setdefault(attribute, {})))
     return out
+
+
+def _fairness_judged(model: ModelConfig, episodes: _Episodes, attribute: str, metric: str, names: list[str],
+                     counts: np.ndarray, alpha: float, payload: Mapping[str, Any], points: list,
+                     last: dict[str, Any]) -> list[Alert]:
+    """One closed fairness window of one attribute and metric: its history point, its findings kept for the
+    status (``last``), the model-level episode's alert if it moved."""
+    config = model.fairness
+    key = f"fairness|{attribute}|{metric}"
+    episode = episodes.level(key)
+    found, transition = fairness.judge(config, metric, names, counts, alpha, episode)
+    last[metric] = found
+    point = fairness.window_point(model.model_id, config, attribute, metric, found, None, None, payload["last"])
+    point["buckets"] = [payload["first_bucket"], payload["last_bucket"]]
+    points.append(point)
+    out = []
+    if transition is not None:
+        description, current, message = fairness.describe(model.model_id, config, model.detectors.hysteresis,
+                                                          attribute, metric, transition, found)
+        alert = Alert(status=transition.status, severity=transition.severity, model_id=model.model_id,
+                      signal="fairness", name=attribute, detector=metric,
+                      statistic=float(found["gap"]), threshold=config.max_gap, reference=description,
+                      current=current, partition=None, offset=None, event_time_ms=payload["last"],
+                      message=message, window=payload,
+                      alert_id=window_alert_id(model.model_id, "fairness", attribute, metric,
+                                               payload["first_bucket"], payload["last_bucket"], transition.status))
+        episode.last_alert_id = alert.alert_id
+        out.append(alert)
+    episodes.keep(key, episode)
+    return out
+
+
+def fairness_info(model: ModelConfig, state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A merged model's fairness as one partition's :meth:`stream_monitor.fairness.Fairness.info` has it:
+    per attribute the windows judged and each metric's last findings (groups' counts and rates, the gap),
+    with the open windows' sizes (status, the status page, the metrics)."""
+    if not state or not model.fairness.attributes:
+        return {}
+    judged = state.get("fairness_windows") or {}
+    last = state.get("fairness_last") or {}
+    opened = {kind: (state.get(key) or {}).get("events", 0) for kind, _, key, _ in FAIR_KINDS}
+    return {attribute: {"windows": {"predictions": judged.get("predictions", 0), "pairs": judged.get("pairs", 0)},
+                        "open": opened, "metrics": {m: dict(f) for m, f in (last.get(attribute) or {}).items()}}
+            for attribute in model.fairness.attributes}
 
 
 def _window_payload(window: Mapping[str, Any], bucket_ms: int) -> dict[str, Any]:

@@ -308,6 +308,8 @@ class PartitionCollector(Collector):
         self.source: Callable[[], Iterable[PartitionView]] | None = None
         # the open incidents of the models merged here (decisions = "model"), model → count; read the same way
         self.merged_incidents: Callable[[], Mapping[str, int]] | None = None
+        # the model-level fairness of the models merged here, model → attribute → findings; read the same way
+        self.merged_fairness: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(_Families().all())
@@ -382,6 +384,9 @@ class PartitionCollector(Collector):
             incidents[model_id] = incidents.get(model_id, 0) + count
         for model_id, count in sorted(incidents.items()):
             families.incidents.add_metric([model_id], count)
+        for model_id, attributes in (self.merged_fairness() if self.merged_fairness is not None else {}).items():
+            for attribute, judged in attributes.items():  # the model's own, never a partition's fragment
+                fairness[(model_id, attribute)] = judged
         for (model_id, attribute), judged in sorted(fairness.items()):
             rates: dict[tuple[str, str], float] = {}
             for metric, found in (judged.get("metrics") or {}).items():

@@ -931,7 +931,7 @@ class ModelMonitor:
                 self._label(event, position, offset, partition, join, labelled, pairs, seen)
                 if fairness is not None and join is not None and join.status == "joined":
                     self._fair_pair(join.other.get("g") or {}, join.other, event.label, position, offset,
-                                    event.timestamp_ms, fair_pairs)
+                                    event.timestamp_ms, fair_pairs, event.timestamp_ms, seen)
                 continue
             self.events += 1
             if is_finite_number(event.score):
@@ -945,7 +945,7 @@ class ModelMonitor:
                                   event.timestamp_ms))
                 if fairness is not None:
                     self._fair_pair(event.features, prediction, join.other["label"], position, offset,
-                                    event.timestamp_ms, fair_pairs)
+                                    event.timestamp_ms, fair_pairs, join.other["t"], seen)
             if self.reference is None and self.config.by_model:  # the model-level warm-up (share)
                 if self.share_left == 0:
                     raise AssertionError("an event past the warm-up share before the model's reference")
@@ -957,6 +957,7 @@ class ModelMonitor:
                 if self.share_left == 0:  # the share ends: its buckets close; the model's reference, if built
                     sketch.close(None, everything=True)
                     self.adopt()
+                    fairness = self.fairness  # the rest of the batch as the next batch would see it
                 continue
             if self.reference is None:
                 self.warmup.add(event)
@@ -1091,12 +1092,23 @@ class ModelMonitor:
             side.add_pair(sketch, bucket, prediction, label)
 
     def _fair_pair(self, values: Mapping[str, Any], prediction: Mapping[str, Any], label: Any, position: int,
-                   offset: int, time: int | None, into: list) -> None:
-        """A joined pair for fairness: its prediction's attribute values, favourable or not, and its label's."""
-        predicted = self.fairness.favorable(prediction.get("score"), prediction.get("label"))
-        if predicted is not None:
-            into.append((position, offset, time, values, predicted,
-                         category(label) == self.config.fairness.favorable))
+                   offset: int, time: int | None, into: list, label_time: int | None = None,
+                   seen: Sequence[int | None] | None = None) -> None:
+        """A joined pair for fairness: its prediction's attribute values, favourable or not, and its label's.
+        decisions = "model": counted per group in the partial of its label's time (as performance's pairs),
+        equal opportunity and equalized odds are the merge's."""
+        fairness = self.fairness
+        predicted = fairness.favorable(prediction.get("score"), prediction.get("label"))
+        if predicted is None:
+            return
+        truth = category(label) == self.config.fairness.favorable
+        if not self.config.by_model:
+            into.append((position, offset, time, values, predicted, truth))
+        elif fairness.wants_pairs:
+            bucket = self._bucket(label_time, position, seen)
+            for monitor in fairness.attributes:
+                group = monitor.groups.names[monitor.groups.of(values.get(monitor.attribute))]
+                self.sketch.add_pair_groups(monitor.attribute, bucket, group, predicted, truth)
 
     def _fair(self, pending: list[tuple[int, int, InferenceEvent]], pairs: list[tuple], partition: int,
               out: list, buckets: np.ndarray | None = None) -> None:
@@ -1423,9 +1435,10 @@ class ModelMonitor:
                "warmup": len(self.warmup),
                "detectors": [row for c in columns for row in c.summary()] + performance_rows +
                ([] if self.estimated is None else self.estimated.rows()) +
-               ([] if self.fairness is None else self.fairness.rows()),
+               ([] if self.fairness is None or self.config.by_model else self.fairness.rows()),
                "estimated": None if self.estimated is None else self.estimated.info(),
-               "fairness": None if self.fairness is None else self.fairness.info(),
+               # decisions = "model": the model's fairness is its merge's (no partition's fragment)
+               "fairness": None if self.fairness is None or self.config.by_model else self.fairness.info(),
                "incidents": self.incidents.summary()}
         if self.retraining is not None and self.retraining.recent:
             out["retraining"] = self.retraining.summary()

@@ -871,27 +871,31 @@ FAIRNESS_METRICS = ["demographic_parity", "equal_opportunity", "equalized_odds"]
 FAIRNESS_GAP_AT, FAIRNESS_EVENTS = 11_000, 30_000
 
 
-def labelled_stream(seed: int = 2, delay: int = 300) -> list[tuple]:
+def labelled_stream(seed: int = 2, delay: int = 300, step_ms: int = 1_000, gap_at: int | None = FAIRNESS_GAP_AT,
+                    events: int = FAIRNESS_EVENTS) -> list[tuple]:
     """Scored predictions whose labels come ``delay`` events later (through the join: the label event carries
-    the prediction's record with its groups). Both groups are favourable half the time throughout (parity
-    holds); from ``FAIRNESS_GAP_AT`` on, F's predictions agree with the truth only 60 % of the time (M's: 90 %), so
-    F's true-positive rate falls from 0.9 to 0.6 and its false-positive rate rises from 0.1 to 0.4."""
+    the prediction's record with its groups), one event every ``step_ms``. Both groups are favourable half the
+    time throughout (parity holds); from ``gap_at`` on (never: ``None``), F's predictions agree with the truth
+    only 60 % of the time (M's: 90 %), so F's true-positive rate falls from 0.9 to 0.6 and its false-positive
+    rate rises from 0.1 to 0.4."""
     rng = np.random.default_rng(seed)
     out: list[tuple] = []
     waiting: list[tuple] = []
-    for k in range(FAIRNESS_EVENTS):
+    for k in range(events):
         gender = "F" if rng.random() < 0.5 else "M"
         truth = int(rng.random() < 0.5)
-        right = rng.random() < (0.6 if gender == "F" and k >= FAIRNESS_GAP_AT else 0.9)
+        right = rng.random() < (0.6 if gender == "F" and gap_at is not None and k >= gap_at else 0.9)
         positive = truth if right else 1 - truth
         score = float(0.5 + 0.4 * rng.random()) if positive else float(0.4 * rng.random())
-        event = InferenceEvent(f"e{k}", "credit", 1_000 * k, {"gender": gender, "x": float(rng.normal())}, score, None)
+        event = InferenceEvent(f"e{k}", "credit", step_ms * k, {"gender": gender, "x": float(rng.normal())}, score,
+                               None)
         out.append((len(out), event, None))
         waiting.append((event, truth))
         if len(waiting) > delay:
             first, label = waiting.pop(0)
             record = prediction_record(first.score, None, first.timestamp_ms, {"gender": first.features["gender"]})
-            out.append((len(out), LabelEvent(first.event_id, "credit", 1_000 * k, label), JoinResult("joined", record)))
+            out.append((len(out), LabelEvent(first.event_id, "credit", step_ms * k, label),
+                        JoinResult("joined", record)))
     return out
 
 
