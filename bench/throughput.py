@@ -1112,6 +1112,7 @@ def join_rows(results: list[SingleResult]) -> list[tuple[SingleResult, dict[str,
         extra_bytes = (r.redis.bytes_in + r.redis.bytes_out) - (off.redis.bytes_in + off.redis.bytes_out) * scale
         rows.append((r, {
             "us_per_prediction": per_prediction * 1e6,
+            "cpu_us_per_prediction": cpu_per_prediction * 1e6,
             "ratio": per_prediction / base if base else 0.0,
             "cpu_ratio": cpu_per_prediction / base_cpu if base_cpu else 0.0,
             "round_trips_per_1000": r.redis.round_trips / r.window.events * 1000,
@@ -1458,9 +1459,9 @@ class CapacityInputs:
     join_bytes_per_label: float  # Redis traffic per joined label (its two predictions' writes included)
     join_memory_per_prediction: float  # Redis memory per prediction held (pending or joined)
     alerts_per_million: float  # alerts fired per 10^6 events of the stationary windows
+    merge_bytes_per_event: float = 0.0  # decisions = "model": Redis traffic per event (partials on checkpoints)
     redis_cpu_us: float = 0.0  # Redis CPU per event end to end, join off
     redis_cpu_join_us: float = 0.0  # ... with the join on and labels for half the predictions
-    merge_bytes_per_event: float = 0.0  # decisions = "model": Redis traffic per event (partials on checkpoints)
 
 
 def fit(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
@@ -1498,17 +1499,22 @@ def capacity_inputs(results: list[SingleResult], costs: dict[str, "JoinCost"],
         m = merged[-1]
         if m.redis is not None and m.processed:
             merge_bytes = (m.redis.bytes_in + m.redis.bytes_out) / m.processed
+    off_cpu = small.monitor_cores * small.window.seconds / max(small.inference, 1) * 1e6
     return CapacityInputs(
-        "rounded" if small.rounded else "realistic", cpu[0], cpu[1], ckpt[0], ckpt[1],
-        small.redis.round_trips / max(small.checkpoints, 1) if small.redis else 0.0,
-        sum(sent) / len(sent) if sent else 0.0, big.state_bytes / big.columns, big.memory_usage / big.columns,
-        size[0], size[1],
-        (labelled["us_per_prediction"] - small.window.seconds / max(small.inference, 1) * 1e6) if labelled else 0.0,
-        current.script_us if current else 0.0, labelled["bytes_per_label"] if labelled else 0.0,
-        current.memory_per_pending if current else 0.0,
-        sum(r.alerts for r in plain) / windows * 1e6 if windows else 0.0, merge_bytes,
-        small.redis.cpu / small.window.events * 1e6 if small.redis else 0.0,
-        labelled["redis_cpu_us"] if labelled else 0.0)
+        workload="rounded" if small.rounded else "realistic", cpu_fixed_us=cpu[0], cpu_column_us=cpu[1],
+        checkpoint_fixed_ms=ckpt[0], checkpoint_column_ms=ckpt[1],
+        checkpoint_round_trips=small.redis.round_trips / max(small.checkpoints, 1) if small.redis else 0.0,
+        checkpoint_bytes_column=sum(sent) / len(sent) if sent else 0.0,
+        state_bytes_column=big.state_bytes / big.columns, redis_bytes_column=big.memory_usage / big.columns,
+        event_bytes_fixed=size[0], event_bytes_feature=size[1],
+        join_us_per_prediction=max(labelled["cpu_us_per_prediction"] - off_cpu, 0.0) if labelled else 0.0,
+        join_redis_us_per_op=current.script_us if current else 0.0,
+        join_bytes_per_label=labelled["bytes_per_label"] if labelled else 0.0,
+        join_memory_per_prediction=current.memory_per_pending if current else 0.0,
+        alerts_per_million=sum(r.alerts for r in plain) / windows * 1e6 if windows else 0.0,
+        merge_bytes_per_event=merge_bytes,
+        redis_cpu_us=small.redis.cpu / small.window.events * 1e6 if small.redis else 0.0,
+        redis_cpu_join_us=labelled["redis_cpu_us"] if labelled else 0.0)
 
 
 @dataclass
@@ -1592,14 +1598,15 @@ def report_capacity(results: list["SingleResult"], costs: dict[str, JoinCost],
         ("instance CPU per event per column (µs)", f"{inputs.cpu_column_us:.3f}"),
         ("checkpoint per checkpoint, fixed part (ms)", f"{inputs.checkpoint_fixed_ms:.2f}"),
         ("checkpoint per checkpoint per column of the partition (ms)", f"{inputs.checkpoint_column_ms:.4f}"),
-        ("Redis round trips per checkpoint", f"{inputs.checkpoint_round_trips:.2f}"),
+        ("Redis round trips per checkpoint interval (all the instance's, join off)",
+         f"{inputs.checkpoint_round_trips:.2f}"),
         ("Redis bytes sent per checkpoint interval per column (all the instance sent)",
          f"{inputs.checkpoint_bytes_column:,.0f}"),
         ("stored state per column (bytes)", f"{inputs.state_bytes_column:,.0f}"),
         ("Redis memory per column, reference included (bytes)", f"{inputs.redis_bytes_column:,.0f}"),
         ("inference event bytes: fixed + per feature", f"{inputs.event_bytes_fixed:,.0f} + "
                                                        f"{inputs.event_bytes_feature:.1f}"),
-        ("label join: extra instance time per prediction, labels for half (µs)", f"{inputs.join_us_per_prediction:.2f}"),
+        ("label join: extra instance CPU per prediction, labels for half (µs)", f"{inputs.join_us_per_prediction:.2f}"),
         ("label join: Redis CPU per op (µs, Redis only)", f"{inputs.join_redis_us_per_op:.2f}"),
         ("label join: Redis bytes per joined label (end to end)", f"{inputs.join_bytes_per_label:,.0f}"),
         ("label join: Redis memory per prediction held (bytes)", f"{inputs.join_memory_per_prediction:,.0f}"),
@@ -1611,26 +1618,29 @@ def report_capacity(results: list["SingleResult"], costs: dict[str, JoinCost],
     ]
     for name, value in rows:
         print(f"| {name} | {value} |")
-    p = project(inputs)
+    both = [project(inputs), project(inputs, label_share=0.0)]
+    p = both[0]
     print(f"\nProjection (bench/throughput.py project()): {p.rate:,.0f} events/s over {p.models:,} models of "
-          f"{p.features} features ({p.columns} columns each), keyed by model id, default checkpoints, labels for "
-          "half the predictions (an hour later), the join's retention and budgets at their defaults:\n")
-    print("| quantity | value |\n|---|---|")
+          f"{p.features} features ({p.columns} columns each), keyed by model id, default checkpoints; with labels "
+          "for half the predictions (an hour later; the join's retention and budgets at their defaults), and "
+          "without the join:\n")
+    print("| quantity | labels for half | no join |\n|---|---|---|")
     for name, value in [
-        ("instance CPU per event (µs)", f"{p.cpu_us_per_event:.1f}"),
-        ("cores: events / checkpoints / label join", f"{p.detect_cores:,.1f} / {p.checkpoint_cores:,.1f} / "
-                                                     f"{p.join_cores:,.1f}"),
-        ("instances (one core each, planned at 70 %) = partitions", f"{p.instances:,} = {p.partitions:,}"),
-        ("checkpoints per second, all partitions", f"{p.checkpoints_per_second:,.0f}"),
-        ("checkpoint traffic to Redis (MB/s)", f"{p.checkpoint_bytes_per_second / 1e6:,.0f}"),
+        ("instance CPU per event (µs)", lambda p: f"{p.cpu_us_per_event:.1f}"),
+        ("cores: events / checkpoints / label join", lambda p: f"{p.detect_cores:,.1f} / {p.checkpoint_cores:,.1f} / "
+                                                                f"{p.join_cores:,.1f}"),
+        ("instances (one core each, planned at 70 %) = partitions", lambda p: f"{p.instances:,}"),
+        ("checkpoints per second, all partitions", lambda p: f"{p.checkpoints_per_second:,.0f}"),
+        ("checkpoint traffic to Redis (MB/s)", lambda p: f"{p.checkpoint_bytes_per_second / 1e6:,.0f}"),
         ("Redis memory: state / predictions held / total with headroom (GB)",
-         f"{p.state_bytes / 1e9:,.1f} / {p.join_bytes / 1e9:,.1f} / {p.redis_bytes / 1e9:,.1f}"),
-        ("Redis CPU (cores)", f"{p.redis_cores:,.1f}"),
-        ("Redis Cluster shards (each ≤ 25 GB and ≤ half a core)", f"{p.shards:,}"),
-        ("broker: produced (MB/s; ×3 replication, ×1 per consumer group)", f"{p.broker_bytes_per_second / 1e6:,.0f}"),
-        ("alerts per second (stationary)", f"{p.alerts_per_second:.2f}"),
+         lambda p: f"{p.state_bytes / 1e9:,.1f} / {p.join_bytes / 1e9:,.1f} / {p.redis_bytes / 1e9:,.1f}"),
+        ("Redis CPU (cores)", lambda p: f"{p.redis_cores:,.1f}"),
+        ("Redis Cluster shards (each ≤ 25 GB and ≤ half a core)", lambda p: f"{p.shards:,}"),
+        ("broker: produced (MB/s; ×3 replication, ×1 per consumer group)",
+         lambda p: f"{p.broker_bytes_per_second / 1e6:,.0f}"),
+        ("alerts per second (stationary)", lambda p: f"{p.alerts_per_second:.2f}"),
     ]:
-        print(f"| {name} | {value} |")
+        print(f"| {name} | " + " | ".join(value(p) for p in both) + " |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -311,3 +311,31 @@ def test_a_checkpoint_that_grows_with_the_models_of_a_partition_needs_more_parti
     costly = bench.project(_inputs(bench, checkpoint_column_ms=0.2))
     assert costly.partitions > cheap.partitions and costly.checkpoint_cores > cheap.checkpoint_cores
     assert costly.instances * 0.7 >= costly.detect_cores + costly.join_cores + costly.checkpoint_cores
+
+
+def _single(bench, features, join=False, labels=False, seconds=1.0, cores=0.5, redis_cpu=0.01):
+    events = 15_000 if labels else 10_000
+    inference = 10_000
+    stages = bench.stage_rows({}, {"decode": 0.2, "detect": 0.6, "join": 0.1 if join else 0.0,
+                                   "checkpoint": 0.001 * (features + 4)})
+    traffic = bench.RedisTraffic({"evalsha": 1 + (10 if join else 0)}, redis_cpu, 20_000 * (features + 4),
+                                 1_000, 3)
+    return bench.SingleResult(features, bench.Window(events, seconds), stages, 0, 1300 * (features + 4),
+                              12_000 * (features + 4), 0, naive=1.0, decode_only=1.0, join=join, labels=labels,
+                              inference=inference, label_events=events - inference, checkpoints=1,
+                              monitor_cores=cores, redis=traffic, event_bytes=167 + 24 * features)
+
+
+def test_capacity_inputs_come_from_the_join_off_cases_and_the_join_cases(bench):
+    results = [_single(bench, 20), _single(bench, 100, seconds=4.0),
+               _single(bench, 20, join=True, seconds=1.2, redis_cpu=0.08),
+               _single(bench, 20, join=True, labels=True, seconds=2.0, cores=0.4, redis_cpu=0.2)]
+    inputs = bench.capacity_inputs(results, {})
+    # CPU per event: 50 µs at 24 columns, 200 µs at 104: 1.875 µs per column
+    assert inputs.cpu_column_us == pytest.approx(150 / 80) and inputs.cpu_fixed_us == pytest.approx(50 - 24 * 150 / 80)
+    assert inputs.checkpoint_column_ms == pytest.approx(1.0) and inputs.checkpoint_fixed_ms == pytest.approx(0.0)
+    assert inputs.join_us_per_prediction == pytest.approx(80 - 50)  # 0.4 cores × 2 s over 10,000 predictions
+    assert (inputs.redis_cpu_us, inputs.redis_cpu_join_us) == (pytest.approx(1.0), pytest.approx(0.2 / 15_000 * 1e6))
+    assert inputs.state_bytes_column == 1300 and inputs.redis_bytes_column == 12_000
+    assert (inputs.event_bytes_fixed, inputs.event_bytes_feature) == (pytest.approx(167), pytest.approx(24))
+    assert bench.capacity_inputs(results[:1], {}) is None
