@@ -1476,6 +1476,8 @@ def capacity_inputs(results: list[SingleResult], costs: dict[str, "JoinCost"],
                     merged: list["MergedResult"] | None = None) -> CapacityInputs | None:
     """The projection's inputs from a run's join-off F = 20 and F = 100 cases of one workload, its join cases
     and the Redis-only join measurement (None without both F cases)."""
+    if not results:
+        return None
     plain = [r for r in results if not r.join and not r.labels and r.rounded == results[0].rounded]
     by_f = {r.features: r for r in plain}
     if 20 not in by_f or 100 not in by_f:
@@ -1729,7 +1731,8 @@ def main(argv: list[str] | None = None) -> int:
             report(results, live, measured)
         if merged:
             report_merged(merged)
-        report_capacity(results, report_join_cost(stack.redis_url, measured), merged)
+        if results:  # (not with --merged-only)
+            report_capacity(results, report_join_cost(stack.redis_url, measured), merged)
     finally:
         for process in reversed(started):
             process.stop()

@@ -338,4 +338,4 @@ def test_capacity_inputs_come_from_the_join_off_cases_and_the_join_cases(bench):
     assert (inputs.redis_cpu_us, inputs.redis_cpu_join_us) == (pytest.approx(1.0), pytest.approx(0.2 / 15_000 * 1e6))
     assert inputs.state_bytes_column == 1300 and inputs.redis_bytes_column == 12_000
     assert (inputs.event_bytes_fixed, inputs.event_bytes_feature) == (pytest.approx(167), pytest.approx(24))
-    assert bench.capacity_inputs(results[:1], {}) is None
+    assert bench.capacity_inputs(results[:1], {}) is None and bench.capacity_inputs([], {}) is None
