@@ -98,8 +98,32 @@ state) and `detect › sketch` (every partition adding its events to the partial
 sketches) are the model-level merge's cost; the merging instance's own shares
 are shown beside.
 
+The workload is realistic by default, as model servers write events: every
+value a full-precision float64 (17-19 characters), an epoch timestamp with
+microseconds, three categorical features after the numeric ones and 1 % of the
+numeric values null (see events()). `--rounded` gives every case the former
+workload (values rounded to 4 decimals, no timestamp, numeric features only);
+one F = 20 case of the other workload is run for comparison either way
+(`--no-comparison` skips it). The targets are read on the chosen workload.
+
 The label join is on by default in the service; here it is off (the model's
-`[performance] enabled = false`) unless --join is given, in every case.
+`[performance] enabled = false`) unless --join is given, except in the join's
+own cases (`--no-join-cases` skips them): the same F = 20 stream with the join
+on (task = classification), without labels and with a label event for every
+second prediction LABEL_DELAY events after it, beside the join-off case. Their
+table gives the cost per prediction (the window's seconds, and the instance's
+CPU, over its inference events: label events are a cost of their predictions)
+against the join-off case, and what Redis was asked meanwhile (INFO ALL read
+right after each window's two scrapes; this script's own offset polls taken
+out): round trips (socket writes), EVALSHA calls per join op, Redis CPU and
+bytes per event, and the bytes per joined label beyond the join-off case.
+
+Last, the inputs of docs/CAPACITY.md (CPU per event as a fixed part plus a part
+per column, through the F = 20 and F = 100 cases; the checkpoint's cost per
+checkpoint per column; Redis traffic and memory per column; the join's costs,
+the Redis-only ones from the --join-cost measurement) and the projection
+project() makes from them for 1,000,000 events/s over 10,000 models of 50
+features.
 
 Nothing is asserted on timings: the targets table says PASS or MISS.
 
@@ -153,9 +177,11 @@ LABEL_DELAY = 500  # inference events between a prediction and its label (with -
 POLL = 0.01  # seconds between reads of the stored offsets
 LOAD_EVERY = 0.25  # seconds between reads of the machine's CPU counters
 
-# Targets of issue #6.
+# Targets of issues #6 and #16.
 TARGET_NAIVE_RATIO = 2.0
-TARGET_F100_RATE = 20_000
+TARGET_DECODE_SHARE = 0.35  # of the decode-only consumer (b), F = 20
+TARGET_F100_RATE = 30_000
+TARGET_JOIN_COST = 1.5  # labels for half the predictions, joined: at most this × the cost per prediction without
 TARGET_SCALING = 1.7
 TARGET_CHECKPOINT_SHARE = 0.10
 TARGET_STATE_BYTES = 8192
@@ -164,24 +190,51 @@ TARGET_STATE_BYTES = 8192
 # --- workload and baselines (pure; tests/unit/test_bench.py runs them) ------------------------------------
 
 
-def events(features: int, count: int, seed: int = 1, labels_every: int = 0) -> list[bytes]:
+CATEGORIES = {"country": ("DE", "FR", "US", "GB", "ES", "IT", "PL", "NL"), "device": ("ios", "android", "web"),
+              "plan": ("free", "pro", "team", "enterprise")}  # realistic events' categorical features
+NULL_RATE = 0.01  # realistic events: each numeric value is null with this probability
+START_TIME = 1_764_720_000.0  # realistic events' first timestamp (epoch seconds, 2025-12-03T00:00:00Z)
+EVENT_RATE = 20_000  # realistic events' timestamps advance by this many events per second on average
+
+
+def events(features: int, count: int, seed: int = 1, labels_every: int = 0, rounded: bool = False) -> list[bytes]:
     """`count` seeded, stationary inference events of model `m`: feature j ~ N(j, 1 + j % 3), score ~ U(0, 1).
+
+    Realistic by default, as model servers write them: every value a full-precision float64 (its shortest
+    repr, 17-19 characters), an epoch `timestamp` in seconds with microseconds (advancing EVENT_RATE events
+    per second on average), the categorical features of CATEGORIES after the numeric ones, and each numeric
+    value null with probability NULL_RATE. `rounded`: the former workload (values rounded to 4 decimals, no
+    timestamp, numeric features only), kept for comparison.
     With `labels_every` = k > 0, every k-th prediction also gets its label event (1 with probability its
-    score, so the error stream is stationary), LABEL_DELAY inference events after it."""
+    score, so the error stream is stationary), LABEL_DELAY inference events after it (timestamped likewise
+    unless `rounded`)."""
     rng = random.Random(seed)
     labels = random.Random(seed + 1_000_000)
     out, scores = [], []
+    now = START_TIME
     for i in range(count):
-        values = {f"f{j}": round(rng.gauss(j, 1 + j % 3), 4) for j in range(features)}
-        score = round(rng.random(), 4)
-        out.append(orjson.dumps({"event_id": f"e{seed}-{i}", "model_id": "m", "features": values,
-                                 "prediction": {"score": score}}))
+        if rounded:
+            values = {f"f{j}": round(rng.gauss(j, 1 + j % 3), 4) for j in range(features)}
+            score = round(rng.random(), 4)
+            doc = {"event_id": f"e{seed}-{i}", "model_id": "m", "features": values, "prediction": {"score": score}}
+        else:
+            now += rng.expovariate(EVENT_RATE)
+            values = {f"f{j}": None if rng.random() < NULL_RATE else rng.gauss(j, 1 + j % 3) for j in range(features)}
+            for name, choices in CATEGORIES.items():
+                values[name] = choices[min(int(rng.expovariate(1.0)), len(choices) - 1)]  # skewed, stationary
+            score = rng.random()
+            doc = {"event_id": f"e{seed}-{i}", "model_id": "m", "timestamp": round(now, 6), "features": values,
+                   "prediction": {"score": score}}
+        out.append(orjson.dumps(doc))
         if labels_every:
-            scores.append(score)
+            scores.append((score, now))
             late = i - LABEL_DELAY
             if late >= 0 and late % labels_every == 0:
-                out.append(orjson.dumps({"event_id": f"e{seed}-{late}", "model_id": "m",
-                                         "label": int(labels.random() < scores[late])}))
+                label = {"event_id": f"e{seed}-{late}", "model_id": "m",
+                         "label": int(labels.random() < scores[late][0])}
+                if not rounded:
+                    label["timestamp"] = round(now, 6)
+                out.append(orjson.dumps(label))
     return out
 
 
@@ -196,15 +249,17 @@ def offset_after(lines: list[bytes], inference: int) -> int:
 
 
 def naive_rate(lines: list[bytes], features: int) -> float:
-    """Baseline (a): orjson.loads per event, river's ADWIN and PageHinkley (defaults) per feature."""
+    """Baseline (a): orjson.loads per event, river's ADWIN and PageHinkley (defaults) per numeric feature
+    (the first `features`; a null is skipped, a categorical feature is not looked at)."""
     adwins = [drift.ADWIN() for _ in range(features)]
     hinkleys = [drift.PageHinkley() for _ in range(features)]
     started = time.perf_counter()
     for line in lines:
         doc = orjson.loads(line)
-        for j, value in enumerate(doc["features"].values()):
-            adwins[j].update(value)
-            hinkleys[j].update(value)
+        for j, value in zip(range(features), doc["features"].values()):
+            if value is not None:
+                adwins[j].update(value)
+                hinkleys[j].update(value)
     return len(lines) / (time.perf_counter() - started)
 
 
@@ -402,6 +457,8 @@ class OffsetWatch(threading.Thread):
         self.stack_pids = list(pids)
         self.stack_load: list[tuple[float, float]] = []
         self.ours: list[tuple[float, float]] = []  # CPU seconds of every pid (the stack's and the monitors')
+        self.polls: list[tuple[float, int]] = []  # (time, round trips) of this watch's reads so far
+        self.poll_bytes = (0, 0)  # what one poll costs Redis on the wire: request, reply (RESP, estimated)
         self._halt = threading.Event()
 
     def other_cores(self, window: Window) -> float:
@@ -422,6 +479,9 @@ class OffsetWatch(threading.Thread):
 
     def run(self) -> None:
         keys = {p: self.store.key(self.topic, p) for p in self.timelines}
+        self.poll_bytes = (sum(len(f"*3\r\n$4\r\nHGET\r\n${len(k)}\r\n{k}\r\n$6\r\noffset\r\n") for k in keys.values()),
+                           12 * len(keys))  # an HGET per partition and its bulk reply ($5\r\n12345\r\n)
+        polled = 0
         next_load = 0.0
         while not self._halt.is_set():
             if time.monotonic() >= next_load:
@@ -435,6 +495,8 @@ class OffsetWatch(threading.Thread):
                 pipe.hget(key, "offset")
             values = pipe.execute()
             now = time.monotonic()
+            polled += 1
+            self.polls.append((now, polled))
             for p, value in zip(keys, values):
                 timeline = self.timelines[p]
                 if value is not None and (not timeline or timeline[-1][1] != int(value)):
@@ -562,6 +624,56 @@ def redis_bytes(store, topic: str, partition: int) -> tuple[int, int]:
     return int(store.client.hstrlen(key, "state")), int(store.client.memory_usage(key, samples=0))
 
 
+@dataclass
+class RedisCounters:
+    """Redis's own counters at one moment (one INFO ALL): commands, CPU, bytes and socket reads/writes."""
+    when: float  # monotonic time of the read
+    calls: dict[str, int]  # commandstats calls per command (scripts' inner commands counted too)
+    usec: dict[str, int]
+    cpu: float  # used_cpu_user + used_cpu_sys, seconds
+    net_in: int
+    net_out: int
+    reads: int  # total_reads_processed: ~ one per request round trip (more for a request over 16 KiB)
+    writes: int  # total_writes_processed: ~ one per reply round trip
+
+
+def redis_counters(client) -> RedisCounters:
+    info = client.info("all")
+    calls = {k[len("cmdstat_"):]: v["calls"] for k, v in info.items() if k.startswith("cmdstat_")}
+    usec = {k[len("cmdstat_"):]: v["usec"] for k, v in info.items() if k.startswith("cmdstat_")}
+    return RedisCounters(time.monotonic(), calls, usec, info["used_cpu_user"] + info["used_cpu_sys"],
+                         info["total_net_input_bytes"], info["total_net_output_bytes"],
+                         info.get("total_reads_processed", 0), info.get("total_writes_processed", 0))
+
+
+@dataclass
+class RedisTraffic:
+    """What the monitor asked of Redis between two counter reads, the benchmark's own polls taken out (the
+    two INFO calls remain: a few kB, one round trip each)."""
+    calls: dict[str, int]
+    cpu: float
+    bytes_in: int
+    bytes_out: int
+    round_trips: int
+
+    @property
+    def scripts(self) -> int:
+        return self.calls.get("evalsha", 0) + self.calls.get("eval", 0)
+
+
+def redis_traffic(before: RedisCounters, after: RedisCounters, watch: "OffsetWatch") -> RedisTraffic:
+    def polled(when: float) -> int:
+        i = bisect.bisect_right([t for t, _ in watch.polls], when)
+        return watch.polls[i - 1][1] if i else 0
+    polls = polled(after.when) - polled(before.when)
+    calls = {k: v - before.calls.get(k, 0) for k, v in after.calls.items()}
+    calls["hget"] = calls.get("hget", 0) - polls * len(watch.timelines)
+    calls = {k: v for k, v in calls.items() if v > 0 and k != "info"}
+    request, reply = watch.poll_bytes
+    return RedisTraffic(calls, after.cpu - before.cpu, after.net_in - before.net_in - polls * request,
+                        after.net_out - before.net_out - polls * reply, after.writes - before.writes - polls)
+
+
 def stop_all(monitors: list[Monitor]) -> None:
     """SIGTERM each instance; each must exit 0."""
     codes = [monitor.terminate(timeout=60.0) for monitor in monitors]
@@ -584,13 +696,38 @@ class SingleResult:
     alerts: int
     naive: float = 0.0
     decode_only: float = 0.0
+    rounded: bool = False  # the former workload (see events())
+    join: bool = False
+    labels: bool = False
+    inference: int = 0  # inference events in the window
+    label_events: int = 0  # label events in the window
+    checkpoints: int = 0  # checkpoint intervals in the window
+    monitor_cores: float = 0.0  # CPU of the instance during the window
+    redis: RedisTraffic | None = None  # what the instance asked of Redis during the window
+    event_bytes: float = 0.0  # mean size of an inference event of the window
+
+    @property
+    def case(self) -> str:
+        return (f"F={self.features}" + (", rounded" if self.rounded else "")
+                + (", join on" if self.join else "") + (", labels for half" if self.labels else ""))
+
+    @property
+    def columns(self) -> int:
+        """The columns the default config monitors: the features (numeric and categorical) and the score."""
+        return self.features + 1 + (0 if self.rounded else len(CATEGORIES))
+
+    @property
+    def cpu_us_per_event(self) -> float:
+        """The instance's CPU per message of the window (inference and label events)."""
+        return self.monitor_cores * self.window.seconds / self.window.events * 1e6
 
 
 def timeout_for(events_count: int) -> float:
     return 120 + events_count / 500
 
 
-def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, join: bool = False) -> SingleResult:
+def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, join: bool = False,
+               rounded: bool = False, labels: bool = False) -> SingleResult:
     """One instance on a one-partition topic holding `lines` (warm-up, measured events, padding); the window
     opens at the first checkpoint past the warm-up's WARMUP inference events (label events may be between)."""
     from stream_monitor.demo.localstack import create_topics, free_port  # noqa: PLC0415
@@ -612,7 +749,9 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, j
         watch.pids.append(monitor.process.pid)
         timeout = timeout_for(len(lines))
         start, before = scrape_at_checkpoint(port, watch, warm, monitor, timeout)
+        redis_before = redis_counters(store.client)
         stop, after = scrape_at_checkpoint(port, watch, warm + measured, monitor, timeout)
+        redis_after = redis_counters(store.client)
         watch.wait_for(0, end, [monitor], timeout)  # every event processed and stored
         timeline = watch.timelines[0]
         (t0, o0), (t1, o1) = timeline[start], timeline[stop]
@@ -622,6 +761,8 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, j
         window.other_cores = watch.other_cores(window)
         rates = interval_rates(timeline[start:stop + 1])
         window.spread = (min(rates), max(rates))
+        monitor_cores = watch.monitor_cores(window)
+        traffic = redis_traffic(redis_before, redis_after, watch)
         peak = monitor.peak_rss_bytes()
         state, memory = redis_bytes(store, topic, 0)
         stop_all([monitor])
@@ -630,9 +771,15 @@ def run_single(stack: Stack, features: int, lines: list[bytes], measured: int, j
         if monitor is not None:
             monitor.close()
     alerts = monitor.log().count("FIRING")
-    result = SingleResult(features, window, stage_rows(before.stages, after.stages), peak, state, memory, alerts)
-    result.decode_only = decode_only_rate(stack.bootstrap, topic, end)
-    result.naive = naive_rate([line for line in lines[warm:warm + measured] if b'"features"' in line], features)
+    inference = [line for line in lines[o0:o1] if b'"features"' in line]
+    result = SingleResult(features, window, stage_rows(before.stages, after.stages), peak, state, memory, alerts,
+                          rounded=rounded, join=join, labels=labels, inference=len(inference),
+                          label_events=(o1 - o0) - len(inference), checkpoints=stop - start,
+                          monitor_cores=monitor_cores, redis=traffic,
+                          event_bytes=sum(map(len, inference)) / max(len(inference), 1))
+    if not join:  # the join cases' stream is the no-join case's: same baselines
+        result.decode_only = decode_only_rate(stack.bootstrap, topic, end)
+        result.naive = naive_rate([line for line in lines[warm:warm + measured] if b'"features"' in line], features)
     delete_topic(stack.bootstrap, topic)
     return result
 
@@ -728,7 +875,7 @@ def wait_past_targets(watch, partitions, targets: dict[int, int], ends: dict[int
     return closed
 
 
-def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
+def run_live(stack: Stack, instances: int, measured: int, rounded: bool = False) -> LiveResult:
     """`instances` instances in one group on a topic of as many partitions, holding only the warm-ups when
     they start; once the group has settled, N/instances measured events per partition (and the padding)
     are produced, timed from the start of production (see the module docstring)."""
@@ -740,7 +887,7 @@ def run_live(stack: Stack, instances: int, measured: int) -> LiveResult:
     partitions = list(range(instances))
     share = measured // instances
     create_topics(stack.bootstrap, {topic: instances})
-    streams = {p: events(SCALE_FEATURES, WARMUP + share + PADDING, seed=10 + p) for p in partitions}
+    streams = {p: events(SCALE_FEATURES, WARMUP + share + PADDING, seed=10 + p, rounded=rounded) for p in partitions}
     producer = new_producer(stack.bootstrap)
     send_all(producer, topic, {p: lines[:WARMUP] for p, lines in streams.items()})
     rest = {p: lines[WARMUP:] for p, lines in streams.items()}
@@ -799,13 +946,16 @@ class MergedResult:
     stack_cores: float = 0.0
     monitor_cores: float = 0.0  # CPU of the instances together during the window after production
     owners: list[set[int]] = field(default_factory=list)  # each instance's partitions
+    redis: RedisTraffic | None = None  # from just before production to after the window closed
+    checkpoints: int = 0  # stored offsets (checkpoints of all partitions) in that span
+    processed: float = 0.0  # events processed in that span (all partitions)
 
 
-def build_stored_reference(config: Path, workdir: Path) -> str:
+def build_stored_reference(config: Path, workdir: Path, rounded: bool = False) -> str:
     """The model's reference stored in Redis by `stream-monitor reference build` itself (a subprocess of
     the CLI, as an operator runs it), from REFERENCE_EVENTS seeded events of the same distribution."""
     source = workdir / "reference.jsonl"
-    source.write_bytes(b"\n".join(events(SCALE_FEATURES, REFERENCE_EVENTS, seed=99)) + b"\n")
+    source.write_bytes(b"\n".join(events(SCALE_FEATURES, REFERENCE_EVENTS, seed=99, rounded=rounded)) + b"\n")
     done = subprocess.run([sys.executable, "-m", "stream_monitor", "reference", "build", "-c", str(config),
                            "--model", "m", "--input", str(source)], capture_output=True, text=True, timeout=300)
     if done.returncode != 0:
@@ -832,7 +982,7 @@ def summed(stages: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
-def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) -> MergedResult:
+def run_merged(stack: Stack, instances: int, measured: int, join: bool = False, rounded: bool = False) -> MergedResult:
     """`instances` instances of one group on a MERGED_PARTITIONS-partition topic of one 20-feature model
     keyed by event id, `decisions = "model"` on a stored reference. The topic holds only a lead-in (~LEAD
     events per partition) when they start; once the group has settled and every partition has stored its
@@ -846,7 +996,8 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
     lead_count = LEAD * MERGED_PARTITIONS
     # one instance reads its four partitions unevenly: a padding as large as the measured events keeps
     # every partition busy until the slowest one reaches its target
-    lines = events(SCALE_FEATURES, lead_count + measured + max(PADDING * MERGED_PARTITIONS, measured), seed=40)
+    lines = events(SCALE_FEATURES, lead_count + measured + max(PADDING * MERGED_PARTITIONS, measured), seed=40,
+                   rounded=rounded)
     lead = keyed_by_event_id(lines[:lead_count], MERGED_PARTITIONS)
     body = keyed_by_event_id(lines[lead_count:lead_count + measured], MERGED_PARTITIONS)
     padding = keyed_by_event_id(lines[lead_count + measured:], MERGED_PARTITIONS)
@@ -858,7 +1009,7 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
     ports = [free_port() for _ in range(instances)]
     configs = [write_config(stack, stack.workdir / f"{group}-{i + 1}.toml", topic, group, port, join, by_model=True)
                for i, port in enumerate(ports)]
-    print(f"  {build_stored_reference(configs[0], stack.workdir)}", flush=True)
+    print(f"  {build_stored_reference(configs[0], stack.workdir, rounded)}", flush=True)
     producer = new_producer(stack.bootstrap)
     send_all(producer, topic, lead)
     store = StateStore(connect(stack.redis_url), group, group)
@@ -873,11 +1024,13 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
         owners = wait_settled(monitors, watch, topic, MERGED_PARTITIONS, timeout, starts)
         before = [ownership(monitor.log(), topic)[1] for monitor in monitors]
         scraped = scrape_all(ports)
+        redis_before = redis_counters(store.client)
         begun = time.monotonic()
         ends = send_all(producer, topic, rest)
         production = time.monotonic() - begun
         closed = wait_past_targets(watch, partitions, targets, ends, monitors, timeout)
         after_scrape = scrape_all(ports)
+        redis_after = redis_counters(store.client)
         merges = sum(merge_buckets(port) for port in ports)
         window = live_window(watch.timelines, begun, starts, targets)
         window.other_cores = watch.other_cores(window)
@@ -886,6 +1039,9 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
         if after_production is not None:
             after_production.other_cores = watch.other_cores(after_production)
         monitor_cores = watch.monitor_cores(after_production or window)
+        traffic = redis_traffic(redis_before, redis_after, watch)
+        saves = sum(1 for p in partitions for t, _ in watch.timelines[p] if begun <= t <= redis_after.when)
+        processed = sum(value_at(watch.timelines[p], redis_after.when) - starts[p] for p in partitions)
         drained = [p for p in partitions if value_at(watch.timelines[p], closed) >= ends[p]]
         after = [ownership(monitor.log(), topic)[1] for monitor in monitors]  # before SIGTERM: it revokes
         stop_all(monitors)
@@ -900,7 +1056,7 @@ def run_merged(stack: Stack, instances: int, measured: int, join: bool = False) 
                         assignments, sum(after) - sum(before), stage_rows(summed(scraped), summed(after_scrape)),
                         stage_rows(scraped[merger], after_scrape[merger]), merges,
                         sum(monitor.log().count("FIRING") for monitor in monitors), drained, stack_cores,
-                        monitor_cores, owners)
+                        monitor_cores, owners, traffic, saves, processed)
 
 
 # --- report --------------------------------------------------------------------------------------------
@@ -910,27 +1066,93 @@ def mark(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
 
+@dataclass(frozen=True)
+class Case:
+    """One single-instance case: a workload and whether the label join runs (and labels come)."""
+    features: int
+    rounded: bool = False
+    join: bool = False
+    labels: bool = False
+
+
+def single_cases(args: argparse.Namespace) -> list[Case]:
+    """The single-instance cases of a run: F = 20 and F = 100 on the chosen workload (--join, --labels as
+    given), then F = 20 on the other workload (realistic vs rounded; --no-comparison skips it), then the join's
+    cost at F = 20 (--no-join-cases skips it): the same stream with the join on, without labels and with
+    labels for half the predictions, beside the first case with the join off."""
+    main = [Case(f, args.rounded, args.join, args.labels) for f in FEATURES]
+    cases = list(main)
+    if not args.no_comparison:
+        cases.append(Case(SCALE_FEATURES, not args.rounded, args.join, args.labels))
+    if not args.no_join_cases:
+        for case in (Case(SCALE_FEATURES, args.rounded, False, False), Case(SCALE_FEATURES, args.rounded, True, False),
+                     Case(SCALE_FEATURES, args.rounded, True, True)):
+            if case not in cases:
+                cases.append(case)
+    return cases
+
+
+def join_rows(results: list[SingleResult]) -> list[tuple[SingleResult, dict[str, float]]]:
+    """The F = 20 cases of the join's cost (same workload), each with what it costs beside the case with the
+    join off: seconds and CPU per prediction and their ratios, Redis round trips and script calls, bytes."""
+    off = next((r for r in results if r.features == SCALE_FEATURES and not r.join and not r.labels
+                and r.redis is not None), None)
+    if off is None:
+        return []
+    rows = []
+    for r in results:
+        if r.features != SCALE_FEATURES or r.rounded != off.rounded or r.redis is None or r.window.events <= 0:
+            continue
+        per_prediction = r.window.seconds / max(r.inference, 1)
+        cpu_per_prediction = r.monitor_cores * r.window.seconds / max(r.inference, 1)
+        base, base_cpu = off.window.seconds / max(off.inference, 1), off.monitor_cores * off.window.seconds / max(off.inference, 1)
+        scale = r.inference / max(off.inference, 1)  # the join-off case's traffic for as many predictions
+        checkpoint_scripts = off.redis.scripts / max(off.checkpoints, 1)
+        ops = r.inference + r.label_events if r.join else 0
+        extra_bytes = (r.redis.bytes_in + r.redis.bytes_out) - (off.redis.bytes_in + off.redis.bytes_out) * scale
+        rows.append((r, {
+            "us_per_prediction": per_prediction * 1e6,
+            "cpu_us_per_prediction": cpu_per_prediction * 1e6,
+            "ratio": per_prediction / base if base else 0.0,
+            "cpu_ratio": cpu_per_prediction / base_cpu if base_cpu else 0.0,
+            "round_trips_per_1000": r.redis.round_trips / r.window.events * 1000,
+            "extra_round_trips_per_1000": (r.redis.round_trips - off.redis.round_trips * scale) / r.window.events * 1000,
+            "scripts_per_op": (r.redis.scripts - checkpoint_scripts * r.checkpoints) / ops if ops else 0.0,
+            "redis_cpu_us": r.redis.cpu / r.window.events * 1e6,
+            "bytes_in": r.redis.bytes_in / r.window.events,
+            "bytes_out": r.redis.bytes_out / r.window.events,
+            "bytes_per_label": extra_bytes / r.label_events if r.label_events else 0.0,
+            "bytes_per_prediction": extra_bytes / r.inference if r.join and r.inference else 0.0,
+            "join_share": next((share for name, _, share in r.stages if name == "join"), 0.0),
+        }))
+    return rows
+
+
 def report(results: list[SingleResult], live: list[LiveResult], measured: int) -> None:
     print(f"\n### End to end, one instance, one partition ({WARMUP:,} warm-up events not timed; "
           f"~{measured:,} measured)\n")
-    print("| F | events timed | seconds | service events/s | slowest–fastest checkpoint interval | naive loop (a) "
-          "events/s | decode-only consumer (b) events/s | service / (a) | service / (b) | CPU taken by others "
-          "(cores) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("Workload: realistic events (full-precision floats, an epoch timestamp, "
+          f"{len(CATEGORIES)} categorical features, {NULL_RATE:.0%} of numeric values null) unless 'rounded' "
+          "(values rounded to 4 decimals, no timestamp, numeric only). Events timed count label events too.\n")
+    print("| case | event bytes | events timed | seconds | service events/s | slowest–fastest checkpoint interval | "
+          "naive loop (a) events/s | decode-only consumer (b) events/s | service / (a) | service / (b) | "
+          "instance CPU (cores) | CPU taken by others (cores) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r.features} | {r.window.events:,.0f} | {r.window.seconds:.2f} | {r.window.rate:,.0f} | "
-              f"{r.window.spread[0]:,.0f}–{r.window.spread[1]:,.0f} | {r.naive:,.0f} | {r.decode_only:,.0f} | "
-              f"{r.window.rate / r.naive:.2f} | {r.window.rate / r.decode_only:.3f} | {r.window.other_cores:.2f} |")
-    print("\n| F | numeric columns | peak RSS of the instance MiB | stored state blob bytes | per numeric column | "
-          "Redis MEMORY USAGE of the state hash | per numeric column | alerts fired |")
+        baselines = (f"{r.naive:,.0f} | {r.decode_only:,.0f} | {r.window.rate / r.naive:.2f} | "
+                     f"{r.window.rate / r.decode_only:.3f}" if r.naive and r.decode_only else "– | – | – | –")
+        print(f"| {r.case} | {r.event_bytes:,.0f} | {r.window.events:,.0f} | {r.window.seconds:.2f} | "
+              f"{r.window.rate:,.0f} | {r.window.spread[0]:,.0f}–{r.window.spread[1]:,.0f} | {baselines} | "
+              f"{r.monitor_cores:.2f} | {r.window.other_cores:.2f} |")
+    print("\n| case | columns (numeric + categorical) | peak RSS of the instance MiB | stored state blob bytes | "
+          "per column | Redis MEMORY USAGE of the state hash | per column | alerts fired |")
     print("|---|---|---|---|---|---|---|---|")
     for r in results:
-        columns = r.features + 1
-        print(f"| {r.features} | {columns} | {r.peak_rss / 2**20:,.0f} | {r.state_bytes:,} | "
-              f"{r.state_bytes / columns:,.0f} | {r.memory_usage:,} | {r.memory_usage / columns:,.0f} | {r.alerts} |")
+        print(f"| {r.case} | {r.columns} | {r.peak_rss / 2**20:,.0f} | {r.state_bytes:,} | "
+              f"{r.state_bytes / r.columns:,.0f} | {r.memory_usage:,} | {r.memory_usage / r.columns:,.0f} | {r.alerts} |")
 
     print("\n### Where the time goes (stream_monitor_stage_seconds_total, same window)\n")
-    print("| stage | " + " | ".join(f"F={r.features} s | F={r.features} share" for r in results) + " |")
+    print("| stage | " + " | ".join(f"{r.case} s | share" for r in results) + " |")
     print("|---|" + "---|---|" * len(results))
     names = [name for name, _, _ in results[0].stages]
     for r in results[1:]:
@@ -941,10 +1163,28 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
             row = next((row for row in r.stages if row[0] == name), None)
             cells.append(f"{row[1]:.2f} | {row[2]:.1%}" if row else "– | –")
         print(f"| {name} | " + " | ".join(cells) + " |")
-    covered = [f"F={r.features}: the six stages add up to {sum(s for n, s, _ in r.stages if n in LOOP_STAGES):.2f} s "
+    covered = [f"{r.case}: the six stages add up to {sum(s for n, s, _ in r.stages if n in LOOP_STAGES):.2f} s "
                f"of the {r.window.seconds:.2f} s window" for r in results]
     print("\nShares are of the loop's six stages; 'detect › …' rows are the engine's parts of detect. "
           + "; ".join(covered) + ".")
+
+    joins = join_rows(results)
+    if len(joins) > 1:
+        print(f"\n### The label join end to end (F = {SCALE_FEATURES}; the same stream; through the broker and Redis)\n")
+        print("| case | events/s | µs per prediction | vs join off | instance CPU vs join off | join stage share | "
+              "Redis round trips per 1,000 events | of them the join's | join script calls per op | "
+              "Redis CPU µs per event | Redis bytes in / out per event | Redis bytes per joined label |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r, c in joins:
+            print(f"| {r.case} | {r.window.rate:,.0f} | {c['us_per_prediction']:.1f} | {c['ratio']:.2f}× | "
+                  f"{c['cpu_ratio']:.2f}× | {c['join_share']:.1%} | {c['round_trips_per_1000']:.2f} | "
+                  + (f"{c['extra_round_trips_per_1000']:.2f} | {c['scripts_per_op']:.4f} | " if r.join else "– | – | ")
+                  + f"{c['redis_cpu_us']:.2f} | {c['bytes_in']:,.0f} / {c['bytes_out']:,.0f} | "
+                  + (f"{c['bytes_per_label']:,.0f} |" if r.label_events else "– |"))
+        print("\nPer prediction: the window's seconds (or the instance's CPU) over its inference events, so label "
+              "events are a cost of their predictions. The join's round trips and bytes: this case's Redis traffic "
+              "minus the join-off case's for as many predictions (its checkpoints); script calls per op: the join's "
+              "EVALSHA calls over its ops (a prediction or a label arriving), the checkpoints' taken out.")
 
     if live:  # (skipped with --single-only)
         single = next(r for r in results if r.features == SCALE_FEATURES)
@@ -989,18 +1229,28 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
               f"of the {os.cpu_count()} cores on average during a timed window: rates measured then are lower than "
               "on an idle machine.")
 
-    by_f = {r.features: r for r in results}
+    main = [r for r in results if r.rounded == results[0].rounded and r.join == results[0].join
+            and r.labels == results[0].labels]
+    by_f = {r.features: r for r in main}
     f20, f100 = by_f[20], by_f[100]
-    checkpoint = {r.features: next(share for name, _, share in r.stages if name == "checkpoint") for r in results}
-    state = {r.features: r.state_bytes / (r.features + 1) for r in results}
-    print("\n### Targets (issue #6)\n")
+    checkpoint = {r.features: next(share for name, _, share in r.stages if name == "checkpoint") for r in main}
+    state = {r.features: r.state_bytes / r.columns for r in main}
+    print(f"\n### Targets (issues #6 and #16; {'rounded' if f20.rounded else 'realistic'} events)\n")
     print("| target | measured | result |")
     print("|---|---|---|")
     ratio = f20.window.rate / f20.naive
     print(f"| F=20 end to end ≥ {TARGET_NAIVE_RATIO:.1f}× naive loop (a) | {ratio:.2f}× | "
           f"{mark(ratio >= TARGET_NAIVE_RATIO)} |")
+    share = f20.window.rate / f20.decode_only
+    print(f"| F=20 end to end ≥ {TARGET_DECODE_SHARE:.0%} of the decode-only consumer (b) | {share:.1%} | "
+          f"{mark(share >= TARGET_DECODE_SHARE)} |")
     print(f"| F=100 end to end ≥ {TARGET_F100_RATE:,} events/s | {f100.window.rate:,.0f} | "
           f"{mark(f100.window.rate >= TARGET_F100_RATE)} |")
+    labelled = next((c for r, c in joins if r.labels), None)
+    if labelled is not None:
+        print(f"| labels for half the predictions, joined: ≤ {TARGET_JOIN_COST}× the cost per prediction without "
+              f"(join off) | {labelled['ratio']:.2f}× (instance CPU {labelled['cpu_ratio']:.2f}×) | "
+              f"{mark(labelled['ratio'] <= TARGET_JOIN_COST)} |")
     if live:
         scaling = live[1].window.rate / live[0].window.rate
         print(f"| two instances ≥ {TARGET_SCALING}× one | {scaling:.2f}× | {mark(scaling >= TARGET_SCALING)} |")
@@ -1008,7 +1258,7 @@ def report(results: list[SingleResult], live: list[LiveResult], measured: int) -
     print(f"| checkpoint stage ≤ {TARGET_CHECKPOINT_SHARE:.0%} of the time | "
           + ", ".join(f"F={f}: {s:.1%}" for f, s in checkpoint.items())
           + f" | {mark(worst <= TARGET_CHECKPOINT_SHARE)} |")
-    print(f"| serialised state ≤ {TARGET_STATE_BYTES:,} bytes per numeric column | "
+    print(f"| serialised state ≤ {TARGET_STATE_BYTES:,} bytes per column | "
           + ", ".join(f"F={f}: {s:,.0f}" for f, s in state.items())
           + f" | {mark(max(state.values()) <= TARGET_STATE_BYTES)} |")
 
@@ -1190,21 +1440,209 @@ def report_join_cost(redis_url: str, count: int) -> dict[str, JoinCost]:
     return costs
 
 
-def report_capacity(results: list["SingleResult"], costs: dict[str, JoinCost]) -> None:
-    """The measured inputs of docs/CAPACITY.md's projection, from this run."""
-    print("\nCapacity inputs (docs/CAPACITY.md; redo the projection with these):\n")
-    for r in results:
-        columns = r.features + 1
-        print(f"- F={r.features}: {1e6 / r.window.rate:.1f} µs of one core per event end to end "
-              f"= {1e6 / r.window.rate / columns:.2f} µs per event per numeric column; "
-              f"state {r.state_bytes / columns:,.0f} B (Redis {r.memory_usage / columns:,.0f} B) per column; "
-              f"checkpoint share {next((share for name, _, share in r.stages if name == 'checkpoint'), 0.0):.1%}")
+@dataclass
+class CapacityInputs:
+    """The measured inputs of docs/CAPACITY.md's projection (one run's): per event, per column, per checkpoint."""
+    workload: str  # "realistic" or "rounded"
+    cpu_fixed_us: float  # the instance's CPU per event, the part that does not grow with the columns
+    cpu_column_us: float  # ... and per monitored column (a straight line through F = 20 and F = 100)
+    checkpoint_fixed_ms: float  # the checkpoint stage per checkpoint, fixed part
+    checkpoint_column_ms: float  # ... per column of the partition's state
+    checkpoint_round_trips: float  # Redis round trips per checkpoint (F = 20; the state save's)
+    checkpoint_bytes_column: float  # bytes sent to Redis per checkpoint per column
+    state_bytes_column: float  # the stored state blob per column (F = 100)
+    redis_bytes_column: float  # Redis MEMORY USAGE of the partition's hash per column (reference profile included)
+    event_bytes_fixed: float  # an inference event's bytes, fixed part
+    event_bytes_feature: float  # ... per feature
+    join_us_per_prediction: float  # the label join's extra instance time per prediction (labels for half)
+    join_redis_us_per_op: float  # Redis CPU per join op (a prediction or a label)
+    join_bytes_per_label: float  # Redis traffic per joined label (its two predictions' writes included)
+    join_memory_per_prediction: float  # Redis memory per prediction held (pending or joined)
+    alerts_per_million: float  # alerts fired per 10^6 events of the stationary windows
+    merge_bytes_per_event: float = 0.0  # decisions = "model": Redis traffic per event (partials on checkpoints)
+    redis_cpu_us: float = 0.0  # Redis CPU per event end to end, join off
+    redis_cpu_join_us: float = 0.0  # ... with the join on and labels for half the predictions
+
+
+def fit(x0: float, y0: float, x1: float, y1: float) -> tuple[float, float]:
+    """(intercept, slope) of the straight line through two points (slope 0 and the mean for one x)."""
+    if x1 == x0:
+        return (y0 + y1) / 2, 0.0
+    slope = (y1 - y0) / (x1 - x0)
+    return y0 - slope * x0, slope
+
+
+def capacity_inputs(results: list[SingleResult], costs: dict[str, "JoinCost"],
+                    merged: list["MergedResult"] | None = None) -> CapacityInputs | None:
+    """The projection's inputs from a run's join-off F = 20 and F = 100 cases of one workload, its join cases
+    and the Redis-only join measurement (None without both F cases)."""
+    if not results:
+        return None
+    plain = [r for r in results if not r.join and not r.labels and r.rounded == results[0].rounded]
+    by_f = {r.features: r for r in plain}
+    if 20 not in by_f or 100 not in by_f:
+        return None
+    small, big = by_f[20], by_f[100]
+
+    def checkpoint_ms(r: SingleResult) -> float:
+        seconds = next((s for name, s, _ in r.stages if name == "checkpoint"), 0.0)
+        return seconds / max(r.checkpoints, 1) * 1000
+
+    cpu = fit(small.columns, small.cpu_us_per_event, big.columns, big.cpu_us_per_event)
+    ckpt = fit(small.columns, checkpoint_ms(small), big.columns, checkpoint_ms(big))
+    sent = [(r.redis.bytes_in / max(r.checkpoints, 1)) / r.columns for r in (small, big) if r.redis]
+    size = fit(small.features, small.event_bytes, big.features, big.event_bytes)
+    joins = {("labels" if r.labels else "none"): c for r, c in join_rows(results) if r.join}
+    labelled = joins.get("labels")
     current = costs.get("current, labels for half")
-    if current:
-        print(f"- label join: {current.script_us:.1f} µs of Redis and {current.client_cpu_us:.1f} µs of client CPU per "
-              f"op, {current.commands_per_batch:,.0f} Redis commands per batch of {BATCH}, {current.request_bytes:.0f} B "
-              f"sent and {current.reply_bytes:.0f} B back per op, {current.memory_per_pending:.0f} B of Redis per "
-              "prediction held")
+    windows = sum(r.window.events for r in plain)
+    merge_bytes = 0.0
+    if merged:
+        m = merged[-1]
+        if m.redis is not None and m.processed:
+            merge_bytes = (m.redis.bytes_in + m.redis.bytes_out) / m.processed
+    off_cpu = small.monitor_cores * small.window.seconds / max(small.inference, 1) * 1e6
+    return CapacityInputs(
+        workload="rounded" if small.rounded else "realistic", cpu_fixed_us=cpu[0], cpu_column_us=cpu[1],
+        checkpoint_fixed_ms=ckpt[0], checkpoint_column_ms=ckpt[1],
+        checkpoint_round_trips=small.redis.round_trips / max(small.checkpoints, 1) if small.redis else 0.0,
+        checkpoint_bytes_column=sum(sent) / len(sent) if sent else 0.0,
+        state_bytes_column=big.state_bytes / big.columns, redis_bytes_column=big.memory_usage / big.columns,
+        event_bytes_fixed=size[0], event_bytes_feature=size[1],
+        join_us_per_prediction=max(labelled["cpu_us_per_prediction"] - off_cpu, 0.0) if labelled else 0.0,
+        join_redis_us_per_op=current.script_us if current else 0.0,
+        join_bytes_per_label=labelled["bytes_per_label"] if labelled else 0.0,
+        join_memory_per_prediction=current.memory_per_pending if current else 0.0,
+        alerts_per_million=sum(r.alerts for r in plain) / windows * 1e6 if windows else 0.0,
+        merge_bytes_per_event=merge_bytes,
+        redis_cpu_us=small.redis.cpu / small.window.events * 1e6 if small.redis else 0.0,
+        redis_cpu_join_us=labelled["redis_cpu_us"] if labelled else 0.0)
+
+
+@dataclass
+class Projection:
+    rate: float  # events/s, all models
+    models: int
+    features: int
+    columns: int  # per model: the features and the score
+    cpu_us_per_event: float
+    detect_cores: float  # the instances' CPU for the events (decode, detect, join excluded)
+    checkpoint_cores: float  # the instances' CPU for checkpoints
+    join_cores: float  # the instances' extra CPU for the label join
+    instances: int
+    partitions: int
+    checkpoints_per_second: float  # all partitions
+    checkpoint_bytes_per_second: float  # to Redis
+    state_bytes: float  # Redis memory of every model's state (references included)
+    join_bytes: float  # Redis memory of the predictions held
+    redis_bytes: float  # both, with Redis's headroom
+    redis_cores: float  # Redis CPU for the events (checkpoints and the join included)
+    shards: int
+    broker_bytes_per_second: float  # produced (each event once; replication and consumers multiply it)
+    alerts_per_second: float
+
+
+def project(inputs: CapacityInputs, rate: float = 1_000_000, models: int = 10_000, features: int = 50,
+            checkpoint_events: int = CHECKPOINT_EVENTS, checkpoint_seconds: float = 5.0, label_share: float = 0.5,
+            label_delay: float = 3_600.0, prediction_ttl: float = 7 * 86_400.0, retention: float = 86_400.0,
+            join_budget: float = 256 * 2**20, core_use: float = 0.7, shard_bytes: float = 25e9,
+            shard_cpu: float = 0.5) -> Projection:
+    """What `rate` events/s over `models` models of `features` numeric features each needs, from one run's
+    inputs (docs/CAPACITY.md explains each step). Models keyed by model id (decisions = "partition"): each
+    partition's state holds its models, all of which a checkpoint re-encodes and writes; a partition
+    checkpoints every `checkpoint_events` events or `checkpoint_seconds`, whichever comes first. Labels come
+    for `label_share` of the predictions, `label_delay` after them; the join holds a labelled prediction until
+    its label and then `retention` (joined_retention_seconds), an unlabelled one `prediction_ttl`, each model
+    within `join_budget` bytes (max_pending_bytes; the defaults are the service's). An instance is planned at
+    `core_use` of its one core; a Redis shard at `shard_bytes` of memory and `shard_cpu` of its core."""
+    columns = features + 1
+    cpu = inputs.cpu_fixed_us + inputs.cpu_column_us * columns
+    detect = rate * cpu / 1e6
+    join = rate * inputs.join_us_per_prediction / 1e6 if label_share else 0.0
+
+    # instances = partitions (one each): a checkpoint re-encodes its partition's models, so the checkpoints'
+    # CPU falls as the partitions grow (fewer models each) until the timer, not the event count, triggers them
+    def checkpoint_cores(partitions: int) -> float:
+        per_second = max(rate / partitions / checkpoint_events, 1 / checkpoint_seconds)
+        checkpoint_ms = inputs.checkpoint_fixed_ms + inputs.checkpoint_column_ms * models / partitions * columns
+        return partitions * per_second * checkpoint_ms / 1000
+
+    partitions = 1
+    while (detect + join + checkpoint_cores(partitions)) / core_use > partitions and partitions < 10_000_000:
+        partitions += 1 if partitions < 1000 else partitions // 1000
+    instances = partitions
+    checkpoint = checkpoint_cores(partitions)
+    checkpoints = partitions * max(rate / partitions / checkpoint_events, 1 / checkpoint_seconds)
+    checkpoint_bytes = checkpoints * inputs.checkpoint_bytes_column * columns * models / partitions
+    state = models * columns * inputs.redis_bytes_column
+    per_model = rate / models * (label_share * (label_delay + retention) + (1 - label_share) * prediction_ttl)
+    held = models * min(per_model * inputs.join_memory_per_prediction, join_budget) if label_share else 0.0
+    redis = (state + held) * 1.3  # fragmentation and rewrite headroom
+    redis_cores = rate * (inputs.redis_cpu_join_us if label_share else inputs.redis_cpu_us) / 1e6
+    shards = max(-(-int(redis) // int(shard_bytes)), -(-int(redis_cores * 1000) // int(shard_cpu * 1000)), 1)
+    size = inputs.event_bytes_fixed + inputs.event_bytes_feature * features
+    return Projection(rate, models, features, columns, cpu, detect, checkpoint, join, instances, partitions,
+                      checkpoints, checkpoint_bytes, state, held, redis, redis_cores, shards, rate * size,
+                      rate * inputs.alerts_per_million / 1e6)
+
+
+def report_capacity(results: list["SingleResult"], costs: dict[str, JoinCost],
+                    merged: list["MergedResult"] | None = None) -> None:
+    """The measured inputs of docs/CAPACITY.md's projection, from this run, and the projection itself."""
+    inputs = capacity_inputs(results, costs, merged)
+    if inputs is None:
+        print("\nCapacity inputs: need the join-off F = 20 and F = 100 cases of one workload.")
+        return
+    print(f"\n### Capacity inputs (docs/CAPACITY.md; {inputs.workload} events; redo the projection with these)\n")
+    print("| input | value |\n|---|---|")
+    rows = [
+        ("instance CPU per event, fixed part (µs)", f"{inputs.cpu_fixed_us:.2f}"),
+        ("instance CPU per event per column (µs)", f"{inputs.cpu_column_us:.3f}"),
+        ("checkpoint per checkpoint, fixed part (ms)", f"{inputs.checkpoint_fixed_ms:.2f}"),
+        ("checkpoint per checkpoint per column of the partition (ms)", f"{inputs.checkpoint_column_ms:.4f}"),
+        ("Redis round trips per checkpoint interval (all the instance's, join off)",
+         f"{inputs.checkpoint_round_trips:.2f}"),
+        ("Redis bytes sent per checkpoint interval per column (all the instance sent)",
+         f"{inputs.checkpoint_bytes_column:,.0f}"),
+        ("stored state per column (bytes)", f"{inputs.state_bytes_column:,.0f}"),
+        ("Redis memory per column, reference included (bytes)", f"{inputs.redis_bytes_column:,.0f}"),
+        ("inference event bytes: fixed + per feature", f"{inputs.event_bytes_fixed:,.0f} + "
+                                                       f"{inputs.event_bytes_feature:.1f}"),
+        ("label join: extra instance CPU per prediction, labels for half (µs)", f"{inputs.join_us_per_prediction:.2f}"),
+        ("label join: Redis CPU per op (µs, Redis only)", f"{inputs.join_redis_us_per_op:.2f}"),
+        ("label join: Redis bytes per joined label (end to end)", f"{inputs.join_bytes_per_label:,.0f}"),
+        ("label join: Redis memory per prediction held (bytes)", f"{inputs.join_memory_per_prediction:,.0f}"),
+        ("Redis CPU per event end to end (µs): join off / labels for half joined",
+         f"{inputs.redis_cpu_us:.2f} / {inputs.redis_cpu_join_us:.2f}"),
+        ("alerts per 10^6 events (stationary windows)", f"{inputs.alerts_per_million:.2f}"),
+        ("decisions = \"model\": Redis bytes per event (2 instances, 4 partitions)",
+         f"{inputs.merge_bytes_per_event:,.1f}" if inputs.merge_bytes_per_event else "– (not run)"),
+    ]
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    both = [project(inputs), project(inputs, label_share=0.0)]
+    p = both[0]
+    print(f"\nProjection (bench/throughput.py project()): {p.rate:,.0f} events/s over {p.models:,} models of "
+          f"{p.features} features ({p.columns} columns each), keyed by model id, default checkpoints; with labels "
+          "for half the predictions (an hour later; the join's retention and budgets at their defaults), and "
+          "without the join:\n")
+    print("| quantity | labels for half | no join |\n|---|---|---|")
+    for name, value in [
+        ("instance CPU per event (µs)", lambda p: f"{p.cpu_us_per_event:.1f}"),
+        ("cores: events / checkpoints / label join", lambda p: f"{p.detect_cores:,.1f} / {p.checkpoint_cores:,.1f} / "
+                                                                f"{p.join_cores:,.1f}"),
+        ("instances (one core each, planned at 70 %) = partitions", lambda p: f"{p.instances:,}"),
+        ("checkpoints per second, all partitions", lambda p: f"{p.checkpoints_per_second:,.0f}"),
+        ("checkpoint traffic to Redis (MB/s)", lambda p: f"{p.checkpoint_bytes_per_second / 1e6:,.0f}"),
+        ("Redis memory: state / predictions held / total with headroom (GB)",
+         lambda p: f"{p.state_bytes / 1e9:,.1f} / {p.join_bytes / 1e9:,.1f} / {p.redis_bytes / 1e9:,.1f}"),
+        ("Redis CPU (cores)", lambda p: f"{p.redis_cores:,.1f}"),
+        ("Redis Cluster shards (each ≤ 25 GB and ≤ half a core)", lambda p: f"{p.shards:,}"),
+        ("broker: produced (MB/s; ×3 replication, ×1 per consumer group)",
+         lambda p: f"{p.broker_bytes_per_second / 1e6:,.0f}"),
+        ("alerts per second (stationary)", lambda p: f"{p.alerts_per_second:.2f}"),
+    ]:
+        print(f"| {name} | " + " | ".join(value(p) for p in both) + " |")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -1218,12 +1656,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--labels", action="store_true",
                         help="with --join: every second prediction gets its label event, "
                              f"{LABEL_DELAY} inference events later (events timed count both kinds)")
+    parser.add_argument("--rounded", action="store_true",
+                        help="the former workload for every case (values rounded to 4 decimals, no timestamp, numeric "
+                             "features only); the comparison case is then the realistic one")
+    parser.add_argument("--no-comparison", action="store_true",
+                        help="skip the F = 20 case on the other workload (rounded, or realistic with --rounded)")
+    parser.add_argument("--no-join-cases", action="store_true",
+                        help="skip the label join's cost end to end (F = 20 with the join on, without labels and "
+                             "with labels for half the predictions)")
     parser.add_argument("--single-only", action="store_true", help="skip the live-production scaling cases")
     parser.add_argument("--join-cost", action="store_true",
                         help="only the label join against Redis (no broker): its cost per op in the current and the "
                              "former layout, without labels and with labels for half the predictions")
     parser.add_argument("--capacity", action="store_true",
-                        help="also print the measured inputs of docs/CAPACITY.md (the join's cost included)")
+                        help="(always on now) print the measured inputs of docs/CAPACITY.md")
     parser.add_argument("--merged-only", action="store_true",
                         help="only the model keyed by event id over "
                              f"{MERGED_PARTITIONS} partitions (decisions = \"model\"), 1 vs 2 instances")
@@ -1255,25 +1701,26 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(started[0].address, started[1].address, workdir, [os.getpid(), started[0].pid, started[1].pid])
         create_topics(stack.bootstrap, {ALERTS: 1, DEAD_LETTERS: 1})
         results = []
-        for features in () if args.merged_only else FEATURES:
+        for case in () if args.merged_only else single_cases(args):
             begun = time.monotonic()
-            lines = events(features, WARMUP + measured + PADDING, labels_every=2 if args.labels else 0)
-            results.append(run_single(stack, features, lines, measured, args.join))
-            rate = results[-1].window.rate
-            share = sum(b'"features"' in line for line in lines) / len(lines)
-            print(f"F={features}: {rate:,.0f} events/s end to end ({rate * share:,.0f} inference events/s; join "
-                  f"{'on' if args.join else 'off'}, labels {'for half the predictions' if args.labels else 'none'}; "
+            lines = events(case.features, WARMUP + measured + PADDING, labels_every=2 if case.labels else 0,
+                           rounded=case.rounded)
+            results.append(run_single(stack, case.features, lines, measured, case.join, case.rounded, case.labels))
+            r = results[-1]
+            print(f"{r.case}: {r.window.rate:,.0f} events/s end to end "
+                  f"({r.window.rate * r.inference / r.window.events:,.0f} inference events/s; join "
+                  f"{'on' if case.join else 'off'}, labels {'for half the predictions' if case.labels else 'none'}; "
                   f"{time.monotonic() - begun:.0f} s for this case)", flush=True)
         live = []
         for instances in () if args.single_only or args.merged_only else (1, 2):
             begun = time.monotonic()
-            live.append(run_live(stack, instances, measured))
+            live.append(run_live(stack, instances, measured, args.rounded))
             print(f"{instances} instance(s), live production: {live[-1].window.rate:,.0f} events/s "
                   f"({time.monotonic() - begun:.0f} s for this case)", flush=True)
         merged = []
         for instances in () if args.single_only else (1, 2):
             begun = time.monotonic()
-            merged.append(run_merged(stack, instances, measured, args.join))
+            merged.append(run_merged(stack, instances, measured, args.join, args.rounded))
             tail = merged[-1].after_production
             print(f"{instances} instance(s), one model keyed by event id over {MERGED_PARTITIONS} partitions: "
                   f"{merged[-1].window.rate:,.0f} events/s from the start of production (join "
@@ -1282,10 +1729,10 @@ def main(argv: list[str] | None = None) -> int:
                   + f" ({time.monotonic() - begun:.0f} s for this case)", flush=True)
         if results:
             report(results, live, measured)
-        if args.capacity:
-            report_capacity(results, report_join_cost(stack.redis_url, measured))
         if merged:
             report_merged(merged)
+        if results:  # (not with --merged-only)
+            report_capacity(results, report_join_cost(stack.redis_url, measured), merged)
     finally:
         for process in reversed(started):
             process.stop()

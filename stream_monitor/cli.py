@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -181,10 +182,12 @@ def _replay(args: argparse.Namespace) -> int:
     incident_log = logging.getLogger("stream_monitor.incidents")
     level = incident_log.level
     incident_log.setLevel(logging.WARNING)
+    started = time.perf_counter()
     try:
         result = replay_file(config, args.input, references, model_id=model_id)
     finally:
         incident_log.setLevel(level)
+    seconds = time.perf_counter() - started
     if not result.monitored:
         print(f"stream-monitor: nothing was monitored: no row of {args.input} is an event of a configured model "
               f"(models: {', '.join(sorted(config.models))})" + (f"; {result.rejections.text()}"
@@ -192,7 +195,9 @@ def _replay(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     events = ", ".join(f"{m} {n:,}" for m, n in sorted(result.events.items()))
-    print(f"{result.alerts} alerts over {sum(result.events.values()):,} events ({events})", file=sys.stderr)
+    total = sum(result.events.values())
+    print(f"{result.alerts} alerts over {total:,} events ({events}) in {seconds:.2f} s: "
+          f"{total / max(seconds, 1e-9):,.0f} events/s", file=sys.stderr)
     return 0
 
 

@@ -47,16 +47,14 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     negatives = len(truth) - positives
     if positives == 0 or negatives == 0:
         return None
-    order = np.argsort(np.asarray(scores, dtype=float), kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = np.asarray(scores, dtype=float)[order]
-    i = 0
-    while i < len(sorted_scores):  # average ranks over ties
-        j = i
-        while j + 1 < len(sorted_scores) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
+    values = np.asarray(scores, dtype=float)
+    order = np.argsort(values, kind="mergesort")
+    sorted_scores = values[order]
+    n = len(sorted_scores)
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # each run of equal scores
+    ends = np.r_[starts[1:], n] - 1
+    ranks = np.empty(n)
+    ranks[order] = np.repeat((starts + ends) / 2 + 1, ends - starts + 1)  # average ranks over ties
     rank_sum = float(ranks[np.asarray(truth) == 1].sum())
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
@@ -127,19 +125,21 @@ class RollingMetrics:
         rows = list(self.window)
         if not rows:
             return {}
-        if self.classification:
-            truth = [r[0] for r in rows]
-            predicted = [r[1] for r in rows]
-            tp = sum(1 for t, p in zip(truth, predicted) if t and p)
-            fp = sum(1 for t, p in zip(truth, predicted) if not t and p)
-            fn = sum(1 for t, p in zip(truth, predicted) if t and not p)
+        if self.classification:  # every tenth of a window: counted in numpy (0/1 truths and predictions)
+            truth, predicted, scores, errors = zip(*rows)
+            t, p = np.asarray(truth, dtype=bool), np.asarray(predicted, dtype=bool)
+            tp = int(np.count_nonzero(t & p))
+            fp = int(np.count_nonzero(~t & p))
+            fn = int(np.count_nonzero(t & ~p))
             precision = tp / (tp + fp) if tp + fp else None
             recall = tp / (tp + fn) if tp + fn else None
             f1 = (2 * precision * recall / (precision + recall)
                   if precision is not None and recall is not None and precision + recall else None)
-            scored = [(t, r[2]) for t, r in zip(truth, rows) if r[2] is not None]
-            return {"accuracy": 1 - sum(r[3] for r in rows) / len(rows), "precision": precision, "recall": recall,
-                    "f1": f1, "auc": auc([t for t, _ in scored], [s for _, s in scored]) if scored else None}
+            if None in scores:
+                scored = [(truth_, score) for truth_, score in zip(truth, scores) if score is not None]
+                truth, scores = ([x for x, _ in scored], [y for _, y in scored]) if scored else ((), ())
+            return {"accuracy": 1 - sum(errors) / len(rows), "precision": precision, "recall": recall,
+                    "f1": f1, "auc": auc(truth, scores) if scores else None}
         errors = [r[2] for r in rows]
         return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
 

@@ -25,14 +25,40 @@ def bench():
 
 
 def test_events_are_seeded_inference_events(bench):
-    lines = bench.events(5, 300, seed=3)
-    assert lines == bench.events(5, 300, seed=3)
-    assert lines != bench.events(5, 300, seed=4)
+    lines = bench.events(5, 300, seed=3, rounded=True)
+    assert lines == bench.events(5, 300, seed=3, rounded=True)
+    assert lines != bench.events(5, 300, seed=4, rounded=True)
     doc = orjson.loads(lines[0])
     assert doc["model_id"] == "m"
     assert list(doc["features"]) == [f"f{j}" for j in range(5)]
     assert 0 <= doc["prediction"]["score"] <= 1
     assert len({orjson.loads(line)["event_id"] for line in lines}) == 300
+
+
+def test_realistic_events_have_full_precision_timestamps_categories_and_nulls(bench):
+    lines = bench.events(20, 2000, seed=3)
+    assert lines == bench.events(20, 2000, seed=3) and lines != bench.events(20, 2000, seed=4)
+    docs = [orjson.loads(line) for line in lines]
+    assert list(docs[0]["features"]) == [f"f{j}" for j in range(20)] + list(bench.CATEGORIES)
+    numbers = [v for d in docs for k, v in d["features"].items() if k.startswith("f") and v is not None]
+    assert all(isinstance(v, float) for v in numbers)
+    assert sum(len(repr(v)) >= 17 for v in numbers) > 0.5 * len(numbers)  # full precision, not 4 decimals
+    nulls = sum(v is None for d in docs for v in d["features"].values())
+    assert 0.005 < nulls / (20 * len(docs)) < 0.02
+    for name, choices in bench.CATEGORIES.items():
+        assert {d["features"][name] for d in docs} == set(choices)
+    times = [d["timestamp"] for d in docs]
+    assert times == sorted(times) and times[0] > bench.START_TIME
+    assert 0.05 < times[-1] - times[0] < 0.2  # ~EVENT_RATE events per second of event time
+    assert len(orjson.loads(bench.events(20, 1, rounded=True)[0])["features"]) == 20
+
+
+def test_realistic_label_events_follow_their_prediction(bench):
+    lines = bench.events(3, 1200, seed=2, labels_every=2)
+    labels = [orjson.loads(line) for line in lines if b'"label"' in line]
+    assert len(labels) == (1200 - bench.LABEL_DELAY + 1) // 2
+    assert labels[0]["event_id"] == "e2-0" and "timestamp" in labels[0]
+    assert bench.offset_after(lines, bench.LABEL_DELAY + 1) == bench.LABEL_DELAY + 1
 
 
 def test_naive_baseline_runs(bench):
@@ -240,3 +266,76 @@ def test_false_alarms_quick_reports_per_model():
     assert "per 10^6 of the model's events (target < 1)" in out
     assert "fairness (demographic_parity and equalized_odds, one test's share 0.0006 each): 0 firing alerts" in out
     assert "per model (each test 0.0006) / before (each test 0.1)" in out
+
+
+def test_single_cases_add_the_other_workload_and_the_join_cases(bench):
+    cases = bench.single_cases(bench.parse_args([]))
+    assert cases == [bench.Case(20), bench.Case(100), bench.Case(20, rounded=True),
+                     bench.Case(20, join=True), bench.Case(20, join=True, labels=True)]
+    rounded = bench.single_cases(bench.parse_args(["--rounded", "--no-join-cases"]))
+    assert rounded == [bench.Case(20, rounded=True), bench.Case(100, rounded=True), bench.Case(20)]
+    joined = bench.single_cases(bench.parse_args(["--join", "--no-comparison"]))
+    assert joined == [bench.Case(20, join=True), bench.Case(100, join=True), bench.Case(20),
+                      bench.Case(20, join=True, labels=True)]
+
+
+def _inputs(bench, **changes):
+    inputs = bench.CapacityInputs("realistic", cpu_fixed_us=5.0, cpu_column_us=0.5, checkpoint_fixed_ms=1.0,
+                                  checkpoint_column_ms=0.0, checkpoint_round_trips=2.0, checkpoint_bytes_column=1500,
+                                  state_bytes_column=1400, redis_bytes_column=12000, event_bytes_fixed=170,
+                                  event_bytes_feature=24.0, join_us_per_prediction=10.0, join_redis_us_per_op=10.0,
+                                  join_bytes_per_label=700, join_memory_per_prediction=200, alerts_per_million=0.0,
+                                  redis_cpu_us=1.0, redis_cpu_join_us=10.0)
+    return __import__("dataclasses").replace(inputs, **changes) if changes else inputs
+
+
+def test_projection_of_the_capacity_inputs(bench):
+    p = bench.project(_inputs(bench), rate=1_000_000, models=10_000, features=50)
+    assert p.columns == 51 and p.cpu_us_per_event == pytest.approx(5.0 + 0.5 * 51)
+    assert (p.detect_cores, p.join_cores) == (pytest.approx(30.5), pytest.approx(10.0))
+    # checkpoints: 1 ms each, every 10,000 events or 5 s: a few cores at most
+    assert p.partitions == p.instances and p.instances * 0.7 >= 40.5 + p.checkpoint_cores
+    assert (p.instances - 1) * 0.7 < 40.5 + p.checkpoint_cores
+    assert p.state_bytes == pytest.approx(10_000 * 51 * 12000)
+    # each model gets 100 events/s: half labelled an hour later and kept a day, half kept 7 days: over the
+    # 256 MiB budget, which then holds it
+    assert p.join_bytes == pytest.approx(10_000 * 256 * 2**20)
+    assert p.redis_cores == pytest.approx(10.0) and p.shards == max(-(-int(p.redis_bytes) // int(25e9)), 20)
+    assert p.broker_bytes_per_second == pytest.approx(1_000_000 * (170 + 24 * 50))
+    short = bench.project(_inputs(bench), label_delay=60, retention=60, prediction_ttl=60)
+    assert short.join_bytes == pytest.approx(10_000 * 100 * (0.5 * (60 + 60) + 0.5 * 60) * 200)  # labelled: wait + kept
+
+
+def test_a_checkpoint_that_grows_with_the_models_of_a_partition_needs_more_partitions(bench):
+    cheap = bench.project(_inputs(bench))
+    costly = bench.project(_inputs(bench, checkpoint_column_ms=0.2))
+    assert costly.partitions > cheap.partitions and costly.checkpoint_cores > cheap.checkpoint_cores
+    assert costly.instances * 0.7 >= costly.detect_cores + costly.join_cores + costly.checkpoint_cores
+
+
+def _single(bench, features, join=False, labels=False, seconds=1.0, cores=0.5, redis_cpu=0.01):
+    events = 15_000 if labels else 10_000
+    inference = 10_000
+    stages = bench.stage_rows({}, {"decode": 0.2, "detect": 0.6, "join": 0.1 if join else 0.0,
+                                   "checkpoint": 0.001 * (features + 4)})
+    traffic = bench.RedisTraffic({"evalsha": 1 + (10 if join else 0)}, redis_cpu, 20_000 * (features + 4),
+                                 1_000, 3)
+    return bench.SingleResult(features, bench.Window(events, seconds), stages, 0, 1300 * (features + 4),
+                              12_000 * (features + 4), 0, naive=1.0, decode_only=1.0, join=join, labels=labels,
+                              inference=inference, label_events=events - inference, checkpoints=1,
+                              monitor_cores=cores, redis=traffic, event_bytes=167 + 24 * features)
+
+
+def test_capacity_inputs_come_from_the_join_off_cases_and_the_join_cases(bench):
+    results = [_single(bench, 20), _single(bench, 100, seconds=4.0),
+               _single(bench, 20, join=True, seconds=1.2, redis_cpu=0.08),
+               _single(bench, 20, join=True, labels=True, seconds=2.0, cores=0.4, redis_cpu=0.2)]
+    inputs = bench.capacity_inputs(results, {})
+    # CPU per event: 50 µs at 24 columns, 200 µs at 104: 1.875 µs per column
+    assert inputs.cpu_column_us == pytest.approx(150 / 80) and inputs.cpu_fixed_us == pytest.approx(50 - 24 * 150 / 80)
+    assert inputs.checkpoint_column_ms == pytest.approx(1.0) and inputs.checkpoint_fixed_ms == pytest.approx(0.0)
+    assert inputs.join_us_per_prediction == pytest.approx(80 - 50)  # 0.4 cores × 2 s over 10,000 predictions
+    assert (inputs.redis_cpu_us, inputs.redis_cpu_join_us) == (pytest.approx(1.0), pytest.approx(0.2 / 15_000 * 1e6))
+    assert inputs.state_bytes_column == 1300 and inputs.redis_bytes_column == 12_000
+    assert (inputs.event_bytes_fixed, inputs.event_bytes_feature) == (pytest.approx(167), pytest.approx(24))
+    assert bench.capacity_inputs(results[:1], {}) is None and bench.capacity_inputs([], {}) is None
