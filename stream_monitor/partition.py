@@ -9,6 +9,7 @@ and round-trips through ``snapshot()`` / ``restore()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -42,7 +43,7 @@ from .mergejoint import PartitionSide, joint_rows, reference_pairs
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
     segment_sketch_key, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
-from .segments import SegmentWarmup, Segments, monitored_columns
+from .segments import SegmentWarmup, Segments, monitored_columns, segment_warmup_of
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
@@ -799,8 +800,7 @@ class ModelMonitor:
         model_id = self.config.model_id
         if not runs_segments(self.config, reference):
             log.warning("model %s: the reference has no per-segment profiles for segments.columns = %s, top_k = %d, "
-                        "min_events = %d (built before they were configured, with other settings, or by a model-level warm-up, "
-                        "which builds none: use a stored reference): the segment "
+                        "min_events = %d (built before they were configured or with other settings): the segment "
                         "detectors are off; rebuild the reference (`stream-monitor reference build`)", model_id,
                         list(wanted.columns), wanted.top_k, wanted.min_events)
             return None
@@ -811,8 +811,10 @@ class ModelMonitor:
         return monitor
 
     def _warmup_sketch(self) -> BucketSketch:
+        segments = None if not self.config.segments.enabled else \
+            functools.partial(segment_warmup_of, self.config, self.limits)  # its partials: per-segment summaries too
         return BucketSketch(None, self.config.detectors.ks.enabled, int(self.config.merge_bucket_seconds * 1000),
-                            warmup=(self.config.features, self.limits))
+                            warmup=(self.config.features, self.limits), segment_warmup=segments)
 
     @property
     def share_left(self) -> int | None:

@@ -92,6 +92,30 @@ class SegmentWarmup:
         return {"candidates": [[list(values), summary.snapshot()] for values, summary in self.candidates.items()],
                 "overflow": self.overflow.snapshot()}
 
+    def to_data(self) -> dict[str, Any]:
+        """The summaries as JSON-safe data (what a model-level warm-up's bucket partial carries)."""
+        return {"candidates": [[list(values), summary.to_data()] for values, summary in self.candidates.items()],
+                "overflow": self.overflow.to_data()}
+
+    def restore_data(self, data: Mapping[str, Any]) -> "SegmentWarmup":
+        """Continue from :meth:`to_data`'s data (taken with the same settings); returns itself."""
+        self.candidates = {tuple(values): WarmupSummary.from_data(saved, self.feature_kinds, self.limits)
+                           for values, saved in data["candidates"]}
+        self.overflow = WarmupSummary.from_data(data["overflow"], self.feature_kinds, self.limits)
+        return self
+
+    def absorb(self, other: "SegmentWarmup") -> None:
+        """Add ``other``'s summaries after this one's, value by value (a model-level warm-up: the partitions'
+        bucket summaries in bucket order). Every value ``other`` kept a summary of keeps one here (no cap:
+        each bucket's summaries are capped already), so the per-value counts are exact sums whatever the
+        partitioning, as long as no bucket of one partition saw more than :func:`candidate_cap` values."""
+        for values, summary in other.candidates.items():
+            held = self.candidates.get(values)
+            if held is None:
+                held = self.candidates[values] = WarmupSummary(self.feature_kinds, self.limits)
+            held.absorb(summary)
+        self.overflow.absorb(other.overflow)
+
     def restore(self, state: Mapping[str, Any]) -> None:
         self.candidates = {}
         for values, saved in state["candidates"]:
@@ -113,6 +137,15 @@ def with_segments(profile: ReferenceProfile, events: Iterable[Any], model: Any, 
         warmup.add(event)
     psi = model.detectors.psi
     return replace(profile, segments=warmup.build(profile, psi.bins, psi.top_k))
+
+
+def segment_warmup_of(model: Any, limits: Limits = Limits()) -> SegmentWarmup | None:
+    """An empty warm-up of ``model``'s segments (a :class:`~stream_monitor.config.ModelConfig`; ``None``
+    without segments)."""
+    wanted = model.segments
+    if not wanted.enabled:
+        return None
+    return SegmentWarmup(wanted.columns, wanted.top_k, wanted.min_events, model.features, limits)
 
 
 def _order(values: Sequence[str | None]) -> str:
