@@ -531,6 +531,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
                                      reference))
         if segments is not None:
             out.extend(_decide_segments(model, segments, episodes, state, bucket_ms, share))
+            out.extend(_segment_performance(model, reference, segments, state, episodes, bucket, group, bucket_ms))
         opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
         opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
@@ -1095,6 +1096,43 @@ def _labels_and_performance(model: ModelConfig, reference: ReferenceProfile, sta
                                                     points, payload))
             side["window"] = None
             side["windows"] += 1
+    return out
+
+
+def _segment_performance(model: ModelConfig, reference: ReferenceProfile, segments: Segments, state: dict[str, Any],
+                         episodes: _Episodes, bucket: int, group: list, bucket_ms: int) -> list[Alert]:
+    """One merged bucket's joined pairs per segment (``segment_pairs``; a key counted during the warm-up,
+    by segment value, routed to its segment) into each segment's performance window; a window of at least
+    ``performance.window`` pairs decides the segment's floors (ceilings), in the reference's segment order."""
+    task = mergeperf.model_task(model, reference)
+    if task is None:
+        return []
+    sides = state.setdefault("segment_performance", {})
+    for _, topic, partition, partial in group:
+        for key, part in sorted(partial.get("segment_pairs", {}).items()):
+            index = segments.key_index(key)
+            if index is None:
+                continue
+            side = sides.setdefault(segment_sketch_key(index), {"window": None, "windows": 0})
+            window = side["window"]
+            if window is None:
+                window = side["window"] = {"first_bucket": bucket, "pairs": {}, "by_partition": {}}
+            window["last_bucket"] = bucket
+            mergeperf.add_pairs(window["pairs"], part["pairs"])
+            where = f"{topic}|{partition}"
+            window["by_partition"][where] = window["by_partition"].get(where, 0) + part["pairs"]["n"]
+    out: list[Alert] = []
+    for index, segment in enumerate(segments.objects):
+        side = sides.get(segment_sketch_key(index))
+        window = None if side is None else side["window"]
+        if window is None or mergeperf.pairs_counted(task, window["pairs"]) < model.performance.window:
+            continue
+        payload = _window_payload(window, bucket_ms)
+        named = (f"segment|{segment_id_text(segment)}|", f"{model.model_id}[{segment_words(segment)}]")
+        out.extend(mergeperf.decide_performance(model, task, window, episodes, _window_alert(model, payload, segment),
+                                                [], payload, named))
+        side["window"] = None
+        side["windows"] += 1
     return out
 
 

@@ -192,6 +192,22 @@ class Segments:
     def __len__(self) -> int:
         return len(self.objects)
 
+    def index_of(self, features: Mapping[str, Any]) -> int:
+        """The index of the segment of one event (given by its features)."""
+        return self.index.get(segment_of(features, self.columns), self.rest)
+
+    def key_index(self, key: str) -> int | None:
+        """The index of a partial's ``segment_pairs`` key: ``s<i>`` (a segment's), ``v<JSON of the values>``
+        (counted before the segments were known: their segment), ``v*`` (values past a bucket's cap: the
+        rest); ``None`` for another key."""
+        if key.startswith("s") and key[1:].isdigit():
+            return int(key[1:]) if int(key[1:]) <= self.rest else None
+        if key == "v*":
+            return self.rest
+        if key.startswith("v"):
+            return self.index.get(tuple(json.loads(key[1:])), self.rest)
+        return None
+
     def route(self, features: Iterable[Mapping[str, Any]]) -> list[list[int]]:
         """Per segment, the positions of the events (given by their features) that belong to it."""
         out: list[list[int]] = [[] for _ in self.objects]

@@ -6,15 +6,12 @@ a stationary stream quiet."""
 
 from __future__ import annotations
 
-import zlib
 from functools import lru_cache
 
 from stream_monitor.config import parse_config
-from stream_monitor.merge import PartitionPartials, merge_step, model_reference, reference_step
-from stream_monitor.partition import PartitionMonitor
-from stream_monitor.state import decode_state, encode_state
+from stream_monitor.merge import model_reference
 
-from ..support import FEATURES_BY_COUNTRY as FEATURES, segmented_stream as stream
+from ..support import FEATURES_BY_COUNTRY as FEATURES, model_cluster, segmented_stream as stream
 
 FR = {"country": "FR"}
 
@@ -31,52 +28,7 @@ BY_COUNTRY = {"columns": ["country"], "top_k": 3}
 
 
 def cluster(cfg, events, partitions: int, cut: int = 1000, restart_every: int | None = None):
-    """The events keyed by event id over ``partitions`` partitions; each partition reads ``cut`` events at a
-    time (restarted from its stored state every ``restart_every`` batches), its closed partials saved, then
-    the model's merge (its reference first). Returns (alerts, merge state)."""
-    references: dict = {}
-    monitors = [PartitionMonitor(cfg, p, {}, references) for p in range(partitions)]
-    mine = [[e for e in events if zlib.crc32(e.event_id.encode()) % partitions == p] for p in range(partitions)]
-    store: list[dict] = [{} for _ in range(partitions)]
-    marks: list = [(None, False)] * partitions
-    state, alerts, batches = None, [], 0
-    while True:
-        for p, monitor in enumerate(monitors):
-            start = monitor.next_offset or 0
-            batch = [(start + i, e, None) for i, e in enumerate(mine[p][start:start + cut])]
-            if batch and not monitor.waiting:
-                monitor.process_batch(batch)
-                batches += 1
-            elif not batch:
-                monitor.go_idle()
-            mark = monitor.merge_marks()["m"]
-            store[p].update(mark["partials"])
-            monitor.partials_saved({"m": mark})
-            marks[p] = (mark["watermark"], mark["idle"])
-            if restart_every and batches % restart_every == 0:
-                again = PartitionMonitor(cfg, p, {}, references)
-                again.restore(decode_state(encode_state(monitor.snapshot(pending=False))))
-                monitors[p] = again
-        parts = [PartitionPartials("in", p, *marks[p], dict(store[p])) for p in range(partitions)]
-        model = cfg.models["m"]
-        if model_reference(state) is None:
-            result = reference_step(model, state, parts, 1000)
-            if result is not None:
-                state = result.state
-                references["m"] = model_reference(state)
-                for monitor in monitors:
-                    monitor.adopt()
-        else:
-            result = merge_step(model, model_reference(state), state, parts, 1000)
-            state = result.state
-            alerts.extend(result.alerts)
-        if result is not None:
-            for (_, p), buckets in result.consumed.items():
-                for bucket in buckets:
-                    store[p].pop(bucket, None)
-        if all(m.idle and m.next_offset == len(mine[p]) for p, m in enumerate(monitors)) \
-                and model_reference(state) is not None and not any(store):
-            return alerts, state
+    return model_cluster(cfg, [(e, None) for e in events], partitions, cut, restart_every)
 
 
 def pinned(alerts) -> list[tuple]:
