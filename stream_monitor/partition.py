@@ -698,11 +698,14 @@ class SegmentMonitor:
         for segment, profile, columns, performance in zip(self.segments.objects, self.segments.profiles, self.columns,
                                                           self.performance):
             rows = [row for column in columns for row in column.summary()]
-            if performance is not None:
-                rows.extend(performance.summary()[1])
+            measured = {}
+            if performance is not None:  # its pairs and rolling metrics
+                info, performance_rows = performance.summary()
+                rows.extend(performance_rows)
+                measured = {"performance": info}
             out.append({"segment": dict(segment), "reference_events": 0 if profile is None else profile.events,
                         "events": self.events[len(out)], "detectors": len(rows),
-                        "firing": [row for row in rows if row["firing"]]})
+                        "firing": [row for row in rows if row["firing"]], **measured})
         return out
 
 

@@ -126,3 +126,42 @@ def test_decided_by_the_model_the_segments_floor_fires_once_with_the_same_id_for
     assert one[0].message.startswith("accuracy of m[country=FR] is 0.826, below its floor 0.85")
     validator("alert.json").validate(one[0].to_dict(0))
     assert {k: v["windows"] for k, v in state["segment_performance"].items()} == {"s0": 13, "s1": 9, "s2": 5, "s3": 8}
+
+
+def test_status_and_metrics_show_each_segments_events_performance_and_firing():
+    from prometheus_client import CollectorRegistry
+
+    from stream_monitor.metrics import Metrics, PartitionView
+
+    _, monitor = partition_run()
+    summary = monitor.summary()
+    fr = next(s for s in summary["models"]["m"]["segments"] if s["segment"] == FR)
+    # FR's events and joined pairs since the reference (the pairs: of its labels arrived by then)
+    assert (fr["events"], fr["performance"]["pairs"], fr["performance"]["accuracy"]) == (6139, 6121, 0.704)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.partitions.source = lambda: [PartitionView("in", 0, summary, 5, 5)]
+    labels = {"model": "m", "segment": "country=FR"}
+    assert registry.get_sample_value("stream_monitor_segment_events", labels) == fr["events"]
+    assert registry.get_sample_value("stream_monitor_segment_detectors_firing", labels) == 1
+    assert registry.get_sample_value("stream_monitor_segment_performance", {**labels, "metric": "accuracy"}) == \
+        fr["performance"]["accuracy"] < 0.85
+    assert registry.get_sample_value("stream_monitor_segment_detectors_firing",
+                                     {"model": "m", "segment": "country=__rest__"}) == 0
+
+
+def test_status_prints_each_segments_realized_performance(monkeypatch, tmp_path, capsys):
+    from stream_monitor import cli
+
+    from ..support import stored_status
+
+    _, monitor = partition_run()
+    stored_status(monkeypatch, monitor.summary()["models"], 90_000)
+    path = tmp_path / "config.toml"
+    path.write_text('[models.m]\nfeatures = { amount = "numeric", country = "categorical" }\n'
+                    '[models.m.segments]\ncolumns = ["country"]\ntop_k = 3\n')
+    assert cli.main(["status", "--config", str(path)]) == 0
+    fr = next(line for line in capsys.readouterr().out.splitlines() if "segment country=FR: " in line)
+    # the rolling accuracy now, and the floor's statistic at its last evaluation (every 100 pairs)
+    assert fr == ("  segment country=FR: 6,139 events, accuracy 0.704 over 6,121 pairs, FIRING performance "
+                  "accuracy floor 0.702 (partition 0)")
