@@ -1434,6 +1434,8 @@ class ModelMonitor:
         saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")
+            if self.segments is not None:  # the segments' performance starts afresh with the model's
+                self.segments.performance = [None] * len(self.segments.performance)
         elif saved_performance is not None and self.config.performance.enabled:
             # an inferred task is part of the state (a state from before inference: the configured task)
             self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)

@@ -165,3 +165,18 @@ def test_status_prints_each_segments_realized_performance(monkeypatch, tmp_path,
     # the rolling accuracy now, and the floor's statistic at its last evaluation (every 100 pairs)
     assert fr == ("  segment country=FR: 6,139 events, accuracy 0.704 over 6,121 pairs, FIRING performance "
                   "accuracy floor 0.702 (partition 0)")
+
+
+def test_a_change_of_the_performance_settings_restarts_the_segments_performance_with_the_models():
+    _, monitor = partition_run()
+    changed = parse_config({"models": {"m": {**{"decisions": "partition", "reference": {"events": 5000},
+                                                 "detectors": {"psi": {"window": 5000}}, "features": FEATURES,
+                                                 "segments": {"columns": ["country"], "top_k": 3}},
+                                              "performance": {**PERFORMANCE, "floors": {"accuracy": 0.8}}}}})
+    again = PartitionMonitor(changed, 0, {})
+    again.restore(decode_state(encode_state(monitor.snapshot())))
+    segments = again.models["m"].segments
+    assert again.models["m"].performance.pairs_seen == 0 and segments.performance_columns() == []
+    kept = PartitionMonitor(config("partition"), 0, {})
+    kept.restore(decode_state(encode_state(monitor.snapshot())))
+    assert len(kept.models["m"].segments.performance_columns()) == 4
