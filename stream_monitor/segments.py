@@ -93,9 +93,13 @@ class SegmentWarmup:
                 "overflow": self.overflow.snapshot()}
 
     def to_data(self) -> dict[str, Any]:
-        """The summaries as JSON-safe data (what a model-level warm-up's bucket partial carries)."""
-        return {"candidates": [[list(values), summary.to_data()] for values, summary in self.candidates.items()],
-                "overflow": self.overflow.to_data()}
+        """The summaries as JSON-safe data (what a model-level warm-up's bucket partial carries), without
+        their joint and drivers' samples (a segment's profile has neither: :func:`profile_like`)."""
+        def lean(summary: WarmupSummary) -> dict[str, Any]:
+            return {**summary.to_data(), "joint": None, "joint_rows": []}
+
+        return {"candidates": [[list(values), lean(summary)] for values, summary in self.candidates.items()],
+                "overflow": lean(self.overflow)}
 
     def restore_data(self, data: Mapping[str, Any]) -> "SegmentWarmup":
         """Continue from :meth:`to_data`'s data (taken with the same settings); returns itself."""
