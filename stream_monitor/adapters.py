@@ -431,7 +431,8 @@ class MetricLimit(LevelAdapter):
         return self.episode.limit(shortfall > 0)
 
     def describe(self, transition, value, extra):
-        return alerts.limit_description(self.column.model_id, self.subject, self.name, transition, value,
+        shown = getattr(self.column, "subject_label", self.column.model_id)  # a segment's: model[segment]
+        return alerts.limit_description(shown, self.subject, self.name, transition, value,
                                         self.threshold, self.detector.window.maxlen)
 
 

@@ -33,7 +33,7 @@ from .codec import decode
 from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
-from .join import RedisJoin, fairness_attributes, join_op, pair_ops, pair_settings, paired_events, performance_settings
+from .join import RedisJoin, join_op, kept_columns, pair_ops, pair_settings, paired_events, performance_settings
 from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assign, client_versions, is_cooperative,
                     message_error, unassign)
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
@@ -162,7 +162,7 @@ class Service:
         if self.warmup_models:
             self._redis(self._load_model_references, "load model references")
         self.join_settings = performance_settings(config)
-        self.join_attributes = fairness_attributes(config)  # kept with each prediction for fairness
+        self.join_attributes = kept_columns(config)  # kept with each prediction: fairness groups, segment
         self.joiner = RedisJoin(self.redis, config.redis.namespace, self.join_settings, on_lost=self._join_lost)
         # Open Inference Protocol topics: requests and responses paired by request id (join.py, oip.py)
         self.oip_topics = frozenset(t for t, f in config.kafka.input_formats.items() if f == "oip")

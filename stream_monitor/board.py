@@ -355,7 +355,8 @@ SHOWN_INCIDENTS = 10  # incident rows per model on the page and in `status`
 
 def gathered_segments(parts: Iterable[tuple[int, Sequence[Mapping[str, Any]]]]) -> list[dict[str, Any]]:
     """A model's segments over its partitions (each partition's ``segments`` summary rows): per segment, in
-    the reference's order, its events and the detectors firing (each with its partition)."""
+    the reference's order, its events, the detectors firing (each with its partition) and its realized
+    performance (the partition's with the most pairs), when it has one."""
     out: dict[str, dict[str, Any]] = {}
     for partition, rows in parts:
         for row in rows:
@@ -364,6 +365,9 @@ def gathered_segments(parts: Iterable[tuple[int, Sequence[Mapping[str, Any]]]]) 
             held["events"] += row["events"]
             held["reference_events"] = max(held["reference_events"], row["reference_events"])
             held["firing"].extend(dict(f, partition=partition) for f in row["firing"])
+            measured = row.get("performance")
+            if measured and measured.get("pairs", 0) > held.get("performance", {}).get("pairs", -1):
+                held["performance"] = dict(measured)
     return list(out.values())
 
 

@@ -443,7 +443,10 @@ def _status(args: argparse.Namespace) -> int:
         for row in segments:
             firing = "; ".join(f"{f['signal']} {f['name']} {f['detector']} {_num(f.get('statistic'))} (partition "
                                f"{f['partition']})" for f in row["firing"])
-            print(f"  segment {logs.clean(segment_words(row['segment']))}: {row['events']:,} events, "
+            measured = row.get("performance") or {}
+            metric = next((m for m in ("accuracy", "mae") if measured.get(m) is not None), None)
+            shown = "" if metric is None else f"{metric} {_num(measured[metric])} over {measured['pairs']:,} pairs, "
+            print(f"  segment {logs.clean(segment_words(row['segment']))}: {row['events']:,} events, {shown}"
                   + (f"FIRING {logs.clean(firing)}" if firing else "ok"))
         unmonitored = sorted({n for p in partitions for n in p["models"].get(model_id, {}).get("unmonitored", ())})
         if unmonitored:

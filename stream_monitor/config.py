@@ -717,10 +717,11 @@ class ModelRetrainingConfig(_Table):
 class SegmentsConfig(_Table):
     columns: Annotated[tuple[Annotated[str, NOT_EMPTY], ...], doc(
         "Feature columns whose values (a tuple of values for several columns) cut the model's traffic into "
-        "segments; each window detector (PSI, KS, data quality) also runs per segment for the `top_k` most "
+        "segments; each window detector (PSI, KS, data quality, the realized performance's floors and "
+        "ceilings) also runs per segment for the `top_k` most "
         "frequent segments of the reference and one `__rest__` segment for all others (`segment` on their "
         "alerts). The point detectors (ADWIN, Page-Hinkley) run model-wide only. With `decisions = \"model\"` the "
-        "segments are decided over all partitions too (with a stored reference). Empty: no segments. See "
+        "segments are decided over all partitions too. Empty: no segments. See "
         "\"Segments\" in the README.", checks="distinct feature names", default="`[]`")] = ()
     top_k: Annotated[int, Meta(ge=1, le=100), doc(
         "Segments with detectors of their own: the most frequent values of the reference with at least "

@@ -768,8 +768,8 @@ class MemoryJoin:
 def join_op(event, me: str, settings: dict[str, PerformanceConfig],
             attributes: Mapping[str, Sequence[str]] | None = None) -> JoinOp | None:
     """The join operation an event needs (``None`` for models whose performance is turned off).
-    ``attributes``: per model its protected attributes (:func:`fairness_attributes`), kept with the
-    prediction so a later label knows its groups."""
+    ``attributes``: per model the feature values kept with the prediction so a later label knows them
+    (:func:`kept_columns`: its protected attributes' groups, its segment)."""
     cfg = settings.get(event.model_id)
     if cfg is None or not cfg.enabled:
         return None
@@ -787,6 +787,17 @@ def fairness_attributes(config) -> dict[str, tuple[str, ...]]:
     """The models with protected attributes (``[models.<id>.fairness] attributes``) and their names."""
     return {model_id: tuple(model.fairness.attributes) for model_id, model in config.models.items()
             if model.fairness.attributes}
+
+
+def kept_columns(config) -> dict[str, tuple[str, ...]]:
+    """Per model the feature values a prediction keeps in the join (``g``) so that its label knows them: its
+    protected attributes (fairness) and its segment columns (per-segment performance), in that order."""
+    out = {}
+    for model_id, model in config.models.items():
+        names = dict.fromkeys((*model.fairness.attributes, *model.segments.columns))
+        if names:
+            out[model_id] = tuple(names)
+    return out
 
 
 def performance_settings(config) -> dict[str, PerformanceConfig]:

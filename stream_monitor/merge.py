@@ -20,9 +20,10 @@ state; docs/MODEL_DECISIONS.md says where and when). Two halves:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Any, Mapping, NamedTuple, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from .detectors.psi import psi
 from .detectors.quality import CHECKS
 from .events import Alert, segment_id_text, segment_words
 from .incidents import Incidents
-from .segments import Segments, monitored_columns
+from .segments import SegmentWarmup, Segments, monitored_columns, segment_warmup_of
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
                         ReferenceProfile, WarmupSummary)
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
@@ -197,10 +198,13 @@ class BucketSketch:
     """One model's open buckets on one partition, and the closed ones not yet saved (``pending``).
 
     Without a reference (a model-level warm-up, ``warmup``: the feature kinds and limits) a bucket's
-    partial carries the warm-up summary of its events instead of counts (``partial["warmup"]``)."""
+    partial carries the warm-up summary of its events instead of counts (``partial["warmup"]``), and with
+    segments (``segment_warmup``: makes an empty :class:`~stream_monitor.segments.SegmentWarmup`) its
+    per-segment summaries (``partial["segment_warmup"]``)."""
 
     def __init__(self, reference: ReferenceProfile | None, ks: bool, bucket_ms: int, p95: bool = False,
-                 warmup: tuple[Mapping[str, str] | None, Limits] | None = None):
+                 warmup: tuple[Mapping[str, str] | None, Limits] | None = None,
+                 segment_warmup: Callable[[], SegmentWarmup] | None = None):
         self.bucket_ms = bucket_ms
         self.ks = ks
         self.p95 = p95  # the latency column counts its p95 cells (a ceiling is set)
@@ -210,6 +214,8 @@ class BucketSketch:
         self.floor: int | None = None  # buckets below are closed
         self.warmup = warmup
         self.warming: dict[int, WarmupSummary] = {}  # open buckets' warm-up summaries
+        self.segment_warmup = segment_warmup
+        self.segment_warming: dict[int, SegmentWarmup] = {}  # open buckets' per-segment warm-up summaries
         self.segment_keys: set[str] = set()  # columns counted per segment ("s<i>|signal:name"), apart
 
     def add_segment_columns(self, columns: Mapping[str, ColumnReference]) -> None:
@@ -235,6 +241,11 @@ class BucketSketch:
         if summary is None:
             summary = self.warming[bucket] = WarmupSummary(*self.warmup)
         summary.add(event)
+        if self.segment_warmup is not None:
+            segments = self.segment_warming.get(bucket)
+            if segments is None:
+                segments = self.segment_warming[bucket] = self.segment_warmup()
+            segments.add(event)
 
     def partial(self, bucket: int) -> dict[str, Any]:
         """The open partial of ``bucket`` (opened if need be): labels and joined pairs count in it
@@ -327,6 +338,8 @@ class BucketSketch:
             self.pending[bucket] = self.open.pop(bucket)
             if bucket in self.warming:
                 self.pending[bucket]["warmup"] = self.warming.pop(bucket).to_data()
+            if bucket in self.segment_warming:
+                self.pending[bucket]["segment_warmup"] = self.segment_warming.pop(bucket).to_data()
 
     def take_pending(self) -> dict[int, dict[str, Any]]:
         pending, self.pending = self.pending, {}
@@ -337,6 +350,8 @@ class BucketSketch:
                "pending": {str(b): p for b, p in sorted(self.pending.items())}, "floor": self.floor}
         if self.warming:
             out["warming"] = {str(b): s.to_data() for b, s in sorted(self.warming.items())}
+        if self.segment_warming:
+            out["segment_warming"] = {str(b): s.to_data() for b, s in sorted(self.segment_warming.items())}
         return out
 
     def restore(self, state: Mapping[str, Any]) -> None:
@@ -347,6 +362,10 @@ class BucketSketch:
         if self.warmup is not None:
             self.warming = {int(b): WarmupSummary.from_data(d, *self.warmup)
                             for b, d in state.get("warming", {}).items()}
+        self.segment_warming = {}
+        if self.segment_warmup is not None:
+            self.segment_warming = {int(b): self.segment_warmup().restore_data(d)
+                                    for b, d in state.get("segment_warming", {}).items()}
 
 
 def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
@@ -362,6 +381,8 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
             out[part] = {a: {g: list(c) for g, c in groups.items()} for a, groups in partial[part].items()}
     if "warmup" in partial:  # closed: never changed again
         out["warmup"] = partial["warmup"]
+    if "segment_warmup" in partial:
+        out["segment_warmup"] = partial["segment_warmup"]
     out.update(mergeperf.copy_parts(partial))
     if "joint" in partial:  # the joint test's sums (mergejoint)
         out["joint"] = {**partial["joint"], "sums": list(partial["joint"]["sums"])}
@@ -522,6 +543,7 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
                                      reference))
         if segments is not None:
             out.extend(_decide_segments(model, segments, episodes, state, bucket_ms, share))
+            out.extend(_segment_performance(model, reference, segments, state, episodes, bucket, group, bucket_ms))
         opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
         opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
@@ -697,8 +719,22 @@ def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapp
     det = model.detectors
     summary = WarmupSummary.from_data(partial["warmup"], model.features)
     events = partial["events"]
-    columns: dict[str, Any] = {}
-    for signal, name, ref in merged_columns(reference, det.latency.enabled):
+    columns = _summary_counts(model, merged_columns(reference, det.latency.enabled), summary, events)
+    out = {"events": events, "columns": columns, "firings": [], **mergeperf.copy_parts(partial)}
+    joint = mergejoint.warmup_joint(model, reference, summary)
+    if joint is not None:
+        out["joint"] = joint
+    if "segment_warmup" in partial and runs_segments(model, reference):
+        out.update(_segment_warmup_counts(model, reference, partial["segment_warmup"]))
+    return out
+
+
+def _summary_counts(model: ModelConfig, columns: Sequence[tuple[str, str, ColumnReference]], summary: WarmupSummary,
+                    events: int, prefix: str = "") -> dict[str, Any]:
+    """Each column's counts (keyed ``prefix`` + "signal:name") of a warm-up ``summary`` of ``events``."""
+    det = model.detectors
+    out: dict[str, Any] = {}
+    for signal, name, ref in columns:
         if signal == "feature":
             column = summary.features.get(name) or ColumnSummary(None)
         else:
@@ -706,14 +742,37 @@ def warmup_counts(model: ModelConfig, reference: ReferenceProfile, partial: Mapp
                       "latency_ms": summary.latency}[name]
         if isinstance(ref, NumericReference):
             p95 = signal == "latency" and det.latency.p95_ceiling_ms is not None
-            columns[column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
+            out[prefix + column_key(signal, name)] = _numeric_counts(ref, column, events, det.ks.enabled, p95)
         else:
-            columns[column_key(signal, name)] = _categorical_counts(ref, column, events)
-    out = {"events": events, "columns": columns, "firings": [], **mergeperf.copy_parts(partial)}
-    joint = mergejoint.warmup_joint(model, reference, summary)
-    if joint is not None:
-        out["joint"] = joint
+            out[prefix + column_key(signal, name)] = _categorical_counts(ref, column, events)
     return out
+
+
+def _segment_warmup_counts(model: ModelConfig, reference: ReferenceProfile, data: Mapping[str, Any]) -> dict[str, Any]:
+    """A warm-up share's per-segment summaries past the model's reference, as the per-segment counts
+    (``segments``, ``segment_columns``) the partition would have made: each value's summary to its
+    segment (a value the reference did not rank, and the bucket's values past its cap, to the rest)."""
+    warmup = segment_warmup_of(model).restore_data(data)
+    segments = Segments(reference.segments)
+    by_index: dict[int, WarmupSummary] = {}
+    for values, summary in [*warmup.candidates.items(), (None, warmup.overflow)]:
+        if not summary.events:
+            continue
+        index = segments.rest if values is None else segments.index.get(values, segments.rest)
+        held = by_index.get(index)
+        if held is None:
+            held = by_index[index] = WarmupSummary(model.features)
+        held.absorb(summary)
+    events: dict[str, int] = {}
+    columns: dict[str, Any] = {}
+    latency = model.detectors.latency.enabled
+    for index in sorted(by_index):
+        key, summary, profile = segment_sketch_key(index), by_index[index], segments.profiles[index]
+        events[key] = summary.events
+        if profile is not None:
+            columns.update(_summary_counts(model, monitored_columns(profile, model.segments.columns, latency),
+                                           summary, summary.events, f"{key}|"))
+    return {"segments": events, "segment_columns": columns}
 
 
 class ReferenceResult(NamedTuple):
@@ -772,6 +831,11 @@ def reference_step(model: ModelConfig, state: Mapping[str, Any] | None, partitio
     psi_config = model.detectors.psi
     profile = summary.build(model.model_id, psi_config.bins, psi_config.top_k, source="warmup",
                             joint_features=model.detectors.multivariate.max_features)
+    segments = segment_warmup_of(model, limits)
+    if segments is not None and all("segment_warmup" in e[3] for e in taken):  # else (older partials): none
+        for *_, partial in taken:
+            segments.absorb(segment_warmup_of(model, limits).restore_data(partial["segment_warmup"]))
+        profile = dataclasses.replace(profile, segments=segments.build(profile, psi_config.bins, psi_config.top_k))
     _warm_labels_from(model, profile, state, taken)
     state.update(reference=profile.to_dict(), reference_id=reference_id(profile),
                  reference_buckets=[taken[0][0], end], last_bucket=end)
@@ -1093,6 +1157,43 @@ def _labels_and_performance(model: ModelConfig, reference: ReferenceProfile, sta
                                                     points, payload))
             side["window"] = None
             side["windows"] += 1
+    return out
+
+
+def _segment_performance(model: ModelConfig, reference: ReferenceProfile, segments: Segments, state: dict[str, Any],
+                         episodes: _Episodes, bucket: int, group: list, bucket_ms: int) -> list[Alert]:
+    """One merged bucket's joined pairs per segment (``segment_pairs``; a key counted during the warm-up,
+    by segment value, routed to its segment) into each segment's performance window; a window of at least
+    ``performance.window`` pairs decides the segment's floors (ceilings), in the reference's segment order."""
+    task = mergeperf.model_task(model, reference)
+    if task is None:
+        return []
+    sides = state.setdefault("segment_performance", {})
+    for _, topic, partition, partial in group:
+        for key, part in sorted(partial.get("segment_pairs", {}).items()):
+            index = segments.key_index(key)
+            if index is None:
+                continue
+            side = sides.setdefault(segment_sketch_key(index), {"window": None, "windows": 0})
+            window = side["window"]
+            if window is None:
+                window = side["window"] = {"first_bucket": bucket, "pairs": {}, "by_partition": {}}
+            window["last_bucket"] = bucket
+            mergeperf.add_pairs(window["pairs"], part["pairs"])
+            where = f"{topic}|{partition}"
+            window["by_partition"][where] = window["by_partition"].get(where, 0) + part["pairs"]["n"]
+    out: list[Alert] = []
+    for index, segment in enumerate(segments.objects):
+        side = sides.get(segment_sketch_key(index))
+        window = None if side is None else side["window"]
+        if window is None or mergeperf.pairs_counted(task, window["pairs"]) < model.performance.window:
+            continue
+        payload = _window_payload(window, bucket_ms)
+        named = (f"segment|{segment_id_text(segment)}|", f"{model.model_id}[{segment_words(segment)}]")
+        out.extend(mergeperf.decide_performance(model, task, window, episodes, _window_alert(model, payload, segment),
+                                                [], payload, named))
+        side["window"] = None
+        side["windows"] += 1
     return out
 
 

@@ -108,9 +108,16 @@ def copy_parts(partial: Mapping[str, Any]) -> dict[str, Any]:
         out["labels"] = {**labels, "counts": dict(labels["counts"])}
     pairs = partial.get("pairs")
     if pairs is not None:
-        out["pairs"] = {"n": pairs["n"], "cls": list(pairs["cls"]), "reg": list(pairs["reg"]),
-                        "cells": {c: list(v) for c, v in pairs["cells"].items()}}
+        out["pairs"] = _copy_pairs(pairs)
+    segments = partial.get("segment_pairs")
+    if segments is not None:  # per segment (or, counted during a warm-up, per segment value) its pairs
+        out["segment_pairs"] = {key: {"pairs": _copy_pairs(part["pairs"])} for key, part in segments.items()}
     return out
+
+
+def _copy_pairs(pairs: Mapping[str, Any]) -> dict[str, Any]:
+    return {"n": pairs["n"], "cls": list(pairs["cls"]), "reg": list(pairs["reg"]),
+            "cells": {c: list(v) for c, v in pairs["cells"].items()}}
 
 
 def add_pairs(into: dict[str, Any], part: Mapping[str, Any]) -> None:
@@ -247,11 +254,14 @@ AlertMaker = Callable[[Transition, str, str, str, float, float, tuple], Any]
 
 
 def decide_performance(model: ModelConfig, task: str, window: Mapping[str, Any], episodes: Any,
-                       alert: AlertMaker, points: list, payload: Mapping[str, Any]) -> list:
+                       alert: AlertMaker, points: list, payload: Mapping[str, Any], segment: tuple[str, str] | None = None
+                       ) -> list:
     """A full performance window: each floor (classification) or ceiling (regression) on its metrics, then
     the end of the error stream's point episode if the window started after it opened and its error is
     back below the episode's level. ``episodes``: the merge's model-level episodes; ``alert``: builds a
-    window decision's alert."""
+    window decision's alert. ``segment``: a segment's window (its episodes' key prefix, and how messages
+    name the model): its floors (ceilings) only, no history points (the error stream runs model-wide only)."""
+    prefix, shown = ("", model.model_id) if segment is None else segment
     pairs = window["pairs"]
     metrics = window_metrics(task, pairs)
     counted = pairs_counted(task, pairs)
@@ -259,7 +269,7 @@ def decide_performance(model: ModelConfig, task: str, window: Mapping[str, Any],
         (model.performance.ceilings, "ceiling")
     out = []
     for metric, value in metrics.items():
-        if value is None or metric in POINTS[task]:
+        if value is None or metric in POINTS[task] or segment is not None:
             continue
         limit = limits.get(metric)
         entry = history.window_point(model.model_id, "performance", metric, kind if limit is not None else "rolling",
@@ -270,13 +280,15 @@ def decide_performance(model: ModelConfig, task: str, window: Mapping[str, Any],
         value = metrics.get(metric)
         if value is None:
             continue
-        key = f"performance|{metric}|{kind}"
+        key = f"{prefix}performance|{metric}|{kind}"
         episode = episodes.level(key)
         transition = episode.limit((limit - value if kind == "floor" else value - limit) > 0)
         episodes.keep(key, episode)
         if transition is not None:
             out.append(alert(transition, "performance", metric, kind, value, limit,
-                             words.limit_description(model.model_id, metric, kind, transition, value, limit, counted)))
+                             words.limit_description(shown, metric, kind, transition, value, limit, counted)))
+    if segment is not None:
+        return out
     subject, detector = POINTS[task]
     key = f"performance|{subject}|{detector}"
     saved = episodes.state.get(key)
@@ -295,4 +307,5 @@ def decide_performance(model: ModelConfig, task: str, window: Mapping[str, Any],
 
 def copy_sides(state: Mapping[str, Any]) -> dict[str, Any]:
     """The merge state's label and performance sides, copied (a merge step changes its own copy)."""
-    return {key: copy.deepcopy(state[key]) for key in ("labels", "performance") if state.get(key) is not None}
+    return {key: copy.deepcopy(state[key]) for key in ("labels", "performance", "segment_performance")
+            if state.get(key) is not None}

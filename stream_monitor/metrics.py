@@ -28,7 +28,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .events import DEAD_LETTER_REASONS
+from .events import DEAD_LETTER_REASONS, segment_words
 
 MAX_DETECTOR_SERIES = 5_000
 
@@ -241,6 +241,7 @@ class PartitionView:
 
 
 _DETECTOR_LABELS = ["model", "signal", "name", "detector"]
+_METRICS = frozenset(("accuracy", "precision", "recall", "f1", "auc", "mae", "rmse"))  # a segment's rolling ones
 SEVERITIES = ("warning", "critical")
 
 
@@ -280,6 +281,16 @@ class _Families:
     fairness_gap: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_fairness_gap", "The largest gap between the compared groups' rates over the last closed "
         "window, per fairness metric (compare with fairness.max_gap)", labels=["model", "attribute", "metric"]))
+    segment_events: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_segment_events", "Inference events of a model's segment ([models.<id>.segments]: its top_k "
+        "segments and __rest__) since its reference, over this instance's partitions", labels=["model", "segment"]))
+    segment_firing: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_segment_detectors_firing", "A segment's detectors firing now over this instance's "
+        "partitions (decisions = \"partition\"; a model-level decision's are its merge's)", labels=["model", "segment"]))
+    segment_performance: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
+        "stream_monitor_segment_performance", "A segment's rolling performance metric over its last "
+        "performance.window labelled predictions (decisions = \"partition\"; highest over this instance's "
+        "partitions)", labels=["model", "segment", "metric"]))
     incidents: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_incidents_open", "Open incidents of a model (what its detectors found about one change, "
         "grouped) over this instance's partitions and the model-level merges it runs", labels=["model"]))
@@ -287,7 +298,7 @@ class _Families:
     def all(self) -> list[GaugeMetricFamily]:
         return [self.statistic, self.threshold, self.critical, self.firing, self.firing_severity,
                 self.performance, self.estimated, self.lag, self.untracked, self.incidents, self.fairness_rate,
-                self.fairness_gap]
+                self.fairness_gap, self.segment_events, self.segment_firing, self.segment_performance]
 
 
 def _judged(fairness: Mapping[str, Any]) -> int:
@@ -325,6 +336,7 @@ class PartitionCollector(Collector):
         untracked: dict[str, int] = {}
         incidents: dict[str, int] = {}
         fairness: dict[tuple[str, str], Mapping[str, Any]] = {}  # (model, attribute) → the most judged
+        segments: dict[tuple[str, str], list] = {}  # (model, segment) → [events, firing, {metric: highest}]
         for view in views:
             lag = view.lag
             if lag is not None:
@@ -342,6 +354,13 @@ class PartitionCollector(Collector):
                 for metric, value in ((model.get("estimated") or {}).get("metrics") or {}).items():
                     held = estimated.get((model_id, metric))
                     estimated[(model_id, metric)] = value if held is None else max(held, value)
+                for row in model.get("segments") or ():  # at most top_k + 1 per model: bounded labels
+                    held = segments.setdefault((model_id, segment_words(row["segment"])), [0, 0, {}])
+                    held[0] += row.get("events", 0)
+                    held[1] += len(row.get("firing") or ())
+                    for metric, value in (row.get("performance") or {}).items():
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) and metric in _METRICS:
+                            held[2][metric] = value if metric not in held[2] else max(held[2][metric], value)
                 for attribute, judged in (model.get("fairness") or {}).items():
                     held = fairness.get((model_id, attribute))
                     if held is None or _judged(judged) > _judged(held):
@@ -387,6 +406,11 @@ class PartitionCollector(Collector):
         for model_id, attributes in (self.merged_fairness() if self.merged_fairness is not None else {}).items():
             for attribute, judged in attributes.items():  # the model's own, never a partition's fragment
                 fairness[(model_id, attribute)] = judged
+        for (model_id, segment), (events, firing_now, metrics) in sorted(segments.items()):
+            families.segment_events.add_metric([model_id, segment], events)
+            families.segment_firing.add_metric([model_id, segment], firing_now)
+            for metric, value in sorted(metrics.items()):
+                families.segment_performance.add_metric([model_id, segment, metric], value)
         for (model_id, attribute), judged in sorted(fairness.items()):
             rates: dict[tuple[str, str], float] = {}
             for metric, found in (judged.get("metrics") or {}).items():

@@ -9,6 +9,7 @@ and round-trips through ``snapshot()`` / ``restore()``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -42,7 +43,7 @@ from .mergejoint import PartitionSide, joint_rows, reference_pairs
 from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
     segment_sketch_key, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
-from .segments import SegmentWarmup, Segments, monitored_columns
+from .segments import SegmentWarmup, Segments, candidate_cap, monitored_columns, segment_of, segment_warmup_of
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
     NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
@@ -568,6 +569,36 @@ class SegmentColumn(ColumnMonitor):
         return f"{super().label}[{segment_words(self.segment)}]"
 
 
+class SegmentPerformance(PerformanceColumn):
+    """One segment's realized performance: the floors (ceilings) of the model's performance on the rolling
+    metrics of the segment's joined pairs (the pairs whose prediction's segment values route to it); its
+    alerts carry the segment. The error stream's point detector runs model-wide only; no history points."""
+
+    def __init__(self, model: ModelConfig, task: str, segment: Mapping[str, str | None], budget: float | None = None):
+        self.segment = dict(segment)
+        super().__init__(model, task, budget)
+        self.adapters = [a for a in self.adapters if not a.point]
+        self._index_adapters()
+        self.points = deque(maxlen=0)
+
+    @property
+    def subject_label(self) -> str:  # what its messages name
+        return f"{self.model_id}[{segment_words(self.segment)}]"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"task": self.task, **self.rolling.snapshot(),
+                "episodes": {a.key: a.episode.snapshot() for a in self.adapters},
+                "last": {a.key: self.last_statistic[a.key] for a in self.adapters if a.key in self.last_statistic}}
+
+    def restore(self, state: Mapping[str, Any], restart: frozenset[str] = frozenset()) -> None:
+        self.rolling.restore(state)
+        episodes = self.episodes
+        for key, saved in state["episodes"].items():
+            if key in episodes:
+                episodes[key].restore(saved)
+        self.last_statistic = dict(state["last"])
+
+
 class SegmentMonitor:
     """A model's per-segment detectors: for each of its reference's segments (the top ones, then the rest)
     a :class:`SegmentColumn` per column the segment's profile has (:func:`stream_monitor.segments.
@@ -583,9 +614,35 @@ class SegmentMonitor:
                                                                                    latency)]
             for segment, profile, key in zip(self.segments.objects, self.segments.profiles, self.keys)]
         self.events = [0] * len(self.segments)  # events seen per segment
+        self.model, self.budget, self.merged = model, budget, merged
+        # per segment its realized performance (decisions = "partition"), from its first joined pair
+        self.performance: list[SegmentPerformance | None] = [None] * len(self.segments)
 
     def all_columns(self) -> list[SegmentColumn]:
         return [column for columns in self.columns for column in columns]
+
+    def performance_columns(self) -> list[SegmentPerformance]:
+        return [column for column in self.performance if column is not None]
+
+    def update_pairs(self, pairs: Sequence[tuple], task: str, partition: int, out: list) -> None:
+        """The batch's joined pairs (as :meth:`ModelMonitor.process_batch` keeps them: position, slot,
+        prediction, label, label time, offset, event time, the prediction's segment values), each through
+        its segment's performance; the alerts into ``out`` after the pair's model-wide ones. A pair whose
+        prediction did not keep the segment columns (joined before they were configured) counts model-wide
+        only."""
+        columns = self.segments.columns
+        usable = [p for p in pairs if p[7] is not None and all(c in p[7] for c in columns)]
+        for index, picks in enumerate(self.segments.route(p[7] for p in usable)):
+            if not picks:
+                continue
+            column = self.performance[index]
+            if column is None or column.task != task:
+                column = self.performance[index] = SegmentPerformance(self.model, task, self.segments.objects[index],
+                                                                      self.budget)
+            mine = [usable[i] for i in picks]
+            for at, order, alert in column.update_batch([p[2:5] for p in mine], [p[5] for p in mine], partition,
+                                                        [p[6] for p in mine]):
+                out.append((mine[at][0], mine[at][1], 1000 * (index + 1) + order, alert))
 
     def update_batch(self, events: Sequence[InferenceEvent], offsets: Sequence[int], positions: Sequence[int],
                      partition: int, times: Sequence[int | None], features: np.ndarray | None,
@@ -615,8 +672,10 @@ class SegmentMonitor:
 
     def snapshot(self) -> list[dict[str, Any]]:
         return [{"segment": dict(segment), "events": events,
-                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in columns}}
-                for segment, events, columns in zip(self.segments.objects, self.events, self.columns)]
+                 "columns": {f"{c.signal}:{c.name}": c.snapshot() for c in columns},
+                 **({} if performance is None else {"performance": performance.snapshot()})}
+                for segment, events, columns, performance in zip(self.segments.objects, self.events, self.columns,
+                                                                 self.performance)]
 
     def restore(self, state: Sequence[Mapping[str, Any]], restart: frozenset[str] = frozenset()) -> None:
         saved = {segment_words(s["segment"]): s for s in state}
@@ -625,6 +684,10 @@ class SegmentMonitor:
             if held is None:
                 continue
             self.events[index] = held["events"]
+            if held.get("performance") is not None and not self.merged:
+                column = self.performance[index] = SegmentPerformance(self.model, held["performance"]["task"],
+                                                                      segment, self.budget)
+                column.restore(held["performance"])
             for column in columns:
                 if f"{column.signal}:{column.name}" in held["columns"]:
                     column.restore(held["columns"][f"{column.signal}:{column.name}"], restart)
@@ -632,11 +695,17 @@ class SegmentMonitor:
     def summary(self) -> list[dict[str, Any]]:
         """Per segment: its reference events, events seen, and its detectors firing now."""
         out = []
-        for segment, profile, columns in zip(self.segments.objects, self.segments.profiles, self.columns):
+        for segment, profile, columns, performance in zip(self.segments.objects, self.segments.profiles, self.columns,
+                                                          self.performance):
             rows = [row for column in columns for row in column.summary()]
+            measured = {}
+            if performance is not None:  # its pairs and rolling metrics
+                info, performance_rows = performance.summary()
+                rows.extend(performance_rows)
+                measured = {"performance": info}
             out.append({"segment": dict(segment), "reference_events": 0 if profile is None else profile.events,
                         "events": self.events[len(out)], "detectors": len(rows),
-                        "firing": [row for row in rows if row["firing"]]})
+                        "firing": [row for row in rows if row["firing"]], **measured})
         return out
 
 
@@ -799,8 +868,7 @@ class ModelMonitor:
         model_id = self.config.model_id
         if not runs_segments(self.config, reference):
             log.warning("model %s: the reference has no per-segment profiles for segments.columns = %s, top_k = %d, "
-                        "min_events = %d (built before they were configured, with other settings, or by a model-level warm-up, "
-                        "which builds none: use a stored reference): the segment "
+                        "min_events = %d (built before they were configured or with other settings): the segment "
                         "detectors are off; rebuild the reference (`stream-monitor reference build`)", model_id,
                         list(wanted.columns), wanted.top_k, wanted.min_events)
             return None
@@ -811,8 +879,10 @@ class ModelMonitor:
         return monitor
 
     def _warmup_sketch(self) -> BucketSketch:
+        segments = None if not self.config.segments.enabled else \
+            functools.partial(segment_warmup_of, self.config, self.limits)  # its partials: per-segment summaries too
         return BucketSketch(None, self.config.detectors.ks.enabled, int(self.config.merge_bucket_seconds * 1000),
-                            warmup=(self.config.features, self.limits))
+                            warmup=(self.config.features, self.limits), segment_warmup=segments)
 
     @property
     def share_left(self) -> int | None:
@@ -896,6 +966,7 @@ class ModelMonitor:
             [episode_key("estimated_performance", m, "cbpe") for m, e in self.estimated.episodes.items() if e.firing]
         if self.segments is not None:
             columns.extend(self.segments.all_columns())
+            columns.extend(self.segments.performance_columns())
         if self.fairness is not None:
             estimated += [episode_key("fairness", name, metric) for name, metric in self.fairness.firing()]
         return [episode_key(a.signal or c.signal, a.subject or c.name, a.name, c.segment) for c in columns
@@ -939,10 +1010,10 @@ class ModelMonitor:
             if join is not None and join.status == "joined":
                 prediction = prediction_record(event.score, event.predicted_label, event.timestamp_ms)
                 if merged:  # in the loop: before a warm-up share's end closes its buckets
-                    self._count_pair(position, prediction, join.other["label"], join.other["t"], seen)
+                    self._count_pair(position, prediction, join.other["label"], join.other["t"], seen, event.features)
                 if self._performance(prediction, partition) is not None:
                     pairs.append((position, -1, prediction, join.other["label"], join.other["t"], offset,
-                                  event.timestamp_ms))
+                                  event.timestamp_ms, None if self.segments is None else event.features))
                 if fairness is not None:
                     self._fair_pair(event.features, prediction, join.other["label"], position, offset,
                                     event.timestamp_ms, fair_pairs, join.other["t"], seen)
@@ -982,6 +1053,8 @@ class ModelMonitor:
                         self.sketch.firing(self._bucket(pair[4], pair[0], seen), firing_record(alert))
                     continue
                 out.append((pairs[index][0], pairs[index][1], order, alert))
+            if self.segments is not None and not merged:  # each pair's segment's floors (ceilings) after the model's
+                self.segments.update_pairs(pairs, self.performance.task, partition, out)
         features = [c for c in self.columns if c.signal == "feature" and not c.merged]
         before = {}
         for column in features:
@@ -1012,11 +1085,34 @@ class ModelMonitor:
         return bucket_of(time_ms, mark, sketch.bucket_ms, sketch.floor)
 
     def _count_pair(self, position: int, prediction: Mapping[str, Any], label: Any, label_time: int | None,
-                    seen: Sequence[int | None] | None) -> None:
+                    seen: Sequence[int | None] | None, values: Mapping[str, Any] | None = None) -> None:
         """decisions = "model": a joined pair in the partial of its label's time (whichever side completed the
-        join): :mod:`stream_monitor.mergeperf`."""
-        mergeperf.add_pair(self.sketch.partial(self._bucket(label_time, position, seen)), prediction, label,
-                           self.config.performance.positive_label)
+        join): :mod:`stream_monitor.mergeperf`. With segments, also under its segment (``values``: its
+        prediction's segment values; see :meth:`_pair_segment`)."""
+        partial = self.sketch.partial(self._bucket(label_time, position, seen))
+        positive = self.config.performance.positive_label
+        mergeperf.add_pair(partial, prediction, label, positive)
+        key = self._pair_segment(partial, values)
+        if key is not None:
+            mergeperf.add_pair(partial.setdefault("segment_pairs", {}).setdefault(key, {}), prediction, label, positive)
+
+    def _pair_segment(self, partial: Mapping[str, Any], values: Mapping[str, Any] | None) -> str | None:
+        """decisions = "model": the key a joined pair counts under in its partial's ``segment_pairs``: its
+        segment's (``s<i>``) once the reference's segments are known; during the warm-up its segment values'
+        (``v`` + their JSON; a bucket's values past :func:`~stream_monitor.segments.candidate_cap` together
+        under ``v*``), which the merge routes. ``None``: no segments, or values not kept with the prediction."""
+        wanted = self.config.segments
+        if not wanted.enabled or values is None or any(c not in values for c in wanted.columns):
+            return None
+        if self.segments is not None:
+            return self.segments.keys[self.segments.segments.index_of(values)]
+        if self.reference is not None:  # a reference without segment profiles: segments are off
+            return None
+        key = "v" + orjson.dumps(list(segment_of(values, wanted.columns))).decode()
+        held = partial.get("segment_pairs", {})
+        if key not in held and len(held) >= candidate_cap(wanted.top_k):
+            return "v*"
+        return key
 
     def _with_drivers(self, alert: Alert, features: list[ColumnMonitor],
                       before: Mapping[str, float | None]) -> Alert:
@@ -1085,7 +1181,7 @@ class ModelMonitor:
         partition's latest event time before it (the label's own time when there is none yet)."""
         sketch, side = self.sketch, self.model_side
         lateness = int(self.config.merge_lateness_seconds * 1000)
-        for position, _, prediction, label, label_time, _, _ in pairs:
+        for position, _, prediction, label, label_time, *_ in pairs:
             latest = None if seen is None else seen[position]
             mark = None if latest is None else latest - lateness
             bucket = bucket_of(label_time if latest is None else latest, mark, sketch.bucket_ms, sketch.floor)
@@ -1218,7 +1314,7 @@ class ModelMonitor:
             mergeperf.add_label(self.sketch.partial(self._bucket(event.timestamp_ms, position, seen)), event.label,
                                 self.limits.max_categories)
             if join is not None and join.status == "joined":
-                self._count_pair(position, join.other, event.label, event.timestamp_ms, seen)
+                self._count_pair(position, join.other, event.label, event.timestamp_ms, seen, join.other.get("g"))
         elif self.label_column is None:
             self.label_warmup.add(event.label)
             if len(self.label_warmup) >= self.config.reference.events:
@@ -1228,7 +1324,8 @@ class ModelMonitor:
         else:
             labelled.append((position, offset, event))
         if join is not None and join.status == "joined" and self._performance(join.other, partition) is not None:
-            pairs.append((position, 1, join.other, event.label, event.timestamp_ms, offset, event.timestamp_ms))
+            pairs.append((position, 1, join.other, event.label, event.timestamp_ms, offset, event.timestamp_ms,
+                          None if self.segments is None else join.other.get("g")))  # segments: from the reference on
 
     def _performance(self, prediction: Mapping[str, Any], partition: int) -> PerformanceColumn | None:
         """The performance detectors for a joined pair; with no task configured, created at the first pair
@@ -1349,6 +1446,8 @@ class ModelMonitor:
         saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")
+            if self.segments is not None:  # the segments' performance starts afresh with the model's
+                self.segments.performance = [None] * len(self.segments.performance)
         elif saved_performance is not None and self.config.performance.enabled:
             # an inferred task is part of the state (a state from before inference: the configured task)
             self.performance = PerformanceColumn(self.config, saved_performance.get("task"), self.share)

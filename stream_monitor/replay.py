@@ -23,7 +23,7 @@ import orjson
 from .codec import decode
 from .config import Config
 from .events import Alert, DeadLetter, RawMessage
-from .join import MemoryJoin, fairness_attributes, join_op, performance_settings
+from .join import MemoryJoin, join_op, kept_columns, performance_settings
 from .merge import PartitionPartials, merge_step, model_reference, reference_step
 from .partition import PartitionMonitor
 from .reference import Limits, ReferenceProfile
@@ -80,7 +80,7 @@ def replay_rows(config: Config, rows: Iterable[Row], references: Mapping[str, Re
     monitor = PartitionMonitor(config, -1, references)
     merged = _Merges(config, monitor, references)
     settings = performance_settings(config)
-    attributes = fairness_attributes(config)
+    attributes = kept_columns(config)
     joiner = MemoryJoin(settings)
     batch: list = []
     for line, item in rows:

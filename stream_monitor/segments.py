@@ -92,6 +92,34 @@ class SegmentWarmup:
         return {"candidates": [[list(values), summary.snapshot()] for values, summary in self.candidates.items()],
                 "overflow": self.overflow.snapshot()}
 
+    def to_data(self) -> dict[str, Any]:
+        """The summaries as JSON-safe data (what a model-level warm-up's bucket partial carries), without
+        their joint and drivers' samples (a segment's profile has neither: :func:`profile_like`)."""
+        def lean(summary: WarmupSummary) -> dict[str, Any]:
+            return {**summary.to_data(), "joint": None, "joint_rows": []}
+
+        return {"candidates": [[list(values), lean(summary)] for values, summary in self.candidates.items()],
+                "overflow": lean(self.overflow)}
+
+    def restore_data(self, data: Mapping[str, Any]) -> "SegmentWarmup":
+        """Continue from :meth:`to_data`'s data (taken with the same settings); returns itself."""
+        self.candidates = {tuple(values): WarmupSummary.from_data(saved, self.feature_kinds, self.limits)
+                           for values, saved in data["candidates"]}
+        self.overflow = WarmupSummary.from_data(data["overflow"], self.feature_kinds, self.limits)
+        return self
+
+    def absorb(self, other: "SegmentWarmup") -> None:
+        """Add ``other``'s summaries after this one's, value by value (a model-level warm-up: the partitions'
+        bucket summaries in bucket order). Every value ``other`` kept a summary of keeps one here (no cap:
+        each bucket's summaries are capped already), so the per-value counts are exact sums whatever the
+        partitioning, as long as no bucket of one partition saw more than :func:`candidate_cap` values."""
+        for values, summary in other.candidates.items():
+            held = self.candidates.get(values)
+            if held is None:
+                held = self.candidates[values] = WarmupSummary(self.feature_kinds, self.limits)
+            held.absorb(summary)
+        self.overflow.absorb(other.overflow)
+
     def restore(self, state: Mapping[str, Any]) -> None:
         self.candidates = {}
         for values, saved in state["candidates"]:
@@ -113,6 +141,15 @@ def with_segments(profile: ReferenceProfile, events: Iterable[Any], model: Any, 
         warmup.add(event)
     psi = model.detectors.psi
     return replace(profile, segments=warmup.build(profile, psi.bins, psi.top_k))
+
+
+def segment_warmup_of(model: Any, limits: Limits = Limits()) -> SegmentWarmup | None:
+    """An empty warm-up of ``model``'s segments (a :class:`~stream_monitor.config.ModelConfig`; ``None``
+    without segments)."""
+    wanted = model.segments
+    if not wanted.enabled:
+        return None
+    return SegmentWarmup(wanted.columns, wanted.top_k, wanted.min_events, model.features, limits)
 
 
 def _order(values: Sequence[str | None]) -> str:
@@ -158,6 +195,22 @@ class Segments:
 
     def __len__(self) -> int:
         return len(self.objects)
+
+    def index_of(self, features: Mapping[str, Any]) -> int:
+        """The index of the segment of one event (given by its features)."""
+        return self.index.get(segment_of(features, self.columns), self.rest)
+
+    def key_index(self, key: str) -> int | None:
+        """The index of a partial's ``segment_pairs`` key: ``s<i>`` (a segment's), ``v<JSON of the values>``
+        (counted before the segments were known: their segment), ``v*`` (values past a bucket's cap: the
+        rest); ``None`` for another key."""
+        if key.startswith("s") and key[1:].isdigit():
+            return int(key[1:]) if int(key[1:]) <= self.rest else None
+        if key == "v*":
+            return self.rest
+        if key.startswith("v"):
+            return self.index.get(tuple(json.loads(key[1:])), self.rest)
+        return None
 
     def route(self, features: Iterable[Mapping[str, Any]]) -> list[list[int]]:
         """Per segment, the positions of the events (given by their features) that belong to it."""

@@ -945,3 +945,92 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# --- segments with labels: one segment's accuracy drops at a known event (tests/unit/test_segment_performance.py)
+
+SEGMENT_DROP_AT = 30_000
+
+
+def segment_labelled_stream(count: int, seed: int, drop_at: int | None = SEGMENT_DROP_AT, delay: int = 300,
+                            kept: bool = True) -> list[tuple]:
+    """(event, join) items: :func:`segmented_stream`'s countries (FR 15 % of the traffic) with a score whose
+    prediction is right 92 % of the time in every country; from ``drop_at`` on FR's only 70 % (the model's
+    accuracy falls from 0.92 to about 0.887). Each label comes ``delay`` events later, joined to its
+    prediction's record (with its country when ``kept``)."""
+    rng = np.random.default_rng(seed)
+    countries = rng.choice(len(COUNTRIES), size=count, p=SHARES)
+    out: list[tuple] = []
+    waiting: list[tuple] = []
+    for k in range(count):
+        country = COUNTRIES[countries[k]]
+        truth = int(rng.random() < 0.5)
+        right = rng.random() < (0.70 if country == "FR" and drop_at is not None and k >= drop_at else 0.92)
+        positive = truth if right else 1 - truth
+        score = round(float(0.5 + 0.5 * rng.random()) if positive else float(0.5 * rng.random()), 4)
+        time = 1_700_000_000_000 + k
+        event = InferenceEvent(f"e{k}", "m", time, {"amount": round(float(rng.normal()), 4), "country": country},
+                               score, None)
+        out.append((event, None))
+        waiting.append((event, truth))
+        if len(waiting) > delay:
+            first, label = waiting.pop(0)
+            record = prediction_record(first.score, None, first.timestamp_ms,
+                                       {"country": first.features["country"]} if kept else None)
+            out.append((LabelEvent(first.event_id, "m", time, label), JoinResult("joined", record)))
+    return out
+
+
+def model_cluster(cfg, items: list[tuple], partitions: int, cut: int = 1000, restart_every: int | None = None,
+                  model: str = "m"):
+    """decisions = "model" without I/O: (event, join) items keyed by event id over ``partitions``
+    partitions; each partition reads ``cut`` items at a time (restarted from its stored state every
+    ``restart_every`` batches), its closed partials saved, then the model's merge (its warm-up reference
+    first, when it has none). Returns (alerts, merge state)."""
+    from stream_monitor.merge import merge_step, model_reference, reference_step
+    from stream_monitor.state import decode_state, encode_state
+
+    references: dict = {}
+    monitors = [PartitionMonitor(cfg, p, {}, references) for p in range(partitions)]
+    mine = [[item for item in items if zlib.crc32(item[0].event_id.encode()) % partitions == p]
+            for p in range(partitions)]
+    store: list[dict] = [{} for _ in range(partitions)]
+    marks: list = [(None, False)] * partitions
+    state, alerts, batches = None, [], 0
+    while True:
+        for p, monitor in enumerate(monitors):
+            start = monitor.next_offset or 0
+            batch = [(start + i, e, join) for i, (e, join) in enumerate(mine[p][start:start + cut])]
+            if batch and not monitor.waiting:
+                monitor.process_batch(batch)
+                batches += 1
+            elif not batch:
+                monitor.go_idle()
+            mark = monitor.merge_marks()[model]
+            store[p].update(mark["partials"])
+            monitor.partials_saved({model: mark})
+            marks[p] = (mark["watermark"], mark["idle"])
+            if restart_every and batches % restart_every == 0:
+                again = PartitionMonitor(cfg, p, {}, references)
+                again.restore(decode_state(encode_state(monitor.snapshot(pending=False))))
+                monitors[p] = again
+        parts = [PartitionPartials("in", p, *marks[p], dict(store[p])) for p in range(partitions)]
+        settings = cfg.models[model]
+        if model_reference(state) is None:
+            result = reference_step(settings, state, parts, 1000)
+            if result is not None:
+                state = result.state
+                references[model] = model_reference(state)
+                for monitor in monitors:
+                    monitor.adopt()
+        else:
+            result = merge_step(settings, model_reference(state), state, parts, 1000)
+            state = result.state
+            alerts.extend(result.alerts)
+        if result is not None:
+            for (_, p), buckets in result.consumed.items():
+                for bucket in buckets:
+                    store[p].pop(bucket, None)
+        if all(m.idle and m.next_offset == len(mine[p]) for p, m in enumerate(monitors)) \
+                and model_reference(state) is not None and not any(store):
+            return alerts, state
