@@ -1614,7 +1614,7 @@ class PartitionMonitor:
         """Per model with decisions = "model": its closed partials not yet saved, the watermark and the
         idle flag, as the checkpoint stores them beside the state. A partition that waits for a model's
         reference is idle for the models it has never seen an event of (it holds back none of their
-        windows), and, once :meth:`stall`\ ed, for every model but the ones it waits for."""
+        windows), and, once stalled (:meth:`stall`), for every model but the ones it waits for."""
         out = {}
         waiting = self.waiting
         for model_id, model in self.config.models.items():
