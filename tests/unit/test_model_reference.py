@@ -274,9 +274,9 @@ def _two_models_keyed_by_model_id() -> list[PartitionMonitor]:
     return monitors
 
 
-def _partials(monitors, model: str) -> list[PartitionPartials]:
+def _partials(partitions, model: str) -> list[PartitionPartials]:
     return [PartitionPartials("in", m.partition, mark["watermark"], mark["idle"], mark["partials"])
-            for m in monitors for mark in [m.merge_marks()[model]]]
+            for m in partitions for mark in [m.merge_marks()[model]]]
 
 
 def test_two_models_keyed_by_model_id_warming_up_at_once_do_not_wait_for_each_other():
