@@ -7,6 +7,8 @@ code path:
 - **per model**: a 20-feature model (14 continuous, 3 discrete, 3 categorical
   features, a score, latency; 167 tests) whose events are spread over 4
   partitions (as when keyed by event id), each partition a `PartitionMonitor`
+  deciding on its own (`decisions = "partition"`, every figure here is the
+  per-partition engine's; the model-level merge's are `bench/model_joint.py`'s)
   building its reference from its first 5,000 events, then `--model-events`
   more drawn the same way: every `firing` alert is a false alarm. The same run
   with today's thresholds beside it ("per test": each test calibrated with the
@@ -117,7 +119,7 @@ def monitor(kind: str, rng: random.Random, budget: float = SHARE) -> ColumnMonit
     detectors = {"false_alarms_per_million": budget}
     if budget > 1:  # the calibration check: windows short enough that the budget's level decides
         detectors.update(psi={"window": 500, "warning": 1e-6, "critical": 1.0}, cooldown=0, resolve_after=1)
-    config = parse_config({"models": {"m": {"detectors": detectors}}}).models["m"]
+    config = parse_config({"models": {"m": {"decisions": "partition", "detectors": detectors}}}).models["m"]
     column = ColumnMonitor(config, "feature", "x", reference, budget=budget)
     if budget > 1:  # count every detection: a point episode ends one quiet value later, not when the windows say
         for adapter in column.adapters:
@@ -152,7 +154,8 @@ def model_partition(args: tuple[int, int, float, int]) -> tuple[int, Counter, in
     """One of the model's partitions: its warm-up of ``reference`` events, then ``events`` stationary ones; the
     firings by detector."""
     partition, events, budget, reference = args
-    config = parse_config({"models": {"wide": {"detectors": {"false_alarms_per_million": budget},
+    config = parse_config({"models": {"wide": {"decisions": "partition",
+                                               "detectors": {"false_alarms_per_million": budget},
                                                "reference": {"events": reference}}}})
     monitor = PartitionMonitor(config, partition, {})
     rng = random.Random(f"model/{partition}")
@@ -267,7 +270,7 @@ def joint(args: tuple[str, int, float]) -> tuple[str, float, int, list]:
     20,000 unchanged events and a correlation ρ for 60,000."""
     what, n, rho = args
     rng = np.random.default_rng([7, n, int(rho * 100)])
-    model = ModelMonitor(parse_config({"models": {"m": {}}}).models["m"], None)
+    model = ModelMonitor(parse_config({"models": {"m": {"decisions": "partition"}}}).models["m"], None)
     joint_events(model, joint_rows(rng, REFERENCE), 0)
     if what == "quiet":
         fired = []
@@ -294,7 +297,8 @@ def segments_cost(args: tuple[int, int, bool]) -> dict:
     top_k, events, traced = args
     import tracemalloc  # noqa: PLC0415
     from stream_monitor.state import encode_state  # noqa: PLC0415
-    table = {"reference": {"events": REFERENCE}, "features": {**{f"x{j}": "numeric" for j in range(5)},
+    table = {"decisions": "partition", "reference": {"events": REFERENCE},
+             "features": {**{f"x{j}": "numeric" for j in range(5)},
                                                               "country": "categorical"}}
     if top_k:
         table["segments"] = {"columns": ["country"], "top_k": top_k, "min_events": 20}

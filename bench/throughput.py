@@ -532,12 +532,13 @@ class Stack:
 
 def write_config(stack: Stack, path: Path, topic: str, group: str, metrics_port: int, join: bool = False,
                  by_model: bool = False) -> Path:
-    """The default model config; only the connection, the consumer's timeouts and the metrics port are set
+    """The default model config but per-partition decisions (the scenarios measured before model-level
+    decisions were the default); only the connection, the consumer's timeouts and the metrics port are set
     (the label join is on by default: without `join` the model's performance table turns it off, with
     `join` it sets task = "classification"; with `by_model`, model-level decisions on a stored reference
     instead of the warm-up's)."""
     reference = ('reference = { source = "stored" }\ndecisions = "model"' if by_model
-                 else f'reference = {{ source = "warmup", events = {WARMUP} }}')
+                 else f'reference = {{ source = "warmup", events = {WARMUP} }}\ndecisions = "partition"')
     performance = "\n[models.m.performance]\n" + ('task = "classification"\n' if join else "enabled = false\n")
     consumer = "\n".join(f'"{k}" = {v}' for k, v in FAST_CONSUMER.items())
     path.write_text(f"""\

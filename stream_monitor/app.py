@@ -632,13 +632,18 @@ class Service:
         open buckets close (saved at once) and the models' merges no longer wait for it."""
         now = time.monotonic()
         wait = min(model.merge_idle_seconds for model in self.merged_models.values())
-        idle = []
+        idle, stalled = [], []
         for record in self.partitions.records():
             monitor = record.monitor
             if monitor is None or monitor.idle:
                 continue
             if not record.last_message:
                 record.last_message = now  # assigned just now: its quiet time starts here
+                continue
+            if monitor.waiting and not monitor.stalled and now - record.last_message >= wait:
+                monitor.stall()  # waits for a model's reference: holds no other model's windows back
+                record.dirty = True
+                stalled.append(record.key)
                 continue
             low, high = record.watermarks
             position = monitor.next_offset if monitor.next_offset is not None else low
@@ -653,10 +658,14 @@ class Service:
             else:
                 record.dirty = True
                 idle.append(record.key)
-        if idle:
-            log.info("idle (caught up, no message for %.0f s): %s", wait,
-                     ", ".join(f"{t}[{p}]" for t, p in idle))
-            self._checkpoint(idle)
+        if stalled:
+            log.info("waiting for a model's reference for %.0f s, idle for the other models: %s", wait,
+                     ", ".join(f"{t}[{p}]" for t, p in stalled))
+        if idle or stalled:
+            if idle:
+                log.info("idle (caught up, no message for %.0f s): %s", wait,
+                         ", ".join(f"{t}[{p}]" for t, p in idle))
+            self._checkpoint(idle + stalled)
 
     def _load_model_references(self) -> None:
         """The warm-up references the models' merges have built (kept in ``ns:merge:{model}``)."""
@@ -726,7 +735,9 @@ class Service:
         for model_id, model in self.merged_models.items():
             first = topics[0]
             record = self.partitions.get((first, zlib.crc32(model_id.encode()) % counts[first]))
-            if record is None or record.monitor is None or not record.persisted:
+            # its state stored or loaded here; or never read (an empty partition is never saved: a model keyed
+            # by model id may well not be on the partition its merge belongs to)
+            if record is None or record.monitor is None or not (record.persisted or record.monitor.next_offset is None):
                 continue
             self._redis(lambda: self._merge_model(model_id, model, partitions), f"merge of {model_id}")
 

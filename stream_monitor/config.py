@@ -640,16 +640,18 @@ class PerformanceConfig(_Table):
 
 class ReferenceConfig(_Table):
     source: Annotated[Literal["warmup", "stored"], doc(
-        "Where the reference profile comes from. `\"warmup\"`: the first `reference.events` inference events of the "
-        "model in each partition (no drift detection before that; with `decisions = \"model\"` one reference for the "
-        "model, from its first event-time buckets holding `reference.events` events of all partitions). `\"stored\"`: the profile stored in Redis by "
+        "Where the reference profile comes from. `\"warmup\"`: the model's first `reference.events` inference events "
+        "(no drift detection before that): with `decisions = \"model\"` (the default) one reference for the model, "
+        "from its first event-time buckets holding `reference.events` events of all partitions; with `decisions = "
+        "\"partition\"` each partition's first `reference.events`. `\"stored\"`: the profile stored in Redis by "
         "`stream-monitor reference build` (versioned; a new version is picked up within "
         "`service.reference_poll_seconds`).",
         checks="`\"warmup\"` or `\"stored\"`; with `\"stored\"`, `run` refuses to start until a profile is "
         "stored.")] = "warmup"
     events: Annotated[int, Meta(ge=10), doc(
-        "Warm-up length: inference events per partition that form the reference when `source = \"warmup\"` (with "
-        "`decisions = \"model\"`: each partition's warm-up share, and the least the model's reference holds); also the"
+        "Warm-up length when `source = \"warmup\"`: the least the model's reference holds and each partition's "
+        "warm-up share (with `decisions = \"partition\"`: the events of each partition that form its reference); "
+        "also the"
         " number of label events that form the label reference when none is stored.")] = 5_000
 
 
@@ -720,8 +722,8 @@ class SegmentsConfig(_Table):
         "segments; each window detector (PSI, KS, data quality, the realized performance's floors and "
         "ceilings) also runs per segment for the `top_k` most "
         "frequent segments of the reference and one `__rest__` segment for all others (`segment` on their "
-        "alerts). The point detectors (ADWIN, Page-Hinkley) run model-wide only. With `decisions = \"model\"` the "
-        "segments are decided over all partitions too. Empty: no segments. See "
+        "alerts). The point detectors (ADWIN, Page-Hinkley) run model-wide only. With `decisions = \"model\"` (the "
+        "default) the segments are decided over all partitions too. Empty: no segments. See "
         "\"Segments\" in the README.", checks="distinct feature names", default="`[]`")] = ()
     top_k: Annotated[int, Meta(ge=1, le=100), doc(
         "Segments with detectors of their own: the most frequent values of the reference with at least "
@@ -802,13 +804,17 @@ class ModelConfig(_Table):
     segments: SegmentsConfig = SegmentsConfig()
     fairness: FairnessConfig = FairnessConfig()
     decisions: Annotated[Literal["partition", "model"], doc(
-        "Who decides the model's window detectors and episodes. `\"partition\"`: each input partition decides on "
-        "its own events (a model spread over 4 partitions announces a change up to 4 times). `\"model\"`: PSI, KS "
-        "and data quality are decided over the model's events from all partitions and topics, and every episode "
-        "(ADWIN and Page-Hinkley too) is the model's, announced once; see docs/MODEL_DECISIONS.md. Latency's p95, "
-        "label drift and the realized performance's floors and ceilings are the model's too; the estimated "
-        "performance stays per partition.",
-        checks="`\"partition\"` or `\"model\"`; `\"model\"` needs `reference.source = \"stored\"`.")] = "partition"
+        "Who decides the model's detectors and episodes. `\"model\"` (the default): the model's events from all "
+        "partitions and topics, however they are keyed (by `model_id`, by `event_id`, round-robin) and however "
+        "many instances share them. PSI, KS, data quality, latency's p95, label drift, the realized performance's "
+        "floors and ceilings, the joint test, the estimated performance and demographic parity are decided over "
+        "the model's merged windows; every episode (ADWIN and Page-Hinkley too) is the model's, announced once; "
+        "the warm-up reference is the model's, one for all partitions (each partition summarises its first "
+        "`reference.events` events and waits until the model's reference is built). Segments, "
+        "equal opportunity and equalized odds are the model's too. See docs/MODEL_DECISIONS.md. `\"partition\"`: each "
+        "input partition decides on its own events with its own warm-up reference (a model spread over 4 "
+        "partitions announces a change up to 4 times); alerts always name a partition and offset.",
+        checks="`\"partition\"` or `\"model\"`.")] = "model"
     merge_bucket_seconds: Annotated[float, Meta(gt=0), doc(
         "With `decisions = \"model\"`: the event-time bucket each partition sketches the model's events in; a "
         "model window ends on a bucket boundary.", checks="`> 0`, whole milliseconds")] = 1.0
@@ -817,7 +823,9 @@ class ModelConfig(_Table):
         "before the watermark are closed (a later event counts in the oldest open bucket).")] = 2.0
     merge_idle_seconds: Annotated[float, Meta(gt=0), doc(
         "With `decisions = \"model\"`: a partition at its log end that receives nothing for this long is idle: it "
-        "closes its open buckets and no longer holds the model's windows back.")] = 5.0
+        "closes its open buckets and no longer holds the model's windows back (one that never received a message "
+        "too). A partition waiting for a model's reference holds back no model it has never seen an event of, and "
+        "after this long none but the one it waits for.")] = 5.0
     merge_max_buckets: Annotated[int, AT_LEAST_1, doc(
         "With `decisions = \"model\"`: closed partials kept in Redis per partition and model until merged; past "
         "it the oldest are dropped and counted in `stream_monitor_merge_partials_dropped_total`.")] = 3_600

@@ -1603,6 +1603,7 @@ class PartitionMonitor:
         self.dead_letters = 0
         self.max_time_ms: int | None = None  # the largest event time seen here (inference and label events)
         self.idle = False  # caught up and quiet: closed its open buckets (decisions = "model")
+        self.stalled = False  # waiting for a model's reference too long: idle for the other models (stall())
         self._said: set[tuple[str, str]] = set()  # (model, what) logged once by this monitor
         self.dead_letter_reasons: dict[str, dict[str, Any]] = {}  # reason → {"count", "sample"} (latest error)
 
@@ -1710,19 +1711,35 @@ class PartitionMonitor:
             if monitor.sketch is not None:
                 monitor.sketch.close(None, everything=True)
 
+    def stall(self) -> None:
+        """Waiting for a model's reference (reading nothing) for ``merge_idle_seconds``: idle for every
+        other model, whose open buckets close, so that no model's merge waits for a partition that waits
+        for another model's (two models keyed by model id, each warming up on its own partition, would
+        otherwise wait for each other forever)."""
+        self.stalled = True
+        waiting = self.waiting
+        for model_id, monitor in self.models.items():
+            if model_id not in waiting and monitor.sketch is not None:
+                monitor.sketch.close(None, everything=True)
+
     def merge_marks(self) -> dict[str, dict[str, Any]]:
         """Per model with decisions = "model": its closed partials not yet saved, the watermark and the
-        idle flag, as the checkpoint stores them beside the state."""
+        idle flag, as the checkpoint stores them beside the state. A partition that waits for a model's
+        reference is idle for the models it has never seen an event of (it holds back none of their
+        windows), and, once stalled (:meth:`stall`), for every model but the ones it waits for."""
         out = {}
+        waiting = self.waiting
         for model_id, model in self.config.models.items():
             if model.by_model:
                 monitor = self.models.get(model_id)
+                idle = self.idle or (bool(waiting) and model_id not in waiting
+                                     and (monitor is None or self.stalled))
                 pending = {} if monitor is None or monitor.sketch is None else dict(monitor.sketch.pending)
                 watermark = self.watermark(model)
                 floor = None if monitor is None or monitor.sketch is None else monitor.sketch.floor
                 if floor is not None and watermark is not None:  # every bucket below the floor is closed
                     watermark = max(watermark, floor * monitor.sketch.bucket_ms)
-                out[model_id] = {"watermark": watermark, "idle": self.idle, "partials": pending}
+                out[model_id] = {"watermark": watermark, "idle": idle, "partials": pending}
         return out
 
     def partials_saved(self, marks: Mapping[str, Mapping[str, Any]]) -> None:
@@ -1752,7 +1769,7 @@ class PartitionMonitor:
         """Past ``offset`` (never back: a batch's dead letters are settled before its events)."""
         if self.next_offset is None or offset >= self.next_offset:
             self.next_offset = offset + 1
-        self.idle = False
+        self.idle = self.stalled = False
 
     def snapshot(self, pending: bool = True) -> dict[str, Any]:
         """The partition's state (``pending``: with the closed partials not yet stored; the checkpoint
@@ -1783,6 +1800,7 @@ class PartitionMonitor:
         self.dead_letters = state["dead_letters"]
         self.max_time_ms = state.get("max_time_ms")
         self.idle = state.get("idle", False)
+        self.stalled = False
         self.models, self.kept, self.rebaselined = {}, {}, {}
         self.dead_letter_reasons = {r: dict(v) for r, v in state.get("dead_letter_reasons", {}).items()}
         for model_id, model_state in state["models"].items():

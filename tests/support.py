@@ -91,7 +91,10 @@ def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str
                  service: dict | None = None, consumer: dict | None = None, redis_cluster: bool = False,
                  extra: str = "") -> Path:
     """A TOML config for one test run (consumer tuned for the local broker's slow joins); ``redis_cluster``:
-    ``redis_url`` names a node of a Redis Cluster; ``extra``: TOML tables appended as they are."""
+    ``redis_url`` names a node of a Redis Cluster; ``extra``: TOML tables appended as they are. A model
+    table without ``decisions`` is written with ``decisions = "partition"``: the runs that do not say
+    test per-partition decisions (partitions and offsets on the alerts, per-partition episodes), never
+    the product's default; a model-level run says ``"decisions": "model"``."""
     lines = ["[kafka]", f"bootstrap_servers = {toml_value(bootstrap)}", f"group_id = {toml_value(group_id)}",
              f"input_topics = {toml_value([input_topic])}", f"alert_topic = {toml_value(alert_topic)}",
              f"dead_letter_topic = {toml_value(dead_letter_topic)}", "", "[kafka.consumer]"]
@@ -101,6 +104,7 @@ def write_config(path: Path, *, bootstrap: str, redis_url: str, input_topic: str
     lines += ["", "[service]"]
     lines += [f"{k} = {toml_value(v)}" for k, v in {"metrics_port": 0, **(service or {})}.items()]
     for model_id, model in models.items():
+        model = {"decisions": "partition", **model}
         lines += ["", f"[models.{model_id}]"]
         lines += [f"{key} = {toml_value(value)}" for key, value in model.items() if key != "detectors"]
         if "detectors" in model:
@@ -248,7 +252,8 @@ def final_states(store: StateStore, topic: str, partitions: Iterable[int]) -> di
 # --- a monitored pipeline; an interrupted run beside an undisturbed one ----------------------------------------
 
 
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 MODELS = {"fraud": MODEL, "churn": MODEL, "stable": MODEL}
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
 def validator(name: str) -> jsonschema.Draft202012Validator:
@@ -490,7 +495,7 @@ def probe(port: int, path: str) -> tuple[int, dict] | None:
 # --- labels on their own topic ----------------------------------------
 
 
-CREDIT = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+CREDIT = {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
           "performance": {"task": "classification", "window": 500, "floors": {"accuracy": 0.7}}}
 def split(events):
     inference = [e for e in events if "features" in e]
@@ -604,7 +609,8 @@ def events(model: str, count: int, drift_at: int | None = None, until: int | Non
 
 def warmed_monitor(count: int = 3000) -> PartitionMonitor:
     """A partition monitor of fraud (reference from its first 1,000 events) that has seen ``count`` events."""
-    monitor = PartitionMonitor(parse_config({"models": {"fraud": {"reference": {"events": 1000}}}}), 0, {})
+    monitor = PartitionMonitor(parse_config({"models": {"fraud": {"decisions": "partition",
+                                                                  "reference": {"events": 1000}}}}), 0, {})
     monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", count))])
     return monitor
 
@@ -612,7 +618,7 @@ def warmed_monitor(count: int = 3000) -> PartitionMonitor:
 CATEGORIES = ["a", "b", "c", "d", "e"]
 MIX = [0.4, 0.3, 0.15, 0.1, 0.05]
 NEW_MIX = [0.2, 0.3, 0.2, 0.15, 0.15]
-FULL_MODEL = {"reference": {"events": 1000},
+FULL_MODEL = {"decisions": "partition", "reference": {"events": 1000},
               "detectors": {"psi": {"window": 1000}, "resolve_after": 1500, "cooldown": 1000,
                             "latency": {"p95_ceiling_ms": 40.0}}}
 

@@ -138,10 +138,11 @@ def _records(events_per_model: int) -> list[tuple[str, bytes, str | None]]:
         for model, events in streams.items():
             note = f"--- {model}: drift injected from here on (its event {i:,}) ---" if i == drift_at[model] else None
             records.append((model, orjson.dumps(events[i]), note))
-        while sent_credit < len(credit) * (i + 1) // events_per_model:
+        now = streams["fraud"][i]["timestamp"]  # one clock for every model: credit's events and labels
+        while sent_credit < len(credit) * (i + 1) // events_per_model:  # come at half the rate, on the same clock
             note = ("--- credit: the world inverts the relation between input and label (concept drift; "
                     "inputs and predictions unchanged) ---") if sent_credit == inverted else None
-            records.append(("credit", orjson.dumps(credit[sent_credit]), note))
+            records.append(("credit", orjson.dumps({**credit[sent_credit], "timestamp": now}), note))
             sent_credit += 1
         if i % 20_000 == 9_999:  # a little bad input, to show the dead-letter path
             records.append(("fraud", b'{"event_id": "oops", "model_id": "fraud", "features": "not an object"}', None))
@@ -168,7 +169,7 @@ def _stream(bootstrap: str, redis_url: str, events_per_model: int, monitors: lis
             yield PARTITION_OF[model], model.encode(), value, None
 
     say(f"streaming {len(records):,} events at ~{RATE:,}/s: fraud's inputs drift at 50 %, churn's at 70 %, "
-        "credit's labels turn against its predictions at 60 % (the first events of each partition are the "
+        "credit's labels turn against its predictions at 60 % (each model's first 2,000 events are its "
         "warm-up reference)\n")
     ends = produce_records(producer, INPUT, sending(), rate=RATE)
     if monitor_exited:
@@ -228,9 +229,13 @@ class _AlertPrinter(threading.Thread):
         if alert.get("incident"):
             self.incidents.add((alert["model_id"], alert["incident"]))
         mark = "FIRING  " if alert["status"] == "firing" else "resolved"
+        if alert.get("partition") is None:  # decided on a window of the model's events from every partition
+            where = f"{sum((alert.get('window') or {}).get('events', {}).values())} events"
+        else:  # a point detector's firing: the message it fired at
+            where = f"p{alert['partition']}@{alert['offset']}"
         say(f"  {time.monotonic() - self.t0:6.1f}s  {mark} {alert['severity']:<8} {(alert.get('incident') or '')[:8]:<8} "
             f"{alert['model_id']:<6} {alert['signal']:<10} {alert['name']:<14} {alert['detector']:<12} "
-            f"p{alert['partition']}@{alert['offset']:<6}  {alert['message']}")
+            f"{where:<11}  {alert['message']}")
 
     def stop(self) -> None:
         self._stopping.set()

@@ -29,7 +29,8 @@ from ..support import ROOT, Run, lines, logged, produce, unique, wait_for_offset
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 AMTOOL = "/usr/bin/amtool"
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 # fraud drifts from event 2,000 to 5,000: its columns fire by 3,000 and are all resolved by 7,000
 DRIFT, SETTLE = (0, 4000), (4000, 8000)  # (first event, count) of the two parts of the stream
 

@@ -133,7 +133,7 @@ def test_a_reference_from_summaries_equals_the_one_from_the_events(seed):
 
 
 def _config(**model):
-    return parse_config({"models": {"m": {"reference": {"events": 5000}, **model}}})
+    return parse_config({"models": {"m": {"decisions": "partition", "reference": {"events": 5000}, **model}}})
 
 
 def huge_event(i: int, size: int = 100_000) -> InferenceEvent:
@@ -181,7 +181,8 @@ def test_long_category_values_are_cut_deterministically():
 def test_categories_past_the_limit_are_counted_together():
     """service.max_categories_per_column: further categories go to __other__; every category is then 'seen'."""
     config = parse_config({"service": {"max_categories_per_column": 50},
-                           "models": {"m": {"reference": {"events": 200}, "features": {"c": "categorical"}}}})
+                           "models": {"m": {"decisions": "partition",
+                                            "reference": {"events": 200}, "features": {"c": "categorical"}}}})
     monitor = PartitionMonitor(config, PARTITION, {})
     for i in range(200):
         monitor.process(InferenceEvent(f"e{i}", "m", None, {"c": f"v{i % 100}"}), i)
@@ -207,7 +208,7 @@ def junk_event(i: int) -> InferenceEvent:
 def test_980_junk_keys_give_at_most_max_inferred_columns_and_are_counted(caplog):
     """The first service.max_inferred_columns names to appear are tracked, the other 900 are counted and
     reported: metric, the model's summary, one log line."""
-    config = parse_config({"models": {"m": {"reference": {"events": 200}}}})
+    config = parse_config({"models": {"m": {"decisions": "partition", "reference": {"events": 200}}}})
     monitor = PartitionMonitor(config, PARTITION, {})
     caplog.set_level(logging.WARNING, logger="stream_monitor")
     for i in range(100):
@@ -233,7 +234,7 @@ def test_980_junk_keys_give_at_most_max_inferred_columns_and_are_counted(caplog)
 
 def test_configured_features_are_always_tracked_and_never_count_as_untracked():
     config = parse_config({"service": {"max_inferred_columns": 5},
-                           "models": {"m": {"reference": {"events": 50},
+                           "models": {"m": {"decisions": "partition", "reference": {"events": 50},
                                             "features": {name: "numeric" for name in REAL}}}})
     monitor = PartitionMonitor(config, PARTITION, {})
     for i in range(60):
@@ -244,7 +245,7 @@ def test_configured_features_are_always_tracked_and_never_count_as_untracked():
 
 def test_a_format_3_state_mid_warm_up_is_continued():
     """A state stored by the previous version (warm-up events verbatim) restores into summaries: same end."""
-    config = parse_config({"models": {"m": {"reference": {"events": 300}}}})
+    config = parse_config({"models": {"m": {"decisions": "partition", "reference": {"events": 300}}}})
     events = strange_events(3, 600)
     whole = PartitionMonitor(config, PARTITION, {})
     for offset, event in enumerate(events):
@@ -295,7 +296,8 @@ def test_the_service_keeps_up_with_huge_wide_events_and_reports_the_untracked_co
     port = free_port()
     run = Run(broker, redis_server, tmp_path, topic, 1, "wide",
               service={"max_inferred_columns": 20, "metrics_port": port},
-              models={"wide": {"reference": {"events": 200}, "detectors": {"psi": {"window": 100}}}})
+              models={"wide": {"decisions": "partition",
+                               "reference": {"events": 200}, "detectors": {"psi": {"window": 100}}}})
     ends = produce(broker.address, topic, [(0, b"wide", _wide_huge_document(i), None) for i in range(400)])
     process = run.start(monitors)
     wait_for_offsets(run.store, topic, ends, timeout=120, processes=[process])

@@ -37,7 +37,7 @@ def test_after_a_revoke_checkpoint_of_a_the_other_partition_is_saved_within_its_
                   "alert_topic": alerts, "dead_letter_topic": letters},
         "redis": {"url": redis_server.address, "namespace": namespace},
         "service": {"checkpoint_interval_events": 100, "checkpoint_interval_seconds": 3600.0},
-        "models": {"stable": {"reference": {"events": 1000}}}})
+        "models": {"stable": {"decisions": "partition", "reference": {"events": 1000}}}})
     service = Service(config, Metrics(CollectorRegistry()))  # a registry of its own: other tests build services too
     consumer = Consumer({"bootstrap.servers": broker.address, "group.id": group, "enable.auto.commit": False,
                          "enable.auto.offset.store": False, **FAST_CONSUMER})

@@ -21,7 +21,8 @@ PARTITION = 1
 
 
 def config(window: int = 5000, models=("stable",), **extra):
-    model = {"reference": {"events": 1000}, "detectors": {"psi": {"window": window}, "resolve_after": 2000}}
+    model = {"decisions": "partition",
+             "reference": {"events": 1000}, "detectors": {"psi": {"window": window}, "resolve_after": 2000}}
     for key, value in extra.items():
         model[key] = value
     return parse_config({"models": {m: model for m in models}})
@@ -152,14 +153,15 @@ def test_a_model_unknown_to_the_config_survives_byte_for_byte_and_comes_back(cap
     assert back.snapshot() == whole.snapshot()
 
 
-@pytest.mark.parametrize("change", [{"features": {"x": "numeric"}}, {"reference": {"events": 500}}])
+@pytest.mark.parametrize("change", [{"features": {"x": "numeric"}}, {"decisions": "partition",
+                                                                     "reference": {"events": 500}}])
 def test_a_changed_reference_setting_warms_the_model_up_again(change):
     """A warm-up reference built under other reference settings (features, reference.events, bins…) is not
     the baseline the config asks for: the model warms up again from the next events."""
     events = stream("stable", 4000)
     before = PartitionMonitor(config(1000), PARTITION, {})
     feed(before, events[:2000], 0)
-    changed = parse_config({"models": {"stable": {**{"reference": {"events": 1000},
+    changed = parse_config({"models": {"stable": {**{"decisions": "partition", "reference": {"events": 1000},
                                                      "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}},
                                                   **change}}})
     after = restart(before, changed)
@@ -197,7 +199,8 @@ def test_only_the_detectors_whose_settings_changed_restart(detectors, restarted,
     events = stream("fraud", 5000, 3000)
     before = PartitionMonitor(config(1000, models=("fraud",)), PARTITION, {})
     feed(before, events[:4200], 0)
-    model = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+    model = {"decisions": "partition",
+             "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
     model["detectors"] = {**model["detectors"], **detectors}
     after = restart(before, parse_config({"models": {"fraud": model}}))
     assert after.rebaselined["fraud"].endswith(f": {named} restarted")
@@ -232,7 +235,7 @@ def test_a_stored_reference_model_restarts_its_detectors_from_the_stored_referen
     events = stream("stable", 3000)
     old_profile = build_reference("stable", list(events[:1000]), None, bins=10)
     new_profile = build_reference("stable", list(events[1000:2000]), None, bins=5)
-    model = {"reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}}}
+    model = {"decisions": "partition", "reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}}}
     before = PartitionMonitor(parse_config({"models": {"stable": model}}), PARTITION, {"stable": old_profile})
     feed(before, events[:1500], 0)
     model["detectors"]["psi"]["bins"] = 5
@@ -269,7 +272,7 @@ def test_the_service_keeps_an_unconfigured_models_state_and_rebaselines_a_change
         return [(0, model.encode(), orjson.dumps(d), None) for d in generate(model, count, start=start)]
 
     def model(window: int) -> dict:
-        return {"reference": {"events": 1000}, "detectors": {"psi": {"window": window}}}
+        return {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": window}}}
 
     both = Run(broker, redis_server, tmp_path, topic, 1, "both", models={"stable": model(5000),
                                                                           "churn": model(5000)})

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_equal_opportunity_is_judged_from_labels_joined_in_redis(redis_server):
-    table = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+    table = {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
              "fairness": {"attributes": ["gender"], "metrics": ALL, "window": 2000, "label_window": 1000}}
     config = parse_config({"models": {"credit": table}})
     settings, attributes = performance_settings(config), fairness_attributes(config)

@@ -210,7 +210,7 @@ def test_the_bounds_default_to_a_few_hundred_bytes_per_id_and_256_mib_per_model(
 # --- floods through the service -------------------------------------------------------------------------------
 
 
-CREDIT = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}
+CREDIT = {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}
 SERVICE = {"checkpoint_interval_events": 500, "checkpoint_interval_seconds": 0.5}
 
 

@@ -188,7 +188,8 @@ def test_labels_without_a_performance_table_raise_performance_alerts(broker, red
     path = write_config(tmp_path / "plain.toml", bootstrap=broker.address, redis_url=redis_server.address,
                         input_topic=topic, alert_topic=alert_topic, dead_letter_topic=unique("dlq"),
                         group_id=group_id, namespace=namespace, service=SERVICE,
-                        models={"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
+                        models={"credit": {"decisions": "partition",
+                                           "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     assert "performance" not in path.read_text()
     events = labelled("credit", 8000, seed=1, invert_at=4000)
     ends = produce(broker.address, topic, [(0, b"credit", orjson.dumps(e), None) for e in events])
@@ -205,7 +206,8 @@ def test_labels_without_a_performance_table_raise_performance_alerts(broker, red
     assert not [x for x in alerts if x["signal"] != "performance"], "inputs and predictions never changed"
     # the same decision as replay of the same messages (offset = line number, counted from 1)
     replayed = [(a.offset - 1, a.status, a.name, a.detector) for a in replay_alerts(
-        parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}}),
+        parse_config({"models": {"credit": {"decisions": "partition",
+                                            "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}}),
         (orjson.dumps(e) for e in events), {})]
     assert replayed == performance
     (_, state), = final_states(store, topic, [0]).values()

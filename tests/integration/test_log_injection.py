@@ -100,7 +100,8 @@ def test_a_hostile_feature_name_cannot_forge_lines_of_run_or_status(broker, redi
         event["features"][HOSTILE] = event["features"].pop("amount")
     ends = produce(broker.address, topic, [(0, b"fraud", v, None) for v in lines(events)])
     run = Run(broker, redis_server, tmp_path, topic, 1, "hostile",
-              models={"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}})
+              models={"fraud": {"decisions": "partition",
+                                "reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}})
     process = run.start(monitors)
     wait_for_offsets(run.store, topic, ends, processes=[process])
     assert process.terminate() == 0

@@ -536,3 +536,110 @@ def test_labels_and_performance_are_decided_once_for_the_model_by_one_instance_a
     floor = next(a for a in alerts_clean if a["detector"] == "floor")
     assert floor["partition"] is None and sorted(floor["window"]["events"]) == [f"{topic}|{p}" for p in range(4)]
     assert floor["drivers"]
+
+
+# --- keyed by model id: each model on one partition of four ----------------------------------------------
+
+KEYED = {"fraud": WARMUP_MODEL, "churn": WARMUP_MODEL}  # decisions = "model", warm-up references
+KEYED_ON = {"fraud": 1, "churn": 3}  # their merges belong to partitions 2 and 0, which stay empty
+
+
+def keyed_by_model_id() -> list[tuple]:
+    """fraud (drifting at DRIFT_AT) and churn (stationary) interleaved in time, each on its own partition as a
+    producer keyed by model id puts it; partitions 0 and 2 never get a message."""
+    fraud = generate("fraud", EVENTS, seed=1, drift_at=DRIFT_AT)
+    churn = generate("churn", EVENTS, seed=2)
+    return [(KEYED_ON[e["model_id"]], e["model_id"].encode(), orjson.dumps(e), None)
+            for pair in zip(fraud, churn) for e in pair]
+
+
+def expected_keyed_by_model_id(records) -> dict[str, tuple[str, set[str], int]]:
+    """What the engine decides in process, per model: (reference id, alert ids, windows). The empty partitions
+    are idle; a partition waiting for its model's reference holds back no model it has never seen."""
+    config = parse_config({"models": KEYED})
+    known = frozenset(KEYED)
+    built: dict = {}
+    monitors = [PartitionMonitor(config, p, {}, built) for p in range(PARTITIONS)]
+    items = [[(offset, decode(RawMessage("t", p, offset, value), known), None)
+              for offset, value in enumerate(value for partition, _, value, _ in records if partition == p)]
+             for p in range(PARTITIONS)]
+    for p, monitor in enumerate(monitors):
+        monitor.process_batch(items[p])
+        if not items[p]:
+            monitor.go_idle()
+    assert {m: monitors[p].waiting for m, p in KEYED_ON.items()} == {m: [m] for m in KEYED}
+    stored: dict[tuple[str, int], dict] = {(m, p): {} for m in KEYED for p in range(PARTITIONS)}
+
+    def partials(model: str):
+        out = []
+        for monitor in monitors:
+            mark = monitor.merge_marks()[model]
+            monitor.partials_saved({model: mark})
+            stored[model, monitor.partition].update(mark["partials"])
+            out.append(PartitionPartials("t", monitor.partition, mark["watermark"], mark["idle"],
+                                         dict(stored[model, monitor.partition])))
+        return out
+
+    states = {}
+    for model in KEYED:
+        result = reference_step(config.models[model], None, partials(model), 1000)
+        assert result is not None, f"{model}: no reference, a partition holds it back"
+        for (_, p), buckets in result.consumed.items():
+            for bucket in buckets:
+                del stored[model, p][bucket]
+        built[model], states[model] = result.reference, result.state
+    for p, monitor in enumerate(monitors):
+        monitor.process_batch(items[p][monitor.next_offset or 0:])
+        monitor.go_idle()
+    out = {}
+    for model in KEYED:
+        merged = merge_step(config.models[model], built[model], states[model], partials(model), 1000)
+        out[model] = (states[model]["reference_id"], {a.alert_id for a in merged.alerts}, merged.state["windows"])
+    return out
+
+
+def test_models_keyed_by_model_id_are_decided_while_they_stream_and_empty_partitions_hold_nothing_back(
+        broker, redis_server, tmp_path, monitors):
+    """Two models keyed by model id, each on one partition of four (neither on the partition its merge belongs
+    to, two partitions empty), both warming up at once: each model's reference is built while the other's
+    partition waits for its own, the model's windows are decided while its traffic still streams, a drift is
+    announced once within a window of it, and one instance and two give the engine's reference and alert ids."""
+    topic = unique("inference")
+    create_topics(broker.address, {topic: PARTITIONS})
+    records = keyed_by_model_id()
+    expected = expected_keyed_by_model_id(records)
+    assert expected["fraud"][1] and expected["fraud"][2] >= 4 and expected["churn"][1] == set()
+    one = Run(broker, redis_server, tmp_path, topic, PARTITIONS, "keyed-one", service=SERVICE, models=KEYED)
+    two = Run(broker, redis_server, tmp_path, topic, PARTITIONS, "keyed-two", service=SERVICE, models=KEYED)
+    processes = {"keyed-one": [one.start(monitors)], "keyed-two": [two.start(monitors), two.start(monitors)]}
+    for run in (one, two):
+        for process in processes[run.name]:
+            wait_for_log(process, f"assigned {topic}[")
+    feeder = Feeder(broker.address, topic, records, rate=600)  # 20 s of traffic
+    feeder.start()
+    for run in (one, two):
+        wait_for_windows(run, 2, processes[run.name])
+        assert feeder.is_alive(), f"{run.name}: the model's windows were decided only once its traffic had ended"
+    feeder.result()
+    for run in (one, two):
+        merges = MergeStore(run.store)
+        for model in KEYED:
+            reference_id, want, windows = expected[model]
+            deadline = time.monotonic() + 120
+            while (merges.load(model) or {}).get("windows", 0) < windows and time.monotonic() < deadline:
+                time.sleep(0.1)
+            state = merges.load(model)
+            assert (state["reference_id"], state["windows"]) == (reference_id, windows), (run.name, model)
+        for process in processes[run.name]:
+            assert process.terminate() == 0, process.log()[-3000:]
+        alerts = run.alerts()
+        assert {a["alert_id"] for a in alerts} == expected["fraud"][1] | expected["churn"][1], run.name
+        assert {a["model_id"] for a in alerts} == {"fraud"}
+        announced_once(alerts)
+        psi = next(a for a in alerts if (a["name"], a["detector"], a["status"]) == ("amount", "psi", "firing"))
+        drift_bucket = int(generate("fraud", DRIFT_AT + 1, seed=1)[DRIFT_AT]["timestamp"])
+        # decided on the window the drift falls in or the next (a window: 1,000 events, 10 s of the model's)
+        assert psi["window"]["last_bucket"] >= drift_bucket >= psi["window"]["first_bucket"] - 10, psi["window"]
+        for p in (0, 2):  # never read: marked idle by their owner for every model
+            for model in KEYED:
+                assert run.store.client.hget(run.store.partials_key(topic, p, model), "idle") == b"1"

@@ -24,7 +24,8 @@ from ..support import (Feeder, Run, assert_same_outcome, final_states, is_cluste
                        stored_offset, unique, wait_for_offsets)
 
 COLUMNS = ["sepal_length", "sepal_width", "petal_length", "petal_width"]
-IRIS = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000},
+IRIS = {"decisions": "partition",
+        "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000},
         "performance": {"enabled": False},
         "oip": {"columns": {"input-0": COLUMNS}, "score": "proba", "label": "predict", "served_as": "sklearn-iris"}}
 CALLS = 4000

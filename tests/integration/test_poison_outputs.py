@@ -283,8 +283,9 @@ def test_backpressure_wait_ends_with_stop_requested(paused_broker):
 
 # --- through the service: `stream-monitor run`, real broker and Redis --------------------------------------
 
-STABLE = {"reference": {"events": 300}, "detectors": {"psi": {"window": 300}}}
-SHOP = {"reference": {"events": 200}, "features": {"color": "categorical"}, "detectors": {"psi": {"window": 200}}}
+STABLE = {"decisions": "partition", "reference": {"events": 300}, "detectors": {"psi": {"window": 300}}}
+SHOP = {"decisions": "partition",
+        "reference": {"events": 200}, "features": {"color": "categorical"}, "detectors": {"psi": {"window": 200}}}
 HUGE_COLORS = [chr(65 + i) * 50 * KB for i in range(20)]  # top categories of 50 KB each
 
 

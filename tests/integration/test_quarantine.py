@@ -112,7 +112,8 @@ def test_dead_letter_mode_sends_the_quarantined_partitions_messages_to_the_dead_
         broker, redis_target, tmp_path, monitors):
     topic, ends = two_partitions(broker)
     run = Run(broker, redis_target, tmp_path, topic, 2, "qd", service={"on_corrupt_state": "dead_letter"},
-              models={"stable": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
+              models={"stable": {"decisions": "partition",
+                                 "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     fields = corruptions(tmp_path)["crafted pickle"]
     client, key = run.store.client, run.store.key(topic, 0)
     client.hset(key, mapping=fields)
@@ -218,7 +219,8 @@ def test_importing_a_good_export_lifts_the_quarantine_and_the_partition_resumes_
     port = free_port()
     run = Run(broker, redis_server, tmp_path, topic, 2, "qi",
               service={"metrics_port": port, "quarantine_recheck_seconds": 0.5},
-              models={"stable": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
+              models={"stable": {"decisions": "partition",
+                                 "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}})
     first = run.start(monitors)
     wait_for_offsets(run.store, topic, ends, processes=[first])
     assert first.terminate() == 0, first.log()[-3000:]

@@ -32,7 +32,7 @@ from ..support import (SERVICE, SideBySide, final_states, keys_by_master, lines,
 PAUSED = "processing paused"
 # the label join off: these tests count and move the state's keys, and a join (on by default) would
 # add one key per stored prediction
-MODEL = {"stable": {"reference": {"events": 500}, "detectors": {"psi": {"window": 500}},
+MODEL = {"stable": {"decisions": "partition", "reference": {"events": 500}, "detectors": {"psi": {"window": 500}},
                     "performance": {"enabled": False}}}
 
 

@@ -15,7 +15,8 @@ from stream_monitor.synthetic import generate
 
 from ..support import produce, Run, stored_offset, unique, wait_for_offsets
 
-STORED = {"reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+STORED = {"decisions": "partition",
+          "reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

@@ -16,7 +16,8 @@ from stream_monitor.synthetic import generate
 
 from ..support import MODELS, lines, produce, Run, unique, wait_for_offsets
 
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 CONFIG = parse_config({"models": {"fraud": MODEL, "churn": MODEL}})
 BATCH = 400
 

@@ -18,7 +18,8 @@ from ..support import FEATURES_BY_COUNTRY, Run, produce, segmented_json, segment
 
 pytestmark = pytest.mark.integration
 
-SEGMENTED = {"reference": {"events": 2000}, "detectors": {"psi": {"window": 2000}}, "features": FEATURES_BY_COUNTRY,
+SEGMENTED = {"decisions": "partition",
+             "reference": {"events": 2000}, "detectors": {"psi": {"window": 2000}}, "features": FEATURES_BY_COUNTRY,
              "segments": {"columns": ["country"], "top_k": 3}}
 
 

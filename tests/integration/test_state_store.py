@@ -15,7 +15,7 @@ from stream_monitor.state import LOST, SAVED, STALE, StateStore, connect, decode
 
 from ..support import events, unique, warmed_monitor
 
-CONFIG = parse_config({"models": {"fraud": {"reference": {"events": 1000}}}})
+CONFIG = parse_config({"models": {"fraud": {"decisions": "partition", "reference": {"events": 1000}}}})
 
 
 def fields(client: redis.Redis, key: str) -> dict[str, int]:

@@ -122,7 +122,8 @@ def test_start_refuses_a_stored_reference_without_a_configured_feature(redis_ser
                               source="stored")
     ReferenceStore(connect(redis_server.address), namespace).store(profile)
     config = parse_config({"redis": {"url": redis_server.address, "namespace": namespace},
-                           "models": {"fraud": {"reference": {"source": "stored"}, "features": FEATURES}}})
+                           "models": {"fraud": {"decisions": "partition",
+                                                "reference": {"source": "stored"}, "features": FEATURES}}})
     with pytest.raises(ConfigError) as refused:
         Service(config, Metrics(CollectorRegistry()))
     assert refused.value.key == "models.fraud.features.age"
@@ -145,7 +146,8 @@ def test_warmup_reference_without_a_configured_feature_is_reported(broker, redis
     topic = unique("inference")
     create_topics(broker.address, {topic: 2})
     port = free_port()
-    model = {"reference": {"events": 300}, "features": {"amount": "numeric", "Income": "numeric"},
+    model = {"decisions": "partition",
+             "reference": {"events": 300}, "features": {"amount": "numeric", "Income": "numeric"},
              "detectors": {"psi": {"window": 300}}}
     run = Run(broker, redis_server, tmp_path, topic, 2, "unmonitored", models={"fraud": model},
               service={"metrics_port": port})

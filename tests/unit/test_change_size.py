@@ -19,7 +19,8 @@ CHANGE_AT = 20_000
 
 
 def model(**performance):
-    return parse_config({"models": {"m": {"performance": performance} if performance else {}}}).models["m"]
+    table = {"decisions": "partition", **({"performance": performance} if performance else {})}
+    return parse_config({"models": {"m": table}}).models["m"]
 
 
 def reference() -> NumericReference:

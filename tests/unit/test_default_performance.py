@@ -16,7 +16,8 @@ from stream_monitor.performance import infer_task
 from stream_monitor.replay import replay_alerts
 from stream_monitor.synthetic import labelled
 
-PLAIN = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}  # no performance table
+PLAIN = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}  # no performance table
 
 
 def config(**performance):

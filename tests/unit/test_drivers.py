@@ -90,7 +90,8 @@ def stream(count: int = 6000, shift_at: int = 3000) -> tuple:
     return tuple(decoded(doc(i, i >= shift_at, rng), i, frozenset({"drivers"})) for i in range(count))
 
 
-CONFIG = parse_config({"models": {"drivers": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+CONFIG = parse_config({"models": {"drivers": {"decisions": "partition",
+                                              "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
 
 
 def test_the_reference_keeps_each_features_association_with_the_score():

@@ -20,7 +20,8 @@ REFERENCE_PAIRS, QUIET, SHIFTED = 2000, 3000, 3000
 
 def config(**estimated):
     detectors = {"psi": {"window": 1000}, **({"estimated_performance": estimated} if estimated else {})}
-    return parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}}).models["credit"]
+    return parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": detectors}}}).models["credit"]
 
 
 def stream(seed: int = 7, shift: bool = True) -> list[tuple]:
@@ -137,7 +138,8 @@ def test_the_estimate_is_shown_beside_the_realized_metrics_on_the_page_and_in_th
     from stream_monitor.web import render_page
 
     detectors = {"psi": {"window": 1000}}
-    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}})
+    full = parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": detectors}}})
     partition = PartitionMonitor(full, 0, {})
     items = stream()
     for start in range(0, len(items), 1000):
@@ -174,7 +176,8 @@ def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkey
     from tests.support import stored_status
 
     detectors = {"psi": {"window": 1000}}
-    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": detectors}}})
+    full = parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": detectors}}})
     partition = PartitionMonitor(full, 0, {})
     items = stream()
     for start in range(0, len(items), 1000):
@@ -183,7 +186,8 @@ def test_status_prints_the_estimate_beside_the_realized_metrics(tmp_path, monkey
 
     stored_status(monkeypatch, models, len(items))
     path = tmp_path / "config.toml"
-    path.write_text('[models.credit.reference]\nevents = 1000\n[models.credit.detectors.psi]\nwindow = 1000\n')
+    path.write_text('[models.credit]\ndecisions = "partition"\n[models.credit.reference]\nevents = 1000\n'
+                    '[models.credit.detectors.psi]\nwindow = 1000\n')
     assert cli.main(["status", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     realized = next(line for line in out.splitlines() if "over the last labelled predictions" in line)
@@ -213,7 +217,8 @@ def test_replay_of_json_messages_raises_valid_estimated_performance_alerts():
                                    "features": dict(event.features), "prediction": {"score": event.score}}))
         if join is not None:
             lines.append(orjson.dumps({"event_id": event.event_id, "model_id": "credit", "label": join.other["label"]}))
-    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+    full = parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
     alerts = [a for a in replay_alerts(full, lines, {}) if a.signal == "estimated_performance"]
     first_late_label = next(i for i, line in enumerate(lines) if b'"e5000"' in line and b'"label"' in line)
     assert [(a.status, a.name) for a in alerts] == [("firing", m) for m in ("accuracy", "precision", "recall", "f1")]
@@ -231,7 +236,7 @@ def test_the_estimate_is_one_test_of_the_budget_and_takes_the_models_share_once_
     from stream_monitor.merge import model_share, share_before_reference
 
     detectors = {"psi": {"window": 1000}, "estimated_performance": {"reference_pairs": 500, "window": 500}}
-    model = parse_config({"models": {"credit": {"reference": {"events": 1500},
+    model = parse_config({"models": {"credit": {"decisions": "partition", "reference": {"events": 1500},
                                                 "detectors": detectors}}}).models["credit"]
     monitor = ModelMonitor(model, None)
     items = stream()

@@ -28,7 +28,8 @@ from tests.support import FAIRNESS_EVENTS as EVENTS, FAIRNESS_GAP_AT as GAP_AT, 
 CLOSED_AT = 21_000
 def config(**fairness):
     table = {"attributes": ["gender"], "metrics": ALL, "window": 2000, "label_window": 1000, **fairness}
-    return parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+    return parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
                                                "fairness": table}}}).models["credit"]
 
 
@@ -116,7 +117,8 @@ def test_a_restored_state_goes_on_as_if_never_interrupted():
 
 
 def test_a_state_saved_without_fairness_restores_and_fairness_starts():
-    plain = parse_config({"models": {"credit": {"reference": {"events": 1000}}}}).models["credit"]
+    plain = parse_config({"models": {"credit": {"decisions": "partition",
+                                                "reference": {"events": 1000}}}}).models["credit"]
     old = ModelMonitor(plain, None)
     run(old, parity_stream()[:3_000], 500)
     monitor = ModelMonitor(config(), None)
@@ -186,7 +188,8 @@ def test_the_two_proportion_tests_are_holm_corrected():
 def test_fairness_tests_count_in_the_models_budget():
     monitor = ModelMonitor(config(), None)
     run(monitor, parity_stream()[:1_000], 1_000)
-    plain = ModelMonitor(parse_config({"models": {"credit": {"reference": {"events": 1000}}}}).models["credit"], None)
+    plain = ModelMonitor(parse_config({"models": {"credit": {"decisions": "partition",
+                                                             "reference": {"events": 1000}}}}).models["credit"], None)
     run(plain, parity_stream()[:1_000], 1_000)
     # x: 8 tests, gender: 3, the predicted label: 3, labels: 3, performance 1: 18; three fairness metrics: 21
     assert plain.share == pytest.approx(0.1 / 18) and monitor.share == pytest.approx(0.1 / 21)
@@ -239,7 +242,8 @@ def test_replay_joins_the_delayed_labels_to_their_groups_and_its_alerts_are_vali
 
     from stream_monitor.replay import replay_alerts
 
-    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+    full = parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
                                                "fairness": {"attributes": ["gender"], "metrics": ALL,
                                                             "window": 2000, "label_window": 1000}}}})
     alerts = [a for a in replay_alerts(full, _lines(labelled_stream()), {}) if a.signal == "fairness"]
@@ -254,7 +258,8 @@ def test_replay_joins_the_delayed_labels_to_their_groups_and_its_alerts_are_vali
 def _summary():
     from stream_monitor.partition import PartitionMonitor
 
-    full = parse_config({"models": {"credit": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
+    full = parse_config({"models": {"credit": {"decisions": "partition",
+                                               "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
                                                "fairness": {"attributes": ["gender"], "window": 2000}}}})
     partition = PartitionMonitor(full, 0, {})
     items = parity_stream()[:16_000]  # inside the episode: F's rate 0.2, M's 0.5
@@ -301,7 +306,7 @@ def test_status_prints_the_groups_rates(tmp_path, monkeypatch, capsys):
     summary, events = _summary()
     stored_status(monkeypatch, summary["models"], events)
     path = tmp_path / "config.toml"
-    path.write_text('[models.credit.fairness]\nattributes = ["gender"]\n')
+    path.write_text('[models.credit]\ndecisions = "partition"\n[models.credit.fairness]\nattributes = ["gender"]\n')
     assert cli.main(["status", "--config", str(path)]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if "fairness:" in x)
     assert line.startswith("  fairness: gender · demographic parity: gap 0.")

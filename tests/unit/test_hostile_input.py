@@ -32,7 +32,8 @@ pytestmark = [pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWar
               pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")]
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-MODELS = {m: {"reference": {"events": 50}, "detectors": {"psi": {"window": 50}}} for m in ("fraud", "stable")}
+MODELS = {m: {"decisions": "partition",
+              "reference": {"events": 50}, "detectors": {"psi": {"window": 50}}} for m in ("fraud", "stable")}
 CONFIG = parse_config({"models": MODELS})
 KNOWN = frozenset(MODELS)
 DEFAULT_MAX = 1_048_576

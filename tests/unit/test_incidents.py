@@ -17,7 +17,8 @@ from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import generate
 
 PARTITION = 3
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 CONFIG = parse_config({"models": {m: MODEL for m in ("fraud", "stable")}})
 KNOWN = frozenset(CONFIG.models)
 

@@ -136,7 +136,7 @@ from stream_monitor.synthetic import generate
 
 compile.warm_up()
 warmed = compile.signatures()
-model = {"reference": {"events": 500}, "detectors": {"psi": {"window": 500}}}
+model = {"decisions": "partition", "reference": {"events": 500}, "detectors": {"psi": {"window": 500}}}
 config = parse_config({"models": {m: model for m in ("fraud", "churn")}})
 monitor = PartitionMonitor(config, 0, {})
 docs = [doc for pair in zip(generate("fraud", 3000, drift_at=1500), generate("churn", 3000)) for doc in pair]

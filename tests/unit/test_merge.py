@@ -39,7 +39,7 @@ def test_model_mode_takes_a_warm_up_or_a_stored_reference_and_names_the_key():
         parse_config({"models": {"m": {"decisions": "merged", "reference": {"source": "stored"}}}})
     with pytest.raises(ConfigError, match=r"models\.m\.merge_bucket_seconds.*> 0"):
         parse_config({"models": {"m": {"merge_bucket_seconds": 0}}})
-    assert parse_config({"models": {"m": {}}}).models["m"].decisions == "partition"
+    assert parse_config({"models": {"m": {}}}).models["m"].decisions == "model"  # the default
 
 
 def test_the_partition_side_does_not_depend_on_batch_cuts():

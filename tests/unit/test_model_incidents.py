@@ -179,7 +179,7 @@ def test_the_status_page_and_the_gauge_show_the_merged_incident_and_request():
 
 def test_a_partition_model_lists_its_last_requests_in_its_summary():
     events = [decoded(d) for d in generate(MODEL, 8000, seed=1, drift_at=3000)]
-    config = parse_config({"models": {MODEL: {"reference": {"events": 2000},
+    config = parse_config({"models": {MODEL: {"decisions": "partition", "reference": {"events": 2000},
                                               "retraining": {"min_drifted_features": 2, "cooldown_seconds": 0}}},
                            "retraining": {"topic": "retrain"}})
     from stream_monitor.partition import PartitionMonitor  # noqa: PLC0415

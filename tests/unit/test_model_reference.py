@@ -249,3 +249,62 @@ def test_replay_builds_the_models_warm_up_reference_from_its_one_stream_whatever
         config = parse_config({"service": {"batch_size": batch_size}, "models": {MODEL: SETTINGS}})
         runs.append([a.alert_id for a in replay_rows(config, _decoded_lines(config, lines), {})])
     assert runs[0] and runs[0] == runs[1]
+
+
+# --- a partition waiting for one model's reference and the other models ------------------------------------
+
+TWO = parse_config({"models": {"fraud": SETTINGS, "churn": SETTINGS}})
+
+
+def _decoded(doc, partition, offset):
+    from stream_monitor.codec import decode  # noqa: PLC0415
+    from stream_monitor.events import RawMessage  # noqa: PLC0415
+
+    return decode(RawMessage("in", partition, offset, orjson.dumps(doc)), frozenset(TWO.models))
+
+
+def _two_models_keyed_by_model_id() -> list[PartitionMonitor]:
+    """fraud on partition 0, churn on partition 1 (keyed by model id), on one clock, each read past its
+    share: both partitions wait, each for its own model's reference."""
+    monitors = [PartitionMonitor(TWO, p, {}, {}) for p in range(2)]
+    for p, model in enumerate(("fraud", "churn")):
+        docs = generate(model, 2 * SHARE, seed=p)
+        monitors[p].process_batch([(o, _decoded(doc, p, o), None) for o, doc in enumerate(docs)])
+        assert monitors[p].waiting == [model]
+    return monitors
+
+
+def _partials(partitions, model: str) -> list[PartitionPartials]:
+    return [PartitionPartials("in", m.partition, mark["watermark"], mark["idle"], mark["partials"])
+            for m in partitions for mark in [m.merge_marks()[model]]]
+
+
+def test_two_models_keyed_by_model_id_warming_up_at_once_do_not_wait_for_each_other():
+    """Each model's reference needs the other's partition to close its first buckets, and that partition
+    waits for its own reference: it is idle for the model it has never seen, so both are built."""
+    monitors = _two_models_keyed_by_model_id()
+    assert [m.merge_marks()["fraud"]["idle"] for m in monitors] == [False, True]
+    assert [m.merge_marks()["churn"]["idle"] for m in monitors] == [True, False]
+    for model in ("fraud", "churn"):
+        result = reference_step(TWO.models[model], None, _partials(monitors, model), BUCKET_MS)
+        assert result is not None and result.reference.events == SHARE, model
+
+
+def test_a_partition_that_waits_too_long_is_idle_for_the_models_it_has_seen_too():
+    """A partition with churn's events too waits for fraud's reference: churn's windows wait for it until it
+    has waited ``merge_idle_seconds`` (the service then calls ``stall``); then its churn buckets close, it is
+    idle for churn (never for fraud), and the next message it reads ends that."""
+    monitor = PartitionMonitor(TWO, 0, {}, {})
+    fraud, churn = generate("fraud", 2 * SHARE, seed=0), generate("churn", SHARE // 2, seed=1)
+    docs = [d for pair in zip(fraud, churn) for d in pair] + fraud[len(churn):]
+    monitor.process_batch([(o, _decoded(doc, 0, o), None) for o, doc in enumerate(docs)])
+    assert monitor.waiting == ["fraud"]
+    assert (monitor.merge_marks()["churn"]["idle"], monitor.merge_marks()["fraud"]["idle"]) == (False, False)
+    open_before = dict(monitor.models["churn"].sketch.open)
+    assert open_before
+    monitor.stall()
+    marks = monitor.merge_marks()
+    assert (marks["churn"]["idle"], marks["fraud"]["idle"]) == (True, False)
+    assert set(open_before) <= set(marks["churn"]["partials"]) and not monitor.models["churn"].sketch.open
+    monitor.pass_over(len(docs))
+    assert not monitor.stalled and not monitor.merge_marks()["churn"]["idle"]

@@ -18,7 +18,7 @@ WINDOW = 5000
 
 
 def model(**detectors) -> ModelConfig:
-    return parse_config({"models": {"m": {"detectors": detectors}}}).models["m"]
+    return parse_config({"models": {"m": {"decisions": "partition", "detectors": detectors}}}).models["m"]
 
 
 def rows(rng: np.random.Generator, n: int, d: int, rho: float = 0.0) -> np.ndarray:

@@ -21,7 +21,8 @@ from stream_monitor.synthetic import generate
 from ..support import decoded, events
 
 PARTITION = 3
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 CONFIG = parse_config({"models": {m: MODEL for m in ("fraud", "churn", "stable")}})
 KNOWN = frozenset(CONFIG.models)
 
@@ -346,7 +347,7 @@ def test_fresh_monitor_has_no_offset():
 
 def test_stored_reference_required_when_configured():
     """A model with reference.source = "stored" and no stored profile is a ReferenceProfileError."""
-    config = parse_config({"models": {"fraud": {"reference": {"source": "stored"}}}})
+    config = parse_config({"models": {"fraud": {"decisions": "partition", "reference": {"source": "stored"}}}})
     monitor = PartitionMonitor(config, PARTITION, {})
     with pytest.raises(ReferenceProfileError, match="reference build"):
         monitor.process(events("fraud", 1)[0], 0)
@@ -358,7 +359,7 @@ def test_stored_reference_is_used_without_warmup():
 
     stream = events("fraud", 3000, 1000)
     profile = build_reference("fraud", list(stream[:1000]), None, bins=10, top_k=20)
-    config = parse_config({"models": {"fraud": {"reference": {"source": "stored"},
+    config = parse_config({"models": {"fraud": {"decisions": "partition", "reference": {"source": "stored"},
                                                 "detectors": MODEL["detectors"]}}})
     monitor = PartitionMonitor(config, PARTITION, {"fraud": profile})
     alerts, _ = run(stream[1000:], monitor)
@@ -370,7 +371,7 @@ def test_stored_reference_is_used_without_warmup():
 
 # Short episodes and cooldowns, so that firings, resolutions and cooldowns fall inside the stretches of
 # quiet values a batch steps over in one go.
-BATCH_MODEL = {"reference": {"events": 800},
+BATCH_MODEL = {"decisions": "partition", "reference": {"events": 800},
                "detectors": {"psi": {"window": 300}, "resolve_after": 150, "cooldown": 40,
                              "latency": {"p95_ceiling_ms": 60.0}}}
 BATCH_CONFIG = parse_config({"models": {m: BATCH_MODEL for m in ("fraud", "churn", "stable")}})

@@ -24,10 +24,10 @@ from stream_monitor.synthetic import labelled
 
 DETECTORS = {"psi": {"window": 500}, "data_quality": {"enabled": False}, "ks": {"enabled": False},
              "adwin": {"enabled": False}, "page_hinkley": {"enabled": False}}
-CLASSIFIER = {"reference": {"events": 500}, "features": {"x": "numeric"},
+CLASSIFIER = {"decisions": "partition", "reference": {"events": 500}, "features": {"x": "numeric"},
               "detectors": {**DETECTORS, "resolve_after": 1500, "cooldown": 300},
               "performance": {"task": "classification", "window": 300, "floors": {"accuracy": 0.72, "precision": 0.7}}}
-REGRESSOR = {"reference": {"events": 500}, "features": {"x": "numeric"},
+REGRESSOR = {"decisions": "partition", "reference": {"events": 500}, "features": {"x": "numeric"},
              "detectors": {**DETECTORS, "resolve_after": 800},
              "performance": {"task": "regression", "window": 200, "reference_pairs": 300,
                              "ceilings": {"mae": 1.5, "rmse": 2.0}}}

@@ -37,7 +37,7 @@ CATEGORICAL_DETECTORS = {"missing", "unseen_category", "psi"}
 
 
 def model(**detectors) -> ModelConfig:
-    return parse_config({"models": {"m": {"detectors": detectors}}}).models["m"]
+    return parse_config({"models": {"m": {"decisions": "partition", "detectors": detectors}}}).models["m"]
 
 
 def draw(kind: str, rng: np.random.Generator, n: int) -> list:
@@ -328,7 +328,7 @@ def test_no_p95_detector_without_a_ceiling():
 
 # --- label drift ------------------------------------------------------------------------------------------
 
-LABEL_MODEL = {"reference": {"events": 2000}, "detectors": {"psi": {"window": 2000}}}
+LABEL_MODEL = {"decisions": "partition", "reference": {"events": 2000}, "detectors": {"psi": {"window": 2000}}}
 
 
 def label_run(positive_rate_after: float, events: int = 12_000, change_at: int = 6000) -> list[Alert]:
@@ -486,7 +486,8 @@ def test_latency_enabled_false_turns_off_the_latency_distribution_detectors():
         doc["latency_ms"] *= 5
     events = [decode(RawMessage("ml.inference", 0, i, orjson.dumps(d)), {"stable"}) for i, d in enumerate(docs)]
     profile = build_reference("stable", events[:REFERENCE_EVENTS], None)
-    config = parse_config({"models": {"stable": {"detectors": {"latency": {"enabled": False}}}}})
+    config = parse_config({"models": {"stable": {"decisions": "partition",
+                                                 "detectors": {"latency": {"enabled": False}}}}})
     monitor = ModelMonitor(config.models["stable"], profile)
     items = [(position, offset, e, None) for position, (offset, e) in
              enumerate(enumerate(events[REFERENCE_EVENTS:], start=REFERENCE_EVENTS))]
@@ -499,7 +500,8 @@ def test_label_detectors_keep_their_episode_when_the_inference_warmup_ends():
     reference gets built. ModelMonitor.process → use_reference → _use_labels builds a new label column,
     dropping the open episode, and the same drift is announced a second time without a 'resolved'
     in between (one firing alert per episode)."""
-    config = parse_config({"models": {"m": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+    config = parse_config({"models": {"m": {"decisions": "partition",
+                                            "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
     monitor = PartitionMonitor(config, 0, {})
     rng = np.random.default_rng(13)
     messages: list[InferenceEvent | LabelEvent] = []

@@ -31,7 +31,7 @@ def labelled_reference() -> ReferenceProfile:
 
 
 def config():
-    return parse_config({"models": {"credit": {"reference": {"source": "stored"},
+    return parse_config({"models": {"credit": {"decisions": "partition", "reference": {"source": "stored"},
                                                "detectors": {"psi": {"window": 1000}}}}}).models["credit"]
 
 

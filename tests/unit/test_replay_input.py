@@ -16,9 +16,11 @@ from stream_monitor.config import parse_config
 from stream_monitor.replay import EXAMPLES_PER_REASON, Rejections, replay_alerts
 from stream_monitor.synthetic import generate
 
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000}}
 CONFIG_TOML = """
 [models.fraud]
+decisions = "partition"
 reference = { events = 1000 }
 [models.fraud.detectors]
 psi = { window = 1000 }

@@ -125,7 +125,8 @@ def test_a_stored_entry_that_is_not_a_point_is_skipped():
 
 
 def test_the_engine_collects_a_point_per_closed_window_with_the_psi_shares():
-    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
+    config = parse_config({"models": {"fraud": {"decisions": "partition",
+                                                "reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
     monitor = PartitionMonitor(config, 0, {})
     monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", 3000, 2000))])
     points = monitor.take_points()
@@ -144,7 +145,8 @@ def test_the_engine_collects_a_point_per_closed_window_with_the_psi_shares():
 def _board(drift_at):
     from stream_monitor.board import StatusBoard
 
-    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
+    config = parse_config({"models": {"fraud": {"decisions": "partition",
+                                                "reference": {"events": 1000}, "detectors": {"psi": {"window": 500}}}}})
     monitor = PartitionMonitor(config, 2, {})
     monitor.process_batch([(o, e, None) for o, e in enumerate(events("fraud", 3000, drift_at))])
     board = StatusBoard("test")
@@ -253,7 +255,7 @@ def test_the_rolling_performance_metrics_are_points_too():
     from stream_monitor.join import JoinResult
     from stream_monitor.partition import ModelMonitor
 
-    config = parse_config({"models": {"credit": {"reference": {"events": 1000},
+    config = parse_config({"models": {"credit": {"decisions": "partition", "reference": {"events": 1000},
                                                  "performance": {"window": 200, "floors": {"accuracy": 0.7}}}}})
     monitor = ModelMonitor(config.models["credit"], None)
     rng = np.random.default_rng(4)

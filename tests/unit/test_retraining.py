@@ -82,7 +82,8 @@ def test_cooldown_holds_back_a_second_incident_by_event_time():
 
 # --- the engine on synthetic traffic ------------------------------------------------------------------
 
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000},
+MODEL = {"decisions": "partition",
+         "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}, "resolve_after": 2000},
          "retraining": {"min_drifted_features": 2, "cooldown_seconds": 0}}
 CONFIG = parse_config({"retraining": {"topic": "ml.retrain"}, "models": {"fraud": MODEL}})
 KNOWN = frozenset(CONFIG.models)

@@ -467,7 +467,8 @@ def test_engine_alerts_with_their_incident_validate():
     from stream_monitor.partition import PartitionMonitor
     from stream_monitor.synthetic import generate
 
-    config = parse_config({"models": {"fraud": {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
+    config = parse_config({"models": {"fraud": {"decisions": "partition",
+                                                "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}}})
     monitor = PartitionMonitor(config, 3, {})
     docs = generate("fraud", 5000, drift_at=3000)
     items = [(i, decode(RawMessage("t", 3, i, json.dumps(d).encode()), frozenset({"fraud"})), None)

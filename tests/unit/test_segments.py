@@ -31,7 +31,8 @@ FR = {"country": "FR"}
 
 
 def config(segments: dict | None = None, events: int = 5000, **model):
-    table = {"reference": {"events": events}, "detectors": {"psi": {"window": events}}, "features": FEATURES,
+    table = {"decisions": "partition",
+             "reference": {"events": events}, "detectors": {"psi": {"window": events}}, "features": FEATURES,
              **model}
     if segments is not None:
         table["segments"] = segments

@@ -19,7 +19,7 @@ from stream_monitor.synthetic import generate
 from stream_monitor.web import ADWIN_CRITICAL_RANKS, PageCache, human_duration, render_page
 
 TOPIC = "ml.inference"
-MODEL = {"reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}
+MODEL = {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}}}
 CONFIG = parse_config({"models": {"fraud": MODEL}})
 HEALTHY = {"status": "ok", "ready": True, "problems": [], "redis": "ok", "broker": "ok",
            "broker_unreachable_seconds": None}
