@@ -386,3 +386,29 @@ def test_status_the_status_page_and_the_metrics_show_the_models_estimate_from_it
     assert cli.main(["status", "--config", str(path), "--json"]) == 0
     decided = orjson.loads(capsys.readouterr().out)["model_decisions"][MODEL]
     assert decided["estimated"] == info
+
+
+def test_the_estimate_merged_in_two_steps_shows_the_same_figures():
+    """A merge stopped mid-window (bucket 54: three windows judged, the fourth open) and taken up again from
+    its stored state shows, at each step, what the state then holds, and at the end what one merge shows."""
+    from stream_monitor.mergejoint import estimate_info  # noqa: PLC0415
+
+    model = ESTIMATE_CONFIG.models[MODEL]
+    parts = []
+    for p, items in sorted(spread(scored(), 4).items()):
+        monitor = PartitionMonitor(ESTIMATE_CONFIG, p, {MODEL: scored_reference()})
+        feed(monitor, items)
+        monitor.go_idle()
+        parts.append(partials(monitor))
+    whole = merge_step(model, scored_reference(), None, parts, BUCKET_MS)
+    cut = START_MS // BUCKET_MS + 54
+    early = [p._replace(watermark_ms=(cut + 1) * BUCKET_MS, idle=False,
+                        partials={b: x for b, x in p.partials.items() if b <= cut}) for p in parts]
+    first = merge_step(model, scored_reference(), None, early, BUCKET_MS)
+    shown = estimate_info(model, orjson.loads(orjson.dumps(first.state)))
+    assert (shown["windows"], shown["open_window_events"]) == (3, 500)  # windows of buckets 20…49, then 50…54
+    assert shown["metrics"]["accuracy"] > shown["floors"]["accuracy"]  # the last judged is before the shift
+    rest = [p._replace(partials={b: x for b, x in p.partials.items() if b > cut}) for p in parts]
+    second = merge_step(model, scored_reference(), orjson.loads(orjson.dumps(first.state)), rest, BUCKET_MS)
+    assert estimate_info(model, second.state) == estimate_info(model, whole.state)
+    assert estimate_info(model, second.state)["windows"] == 6
