@@ -39,7 +39,7 @@ from .kafka import (ConsumerFatalError, MonitorConsumer, OffsetOutOfRange, assig
 from .logs import BrokerWatch, DeadLetterDigest, clean, client_settings, kafka_logger
 from .merge import (episodes_summary, fairness_info, incidents_summary, merge_step, model_reference, reference_step,
                     requests_summary)
-from .mergejoint import open_windows
+from .mergejoint import estimate_info, open_windows
 from .metrics import Metrics, PartitionView
 from .oip import OipHalf, decode as decode_oip
 from .partition import PartitionMonitor
@@ -184,6 +184,8 @@ class Service:
         self.metrics.partitions.merged_incidents = lambda: self._merged_open
         self._merged_fairness: dict[str, dict] = {}  # the model-level fairness of the models merged here
         self.metrics.partitions.merged_fairness = lambda: self._merged_fairness
+        self._merged_estimates: dict[str, dict] = {}  # the model-level estimated performance of those merged here
+        self.metrics.partitions.merged_estimates = lambda: self._merged_estimates
         # every assigned partition's monitor, rollback, flags, summary, timer, quarantine and watermarks
         self.partitions = PartitionRegistry(CheckpointTimers(config.service.checkpoint_interval_events,
                                                              config.service.checkpoint_interval_seconds))
@@ -781,7 +783,8 @@ class Service:
                                      "windows": (state or {}).get("windows", 0),
                                      "open_window_events": ((state or {}).get("window") or {}).get("events", 0),
                                      "episodes": episodes_summary(state), **self._merged_incidents(model_id, state),
-                                     **open_windows(state), **self._merged_fair(model, state)})
+                                     **open_windows(state), **self._merged_fair(model, state),
+                                     **self._merged_estimate(model, state)})
         CLOCK.add("merge", started)
 
     def _merged_fair(self, model, state) -> dict:
@@ -792,6 +795,15 @@ class Service:
             return {}
         self._merged_fairness = {**self._merged_fairness, model.model_id: info}
         return {"fairness": info}
+
+    def _merged_estimate(self, model, state) -> dict:
+        """The model-level estimated performance of a model merged here (its last window's metrics, the
+        reference's range), for the status page and the metrics (a new dict each time, as above)."""
+        info = estimate_info(model, state)
+        if not info:
+            return {}
+        self._merged_estimates = {**self._merged_estimates, model.model_id: info}
+        return {"estimated": info}
 
     def _merged_incidents(self, model_id: str, state) -> dict:
         """The incidents and last retraining requests of a model merged here (the status page's rows), and its

@@ -194,6 +194,9 @@ class StatusBoard:
             if merge.get("fairness"):  # the model's fairness, decided by its merge
                 models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})["fairness"] = dict(
                     merge["fairness"])
+            if (merge.get("estimated") or {}).get("metrics"):  # the model's estimate, decided by its merge
+                models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})["estimated"] = dict(
+                    merge["estimated"])
             if not merge.get("incidents") and not merge.get("retraining"):
                 continue
             entry = models.setdefault(model_id, {"events": 0, "labels": 0, "detectors": {}})

@@ -371,7 +371,7 @@ def _status(args: argparse.Namespace) -> int:
 
     letters = dead_letter_reasons(partitions)
     from .merge import episodes_summary, fairness_info, incidents_summary, requests_summary  # noqa: PLC0415
-    from .mergejoint import open_windows  # noqa: PLC0415
+    from .mergejoint import estimate_info, estimate_range, open_windows  # noqa: PLC0415
     from .state import MergeStore  # noqa: PLC0415
 
     merges = MergeStore(store)
@@ -387,6 +387,9 @@ def _status(args: argparse.Namespace) -> int:
                                  "retraining": requests_summary(model_id, state), **open_windows(state)}
             if model.fairness.attributes:
                 decided[model_id]["fairness"] = fairness_info(model, state)
+            estimated = estimate_info(model, state)  # the model's estimated performance, decided by its merge
+            if estimated:
+                decided[model_id]["estimated"] = estimated
     if args.json:
         print(orjson.dumps({"group_id": config.kafka.group_id, "partitions": partitions, "labels": lag,
                             "dead_letters": letters, "model_decisions": decided,
@@ -462,11 +465,18 @@ def _status(args: argparse.Namespace) -> int:
             print(f"  performance{logs.clean(task)} over the last labelled predictions: {logs.clean(shown)}" + (f" · {delays}" if delays else ""))
         estimate = max(((p["models"][model_id].get("estimated") or {}) for p in partitions
                         if model_id in p["models"]), key=lambda m: m.get("windows", 0), default={})
+        if (model_level.get("estimated") or {}).get("metrics"):  # decisions = "model": the merge's
+            estimate = model_level["estimated"]
         if estimate.get("metrics"):
             shown = " · ".join(f"{k} {_num(v)}" + (" (below its range)" if v < estimate["floors"].get(k, -1) else "")
                                for k, v in estimate["metrics"].items())
-            print(f"  performance estimated from the scores over the last {estimate['window']:,} predictions: "
-                  f"{logs.clean(shown)}")
+            if "reference" in estimate:
+                print(f"  performance estimated from the scores (all partitions) over the last of "
+                      f"{estimate['windows']:,} model windows of {estimate['window']:,}+ predictions: "
+                      f"{logs.clean(shown)} · reference's range: {logs.clean(estimate_range(estimate))}")
+            else:
+                print(f"  performance estimated from the scores over the last {estimate['window']:,} predictions: "
+                      f"{logs.clean(shown)}")
         fair: dict = {}  # per attribute, the partition's that judged the most windows
         for p in partitions:
             for attribute, held in (p["models"].get(model_id, {}).get("fairness") or {}).items():

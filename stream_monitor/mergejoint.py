@@ -327,8 +327,10 @@ def _estimate_bucket(model: ModelConfig, reference: ReferenceProfile, state: dic
         return []
     state["estimate"] = {**held, "window": None}
     metrics = window_metrics(Calibration.from_dict(held["calibration"]), cells)
-    state["estimate"]["last"] = metrics
     z = budget_z(budget, config.window)
+    # what the status shows: the last window's estimates, the floors they were judged against, windows judged
+    state["estimate"].update(last=metrics, windows=held.get("windows", 0) + 1,
+                             last_floors={m: f["mean"] - z * f["sd"] for m, f in held["floors"].items()})
     points, transitions = [], []
     for metric in METRICS:
         saved = held["floors"][metric]
@@ -374,3 +376,32 @@ def open_windows(state: Mapping[str, Any] | None) -> dict[str, Any]:
             "metrics": estimate.get("last"), "floors": estimate.get("floors")}
     return out
 
+
+def estimate_info(model: ModelConfig, state: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A merged model's estimated performance as one partition's :meth:`stream_monitor.cbpe.EstimatedPerformance.info`
+    has it (``window``, ``windows`` judged, the last window's ``metrics`` and the ``floors`` it was judged
+    against), with the reference's range (each metric's ``reference`` mean and sd), the calibration's pairs
+    and the open window's size: status, the status page, the metrics. ``{}`` before the merge estimates."""
+    held = (state or {}).get("estimate")
+    if held is None:
+        return {}
+    calibrated = held["calibration"] is not None
+    return {"window": model.detectors.estimated_performance.window, "windows": held.get("windows", 0),
+            "metrics": None if held.get("last") is None else dict(held["last"]),
+            "floors": dict(held.get("last_floors") or {}),
+            "reference": {m: dict(f) for m, f in (held.get("floors") or {}).items()},
+            "calibrated": calibrated, "calibrated_pairs": held.get("calibrated_pairs") if calibrated else None,
+            "pairs": len(held["pairs"]),
+            "open_window_events": 0 if held["window"] is None else held["window"]["n"]}
+
+
+def estimate_range(info: Mapping[str, Any]) -> str:
+    """The reference's range of a model's estimate (:func:`estimate_info`), one phrase: per metric the floor
+    its last window was judged against and the reference's mean.
+
+    >>> estimate_range({"floors": {"accuracy": 0.851}, "reference": {"accuracy": {"mean": 0.866, "sd": 0.004}}})
+    'accuracy ≥ 0.851 (reference 0.866)'
+    """
+    floors, reference = info.get("floors") or {}, info.get("reference") or {}
+    return " · ".join(f"{m} ≥ {floors[m]:.3g} (reference {reference[m]['mean']:.3g})" for m in reference
+                      if m in floors)

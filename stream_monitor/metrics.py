@@ -265,7 +265,8 @@ class _Families:
     estimated: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_estimated_performance", "Performance estimated from the scores alone over the last closed "
         "detectors.estimated_performance.window predictions, beside stream_monitor_performance (highest over this "
-        "instance's partitions)", labels=["model", "metric"]))
+        "instance's partitions; with decisions = \"model\" the model's last window over all partitions, exported "
+        "by the instance that merges it)", labels=["model", "metric"]))
     lag: GaugeMetricFamily = field(default_factory=lambda: GaugeMetricFamily(
         "stream_monitor_consumer_lag", "Messages behind the partition's end (the consumer's cached high "
         "watermark minus the next offset to process; grows while processing is paused)",
@@ -321,6 +322,8 @@ class PartitionCollector(Collector):
         self.merged_incidents: Callable[[], Mapping[str, int]] | None = None
         # the model-level fairness of the models merged here, model → attribute → findings; read the same way
         self.merged_fairness: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
+        # the model-level estimated performance of the models merged here, model → mergejoint.estimate_info
+        self.merged_estimates: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(_Families().all())
@@ -395,6 +398,9 @@ class PartitionCollector(Collector):
             families.firing_severity.add_metric(list(key), count)
         for (model_id, metric), value in sorted(performance.items()):
             families.performance.add_metric([model_id, metric], value)
+        for model_id, info in (self.merged_estimates() if self.merged_estimates is not None else {}).items():
+            for metric, value in (info.get("metrics") or {}).items():  # the model's own, never a partition's
+                estimated[(model_id, metric)] = value
         for (model_id, metric), value in sorted(estimated.items()):
             families.estimated.add_metric([model_id, metric], value)
         for model_id, count in sorted(untracked.items()):

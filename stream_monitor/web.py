@@ -46,6 +46,7 @@ from .report import distribution_svg
 from .errors import ConfigError
 from .events import format_time
 from .fairness import shown as fairness_lines
+from .mergejoint import estimate_range
 from .metrics import HttpMetrics
 from .logs import clean
 from .severity import CRITICAL_RATE_EFFECT, CRITICAL_SHIFT
@@ -1035,8 +1036,14 @@ def render_page(snapshot: Mapping[str, Any]) -> str:
             cells = " · ".join(f"<b>{_fmt(k)}</b> {_fmt(v)}" + (" <span class='badge critical'>below its range</span>"
                                                                 if v < estimate["floors"].get(k, -1) else "")
                                for k, v in estimate["metrics"].items())
-            parts.append(f"<p>Performance estimated from the scores (last {estimate['window']:,} predictions, "
-                         f"no labels needed): {cells}</p>")
+            if "reference" in estimate:  # decisions = "model": the merge's, over all partitions
+                parts.append(f"<p>Performance estimated from the scores over all partitions (the last of "
+                             f"{estimate['windows']:,} model windows of at least {estimate['window']:,} predictions, "
+                             f"no labels needed): {cells}<br><span class=muted>the reference's range: "
+                             f"{_fmt(estimate_range(estimate))}</span></p>")
+            else:
+                parts.append(f"<p>Performance estimated from the scores (last {estimate['window']:,} predictions, "
+                             f"no labels needed): {cells}</p>")
         fair = fairness_lines(entry.get("fairness") or {})
         if fair:
             parts.append("<p>Fairness over each attribute's last window (the gap between its groups' rates):<br>"

@@ -22,6 +22,7 @@ from stream_monitor.demo.localstack import create_topics
 from stream_monitor.events import RawMessage
 from stream_monitor.join import MemoryJoin, fairness_attributes, join_op, performance_settings
 from stream_monitor.merge import PartitionPartials, fairness_info, merge_step
+from stream_monitor.mergejoint import estimate_info
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 from stream_monitor.state import MergeStore, ReferenceStore
@@ -98,11 +99,13 @@ def engine(records):
 
 
 def counts_of(state) -> dict:
-    return {"windows": state["windows"], **(state.get("fairness_windows") or {})}
+    return {"windows": state["windows"], **(state.get("fairness_windows") or {}),
+            "estimated": (state.get("estimate") or {}).get("windows", 0)}
 
 
 def finish(run: Run, processes, counts: dict, timeout: float = 120.0) -> list[dict]:
-    """Until the merge state has decided ``counts`` windows (features, predictions, pairs); the alerts."""
+    """Until the merge state has decided ``counts`` windows (features, predictions, pairs, estimates); the
+    alerts."""
     merges = MergeStore(run.store)
     deadline = time.monotonic() + timeout
     state = None
@@ -127,7 +130,7 @@ def test_an_equal_opportunity_gap_is_announced_once_with_the_same_ids_by_1_and_2
     records = keyed(documents(EVENTS, 1, GAP_AT))
     expected = engine(records)
     counts = counts_of(expected.state)
-    assert counts == {"windows": 12, "predictions": 6, "pairs": 11}
+    assert counts == {"windows": 12, "predictions": 6, "pairs": 11, "estimated": 9}
     fired = [(a.detector, a.window["first_bucket"] - START, a.window["last_bucket"] - START)
              for a in expected.alerts if a.signal == "fairness"]
     # the gap opens at event 6,000 (60 s); its label comes at 63 s. Pair windows of 1,000 labels, counted by
@@ -178,3 +181,10 @@ def test_an_equal_opportunity_gap_is_announced_once_with_the_same_ids_by_1_and_2
     assert shown == orjson.loads(orjson.dumps(fairness_info(parse_config({"models": {"credit": MODEL}}).models["credit"],
                                                             expected.state)))
     assert shown["gender"]["windows"] == {"predictions": 6, "pairs": 11}
+    # and the model's estimated performance beside it (the scores stay sure: the estimate holds its range),
+    # calibrated on the pairs of its first buckets from all partitions: the engine's too
+    estimated = orjson.loads(done.stdout)["model_decisions"]["credit"]["estimated"]
+    assert estimated == orjson.loads(orjson.dumps(estimate_info(parse_config({"models": {"credit": MODEL}})
+                                                                .models["credit"], expected.state)))
+    assert estimated["windows"] == 9 and estimated["calibrated_pairs"] == 2002
+    assert all(estimated["metrics"][m] >= estimated["floors"][m] for m in estimated["metrics"])

@@ -309,3 +309,106 @@ def test_the_status_page_and_status_show_the_models_estimate_and_joint_test():
     page = render_page(board.snapshot())
     assert "m-0: estimated accuracy 0.5" in page and "estimated_performance|accuracy|cbpe" in page
     assert "m-1: joint test T² 611" in page and "multivariate|joint|hotelling" in page
+
+
+def test_status_the_status_page_and_the_metrics_show_the_models_estimate_from_its_merge_state(
+        tmp_path, monkeypatch, capsys):
+    """The merge's estimate (the last model window's four metrics, the floors it was judged against, the
+    reference's range, the windows judged) where a partition's would be: read from the merge state, the same
+    for 1 partition and 4, on the status page beside the realized performance, as
+    ``stream_monitor_estimated_performance`` and in ``stream-monitor status`` (text and ``--json``)."""
+    from prometheus_client import CollectorRegistry  # noqa: PLC0415
+
+    from stream_monitor import cli, state as state_module  # noqa: PLC0415
+    from stream_monitor.board import StatusBoard  # noqa: PLC0415
+    from stream_monitor.metrics import Metrics  # noqa: PLC0415
+    from stream_monitor.mergejoint import estimate_info, estimate_range  # noqa: PLC0415
+    from stream_monitor.web import render_page  # noqa: PLC0415
+    from tests.support import stored_status  # noqa: PLC0415
+
+    model = ESTIMATE_CONFIG.models[MODEL]
+    one, _ = merged(ESTIMATE_CONFIG, scored_reference(), {0: scored()})
+    four, _ = merged(ESTIMATE_CONFIG, scored_reference(), spread(scored(), 4))
+    stored = orjson.loads(orjson.dumps(four.state))
+    info = estimate_info(model, stored)
+    assert info == estimate_info(model, one.state) == estimate_info(model, four.state)
+    # calibrated on the 2,000 pairs of buckets 0…19; six windows of 1,000 from bucket 20, the last (70…79)
+    # wholly after the shift into the unsure region: every estimate far under its floor
+    assert {k: v for k, v in info.items() if k not in ("metrics", "floors", "reference")} == {
+        "window": 1000, "windows": 6, "calibrated": True, "calibrated_pairs": 2000, "pairs": 0,
+        "open_window_events": 0}
+    assert {m: round(v, 4) for m, v in info["metrics"].items()} == {
+        "accuracy": 0.5581, "precision": 0.8434, "recall": 0.5339, "f1": 0.6539}
+    assert {m: round(v, 4) for m, v in info["floors"].items()} == {
+        "accuracy": 0.949, "precision": 0.9485, "recall": 0.9364, "f1": 0.9477}
+    assert {m: round(f["mean"], 4) for m, f in info["reference"].items()} == {
+        "accuracy": 0.9644, "precision": 0.963, "recall": 0.9646, "f1": 0.9638}
+    assert estimate_range(info).startswith("accuracy ≥ 0.949 (reference 0.964) · precision ≥ 0.948")
+    quiet, _ = merged(ESTIMATE_CONFIG, scored_reference(), spread(scored(seed=11, shift=False), 4))
+    calm = estimate_info(model, quiet.state)
+    assert calm["windows"] == 6 and all(calm["metrics"][m] >= calm["floors"][m] for m in calm["metrics"])
+
+    board = StatusBoard("here")
+    board.merged(MODEL, {"windows": stored["windows"], "episodes": [], "estimated": info})
+    assert board.snapshot()["models"][MODEL]["estimated"] == info
+    page = render_page(board.snapshot())
+    area = page.split("Performance estimated from the scores over all partitions")[1].split("</p>")[0]
+    assert "the last of 6 model windows of at least 1,000 predictions" in area
+    assert "<b>accuracy</b> 0.5581 <span class='badge critical'>below its range</span>" in area
+    assert "accuracy ≥ 0.949 (reference 0.964)" in area
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    metrics.partitions.source = lambda: []
+    metrics.partitions.merged_estimates = lambda: {MODEL: info}
+    for metric, value in info["metrics"].items():
+        assert registry.get_sample_value("stream_monitor_estimated_performance",
+                                         {"model": MODEL, "metric": metric}) == value
+
+    class Merges:
+        def __init__(self, *_):
+            pass
+
+        def load(self, model_id):
+            return stored if model_id == MODEL else None
+
+    # the partitions of a model decided per model carry no estimate of their own
+    stored_status(monkeypatch, {MODEL: {"events": 8000, "labels": 2000, "detectors": [], "estimated": None}}, 2000)
+    monkeypatch.setattr(state_module, "MergeStore", Merges)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[models.{MODEL}]\ndecisions = "model"\nreference = {{ source = "stored" }}\n'
+                    f'[models.{MODEL}.detectors.estimated_performance]\nwindow = 1000\nreference_pairs = 2000\n')
+    assert cli.main(["status", "--config", str(path)]) == 0
+    (line,) = [x for x in capsys.readouterr().out.splitlines() if "performance estimated" in x]
+    assert line.startswith("  performance estimated from the scores (all partitions) over the last of 6 model "
+                           "windows of 1,000+ predictions: accuracy 0.5581 (below its range) · precision 0.8434")
+    assert line.endswith(f"reference's range: {estimate_range(info)}")
+    assert cli.main(["status", "--config", str(path), "--json"]) == 0
+    decided = orjson.loads(capsys.readouterr().out)["model_decisions"][MODEL]
+    assert decided["estimated"] == info
+
+
+def test_the_estimate_merged_in_two_steps_shows_the_same_figures():
+    """A merge stopped mid-window (bucket 54: three windows judged, the fourth open) and taken up again from
+    its stored state shows, at each step, what the state then holds, and at the end what one merge shows."""
+    from stream_monitor.mergejoint import estimate_info  # noqa: PLC0415
+
+    model = ESTIMATE_CONFIG.models[MODEL]
+    parts = []
+    for p, items in sorted(spread(scored(), 4).items()):
+        monitor = PartitionMonitor(ESTIMATE_CONFIG, p, {MODEL: scored_reference()})
+        feed(monitor, items)
+        monitor.go_idle()
+        parts.append(partials(monitor))
+    whole = merge_step(model, scored_reference(), None, parts, BUCKET_MS)
+    cut = START_MS // BUCKET_MS + 54
+    early = [p._replace(watermark_ms=(cut + 1) * BUCKET_MS, idle=False,
+                        partials={b: x for b, x in p.partials.items() if b <= cut}) for p in parts]
+    first = merge_step(model, scored_reference(), None, early, BUCKET_MS)
+    shown = estimate_info(model, orjson.loads(orjson.dumps(first.state)))
+    assert (shown["windows"], shown["open_window_events"]) == (3, 500)  # windows of buckets 20…49, then 50…54
+    assert shown["metrics"]["accuracy"] > shown["floors"]["accuracy"]  # the last judged is before the shift
+    rest = [p._replace(partials={b: x for b, x in p.partials.items() if b > cut}) for p in parts]
+    second = merge_step(model, scored_reference(), orjson.loads(orjson.dumps(first.state)), rest, BUCKET_MS)
+    assert estimate_info(model, second.state) == estimate_info(model, whole.state)
+    assert estimate_info(model, second.state)["windows"] == 6
