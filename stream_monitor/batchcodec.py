@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from functools import partial
+from itertools import repeat
 from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
@@ -195,7 +197,8 @@ def decode_batch(messages: Sequence[RawMessage], known_models: Collection[str], 
 
 def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_models: Collection[str],
           max_features: int, max_event_id_bytes: int, max_ahead_ms: int) -> None:
-    """The usual messages of ``scanned`` decoded into ``out`` (the others left ``None``)."""
+    """The usual messages of ``scanned`` decoded into ``out`` (the others left ``None``): each field built
+    for the whole batch in one pass, so that no Python code runs per event but building its fields."""
     chosen = [messages[i] for i in scanned]
     s, buf, n_layouts = scan_batch([m.value for m in chosen], [m.timestamp_ms for m in chosen], max_features,
                                    max_event_id_bytes, max_ahead_ms)
@@ -203,73 +206,86 @@ def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_m
     usual = np.flatnonzero(s.usual[:n])
     if not len(usual):
         return
-    used = int((s.firsts[usual] + s.counts[usual]).max())
-    value_numbers = s.value_numbers[:used].copy()
-    value_kinds = s.value_kinds[:used]
-    layouts = []
-    for first, count in zip(s.layout_firsts[:n_layouts].tolist(), s.layout_counts[:n_layouts].tolist()):
-        layouts.append(tuple(buf[a:b].decode() for a, b in s.key_spans[first:first + count].tolist()))
-    numeric_kinds = (value_kinds == js.FLOAT) | (value_kinds == js.INT)
-    # per event: are all its features numbers (a prefix-sum over the values)
-    numeric_before = np.concatenate(([0], np.cumsum(numeric_kinds)))
     firsts, counts = s.firsts[usual], s.counts[usual]
-    all_numeric = ((numeric_before[firsts + counts] - numeric_before[firsts]) == counts) & (counts > 0)
-    numbers_view = memoryview(value_numbers)
-    values = _Values(value_numbers, value_kinds, s.value_ints[:used], s.value_spans[:used], buf)
-    models: dict[bytes, str | None] = {}
-    kinds = s.kinds[usual].tolist()
-    numbers = s.numbers[usual].tolist()
-    spans = s.spans[usual].tolist()
+    used = int((firsts + counts).max())
+    value_numbers = s.value_numbers[:used].copy()  # the scratch is reused: what events keep is copied
+    value_kinds = s.value_kinds[:used]
+    layouts = [tuple(buf[a:b].decode() for a, b in s.key_spans[first:first + count].tolist())
+               for first, count in zip(s.layout_firsts[:n_layouts].tolist(), s.layout_counts[:n_layouts].tolist())]
+    kinds, numbers, spans = s.kinds[usual], s.numbers[usual], s.spans[usual]
+    text = buf.decode("ascii") if buf.isascii() else None  # then a string is a slice of it
+
+    def strings(field: int) -> list[str]:
+        pairs = spans[:, field].tolist()
+        if text is not None:
+            return [text[a:b] for a, b in pairs]
+        return [buf[a:b].decode() for a, b in pairs]
+
+    event_ids = strings(js.EVENT_ID)
+    model_ids = strings(js.MODEL_ID)
+    # the timestamp: epoch numbers converted by the scanner, strings here, else the Kafka message's
+    kind = kinds[:, js.TIMESTAMP]
     times = s.times[usual].tolist()
-    for m, first, count, layout, numeric, kind, number, span, time in zip(
-            usual.tolist(), firsts.tolist(), counts.tolist(), s.layouts[usual].tolist(), all_numeric.tolist(),
-            kinds, numbers, spans, times):
-        raw = chosen[m]
-        a, b = span[js.MODEL_ID]
-        model_bytes = buf[a:b]
-        model_id = models.get(model_bytes, "")
-        if model_id == "":
-            model_id = models[model_bytes] = _known(model_bytes, known_models)
-        if model_id is None:
-            continue  # unknown (or not UTF-8): the codec's dead letter
-        a, b = span[js.EVENT_ID]
-        event_id = buf[a:b].decode()
-        k = kind[js.TIMESTAMP]
-        if k == js.FLOAT or k == js.INT:
-            timestamp_ms = time
-        elif k == js.STRING:
-            a, b = span[js.TIMESTAMP]
+    for j in np.flatnonzero((kind != js.FLOAT) & (kind != js.INT)).tolist():
+        raw = chosen[usual[j]]
+        if kind[j] == js.STRING:
+            a, b = spans[j, js.TIMESTAMP].tolist()
             try:
-                timestamp_ms = _timestamp(buf[a:b].decode(), raw.timestamp_ms, max_ahead_ms)
+                times[j] = _timestamp(buf[a:b].decode(), raw.timestamp_ms, max_ahead_ms)
             except _Invalid:
-                continue
+                times[j] = _REFUSED
         else:
-            timestamp_ms = raw.timestamp_ms
-        score = predicted_label = None
-        k = kind[js.PREDICTION]
-        if k == js.FLOAT or k == js.INT:
-            score = number[js.PREDICTION]
-        elif k == js.STRING:
-            a, b = span[js.PREDICTION]
-            predicted_label = buf[a:b].decode()
-        elif k == js.OBJECT:
-            k = kind[js.SCORE]
-            if k == js.FLOAT or k == js.INT:
-                score = number[js.SCORE]
-            k = kind[js.LABEL]
-            if k != js.ABSENT and k != js.NULL:
-                predicted_label = category(_scalar(k, number[js.LABEL], s.ints[m, js.LABEL], buf, span[js.LABEL]))
-        k = kind[js.LATENCY]
-        latency = number[js.LATENCY] if k == js.FLOAT or k == js.INT else None
-        if count:
-            names = layouts[layout]
-            features: Any = Features(values, first, names)
-            event_numbers = numbers_view[first:first + count] if numeric else None
-            event_layout = names if numeric else None
-        else:
-            features, event_numbers, event_layout = {}, None, None
-        out[scanned[m]] = InferenceEvent(event_id, model_id, timestamp_ms, features, score, predicted_label, latency,
-                                         event_numbers, event_layout)
+            times[j] = raw.timestamp_ms
+    # the prediction: a number, a string, or {"score": …, "label": …}
+    kind = kinds[:, js.PREDICTION]
+    score_kind = np.where(kind == js.OBJECT, kinds[:, js.SCORE], kind)
+    score_number = np.where(kind == js.OBJECT, numbers[:, js.SCORE], numbers[:, js.PREDICTION])
+    scores = _numbers_or_none(score_kind, score_number)
+    labels: list[Any] = [None] * len(usual)
+    for j in np.flatnonzero(kind == js.STRING).tolist():
+        a, b = spans[j, js.PREDICTION].tolist()
+        labels[j] = buf[a:b].decode()
+    label_kind = np.where(kind == js.OBJECT, kinds[:, js.LABEL], js.ABSENT)
+    for j in np.flatnonzero((label_kind != js.ABSENT) & (label_kind != js.NULL)).tolist():
+        labels[j] = category(_scalar(int(label_kind[j]), float(numbers[j, js.LABEL]), int(s.ints[usual[j], js.LABEL]),
+                                     buf, spans[j, js.LABEL].tolist()))
+    latencies = _numbers_or_none(kinds[:, js.LATENCY], numbers[:, js.LATENCY])
+    # the features: a mapping over the batch's values each, and when they are all numbers their float64 row
+    numeric = (value_kinds == js.FLOAT) | (value_kinds == js.INT)
+    numeric_before = np.concatenate(([0], np.cumsum(numeric)))
+    all_numeric = ((numeric_before[firsts + counts] - numeric_before[firsts]) == counts) & (counts > 0)
+    event_layouts = s.layouts[usual]
+    values = _Values(value_numbers, value_kinds, s.value_ints[:used], s.value_spans[:used], buf)
+    names = [layouts[k] for k in event_layouts.tolist()]
+    features = list(map(Features, repeat(values), firsts.tolist(), names))
+    rows: list[Any] = [None] * len(usual)
+    layout_of: list[Any] = [None] * len(usual)
+    if all_numeric.all() and n_layouts == 1:  # one key order, all numbers: one matrix, a row each
+        rows = list(value_numbers.reshape(len(usual), int(counts[0])))
+        layout_of = names
+    else:
+        view = memoryview(value_numbers)
+        for j, first, count in zip(np.flatnonzero(all_numeric).tolist(), firsts[all_numeric].tolist(),
+                                   counts[all_numeric].tolist()):
+            rows[j], layout_of[j] = view[first:first + count], names[j]
+    for j in np.flatnonzero(counts == 0).tolist():
+        features[j] = {}
+    events = map(_EVENT, zip(event_ids, model_ids, times, features, scores, labels, latencies, rows, layout_of))
+    for j, event in zip(usual.tolist(), events):
+        if event[1] in known_models and event[2] is not _REFUSED:  # else the codec's dead letter
+            out[scanned[j]] = event
+
+
+_REFUSED = object()
+_EVENT = partial(tuple.__new__, InferenceEvent)
+
+
+def _numbers_or_none(kind: np.ndarray, number: np.ndarray) -> list[float | None]:
+    """Each value as a float where its kind is a number, else None."""
+    values = number.tolist()
+    for j in np.flatnonzero((kind != js.FLOAT) & (kind != js.INT)).tolist():
+        values[j] = None
+    return values
 
 
 def _known(model_bytes: bytes, known_models: Collection[str]) -> str | None:
