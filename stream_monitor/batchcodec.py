@@ -251,22 +251,21 @@ def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_m
                                      buf, spans[j, js.LABEL].tolist()))
     latencies = _numbers_or_none(kinds[:, js.LATENCY], numbers[:, js.LATENCY])
     # the features: a mapping over the batch's values each, and when they are all numbers their float64 row
-    numeric = (value_kinds == js.FLOAT) | (value_kinds == js.INT)
-    numeric_before = np.concatenate(([0], np.cumsum(numeric)))
-    all_numeric = ((numeric_before[firsts + counts] - numeric_before[firsts]) == counts) & (counts > 0)
     event_layouts = s.layouts[usual]
     values = _Values(value_numbers, value_kinds, s.value_ints[:used], s.value_spans[:used], buf)
     names = [layouts[k] for k in event_layouts.tolist()]
     features = list(map(Features, repeat(values), firsts.tolist(), names))
     rows: list[Any] = [None] * len(usual)
     layout_of: list[Any] = [None] * len(usual)
-    if all_numeric.all() and n_layouts == 1:  # one key order, all numbers: one matrix, a row each
+    # every event with features has its float64 row: NaN where a value is not a number (a mixed event's
+    # numbers stay in bulk; the engine reads the others from the mapping)
+    if n_layouts == 1 and counts.all():  # one key order: one matrix, a row each
         rows = list(value_numbers.reshape(len(usual), int(counts[0])))
         layout_of = names
     else:
         view = memoryview(value_numbers)
-        for j, first, count in zip(np.flatnonzero(all_numeric).tolist(), firsts[all_numeric].tolist(),
-                                   counts[all_numeric].tolist()):
+        for j, first, count in zip(np.flatnonzero(counts).tolist(), firsts[counts > 0].tolist(),
+                                   counts[counts > 0].tolist()):
             rows[j], layout_of[j] = view[first:first + count], names[j]
     for j in np.flatnonzero(counts == 0).tolist():
         features[j] = {}
@@ -286,6 +285,12 @@ def _numbers_or_none(kind: np.ndarray, number: np.ndarray) -> list[float | None]
     for j in np.flatnonzero((kind != js.FLOAT) & (kind != js.INT)).tolist():
         values[j] = None
     return values
+
+
+def warm_up() -> None:
+    """Compile the scanner now (or load it from numba's cache): before the first batch, not in it."""
+    decode_batch([RawMessage("", 0, i, b'{"event_id":"e","model_id":"m","timestamp":1.5,"features":{"a":0.5}}')
+                  for i in range(FAST_MIN_BATCH)], {"m"})
 
 
 def _known(model_bytes: bytes, known_models: Collection[str]) -> str | None:

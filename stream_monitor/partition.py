@@ -642,10 +642,16 @@ class SegmentMonitor:
 
 def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: np.ndarray | None,
             row: int | None) -> Any:
-    """A column's values of ``events``: a row of their feature matrix when there is one, else read from each."""
+    """A column's values of ``events``: a row of their feature matrix when there is one, else read from each.
+
+    A matrix stacked from the batch decode's float64 copies holds NaN where a value is not a number (a
+    JSON number never is NaN): a row with one is read from the events; a whole row of numbers serves a
+    numeric column (the very float64 values the list would give), any column when the matrix has no NaN."""
     if column.signal == "feature":
         if isinstance(features, np.ndarray) and row is not None:
-            return features[row]
+            values = features[row]
+            if not np.isnan(values).any() and (column.numeric or not np.isnan(features).any()):
+                return values
         return [e.features.get(column.name) for e in events]
     if column.signal == "latency":
         return [e.latency_ms for e in events]
@@ -1448,7 +1454,8 @@ def _in_event_order(tagged: list[tuple[int, int, int, Alert]]) -> list[Alert]:
 
 def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarray | None:
     """The features as one float64 row per name, when every event has every one as a number (the
-    common case, converted in bulk); else ``None`` and each column reads its values itself."""
+    common case, converted in bulk), or when every event has the same layout (NaN where a value is not a
+    number: :func:`_values`); else ``None`` and each column reads its values itself."""
     if not names or not events:
         return None
     layout = events[0].layout
