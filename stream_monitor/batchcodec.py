@@ -89,29 +89,33 @@ class Features(Mapping):
 
 
 class _Values:
-    """A batch's feature values as the Python objects the codec's parse gives (built once, on first read)."""
+    """A batch's feature values as the Python objects the codec's parse gives (built once, on first read,
+    in bulk: each distinct string decoded once)."""
 
-    __slots__ = ("_objects", "_numbers", "_others", "_kinds", "_ints", "_spans", "_buf")
+    __slots__ = ("_objects", "_numbers", "_kinds", "_ints", "_spans", "_buf")
 
     def __init__(self, numbers: np.ndarray, kinds: np.ndarray, ints: np.ndarray, spans: np.ndarray, buf: bytes):
         self._objects = None
-        self._numbers, self._buf = numbers, buf
-        self._others = np.flatnonzero(kinds != js.FLOAT)  # what is not a float: kept (the scratch is reused)
-        self._kinds, self._ints, self._spans = kinds[self._others], ints[self._others], spans[self._others]
+        self._numbers, self._kinds, self._buf = numbers, kinds, buf
+        self._ints, self._spans = ints[kinds == js.INT], spans[kinds == js.STRING]  # the scratch is reused
 
     def objects(self) -> list[Any]:
         if self._objects is None:
-            objects = self._numbers.tolist()
-            buf = self._buf
-            for index, kind, integer, (a, b) in zip(self._others.tolist(), self._kinds.tolist(), self._ints.tolist(),
-                                                    self._spans.tolist()):
-                if kind == js.INT:
-                    objects[index] = integer
-                elif kind == js.STRING:
-                    objects[index] = buf[a:b].decode()
-                else:
-                    objects[index] = _CONSTANTS[kind]
-            self._objects = objects
+            kinds = self._kinds
+            objects = np.empty(len(kinds), dtype=object)
+            objects[:] = self._numbers  # Python floats (NaN where not a number, replaced below)
+            objects[kinds == js.INT] = self._ints  # Python ints
+            strings = kinds == js.STRING
+            if strings.any():
+                ids, firsts, _ = js.intern(np.frombuffer(self._buf, dtype=np.uint8), self._spans)
+                spans, buf = self._spans, self._buf
+                distinct = np.empty(len(firsts), dtype=object)
+                distinct[:] = [buf[a:b].decode() for a, b in spans[firsts].tolist()]
+                objects[strings] = distinct[ids]
+            objects[kinds == js.TRUE] = True
+            objects[kinds == js.FALSE] = False
+            objects[kinds == js.NULL] = None
+            self._objects = objects.tolist()
             self._numbers = self._kinds = self._ints = self._spans = self._buf = None
         return self._objects
 
@@ -209,7 +213,7 @@ def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_m
     firsts, counts = s.firsts[usual], s.counts[usual]
     used = int((firsts + counts).max())
     value_numbers = s.value_numbers[:used].copy()  # the scratch is reused: what events keep is copied
-    value_kinds = s.value_kinds[:used]
+    value_kinds = s.value_kinds[:used].copy()
     layouts = [tuple(buf[a:b].decode() for a, b in s.key_spans[first:first + count].tolist())
                for first, count in zip(s.layout_firsts[:n_layouts].tolist(), s.layout_counts[:n_layouts].tolist())]
     kinds, numbers, spans = s.kinds[usual], s.numbers[usual], s.spans[usual]
@@ -254,7 +258,22 @@ def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_m
     event_layouts = s.layouts[usual]
     values = _Values(value_numbers, value_kinds, s.value_ints[:used], s.value_spans[:used], buf)
     names = [layouts[k] for k in event_layouts.tolist()]
-    features = list(map(Features, repeat(values), firsts.tolist(), names))
+    numeric = (value_kinds == js.FLOAT) | (value_kinds == js.INT)
+    numeric_before = np.concatenate(([0], np.cumsum(numeric)))
+    is_mixed = (numeric_before[firsts + counts] - numeric_before[firsts]) != counts
+    if not is_mixed.any():
+        features = list(map(Features, repeat(values), firsts.tolist(), names))
+    else:  # a mixed event's strings, booleans and nulls are read anyway (by the categorical columns): dicts now
+        objects = values.objects()
+        mixed, plain = np.flatnonzero(is_mixed), np.flatnonzero(~is_mixed)
+        features = [None] * len(usual)
+        starts, stops = firsts[mixed].tolist(), (firsts + counts)[mixed].tolist()
+        for j, built in zip(mixed.tolist(), map(dict, map(zip, [names[j] for j in mixed.tolist()],
+                                                           map(objects.__getitem__, map(slice, starts, stops))))):
+            features[j] = built
+        for j, built in zip(plain.tolist(), map(Features, repeat(values), firsts[plain].tolist(),
+                                                [names[j] for j in plain.tolist()])):
+            features[j] = built
     rows: list[Any] = [None] * len(usual)
     layout_of: list[Any] = [None] * len(usual)
     # every event with features has its float64 row: NaN where a value is not a number (a mixed event's

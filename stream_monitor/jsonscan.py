@@ -644,3 +644,35 @@ def scan(buf, starts, ends, kafka_ms, max_ahead_ms, max_features, max_event_id_b
         firsts[m], counts[m], layouts[m] = first, count, layout
         first += count
     return n_layouts
+
+
+@njit(cache=True)
+def intern(buf, spans):
+    """Each span's string as an index into the distinct ones (compared byte for byte), and where each
+    distinct one first is: (ids, firsts, count)."""
+    n = len(spans)
+    size = 16
+    while size < 2 * n:
+        size *= 2
+    table = np.full(size, -1, dtype=np.int64)  # slot → distinct id
+    ids = np.empty(n, dtype=np.int64)
+    firsts = np.empty(n, dtype=np.int64)
+    count = 0
+    mask = _U64(size - 1)
+    for k in range(n):
+        s, e = spans[k, 0], spans[k, 1]
+        slot = np.int64(_hash(buf, s, e) & mask)
+        while True:
+            held = table[slot]
+            if held < 0:
+                table[slot] = count
+                firsts[count] = k
+                ids[k] = count
+                count += 1
+                break
+            a, b = spans[firsts[held], 0], spans[firsts[held], 1]
+            if b - a == e - s and _same(buf, a, s, e - s):
+                ids[k] = held
+                break
+            slot = (slot + 1) & (size - 1)
+    return ids, firsts[:count], count

@@ -645,13 +645,22 @@ def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: n
     """A column's values of ``events``: a row of their feature matrix when there is one, else read from each.
 
     A matrix stacked from the batch decode's float64 copies holds NaN where a value is not a number (a
-    JSON number never is NaN): a row with one is read from the events; a whole row of numbers serves a
-    numeric column (the very float64 values the list would give), any column when the matrix has no NaN."""
+    JSON number never is NaN). A numeric column takes its row as it is when it has no NaN (the very float64
+    values the list would give), else the row's numbers with the others read from the events; any other
+    column takes its row only when the whole matrix has no NaN (as it always did), else reads the events."""
     if column.signal == "feature":
         if isinstance(features, np.ndarray) and row is not None:
             values = features[row]
-            if not np.isnan(values).any() and (column.numeric or not np.isnan(features).any()):
-                return values
+            missing = np.isnan(values)
+            if not missing.any():
+                if column.numeric or not np.isnan(features).any():
+                    return values
+            elif column.numeric and not missing.all():
+                out = values.tolist()
+                name = column.name
+                for i in np.flatnonzero(missing).tolist():
+                    out[i] = events[i].features.get(name)
+                return out
         return [e.features.get(column.name) for e in events]
     if column.signal == "latency":
         return [e.latency_ms for e in events]

@@ -209,14 +209,20 @@ def test_limits_and_the_kafka_timestamp():
 
 
 def test_features_read_like_the_dict():
+    numbers = {"amount": 12.5, "age": 41, "rate": -0.0}
+    docs = [orjson.dumps({**PLAIN, "event_id": f"e{i}", "features": numbers}) for i in range(5)]
+    features = decode_batch(raws(docs), MODELS)[0].features
+    assert isinstance(features, Features)  # all numbers: a mapping over the batch's arrays
+    assert features == numbers and numbers == features and features != {"amount": 12.5}
+    assert list(features) == list(numbers) and len(features) == 3 and list(features.items()) == list(numbers.items())
+    assert features.get("age") == 41 and features.get("missing") is None and features["amount"] == 12.5
+    assert "rate" in features and "nope" not in features
+    assert repr(features) == repr(numbers) and dict(features) == numbers
+    import copy
+    import pickle
+    assert pickle.loads(pickle.dumps(features)) == numbers and copy.deepcopy(features) == numbers
     event = decode_batch(raws([plain(i) for i in range(5)]), MODELS)[0]
-    features = event.features
-    assert isinstance(features, Features)
-    assert features == PLAIN["features"] and PLAIN["features"] == features
-    assert list(features) == list(PLAIN["features"]) and len(features) == 5
-    assert features.get("country") == "DE" and features.get("missing") is None and features["age"] == 41
-    assert "vip" in features and "nope" not in features
-    assert repr(features) == repr(PLAIN["features"])
+    assert event.features == PLAIN["features"] and type(event.features) is dict  # mixed: a dict, built in bulk
     assert np.frombuffer(event.numbers).tolist()[:2] == [12.5, 41.0]  # the numbers in bulk, NaN for the others
     assert np.isnan(np.frombuffer(event.numbers)[2:]).all() and event.layout == tuple(PLAIN["features"])
 
@@ -294,3 +300,15 @@ def spelled(doc, style: int) -> bytes:
 def test_generated_events_decode_as_the_codec_decodes_them(docs):
     values = [plain(i) for i in range(4)] + [spelled(doc, style) for doc, style in docs]
     same(raws(values))
+
+
+def test_a_batchs_events_read_after_the_next_batch_is_decoded():
+    """The scanner's arrays are reused from batch to batch: what an event keeps is its own."""
+    first = [orjson.dumps({"event_id": f"a{i}", "model_id": "fraud", "features": {"x": i + 0.5, "n": i}})
+             for i in range(6)]
+    second = [orjson.dumps({"event_id": f"b{i}", "model_id": "churn", "features": {"y": "s", "x": -1.0, "n": 7}})
+              for i in range(9)]
+    early = decode_batch(raws(first), MODELS)
+    decode_batch(raws(second), MODELS)
+    assert [dict(e.features) for e in early] == [{"x": i + 0.5, "n": i} for i in range(6)]
+    assert [np.frombuffer(e.numbers).tolist() for e in early] == [[i + 0.5, float(i)] for i in range(6)]

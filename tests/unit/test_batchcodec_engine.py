@@ -1,7 +1,7 @@
 """Events of the batch decode through the engine: the same alerts and state as the codec's events.
 
 The batch decode gives every event with features its float64 row (NaN where a value is not a number)
-and a mapping over the batch's values instead of a dict; the engine reads those (a column whose row has
+and, when its features are all numbers, a mapping over the batch's values instead of a dict; the engine reads those (a column whose row has
 a NaN from the events) and must decide exactly what it decides on the codec's events: pinned positions,
 segments, the joint test, nulls, missing keys and other key orders included."""
 
@@ -61,11 +61,36 @@ def test_batch_decoded_events_raise_the_codecs_alerts():
     slow = [decode(r, KNOWN) for r in raws]
     fast = [e for start in range(0, len(raws), 500) for e in decode_batch(raws[start:start + 500], KNOWN)]
     assert fast == slow
-    assert sum(isinstance(e.features, Features) for e in fast) == len(fast)
+    assert all(isinstance(e.features, Features) == all(v.__class__ in (int, float) for v in e.features.values())
+               for e in fast)  # a mapping over the batch's arrays when all are numbers, else a dict
+    assert any(isinstance(e.features, Features) for e in fast)
     assert sum(e.numbers is not None for e in fast) == len(fast)  # mixed events too: their numbers in bulk
     assert sum(e.numbers is not None for e in slow) < len(slow) // 2  # the codec's: only all-number events
     expected = outcome(slow)
     fraud = expected[1]["models"]["fraud"]
     assert fraud["segments"] and fraud["multivariate"], "the segments and the joint test must run"
     assert sum(a.model_id == "fraud" for a in expected[0]) >= 3, "the drift must raise alerts"
+    assert outcome(fast) == expected
+
+
+def test_all_number_events_read_through_their_mappings_raise_the_codecs_alerts():
+    """Events whose features are all numbers keep a mapping over the batch (a dict only when read): the same
+    alerts and state, with other key orders and a missing key now and then."""
+    rng = random.Random(8)
+    docs = []
+    for i in range(9000):
+        shift = 1.5 if i >= 6000 else 0.0
+        features = {"a": rng.gauss(shift, 1.0), "b": round(rng.lognormvariate(0.0, 1.0), 3), "c": rng.randint(0, 9)}
+        if i % 1000 == 999:
+            features = dict(reversed(list(features.items())))
+        if i % 1500 == 1499:
+            del features["b"]
+        docs.append({"event_id": f"e{i}", "model_id": "stable", "features": features,
+                     "prediction": {"score": rng.random()}, "timestamp": 1_795_000_000 + i * 0.25})
+    raws = [RawMessage("ml.inference", PARTITION, i, orjson.dumps(d)) for i, d in enumerate(docs)]
+    slow = [decode(r, KNOWN) for r in raws]
+    fast = [e for start in range(0, len(raws), 500) for e in decode_batch(raws[start:start + 500], KNOWN)]
+    assert fast == slow and all(isinstance(e.features, Features) for e in fast)
+    expected = outcome(slow)
+    assert expected[0], "the shift must raise alerts for the comparison to mean something"
     assert outcome(fast) == expected
