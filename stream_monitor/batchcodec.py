@@ -21,6 +21,7 @@ import threading
 from collections.abc import Mapping
 from functools import partial
 from itertools import repeat
+from operator import attrgetter
 from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
@@ -47,7 +48,6 @@ class Features(Mapping):
         if values is None:
             objects = self._batch.objects()
             values = self._values = dict(zip(self._layout, objects[self._first:self._first + len(self._layout)]))
-            self._batch = None
         return values
 
     def __getitem__(self, name: str) -> Any:
@@ -92,12 +92,34 @@ class _Values:
     """A batch's feature values as the Python objects the codec's parse gives (built once, on first read,
     in bulk: each distinct string decoded once)."""
 
-    __slots__ = ("_objects", "_numbers", "_kinds", "_ints", "_spans", "_buf")
+    __slots__ = ("_objects", "_numbers", "_kinds", "_ints", "_spans", "_buf", "_at_ints", "_at_strings", "slots")
 
     def __init__(self, numbers: np.ndarray, kinds: np.ndarray, ints: np.ndarray, spans: np.ndarray, buf: bytes):
         self._objects = None
         self._numbers, self._kinds, self._buf = numbers, kinds, buf
-        self._ints, self._spans = ints[kinds == js.INT], spans[kinds == js.STRING]  # the scratch is reused
+        self._at_ints, self._at_strings = np.flatnonzero(kinds == js.INT), np.flatnonzero(kinds == js.STRING)
+        self._ints, self._spans = ints[self._at_ints], spans[self._at_strings]  # the scratch is reused
+        self.slots: dict[tuple[int, str], int | None] = {}  # (id of a layout, name) → its place in the layout
+
+    def column(self, at: np.ndarray) -> list[Any]:
+        """The values at positions ``at`` as the codec's parse gives them (one column of a batch's events)."""
+        kinds = self._kinds[at]
+        out = np.empty(len(at), dtype=object)
+        out[:] = self._numbers[at]
+        ints = kinds == js.INT
+        if ints.any():
+            out[ints] = self._ints[np.searchsorted(self._at_ints, at[ints])]
+        strings = kinds == js.STRING
+        if strings.any():
+            spans = self._spans[np.searchsorted(self._at_strings, at[strings])]
+            ids, firsts, _ = js.intern(np.frombuffer(self._buf, dtype=np.uint8), spans)
+            distinct = np.empty(len(firsts), dtype=object)
+            distinct[:] = [self._buf[a:b].decode() for a, b in spans[firsts].tolist()]
+            out[strings] = distinct[ids]
+        out[kinds == js.TRUE] = True
+        out[kinds == js.FALSE] = False
+        out[kinds == js.NULL] = None
+        return out.tolist()
 
     def objects(self) -> list[Any]:
         if self._objects is None:
@@ -116,7 +138,6 @@ class _Values:
             objects[kinds == js.FALSE] = False
             objects[kinds == js.NULL] = None
             self._objects = objects.tolist()
-            self._numbers = self._kinds = self._ints = self._spans = self._buf = None
         return self._objects
 
 
@@ -258,26 +279,11 @@ def _fast(messages: Sequence[RawMessage], scanned: list[int], out: list, known_m
     event_layouts = s.layouts[usual]
     values = _Values(value_numbers, value_kinds, s.value_ints[:used], s.value_spans[:used], buf)
     names = [layouts[k] for k in event_layouts.tolist()]
-    numeric = (value_kinds == js.FLOAT) | (value_kinds == js.INT)
-    numeric_before = np.concatenate(([0], np.cumsum(numeric)))
-    is_mixed = (numeric_before[firsts + counts] - numeric_before[firsts]) != counts
-    if not is_mixed.any():
-        features = list(map(Features, repeat(values), firsts.tolist(), names))
-    else:  # a mixed event's strings, booleans and nulls are read anyway (by the categorical columns): dicts now
-        objects = values.objects()
-        mixed, plain = np.flatnonzero(is_mixed), np.flatnonzero(~is_mixed)
-        features = [None] * len(usual)
-        starts, stops = firsts[mixed].tolist(), (firsts + counts)[mixed].tolist()
-        for j, built in zip(mixed.tolist(), map(dict, map(zip, [names[j] for j in mixed.tolist()],
-                                                           map(objects.__getitem__, map(slice, starts, stops))))):
-            features[j] = built
-        for j, built in zip(plain.tolist(), map(Features, repeat(values), firsts[plain].tolist(),
-                                                [names[j] for j in plain.tolist()])):
-            features[j] = built
+    features = list(map(Features, repeat(values), firsts.tolist(), names))
     rows: list[Any] = [None] * len(usual)
     layout_of: list[Any] = [None] * len(usual)
     # every event with features has its float64 row: NaN where a value is not a number (a mixed event's
-    # numbers stay in bulk; the engine reads the others from the mapping)
+    # numbers stay in bulk; the engine reads the others a column at a time: column_values)
     if n_layouts == 1 and counts.all():  # one key order: one matrix, a row each
         rows = list(value_numbers.reshape(len(usual), int(counts[0])))
         layout_of = names
@@ -304,6 +310,28 @@ def _numbers_or_none(kind: np.ndarray, number: np.ndarray) -> list[float | None]
     for j in np.flatnonzero((kind != js.FLOAT) & (kind != js.INT)).tolist():
         values[j] = None
     return values
+
+
+def column_values(events: Sequence[InferenceEvent], name: str) -> list[Any] | None:
+    """``[e.features.get(name) for e in events]`` read from the batch's arrays in one go, when every event's
+    features are a :class:`Features` of one batch and one layout; else ``None``."""
+    if not events:
+        return None
+    features = list(map(_FEATURES, events))  # C-level passes: a Python loop here would cost what it saves
+    if set(map(type, features)) != {Features} or len(set(map(id, map(_BATCH, features)))) != 1 \
+            or len(set(map(id, map(_LAYOUT, features)))) != 1:
+        return None
+    batch, layout = features[0]._batch, features[0]._layout
+    key = (id(layout), name)
+    slot = batch.slots.get(key, -1)
+    if slot == -1:
+        slot = batch.slots[key] = layout.index(name) if name in layout else None
+    if slot is None:
+        return [None] * len(events)
+    return batch.column(np.fromiter(map(_FIRST, features), dtype=np.int64, count=len(features)) + slot)
+
+
+_FEATURES, _BATCH, _LAYOUT, _FIRST = (attrgetter(a) for a in ("features", "_batch", "_layout", "_first"))
 
 
 def warm_up() -> None:

@@ -33,6 +33,7 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .cbpe import EstimatedPerformance, predicted_positive
 from .fairness import Fairness
+from .batchcodec import column_values
 from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
 from .events import Alert, InferenceEvent, LabelEvent, segment_words
 from .incidents import Incidents, episode_key
@@ -657,10 +658,15 @@ def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: n
                     return values
             elif column.numeric and not missing.all():
                 out = values.tolist()
-                name = column.name
-                for i in np.flatnonzero(missing).tolist():
-                    out[i] = events[i].features.get(name)
+                name, places = column.name, np.flatnonzero(missing).tolist()
+                others = [events[i] for i in places]
+                read = column_values(others, name)
+                for i, value in zip(places, [e.features.get(name) for e in others] if read is None else read):
+                    out[i] = value
                 return out
+            read = column_values(events, column.name)  # the batch decode's arrays, in one go
+            if read is not None:
+                return read
         return [e.features.get(column.name) for e in events]
     if column.signal == "latency":
         return [e.latency_ms for e in events]

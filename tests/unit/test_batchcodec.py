@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from stream_monitor import jsonscan
-from stream_monitor.batchcodec import Features, decode_batch
+from stream_monitor.batchcodec import Features, column_values, decode_batch
 from stream_monitor.codec import decode
 from stream_monitor.events import DeadLetter, InferenceEvent, RawMessage
 
@@ -221,8 +221,14 @@ def test_features_read_like_the_dict():
     import copy
     import pickle
     assert pickle.loads(pickle.dumps(features)) == numbers and copy.deepcopy(features) == numbers
-    event = decode_batch(raws([plain(i) for i in range(5)]), MODELS)[0]
-    assert event.features == PLAIN["features"] and type(event.features) is dict  # mixed: a dict, built in bulk
+    events = decode_batch(raws([plain(i) for i in range(5)]), MODELS)
+    assert events[0].features == PLAIN["features"] and isinstance(events[0].features, Features)  # mixed too
+    for name in (*PLAIN["features"], "absent"):  # a column of the batch at once: what each mapping gives
+        column = column_values(events, name)
+        assert [strict(v) for v in column] == [strict(e.features.get(name)) for e in events]
+        assert [strict(v) for v in column] == [strict(PLAIN["features"].get(name))] * 5
+    assert column_values(events[:2] + [decode(raws([plain(0)])[0], MODELS)], "age") is None  # not one batch's
+    event = events[0]
     assert np.frombuffer(event.numbers).tolist()[:2] == [12.5, 41.0]  # the numbers in bulk, NaN for the others
     assert np.isnan(np.frombuffer(event.numbers)[2:]).all() and event.layout == tuple(PLAIN["features"])
 
