@@ -30,11 +30,11 @@ COPY stream_monitor/ /tmp/build/stream_monitor/
 COPY schemas/ /tmp/build/schemas/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation /tmp/build \
     && rm -rf /tmp/build \
-    # Compile the detector kernels of the installed package (-P: not a copy in the
-    # working directory) into a read-only seed; the entrypoint copies it into the
+    # Compile the detector kernels and the decode's scanner of the installed package
+    # (-P: not a copy in the working directory) into a read-only seed; the entrypoint copies it into the
     # writable NUMBA_CACHE_DIR at start, so no replica compiles them again.
     && NUMBA_CACHE_DIR=/opt/stream-monitor/numba-cache \
-        python -P -c "from stream_monitor.detectors.compile import warm_up; warm_up()" \
+        python -P -c "from stream_monitor.detectors.compile import warm_up; warm_up(); from stream_monitor.batchcodec import warm_up; warm_up()" \
     && chmod -R a+rX,go-w /opt/stream-monitor \
     # Nothing is installed at run time: the base image's own pip and wheel are
     # neither pinned nor audited, so they leave the image.

@@ -1,7 +1,8 @@
 """The service loop: poll → decode → process → publish → checkpoint; assign / revoke.
 
 Follow one message: :meth:`Service.run` polls it, :meth:`Service._handle`
-decodes it (:mod:`codec`) and hands it to its partition's
+decodes it with the rest of its batch (:mod:`batchcodec`, :mod:`codec` for
+anything unusual) and hands it to its partition's
 :class:`~stream_monitor.partition.PartitionMonitor`, alerts go to the
 :class:`~stream_monitor.publisher.Publisher`, and :func:`~stream_monitor.checkpoint.checkpoint`
 makes it durable: delivery confirmed, state + offset saved to Redis, offset committed.
@@ -29,7 +30,7 @@ from .board import StatusBoard
 from .history import alert_point
 from .historystore import HistoryWriter
 from .checkpoint import PartitionKey, checkpoint
-from .codec import decode
+from .batchcodec import decode_batch
 from .config import Config, consumer_settings, producer_settings, redact_url
 from .errors import ConfigError, StateError, StopRequested
 from .events import DeadLetter, LabelEvent, RawMessage
@@ -60,6 +61,7 @@ RATE_SAMPLE_SECONDS = 1.0  # how often the loop hands the status page its count 
 GROUP_VIEW_SECONDS = 5.0  # how often the status page's view of the whole group is read from Redis
 MERGE_SECONDS = 0.5  # how often a model's merger looks for newly closed buckets (and after each checkpoint)
 GC_YOUNG_THRESHOLD = 50_000  # allocations between two young-generation collections (CPython default: 700)
+_UNDECODED = object()  # a prepared message's decoded event before the batch decode ran
 alert_log = logging.getLogger("stream_monitor.alerts")
 retraining_log = logging.getLogger("stream_monitor.retraining")  # one line per retraining request
 incident_log = logging.getLogger("stream_monitor.incidents")  # a model's incidents opening and closing
@@ -430,11 +432,20 @@ class Service:
         started = clock.now()
         prepared = []
         consumed: dict[str, int] = {}
+        undecoded = []  # positions in prepared of the messages the batch decode reads, all at once
         for message in messages:
             item = self._prepare(message)
             if item is not None:
+                if item[3] is _UNDECODED:
+                    undecoded.append(len(prepared))
                 prepared.append(item)
                 consumed[item[2].topic] = consumed.get(item[2].topic, 0) + 1
+        if undecoded:
+            service = self.config.service
+            decoded = decode_batch([prepared[i][2] for i in undecoded], self.known_models, service.max_message_bytes,
+                                   service.max_features_per_event, service.max_event_id_bytes, self.max_ahead_ms)
+            for i, event in zip(undecoded, decoded):
+                prepared[i] = (*prepared[i][:3], event)
         for topic, count in consumed.items():
             self.metrics.events_consumed.labels(topic).inc(count)
         arrived = prepared
@@ -527,9 +538,7 @@ class Service:
             return key, monitor, raw, decode_oip(raw, self.oip_models, self.config.service.max_message_bytes,
                                                  self.config.service.max_event_id_bytes,
                                                  self.config.service.max_features_per_event, self.max_ahead_ms)
-        return key, monitor, raw, decode(raw, self.known_models, self.config.service.max_message_bytes,
-                                          self.config.service.max_features_per_event,
-                                          self.config.service.max_event_id_bytes, self.max_ahead_ms)
+        return key, monitor, raw, _UNDECODED  # decoded with the rest of the batch
 
     def _quarantined_message(self, message: Message, quarantine: Quarantine) -> None:
         """A message of a quarantined partition (only fetched with on_corrupt_state = "dead_letter")."""

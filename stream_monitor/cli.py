@@ -131,10 +131,12 @@ def _run(args: argparse.Namespace) -> int:
     log.info("starting (pid %d)", os.getpid())
     try:
         from .app import Service  # noqa: PLC0415 - keeps `replay` free of Kafka and Redis imports
+        from .batchcodec import warm_up as warm_up_decode  # noqa: PLC0415
         from .detectors.compile import warm_up  # noqa: PLC0415
         from .web import load_web_config, serve  # noqa: PLC0415
 
         warm_up()  # compiled once per install (cached on disk); before joining the group, not in the first batch
+        warm_up_decode()
         service = Service(config)
         service.install_signal_handlers()  # from here a stop finishes the batch in hand and persists
     except _StoppedDuringStartUp as stop:

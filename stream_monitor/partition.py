@@ -34,6 +34,7 @@ from .detectors.quality import CHECKS as QUALITY_CHECKS, QualityWindow
 from .errors import ReferenceProfileError, StateError
 from .cbpe import EstimatedPerformance, predicted_positive
 from .fairness import Fairness
+from .batchcodec import column_values
 from .codec import NUMBER_TYPES as _NUMBER_TYPES, category
 from .events import Alert, InferenceEvent, LabelEvent, segment_words
 from .incidents import Incidents, episode_key
@@ -711,10 +712,30 @@ class SegmentMonitor:
 
 def _values(column: ColumnMonitor, events: Sequence[InferenceEvent], features: np.ndarray | None,
             row: int | None) -> Any:
-    """A column's values of ``events``: a row of their feature matrix when there is one, else read from each."""
+    """A column's values of ``events``: a row of their feature matrix when there is one, else read from each.
+
+    A matrix stacked from the batch decode's float64 copies holds NaN where a value is not a number (a
+    JSON number never is NaN). A numeric column takes its row as it is when it has no NaN (the very float64
+    values the list would give), else the row's numbers with the others read from the events; any other
+    column takes its row only when the whole matrix has no NaN (as it always did), else reads the events."""
     if column.signal == "feature":
         if isinstance(features, np.ndarray) and row is not None:
-            return features[row]
+            values = features[row]
+            missing = np.isnan(values)
+            if not missing.any():
+                if column.numeric or not np.isnan(features).any():
+                    return values
+            elif column.numeric and not missing.all():
+                out = values.tolist()
+                name, places = column.name, np.flatnonzero(missing).tolist()
+                others = [events[i] for i in places]
+                read = column_values(others, name)
+                for i, value in zip(places, [e.features.get(name) for e in others] if read is None else read):
+                    out[i] = value
+                return out
+            read = column_values(events, column.name)  # the batch decode's arrays, in one go
+            if read is not None:
+                return read
         return [e.features.get(column.name) for e in events]
     if column.signal == "latency":
         return [e.latency_ms for e in events]
@@ -1560,7 +1581,8 @@ def _in_event_order(tagged: list[tuple[int, int, int, Alert]]) -> list[Alert]:
 
 def _feature_matrix(events: list[InferenceEvent], names: list[str]) -> np.ndarray | None:
     """The features as one float64 row per name, when every event has every one as a number (the
-    common case, converted in bulk); else ``None`` and each column reads its values itself."""
+    common case, converted in bulk), or when every event has the same layout (NaN where a value is not a
+    number: :func:`_values`); else ``None`` and each column reads its values itself."""
     if not names or not events:
         return None
     layout = events[0].layout
