@@ -33,6 +33,7 @@ from typing import Any, Collection, Iterable, Iterator, NamedTuple
 import orjson
 
 from . import codec
+from .batchcodec import decode_batch
 from .errors import StreamMonitorError
 from .events import DeadLetter, InferenceEvent, LabelEvent, RawMessage
 
@@ -150,17 +151,30 @@ def _result(line: int, decoded: codec.Decoded) -> Row:
 
 # --- JSON lines -------------------------------------------------------------------------------
 
-def _read_jsonl(name: str, compressed: bool, known_models: Collection[str], limits: _Limits) -> Iterator[Row]:
+def _read_jsonl(name: str, compressed: bool, known_models: Collection[str], limits: _Limits,
+                batch: int = 1_000) -> Iterator[Row]:
+    """Each line's row, in order; lines are decoded a batch at a time, as ``run`` decodes a poll batch."""
     max_bytes = limits.max_bytes
+    pending: list[RawMessage] = []
+
+    def flush() -> Iterator[Row]:
+        for message, decoded in zip(pending, decode_batch(pending, known_models, max_bytes, limits.max_features)):
+            yield _result(message.offset, decoded)
+        pending.clear()
+
     with _open(name, compressed) as stream:
         for line_no, value, size in _lines(stream, max_bytes):
             if value is None:
+                yield from flush()
                 yield line_no, SourceError(line_no, "too_large",
                                            f"line is {size} bytes, over the limit of {max_bytes}")
                 continue
             if not value.strip():
                 continue
-            yield limits.decode(line_no, value, known_models)
+            pending.append(RawMessage(_TOPIC, -1, line_no, value))
+            if len(pending) >= batch:
+                yield from flush()
+    yield from flush()
 
 
 def _lines(stream: io.BufferedIOBase, max_bytes: int) -> Iterator[tuple[int, bytes | None, int]]:
