@@ -37,7 +37,7 @@ from .events import Alert, segment_id_text, segment_words
 from .incidents import Incidents
 from .segments import Segments, monitored_columns
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
-                        ReferenceProfile, WarmupSummary)
+                        ReferenceProfile, WarmupSummary, numeric_labels)
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 
 POINT_DETECTORS = ("adwin", "page_hinkley")
@@ -97,7 +97,8 @@ def share_before_reference(model: ModelConfig) -> float:
     (the label column's, the performance detector and, where it may run, the estimated performance)."""
     det = model.detectors
     return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model),
-                                                           fairness=fairness_tests(model.fairness)))
+                                                           fairness=fairness_tests(model.fairness),
+                                                           numeric_label=model.performance.task == "regression"))
 
 
 def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
@@ -110,7 +111,17 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     segmented = [isinstance(ref, NumericReference) for _, _, ref in segmented_columns(model, reference)]
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
                                                            runs_joint(model, reference), segmented,
-                                                           fairness_tests(model.fairness)))
+                                                           fairness_tests(model.fairness), label_numeric(model, reference)))
+
+
+def label_numeric(model: ModelConfig, reference: ReferenceProfile | None) -> bool:
+    """Whether the model's labels are judged as numbers: its reference's labels are numeric, or, without
+    them, its task is regression (configured, or told by the reference's predictions)."""
+    if reference is not None and reference.labels is not None:
+        return isinstance(reference.labels, NumericReference)
+    if reference is None:
+        return model.performance.task == "regression"
+    return numeric_labels(model.performance.task, reference.score, reference.predicted_label)
 
 
 def runs_segments(model: ModelConfig, reference: ReferenceProfile) -> bool:
@@ -657,6 +668,18 @@ def _numeric_counts(ref: NumericReference, summary: ColumnSummary, events: int, 
     return out
 
 
+def _label_counts(ref: ColumnReference, part: Mapping[str, Any], ks: bool) -> dict[str, Any]:
+    """A bucket's label part as the counts of the label column against the model's label reference: a
+    categorical one's categories, a numeric one's (a regression's) numbers read back from their categories
+    (PSI bins, KS cells, data quality: missing, not a number, not finite, out of range). Labels past the
+    part's ``max_categories`` are not judged by a numeric reference (their values are not kept)."""
+    summary = mergeperf.label_summary(part)
+    if isinstance(ref, CategoricalReference):
+        return _categorical_counts(ref, summary, part["events"])
+    summary.present -= part["overflow"]
+    return _numeric_counts(ref, summary, part["events"] - part["overflow"], ks, False)
+
+
 def _categorical_counts(ref: CategoricalReference, summary: ColumnSummary, events: int) -> dict[str, Any]:
     if summary.kind != "categorical":  # only numbers so far: their categories
         summary = ColumnSummary.from_snapshot(summary.snapshot(), summary.max_categories)
@@ -994,14 +1017,15 @@ def _labels_and_performance(model: ModelConfig, reference: ReferenceProfile, sta
         side = mergeperf.label_state(state)
         known = mergeperf.label_reference(model, reference, side)
         if known is None:
-            mergeperf.warm_labels(model, side, bucket, [part for *_, part in labels])
+            mergeperf.warm_labels(model, side, bucket, [part for *_, part in labels],
+                                  numeric=label_numeric(model, reference))
         else:
             window = side["window"]
             if window is None:
                 window = side["window"] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
             window["last_bucket"] = bucket
             for topic, partition, part in labels:
-                counts = _categorical_counts(known, mergeperf.label_summary(part), part["events"])
+                counts = _label_counts(known, part, model.detectors.ks.enabled)
                 add_partial(window, {"events": part["events"], "columns": {column_key("label", "label"): counts}})
                 where = f"{topic}|{partition}"
                 window["by_partition"][where] = window["by_partition"].get(where, 0) + part["events"]
@@ -1042,7 +1066,7 @@ def _warm_labels_from(model: ModelConfig, profile: ReferenceProfile, state: dict
     for bucket in sorted({e[0] for e in taken}):
         parts = [p["labels"] for b, _, _, p in taken if b == bucket and p.get("labels")]
         if parts and mergeperf.label_reference(model, profile, side) is None:
-            mergeperf.warm_labels(model, side, bucket, parts)
+            mergeperf.warm_labels(model, side, bucket, parts, numeric=label_numeric(model, profile))
 
 
 def _p95_ceiling(model: ModelConfig, episodes: _Episodes, cells: Mapping[str, int], alert: Any) -> list[Alert]:
