@@ -852,7 +852,7 @@ class ModelMonitor:
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
                                        int(self.config.merge_bucket_seconds * 1000),
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
-            if before is not None and before.warmup is not None:  # the warm-up share's closed buckets
+            if before is not None:  # the warm-up share's buckets, or those of the reference before (their tag)
                 self.sketch.take_over(before)
             self.model_side = PartitionSide(self.config, reference)
         self.multivariate = None if merged else self._joint(reference)
