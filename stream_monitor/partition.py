@@ -1355,6 +1355,14 @@ class ModelMonitor:
             self.sketch.restore(state["partials"])
             if self.model_side is not None:  # absent in states saved before the model-level joint test
                 self.model_side.restore(state.get("model_side"))
+            given = self.given_reference
+            if self.config.reference.source == "stored" and given is not None and self.reference is not None \
+                    and given.version > self.reference.version:
+                # a newer version was stored while this state was not running: the model's merge judges against
+                # the newest, so this partition switches now (its buckets so far close under the old tag)
+                log.info("model %s: now compared with stored reference version %d (the state's was %d)",
+                         self.config.model_id, given.version, self.reference.version)
+                self.use_reference(given)
         saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")

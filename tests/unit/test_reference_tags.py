@@ -152,3 +152,23 @@ def test_state_and_partials_of_the_previous_version_still_merge():
     plain = merge_step(CONFIG.models[MODEL], old, state, untagged, BUCKET_MS)
     tagged = merge_step(CONFIG.models[MODEL], old, None, parts(None, 60, False), BUCKET_MS)
     assert plain.state == tagged.state and plain.alerts == tagged.alerts == []
+
+
+def test_a_partition_restored_after_a_newer_version_was_stored_switches_to_it():
+    old, new = references()
+    monitor = PartitionMonitor(CONFIG, 0, {MODEL: old})
+    monitor.process_batch([(i, event(i, 0.0), None) for i in range(250)])  # buckets 0–2, 2 still open
+    state = monitor.snapshot()
+    again = PartitionMonitor(CONFIG, 0, {MODEL: new})  # the service now holds version 2
+    again.restore(state)
+    model = again.models[MODEL]
+    assert model.reference is new and model.sketch.tag == reference_tag(new)
+    # the restored buckets closed under version 1's tag; the next events count under version 2's
+    again.process_batch([(250 + i, event(250 + i, 2.0), None) for i in range(100)])
+    again.go_idle()
+    held = again.merge_marks()[MODEL]["partials"]
+    assert [(b - t0(), v["ref"][:1], v["events"]) for b, v in sorted(held.items())] == [
+        (0, "1", 100), (1, "1", 100), (2, "1", 50), (3, "2", 100)]
+    same = PartitionMonitor(CONFIG, 0, {MODEL: old})  # the same version: restored as it was
+    same.restore(state)
+    assert same.models[MODEL].reference.version == 1
