@@ -25,6 +25,7 @@ import json
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import orjson
 
 from . import alerts as words, drivers, fairness, history, mergejoint, mergeperf
 from .calibration import fairness_tests, ks_threshold, model_tests, per_window, psi_threshold, rate_threshold, split
@@ -844,13 +845,15 @@ _TAGS: dict[int, tuple[ReferenceProfile, str]] = {}  # id(profile) → (profile,
 
 
 def reference_tag(profile: ReferenceProfile) -> str:
-    """The tag of the reference a partial was sketched against: "<version>:<first 16 hex digits of its id>"
-    (the version orders a stored reference's reloads and rollbacks, which store a new version; the id tells
+    """The tag of the reference a partial was sketched against: "<version>:<first 16 hex digits of the sha256
+    of its data>" (the version orders a stored reference's reloads and rollbacks, which store a new version; the id tells
     two profiles of one version apart)."""
     held = _TAGS.get(id(profile))
     if held is not None and held[0] is profile:
         return held[1]
-    tag = f"{profile.version}:{reference_id(profile)[:16]}"
+    # of its data as stored (orjson, as Redis holds it: a loaded copy has the same tag as the object built)
+    blob = orjson.dumps(profile.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    tag = f"{profile.version}:{hashlib.sha256(blob).hexdigest()[:16]}"
     if len(_TAGS) >= 64:
         _TAGS.clear()
     _TAGS[id(profile)] = (profile, tag)

@@ -22,7 +22,7 @@ from stream_monitor.config import parse_config
 from stream_monitor.events import RawMessage
 from stream_monitor.merge import PartitionPartials, initial_state, merge_step, reference_tag, tag_version
 from stream_monitor.partition import PartitionMonitor
-from stream_monitor.reference import build_reference
+from stream_monitor.reference import ReferenceProfile, build_reference
 from stream_monitor.synthetic import BASE_TIME_S
 
 MODEL = "m"
@@ -172,3 +172,9 @@ def test_a_partition_restored_after_a_newer_version_was_stored_switches_to_it():
     same = PartitionMonitor(CONFIG, 0, {MODEL: old})  # the same version: restored as it was
     same.restore(state)
     assert same.models[MODEL].reference.version == 1
+
+
+def test_a_reference_loaded_from_redis_has_the_tag_of_the_one_built():
+    for profile in references():  # what another instance loads from Redis: another object, the same tag
+        loaded = ReferenceProfile.from_dict(orjson.loads(orjson.dumps(profile.to_dict())))
+        assert loaded is not profile and reference_tag(loaded) == reference_tag(profile)
