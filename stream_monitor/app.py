@@ -156,6 +156,7 @@ class Service:
         # partition monitor), and the partitions paused while their share waits for it
         self.warmup_models = {m for m, model in self.merged_models.items() if model.reference.source != "stored"}
         self.model_references: dict[str, ReferenceProfile] = {}
+        self.previous_references: dict[str, ReferenceProfile] = {}  # a stored reference before its reload
         self.waiting_partitions: set[PartitionKey] = set()
         self._next_merge = 0.0
         self._partition_counts: dict[str, int] = {}  # per input topic, from the broker's metadata
@@ -405,6 +406,7 @@ class Service:
             if profile is None:
                 continue
             self.references[model_id] = profile
+            self.previous_references[model_id] = current  # what the merge may still judge partials against
             for record in self.partitions.records():
                 monitor = record.monitor
                 if monitor is not None and model_id in monitor.models:
@@ -765,7 +767,8 @@ class Service:
                 CLOCK.add("merge", started)
                 return
         result = merge_step(model, reference, state, self.merges.partials(model_id, partitions),
-                            int(model.merge_bucket_seconds * 1000), retraining=bool(self.config.retraining.topic))
+                            int(model.merge_bucket_seconds * 1000), retraining=bool(self.config.retraining.topic),
+                            previous=self.previous_references.get(model_id))
         if result.buckets:
             result.state["step"] = (state or {}).get("step", 0) + 1
             for alert in result.alerts:
@@ -776,6 +779,12 @@ class Service:
                 self._request(request)
             self.publisher.confirm()  # before the state that says they were raised
             if self.merges.save(model_id, result.state):
+                if result.stale:
+                    log.warning("model %s: the merge now judges against reference %s: dropped %d open window(s) "
+                                "(%d events) and %d partial(s) (%d events) sketched against an older reference",
+                                model_id, result.state["judged"]["tag"], result.stale.get("windows", 0),
+                                result.stale.get("window_events", 0), result.stale.get("partials", 0),
+                                result.stale.get("partial_events", 0))
                 self.history.add(result.points)  # the model windows decided, best effort
                 self.merges.consumed(model_id, result.consumed)
                 self.metrics.merge_buckets.labels(model_id).inc(result.buckets)

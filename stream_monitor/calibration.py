@@ -119,9 +119,11 @@ def fairness_tests(fairness: Any) -> int:
 
 
 def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = None, estimate: bool = False,
-                joint: bool = False, segmented: Iterable[bool] = (), fairness: int = 0) -> int:
+                joint: bool = False, segmented: Iterable[bool] = (), fairness: int = 0,
+                numeric_label: bool = False) -> int:
     """The calibrated tests of a model whose inference columns (features, prediction, latency) are numeric or
-    not as ``numeric`` says: theirs, the label column's (categorical), with ``performance`` the error
+    not as ``numeric`` says: theirs, the label column's (categorical; numeric with ``numeric_label``: a
+    regression's), with ``performance`` the error
     stream's drift detector, with ``estimate`` the estimated performance (one test: its four metrics share
     it), with ``joint`` the multivariate test and ``fairness`` tests of its groups' gaps. Fixed limits (metric floors, the p95 ceiling) are not
     tests of the budget.
@@ -137,7 +139,7 @@ def model_tests(numeric: Iterable[bool], performance: bool, detectors: Any = Non
     >>> model_tests([True] * 22, performance=True, estimate=True, joint=True, segmented=[True] * 22)  # and per segment
     314
     """
-    return (sum(column_tests(n, detectors) for n in numeric) + column_tests(False, detectors)
+    return (sum(column_tests(n, detectors) for n in numeric) + column_tests(numeric_label, detectors)
             + (1 if performance else 0) + (1 if estimate else 0) + (1 if joint else 0) + fairness
             + sum(window_tests(n, detectors) for n in segmented))
 

@@ -225,7 +225,8 @@ def _reference_build(args: argparse.Namespace) -> int:
             (labels if isinstance(item, LabelEvent) else events).append(item)
     profile = build_reference(args.model, events, model.features, model.detectors.psi.bins,
                               model.detectors.psi.top_k, source="stored", labels=labels,
-                              joint_features=model.detectors.multivariate.max_features)
+                              joint_features=model.detectors.multivariate.max_features,
+                              task=model.performance.task)
     from .segments import with_segments  # noqa: PLC0415
     profile = with_segments(profile, events, model)
     _refuse_unmonitored(args, model, profile, events)
@@ -283,7 +284,11 @@ def _reference_show(args: argparse.Namespace) -> int:
         else:
             top = ", ".join(f"{c} {p:.0%}" for c, p in zip(ref.categories[:5], ref.proportions))
             print(f"  {signal:<10} {name:<20} categorical {len(ref.categories)} categories: {top}")
-    if profile.labels is not None:
+    if isinstance(profile.labels, NumericReference):
+        labels = profile.labels
+        print(f"  {'label':<10} {'label':<20} numeric     {labels.events} labels: mean {labels.mean:.4g}, "
+              f"std {labels.std:.4g}, range [{labels.minimum:.4g}, {labels.maximum:.4g}]")
+    elif profile.labels is not None:
         top = ", ".join(f"{c} {p:.0%}" for c, p in zip(profile.labels.categories[:5], profile.labels.proportions))
         print(f"  {'label':<10} {'label':<20} categorical {profile.labels.events} labels: {top}")
     if profile.segments is not None:

@@ -26,6 +26,7 @@ import json
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+import orjson
 
 from . import alerts as words, drivers, fairness, history, mergejoint, mergeperf
 from .calibration import fairness_tests, ks_threshold, model_tests, per_window, psi_threshold, rate_threshold, split
@@ -38,7 +39,7 @@ from .events import Alert, segment_id_text, segment_words
 from .incidents import Incidents
 from .segments import SegmentWarmup, Segments, monitored_columns, segment_warmup_of
 from .reference import (MAX_CATEGORIES, CategoricalReference, ColumnReference, ColumnSummary, Limits, NumericReference,
-                        ReferenceProfile, WarmupSummary)
+                        ReferenceProfile, WarmupSummary, numeric_labels)
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 
 POINT_DETECTORS = ("adwin", "page_hinkley")
@@ -98,7 +99,8 @@ def share_before_reference(model: ModelConfig) -> float:
     (the label column's, the performance detector and, where it may run, the estimated performance)."""
     det = model.detectors
     return split(det.false_alarms_per_million, model_tests([], model.performance.enabled, det, may_estimate(model),
-                                                           fairness=fairness_tests(model.fairness)))
+                                                           fairness=fairness_tests(model.fairness),
+                                                           numeric_label=model.performance.task == "regression"))
 
 
 def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
@@ -111,7 +113,17 @@ def model_share(model: ModelConfig, reference: ReferenceProfile) -> float:
     segmented = [isinstance(ref, NumericReference) for _, _, ref in segmented_columns(model, reference)]
     return split(det.false_alarms_per_million, model_tests(numeric, model.performance.enabled, det, estimate,
                                                            runs_joint(model, reference), segmented,
-                                                           fairness_tests(model.fairness)))
+                                                           fairness_tests(model.fairness), label_numeric(model, reference)))
+
+
+def label_numeric(model: ModelConfig, reference: ReferenceProfile | None) -> bool:
+    """Whether the model's labels are judged as numbers: its reference's labels are numeric, or, without
+    them, its task is regression (configured, or told by the reference's predictions)."""
+    if reference is not None and reference.labels is not None:
+        return isinstance(reference.labels, NumericReference)
+    if reference is None:
+        return model.performance.task == "regression"
+    return numeric_labels(model.performance.task, reference.score, reference.predicted_label)
 
 
 def runs_segments(model: ModelConfig, reference: ReferenceProfile) -> bool:
@@ -200,11 +212,14 @@ class BucketSketch:
     Without a reference (a model-level warm-up, ``warmup``: the feature kinds and limits) a bucket's
     partial carries the warm-up summary of its events instead of counts (``partial["warmup"]``), and with
     segments (``segment_warmup``: makes an empty :class:`~stream_monitor.segments.SegmentWarmup`) its
-    per-segment summaries (``partial["segment_warmup"]``)."""
+    per-segment summaries (``partial["segment_warmup"]``). With a reference, each partial carries the
+    reference's tag (``partial["ref"]``, :func:`reference_tag`): what its counts were binned against, so the
+    merge never adds counts of two references together."""
 
     def __init__(self, reference: ReferenceProfile | None, ks: bool, bucket_ms: int, p95: bool = False,
                  warmup: tuple[Mapping[str, str] | None, Limits] | None = None,
                  segment_warmup: Callable[[], SegmentWarmup] | None = None):
+        self.tag = None if reference is None else reference_tag(reference)
         self.bucket_ms = bucket_ms
         self.ks = ks
         self.p95 = p95  # the latency column counts its p95 cells (a ceiling is set)
@@ -230,7 +245,10 @@ class BucketSketch:
             counts[key] = counts.get(key, 0) + int(n)
 
     def take_over(self, other: "BucketSketch") -> None:
-        """Continue where a warm-up sketch left off: its closed partials and its floor."""
+        """Continue where another sketch left off (a warm-up's, or one of the reference before): its closed
+        partials and its floor (its open buckets are closed first, under its own tag: a bucket holds the
+        counts of one reference only, and the buckets after them are this one's)."""
+        other.close(None, everything=True)
         self.pending.update(other.pending)
         self.floor = other.floor
 
@@ -256,6 +274,8 @@ class BucketSketch:
         partial = self.open.get(bucket)
         if partial is None:
             partial = self.open[bucket] = {"events": 0, "columns": {}, "firings": []}
+            if self.tag is not None:
+                partial["ref"] = self.tag
         return partial
 
     def count_events(self, buckets: np.ndarray) -> None:
@@ -383,6 +403,8 @@ def _copy_partial(partial: Mapping[str, Any]) -> dict[str, Any]:
         out["warmup"] = partial["warmup"]
     if "segment_warmup" in partial:
         out["segment_warmup"] = partial["segment_warmup"]
+    if "ref" in partial:  # the tag of the reference its counts were binned against (absent: saved before tags)
+        out["ref"] = partial["ref"]
     out.update(mergeperf.copy_parts(partial))
     if "joint" in partial:  # the joint test's sums (mergejoint)
         out["joint"] = {**partial["joint"], "sums": list(partial["joint"]["sums"])}
@@ -415,6 +437,8 @@ class MergeResult(NamedTuple):
     points: Sequence[dict[str, Any]] = ()  # the model windows decided: their history points
     incident_lines: Sequence[str] = ()  # the model's incidents that opened or closed (one log line each)
     requests: Sequence[RetrainingRequest] = ()  # the retraining requests its incidents made (``retraining``)
+    # a reference switch in this step: what it dropped (``state["stale"]`` keeps the totals; empty: none)
+    stale: Mapping[str, int] = {}
 
 
 def initial_state() -> dict[str, Any]:
@@ -467,17 +491,34 @@ class _Episodes:
 
 
 def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[str, Any] | None,
-               partitions: Sequence[PartitionPartials], bucket_ms: int, retraining: bool = False) -> MergeResult:
+               partitions: Sequence[PartitionPartials], bucket_ms: int, retraining: bool = False,
+               previous: ReferenceProfile | None = None) -> MergeResult:
     """Merge every bucket all partitions have closed into the model's windows; decide each window that
     fills; stamp the alerts with the model's incidents (and, with ``retraining``, judge those by the
     model's retraining policy: :func:`model_incidents`). ``state``: the merge state as stored (``None``:
     the first merge). Deterministic: the same partials give the same alerts, ids and state whatever the
-    order of ``partitions``."""
+    order of ``partitions``.
+
+    ``reference``: the model's reference as this instance holds it now (``previous``: the one it held
+    before, if it switched). The merge judges against the reference its state names (``judged``); partials
+    carry the tag of the one they were sketched against (:func:`reference_tag`). The first bucket holding a
+    newer tag switches the merge to it (its open windows, binned against the old one, are dropped and
+    counted in ``state["stale"]``); partials of an older tag after that are dropped and counted too; a newer
+    tag this instance does not hold yet stops the step before its bucket (the next step goes on)."""
     state = _copy_state(state or initial_state())
+    current = reference
+    judged, lost = _judged_reference(state, current, previous)
+    if judged is None:  # the state judges a newer reference than this instance holds: wait for it
+        return MergeResult([], state, {}, 0, 0)
+    reference = judged
+    judged_tag, current_tag = reference_tag(judged), reference_tag(current)
+    stale: dict[str, int] = {}
+    if lost:  # it judged one no instance holds any more: its open windows cannot be judged
+        _switch(model, state, reference, reference, stale, labels=False)
     last = frontier(partitions, bucket_ms)
-    previous = state["last_bucket"]
+    previous_bucket = state["last_bucket"]
     late = 0
-    entries: list[tuple[int, str, int, Mapping[str, Any]]] = []
+    candidates: list[tuple[int, str, int, Mapping[str, Any], int]] = []
     consumed: dict[tuple[str, int], list[int]] = {}
     through = state.setdefault("through", {})
     done = dict(through)  # as stored: what earlier steps merged
@@ -487,14 +528,21 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
             if where in done and bucket <= done[where]:  # merged before; its deletion did not happen
                 consumed.setdefault((p.topic, p.partition), []).append(bucket)
                 continue
-            if "warmup" in partial:  # a partition's warm-up share past the model's reference: its counts
-                partial = warmup_counts(model, reference, partial)
-            if last is not None and bucket <= last or previous is not None and bucket <= previous:
-                effective = bucket if previous is None or bucket > previous else previous + 1
-                late += effective != bucket
-                entries.append((effective, p.topic, p.partition, partial))
-                consumed.setdefault((p.topic, p.partition), []).append(bucket)
-                through[where] = max(bucket, through.get(where, bucket))
+            if last is not None and bucket <= last or previous_bucket is not None and bucket <= previous_bucket:
+                effective = bucket if previous_bucket is None or bucket > previous_bucket else previous_bucket + 1
+                candidates.append((effective, p.topic, p.partition, partial, bucket))
+    # a tag newer than this instance's reference (it has not loaded it yet): merge only the buckets before it
+    unknown = [c[0] for c in candidates if tag_version(_tag(c[3], judged_tag)) > current.version]
+    stop = min(unknown) if unknown else None
+    entries: list[tuple[int, str, int, Mapping[str, Any]]] = []
+    for effective, topic, partition, partial, bucket in candidates:
+        if stop is not None and effective >= stop:
+            continue
+        late += effective != bucket
+        entries.append((effective, topic, partition, partial))
+        consumed.setdefault((topic, partition), []).append(bucket)
+        where = f"{topic}|{partition}"
+        through[where] = max(bucket, through.get(where, bucket))
     entries.sort(key=lambda e: e[:3])
     out: list[Alert] = []
     points: list[dict[str, Any]] = []
@@ -506,6 +554,22 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
     opened_in: list[int] = []  # per alert of ``out``: the first bucket of the model window it was raised in
     for bucket in merged:
         group = [e for e in entries if e[0] == bucket]
+        if judged_tag != current_tag and any(tag_version(_tag(e[3], judged_tag)) > judged.version for e in group):
+            # the first bucket sketched against a newer reference: from here on, this instance's (the newest)
+            _switch(model, state, reference, current, stale)
+            reference, judged_tag = current, current_tag
+            columns = merged_columns(reference, model.detectors.latency.enabled)
+            share = model_share(model, reference)
+            segments = Segments(reference.segments) if runs_segments(model, reference) else None
+        kept = [e for e in group if _tag(e[3], judged_tag) == judged_tag]
+        for e in group:
+            if _tag(e[3], judged_tag) != judged_tag:  # binned against an older reference: dropped, counted
+                stale["partials"] = stale.get("partials", 0) + 1
+                stale["partial_events"] = stale.get("partial_events", 0) + e[3]["events"]
+        group = [(b, t, p, warmup_counts(model, reference, partial) if "warmup" in partial else partial)
+                 for b, t, p, partial in kept]  # a warm-up share's partial past the model's reference: its counts
+        if not group:
+            continue
         window = state["window"]
         counted = window is not None or any(e[3]["events"] for e in group)  # labels alone open no window
         if window is None and counted:
@@ -547,9 +611,64 @@ def merge_step(model: ModelConfig, reference: ReferenceProfile, state: Mapping[s
         opened = window["first_bucket"] if window is not None else bucket  # labels alone: their own bucket
         opened_in.extend([opened] * (len(out) - len(opened_in)))
     if merged:
-        state["last_bucket"] = max(merged[-1], previous if previous is not None else merged[-1])
+        state["last_bucket"] = max(merged[-1], previous_bucket if previous_bucket is not None else merged[-1])
+    if stale:
+        totals = state.setdefault("stale", {})
+        for key, count in stale.items():
+            totals[key] = totals.get(key, 0) + count
+    # the reference judged against, named; its profile kept while this instance holds a newer one (so a step
+    # after a restart, which holds only the newest, can still judge the partials sketched against it)
+    state["judged"] = {"tag": judged_tag, "profile": None if judged_tag == current_tag else reference.to_dict()}
     out, lines, requests = model_incidents(model, state, out, opened_in, retraining)
-    return MergeResult(out, state, consumed, len(merged), late, points, lines, requests)
+    return MergeResult(out, state, consumed, len(merged), late, points, lines, requests, stale)
+
+
+def _tag(partial: Mapping[str, Any], default: str) -> str:
+    """The tag of the reference ``partial`` was sketched against (``default``: a partial without one, saved
+    before partials were tagged, or a warm-up share's, whose summary the merge counts itself)."""
+    return partial.get("ref") or default
+
+
+def _judged_reference(state: Mapping[str, Any], current: ReferenceProfile,
+                      previous: ReferenceProfile | None) -> tuple[ReferenceProfile | None, bool]:
+    """The reference the merge state judges against: the one it names (a state saved before it named one:
+    this instance's), and whether it was lost (an older one that neither the state nor this instance
+    holds: this instance's from now on). ``None``: it names a newer one than this instance holds (wait)."""
+    held = state.get("judged")
+    if held is None or held["tag"] == reference_tag(current):
+        return current, False
+    if held.get("profile") is not None:
+        return ReferenceProfile.from_dict(held["profile"]), False
+    if previous is not None and reference_tag(previous) == held["tag"]:
+        return previous, False
+    if tag_version(held["tag"]) > current.version:
+        return None, False
+    return current, True
+
+
+def _switch(model: ModelConfig, state: dict[str, Any], old: ReferenceProfile, new: ReferenceProfile,
+            stale: dict[str, int], labels: bool = True) -> None:
+    """The merge turns to a newer reference: the open windows counted against the old one are dropped
+    (counted in ``stale``), the episodes go on (the next windows, against the new one, end or keep them)."""
+    stale["switches"] = stale.get("switches", 0) + 1
+
+    def dropped(events: int) -> None:
+        stale["windows"] = stale.get("windows", 0) + 1
+        stale["window_events"] = stale.get("window_events", 0) + events
+
+    if state.get("window") is not None:
+        dropped(state["window"]["events"])
+        state["window"] = None
+    for window in state.pop("segment_windows", {}).values():
+        dropped(window["events"])
+    if state.get("joint_window") is not None:
+        dropped(state["joint_window"].get("n", 0))
+        state["joint_window"] = None
+    side = state.get("labels")
+    if side is not None and side.get("window") is not None and (not labels or
+            mergeperf.label_reference(model, old, side) != mergeperf.label_reference(model, new, side)):
+        dropped(side["window"]["events"])
+        side["window"] = None
 
 
 def incident_id(model_id: str, first_bucket: int) -> str:
@@ -691,6 +810,18 @@ def _numeric_counts(ref: NumericReference, summary: ColumnSummary, events: int, 
     return out
 
 
+def _label_counts(ref: ColumnReference, part: Mapping[str, Any], ks: bool) -> dict[str, Any]:
+    """A bucket's label part as the counts of the label column against the model's label reference: a
+    categorical one's categories, a numeric one's (a regression's) numbers read back from their categories
+    (PSI bins, KS cells, data quality: missing, not a number, not finite, out of range). Labels past the
+    part's ``max_categories`` are not judged by a numeric reference (their values are not kept)."""
+    summary = mergeperf.label_summary(part)
+    if isinstance(ref, CategoricalReference):
+        return _categorical_counts(ref, summary, part["events"])
+    summary.present -= part["overflow"]
+    return _numeric_counts(ref, summary, part["events"] - part["overflow"], ks, False)
+
+
 def _categorical_counts(ref: CategoricalReference, summary: ColumnSummary, events: int) -> dict[str, Any]:
     if summary.kind != "categorical":  # only numbers so far: their categories
         summary = ColumnSummary.from_snapshot(summary.snapshot(), summary.max_categories)
@@ -779,6 +910,29 @@ class ReferenceResult(NamedTuple):
     reference: ReferenceProfile
     state: dict[str, Any]
     consumed: dict[tuple[str, int], list[int]]  # per partition: the warm-up buckets the reference took
+
+
+_TAGS: dict[int, tuple[ReferenceProfile, str]] = {}  # id(profile) → (profile, tag): a profile's tag, once
+
+
+def reference_tag(profile: ReferenceProfile) -> str:
+    """The tag of the reference a partial was sketched against: "<version>:<first 16 hex digits of the sha256
+    of its data>" (the version orders a stored reference's reloads and rollbacks, which store a new version; the id tells
+    two profiles of one version apart)."""
+    held = _TAGS.get(id(profile))
+    if held is not None and held[0] is profile:
+        return held[1]
+    # of its data as stored (orjson, as Redis holds it: a loaded copy has the same tag as the object built)
+    blob = orjson.dumps(profile.to_dict(), option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    tag = f"{profile.version}:{hashlib.sha256(blob).hexdigest()[:16]}"
+    if len(_TAGS) >= 64:
+        _TAGS.clear()
+    _TAGS[id(profile)] = (profile, tag)
+    return tag
+
+
+def tag_version(tag: str) -> int:
+    return int(tag.partition(":")[0])
 
 
 def reference_id(profile: ReferenceProfile) -> str:
@@ -1119,14 +1273,15 @@ def _labels_and_performance(model: ModelConfig, reference: ReferenceProfile, sta
         side = mergeperf.label_state(state)
         known = mergeperf.label_reference(model, reference, side)
         if known is None:
-            mergeperf.warm_labels(model, side, bucket, [part for *_, part in labels])
+            mergeperf.warm_labels(model, side, bucket, [part for *_, part in labels],
+                                  numeric=label_numeric(model, reference))
         else:
             window = side["window"]
             if window is None:
                 window = side["window"] = {"first_bucket": bucket, "events": 0, "columns": {}, "by_partition": {}}
             window["last_bucket"] = bucket
             for topic, partition, part in labels:
-                counts = _categorical_counts(known, mergeperf.label_summary(part), part["events"])
+                counts = _label_counts(known, part, model.detectors.ks.enabled)
                 add_partial(window, {"events": part["events"], "columns": {column_key("label", "label"): counts}})
                 where = f"{topic}|{partition}"
                 window["by_partition"][where] = window["by_partition"].get(where, 0) + part["events"]
@@ -1204,7 +1359,7 @@ def _warm_labels_from(model: ModelConfig, profile: ReferenceProfile, state: dict
     for bucket in sorted({e[0] for e in taken}):
         parts = [p["labels"] for b, _, _, p in taken if b == bucket and p.get("labels")]
         if parts and mergeperf.label_reference(model, profile, side) is None:
-            mergeperf.warm_labels(model, side, bucket, parts)
+            mergeperf.warm_labels(model, side, bucket, parts, numeric=label_numeric(model, profile))
 
 
 def _p95_ceiling(model: ModelConfig, episodes: _Episodes, cells: Mapping[str, int], alert: Any) -> list[Alert]:

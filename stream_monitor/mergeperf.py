@@ -35,7 +35,8 @@ from . import alerts as words, history
 from .config import ModelConfig
 from .detectors.episode import Transition
 from .performance import infer_task, pair_row
-from .reference import CategoricalReference, ColumnSummary, ReferenceProfile, category_key, is_finite_number
+from .reference import ColumnReference, ColumnSummary, ReferenceProfile, category_key, column_from_dict, \
+    is_finite_number, numeric_label_reference
 
 FIXED = 1 << 16  # fixed point of the regression's error sums (2⁻¹⁶ per unit)
 SCORE_CELLS = 1000  # a score's cell for the window's AUC: round(score × 1000) (ties within a cell count half)
@@ -152,11 +153,12 @@ def label_state(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def label_reference(model: ModelConfig, reference: ReferenceProfile, labels: Mapping[str, Any]) \
-        -> CategoricalReference | None:
-    """The model's one label reference: the stored reference's labels, else the one the merge built."""
+        -> ColumnReference | None:
+    """The model's one label reference: the stored reference's labels, else the one the merge built
+    (numeric for a regression's numeric labels: :func:`stream_monitor.reference.numeric_label_reference`)."""
     if model.reference.source == "stored" and reference.labels is not None:
         return reference.labels
-    return None if labels["reference"] is None else CategoricalReference.from_dict(labels["reference"])
+    return None if labels["reference"] is None else column_from_dict(labels["reference"])
 
 
 def add_label_part(into: dict[str, Any], part: Mapping[str, Any], max_categories: int = 10_000) -> None:
@@ -175,17 +177,23 @@ def add_label_part(into: dict[str, Any], part: Mapping[str, Any], max_categories
 
 
 def warm_labels(model: ModelConfig, labels: dict[str, Any], bucket: int, parts: list[Mapping[str, Any]],
-                max_categories: int = 10_000) -> None:
+                max_categories: int = 10_000, numeric: bool = False) -> None:
     """One bucket's label parts (in topic, partition order) into the model's label warm-up; once the
     buckets so far hold ``reference.events`` labels, the label reference is built from them (as one
-    partition's label warm-up builds its own) and the warm-up ends."""
+    partition's label warm-up builds its own: ``numeric``, a regression's, on the reference's quantile bins
+    when every label is a number) and the warm-up ends."""
     warmup = labels["warmup"] or {"events": 0, "counts": {}, "overflow": 0}
     for part in parts:
         add_label_part(warmup, part, max_categories)
     if warmup["events"] < model.reference.events:
         labels["warmup"] = warmup
         return
-    built = label_summary(warmup, max_categories).categorical(warmup["events"], model.detectors.psi.top_k)
+    psi = model.detectors.psi
+    built: ColumnReference | None = None
+    if numeric:
+        built = numeric_label_reference(warmup["counts"], warmup["events"], warmup["overflow"], psi.bins)
+    if built is None:
+        built = label_summary(warmup, max_categories).categorical(warmup["events"], psi.top_k)
     labels.update(warmup=None, reference=None if built is None else built.to_dict(), reference_bucket=bucket)
 
 

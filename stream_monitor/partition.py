@@ -41,13 +41,13 @@ from .incidents import Incidents, episode_key
 from .retraining import Retraining, RetrainingPolicy, RetrainingRequest
 from .join import JoinResult, prediction_record
 from .mergejoint import PartitionSide, joint_rows, reference_pairs
-from .merge import BucketSketch, bucket_of, column_key, firing_record, model_share, runs_segments, \
+from .merge import BucketSketch, bucket_of, column_key, firing_record, label_numeric, model_share, runs_segments, \
     segment_sketch_key, share_before_reference
 from .performance import RollingMetrics, infer_task, pair_row
 from .segments import SegmentWarmup, Segments, candidate_cap, monitored_columns, segment_of, segment_warmup_of
 from .stages import CLOCK
 from .reference import MAX_UNTRACKED_COUNTED, CategoricalReference, ColumnReference, LabelSummary, Limits, \
-    NumericReference, ReferenceProfile, WarmupSummary, is_finite_number, unmonitored_columns
+    NumericReference, ReferenceProfile, WarmupSummary, column_from_dict, is_finite_number, unmonitored_columns
 
 # 3: compiled detectors' arrays instead of river pickles; 4: warm-ups as summaries, not events, and each
 # model's detector settings (format 3 is still read: its warm-up events are summarised on restore)
@@ -943,7 +943,7 @@ class ModelMonitor:
             self.sketch = BucketSketch(reference, self.config.detectors.ks.enabled,
                                        int(self.config.merge_bucket_seconds * 1000),
                                        p95=latency and self.config.detectors.latency.p95_ceiling_ms is not None)
-            if before is not None and before.warmup is not None:  # the warm-up share's closed buckets
+            if before is not None:  # the warm-up share's buckets, or those of the reference before (their tag)
                 self.sketch.take_over(before)
             self.model_side = PartitionSide(self.config, reference)
         self.multivariate = None if merged else self._joint(reference)
@@ -956,6 +956,10 @@ class ModelMonitor:
             self.segment_warmup = self._segment_warmup()
         if reference.labels is not None and not merged:  # decisions = "model": the merge decides label drift
             self._use_labels(reference.labels)
+        elif merged:  # a stored reference's numeric labels: their point detectors run here, for the merge
+            numeric = isinstance(reference.labels, NumericReference) and self.config.reference.source == "stored"
+            self.label_column = ColumnMonitor(self.config, "label", "label", reference.labels, True, self.share) \
+                if numeric else None
         self._reconcile()
 
     def _joint(self, reference: ReferenceProfile) -> MultivariateColumn | None:
@@ -999,7 +1003,7 @@ class ModelMonitor:
         performance thresholds follow the model's share once the reference is built)."""
         return share_before_reference(self.config)
 
-    def _use_labels(self, labels: CategoricalReference) -> None:
+    def _use_labels(self, labels: ColumnReference) -> None:
         self.label_column = ColumnMonitor(self.config, "label", "label", labels, budget=self.share)
         if len(self.label_warmup):
             self.label_warmup = LabelSummary(self.limits)
@@ -1095,6 +1099,11 @@ class ModelMonitor:
             for index, order, alert in self.label_column.update_batch(
                     [e.label for _, _, e in labelled], [o for _, o, _ in labelled], partition,
                     [e.timestamp_ms for _, _, e in labelled]):
+                if merged:  # a numeric label's point firing: the model's episode decides what is announced
+                    if alert.status == "firing":
+                        position, _, event = labelled[index]
+                        self.sketch.firing(self._bucket(event.timestamp_ms, position, seen), firing_record(alert))
+                    continue
                 out.append((labelled[index][0], 0, order, alert))
         return self._leaving(out)
 
@@ -1336,10 +1345,13 @@ class ModelMonitor:
                                 self.limits.max_categories)
             if join is not None and join.status == "joined":
                 self._count_pair(position, join.other, event.label, event.timestamp_ms, seen, join.other.get("g"))
+            if self.label_column is not None:  # a stored reference's numeric labels: point detectors
+                labelled.append((position, offset, event))
         elif self.label_column is None:
             self.label_warmup.add(event.label)
             if len(self.label_warmup) >= self.config.reference.events:
-                labels = self.label_warmup.build(self.config.detectors.psi.top_k)
+                psi = self.config.detectors.psi
+                labels = self.label_warmup.build(psi.top_k, psi.bins, self._labels_numeric())
                 if labels is not None:
                     self._use_labels(labels)
         else:
@@ -1347,6 +1359,15 @@ class ModelMonitor:
         if join is not None and join.status == "joined" and self._performance(join.other, partition) is not None:
             pairs.append((position, 1, join.other, event.label, event.timestamp_ms, offset, event.timestamp_ms,
                           None if self.segments is None else join.other.get("g")))  # segments: from the reference on
+
+    def _labels_numeric(self) -> bool:
+        """Whether the label warm-up builds a numeric label reference: the model is a regression (its task
+        configured, else told by its reference's predictions, else by the warm-up's so far)."""
+        if self.reference is not None or self.config.performance.task:
+            return label_numeric(self.config, self.reference)
+        scores = self.warmup.score.numbers
+        return infer_task(self.warmup.predicted_label.present > 0,
+                          (min(scores), max(scores)) if len(scores) else None) == "regression"
 
     def _performance(self, prediction: Mapping[str, Any], partition: int) -> PerformanceColumn | None:
         """The performance detectors for a joined pair; with no task configured, created at the first pair
@@ -1464,6 +1485,14 @@ class ModelMonitor:
             self.sketch.restore(state["partials"])
             if self.model_side is not None:  # absent in states saved before the model-level joint test
                 self.model_side.restore(state.get("model_side"))
+            given = self.given_reference
+            if self.config.reference.source == "stored" and given is not None and self.reference is not None \
+                    and given.version > self.reference.version:
+                # a newer version was stored while this state was not running: the model's merge judges against
+                # the newest, so this partition switches now (its buckets so far close under the old tag)
+                log.info("model %s: now compared with stored reference version %d (the state's was %d)",
+                         self.config.model_id, given.version, self.reference.version)
+                self.use_reference(given)
         saved_performance = state.get("performance")
         if "performance" in changes:
             restarted.append("performance")
@@ -1531,7 +1560,9 @@ class ModelMonitor:
             if self.segments is not None and state.get("segments") is not None:  # absent: saved before segments
                 self.segments.restore(state["segments"], restart)
         if state["label_reference"] is not None and not self.config.by_model:  # the merge decides label drift
-            self._use_labels(CategoricalReference.from_dict(state["label_reference"]))
+            self._use_labels(column_from_dict(state["label_reference"]))
+            self.label_column.restore(state["label_column"], restart)
+        elif self.label_column is not None and state.get("label_column") is not None:  # merged: point detectors
             self.label_column.restore(state["label_column"], restart)
 
     def take_points(self) -> list[dict[str, Any]]:

@@ -253,7 +253,8 @@ class ReferenceProfile:
     score: NumericReference | None = None
     predicted_label: CategoricalReference | None = None
     latency: NumericReference | None = None
-    labels: CategoricalReference | None = None
+    # a regression model's numeric labels are numeric (:meth:`LabelSummary.build`); every other model's categorical
+    labels: ColumnReference | None = None
     version: int = 0
     source: str = "warmup"
     # per feature, how strongly its reference bins go with the score's (normalised mutual information);
@@ -276,7 +277,7 @@ class ReferenceProfile:
             out.append(("latency", "latency_ms", self.latency))
         return out
 
-    def with_labels(self, labels: CategoricalReference | None) -> "ReferenceProfile":
+    def with_labels(self, labels: ColumnReference | None) -> "ReferenceProfile":
         return replace(self, labels=labels)
 
     def to_dict(self) -> dict[str, Any]:
@@ -307,7 +308,7 @@ class ReferenceProfile:
                        score=_optional(d, "score", NumericReference.from_dict),
                        predicted_label=_optional(d, "predicted_label", CategoricalReference.from_dict),
                        latency=_optional(d, "latency", NumericReference.from_dict),
-                       labels=_optional(d, "labels", CategoricalReference.from_dict),
+                       labels=_optional(d, "labels", column_from_dict),
                        association=_association(d.get("association")),
                        joint=_optional(d, "joint", JointReference.from_dict),
                        pairs=_optional(d, "pairs", _pairs),
@@ -580,9 +581,10 @@ class WarmupSummary:
                 self.untracked_samples.append(sample)
 
     def build(self, model_id: str, bins: int = 10, top_k: int = 20, source: str = "warmup",
-              labels: "LabelSummary | None" = None, joint_features: int = 10) -> "ReferenceProfile":
+              labels: "LabelSummary | None" = None, joint_features: int = 10, task: str = "") -> "ReferenceProfile":
         """The reference profile: exactly what :func:`build_reference` gives for the same events
-        (within the limits)."""
+        (within the limits). ``task``: the model's configured performance task ("" : told by the
+        predictions), which says whether numeric labels are numbers (:func:`numeric_labels`)."""
         n = self.events
         if not n:
             raise ReferenceProfileError(f"no inference events of model {model_id!r} to build a reference from")
@@ -604,7 +606,7 @@ class WarmupSummary:
         return ReferenceProfile(
             model_id=model_id, events=n, features=features, source=source,
             score=score, predicted_label=predicted, latency=self.latency.numeric(n, bins),
-            labels=None if labels is None else labels.build(top_k),
+            labels=None if labels is None else labels.build(top_k, bins, numeric_labels(task, score, predicted)),
             association=self._association(features, score or predicted),
             joint=self.joint([n for n, r in features.items() if isinstance(r, NumericReference)], joint_features))
 
@@ -706,7 +708,8 @@ class WarmupSummary:
 
 
 class LabelSummary:
-    """A label warm-up: each label's count (bounded like a categorical column)."""
+    """A label warm-up: each label's count (bounded like a categorical column). A regression's labels
+    become a numeric reference, read back from their categories (:func:`label_numbers`)."""
 
     def __init__(self, limits: Limits = Limits()):
         self.labels = ColumnSummary("categorical", limits.max_categories)
@@ -720,8 +723,16 @@ class LabelSummary:
         if label is not None:
             self.labels.add(label)
 
-    def build(self, top_k: int = 20) -> "CategoricalReference | None":
-        return self.labels.categorical(self.events, top_k) if self.events else None
+    def build(self, top_k: int = 20, bins: int = 10, numeric: bool = False) -> "ColumnReference | None":
+        """The label reference: the categories' (a label's JSON spelling: the label 1.0 is the category
+        "1"), or with ``numeric`` (the model is a regression) :func:`numeric_label_reference`'s."""
+        if not self.events:
+            return None
+        if numeric:
+            built = numeric_label_reference(self.labels.counts, self.events, self.labels.overflow, bins)
+            if built is not None:
+                return built
+        return self.labels.categorical(self.events, top_k)
 
     def snapshot(self) -> dict[str, Any]:
         return {"events": self.events, "labels": self.labels.snapshot()}
@@ -729,6 +740,41 @@ class LabelSummary:
     def restore(self, d: Mapping[str, Any]) -> None:
         self.events = d["events"]
         self.labels = ColumnSummary.from_snapshot(d["labels"], self.labels.max_categories)
+
+
+def label_numbers(counts: Mapping[str, int]) -> tuple[list[float], int, int]:
+    """Labels counted by category as numbers (a number's category, its JSON spelling, reads back exactly):
+    (the finite numbers, in the order of ``counts``; how many were not finite; how many were not numbers).
+
+    >>> label_numbers({"1": 2, "2.5": 1, "nan": 1, "yes": 3})
+    ([1.0, 1.0, 2.5], 1, 3)
+    """
+    numbers: list[float] = []
+    nonfinite = mismatches = 0
+    for key, count in counts.items():
+        try:
+            value = float(key)
+        except ValueError:
+            mismatches += count
+            continue
+        if math.isfinite(value):
+            numbers.extend([value] * count)
+        else:
+            nonfinite += count
+    return numbers, nonfinite, mismatches
+
+
+def numeric_label_reference(counts: Mapping[str, int], events: int, overflow: int, bins: int
+                            ) -> "NumericReference | None":
+    """A regression's label reference from its labels' category counts (``events`` labels, null ones among
+    them; ``overflow``: labels past the categories counted one by one, whose values are not known): on
+    ``bins`` quantile bins, like a numeric feature's; ``None`` when some label is not a number (the labels
+    are then categories) or none is finite."""
+    numbers, nonfinite, mismatches = label_numbers(counts)
+    if mismatches or not numbers:
+        return None
+    present = sum(counts.values())
+    return NumericReference.build(numbers, bins, missing=events - present - overflow, mismatches=nonfinite)
 
 
 def _joint_columns(rows: Sequence[tuple[Any, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -759,18 +805,31 @@ def _bin(ref: ColumnReference, value: Any) -> int | None:
     return ref.bin_index(value)
 
 
-def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20,
-                           limits: Limits = Limits()) -> CategoricalReference | None:
+def numeric_labels(task: str, score: NumericReference | None, predicted_label: CategoricalReference | None) -> bool:
+    """Whether a model's labels are judged as numbers: its task is regression, configured (``task``) or
+    told by its reference's predictions as :func:`stream_monitor.performance.infer_task` tells it (no
+    predicted label and a score outside [0, 1]).
+
+    >>> numeric_labels("", NumericReference.build([0.5, 3.0]), None), numeric_labels("classification", None, None)
+    (True, False)
+    """
+    if task:
+        return task == "regression"
+    return predicted_label is None and score is not None and not (0.0 <= score.minimum and score.maximum <= 1.0)
+
+
+def build_labels_reference(labels: Sequence[LabelEvent], top_k: int = 20, limits: Limits = Limits(),
+                           bins: int = 10, numeric: bool = False) -> ColumnReference | None:
     summary = LabelSummary(limits)
     for event in labels:
         summary.add(event.label)
-    return summary.build(top_k)
+    return summary.build(top_k, bins, numeric)
 
 
 def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kinds: Mapping[str, str] | None,
                     bins: int = 10, top_k: int = 20, source: str = "warmup",
                     labels: Sequence[LabelEvent] = (), limits: Limits = Limits(),
-                    joint_features: int = 10) -> ReferenceProfile:
+                    joint_features: int = 10, task: str = "") -> ReferenceProfile:
     """Profile a model's events. Kinds not given are inferred: numbers → numeric, else categorical.
 
     Inferred features are those present in at least 1 % of the events (and twice), among the
@@ -793,7 +852,8 @@ def build_reference(model_id: str, events: Iterable[InferenceEvent], feature_kin
             prediction = scored.pop(label.event_id, None)  # a label joins its event once
             if prediction is not None and len(pairs) < MAX_REFERENCE_PAIRS:
                 pairs.append((*prediction, category_key(label.label)))
-    profile = summary.build(model_id, bins, top_k, source, labels=label_summary, joint_features=joint_features)
+    profile = summary.build(model_id, bins, top_k, source, labels=label_summary, joint_features=joint_features,
+                            task=task)
     return replace(profile, pairs=tuple(pairs)) if pairs else profile
 
 

@@ -132,7 +132,7 @@ class _Merges:
             held.update(mark["partials"])
             partials = PartitionPartials("replay", -1, mark["watermark"], mark["idle"], dict(held))
             if model.reference.source != "stored":
-                reference = model_reference(self.states[model_id])
+                reference = self.monitor.model_references.get(model_id) or model_reference(self.states[model_id])
                 if reference is None:
                     built = reference_step(model, self.states[model_id], [partials],
                                            int(model.merge_bucket_seconds * 1000), self.monitor.models[model_id].limits
