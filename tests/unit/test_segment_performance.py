@@ -158,7 +158,7 @@ def test_status_prints_each_segments_realized_performance(monkeypatch, tmp_path,
     _, monitor = partition_run()
     stored_status(monkeypatch, monitor.summary()["models"], 90_000)
     path = tmp_path / "config.toml"
-    path.write_text('[models.m]\nfeatures = { amount = "numeric", country = "categorical" }\n'
+    path.write_text('[models.m]\ndecisions = "partition"\nfeatures = { amount = "numeric", country = "categorical" }\n'
                     '[models.m.segments]\ncolumns = ["country"]\ntop_k = 3\n')
     assert cli.main(["status", "--config", str(path)]) == 0
     fr = next(line for line in capsys.readouterr().out.splitlines() if "segment country=FR: " in line)
