@@ -47,7 +47,12 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     negatives = len(truth) - positives
     if positives == 0 or negatives == 0:
         return None
-    values = np.asarray(scores, dtype=float)
+    return _auc(np.asarray(scores, dtype=float), np.asarray(truth) == 1, positives, negatives)
+
+
+def _auc(values: np.ndarray, positive: np.ndarray, positives: int, negatives: int) -> float:
+    """:func:`auc` of float64 ``values`` whose positives are ``positive`` (both classes present). The ranks
+    are multiples of 1/2, so their sum is exact in any order: the pairs' order does not matter."""
     order = np.argsort(values, kind="mergesort")
     sorted_scores = values[order]
     n = len(sorted_scores)
@@ -55,7 +60,7 @@ def auc(truth: Sequence[int], scores: Sequence[float]) -> float | None:
     ends = np.r_[starts[1:], n] - 1
     ranks = np.empty(n)
     ranks[order] = np.repeat((starts + ends) / 2 + 1, ends - starts + 1)  # average ranks over ties
-    rank_sum = float(ranks[np.asarray(truth) == 1].sum())
+    rank_sum = float(ranks[positive].sum())
     return (rank_sum - positives * (positives + 1) / 2) / (positives * negatives)
 
 
@@ -100,7 +105,13 @@ def pair_row(classification: bool, positive: str, prediction: Mapping[str, Any],
 class RollingMetrics:
     """The last ``window`` pairs' rows and label delays; the metrics are evaluated every
     ``window // 10`` pairs once the window is full (what the floor and ceiling detectors read).
-    ``pairs_seen`` counts the pairs scored, ``unscored`` the joined pairs the task could not score."""
+    ``pairs_seen`` counts the pairs scored, ``unscored`` the joined pairs the task could not score.
+
+    Classification keeps its counts as rows enter and leave the window (the confusion matrix's cells, the
+    errors, the scored pairs and their positives) and the scores and truths in slots of a ring, so that an
+    evaluation costs the AUC's sort and no pass over the rows; the values are those of counting the window
+    afresh. Regression sums the window's errors in order at each evaluation (a running sum would round
+    differently)."""
 
     def __init__(self, config: PerformanceConfig, task: str):
         self.classification = task == "classification"
@@ -109,38 +120,82 @@ class RollingMetrics:
         self.window: deque = deque(maxlen=config.window)
         self.delays: deque = deque(maxlen=config.window)
         self.evaluate_every = max(1, config.window // 10)
+        self._reset()
+
+    def _reset(self) -> None:
+        size = self.window.maxlen
+        self._cells = [0, 0, 0, 0]  # rows by truth * 2 + predicted: tn, fp, fn, tp
+        self._errors = 0
+        self._scored = 0  # rows with a score, and of them the positives
+        self._scored_positives = 0
+        self._next = 0  # the ring slot of the next row (the slot of the row it evicts)
+        if self.classification:
+            self._scores = np.zeros(size)
+            self._truths = np.zeros(size, dtype=bool)
+            self._has_score = np.zeros(size, dtype=bool)
+
+    def _push(self, row: tuple) -> None:
+        """``row`` into the window (classification: the counts and the ring follow)."""
+        window = self.window
+        if not self.classification:
+            window.append(row)
+            return
+        cells = self._cells
+        if len(window) == window.maxlen:
+            truth, predicted, score, error = window[0]
+            cells[(2 if truth else 0) + (1 if predicted else 0)] -= 1
+            self._errors -= error
+            if score is not None:
+                self._scored -= 1
+                self._scored_positives -= truth == 1
+        window.append(row)
+        truth, predicted, score, error = row
+        cells[(2 if truth else 0) + (1 if predicted else 0)] += 1
+        self._errors += error
+        slot = self._next
+        self._next = slot + 1 if slot + 1 < window.maxlen else 0
+        self._truths[slot] = truth == 1
+        if score is None:
+            self._has_score[slot] = False
+        else:
+            self._scored += 1
+            self._scored_positives += truth == 1
+            self._scores[slot] = score
+            self._has_score[slot] = True
 
     def add_many(self, rows: Sequence[tuple]) -> list[tuple[int, dict[str, float | None]]]:
         """Count ``rows`` in order; the metrics as (index into ``rows``, metrics) where they were evaluated."""
         out = []
-        window, every = self.window, self.evaluate_every
+        window, every, push = self.window, self.evaluate_every, self._push
         for j, row in enumerate(rows):
-            window.append(row)
+            push(row)
             self.pairs_seen += 1
             if len(window) == window.maxlen and self.pairs_seen % every == 0:
                 out.append((j, self.metrics()))
         return out
 
     def metrics(self) -> dict[str, float | None]:
-        rows = list(self.window)
-        if not rows:
+        n = len(self.window)
+        if not n:
             return {}
-        if self.classification:  # every tenth of a window: counted in numpy (0/1 truths and predictions)
-            truth, predicted, scores, errors = zip(*rows)
-            t, p = np.asarray(truth, dtype=bool), np.asarray(predicted, dtype=bool)
-            tp = int(np.count_nonzero(t & p))
-            fp = int(np.count_nonzero(~t & p))
-            fn = int(np.count_nonzero(t & ~p))
+        if self.classification:
+            _, fp, fn, tp = self._cells
             precision = tp / (tp + fp) if tp + fp else None
             recall = tp / (tp + fn) if tp + fn else None
             f1 = (2 * precision * recall / (precision + recall)
                   if precision is not None and recall is not None and precision + recall else None)
-            if None in scores:
-                scored = [(truth_, score) for truth_, score in zip(truth, scores) if score is not None]
-                truth, scores = ([x for x, _ in scored], [y for _, y in scored]) if scored else ((), ())
-            return {"accuracy": 1 - sum(errors) / len(rows), "precision": precision, "recall": recall,
-                    "f1": f1, "auc": auc(truth, scores) if scores else None}
-        errors = [r[2] for r in rows]
+            scored, positives = self._scored, self._scored_positives
+            area = None
+            if scored and positives and scored - positives:
+                if scored == len(self._scores):  # every slot holds a scored row
+                    values, truths = self._scores, self._truths
+                else:
+                    mask = self._has_score
+                    values, truths = self._scores[mask], self._truths[mask]
+                area = _auc(values, truths, positives, scored - positives)
+            return {"accuracy": 1 - self._errors / n, "precision": precision, "recall": recall,
+                    "f1": f1, "auc": area}
+        errors = [r[2] for r in self.window]
         return {"mae": sum(errors) / len(errors), "rmse": math.sqrt(sum(e * e for e in errors) / len(errors))}
 
     def info(self) -> dict[str, Any]:
@@ -162,6 +217,8 @@ class RollingMetrics:
         self.pairs_seen = state["pairs_seen"]
         self.unscored = state.get("unscored", 0)  # absent in states saved before it was counted
         self.window.clear()
-        self.window.extend(tuple(r) for r in state["window"])
+        self._reset()
+        for r in state["window"]:
+            self._push(tuple(r))
         self.delays.clear()
         self.delays.extend(state["delays"])
