@@ -33,7 +33,7 @@ import jsonschema
 import numpy as np
 import orjson
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from hypothesis import settings
 
 from stream_monitor.codec import decode
@@ -166,20 +166,27 @@ class Feeder(threading.Thread):
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int, idle: float = 2.0, timeout: float = 60.0) -> list[Any]:
-    """Every message of a topic from the beginning (no group), until ``idle`` seconds pass without one."""
+    """Every message of a topic from the beginning (no group), until ``idle`` seconds pass without one once
+    every partition has been read to its end at least once (a loaded machine's first fetch can take longer
+    than ``idle``: an idle wait before it would return nothing)."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False,
-                         "fetch.wait.max.ms": 50})
+                         "fetch.wait.max.ms": 50, "enable.partition.eof": True})
     consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
     messages = []
-    deadline = time.monotonic() + timeout
-    last = time.monotonic()
+    at_end: set[int] = set()
+    started = last = time.monotonic()
+    deadline = started + timeout
     try:
-        while time.monotonic() < deadline and time.monotonic() - last < idle:
+        # a partition that never reports its end (a topic never created) stops holding the read after 15 s
+        while time.monotonic() < deadline and (time.monotonic() - last < idle or len(at_end) < partitions
+                                               and time.monotonic() - started < max(idle, 15.0)):
             batch = consumer.consume(500, 0.2)
             for message in batch:
                 if message.error() is None:
                     messages.append(message)
                     last = time.monotonic()
+                elif message.error().code() == KafkaError._PARTITION_EOF:
+                    at_end.add(message.partition())
     finally:
         consumer.close()
     return messages
