@@ -1047,3 +1047,26 @@ def model_cluster(cfg, items: list[tuple], partitions: int, cut: int = 1000, res
         if all(m.idle and m.next_offset == len(mine[p]) for p, m in enumerate(monitors)) \
                 and model_reference(state) is not None and not any(store):
             return alerts, state
+
+
+def merged_alerts(run, processes, model: str, counts: dict, counts_of, timeout: float = 120.0) -> list[dict]:
+    """Until ``model``'s merge state in ``run``'s Redis has decided ``counts`` windows (``counts_of(state)``,
+    e.g. features, labels, pairs), failing at once when a monitor exits; then every process stopped
+    cleanly and ``run``'s alerts."""
+    from stream_monitor.state import MergeStore
+
+    merges = MergeStore(run.store)
+    deadline = time.monotonic() + timeout
+    state = None
+    while time.monotonic() < deadline:
+        state = merges.load(model)
+        if state is not None and counts_of(state) == counts:
+            break
+        for process in processes:
+            if process.process.poll() is not None:
+                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
+        time.sleep(0.1)
+    assert state is not None and counts_of(state) == counts, (state and counts_of(state), counts)
+    for process in processes:
+        assert process.terminate() == 0, process.log()[-3000:]
+    return run.alerts()

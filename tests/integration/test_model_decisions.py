@@ -23,7 +23,8 @@ from stream_monitor.reference import build_reference
 from stream_monitor.state import SAVED, STALE, MergeStore, ReferenceStore, StateStore, connect
 from stream_monitor.synthetic import generate
 
-from ..support import Feeder, Run, namespace_contents, produce, read_topic, unique, validator, wait_for_offsets
+from ..support import Feeder, Run, merged_alerts, namespace_contents, \
+    produce, read_topic, unique, validator, wait_for_offsets
 
 PARTITIONS = 4
 EVENTS = 6000  # 60 s of event time at 100 events/s: six model windows of 1000
@@ -489,21 +490,7 @@ def counts_of(state) -> dict:
 
 def finish_labelled(run: Run, processes, counts: dict, timeout: float = 120.0) -> list[dict]:
     """Until the merge state has decided ``counts`` windows (features, labels, performance); the alerts."""
-    merges = MergeStore(run.store)
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = merges.load("fraud")
-        if state is not None and counts_of(state) == counts:
-            break
-        for process in processes:
-            if process.process.poll() is not None:
-                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
-        time.sleep(0.1)
-    assert state is not None and counts_of(state) == counts, (state and counts_of(state), counts)
-    for process in processes:
-        assert process.terminate() == 0, process.log()[-3000:]
-    return run.alerts()
+    return merged_alerts(run, processes, "fraud", counts, counts_of, timeout)
 
 
 def test_labels_and_performance_are_decided_once_for_the_model_by_one_instance_and_two_with_a_sigkill(

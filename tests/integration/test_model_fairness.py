@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import zlib
 from collections import Counter
 
@@ -25,9 +24,9 @@ from stream_monitor.merge import PartitionPartials, fairness_info, merge_step
 from stream_monitor.mergejoint import estimate_info
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
-from stream_monitor.state import MergeStore, ReferenceStore
+from stream_monitor.state import ReferenceStore
 
-from ..support import Feeder, Run, unique, validator, wait_for_offsets, wait_until
+from ..support import Feeder, Run, merged_alerts, unique, validator, wait_for_offsets, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -104,23 +103,8 @@ def counts_of(state) -> dict:
 
 
 def finish(run: Run, processes, counts: dict, timeout: float = 120.0) -> list[dict]:
-    """Until the merge state has decided ``counts`` windows (features, predictions, pairs, estimates); the
-    alerts."""
-    merges = MergeStore(run.store)
-    deadline = time.monotonic() + timeout
-    state = None
-    while time.monotonic() < deadline:
-        state = merges.load("credit")
-        if state is not None and counts_of(state) == counts:
-            break
-        for process in processes:
-            if process.process.poll() is not None:
-                raise AssertionError(f"monitor exited early:\n{process.log()[-3000:]}")
-        time.sleep(0.1)
-    assert state is not None and counts_of(state) == counts, (state and counts_of(state), counts)
-    for process in processes:
-        assert process.terminate() == 0, process.log()[-3000:]
-    return run.alerts()
+    """Until the merge state has decided ``counts`` windows (features, predictions, pairs, estimates); the alerts."""
+    return merged_alerts(run, processes, "credit", counts, counts_of, timeout)
 
 
 def test_an_equal_opportunity_gap_is_announced_once_with_the_same_ids_by_1_and_2_instances_and_after_a_sigkill(
