@@ -1070,3 +1070,50 @@ def merged_alerts(run, processes, model: str, counts: dict, counts_of, timeout: 
     for process in processes:
         assert process.terminate() == 0, process.log()[-3000:]
     return run.alerts()
+
+
+def joined_items(config, docs: list[dict], topic: str = "ml.inference") -> tuple:
+    """Inference and label documents as (offset, event, join) items of one partition, each label joined to its
+    prediction by an in-memory join with ``config``'s performance settings (as ``run`` joins them in Redis)."""
+    from stream_monitor.join import MemoryJoin, join_op, performance_settings
+
+    settings = performance_settings(config)
+    joiner = MemoryJoin(settings)
+    items = []
+    for offset, doc in enumerate(docs):
+        event = decode(RawMessage(topic, 0, offset, orjson.dumps(doc)), frozenset(config.models))
+        assert not isinstance(event, DeadLetter), event
+        op = join_op(event, f"t|0|{offset}", settings)
+        items.append((offset, event, joiner.run([op])[0] if op else None))
+    return tuple(items)
+
+
+def fed_in_batches(monitor, items, rng: random.Random | None = None, most: int = 300) -> list:
+    """(offset, event, join) items through ``monitor.process_batch``: whole, or in batches of 1 to ``most``
+    drawn from ``rng``; the alerts."""
+    alerts, i = [], 0
+    while i < len(items):
+        size = len(items) if rng is None else rng.randint(1, most)
+        alerts.extend(monitor.process_batch(items[i:i + size]))
+        i += size
+    return alerts
+
+
+def assert_cuts_and_a_restore_change_nothing(make, items, most: int, seeds: int = 3):
+    """A monitor from ``make()`` fed ``items`` whole ends in the same snapshot as ones fed in random batches
+    (of up to ``most``) and restored from their stored state at a random offset, for each seed; the whole
+    run's monitor."""
+    from stream_monitor.state import decode_state, encode_state
+
+    whole = make()
+    fed_in_batches(whole, items)
+    for seed in range(seeds):
+        rng = random.Random(seed)
+        at = rng.randrange(1, len(items))
+        first = make()
+        fed_in_batches(first, items[:at], rng, most)
+        resumed = make()
+        resumed.restore(decode_state(encode_state(first.snapshot())))
+        fed_in_batches(resumed, items[at:], rng, most)
+        assert resumed.snapshot() == whole.snapshot(), at
+    return whole

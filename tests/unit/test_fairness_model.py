@@ -18,7 +18,7 @@ from stream_monitor.merge import PartitionPartials, fairness_info, merge_step, m
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
 
-from tests.support import FAIRNESS_METRICS as ALL, labelled_stream
+from tests.support import FAIRNESS_METRICS as ALL, assert_cuts_and_a_restore_change_nothing, labelled_stream
 
 MODEL = {"decisions": "model", "reference": {"source": "stored"}, "detectors": {"psi": {"window": 1000}},
          "fairness": {"attributes": ["gender"], "metrics": ALL, "window": 2000, "label_window": 1000}}
@@ -248,10 +248,6 @@ def test_the_pair_partials_do_not_depend_on_batch_cuts_or_a_restore_midway(sourc
     """One partition's fairness pairs, fed in random batches and restarted from its stored state at a random
     offset: the same partials. With a model warm-up (the model's reference already built: the partition
     takes it the moment its share ends, inside a batch) the rest of that batch counts its pairs too."""
-    import random
-
-    from stream_monitor.state import decode_state, encode_state
-
     table = MODEL if source == "stored" else {**MODEL, "reference": {"events": 2000}}
     config = model(table)
     items = labelled_stream(step_ms=10, events=8000)
@@ -260,24 +256,7 @@ def test_the_pair_partials_do_not_depend_on_batch_cuts_or_a_restore_midway(sourc
         return PartitionMonitor(config, 0, {"credit": reference()} if source == "stored" else {},
                                 model_references={"credit": reference()})
 
-    def feed(m, part, rng=None):
-        i = 0
-        while i < len(part):
-            size = len(part) if rng is None else rng.randint(1, 700)
-            m.process_batch(part[i:i + size])
-            i += size
-
-    whole = monitor()
-    feed(whole, items)
-    for seed in range(3):
-        rng = random.Random(seed)
-        at = rng.randrange(1, len(items))
-        first = monitor()
-        feed(first, items[:at], rng)
-        resumed = monitor()
-        resumed.restore(decode_state(encode_state(first.snapshot())))
-        feed(resumed, items[at:], rng)
-        assert resumed.snapshot() == whole.snapshot(), at
+    whole = assert_cuts_and_a_restore_change_nothing(monitor, items, most=700)
     whole.go_idle()
     pending = whole.merge_marks()["credit"]["partials"]
     pairs = sum(sum(c[0] + c[2] for c in p["fairness_pairs"]["gender"].values())

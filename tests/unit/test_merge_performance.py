@@ -8,7 +8,6 @@ ends the error stream's point episode when a model window finds the error back.
 
 from __future__ import annotations
 
-import random
 import zlib
 from collections import Counter
 from functools import lru_cache
@@ -23,8 +22,9 @@ from stream_monitor.merge import PartitionPartials, merge_step
 from stream_monitor.mergeperf import add_pair, model_task, window_metrics
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.reference import build_reference
-from stream_monitor.state import decode_state, encode_state
 from stream_monitor.synthetic import labelled
+
+from ..support import assert_cuts_and_a_restore_change_nothing, fed_in_batches as feed
 
 MODEL = "clf"
 BUCKET_MS = 1000
@@ -93,15 +93,6 @@ def joined_items(by_partition, config=CONFIG):
 
 def monitor(partition: int = 0, config=CONFIG, labels: bool = False) -> PartitionMonitor:
     return PartitionMonitor(config, partition, {MODEL: reference(labels)})
-
-
-def feed(m: PartitionMonitor, items, cuts=None):
-    alerts, i = [], 0
-    while i < len(items):
-        size = len(items) if cuts is None else cuts.randint(1, 300)
-        alerts.extend(m.process_batch(items[i:i + size]))
-        i += size
-    return alerts
 
 
 def partials_of(m: PartitionMonitor):
@@ -189,17 +180,7 @@ def test_label_drift_is_decided_once_for_the_model_against_one_label_reference()
 
 def test_the_partition_side_with_labels_does_not_depend_on_batch_cuts_or_a_restore():
     items = joined_items({0: stream(4000, flipped=(2000, 4000))})[0]
-    whole = monitor()
-    feed(whole, items)
-    for seed in range(3):  # random batches, and a restart from the stored state at a random offset
-        rng = random.Random(seed)
-        at = rng.randrange(1, len(items))
-        first = monitor()
-        feed(first, items[:at], rng)
-        resumed = monitor()
-        resumed.restore(decode_state(encode_state(first.snapshot())))
-        feed(resumed, items[at:], rng)
-        assert resumed.snapshot() == whole.snapshot(), at
+    whole = assert_cuts_and_a_restore_change_nothing(monitor, items, most=300)  # random batches, a restart
     pending = whole.merge_marks()[MODEL]["partials"]
     assert sum(p["labels"]["events"] for p in pending.values() if "labels" in p) > 3000
     assert sum(p["pairs"]["n"] for p in pending.values() if "pairs" in p) > 3000

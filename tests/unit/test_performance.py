@@ -10,17 +10,15 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 
-import orjson
 import pytest
 
-from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.detectors.episode import Episode
-from stream_monitor.events import DeadLetter, RawMessage
-from stream_monitor.join import MemoryJoin, join_op, performance_settings
 from stream_monitor.partition import PartitionMonitor, PerformanceColumn
 from stream_monitor.performance import RollingMetrics, pair_row
 from stream_monitor.synthetic import labelled
+
+from ..support import joined_items
 
 DETECTORS = {"psi": {"window": 500}, "data_quality": {"enabled": False}, "ks": {"enabled": False},
              "adwin": {"enabled": False}, "page_hinkley": {"enabled": False}}
@@ -63,15 +61,7 @@ def joined(kind: str) -> tuple:
     else:
         models, docs = {"reg": REGRESSOR}, regression(4000, 5, 2000)
     config = parse_config({"models": models})
-    settings = performance_settings(config)
-    joiner = MemoryJoin(settings)
-    items = []
-    for offset, doc in enumerate(docs):
-        event = decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), frozenset(config.models))
-        assert not isinstance(event, DeadLetter), event
-        op = join_op(event, f"t|0|{offset}", settings)
-        items.append((offset, event, joiner.run([op])[0] if op else None))
-    return config, tuple(items)
+    return config, joined_items(config, docs)
 
 
 def run(kind: str, cuts=None, restore_at: int | None = None):

@@ -13,13 +13,12 @@ import orjson
 import pytest
 
 from stream_monitor import performance
-from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
-from stream_monitor.events import DeadLetter, RawMessage
-from stream_monitor.join import MemoryJoin, join_op, performance_settings
 from stream_monitor.partition import PartitionMonitor
 from stream_monitor.performance import RollingMetrics, auc
 from stream_monitor.synthetic import labelled
+
+from ..support import joined_items
 
 
 def recounted(self: RollingMetrics) -> dict:
@@ -102,15 +101,8 @@ def engine(decisions: str) -> tuple[list, list]:
     config = parse_config({"models": {"credit": {**CLASSIFIER, "decisions": decisions}}})
     docs = (labelled("credit", 4000, seed=4, invert_at=1500) + labelled("credit", 4000, seed=5)
             + labelled("credit", 1500, seed=6, invert_at=500))
-    settings = performance_settings(config)
-    joiner = MemoryJoin(settings)
     monitor = PartitionMonitor(config, 0, {})
-    items = []
-    for offset, doc in enumerate(docs):
-        event = decode(RawMessage("ml.inference", 0, offset, orjson.dumps(doc)), frozenset(config.models))
-        assert not isinstance(event, DeadLetter), event
-        op = join_op(event, f"t|0|{offset}", settings)
-        items.append((offset, event, joiner.run([op])[0] if op else None))
+    items = joined_items(config, docs)
     alerts = []
     for start in range(0, len(items), 700):
         alerts.extend(monitor.process_batch(items[start:start + 700]))
