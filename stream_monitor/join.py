@@ -783,12 +783,6 @@ def join_op(event, me: str, settings: dict[str, PerformanceConfig],
     return JoinOp("label", event.model_id, event.event_id, label_record(event.label, event.timestamp_ms), me)
 
 
-def fairness_attributes(config) -> dict[str, tuple[str, ...]]:
-    """The models with protected attributes (``[models.<id>.fairness] attributes``) and their names."""
-    return {model_id: tuple(model.fairness.attributes) for model_id, model in config.models.items()
-            if model.fairness.attributes}
-
-
 def kept_columns(config) -> dict[str, tuple[str, ...]]:
     """Per model the feature values a prediction keeps in the join (``g``) so that its label knows them: its
     protected attributes (fairness) and its segment columns (per-segment performance), in that order."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from stream_monitor.config import parse_config
-from stream_monitor.join import RedisJoin, fairness_attributes, join_op, performance_settings
+from stream_monitor.join import RedisJoin, join_op, kept_columns, performance_settings
 from stream_monitor.partition import ModelMonitor
 from stream_monitor.state import connect
 
@@ -20,7 +20,7 @@ def test_equal_opportunity_is_judged_from_labels_joined_in_redis(redis_server):
     table = {"decisions": "partition", "reference": {"events": 1000}, "detectors": {"psi": {"window": 1000}},
              "fairness": {"attributes": ["gender"], "metrics": ALL, "window": 2000, "label_window": 1000}}
     config = parse_config({"models": {"credit": table}})
-    settings, attributes = performance_settings(config), fairness_attributes(config)
+    settings, attributes = performance_settings(config), kept_columns(config)
     joiner = RedisJoin(connect(redis_server.address), unique("fair"), settings)
     joined = []
     items = labelled_stream()

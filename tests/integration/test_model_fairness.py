@@ -19,7 +19,7 @@ from stream_monitor.codec import decode
 from stream_monitor.config import parse_config
 from stream_monitor.demo.localstack import create_topics
 from stream_monitor.events import RawMessage
-from stream_monitor.join import MemoryJoin, fairness_attributes, join_op, performance_settings
+from stream_monitor.join import MemoryJoin, join_op, kept_columns, performance_settings
 from stream_monitor.merge import PartitionPartials, fairness_info, merge_step
 from stream_monitor.mergejoint import estimate_info
 from stream_monitor.partition import PartitionMonitor
@@ -79,7 +79,7 @@ def engine(records):
     """What the engine decides in process on the same partitions and offsets, the label join shared by the
     partitions as Redis shares it: the merge's result."""
     config = parse_config({"models": {"credit": MODEL}})
-    settings, attributes = performance_settings(config), fairness_attributes(config)
+    settings, attributes = performance_settings(config), kept_columns(config)
     join = MemoryJoin(settings)
     profile = reference()
     parts = []

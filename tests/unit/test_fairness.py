@@ -15,7 +15,7 @@ from stream_monitor.config import FairnessConfig, parse_config
 from stream_monitor.errors import ConfigError
 from stream_monitor.events import InferenceEvent, LabelEvent
 from stream_monitor.fairness import MISSING, Fairness, Groups, compare, holm
-from stream_monitor.join import JoinResult, MemoryJoin, join_op, fairness_attributes, performance_settings, \
+from stream_monitor.join import JoinResult, MemoryJoin, join_op, kept_columns, performance_settings, \
     prediction_record
 from stream_monitor.merge import model_share, share_before_reference
 from stream_monitor.partition import ModelMonitor
@@ -200,7 +200,7 @@ def test_fairness_tests_count_in_the_models_budget():
 
 def test_a_prediction_keeps_its_groups_in_the_join_for_its_later_label():
     cfg = parse_config({"models": {"credit": {"fairness": {"attributes": ["gender"]}}, "other": {}}})
-    attributes = fairness_attributes(cfg)
+    attributes = kept_columns(cfg)
     assert attributes == {"credit": ("gender",)}
     joiner = MemoryJoin(performance_settings(cfg))
     event = InferenceEvent("e1", "credit", 5, {"gender": "F", "x": 1.0}, 0.7, None)
